@@ -1,0 +1,671 @@
+//! The scenario configuration: the TOML schema, its defaults, `--set` overrides and validation.
+//!
+//! Every section rejects unknown keys. Errors name the dotted key, the line in the file (when
+//! the key is in the file) and, for a misspelt key or value, the closest valid one.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use toml::de::{DeTable, DeValue};
+
+/// A whole scenario.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// Scenario name; results go to `out/<name>/` by default.
+    pub name: String,
+    /// One line saying what the scenario shows (`numasim scenarios` prints it).
+    pub description: String,
+    pub run: RunConfig,
+    pub machine: MachineConfig,
+    pub kernel: KernelConfig,
+    pub process: Vec<ProcessConfig>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RunConfig {
+    pub seed: u64,
+    pub duration_ms: u64,
+    /// Length of one time-series interval.
+    pub sample_ms: u64,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        Self {
+            seed: 1,
+            duration_ms: 10_000,
+            sample_ms: 100,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MachineConfig {
+    pub nodes: u32,
+    pub cpus_per_node: u32,
+    pub memory_per_node_mib: u64,
+    /// SLIT distances, `nodes` rows of `nodes` entries; default 10 local, 20 remote.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub distance: Option<Vec<Vec<u32>>>,
+    /// Latency of one cache-line access to local memory; remote access costs
+    /// `local_latency_ns * distance / 10`.
+    pub local_latency_ns: u64,
+}
+
+impl Default for MachineConfig {
+    fn default() -> Self {
+        Self {
+            nodes: 2,
+            cpus_per_node: 4,
+            memory_per_node_mib: 1024,
+            distance: None,
+            local_latency_ns: 100,
+        }
+    }
+}
+
+/// Which GUP callers honor NUMA hinting faults (see KERNEL_MODEL.md section 2).
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum GupPolicy {
+    /// FOLL_NUMA, 2012 – v6.1: every GUP caller honors, follow_page() does not.
+    Implicit,
+    /// v6.2 – v6.4: everything but FOLL_FORCE honors, follow_page() included.
+    ImplicitAll,
+    /// With "mm/gup: don't implicitly set FOLL_HONOR_NUMA_FAULT": only callers asking do.
+    Explicit,
+}
+
+impl GupPolicy {
+    pub const ALL: [GupPolicy; 3] = [
+        GupPolicy::Implicit,
+        GupPolicy::ImplicitAll,
+        GupPolicy::Explicit,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GupPolicy::Implicit => "implicit",
+            GupPolicy::ImplicitAll => "implicit-all",
+            GupPolicy::Explicit => "explicit",
+        }
+    }
+}
+
+/// How a secondary MMU's notifier treats a range whose PTEs did not change.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum NotifierMode {
+    /// The kernel: every range change_protection() walks is invalidated.
+    Unconditional,
+    /// Skips PTEs whose value did not change: the hazard from the patch discussion.
+    Smart,
+}
+
+impl NotifierMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            NotifierMode::Unconditional => "unconditional",
+            NotifierMode::Smart => "smart",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KernelConfig {
+    /// /proc/sys/kernel/numa_balancing (normal mode when true).
+    pub numa_balancing: bool,
+    pub numa_balancing_scan_delay_ms: u64,
+    pub numa_balancing_scan_period_min_ms: u64,
+    pub numa_balancing_scan_period_max_ms: u64,
+    pub numa_balancing_scan_size_mb: u64,
+    pub gup_policy: GupPolicy,
+    pub notifier: NotifierMode,
+    /// Scheduler quantum: a thread runs this long before its CPU picks again.
+    pub quantum_us: u64,
+    /// CPU time of one NUMA hinting fault (trap, do_numa_page, PTE restore).
+    pub hint_fault_cost_ns: u64,
+    /// CPU time to migrate one 4 KiB page (isolate, copy, remap).
+    pub migrate_cost_ns: u64,
+    /// CPU time change_prot_numa() spends per PTE it walks.
+    pub pte_scan_cost_ns: u64,
+}
+
+impl Default for KernelConfig {
+    fn default() -> Self {
+        Self {
+            numa_balancing: true,
+            numa_balancing_scan_delay_ms: 1000,
+            numa_balancing_scan_period_min_ms: 1000,
+            numa_balancing_scan_period_max_ms: 60_000,
+            numa_balancing_scan_size_mb: 256,
+            gup_policy: GupPolicy::Explicit,
+            notifier: NotifierMode::Unconditional,
+            quantum_us: 1000,
+            hint_fault_cost_ns: 1500,
+            migrate_cost_ns: 8000,
+            pte_scan_cost_ns: 10,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProcessConfig {
+    pub name: String,
+    pub vma: Vec<VmaConfig>,
+    pub thread: Vec<ThreadConfig>,
+}
+
+/// An anonymous private mapping (mmap(MAP_PRIVATE|MAP_ANONYMOUS)).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmaConfig {
+    pub name: String,
+    pub size_mib: u64,
+    /// Fault the whole range in on this node before the run starts (a memset by a thread
+    /// there); otherwise pages are allocated on first touch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub populate_node: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PatternKind {
+    /// Every page of the range equally likely.
+    Uniform,
+    /// Pages in address order, wrapping around.
+    Sequential,
+    /// `hot_probability` of the touches go to the first `hot_fraction` of the range.
+    HotCold,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Slice {
+    /// Every thread of the block touches the whole VMA.
+    Whole,
+    /// Thread i of n touches the i-th n-th of the VMA.
+    Private,
+}
+
+/// A block of identical threads.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ThreadConfig {
+    pub name: String,
+    pub count: u32,
+    /// When set, the block has `count_per_node * machine.nodes` threads (so scenarios follow
+    /// the machine).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_per_node: Option<u32>,
+    /// When set, the block has this many threads per CPU of the machine.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub count_per_cpu: Option<u32>,
+    /// Start on this node's CPUs (otherwise spread over all nodes).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node: Option<u32>,
+    /// CPU affinity: the threads run on and may only move between these CPUs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<Vec<u32>>,
+    pub vma: String,
+    pub slice: Slice,
+    pub pattern: PatternKind,
+    pub hot_fraction: f64,
+    pub hot_probability: f64,
+    /// Cache lines read per page touch; a touch costs this many times the access latency.
+    pub touch_lines: u32,
+    /// CPU work between touches.
+    pub think_ns: u64,
+    pub start_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_ms: Option<u64>,
+}
+
+impl Default for ThreadConfig {
+    fn default() -> Self {
+        Self {
+            name: "worker".into(),
+            count: 1,
+            count_per_node: None,
+            count_per_cpu: None,
+            node: None,
+            cpus: None,
+            vma: String::new(),
+            slice: Slice::Whole,
+            pattern: PatternKind::Uniform,
+            hot_fraction: 0.1,
+            hot_probability: 0.9,
+            touch_lines: 16,
+            think_ns: 0,
+            start_ms: 0,
+            stop_ms: None,
+        }
+    }
+}
+
+impl ThreadConfig {
+    /// Number of threads the block expands to on `machine`.
+    pub fn threads(&self, machine: &MachineConfig) -> u32 {
+        match (self.count_per_cpu, self.count_per_node) {
+            (Some(per_cpu), _) => per_cpu * machine.nodes * machine.cpus_per_node,
+            (None, Some(per_node)) => per_node * machine.nodes,
+            (None, None) => self.count,
+        }
+    }
+}
+
+impl Config {
+    pub fn total_cpus(&self) -> u32 {
+        self.machine.nodes * self.machine.cpus_per_node
+    }
+}
+
+/// A configuration error, ready to show the user.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ConfigError {
+    /// The file (or "--set") the error is in.
+    pub origin: String,
+    /// 1-based line of the offending key, when the key is written in the file.
+    pub line: Option<usize>,
+    /// Dotted key, e.g. `machine.distance` or `process[0].thread[1].cpus`.
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.origin)?;
+        if let Some(line) = self.line {
+            write!(f, ", line {line}")?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": key `{}`", self.key)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A config file's text and the name to show in errors.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub origin: String,
+    pub text: String,
+}
+
+/// Parses, overrides and validates a scenario. `overrides` are `key=value` strings as given
+/// to `--set`; a value that is not valid TOML is taken as a string, so
+/// `kernel.gup_policy=explicit` works unquoted.
+pub fn load(src: &Source, overrides: &[String]) -> Result<Config, ConfigError> {
+    let config = parse_text(src)?;
+    let config = if overrides.is_empty() {
+        config
+    } else {
+        let mut table: toml::Table =
+            toml::from_str(&src.text).map_err(|e| toml_error(src, &e, ""))?;
+        for o in overrides {
+            apply_override(&mut table, o)?;
+        }
+        from_table(table)?
+    };
+    validate(&config).map_err(|(path, message)| ConfigError {
+        origin: src.origin.clone(),
+        line: locate(&src.text, &path),
+        key: path,
+        message,
+    })?;
+    Ok(config)
+}
+
+/// The resolved config as TOML: every default filled in. Loading it gives the same config.
+pub fn to_toml(config: &Config) -> String {
+    toml::to_string(config).expect("a Config always serializes")
+}
+
+fn parse_text(src: &Source) -> Result<Config, ConfigError> {
+    let de = toml::Deserializer::parse(&src.text).map_err(|e| toml_error(src, &e, ""))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        toml_error(src, e.inner(), &path)
+    })
+}
+
+fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+    serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+        let key = e.path().to_string();
+        ConfigError {
+            origin: "--set".into(),
+            line: None,
+            message: explain(e.inner().message()),
+            key: if key == "." { String::new() } else { key },
+        }
+    })
+}
+
+fn toml_error(src: &Source, e: &toml::de::Error, path: &str) -> ConfigError {
+    ConfigError {
+        origin: src.origin.clone(),
+        line: e.span().map(|s| line_of(&src.text, s.start)),
+        key: if path == "." {
+            String::new()
+        } else {
+            path.to_string()
+        },
+        message: explain(e.message()),
+    }
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())]
+        .bytes()
+        .filter(|&b| b == b'\n')
+        .count()
+        + 1
+}
+
+/// Adds "did you mean" to serde's "unknown field/variant `x`, expected one of `a`, `b`".
+fn explain(message: &str) -> String {
+    let message = message.trim().to_string();
+    if !message.starts_with("unknown field") && !message.starts_with("unknown variant") {
+        return message;
+    }
+    let quoted: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
+    let Some((given, valid)) = quoted.split_first() else {
+        return message;
+    };
+    match closest(given, valid) {
+        Some(best) => format!("{message}; did you mean `{best}`?"),
+        None => message,
+    }
+}
+
+/// The candidate closest to `given` by edit distance, if it is close enough to be a typo.
+pub fn closest<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
+    candidates
+        .iter()
+        .map(|c| (strsim::levenshtein(given, c), *c))
+        .min()
+        .filter(|(d, _)| *d <= given.len().max(3) / 2)
+        .map(|(_, c)| c)
+}
+
+fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
+    let err = |key: &str, message: String| ConfigError {
+        origin: "--set".into(),
+        line: None,
+        key: key.to_string(),
+        message,
+    };
+    let Some((key, raw)) = assignment.split_once('=') else {
+        return Err(err(assignment, "expected key=value".into()));
+    };
+    let key = key.trim();
+    let value = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
+    let parts: Vec<&str> = key.split('.').collect();
+    let (last, parents) = parts.split_last().expect("split yields at least one part");
+    let mut cur = table;
+    for (i, part) in parents.iter().enumerate() {
+        let next_is_index = parts[i + 1].parse::<usize>().is_ok();
+        let entry = cur
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        cur = match entry {
+            toml::Value::Table(t) => t,
+            toml::Value::Array(a) if next_is_index => {
+                return set_in_array(a, &parts[i + 1..], value).map_err(|m| err(key, m));
+            }
+            _ => return Err(err(key, format!("`{part}` is not a table"))),
+        };
+    }
+    cur.insert(last.to_string(), value);
+    Ok(())
+}
+
+fn set_in_array(
+    array: &mut [toml::Value],
+    rest: &[&str],
+    value: toml::Value,
+) -> Result<(), String> {
+    let idx: usize = rest[0]
+        .parse()
+        .map_err(|_| format!("`{}` is not an index", rest[0]))?;
+    let len = array.len();
+    let slot = array
+        .get_mut(idx)
+        .ok_or_else(|| format!("index {idx} is out of range (the array has {len} entries)"))?;
+    match (slot, &rest[1..]) {
+        (slot, []) => {
+            *slot = value;
+            Ok(())
+        }
+        (toml::Value::Table(t), [key]) => {
+            t.insert(key.to_string(), value);
+            Ok(())
+        }
+        (toml::Value::Table(t), [key, more @ ..]) => match t.get_mut(*key) {
+            Some(toml::Value::Array(a)) => set_in_array(a, more, value),
+            Some(toml::Value::Table(_)) | None => {
+                Err(format!("nested tables below `{key}` cannot be set"))
+            }
+            Some(_) => Err(format!("`{key}` is not an array")),
+        },
+        _ => Err("not a table".into()),
+    }
+}
+
+/// The line on which dotted `path` (as validation names it, `a.b[2].c`) is written.
+fn locate(text: &str, path: &str) -> Option<usize> {
+    let root = DeTable::parse(text).ok()?;
+    let segs: Vec<(&str, Option<usize>)> = path
+        .split('.')
+        .map(|seg| match seg.split_once('[') {
+            Some((name, i)) => (name, i.trim_end_matches(']').parse().ok()),
+            None => (seg, None),
+        })
+        .collect();
+    let span = span_of(root.get_ref(), &segs)?;
+    Some(line_of(text, span.start))
+}
+
+fn span_of(table: &DeTable<'_>, segs: &[(&str, Option<usize>)]) -> Option<std::ops::Range<usize>> {
+    let ((name, index), rest) = segs.split_first()?;
+    let (_, value) = table.iter().find(|(k, _)| k.get_ref().as_ref() == *name)?;
+    let value = match (index, value.get_ref()) {
+        (None, _) => value,
+        (Some(i), DeValue::Array(items)) => items.get(*i)?,
+        (Some(_), _) => return None,
+    };
+    match (rest, value.get_ref()) {
+        ([], _) => Some(value.span()),
+        (_, DeValue::Table(inner)) => span_of(inner, rest),
+        _ => None,
+    }
+}
+
+type Invalid = (String, String);
+
+fn check(ok: bool, key: impl Into<String>, message: impl Into<String>) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err((key.into(), message.into()))
+    }
+}
+
+/// Range and cross-reference checks serde cannot express.
+pub fn validate(c: &Config) -> Result<(), Invalid> {
+    let m = &c.machine;
+    check(
+        (1..=64).contains(&m.nodes),
+        "machine.nodes",
+        format!("must be 1 to 64, got {}", m.nodes),
+    )?;
+    check(
+        (1..=1024).contains(&m.cpus_per_node),
+        "machine.cpus_per_node",
+        format!("must be 1 to 1024, got {}", m.cpus_per_node),
+    )?;
+    check(
+        m.memory_per_node_mib >= 1,
+        "machine.memory_per_node_mib",
+        "must be at least 1",
+    )?;
+    check(
+        m.local_latency_ns >= 1,
+        "machine.local_latency_ns",
+        "must be at least 1",
+    )?;
+    if let Some(d) = &m.distance {
+        let n = m.nodes as usize;
+        check(
+            d.len() == n && d.iter().all(|row| row.len() == n),
+            "machine.distance",
+            format!("must be {n} rows of {n} entries (machine.nodes = {n})"),
+        )?;
+        for (i, row) in d.iter().enumerate() {
+            for (j, &v) in row.iter().enumerate() {
+                let ok = if i == j {
+                    v == 10
+                } else {
+                    (11..=254).contains(&v)
+                };
+                check(
+                    ok,
+                    "machine.distance",
+                    format!(
+                        "entry [{i}][{j}] = {v}: the diagonal must be 10 and other entries 11 to 254"
+                    ),
+                )?;
+            }
+        }
+    }
+    let r = &c.run;
+    check(r.duration_ms >= 1, "run.duration_ms", "must be at least 1")?;
+    check(
+        r.sample_ms >= 1 && r.sample_ms <= r.duration_ms,
+        "run.sample_ms",
+        format!("must be 1 to run.duration_ms ({})", r.duration_ms),
+    )?;
+    let k = &c.kernel;
+    check(
+        k.numa_balancing_scan_size_mb >= 1,
+        "kernel.numa_balancing_scan_size_mb",
+        "must be at least 1",
+    )?;
+    check(
+        k.numa_balancing_scan_period_min_ms >= 1
+            && k.numa_balancing_scan_period_min_ms <= k.numa_balancing_scan_period_max_ms,
+        "kernel.numa_balancing_scan_period_min_ms",
+        "must be at least 1 and at most numa_balancing_scan_period_max_ms",
+    )?;
+    check(k.quantum_us >= 1, "kernel.quantum_us", "must be at least 1")?;
+    validate_processes(c)
+}
+
+fn validate_processes(c: &Config) -> Result<(), Invalid> {
+    let nodes = c.machine.nodes;
+    let cpus = c.total_cpus();
+    let mut total_mib = 0u64;
+    for (pi, p) in c.process.iter().enumerate() {
+        let at = |rest: &str| format!("process[{pi}].{rest}");
+        check(!p.name.is_empty(), at("name"), "a process needs a name")?;
+        check(
+            c.process[..pi].iter().all(|q| q.name != p.name),
+            at("name"),
+            format!("process name `{}` is used twice", p.name),
+        )?;
+        for (vi, v) in p.vma.iter().enumerate() {
+            let at = |rest: &str| format!("process[{pi}].vma[{vi}].{rest}");
+            check(!v.name.is_empty(), at("name"), "a vma needs a name")?;
+            check(
+                p.vma[..vi].iter().all(|w| w.name != v.name),
+                at("name"),
+                format!(
+                    "vma name `{}` is used twice in process `{}`",
+                    v.name, p.name
+                ),
+            )?;
+            check(v.size_mib >= 1, at("size_mib"), "must be at least 1")?;
+            if let Some(n) = v.populate_node {
+                check(n < nodes, at("populate_node"), node_range(n, nodes))?;
+            }
+            total_mib += v.size_mib;
+        }
+        for (ti, t) in p.thread.iter().enumerate() {
+            let at = |rest: &str| format!("process[{pi}].thread[{ti}].{rest}");
+            let names: Vec<&str> = p.vma.iter().map(|v| v.name.as_str()).collect();
+            check(
+                names.contains(&t.vma.as_str()),
+                at("vma"),
+                unknown_name("vma", &t.vma, &names),
+            )?;
+            check(
+                t.threads(&c.machine) >= 1,
+                at("count"),
+                "a thread block needs at least one thread",
+            )?;
+            if let Some(n) = t.node {
+                check(n < nodes, at("node"), node_range(n, nodes))?;
+            }
+            if let Some(list) = &t.cpus {
+                check(!list.is_empty(), at("cpus"), "must list at least one CPU")?;
+                for &cpu in list {
+                    check(
+                        cpu < cpus,
+                        at("cpus"),
+                        format!(
+                            "CPU {cpu} does not exist: the machine has CPUs 0 to {}",
+                            cpus - 1
+                        ),
+                    )?;
+                }
+            }
+            check(
+                t.hot_fraction > 0.0 && t.hot_fraction <= 1.0,
+                at("hot_fraction"),
+                "must be in (0, 1]",
+            )?;
+            check(
+                (0.0..=1.0).contains(&t.hot_probability),
+                at("hot_probability"),
+                "must be in [0, 1]",
+            )?;
+            check(t.touch_lines >= 1, at("touch_lines"), "must be at least 1")?;
+            if let Some(stop) = t.stop_ms {
+                check(stop > t.start_ms, at("stop_ms"), "must be after start_ms")?;
+            }
+        }
+    }
+    let have = c.machine.memory_per_node_mib * u64::from(nodes);
+    check(
+        total_mib <= have,
+        "process",
+        format!("the VMAs need {total_mib} MiB but the machine has {have} MiB"),
+    )
+}
+
+fn node_range(n: u32, nodes: u32) -> String {
+    format!(
+        "node {n} does not exist: the machine has nodes 0 to {}",
+        nodes - 1
+    )
+}
+
+pub(crate) fn unknown_name(what: &str, given: &str, names: &[&str]) -> String {
+    let mut msg = format!("no {what} named `{given}`");
+    if let Some(best) = closest(given, names) {
+        msg += &format!("; did you mean `{best}`?");
+    } else if !names.is_empty() {
+        msg += &format!(" (there are: {})", names.join(", "));
+    }
+    msg
+}

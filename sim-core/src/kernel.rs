@@ -1,0 +1,77 @@
+//! The kernel's view of the world that every mechanism runs with.
+//!
+//! [`Kernel`] is a bevy `SystemParam` bundling the few resources and queries the mm and
+//! scheduler code needs. Event handlers are bevy systems taking a `Kernel`; the functions
+//! named after kernel functions take `&mut Kernel` plus the task they run for.
+
+use bevy_ecs::prelude::*;
+use bevy_ecs::system::SystemParam;
+
+use crate::config::KernelConfig;
+use crate::engine::{EventQueue, NSEC_PER_MSEC, Nanos};
+use crate::machine::{Cpu, Nid, PgData, Topology};
+use crate::mm::{Mm, Pages};
+use crate::stats::{Counters, Source};
+
+/// The kernel's tunables: sysctls and costs (`[kernel]` in the config).
+#[derive(Resource, Debug, Clone)]
+pub struct Sysctl(pub KernelConfig);
+
+impl Sysctl {
+    pub fn scan_delay(&self) -> Nanos {
+        self.0.numa_balancing_scan_delay_ms * NSEC_PER_MSEC
+    }
+
+    /// `sysctl_numa_balancing_scan_size` in 4 KiB pages.
+    pub fn scan_size_pages(&self) -> u64 {
+        self.0.numa_balancing_scan_size_mb << (20 - 12)
+    }
+}
+
+#[derive(SystemParam)]
+pub struct Kernel<'w, 's> {
+    pub queue: ResMut<'w, EventQueue>,
+    pub sysctl: Res<'w, Sysctl>,
+    pub topo: Res<'w, Topology>,
+    pub pages: ResMut<'w, Pages>,
+    pub counters: ResMut<'w, Counters>,
+    pub pgdat: Query<'w, 's, &'static mut PgData>,
+    pub mms: Query<'w, 's, &'static mut Mm>,
+    pub cpus: Query<'w, 's, &'static mut Cpu>,
+}
+
+impl Kernel<'_, '_> {
+    pub fn now(&self) -> Nanos {
+        self.queue.now()
+    }
+
+    pub fn pgdat(&mut self, nid: Nid) -> Mut<'_, PgData> {
+        let e = self.topo.node_entities[nid as usize];
+        self.pgdat.get_mut(e).expect("every node has a PgData")
+    }
+
+    pub fn mm(&mut self, mm: Entity) -> Mut<'_, Mm> {
+        self.mms.get_mut(mm).expect("tasks point at live mms")
+    }
+
+    pub fn cpu(&mut self, cpu: u32) -> Mut<'_, Cpu> {
+        let e = self.topo.cpu_entities[cpu as usize];
+        self.cpus.get_mut(e).expect("every cpu has a Cpu")
+    }
+}
+
+/// Who is faulting: the CPU it runs on and, for a user task, its NUMA statistics.
+pub struct Faulter<'a> {
+    pub cpu: u32,
+    pub nid: Nid,
+    /// pid of the faulting thread (a kernel worker has its own pid but no mm).
+    pub pid: u32,
+    /// The faulting task's NUMA state; `None` for a kernel thread (no mm): task_numa_fault()
+    /// returns early for those, so no statistics are kept.
+    pub task: Option<&'a mut crate::sched::TaskNuma>,
+    pub source: Source,
+    /// Time of the fault (the quantum's start plus the work done so far).
+    pub now: Nanos,
+    /// The faulting task's sum_exec_runtime at the fault.
+    pub runtime: Nanos,
+}

@@ -1,0 +1,15 @@
+//! numasim's engine and its model of the machine and the kernel.
+//!
+//! Modules mirror the kernel's source tree, so an mm developer finds `mm/gup.rs` where they
+//! would look for mm/gup.c. [`sim::Sim`] is the entry point: build a machine from a
+//! [`config::Config`], add processes and threads (the `workloads` crate does this from a
+//! scenario), then [`sim::Sim::run`].
+
+pub mod config;
+pub mod engine;
+pub mod kernel;
+pub mod machine;
+pub mod mm;
+pub mod sched;
+pub mod sim;
+pub mod stats;

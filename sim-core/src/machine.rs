@@ -1,0 +1,144 @@
+//! The machine: NUMA nodes with their memory, CPUs on them, and the SLIT distances.
+
+use bevy_ecs::component::Component;
+use bevy_ecs::entity::Entity;
+use bevy_ecs::resource::Resource;
+
+use crate::config::MachineConfig;
+
+/// The SLIT value of a node to itself (LOCAL_DISTANCE in include/linux/topology.h).
+pub const LOCAL_DISTANCE: u32 = 10;
+/// The default distance between two different nodes (REMOTE_DISTANCE).
+pub const REMOTE_DISTANCE: u32 = 20;
+
+/// Node id, as the kernel's `nid`.
+pub type Nid = u8;
+/// Marks a page that has no frame yet (never touched).
+pub const NUMA_NO_NODE: Nid = u8::MAX;
+
+/// The fixed shape of the machine, read by every mechanism.
+#[derive(Resource, Debug, Clone)]
+pub struct Topology {
+    pub nr_nodes: u32,
+    pub cpus_per_node: u32,
+    /// `distance[a * nr_nodes + b]`, SLIT units.
+    distance: Vec<u32>,
+    /// Cost of one cache-line access from a CPU on node a to memory on node b.
+    latency_ns: Vec<u64>,
+    /// Per node, all nodes ordered by distance (the node's zonelist, node id breaking ties).
+    zonelist: Vec<Vec<Nid>>,
+    /// Node entities by nid, CPU entities by cpu id.
+    pub node_entities: Vec<Entity>,
+    pub cpu_entities: Vec<Entity>,
+}
+
+impl Topology {
+    pub fn new(m: &MachineConfig) -> Self {
+        let n = m.nodes as usize;
+        let distance: Vec<u32> = (0..n * n)
+            .map(|i| {
+                let (a, b) = (i / n, i % n);
+                match &m.distance {
+                    Some(d) => d[a][b],
+                    None if a == b => LOCAL_DISTANCE,
+                    None => REMOTE_DISTANCE,
+                }
+            })
+            .collect();
+        let latency_ns = distance
+            .iter()
+            .map(|&d| m.local_latency_ns * u64::from(d) / u64::from(LOCAL_DISTANCE))
+            .collect();
+        let zonelist = (0..n)
+            .map(|a| {
+                let mut order: Vec<Nid> = (0..n as Nid).collect();
+                order.sort_by_key(|&b| (distance[a * n + b as usize], b));
+                order
+            })
+            .collect();
+        Self {
+            nr_nodes: m.nodes,
+            cpus_per_node: m.cpus_per_node,
+            distance,
+            latency_ns,
+            zonelist,
+            node_entities: Vec::new(),
+            cpu_entities: Vec::new(),
+        }
+    }
+
+    pub fn nr_cpus(&self) -> u32 {
+        self.nr_nodes * self.cpus_per_node
+    }
+
+    /// `cpu_to_node()`: CPUs are numbered node by node.
+    #[inline]
+    pub fn cpu_to_node(&self, cpu: u32) -> Nid {
+        (cpu / self.cpus_per_node) as Nid
+    }
+
+    /// `node_distance()`.
+    #[inline]
+    pub fn distance(&self, a: Nid, b: Nid) -> u32 {
+        self.distance[a as usize * self.nr_nodes as usize + b as usize]
+    }
+
+    /// Latency of one cache line read from node `from` to memory on node `to`.
+    #[inline]
+    pub fn latency(&self, from: Nid, to: Nid) -> u64 {
+        self.latency_ns[from as usize * self.nr_nodes as usize + to as usize]
+    }
+
+    /// Nodes in allocation fallback order for an allocation on `nid`.
+    pub fn zonelist(&self, nid: Nid) -> &[Nid] {
+        &self.zonelist[nid as usize]
+    }
+
+    /// CPUs of node `nid`.
+    pub fn node_cpus(&self, nid: Nid) -> std::ops::Range<u32> {
+        let first = u32::from(nid) * self.cpus_per_node;
+        first..first + self.cpus_per_node
+    }
+}
+
+/// A memory node (struct pglist_data, reduced to what placement needs).
+#[derive(Component, Debug, Clone)]
+pub struct PgData {
+    pub nid: Nid,
+    pub present_pages: u64,
+    pub free_pages: u64,
+}
+
+/// A CPU and its run queue (one thread runs per quantum; see sched/mod.rs).
+#[derive(Component, Debug, Clone, Default)]
+pub struct Cpu {
+    pub id: u32,
+    pub nid: Nid,
+    /// Runnable threads, the running one at the front.
+    pub runqueue: std::collections::VecDeque<Entity>,
+    /// A CpuTick event is queued for this CPU.
+    pub ticking: bool,
+    /// pid and mm of the thread running now (cpu_rq(cpu)->curr), for task_numa_group().
+    pub curr: Option<(u32, Entity)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn latency_scales_with_distance() {
+        let m = MachineConfig {
+            nodes: 3,
+            distance: Some(vec![vec![10, 16, 32], vec![16, 10, 21], vec![32, 21, 10]]),
+            local_latency_ns: 90,
+            ..Default::default()
+        };
+        let t = Topology::new(&m);
+        assert_eq!(t.latency(0, 0), 90);
+        assert_eq!(t.latency(0, 1), 144);
+        assert_eq!(t.latency(0, 2), 288);
+        assert_eq!(t.zonelist(0), &[0, 1, 2]);
+        assert_eq!(t.zonelist(2), &[2, 1, 0]);
+    }
+}

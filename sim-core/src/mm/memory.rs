@@ -1,0 +1,115 @@
+//! Page faults (mm/memory.c): first-touch allocation and the NUMA hinting fault.
+
+use bevy_ecs::entity::Entity;
+
+use super::migrate::migrate_misplaced_folio;
+use super::{PTE_PROTNONE, PTE_YOUNG, PageIdx};
+use crate::engine::Nanos;
+use crate::kernel::{Faulter, Kernel};
+use crate::machine::{NUMA_NO_NODE, Nid};
+use crate::sched::numa::{
+    TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL, TNF_MIGRATED, should_numa_migrate_memory, task_numa_fault,
+};
+
+/// Allocates one page frame, preferring `nid` and falling back along its zonelist to the
+/// nearest node with free memory (`__alloc_pages()` → `get_page_from_freelist()`).
+/// Simplified: a node is usable while it has any free page; no reclaim, no watermarks.
+pub fn alloc_page_node(k: &mut Kernel, nid: Nid) -> Option<Nid> {
+    let order: Vec<Nid> = k.topo.zonelist(nid).to_vec();
+    for n in order {
+        let mut pgdat = k.pgdat(n);
+        if pgdat.free_pages > 0 {
+            pgdat.free_pages -= 1;
+            return Some(n);
+        }
+    }
+    None
+}
+
+/// Returns a frame to node `nid`'s free lists.
+pub fn free_page_node(k: &mut Kernel, nid: Nid) {
+    k.pgdat(nid).free_pages += 1;
+}
+
+/// Models handle_mm_fault() for an anonymous private VMA: a missing page is allocated
+/// (do_anonymous_page()), a protnone PTE takes the hinting fault (do_numa_page()).
+/// Returns the CPU time the fault cost.
+pub fn handle_mm_fault(
+    k: &mut Kernel,
+    mm: Entity,
+    vma: usize,
+    page: PageIdx,
+    f: &mut Faulter,
+) -> Nanos {
+    if !k.pages.present(page) {
+        do_anonymous_page(k, mm, page, f.nid);
+        k.sysctl.0.hint_fault_cost_ns
+    } else if k.pages.protnone(page) {
+        do_numa_page(k, mm, vma, page, f)
+    } else {
+        0
+    }
+}
+
+/// Models do_anonymous_page(): a fresh zeroed page on the faulting CPU's node (the default
+/// local mempolicy), mapped young.
+pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
+    let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
+    let i = page as usize;
+    k.pages.nid[i] = got;
+    k.pages.flags[i] |= PTE_YOUNG;
+    k.pages.mapcount[i] = 1;
+    k.mm(mm).rss += 1;
+}
+
+/// Models do_numa_page() in mm/memory.c (with numa_migrate_check() and mpol_misplaced()):
+/// count the fault, ask whether the page is misplaced, try to migrate it toward the faulting
+/// CPU's node, restore the PTE and account the fault to the task.
+pub fn do_numa_page(
+    k: &mut Kernel,
+    mm: Entity,
+    vma: usize,
+    page: PageIdx,
+    f: &mut Faulter,
+) -> Nanos {
+    let i = page as usize;
+    let mut cost = k.sysctl.0.hint_fault_cost_ns;
+    let page_nid = k.pages.nid[i];
+    debug_assert_ne!(page_nid, NUMA_NO_NODE);
+
+    // numa_migrate_check()
+    k.mm(mm).vmas[vma].set_access_pid_bit(f.pid);
+    k.counters.vmstat.numa_hint_faults += 1;
+    k.counters.hint_fault(f.source);
+    let mut flags = 0;
+    if page_nid == f.nid {
+        k.counters.vmstat.numa_hint_faults_local += 1;
+        flags |= TNF_FAULT_LOCAL;
+    }
+    let last_cpupid = k.pages.last_cpupid[i];
+
+    // mpol_misplaced(): the default policy (MPOL_F_MOF | MPOL_F_MORON) targets the faulting
+    // CPU's node, filtered by should_numa_migrate_memory(), which also records this CPU+pid.
+    let migrate = should_numa_migrate_memory(k, f, page, page_nid) && page_nid != f.nid;
+
+    let mut nid = page_nid;
+    if migrate {
+        match migrate_misplaced_folio(k, mm, page, f.nid) {
+            Ok(()) => {
+                nid = f.nid;
+                flags |= TNF_MIGRATED;
+                cost += k.sysctl.0.migrate_cost_ns;
+            }
+            Err(_) => flags |= TNF_MIGRATE_FAIL,
+        }
+    }
+    // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
+    // migration); the access that faulted sets the accessed bit.
+    k.pages.flags[i] = (k.pages.flags[i] & !PTE_PROTNONE) | PTE_YOUNG;
+
+    if let Some(task) = f.task.take() {
+        task_numa_fault(k, task, f, last_cpupid, nid, 1, flags);
+        f.task = Some(task);
+    }
+    cost
+}

@@ -1,0 +1,264 @@
+//! Memory management: address spaces (mm_struct, VMAs) and the page array.
+//!
+//! Pages are not entities. Every page of every VMA has a slot in [`Pages`], a dense
+//! struct-of-arrays resource indexed by a global page number, so the hot paths (a CPU touch,
+//! a scanner pass) are loops over plain arrays. The layout costs 13 bytes per simulated page.
+
+pub mod memory;
+pub mod migrate;
+pub mod numa_balancing;
+
+use bevy_ecs::component::Component;
+use bevy_ecs::resource::Resource;
+
+use crate::engine::Nanos;
+use crate::machine::{NUMA_NO_NODE, Nid};
+
+/// Global page number: index into [`Pages`].
+pub type PageIdx = u32;
+
+/// PTE bit: the PTE is PROT_NONE for NUMA hinting (`pte_protnone()` in an accessible VMA).
+pub const PTE_PROTNONE: u8 = 1 << 0;
+/// PTE bit: the accessed ("young") bit of the primary PTE.
+pub const PTE_YOUNG: u8 = 1 << 1;
+/// Page flag: the page is a KSM page (PageKsm()).
+pub const PG_KSM: u8 = 1 << 2;
+
+/// `last_cpupid` of a page that has never taken a hinting fault (`-1 & LAST_CPUPID_MASK`).
+pub const CPUPID_UNSET: u32 = u32::MAX;
+/// Bits of the pid kept in a cpupid (LAST__PID_SHIFT in include/linux/page-flags-layout.h).
+const LAST_PID_BITS: u32 = 8;
+const LAST_PID_MASK: u32 = (1 << LAST_PID_BITS) - 1;
+
+/// `cpu_pid_to_cpupid()`: the CPU and the low 8 bits of the pid, as the kernel packs them.
+#[inline]
+pub fn cpu_pid_to_cpupid(cpu: u32, pid: u32) -> u32 {
+    (cpu << LAST_PID_BITS) | (pid & LAST_PID_MASK)
+}
+
+/// `cpupid_to_cpu()`.
+#[inline]
+pub fn cpupid_to_cpu(cpupid: u32) -> u32 {
+    cpupid >> LAST_PID_BITS
+}
+
+/// `cpupid_pid_unset()`.
+#[inline]
+pub fn cpupid_pid_unset(cpupid: u32) -> bool {
+    cpupid == CPUPID_UNSET
+}
+
+/// `cpupid_match_pid()`: compares only the pid bits the cpupid keeps.
+#[inline]
+pub fn cpupid_match_pid(pid: u32, cpupid: u32) -> bool {
+    !cpupid_pid_unset(cpupid) && (cpupid & LAST_PID_MASK) == (pid & LAST_PID_MASK)
+}
+
+/// Per-page state (struct page + the PTE that maps it), struct-of-arrays.
+#[derive(Resource, Default, Debug)]
+pub struct Pages {
+    /// Node of the frame backing the page, or [`NUMA_NO_NODE`] before the first touch.
+    pub nid: Vec<Nid>,
+    /// PTE bits and page flags (`PTE_*`, `PG_*`).
+    pub flags: Vec<u8>,
+    /// `folio_last_cpupid()`: who took the last hinting fault on the page.
+    pub last_cpupid: Vec<u32>,
+    /// FOLL_PIN pins held (`folio_maybe_dma_pinned()` when nonzero), saturating.
+    pub pins: Vec<u8>,
+    /// Extra references beyond mappings and pins (FOLL_GET), saturating.
+    pub refs: Vec<u8>,
+    /// Number of mms mapping the page (folio_mapcount()).
+    pub mapcount: Vec<u8>,
+    /// Frame generation: bumped when the page moves to a new frame, so a secondary MMU entry
+    /// can tell it still points at the old one.
+    pub frame_gen: Vec<u16>,
+    /// Content class, for KSM: pages with equal nonzero content are identical.
+    pub content: Vec<u16>,
+}
+
+impl Pages {
+    /// Appends `n` untouched pages and returns the index of the first.
+    pub fn grow(&mut self, n: u64) -> PageIdx {
+        let base = self.nid.len();
+        let new_len = base + n as usize;
+        assert!(
+            new_len <= PageIdx::MAX as usize,
+            "more pages than a PageIdx can address"
+        );
+        self.nid.resize(new_len, NUMA_NO_NODE);
+        self.flags.resize(new_len, 0);
+        self.last_cpupid.resize(new_len, CPUPID_UNSET);
+        self.pins.resize(new_len, 0);
+        self.refs.resize(new_len, 0);
+        self.mapcount.resize(new_len, 0);
+        self.frame_gen.resize(new_len, 0);
+        self.content.resize(new_len, 0);
+        base as PageIdx
+    }
+
+    pub fn len(&self) -> usize {
+        self.nid.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nid.is_empty()
+    }
+
+    #[inline]
+    pub fn present(&self, page: PageIdx) -> bool {
+        self.nid[page as usize] != NUMA_NO_NODE
+    }
+
+    #[inline]
+    pub fn protnone(&self, page: PageIdx) -> bool {
+        self.flags[page as usize] & PTE_PROTNONE != 0
+    }
+
+    /// Bytes of simulator memory per page, for the benchmark.
+    pub const BYTES_PER_PAGE: usize = std::mem::size_of::<Nid>()
+        + std::mem::size_of::<u8>() * 4
+        + std::mem::size_of::<u32>()
+        + std::mem::size_of::<u16>() * 2;
+}
+
+/// Per-VMA NUMA balancing state (struct vma_numab_state).
+#[derive(Clone, Debug, Default)]
+pub struct VmaNumab {
+    pub next_scan: Nanos,
+    pub pids_active_reset: Nanos,
+    /// Hashed pids that faulted in this VMA, in the previous and the current window.
+    pub pids_active: [u64; 2],
+    pub start_scan_seq: u32,
+    pub prev_scan_seq: u32,
+}
+
+/// A virtual memory area: anonymous private memory unless said otherwise.
+#[derive(Clone, Debug)]
+pub struct Vma {
+    pub name: String,
+    /// First virtual page (address >> PAGE_SHIFT) and length in pages.
+    pub start: u64,
+    pub pages: u64,
+    /// Global index of the VMA's first page in [`Pages`].
+    pub base: PageIdx,
+    /// `vma_is_accessible()`: false after mprotect(PROT_NONE).
+    pub accessible: bool,
+    /// Set by madvise(MADV_MERGEABLE): ksmd scans it.
+    pub mergeable: bool,
+    /// Initialised on the first scan (vma->numab_state).
+    pub numab: Option<VmaNumab>,
+}
+
+impl Vma {
+    pub fn end(&self) -> u64 {
+        self.start + self.pages
+    }
+
+    /// Global page index of virtual page `vpn` (inside the VMA).
+    #[inline]
+    pub fn page(&self, vpn: u64) -> PageIdx {
+        self.base + (vpn - self.start) as PageIdx
+    }
+
+    /// `vma_set_access_pid_bit()`: remember that `pid` faulted in this VMA.
+    pub fn set_access_pid_bit(&mut self, pid: u32) {
+        if let Some(numab) = &mut self.numab {
+            numab.pids_active[1] |= 1 << hash_32(pid, 6);
+        }
+    }
+}
+
+/// `hash_32()` from include/linux/hash.h.
+pub fn hash_32(val: u32, bits: u32) -> u32 {
+    val.wrapping_mul(0x61C8_8647) >> (32 - bits)
+}
+
+/// An address space (struct mm_struct): a process, or a VM's memory as its host process.
+#[derive(Component, Debug)]
+pub struct Mm {
+    /// The process id (tgid) and name.
+    pub pid: u32,
+    pub name: String,
+    pub vmas: Vec<Vma>,
+    /// Earliest time of the next scan (mm->numa_next_scan).
+    pub numa_next_scan: Nanos,
+    /// Virtual page where the next scan resumes (mm->numa_scan_offset).
+    pub numa_scan_offset: u64,
+    /// Completed passes over the address space (mm->numa_scan_seq).
+    pub numa_scan_seq: u32,
+    /// Resident pages (get_mm_rss()).
+    pub rss: u64,
+    /// Threads using the mm (get_nr_threads()).
+    pub nr_threads: u32,
+    /// The process's numa_group (see sched/numa.rs for the simplification).
+    pub numa_group: Option<crate::sched::numa::NumaGroup>,
+}
+
+impl Mm {
+    pub fn new(pid: u32, name: &str, scan_delay: Nanos) -> Self {
+        Self {
+            pid,
+            name: name.to_string(),
+            vmas: Vec::new(),
+            numa_next_scan: scan_delay,
+            numa_scan_offset: 0,
+            numa_scan_seq: 0,
+            rss: 0,
+            nr_threads: 0,
+            numa_group: None,
+        }
+    }
+
+    /// Adds a VMA after the last one (a gap of one page between VMAs, like guard pages).
+    pub fn add_vma(&mut self, name: &str, pages: u64, base: PageIdx) -> usize {
+        let start = self.vmas.last().map_or(16, |v| v.end() + 1);
+        self.vmas.push(Vma {
+            name: name.to_string(),
+            start,
+            pages,
+            base,
+            accessible: true,
+            mergeable: false,
+            numab: None,
+        });
+        self.vmas.len() - 1
+    }
+
+    pub fn vma_index(&self, name: &str) -> Option<usize> {
+        self.vmas.iter().position(|v| v.name == name)
+    }
+
+    /// The VMA holding global page `page`, if this mm maps it.
+    pub fn vma_of_page(&self, page: PageIdx) -> Option<usize> {
+        self.vmas
+            .iter()
+            .position(|v| page >= v.base && u64::from(page - v.base) < v.pages)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpupid_keeps_eight_pid_bits() {
+        let c = cpu_pid_to_cpupid(5, 0x1234);
+        assert_eq!(cpupid_to_cpu(c), 5);
+        assert!(cpupid_match_pid(0x34, c));
+        assert!(
+            cpupid_match_pid(0x1134, c),
+            "pids equal in the low 8 bits collide, as in the kernel"
+        );
+        assert!(!cpupid_match_pid(0x35, c));
+        assert!(!cpupid_match_pid(0xff, CPUPID_UNSET));
+    }
+
+    #[test]
+    fn page_state_fits_the_memory_budget() {
+        assert!(
+            Pages::BYTES_PER_PAGE <= 16,
+            "{} bytes per page",
+            Pages::BYTES_PER_PAGE
+        );
+    }
+}

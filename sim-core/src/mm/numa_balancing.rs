@@ -1,0 +1,267 @@
+//! The NUMA scanner: task_tick_numa() and task_numa_work() (kernel/sched/fair.c) and
+//! change_prot_numa() (mm/mprotect.c with MM_CP_PROT_NUMA).
+
+use super::{Mm, PG_KSM, PTE_PROTNONE, Pages, Vma, VmaNumab, hash_32};
+use crate::engine::{NSEC_PER_MSEC, Nanos};
+use crate::kernel::Kernel;
+use crate::machine::{NUMA_NO_NODE, Nid};
+use crate::sched::numa::{TICK_NSEC, TaskNuma, task_scan_max, task_scan_start};
+use crate::stats::Counters;
+
+/// Pages in a PMD (HPAGE_SIZE / PAGE_SIZE): scan chunks end on a PMD boundary.
+const HPAGE_PAGES: u64 = 512;
+
+/// Models the stagger init_numa_balancing() gives a new thread of an existing mm (the
+/// `thread`-th, from 0): `min(task_scan_max(), period * mm_users * NSEC_PER_MSEC) + 2
+/// ticks`. The kernel compares milliseconds with nanoseconds there, so the first term wins
+/// and the stagger is a few ticks; modelled as written.
+pub fn initial_node_stamp(k: &Kernel, p: &TaskNuma, rss: u64, thread: u32) -> Nanos {
+    if thread == 0 {
+        return 0;
+    }
+    let max_ms = task_scan_max(&k.sysctl, rss, None);
+    let delay = max_ms.min(p.numa_scan_period * u64::from(thread + 1) * NSEC_PER_MSEC);
+    delay + 2 * TICK_NSEC
+}
+
+/// Models task_tick_numa(): driven by the task's own runtime, once per scan period; returns
+/// whether task_numa_work() should run on return to user space.
+pub fn task_tick_numa(k: &mut Kernel, p: &mut TaskNuma, runtime: Nanos, now: Nanos) -> bool {
+    let period = p.numa_scan_period * NSEC_PER_MSEC;
+    if runtime <= p.node_stamp + period {
+        return false;
+    }
+    if p.node_stamp == 0 {
+        let sysctl = k.sysctl.clone();
+        let mm = k.mm(p.mm);
+        let ng = if p.in_group {
+            mm.numa_group.as_ref()
+        } else {
+            None
+        };
+        p.numa_scan_period = task_scan_start(&sysctl, mm.rss, ng);
+    }
+    p.node_stamp += period;
+    now >= k.mm(p.mm).numa_next_scan
+}
+
+/// Models reset_ptenuma_scan().
+fn reset_ptenuma_scan(mm: &mut Mm) {
+    mm.numa_scan_seq += 1;
+    mm.numa_scan_offset = 0;
+}
+
+/// Models vma_is_accessed(): has this task faulted in the VMA recently?
+fn vma_is_accessed(mm: &Mm, vma: &Vma, pid: u32) -> bool {
+    let numab = vma.numab.as_ref().expect("initialised before the check");
+    if mm.numa_scan_seq.wrapping_sub(numab.start_scan_seq) < 2 {
+        return true;
+    }
+    let pids = numab.pids_active[0] | numab.pids_active[1];
+    if pids & (1 << hash_32(pid, 6)) != 0 {
+        return true;
+    }
+    if mm.numa_scan_offset > vma.start {
+        return true;
+    }
+    mm.numa_scan_seq > numab.prev_scan_seq.wrapping_add(mm.nr_threads)
+}
+
+/// What the VMA walk decided for one VMA before scanning it.
+enum VmaVerdict {
+    Scan,
+    Skip,
+    /// Already scanned in this sequence: move the offset past it.
+    Done,
+    /// Not accessed by this task recently.
+    PidInactive,
+}
+
+/// The per-VMA checks of task_numa_work() ahead of the PTE walk.
+fn vma_verdict(
+    mm: &mut Mm,
+    vi: usize,
+    pid: u32,
+    now: Nanos,
+    scan_delay: Nanos,
+    forced: bool,
+) -> VmaVerdict {
+    let seq = mm.numa_scan_seq;
+    let vma = &mut mm.vmas[vi];
+    // Inaccessible VMAs are skipped to avoid confusing PROT_NONE with NUMA hinting PTEs.
+    if !vma.accessible {
+        return VmaVerdict::Skip;
+    }
+    let numab = vma.numab.get_or_insert_with(|| VmaNumab {
+        next_scan: now + scan_delay,
+        pids_active_reset: now + scan_delay + 4 * scan_delay,
+        pids_active: [0; 2],
+        start_scan_seq: seq,
+        prev_scan_seq: seq.wrapping_sub(1),
+    });
+    if seq != 0 && now < numab.next_scan {
+        return VmaVerdict::Skip;
+    }
+    if seq != 0 && now > numab.pids_active_reset {
+        numab.pids_active_reset += 4 * scan_delay;
+        numab.pids_active = [numab.pids_active[1], 0];
+    }
+    if numab.prev_scan_seq == seq {
+        return VmaVerdict::Done;
+    }
+    if !forced && !vma_is_accessed(mm, &mm.vmas[vi], pid) {
+        return VmaVerdict::PidInactive;
+    }
+    VmaVerdict::Scan
+}
+
+/// Models task_numa_work(): scan up to `numa_balancing_scan_size_mb` of populated memory
+/// (and 8x that of address space) from where the last scan stopped, making PTEs protnone.
+/// Returns the CPU time the scan took (charged to the task).
+pub fn task_numa_work(
+    k: &mut Kernel,
+    p: &mut TaskNuma,
+    pid: u32,
+    cpu_nid: Nid,
+    now: Nanos,
+) -> Nanos {
+    let mm_e = p.mm;
+    let scan_delay = k.sysctl.scan_delay();
+    let pte_cost = k.sysctl.0.pte_scan_cost_ns;
+    let mut pages = k.sysctl.scan_size_pages() as i64;
+    let mut virtpages = pages * 8;
+    {
+        let mut mm = k.mm(mm_e);
+        if now < mm.numa_next_scan {
+            return 0;
+        }
+        mm.numa_next_scan = now + p.numa_scan_period * NSEC_PER_MSEC;
+    }
+    // Delay this task enough that another task of this mm will likely win next time.
+    p.node_stamp += 2 * TICK_NSEC;
+
+    let Kernel {
+        mms,
+        pages: page_state,
+        counters,
+        ..
+    } = k;
+    let mut mm = mms.get_mut(mm_e).expect("tasks point at live mms");
+    // change_pte_range() leaves pages alone that already sit where a single-threaded
+    // process runs.
+    let target_node = (mm.nr_threads == 1).then_some(cpu_nid);
+    let mut walked = 0u64;
+    let mut forced = false;
+    let mut pids_skipped = false;
+    loop {
+        let mut start = mm.numa_scan_offset;
+        let mut vi = match mm.vmas.iter().position(|v| v.end() > start) {
+            Some(i) => i,
+            None => {
+                reset_ptenuma_scan(&mut mm);
+                start = 0;
+                0
+            }
+        };
+        let mut stopped = false;
+        while vi < mm.vmas.len() {
+            match vma_verdict(&mut mm, vi, pid, now, scan_delay, forced) {
+                VmaVerdict::Skip => {
+                    vi += 1;
+                    continue;
+                }
+                VmaVerdict::Done => {
+                    mm.numa_scan_offset = mm.vmas[vi].end();
+                    vi += 1;
+                    continue;
+                }
+                VmaVerdict::PidInactive => {
+                    pids_skipped = true;
+                    vi += 1;
+                    continue;
+                }
+                VmaVerdict::Scan => {}
+            }
+            let vma = &mm.vmas[vi];
+            loop {
+                start = start.max(vma.start);
+                let end = (start + pages as u64)
+                    .next_multiple_of(HPAGE_PAGES)
+                    .min(vma.end());
+                let updated = change_prot_numa(page_state, counters, vma, start, end, target_node);
+                walked += end - start;
+                if updated > 0 {
+                    pages -= (end - start) as i64;
+                }
+                virtpages -= (end - start) as i64;
+                start = end;
+                if pages <= 0 || virtpages <= 0 {
+                    stopped = true;
+                    break;
+                }
+                if end == vma.end() {
+                    break;
+                }
+            }
+            if stopped {
+                break;
+            }
+            let seq = mm.numa_scan_seq;
+            if let Some(numab) = mm.vmas[vi].numab.as_mut() {
+                numab.prev_scan_seq = seq;
+            }
+            if forced {
+                // Only force a scan within one VMA at a time.
+                stopped = true;
+                break;
+            }
+            vi += 1;
+        }
+        if !stopped && !forced && pids_skipped {
+            forced = true;
+            continue;
+        }
+        if stopped {
+            mm.numa_scan_offset = start;
+        } else {
+            reset_ptenuma_scan(&mut mm);
+        }
+        break;
+    }
+    let cost = walked * pte_cost;
+    // Tasks must run 32x as long elsewhere as they spent scanning (3% overhead cap).
+    p.node_stamp += 32 * cost;
+    cost
+}
+
+/// Models change_prot_numa() → change_pte_range() with MM_CP_PROT_NUMA over virtual pages
+/// `start..end` of `vma`: make present PTEs protnone, skipping what the kernel skips.
+/// Returns the number of PTEs updated (counted in numa_pte_updates).
+pub fn change_prot_numa(
+    pages: &mut Pages,
+    counters: &mut Counters,
+    vma: &Vma,
+    start: u64,
+    end: u64,
+    target_node: Option<Nid>,
+) -> u64 {
+    let mut updated = 0;
+    for vpn in start..end {
+        let i = vma.page(vpn) as usize;
+        let nid = pages.nid[i];
+        if nid == NUMA_NO_NODE || pages.flags[i] & (PTE_PROTNONE | PG_KSM) != 0 {
+            continue;
+        }
+        // Private (COW) mapping: skip pages that may be DMA-pinned or are mapped shared.
+        if pages.pins[i] > 0 || pages.mapcount[i] > 1 {
+            continue;
+        }
+        if target_node == Some(nid) {
+            continue;
+        }
+        pages.flags[i] |= PTE_PROTNONE;
+        updated += 1;
+    }
+    counters.vmstat.numa_pte_updates += updated;
+    updated
+}

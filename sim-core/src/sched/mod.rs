@@ -1,0 +1,226 @@
+//! Threads on CPUs. Each CPU runs the thread at the front of its run queue for one quantum,
+//! then rotates the queue. Simplified: one scheduler decision per quantum, no load balancer
+//! beyond NUMA placement, no preemption inside a quantum.
+
+pub mod numa;
+
+use bevy_ecs::prelude::*;
+
+pub use numa::TaskNuma;
+
+use crate::engine::{Event, NSEC_PER_USEC, Nanos, RngStream};
+use crate::kernel::{Faulter, Kernel};
+use crate::machine::NUMA_NO_NODE;
+use crate::mm::memory::handle_mm_fault;
+use crate::mm::numa_balancing::{task_numa_work, task_tick_numa};
+use crate::mm::{PTE_PROTNONE, PTE_YOUNG};
+use crate::stats::Source;
+
+/// Where a thread's next touches go: page offsets within the thread's range.
+pub trait AccessPattern: Send + Sync + 'static {
+    /// Fills `out` with offsets in `0..len` of the range the pattern was built for.
+    fn fill(&mut self, rng: &mut RngStream, out: &mut [u32]);
+}
+
+/// CPUs a thread may run on (`p->cpus_ptr`); `None` means all.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Affinity(pub Option<Vec<u32>>);
+
+impl Affinity {
+    pub fn allows(&self, cpu: u32) -> bool {
+        self.0.as_ref().is_none_or(|cpus| cpus.contains(&cpu))
+    }
+}
+
+/// Offsets drawn from a pattern per refill: amortises the dynamic call over many touches.
+const BATCH: usize = 256;
+
+/// A user thread (task_struct, minus the NUMA fields in [`TaskNuma`]).
+#[derive(Component)]
+pub struct Task {
+    pub pid: u32,
+    pub name: String,
+    pub mm: Entity,
+    pub cpu: u32,
+    pub affinity: Affinity,
+    pub sum_exec_runtime: Nanos,
+    /// The VMA the thread works on, and its range there (page offset and length).
+    pub vma: usize,
+    pub first: u64,
+    pub len: u64,
+    pub pattern: Box<dyn AccessPattern>,
+    pub rng: RngStream,
+    batch: Vec<u32>,
+    next: usize,
+    /// Cache lines per touch and CPU work per touch.
+    pub touch_lines: u64,
+    pub think_ns: Nanos,
+    pub start: Nanos,
+    pub stop: Option<Nanos>,
+}
+
+impl Task {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        pid: u32,
+        name: String,
+        mm: Entity,
+        cpu: u32,
+        affinity: Affinity,
+        vma: usize,
+        first: u64,
+        len: u64,
+        pattern: Box<dyn AccessPattern>,
+        rng: RngStream,
+    ) -> Self {
+        Self {
+            pid,
+            name,
+            mm,
+            cpu,
+            affinity,
+            sum_exec_runtime: 0,
+            vma,
+            first,
+            len,
+            pattern,
+            rng,
+            batch: vec![0; BATCH],
+            next: BATCH,
+            touch_lines: 16,
+            think_ns: 0,
+            start: 0,
+            stop: None,
+        }
+    }
+
+    #[inline]
+    fn next_offset(&mut self) -> u32 {
+        if self.next == self.batch.len() {
+            self.pattern.fill(&mut self.rng, &mut self.batch);
+            self.next = 0;
+        }
+        let o = self.batch[self.next];
+        self.next += 1;
+        o
+    }
+}
+
+/// Puts a thread on its CPU's run queue, starting the CPU if it was idle.
+pub fn enqueue_task(k: &mut Kernel, te: Entity, cpu: u32) {
+    let mut c = k.cpu(cpu);
+    c.runqueue.push_back(te);
+    if !c.ticking {
+        c.ticking = true;
+        k.queue.schedule_in(0, Event::CpuTick(cpu));
+    }
+}
+
+/// Models migrate_task_to(): move a thread to another CPU's run queue.
+pub fn migrate_task_to(
+    k: &mut Kernel,
+    tasks: &mut Query<(&mut Task, &mut TaskNuma)>,
+    te: Entity,
+    cpu: u32,
+) {
+    let Ok((mut task, _)) = tasks.get_mut(te) else {
+        return;
+    };
+    let old = std::mem::replace(&mut task.cpu, cpu);
+    k.cpu(old).runqueue.retain(|&e| e != te);
+    enqueue_task(k, te, cpu);
+}
+
+/// Handler of [`Event::TaskWake`]: a thread reaches its start time.
+pub fn wake_task(In(te): In<Entity>, mut k: Kernel, tasks: Query<&Task>) {
+    let cpu = tasks.get(te).expect("woken tasks exist").cpu;
+    enqueue_task(&mut k, te, cpu);
+}
+
+/// Handler of [`Event::CpuTick`]: run the thread at the front of the CPU's queue for one
+/// quantum, then do what the kernel does on return to user (task_numa_work()) and at the
+/// tick (numa placement), and rotate the queue.
+pub fn cpu_tick(In(cpu): In<u32>, mut k: Kernel, mut tasks: Query<(&mut Task, &mut TaskNuma)>) {
+    let now = k.now();
+    let Some(te) = k.cpu(cpu).runqueue.front().copied() else {
+        let mut c = k.cpu(cpu);
+        c.ticking = false;
+        c.curr = None;
+        return;
+    };
+    let (mut task, mut numa) = tasks.get_mut(te).expect("queued tasks exist");
+    if task.stop.is_some_and(|stop| now >= stop) {
+        exit_task(&mut k, &mut numa, te, cpu);
+        k.queue.schedule_in(0, Event::CpuTick(cpu));
+        return;
+    }
+    k.cpu(cpu).curr = Some((task.pid, task.mm));
+    let mut spent = run_quantum(&mut k, &mut task, &mut numa, cpu);
+    task.sum_exec_runtime += spent;
+    if k.sysctl.0.numa_balancing
+        && task_tick_numa(&mut k, &mut numa, task.sum_exec_runtime, now + spent)
+    {
+        let nid = k.topo.cpu_to_node(cpu);
+        let scan = task_numa_work(&mut k, &mut numa, task.pid, nid, now + spent);
+        task.sum_exec_runtime += scan;
+        spent += scan;
+    }
+    let migrate = std::mem::take(&mut numa.migrate_pending);
+    if migrate {
+        numa::task_numa_migrate(&mut k, &mut tasks, te);
+    }
+    let mut c = k.cpu(cpu);
+    if c.runqueue.front() == Some(&te) {
+        c.runqueue.rotate_left(1);
+    }
+    k.queue.schedule_in(spent.max(1), Event::CpuTick(cpu));
+}
+
+fn exit_task(k: &mut Kernel, numa: &mut TaskNuma, te: Entity, cpu: u32) {
+    k.cpu(cpu).runqueue.retain(|&e| e != te);
+    let mut mm = k.mm(numa.mm);
+    mm.nr_threads -= 1;
+    numa::task_numa_free(&mut mm, numa);
+}
+
+/// Runs one quantum of `task` on `cpu`: touches pages until the quantum is used up, taking
+/// page faults inline. Returns the time spent.
+fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -> Nanos {
+    let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
+    let now = k.now();
+    let nid = k.topo.cpu_to_node(cpu);
+    let (base, accessible) = {
+        let mm = k.mms.get(task.mm).expect("tasks point at live mms");
+        let vma = &mm.vmas[task.vma];
+        (vma.base + task.first as u32, vma.accessible)
+    };
+    if !accessible {
+        // The range is PROT_NONE: the thread's accesses would SIGSEGV; it waits instead.
+        return quantum;
+    }
+    let (mut elapsed, mut touches, mut local) = (0, 0, 0);
+    while elapsed < quantum {
+        let page = base + task.next_offset();
+        let i = page as usize;
+        if k.pages.nid[i] == NUMA_NO_NODE || k.pages.flags[i] & PTE_PROTNONE != 0 {
+            let mut f = Faulter {
+                cpu,
+                nid,
+                pid: task.pid,
+                task: Some(&mut *numa),
+                source: Source::Cpu,
+                now: now + elapsed,
+                runtime: task.sum_exec_runtime + elapsed,
+            };
+            elapsed += handle_mm_fault(k, task.mm, task.vma, page, &mut f);
+        } else {
+            k.pages.flags[i] |= PTE_YOUNG;
+        }
+        let page_nid = k.pages.nid[i];
+        elapsed += task.touch_lines * k.topo.latency(nid, page_nid) + task.think_ns;
+        touches += 1;
+        local += u64::from(page_nid == nid);
+    }
+    k.counters.touch(Source::Cpu, touches, local);
+    elapsed
+}

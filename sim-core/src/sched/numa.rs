@@ -1,0 +1,733 @@
+//! NUMA task placement (kernel/sched/fair.c, CONFIG_NUMA_BALANCING): per-task fault
+//! statistics, the preferred node, numa groups, task migration and the scan period.
+
+use bevy_ecs::prelude::*;
+
+use super::{Affinity, Task, migrate_task_to};
+use crate::engine::{NSEC_PER_MSEC, NSEC_PER_SEC, Nanos};
+use crate::kernel::{Faulter, Kernel, Sysctl};
+use crate::machine::Nid;
+use crate::mm::{
+    Mm, PageIdx, cpu_pid_to_cpupid, cpupid_match_pid, cpupid_pid_unset, cpupid_to_cpu,
+};
+
+/// task_numa_fault() flags (include/linux/sched/numa_balancing.h).
+pub const TNF_MIGRATED: u32 = 0x01;
+pub const TNF_NO_GROUP: u32 = 0x02;
+pub const TNF_SHARED: u32 = 0x04;
+pub const TNF_FAULT_LOCAL: u32 = 0x08;
+pub const TNF_MIGRATE_FAIL: u32 = 0x10;
+
+/// Rows of the numa_faults array (enum numa_faults_stats).
+const NUMA_MEM: usize = 0;
+const NUMA_CPU: usize = 1;
+const NUMA_MEMBUF: usize = 2;
+const NUMA_CPUBUF: usize = 3;
+const NR_NUMA_HINT_FAULT_TYPES: usize = 2;
+const NR_NUMA_HINT_FAULT_STATS: usize = NR_NUMA_HINT_FAULT_TYPES * 2;
+const NR_NUMA_HINT_FAULT_BUCKETS: usize = NR_NUMA_HINT_FAULT_STATS * 2;
+
+const NUMA_PERIOD_SLOTS: i64 = 10;
+const NUMA_PERIOD_THRESHOLD: i64 = 7;
+/// Never scan more PTEs than MAX_SCAN_WINDOW MB/sec.
+const MAX_SCAN_WINDOW: u64 = 2560;
+/// A node with more than 1/3 of the group's maximum CPU faults is active.
+const ACTIVE_NODE_FRACTION: i64 = 3;
+/// Minimum improvement (of 1000) for a task swap (SMALLIMP).
+const SMALLIMP: i64 = 30;
+/// One scheduler tick at HZ=250.
+pub const TICK_NSEC: Nanos = 4 * NSEC_PER_MSEC;
+
+/// `task_faults_idx()`.
+#[inline]
+fn task_faults_idx(nr_nodes: usize, s: usize, nid: usize, private: usize) -> usize {
+    NR_NUMA_HINT_FAULT_TYPES * (s * nr_nodes + nid) + private
+}
+
+/// A numa_group. Simplified: one group per process, which a thread joins on its first
+/// shared fault against a sibling thread (the kernel creates per-task groups and merges the
+/// groups of threads of one mm, which ends in the same place); groups never span processes.
+#[derive(Clone, Debug)]
+pub struct NumaGroup {
+    pub nr_tasks: u32,
+    pub active_nodes: u32,
+    pub max_faults_cpu: i64,
+    pub total_faults: i64,
+    /// `NR_NUMA_HINT_FAULT_STATS * nr_nodes` entries: NUMA_MEM and NUMA_CPU rows.
+    pub faults: Vec<i64>,
+}
+
+impl NumaGroup {
+    fn new(nr_nodes: usize) -> Self {
+        Self {
+            nr_tasks: 0,
+            active_nodes: 1,
+            max_faults_cpu: 0,
+            total_faults: 0,
+            faults: vec![0; NR_NUMA_HINT_FAULT_STATS * nr_nodes],
+        }
+    }
+
+    fn nr_nodes(&self) -> usize {
+        self.faults.len() / NR_NUMA_HINT_FAULT_STATS
+    }
+
+    /// `group_faults()`.
+    pub fn faults_mem(&self, nid: usize) -> i64 {
+        let n = self.nr_nodes();
+        self.faults[task_faults_idx(n, NUMA_MEM, nid, 0)]
+            + self.faults[task_faults_idx(n, NUMA_MEM, nid, 1)]
+    }
+
+    /// `group_faults_cpu()`.
+    pub fn faults_cpu(&self, nid: usize) -> i64 {
+        let n = self.nr_nodes();
+        self.faults[task_faults_idx(n, NUMA_CPU, nid, 0)]
+            + self.faults[task_faults_idx(n, NUMA_CPU, nid, 1)]
+    }
+
+    /// `group_faults_priv()` and `group_faults_shared()`.
+    fn faults_by_type(&self, private: usize) -> i64 {
+        let n = self.nr_nodes();
+        (0..n)
+            .map(|nid| self.faults[task_faults_idx(n, NUMA_MEM, nid, private)])
+            .sum()
+    }
+
+    /// `numa_is_active_node()`.
+    fn is_active_node(&self, nid: usize) -> bool {
+        self.faults_cpu(nid) * ACTIVE_NODE_FRACTION > self.max_faults_cpu
+    }
+
+    /// `numa_group_count_active_nodes()`.
+    fn count_active_nodes(&mut self) {
+        let n = self.nr_nodes();
+        let max = (0..n).map(|nid| self.faults_cpu(nid)).max().unwrap_or(0);
+        self.max_faults_cpu = max;
+        self.active_nodes = (0..n)
+            .filter(|&nid| self.faults_cpu(nid) * ACTIVE_NODE_FRACTION > max)
+            .count() as u32;
+    }
+}
+
+/// A task's NUMA balancing state (the `numa_*` fields of task_struct).
+#[derive(Component, Clone, Debug)]
+pub struct TaskNuma {
+    pub pid: u32,
+    pub mm: Entity,
+    pub node_stamp: Nanos,
+    /// Milliseconds, as in the kernel.
+    pub numa_scan_period: u64,
+    pub numa_scan_period_max: u64,
+    pub numa_scan_seq: u32,
+    pub numa_preferred_nid: Option<Nid>,
+    /// `NR_NUMA_HINT_FAULT_BUCKETS * nr_nodes` entries once the first fault is taken.
+    pub numa_faults: Vec<i64>,
+    pub total_numa_faults: i64,
+    /// Remote, local and failed-migration faults since the last scan-period update.
+    pub numa_faults_locality: [u64; 3],
+    pub numa_migrate_retry: Nanos,
+    pub numa_pages_migrated: u64,
+    pub last_task_numa_placement: Nanos,
+    pub last_sum_exec_runtime: Nanos,
+    /// Member of its process's numa group.
+    pub in_group: bool,
+    /// numa_migrate_preferred() asked for task_numa_migrate(); it runs when the quantum ends.
+    pub migrate_pending: bool,
+}
+
+impl TaskNuma {
+    /// Models init_numa_balancing() for a new thread.
+    pub fn new(pid: u32, mm: Entity, sysctl: &Sysctl) -> Self {
+        Self {
+            pid,
+            mm,
+            node_stamp: 0,
+            numa_scan_period: sysctl.0.numa_balancing_scan_delay_ms,
+            numa_scan_period_max: 0,
+            numa_scan_seq: 0,
+            numa_preferred_nid: None,
+            numa_faults: Vec::new(),
+            total_numa_faults: 0,
+            numa_faults_locality: [0; 3],
+            numa_migrate_retry: 0,
+            numa_pages_migrated: 0,
+            last_task_numa_placement: 0,
+            last_sum_exec_runtime: 0,
+            in_group: false,
+            migrate_pending: false,
+        }
+    }
+
+    fn nr_nodes(&self) -> usize {
+        self.numa_faults.len() / NR_NUMA_HINT_FAULT_BUCKETS
+    }
+
+    /// `task_faults()`.
+    pub fn task_faults(&self, nid: usize) -> i64 {
+        if self.numa_faults.is_empty() {
+            return 0;
+        }
+        let n = self.nr_nodes();
+        self.numa_faults[task_faults_idx(n, NUMA_MEM, nid, 0)]
+            + self.numa_faults[task_faults_idx(n, NUMA_MEM, nid, 1)]
+    }
+
+    /// `task_weight()`, for directly connected nodes (score_nearby_nodes() is 0).
+    pub fn task_weight(&self, nid: usize) -> i64 {
+        if self.total_numa_faults <= 0 {
+            return 0;
+        }
+        1000 * self.task_faults(nid) / self.total_numa_faults
+    }
+}
+
+/// `group_weight()`.
+fn group_weight(ng: Option<&NumaGroup>, nid: usize) -> i64 {
+    match ng {
+        Some(g) if g.total_faults > 0 => 1000 * g.faults_mem(nid) / g.total_faults,
+        _ => 0,
+    }
+}
+
+/// Models task_nr_scan_windows(): the RSS in scan-size windows, at least one.
+pub fn task_nr_scan_windows(sysctl: &Sysctl, rss: u64) -> u64 {
+    let nr_scan_pages = sysctl.scan_size_pages();
+    let rss = if rss == 0 { nr_scan_pages } else { rss };
+    rss.div_ceil(nr_scan_pages)
+}
+
+/// Models task_scan_min(): milliseconds.
+pub fn task_scan_min(sysctl: &Sysctl, rss: u64) -> u64 {
+    let scan_size = sysctl.0.numa_balancing_scan_size_mb;
+    let windows = if scan_size < MAX_SCAN_WINDOW {
+        MAX_SCAN_WINDOW / scan_size
+    } else {
+        1
+    };
+    let floor = 1000 / windows;
+    let scan = sysctl.0.numa_balancing_scan_period_min_ms / task_nr_scan_windows(sysctl, rss);
+    floor.max(scan)
+}
+
+/// Scales `period` with the share of the group's faults that are shared.
+fn scale_by_group(period: u64, ng: Option<&NumaGroup>) -> u64 {
+    match ng {
+        Some(g) => {
+            let shared = g.faults_by_type(0).max(0) as u64;
+            let private = g.faults_by_type(1).max(0) as u64;
+            period * u64::from(g.nr_tasks) * (shared + 1) / (private + shared + 1)
+        }
+        None => period,
+    }
+}
+
+/// Models task_scan_start().
+pub fn task_scan_start(sysctl: &Sysctl, rss: u64, ng: Option<&NumaGroup>) -> u64 {
+    let smin = task_scan_min(sysctl, rss);
+    smin.max(scale_by_group(smin, ng))
+}
+
+/// Models task_scan_max().
+pub fn task_scan_max(sysctl: &Sysctl, rss: u64, ng: Option<&NumaGroup>) -> u64 {
+    let smin = task_scan_min(sysctl, rss);
+    let smax = sysctl.0.numa_balancing_scan_period_max_ms / task_nr_scan_windows(sysctl, rss);
+    let smax = smax.max(scale_by_group(smax, ng));
+    smin.max(smax)
+}
+
+fn group_of<'a>(p: &TaskNuma, mm: &'a Mm) -> Option<&'a NumaGroup> {
+    if p.in_group {
+        mm.numa_group.as_ref()
+    } else {
+        None
+    }
+}
+
+/// Models update_task_scan_period(): slow scanning when faults are local or private, speed
+/// it up when they are remote and private, double it on failed migrations.
+pub fn update_task_scan_period(
+    p: &mut TaskNuma,
+    mm: &mut Mm,
+    sysctl: &Sysctl,
+    now: Nanos,
+    shared: u64,
+    private: u64,
+) {
+    let remote = p.numa_faults_locality[0];
+    let local = p.numa_faults_locality[1];
+    if local + shared == 0 || p.numa_faults_locality[2] != 0 {
+        p.numa_scan_period = p.numa_scan_period_max.min(p.numa_scan_period << 1);
+        mm.numa_next_scan = now + p.numa_scan_period * NSEC_PER_MSEC;
+        return;
+    }
+    let period_slot = p.numa_scan_period.div_ceil(NUMA_PERIOD_SLOTS as u64) as i64;
+    let lr_ratio = (local as i64 * NUMA_PERIOD_SLOTS) / (local + remote) as i64;
+    let ps_ratio = (private as i64 * NUMA_PERIOD_SLOTS) / (private + shared) as i64;
+    let diff = if ps_ratio >= NUMA_PERIOD_THRESHOLD {
+        (ps_ratio - NUMA_PERIOD_THRESHOLD).max(1) * period_slot
+    } else if lr_ratio >= NUMA_PERIOD_THRESHOLD {
+        (lr_ratio - NUMA_PERIOD_THRESHOLD).max(1) * period_slot
+    } else {
+        -(NUMA_PERIOD_THRESHOLD - lr_ratio.max(ps_ratio)) * period_slot
+    };
+    let ng = group_of(p, mm);
+    let lo = task_scan_min(sysctl, mm.rss) as i64;
+    let hi = task_scan_max(sysctl, mm.rss, ng) as i64;
+    p.numa_scan_period = (p.numa_scan_period as i64 + diff).clamp(lo, hi.max(lo)) as u64;
+    p.numa_faults_locality = [0; 3];
+}
+
+/// Models numa_get_avg_runtime(). Simplified: before the first placement the task counts
+/// as always runnable (the kernel uses its PELT load_sum).
+fn numa_get_avg_runtime(p: &mut TaskNuma, now: Nanos, runtime: Nanos) -> (u64, u64) {
+    let (delta, period) = if p.last_task_numa_placement != 0 {
+        (
+            runtime - p.last_sum_exec_runtime,
+            now.saturating_sub(p.last_task_numa_placement),
+        )
+    } else {
+        (runtime, runtime)
+    };
+    p.last_sum_exec_runtime = runtime;
+    p.last_task_numa_placement = now;
+    (delta, period)
+}
+
+/// Models task_numa_placement(): once per new numa_scan_seq, decay the fault statistics by
+/// half, fold in the faults since, pick the preferred node, update the scan period.
+/// Simplified: preferred_group_nid() as for directly connected nodes.
+pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime: Nanos) {
+    let sysctl = k.sysctl.clone();
+    let mut mm = k.mm(p.mm);
+    let seq = mm.numa_scan_seq;
+    if p.numa_scan_seq == seq {
+        return;
+    }
+    p.numa_scan_seq = seq;
+    p.numa_scan_period_max = task_scan_max(&sysctl, mm.rss, group_of(p, &mm));
+
+    let total_faults = (p.numa_faults_locality[0] + p.numa_faults_locality[1]) as i64;
+    let (runtime, period) = numa_get_avg_runtime(p, now, runtime);
+    let n = p.nr_nodes();
+    let in_group = p.in_group;
+    let mut fault_types = [0i64; 2];
+    let mut max_faults = 0i64;
+    let mut max_nid = None;
+    for nid in 0..n {
+        let (mut faults, mut group_faults) = (0i64, 0i64);
+        for (private, fault_type) in fault_types.iter_mut().enumerate() {
+            let mem_idx = task_faults_idx(n, NUMA_MEM, nid, private);
+            let membuf_idx = task_faults_idx(n, NUMA_MEMBUF, nid, private);
+            let cpu_idx = task_faults_idx(n, NUMA_CPU, nid, private);
+            let cpubuf_idx = task_faults_idx(n, NUMA_CPUBUF, nid, private);
+            let f = &mut p.numa_faults;
+            let diff = f[membuf_idx] - f[mem_idx] / 2;
+            *fault_type += f[membuf_idx];
+            f[membuf_idx] = 0;
+            let f_weight = ((runtime << 16) / (period + 1)) as i64;
+            let f_weight = f_weight * f[cpubuf_idx] / (total_faults + 1);
+            let f_diff = f_weight - f[cpu_idx] / 2;
+            f[cpubuf_idx] = 0;
+            f[mem_idx] += diff;
+            f[cpu_idx] += f_diff;
+            faults += f[mem_idx];
+            p.total_numa_faults += diff;
+            if let (true, Some(ng)) = (in_group, mm.numa_group.as_mut()) {
+                ng.faults[mem_idx] += diff;
+                ng.faults[cpu_idx] += f_diff;
+                ng.total_faults += diff;
+                group_faults += ng.faults[mem_idx];
+            }
+        }
+        let score = if in_group && mm.numa_group.is_some() {
+            group_faults
+        } else {
+            faults
+        };
+        if score > max_faults {
+            max_faults = score;
+            max_nid = Some(nid as Nid);
+        }
+    }
+    if let (true, Some(ng)) = (in_group, mm.numa_group.as_mut()) {
+        ng.count_active_nodes();
+    }
+    if max_faults > 0 {
+        p.numa_preferred_nid = max_nid;
+    }
+    update_task_scan_period(
+        p,
+        &mut mm,
+        &sysctl,
+        now,
+        fault_types[0].max(0) as u64,
+        fault_types[1].max(0) as u64,
+    );
+}
+
+/// Models task_numa_group() with per-process groups (see [`NumaGroup`]). Returns whether
+/// the fault counts as private.
+fn task_numa_group(k: &mut Kernel, p: &mut TaskNuma, cpupid: u32, flags: u32) -> bool {
+    let nr_nodes = k.topo.nr_nodes as usize;
+    let cpu = cpupid_to_cpu(cpupid);
+    if cpu >= k.topo.nr_cpus() {
+        return false;
+    }
+    let Some((curr_pid, curr_mm)) = k.cpu(cpu).curr else {
+        return false;
+    };
+    if !cpupid_match_pid(curr_pid, cpupid) {
+        return false;
+    }
+    if curr_mm != p.mm {
+        // Another process: the kernel joins only on TNF_SHARED (not modelled across
+        // processes); without it the pid match was a collision, so the fault is private.
+        return flags & TNF_SHARED == 0;
+    }
+    if !p.in_group {
+        let mut mm = k.mm(p.mm);
+        let ng = mm
+            .numa_group
+            .get_or_insert_with(|| NumaGroup::new(nr_nodes));
+        for (g, t) in ng
+            .faults
+            .iter_mut()
+            .zip(&p.numa_faults[..NR_NUMA_HINT_FAULT_STATS * nr_nodes])
+        {
+            *g += t;
+        }
+        ng.total_faults += p.total_numa_faults;
+        ng.nr_tasks += 1;
+        p.in_group = true;
+    }
+    false
+}
+
+/// Models task_numa_free(): a thread leaves its group when it exits.
+pub fn task_numa_free(mm: &mut Mm, p: &mut TaskNuma) {
+    if !p.in_group {
+        return;
+    }
+    if let Some(ng) = mm.numa_group.as_mut() {
+        let n = ng.nr_nodes();
+        for (g, t) in ng
+            .faults
+            .iter_mut()
+            .zip(&p.numa_faults[..NR_NUMA_HINT_FAULT_STATS * n])
+        {
+            *g -= t;
+        }
+        ng.total_faults -= p.total_numa_faults;
+        ng.nr_tasks -= 1;
+    }
+    p.in_group = false;
+}
+
+/// Models task_numa_fault(): account a hinting fault on a page of `mem_node` to the task.
+pub fn task_numa_fault(
+    k: &mut Kernel,
+    p: &mut TaskNuma,
+    f: &Faulter,
+    last_cpupid: u32,
+    mem_node: Nid,
+    pages: u64,
+    flags: u32,
+) {
+    let nr_nodes = k.topo.nr_nodes as usize;
+    let cpu_node = f.nid as usize;
+    let mut local = usize::from(flags & TNF_FAULT_LOCAL != 0);
+    if p.numa_faults.is_empty() {
+        p.numa_faults = vec![0; NR_NUMA_HINT_FAULT_BUCKETS * nr_nodes];
+        p.total_numa_faults = 0;
+        p.numa_faults_locality = [0; 3];
+    }
+    let private = if cpupid_pid_unset(last_cpupid) {
+        true
+    } else {
+        let mut private = cpupid_match_pid(p.pid, last_cpupid);
+        if !private && flags & TNF_NO_GROUP == 0 {
+            private = task_numa_group(k, p, last_cpupid, flags);
+        }
+        private
+    };
+    if !private && local == 0 && p.in_group {
+        let mm = k.mm(p.mm);
+        if let Some(ng) = &mm.numa_group
+            && ng.active_nodes > 1
+            && ng.is_active_node(cpu_node)
+            && ng.is_active_node(mem_node as usize)
+        {
+            local = 1;
+        }
+    }
+    if f.now > p.numa_migrate_retry {
+        task_numa_placement(k, p, f.now, f.runtime);
+        numa_migrate_preferred(p, f);
+    }
+    if flags & TNF_MIGRATED != 0 {
+        p.numa_pages_migrated += pages;
+    }
+    if flags & TNF_MIGRATE_FAIL != 0 {
+        p.numa_faults_locality[2] += pages;
+    }
+    let private = usize::from(private);
+    p.numa_faults[task_faults_idx(nr_nodes, NUMA_MEMBUF, mem_node as usize, private)] +=
+        pages as i64;
+    p.numa_faults[task_faults_idx(nr_nodes, NUMA_CPUBUF, cpu_node, private)] += pages as i64;
+    p.numa_faults_locality[local] += pages;
+}
+
+/// Models should_numa_migrate_memory(): record this CPU+pid in the page's last_cpupid and
+/// decide whether a fault from `f` should pull the page from `src_nid` to `f.nid`.
+pub fn should_numa_migrate_memory(
+    k: &mut Kernel,
+    f: &Faulter,
+    page: PageIdx,
+    src_nid: Nid,
+) -> bool {
+    let dst_nid = f.nid;
+    let this_cpupid = cpu_pid_to_cpupid(f.cpu, f.pid);
+    let last_cpupid = std::mem::replace(&mut k.pages.last_cpupid[page as usize], this_cpupid);
+    let (preferred, scan_seq, in_group, mm) = match f.task.as_deref() {
+        Some(p) => (
+            p.numa_preferred_nid,
+            p.numa_scan_seq,
+            p.in_group,
+            Some(p.mm),
+        ),
+        None => (None, 0, false, None),
+    };
+    let unset = cpupid_pid_unset(last_cpupid);
+    let matches = cpupid_match_pid(f.pid, last_cpupid);
+    // Early in a task's life, migrate on first or private faults.
+    if (preferred.is_none() || scan_seq <= 4) && (unset || matches) {
+        return true;
+    }
+    // Two-stage filter: the previous fault must have come from the same node (P(n)^2).
+    if !unset {
+        let last_cpu = cpupid_to_cpu(last_cpupid);
+        if last_cpu >= k.topo.nr_cpus() || k.topo.cpu_to_node(last_cpu) != dst_nid {
+            return false;
+        }
+    }
+    if matches {
+        return true;
+    }
+    let (Some(mm), true) = (mm, in_group) else {
+        return true;
+    };
+    let mm = k.mms.get(mm).expect("tasks point at live mms");
+    let Some(ng) = &mm.numa_group else {
+        return true;
+    };
+    let (src, dst) = (src_nid as usize, dst_nid as usize);
+    if ng.faults_cpu(dst) > ng.faults_cpu(src) * ACTIVE_NODE_FRACTION {
+        return true;
+    }
+    ng.faults_cpu(dst) * ng.faults_mem(src) * 3 > ng.faults_cpu(src) * ng.faults_mem(dst) * 4
+}
+
+/// Models numa_migrate_preferred(): retry every min(1 s, scan period / 16); when the task
+/// is away from its preferred node, ask for task_numa_migrate().
+fn numa_migrate_preferred(p: &mut TaskNuma, f: &Faulter) {
+    let Some(preferred) = p.numa_preferred_nid else {
+        return;
+    };
+    if p.numa_faults.is_empty() {
+        return;
+    }
+    let interval = NSEC_PER_SEC.min(p.numa_scan_period * NSEC_PER_MSEC / 16);
+    p.numa_migrate_retry = f.now + interval;
+    if f.nid != preferred {
+        p.migrate_pending = true;
+    }
+}
+
+/// Threads on a node's CPUs and the first idle CPU there that `allowed` permits.
+fn node_stats(k: &mut Kernel, nid: Nid, allowed: &Affinity) -> (usize, Option<u32>) {
+    let mut running = 0;
+    let mut idle = None;
+    for cpu in k.topo.node_cpus(nid) {
+        let len = k.cpu(cpu).runqueue.len();
+        running += len;
+        if len == 0 && idle.is_none() && allowed.allows(cpu) {
+            idle = Some(cpu);
+        }
+    }
+    (running, idle)
+}
+
+/// Models task_numa_migrate() + task_numa_find_cpu() + task_numa_compare() for the
+/// preferred node: move to an idle CPU there if that does not unbalance the nodes, else swap
+/// with the running thread whose exchange improves the weights most (≥ SMALLIMP).
+/// Simplified: only the preferred node is searched; load is the number of runnable threads;
+/// the allowed imbalance (adjust_numa_imbalance()) is a quarter of a node's CPUs.
+pub fn task_numa_migrate(
+    k: &mut Kernel,
+    tasks: &mut Query<(&mut Task, &mut TaskNuma)>,
+    te: Entity,
+) {
+    let Ok((task, p)) = tasks.get(te) else { return };
+    let Some(dst_nid) = p.numa_preferred_nid else {
+        return;
+    };
+    let src_cpu = task.cpu;
+    let src_nid = k.topo.cpu_to_node(src_cpu);
+    if src_nid == dst_nid {
+        return;
+    }
+    let p_group = if p.in_group {
+        k.mms.get(p.mm).ok().and_then(|m| m.numa_group.clone())
+    } else {
+        None
+    };
+    let (src, dst) = (src_nid as usize, dst_nid as usize);
+    let taskimp = p.task_weight(dst) - p.task_weight(src);
+    let groupimp = group_weight(p_group.as_ref(), dst) - group_weight(p_group.as_ref(), src);
+    let p_mm = p.mm;
+    let task_allowed = task.affinity.clone();
+
+    let (src_running, _) = node_stats(k, src_nid, &task_allowed);
+    let (dst_running, idle_cpu) = node_stats(k, dst_nid, &task_allowed);
+    let node_cpus = k.topo.cpus_per_node as usize;
+    if dst_running < node_cpus {
+        let imbalance = (dst_running + 1).saturating_sub(src_running.saturating_sub(1));
+        let allowed_imbalance = (node_cpus / 4).max(1);
+        if let (true, Some(cpu)) = (imbalance <= allowed_imbalance, idle_cpu) {
+            migrate_task_to(k, tasks, te, cpu);
+            k.counters.vmstat.numa_task_migrated += 1;
+            return;
+        }
+    }
+
+    let mut best: Option<(i64, Entity, u32)> = None;
+    for cpu in k.topo.node_cpus(dst_nid) {
+        if !task_allowed.allows(cpu) {
+            continue;
+        }
+        let Some(&cur) = k.cpu(cpu).runqueue.front() else {
+            continue;
+        };
+        let Ok((cur_task, cur_numa)) = tasks.get(cur) else {
+            continue;
+        };
+        if !cur_task.affinity.allows(src_cpu) {
+            continue;
+        }
+        let same_group = cur_numa.mm == p_mm && cur_numa.in_group && p_group.is_some();
+        let imp = if same_group || (!cur_numa.in_group && p_group.is_none()) {
+            let imp = taskimp + cur_numa.task_weight(src) - cur_numa.task_weight(dst);
+            if same_group { imp - imp / 16 } else { imp }
+        } else {
+            let cur_group = if cur_numa.in_group {
+                k.mms
+                    .get(cur_numa.mm)
+                    .ok()
+                    .and_then(|m| m.numa_group.clone())
+            } else {
+                None
+            };
+            let base = if p_group.is_some() { groupimp } else { taskimp };
+            match (&cur_group, &p_group) {
+                (Some(cg), Some(_)) => {
+                    base + group_weight(Some(cg), src) - group_weight(Some(cg), dst)
+                }
+                _ => base + cur_numa.task_weight(src) - cur_numa.task_weight(dst),
+            }
+        };
+        let best_imp = best.map_or(0, |b| b.0);
+        if imp >= SMALLIMP && imp > best_imp + SMALLIMP / 2 {
+            best = Some((imp, cur, cpu));
+        }
+    }
+    if let Some((_, other, cpu)) = best {
+        migrate_task_to(k, tasks, other, src_cpu);
+        migrate_task_to(k, tasks, te, cpu);
+        k.counters.vmstat.numa_task_swapped += 2;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::KernelConfig;
+
+    fn sysctl() -> Sysctl {
+        Sysctl(KernelConfig::default())
+    }
+
+    #[test]
+    fn scan_min_and_max_follow_the_kernel_formula() {
+        let s = sysctl();
+        // 256 MB scan size: windows = 2560/256 = 10, floor = 100 ms.
+        // RSS of 1 GiB = 4 windows: min = max(100, 1000/4) = 250, max = 60000/4 = 15000.
+        let rss = 262_144;
+        assert_eq!(task_nr_scan_windows(&s, rss), 4);
+        assert_eq!(task_scan_min(&s, rss), 250);
+        assert_eq!(task_scan_max(&s, rss, None), 15_000);
+        // A tiny RSS counts as one window: min = 1000, max = 60000.
+        assert_eq!(task_scan_min(&s, 10), 1000);
+        assert_eq!(task_scan_max(&s, 10, None), 60_000);
+        // 40 GiB: 160 windows, min hits the 100 ms floor, max = 375.
+        assert_eq!(task_scan_min(&s, 40 * 262_144), 100);
+        assert_eq!(task_scan_max(&s, 40 * 262_144, None), 375);
+        // A group of 4 tasks with mostly shared faults stretches the maximum.
+        let mut g = NumaGroup::new(2);
+        g.nr_tasks = 4;
+        g.faults[task_faults_idx(2, NUMA_MEM, 0, 0)] = 299; // shared
+        g.faults[task_faults_idx(2, NUMA_MEM, 1, 1)] = 100; // private
+        // smax = 60000 * 4 * 300 / 400 = 180000.
+        assert_eq!(task_scan_max(&s, 10, Some(&g)), 180_000);
+    }
+
+    fn task(period: u64, max: u64, locality: [u64; 3]) -> TaskNuma {
+        let mut p = TaskNuma::new(1, Entity::PLACEHOLDER, &sysctl());
+        p.numa_scan_period = period;
+        p.numa_scan_period_max = max;
+        p.numa_faults_locality = locality;
+        p
+    }
+
+    fn mm() -> Mm {
+        let mut mm = Mm::new(1, "t", 0);
+        mm.rss = 10; // one window: min 1000, max 60000
+        mm
+    }
+
+    #[test]
+    fn scan_period_adapts_as_the_kernel_computes() {
+        let s = sysctl();
+        // Mostly private faults (ps = 9): grow by (9-7) * ceil(2000/10) = 400.
+        let mut p = task(2000, 60_000, [50, 50, 0]);
+        update_task_scan_period(&mut p, &mut mm(), &s, 0, 10, 90);
+        assert_eq!(p.numa_scan_period, 2400);
+        assert_eq!(p.numa_faults_locality, [0; 3]);
+        // Shared (ps = 2) but local (lr = 8): grow by 1 slot of 300.
+        let mut p = task(3000, 60_000, [20, 80, 0]);
+        update_task_scan_period(&mut p, &mut mm(), &s, 0, 80, 20);
+        assert_eq!(p.numa_scan_period, 3300);
+        // Shared and remote (lr = 3, ps = 5): shrink by (7-5) * 300 = 600 ...
+        let mut p = task(3000, 60_000, [70, 30, 0]);
+        update_task_scan_period(&mut p, &mut mm(), &s, 0, 50, 50);
+        assert_eq!(p.numa_scan_period, 2400);
+        // ... but never below task_scan_min (1000 here).
+        let mut p = task(1100, 60_000, [90, 10, 0]);
+        update_task_scan_period(&mut p, &mut mm(), &s, 0, 90, 10);
+        assert_eq!(p.numa_scan_period, 1000);
+    }
+
+    #[test]
+    fn failed_migrations_double_the_period_and_delay_the_next_scan() {
+        let s = sysctl();
+        let mut m = mm();
+        let mut p = task(1500, 60_000, [10, 90, 3]);
+        update_task_scan_period(&mut p, &mut m, &s, 5 * NSEC_PER_SEC, 0, 100);
+        assert_eq!(p.numa_scan_period, 3000);
+        assert_eq!(m.numa_next_scan, 5 * NSEC_PER_SEC + 3000 * NSEC_PER_MSEC);
+        // Doubling stops at numa_scan_period_max.
+        let mut p = task(40_000, 60_000, [0, 0, 0]);
+        update_task_scan_period(&mut p, &mut m, &s, 0, 0, 100);
+        assert_eq!(p.numa_scan_period, 60_000);
+    }
+}

@@ -1,0 +1,243 @@
+//! One simulation run: the bevy `World`, its construction, and the event loop.
+
+use std::time::Instant;
+
+use bevy_ecs::prelude::*;
+
+use crate::config::Config;
+use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos, RngStream, stream};
+use crate::kernel::{Kernel, Sysctl};
+use crate::machine::{Cpu, Nid, PgData, Topology};
+use crate::mm::memory::do_anonymous_page;
+use crate::mm::numa_balancing::initial_node_stamp;
+use crate::mm::{Mm, PageIdx, Pages};
+use crate::sched::{AccessPattern, Affinity, Task, TaskNuma, cpu_tick, wake_task};
+use crate::stats::Counters;
+use crate::stats::recorder::{Recorder, sample};
+use crate::stats::summary::{Span, Summary, metrics};
+
+/// Pages in a MiB.
+pub const PAGES_PER_MIB: u64 = 256;
+
+/// A simulation being built or run.
+pub struct Sim {
+    pub world: World,
+    config: Config,
+    next_pid: u32,
+}
+
+/// What a finished run produced.
+pub struct RunOutput {
+    pub summary: Summary,
+    pub recorder: Recorder,
+}
+
+/// A thread to add: where it runs and what it touches.
+pub struct ThreadSpec {
+    pub name: String,
+    pub cpu: u32,
+    pub affinity: Affinity,
+    pub vma: usize,
+    pub first: u64,
+    pub len: u64,
+    pub pattern: Box<dyn AccessPattern>,
+    pub touch_lines: u64,
+    pub think_ns: Nanos,
+    pub start: Nanos,
+    pub stop: Option<Nanos>,
+}
+
+impl Sim {
+    /// The machine of `config` with no processes yet.
+    pub fn new(config: &Config) -> Self {
+        let mut world = World::new();
+        let mut topo = Topology::new(&config.machine);
+        let present = config.machine.memory_per_node_mib * PAGES_PER_MIB;
+        topo.node_entities = (0..topo.nr_nodes)
+            .map(|nid| {
+                world
+                    .spawn(PgData {
+                        nid: nid as Nid,
+                        present_pages: present,
+                        free_pages: present,
+                    })
+                    .id()
+            })
+            .collect();
+        topo.cpu_entities = (0..topo.nr_cpus())
+            .map(|id| {
+                world
+                    .spawn(Cpu {
+                        id,
+                        nid: topo.cpu_to_node(id),
+                        ..Default::default()
+                    })
+                    .id()
+            })
+            .collect();
+        world.insert_resource(topo);
+        world.insert_resource(Sysctl(config.kernel.clone()));
+        world.insert_resource(EventQueue::default());
+        world.insert_resource(Pages::default());
+        world.insert_resource(Counters::default());
+        world.insert_resource(Recorder::new(config.run.sample_ms * NSEC_PER_MSEC));
+        Self {
+            world,
+            config: config.clone(),
+            next_pid: 1000,
+        }
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The random stream of actor `name`.
+    pub fn rng(&self, name: &str) -> RngStream {
+        stream(self.config.run.seed, name)
+    }
+
+    fn alloc_pid(&mut self) -> u32 {
+        self.next_pid += 1;
+        self.next_pid
+    }
+
+    /// A new process (an empty mm) named `name`.
+    pub fn add_process(&mut self, name: &str) -> Entity {
+        let pid = self.alloc_pid();
+        let delay = self.world.resource::<Sysctl>().scan_delay();
+        self.world.spawn(Mm::new(pid, name, delay)).id()
+    }
+
+    /// Maps `pages` of anonymous memory into `mm`; returns the VMA index.
+    pub fn add_vma(&mut self, mm: Entity, name: &str, pages: u64) -> usize {
+        let base = self.world.resource_mut::<Pages>().grow(pages);
+        self.world
+            .get_mut::<Mm>(mm)
+            .expect("live mm")
+            .add_vma(name, pages, base)
+    }
+
+    /// Faults every page of a VMA in on node `nid` (with zonelist fallback), as a memset by a
+    /// thread there would.
+    pub fn populate(&mut self, mm: Entity, vma: usize, nid: Nid) {
+        let (base, pages) = {
+            let v = &self.world.get::<Mm>(mm).expect("live mm").vmas[vma];
+            (v.base, v.pages)
+        };
+        self.with_kernel(|k| {
+            for p in 0..pages {
+                do_anonymous_page(k, mm, base + p as PageIdx, nid);
+            }
+        });
+    }
+
+    /// Runs `f` with the kernel's view of the world.
+    pub fn with_kernel<R>(&mut self, f: impl FnOnce(&mut Kernel) -> R) -> R {
+        let mut state = bevy_ecs::system::SystemState::<Kernel>::new(&mut self.world);
+        let mut k = state
+            .get_mut(&mut self.world)
+            .expect("the kernel's resources exist");
+        let r = f(&mut k);
+        state.apply(&mut self.world);
+        r
+    }
+
+    /// Adds a thread to `mm`. It joins its CPU's run queue at `spec.start`.
+    pub fn add_thread(&mut self, mm: Entity, spec: ThreadSpec) -> Entity {
+        let pid = self.alloc_pid();
+        let rng = self.rng(&format!("thread:{}", spec.name));
+        let thread_index = {
+            let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
+            m.nr_threads += 1;
+            m.nr_threads - 1
+        };
+        let sysctl = self.world.resource::<Sysctl>().clone();
+        let mut numa = TaskNuma::new(pid, mm, &sysctl);
+        numa.node_stamp = self.with_kernel(|k| initial_node_stamp(k, &numa, 0, thread_index));
+        let mut task = Task::new(
+            pid,
+            spec.name.clone(),
+            mm,
+            spec.cpu,
+            spec.affinity,
+            spec.vma,
+            spec.first,
+            spec.len,
+            spec.pattern,
+            rng,
+        );
+        task.touch_lines = spec.touch_lines;
+        task.think_ns = spec.think_ns;
+        task.start = spec.start;
+        task.stop = spec.stop;
+        let e = self.world.spawn((task, numa)).id();
+        self.world
+            .resource_mut::<Recorder>()
+            .tracked
+            .push((spec.name, e));
+        self.world
+            .resource_mut::<EventQueue>()
+            .schedule(spec.start, Event::TaskWake(e));
+        e
+    }
+
+    /// Runs to `run.duration_ms` and returns the results.
+    pub fn run(mut self) -> RunOutput {
+        let wall = Instant::now();
+        let end = self.config.run.duration_ms * NSEC_PER_MSEC;
+        let interval = self.config.run.sample_ms * NSEC_PER_MSEC;
+        self.world
+            .resource_mut::<EventQueue>()
+            .schedule(interval.min(end), Event::Sample);
+        while let Some(event) = self.world.resource_mut::<EventQueue>().pop_until(end) {
+            self.dispatch(event);
+        }
+        let mut queue = self.world.resource_mut::<EventQueue>();
+        queue.advance_to(end);
+        let events = queue.dispatched();
+        let last = self.world.resource::<Recorder>().rows.last().map(|r| r.0);
+        if last != Some(end) {
+            sample(&mut self.world);
+        }
+        let counters = self
+            .world
+            .resource_mut::<Counters>()
+            .accrue_stale(end)
+            .clone();
+        let c = &self.config;
+        let summary = Summary {
+            scenario: c.name.clone(),
+            seed: c.run.seed,
+            gup_policy: c.kernel.gup_policy.name().into(),
+            notifier: c.kernel.notifier.name().into(),
+            sim_time_ns: end,
+            events,
+            wall_s: wall.elapsed().as_secs_f64(),
+            metrics: metrics(&counters, end, Span::Run),
+        };
+        let recorder = self
+            .world
+            .remove_resource::<Recorder>()
+            .expect("inserted in new()");
+        RunOutput { summary, recorder }
+    }
+
+    fn dispatch(&mut self, event: Event) {
+        let w = &mut self.world;
+        let r = match event {
+            Event::CpuTick(cpu) => w
+                .run_system_cached_with(cpu_tick, cpu)
+                .map_err(|e| e.to_string()),
+            Event::TaskWake(e) => w
+                .run_system_cached_with(wake_task, e)
+                .map_err(|e| e.to_string()),
+            Event::Sample => {
+                sample(w);
+                Ok(())
+            }
+            Event::DeviceTick(_) | Event::Ksmd | Event::Aging | Event::Action(_) => Ok(()),
+        };
+        r.expect("event handlers are valid systems");
+    }
+}

@@ -1,0 +1,151 @@
+//! What a run measures: the kernel's vmstat counters, the simulator's own observations
+//! (locality, stale mappings, ...), and the time-series recorder.
+
+pub mod recorder;
+pub mod summary;
+
+use bevy_ecs::resource::Resource;
+
+/// Declares a struct of `u64` counters with their result names, so the summary and the time
+/// series are generated from one list and cannot drift apart.
+macro_rules! counters {
+    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+        pub struct $name { $($(#[$fmeta])* pub $field: u64,)* }
+
+        impl $name {
+            /// Counter names, in result order.
+            pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
+
+            /// Counter values, in the order of [`Self::NAMES`].
+            pub fn values(&self) -> Vec<u64> {
+                vec![$(self.$field),*]
+            }
+
+            /// The inverse of [`Self::values`].
+            pub fn from_values(v: &[u64]) -> Self {
+                let mut it = v.iter().copied();
+                Self { $($field: it.next().unwrap_or(0),)* }
+            }
+        }
+    };
+}
+
+counters! {
+    /// /proc/vmstat (and schedstat) counters, named as the kernel names them.
+    VmStat {
+        /// PTEs made PROT_NONE by change_prot_numa().
+        numa_pte_updates,
+        /// PMDs made PROT_NONE (always 0: THP is not modelled).
+        numa_huge_pte_updates,
+        numa_hint_faults,
+        numa_hint_faults_local,
+        numa_pages_migrated,
+        pgmigrate_success,
+        pgmigrate_fail,
+        /// Threads moved to an idle CPU by task_numa_migrate() (schedstat).
+        numa_task_migrated,
+        /// Threads swapped with a thread on the preferred node (schedstat).
+        numa_task_swapped,
+    }
+}
+
+/// Who touched memory or took a hinting fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    Cpu = 0,
+    Kvm = 1,
+    Device = 2,
+    FollowPage = 3,
+}
+
+counters! {
+    /// Hinting faults by who took them (`hint_faults_by_source`).
+    HintFaultsBySource { cpu, kvm, device, follow_page }
+}
+
+counters! {
+    /// Touches of memory, all and node-local, by toucher (for `locality`).
+    Touches { cpu, cpu_local, kvm, kvm_local, device, device_local }
+}
+
+counters! {
+    /// Stale secondary-MMU mappings (`stale`).
+    Stale {
+        /// Largest number of stale entries at any time.
+        mappings_max,
+        /// Integral of the number of stale entries over simulated time (entry-nanoseconds).
+        mapping_ns,
+        /// Device or guest accesses through a stale entry.
+        accesses,
+    }
+}
+
+counters! {
+    /// KSM (`ksm`).
+    Ksm { pages_merged, skipped_protnone }
+}
+
+counters! {
+    /// Page aging (`young`).
+    Young {
+        /// Pages found young only through a secondary MMU while their PTE was protnone.
+        secondary_only_protnone,
+    }
+}
+
+/// Everything a run counts. One resource, so the recorder snapshots it in one read.
+#[derive(Resource, Clone, Debug, Default)]
+pub struct Counters {
+    pub vmstat: VmStat,
+    pub hint_faults_by_source: HintFaultsBySource,
+    pub touches: Touches,
+    pub stale: Stale,
+    pub ksm: Ksm,
+    pub young: Young,
+    /// Current number of stale secondary-MMU entries (a gauge).
+    pub stale_mappings: u64,
+    /// When `stale_mappings` last changed, for the `stale.mapping_ns` integral.
+    pub stale_since: crate::engine::Nanos,
+}
+
+impl Counters {
+    /// Adds the stale entry-time since the last change to `stale.mapping_ns`.
+    pub fn accrue_stale(&mut self, now: crate::engine::Nanos) -> &mut Self {
+        self.stale.mapping_ns += self.stale_mappings * now.saturating_sub(self.stale_since);
+        self.stale_since = now;
+        self
+    }
+
+    /// Sets the number of stale secondary-MMU entries at `now`.
+    pub fn set_stale_mappings(&mut self, now: crate::engine::Nanos, n: u64) {
+        self.accrue_stale(now);
+        self.stale_mappings = n;
+        self.stale.mappings_max = self.stale.mappings_max.max(n);
+    }
+
+    /// Counts one hinting fault taken by `source`.
+    pub fn hint_fault(&mut self, source: Source) {
+        let c = &mut self.hint_faults_by_source;
+        match source {
+            Source::Cpu => c.cpu += 1,
+            Source::Kvm => c.kvm += 1,
+            Source::Device => c.device += 1,
+            Source::FollowPage => c.follow_page += 1,
+        }
+    }
+
+    /// Counts `n` touches by `source`, `local` of them on the toucher's node.
+    #[inline]
+    pub fn touch(&mut self, source: Source, n: u64, local: u64) {
+        let t = &mut self.touches;
+        let (all, loc) = match source {
+            Source::Cpu | Source::FollowPage => (&mut t.cpu, &mut t.cpu_local),
+            Source::Kvm => (&mut t.kvm, &mut t.kvm_local),
+            Source::Device => (&mut t.device, &mut t.device_local),
+        };
+        *all += n;
+        *loc += local;
+    }
+}

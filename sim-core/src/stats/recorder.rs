@@ -1,0 +1,109 @@
+//! The time-series recorder: one row per sample interval, counters as interval deltas.
+
+use bevy_ecs::prelude::*;
+
+use super::Counters;
+use super::summary::{Span, Value, metrics};
+use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos};
+use crate::sched::Task;
+
+/// Closed intervals so far and what the next one is measured against.
+#[derive(Resource, Default)]
+pub struct Recorder {
+    pub interval: Nanos,
+    last: Counters,
+    last_time: Nanos,
+    /// Threads whose node is recorded, with their column names.
+    pub tracked: Vec<(String, Entity)>,
+    pub header: Vec<String>,
+    pub rows: Vec<(Nanos, Vec<Value>)>,
+}
+
+impl Recorder {
+    pub fn new(interval: Nanos) -> Self {
+        Self {
+            interval,
+            ..Default::default()
+        }
+    }
+
+    /// `timeseries.csv`: `time_ms`, then every metric of the interval.
+    pub fn to_csv(&self) -> String {
+        let mut out = String::from("time_ms");
+        for h in &self.header {
+            out.push(',');
+            out.push_str(h);
+        }
+        out.push('\n');
+        for (t, values) in &self.rows {
+            out.push_str(&format!("{}", *t as f64 / NSEC_PER_MSEC as f64));
+            for v in values {
+                match v {
+                    Value::Count(n) => out.push_str(&format!(",{n}")),
+                    Value::Real(x) => out.push_str(&format!(",{x}")),
+                }
+            }
+            out.push('\n');
+        }
+        out
+    }
+}
+
+fn delta(now: &Counters, then: &Counters) -> Counters {
+    fn sub(a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
+        a.into_iter().zip(b).map(|(x, y)| x - y).collect()
+    }
+    let mut d = now.clone();
+    macro_rules! diff {
+        ($field:ident, $ty:ty) => {{
+            let v = sub(now.$field.values(), then.$field.values());
+            d.$field = <$ty>::from_values(&v);
+        }};
+    }
+    diff!(vmstat, super::VmStat);
+    diff!(hint_faults_by_source, super::HintFaultsBySource);
+    diff!(touches, super::Touches);
+    diff!(stale, super::Stale);
+    diff!(ksm, super::Ksm);
+    diff!(young, super::Young);
+    d
+}
+
+/// Closes the interval ending now: appends a row and, unless the run is over, schedules the
+/// next sample.
+pub fn sample(world: &mut World) {
+    let now = world.resource::<EventQueue>().now();
+    let mut nids = Vec::new();
+    {
+        let rec = world.resource::<Recorder>();
+        let topo = world.resource::<crate::machine::Topology>();
+        for (_, e) in &rec.tracked {
+            let cpu = world.get::<Task>(*e).map_or(0, |t| t.cpu);
+            nids.push(Value::Count(u64::from(topo.cpu_to_node(cpu))));
+        }
+    }
+    world.resource_scope(|world, mut rec: Mut<Recorder>| {
+        let counters = world.resource_mut::<Counters>().accrue_stale(now).clone();
+        let d = delta(&counters, &rec.last);
+        let groups = metrics(&d, now - rec.last_time, Span::Interval);
+        let flat = groups.flatten();
+        if rec.header.is_empty() {
+            rec.header = flat.iter().map(|(k, _)| k.clone()).collect();
+            let names: Vec<String> = rec
+                .tracked
+                .iter()
+                .map(|(n, _)| format!("task.{n}.nid"))
+                .collect();
+            rec.header.extend(names);
+        }
+        let mut row: Vec<Value> = flat.into_iter().map(|(_, v)| v).collect();
+        row.extend(nids);
+        rec.rows.push((now, row));
+        rec.last = counters;
+        rec.last_time = now;
+        let interval = rec.interval;
+        world
+            .resource_mut::<EventQueue>()
+            .schedule_in(interval, Event::Sample);
+    });
+}

@@ -1,0 +1,143 @@
+//! The result contract: `summary.json` and the metric names shared with `timeseries.csv`,
+//! `results.csv` and the plots.
+
+use serde::ser::{SerializeMap, Serializer};
+use serde::{Deserialize, Serialize};
+
+use super::{Counters, HintFaultsBySource, Ksm, Stale, VmStat, Young};
+use crate::engine::{NSEC_PER_SEC, Nanos};
+
+/// One metric value: a count, or a ratio/rate.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Value {
+    Count(u64),
+    Real(f64),
+}
+
+impl Value {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Count(n) => n as f64,
+            Value::Real(x) => x,
+        }
+    }
+}
+
+/// Named groups of named values, in a fixed order.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Groups(pub Vec<(&'static str, Vec<(&'static str, Value)>)>);
+
+impl Groups {
+    /// `group.name` → value, in order.
+    pub fn flatten(&self) -> Vec<(String, Value)> {
+        self.0
+            .iter()
+            .flat_map(|(g, vals)| vals.iter().map(move |(n, v)| (format!("{g}.{n}"), *v)))
+            .collect()
+    }
+}
+
+impl Serialize for Groups {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        struct Inner<'a>(&'a [(&'static str, Value)]);
+        impl Serialize for Inner<'_> {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                let mut m = s.serialize_map(Some(self.0.len()))?;
+                for (k, v) in self.0 {
+                    m.serialize_entry(k, v)?;
+                }
+                m.end()
+            }
+        }
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (g, vals) in &self.0 {
+            m.serialize_entry(g, &Inner(vals))?;
+        }
+        m.end()
+    }
+}
+
+/// Whether metrics describe a whole run or one interval of the time series.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Span {
+    Run,
+    Interval,
+}
+
+fn counts(names: &'static [&'static str], values: Vec<u64>) -> Vec<(&'static str, Value)> {
+    names
+        .iter()
+        .copied()
+        .zip(values.into_iter().map(Value::Count))
+        .collect()
+}
+
+fn ratio(part: u64, all: u64) -> Value {
+    Value::Real(if all == 0 {
+        0.0
+    } else {
+        part as f64 / all as f64
+    })
+}
+
+/// The metric groups of `c` (totals of a run, or the deltas of one interval) over `span_ns`.
+pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
+    let t = &c.touches;
+    let stale = match span {
+        Span::Run => counts(Stale::NAMES, c.stale.values()),
+        Span::Interval => vec![
+            ("mappings", Value::Count(c.stale_mappings)),
+            ("mapping_ns", Value::Count(c.stale.mapping_ns)),
+            ("accesses", Value::Count(c.stale.accesses)),
+        ],
+    };
+    let all = t.cpu + t.kvm + t.device;
+    let per_s = if span_ns == 0 {
+        0.0
+    } else {
+        all as f64 * NSEC_PER_SEC as f64 / span_ns as f64
+    };
+    Groups(vec![
+        ("vmstat", counts(VmStat::NAMES, c.vmstat.values())),
+        (
+            "hint_faults_by_source",
+            counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values()),
+        ),
+        (
+            "locality",
+            vec![
+                ("cpu", ratio(t.cpu_local, t.cpu)),
+                ("kvm", ratio(t.kvm_local, t.kvm)),
+                ("device", ratio(t.device_local, t.device)),
+            ],
+        ),
+        (
+            "touches",
+            vec![
+                ("cpu", Value::Count(t.cpu)),
+                ("kvm", Value::Count(t.kvm)),
+                ("device", Value::Count(t.device)),
+            ],
+        ),
+        ("stale", stale),
+        ("ksm", counts(Ksm::NAMES, c.ksm.values())),
+        ("young", counts(Young::NAMES, c.young.values())),
+        ("throughput", vec![("touches_per_s", Value::Real(per_s))]),
+    ])
+}
+
+/// `summary.json`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub scenario: String,
+    pub seed: u64,
+    pub gup_policy: String,
+    pub notifier: String,
+    pub sim_time_ns: u64,
+    pub events: u64,
+    /// Wall-clock seconds the run took (the one field that differs between identical runs).
+    pub wall_s: f64,
+    #[serde(flatten)]
+    pub metrics: Groups,
+}

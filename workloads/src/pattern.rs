@@ -1,0 +1,99 @@
+//! Access patterns: which pages of its range a thread or device touches next.
+
+use sim_core::config::PatternKind;
+use sim_core::engine::RngStream;
+use sim_core::sched::AccessPattern;
+
+/// Every page of the range equally likely.
+pub struct Uniform {
+    len: u64,
+}
+
+impl AccessPattern for Uniform {
+    fn fill(&mut self, rng: &mut RngStream, out: &mut [u32]) {
+        for o in out {
+            *o = rng.below(self.len) as u32;
+        }
+    }
+}
+
+/// Pages in address order, wrapping around (a streaming kernel like STREAM or memset).
+pub struct Sequential {
+    len: u64,
+    pos: u64,
+}
+
+impl AccessPattern for Sequential {
+    fn fill(&mut self, _: &mut RngStream, out: &mut [u32]) {
+        for o in out {
+            *o = self.pos as u32;
+            self.pos = (self.pos + 1) % self.len;
+        }
+    }
+}
+
+/// A hot head of the range gets most touches, the cold rest the others.
+pub struct HotCold {
+    len: u64,
+    hot: u64,
+    p_hot: f64,
+}
+
+impl AccessPattern for HotCold {
+    fn fill(&mut self, rng: &mut RngStream, out: &mut [u32]) {
+        for o in out {
+            *o = if self.hot == self.len || rng.chance(self.p_hot) {
+                rng.below(self.hot)
+            } else {
+                self.hot + rng.below(self.len - self.hot)
+            } as u32;
+        }
+    }
+}
+
+/// The pattern `kind` over a range of `len` pages.
+pub fn build(
+    kind: PatternKind,
+    len: u64,
+    hot_fraction: f64,
+    hot_probability: f64,
+) -> Box<dyn AccessPattern> {
+    assert!(len > 0, "patterns need a non-empty range");
+    match kind {
+        PatternKind::Uniform => Box::new(Uniform { len }),
+        PatternKind::Sequential => Box::new(Sequential { len, pos: 0 }),
+        PatternKind::HotCold => {
+            let hot = ((len as f64 * hot_fraction).ceil() as u64).clamp(1, len);
+            Box::new(HotCold {
+                len,
+                hot,
+                p_hot: hot_probability,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sim_core::engine::stream;
+
+    fn draw(kind: PatternKind, len: u64) -> Vec<u32> {
+        let mut p = build(kind, len, 0.1, 0.9);
+        let mut out = vec![0; 10_000];
+        p.fill(&mut stream(3, "t"), &mut out);
+        out
+    }
+
+    #[test]
+    fn patterns_stay_in_range_and_have_their_shape() {
+        let u = draw(PatternKind::Uniform, 100);
+        assert!(u.iter().all(|&o| o < 100));
+        let s = draw(PatternKind::Sequential, 7);
+        assert_eq!(&s[..9], &[0, 1, 2, 3, 4, 5, 6, 0, 1]);
+        let h = draw(PatternKind::HotCold, 1000);
+        let hot = h.iter().filter(|&&o| o < 100).count() as f64 / h.len() as f64;
+        assert!((0.88..0.93).contains(&hot), "hot share {hot}");
+        assert!(h.iter().all(|&o| o < 1000));
+    }
+}
