@@ -32,7 +32,7 @@ pub fn run(gib_per_node: u64, seconds: u64) {
         }],
     });
     let t = Instant::now();
-    let sim = workloads::build(&c);
+    let mut sim = workloads::build(&c);
     let build_s = t.elapsed().as_secs_f64();
     let pages = sim.world.resource::<Pages>().len() as u64;
     let page_bytes = Pages::BYTES_PER_PAGE as u64 * pages;

@@ -389,7 +389,7 @@ fn explain(message: &str) -> String {
 pub fn closest<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
     candidates
         .iter()
-        .map(|c| (strsim::levenshtein(given, c), *c))
+        .map(|c| (strsim::damerau_levenshtein(given, c), *c))
         .min()
         .filter(|(d, _)| *d <= given.len().max(3) / 2)
         .map(|(_, c)| c)

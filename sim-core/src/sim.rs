@@ -182,8 +182,8 @@ impl Sim {
         e
     }
 
-    /// Runs to `run.duration_ms` and returns the results.
-    pub fn run(mut self) -> RunOutput {
+    /// Runs to `run.duration_ms` and returns the results. The world stays inspectable.
+    pub fn run(&mut self) -> RunOutput {
         let wall = Instant::now();
         let end = self.config.run.duration_ms * NSEC_PER_MSEC;
         let interval = self.config.run.sample_ms * NSEC_PER_MSEC;

@@ -70,10 +70,10 @@ impl EventQueue {
         self.schedule(self.now.saturating_add(delay), event);
     }
 
-    /// Removes the earliest event if it is due no later than `until`, and advances time to it.
+    /// Removes the earliest event if it is due before `until`, and advances time to it.
     pub fn pop_until(&mut self, until: Nanos) -> Option<Event> {
         let next = self.heap.peek()?;
-        if next.0.time > until {
+        if next.0.time >= until {
             return None;
         }
         let Reverse(s) = self.heap.pop()?;
@@ -116,7 +116,7 @@ mod tests {
     fn events_after_the_horizon_stay_queued() {
         let mut q = EventQueue::default();
         q.schedule(50, Event::Aging);
-        assert_eq!(q.pop_until(49), None);
-        assert_eq!(q.pop_until(50), Some(Event::Aging));
+        assert_eq!(q.pop_until(50), None);
+        assert_eq!(q.pop_until(51), Some(Event::Aging));
     }
 }

@@ -1,0 +1,287 @@
+//! The command line: results on disk, and bad input rejected with exit status 2.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn numasim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_numasim"))
+        .args(args)
+        .output()
+        .expect("numasim runs")
+}
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("numasim-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.to_string_lossy().into_owned()
+}
+
+/// Runs `args`, expects exit status 2 and returns stderr.
+fn rejected(args: &[&str]) -> String {
+    let out = numasim(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
+const SMALL: &str = r#"
+[run]
+duration_ms = 300
+
+[[process]]
+name = "app"
+
+[[process.vma]]
+name = "buf"
+size_mib = 8
+
+[[process.thread]]
+vma = "buf"
+"#;
+
+#[test]
+fn run_writes_the_three_result_files() {
+    let dir = scratch("run");
+    let cfg = write(&dir, "small.toml", SMALL);
+    let out_dir = dir.join("out");
+    let out = numasim(&["run", &cfg, "--out", out_dir.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for f in ["summary.json", "timeseries.csv", "config.toml"] {
+        assert!(out_dir.join(f).is_file(), "{f} missing");
+    }
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["scenario"], "small");
+    for key in [
+        "vmstat.numa_pte_updates",
+        "vmstat.numa_hint_faults",
+        "vmstat.numa_hint_faults_local",
+        "vmstat.numa_pages_migrated",
+        "vmstat.pgmigrate_success",
+        "vmstat.pgmigrate_fail",
+        "vmstat.numa_task_migrated",
+        "hint_faults_by_source.cpu",
+        "hint_faults_by_source.kvm",
+        "hint_faults_by_source.device",
+        "hint_faults_by_source.follow_page",
+        "locality.cpu",
+        "locality.kvm",
+        "locality.device",
+        "stale.mappings_max",
+        "stale.mapping_ns",
+        "stale.accesses",
+        "ksm.pages_merged",
+        "ksm.skipped_protnone",
+        "young.secondary_only_protnone",
+        "throughput.touches_per_s",
+    ] {
+        let (group, name) = key.split_once('.').unwrap();
+        assert!(summary[group][name].is_number(), "summary.json lacks {key}");
+    }
+    let csv = std::fs::read_to_string(out_dir.join("timeseries.csv")).unwrap();
+    let header = csv.lines().next().unwrap();
+    assert!(
+        header.starts_with("time_ms,vmstat.numa_pte_updates,"),
+        "{header}"
+    );
+    assert!(header.contains(",stale.mappings,"), "{header}");
+    assert_eq!(csv.lines().count(), 1 + 3, "three 100 ms intervals");
+}
+
+#[test]
+fn the_written_config_reproduces_the_run() {
+    let dir = scratch("repro");
+    let first = dir.join("first");
+    let again = dir.join("again");
+    let out = numasim(&[
+        "run",
+        "default",
+        "--set",
+        "run.duration_ms=1500",
+        "--set",
+        "run.seed=9",
+        "--out",
+        first.to_str().unwrap(),
+    ]);
+    assert!(out.status.success());
+    let cfg = first.join("config.toml");
+    let out = numasim(&[
+        "run",
+        cfg.to_str().unwrap(),
+        "--out",
+        again.to_str().unwrap(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
+    assert_eq!(
+        read(&first, "timeseries.csv"),
+        read(&again, "timeseries.csv")
+    );
+    assert_eq!(read(&first, "config.toml"), read(&again, "config.toml"));
+    let strip = |s: String| {
+        s.lines()
+            .filter(|l| !l.contains("\"wall_s\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        strip(read(&first, "summary.json")),
+        strip(read(&again, "summary.json"))
+    );
+}
+
+#[test]
+fn check_prints_the_resolved_config_and_scenarios_lists_the_catalogue() {
+    let out = numasim(&["check", "numa02", "--set", "machine.nodes=4"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("nodes = 4"), "{text}");
+    assert!(
+        text.contains("numa_balancing_scan_period_min_ms = 1000"),
+        "defaults are filled in: {text}"
+    );
+    let out = numasim(&["scenarios"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for name in ["default", "numa01", "numa01-threadlocal", "numa02"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(name)),
+            "{name} missing from {text}"
+        );
+    }
+}
+
+#[test]
+fn an_unknown_key_is_named_with_its_line_and_a_suggestion() {
+    let dir = scratch("typo");
+    let cfg = write(
+        &dir,
+        "typo.toml",
+        "[run]\nseed = 3\n\n[machine]\nnodez = 2\n",
+    );
+    let err = rejected(&["check", &cfg]);
+    assert!(err.contains("line 5"), "{err}");
+    assert!(err.contains("nodez"), "{err}");
+    assert!(err.contains("did you mean `nodes`"), "{err}");
+}
+
+#[test]
+fn an_unknown_set_key_is_rejected_with_a_suggestion() {
+    let err = rejected(&[
+        "check",
+        "numa02",
+        "--set",
+        "kernel.numa_balancing_scan_dely_ms=5",
+    ]);
+    assert!(err.contains("--set"), "{err}");
+    assert!(err.contains("numa_balancing_scan_delay_ms"), "{err}");
+}
+
+#[test]
+fn a_value_of_the_wrong_type_is_rejected() {
+    let dir = scratch("type");
+    let cfg = write(&dir, "type.toml", "[machine]\nnodes = \"two\"\n");
+    let err = rejected(&["check", &cfg]);
+    assert!(
+        err.contains("line 2") && err.contains("machine.nodes"),
+        "{err}"
+    );
+    let err = rejected(&["check", "numa02", "--set", "kernel.gup_policy=explict"]);
+    assert!(err.contains("did you mean `explicit`"), "{err}");
+}
+
+#[test]
+fn out_of_range_values_are_rejected() {
+    let err = rejected(&["check", "numa02", "--set", "machine.nodes=0"]);
+    assert!(
+        err.contains("machine.nodes") && err.contains("1 to 64"),
+        "{err}"
+    );
+    let err = rejected(&["check", "numa02", "--set", "machine.nodes=65"]);
+    assert!(err.contains("machine.nodes"), "{err}");
+
+    let dir = scratch("range");
+    let neg = write(
+        &dir,
+        "neg.toml",
+        &SMALL.replace("size_mib = 8", "size_mib = -8"),
+    );
+    let err = rejected(&["check", &neg]);
+    assert!(err.contains("line 10") && err.contains("size_mib"), "{err}");
+
+    let shape = write(
+        &dir,
+        "shape.toml",
+        "[machine]\nnodes = 2\ndistance = [[10, 20], [20, 10], [20, 20]]\n",
+    );
+    let err = rejected(&["check", &shape]);
+    assert!(
+        err.contains("line 3") && err.contains("machine.distance") && err.contains("2 rows of 2"),
+        "{err}"
+    );
+
+    let cpu = write(&dir, "cpu.toml", &format!("{SMALL}cpus = [3, 99]\n"));
+    let err = rejected(&["check", &cpu]);
+    assert!(
+        err.contains("process[0].thread[0].cpus") && err.contains("CPU 99 does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("line 14"), "{err}");
+
+    let node = write(
+        &dir,
+        "node.toml",
+        &SMALL.replace("size_mib = 8", "size_mib = 8\npopulate_node = 7"),
+    );
+    let err = rejected(&["check", &node]);
+    assert!(
+        err.contains("populate_node") && err.contains("node 7 does not exist"),
+        "{err}"
+    );
+
+    let vma = write(
+        &dir,
+        "vma.toml",
+        &SMALL.replace("vma = \"buf\"", "vma = \"bfu\""),
+    );
+    let err = rejected(&["check", &vma]);
+    assert!(err.contains("did you mean `buf`"), "{err}");
+}
+
+#[test]
+fn a_missing_file_or_scenario_is_rejected_and_leaves_no_results() {
+    let dir = scratch("missing");
+    let out_dir = dir.join("out");
+    let err = rejected(&[
+        "run",
+        "no/such/file.toml",
+        "--out",
+        out_dir.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("no/such/file.toml") && err.contains("cannot read"),
+        "{err}"
+    );
+    assert!(!out_dir.join("summary.json").exists());
+    let err = rejected(&["run", "numa2"]);
+    assert!(err.contains("did you mean `numa02`"), "{err}");
+    let bad = write(&dir, "bad.toml", "[machine]\nnodes = 0\n");
+    rejected(&["run", &bad, "--out", out_dir.to_str().unwrap()]);
+    assert!(!out_dir.exists(), "a rejected run writes nothing");
+}

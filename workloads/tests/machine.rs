@@ -1,0 +1,123 @@
+//! The machine and the engine: placement, fallback, latency, determinism.
+
+mod common;
+
+use common::*;
+use sim_core::machine::NUMA_NO_NODE;
+use sim_core::mm::Pages;
+
+const ONE_THREAD: &str = r#"
+[run]
+duration_ms = 1
+sample_ms = 1
+
+[kernel]
+numa_balancing = false
+
+[machine]
+nodes = 3
+cpus_per_node = 2
+memory_per_node_mib = 64
+distance = [[10, 30, 20], [30, 10, 20], [20, 20, 10]]
+
+[[process]]
+name = "app"
+
+[[process.vma]]
+name = "buf"
+size_mib = 32
+
+[[process.thread]]
+vma = "buf"
+node = 0
+pattern = "sequential"
+"#;
+
+fn nodes_of_pages(sim: &sim_core::sim::Sim) -> [usize; 4] {
+    let mut count = [0; 4];
+    for &nid in &sim.world.resource::<Pages>().nid {
+        count[if nid == NUMA_NO_NODE { 3 } else { nid as usize }] += 1;
+    }
+    count
+}
+
+#[test]
+fn anonymous_memory_is_placed_on_the_first_toucher_node() {
+    let c = config(
+        ONE_THREAD,
+        &["run.duration_ms=200", "process.0.thread.0.node=1"],
+    );
+    let (sim, out) = run(&c);
+    let [n0, n1, n2, untouched] = nodes_of_pages(&sim);
+    assert_eq!((n0, n2), (0, 0));
+    assert!(n1 > 0, "the thread on node 1 touched pages");
+    assert_eq!(n1 + untouched, 32 * 256);
+    assert_eq!(metric(&out, "locality.cpu"), 1.0);
+}
+
+#[test]
+fn a_full_node_falls_back_to_the_nearest_node_with_memory() {
+    // Node 0 has 16 MiB; the thread on node 0 touches all 32 MiB. Node 2 is nearer (20) than
+    // node 1 (30), so the overflow lands there.
+    let c = config(
+        ONE_THREAD,
+        &["run.duration_ms=300", "machine.memory_per_node_mib=16"],
+    );
+    let (sim, out) = run(&c);
+    assert_eq!(nodes_of_pages(&sim), [16 * 256, 0, 16 * 256, 0]);
+    let locality = metric(&out, "locality.cpu");
+    assert!(
+        locality > 0.3 && locality < 0.7,
+        "half the pages are remote: {locality}"
+    );
+}
+
+#[test]
+fn touches_are_charged_the_latency_of_their_distance() {
+    // One 1 ms quantum of 16-line touches. Local: 16 x 100 ns = 1.6 us, 625 touches fill the
+    // quantum exactly. At distance 30 a touch costs 4.8 us: 209 touches (the last one
+    // overruns the quantum).
+    let local = config(ONE_THREAD, &["process.0.vma.0.populate_node=0"]);
+    let (_, out) = run(&local);
+    assert_eq!(metric(&out, "touches.cpu"), 625.0);
+    let remote = config(ONE_THREAD, &["process.0.vma.0.populate_node=1"]);
+    let (_, out) = run(&remote);
+    assert_eq!(metric(&out, "touches.cpu"), 209.0);
+    assert_eq!(metric(&out, "locality.cpu"), 0.0);
+    let nearer = config(
+        ONE_THREAD,
+        &[
+            "process.0.vma.0.populate_node=2",
+            "machine.local_latency_ns=50",
+        ],
+    );
+    let (_, out) = run(&nearer);
+    // 16 x 50 x 20/10 = 1.6 us again.
+    assert_eq!(metric(&out, "touches.cpu"), 625.0);
+}
+
+fn strip_wall(out: &sim_core::sim::RunOutput) -> String {
+    let mut s = out.summary.clone();
+    s.wall_s = 0.0;
+    serde_json::to_string(&s).unwrap()
+}
+
+#[test]
+fn the_same_seed_gives_identical_results_and_another_seed_does_not() {
+    let c = scenario("default", &["run.duration_ms=3000"]);
+    let (_, a) = run(&c);
+    let (_, b) = run(&c);
+    assert_eq!(strip_wall(&a), strip_wall(&b));
+    assert_eq!(a.recorder.to_csv(), b.recorder.to_csv());
+    let other = scenario("default", &["run.duration_ms=3000", "run.seed=2"]);
+    let (_, d) = run(&other);
+    assert_ne!(a.recorder.to_csv(), d.recorder.to_csv());
+}
+
+#[test]
+fn the_resolved_config_round_trips() {
+    let c = scenario("numa01", &["machine.nodes=4", "run.seed=5"]);
+    let text = sim_core::config::to_toml(&c);
+    let again = config(&text, &[]);
+    assert_eq!(c, again);
+}
