@@ -35,7 +35,7 @@ pub fn run(gib_per_node: u64, seconds: u64) {
     let mut sim = workloads::build(&c);
     let build_s = t.elapsed().as_secs_f64();
     let pages = sim.world.resource::<Pages>().len() as u64;
-    let page_bytes = Pages::BYTES_PER_PAGE as u64 * pages;
+    let page_bytes = sim.world.resource::<Pages>().bytes() as u64;
     let t = Instant::now();
     let out = sim.run();
     let run_s = t.elapsed().as_secs_f64();

@@ -114,11 +114,20 @@ impl Pages {
         self.flags[page as usize] & PTE_PROTNONE != 0
     }
 
-    /// Bytes of simulator memory per page, for the benchmark.
-    pub const BYTES_PER_PAGE: usize = std::mem::size_of::<Nid>()
-        + std::mem::size_of::<u8>() * 4
-        + std::mem::size_of::<u32>()
-        + std::mem::size_of::<u16>() * 2;
+    /// Bytes of simulator memory the page arrays hold (allocated capacity).
+    pub fn bytes(&self) -> usize {
+        fn b<T>(v: &Vec<T>) -> usize {
+            v.capacity() * std::mem::size_of::<T>()
+        }
+        b(&self.nid)
+            + b(&self.flags)
+            + b(&self.last_cpupid)
+            + b(&self.pins)
+            + b(&self.refs)
+            + b(&self.mapcount)
+            + b(&self.frame_gen)
+            + b(&self.content)
+    }
 }
 
 /// Per-VMA NUMA balancing state (struct vma_numab_state).
