@@ -68,8 +68,8 @@ pub fn run(gib_per_node: u64, seconds: u64) {
         run_s * 1e9 / touches as f64
     );
     println!(
-        "page state: {} bytes per page, {:.1} MiB",
-        Pages::BYTES_PER_PAGE,
+        "page state: {:.2} bytes per page, {:.1} MiB",
+        page_bytes as f64 / pages as f64,
         page_bytes as f64 / (1 << 20) as f64
     );
     println!(
