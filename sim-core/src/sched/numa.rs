@@ -558,11 +558,22 @@ fn node_stats(k: &mut Kernel, nid: Nid, allowed: &Affinity) -> (usize, Option<u3
     (running, idle)
 }
 
+/// Models adjust_numa_imbalance(): a lightly loaded destination may take a small imbalance
+/// (NUMA_IMBALANCE_MIN) so a pair of communicating tasks can stay together.
+fn adjust_numa_imbalance(imbalance: usize, dst_running: usize, imb_numa_nr: usize) -> usize {
+    const NUMA_IMBALANCE_MIN: usize = 2;
+    if dst_running <= imb_numa_nr && imbalance <= NUMA_IMBALANCE_MIN {
+        0
+    } else {
+        imbalance
+    }
+}
+
 /// Models task_numa_migrate() + task_numa_find_cpu() + task_numa_compare() for the
 /// preferred node: move to an idle CPU there if that does not unbalance the nodes, else swap
 /// with the running thread whose exchange improves the weights most (≥ SMALLIMP).
 /// Simplified: only the preferred node is searched; load is the number of runnable threads;
-/// the allowed imbalance (adjust_numa_imbalance()) is a quarter of a node's CPUs.
+/// `imb_numa_nr` is a quarter of a node's CPUs (one LLC per node).
 pub fn task_numa_migrate(
     k: &mut Kernel,
     tasks: &mut Query<(&mut Task, &mut TaskNuma)>,
@@ -593,8 +604,11 @@ pub fn task_numa_migrate(
     let node_cpus = k.topo.cpus_per_node as usize;
     if dst_running < node_cpus {
         let imbalance = (dst_running + 1).saturating_sub(src_running.saturating_sub(1));
-        let allowed_imbalance = (node_cpus / 4).max(1);
-        if let (true, Some(cpu)) = (imbalance <= allowed_imbalance, idle_cpu) {
+        let imb_numa_nr = (node_cpus / 4).max(1);
+        if let (0, Some(cpu)) = (
+            adjust_numa_imbalance(imbalance, dst_running + 1, imb_numa_nr),
+            idle_cpu,
+        ) {
             migrate_task_to(k, tasks, te, cpu);
             k.counters.vmstat.numa_task_migrated += 1;
             return;

@@ -1,0 +1,108 @@
+//! Automatic NUMA balancing on the autonumabench scenarios.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn numa02_converges_on_two_and_four_nodes() {
+    for nodes in ["machine.nodes=2", "machine.nodes=4"] {
+        let (_, on) = run(&scenario("numa02", &[nodes]));
+        let (_, off) = run(&scenario("numa02", &[nodes, "kernel.numa_balancing=false"]));
+        let (l_on, l_off) = (tail_locality(&on, "cpu"), tail_locality(&off, "cpu"));
+        assert!(l_on >= 0.85, "{nodes}: locality {l_on}");
+        assert!(
+            l_on >= l_off + 0.25,
+            "{nodes}: {l_on} vs {l_off} without balancing"
+        );
+        assert!(metric(&on, "vmstat.numa_pages_migrated") > 0.0);
+        assert_eq!(metric(&off, "vmstat.numa_hint_faults"), 0.0);
+        assert_eq!(metric(&off, "vmstat.numa_pte_updates"), 0.0);
+        assert!(
+            metric(&on, "throughput.touches_per_s") > metric(&off, "throughput.touches_per_s"),
+            "{nodes}: local memory is faster"
+        );
+    }
+}
+
+#[test]
+fn a_shared_buffer_stays_less_local_than_private_slices() {
+    let (_, numa01) = run(&scenario("numa01", &[]));
+    let (_, threadlocal) = run(&scenario("numa01-threadlocal", &[]));
+    let (_, numa02) = run(&scenario("numa02", &[]));
+    let (shared, local, private) = (
+        tail_locality(&numa01, "cpu"),
+        tail_locality(&threadlocal, "cpu"),
+        tail_locality(&numa02, "cpu"),
+    );
+    assert!(
+        shared < private - 0.2,
+        "numa01 {shared} vs numa02 {private}"
+    );
+    assert!(local >= shared, "threadlocal {local} vs numa01 {shared}");
+    // Shared pages bounce less than they fault: the two-stage filter holds most back.
+    let faults = metric(&numa01, "vmstat.numa_hint_faults");
+    assert!(metric(&numa01, "vmstat.numa_pages_migrated") < faults / 4.0);
+}
+
+#[test]
+fn the_scan_period_grows_once_memory_is_local() {
+    // After convergence every fault is local and private, so update_task_scan_period()
+    // stretches each thread's period from task_scan_start() (500 ms for this RSS) upward.
+    let c = scenario("numa02", &[]);
+    let mut sim = workloads::build(&c);
+    sim.run();
+    let mut q = sim.world.query::<&sim_core::sched::TaskNuma>();
+    let periods: Vec<u64> = q.iter(&sim.world).map(|p| p.numa_scan_period).collect();
+    assert_eq!(periods.len(), 8);
+    assert!(periods.iter().all(|&p| p > 500), "{periods:?}");
+    assert!(periods.iter().any(|&p| p >= 2000), "{periods:?}");
+}
+
+const PULLED: &str = r#"
+[run]
+duration_ms = 20000
+
+[machine]
+cpus_per_node = 8
+
+[[process]]
+name = "app"
+
+[[process.vma]]
+name = "data"
+size_mib = 256
+populate_node = 0
+
+[[process.thread]]
+count = 2
+node = 1
+vma = "data"
+slice = "private"
+"#;
+
+#[test]
+fn threads_move_to_the_node_holding_their_memory() {
+    // All memory sits on node 0 and cannot move (node 1 has no free memory), while the
+    // threads start on node 1 and node 0 has idle CPUs: task placement pulls them over. The
+    // second move leaves node 0 two threads ahead, which adjust_numa_imbalance() allows a
+    // lightly loaded node of 8 CPUs (imb_numa_nr 2).
+    let mut sim = workloads::build(&config(PULLED, &[]));
+    sim.with_kernel(|k| k.pgdat(1).free_pages = 0);
+    let out = sim.run();
+    assert_eq!(
+        metric(&out, "vmstat.numa_task_migrated"),
+        2.0,
+        "both threads moved"
+    );
+    assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
+    let nid = column(&out, "task.app/worker/0.nid");
+    assert_eq!((nid.first(), nid.last()), (Some(&1.0), Some(&0.0)));
+    assert!(tail_locality(&out, "cpu") > 0.99);
+
+    // With 4 CPUs a node, imb_numa_nr is 1: the second thread must stay behind.
+    let mut sim = workloads::build(&config(PULLED, &["machine.cpus_per_node=4"]));
+    sim.with_kernel(|k| k.pgdat(1).free_pages = 0);
+    let out = sim.run();
+    assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 1.0);
+}
