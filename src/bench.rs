@@ -8,21 +8,14 @@ use sim_core::engine::stream;
 use sim_core::mm::Pages;
 
 pub fn run(gib_per_node: u64, seconds: u64) {
-    let mut c = Config {
-        name: "bench".into(),
-        ..Config::default()
-    };
+    let mut c = Config { name: "bench".into(), ..Config::default() };
     c.run.duration_ms = seconds * 1000;
     c.machine.nodes = 2;
     c.machine.memory_per_node_mib = gib_per_node * 1024;
     let vma_mib = gib_per_node * 1024 * 2 * 15 / 16;
     c.process.push(ProcessConfig {
         name: "bench".into(),
-        vma: vec![VmaConfig {
-            name: "heap".into(),
-            size_mib: vma_mib,
-            populate_node: Some(0),
-        }],
+        vma: vec![VmaConfig { name: "heap".into(), size_mib: vma_mib, populate_node: Some(0), ..Default::default() }],
         thread: vec![ThreadConfig {
             count_per_cpu: Some(1),
             vma: "heap".into(),
@@ -41,32 +34,17 @@ pub fn run(gib_per_node: u64, seconds: u64) {
     let run_s = t.elapsed().as_secs_f64();
     let touches: u64 = ["touches.cpu", "touches.kvm", "touches.device"]
         .iter()
-        .filter_map(|k| {
-            out.summary
-                .metrics
-                .flatten()
-                .into_iter()
-                .find(|(n, _)| n == k)
-        })
+        .filter_map(|k| out.summary.metrics.flatten().into_iter().find(|(n, _)| n == k))
         .map(|(_, v)| v.as_f64() as u64)
         .sum();
 
     let baseline_ns = baseline(pages as usize, touches.min(200_000_000));
     println!("machine: 2 nodes x {gib_per_node} GiB, {pages} simulated pages populated");
     println!("build: {build_s:.2} s");
-    println!(
-        "run: {seconds} s simulated in {run_s:.2} s, {touches} touches, {} events",
-        out.summary.events
-    );
+    println!("run: {seconds} s simulated in {run_s:.2} s, {touches} touches, {} events", out.summary.events);
     println!("touches per second: {:.3e}", touches as f64 / run_s);
-    println!(
-        "events per second: {:.3e}",
-        out.summary.events as f64 / run_s
-    );
-    println!(
-        "ns per touch: {:.2} (baseline array read-modify-write: {baseline_ns:.2})",
-        run_s * 1e9 / touches as f64
-    );
+    println!("events per second: {:.3e}", out.summary.events as f64 / run_s);
+    println!("ns per touch: {:.2} (baseline array read-modify-write: {baseline_ns:.2})", run_s * 1e9 / touches as f64);
     println!(
         "page state: {:.2} bytes per page, {:.1} MiB",
         page_bytes as f64 / pages as f64,

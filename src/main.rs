@@ -12,11 +12,7 @@ use sim_core::config::{ConfigError, to_toml};
 use workloads::catalogue;
 
 #[derive(Parser)]
-#[command(
-    name = "numasim",
-    version,
-    about = "Deterministic simulator of NUMA balancing and GUP policies"
-)]
+#[command(name = "numasim", version, about = "Deterministic simulator of NUMA balancing and GUP policies")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,9 +69,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { scenario, set, out } => run(&scenario, &set, out),
-        Command::Check { scenario, set } => catalogue::resolve(&scenario, &set)
-            .map(|c| print!("{}", to_toml(&c)))
-            .map_err(Failure::from),
+        Command::Check { scenario, set } => {
+            catalogue::resolve(&scenario, &set).map(|c| print!("{}", to_toml(&c))).map_err(Failure::from)
+        }
         Command::Scenarios => {
             for (name, _) in catalogue::BUILTIN {
                 let c = catalogue::resolve(name, &[]).expect("built-in scenarios are valid");
@@ -83,10 +79,7 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Bench {
-            gib_per_node,
-            seconds,
-        } => {
+        Command::Bench { gib_per_node, seconds } => {
             bench::run(gib_per_node, seconds);
             Ok(())
         }
@@ -108,8 +101,7 @@ fn run(scenario: &str, set: &[String], out: Option<PathBuf>) -> Result<(), Failu
     let config = catalogue::resolve(scenario, set)?;
     let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&config.name));
     let result = workloads::build(&config).run();
-    output::write_run(&dir, &config, &result)
-        .map_err(|e| Failure::Io(format!("{}: {e}", dir.display())))?;
+    output::write_run(&dir, &config, &result).map_err(|e| Failure::Io(format!("{}: {e}", dir.display())))?;
     output::print_brief(&dir, &result);
     Ok(())
 }

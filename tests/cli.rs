@@ -4,10 +4,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn numasim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_numasim"))
-        .args(args)
-        .output()
-        .expect("numasim runs")
+    Command::new(env!("CARGO_BIN_EXE_numasim")).args(args).output().expect("numasim runs")
 }
 
 fn scratch(name: &str) -> PathBuf {
@@ -53,17 +50,12 @@ fn run_writes_the_three_result_files() {
     let cfg = write(&dir, "small.toml", SMALL);
     let out_dir = dir.join("out");
     let out = numasim(&["run", &cfg, "--out", out_dir.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for f in ["summary.json", "timeseries.csv", "config.toml"] {
         assert!(out_dir.join(f).is_file(), "{f} missing");
     }
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap())
-            .unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["scenario"], "small");
     for key in [
         "vmstat.numa_pte_updates",
@@ -93,10 +85,7 @@ fn run_writes_the_three_result_files() {
     }
     let csv = std::fs::read_to_string(out_dir.join("timeseries.csv")).unwrap();
     let header = csv.lines().next().unwrap();
-    assert!(
-        header.starts_with("time_ms,vmstat.numa_pte_updates,"),
-        "{header}"
-    );
+    assert!(header.starts_with("time_ms,vmstat.numa_pte_updates,"), "{header}");
     assert!(header.contains(",stale.mappings,"), "{header}");
     assert_eq!(csv.lines().count(), 1 + 3, "three 100 ms intervals");
 }
@@ -118,33 +107,13 @@ fn the_written_config_reproduces_the_run() {
     ]);
     assert!(out.status.success());
     let cfg = first.join("config.toml");
-    let out = numasim(&[
-        "run",
-        cfg.to_str().unwrap(),
-        "--out",
-        again.to_str().unwrap(),
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = numasim(&["run", cfg.to_str().unwrap(), "--out", again.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let read = |d: &Path, f: &str| std::fs::read_to_string(d.join(f)).unwrap();
-    assert_eq!(
-        read(&first, "timeseries.csv"),
-        read(&again, "timeseries.csv")
-    );
+    assert_eq!(read(&first, "timeseries.csv"), read(&again, "timeseries.csv"));
     assert_eq!(read(&first, "config.toml"), read(&again, "config.toml"));
-    let strip = |s: String| {
-        s.lines()
-            .filter(|l| !l.contains("\"wall_s\""))
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    assert_eq!(
-        strip(read(&first, "summary.json")),
-        strip(read(&again, "summary.json"))
-    );
+    let strip = |s: String| s.lines().filter(|l| !l.contains("\"wall_s\"")).collect::<Vec<_>>().join("\n");
+    assert_eq!(strip(read(&first, "summary.json")), strip(read(&again, "summary.json")));
 }
 
 #[test]
@@ -153,28 +122,18 @@ fn check_prints_the_resolved_config_and_scenarios_lists_the_catalogue() {
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("nodes = 4"), "{text}");
-    assert!(
-        text.contains("numa_balancing_scan_period_min_ms = 1000"),
-        "defaults are filled in: {text}"
-    );
+    assert!(text.contains("numa_balancing_scan_period_min_ms = 1000"), "defaults are filled in: {text}");
     let out = numasim(&["scenarios"]);
     let text = String::from_utf8_lossy(&out.stdout);
     for name in ["default", "numa01", "numa01-threadlocal", "numa02"] {
-        assert!(
-            text.lines().any(|l| l.starts_with(name)),
-            "{name} missing from {text}"
-        );
+        assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing from {text}");
     }
 }
 
 #[test]
 fn an_unknown_key_is_named_with_its_line_and_a_suggestion() {
     let dir = scratch("typo");
-    let cfg = write(
-        &dir,
-        "typo.toml",
-        "[run]\nseed = 3\n\n[machine]\nnodez = 2\n",
-    );
+    let cfg = write(&dir, "typo.toml", "[run]\nseed = 3\n\n[machine]\nnodez = 2\n");
     let err = rejected(&["check", &cfg]);
     assert!(err.contains("line 5"), "{err}");
     assert!(err.contains("nodez"), "{err}");
@@ -183,12 +142,7 @@ fn an_unknown_key_is_named_with_its_line_and_a_suggestion() {
 
 #[test]
 fn an_unknown_set_key_is_rejected_with_a_suggestion() {
-    let err = rejected(&[
-        "check",
-        "numa02",
-        "--set",
-        "kernel.numa_balancing_scan_dely_ms=5",
-    ]);
+    let err = rejected(&["check", "numa02", "--set", "kernel.numa_balancing_scan_dely_ms=5"]);
     assert!(err.contains("--set"), "{err}");
     assert!(err.contains("numa_balancing_scan_delay_ms"), "{err}");
 }
@@ -198,10 +152,7 @@ fn a_value_of_the_wrong_type_is_rejected() {
     let dir = scratch("type");
     let cfg = write(&dir, "type.toml", "[machine]\nnodes = \"two\"\n");
     let err = rejected(&["check", &cfg]);
-    assert!(
-        err.contains("line 2") && err.contains("machine.nodes"),
-        "{err}"
-    );
+    assert!(err.contains("line 2") && err.contains("machine.nodes"), "{err}");
     let err = rejected(&["check", "numa02", "--set", "kernel.gup_policy=explict"]);
     assert!(err.contains("did you mean `explicit`"), "{err}");
 }
@@ -209,57 +160,29 @@ fn a_value_of_the_wrong_type_is_rejected() {
 #[test]
 fn out_of_range_values_are_rejected() {
     let err = rejected(&["check", "numa02", "--set", "machine.nodes=0"]);
-    assert!(
-        err.contains("machine.nodes") && err.contains("1 to 64"),
-        "{err}"
-    );
+    assert!(err.contains("machine.nodes") && err.contains("1 to 64"), "{err}");
     let err = rejected(&["check", "numa02", "--set", "machine.nodes=65"]);
     assert!(err.contains("machine.nodes"), "{err}");
 
     let dir = scratch("range");
-    let neg = write(
-        &dir,
-        "neg.toml",
-        &SMALL.replace("size_mib = 8", "size_mib = -8"),
-    );
+    let neg = write(&dir, "neg.toml", &SMALL.replace("size_mib = 8", "size_mib = -8"));
     let err = rejected(&["check", &neg]);
     assert!(err.contains("line 10") && err.contains("size_mib"), "{err}");
 
-    let shape = write(
-        &dir,
-        "shape.toml",
-        "[machine]\nnodes = 2\ndistance = [[10, 20], [20, 10], [20, 20]]\n",
-    );
+    let shape = write(&dir, "shape.toml", "[machine]\nnodes = 2\ndistance = [[10, 20], [20, 10], [20, 20]]\n");
     let err = rejected(&["check", &shape]);
-    assert!(
-        err.contains("line 3") && err.contains("machine.distance") && err.contains("2 rows of 2"),
-        "{err}"
-    );
+    assert!(err.contains("line 3") && err.contains("machine.distance") && err.contains("2 rows of 2"), "{err}");
 
     let cpu = write(&dir, "cpu.toml", &format!("{SMALL}cpus = [3, 99]\n"));
     let err = rejected(&["check", &cpu]);
-    assert!(
-        err.contains("process[0].thread[0].cpus") && err.contains("CPU 99 does not exist"),
-        "{err}"
-    );
+    assert!(err.contains("process[0].thread[0].cpus") && err.contains("CPU 99 does not exist"), "{err}");
     assert!(err.contains("line 14"), "{err}");
 
-    let node = write(
-        &dir,
-        "node.toml",
-        &SMALL.replace("size_mib = 8", "size_mib = 8\npopulate_node = 7"),
-    );
+    let node = write(&dir, "node.toml", &SMALL.replace("size_mib = 8", "size_mib = 8\npopulate_node = 7"));
     let err = rejected(&["check", &node]);
-    assert!(
-        err.contains("populate_node") && err.contains("node 7 does not exist"),
-        "{err}"
-    );
+    assert!(err.contains("populate_node") && err.contains("node 7 does not exist"), "{err}");
 
-    let vma = write(
-        &dir,
-        "vma.toml",
-        &SMALL.replace("vma = \"buf\"", "vma = \"bfu\""),
-    );
+    let vma = write(&dir, "vma.toml", &SMALL.replace("vma = \"buf\"", "vma = \"bfu\""));
     let err = rejected(&["check", &vma]);
     assert!(err.contains("did you mean `buf`"), "{err}");
 }
@@ -268,16 +191,8 @@ fn out_of_range_values_are_rejected() {
 fn a_missing_file_or_scenario_is_rejected_and_leaves_no_results() {
     let dir = scratch("missing");
     let out_dir = dir.join("out");
-    let err = rejected(&[
-        "run",
-        "no/such/file.toml",
-        "--out",
-        out_dir.to_str().unwrap(),
-    ]);
-    assert!(
-        err.contains("no/such/file.toml") && err.contains("cannot read"),
-        "{err}"
-    );
+    let err = rejected(&["run", "no/such/file.toml", "--out", out_dir.to_str().unwrap()]);
+    assert!(err.contains("no/such/file.toml") && err.contains("cannot read"), "{err}");
     assert!(!out_dir.join("summary.json").exists());
     let err = rejected(&["run", "numa2"]);
     assert!(err.contains("did you mean `numa02`"), "{err}");

@@ -20,6 +20,12 @@ pub struct Config {
     pub machine: MachineConfig,
     pub kernel: KernelConfig,
     pub process: Vec<ProcessConfig>,
+    pub vm: Vec<VmConfig>,
+    pub device: Vec<DeviceConfig>,
+    pub action: Vec<ActionConfig>,
+    pub kvm: KvmConfig,
+    pub ksm: KsmConfig,
+    pub aging: AgingConfig,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -33,11 +39,7 @@ pub struct RunConfig {
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self {
-            seed: 1,
-            duration_ms: 10_000,
-            sample_ms: 100,
-        }
+        Self { seed: 1, duration_ms: 10_000, sample_ms: 100 }
     }
 }
 
@@ -57,13 +59,7 @@ pub struct MachineConfig {
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        Self {
-            nodes: 2,
-            cpus_per_node: 4,
-            memory_per_node_mib: 1024,
-            distance: None,
-            local_latency_ns: 100,
-        }
+        Self { nodes: 2, cpus_per_node: 4, memory_per_node_mib: 1024, distance: None, local_latency_ns: 100 }
     }
 }
 
@@ -80,11 +76,7 @@ pub enum GupPolicy {
 }
 
 impl GupPolicy {
-    pub const ALL: [GupPolicy; 3] = [
-        GupPolicy::Implicit,
-        GupPolicy::ImplicitAll,
-        GupPolicy::Explicit,
-    ];
+    pub const ALL: [GupPolicy; 3] = [GupPolicy::Implicit, GupPolicy::ImplicitAll, GupPolicy::Explicit];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -171,6 +163,11 @@ pub struct VmaConfig {
     /// there); otherwise pages are allocated on first touch.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub populate_node: Option<u32>,
+    /// madvise(MADV_MERGEABLE): ksmd may merge its pages.
+    pub mergeable: bool,
+    /// Page contents for KSM: 0 means every page is unique; N means page i holds one of N
+    /// contents (i mod N), so pages with equal contents can be merged.
+    pub content_classes: u32,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -248,6 +245,193 @@ impl Default for ThreadConfig {
     }
 }
 
+/// A KVM guest: a process whose guest memory is one VMA, and vCPU threads that touch it
+/// through the EPT/NPT (a secondary MMU).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmConfig {
+    pub name: String,
+    pub memory_mib: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub populate_node: Option<u32>,
+    pub mergeable: bool,
+    pub content_classes: u32,
+    /// The vCPU threads (their `vma` is the guest memory and need not be given).
+    pub vcpus: ThreadConfig,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            memory_mib: 256,
+            populate_node: None,
+            mergeable: false,
+            content_classes: 0,
+            vcpus: ThreadConfig { name: "vcpu".into(), ..ThreadConfig::default() },
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Access {
+    Read,
+    Write,
+}
+
+/// How a device keeps its view of process memory.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceMode {
+    /// Faults pages in with get_user_pages() and keeps them coherent through an MMU
+    /// (interval) notifier, like ODP RDMA or an accelerator with its own page table.
+    Notifier,
+    /// pin_user_pages(FOLL_LONGTERM) at setup, like VFIO type1 or RDMA without ODP.
+    Pin,
+}
+
+/// Whose context the driver's GUP runs in.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum GupContext {
+    /// A kernel worker thread on the device's node (no mm: no task statistics).
+    Worker,
+    /// The process's first thread (e.g. an ioctl): its CPU, node and statistics.
+    Owner,
+}
+
+/// A DMA device with a secondary MMU over one VMA of a process.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeviceConfig {
+    pub name: String,
+    /// The node the device is attached to.
+    pub node: u32,
+    pub process: String,
+    pub vma: String,
+    pub access: Access,
+    pub mode: DeviceMode,
+    pub gup_context: GupContext,
+    pub pattern: PatternKind,
+    pub hot_fraction: f64,
+    pub hot_probability: f64,
+    pub touch_lines: u32,
+    pub think_ns: u64,
+    /// DMA time per device event.
+    pub quantum_us: u64,
+    /// Device-side cost of a translation fault (round trip to the driver), on top of the
+    /// kernel's fault work.
+    pub fault_cost_ns: u64,
+    pub start_ms: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_ms: Option<u64>,
+}
+
+impl Default for DeviceConfig {
+    fn default() -> Self {
+        Self {
+            name: String::new(),
+            node: 0,
+            process: String::new(),
+            vma: String::new(),
+            access: Access::Read,
+            mode: DeviceMode::Notifier,
+            gup_context: GupContext::Worker,
+            pattern: PatternKind::Uniform,
+            hot_fraction: 0.1,
+            hot_probability: 0.9,
+            touch_lines: 16,
+            think_ns: 0,
+            quantum_us: 1000,
+            fault_cost_ns: 5000,
+            start_ms: 0,
+            stop_ms: None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Syscall {
+    /// mprotect(PROT_NONE) on the VMA, and back to PROT_READ|PROT_WRITE after `protect_ms`.
+    Mprotect,
+    /// munmap() of the VMA.
+    Munmap,
+}
+
+/// A system call the workload makes on a whole VMA, once or periodically.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ActionConfig {
+    pub syscall: Syscall,
+    pub process: String,
+    pub vma: String,
+    pub start_ms: u64,
+    /// How long the VMA stays PROT_NONE (mprotect); 0 keeps it so.
+    pub protect_ms: u64,
+    /// Repeat every `period_ms` (mprotect); 0 means once.
+    pub period_ms: u64,
+}
+
+impl Default for ActionConfig {
+    fn default() -> Self {
+        Self {
+            syscall: Syscall::Mprotect,
+            process: String::new(),
+            vma: String::new(),
+            start_ms: 1000,
+            protect_ms: 100,
+            period_ms: 0,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvmConfig {
+    /// KVM passes FOLL_HONOR_NUMA_FAULT in hva_to_pfn_slow() (patch 3 of the series); false
+    /// models a KVM that never set it. Only matters under `gup_policy = "explicit"`.
+    pub honor_numa_fault: bool,
+    /// Cost of an EPT violation exit and kvm_faultin_pfn(), on top of GUP's work.
+    pub ept_violation_cost_ns: u64,
+}
+
+impl Default for KvmConfig {
+    fn default() -> Self {
+        Self { honor_numa_fault: true, ept_violation_cost_ns: 3000 }
+    }
+}
+
+/// /sys/kernel/mm/ksm/.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct KsmConfig {
+    pub run: bool,
+    pub pages_to_scan: u32,
+    pub sleep_millisecs: u64,
+}
+
+impl Default for KsmConfig {
+    fn default() -> Self {
+        Self { run: false, pages_to_scan: 100, sleep_millisecs: 20 }
+    }
+}
+
+/// The page-aging scanner (folio_referenced() over primary and secondary MMUs).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgingConfig {
+    pub enabled: bool,
+    pub interval_ms: u64,
+}
+
+impl Default for AgingConfig {
+    fn default() -> Self {
+        Self { enabled: false, interval_ms: 1000 }
+    }
+}
+
 impl ThreadConfig {
     /// Number of threads the block expands to on `machine`.
     pub fn threads(&self, machine: &MachineConfig) -> u32 {
@@ -307,8 +491,7 @@ pub fn load(src: &Source, overrides: &[String]) -> Result<Config, ConfigError> {
     let config = if overrides.is_empty() {
         config
     } else {
-        let mut table: toml::Table =
-            toml::from_str(&src.text).map_err(|e| toml_error(src, &e, ""))?;
+        let mut table: toml::Table = toml::from_str(&src.text).map_err(|e| toml_error(src, &e, ""))?;
         for o in overrides {
             apply_override(&mut table, o)?;
         }
@@ -352,21 +535,13 @@ fn toml_error(src: &Source, e: &toml::de::Error, path: &str) -> ConfigError {
     ConfigError {
         origin: src.origin.clone(),
         line: e.span().map(|s| line_of(&src.text, s.start)),
-        key: if path == "." {
-            String::new()
-        } else {
-            path.to_string()
-        },
+        key: if path == "." { String::new() } else { path.to_string() },
         message: explain(e.message()),
     }
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())]
-        .bytes()
-        .filter(|&b| b == b'\n')
-        .count()
-        + 1
+    text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
 }
 
 /// Adds "did you mean" to serde's "unknown field/variant `x`, expected one of `a`, `b`".
@@ -396,12 +571,8 @@ pub fn closest<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
 }
 
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
-    let err = |key: &str, message: String| ConfigError {
-        origin: "--set".into(),
-        line: None,
-        key: key.to_string(),
-        message,
-    };
+    let err =
+        |key: &str, message: String| ConfigError { origin: "--set".into(), line: None, key: key.to_string(), message };
     let Some((key, raw)) = assignment.split_once('=') else {
         return Err(err(assignment, "expected key=value".into()));
     };
@@ -415,9 +586,7 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Confi
     let mut cur = table;
     for (i, part) in parents.iter().enumerate() {
         let next_is_index = parts[i + 1].parse::<usize>().is_ok();
-        let entry = cur
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
         cur = match entry {
             toml::Value::Table(t) => t,
             toml::Value::Array(a) if next_is_index => {
@@ -430,18 +599,11 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Confi
     Ok(())
 }
 
-fn set_in_array(
-    array: &mut [toml::Value],
-    rest: &[&str],
-    value: toml::Value,
-) -> Result<(), String> {
-    let idx: usize = rest[0]
-        .parse()
-        .map_err(|_| format!("`{}` is not an index", rest[0]))?;
+fn set_in_array(array: &mut [toml::Value], rest: &[&str], value: toml::Value) -> Result<(), String> {
+    let idx: usize = rest[0].parse().map_err(|_| format!("`{}` is not an index", rest[0]))?;
     let len = array.len();
-    let slot = array
-        .get_mut(idx)
-        .ok_or_else(|| format!("index {idx} is out of range (the array has {len} entries)"))?;
+    let slot =
+        array.get_mut(idx).ok_or_else(|| format!("index {idx} is out of range (the array has {len} entries)"))?;
     match (slot, &rest[1..]) {
         (slot, []) => {
             *slot = value;
@@ -453,9 +615,7 @@ fn set_in_array(
         }
         (toml::Value::Table(t), [key, more @ ..]) => match t.get_mut(*key) {
             Some(toml::Value::Array(a)) => set_in_array(a, more, value),
-            Some(toml::Value::Table(_)) | None => {
-                Err(format!("nested tables below `{key}` cannot be set"))
-            }
+            Some(toml::Value::Table(_)) | None => Err(format!("nested tables below `{key}` cannot be set")),
             Some(_) => Err(format!("`{key}` is not an array")),
         },
         _ => Err("not a table".into()),
@@ -494,36 +654,20 @@ fn span_of(table: &DeTable<'_>, segs: &[(&str, Option<usize>)]) -> Option<std::o
 type Invalid = (String, String);
 
 fn check(ok: bool, key: impl Into<String>, message: impl Into<String>) -> Result<(), Invalid> {
-    if ok {
-        Ok(())
-    } else {
-        Err((key.into(), message.into()))
-    }
+    if ok { Ok(()) } else { Err((key.into(), message.into())) }
 }
 
 /// Range and cross-reference checks serde cannot express.
 pub fn validate(c: &Config) -> Result<(), Invalid> {
     let m = &c.machine;
-    check(
-        (1..=64).contains(&m.nodes),
-        "machine.nodes",
-        format!("must be 1 to 64, got {}", m.nodes),
-    )?;
+    check((1..=64).contains(&m.nodes), "machine.nodes", format!("must be 1 to 64, got {}", m.nodes))?;
     check(
         (1..=1024).contains(&m.cpus_per_node),
         "machine.cpus_per_node",
         format!("must be 1 to 1024, got {}", m.cpus_per_node),
     )?;
-    check(
-        m.memory_per_node_mib >= 1,
-        "machine.memory_per_node_mib",
-        "must be at least 1",
-    )?;
-    check(
-        m.local_latency_ns >= 1,
-        "machine.local_latency_ns",
-        "must be at least 1",
-    )?;
+    check(m.memory_per_node_mib >= 1, "machine.memory_per_node_mib", "must be at least 1")?;
+    check(m.local_latency_ns >= 1, "machine.local_latency_ns", "must be at least 1")?;
     if let Some(d) = &m.distance {
         let n = m.nodes as usize;
         check(
@@ -533,17 +677,11 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
         )?;
         for (i, row) in d.iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {
-                let ok = if i == j {
-                    v == 10
-                } else {
-                    (11..=254).contains(&v)
-                };
+                let ok = if i == j { v == 10 } else { (11..=254).contains(&v) };
                 check(
                     ok,
                     "machine.distance",
-                    format!(
-                        "entry [{i}][{j}] = {v}: the diagonal must be 10 and other entries 11 to 254"
-                    ),
+                    format!("entry [{i}][{j}] = {v}: the diagonal must be 10 and other entries 11 to 254"),
                 )?;
             }
         }
@@ -556,11 +694,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
         format!("must be 1 to run.duration_ms ({})", r.duration_ms),
     )?;
     let k = &c.kernel;
-    check(
-        k.numa_balancing_scan_size_mb >= 1,
-        "kernel.numa_balancing_scan_size_mb",
-        "must be at least 1",
-    )?;
+    check(k.numa_balancing_scan_size_mb >= 1, "kernel.numa_balancing_scan_size_mb", "must be at least 1")?;
     check(
         k.numa_balancing_scan_period_min_ms >= 1
             && k.numa_balancing_scan_period_min_ms <= k.numa_balancing_scan_period_max_ms,
@@ -573,7 +707,6 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
 
 fn validate_processes(c: &Config) -> Result<(), Invalid> {
     let nodes = c.machine.nodes;
-    let cpus = c.total_cpus();
     let mut total_mib = 0u64;
     for (pi, p) in c.process.iter().enumerate() {
         let at = |rest: &str| format!("process[{pi}].{rest}");
@@ -589,10 +722,7 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
             check(
                 p.vma[..vi].iter().all(|w| w.name != v.name),
                 at("name"),
-                format!(
-                    "vma name `{}` is used twice in process `{}`",
-                    v.name, p.name
-                ),
+                format!("vma name `{}` is used twice in process `{}`", v.name, p.name),
             )?;
             check(v.size_mib >= 1, at("size_mib"), "must be at least 1")?;
             if let Some(n) = v.populate_node {
@@ -603,61 +733,91 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
         for (ti, t) in p.thread.iter().enumerate() {
             let at = |rest: &str| format!("process[{pi}].thread[{ti}].{rest}");
             let names: Vec<&str> = p.vma.iter().map(|v| v.name.as_str()).collect();
-            check(
-                names.contains(&t.vma.as_str()),
-                at("vma"),
-                unknown_name("vma", &t.vma, &names),
-            )?;
-            check(
-                t.threads(&c.machine) >= 1,
-                at("count"),
-                "a thread block needs at least one thread",
-            )?;
-            if let Some(n) = t.node {
-                check(n < nodes, at("node"), node_range(n, nodes))?;
-            }
-            if let Some(list) = &t.cpus {
-                check(!list.is_empty(), at("cpus"), "must list at least one CPU")?;
-                for &cpu in list {
-                    check(
-                        cpu < cpus,
-                        at("cpus"),
-                        format!(
-                            "CPU {cpu} does not exist: the machine has CPUs 0 to {}",
-                            cpus - 1
-                        ),
-                    )?;
-                }
-            }
-            check(
-                t.hot_fraction > 0.0 && t.hot_fraction <= 1.0,
-                at("hot_fraction"),
-                "must be in (0, 1]",
-            )?;
-            check(
-                (0.0..=1.0).contains(&t.hot_probability),
-                at("hot_probability"),
-                "must be in [0, 1]",
-            )?;
-            check(t.touch_lines >= 1, at("touch_lines"), "must be at least 1")?;
-            if let Some(stop) = t.stop_ms {
-                check(stop > t.start_ms, at("stop_ms"), "must be after start_ms")?;
-            }
+            check(names.contains(&t.vma.as_str()), at("vma"), unknown_name("vma", &t.vma, &names))?;
+            validate_thread(t, &c.machine, &at)?;
         }
     }
+    for (vi, vm) in c.vm.iter().enumerate() {
+        let at = |rest: &str| format!("vm[{vi}].{rest}");
+        check(!vm.name.is_empty(), at("name"), "a vm needs a name")?;
+        check(
+            c.process.iter().all(|p| p.name != vm.name) && c.vm[..vi].iter().all(|w| w.name != vm.name),
+            at("name"),
+            format!("name `{}` is already used by a process or vm", vm.name),
+        )?;
+        check(vm.memory_mib >= 1, at("memory_mib"), "must be at least 1")?;
+        if let Some(n) = vm.populate_node {
+            check(n < nodes, at("populate_node"), node_range(n, nodes))?;
+        }
+        validate_thread(&vm.vcpus, &c.machine, &|rest| at(&format!("vcpus.{rest}")))?;
+        total_mib += vm.memory_mib;
+    }
+    let mms: Vec<(&str, Vec<&str>)> = c
+        .process
+        .iter()
+        .map(|p| (p.name.as_str(), p.vma.iter().map(|v| v.name.as_str()).collect()))
+        .chain(c.vm.iter().map(|v| (v.name.as_str(), vec!["ram"])))
+        .collect();
+    let find_vma = |process: &str, vma: &str, at: &dyn Fn(&str) -> String| -> Result<(), Invalid> {
+        let names: Vec<&str> = mms.iter().map(|m| m.0).collect();
+        let Some((_, vmas)) = mms.iter().find(|m| m.0 == process) else {
+            return Err((at("process"), unknown_name("process or vm", process, &names)));
+        };
+        check(vmas.contains(&vma), at("vma"), unknown_name("vma", vma, vmas))
+    };
+    for (di, d) in c.device.iter().enumerate() {
+        let at = |rest: &str| format!("device[{di}].{rest}");
+        check(!d.name.is_empty(), at("name"), "a device needs a name")?;
+        check(d.node < nodes, at("node"), node_range(d.node, nodes))?;
+        find_vma(&d.process, &d.vma, &at)?;
+        check(d.touch_lines >= 1, at("touch_lines"), "must be at least 1")?;
+        check(d.quantum_us >= 1, at("quantum_us"), "must be at least 1")?;
+        check(d.hot_fraction > 0.0 && d.hot_fraction <= 1.0, at("hot_fraction"), "must be in (0, 1]")?;
+        check((0.0..=1.0).contains(&d.hot_probability), at("hot_probability"), "must be in [0, 1]")?;
+        if let Some(stop) = d.stop_ms {
+            check(stop > d.start_ms, at("stop_ms"), "must be after start_ms")?;
+        }
+    }
+    for (ai, a) in c.action.iter().enumerate() {
+        let at = |rest: &str| format!("action[{ai}].{rest}");
+        find_vma(&a.process, &a.vma, &at)?;
+        if a.period_ms > 0 {
+            check(
+                a.protect_ms > 0 && a.protect_ms < a.period_ms,
+                at("protect_ms"),
+                "a periodic mprotect needs 0 < protect_ms < period_ms",
+            )?;
+        }
+    }
+    check(c.ksm.sleep_millisecs >= 1, "ksm.sleep_millisecs", "must be at least 1")?;
+    check(c.aging.interval_ms >= 1, "aging.interval_ms", "must be at least 1")?;
     let have = c.machine.memory_per_node_mib * u64::from(nodes);
-    check(
-        total_mib <= have,
-        "process",
-        format!("the VMAs need {total_mib} MiB but the machine has {have} MiB"),
-    )
+    check(total_mib <= have, "process", format!("the VMAs need {total_mib} MiB but the machine has {have} MiB"))
+}
+
+fn validate_thread(t: &ThreadConfig, m: &MachineConfig, at: &dyn Fn(&str) -> String) -> Result<(), Invalid> {
+    let cpus = m.nodes * m.cpus_per_node;
+    check(t.threads(m) >= 1, at("count"), "a thread block needs at least one thread")?;
+    if let Some(n) = t.node {
+        check(n < m.nodes, at("node"), node_range(n, m.nodes))?;
+    }
+    if let Some(list) = &t.cpus {
+        check(!list.is_empty(), at("cpus"), "must list at least one CPU")?;
+        for &cpu in list {
+            check(cpu < cpus, at("cpus"), format!("CPU {cpu} does not exist: the machine has CPUs 0 to {}", cpus - 1))?;
+        }
+    }
+    check(t.hot_fraction > 0.0 && t.hot_fraction <= 1.0, at("hot_fraction"), "must be in (0, 1]")?;
+    check((0.0..=1.0).contains(&t.hot_probability), at("hot_probability"), "must be in [0, 1]")?;
+    check(t.touch_lines >= 1, at("touch_lines"), "must be at least 1")?;
+    if let Some(stop) = t.stop_ms {
+        check(stop > t.start_ms, at("stop_ms"), "must be after start_ms")?;
+    }
+    Ok(())
 }
 
 fn node_range(n: u32, nodes: u32) -> String {
-    format!(
-        "node {n} does not exist: the machine has nodes 0 to {}",
-        nodes - 1
-    )
+    format!("node {n} does not exist: the machine has nodes 0 to {}", nodes - 1)
 }
 
 pub(crate) fn unknown_name(what: &str, given: &str, names: &[&str]) -> String {

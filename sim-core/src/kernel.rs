@@ -10,6 +10,7 @@ use bevy_ecs::system::SystemParam;
 use crate::config::KernelConfig;
 use crate::engine::{EventQueue, NSEC_PER_MSEC, Nanos};
 use crate::machine::{Cpu, Nid, PgData, Topology};
+use crate::mm::mmu_notifier::SecondaryMmu;
 use crate::mm::{Mm, Pages};
 use crate::stats::{Counters, Source};
 
@@ -38,6 +39,8 @@ pub struct Kernel<'w, 's> {
     pub pgdat: Query<'w, 's, &'static mut PgData>,
     pub mms: Query<'w, 's, &'static mut Mm>,
     pub cpus: Query<'w, 's, &'static mut Cpu>,
+    pub smmus: Query<'w, 's, &'static mut SecondaryMmu>,
+    pub kvm: Res<'w, crate::kvm::Kvm>,
 }
 
 impl Kernel<'_, '_> {

@@ -6,8 +6,10 @@
 //! scenario), then [`sim::Sim::run`].
 
 pub mod config;
+pub mod device;
 pub mod engine;
 pub mod kernel;
+pub mod kvm;
 pub mod machine;
 pub mod mm;
 pub mod sched;

@@ -45,10 +45,8 @@ impl Topology {
                 }
             })
             .collect();
-        let latency_ns = distance
-            .iter()
-            .map(|&d| m.local_latency_ns * u64::from(d) / u64::from(LOCAL_DISTANCE))
-            .collect();
+        let latency_ns =
+            distance.iter().map(|&d| m.local_latency_ns * u64::from(d) / u64::from(LOCAL_DISTANCE)).collect();
         let zonelist = (0..n)
             .map(|a| {
                 let mut order: Vec<Nid> = (0..n as Nid).collect();

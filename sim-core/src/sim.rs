@@ -4,14 +4,21 @@ use std::time::Instant;
 
 use bevy_ecs::prelude::*;
 
-use crate::config::Config;
+use crate::config::{Config, DeviceMode};
+use crate::device::{Device, DriverContext, device_tick};
 use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos, RngStream, stream};
 use crate::kernel::{Kernel, Sysctl};
+use crate::kvm::Kvm;
 use crate::machine::{Cpu, Nid, PgData, Topology};
+use crate::mm::ksm::{Ksmd, ksmd_wake};
 use crate::mm::memory::do_anonymous_page;
+use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind};
+use crate::mm::mprotect::{Action, Actions, run_action};
 use crate::mm::numa_balancing::initial_node_stamp;
+use crate::mm::vmscan::{Aging, age_pages};
 use crate::mm::{Mm, PageIdx, Pages};
-use crate::sched::{AccessPattern, Affinity, Task, TaskNuma, cpu_tick, wake_task};
+pub use crate::sched::ThreadSpec;
+use crate::sched::{AccessPattern, AccessStream, Task, TaskNuma, cpu_tick, wake_task};
 use crate::stats::Counters;
 use crate::stats::recorder::{Recorder, sample};
 use crate::stats::summary::{Span, Summary, metrics};
@@ -32,17 +39,21 @@ pub struct RunOutput {
     pub recorder: Recorder,
 }
 
-/// A thread to add: where it runs and what it touches.
-pub struct ThreadSpec {
+/// A device to add (see [`crate::device::Device`]).
+pub struct DeviceSpec {
     pub name: String,
-    pub cpu: u32,
-    pub affinity: Affinity,
+    pub nid: Nid,
+    pub mm: Entity,
     pub vma: usize,
-    pub first: u64,
-    pub len: u64,
+    pub mode: DeviceMode,
+    pub write: bool,
+    /// Run the driver's GUP in this thread's context instead of a worker on the device's node.
+    pub owner: Option<Entity>,
     pub pattern: Box<dyn AccessPattern>,
     pub touch_lines: u64,
     pub think_ns: Nanos,
+    pub quantum: Nanos,
+    pub fault_cost: Nanos,
     pub start: Nanos,
     pub stop: Option<Nanos>,
 }
@@ -54,26 +65,10 @@ impl Sim {
         let mut topo = Topology::new(&config.machine);
         let present = config.machine.memory_per_node_mib * PAGES_PER_MIB;
         topo.node_entities = (0..topo.nr_nodes)
-            .map(|nid| {
-                world
-                    .spawn(PgData {
-                        nid: nid as Nid,
-                        present_pages: present,
-                        free_pages: present,
-                    })
-                    .id()
-            })
+            .map(|nid| world.spawn(PgData { nid: nid as Nid, present_pages: present, free_pages: present }).id())
             .collect();
         topo.cpu_entities = (0..topo.nr_cpus())
-            .map(|id| {
-                world
-                    .spawn(Cpu {
-                        id,
-                        nid: topo.cpu_to_node(id),
-                        ..Default::default()
-                    })
-                    .id()
-            })
+            .map(|id| world.spawn(Cpu { id, nid: topo.cpu_to_node(id), ..Default::default() }).id())
             .collect();
         world.insert_resource(topo);
         world.insert_resource(Sysctl(config.kernel.clone()));
@@ -81,11 +76,18 @@ impl Sim {
         world.insert_resource(Pages::default());
         world.insert_resource(Counters::default());
         world.insert_resource(Recorder::new(config.run.sample_ms * NSEC_PER_MSEC));
-        Self {
-            world,
-            config: config.clone(),
-            next_pid: 1000,
+        world.insert_resource(Kvm(config.kvm.clone()));
+        world.insert_resource(Actions::default());
+        world.insert_resource(Ksmd::new(config.ksm.pages_to_scan, config.ksm.sleep_millisecs));
+        world.insert_resource(Aging { interval: config.aging.interval_ms * NSEC_PER_MSEC });
+        let mut queue = world.resource_mut::<EventQueue>();
+        if config.ksm.run {
+            queue.schedule(config.ksm.sleep_millisecs * NSEC_PER_MSEC, Event::Ksmd);
         }
+        if config.aging.enabled {
+            queue.schedule(config.aging.interval_ms * NSEC_PER_MSEC, Event::Aging);
+        }
+        Self { world, config: config.clone(), next_pid: 1000 }
     }
 
     pub fn config(&self) -> &Config {
@@ -112,10 +114,82 @@ impl Sim {
     /// Maps `pages` of anonymous memory into `mm`; returns the VMA index.
     pub fn add_vma(&mut self, mm: Entity, name: &str, pages: u64) -> usize {
         let base = self.world.resource_mut::<Pages>().grow(pages);
-        self.world
-            .get_mut::<Mm>(mm)
-            .expect("live mm")
-            .add_vma(name, pages, base)
+        self.world.get_mut::<Mm>(mm).expect("live mm").add_vma(name, pages, base)
+    }
+
+    /// Marks a VMA mergeable (madvise(MADV_MERGEABLE)) with `classes` page contents (0: all
+    /// unique; N: page i holds content i mod N).
+    pub fn make_mergeable(&mut self, mm: Entity, vma: usize, classes: u32) {
+        let (base, pages) = {
+            let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
+            let v = &mut m.vmas[vma];
+            v.mergeable = true;
+            (v.base, v.pages)
+        };
+        if classes > 0 {
+            let mut p = self.world.resource_mut::<Pages>();
+            for i in 0..pages {
+                p.content[(base as u64 + i) as usize] = (1 + i % u64::from(classes)) as u16;
+            }
+        }
+        self.world.resource_mut::<Ksmd>().vmas.push((mm, vma));
+    }
+
+    /// Attaches a secondary MMU (an EPT or a device page table) over a whole VMA.
+    pub fn add_secondary_mmu(&mut self, name: &str, mm: Entity, vma: usize, kind: SmmuKind) -> Entity {
+        let (base, pages) = {
+            let v = &self.world.get::<Mm>(mm).expect("live mm").vmas[vma];
+            (v.base, v.pages)
+        };
+        self.world.spawn(SecondaryMmu::new(name, mm, vma, base, pages, kind)).id()
+    }
+
+    /// Adds a device; it starts its DMA at `spec.start`.
+    pub fn add_device(&mut self, spec: DeviceSpec) -> Entity {
+        let kind = match spec.mode {
+            DeviceMode::Notifier => SmmuKind::Notifier,
+            DeviceMode::Pin => SmmuKind::LongtermPin,
+        };
+        let smmu = self.add_secondary_mmu(&spec.name, spec.mm, spec.vma, kind);
+        let len = self.world.get::<Mm>(spec.mm).expect("live mm").vmas[spec.vma].pages;
+        let context = match spec.owner {
+            Some(owner) => DriverContext::Owner(owner),
+            None => {
+                let cpus_per_node = self.world.resource::<Topology>().cpus_per_node;
+                DriverContext::Worker { pid: self.alloc_pid(), cpu: u32::from(spec.nid) * cpus_per_node }
+            }
+        };
+        let rng = self.rng(&format!("device:{}", spec.name));
+        let device = Device {
+            name: spec.name,
+            nid: spec.nid,
+            mm: spec.mm,
+            vma: spec.vma,
+            first: 0,
+            len,
+            smmu,
+            mode: spec.mode,
+            write: spec.write,
+            context,
+            access: AccessStream::new(spec.pattern, rng),
+            touch_lines: spec.touch_lines,
+            think_ns: spec.think_ns,
+            quantum: spec.quantum,
+            fault_cost: spec.fault_cost,
+            stop: spec.stop,
+            pinned: false,
+        };
+        let e = self.world.spawn(device).id();
+        self.world.resource_mut::<EventQueue>().schedule(spec.start, Event::DeviceTick(e));
+        e
+    }
+
+    /// Schedules an mprotect/munmap of a VMA.
+    pub fn add_action(&mut self, action: Action, start: Nanos) {
+        let mut actions = self.world.resource_mut::<Actions>();
+        actions.0.push(action);
+        let i = (actions.0.len() - 1) as u32;
+        self.world.resource_mut::<EventQueue>().schedule(start, Event::Action(i));
     }
 
     /// Faults every page of a VMA in on node `nid` (with zonelist fallback), as a memset by a
@@ -135,9 +209,7 @@ impl Sim {
     /// Runs `f` with the kernel's view of the world.
     pub fn with_kernel<R>(&mut self, f: impl FnOnce(&mut Kernel) -> R) -> R {
         let mut state = bevy_ecs::system::SystemState::<Kernel>::new(&mut self.world);
-        let mut k = state
-            .get_mut(&mut self.world)
-            .expect("the kernel's resources exist");
+        let mut k = state.get_mut(&mut self.world).expect("the kernel's resources exist");
         let r = f(&mut k);
         state.apply(&mut self.world);
         r
@@ -155,30 +227,12 @@ impl Sim {
         let sysctl = self.world.resource::<Sysctl>().clone();
         let mut numa = TaskNuma::new(pid, mm, &sysctl);
         numa.node_stamp = self.with_kernel(|k| initial_node_stamp(k, &numa, 0, thread_index));
-        let mut task = Task::new(
-            pid,
-            spec.name.clone(),
-            mm,
-            spec.cpu,
-            spec.affinity,
-            spec.vma,
-            spec.first,
-            spec.len,
-            spec.pattern,
-            rng,
-        );
-        task.touch_lines = spec.touch_lines;
-        task.think_ns = spec.think_ns;
-        task.start = spec.start;
-        task.stop = spec.stop;
+        let name = spec.name.clone();
+        let start = spec.start;
+        let task = Task::new(pid, mm, spec, rng);
         let e = self.world.spawn((task, numa)).id();
-        self.world
-            .resource_mut::<Recorder>()
-            .tracked
-            .push((spec.name, e));
-        self.world
-            .resource_mut::<EventQueue>()
-            .schedule(spec.start, Event::TaskWake(e));
+        self.world.resource_mut::<Recorder>().tracked.push((name, e));
+        self.world.resource_mut::<EventQueue>().schedule(start, Event::TaskWake(e));
         e
     }
 
@@ -187,9 +241,7 @@ impl Sim {
         let wall = Instant::now();
         let end = self.config.run.duration_ms * NSEC_PER_MSEC;
         let interval = self.config.run.sample_ms * NSEC_PER_MSEC;
-        self.world
-            .resource_mut::<EventQueue>()
-            .schedule(interval.min(end), Event::Sample);
+        self.world.resource_mut::<EventQueue>().schedule(interval.min(end), Event::Sample);
         while let Some(event) = self.world.resource_mut::<EventQueue>().pop_until(end) {
             self.dispatch(event);
         }
@@ -200,11 +252,7 @@ impl Sim {
         if last != Some(end) {
             sample(&mut self.world);
         }
-        let counters = self
-            .world
-            .resource_mut::<Counters>()
-            .accrue_stale(end)
-            .clone();
+        let counters = self.world.resource_mut::<Counters>().accrue_stale(end).clone();
         let c = &self.config;
         let summary = Summary {
             scenario: c.name.clone(),
@@ -216,27 +264,23 @@ impl Sim {
             wall_s: wall.elapsed().as_secs_f64(),
             metrics: metrics(&counters, end, Span::Run),
         };
-        let recorder = self
-            .world
-            .remove_resource::<Recorder>()
-            .expect("inserted in new()");
+        let recorder = self.world.remove_resource::<Recorder>().expect("inserted in new()");
         RunOutput { summary, recorder }
     }
 
     fn dispatch(&mut self, event: Event) {
         let w = &mut self.world;
         let r = match event {
-            Event::CpuTick(cpu) => w
-                .run_system_cached_with(cpu_tick, cpu)
-                .map_err(|e| e.to_string()),
-            Event::TaskWake(e) => w
-                .run_system_cached_with(wake_task, e)
-                .map_err(|e| e.to_string()),
+            Event::CpuTick(cpu) => w.run_system_cached_with(cpu_tick, cpu).map_err(|e| e.to_string()),
+            Event::TaskWake(e) => w.run_system_cached_with(wake_task, e).map_err(|e| e.to_string()),
             Event::Sample => {
                 sample(w);
                 Ok(())
             }
-            Event::DeviceTick(_) | Event::Ksmd | Event::Aging | Event::Action(_) => Ok(()),
+            Event::DeviceTick(e) => w.run_system_cached_with(device_tick, e).map_err(|e| e.to_string()),
+            Event::Ksmd => w.run_system_cached(ksmd_wake).map_err(|e| e.to_string()),
+            Event::Aging => w.run_system_cached(age_pages).map_err(|e| e.to_string()),
+            Event::Action(i) => w.run_system_cached_with(run_action, i).map_err(|e| e.to_string()),
         };
         r.expect("event handlers are valid systems");
     }

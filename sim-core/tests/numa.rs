@@ -15,13 +15,8 @@ use sim_core::stats::{Counters, Source};
 /// A 2-node machine (4 CPUs each, 64 MiB each) with one process and a 4096-page VMA
 /// populated on node 0.
 fn machine() -> (Sim, Entity, PageIdx) {
-    let config = Config {
-        machine: MachineConfig {
-            memory_per_node_mib: 64,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
+    let config =
+        Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
     let mut sim = Sim::new(&config);
     let mm = sim.add_process("app");
     let vma = sim.add_vma(mm, "buf", 4096);
@@ -35,15 +30,7 @@ fn task(sim: &Sim, mm: Entity, pid: u32) -> TaskNuma {
 }
 
 fn faulter(cpu: u32, pid: u32, task: Option<&mut TaskNuma>) -> Faulter<'_> {
-    Faulter {
-        cpu,
-        nid: (cpu / 4) as u8,
-        pid,
-        task,
-        source: Source::Cpu,
-        now: 0,
-        runtime: 0,
-    }
+    Faulter { cpu, nid: (cpu / 4) as u8, pid, task, source: Source::Cpu, now: 0, runtime: 0 }
 }
 
 #[test]
@@ -51,15 +38,9 @@ fn early_in_life_first_and_private_faults_migrate() {
     let (mut sim, mm, page) = machine();
     let mut p = task(&sim, mm, 7);
     sim.with_kernel(|k| {
-        assert!(
-            should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0),
-            "first fault"
-        );
+        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0), "first fault");
         assert_eq!(k.pages.last_cpupid[page as usize], cpu_pid_to_cpupid(5, 7));
-        assert!(
-            should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0),
-            "private fault"
-        );
+        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0), "private fault");
     });
 }
 
@@ -73,62 +54,28 @@ fn the_two_stage_filter_needs_two_faults_from_the_same_node() {
     sim.with_kernel(|k: &mut Kernel| {
         // The last fault came from another task on node 0: refuse, but remember this one.
         k.pages.last_cpupid[page as usize] = cpu_pid_to_cpupid(1, 9);
-        assert!(!should_numa_migrate_memory(
-            k,
-            &faulter(5, 7, Some(&mut p)),
-            page,
-            0
-        ));
+        assert!(!should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
         // Now the previous fault was ours on node 1: a private fault, migrate.
-        assert!(should_numa_migrate_memory(
-            k,
-            &faulter(6, 7, Some(&mut p)),
-            page,
-            0
-        ));
+        assert!(should_numa_migrate_memory(k, &faulter(6, 7, Some(&mut p)), page, 0));
         // A shared fault whose predecessor was on the same node, no numa group: migrate.
         k.pages.last_cpupid[page as usize] = cpu_pid_to_cpupid(4, 9);
-        assert!(should_numa_migrate_memory(
-            k,
-            &faulter(5, 7, Some(&mut p)),
-            page,
-            0
-        ));
+        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
         // The same shared fault with the predecessor on node 0: refuse.
         k.pages.last_cpupid[page as usize] = cpu_pid_to_cpupid(0, 9);
-        assert!(!should_numa_migrate_memory(
-            k,
-            &faulter(5, 7, Some(&mut p)),
-            page,
-            0
-        ));
+        assert!(!should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
         // A settled task's first fault on a page (unset cpupid) passes the early rule no more,
         // but an unset cpupid is not from another node either: migrate.
         k.pages.last_cpupid[page as usize] = CPUPID_UNSET;
-        assert!(should_numa_migrate_memory(
-            k,
-            &faulter(5, 7, Some(&mut p)),
-            page,
-            0
-        ));
+        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
     });
 }
 
-fn hint_fault(
-    sim: &mut Sim,
-    mm: Entity,
-    page: PageIdx,
-    p: Option<&mut TaskNuma>,
-) -> (u8, Counters) {
+fn hint_fault(sim: &mut Sim, mm: Entity, page: PageIdx, p: Option<&mut TaskNuma>) -> (u8, Counters) {
     sim.with_kernel(|k| {
         k.pages.flags[page as usize] |= PTE_PROTNONE;
         let mut f = faulter(5, 7, p);
         do_numa_page(k, mm, 0, page, &mut f);
-        assert_eq!(
-            k.pages.flags[page as usize] & PTE_PROTNONE,
-            0,
-            "the PTE is restored"
-        );
+        assert_eq!(k.pages.flags[page as usize] & PTE_PROTNONE, 0, "the PTE is restored");
         (k.pages.nid[page as usize], k.counters.clone())
     })
 }
@@ -141,20 +88,9 @@ fn a_misplaced_page_migrates_to_the_faulting_node() {
     assert_eq!(nid, 1);
     assert_eq!(c.vmstat.numa_hint_faults, 1);
     assert_eq!(c.vmstat.numa_hint_faults_local, 0);
-    assert_eq!(
-        (
-            c.vmstat.numa_pages_migrated,
-            c.vmstat.pgmigrate_success,
-            c.vmstat.pgmigrate_fail
-        ),
-        (1, 1, 0)
-    );
+    assert_eq!((c.vmstat.numa_pages_migrated, c.vmstat.pgmigrate_success, c.vmstat.pgmigrate_fail), (1, 1, 0));
     assert_eq!(p.numa_pages_migrated, 1);
-    assert_eq!(
-        p.numa_faults_locality,
-        [1, 0, 0],
-        "a remote fault, no failure"
-    );
+    assert_eq!(p.numa_faults_locality, [1, 0, 0], "a remote fault, no failure");
 }
 
 #[test]
@@ -171,15 +107,8 @@ fn pinned_or_extra_referenced_pages_fail_to_migrate() {
         let mut p = task(&sim, mm, 7);
         let (nid, c) = hint_fault(&mut sim, mm, page, Some(&mut p));
         assert_eq!(nid, 0, "{field}: the page stays");
-        assert_eq!(
-            (c.vmstat.pgmigrate_fail, c.vmstat.pgmigrate_success),
-            (1, 0),
-            "{field}"
-        );
-        assert_eq!(
-            p.numa_faults_locality[2], 1,
-            "{field}: TNF_MIGRATE_FAIL is accounted"
-        );
+        assert_eq!((c.vmstat.pgmigrate_fail, c.vmstat.pgmigrate_success), (1, 0), "{field}");
+        assert_eq!(p.numa_faults_locality[2], 1, "{field}: TNF_MIGRATE_FAIL is accounted");
     }
 }
 
@@ -194,10 +123,7 @@ fn a_target_node_below_its_watermark_refuses_the_page() {
     let (nid, c) = hint_fault(&mut sim, mm, page, Some(&mut p));
     assert_eq!(nid, 0);
     // The kernel gives up in migrate_misplaced_folio_prepare(): no pgmigrate_fail.
-    assert_eq!(
-        (c.vmstat.pgmigrate_fail, c.vmstat.numa_pages_migrated),
-        (0, 0)
-    );
+    assert_eq!((c.vmstat.pgmigrate_fail, c.vmstat.numa_pages_migrated), (0, 0));
     assert_eq!(p.numa_faults_locality[2], 1);
 }
 
@@ -206,10 +132,7 @@ fn a_kernel_thread_fault_migrates_but_keeps_no_statistics() {
     let (mut sim, mm, page) = machine();
     let (nid, c) = hint_fault(&mut sim, mm, page, None);
     assert_eq!(nid, 1);
-    assert_eq!(
-        (c.vmstat.numa_hint_faults, c.vmstat.numa_pages_migrated),
-        (1, 1)
-    );
+    assert_eq!((c.vmstat.numa_hint_faults, c.vmstat.numa_pages_migrated), (1, 1));
 }
 
 #[test]
@@ -230,25 +153,13 @@ fn the_scanner_skips_pinned_pages_and_counts_pte_updates() {
     assert_eq!(cost, 4096 * 10, "every PTE walked costs pte_scan_cost_ns");
     let pages = sim.world.resource::<Pages>();
     let protnone = |i: usize| pages.flags[i] & PTE_PROTNONE != 0;
-    assert!(
-        pinned.iter().all(|&i| !protnone(i)),
-        "a pinned page in a private mapping is never made protnone"
-    );
-    let updated = (base as usize..base as usize + 4096)
-        .filter(|&i| protnone(i))
-        .count();
+    assert!(pinned.iter().all(|&i| !protnone(i)), "a pinned page in a private mapping is never made protnone");
+    let updated = (base as usize..base as usize + 4096).filter(|&i| protnone(i)).count();
     assert_eq!(updated, 4096 - pinned.len());
-    assert_eq!(
-        sim.world.resource::<Counters>().vmstat.numa_pte_updates,
-        updated as u64
-    );
+    assert_eq!(sim.world.resource::<Counters>().vmstat.numa_pte_updates, updated as u64);
     let mm = sim.world.get::<Mm>(mm).unwrap();
     assert_eq!(mm.numa_scan_seq, 1, "the scan reached the end and wrapped");
-    assert_eq!(
-        mm.numa_next_scan,
-        now + 1000 * 1_000_000,
-        "next scan one period later"
-    );
+    assert_eq!(mm.numa_next_scan, now + 1000 * 1_000_000, "next scan one period later");
 }
 
 #[test]

@@ -8,10 +8,7 @@ use sim_core::config::{Config, ConfigError, Source, closest, load};
 pub const BUILTIN: &[(&str, &str)] = &[
     ("default", include_str!("../../configs/default.toml")),
     ("numa01", include_str!("../../configs/numa01.toml")),
-    (
-        "numa01-threadlocal",
-        include_str!("../../configs/numa01-threadlocal.toml"),
-    ),
+    ("numa01-threadlocal", include_str!("../../configs/numa01-threadlocal.toml")),
     ("numa02", include_str!("../../configs/numa02.toml")),
 ];
 
@@ -20,32 +17,21 @@ pub fn source(arg: &str) -> Result<Source, ConfigError> {
     let path = Path::new(arg);
     let looks_like_path = arg.ends_with(".toml") || arg.contains('/') || path.exists();
     if looks_like_path {
-        return std::fs::read_to_string(path)
-            .map(|text| Source {
-                origin: arg.to_string(),
-                text,
-            })
-            .map_err(|e| ConfigError {
+        return std::fs::read_to_string(path).map(|text| Source { origin: arg.to_string(), text }).map_err(|e| {
+            ConfigError {
                 origin: arg.to_string(),
                 line: None,
                 key: String::new(),
                 message: format!("cannot read the file: {e}"),
-            });
+            }
+        });
     }
     match BUILTIN.iter().find(|(name, _)| *name == arg) {
-        Some((name, text)) => Ok(Source {
-            origin: format!("built-in scenario `{name}`"),
-            text: text.to_string(),
-        }),
+        Some((name, text)) => Ok(Source { origin: format!("built-in scenario `{name}`"), text: text.to_string() }),
         None => {
             let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
             let hint = closest(arg, &names).map_or_else(
-                || {
-                    format!(
-                        " (built-in: {}; or give a path to a .toml file)",
-                        names.join(", ")
-                    )
-                },
+                || format!(" (built-in: {}; or give a path to a .toml file)", names.join(", ")),
                 |best| format!("; did you mean `{best}`?"),
             );
             Err(ConfigError {
@@ -64,9 +50,7 @@ pub fn resolve(arg: &str, overrides: &[String]) -> Result<Config, ConfigError> {
     let src = source(arg)?;
     let mut config = load(&src, overrides)?;
     if config.name.is_empty() {
-        config.name = Path::new(arg)
-            .file_stem()
-            .map_or(arg.to_string(), |s| s.to_string_lossy().into_owned());
+        config.name = Path::new(arg).file_stem().map_or(arg.to_string(), |s| s.to_string_lossy().into_owned());
     }
     Ok(config)
 }

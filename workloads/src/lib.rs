@@ -23,20 +23,13 @@ pub fn build(config: &Config) -> Sim {
             }
         }
         for t in &p.thread {
-            let vma = p
-                .vma
-                .iter()
-                .position(|v| v.name == t.vma)
-                .expect("validated");
+            let vma = p.vma.iter().position(|v| v.name == t.vma).expect("validated");
             let vma_pages = p.vma[vma].size_mib * PAGES_PER_MIB;
             let n = u64::from(t.threads(m));
             for i in 0..n {
                 let (first, len) = match t.slice {
                     Slice::Whole => (0, vma_pages),
-                    Slice::Private => (
-                        i * vma_pages / n,
-                        (i + 1) * vma_pages / n - i * vma_pages / n,
-                    ),
+                    Slice::Private => (i * vma_pages / n, (i + 1) * vma_pages / n - i * vma_pages / n),
                 };
                 let cpu = match &t.cpus {
                     Some(cpus) => cpus[i as usize % cpus.len()],
@@ -49,16 +42,12 @@ pub fn build(config: &Config) -> Sim {
                     vma,
                     first,
                     len: len.max(1),
-                    pattern: pattern::build(
-                        t.pattern,
-                        len.max(1),
-                        t.hot_fraction,
-                        t.hot_probability,
-                    ),
+                    pattern: pattern::build(t.pattern, len.max(1), t.hot_fraction, t.hot_probability),
                     touch_lines: u64::from(t.touch_lines),
                     think_ns: t.think_ns,
                     start: t.start_ms * NSEC_PER_MSEC,
                     stop: t.stop_ms.map(|s| s * NSEC_PER_MSEC),
+                    ept: None,
                 };
                 sim.add_thread(mm, spec);
             }
@@ -77,12 +66,7 @@ struct Placer {
 
 impl Placer {
     fn new(nodes: u32, cpus_per_node: u32) -> Self {
-        Self {
-            nodes,
-            cpus_per_node,
-            next_node: 0,
-            next_on_node: vec![0; nodes as usize],
-        }
+        Self { nodes, cpus_per_node, next_node: 0, next_on_node: vec![0; nodes as usize] }
     }
 
     fn next(&mut self, node: Option<u32>) -> u32 {

@@ -52,23 +52,14 @@ impl AccessPattern for HotCold {
 }
 
 /// The pattern `kind` over a range of `len` pages.
-pub fn build(
-    kind: PatternKind,
-    len: u64,
-    hot_fraction: f64,
-    hot_probability: f64,
-) -> Box<dyn AccessPattern> {
+pub fn build(kind: PatternKind, len: u64, hot_fraction: f64, hot_probability: f64) -> Box<dyn AccessPattern> {
     assert!(len > 0, "patterns need a non-empty range");
     match kind {
         PatternKind::Uniform => Box::new(Uniform { len }),
         PatternKind::Sequential => Box::new(Sequential { len, pos: 0 }),
         PatternKind::HotCold => {
             let hot = ((len as f64 * hot_fraction).ceil() as u64).clamp(1, len);
-            Box::new(HotCold {
-                len,
-                hot,
-                p_hot: hot_probability,
-            })
+            Box::new(HotCold { len, hot, p_hot: hot_probability })
         }
     }
 }

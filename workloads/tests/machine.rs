@@ -43,10 +43,7 @@ fn nodes_of_pages(sim: &sim_core::sim::Sim) -> [usize; 4] {
 
 #[test]
 fn anonymous_memory_is_placed_on_the_first_toucher_node() {
-    let c = config(
-        ONE_THREAD,
-        &["run.duration_ms=200", "process.0.thread.0.node=1"],
-    );
+    let c = config(ONE_THREAD, &["run.duration_ms=200", "process.0.thread.0.node=1"]);
     let (sim, out) = run(&c);
     let [n0, n1, n2, untouched] = nodes_of_pages(&sim);
     assert_eq!((n0, n2), (0, 0));
@@ -59,17 +56,11 @@ fn anonymous_memory_is_placed_on_the_first_toucher_node() {
 fn a_full_node_falls_back_to_the_nearest_node_with_memory() {
     // Node 0 has 16 MiB; the thread on node 0 touches all 32 MiB. Node 2 is nearer (20) than
     // node 1 (30), so the overflow lands there.
-    let c = config(
-        ONE_THREAD,
-        &["run.duration_ms=300", "machine.memory_per_node_mib=16"],
-    );
+    let c = config(ONE_THREAD, &["run.duration_ms=300", "machine.memory_per_node_mib=16"]);
     let (sim, out) = run(&c);
     assert_eq!(nodes_of_pages(&sim), [16 * 256, 0, 16 * 256, 0]);
     let locality = metric(&out, "locality.cpu");
-    assert!(
-        locality > 0.3 && locality < 0.7,
-        "half the pages are remote: {locality}"
-    );
+    assert!(locality > 0.3 && locality < 0.7, "half the pages are remote: {locality}");
 }
 
 #[test]
@@ -84,13 +75,7 @@ fn touches_are_charged_the_latency_of_their_distance() {
     let (_, out) = run(&remote);
     assert_eq!(metric(&out, "touches.cpu"), 209.0);
     assert_eq!(metric(&out, "locality.cpu"), 0.0);
-    let nearer = config(
-        ONE_THREAD,
-        &[
-            "process.0.vma.0.populate_node=2",
-            "machine.local_latency_ns=50",
-        ],
-    );
+    let nearer = config(ONE_THREAD, &["process.0.vma.0.populate_node=2", "machine.local_latency_ns=50"]);
     let (_, out) = run(&nearer);
     // 16 x 50 x 20/10 = 1.6 us again.
     assert_eq!(metric(&out, "touches.cpu"), 625.0);

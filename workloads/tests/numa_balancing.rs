@@ -11,10 +11,7 @@ fn numa02_converges_on_two_and_four_nodes() {
         let (_, off) = run(&scenario("numa02", &[nodes, "kernel.numa_balancing=false"]));
         let (l_on, l_off) = (tail_locality(&on, "cpu"), tail_locality(&off, "cpu"));
         assert!(l_on >= 0.85, "{nodes}: locality {l_on}");
-        assert!(
-            l_on >= l_off + 0.25,
-            "{nodes}: {l_on} vs {l_off} without balancing"
-        );
+        assert!(l_on >= l_off + 0.25, "{nodes}: {l_on} vs {l_off} without balancing");
         assert!(metric(&on, "vmstat.numa_pages_migrated") > 0.0);
         assert_eq!(metric(&off, "vmstat.numa_hint_faults"), 0.0);
         assert_eq!(metric(&off, "vmstat.numa_pte_updates"), 0.0);
@@ -30,15 +27,9 @@ fn a_shared_buffer_stays_less_local_than_private_slices() {
     let (_, numa01) = run(&scenario("numa01", &[]));
     let (_, threadlocal) = run(&scenario("numa01-threadlocal", &[]));
     let (_, numa02) = run(&scenario("numa02", &[]));
-    let (shared, local, private) = (
-        tail_locality(&numa01, "cpu"),
-        tail_locality(&threadlocal, "cpu"),
-        tail_locality(&numa02, "cpu"),
-    );
-    assert!(
-        shared < private - 0.2,
-        "numa01 {shared} vs numa02 {private}"
-    );
+    let (shared, local, private) =
+        (tail_locality(&numa01, "cpu"), tail_locality(&threadlocal, "cpu"), tail_locality(&numa02, "cpu"));
+    assert!(shared < private - 0.2, "numa01 {shared} vs numa02 {private}");
     assert!(local >= shared, "threadlocal {local} vs numa01 {shared}");
     // Shared pages bounce less than they fault: the two-stage filter holds most back.
     let faults = metric(&numa01, "vmstat.numa_hint_faults");
@@ -90,11 +81,7 @@ fn threads_move_to_the_node_holding_their_memory() {
     let mut sim = workloads::build(&config(PULLED, &[]));
     sim.with_kernel(|k| k.pgdat(1).free_pages = 0);
     let out = sim.run();
-    assert_eq!(
-        metric(&out, "vmstat.numa_task_migrated"),
-        2.0,
-        "both threads moved"
-    );
+    assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 2.0, "both threads moved");
     assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
     let nid = column(&out, "task.app/worker/0.nid");
     assert_eq!((nid.first(), nid.last()), (Some(&1.0), Some(&0.0)));

@@ -58,11 +58,7 @@ impl EventQueue {
     pub fn schedule(&mut self, time: Nanos, event: Event) {
         let time = time.max(self.now);
         self.seq += 1;
-        self.heap.push(Reverse(Scheduled {
-            time,
-            seq: self.seq,
-            event,
-        }));
+        self.heap.push(Reverse(Scheduled { time, seq: self.seq, event }));
     }
 
     /// Schedules `event` `delay` ns from now.
@@ -100,15 +96,7 @@ mod tests {
         q.schedule(10, Event::CpuTick(1));
         q.schedule(10, Event::Ksmd);
         let order: Vec<_> = std::iter::from_fn(|| q.pop_until(100)).collect();
-        assert_eq!(
-            order,
-            vec![
-                Event::CpuTick(3),
-                Event::Sample,
-                Event::CpuTick(1),
-                Event::Ksmd
-            ]
-        );
+        assert_eq!(order, vec![Event::CpuTick(3), Event::Sample, Event::CpuTick(1), Event::Ksmd]);
         assert_eq!(q.now(), 10);
     }
 

@@ -34,13 +34,7 @@ pub fn free_page_node(k: &mut Kernel, nid: Nid) {
 /// Models handle_mm_fault() for an anonymous private VMA: a missing page is allocated
 /// (do_anonymous_page()), a protnone PTE takes the hinting fault (do_numa_page()).
 /// Returns the CPU time the fault cost.
-pub fn handle_mm_fault(
-    k: &mut Kernel,
-    mm: Entity,
-    vma: usize,
-    page: PageIdx,
-    f: &mut Faulter,
-) -> Nanos {
+pub fn handle_mm_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &mut Faulter) -> Nanos {
     if !k.pages.present(page) {
         do_anonymous_page(k, mm, page, f.nid);
         k.sysctl.0.hint_fault_cost_ns
@@ -65,13 +59,7 @@ pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
 /// Models do_numa_page() in mm/memory.c (with numa_migrate_check() and mpol_misplaced()):
 /// count the fault, ask whether the page is misplaced, try to migrate it toward the faulting
 /// CPU's node, restore the PTE and account the fault to the task.
-pub fn do_numa_page(
-    k: &mut Kernel,
-    mm: Entity,
-    vma: usize,
-    page: PageIdx,
-    f: &mut Faulter,
-) -> Nanos {
+pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &mut Faulter) -> Nanos {
     let i = page as usize;
     let mut cost = k.sysctl.0.hint_fault_cost_ns;
     let page_nid = k.pages.nid[i];

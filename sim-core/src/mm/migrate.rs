@@ -4,6 +4,7 @@ use bevy_ecs::entity::Entity;
 
 use super::PageIdx;
 use super::memory::{alloc_page_node, free_page_node};
+use super::mmu_notifier::invalidate_range;
 use crate::kernel::Kernel;
 use crate::machine::Nid;
 
@@ -38,12 +39,7 @@ fn migrate_balanced_pgdat(k: &mut Kernel, nid: Nid, nr_pages: u64) -> bool {
 /// Models migrate_misplaced_folio_prepare() + migrate_misplaced_folio(): move one page of
 /// `mm` to node `target`. On success the old frame is freed, the page gets a new frame
 /// generation, and secondary MMUs are told through the MMU notifier (try_to_migrate()).
-pub fn migrate_misplaced_folio(
-    k: &mut Kernel,
-    mm: Entity,
-    page: PageIdx,
-    target: Nid,
-) -> Result<(), MigrateFail> {
+pub fn migrate_misplaced_folio(k: &mut Kernel, mm: Entity, page: PageIdx, target: Nid) -> Result<(), MigrateFail> {
     let i = page as usize;
     if !migrate_balanced_pgdat(k, target, 1) {
         return Err(MigrateFail::TargetFull);
@@ -52,14 +48,12 @@ pub fn migrate_misplaced_folio(
         k.counters.vmstat.pgmigrate_fail += 1;
         return Err(MigrateFail::Refcount);
     }
-    let _ = mm;
+    // try_to_migrate() replaces the PTE with a migration entry: secondary MMUs let go.
+    let mode = k.sysctl.0.notifier;
+    invalidate_range(&mut k.smmus, mode, mm, page, 1, |_| true);
     let src = k.pages.nid[i];
     let got = alloc_page_node(k, target);
-    debug_assert_eq!(
-        got,
-        Some(target),
-        "migrate_balanced_pgdat() guarantees a free frame"
-    );
+    debug_assert_eq!(got, Some(target), "migrate_balanced_pgdat() guarantees a free frame");
     free_page_node(k, src);
     k.pages.nid[i] = target;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);

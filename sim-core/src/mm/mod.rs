@@ -4,9 +4,14 @@
 //! struct-of-arrays resource indexed by a global page number, so the hot paths (a CPU touch,
 //! a scanner pass) are loops over plain arrays. The layout costs 13 bytes per simulated page.
 
+pub mod gup;
+pub mod ksm;
 pub mod memory;
 pub mod migrate;
+pub mod mmu_notifier;
+pub mod mprotect;
 pub mod numa_balancing;
+pub mod vmscan;
 
 use bevy_ecs::component::Component;
 use bevy_ecs::resource::Resource;
@@ -81,10 +86,7 @@ impl Pages {
     pub fn grow(&mut self, n: u64) -> PageIdx {
         let base = self.nid.len();
         let new_len = base + n as usize;
-        assert!(
-            new_len <= PageIdx::MAX as usize,
-            "more pages than a PageIdx can address"
-        );
+        assert!(new_len <= PageIdx::MAX as usize, "more pages than a PageIdx can address");
         self.nid.resize(new_len, NUMA_NO_NODE);
         self.flags.resize(new_len, 0);
         self.last_cpupid.resize(new_len, CPUPID_UNSET);
@@ -150,8 +152,10 @@ pub struct Vma {
     pub pages: u64,
     /// Global index of the VMA's first page in [`Pages`].
     pub base: PageIdx,
-    /// `vma_is_accessible()`: false after mprotect(PROT_NONE).
+    /// `vma_is_accessible()`: false after mprotect(PROT_NONE) or munmap().
     pub accessible: bool,
+    /// munmap() removed the VMA (kept in place so indices stay stable).
+    pub unmapped: bool,
     /// Set by madvise(MADV_MERGEABLE): ksmd scans it.
     pub mergeable: bool,
     /// Initialised on the first scan (vma->numab_state).
@@ -227,6 +231,7 @@ impl Mm {
             pages,
             base,
             accessible: true,
+            unmapped: false,
             mergeable: false,
             numab: None,
         });
@@ -239,9 +244,7 @@ impl Mm {
 
     /// The VMA holding global page `page`, if this mm maps it.
     pub fn vma_of_page(&self, page: PageIdx) -> Option<usize> {
-        self.vmas
-            .iter()
-            .position(|v| page >= v.base && u64::from(page - v.base) < v.pages)
+        self.vmas.iter().position(|v| page >= v.base && u64::from(page - v.base) < v.pages)
     }
 }
 
@@ -254,10 +257,7 @@ mod tests {
         let c = cpu_pid_to_cpupid(5, 0x1234);
         assert_eq!(cpupid_to_cpu(c), 5);
         assert!(cpupid_match_pid(0x34, c));
-        assert!(
-            cpupid_match_pid(0x1134, c),
-            "pids equal in the low 8 bits collide, as in the kernel"
-        );
+        assert!(cpupid_match_pid(0x1134, c), "pids equal in the low 8 bits collide, as in the kernel");
         assert!(!cpupid_match_pid(0x35, c));
         assert!(!cpupid_match_pid(0xff, CPUPID_UNSET));
     }

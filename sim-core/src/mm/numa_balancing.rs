@@ -1,12 +1,14 @@
 //! The NUMA scanner: task_tick_numa() and task_numa_work() (kernel/sched/fair.c) and
 //! change_prot_numa() (mm/mprotect.c with MM_CP_PROT_NUMA).
 
-use super::{Mm, PG_KSM, PTE_PROTNONE, Pages, Vma, VmaNumab, hash_32};
+use bevy_ecs::entity::Entity;
+
+use super::mmu_notifier::invalidate_range;
+use super::{Mm, PG_KSM, PTE_PROTNONE, PageIdx, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
 use crate::sched::numa::{TICK_NSEC, TaskNuma, task_scan_max, task_scan_start};
-use crate::stats::Counters;
 
 /// Pages in a PMD (HPAGE_SIZE / PAGE_SIZE): scan chunks end on a PMD boundary.
 const HPAGE_PAGES: u64 = 512;
@@ -34,11 +36,7 @@ pub fn task_tick_numa(k: &mut Kernel, p: &mut TaskNuma, runtime: Nanos, now: Nan
     if p.node_stamp == 0 {
         let sysctl = k.sysctl.clone();
         let mm = k.mm(p.mm);
-        let ng = if p.in_group {
-            mm.numa_group.as_ref()
-        } else {
-            None
-        };
+        let ng = if p.in_group { mm.numa_group.as_ref() } else { None };
         p.numa_scan_period = task_scan_start(&sysctl, mm.rss, ng);
     }
     p.node_stamp += period;
@@ -78,14 +76,7 @@ enum VmaVerdict {
 }
 
 /// The per-VMA checks of task_numa_work() ahead of the PTE walk.
-fn vma_verdict(
-    mm: &mut Mm,
-    vi: usize,
-    pid: u32,
-    now: Nanos,
-    scan_delay: Nanos,
-    forced: bool,
-) -> VmaVerdict {
+fn vma_verdict(mm: &mut Mm, vi: usize, pid: u32, now: Nanos, scan_delay: Nanos, forced: bool) -> VmaVerdict {
     let seq = mm.numa_scan_seq;
     let vma = &mut mm.vmas[vi];
     // Inaccessible VMAs are skipped to avoid confusing PROT_NONE with NUMA hinting PTEs.
@@ -118,13 +109,7 @@ fn vma_verdict(
 /// Models task_numa_work(): scan up to `numa_balancing_scan_size_mb` of populated memory
 /// (and 8x that of address space) from where the last scan stopped, making PTEs protnone.
 /// Returns the CPU time the scan took (charged to the task).
-pub fn task_numa_work(
-    k: &mut Kernel,
-    p: &mut TaskNuma,
-    pid: u32,
-    cpu_nid: Nid,
-    now: Nanos,
-) -> Nanos {
+pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, now: Nanos) -> Nanos {
     let mm_e = p.mm;
     let scan_delay = k.sysctl.scan_delay();
     let pte_cost = k.sysctl.0.pte_scan_cost_ns;
@@ -140,37 +125,31 @@ pub fn task_numa_work(
     // Delay this task enough that another task of this mm will likely win next time.
     p.node_stamp += 2 * TICK_NSEC;
 
-    let Kernel {
-        mms,
-        pages: page_state,
-        counters,
-        ..
-    } = k;
-    let mut mm = mms.get_mut(mm_e).expect("tasks point at live mms");
     // change_pte_range() leaves pages alone that already sit where a single-threaded
     // process runs.
-    let target_node = (mm.nr_threads == 1).then_some(cpu_nid);
+    let target_node = (k.mm(mm_e).nr_threads == 1).then_some(cpu_nid);
     let mut walked = 0u64;
     let mut forced = false;
     let mut pids_skipped = false;
     loop {
-        let mut start = mm.numa_scan_offset;
-        let mut vi = match mm.vmas.iter().position(|v| v.end() > start) {
-            Some(i) => i,
-            None => {
-                reset_ptenuma_scan(&mut mm);
-                start = 0;
-                0
-            }
-        };
+        let mut start = k.mm(mm_e).numa_scan_offset;
+        let first = k.mm(mm_e).vmas.iter().position(|v| v.end() > start);
+        let mut vi = first.unwrap_or_else(|| {
+            reset_ptenuma_scan(&mut k.mm(mm_e));
+            start = 0;
+            0
+        });
+        let nr_vmas = k.mm(mm_e).vmas.len();
         let mut stopped = false;
-        while vi < mm.vmas.len() {
-            match vma_verdict(&mut mm, vi, pid, now, scan_delay, forced) {
+        while vi < nr_vmas {
+            let verdict = vma_verdict(&mut k.mm(mm_e), vi, pid, now, scan_delay, forced);
+            match verdict {
                 VmaVerdict::Skip => {
                     vi += 1;
                     continue;
                 }
                 VmaVerdict::Done => {
+                    let mut mm = k.mm(mm_e);
                     mm.numa_scan_offset = mm.vmas[vi].end();
                     vi += 1;
                     continue;
@@ -182,13 +161,11 @@ pub fn task_numa_work(
                 }
                 VmaVerdict::Scan => {}
             }
-            let vma = &mm.vmas[vi];
+            let vma = k.mm(mm_e).vmas[vi].clone();
             loop {
                 start = start.max(vma.start);
-                let end = (start + pages as u64)
-                    .next_multiple_of(HPAGE_PAGES)
-                    .min(vma.end());
-                let updated = change_prot_numa(page_state, counters, vma, start, end, target_node);
+                let end = (start + pages as u64).next_multiple_of(HPAGE_PAGES).min(vma.end());
+                let updated = change_prot_numa(k, mm_e, &vma, start, end, target_node);
                 walked += end - start;
                 if updated > 0 {
                     pages -= (end - start) as i64;
@@ -206,6 +183,7 @@ pub fn task_numa_work(
             if stopped {
                 break;
             }
+            let mut mm = k.mm(mm_e);
             let seq = mm.numa_scan_seq;
             if let Some(numab) = mm.vmas[vi].numab.as_mut() {
                 numab.prev_scan_seq = seq;
@@ -221,6 +199,7 @@ pub fn task_numa_work(
             forced = true;
             continue;
         }
+        let mut mm = k.mm(mm_e);
         if stopped {
             mm.numa_scan_offset = start;
         } else {
@@ -235,19 +214,16 @@ pub fn task_numa_work(
 }
 
 /// Models change_prot_numa() → change_pte_range() with MM_CP_PROT_NUMA over virtual pages
-/// `start..end` of `vma`: make present PTEs protnone, skipping what the kernel skips.
-/// Returns the number of PTEs updated (counted in numa_pte_updates).
-pub fn change_prot_numa(
-    pages: &mut Pages,
-    counters: &mut Counters,
-    vma: &Vma,
-    start: u64,
-    end: u64,
-    target_node: Option<Nid>,
-) -> u64 {
-    let mut updated = 0;
+/// `start..end` of `vma`: make present PTEs protnone, skipping what the kernel skips, and
+/// notify secondary MMUs for the range (change_pmd_range() calls
+/// mmu_notifier_invalidate_range_start() unconditionally). Returns the number of PTEs
+/// updated (counted in numa_pte_updates).
+pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: u64, target_node: Option<Nid>) -> u64 {
+    let mut updated: Vec<PageIdx> = Vec::new();
+    let pages = &mut k.pages;
     for vpn in start..end {
-        let i = vma.page(vpn) as usize;
+        let page = vma.page(vpn);
+        let i = page as usize;
         let nid = pages.nid[i];
         if nid == NUMA_NO_NODE || pages.flags[i] & (PTE_PROTNONE | PG_KSM) != 0 {
             continue;
@@ -260,8 +236,10 @@ pub fn change_prot_numa(
             continue;
         }
         pages.flags[i] |= PTE_PROTNONE;
-        updated += 1;
+        updated.push(page);
     }
-    counters.vmstat.numa_pte_updates += updated;
-    updated
+    k.counters.vmstat.numa_pte_updates += updated.len() as u64;
+    let mode = k.sysctl.0.notifier;
+    invalidate_range(&mut k.smmus, mode, mm, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
+    updated.len() as u64
 }

@@ -35,6 +35,49 @@ impl Affinity {
 /// Offsets drawn from a pattern per refill: amortises the dynamic call over many touches.
 const BATCH: usize = 256;
 
+/// An access pattern with its random stream and a buffer of drawn offsets.
+pub struct AccessStream {
+    pattern: Box<dyn AccessPattern>,
+    rng: RngStream,
+    batch: Vec<u32>,
+    next: usize,
+}
+
+impl AccessStream {
+    pub fn new(pattern: Box<dyn AccessPattern>, rng: RngStream) -> Self {
+        Self { pattern, rng, batch: vec![0; BATCH], next: BATCH }
+    }
+
+    /// The next page offset.
+    #[inline]
+    pub fn next_offset(&mut self) -> u32 {
+        if self.next == self.batch.len() {
+            self.pattern.fill(&mut self.rng, &mut self.batch);
+            self.next = 0;
+        }
+        let o = self.batch[self.next];
+        self.next += 1;
+        o
+    }
+}
+
+/// A thread to add: where it runs and what it touches.
+pub struct ThreadSpec {
+    pub name: String,
+    pub cpu: u32,
+    pub affinity: Affinity,
+    pub vma: usize,
+    pub first: u64,
+    pub len: u64,
+    pub pattern: Box<dyn AccessPattern>,
+    pub touch_lines: u64,
+    pub think_ns: Nanos,
+    pub start: Nanos,
+    pub stop: Option<Nanos>,
+    /// For a vCPU: the VM's EPT.
+    pub ept: Option<Entity>,
+}
+
 /// A user thread (task_struct, minus the NUMA fields in [`TaskNuma`]).
 #[derive(Component)]
 pub struct Task {
@@ -48,10 +91,9 @@ pub struct Task {
     pub vma: usize,
     pub first: u64,
     pub len: u64,
-    pub pattern: Box<dyn AccessPattern>,
-    pub rng: RngStream,
-    batch: Vec<u32>,
-    next: usize,
+    pub access: AccessStream,
+    /// For a vCPU thread: the VM's EPT, through which its touches go (kvm.rs).
+    pub ept: Option<Entity>,
     /// Cache lines per touch and CPU work per touch.
     pub touch_lines: u64,
     pub think_ns: Nanos,
@@ -60,49 +102,24 @@ pub struct Task {
 }
 
 impl Task {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        pid: u32,
-        name: String,
-        mm: Entity,
-        cpu: u32,
-        affinity: Affinity,
-        vma: usize,
-        first: u64,
-        len: u64,
-        pattern: Box<dyn AccessPattern>,
-        rng: RngStream,
-    ) -> Self {
+    pub fn new(pid: u32, mm: Entity, spec: ThreadSpec, rng: RngStream) -> Self {
         Self {
             pid,
-            name,
+            name: spec.name,
             mm,
-            cpu,
-            affinity,
+            cpu: spec.cpu,
+            affinity: spec.affinity,
             sum_exec_runtime: 0,
-            vma,
-            first,
-            len,
-            pattern,
-            rng,
-            batch: vec![0; BATCH],
-            next: BATCH,
-            touch_lines: 16,
-            think_ns: 0,
-            start: 0,
-            stop: None,
+            vma: spec.vma,
+            first: spec.first,
+            len: spec.len,
+            access: AccessStream::new(spec.pattern, rng),
+            ept: spec.ept,
+            touch_lines: spec.touch_lines,
+            think_ns: spec.think_ns,
+            start: spec.start,
+            stop: spec.stop,
         }
-    }
-
-    #[inline]
-    fn next_offset(&mut self) -> u32 {
-        if self.next == self.batch.len() {
-            self.pattern.fill(&mut self.rng, &mut self.batch);
-            self.next = 0;
-        }
-        let o = self.batch[self.next];
-        self.next += 1;
-        o
     }
 }
 
@@ -117,12 +134,7 @@ pub fn enqueue_task(k: &mut Kernel, te: Entity, cpu: u32) {
 }
 
 /// Models migrate_task_to(): move a thread to another CPU's run queue.
-pub fn migrate_task_to(
-    k: &mut Kernel,
-    tasks: &mut Query<(&mut Task, &mut TaskNuma)>,
-    te: Entity,
-    cpu: u32,
-) {
+pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity, cpu: u32) {
     let Ok((mut task, _)) = tasks.get_mut(te) else {
         return;
     };
@@ -155,11 +167,12 @@ pub fn cpu_tick(In(cpu): In<u32>, mut k: Kernel, mut tasks: Query<(&mut Task, &m
         return;
     }
     k.cpu(cpu).curr = Some((task.pid, task.mm));
-    let mut spent = run_quantum(&mut k, &mut task, &mut numa, cpu);
+    let mut spent = match task.ept {
+        Some(ept) => crate::kvm::run_vcpu_quantum(&mut k, &mut task, &mut numa, cpu, ept),
+        None => run_quantum(&mut k, &mut task, &mut numa, cpu),
+    };
     task.sum_exec_runtime += spent;
-    if k.sysctl.0.numa_balancing
-        && task_tick_numa(&mut k, &mut numa, task.sum_exec_runtime, now + spent)
-    {
+    if k.sysctl.0.numa_balancing && task_tick_numa(&mut k, &mut numa, task.sum_exec_runtime, now + spent) {
         let nid = k.topo.cpu_to_node(cpu);
         let scan = task_numa_work(&mut k, &mut numa, task.pid, nid, now + spent);
         task.sum_exec_runtime += scan;
@@ -200,7 +213,7 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
     }
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
-        let page = base + task.next_offset();
+        let page = base + task.access.next_offset();
         let i = page as usize;
         if k.pages.nid[i] == NUMA_NO_NODE || k.pages.flags[i] & PTE_PROTNONE != 0 {
             let mut f = Faulter {

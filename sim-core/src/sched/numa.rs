@@ -7,9 +7,7 @@ use super::{Affinity, Task, migrate_task_to};
 use crate::engine::{NSEC_PER_MSEC, NSEC_PER_SEC, Nanos};
 use crate::kernel::{Faulter, Kernel, Sysctl};
 use crate::machine::Nid;
-use crate::mm::{
-    Mm, PageIdx, cpu_pid_to_cpupid, cpupid_match_pid, cpupid_pid_unset, cpupid_to_cpu,
-};
+use crate::mm::{Mm, PageIdx, cpu_pid_to_cpupid, cpupid_match_pid, cpupid_pid_unset, cpupid_to_cpu};
 
 /// task_numa_fault() flags (include/linux/sched/numa_balancing.h).
 pub const TNF_MIGRATED: u32 = 0x01;
@@ -75,23 +73,19 @@ impl NumaGroup {
     /// `group_faults()`.
     pub fn faults_mem(&self, nid: usize) -> i64 {
         let n = self.nr_nodes();
-        self.faults[task_faults_idx(n, NUMA_MEM, nid, 0)]
-            + self.faults[task_faults_idx(n, NUMA_MEM, nid, 1)]
+        self.faults[task_faults_idx(n, NUMA_MEM, nid, 0)] + self.faults[task_faults_idx(n, NUMA_MEM, nid, 1)]
     }
 
     /// `group_faults_cpu()`.
     pub fn faults_cpu(&self, nid: usize) -> i64 {
         let n = self.nr_nodes();
-        self.faults[task_faults_idx(n, NUMA_CPU, nid, 0)]
-            + self.faults[task_faults_idx(n, NUMA_CPU, nid, 1)]
+        self.faults[task_faults_idx(n, NUMA_CPU, nid, 0)] + self.faults[task_faults_idx(n, NUMA_CPU, nid, 1)]
     }
 
     /// `group_faults_priv()` and `group_faults_shared()`.
     fn faults_by_type(&self, private: usize) -> i64 {
         let n = self.nr_nodes();
-        (0..n)
-            .map(|nid| self.faults[task_faults_idx(n, NUMA_MEM, nid, private)])
-            .sum()
+        (0..n).map(|nid| self.faults[task_faults_idx(n, NUMA_MEM, nid, private)]).sum()
     }
 
     /// `numa_is_active_node()`.
@@ -104,9 +98,7 @@ impl NumaGroup {
         let n = self.nr_nodes();
         let max = (0..n).map(|nid| self.faults_cpu(nid)).max().unwrap_or(0);
         self.max_faults_cpu = max;
-        self.active_nodes = (0..n)
-            .filter(|&nid| self.faults_cpu(nid) * ACTIVE_NODE_FRACTION > max)
-            .count() as u32;
+        self.active_nodes = (0..n).filter(|&nid| self.faults_cpu(nid) * ACTIVE_NODE_FRACTION > max).count() as u32;
     }
 }
 
@@ -169,8 +161,7 @@ impl TaskNuma {
             return 0;
         }
         let n = self.nr_nodes();
-        self.numa_faults[task_faults_idx(n, NUMA_MEM, nid, 0)]
-            + self.numa_faults[task_faults_idx(n, NUMA_MEM, nid, 1)]
+        self.numa_faults[task_faults_idx(n, NUMA_MEM, nid, 0)] + self.numa_faults[task_faults_idx(n, NUMA_MEM, nid, 1)]
     }
 
     /// `task_weight()`, for directly connected nodes (score_nearby_nodes() is 0).
@@ -200,11 +191,7 @@ pub fn task_nr_scan_windows(sysctl: &Sysctl, rss: u64) -> u64 {
 /// Models task_scan_min(): milliseconds.
 pub fn task_scan_min(sysctl: &Sysctl, rss: u64) -> u64 {
     let scan_size = sysctl.0.numa_balancing_scan_size_mb;
-    let windows = if scan_size < MAX_SCAN_WINDOW {
-        MAX_SCAN_WINDOW / scan_size
-    } else {
-        1
-    };
+    let windows = if scan_size < MAX_SCAN_WINDOW { MAX_SCAN_WINDOW / scan_size } else { 1 };
     let floor = 1000 / windows;
     let scan = sysctl.0.numa_balancing_scan_period_min_ms / task_nr_scan_windows(sysctl, rss);
     floor.max(scan)
@@ -237,23 +224,12 @@ pub fn task_scan_max(sysctl: &Sysctl, rss: u64, ng: Option<&NumaGroup>) -> u64 {
 }
 
 fn group_of<'a>(p: &TaskNuma, mm: &'a Mm) -> Option<&'a NumaGroup> {
-    if p.in_group {
-        mm.numa_group.as_ref()
-    } else {
-        None
-    }
+    if p.in_group { mm.numa_group.as_ref() } else { None }
 }
 
 /// Models update_task_scan_period(): slow scanning when faults are local or private, speed
 /// it up when they are remote and private, double it on failed migrations.
-pub fn update_task_scan_period(
-    p: &mut TaskNuma,
-    mm: &mut Mm,
-    sysctl: &Sysctl,
-    now: Nanos,
-    shared: u64,
-    private: u64,
-) {
+pub fn update_task_scan_period(p: &mut TaskNuma, mm: &mut Mm, sysctl: &Sysctl, now: Nanos, shared: u64, private: u64) {
     let remote = p.numa_faults_locality[0];
     let local = p.numa_faults_locality[1];
     if local + shared == 0 || p.numa_faults_locality[2] != 0 {
@@ -282,10 +258,7 @@ pub fn update_task_scan_period(
 /// as always runnable (the kernel uses its PELT load_sum).
 fn numa_get_avg_runtime(p: &mut TaskNuma, now: Nanos, runtime: Nanos) -> (u64, u64) {
     let (delta, period) = if p.last_task_numa_placement != 0 {
-        (
-            runtime - p.last_sum_exec_runtime,
-            now.saturating_sub(p.last_task_numa_placement),
-        )
+        (runtime - p.last_sum_exec_runtime, now.saturating_sub(p.last_task_numa_placement))
     } else {
         (runtime, runtime)
     };
@@ -340,11 +313,7 @@ pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime
                 group_faults += ng.faults[mem_idx];
             }
         }
-        let score = if in_group && mm.numa_group.is_some() {
-            group_faults
-        } else {
-            faults
-        };
+        let score = if in_group && mm.numa_group.is_some() { group_faults } else { faults };
         if score > max_faults {
             max_faults = score;
             max_nid = Some(nid as Nid);
@@ -356,14 +325,7 @@ pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime
     if max_faults > 0 {
         p.numa_preferred_nid = max_nid;
     }
-    update_task_scan_period(
-        p,
-        &mut mm,
-        &sysctl,
-        now,
-        fault_types[0].max(0) as u64,
-        fault_types[1].max(0) as u64,
-    );
+    update_task_scan_period(p, &mut mm, &sysctl, now, fault_types[0].max(0) as u64, fault_types[1].max(0) as u64);
 }
 
 /// Models task_numa_group() with per-process groups (see [`NumaGroup`]). Returns whether
@@ -387,14 +349,8 @@ fn task_numa_group(k: &mut Kernel, p: &mut TaskNuma, cpupid: u32, flags: u32) ->
     }
     if !p.in_group {
         let mut mm = k.mm(p.mm);
-        let ng = mm
-            .numa_group
-            .get_or_insert_with(|| NumaGroup::new(nr_nodes));
-        for (g, t) in ng
-            .faults
-            .iter_mut()
-            .zip(&p.numa_faults[..NR_NUMA_HINT_FAULT_STATS * nr_nodes])
-        {
+        let ng = mm.numa_group.get_or_insert_with(|| NumaGroup::new(nr_nodes));
+        for (g, t) in ng.faults.iter_mut().zip(&p.numa_faults[..NR_NUMA_HINT_FAULT_STATS * nr_nodes]) {
             *g += t;
         }
         ng.total_faults += p.total_numa_faults;
@@ -411,11 +367,7 @@ pub fn task_numa_free(mm: &mut Mm, p: &mut TaskNuma) {
     }
     if let Some(ng) = mm.numa_group.as_mut() {
         let n = ng.nr_nodes();
-        for (g, t) in ng
-            .faults
-            .iter_mut()
-            .zip(&p.numa_faults[..NR_NUMA_HINT_FAULT_STATS * n])
-        {
+        for (g, t) in ng.faults.iter_mut().zip(&p.numa_faults[..NR_NUMA_HINT_FAULT_STATS * n]) {
             *g -= t;
         }
         ng.total_faults -= p.total_numa_faults;
@@ -472,30 +424,19 @@ pub fn task_numa_fault(
         p.numa_faults_locality[2] += pages;
     }
     let private = usize::from(private);
-    p.numa_faults[task_faults_idx(nr_nodes, NUMA_MEMBUF, mem_node as usize, private)] +=
-        pages as i64;
+    p.numa_faults[task_faults_idx(nr_nodes, NUMA_MEMBUF, mem_node as usize, private)] += pages as i64;
     p.numa_faults[task_faults_idx(nr_nodes, NUMA_CPUBUF, cpu_node, private)] += pages as i64;
     p.numa_faults_locality[local] += pages;
 }
 
 /// Models should_numa_migrate_memory(): record this CPU+pid in the page's last_cpupid and
 /// decide whether a fault from `f` should pull the page from `src_nid` to `f.nid`.
-pub fn should_numa_migrate_memory(
-    k: &mut Kernel,
-    f: &Faulter,
-    page: PageIdx,
-    src_nid: Nid,
-) -> bool {
+pub fn should_numa_migrate_memory(k: &mut Kernel, f: &Faulter, page: PageIdx, src_nid: Nid) -> bool {
     let dst_nid = f.nid;
     let this_cpupid = cpu_pid_to_cpupid(f.cpu, f.pid);
     let last_cpupid = std::mem::replace(&mut k.pages.last_cpupid[page as usize], this_cpupid);
     let (preferred, scan_seq, in_group, mm) = match f.task.as_deref() {
-        Some(p) => (
-            p.numa_preferred_nid,
-            p.numa_scan_seq,
-            p.in_group,
-            Some(p.mm),
-        ),
+        Some(p) => (p.numa_preferred_nid, p.numa_scan_seq, p.in_group, Some(p.mm)),
         None => (None, 0, false, None),
     };
     let unset = cpupid_pid_unset(last_cpupid);
@@ -562,11 +503,7 @@ fn node_stats(k: &mut Kernel, nid: Nid, allowed: &Affinity) -> (usize, Option<u3
 /// (NUMA_IMBALANCE_MIN) so a pair of communicating tasks can stay together.
 fn adjust_numa_imbalance(imbalance: usize, dst_running: usize, imb_numa_nr: usize) -> usize {
     const NUMA_IMBALANCE_MIN: usize = 2;
-    if dst_running <= imb_numa_nr && imbalance <= NUMA_IMBALANCE_MIN {
-        0
-    } else {
-        imbalance
-    }
+    if dst_running <= imb_numa_nr && imbalance <= NUMA_IMBALANCE_MIN { 0 } else { imbalance }
 }
 
 /// Models task_numa_migrate() + task_numa_find_cpu() + task_numa_compare() for the
@@ -574,11 +511,7 @@ fn adjust_numa_imbalance(imbalance: usize, dst_running: usize, imb_numa_nr: usiz
 /// with the running thread whose exchange improves the weights most (≥ SMALLIMP).
 /// Simplified: only the preferred node is searched; load is the number of runnable threads;
 /// `imb_numa_nr` is a quarter of a node's CPUs (one LLC per node).
-pub fn task_numa_migrate(
-    k: &mut Kernel,
-    tasks: &mut Query<(&mut Task, &mut TaskNuma)>,
-    te: Entity,
-) {
+pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity) {
     let Ok((task, p)) = tasks.get(te) else { return };
     let Some(dst_nid) = p.numa_preferred_nid else {
         return;
@@ -588,11 +521,7 @@ pub fn task_numa_migrate(
     if src_nid == dst_nid {
         return;
     }
-    let p_group = if p.in_group {
-        k.mms.get(p.mm).ok().and_then(|m| m.numa_group.clone())
-    } else {
-        None
-    };
+    let p_group = if p.in_group { k.mms.get(p.mm).ok().and_then(|m| m.numa_group.clone()) } else { None };
     let (src, dst) = (src_nid as usize, dst_nid as usize);
     let taskimp = p.task_weight(dst) - p.task_weight(src);
     let groupimp = group_weight(p_group.as_ref(), dst) - group_weight(p_group.as_ref(), src);
@@ -605,10 +534,7 @@ pub fn task_numa_migrate(
     if dst_running < node_cpus {
         let imbalance = (dst_running + 1).saturating_sub(src_running.saturating_sub(1));
         let imb_numa_nr = (node_cpus / 4).max(1);
-        if let (0, Some(cpu)) = (
-            adjust_numa_imbalance(imbalance, dst_running + 1, imb_numa_nr),
-            idle_cpu,
-        ) {
+        if let (0, Some(cpu)) = (adjust_numa_imbalance(imbalance, dst_running + 1, imb_numa_nr), idle_cpu) {
             migrate_task_to(k, tasks, te, cpu);
             k.counters.vmstat.numa_task_migrated += 1;
             return;
@@ -634,19 +560,11 @@ pub fn task_numa_migrate(
             let imp = taskimp + cur_numa.task_weight(src) - cur_numa.task_weight(dst);
             if same_group { imp - imp / 16 } else { imp }
         } else {
-            let cur_group = if cur_numa.in_group {
-                k.mms
-                    .get(cur_numa.mm)
-                    .ok()
-                    .and_then(|m| m.numa_group.clone())
-            } else {
-                None
-            };
+            let cur_group =
+                if cur_numa.in_group { k.mms.get(cur_numa.mm).ok().and_then(|m| m.numa_group.clone()) } else { None };
             let base = if p_group.is_some() { groupimp } else { taskimp };
             match (&cur_group, &p_group) {
-                (Some(cg), Some(_)) => {
-                    base + group_weight(Some(cg), src) - group_weight(Some(cg), dst)
-                }
+                (Some(cg), Some(_)) => base + group_weight(Some(cg), src) - group_weight(Some(cg), dst),
                 _ => base + cur_numa.task_weight(src) - cur_numa.task_weight(dst),
             }
         };

@@ -21,10 +21,7 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn new(interval: Nanos) -> Self {
-        Self {
-            interval,
-            ..Default::default()
-        }
+        Self { interval, ..Default::default() }
     }
 
     /// `timeseries.csv`: `time_ms`, then every metric of the interval.
@@ -89,11 +86,7 @@ pub fn sample(world: &mut World) {
         let flat = groups.flatten();
         if rec.header.is_empty() {
             rec.header = flat.iter().map(|(k, _)| k.clone()).collect();
-            let names: Vec<String> = rec
-                .tracked
-                .iter()
-                .map(|(n, _)| format!("task.{n}.nid"))
-                .collect();
+            let names: Vec<String> = rec.tracked.iter().map(|(n, _)| format!("task.{n}.nid")).collect();
             rec.header.extend(names);
         }
         let mut row: Vec<Value> = flat.into_iter().map(|(_, v)| v).collect();
@@ -102,8 +95,6 @@ pub fn sample(world: &mut World) {
         rec.last = counters;
         rec.last_time = now;
         let interval = rec.interval;
-        world
-            .resource_mut::<EventQueue>()
-            .schedule_in(interval, Event::Sample);
+        world.resource_mut::<EventQueue>().schedule_in(interval, Event::Sample);
     });
 }

@@ -31,10 +31,7 @@ pub struct Groups(pub Vec<(&'static str, Vec<(&'static str, Value)>)>);
 impl Groups {
     /// `group.name` → value, in order.
     pub fn flatten(&self) -> Vec<(String, Value)> {
-        self.0
-            .iter()
-            .flat_map(|(g, vals)| vals.iter().map(move |(n, v)| (format!("{g}.{n}"), *v)))
-            .collect()
+        self.0.iter().flat_map(|(g, vals)| vals.iter().map(move |(n, v)| (format!("{g}.{n}"), *v))).collect()
     }
 }
 
@@ -66,19 +63,11 @@ pub enum Span {
 }
 
 fn counts(names: &'static [&'static str], values: Vec<u64>) -> Vec<(&'static str, Value)> {
-    names
-        .iter()
-        .copied()
-        .zip(values.into_iter().map(Value::Count))
-        .collect()
+    names.iter().copied().zip(values.into_iter().map(Value::Count)).collect()
 }
 
 fn ratio(part: u64, all: u64) -> Value {
-    Value::Real(if all == 0 {
-        0.0
-    } else {
-        part as f64 / all as f64
-    })
+    Value::Real(if all == 0 { 0.0 } else { part as f64 / all as f64 })
 }
 
 /// The metric groups of `c` (totals of a run, or the deltas of one interval) over `span_ns`.
@@ -93,17 +82,10 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
         ],
     };
     let all = t.cpu + t.kvm + t.device;
-    let per_s = if span_ns == 0 {
-        0.0
-    } else {
-        all as f64 * NSEC_PER_SEC as f64 / span_ns as f64
-    };
+    let per_s = if span_ns == 0 { 0.0 } else { all as f64 * NSEC_PER_SEC as f64 / span_ns as f64 };
     Groups(vec![
         ("vmstat", counts(VmStat::NAMES, c.vmstat.values())),
-        (
-            "hint_faults_by_source",
-            counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values()),
-        ),
+        ("hint_faults_by_source", counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values())),
         (
             "locality",
             vec![
@@ -114,11 +96,7 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
         ),
         (
             "touches",
-            vec![
-                ("cpu", Value::Count(t.cpu)),
-                ("kvm", Value::Count(t.kvm)),
-                ("device", Value::Count(t.device)),
-            ],
+            vec![("cpu", Value::Count(t.cpu)), ("kvm", Value::Count(t.kvm)), ("device", Value::Count(t.device))],
         ),
         ("stale", stale),
         ("ksm", counts(Ksm::NAMES, c.ksm.values())),

@@ -7,14 +7,7 @@ use sim_core::sim::{RunOutput, Sim};
 /// A config from TOML text with `--set` style overrides.
 pub fn config(text: &str, set: &[&str]) -> Config {
     let set: Vec<String> = set.iter().map(|s| s.to_string()).collect();
-    let mut c = load(
-        &Source {
-            origin: "test".into(),
-            text: text.into(),
-        },
-        &set,
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let mut c = load(&Source { origin: "test".into(), text: text.into() }, &set).unwrap_or_else(|e| panic!("{e}"));
     if c.name.is_empty() {
         c.name = "test".into();
     }
@@ -47,17 +40,8 @@ pub fn metric(out: &RunOutput, name: &str) -> f64 {
 
 /// Column `name` of the time series.
 pub fn column(out: &RunOutput, name: &str) -> Vec<f64> {
-    let i = out
-        .recorder
-        .header
-        .iter()
-        .position(|h| h == name)
-        .unwrap_or_else(|| panic!("no column {name}"));
-    out.recorder
-        .rows
-        .iter()
-        .map(|(_, r)| r[i].as_f64())
-        .collect()
+    let i = out.recorder.header.iter().position(|h| h == name).unwrap_or_else(|| panic!("no column {name}"));
+    out.recorder.rows.iter().map(|(_, r)| r[i].as_f64()).collect()
 }
 
 /// Locality of `source` touches over the last fifth of the run, weighted by touches.
@@ -66,10 +50,6 @@ pub fn tail_locality(out: &RunOutput, source: &str) -> f64 {
     let locality = column(out, &format!("locality.{source}"));
     let from = touches.len() * 4 / 5;
     let all: f64 = touches[from..].iter().sum();
-    let local: f64 = touches[from..]
-        .iter()
-        .zip(&locality[from..])
-        .map(|(t, l)| t * l)
-        .sum();
+    let local: f64 = touches[from..].iter().zip(&locality[from..]).map(|(t, l)| t * l).sum();
     local / all
 }

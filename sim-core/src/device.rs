@@ -1,0 +1,168 @@
+//! Devices with a secondary MMU over process memory: DMA engines that fault translations in
+//! through a driver's get_user_pages() and stay coherent through an MMU notifier, or that
+//! pin their buffers for good (pin_user_pages(FOLL_LONGTERM), VFIO/RDMA style).
+//!
+//! HMM-based drivers (hmm_range_fault()) treat a protnone PTE as absent and always fault;
+//! the notifier mode here models drivers that use GUP, which is what the GUP policy changes.
+
+use bevy_ecs::prelude::*;
+
+use crate::config::DeviceMode;
+use crate::engine::{Event, Nanos};
+use crate::kernel::{Faulter, Kernel};
+use crate::kvm::touch_secondary;
+use crate::machine::Nid;
+use crate::mm::PageIdx;
+use crate::mm::gup::{FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, GupError, get_user_pages};
+use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE};
+use crate::sched::{AccessStream, Task, TaskNuma};
+use crate::stats::Source;
+
+/// Whose context the driver's GUP runs in.
+#[derive(Clone, Copy, Debug)]
+pub enum DriverContext {
+    /// A kernel worker (no mm) running on `cpu`.
+    Worker { pid: u32, cpu: u32 },
+    /// The owning process's thread.
+    Owner(Entity),
+}
+
+/// A device doing DMA to one VMA of a process through its secondary MMU.
+#[derive(Component)]
+pub struct Device {
+    pub name: String,
+    pub nid: Nid,
+    pub mm: Entity,
+    pub vma: usize,
+    /// Range within the VMA (page offset, length).
+    pub first: u64,
+    pub len: u64,
+    pub smmu: Entity,
+    pub mode: DeviceMode,
+    pub write: bool,
+    pub context: DriverContext,
+    pub access: AccessStream,
+    pub touch_lines: u64,
+    pub think_ns: Nanos,
+    pub quantum: Nanos,
+    pub fault_cost: Nanos,
+    pub stop: Option<Nanos>,
+    /// Pin mode: the buffer is pinned and mapped.
+    pub pinned: bool,
+}
+
+impl Device {
+    fn gup_flags(&self) -> u32 {
+        let write = if self.write { FOLL_WRITE } else { 0 };
+        match self.mode {
+            DeviceMode::Notifier => FOLL_GET | write,
+            DeviceMode::Pin => FOLL_PIN | FOLL_LONGTERM | write,
+        }
+    }
+}
+
+/// Runs the driver's GUP for `page` in the device's context and maps the result.
+fn driver_fault(
+    k: &mut Kernel,
+    d: &Device,
+    tasks: &mut Query<(&Task, &mut TaskNuma)>,
+    page: PageIdx,
+) -> Result<Nanos, GupError> {
+    let now = k.now();
+    let cost = match d.context {
+        DriverContext::Worker { pid, cpu } => {
+            let nid = k.topo.cpu_to_node(cpu);
+            let mut f = Faulter { cpu, nid, pid, task: None, source: Source::Device, now, runtime: 0 };
+            get_user_pages(k, d.mm, d.vma, page, d.gup_flags(), &mut f)?
+        }
+        DriverContext::Owner(te) => {
+            let (task, mut numa) = tasks.get_mut(te).expect("the owner thread exists");
+            let nid = k.topo.cpu_to_node(task.cpu);
+            let mut f = Faulter {
+                cpu: task.cpu,
+                nid,
+                pid: task.pid,
+                task: Some(&mut numa),
+                source: Source::Device,
+                now,
+                runtime: task.sum_exec_runtime,
+            };
+            get_user_pages(k, d.mm, d.vma, page, d.gup_flags(), &mut f)?
+        }
+    };
+    let Kernel { smmus, pages, .. } = k;
+    smmus.get_mut(d.smmu).expect("devices own a secondary MMU").map(page, pages, d.write);
+    Ok(cost)
+}
+
+/// Pin mode: pin_user_pages(FOLL_LONGTERM) over the whole buffer and map it.
+fn pin_buffer(k: &mut Kernel, d: &Device, tasks: &mut Query<(&Task, &mut TaskNuma)>, base: PageIdx) {
+    for page in base..base + d.len as PageIdx {
+        // A failed pin (PROT_NONE or unmapped buffer) leaves the page unmapped; DMA to it
+        // then faults like a notifier device would.
+        let _ = driver_fault(k, d, tasks, page);
+    }
+}
+
+/// Pin mode, at stop: unpin_user_pages() and unmap.
+fn unpin_buffer(k: &mut Kernel, d: &Device) {
+    let Kernel { smmus, pages, .. } = k;
+    let mut s = smmus.get_mut(d.smmu).expect("devices own a secondary MMU");
+    let base = s.base;
+    for (i, e) in s.entries.iter_mut().enumerate() {
+        if *e & SPTE_VALID != 0 {
+            let p = (base + i as PageIdx) as usize;
+            pages.pins[p] = pages.pins[p].saturating_sub(1);
+            *e = 0;
+        }
+    }
+}
+
+/// Handler of [`Event::DeviceTick`]: one quantum of DMA. A touch without a usable entry is
+/// a translation fault resolved by the driver; an access through a stale entry is counted.
+pub fn device_tick(
+    In(e): In<Entity>,
+    mut k: Kernel,
+    mut devices: Query<&mut Device>,
+    mut tasks: Query<(&Task, &mut TaskNuma)>,
+) {
+    let mut d = devices.get_mut(e).expect("ticking devices exist");
+    let now = k.now();
+    let (base, accessible) = {
+        let v = &k.mm(d.mm).vmas[d.vma];
+        (v.base + d.first as PageIdx, v.accessible)
+    };
+    if d.stop.is_some_and(|stop| now >= stop) {
+        if d.pinned {
+            unpin_buffer(&mut k, &d);
+            d.pinned = false;
+        }
+        return;
+    }
+    if d.mode == DeviceMode::Pin && !d.pinned {
+        pin_buffer(&mut k, &d, &mut tasks, base);
+        d.pinned = true;
+    }
+    let need = SPTE_VALID | if d.write { SPTE_WRITABLE } else { 0 };
+    let (mut elapsed, mut touches, mut local) = (0, 0, 0);
+    while elapsed < d.quantum {
+        let page = base + d.access.next_offset();
+        let entry = {
+            let s = k.smmus.get(d.smmu).expect("devices own a secondary MMU");
+            s.slot(page).map_or(0, |i| s.entries[i])
+        };
+        if entry & need != need {
+            elapsed += d.fault_cost.max(1);
+            match driver_fault(&mut k, &d, &mut tasks, page) {
+                Ok(cost) => elapsed += cost,
+                Err(GupError::Fault) => continue,
+            }
+        }
+        let frame_nid = touch_secondary(&mut k, d.smmu, page, accessible);
+        elapsed += d.touch_lines * k.topo.latency(d.nid, frame_nid) + d.think_ns;
+        touches += 1;
+        local += u64::from(frame_nid == d.nid);
+    }
+    k.counters.touch(Source::Device, touches, local);
+    k.queue.schedule_in(elapsed, Event::DeviceTick(e));
+}

@@ -1,0 +1,102 @@
+//! KVM guests (virt/kvm/kvm_main.c, arch/x86/kvm/mmu): vCPU threads touch guest memory
+//! through the EPT/NPT, a secondary MMU kept coherent by an MMU notifier. A missing entry is
+//! an EPT violation: kvm_faultin_pfn() → hva_to_pfn() tries GUP-fast, then slow GUP with
+//! FOLL_HONOR_NUMA_FAULT (patch 3 of the series), and maps the pfn.
+//!
+//! Simplified: guest touches are reads, so EPT entries are mapped read-only.
+
+use bevy_ecs::prelude::*;
+
+use crate::config::KvmConfig;
+use crate::engine::{NSEC_PER_USEC, Nanos};
+use crate::kernel::{Faulter, Kernel};
+use crate::mm::PageIdx;
+use crate::mm::gup::{FOLL_GET, FOLL_HONOR_NUMA_FAULT, GupError, get_user_page_fast_only, get_user_pages};
+use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_YOUNG, SecondaryMmu};
+use crate::sched::{Task, TaskNuma};
+use crate::stats::Source;
+
+/// KVM's knobs (`[kvm]`).
+#[derive(Resource, Debug, Clone, Default)]
+pub struct Kvm(pub KvmConfig);
+
+/// Runs one quantum of vCPU `task`: guest touches through `ept`, EPT violations resolved
+/// inline. Returns the time spent. A vCPU whose guest memory cannot be faulted in (PROT_NONE
+/// or unmapped) exits to user space; it idles for the rest of the quantum.
+pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32, ept: Entity) -> Nanos {
+    let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
+    let now = k.now();
+    let nid = k.topo.cpu_to_node(cpu);
+    let ept_cost = k.kvm.0.ept_violation_cost_ns;
+    let (base, accessible) = {
+        let v = &k.mms.get(task.mm).expect("vCPUs belong to a live VM").vmas[task.vma];
+        (v.base + task.first as PageIdx, v.accessible)
+    };
+    let (mut elapsed, mut touches, mut local) = (0, 0, 0);
+    while elapsed < quantum {
+        let page = base + task.access.next_offset();
+        let mut entry = ept_entry(k, ept, page);
+        if entry & SPTE_VALID == 0 {
+            let mut f = Faulter {
+                cpu,
+                nid,
+                pid: task.pid,
+                task: Some(&mut *numa),
+                source: Source::Kvm,
+                now: now + elapsed,
+                runtime: task.sum_exec_runtime + elapsed,
+            };
+            elapsed += ept_cost;
+            match kvm_faultin_pfn(k, ept, task.mm, task.vma, page, &mut f) {
+                Ok(cost) => elapsed += cost,
+                Err(GupError::Fault) => return quantum.max(elapsed),
+            }
+            entry = ept_entry(k, ept, page);
+        }
+        let frame_nid = touch_secondary(k, ept, page, accessible);
+        elapsed += task.touch_lines * k.topo.latency(nid, frame_nid) + task.think_ns;
+        touches += 1;
+        local += u64::from(frame_nid == nid);
+        debug_assert!(entry & SPTE_VALID != 0);
+    }
+    k.counters.touch(Source::Kvm, touches, local);
+    elapsed
+}
+
+fn ept_entry(k: &Kernel, ept: Entity, page: PageIdx) -> u32 {
+    let s = k.smmus.get(ept).expect("the VM's EPT exists");
+    s.slot(page).map_or(0, |i| s.entries[i])
+}
+
+/// An access through a valid secondary-MMU entry: sets its accessed bit, counts it as
+/// stale if the primary mapping no longer grants it, and returns the frame's node.
+pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx, vma_accessible: bool) -> crate::machine::Nid {
+    let Kernel { smmus, pages, counters, .. } = k;
+    let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
+    let i = s.slot(page).expect("touches stay in the mapped range");
+    s.entries[i] |= SPTE_YOUNG;
+    if !vma_accessible || !s.points_at_current_frame(i, page, pages) {
+        counters.stale.accesses += 1;
+    }
+    SecondaryMmu::entry_nid(s.entries[i])
+}
+
+/// Models kvm_faultin_pfn() → hva_to_pfn(): GUP-fast first, then slow GUP with
+/// FOLL_HONOR_NUMA_FAULT when KVM sets it (`kvm.honor_numa_fault`), then map the pfn.
+fn kvm_faultin_pfn(
+    k: &mut Kernel,
+    ept: Entity,
+    mm: Entity,
+    vma: usize,
+    page: PageIdx,
+    f: &mut Faulter,
+) -> Result<Nanos, GupError> {
+    let mut cost = 0;
+    if !get_user_page_fast_only(k, page, false) {
+        let honor = if k.kvm.0.honor_numa_fault { FOLL_HONOR_NUMA_FAULT } else { 0 };
+        cost += get_user_pages(k, mm, vma, page, FOLL_GET | honor, f)?;
+    }
+    let Kernel { smmus, pages, .. } = k;
+    smmus.get_mut(ept).expect("the VM's EPT exists").map(page, pages, false);
+    Ok(cost)
+}

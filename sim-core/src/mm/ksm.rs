@@ -1,0 +1,142 @@
+//! Kernel samepage merging (mm/ksm.c): ksmd scans mergeable VMAs with follow_page() and
+//! merges pages of identical content into write-protected KSM pages.
+//!
+//! Simplified: a page merges the first time ksmd sees a twin (the kernel waits for its
+//! checksum to hold still over one pass); ksmd's own CPU time is not charged to any CPU;
+//! a stable KSM frame stays allocated while its first page lives.
+
+use std::collections::HashMap;
+
+use bevy_ecs::prelude::*;
+
+use super::gup::{Followed, follow_page};
+use super::memory::{alloc_page_node, free_page_node};
+use super::mmu_notifier::invalidate_range;
+use super::{PG_KSM, PTE_PROTNONE, PTE_YOUNG, PageIdx};
+use crate::engine::{Event, NSEC_PER_MSEC};
+use crate::kernel::Kernel;
+use crate::machine::Nid;
+
+/// ksmd's state: the mergeable VMAs, its cursor and the two trees (by content).
+#[derive(Resource, Debug, Default)]
+pub struct Ksmd {
+    pub pages_to_scan: u32,
+    pub sleep_millisecs: u64,
+    /// VMAs registered by madvise(MADV_MERGEABLE), in registration order.
+    pub vmas: Vec<(Entity, usize)>,
+    /// Position: index into `vmas` and the page offset within that VMA.
+    cursor: (usize, u64),
+    stable: HashMap<u16, PageIdx>,
+    unstable: HashMap<u16, PageIdx>,
+}
+
+impl Ksmd {
+    pub fn new(pages_to_scan: u32, sleep_millisecs: u64) -> Self {
+        Self { pages_to_scan, sleep_millisecs, ..Default::default() }
+    }
+}
+
+/// Handler of [`Event::Ksmd`]: one ksm_do_scan() of `pages_to_scan` pages, then sleep.
+pub fn ksmd_wake(mut k: Kernel, mut ksmd: ResMut<Ksmd>) {
+    if !ksmd.vmas.is_empty() {
+        for _ in 0..ksmd.pages_to_scan {
+            let (vi, off) = ksmd.cursor;
+            let (mm, vma) = ksmd.vmas[vi];
+            let (accessible, unmapped, base, len) = {
+                let v = &k.mm(mm).vmas[vma];
+                (v.accessible, v.unmapped, v.base, v.pages)
+            };
+            if !unmapped {
+                cmp_and_merge_page(&mut k, &mut ksmd, mm, accessible, base + off as PageIdx);
+            }
+            ksmd.cursor = if off + 1 < len && !unmapped {
+                (vi, off + 1)
+            } else if vi + 1 < ksmd.vmas.len() {
+                (vi + 1, 0)
+            } else {
+                // A full pass: the unstable tree is rebuilt from scratch (ksm_scan.seqnr).
+                ksmd.unstable.clear();
+                (0, 0)
+            };
+        }
+    }
+    let sleep = ksmd.sleep_millisecs * NSEC_PER_MSEC;
+    k.queue.schedule_in(sleep, Event::Ksmd);
+}
+
+/// Models cmp_and_merge_page(): look the page up with follow_page(), then in the stable
+/// tree, then in the unstable tree.
+fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: bool, page: PageIdx) {
+    let i = page as usize;
+    match follow_page(k, page, accessible) {
+        Followed::None => return,
+        Followed::Protnone => {
+            k.counters.ksm.skipped_protnone += 1;
+            return;
+        }
+        Followed::Page => {}
+    }
+    let content = k.pages.content[i];
+    // Unique pages never match; KSM pages are merged already; pinned pages cannot be
+    // write-protected (write_protect_page() refuses maybe-pinned folios).
+    if content == 0 || k.pages.flags[i] & PG_KSM != 0 || k.pages.pins[i] > 0 {
+        return;
+    }
+    let is_twin = |k: &Kernel, other: PageIdx| {
+        let o = other as usize;
+        other != page && k.pages.present(other) && k.pages.content[o] == content
+    };
+    if let Some(&stable) = ksmd.stable.get(&content)
+        && is_twin(k, stable)
+        && k.pages.flags[stable as usize] & PG_KSM != 0
+    {
+        merge_into(k, mm, page, stable);
+        return;
+    }
+    match ksmd.unstable.get(&content) {
+        Some(&other)
+            if is_twin(k, other)
+                && k.pages.flags[other as usize] & PG_KSM == 0
+                && k.pages.pins[other as usize] == 0 =>
+        {
+            ksmd.unstable.remove(&content);
+            // The tree page becomes the stable KSM page; this one shares it.
+            k.pages.flags[other as usize] = (k.pages.flags[other as usize] & !PTE_PROTNONE) | PG_KSM;
+            ksmd.stable.insert(content, other);
+            merge_into(k, mm, page, other);
+        }
+        _ => {
+            ksmd.unstable.insert(content, page);
+        }
+    }
+}
+
+/// Models try_to_merge_one_page() + replace_page(): map the stable frame in place of the
+/// page's own, write-protected (secondary MMUs are invalidated: the PTE changes).
+fn merge_into(k: &mut Kernel, mm: Entity, page: PageIdx, stable: PageIdx) {
+    let (i, s) = (page as usize, stable as usize);
+    let mode = k.sysctl.0.notifier;
+    invalidate_range(&mut k.smmus, mode, mm, page, 1, |_| true);
+    let old = k.pages.nid[i];
+    free_page_node(k, old);
+    k.pages.nid[i] = k.pages.nid[s];
+    k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
+    k.pages.flags[i] = (k.pages.flags[i] & !PTE_PROTNONE) | PG_KSM | PTE_YOUNG;
+    k.pages.mapcount[s] = k.pages.mapcount[s].saturating_add(1);
+    k.pages.mapcount[i] = k.pages.mapcount[s];
+    k.counters.ksm.pages_merged += 1;
+}
+
+/// A write to a KSM page breaks COW: the page gets a private copy on `nid` (do_wp_page()).
+pub fn break_ksm_cow(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
+    let i = page as usize;
+    let mode = k.sysctl.0.notifier;
+    invalidate_range(&mut k.smmus, mode, mm, page, 1, |_| true);
+    let got = alloc_page_node(k, nid).expect("COW of a KSM page finds a free frame");
+    k.pages.nid[i] = got;
+    k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
+    k.pages.flags[i] &= !PG_KSM;
+    k.pages.mapcount[i] = 1;
+    k.pages.content[i] = 0;
+    k.counters.ksm.pages_merged = k.counters.ksm.pages_merged.saturating_sub(1);
+}

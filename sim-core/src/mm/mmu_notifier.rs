@@ -1,0 +1,176 @@
+//! Secondary MMUs and MMU notifiers (mm/mmu_notifier.c, include/linux/mmu_notifier.h).
+//!
+//! A secondary MMU mirrors part of a process's page table: KVM's EPT/NPT, or a device's
+//! IOMMU page table. Notifier-based users (KVM, ODP/accelerator drivers) are told about
+//! changes through invalidate_range_start/end and answer clear_young/test_young; long-term
+//! pinning users (VFIO, RDMA without ODP) hold their pages instead and are not notified.
+
+use bevy_ecs::prelude::*;
+
+use super::{PTE_PROTNONE, PageIdx, Pages};
+use crate::config::NotifierMode;
+use crate::engine::Nanos;
+use crate::machine::Nid;
+use crate::stats::Counters;
+
+/// Secondary PTE bits: valid, writable, accessed. The frame (node and generation of the
+/// page when it was mapped) sits above them.
+pub const SPTE_VALID: u32 = 1 << 0;
+pub const SPTE_WRITABLE: u32 = 1 << 1;
+pub const SPTE_YOUNG: u32 = 1 << 2;
+const SPTE_NID_SHIFT: u32 = 8;
+const SPTE_GEN_SHIFT: u32 = 16;
+
+/// How a secondary MMU stays coherent with the primary page table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SmmuKind {
+    /// Registered MMU notifier: invalidations zap entries, which refault later.
+    Notifier,
+    /// Long-term pins: no notifier; the pinned pages cannot move, so entries stay right.
+    LongtermPin,
+}
+
+/// One secondary MMU over one VMA of a process.
+#[derive(Component, Debug)]
+pub struct SecondaryMmu {
+    pub name: String,
+    pub mm: Entity,
+    pub vma: usize,
+    /// Global index of the first page covered, and the number of pages.
+    pub base: PageIdx,
+    pub entries: Vec<u32>,
+    pub kind: SmmuKind,
+}
+
+impl SecondaryMmu {
+    pub fn new(name: &str, mm: Entity, vma: usize, base: PageIdx, len: u64, kind: SmmuKind) -> Self {
+        Self { name: name.to_string(), mm, vma, base, entries: vec![0; len as usize], kind }
+    }
+
+    /// Index of `page` in the table, if covered.
+    #[inline]
+    pub fn slot(&self, page: PageIdx) -> Option<usize> {
+        let i = page.checked_sub(self.base)? as usize;
+        (i < self.entries.len()).then_some(i)
+    }
+
+    /// Maps `page` to the frame it has now.
+    pub fn map(&mut self, page: PageIdx, pages: &Pages, writable: bool) {
+        if let Some(i) = self.slot(page) {
+            let p = page as usize;
+            self.entries[i] = SPTE_VALID
+                | if writable { SPTE_WRITABLE } else { 0 }
+                | (u32::from(pages.nid[p]) << SPTE_NID_SHIFT)
+                | (u32::from(pages.frame_gen[p]) << SPTE_GEN_SHIFT);
+        }
+    }
+
+    /// Node of the frame an entry points at.
+    #[inline]
+    pub fn entry_nid(entry: u32) -> Nid {
+        ((entry >> SPTE_NID_SHIFT) & 0xff) as Nid
+    }
+
+    /// Does entry `i` still point at the frame page `page` has now?
+    #[inline]
+    pub fn points_at_current_frame(&self, i: usize, page: PageIdx, pages: &Pages) -> bool {
+        let e = self.entries[i];
+        let p = page as usize;
+        Self::entry_nid(e) == pages.nid[p] && (e >> SPTE_GEN_SHIFT) as u16 == pages.frame_gen[p]
+    }
+
+    /// Valid entries that grant access the primary mapping no longer grants: the VMA is
+    /// PROT_NONE or gone, or the page has moved to another frame. Long-term pins are by
+    /// design and never count.
+    pub fn stale_entries(&self, vma_accessible: bool, pages: &Pages) -> u64 {
+        if self.kind == SmmuKind::LongtermPin {
+            return 0;
+        }
+        let mut n = 0;
+        for (i, &e) in self.entries.iter().enumerate() {
+            if e & SPTE_VALID == 0 {
+                continue;
+            }
+            let page = self.base + i as PageIdx;
+            if !vma_accessible || !self.points_at_current_frame(i, page, pages) {
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// Why the primary mapping changed (enum mmu_notifier_event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NotifyEvent {
+    /// change_protection(): NUMA scanning and mprotect.
+    ProtectionVma,
+    /// try_to_migrate() during migration, and KSM replacing a page.
+    Clear,
+    /// munmap().
+    Unmap,
+}
+
+/// Models mmu_notifier_invalidate_range_start()/end() over pages `first..first + n` of `mm`:
+/// every notifier-based secondary MMU mapping part of the range drops its entries.
+/// `changed(page)` says whether the primary PTE of a page changed; a `smart` notifier only
+/// drops entries of pages whose PTE changed, the kernel (`unconditional`) drops them all.
+/// Returns the number of entries dropped.
+pub fn invalidate_range(
+    smmus: &mut Query<&mut SecondaryMmu>,
+    mode: NotifierMode,
+    mm: Entity,
+    first: PageIdx,
+    n: u64,
+    changed: impl Fn(PageIdx) -> bool,
+) -> u64 {
+    let mut zapped = 0;
+    for mut s in smmus.iter_mut() {
+        if s.mm != mm || s.kind != SmmuKind::Notifier {
+            continue;
+        }
+        let lo = first.max(s.base);
+        let hi = (u64::from(first) + n).min(u64::from(s.base) + s.entries.len() as u64) as PageIdx;
+        for page in lo..hi.max(lo) {
+            let i = (page - s.base) as usize;
+            if s.entries[i] & SPTE_VALID != 0 && (mode == NotifierMode::Unconditional || changed(page)) {
+                s.entries[i] = 0;
+                zapped += 1;
+            }
+        }
+    }
+    zapped
+}
+
+/// Models mmu_notifier_clear_young() for one page: test and clear the accessed bit in every
+/// secondary MMU that maps it. Returns whether any was young.
+pub fn clear_young(smmus: &mut Query<&mut SecondaryMmu>, page: PageIdx) -> bool {
+    let mut young = false;
+    for mut s in smmus.iter_mut() {
+        if let Some(i) = s.slot(page)
+            && s.entries[i] & SPTE_YOUNG != 0
+        {
+            s.entries[i] &= !SPTE_YOUNG;
+            young = true;
+        }
+    }
+    young
+}
+
+/// Counts the stale entries of every secondary MMU and updates the gauge at `now`.
+pub fn recount_stale(
+    smmus: &Query<&mut SecondaryMmu>,
+    vma_accessible: impl Fn(Entity, usize) -> bool,
+    pages: &Pages,
+    counters: &mut Counters,
+    now: Nanos,
+) {
+    let total = smmus.iter().map(|s| s.stale_entries(vma_accessible(s.mm, s.vma), pages)).sum();
+    counters.set_stale_mappings(now, total);
+}
+
+/// True when `page`'s primary PTE is protnone (NUMA hinting or PROT_NONE).
+#[inline]
+pub fn pte_protnone(pages: &Pages, page: PageIdx) -> bool {
+    pages.flags[page as usize] & PTE_PROTNONE != 0
+}

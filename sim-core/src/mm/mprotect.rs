@@ -1,0 +1,129 @@
+//! mprotect() and munmap() as workload actions (mm/mprotect.c, mm/mmap.c).
+//!
+//! Simplified: both act on a whole VMA (no VMA splitting).
+
+use bevy_ecs::prelude::*;
+
+use super::memory::free_page_node;
+use super::mmu_notifier::{invalidate_range, recount_stale};
+use super::{PTE_PROTNONE, PageIdx};
+use crate::config::Syscall;
+use crate::engine::{Event, Nanos};
+use crate::kernel::Kernel;
+use crate::machine::NUMA_NO_NODE;
+
+/// A scheduled system call on a VMA.
+#[derive(Clone, Debug)]
+pub struct Action {
+    pub syscall: Syscall,
+    pub mm: Entity,
+    pub vma: usize,
+    /// How long an mprotect(PROT_NONE) lasts (0: for good) and its period (0: once).
+    pub protect: Nanos,
+    pub period: Nanos,
+}
+
+/// The workload's scheduled system calls, indexed by [`Event::Action`].
+#[derive(Resource, Debug, Default)]
+pub struct Actions(pub Vec<Action>);
+
+/// Handler of [`Event::Action`]: make the call, schedule the next toggle, and recount the
+/// stale secondary mappings (only these calls can create them).
+pub fn run_action(In(i): In<u32>, mut k: Kernel, actions: Res<Actions>) {
+    let a = &actions.0[i as usize];
+    let now = k.now();
+    match a.syscall {
+        Syscall::Munmap => do_munmap(&mut k, a.mm, a.vma),
+        Syscall::Mprotect => {
+            if k.mm(a.mm).vmas[a.vma].accessible {
+                mprotect_vma(&mut k, a.mm, a.vma, false);
+                if a.protect > 0 {
+                    k.queue.schedule(now + a.protect, Event::Action(i));
+                }
+            } else {
+                mprotect_vma(&mut k, a.mm, a.vma, true);
+                if a.period > 0 {
+                    k.queue.schedule(now + a.period - a.protect, Event::Action(i));
+                }
+            }
+        }
+    }
+    update_stale_gauge(&mut k);
+}
+
+/// Recounts stale secondary-MMU entries into the `stale.mappings` gauge.
+pub fn update_stale_gauge(k: &mut Kernel) {
+    let now = k.now();
+    let Kernel { smmus, mms, pages, counters, .. } = k;
+    let accessible = |mm: Entity, vma: usize| mms.get(mm).map(|m| m.vmas[vma].accessible).unwrap_or(false);
+    recount_stale(smmus, accessible, pages, counters, now);
+}
+
+/// Models mprotect() → change_protection() over a whole VMA: to PROT_NONE
+/// (`accessible = false`) or back to read/write. A NUMA-hinting PTE and a PROT_NONE PTE
+/// are the same bits (_PAGE_PROTNONE), so making a hinting PTE PROT_NONE changes nothing;
+/// change_pmd_range() still notifies for the whole range, which a `smart` notifier filters.
+pub fn mprotect_vma(k: &mut Kernel, mm: Entity, vma: usize, accessible: bool) {
+    let (base, len) = {
+        let mut m = k.mm(mm);
+        let v = &mut m.vmas[vma];
+        if v.unmapped || v.accessible == accessible {
+            return;
+        }
+        v.accessible = accessible;
+        (v.base, v.pages)
+    };
+    let mut changed: Vec<PageIdx> = Vec::new();
+    for page in base..base + len as PageIdx {
+        let i = page as usize;
+        if !k.pages.present(page) {
+            continue;
+        }
+        let protnone = k.pages.flags[i] & PTE_PROTNONE != 0;
+        if protnone == accessible {
+            changed.push(page);
+        }
+        if accessible {
+            k.pages.flags[i] &= !PTE_PROTNONE;
+        } else {
+            k.pages.flags[i] |= PTE_PROTNONE;
+        }
+    }
+    let mode = k.sysctl.0.notifier;
+    invalidate_range(&mut k.smmus, mode, mm, base, len, |p| changed.binary_search(&p).is_ok());
+}
+
+/// Models munmap() of a whole VMA: the pages are unmapped and freed (a pinned page's frame
+/// lives on with its pin), and secondary MMUs are invalidated (MMU_NOTIFY_UNMAP).
+pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
+    let (base, len) = {
+        let mut m = k.mm(mm);
+        let v = &mut m.vmas[vma];
+        if v.unmapped {
+            return;
+        }
+        v.unmapped = true;
+        v.accessible = false;
+        (v.base, v.pages)
+    };
+    let mode = k.sysctl.0.notifier;
+    let present = |k: &Kernel, p: PageIdx| k.pages.present(p);
+    let was_present: Vec<bool> = (base..base + len as PageIdx).map(|p| present(k, p)).collect();
+    invalidate_range(&mut k.smmus, mode, mm, base, len, |p| was_present[(p - base) as usize]);
+    let mut freed = 0;
+    for page in base..base + len as PageIdx {
+        let i = page as usize;
+        let nid = k.pages.nid[i];
+        if nid == NUMA_NO_NODE {
+            continue;
+        }
+        if k.pages.pins[i] == 0 {
+            free_page_node(k, nid);
+        }
+        k.pages.nid[i] = NUMA_NO_NODE;
+        k.pages.flags[i] = 0;
+        k.pages.mapcount[i] = 0;
+        freed += 1;
+    }
+    k.mm(mm).rss -= freed;
+}

@@ -1,0 +1,48 @@
+//! Page aging (mm/vmscan.c, mm/rmap.c): folio_referenced() asks the primary PTE and, through
+//! mmu_notifier_clear_young(), every secondary MMU whether a page was used.
+
+use bevy_ecs::prelude::*;
+
+use super::mmu_notifier::{SPTE_VALID, SPTE_YOUNG, SmmuKind};
+use super::{PTE_PROTNONE, PTE_YOUNG, PageIdx};
+use crate::engine::{Event, Nanos};
+use crate::kernel::Kernel;
+
+/// The aging scanner's period.
+#[derive(Resource, Debug)]
+pub struct Aging {
+    pub interval: Nanos,
+}
+
+/// Handler of [`Event::Aging`]: one pass of folio_referenced() → ptep_clear_young_notify()
+/// over every mapped page. A page young only through a secondary MMU while its primary PTE
+/// is protnone is counted in `young.secondary_only_protnone`: aging calls it used, while
+/// NUMA balancing never saw the access. Simplified: every page is aged each pass (no LRU
+/// lists); long-term pinned device mappings report no accessed bits.
+pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
+    let mut secondary_young: Vec<PageIdx> = Vec::new();
+    for mut s in k.smmus.iter_mut() {
+        if s.kind != SmmuKind::Notifier {
+            continue;
+        }
+        let base = s.base;
+        for (i, e) in s.entries.iter_mut().enumerate() {
+            if *e & (SPTE_VALID | SPTE_YOUNG) == SPTE_VALID | SPTE_YOUNG {
+                *e &= !SPTE_YOUNG;
+                secondary_young.push(base + i as PageIdx);
+            }
+        }
+    }
+    secondary_young.sort_unstable();
+    secondary_young.dedup();
+    let pages = &k.pages;
+    let only_secondary = secondary_young
+        .iter()
+        .filter(|&&p| pages.present(p) && pages.flags[p as usize] & (PTE_PROTNONE | PTE_YOUNG) == PTE_PROTNONE)
+        .count();
+    k.counters.young.secondary_only_protnone += only_secondary as u64;
+    for f in k.pages.flags.iter_mut() {
+        *f &= !PTE_YOUNG;
+    }
+    k.queue.schedule_in(aging.interval, Event::Aging);
+}
