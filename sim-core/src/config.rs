@@ -770,6 +770,10 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
         check(!d.name.is_empty(), at("name"), "a device needs a name")?;
         check(d.node < nodes, at("node"), node_range(d.node, nodes))?;
         find_vma(&d.process, &d.vma, &at)?;
+        if d.gup_context == GupContext::Owner {
+            let threads = c.process.iter().find(|p| p.name == d.process).is_none_or(|p| !p.thread.is_empty());
+            check(threads, at("gup_context"), format!("`owner` needs a thread in process `{}`", d.process))?;
+        }
         check(d.touch_lines >= 1, at("touch_lines"), "must be at least 1")?;
         check(d.quantum_us >= 1, at("quantum_us"), "must be at least 1")?;
         check(d.hot_fraction > 0.0 && d.hot_fraction <= 1.0, at("hot_fraction"), "must be in (0, 1]")?;

@@ -117,6 +117,11 @@ impl Sim {
         self.world.get_mut::<Mm>(mm).expect("live mm").add_vma(name, pages, base)
     }
 
+    /// Length of a VMA in pages.
+    pub fn vma_pages(&self, mm: Entity, vma: usize) -> u64 {
+        self.world.get::<Mm>(mm).expect("live mm").vmas[vma].pages
+    }
+
     /// Marks a VMA mergeable (madvise(MADV_MERGEABLE)) with `classes` page contents (0: all
     /// unique; N: page i holds content i mod N).
     pub fn make_mergeable(&mut self, mm: Entity, vma: usize, classes: u32) {

@@ -10,6 +10,11 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("numa01", include_str!("../../configs/numa01.toml")),
     ("numa01-threadlocal", include_str!("../../configs/numa01-threadlocal.toml")),
     ("numa02", include_str!("../../configs/numa02.toml")),
+    ("kvm-guest", include_str!("../../configs/kvm-guest.toml")),
+    ("device-gup", include_str!("../../configs/device-gup.toml")),
+    ("mprotect-hazard", include_str!("../../configs/mprotect-hazard.toml")),
+    ("ksm-protnone", include_str!("../../configs/ksm-protnone.toml")),
+    ("pinned-device", include_str!("../../configs/pinned-device.toml")),
 ];
 
 /// The source of a scenario argument: a file if a path is given or exists, else a built-in.

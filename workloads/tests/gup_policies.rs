@@ -1,0 +1,122 @@
+//! The GUP policies and their side effects, each under several seeds.
+
+mod common;
+
+use common::*;
+
+const SEEDS: [&str; 3] = ["run.seed=1", "run.seed=2", "run.seed=3"];
+
+fn run_with(name: &str, seed: &str, set: &[&str]) -> sim_core::sim::RunOutput {
+    let mut all = vec![seed];
+    all.extend_from_slice(set);
+    run(&scenario(name, &all)).1
+}
+
+#[test]
+fn mprotect_hazard_leaves_stale_mappings_only_with_explicit_and_smart() {
+    for seed in SEEDS {
+        let hazard = run_with("mprotect-hazard", seed, &["kernel.gup_policy=explicit", "kernel.notifier=smart"]);
+        assert!(metric(&hazard, "stale.mappings_max") > 0.0, "{seed}");
+        assert!(metric(&hazard, "stale.mapping_ns") > 0.0, "{seed}");
+        assert!(metric(&hazard, "stale.accesses") > 0.0, "{seed}");
+        assert!(column(&hazard, "stale.mappings").iter().any(|&n| n > 0.0), "{seed}: the gauge shows them");
+        for safe in [
+            ["kernel.gup_policy=explicit", "kernel.notifier=unconditional"],
+            ["kernel.gup_policy=implicit", "kernel.notifier=smart"],
+        ] {
+            let out = run_with("mprotect-hazard", seed, &safe);
+            assert_eq!(metric(&out, "stale.mappings_max"), 0.0, "{seed} {safe:?}");
+            assert_eq!(metric(&out, "stale.accesses"), 0.0, "{seed} {safe:?}");
+        }
+    }
+}
+
+#[test]
+fn a_reading_device_takes_hinting_faults_only_when_gup_honors_them() {
+    for seed in SEEDS {
+        let implicit = run_with("device-gup", seed, &["kernel.gup_policy=implicit"]);
+        let explicit = run_with("device-gup", seed, &["kernel.gup_policy=explicit"]);
+        assert!(metric(&implicit, "hint_faults_by_source.device") > 0.0, "{seed}");
+        assert_eq!(metric(&explicit, "hint_faults_by_source.device"), 0.0, "{seed}");
+        assert!(metric(&explicit, "vmstat.numa_hint_faults") > 0.0, "{seed}: the CPU still faults");
+        // Honoring moves the buffer toward the device.
+        assert!(metric(&implicit, "locality.device") > metric(&explicit, "locality.device"), "{seed}");
+        for policy in ["kernel.gup_policy=implicit", "kernel.gup_policy=explicit"] {
+            let write = run_with("device-gup", seed, &[policy, "device.0.access=write"]);
+            assert!(metric(&write, "hint_faults_by_source.device") > 0.0, "{seed} {policy}: FOLL_WRITE always faults");
+        }
+    }
+}
+
+#[test]
+fn kvm_guests_need_the_flag_only_under_the_explicit_policy() {
+    for seed in SEEDS {
+        let honor = run_with("kvm-guest", seed, &["kernel.gup_policy=explicit", "kvm.honor_numa_fault=true"]);
+        let ignore = run_with("kvm-guest", seed, &["kernel.gup_policy=explicit", "kvm.honor_numa_fault=false"]);
+        assert!(metric(&honor, "hint_faults_by_source.kvm") > 0.0, "{seed}");
+        assert_eq!(metric(&ignore, "hint_faults_by_source.kvm"), 0.0, "{seed}");
+        let (good, bad) = (tail_locality(&honor, "kvm"), tail_locality(&ignore, "kvm"));
+        assert!(good > bad + 0.3, "{seed}: guest locality {good} with the flag, {bad} without");
+        for policy in ["kernel.gup_policy=implicit", "kernel.gup_policy=implicit-all"] {
+            let a = run_with("kvm-guest", seed, &[policy, "kvm.honor_numa_fault=true"]);
+            let b = run_with("kvm-guest", seed, &[policy, "kvm.honor_numa_fault=false"]);
+            assert_eq!(a.summary.metrics, b.summary.metrics, "{seed} {policy}: GUP sets the flag for everyone");
+            assert_eq!(a.recorder.to_csv(), b.recorder.to_csv(), "{seed} {policy}");
+        }
+    }
+}
+
+#[test]
+fn ksm_skips_protnone_pages_only_in_the_implicit_all_era() {
+    for seed in SEEDS {
+        let all = run_with("ksm-protnone", seed, &["kernel.gup_policy=implicit-all"]);
+        let implicit = run_with("ksm-protnone", seed, &["kernel.gup_policy=implicit"]);
+        let explicit = run_with("ksm-protnone", seed, &["kernel.gup_policy=explicit"]);
+        assert!(metric(&all, "ksm.skipped_protnone") > 0.0, "{seed}");
+        assert_eq!(metric(&implicit, "ksm.skipped_protnone"), 0.0, "{seed}");
+        assert_eq!(metric(&explicit, "ksm.skipped_protnone"), 0.0, "{seed}");
+        let merged = |o| metric(o, "ksm.pages_merged");
+        assert!(merged(&all) < merged(&implicit) && merged(&all) < merged(&explicit), "{seed}");
+    }
+}
+
+#[test]
+fn read_only_pins_on_protnone_ptes_make_migrations_fail() {
+    for seed in SEEDS {
+        let explicit = run_with("pinned-device", seed, &["kernel.gup_policy=explicit"]);
+        let implicit = run_with("pinned-device", seed, &["kernel.gup_policy=implicit"]);
+        let (e, i) = (metric(&explicit, "vmstat.pgmigrate_fail"), metric(&implicit, "vmstat.pgmigrate_fail"));
+        assert!(e > i, "{seed}: pgmigrate_fail {e} under explicit, {i} under implicit");
+        // Pins are by design: never counted as stale.
+        assert_eq!(metric(&explicit, "stale.mappings_max"), 0.0);
+    }
+}
+
+#[test]
+fn pages_look_young_through_a_secondary_mmu_only_where_it_follows_protnone() {
+    for seed in SEEDS {
+        let young = |o: &sim_core::sim::RunOutput| metric(o, "young.secondary_only_protnone");
+        assert!(young(&run_with("device-gup", seed, &["kernel.gup_policy=explicit"])) > 0.0);
+        assert_eq!(young(&run_with("device-gup", seed, &["kernel.gup_policy=implicit"])), 0.0);
+        assert_eq!(young(&run_with("device-gup", seed, &["kernel.gup_policy=implicit-all"])), 0.0);
+        assert!(
+            young(&run_with("kvm-guest", seed, &["kernel.gup_policy=explicit", "kvm.honor_numa_fault=false"])) > 0.0
+        );
+        assert_eq!(young(&run_with("kvm-guest", seed, &["kernel.gup_policy=explicit"])), 0.0);
+        assert_eq!(young(&run_with("kvm-guest", seed, &["kernel.gup_policy=implicit"])), 0.0);
+    }
+}
+
+#[test]
+fn the_default_scenario_shows_every_policy_difference() {
+    let run_policy =
+        |p: &str| run(&scenario("default", &[&format!("kernel.gup_policy={p}"), "run.duration_ms=6000"])).1;
+    let (implicit, all, explicit) = (run_policy("implicit"), run_policy("implicit-all"), run_policy("explicit"));
+    assert!(metric(&implicit, "hint_faults_by_source.device") > 0.0);
+    assert_eq!(metric(&explicit, "hint_faults_by_source.device"), 0.0);
+    assert!(metric(&implicit, "hint_faults_by_source.kvm") > 0.0);
+    assert!(metric(&explicit, "stale.accesses") > 0.0);
+    assert_eq!(metric(&implicit, "stale.accesses"), 0.0);
+    assert!(metric(&all, "ksm.skipped_protnone") > 0.0);
+    assert_eq!(metric(&implicit, "ksm.skipped_protnone"), 0.0);
+}
