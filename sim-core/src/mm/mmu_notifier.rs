@@ -7,7 +7,7 @@
 
 use bevy_ecs::prelude::*;
 
-use super::{PTE_PROTNONE, PageIdx, Pages};
+use super::{PageIdx, Pages};
 use crate::config::NotifierMode;
 use crate::engine::Nanos;
 use crate::machine::Nid;
@@ -100,18 +100,8 @@ impl SecondaryMmu {
     }
 }
 
-/// Why the primary mapping changed (enum mmu_notifier_event).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum NotifyEvent {
-    /// change_protection(): NUMA scanning and mprotect.
-    ProtectionVma,
-    /// try_to_migrate() during migration, and KSM replacing a page.
-    Clear,
-    /// munmap().
-    Unmap,
-}
-
-/// Models mmu_notifier_invalidate_range_start()/end() over pages `first..first + n` of `mm`:
+/// Models mmu_notifier_invalidate_range_start()/end() over pages `first..first + n` of `mm`,
+/// for any event (change_protection(), migration, KSM, munmap):
 /// every notifier-based secondary MMU mapping part of the range drops its entries.
 /// `changed(page)` says whether the primary PTE of a page changed; a `smart` notifier only
 /// drops entries of pages whose PTE changed, the kernel (`unconditional`) drops them all.
@@ -167,10 +157,4 @@ pub fn recount_stale(
 ) {
     let total = smmus.iter().map(|s| s.stale_entries(vma_accessible(s.mm, s.vma), pages)).sum();
     counters.set_stale_mappings(now, total);
-}
-
-/// True when `page`'s primary PTE is protnone (NUMA hinting or PROT_NONE).
-#[inline]
-pub fn pte_protnone(pages: &Pages, page: PageIdx) -> bool {
-    pages.flags[page as usize] & PTE_PROTNONE != 0
 }

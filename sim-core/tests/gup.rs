@@ -1,0 +1,190 @@
+//! GUP on protnone PTEs, PROT_NONE VMAs and secondary-MMU invalidation, driven directly.
+
+use bevy_ecs::entity::Entity;
+use sim_core::config::{Config, GupPolicy, MachineConfig, NotifierMode};
+use sim_core::kernel::{Faulter, Kernel};
+use sim_core::mm::gup::{
+    FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, Followed, GupError, follow_page,
+    get_user_page_fast_only, get_user_pages,
+};
+use sim_core::mm::mmu_notifier::{SPTE_VALID, SecondaryMmu, SmmuKind};
+use sim_core::mm::mprotect::{do_munmap, mprotect_vma, update_stale_gauge};
+use sim_core::mm::numa_balancing::change_prot_numa;
+use sim_core::mm::{Mm, PTE_PROTNONE, PageIdx};
+use sim_core::sim::Sim;
+use sim_core::stats::{Counters, Source};
+
+/// 2 nodes, a 1024-page VMA on node 0 whose first page's PTE is protnone, and a notifier
+/// secondary MMU over it.
+fn setup(policy: GupPolicy, notifier: NotifierMode) -> (Sim, Entity, Entity, PageIdx) {
+    let mut config =
+        Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
+    config.kernel.gup_policy = policy;
+    config.kernel.notifier = notifier;
+    let mut sim = Sim::new(&config);
+    let mm = sim.add_process("app");
+    let vma = sim.add_vma(mm, "buf", 1024);
+    sim.populate(mm, vma, 0);
+    let smmu = sim.add_secondary_mmu("dev", mm, vma, SmmuKind::Notifier);
+    let base = sim.world.get::<Mm>(mm).unwrap().vmas[vma].base;
+    sim.world.resource_mut::<sim_core::mm::Pages>().flags[base as usize] |= PTE_PROTNONE;
+    (sim, mm, smmu, base)
+}
+
+/// A device worker on node 1 (no mm).
+fn worker() -> Faulter<'static> {
+    Faulter { cpu: 4, nid: 1, pid: 99, task: None, source: Source::Device, now: 0, runtime: 0 }
+}
+
+fn gup(sim: &mut Sim, mm: Entity, page: PageIdx, flags: u32) -> (Result<u64, GupError>, Counters, bool, u8) {
+    sim.with_kernel(|k: &mut Kernel| {
+        let r = get_user_pages(k, mm, 0, page, flags, &mut worker());
+        (r, k.counters.clone(), k.pages.protnone(page), k.pages.nid[page as usize])
+    })
+}
+
+#[test]
+fn a_read_gup_follows_protnone_only_under_the_explicit_policy() {
+    for (policy, faults) in [(GupPolicy::Implicit, true), (GupPolicy::ImplicitAll, true), (GupPolicy::Explicit, false)]
+    {
+        let (mut sim, mm, _, page) = setup(policy, NotifierMode::Unconditional);
+        let (r, c, protnone, nid) = gup(&mut sim, mm, page, FOLL_GET);
+        assert!(r.is_ok());
+        assert_eq!(c.hint_faults_by_source.device, u64::from(faults), "{policy:?}");
+        assert_eq!(protnone, !faults, "{policy:?}: the fault restores the PTE");
+        // The worker runs on node 1: the hinting fault pulls the page there.
+        assert_eq!(nid, if faults { 1 } else { 0 }, "{policy:?}");
+    }
+}
+
+#[test]
+fn a_write_gup_always_takes_the_hinting_fault() {
+    for policy in GupPolicy::ALL {
+        let (mut sim, mm, _, page) = setup(policy, NotifierMode::Unconditional);
+        let (r, c, protnone, _) = gup(&mut sim, mm, page, FOLL_GET | FOLL_WRITE);
+        assert!(r.is_ok());
+        assert_eq!(c.hint_faults_by_source.device, 1, "{policy:?}");
+        assert!(!protnone);
+    }
+}
+
+#[test]
+fn kvm_style_callers_fault_in_every_era_and_force_never_does() {
+    for policy in GupPolicy::ALL {
+        let (mut sim, mm, _, page) = setup(policy, NotifierMode::Unconditional);
+        let (_, c, _, _) = gup(&mut sim, mm, page, FOLL_GET | FOLL_HONOR_NUMA_FAULT);
+        assert_eq!(c.vmstat.numa_hint_faults, 1, "{policy:?}");
+        let (mut sim, mm, _, page) = setup(policy, NotifierMode::Unconditional);
+        let (_, c, _, _) = gup(&mut sim, mm, page, FOLL_GET | FOLL_FORCE);
+        assert_eq!(c.vmstat.numa_hint_faults, 0, "{policy:?}: FOLL_FORCE follows");
+    }
+}
+
+#[test]
+fn a_prot_none_vma_never_takes_a_hinting_fault() {
+    let (mut sim, mm, _, page) = setup(GupPolicy::Implicit, NotifierMode::Unconditional);
+    sim.with_kernel(|k| mprotect_vma(k, mm, 0, false));
+    let (r, c, _, _) = gup(&mut sim, mm, page, FOLL_GET);
+    assert_eq!(r, Err(GupError::Fault), "check_vma_flags() refuses without FOLL_FORCE");
+    let (r, c2, _, _) = gup(&mut sim, mm, page, FOLL_GET | FOLL_FORCE);
+    assert!(r.is_ok(), "FOLL_FORCE follows the PROT_NONE PTE");
+    assert_eq!(c.vmstat.numa_hint_faults + c2.vmstat.numa_hint_faults, 0);
+}
+
+#[test]
+fn gup_fast_bails_on_protnone_and_missing_ptes() {
+    let (mut sim, _, _, page) = setup(GupPolicy::Explicit, NotifierMode::Unconditional);
+    sim.with_kernel(|k| {
+        assert!(!get_user_page_fast_only(k, page, false), "protnone");
+        assert!(get_user_page_fast_only(k, page + 1, false));
+    });
+    let mut config = Config::default();
+    config.machine.memory_per_node_mib = 8;
+    let mut sim2 = Sim::new(&config);
+    let mm2 = sim2.add_process("p");
+    sim2.add_vma(mm2, "v", 4);
+    sim2.with_kernel(|k| assert!(!get_user_page_fast_only(k, 0, false), "not present"));
+    // Slow GUP faults a missing page in on the caller's node.
+    let (r, _, _, nid) = gup(&mut sim2, mm2, 1, FOLL_GET);
+    assert!(r.is_ok());
+    assert_eq!(nid, 1);
+}
+
+#[test]
+fn pins_count_and_follow_page_fails_on_protnone_only_in_implicit_all() {
+    let (mut sim, mm, _, page) = setup(GupPolicy::Explicit, NotifierMode::Unconditional);
+    gup(&mut sim, mm, page, FOLL_PIN | FOLL_LONGTERM).0.unwrap();
+    assert_eq!(sim.world.resource::<sim_core::mm::Pages>().pins[page as usize], 1);
+    for (policy, want) in [
+        (GupPolicy::Implicit, Followed::Page),
+        (GupPolicy::ImplicitAll, Followed::Protnone),
+        (GupPolicy::Explicit, Followed::Page),
+    ] {
+        let (mut sim, _, _, page) = setup(policy, NotifierMode::Unconditional);
+        sim.with_kernel(|k| assert_eq!(follow_page(k, page, true), want, "{policy:?}"));
+    }
+}
+
+fn map_all(sim: &mut Sim, smmu: Entity, base: PageIdx) {
+    sim.with_kernel(|k| {
+        let Kernel { smmus, pages, .. } = k;
+        let mut s = smmus.get_mut(smmu).unwrap();
+        for p in base..base + 1024 {
+            s.map(p, pages, false);
+        }
+    });
+}
+
+fn valid(sim: &Sim, smmu: Entity) -> usize {
+    sim.world.get::<SecondaryMmu>(smmu).unwrap().entries.iter().filter(|&&e| e & SPTE_VALID != 0).count()
+}
+
+#[test]
+fn a_smart_notifier_skips_unchanged_ptes_and_leaves_stale_entries() {
+    for (mode, stale) in [(NotifierMode::Unconditional, 0), (NotifierMode::Smart, 1)] {
+        let (mut sim, mm, smmu, base) = setup(GupPolicy::Explicit, mode);
+        map_all(&mut sim, smmu, base);
+        // The first page is protnone already: mprotect(PROT_NONE) does not change its PTE.
+        sim.with_kernel(|k| {
+            mprotect_vma(k, mm, 0, false);
+            update_stale_gauge(k);
+        });
+        assert_eq!(valid(&sim, smmu), stale, "{mode:?}");
+        assert_eq!(sim.world.resource::<Counters>().stale_mappings, stale as u64, "{mode:?}");
+        // Back to read/write: the PTE changes, every notifier drops the entry.
+        sim.with_kernel(|k| {
+            mprotect_vma(k, mm, 0, true);
+            update_stale_gauge(k);
+        });
+        assert_eq!(valid(&sim, smmu), 0, "{mode:?}");
+        assert_eq!(sim.world.resource::<Counters>().stale_mappings, 0);
+    }
+}
+
+#[test]
+fn the_numa_scanner_notifies_the_walked_range() {
+    for (mode, left) in [(NotifierMode::Unconditional, 0), (NotifierMode::Smart, 1)] {
+        let (mut sim, mm, smmu, base) = setup(GupPolicy::Explicit, mode);
+        map_all(&mut sim, smmu, base);
+        sim.world.get_mut::<Mm>(mm).unwrap().nr_threads = 2;
+        let vma = sim.world.get::<Mm>(mm).unwrap().vmas[0].clone();
+        let updated = sim.with_kernel(|k| change_prot_numa(k, mm, &vma, vma.start, vma.end(), None));
+        assert_eq!(updated, 1023, "the protnone page is skipped");
+        // Smart: only the already-protnone page keeps its (not stale) entry.
+        assert_eq!(valid(&sim, smmu), left, "{mode:?}");
+    }
+}
+
+#[test]
+fn munmap_invalidates_even_a_smart_notifier() {
+    let (mut sim, mm, smmu, base) = setup(GupPolicy::Explicit, NotifierMode::Smart);
+    map_all(&mut sim, smmu, base);
+    sim.with_kernel(|k| {
+        do_munmap(k, mm, 0);
+        update_stale_gauge(k);
+        let node0 = k.pgdat(0);
+        assert_eq!(node0.free_pages, node0.present_pages, "the frames are freed");
+    });
+    assert_eq!(valid(&sim, smmu), 0);
+    assert_eq!(sim.world.resource::<Counters>().stale.mappings_max, 0);
+}
