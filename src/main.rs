@@ -1,14 +1,17 @@
 //! numasim: the command-line front end. The simulator lives in `sim-core`, the scenarios in
 //! `workloads`, the charts in `plots`; this binary parses arguments, runs, and writes files.
 
+mod batch;
 mod bench;
+mod compare;
 mod output;
+mod sweep;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sim_core::config::{ConfigError, to_toml};
+use sim_core::config::{ConfigError, GupPolicy, to_toml};
 use workloads::catalogue;
 
 #[derive(Parser)]
@@ -32,6 +35,47 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Run a scenario under each GUP policy (and several seeds); print the table, write
+    /// plots and report.md.
+    Compare {
+        #[arg(default_value = "default")]
+        scenario: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Policies to compare, in column order.
+        #[arg(long, value_delimiter = ',', default_value = "implicit,implicit-all,explicit", value_parser = parse_policy)]
+        policies: Vec<GupPolicy>,
+        /// Seeds per policy (run.seed, run.seed + 1, ...).
+        #[arg(long, default_value_t = 1)]
+        seeds: u32,
+        /// Runs in parallel (default: all cores).
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Output directory (default: out/compare-<scenario>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run a parameter sweep (all of it, or one shard).
+    Sweep {
+        file: PathBuf,
+        #[arg(long)]
+        jobs: Option<usize>,
+        /// Run only the I-th of N interleaved slices, e.g. --shard 3/16.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
+        /// Output directory (default: out/sweep-<name>, or .../shard-I-of-N).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Join the shard directories of one sweep.
+    Merge {
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Draw the plots of a run, a comparison or a sweep again from its result files.
+    Plot { dir: PathBuf },
     /// Validate a scenario and print the resolved config.
     Check {
         scenario: String,
@@ -51,8 +95,15 @@ enum Command {
     },
 }
 
+fn parse_policy(s: &str) -> Result<GupPolicy, String> {
+    GupPolicy::ALL
+        .into_iter()
+        .find(|p| p.name() == s)
+        .ok_or_else(|| format!("unknown policy `{s}` (implicit, implicit-all, explicit)"))
+}
+
 /// What went wrong, and which exit status says so.
-enum Failure {
+pub enum Failure {
     /// Bad input from the user: exit status 2.
     Input(String),
     /// The run could not write its results: exit status 1.
@@ -69,6 +120,19 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { scenario, set, out } => run(&scenario, &set, out),
+        Command::Compare { scenario, set, policies, seeds, jobs, out } => compare::run(compare::Args {
+            scenario,
+            set,
+            policies,
+            seeds,
+            jobs: jobs.unwrap_or_else(batch::default_jobs),
+            out,
+        }),
+        Command::Sweep { file, jobs, shard, out } => {
+            sweep::run(sweep::Args { file, jobs: jobs.unwrap_or_else(batch::default_jobs), shard, out })
+        }
+        Command::Merge { dirs, out } => sweep::merge(&dirs, &out),
+        Command::Plot { dir } => plot(&dir),
         Command::Check { scenario, set } => {
             catalogue::resolve(&scenario, &set).map(|c| print!("{}", to_toml(&c))).map_err(Failure::from)
         }
@@ -102,6 +166,32 @@ fn run(scenario: &str, set: &[String], out: Option<PathBuf>) -> Result<(), Failu
     let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&config.name));
     let result = workloads::build(&config).run();
     output::write_run(&dir, &config, &result).map_err(|e| Failure::Io(format!("{}: {e}", dir.display())))?;
+    plots::render_run(&dir).map_err(Failure::Io)?;
     output::print_brief(&dir, &result);
+    Ok(())
+}
+
+/// Redraws the plots of a result directory, whatever made it.
+fn plot(dir: &std::path::Path) -> Result<(), Failure> {
+    let files = if dir.join("compare.json").is_file() {
+        let text = std::fs::read_to_string(dir.join("compare.json")).map_err(|e| Failure::Input(e.to_string()))?;
+        let manifest: compare::Manifest = serde_json::from_str(&text)
+            .map_err(|e| Failure::Input(format!("{}: {e}", dir.join("compare.json").display())))?;
+        compare::draw(dir, &manifest)
+    } else if dir.join("sweep.json").is_file() {
+        let manifest = sweep::read_manifest(dir)?;
+        plots::render_sweep(dir, &manifest.axes)
+    } else if dir.join("summary.json").is_file() {
+        plots::render_run(dir)
+    } else {
+        return Err(Failure::Input(format!(
+            "{}: no summary.json, compare.json or sweep.json: not a numasim result directory",
+            dir.display()
+        )));
+    }
+    .map_err(Failure::Io)?;
+    for f in files {
+        println!("{}", f.display());
+    }
     Ok(())
 }

@@ -1,1 +1,15 @@
+//! numasim's charts, drawn from result files (`summary.json`, `timeseries.csv`,
+//! `results.csv`) with plotters. This crate knows the result contract, not the simulator.
+//!
+//! Every chart is written twice, as PNG and SVG. Text uses an embedded DejaVu Sans, so
+//! charts render on a machine without any fonts installed; colours follow the Okabe–Ito
+//! palette, which stays distinguishable with the common forms of colour blindness.
 
+pub mod chart;
+pub mod data;
+pub mod render;
+
+pub use render::{render_comparison, render_run, render_sweep};
+
+/// Errors name the file and what went wrong.
+pub type Error = String;

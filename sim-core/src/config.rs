@@ -624,7 +624,6 @@ fn set_in_array(array: &mut [toml::Value], rest: &[&str], value: toml::Value) ->
 
 /// The line on which dotted `path` (as validation names it, `a.b[2].c`) is written.
 fn locate(text: &str, path: &str) -> Option<usize> {
-    let root = DeTable::parse(text).ok()?;
     let segs: Vec<(&str, Option<usize>)> = path
         .split('.')
         .map(|seg| match seg.split_once('[') {
@@ -632,7 +631,19 @@ fn locate(text: &str, path: &str) -> Option<usize> {
             None => (seg, None),
         })
         .collect();
-    let span = span_of(root.get_ref(), &segs)?;
+    locate_segments(text, &segs)
+}
+
+/// The line on which the key with these path segments (table names, then the key, taken
+/// literally: a segment may contain dots) is written.
+pub fn locate_key(text: &str, segments: &[&str]) -> Option<usize> {
+    let segs: Vec<(&str, Option<usize>)> = segments.iter().map(|s| (*s, None)).collect();
+    locate_segments(text, &segs)
+}
+
+fn locate_segments(text: &str, segs: &[(&str, Option<usize>)]) -> Option<usize> {
+    let root = DeTable::parse(text).ok()?;
+    let span = span_of(root.get_ref(), segs)?;
     Some(line_of(text, span.start))
 }
 

@@ -17,6 +17,56 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("pinned-device", include_str!("../../configs/pinned-device.toml")),
 ];
 
+/// What to look at in a comparison of a built-in scenario across GUP policies.
+pub fn guide(name: &str) -> &'static str {
+    match name {
+        "default" => {
+            "Every policy difference at once. Under `explicit` the device takes no hinting faults (its read GUP \
+             follows protnone PTEs), so its buffer stays where it was and `locality.device` drops; with the `smart` \
+             notifier the mprotect(PROT_NONE) churn then leaves stale device mappings (`stale.*`), and pages look \
+             young only through the device (`young.secondary_only_protnone`). Under `implicit-all` ksmd's \
+             follow_page() fails on protnone PTEs (`ksm.skipped_protnone`). KVM sets FOLL_HONOR_NUMA_FAULT itself, \
+             so the guest's hinting faults and locality hardly change across policies."
+        }
+        "numa01" | "numa01-threadlocal" | "numa02" => {
+            "No secondary MMU is involved: the GUP policy should change nothing, and any difference is a bug. Look \
+             at locality over time (how fast balancing converges), numa_pte_updates (scan rate adapting) and \
+             numa_pages_migrated against numa_hint_faults (how much the two-stage filter holds back)."
+        }
+        "kvm-guest" => {
+            "KVM passes FOLL_HONOR_NUMA_FAULT, so the guest takes hinting faults through its EPT faults in every era \
+             and its memory follows the vCPUs (`locality.kvm`). Rerun with `--set kvm.honor_numa_fault=false` to \
+             see what patch 3 of the series protects: under `explicit` the guest then takes no hinting faults and \
+             its memory never moves."
+        }
+        "device-gup" => {
+            "The device reads through a driver's GUP. Under `implicit` and `implicit-all` it takes hinting faults \
+             (`hint_faults_by_source.device`) and pulls the buffer toward its node; under `explicit` it follows \
+             protnone PTEs, takes none, and its locality stays where the CPU threads put it. With \
+             `--set device.0.access=write` every policy faults (FOLL_WRITE always honors)."
+        }
+        "mprotect-hazard" => {
+            "The hazard from the patch discussion. Under `explicit` the device maps pages whose PTEs are still \
+             protnone; mprotect(PROT_NONE) then changes nothing in those PTEs, and the `smart` notifier skips \
+             them: `stale.mappings` rises with each mprotect and the device keeps reading memory the process made \
+             inaccessible (`stale.accesses`). Rerun with `--set kernel.notifier=unconditional` (what the kernel \
+             does) and the stale mappings disappear."
+        }
+        "ksm-protnone" => {
+            "Under `implicit-all` (v6.2 – v6.4) ksmd's follow_page() fails on every protnone PTE: \
+             `ksm.skipped_protnone` grows and `ksm.pages_merged` falls behind the other two policies, which follow \
+             such PTEs."
+        }
+        "pinned-device" => {
+            "Read-only long-term pins. Under `explicit` the pins are taken on protnone PTEs without a hinting fault; \
+             the CPU's hinting faults later try to migrate pinned pages and fail (`vmstat.pgmigrate_fail`). Under \
+             the implicit policies the pinning GUP faults first, the pages move to the device's node before they \
+             are pinned, and nothing fails."
+        }
+        _ => "",
+    }
+}
+
 /// The source of a scenario argument: a file if a path is given or exists, else a built-in.
 pub fn source(arg: &str) -> Result<Source, ConfigError> {
     let path = Path::new(arg);

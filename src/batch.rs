@@ -1,0 +1,71 @@
+//! Running many independent simulations in parallel: one run per task, `--jobs` threads,
+//! a progress bar on a terminal and plain lines otherwise. Runs never share state, so the
+//! results do not depend on the number of jobs or on the order they finish in.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use rayon::prelude::*;
+use sim_core::config::Config;
+
+use crate::output;
+
+/// One simulation to run and the directory its results go to.
+pub struct Job {
+    pub dir: PathBuf,
+    pub config: Config,
+}
+
+/// Runs `jobs` on `threads` threads and writes each run's results. Returns the first
+/// write error, after every run has finished.
+pub fn run_all(jobs: &[Job], threads: usize, what: &str) -> Result<(), String> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|e| e.to_string())?;
+    let tty = std::io::stderr().is_terminal();
+    let bar = if tty {
+        let bar = ProgressBar::new(jobs.len() as u64);
+        let style = ProgressStyle::with_template("{msg} [{bar:40}] {pos}/{len} runs, {elapsed} elapsed, ETA {eta}")
+            .expect("a valid template")
+            .progress_chars("=> ");
+        bar.set_style(style);
+        bar.set_message(what.to_string());
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let start = Instant::now();
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<Result<(), String>> = pool.install(|| {
+        jobs.par_iter()
+            .map(|job| {
+                let out = workloads::build(&job.config).run();
+                let r =
+                    output::write_run(&job.dir, &job.config, &out).map_err(|e| format!("{}: {e}", job.dir.display()));
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if tty {
+                    bar.inc(1);
+                } else {
+                    let secs = start.elapsed().as_secs_f64();
+                    let eta = secs / n as f64 * (jobs.len() - n) as f64;
+                    eprintln!(
+                        "{what}: {n}/{} runs done ({secs:.1} s, ETA {eta:.0} s): {}",
+                        jobs.len(),
+                        job.dir.display()
+                    );
+                }
+                r
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    results.into_iter().collect()
+}
+
+/// Default parallelism: every core.
+pub fn default_jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
