@@ -87,8 +87,15 @@ fn render_value(v: &toml::Value) -> (String, String) {
     (v.to_string(), label)
 }
 
+/// A sweep expanded: its name, its axes, and every run's point and resolved config.
+struct Plan {
+    name: String,
+    axes: Vec<String>,
+    runs: Vec<(RunPoint, Config)>,
+}
+
 /// Reads and checks a sweep file and expands it to resolved configs, before any run.
-fn plan(file: &Path) -> Result<(String, Vec<String>, Vec<(RunPoint, Config)>), Failure> {
+fn plan(file: &Path) -> Result<Plan, Failure> {
     let text = fs::read_to_string(file).map_err(|e| input(file, None, "", format!("cannot read the file: {e}")))?;
     let sweep: SweepFile = toml::from_str(&text).map_err(|e| {
         let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
@@ -143,7 +150,7 @@ fn plan(file: &Path) -> Result<(String, Vec<String>, Vec<(RunPoint, Config)>), F
         runs.push((RunPoint { index, values: labels }, config));
     }
     let name = file.file_stem().map_or("sweep".into(), |s| s.to_string_lossy().into_owned());
-    Ok((name, axes.into_iter().map(|(k, _)| k).collect(), runs))
+    Ok(Plan { name, axes: axes.into_iter().map(|(k, _)| k).collect(), runs })
 }
 
 /// The axis an override error is about: its key, written `a.b[0].c` by serde, names the
@@ -175,7 +182,7 @@ fn complete(dir: &Path, config: &Config) -> bool {
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
-    let (name, axes, runs) = plan(&args.file)?;
+    let Plan { name, axes, runs } = plan(&args.file)?;
     let shard = args.shard.as_deref().map(parse_shard).transpose()?;
     let dir = args.out.unwrap_or_else(|| {
         let base = PathBuf::from("out").join(format!("sweep-{name}"));
