@@ -235,8 +235,8 @@ fn results_csv(dir: &Path, manifest: &Manifest) -> Result<String, String> {
         let path = run_dir(dir, p.index).join("summary.json");
         let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let mut cells: Vec<(String, String)> = Vec::new();
-        flatten("", &v, &mut cells);
+        let cells: Vec<(String, String)> =
+            plots::data::flatten_numbers(&v).into_iter().map(|(k, n)| (k, n.to_string())).collect();
         if header.is_none() {
             let mut h = vec!["run".to_string()];
             h.extend(manifest.axes.iter().cloned());
@@ -250,19 +250,6 @@ fn results_csv(dir: &Path, manifest: &Manifest) -> Result<String, String> {
         let _ = writeln!(out, "{}", row.iter().map(|c| csv_field(c)).collect::<Vec<_>>().join(","));
     }
     Ok(out)
-}
-
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, String)>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, v) in m {
-                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                flatten(&key, v, out);
-            }
-        }
-        serde_json::Value::Number(n) => out.push((prefix.to_string(), n.to_string())),
-        _ => {}
-    }
 }
 
 fn csv_field(s: &str) -> String {

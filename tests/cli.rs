@@ -1,18 +1,10 @@
 //! The command line: results on disk, and bad input rejected with exit status 2.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-fn numasim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_numasim")).args(args).output().expect("numasim runs")
-}
+use std::path::Path;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("numasim-cli-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{numasim, scratch};
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);

@@ -1,28 +1,10 @@
 //! compare, sweep, merge and plot, end to end through the binary.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-fn numasim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_numasim")).args(args).output().expect("numasim runs")
-}
-
-fn ok(args: &[&str]) -> Output {
-    let out = numasim(args);
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    out
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("numasim-wf-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
+use common::{numasim, ok, s, scratch};
 
 const SWEEP: &str = r#"
 base = "mprotect-hazard"

@@ -68,25 +68,14 @@ fn driver_fault(
     tasks: &mut Query<(&Task, &mut TaskNuma)>,
     page: PageIdx,
 ) -> Result<Nanos, GupError> {
-    let now = k.now();
     let cost = match d.context {
         DriverContext::Worker { pid, cpu } => {
-            let nid = k.topo.cpu_to_node(cpu);
-            let mut f = Faulter { cpu, nid, pid, task: None, source: Source::Device, now, runtime: 0 };
+            let mut f = Faulter::kthread(k, pid, cpu, Source::Device);
             get_user_pages(k, d.mm, d.vma, page, d.gup_flags(), &mut f)?
         }
         DriverContext::Owner(te) => {
             let (task, mut numa) = tasks.get_mut(te).expect("the owner thread exists");
-            let nid = k.topo.cpu_to_node(task.cpu);
-            let mut f = Faulter {
-                cpu: task.cpu,
-                nid,
-                pid: task.pid,
-                task: Some(&mut numa),
-                source: Source::Device,
-                now,
-                runtime: task.sum_exec_runtime,
-            };
+            let mut f = Faulter::user(k, task, &mut numa, task.cpu, Source::Device, 0);
             get_user_pages(k, d.mm, d.vma, page, d.gup_flags(), &mut f)?
         }
     };
@@ -147,10 +136,7 @@ pub fn device_tick(
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < d.quantum {
         let page = base + d.access.next_offset();
-        let entry = {
-            let s = k.smmus.get(d.smmu).expect("devices own a secondary MMU");
-            s.slot(page).map_or(0, |i| s.entries[i])
-        };
+        let entry = k.smmus.get(d.smmu).expect("devices own a secondary MMU").entry(page);
         if entry & need != need {
             elapsed += d.fault_cost.max(1);
             match driver_fault(&mut k, &d, &mut tasks, page) {

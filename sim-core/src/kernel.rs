@@ -78,3 +78,31 @@ pub struct Faulter<'a> {
     /// The faulting task's sum_exec_runtime at the fault.
     pub runtime: Nanos,
 }
+
+impl<'a> Faulter<'a> {
+    /// A fault taken by user thread `task` running on `cpu`, `spent` ns into the work that
+    /// started at the current event.
+    pub fn user(
+        k: &Kernel,
+        task: &crate::sched::Task,
+        numa: &'a mut crate::sched::TaskNuma,
+        cpu: u32,
+        source: Source,
+        spent: Nanos,
+    ) -> Self {
+        Self {
+            cpu,
+            nid: k.topo.cpu_to_node(cpu),
+            pid: task.pid,
+            task: Some(numa),
+            source,
+            now: k.now() + spent,
+            runtime: task.sum_exec_runtime + spent,
+        }
+    }
+
+    /// A fault taken by a kernel thread (no mm) with `pid` on `cpu`.
+    pub fn kthread(k: &Kernel, pid: u32, cpu: u32, source: Source) -> Self {
+        Self { cpu, nid: k.topo.cpu_to_node(cpu), pid, task: None, source, now: k.now(), runtime: 0 }
+    }
+}

@@ -25,7 +25,6 @@ pub struct Kvm(pub KvmConfig);
 /// or unmapped) exits to user space; it idles for the rest of the quantum.
 pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32, ept: Entity) -> Nanos {
     let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
-    let now = k.now();
     let nid = k.topo.cpu_to_node(cpu);
     let ept_cost = k.kvm.0.ept_violation_cost_ns;
     let (base, accessible) = {
@@ -37,15 +36,7 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
         let page = base + task.access.next_offset();
         let mut entry = ept_entry(k, ept, page);
         if entry & SPTE_VALID == 0 {
-            let mut f = Faulter {
-                cpu,
-                nid,
-                pid: task.pid,
-                task: Some(&mut *numa),
-                source: Source::Kvm,
-                now: now + elapsed,
-                runtime: task.sum_exec_runtime + elapsed,
-            };
+            let mut f = Faulter::user(k, task, numa, cpu, Source::Kvm, elapsed);
             elapsed += ept_cost;
             match kvm_faultin_pfn(k, ept, task.mm, task.vma, page, &mut f) {
                 Ok(cost) => elapsed += cost,
@@ -64,8 +55,7 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
 }
 
 fn ept_entry(k: &Kernel, ept: Entity, page: PageIdx) -> u32 {
-    let s = k.smmus.get(ept).expect("the VM's EPT exists");
-    s.slot(page).map_or(0, |i| s.entries[i])
+    k.smmus.get(ept).expect("the VM's EPT exists").entry(page)
 }
 
 /// An access through a valid secondary-MMU entry: sets its accessed bit, counts it as

@@ -54,6 +54,12 @@ impl SecondaryMmu {
         (i < self.entries.len()).then_some(i)
     }
 
+    /// The entry for `page` (0, invalid, outside the range).
+    #[inline]
+    pub fn entry(&self, page: PageIdx) -> u32 {
+        self.slot(page).map_or(0, |i| self.entries[i])
+    }
+
     /// Maps `page` to the frame it has now.
     pub fn map(&mut self, page: PageIdx, pages: &Pages, writable: bool) {
         if let Some(i) = self.slot(page) {

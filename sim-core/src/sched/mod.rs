@@ -200,7 +200,6 @@ fn exit_task(k: &mut Kernel, numa: &mut TaskNuma, te: Entity, cpu: u32) {
 /// page faults inline. Returns the time spent.
 fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -> Nanos {
     let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
-    let now = k.now();
     let nid = k.topo.cpu_to_node(cpu);
     let (base, accessible) = {
         let mm = k.mms.get(task.mm).expect("tasks point at live mms");
@@ -216,15 +215,7 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
         let page = base + task.access.next_offset();
         let i = page as usize;
         if k.pages.nid[i] == NUMA_NO_NODE || k.pages.flags[i] & PTE_PROTNONE != 0 {
-            let mut f = Faulter {
-                cpu,
-                nid,
-                pid: task.pid,
-                task: Some(&mut *numa),
-                source: Source::Cpu,
-                now: now + elapsed,
-                runtime: task.sum_exec_runtime + elapsed,
-            };
+            let mut f = Faulter::user(k, task, numa, cpu, Source::Cpu, elapsed);
             elapsed += handle_mm_fault(k, task.mm, task.vma, page, &mut f);
         } else {
             k.pages.flags[i] |= PTE_YOUNG;

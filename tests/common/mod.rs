@@ -1,0 +1,28 @@
+//! Helpers for the command-line tests.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn numasim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_numasim")).args(args).output().expect("numasim runs")
+}
+
+/// Runs `args` and expects success.
+pub fn ok(args: &[&str]) -> Output {
+    let out = numasim(args);
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    out
+}
+
+/// A fresh directory for one test.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("numasim-test-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+pub fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
