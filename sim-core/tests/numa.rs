@@ -72,11 +72,11 @@ fn the_two_stage_filter_needs_two_faults_from_the_same_node() {
 
 fn hint_fault(sim: &mut Sim, mm: Entity, page: PageIdx, p: Option<&mut TaskNuma>) -> (u8, Counters) {
     sim.with_kernel(|k| {
-        k.pages.flags[page as usize] |= PTE_PROTNONE;
+        k.pages.pte[page as usize].flags |= PTE_PROTNONE;
         let mut f = faulter(5, 7, p);
         do_numa_page(k, mm, 0, page, &mut f);
-        assert_eq!(k.pages.flags[page as usize] & PTE_PROTNONE, 0, "the PTE is restored");
-        (k.pages.nid[page as usize], k.counters.clone())
+        assert_eq!(k.pages.pte[page as usize].flags & PTE_PROTNONE, 0, "the PTE is restored");
+        (k.pages.pte[page as usize].nid, k.counters.clone())
     })
 }
 
@@ -152,7 +152,7 @@ fn the_scanner_skips_pinned_pages_and_counts_pte_updates() {
     let cost = sim.with_kernel(|k| task_numa_work(k, &mut p, 7, 0, now));
     assert_eq!(cost, 4096 * 10, "every PTE walked costs pte_scan_cost_ns");
     let pages = sim.world.resource::<Pages>();
-    let protnone = |i: usize| pages.flags[i] & PTE_PROTNONE != 0;
+    let protnone = |i: usize| pages.pte[i].flags & PTE_PROTNONE != 0;
     assert!(pinned.iter().all(|&i| !protnone(i)), "a pinned page in a private mapping is never made protnone");
     let updated = (base as usize..base as usize + 4096).filter(|&i| protnone(i)).count();
     assert_eq!(updated, 4096 - pinned.len());
@@ -169,5 +169,5 @@ fn a_single_threaded_process_keeps_pages_already_on_its_node() {
     let mut p = task(&sim, mm, 7);
     sim.with_kernel(|k| task_numa_work(k, &mut p, 7, 0, 2_000_000_000));
     let pages = sim.world.resource::<Pages>();
-    assert!((base as usize..base as usize + 4096).all(|i| pages.flags[i] & PTE_PROTNONE == 0));
+    assert!((base as usize..base as usize + 4096).all(|i| pages.pte[i].flags & PTE_PROTNONE == 0));
 }

@@ -35,8 +35,8 @@ pattern = "sequential"
 
 fn nodes_of_pages(sim: &sim_core::sim::Sim) -> [usize; 4] {
     let mut count = [0; 4];
-    for &nid in &sim.world.resource::<Pages>().nid {
-        count[if nid == NUMA_NO_NODE { 3 } else { nid as usize }] += 1;
+    for pte in &sim.world.resource::<Pages>().pte {
+        count[if pte.nid == NUMA_NO_NODE { 3 } else { pte.nid as usize }] += 1;
     }
     count
 }

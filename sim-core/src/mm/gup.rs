@@ -51,7 +51,7 @@ fn follow_page_pte(k: &Kernel, page: PageIdx, vma_accessible: bool, flags: u32) 
     if !k.pages.present(page) {
         return false;
     }
-    let pte = k.pages.flags[i];
+    let pte = k.pages.pte[i].flags;
     if pte & PTE_PROTNONE != 0 && !gup_can_follow_protnone(vma_accessible, flags) {
         return false;
     }
@@ -109,9 +109,9 @@ fn faultin_page(
     if !k.pages.present(page) {
         do_anonymous_page(k, mm, page, f.nid);
         k.sysctl.0.hint_fault_cost_ns
-    } else if k.pages.flags[i] & PTE_PROTNONE != 0 && accessible {
+    } else if k.pages.pte[i].flags & PTE_PROTNONE != 0 && accessible {
         do_numa_page(k, mm, vma, page, f)
-    } else if flags & FOLL_WRITE != 0 && k.pages.flags[i] & PG_KSM != 0 {
+    } else if flags & FOLL_WRITE != 0 && k.pages.pte[i].flags & PG_KSM != 0 {
         break_ksm_cow(k, mm, page, f.nid);
         k.sysctl.0.hint_fault_cost_ns
     } else {
@@ -122,7 +122,7 @@ fn faultin_page(
 /// Models get_user_page_fast_only() (KVM's hva_to_pfn_fast()): a lockless walk that
 /// succeeds only on a present PTE that is not protnone (and writable, for a write).
 pub fn get_user_page_fast_only(k: &Kernel, page: PageIdx, write: bool) -> bool {
-    let pte = k.pages.flags[page as usize];
+    let pte = k.pages.pte[page as usize].flags;
     k.pages.present(page) && pte & PTE_PROTNONE == 0 && !(write && pte & PG_KSM != 0)
 }
 

@@ -79,7 +79,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: b
     let content = k.pages.content[i];
     // Unique pages never match; KSM pages are merged already; pinned pages cannot be
     // write-protected (write_protect_page() refuses maybe-pinned folios).
-    if content == 0 || k.pages.flags[i] & PG_KSM != 0 || k.pages.pins[i] > 0 {
+    if content == 0 || k.pages.pte[i].flags & PG_KSM != 0 || k.pages.pins[i] > 0 {
         return;
     }
     let is_twin = |k: &Kernel, other: PageIdx| {
@@ -88,7 +88,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: b
     };
     if let Some(&stable) = ksmd.stable.get(&content)
         && is_twin(k, stable)
-        && k.pages.flags[stable as usize] & PG_KSM != 0
+        && k.pages.pte[stable as usize].flags & PG_KSM != 0
     {
         merge_into(k, mm, page, stable);
         return;
@@ -96,12 +96,12 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: b
     match ksmd.unstable.get(&content) {
         Some(&other)
             if is_twin(k, other)
-                && k.pages.flags[other as usize] & PG_KSM == 0
+                && k.pages.pte[other as usize].flags & PG_KSM == 0
                 && k.pages.pins[other as usize] == 0 =>
         {
             ksmd.unstable.remove(&content);
             // The tree page becomes the stable KSM page; this one shares it.
-            k.pages.flags[other as usize] = (k.pages.flags[other as usize] & !PTE_PROTNONE) | PG_KSM;
+            k.pages.pte[other as usize].flags = (k.pages.pte[other as usize].flags & !PTE_PROTNONE) | PG_KSM;
             ksmd.stable.insert(content, other);
             merge_into(k, mm, page, other);
         }
@@ -117,11 +117,11 @@ fn merge_into(k: &mut Kernel, mm: Entity, page: PageIdx, stable: PageIdx) {
     let (i, s) = (page as usize, stable as usize);
     let mode = k.sysctl.0.notifier;
     invalidate_range(&mut k.smmus, mode, mm, page, 1, |_| true);
-    let old = k.pages.nid[i];
+    let old = k.pages.pte[i].nid;
     free_page_node(k, old);
-    k.pages.nid[i] = k.pages.nid[s];
+    k.pages.pte[i].nid = k.pages.pte[s].nid;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
-    k.pages.flags[i] = (k.pages.flags[i] & !PTE_PROTNONE) | PG_KSM | PTE_YOUNG;
+    k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PG_KSM | PTE_YOUNG;
     k.pages.mapcount[s] = k.pages.mapcount[s].saturating_add(1);
     k.pages.mapcount[i] = k.pages.mapcount[s];
     k.counters.ksm.pages_merged += 1;
@@ -133,9 +133,9 @@ pub fn break_ksm_cow(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     let mode = k.sysctl.0.notifier;
     invalidate_range(&mut k.smmus, mode, mm, page, 1, |_| true);
     let got = alloc_page_node(k, nid).expect("COW of a KSM page finds a free frame");
-    k.pages.nid[i] = got;
+    k.pages.pte[i].nid = got;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
-    k.pages.flags[i] &= !PG_KSM;
+    k.pages.pte[i].flags &= !PG_KSM;
     k.pages.mapcount[i] = 1;
     k.pages.content[i] = 0;
     k.counters.ksm.pages_merged = k.counters.ksm.pages_merged.saturating_sub(1);

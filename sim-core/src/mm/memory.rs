@@ -15,8 +15,8 @@ use crate::sched::numa::{
 /// nearest node with free memory (`__alloc_pages()` → `get_page_from_freelist()`).
 /// Simplified: a node is usable while it has any free page; no reclaim, no watermarks.
 pub fn alloc_page_node(k: &mut Kernel, nid: Nid) -> Option<Nid> {
-    let order: Vec<Nid> = k.topo.zonelist(nid).to_vec();
-    for n in order {
+    for i in 0..k.topo.nr_nodes as usize {
+        let n = k.topo.zonelist(nid)[i];
         let mut pgdat = k.pgdat(n);
         if pgdat.free_pages > 0 {
             pgdat.free_pages -= 1;
@@ -50,8 +50,8 @@ pub fn handle_mm_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f:
 pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
     let i = page as usize;
-    k.pages.nid[i] = got;
-    k.pages.flags[i] |= PTE_YOUNG;
+    k.pages.pte[i].nid = got;
+    k.pages.pte[i].flags |= PTE_YOUNG;
     k.pages.mapcount[i] = 1;
     k.mm(mm).rss += 1;
 }
@@ -62,7 +62,7 @@ pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
 pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &mut Faulter) -> Nanos {
     let i = page as usize;
     let mut cost = k.sysctl.0.hint_fault_cost_ns;
-    let page_nid = k.pages.nid[i];
+    let page_nid = k.pages.pte[i].nid;
     debug_assert_ne!(page_nid, NUMA_NO_NODE);
 
     // numa_migrate_check()
@@ -93,7 +93,7 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
     }
     // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
     // migration); the access that faulted sets the accessed bit.
-    k.pages.flags[i] = (k.pages.flags[i] & !PTE_PROTNONE) | PTE_YOUNG;
+    k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
 
     if let Some(task) = f.task.take() {
         task_numa_fault(k, task, f, last_cpupid, nid, 1, flags);

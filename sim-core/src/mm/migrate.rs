@@ -51,11 +51,11 @@ pub fn migrate_misplaced_folio(k: &mut Kernel, mm: Entity, page: PageIdx, target
     // try_to_migrate() replaces the PTE with a migration entry: secondary MMUs let go.
     let mode = k.sysctl.0.notifier;
     invalidate_range(&mut k.smmus, mode, mm, page, 1, |_| true);
-    let src = k.pages.nid[i];
+    let src = k.pages.pte[i].nid;
     let got = alloc_page_node(k, target);
     debug_assert_eq!(got, Some(target), "migrate_balanced_pgdat() guarantees a free frame");
     free_page_node(k, src);
-    k.pages.nid[i] = target;
+    k.pages.pte[i].nid = target;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
     k.counters.vmstat.pgmigrate_success += 1;
     k.counters.vmstat.numa_pages_migrated += 1;

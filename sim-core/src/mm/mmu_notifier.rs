@@ -66,7 +66,7 @@ impl SecondaryMmu {
             let p = page as usize;
             self.entries[i] = SPTE_VALID
                 | if writable { SPTE_WRITABLE } else { 0 }
-                | (u32::from(pages.nid[p]) << SPTE_NID_SHIFT)
+                | (u32::from(pages.pte[p].nid) << SPTE_NID_SHIFT)
                 | (u32::from(pages.frame_gen[p]) << SPTE_GEN_SHIFT);
         }
     }
@@ -82,7 +82,7 @@ impl SecondaryMmu {
     pub fn points_at_current_frame(&self, i: usize, page: PageIdx, pages: &Pages) -> bool {
         let e = self.entries[i];
         let p = page as usize;
-        Self::entry_nid(e) == pages.nid[p] && (e >> SPTE_GEN_SHIFT) as u16 == pages.frame_gen[p]
+        Self::entry_nid(e) == pages.pte[p].nid && (e >> SPTE_GEN_SHIFT) as u16 == pages.frame_gen[p]
     }
 
     /// Valid entries that grant access the primary mapping no longer grants: the VMA is

@@ -79,14 +79,14 @@ pub fn mprotect_vma(k: &mut Kernel, mm: Entity, vma: usize, accessible: bool) {
         if !k.pages.present(page) {
             continue;
         }
-        let protnone = k.pages.flags[i] & PTE_PROTNONE != 0;
+        let protnone = k.pages.pte[i].flags & PTE_PROTNONE != 0;
         if protnone == accessible {
             changed.push(page);
         }
         if accessible {
-            k.pages.flags[i] &= !PTE_PROTNONE;
+            k.pages.pte[i].flags &= !PTE_PROTNONE;
         } else {
-            k.pages.flags[i] |= PTE_PROTNONE;
+            k.pages.pte[i].flags |= PTE_PROTNONE;
         }
     }
     let mode = k.sysctl.0.notifier;
@@ -113,15 +113,15 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
     let mut freed = 0;
     for page in base..base + len as PageIdx {
         let i = page as usize;
-        let nid = k.pages.nid[i];
+        let nid = k.pages.pte[i].nid;
         if nid == NUMA_NO_NODE {
             continue;
         }
         if k.pages.pins[i] == 0 {
             free_page_node(k, nid);
         }
-        k.pages.nid[i] = NUMA_NO_NODE;
-        k.pages.flags[i] = 0;
+        k.pages.pte[i].nid = NUMA_NO_NODE;
+        k.pages.pte[i].flags = 0;
         k.pages.mapcount[i] = 0;
         freed += 1;
     }

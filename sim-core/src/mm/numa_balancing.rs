@@ -224,8 +224,8 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
     for vpn in start..end {
         let page = vma.page(vpn);
         let i = page as usize;
-        let nid = pages.nid[i];
-        if nid == NUMA_NO_NODE || pages.flags[i] & (PTE_PROTNONE | PG_KSM) != 0 {
+        let nid = pages.pte[i].nid;
+        if nid == NUMA_NO_NODE || pages.pte[i].flags & (PTE_PROTNONE | PG_KSM) != 0 {
             continue;
         }
         // Private (COW) mapping: skip pages that may be DMA-pinned or are mapped shared.
@@ -235,7 +235,7 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
         if target_node == Some(nid) {
             continue;
         }
-        pages.flags[i] |= PTE_PROTNONE;
+        pages.pte[i].flags |= PTE_PROTNONE;
         updated.push(page);
     }
     k.counters.vmstat.numa_pte_updates += updated.len() as u64;

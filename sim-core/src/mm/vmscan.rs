@@ -38,11 +38,11 @@ pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
     let pages = &k.pages;
     let only_secondary = secondary_young
         .iter()
-        .filter(|&&p| pages.present(p) && pages.flags[p as usize] & (PTE_PROTNONE | PTE_YOUNG) == PTE_PROTNONE)
+        .filter(|&&p| pages.present(p) && pages.pte[p as usize].flags & (PTE_PROTNONE | PTE_YOUNG) == PTE_PROTNONE)
         .count();
     k.counters.young.secondary_only_protnone += only_secondary as u64;
-    for f in k.pages.flags.iter_mut() {
-        *f &= !PTE_YOUNG;
+    for pte in k.pages.pte.iter_mut() {
+        pte.flags &= !PTE_YOUNG;
     }
     k.queue.schedule_in(aging.interval, Event::Aging);
 }

@@ -214,13 +214,18 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
     while elapsed < quantum {
         let page = base + task.access.next_offset();
         let i = page as usize;
-        if k.pages.nid[i] == NUMA_NO_NODE || k.pages.flags[i] & PTE_PROTNONE != 0 {
+        let pte = k.pages.pte[i];
+        let page_nid = if pte.nid == NUMA_NO_NODE || pte.flags & PTE_PROTNONE != 0 {
             let mut f = Faulter::user(k, task, numa, cpu, Source::Cpu, elapsed);
             elapsed += handle_mm_fault(k, task.mm, task.vma, page, &mut f);
+            k.pages.pte[i].nid
         } else {
-            k.pages.flags[i] |= PTE_YOUNG;
-        }
-        let page_nid = k.pages.nid[i];
+            // Only dirty the cache line when the accessed bit is not set yet.
+            if pte.flags & PTE_YOUNG == 0 {
+                k.pages.pte[i].flags |= PTE_YOUNG;
+            }
+            pte.nid
+        };
         elapsed += task.touch_lines * k.topo.latency(nid, page_nid) + task.think_ns;
         touches += 1;
         local += u64::from(page_nid == nid);
