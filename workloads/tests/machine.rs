@@ -106,3 +106,30 @@ fn the_resolved_config_round_trips() {
     let again = config(&text, &[]);
     assert_eq!(c, again);
 }
+
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+/// Golden values: the default scenario, 3 s, seed 1. They change only when the model changes
+/// on purpose; then update them in the same commit and say why.
+#[test]
+fn golden_values_of_the_default_scenario() {
+    let (_, out) = run(&scenario("default", &["run.duration_ms=3000"]));
+    let golden = [
+        ("vmstat.numa_pte_updates", 117_980.0),
+        ("vmstat.numa_hint_faults", 113_585.0),
+        ("vmstat.numa_hint_faults_local", 51_757.0),
+        ("vmstat.numa_pages_migrated", 61_828.0),
+        ("hint_faults_by_source.kvm", 32_274.0),
+        ("touches.cpu", 4_740_655.0),
+        ("touches.device", 836_702.0),
+        ("stale.accesses", 158.0),
+        ("ksm.pages_merged", 14_836.0),
+    ];
+    for (name, want) in golden {
+        assert_eq!(metric(&out, name), want, "{name}");
+    }
+    assert_eq!(out.summary.events, 26_998);
+    assert_eq!(fnv1a(&out.recorder.to_csv()), 0x236e_98de_fe85_5b16, "timeseries.csv changed");
+}
