@@ -43,7 +43,7 @@ fn run_writes_the_three_result_files() {
     let out_dir = dir.join("out");
     let out = numasim(&["run", &cfg, "--out", out_dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for f in ["summary.json", "timeseries.csv", "config.toml"] {
+    for f in ["summary.json", "timeseries.csv", "config.toml", "locality.png", "locality.svg", "totals.png"] {
         assert!(out_dir.join(f).is_file(), "{f} missing");
     }
     let summary: serde_json::Value =
