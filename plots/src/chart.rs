@@ -181,7 +181,9 @@ fn draw_panel<DB: DrawingBackend>(
             mesh.draw()?;
             for (i, s) in series.iter().enumerate() {
                 let color = PALETTE[i % PALETTE.len()];
-                let style = color.stroke_width(2);
+                // Earlier lines are drawn wider, so a line hidden under a later equal one
+                // still shows as its outline.
+                let style = color.stroke_width(2 + 2 * (series.len() - 1 - i) as u32);
                 let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
                 chart
                     .draw_series(LineSeries::new(pts.clone(), style))?

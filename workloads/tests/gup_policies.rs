@@ -120,3 +120,17 @@ fn the_default_scenario_shows_every_policy_difference() {
     assert!(metric(&all, "ksm.skipped_protnone") > 0.0);
     assert_eq!(metric(&implicit, "ksm.skipped_protnone"), 0.0);
 }
+
+#[test]
+fn a_fault_taken_inside_gup_pulls_the_page_toward_the_caller() {
+    // The driver's GUP from a worker on the device's node pulls the buffer there; from the
+    // owning thread on node 0 it leaves the buffer where it is.
+    for seed in SEEDS {
+        let worker = run_with("device-gup", seed, &["kernel.gup_policy=implicit", "device.0.gup_context=worker"]);
+        let owner = run_with("device-gup", seed, &["kernel.gup_policy=implicit", "device.0.gup_context=owner"]);
+        assert!(metric(&owner, "hint_faults_by_source.device") > 0.0, "{seed}");
+        assert!(metric(&worker, "locality.device") > 0.4, "{seed}");
+        assert_eq!(metric(&owner, "locality.device"), 0.0, "{seed}");
+        assert_eq!(metric(&owner, "vmstat.numa_pages_migrated"), 0.0, "{seed}");
+    }
+}
