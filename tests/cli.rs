@@ -192,3 +192,11 @@ fn a_missing_file_or_scenario_is_rejected_and_leaves_no_results() {
     rejected(&["run", &bad, "--out", out_dir.to_str().unwrap()]);
     assert!(!out_dir.exists(), "a rejected run writes nothing");
 }
+
+#[test]
+fn an_action_range_outside_its_vma_is_rejected() {
+    let err = rejected(&["check", "mprotect-hazard", "--set", "action.0.offset_mib=60", "--set", "action.0.len_mib=8"]);
+    assert!(err.contains("action[0].len_mib") && err.contains("64 MiB"), "{err}");
+    let err = rejected(&["check", "mprotect-hazard", "--set", "action.0.offset_mib=64"]);
+    assert!(err.contains("action[0].offset_mib"), "{err}");
+}

@@ -360,13 +360,19 @@ pub enum Syscall {
     Munmap,
 }
 
-/// A system call the workload makes on a whole VMA, once or periodically.
+/// A system call the workload makes on a range of a VMA, once or periodically. A range
+/// smaller than the VMA splits it (split_vma()) when the process is built.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ActionConfig {
     pub syscall: Syscall,
     pub process: String,
     pub vma: String,
+    /// Start of the range within the VMA.
+    pub offset_mib: u64,
+    /// Length of the range; the rest of the VMA when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub len_mib: Option<u64>,
     pub start_ms: u64,
     /// How long the VMA stays PROT_NONE (mprotect); 0 keeps it so.
     pub protect_ms: u64,
@@ -380,6 +386,8 @@ impl Default for ActionConfig {
             syscall: Syscall::Mprotect,
             process: String::new(),
             vma: String::new(),
+            offset_mib: 0,
+            len_mib: None,
             start_ms: 1000,
             protect_ms: 100,
             period_ms: 0,
@@ -444,6 +452,33 @@ impl ThreadConfig {
 }
 
 impl Config {
+    /// Size of VMA `vma` of process (or vm) `process`, if both exist.
+    pub fn vma_size_mib(&self, process: &str, vma: &str) -> Option<u64> {
+        let in_process =
+            self.process.iter().find(|p| p.name == process).and_then(|p| p.vma.iter().find(|v| v.name == vma));
+        in_process
+            .map(|v| v.size_mib)
+            .or_else(|| self.vm.iter().find(|v| v.name == process && vma == "ram").map(|v| v.memory_mib))
+    }
+
+    /// Page offsets where actions cut VMA `vma` of `process` (sorted, inside the VMA).
+    pub fn vma_cuts(&self, process: &str, vma: &str) -> Vec<u64> {
+        let size = self.vma_size_mib(process, vma).unwrap_or(0) * crate::sim::PAGES_PER_MIB;
+        let mut cuts: Vec<u64> = self
+            .action
+            .iter()
+            .filter(|a| a.process == process && a.vma == vma)
+            .flat_map(|a| {
+                let start = a.offset_mib * crate::sim::PAGES_PER_MIB;
+                [start, a.len_mib.map_or(size, |l| start + l * crate::sim::PAGES_PER_MIB)]
+            })
+            .filter(|&c| c > 0 && c < size)
+            .collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        cuts
+    }
+
     pub fn total_cpus(&self) -> u32 {
         self.machine.nodes * self.machine.cpus_per_node
     }
@@ -796,6 +831,15 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
     for (ai, a) in c.action.iter().enumerate() {
         let at = |rest: &str| format!("action[{ai}].{rest}");
         find_vma(&a.process, &a.vma, &at)?;
+        let size = c.vma_size_mib(&a.process, &a.vma).expect("found above");
+        check(a.offset_mib < size, at("offset_mib"), format!("must be below the VMA's size ({size} MiB)"))?;
+        if let Some(len) = a.len_mib {
+            check(
+                len >= 1 && a.offset_mib + len <= size,
+                at("len_mib"),
+                format!("the range must be at least 1 MiB and end within the VMA ({size} MiB)"),
+            )?;
+        }
         if a.period_ms > 0 {
             check(
                 a.protect_ms > 0 && a.protect_ms < a.period_ms,

@@ -33,9 +33,8 @@ pub struct Device {
     pub name: String,
     pub nid: Nid,
     pub mm: Entity,
-    pub vma: usize,
-    /// Range within the VMA (page offset, length).
-    pub first: u64,
+    /// The buffer: global index of its first page, and its length.
+    pub base: PageIdx,
     pub len: u64,
     pub smmu: Entity,
     pub mode: DeviceMode,
@@ -71,12 +70,12 @@ fn driver_fault(
     let cost = match d.context {
         DriverContext::Worker { pid, cpu } => {
             let mut f = Faulter::kthread(k, pid, cpu, Source::Device);
-            get_user_pages(k, d.mm, d.vma, page, d.gup_flags(), &mut f)?
+            get_user_pages(k, d.mm, page, d.gup_flags(), &mut f)?
         }
         DriverContext::Owner(te) => {
             let (task, mut numa) = tasks.get_mut(te).expect("the owner thread exists");
             let mut f = Faulter::user(k, task, &mut numa, task.cpu, Source::Device, 0);
-            get_user_pages(k, d.mm, d.vma, page, d.gup_flags(), &mut f)?
+            get_user_pages(k, d.mm, page, d.gup_flags(), &mut f)?
         }
     };
     let Kernel { smmus, pages, .. } = k;
@@ -117,10 +116,7 @@ pub fn device_tick(
 ) {
     let mut d = devices.get_mut(e).expect("ticking devices exist");
     let now = k.now();
-    let (base, accessible) = {
-        let v = &k.mm(d.mm).vmas[d.vma];
-        (v.base + d.first as PageIdx, v.accessible)
-    };
+    let base = d.base;
     if d.stop.is_some_and(|stop| now >= stop) {
         if d.pinned {
             unpin_buffer(&mut k, &d);
@@ -144,7 +140,7 @@ pub fn device_tick(
                 Err(GupError::Fault) => continue,
             }
         }
-        let frame_nid = touch_secondary(&mut k, d.smmu, page, accessible);
+        let frame_nid = touch_secondary(&mut k, d.smmu, page);
         elapsed += d.touch_lines * k.topo.latency(d.nid, frame_nid) + d.think_ns;
         touches += 1;
         local += u64::from(frame_nid == d.nid);

@@ -27,24 +27,20 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
     let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
     let nid = k.topo.cpu_to_node(cpu);
     let ept_cost = k.kvm.0.ept_violation_cost_ns;
-    let (base, accessible) = {
-        let v = &k.mms.get(task.mm).expect("vCPUs belong to a live VM").vmas[task.vma];
-        (v.base + task.first as PageIdx, v.accessible)
-    };
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
-        let page = base + task.access.next_offset();
+        let page = task.base + task.access.next_offset();
         let mut entry = ept_entry(k, ept, page);
         if entry & SPTE_VALID == 0 {
             let mut f = Faulter::user(k, task, numa, cpu, Source::Kvm, elapsed);
             elapsed += ept_cost;
-            match kvm_faultin_pfn(k, ept, task.mm, task.vma, page, &mut f) {
+            match kvm_faultin_pfn(k, ept, task.mm, page, &mut f) {
                 Ok(cost) => elapsed += cost,
                 Err(GupError::Fault) => return quantum.max(elapsed),
             }
             entry = ept_entry(k, ept, page);
         }
-        let frame_nid = touch_secondary(k, ept, page, accessible);
+        let frame_nid = touch_secondary(k, ept, page);
         elapsed += task.touch_lines * k.topo.latency(nid, frame_nid) + task.think_ns;
         touches += 1;
         local += u64::from(frame_nid == nid);
@@ -60,12 +56,13 @@ fn ept_entry(k: &Kernel, ept: Entity, page: PageIdx) -> u32 {
 
 /// An access through a valid secondary-MMU entry: sets its accessed bit, counts it as
 /// stale if the primary mapping no longer grants it, and returns the frame's node.
-pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx, vma_accessible: bool) -> crate::machine::Nid {
-    let Kernel { smmus, pages, counters, .. } = k;
+pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> crate::machine::Nid {
+    let Kernel { smmus, pages, counters, mms, .. } = k;
     let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
     let i = s.slot(page).expect("touches stay in the mapped range");
     s.entries[i] |= SPTE_YOUNG;
-    if !vma_accessible || !s.points_at_current_frame(i, page, pages) {
+    let granted = mms.get(s.mm).is_ok_and(|m| m.page_accessible(page));
+    if !granted || !s.points_at_current_frame(i, page, pages) {
         counters.stale.accesses += 1;
     }
     SecondaryMmu::entry_nid(s.entries[i])
@@ -73,18 +70,11 @@ pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx, vma_accessib
 
 /// Models kvm_faultin_pfn() → hva_to_pfn(): GUP-fast first, then slow GUP with
 /// FOLL_HONOR_NUMA_FAULT when KVM sets it (`kvm.honor_numa_fault`), then map the pfn.
-fn kvm_faultin_pfn(
-    k: &mut Kernel,
-    ept: Entity,
-    mm: Entity,
-    vma: usize,
-    page: PageIdx,
-    f: &mut Faulter,
-) -> Result<Nanos, GupError> {
+fn kvm_faultin_pfn(k: &mut Kernel, ept: Entity, mm: Entity, page: PageIdx, f: &mut Faulter) -> Result<Nanos, GupError> {
     let mut cost = 0;
     if !get_user_page_fast_only(k, page, false) {
         let honor = if k.kvm.0.honor_numa_fault { FOLL_HONOR_NUMA_FAULT } else { 0 };
-        cost += get_user_pages(k, mm, vma, page, FOLL_GET | honor, f)?;
+        cost += get_user_pages(k, mm, page, FOLL_GET | honor, f)?;
     }
     let Kernel { smmus, pages, .. } = k;
     smmus.get_mut(ept).expect("the VM's EPT exists").map(page, pages, false);

@@ -44,7 +44,9 @@ pub struct DeviceSpec {
     pub name: String,
     pub nid: Nid,
     pub mm: Entity,
-    pub vma: usize,
+    /// The buffer: global index of its first page, and its length.
+    pub base: PageIdx,
+    pub len: u64,
     pub mode: DeviceMode,
     pub write: bool,
     /// Run the driver's GUP in this thread's context instead of a worker on the device's node.
@@ -117,14 +119,24 @@ impl Sim {
         self.world.get_mut::<Mm>(mm).expect("live mm").add_vma(name, pages, base)
     }
 
-    /// Length of a VMA in pages.
-    pub fn vma_pages(&self, mm: Entity, vma: usize) -> u64 {
-        self.world.get::<Mm>(mm).expect("live mm").vmas[vma].pages
+    /// The VMA of `mm` holding global page `page`.
+    pub fn vma_of_page(&self, mm: Entity, page: PageIdx) -> Option<usize> {
+        self.world.get::<Mm>(mm).expect("live mm").vma_of_page(page)
+    }
+
+    /// Global index of a VMA's first page.
+    pub fn vma_base(&self, mm: Entity, vma: usize) -> PageIdx {
+        self.world.get::<Mm>(mm).expect("live mm").vmas[vma].base
+    }
+
+    /// Splits VMA `vma` at page offset `at` (see [`Mm::split_vma`]); returns the new VMA.
+    pub fn split_vma(&mut self, mm: Entity, vma: usize, at: u64) -> usize {
+        self.world.get_mut::<Mm>(mm).expect("live mm").split_vma(vma, at)
     }
 
     /// Marks a VMA mergeable (madvise(MADV_MERGEABLE)) with `classes` page contents (0: all
-    /// unique; N: page i holds content i mod N).
-    pub fn make_mergeable(&mut self, mm: Entity, vma: usize, classes: u32) {
+    /// unique; N: page i holds content (i + `offset`) mod N).
+    pub fn make_mergeable(&mut self, mm: Entity, vma: usize, classes: u32, offset: u64) {
         let (base, pages) = {
             let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
             let v = &mut m.vmas[vma];
@@ -134,19 +146,16 @@ impl Sim {
         if classes > 0 {
             let mut p = self.world.resource_mut::<Pages>();
             for i in 0..pages {
-                p.content[(base as u64 + i) as usize] = (1 + i % u64::from(classes)) as u16;
+                p.content[(base as u64 + i) as usize] = (1 + (offset + i) % u64::from(classes)) as u16;
             }
         }
         self.world.resource_mut::<Ksmd>().vmas.push((mm, vma));
     }
 
-    /// Attaches a secondary MMU (an EPT or a device page table) over a whole VMA.
-    pub fn add_secondary_mmu(&mut self, name: &str, mm: Entity, vma: usize, kind: SmmuKind) -> Entity {
-        let (base, pages) = {
-            let v = &self.world.get::<Mm>(mm).expect("live mm").vmas[vma];
-            (v.base, v.pages)
-        };
-        self.world.spawn(SecondaryMmu::new(name, mm, vma, base, pages, kind)).id()
+    /// Attaches a secondary MMU (an EPT or a device page table) over `pages` pages of `mm`
+    /// from global page `base`.
+    pub fn add_secondary_mmu(&mut self, name: &str, mm: Entity, base: PageIdx, pages: u64, kind: SmmuKind) -> Entity {
+        self.world.spawn(SecondaryMmu::new(name, mm, base, pages, kind)).id()
     }
 
     /// Adds a device; it starts its DMA at `spec.start`.
@@ -155,8 +164,7 @@ impl Sim {
             DeviceMode::Notifier => SmmuKind::Notifier,
             DeviceMode::Pin => SmmuKind::LongtermPin,
         };
-        let smmu = self.add_secondary_mmu(&spec.name, spec.mm, spec.vma, kind);
-        let len = self.world.get::<Mm>(spec.mm).expect("live mm").vmas[spec.vma].pages;
+        let smmu = self.add_secondary_mmu(&spec.name, spec.mm, spec.base, spec.len, kind);
         let context = match spec.owner {
             Some(owner) => DriverContext::Owner(owner),
             None => {
@@ -169,9 +177,8 @@ impl Sim {
             name: spec.name,
             nid: spec.nid,
             mm: spec.mm,
-            vma: spec.vma,
-            first: 0,
-            len,
+            base: spec.base,
+            len: spec.len,
             smmu,
             mode: spec.mode,
             write: spec.write,

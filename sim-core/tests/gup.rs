@@ -25,8 +25,8 @@ fn setup(policy: GupPolicy, notifier: NotifierMode) -> (Sim, Entity, Entity, Pag
     let mm = sim.add_process("app");
     let vma = sim.add_vma(mm, "buf", 1024);
     sim.populate(mm, vma, 0);
-    let smmu = sim.add_secondary_mmu("dev", mm, vma, SmmuKind::Notifier);
-    let base = sim.world.get::<Mm>(mm).unwrap().vmas[vma].base;
+    let base = sim.vma_base(mm, vma);
+    let smmu = sim.add_secondary_mmu("dev", mm, base, 1024, SmmuKind::Notifier);
     sim.world.resource_mut::<sim_core::mm::Pages>().pte[base as usize].flags |= PTE_PROTNONE;
     (sim, mm, smmu, base)
 }
@@ -38,7 +38,7 @@ fn worker() -> Faulter<'static> {
 
 fn gup(sim: &mut Sim, mm: Entity, page: PageIdx, flags: u32) -> (Result<u64, GupError>, Counters, bool, u8) {
     sim.with_kernel(|k: &mut Kernel| {
-        let r = get_user_pages(k, mm, 0, page, flags, &mut worker());
+        let r = get_user_pages(k, mm, page, flags, &mut worker());
         (r, k.counters.clone(), k.pages.protnone(page), k.pages.pte[page as usize].nid)
     })
 }

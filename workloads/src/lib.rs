@@ -7,17 +7,60 @@ use bevy_ecs::entity::Entity;
 use sim_core::config::{Access, Config, GupContext, MachineConfig, Slice, ThreadConfig};
 use sim_core::engine::{NSEC_PER_MSEC, NSEC_PER_USEC};
 use sim_core::machine::Nid;
+use sim_core::mm::PageIdx;
 use sim_core::mm::mmu_notifier::SmmuKind;
 use sim_core::mm::mprotect::Action;
 use sim_core::sched::Affinity;
 use sim_core::sim::{DeviceSpec, PAGES_PER_MIB, Sim, ThreadSpec};
 
-/// An address space as the config names it: its mm, VMA names and first thread.
+/// The pages of a VMA as the config names it; actions on part of it split it into several
+/// kernel VMAs, which stay adjacent, so the region is one run of global pages.
+#[derive(Clone, Debug)]
+struct Region {
+    name: String,
+    /// Global index of the first page, and the number of pages.
+    base: PageIdx,
+    pages: u64,
+}
+
+/// An address space as the config names it: its mm, regions and first thread.
 struct NamedMm {
     name: String,
     mm: Entity,
-    vmas: Vec<String>,
+    regions: Vec<Region>,
     first_thread: Option<Entity>,
+}
+
+/// Maps a VMA, split where actions need it, populated and made mergeable as configured.
+#[allow(clippy::too_many_arguments)]
+fn add_region(
+    sim: &mut Sim,
+    config: &Config,
+    mm: Entity,
+    process: &str,
+    name: &str,
+    mib: u64,
+    populate: Option<u32>,
+    mergeable: bool,
+    classes: u32,
+) -> Region {
+    let pages = mib * PAGES_PER_MIB;
+    let first = sim.add_vma(mm, name, pages);
+    let cuts = config.vma_cuts(process, name);
+    let mut pieces = vec![(first, 0)];
+    for (n, &cut) in cuts.iter().enumerate() {
+        let prev = pieces[n].1;
+        pieces.push((sim.split_vma(mm, first + n, cut - prev), cut));
+    }
+    for &(vma, offset) in &pieces {
+        if let Some(nid) = populate {
+            sim.populate(mm, vma, nid as Nid);
+        }
+        if mergeable {
+            sim.make_mergeable(mm, vma, classes, offset);
+        }
+    }
+    Region { name: name.to_string(), base: sim.vma_base(mm, first), pages }
 }
 
 /// Builds the simulation a validated config describes.
@@ -28,65 +71,67 @@ pub fn build(config: &Config) -> Sim {
     let mut named: Vec<NamedMm> = Vec::new();
     for p in &config.process {
         let mm = sim.add_process(&p.name);
-        for v in &p.vma {
-            let idx = sim.add_vma(mm, &v.name, v.size_mib * PAGES_PER_MIB);
-            if let Some(nid) = v.populate_node {
-                sim.populate(mm, idx, nid as Nid);
-            }
-            if v.mergeable {
-                sim.make_mergeable(mm, idx, v.content_classes);
-            }
-        }
+        let regions: Vec<Region> = p
+            .vma
+            .iter()
+            .map(|v| {
+                add_region(
+                    &mut sim,
+                    config,
+                    mm,
+                    &p.name,
+                    &v.name,
+                    v.size_mib,
+                    v.populate_node,
+                    v.mergeable,
+                    v.content_classes,
+                )
+            })
+            .collect();
         let mut first_thread = None;
         for t in &p.thread {
-            let vma = p.vma.iter().position(|v| v.name == t.vma).expect("validated");
-            let threads = add_threads(&mut sim, &mut placer, m, mm, &p.name, vma, p.vma[vma].size_mib, t, None);
+            let region = regions.iter().find(|r| r.name == t.vma).expect("validated");
+            let threads = add_threads(&mut sim, &mut placer, m, mm, &p.name, region, t, None);
             first_thread = first_thread.or(threads.first().copied());
         }
-        named.push(NamedMm {
-            name: p.name.clone(),
-            mm,
-            vmas: p.vma.iter().map(|v| v.name.clone()).collect(),
-            first_thread,
-        });
+        named.push(NamedMm { name: p.name.clone(), mm, regions, first_thread });
     }
     for vm in &config.vm {
         let mm = sim.add_process(&vm.name);
-        let ram = sim.add_vma(mm, "ram", vm.memory_mib * PAGES_PER_MIB);
-        if let Some(nid) = vm.populate_node {
-            sim.populate(mm, ram, nid as Nid);
-        }
-        if vm.mergeable {
-            sim.make_mergeable(mm, ram, vm.content_classes);
-        }
-        let ept = sim.add_secondary_mmu(&format!("{}/ept", vm.name), mm, ram, SmmuKind::Notifier);
-        let vcpus = add_threads(&mut sim, &mut placer, m, mm, &vm.name, ram, vm.memory_mib, &vm.vcpus, Some(ept));
-        named.push(NamedMm {
-            name: vm.name.clone(),
+        let ram = add_region(
+            &mut sim,
+            config,
             mm,
-            vmas: vec!["ram".into()],
-            first_thread: vcpus.first().copied(),
-        });
+            &vm.name,
+            "ram",
+            vm.memory_mib,
+            vm.populate_node,
+            vm.mergeable,
+            vm.content_classes,
+        );
+        let ept = sim.add_secondary_mmu(&format!("{}/ept", vm.name), mm, ram.base, ram.pages, SmmuKind::Notifier);
+        let vcpus = add_threads(&mut sim, &mut placer, m, mm, &vm.name, &ram, &vm.vcpus, Some(ept));
+        named.push(NamedMm { name: vm.name.clone(), mm, regions: vec![ram], first_thread: vcpus.first().copied() });
     }
     let find = |process: &str, vma: &str| {
         let n = named.iter().find(|n| n.name == process).expect("validated");
-        (n.mm, n.vmas.iter().position(|v| v == vma).expect("validated"), n.first_thread)
+        (n.mm, n.regions.iter().find(|r| r.name == vma).cloned().expect("validated"), n.first_thread)
     };
     for d in &config.device {
-        let (mm, vma, first_thread) = find(&d.process, &d.vma);
-        let pages = sim.vma_pages(mm, vma);
+        let (mm, region, first_thread) = find(&d.process, &d.vma);
         let spec = DeviceSpec {
             name: d.name.clone(),
             nid: d.node as Nid,
             mm,
-            vma,
+            base: region.base,
+            len: region.pages,
             mode: d.mode,
             write: d.access == Access::Write,
             owner: match d.gup_context {
                 GupContext::Owner => first_thread,
                 GupContext::Worker => None,
             },
-            pattern: pattern::build(d.pattern, pages, d.hot_fraction, d.hot_probability),
+            pattern: pattern::build(d.pattern, region.pages, d.hot_fraction, d.hot_probability),
             touch_lines: u64::from(d.touch_lines),
             think_ns: d.think_ns,
             quantum: d.quantum_us * NSEC_PER_USEC,
@@ -97,11 +142,12 @@ pub fn build(config: &Config) -> Sim {
         sim.add_device(spec);
     }
     for a in &config.action {
-        let (mm, vma, _) = find(&a.process, &a.vma);
+        let (mm, region, _) = find(&a.process, &a.vma);
+        let first = region.base + (a.offset_mib * PAGES_PER_MIB) as PageIdx;
         let action = Action {
             syscall: a.syscall,
             mm,
-            vma,
+            vma: sim.vma_of_page(mm, first).expect("the range starts inside its VMA"),
             protect: a.protect_ms * NSEC_PER_MSEC,
             period: a.period_ms * NSEC_PER_MSEC,
         };
@@ -110,7 +156,7 @@ pub fn build(config: &Config) -> Sim {
     sim
 }
 
-/// Adds the threads of block `t` working on VMA `vma` (of `vma_mib`) of `mm`.
+/// Adds the threads of block `t` working on `region` of `mm`.
 #[allow(clippy::too_many_arguments)]
 fn add_threads(
     sim: &mut Sim,
@@ -118,12 +164,11 @@ fn add_threads(
     m: &MachineConfig,
     mm: Entity,
     process: &str,
-    vma: usize,
-    vma_mib: u64,
+    region: &Region,
     t: &ThreadConfig,
     ept: Option<Entity>,
 ) -> Vec<Entity> {
-    let vma_pages = vma_mib * PAGES_PER_MIB;
+    let vma_pages = region.pages;
     let n = u64::from(t.threads(m));
     (0..n)
         .map(|i| {
@@ -139,8 +184,7 @@ fn add_threads(
                 name: format!("{process}/{}/{i}", t.name),
                 cpu,
                 affinity: Affinity(t.cpus.clone()),
-                vma,
-                first,
+                base: region.base + first as PageIdx,
                 len,
                 pattern: pattern::build(t.pattern, len, t.hot_fraction, t.hot_probability),
                 touch_lines: u64::from(t.touch_lines),

@@ -134,3 +134,21 @@ fn a_fault_taken_inside_gup_pulls_the_page_toward_the_caller() {
         assert_eq!(metric(&owner, "vmstat.numa_pages_migrated"), 0.0, "{seed}");
     }
 }
+
+#[test]
+fn mprotect_on_part_of_a_vma_splits_it_and_only_that_part_goes_stale() {
+    let set = ["kernel.gup_policy=explicit", "kernel.notifier=smart", "action.0.offset_mib=16", "action.0.len_mib=16"];
+    let c = scenario("mprotect-hazard", &set);
+    let mut sim = workloads::build(&c);
+    {
+        let mut q = sim.world.query::<&sim_core::mm::Mm>();
+        let mm = q.iter(&sim.world).next().unwrap();
+        let pieces: Vec<u64> = mm.vmas.iter().map(|v| v.pages).collect();
+        assert_eq!(pieces, vec![4096, 4096, 8192], "split_vma() at 16 MiB and 32 MiB");
+        assert!(mm.vmas.windows(2).all(|w| w[0].end() == w[1].start && w[0].base + w[0].pages as u32 == w[1].base));
+    }
+    let out = sim.run();
+    let max = metric(&out, "stale.mappings_max");
+    assert!(max > 0.0 && max <= 4096.0, "only the 16 MiB range can go stale: {max}");
+    assert!(metric(&out, "stale.accesses") > 0.0);
+}

@@ -60,24 +60,23 @@ fn follow_page_pte(k: &Kernel, page: PageIdx, vma_accessible: bool, flags: u32) 
     flags & FOLL_WRITE == 0 || pte & (PTE_PROTNONE | PG_KSM) == 0 || !vma_accessible
 }
 
-/// Models __get_user_pages() for one page of `vma` in `mm`: follow the PTE, else
+/// Models __get_user_pages() for one page of `mm`: find its VMA (check_vma_flags()),
+/// follow the PTE, else
 /// faultin_page() → handle_mm_fault() and retry. A hinting fault taken here is counted
 /// under `f.source` and targets `f`'s node. With FOLL_PIN the page is pinned on return.
 /// Returns the CPU time the faults cost.
 pub fn get_user_pages(
     k: &mut Kernel,
     mm: Entity,
-    vma: usize,
     page: PageIdx,
     flags: u32,
     f: &mut Faulter,
 ) -> Result<Nanos, GupError> {
     let flags = gup_effective_flags(k.sysctl.0.gup_policy, flags);
-    let (accessible, unmapped) = {
-        let v = &k.mms.get(mm).expect("GUP callers hold a live mm").vmas[vma];
-        (v.accessible, v.unmapped)
-    };
-    if unmapped || (!accessible && flags & FOLL_FORCE == 0) {
+    let m = k.mms.get(mm).expect("GUP callers hold a live mm");
+    let vma = m.vma_of_page(page).ok_or(GupError::Fault)?;
+    let accessible = m.vmas[vma].accessible;
+    if !accessible && flags & FOLL_FORCE == 0 {
         return Err(GupError::Fault);
     }
     let mut cost = 0;

@@ -31,18 +31,27 @@ pub fn free_page_node(k: &mut Kernel, nid: Nid) {
     k.pgdat(nid).free_pages += 1;
 }
 
-/// Models handle_mm_fault() for an anonymous private VMA: a missing page is allocated
-/// (do_anonymous_page()), a protnone PTE takes the hinting fault (do_numa_page()).
-/// Returns the CPU time the fault cost.
-pub fn handle_mm_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &mut Faulter) -> Nanos {
-    if !k.pages.present(page) {
+/// A user access the VMA does not allow (VM_FAULT_SIGSEGV): no VMA, or a PROT_NONE one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sigsegv;
+
+/// Models the user page fault path, lock_vma_under_rcu() + access_error() + handle_mm_fault()
+/// for an anonymous private VMA: a missing page is allocated (do_anonymous_page()), a
+/// protnone PTE in an accessible VMA takes the hinting fault (do_numa_page()). Returns the
+/// CPU time the fault cost.
+pub fn handle_mm_fault(k: &mut Kernel, mm: Entity, page: PageIdx, f: &mut Faulter) -> Result<Nanos, Sigsegv> {
+    let vma = k.mms.get(mm).expect("faulting tasks have a live mm").vma_of_page(page).ok_or(Sigsegv)?;
+    if !k.mm(mm).vmas[vma].accessible {
+        return Err(Sigsegv);
+    }
+    Ok(if !k.pages.present(page) {
         do_anonymous_page(k, mm, page, f.nid);
         k.sysctl.0.hint_fault_cost_ns
     } else if k.pages.protnone(page) {
         do_numa_page(k, mm, vma, page, f)
     } else {
         0
-    }
+    })
 }
 
 /// Models do_anonymous_page(): a fresh zeroed page on the faulting CPU's node (the default

@@ -30,21 +30,20 @@ pub enum SmmuKind {
     LongtermPin,
 }
 
-/// One secondary MMU over one VMA of a process.
+/// One secondary MMU over a range of a process's memory.
 #[derive(Component, Debug)]
 pub struct SecondaryMmu {
     pub name: String,
     pub mm: Entity,
-    pub vma: usize,
-    /// Global index of the first page covered, and the number of pages.
+    /// Global index of the first page covered; `entries` has one slot per page.
     pub base: PageIdx,
     pub entries: Vec<u32>,
     pub kind: SmmuKind,
 }
 
 impl SecondaryMmu {
-    pub fn new(name: &str, mm: Entity, vma: usize, base: PageIdx, len: u64, kind: SmmuKind) -> Self {
-        Self { name: name.to_string(), mm, vma, base, entries: vec![0; len as usize], kind }
+    pub fn new(name: &str, mm: Entity, base: PageIdx, len: u64, kind: SmmuKind) -> Self {
+        Self { name: name.to_string(), mm, base, entries: vec![0; len as usize], kind }
     }
 
     /// Index of `page` in the table, if covered.
@@ -88,7 +87,7 @@ impl SecondaryMmu {
     /// Valid entries that grant access the primary mapping no longer grants: the VMA is
     /// PROT_NONE or gone, or the page has moved to another frame. Long-term pins are by
     /// design and never count.
-    pub fn stale_entries(&self, vma_accessible: bool, pages: &Pages) -> u64 {
+    pub fn stale_entries(&self, granted: impl Fn(PageIdx) -> bool, pages: &Pages) -> u64 {
         if self.kind == SmmuKind::LongtermPin {
             return 0;
         }
@@ -98,7 +97,7 @@ impl SecondaryMmu {
                 continue;
             }
             let page = self.base + i as PageIdx;
-            if !vma_accessible || !self.points_at_current_frame(i, page, pages) {
+            if !granted(page) || !self.points_at_current_frame(i, page, pages) {
                 n += 1;
             }
         }
@@ -156,11 +155,11 @@ pub fn clear_young(smmus: &mut Query<&mut SecondaryMmu>, page: PageIdx) -> bool 
 /// Counts the stale entries of every secondary MMU and updates the gauge at `now`.
 pub fn recount_stale(
     smmus: &Query<&mut SecondaryMmu>,
-    vma_accessible: impl Fn(Entity, usize) -> bool,
+    granted: impl Fn(Entity, PageIdx) -> bool,
     pages: &Pages,
     counters: &mut Counters,
     now: Nanos,
 ) {
-    let total = smmus.iter().map(|s| s.stale_entries(vma_accessible(s.mm, s.vma), pages)).sum();
+    let total = smmus.iter().map(|s| s.stale_entries(|page| granted(s.mm, page), pages)).sum();
     counters.set_stale_mappings(now, total);
 }

@@ -244,13 +244,29 @@ impl Mm {
         self.vmas.len() - 1
     }
 
-    pub fn vma_index(&self, name: &str) -> Option<usize> {
-        self.vmas.iter().position(|v| v.name == name)
+    /// Models split_vma(): cut VMA `vi` at page offset `at` (0 < at < pages); the tail becomes a
+    /// new VMA right after it, adjacent in the address space, with the same name and flags.
+    /// Returns the new VMA's index.
+    pub fn split_vma(&mut self, vi: usize, at: u64) -> usize {
+        let v = &mut self.vmas[vi];
+        assert!(at > 0 && at < v.pages, "split inside the VMA");
+        let mut tail = v.clone();
+        tail.start = v.start + at;
+        tail.pages = v.pages - at;
+        tail.base = v.base + at as PageIdx;
+        v.pages = at;
+        self.vmas.insert(vi + 1, tail);
+        vi + 1
+    }
+
+    /// Whether page `page` lies in an accessible VMA of this mm (`vma_is_accessible()`).
+    pub fn page_accessible(&self, page: PageIdx) -> bool {
+        self.vma_of_page(page).is_some_and(|vi| self.vmas[vi].accessible)
     }
 
     /// The VMA holding global page `page`, if this mm maps it.
     pub fn vma_of_page(&self, page: PageIdx) -> Option<usize> {
-        self.vmas.iter().position(|v| page >= v.base && u64::from(page - v.base) < v.pages)
+        self.vmas.iter().position(|v| !v.unmapped && page >= v.base && u64::from(page - v.base) < v.pages)
     }
 }
 

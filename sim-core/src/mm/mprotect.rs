@@ -55,8 +55,8 @@ pub fn run_action(In(i): In<u32>, mut k: Kernel, actions: Res<Actions>) {
 pub fn update_stale_gauge(k: &mut Kernel) {
     let now = k.now();
     let Kernel { smmus, mms, pages, counters, .. } = k;
-    let accessible = |mm: Entity, vma: usize| mms.get(mm).map(|m| m.vmas[vma].accessible).unwrap_or(false);
-    recount_stale(smmus, accessible, pages, counters, now);
+    let granted = |mm: Entity, page: PageIdx| mms.get(mm).is_ok_and(|m| m.page_accessible(page));
+    recount_stale(smmus, granted, pages, counters, now);
 }
 
 /// Models mprotect() → change_protection() over a whole VMA: to PROT_NONE

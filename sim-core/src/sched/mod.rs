@@ -11,7 +11,8 @@ pub use numa::TaskNuma;
 use crate::engine::{Event, NSEC_PER_USEC, Nanos, RngStream};
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::NUMA_NO_NODE;
-use crate::mm::memory::handle_mm_fault;
+use crate::mm::PageIdx;
+use crate::mm::memory::{Sigsegv, handle_mm_fault};
 use crate::mm::numa_balancing::{task_numa_work, task_tick_numa};
 use crate::mm::{PTE_PROTNONE, PTE_YOUNG};
 use crate::stats::Source;
@@ -66,8 +67,8 @@ pub struct ThreadSpec {
     pub name: String,
     pub cpu: u32,
     pub affinity: Affinity,
-    pub vma: usize,
-    pub first: u64,
+    /// The pages the thread touches: global index of the first, and how many.
+    pub base: PageIdx,
     pub len: u64,
     pub pattern: Box<dyn AccessPattern>,
     pub touch_lines: u64,
@@ -87,9 +88,9 @@ pub struct Task {
     pub cpu: u32,
     pub affinity: Affinity,
     pub sum_exec_runtime: Nanos,
-    /// The VMA the thread works on, and its range there (page offset and length).
-    pub vma: usize,
-    pub first: u64,
+    /// The pages the thread touches (global index of the first, and how many); which VMA
+    /// they belong to is looked up when a touch faults, as the kernel does.
+    pub base: PageIdx,
     pub len: u64,
     pub access: AccessStream,
     /// For a vCPU thread: the VM's EPT, through which its touches go (kvm.rs).
@@ -110,8 +111,7 @@ impl Task {
             cpu: spec.cpu,
             affinity: spec.affinity,
             sum_exec_runtime: 0,
-            vma: spec.vma,
-            first: spec.first,
+            base: spec.base,
             len: spec.len,
             access: AccessStream::new(spec.pattern, rng),
             ept: spec.ept,
@@ -201,23 +201,22 @@ fn exit_task(k: &mut Kernel, numa: &mut TaskNuma, te: Entity, cpu: u32) {
 fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -> Nanos {
     let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
     let nid = k.topo.cpu_to_node(cpu);
-    let (base, accessible) = {
-        let mm = k.mms.get(task.mm).expect("tasks point at live mms");
-        let vma = &mm.vmas[task.vma];
-        (vma.base + task.first as u32, vma.accessible)
-    };
-    if !accessible {
-        // The range is PROT_NONE: the thread's accesses would SIGSEGV; it waits instead.
-        return quantum;
-    }
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
-        let page = base + task.access.next_offset();
+        let page = task.base + task.access.next_offset();
         let i = page as usize;
         let pte = k.pages.pte[i];
+        // A PROT_NONE VMA's pages are all protnone or missing: only faults need the VMA.
         let page_nid = if pte.nid == NUMA_NO_NODE || pte.flags & PTE_PROTNONE != 0 {
             let mut f = Faulter::user(k, task, numa, cpu, Source::Cpu, elapsed);
-            elapsed += handle_mm_fault(k, task.mm, task.vma, page, &mut f);
+            match handle_mm_fault(k, task.mm, page, &mut f) {
+                Ok(cost) => elapsed += cost,
+                // The program's SIGSEGV handler waits for the mapping to come back.
+                Err(Sigsegv) => {
+                    elapsed = quantum.max(elapsed);
+                    break;
+                }
+            }
             k.pages.pte[i].nid
         } else {
             // Only dirty the cache line when the accessed bit is not set yet.
