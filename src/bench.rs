@@ -17,6 +17,7 @@ pub fn run(gib_per_node: u64, seconds: u64) {
         name: "bench".into(),
         vma: vec![VmaConfig { name: "heap".into(), size_mib: vma_mib, populate_node: Some(0), ..Default::default() }],
         thread: vec![ThreadConfig {
+            name: "worker".into(),
             count_per_cpu: Some(1),
             vma: "heap".into(),
             slice: Slice::Private,

@@ -200,3 +200,14 @@ fn an_action_range_outside_its_vma_is_rejected() {
     let err = rejected(&["check", "mprotect-hazard", "--set", "action.0.offset_mib=64"]);
     assert!(err.contains("action[0].offset_mib"), "{err}");
 }
+
+#[test]
+fn set_reaches_nested_tables_inside_arrays() {
+    let out = common::ok(&["check", "kvm-guest", "--set", "vm.0.vcpus.count=3", "--set", "vm.0.vcpus.cpus=[4,5]"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("count = 3") && text.contains("cpus = [4, 5]"), "{text}");
+    let err = rejected(&["check", "kvm-guest", "--set", "device.0.access=write"]);
+    assert!(err.contains("no `device` entries"), "{err}");
+    let err = rejected(&["check", "numa02", "--set", "process.0.thread.3.node=1"]);
+    assert!(err.contains("index 3 is out of range"), "{err}");
+}

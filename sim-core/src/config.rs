@@ -226,7 +226,7 @@ pub struct ThreadConfig {
 impl Default for ThreadConfig {
     fn default() -> Self {
         Self {
-            name: "worker".into(),
+            name: String::new(),
             count: 1,
             count_per_node: None,
             count_per_cpu: None,
@@ -268,7 +268,7 @@ impl Default for VmConfig {
             populate_node: None,
             mergeable: false,
             content_classes: 0,
-            vcpus: ThreadConfig { name: "vcpu".into(), ..ThreadConfig::default() },
+            vcpus: ThreadConfig::default(),
         }
     }
 }
@@ -523,7 +523,7 @@ pub struct Source {
 /// `kernel.gup_policy=explicit` works unquoted.
 pub fn load(src: &Source, overrides: &[String]) -> Result<Config, ConfigError> {
     let config = parse_text(src)?;
-    let config = if overrides.is_empty() {
+    let mut config = if overrides.is_empty() {
         config
     } else {
         let mut table: toml::Table = toml::from_str(&src.text).map_err(|e| toml_error(src, &e, ""))?;
@@ -532,6 +532,7 @@ pub fn load(src: &Source, overrides: &[String]) -> Result<Config, ConfigError> {
         }
         from_table(table)?
     };
+    name_threads(&mut config);
     validate(&config).map_err(|(path, message)| ConfigError {
         origin: src.origin.clone(),
         line: locate(&src.text, &path),
@@ -539,6 +540,20 @@ pub fn load(src: &Source, overrides: &[String]) -> Result<Config, ConfigError> {
         message,
     })?;
     Ok(config)
+}
+
+/// Thread blocks without a name are `worker`s, a VM's are `vcpu`s.
+fn name_threads(config: &mut Config) {
+    for t in config.process.iter_mut().flat_map(|p| p.thread.iter_mut()) {
+        if t.name.is_empty() {
+            t.name = "worker".into();
+        }
+    }
+    for vm in &mut config.vm {
+        if vm.vcpus.name.is_empty() {
+            vm.vcpus.name = "vcpu".into();
+        }
+    }
 }
 
 /// The resolved config as TOML: every default filled in. Loading it gives the same config.
@@ -616,45 +631,43 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Confi
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
-    let parts: Vec<&str> = key.split('.').collect();
-    let (last, parents) = parts.split_last().expect("split yields at least one part");
-    let mut cur = table;
-    for (i, part) in parents.iter().enumerate() {
-        let next_is_index = parts[i + 1].parse::<usize>().is_ok();
-        let entry = cur.entry(part.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
-        cur = match entry {
-            toml::Value::Table(t) => t,
-            toml::Value::Array(a) if next_is_index => {
-                return set_in_array(a, &parts[i + 1..], value).map_err(|m| err(key, m));
-            }
-            _ => return Err(err(key, format!("`{part}` is not a table"))),
-        };
-    }
-    cur.insert(last.to_string(), value);
-    Ok(())
+    let path: Vec<&str> = key.split('.').collect();
+    let mut root = toml::Value::Table(std::mem::take(table));
+    let result = set_path(&mut root, &path, value).map_err(|m| err(key, m));
+    let toml::Value::Table(t) = root else { unreachable!("the root stays a table") };
+    *table = t;
+    result
 }
 
-fn set_in_array(array: &mut [toml::Value], rest: &[&str], value: toml::Value) -> Result<(), String> {
-    let idx: usize = rest[0].parse().map_err(|_| format!("`{}` is not an index", rest[0]))?;
-    let len = array.len();
-    let slot =
-        array.get_mut(idx).ok_or_else(|| format!("index {idx} is out of range (the array has {len} entries)"))?;
-    match (slot, &rest[1..]) {
-        (slot, []) => {
-            *slot = value;
-            Ok(())
+/// Sets `path` (table keys and array indices) below `cur` to `value`, creating tables on the
+/// way; array entries must exist already.
+fn set_path(cur: &mut toml::Value, path: &[&str], value: toml::Value) -> Result<(), String> {
+    let (head, rest) = path.split_first().expect("a key has at least one part");
+    let slot = match cur {
+        toml::Value::Table(t) => {
+            if rest.is_empty() {
+                t.insert(head.to_string(), value);
+                return Ok(());
+            }
+            if !t.contains_key(*head) && rest[0].parse::<usize>().is_ok() {
+                return Err(format!("there are no `{head}` entries to index"));
+            }
+            t.entry(head.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()))
         }
-        (toml::Value::Table(t), [key]) => {
-            t.insert(key.to_string(), value);
-            Ok(())
+        toml::Value::Array(a) => {
+            let idx: usize = head.parse().map_err(|_| format!("`{head}` is not an array index"))?;
+            let len = a.len();
+            let slot =
+                a.get_mut(idx).ok_or_else(|| format!("index {idx} is out of range (the array has {len} entries)"))?;
+            if rest.is_empty() {
+                *slot = value;
+                return Ok(());
+            }
+            slot
         }
-        (toml::Value::Table(t), [key, more @ ..]) => match t.get_mut(*key) {
-            Some(toml::Value::Array(a)) => set_in_array(a, more, value),
-            Some(toml::Value::Table(_)) | None => Err(format!("nested tables below `{key}` cannot be set")),
-            Some(_) => Err(format!("`{key}` is not an array")),
-        },
-        _ => Err("not a table".into()),
-    }
+        _ => return Err(format!("`{head}` is below a value that is not a table or an array")),
+    };
+    set_path(slot, rest, value)
 }
 
 /// The line on which dotted `path` (as validation names it, `a.b[2].c`) is written.
