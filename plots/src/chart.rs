@@ -181,9 +181,10 @@ fn draw_panel<DB: DrawingBackend>(
             mesh.draw()?;
             for (i, s) in series.iter().enumerate() {
                 let color = PALETTE[i % PALETTE.len()];
-                // Earlier lines are drawn wider, so a line hidden under a later equal one
-                // still shows as its outline.
-                let style = color.stroke_width(2 + 2 * (series.len() - 1 - i) as u32);
+                // With few lines, earlier ones are drawn wider, so a line hidden under a later
+                // equal one still shows as its outline.
+                let widen = if series.len() <= 4 { 2 * (series.len() - 1 - i) as u32 } else { 0 };
+                let style = color.stroke_width(2 + widen);
                 let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(|p| p.1.is_finite()).collect();
                 chart
                     .draw_series(LineSeries::new(pts.clone(), style))?
@@ -193,7 +194,7 @@ fn draw_panel<DB: DrawingBackend>(
                     chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
                 }
             }
-            if !series.is_empty() {
+            if !series.is_empty() && series.len() <= 8 {
                 chart
                     .configure_series_labels()
                     .label_font(label_style)

@@ -93,7 +93,50 @@ fn save(out: &Path, name: &str, title: &str, panels: Vec<Panel>, columns: usize)
 pub fn render_run(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let summary = read_summary(&dir.join("summary.json"))?;
     let label = format!("seed {}", get(&summary, "seed").unwrap_or(0.0));
-    render_comparison(dir, &[(label, vec![dir.to_path_buf()])])
+    let mut files = render_comparison(dir, &[(label, vec![dir.to_path_buf()])])?;
+    files.extend(render_placement(dir)?);
+    Ok(files)
+}
+
+/// Most threads drawn in the placement figure; more would not be readable.
+const MAX_PLACEMENT_LINES: usize = 16;
+
+/// The node each thread ran on over time (`task.*.nid` columns): how task placement moved
+/// threads while balancing converged. Lines are offset a little so threads on one node
+/// stay apart.
+fn render_placement(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let table = Table::read(&dir.join("timeseries.csv"))?;
+    let t: Vec<f64> = table.column("time_ms").unwrap_or_default().into_iter().map(|t| t / 1000.0).collect();
+    let threads: Vec<&String> = table.header.iter().filter(|h| h.starts_with("task.") && h.ends_with(".nid")).collect();
+    let n = threads.len().min(MAX_PLACEMENT_LINES);
+    let series: Vec<Series> = threads
+        .iter()
+        .take(n)
+        .enumerate()
+        .map(|(i, h)| {
+            let nid = table.column(h).unwrap_or_default();
+            let offset = (i as f64 - n as f64 / 2.0) * 0.3 / n.max(1) as f64;
+            Series {
+                label: h.trim_start_matches("task.").trim_end_matches(".nid").to_string(),
+                points: t.iter().zip(nid).map(|(&t, nid)| (t, nid + offset)).collect(),
+            }
+        })
+        .collect();
+    if series.is_empty() {
+        return Ok(Vec::new());
+    }
+    let title = if threads.len() > n {
+        format!("Node of each thread (first {n} of {})", threads.len())
+    } else {
+        "Node of each thread".to_string()
+    };
+    let panel = Panel {
+        title,
+        x_label: "simulated time (s)".into(),
+        y_label: "NUMA node".into(),
+        plot: Plot::Lines { series, categories: None },
+    };
+    save(dir, "placement", "Task placement", vec![panel], 1)
 }
 
 /// Comparison figures in `out`: one line (or bar) per group, time series averaged over the
