@@ -93,3 +93,55 @@ fn threads_move_to_the_node_holding_their_memory() {
     let out = sim.run();
     assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 1.0);
 }
+
+const CROSSED: &str = r#"
+[run]
+duration_ms = 10000
+
+[machine]
+cpus_per_node = 1
+
+[[process]]
+name = "a"
+
+[[process.vma]]
+name = "data"
+size_mib = 64
+populate_node = 1
+
+[[process.thread]]
+count = 2
+node = 0
+vma = "data"
+
+[[process]]
+name = "b"
+
+[[process.vma]]
+name = "data"
+size_mib = 64
+populate_node = 0
+
+[[process.thread]]
+count = 2
+node = 1
+vma = "data"
+"#;
+
+#[test]
+fn threads_whose_memory_sits_on_each_others_node_swap() {
+    // One CPU per node, both busy, and no free memory to migrate pages into: the only way to
+    // local memory is task_numa_migrate() swapping a thread of `a` with one of `b`.
+    let mut sim = workloads::build(&config(CROSSED, &[]));
+    sim.with_kernel(|k| {
+        k.pgdat(0).free_pages = 0;
+        k.pgdat(1).free_pages = 0;
+    });
+    let out = sim.run();
+    assert!(metric(&out, "vmstat.numa_task_swapped") >= 2.0, "swaps move two threads each");
+    assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 0.0, "no idle CPU to move to");
+    assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
+    assert!(tail_locality(&out, "cpu") > 0.99, "{}", tail_locality(&out, "cpu"));
+    assert_eq!(column(&out, "task.a/worker/0.nid").last(), Some(&1.0));
+    assert_eq!(column(&out, "task.b/worker/0.nid").last(), Some(&0.0));
+}
