@@ -108,7 +108,15 @@ fn plan(file: &Path) -> Result<Plan, Failure> {
         file.parent().unwrap_or(Path::new(".")).join(&sweep.base).to_string_lossy().into_owned()
     };
     let fixed: Vec<String> = sweep.set.iter().map(|(k, v)| format!("{k}={}", render_value(v).0)).collect();
-    catalogue::resolve(&base_arg, &fixed).map_err(|e| input(file, line_of("base"), "base", e.to_string()))?;
+    catalogue::resolve(&base_arg, &fixed).map_err(|e| {
+        let dotted = dotted_key(&e.key);
+        match sweep.set.keys().find(|k| **k == dotted) {
+            Some(key) => {
+                input(file, sim_core::config::locate_key(&text, &["set", key]), &format!("set.\"{key}\""), e.message)
+            }
+            None => input(file, line_of("base"), "base", e.to_string()),
+        }
+    })?;
 
     let mut axes: Vec<(String, Vec<toml::Value>)> = Vec::new();
     for (key, values) in &sweep.sweep {
@@ -153,10 +161,14 @@ fn plan(file: &Path) -> Result<Plan, Failure> {
     Ok(Plan { name, axes: axes.into_iter().map(|(k, _)| k).collect(), runs })
 }
 
-/// The axis an override error is about: its key, written `a.b[0].c` by serde, names the
-/// axis `a.b.0.c`.
+/// An error's key as `--set` spells it: serde writes `a.b[0].c` for `a.b.0.c`.
+fn dotted_key(key: &str) -> String {
+    key.replace('[', ".").replace(']', "")
+}
+
+/// The axis an override error is about.
 fn axis_of<'a>(axes: &'a [(String, Vec<toml::Value>)], key: &str) -> Option<&'a str> {
-    let dotted = key.replace('[', ".").replace(']', "");
+    let dotted = dotted_key(key);
     axes.iter().map(|(k, _)| k.as_str()).find(|k| *k == dotted)
 }
 

@@ -98,6 +98,7 @@ fn bad_sweep_files_are_rejected_before_any_run() {
         ("type", SWEEP.replace("[1, 2]", "[1, \"two\"]"), "run.seed"),
         ("top", format!("bse = 1\n{SWEEP}"), "bse"),
         ("value", SWEEP.replace("\"smart\"]", "\"clever\"]"), "clever"),
+        ("set", SWEEP.replace("\"run.duration_ms\" = 1500", "\"run.duration_ms\" = -1"), "set.\"run.duration_ms\""),
     ] {
         let file = dir.join(format!("{name}.toml"));
         std::fs::write(&file, &text).unwrap();
