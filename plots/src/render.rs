@@ -95,7 +95,37 @@ pub fn render_run(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let label = format!("seed {}", get(&summary, "seed").unwrap_or(0.0));
     let mut files = render_comparison(dir, &[(label, vec![dir.to_path_buf()])])?;
     files.extend(render_placement(dir)?);
+    files.extend(render_memory(dir)?);
     Ok(files)
+}
+
+/// Memory in use on each node over time (`node.*.used_pages`): where migration moves pages.
+fn render_memory(dir: &Path) -> Result<Vec<PathBuf>, Error> {
+    let table = Table::read(&dir.join("timeseries.csv"))?;
+    let t: Vec<f64> = table.column("time_ms").unwrap_or_default().into_iter().map(|t| t / 1000.0).collect();
+    let series: Vec<Series> = table
+        .header
+        .iter()
+        .filter(|h| h.starts_with("node.") && h.ends_with(".used_pages"))
+        .map(|h| Series {
+            label: h.trim_end_matches(".used_pages").replace('.', " "),
+            points: t
+                .iter()
+                .zip(table.column(h).unwrap_or_default())
+                .map(|(&t, p)| (t, p * 4096.0 / (1 << 20) as f64))
+                .collect(),
+        })
+        .collect();
+    if series.is_empty() {
+        return Ok(Vec::new());
+    }
+    let panel = Panel {
+        title: "Memory in use on each node".into(),
+        x_label: "simulated time (s)".into(),
+        y_label: "MiB".into(),
+        plot: Plot::Lines { series, categories: None },
+    };
+    save(dir, "memory", "Memory placement", vec![panel], 1)
 }
 
 /// Most threads drawn in the placement figure; more would not be readable.

@@ -5,6 +5,7 @@ use bevy_ecs::prelude::*;
 use super::Counters;
 use super::summary::{Span, Value, metrics};
 use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos};
+use crate::machine::PgData;
 use crate::sched::Task;
 
 /// Closed intervals so far and what the next one is measured against.
@@ -70,15 +71,21 @@ fn delta(now: &Counters, then: &Counters) -> Counters {
 /// next sample.
 pub fn sample(world: &mut World) {
     let now = world.resource::<EventQueue>().now();
-    let mut nids = Vec::new();
+    // Gauges: pages in use on each node, then the node each tracked thread runs on.
+    let mut gauges = Vec::new();
     {
         let rec = world.resource::<Recorder>();
         let topo = world.resource::<crate::machine::Topology>();
+        for e in &topo.node_entities {
+            let pgdat = world.get::<PgData>(*e).expect("every node has a PgData");
+            gauges.push(Value::Count(pgdat.present_pages - pgdat.free_pages));
+        }
         for (_, e) in &rec.tracked {
             let cpu = world.get::<Task>(*e).map_or(0, |t| t.cpu);
-            nids.push(Value::Count(u64::from(topo.cpu_to_node(cpu))));
+            gauges.push(Value::Count(u64::from(topo.cpu_to_node(cpu))));
         }
     }
+    let nr_nodes = world.resource::<crate::machine::Topology>().nr_nodes;
     world.resource_scope(|world, mut rec: Mut<Recorder>| {
         let counters = world.resource_mut::<Counters>().accrue_stale(now).clone();
         let d = delta(&counters, &rec.last);
@@ -86,11 +93,12 @@ pub fn sample(world: &mut World) {
         let flat = groups.flatten();
         if rec.header.is_empty() {
             rec.header = flat.iter().map(|(k, _)| k.clone()).collect();
-            let names: Vec<String> = rec.tracked.iter().map(|(n, _)| format!("task.{n}.nid")).collect();
-            rec.header.extend(names);
+            let nodes: Vec<String> = (0..nr_nodes).map(|n| format!("node.{n}.used_pages")).collect();
+            let tasks: Vec<String> = rec.tracked.iter().map(|(n, _)| format!("task.{n}.nid")).collect();
+            rec.header.extend(nodes.into_iter().chain(tasks));
         }
         let mut row: Vec<Value> = flat.into_iter().map(|(_, v)| v).collect();
-        row.extend(nids);
+        row.extend(gauges);
         rec.rows.push((now, row));
         rec.last = counters;
         rec.last_time = now;
