@@ -485,7 +485,8 @@ fn numa_migrate_preferred(p: &mut TaskNuma, f: &Faulter) {
     }
 }
 
-/// Threads on a node's CPUs and the first idle CPU there that `allowed` permits.
+/// Threads on a node's CPUs and the first idle CPU there that `allowed` permits
+/// (update_numa_stats(); load is the number of runnable threads).
 fn node_stats(k: &mut Kernel, nid: Nid, allowed: &Affinity) -> (usize, Option<u32>) {
     let mut running = 0;
     let mut idle = None;
@@ -506,77 +507,199 @@ fn adjust_numa_imbalance(imbalance: usize, dst_running: usize, imb_numa_nr: usiz
     if dst_running <= imb_numa_nr && imbalance <= NUMA_IMBALANCE_MIN { 0 } else { imbalance }
 }
 
-/// Models task_numa_migrate() + task_numa_find_cpu() + task_numa_compare() for the
-/// preferred node: move to an idle CPU there if that does not unbalance the nodes, else swap
-/// with the running thread whose exchange improves the weights most (≥ SMALLIMP).
-/// Simplified: only the preferred node is searched; load is the number of runnable threads;
-/// `imb_numa_nr` is a quarter of a node's CPUs (one LLC per node).
-pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity) {
-    let Ok((task, p)) = tasks.get(te) else { return };
-    let Some(dst_nid) = p.numa_preferred_nid else {
+/// The best place found so far (struct task_numa_env's best_*).
+#[derive(Clone, Copy, Debug)]
+struct Best {
+    imp: i64,
+    /// The thread to swap with, or `None` to move to an idle CPU.
+    task: Option<Entity>,
+    cpu: u32,
+}
+
+/// struct task_numa_env, reduced to what the simulation needs.
+struct NumaEnv {
+    src_cpu: u32,
+    src_nid: Nid,
+    p_mm: Entity,
+    p_group: Option<NumaGroup>,
+    affinity: Affinity,
+    best: Option<Best>,
+}
+
+impl NumaEnv {
+    fn best_imp(&self) -> i64 {
+        self.best.map_or(0, |b| b.imp)
+    }
+}
+
+/// Models task_numa_compare(): would `p` be better off on `cpu` of `dst_nid`, moving there
+/// or swapping with the thread running there?
+#[allow(clippy::too_many_arguments)]
+fn task_numa_compare(
+    k: &mut Kernel,
+    tasks: &Query<(&mut Task, &mut TaskNuma)>,
+    env: &mut NumaEnv,
+    dst_nid: Nid,
+    cpu: u32,
+    taskimp: i64,
+    groupimp: i64,
+    maymove: bool,
+    dst_has_spare: bool,
+) {
+    let (src, dst) = (env.src_nid as usize, dst_nid as usize);
+    let moveimp = if env.p_group.is_some() { groupimp } else { taskimp };
+    let Some(cur_e) = k.cpu(cpu).runqueue.front().copied() else {
+        if maymove && moveimp >= env.best_imp() {
+            env.best = Some(Best { imp: moveimp, task: None, cpu });
+        }
         return;
     };
-    let src_cpu = task.cpu;
-    let src_nid = k.topo.cpu_to_node(src_cpu);
-    if src_nid == dst_nid {
+    let Ok((cur_task, cur)) = tasks.get(cur_e) else { return };
+    if !cur_task.affinity.allows(env.src_cpu) {
         return;
     }
-    let p_group = if p.in_group { k.mms.get(p.mm).ok().and_then(|m| m.numa_group.clone()) } else { None };
-    let (src, dst) = (src_nid as usize, dst_nid as usize);
-    let taskimp = p.task_weight(dst) - p.task_weight(src);
-    let groupimp = group_weight(p_group.as_ref(), dst) - group_weight(p_group.as_ref(), src);
-    let p_mm = p.mm;
-    let task_allowed = task.affinity.clone();
-
-    let (src_running, _) = node_stats(k, src_nid, &task_allowed);
-    let (dst_running, idle_cpu) = node_stats(k, dst_nid, &task_allowed);
-    let node_cpus = k.topo.cpus_per_node as usize;
-    if dst_running < node_cpus {
-        let imbalance = (dst_running + 1).saturating_sub(src_running.saturating_sub(1));
-        let imb_numa_nr = (node_cpus / 4).max(1);
-        if let (0, Some(cpu)) = (adjust_numa_imbalance(imbalance, dst_running + 1, imb_numa_nr), idle_cpu) {
-            migrate_task_to(k, tasks, te, cpu);
-            k.counters.vmstat.numa_task_migrated += 1;
+    let best_prefers_src = |env: &NumaEnv| {
+        env.best
+            .and_then(|b| b.task)
+            .and_then(|t| tasks.get(t).ok())
+            .is_some_and(|(_, b)| b.numa_preferred_nid == Some(env.src_nid))
+    };
+    if best_prefers_src(env) && cur.numa_preferred_nid != Some(env.src_nid) {
+        return;
+    }
+    let cur_group = if cur.in_group { k.mms.get(cur.mm).ok().and_then(|m| m.numa_group.clone()) } else { None };
+    let same_group = match (&cur_group, &env.p_group) {
+        (None, None) => true,
+        (Some(_), Some(_)) => cur.mm == env.p_mm,
+        _ => false,
+    };
+    let mut imp = moveimp;
+    if same_group {
+        // No swap within a group, or between group-less tasks, while there is spare capacity.
+        if dst_has_spare {
             return;
         }
+        imp = taskimp + cur.task_weight(src) - cur.task_weight(dst);
+        if cur_group.is_some() {
+            imp -= imp / 16;
+        }
+    } else if let (Some(cg), Some(_)) = (&cur_group, &env.p_group) {
+        imp += group_weight(Some(cg), src) - group_weight(Some(cg), dst);
+    } else {
+        imp += cur.task_weight(src) - cur.task_weight(dst);
     }
+    // Discourage taking a thread off its preferred node; encourage sending one to it.
+    if cur.numa_preferred_nid == Some(dst_nid) {
+        imp -= imp / 16;
+    }
+    if cur.numa_preferred_nid == Some(env.src_nid) {
+        imp += imp / 8;
+    }
+    if maymove && moveimp > imp && moveimp > env.best_imp() {
+        env.best = Some(Best { imp: moveimp, task: None, cpu });
+        return;
+    }
+    if env.best.is_some_and(|b| b.task.is_some())
+        && cur.numa_preferred_nid == Some(env.src_nid)
+        && !best_prefers_src(env)
+    {
+        env.best = Some(Best { imp, task: Some(cur_e), cpu });
+        return;
+    }
+    if imp < SMALLIMP || imp <= env.best_imp() + SMALLIMP / 2 {
+        return;
+    }
+    env.best = Some(Best { imp, task: Some(cur_e), cpu });
+}
 
-    let mut best: Option<(i64, Entity, u32)> = None;
-    for cpu in k.topo.node_cpus(dst_nid) {
-        if !task_allowed.allows(cpu) {
-            continue;
-        }
-        let Some(&cur) = k.cpu(cpu).runqueue.front() else {
-            continue;
-        };
-        let Ok((cur_task, cur_numa)) = tasks.get(cur) else {
-            continue;
-        };
-        if !cur_task.affinity.allows(src_cpu) {
-            continue;
-        }
-        let same_group = cur_numa.mm == p_mm && cur_numa.in_group && p_group.is_some();
-        let imp = if same_group || (!cur_numa.in_group && p_group.is_none()) {
-            let imp = taskimp + cur_numa.task_weight(src) - cur_numa.task_weight(dst);
-            if same_group { imp - imp / 16 } else { imp }
-        } else {
-            let cur_group =
-                if cur_numa.in_group { k.mms.get(cur_numa.mm).ok().and_then(|m| m.numa_group.clone()) } else { None };
-            let base = if p_group.is_some() { groupimp } else { taskimp };
-            match (&cur_group, &p_group) {
-                (Some(cg), Some(_)) => base + group_weight(Some(cg), src) - group_weight(Some(cg), dst),
-                _ => base + cur_numa.task_weight(src) - cur_numa.task_weight(dst),
+/// Models task_numa_find_cpu(): an idle CPU on `dst_nid` if the move keeps the nodes
+/// balanced, else the best thread there to swap with.
+fn task_numa_find_cpu(
+    k: &mut Kernel,
+    tasks: &Query<(&mut Task, &mut TaskNuma)>,
+    env: &mut NumaEnv,
+    dst_nid: Nid,
+    taskimp: i64,
+    groupimp: i64,
+) {
+    let (src_running, _) = node_stats(k, env.src_nid, &env.affinity);
+    let (dst_running, idle_cpu) = node_stats(k, dst_nid, &env.affinity);
+    let node_cpus = k.topo.cpus_per_node as usize;
+    let dst_has_spare = dst_running < node_cpus;
+    let mut maymove = false;
+    if dst_has_spare {
+        let imbalance = (dst_running + 1).saturating_sub(src_running.saturating_sub(1));
+        let imb_numa_nr = (node_cpus / 4).max(1);
+        if adjust_numa_imbalance(imbalance, dst_running + 1, imb_numa_nr) == 0 {
+            maymove = true;
+            if let Some(cpu) = idle_cpu {
+                env.best = Some(Best { imp: 0, task: None, cpu });
+                return;
             }
-        };
-        let best_imp = best.map_or(0, |b| b.0);
-        if imp >= SMALLIMP && imp > best_imp + SMALLIMP / 2 {
-            best = Some((imp, cur, cpu));
         }
     }
-    if let Some((_, other, cpu)) = best {
-        migrate_task_to(k, tasks, other, src_cpu);
-        migrate_task_to(k, tasks, te, cpu);
-        k.counters.vmstat.numa_task_swapped += 2;
+    for cpu in k.topo.node_cpus(dst_nid) {
+        if env.affinity.allows(cpu) {
+            task_numa_compare(k, tasks, env, dst_nid, cpu, taskimp, groupimp, maymove, dst_has_spare);
+        }
+    }
+}
+
+/// Models task_numa_migrate(): look for a better CPU on the preferred node, and on the
+/// other nodes when there is none or the task's group spans several; then move there or
+/// swap. Simplified: nodes are directly connected (no score_nearby_nodes()), load is the
+/// number of runnable threads, `imb_numa_nr` is a quarter of a node's CPUs, and a full
+/// destination never takes a plain move (load_too_imbalanced()).
+pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity) {
+    let Ok((task, p)) = tasks.get(te) else { return };
+    let Some(preferred) = p.numa_preferred_nid else { return };
+    let src_nid = k.topo.cpu_to_node(task.cpu);
+    let p_group = if p.in_group { k.mms.get(p.mm).ok().and_then(|m| m.numa_group.clone()) } else { None };
+    let mut env =
+        NumaEnv { src_cpu: task.cpu, src_nid, p_mm: p.mm, p_group, affinity: task.affinity.clone(), best: None };
+    let weights =
+        |p: &TaskNuma, g: Option<&NumaGroup>, nid: Nid| (p.task_weight(nid as usize), group_weight(g, nid as usize));
+    let (taskweight, groupweight) = weights(p, env.p_group.as_ref(), src_nid);
+    let p = p.clone();
+    let imps = |env: &NumaEnv, nid: Nid| {
+        let (t, g) = weights(&p, env.p_group.as_ref(), nid);
+        (t - taskweight, g - groupweight)
+    };
+    if preferred != src_nid {
+        let (taskimp, groupimp) = imps(&env, preferred);
+        task_numa_find_cpu(k, tasks, &mut env, preferred, taskimp, groupimp);
+    }
+    let spans = env.p_group.as_ref().is_some_and(|g| g.active_nodes > 1);
+    if env.best.is_none() || spans {
+        for nid in 0..k.topo.nr_nodes as Nid {
+            if nid == src_nid || nid == preferred {
+                continue;
+            }
+            let (taskimp, groupimp) = imps(&env, nid);
+            if taskimp < 0 && groupimp < 0 {
+                continue;
+            }
+            task_numa_find_cpu(k, tasks, &mut env, nid, taskimp, groupimp);
+        }
+    }
+    // A task of a group spanning nodes settles where it goes (sched_setnuma()).
+    if env.p_group.is_some() {
+        let nid = env.best.map_or(src_nid, |b| k.topo.cpu_to_node(b.cpu));
+        if let Ok((_, mut p)) = tasks.get_mut(te) {
+            p.numa_preferred_nid = Some(nid);
+        }
+    }
+    let Some(best) = env.best else { return };
+    match best.task {
+        None => {
+            migrate_task_to(k, tasks, te, best.cpu);
+            k.counters.vmstat.numa_task_migrated += 1;
+        }
+        Some(other) => {
+            migrate_task_to(k, tasks, other, env.src_cpu);
+            migrate_task_to(k, tasks, te, best.cpu);
+            k.counters.vmstat.numa_task_swapped += 2;
+        }
     }
 }
 
