@@ -10,11 +10,10 @@ use bevy_ecs::prelude::*;
 use crate::config::DeviceMode;
 use crate::engine::{Event, Nanos};
 use crate::kernel::{Faulter, Kernel};
-use crate::kvm::touch_secondary;
 use crate::machine::Nid;
 use crate::mm::PageIdx;
 use crate::mm::gup::{FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, GupError, get_user_pages};
-use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE};
+use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary};
 use crate::sched::{AccessStream, Task, TaskNuma};
 use crate::stats::Source;
 

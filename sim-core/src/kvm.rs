@@ -12,7 +12,7 @@ use crate::engine::{NSEC_PER_USEC, Nanos};
 use crate::kernel::{Faulter, Kernel};
 use crate::mm::PageIdx;
 use crate::mm::gup::{FOLL_GET, FOLL_HONOR_NUMA_FAULT, GupError, get_user_page_fast_only, get_user_pages};
-use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_YOUNG, SecondaryMmu};
+use crate::mm::mmu_notifier::{SPTE_VALID, touch_secondary};
 use crate::sched::{Task, TaskNuma};
 use crate::stats::Source;
 
@@ -30,21 +30,18 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
         let page = task.base + task.access.next_offset();
-        let mut entry = ept_entry(k, ept, page);
-        if entry & SPTE_VALID == 0 {
+        if ept_entry(k, ept, page) & SPTE_VALID == 0 {
             let mut f = Faulter::user(k, task, numa, cpu, Source::Kvm, elapsed);
             elapsed += ept_cost;
             match kvm_faultin_pfn(k, ept, task.mm, page, &mut f) {
                 Ok(cost) => elapsed += cost,
                 Err(GupError::Fault) => return quantum.max(elapsed),
             }
-            entry = ept_entry(k, ept, page);
         }
         let frame_nid = touch_secondary(k, ept, page);
         elapsed += task.touch_lines * k.topo.latency(nid, frame_nid) + task.think_ns;
         touches += 1;
         local += u64::from(frame_nid == nid);
-        debug_assert!(entry & SPTE_VALID != 0);
     }
     k.counters.touch(Source::Kvm, touches, local);
     elapsed
@@ -52,20 +49,6 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
 
 fn ept_entry(k: &Kernel, ept: Entity, page: PageIdx) -> u32 {
     k.smmus.get(ept).expect("the VM's EPT exists").entry(page)
-}
-
-/// An access through a valid secondary-MMU entry: sets its accessed bit, counts it as
-/// stale if the primary mapping no longer grants it, and returns the frame's node.
-pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> crate::machine::Nid {
-    let Kernel { smmus, pages, counters, mms, .. } = k;
-    let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
-    let i = s.slot(page).expect("touches stay in the mapped range");
-    s.entries[i] |= SPTE_YOUNG;
-    let granted = mms.get(s.mm).is_ok_and(|m| m.page_accessible(page));
-    if !granted || !s.points_at_current_frame(i, page, pages) {
-        counters.stale.accesses += 1;
-    }
-    SecondaryMmu::entry_nid(s.entries[i])
 }
 
 /// Models kvm_faultin_pfn() → hva_to_pfn(): GUP-fast first, then slow GUP with

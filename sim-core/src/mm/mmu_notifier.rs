@@ -10,6 +10,7 @@ use bevy_ecs::prelude::*;
 use super::{PageIdx, Pages};
 use crate::config::NotifierMode;
 use crate::engine::Nanos;
+use crate::kernel::Kernel;
 use crate::machine::Nid;
 use crate::stats::Counters;
 
@@ -162,4 +163,18 @@ pub fn recount_stale(
 ) {
     let total = smmus.iter().map(|s| s.stale_entries(|page| granted(s.mm, page), pages)).sum();
     counters.set_stale_mappings(now, total);
+}
+
+/// An access through a valid secondary-MMU entry: sets its accessed bit, counts it as
+/// stale if the primary mapping no longer grants it, and returns the frame's node.
+pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> Nid {
+    let Kernel { smmus, pages, counters, mms, .. } = k;
+    let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
+    let i = s.slot(page).expect("touches stay in the mapped range");
+    s.entries[i] |= SPTE_YOUNG;
+    let granted = mms.get(s.mm).is_ok_and(|m| m.page_accessible(page));
+    if !granted || !s.points_at_current_frame(i, page, pages) {
+        counters.stale.accesses += 1;
+    }
+    SecondaryMmu::entry_nid(s.entries[i])
 }
