@@ -83,8 +83,8 @@ fn driver_fault(
 }
 
 /// Pin mode: pin_user_pages(FOLL_LONGTERM) over the whole buffer and map it.
-fn pin_buffer(k: &mut Kernel, d: &Device, tasks: &mut Query<(&Task, &mut TaskNuma)>, base: PageIdx) {
-    for page in base..base + d.len as PageIdx {
+fn pin_buffer(k: &mut Kernel, d: &Device, tasks: &mut Query<(&Task, &mut TaskNuma)>) {
+    for page in d.base..d.base + d.len as PageIdx {
         // A failed pin (PROT_NONE or unmapped buffer) leaves the page unmapped; DMA to it
         // then faults like a notifier device would.
         let _ = driver_fault(k, d, tasks, page);
@@ -115,7 +115,6 @@ pub fn device_tick(
 ) {
     let mut d = devices.get_mut(e).expect("ticking devices exist");
     let now = k.now();
-    let base = d.base;
     if d.stop.is_some_and(|stop| now >= stop) {
         if d.pinned {
             unpin_buffer(&mut k, &d);
@@ -124,13 +123,13 @@ pub fn device_tick(
         return;
     }
     if d.mode == DeviceMode::Pin && !d.pinned {
-        pin_buffer(&mut k, &d, &mut tasks, base);
+        pin_buffer(&mut k, &d, &mut tasks);
         d.pinned = true;
     }
     let need = SPTE_VALID | if d.write { SPTE_WRITABLE } else { 0 };
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < d.quantum {
-        let page = base + d.access.next_offset();
+        let page = d.base + d.access.next_offset();
         let entry = k.smmus.get(d.smmu).expect("devices own a secondary MMU").entry(page);
         if entry & need != need {
             elapsed += d.fault_cost.max(1);
