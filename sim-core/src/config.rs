@@ -418,11 +418,14 @@ pub struct KsmConfig {
     pub run: bool,
     pub pages_to_scan: u32,
     pub sleep_millisecs: u64,
+    /// Merge identical pages on different nodes into one (the kernel's default), or only
+    /// within a node.
+    pub merge_across_nodes: bool,
 }
 
 impl Default for KsmConfig {
     fn default() -> Self {
-        Self { run: false, pages_to_scan: 100, sleep_millisecs: 20 }
+        Self { run: false, pages_to_scan: 100, sleep_millisecs: 20, merge_across_nodes: true }
     }
 }
 

@@ -80,7 +80,8 @@ impl Sim {
         world.insert_resource(Recorder::new(config.run.sample_ms * NSEC_PER_MSEC));
         world.insert_resource(Kvm(config.kvm.clone()));
         world.insert_resource(Actions::default());
-        world.insert_resource(Ksmd::new(config.ksm.pages_to_scan, config.ksm.sleep_millisecs));
+        let ksm = &config.ksm;
+        world.insert_resource(Ksmd::new(ksm.pages_to_scan, ksm.sleep_millisecs, ksm.merge_across_nodes));
         world.insert_resource(Aging { interval: config.aging.interval_ms * NSEC_PER_MSEC });
         let mut queue = world.resource_mut::<EventQueue>();
         if config.ksm.run {

@@ -152,3 +152,18 @@ fn mprotect_on_part_of_a_vma_splits_it_and_only_that_part_goes_stale() {
     assert!(max > 0.0 && max <= 4096.0, "only the 16 MiB range can go stale: {max}");
     assert!(metric(&out, "stale.accesses") > 0.0);
 }
+
+#[test]
+fn ksm_merging_within_nodes_keeps_memory_local() {
+    // merge_across_nodes=1 (the default) maps readers on node 1 to stable pages on node 0;
+    // per-node trees only merge pages that sit on the same node.
+    let across = run(&scenario("ksm-protnone", &["ksm.merge_across_nodes=true"])).1;
+    let per_node = run(&scenario("ksm-protnone", &["ksm.merge_across_nodes=false"])).1;
+    assert!(metric(&per_node, "ksm.pages_merged") > 0.0);
+    assert!(
+        metric(&per_node, "locality.cpu") > metric(&across, "locality.cpu") + 0.2,
+        "{} vs {}",
+        metric(&per_node, "locality.cpu"),
+        metric(&across, "locality.cpu")
+    );
+}

@@ -26,13 +26,23 @@ pub struct Ksmd {
     pub vmas: Vec<(Entity, usize)>,
     /// Position: index into `vmas` and the page offset within that VMA.
     cursor: (usize, u64),
-    stable: HashMap<u16, PageIdx>,
-    unstable: HashMap<u16, PageIdx>,
+    /// /sys/kernel/mm/ksm/merge_across_nodes: one tree for all nodes, or one per node.
+    pub merge_across_nodes: bool,
+    stable: HashMap<TreeKey, PageIdx>,
+    unstable: HashMap<TreeKey, PageIdx>,
 }
 
+/// A tree slot: page content and, without merge_across_nodes, the node whose tree it is in.
+type TreeKey = (u16, Nid);
+
 impl Ksmd {
-    pub fn new(pages_to_scan: u32, sleep_millisecs: u64) -> Self {
-        Self { pages_to_scan, sleep_millisecs, ..Default::default() }
+    pub fn new(pages_to_scan: u32, sleep_millisecs: u64, merge_across_nodes: bool) -> Self {
+        Self { pages_to_scan, sleep_millisecs, merge_across_nodes, ..Default::default() }
+    }
+
+    /// The tree a page of `content` on node `nid` goes to (get_kpfn_nid()).
+    fn key(&self, content: u16, nid: Nid) -> TreeKey {
+        (content, if self.merge_across_nodes { 0 } else { nid })
     }
 }
 
@@ -82,31 +92,37 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: b
     if content == 0 || k.pages.pte[i].flags & PG_KSM != 0 || k.pages.pins[i] > 0 {
         return;
     }
+    let nid = k.pages.pte[i].nid;
+    let key = ksmd.key(content, nid);
+    let across = ksmd.merge_across_nodes;
     let is_twin = |k: &Kernel, other: PageIdx| {
         let o = other as usize;
-        other != page && k.pages.present(other) && k.pages.content[o] == content
+        other != page
+            && k.pages.present(other)
+            && k.pages.content[o] == content
+            && (across || k.pages.pte[o].nid == nid)
     };
-    if let Some(&stable) = ksmd.stable.get(&content)
+    if let Some(&stable) = ksmd.stable.get(&key)
         && is_twin(k, stable)
         && k.pages.pte[stable as usize].flags & PG_KSM != 0
     {
         merge_into(k, mm, page, stable);
         return;
     }
-    match ksmd.unstable.get(&content) {
+    match ksmd.unstable.get(&key) {
         Some(&other)
             if is_twin(k, other)
                 && k.pages.pte[other as usize].flags & PG_KSM == 0
                 && k.pages.pins[other as usize] == 0 =>
         {
-            ksmd.unstable.remove(&content);
+            ksmd.unstable.remove(&key);
             // The tree page becomes the stable KSM page; this one shares it.
             k.pages.pte[other as usize].flags = (k.pages.pte[other as usize].flags & !PTE_PROTNONE) | PG_KSM;
-            ksmd.stable.insert(content, other);
+            ksmd.stable.insert(key, other);
             merge_into(k, mm, page, other);
         }
         _ => {
-            ksmd.unstable.insert(content, page);
+            ksmd.unstable.insert(key, page);
         }
     }
 }
