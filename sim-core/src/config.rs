@@ -626,7 +626,7 @@ pub fn closest<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
     let err =
         |key: &str, message: String| ConfigError { origin: "--set".into(), line: None, key: key.to_string(), message };
-    let Some((key, raw)) = assignment.split_once('=') else {
+    let Some((key, raw)) = assignment.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
         return Err(err(assignment, "expected key=value".into()));
     };
     let key = key.trim();
