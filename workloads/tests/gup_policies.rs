@@ -167,3 +167,26 @@ fn ksm_merging_within_nodes_keeps_memory_local() {
         metric(&across, "locality.cpu")
     );
 }
+
+#[test]
+fn munmap_frees_the_buffer_and_leaves_no_stale_mappings_even_with_a_smart_notifier() {
+    let set = [
+        "kernel.gup_policy=explicit",
+        "kernel.notifier=smart",
+        "action.0.syscall=munmap",
+        "action.0.start_ms=3000",
+        "action.0.period_ms=0",
+    ];
+    let (_, out) = run(&scenario("mprotect-hazard", &set));
+    assert_eq!(metric(&out, "stale.mappings_max"), 0.0);
+    assert_eq!(metric(&out, "stale.accesses"), 0.0);
+    // After the unmap nothing touches the buffer any more: the device's faults fail and
+    // the producers take SIGSEGV.
+    let device = column(&out, "touches.device");
+    let cpu = column(&out, "touches.cpu");
+    assert!(device[..29].iter().all(|&t| t > 0.0) && device[31..].iter().all(|&t| t == 0.0));
+    assert!(cpu[31..].iter().all(|&t| t == 0.0));
+    for node in ["node.0.used_pages", "node.1.used_pages"] {
+        assert_eq!(column(&out, node).last(), Some(&0.0), "{node}: all frames freed");
+    }
+}
