@@ -33,12 +33,17 @@ fn splitmix64(mut x: u64) -> u64 {
 }
 
 impl RngStream {
-    /// A uniform value in `0..n` (`n > 0`), by Lemire's multiply-shift: one draw, no loop.
-    /// The bias is below 2^-32 for the sizes simulated, and the result is stable across
-    /// platforms, which is what determinism needs.
+    /// A uniform value in `0..n` (`n > 0`), by Lemire's multiply-shift: one draw, no loop,
+    /// stable across platforms, which is what determinism needs. Ranges that fit 32 bits
+    /// (every page range up to 16 TiB) take a 32-bit draw, half the ChaCha output of a
+    /// 64-bit one; a value's probability is then off by at most n / 2^32 of itself.
     #[inline]
     pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.0.next_u64()) * u128::from(n)) >> 64) as u64
+        if n <= u64::from(u32::MAX) {
+            (u64::from(self.0.next_u32()) * n) >> 32
+        } else {
+            ((u128::from(self.0.next_u64()) * u128::from(n)) >> 64) as u64
+        }
     }
 
     /// True with probability `p` (0..=1), from 53 random bits.
