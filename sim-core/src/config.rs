@@ -722,7 +722,8 @@ fn check(ok: bool, key: impl Into<String>, message: impl Into<String>) -> Result
 /// Range and cross-reference checks serde cannot express.
 pub fn validate(c: &Config) -> Result<(), Invalid> {
     let m = &c.machine;
-    check((1..=64).contains(&m.nodes), "machine.nodes", format!("must be 1 to 64, got {}", m.nodes))?;
+    let max = crate::machine::MAX_NODES as u32;
+    check((1..=max).contains(&m.nodes), "machine.nodes", format!("must be 1 to {max}, got {}", m.nodes))?;
     check(
         (1..=1024).contains(&m.cpus_per_node),
         "machine.cpus_per_node",

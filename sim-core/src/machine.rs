@@ -11,6 +11,9 @@ pub const LOCAL_DISTANCE: u32 = 10;
 /// The default distance between two different nodes (REMOTE_DISTANCE).
 pub const REMOTE_DISTANCE: u32 = 20;
 
+/// Most nodes a machine may have (`machine.nodes`).
+pub const MAX_NODES: usize = 64;
+
 /// Node id, as the kernel's `nid`.
 pub type Nid = u8;
 /// Marks a page that has no frame yet (never touched).
