@@ -117,7 +117,17 @@ fn check_prints_the_resolved_config_and_scenarios_lists_the_catalogue() {
     assert!(text.contains("numa_balancing_scan_period_min_ms = 1000"), "defaults are filled in: {text}");
     let out = numasim(&["scenarios"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for name in ["default", "numa01", "numa01-threadlocal", "numa02"] {
+    for name in [
+        "default",
+        "numa01",
+        "numa01-threadlocal",
+        "numa02",
+        "kvm-guest",
+        "device-gup",
+        "mprotect-hazard",
+        "ksm-protnone",
+        "pinned-device",
+    ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing from {text}");
     }
 }

@@ -304,3 +304,60 @@ pub fn viridis(t: f64) -> RGBColor {
     let mix = |x: f64, y: f64| (x + (y - x) * f).round() as u8;
     RGBColor(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_figure_is_written_as_png_and_svg_with_its_text() {
+        let dir = std::env::temp_dir().join(format!("numasim-plots-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fig = Figure {
+            title: "Locality check".into(),
+            panels: vec![
+                Panel {
+                    title: "lines".into(),
+                    x_label: "time (s)".into(),
+                    y_label: "share".into(),
+                    plot: Plot::Lines {
+                        series: vec![Series { label: "explicit".into(), points: vec![(0.0, 0.5), (1.0, 0.9)] }],
+                        categories: None,
+                    },
+                },
+                Panel {
+                    title: "bars".into(),
+                    x_label: String::new(),
+                    y_label: String::new(),
+                    plot: Plot::Bars { labels: vec!["a".into(), "b".into()], values: vec![1.0, 3.0] },
+                },
+                Panel {
+                    title: "heat".into(),
+                    x_label: "x".into(),
+                    y_label: "y".into(),
+                    plot: Plot::Heatmap {
+                        rows: vec!["r".into()],
+                        cols: vec!["c1".into(), "c2".into()],
+                        values: vec![vec![0.0, 2.0]],
+                    },
+                },
+            ],
+            columns: 2,
+        };
+        let files = fig.save(&dir.join("check")).unwrap();
+        assert_eq!(files.len(), 2);
+        let png = std::fs::read(&files[0]).unwrap();
+        assert_eq!(&png[1..4], b"PNG");
+        let svg = std::fs::read_to_string(&files[1]).unwrap();
+        assert!(svg.contains("Locality check") && svg.contains("explicit"));
+    }
+
+    #[test]
+    fn short_labels_and_the_colour_map() {
+        assert_eq!(short(1_500_000.0), "1.5M");
+        assert_eq!(short(35_000.0), "35k");
+        assert_eq!(short(0.85), "0.85");
+        assert_eq!(viridis(0.0), RGBColor(68, 1, 84));
+        assert_eq!(viridis(1.0), RGBColor(253, 231, 37));
+    }
+}
