@@ -221,3 +221,11 @@ fn set_reaches_nested_tables_inside_arrays() {
     let err = rejected(&["check", "numa02", "--set", "process.0.thread.3.node=1"]);
     assert!(err.contains("index 3 is out of range"), "{err}");
 }
+
+#[test]
+fn numa_balancing_takes_the_sysctl_values() {
+    let out = common::ok(&["check", "numa02", "--set", "kernel.numa_balancing=0"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("numa_balancing = false"));
+    let err = rejected(&["check", "numa02", "--set", "kernel.numa_balancing=2"]);
+    assert!(err.contains("memory tiering") && err.contains("not modelled"), "{err}");
+}

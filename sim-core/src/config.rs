@@ -109,7 +109,9 @@ impl NotifierMode {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KernelConfig {
-    /// /proc/sys/kernel/numa_balancing (normal mode when true).
+    /// /proc/sys/kernel/numa_balancing: `true`/1 normal mode, `false`/0 off (2, memory
+    /// tiering, is not modelled).
+    #[serde(deserialize_with = "numa_balancing_mode")]
     pub numa_balancing: bool,
     pub numa_balancing_scan_delay_ms: u64,
     pub numa_balancing_scan_period_min_ms: u64,
@@ -125,6 +127,27 @@ pub struct KernelConfig {
     pub migrate_cost_ns: u64,
     /// CPU time change_prot_numa() spends per PTE it walks.
     pub pte_scan_cost_ns: u64,
+}
+
+/// Reads `numa_balancing` as the sysctl is written (0, 1) or as a boolean.
+fn numa_balancing_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Bool(bool),
+        Int(i64),
+    }
+    match Mode::deserialize(d)? {
+        Mode::Bool(b) => Ok(b),
+        Mode::Int(0) => Ok(false),
+        Mode::Int(1) => Ok(true),
+        Mode::Int(2) => {
+            Err(serde::de::Error::custom("numa_balancing = 2 (memory tiering) is not modelled; use 0 or 1"))
+        }
+        Mode::Int(n) => {
+            Err(serde::de::Error::custom(format!("numa_balancing must be 0 or 1 (or false/true), got {n}")))
+        }
+    }
 }
 
 impl Default for KernelConfig {
