@@ -12,6 +12,7 @@ use bevy_ecs::prelude::*;
 use super::gup::{Followed, follow_page};
 use super::memory::{alloc_page_node, free_page_node};
 use super::mmu_notifier::invalidate_range;
+use super::mprotect::update_stale_gauge;
 use super::{PG_KSM, PTE_PROTNONE, PTE_YOUNG, PageIdx};
 use crate::engine::{Event, NSEC_PER_MSEC};
 use crate::kernel::Kernel;
@@ -68,6 +69,11 @@ pub fn ksmd_wake(mut k: Kernel, mut ksmd: ResMut<Ksmd>) {
                 ksmd.unstable.clear();
                 (0, 0)
             };
+        }
+        // Merging replaces PTEs and notifies: that may drop stale entries of a PROT_NONE
+        // mergeable range (follow_page() follows into inaccessible VMAs).
+        if k.counters.stale_mappings > 0 {
+            update_stale_gauge(&mut k);
         }
     }
     let sleep = ksmd.sleep_millisecs * NSEC_PER_MSEC;
