@@ -7,8 +7,8 @@ use sim_core::mm::gup::{
     FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, Followed, GupError, follow_page,
     get_user_page_fast_only, get_user_pages,
 };
-use sim_core::mm::mmu_notifier::{SPTE_VALID, SecondaryMmu, SmmuKind};
-use sim_core::mm::mprotect::{do_munmap, mprotect_vma, update_stale_gauge};
+use sim_core::mm::mmu_notifier::{SPTE_VALID, SecondaryMmu, SmmuKind, update_stale_gauge};
+use sim_core::mm::mprotect::{do_munmap, mprotect_vma};
 use sim_core::mm::numa_balancing::change_prot_numa;
 use sim_core::mm::{Mm, PTE_PROTNONE, PageIdx};
 use sim_core::sim::Sim;

@@ -11,8 +11,7 @@ use bevy_ecs::prelude::*;
 
 use super::gup::{Followed, follow_page};
 use super::memory::{alloc_page_node, free_page_node};
-use super::mmu_notifier::invalidate_range;
-use super::mprotect::update_stale_gauge;
+use super::mmu_notifier::{invalidate_range, update_stale_gauge};
 use super::{PG_KSM, PTE_PROTNONE, PTE_YOUNG, PageIdx};
 use crate::engine::{Event, NSEC_PER_MSEC};
 use crate::kernel::Kernel;

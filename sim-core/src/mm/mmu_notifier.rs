@@ -153,6 +153,14 @@ pub fn clear_young(smmus: &mut Query<&mut SecondaryMmu>, page: PageIdx) -> bool 
     young
 }
 
+/// Recounts stale secondary-MMU entries into the `stale.mappings` gauge.
+pub fn update_stale_gauge(k: &mut Kernel) {
+    let now = k.now();
+    let Kernel { smmus, mms, pages, counters, .. } = k;
+    let granted = |mm: Entity, page: PageIdx| mms.get(mm).is_ok_and(|m| m.page_accessible(page));
+    recount_stale(smmus, granted, pages, counters, now);
+}
+
 /// Counts the stale entries of every secondary MMU and updates the gauge at `now`.
 pub fn recount_stale(
     smmus: &Query<&mut SecondaryMmu>,

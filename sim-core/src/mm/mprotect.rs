@@ -5,7 +5,7 @@
 use bevy_ecs::prelude::*;
 
 use super::memory::free_page_node;
-use super::mmu_notifier::{invalidate_range, recount_stale};
+use super::mmu_notifier::{invalidate_range, update_stale_gauge};
 use super::{PTE_PROTNONE, PageIdx};
 use crate::config::Syscall;
 use crate::engine::{Event, Nanos};
@@ -49,14 +49,6 @@ pub fn run_action(In(i): In<u32>, mut k: Kernel, actions: Res<Actions>) {
         }
     }
     update_stale_gauge(&mut k);
-}
-
-/// Recounts stale secondary-MMU entries into the `stale.mappings` gauge.
-pub fn update_stale_gauge(k: &mut Kernel) {
-    let now = k.now();
-    let Kernel { smmus, mms, pages, counters, .. } = k;
-    let granted = |mm: Entity, page: PageIdx| mms.get(mm).is_ok_and(|m| m.page_accessible(page));
-    recount_stale(smmus, granted, pages, counters, now);
 }
 
 /// Models mprotect() → change_protection() over a whole VMA: to PROT_NONE
