@@ -190,6 +190,9 @@ fn plot(dir: &std::path::Path) -> Result<(), Failure> {
         )));
     }
     .map_err(Failure::Io)?;
+    if files.is_empty() {
+        eprintln!("{}: nothing to plot (no metric varies across the runs)", dir.display());
+    }
     for f in files {
         println!("{}", f.display());
     }

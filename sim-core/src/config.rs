@@ -19,9 +19,13 @@ pub struct Config {
     pub run: RunConfig,
     pub machine: MachineConfig,
     pub kernel: KernelConfig,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub process: Vec<ProcessConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub vm: Vec<VmConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub device: Vec<DeviceConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
     pub action: Vec<ActionConfig>,
     pub kvm: KvmConfig,
     pub ksm: KsmConfig,
