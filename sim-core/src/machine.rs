@@ -24,8 +24,6 @@ pub const NUMA_NO_NODE: Nid = u8::MAX;
 pub struct Topology {
     pub nr_nodes: u32,
     pub cpus_per_node: u32,
-    /// `distance[a * nr_nodes + b]`, SLIT units.
-    distance: Vec<u32>,
     /// Cost of one cache-line access from a CPU on node a to memory on node b.
     latency_ns: Vec<u64>,
     /// Per node, all nodes ordered by distance (the node's zonelist, node id breaking ties).
@@ -60,7 +58,6 @@ impl Topology {
         Self {
             nr_nodes: m.nodes,
             cpus_per_node: m.cpus_per_node,
-            distance,
             latency_ns,
             zonelist,
             node_entities: Vec::new(),
@@ -76,12 +73,6 @@ impl Topology {
     #[inline]
     pub fn cpu_to_node(&self, cpu: u32) -> Nid {
         (cpu / self.cpus_per_node) as Nid
-    }
-
-    /// `node_distance()`.
-    #[inline]
-    pub fn distance(&self, a: Nid, b: Nid) -> u32 {
-        self.distance[a as usize * self.nr_nodes as usize + b as usize]
     }
 
     /// Latency of one cache line read from node `from` to memory on node `to`.

@@ -93,10 +93,6 @@ impl Sim {
         Self { world, config: config.clone(), next_pid: 1000 }
     }
 
-    pub fn config(&self) -> &Config {
-        &self.config
-    }
-
     /// The random stream of actor `name`.
     pub fn rng(&self, name: &str) -> RngStream {
         stream(self.config.run.seed, name)
