@@ -235,7 +235,8 @@ impl Sim {
         };
         let sysctl = self.world.resource::<Sysctl>().clone();
         let mut numa = TaskNuma::new(pid, mm, &sysctl);
-        numa.node_stamp = self.with_kernel(|k| initial_node_stamp(k, &numa, 0, thread_index));
+        let rss = self.world.get::<Mm>(mm).expect("live mm").rss;
+        numa.node_stamp = self.with_kernel(|k| initial_node_stamp(k, &numa, rss, thread_index));
         let name = spec.name.clone();
         let start = spec.start;
         let task = Task::new(pid, mm, spec, rng);

@@ -34,10 +34,9 @@ pub fn task_tick_numa(k: &mut Kernel, p: &mut TaskNuma, runtime: Nanos, now: Nan
         return false;
     }
     if p.node_stamp == 0 {
-        let sysctl = k.sysctl.clone();
-        let mm = k.mm(p.mm);
+        let mm = k.mms.get(p.mm).expect("tasks point at live mms");
         let ng = if p.in_group { mm.numa_group.as_ref() } else { None };
-        p.numa_scan_period = task_scan_start(&sysctl, mm.rss, ng);
+        p.numa_scan_period = task_scan_start(&k.sysctl, mm.rss, ng);
     }
     p.node_stamp += period;
     now >= k.mm(p.mm).numa_next_scan

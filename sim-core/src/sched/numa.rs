@@ -271,14 +271,14 @@ fn numa_get_avg_runtime(p: &mut TaskNuma, now: Nanos, runtime: Nanos) -> (u64, u
 /// half, fold in the faults since, pick the preferred node, update the scan period.
 /// Simplified: preferred_group_nid() as for directly connected nodes.
 pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime: Nanos) {
-    let sysctl = k.sysctl.clone();
-    let mut mm = k.mm(p.mm);
+    let Kernel { sysctl, mms, .. } = k;
+    let mut mm = mms.get_mut(p.mm).expect("tasks point at live mms");
     let seq = mm.numa_scan_seq;
     if p.numa_scan_seq == seq {
         return;
     }
     p.numa_scan_seq = seq;
-    p.numa_scan_period_max = task_scan_max(&sysctl, mm.rss, group_of(p, &mm));
+    p.numa_scan_period_max = task_scan_max(sysctl, mm.rss, group_of(p, &mm));
 
     let total_faults = (p.numa_faults_locality[0] + p.numa_faults_locality[1]) as i64;
     let (runtime, period) = numa_get_avg_runtime(p, now, runtime);
@@ -325,7 +325,7 @@ pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime
     if max_faults > 0 {
         p.numa_preferred_nid = max_nid;
     }
-    update_task_scan_period(p, &mut mm, &sysctl, now, fault_types[0].max(0) as u64, fault_types[1].max(0) as u64);
+    update_task_scan_period(p, &mut mm, sysctl, now, fault_types[0].max(0) as u64, fault_types[1].max(0) as u64);
 }
 
 /// Models task_numa_group() with per-process groups (see [`NumaGroup`]). Returns whether
