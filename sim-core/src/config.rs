@@ -245,6 +245,8 @@ pub struct ThreadConfig {
     pub touch_lines: u32,
     /// CPU work between touches.
     pub think_ns: u64,
+    /// Share of touches that write (a write to a KSM page breaks its sharing).
+    pub write_fraction: f64,
     pub start_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_ms: Option<u64>,
@@ -266,6 +268,7 @@ impl Default for ThreadConfig {
             hot_probability: 0.9,
             touch_lines: 16,
             think_ns: 0,
+            write_fraction: 0.0,
             start_ms: 0,
             stop_ms: None,
         }
@@ -913,6 +916,7 @@ fn validate_thread(t: &ThreadConfig, m: &MachineConfig, at: &dyn Fn(&str) -> Str
     check(t.hot_fraction > 0.0 && t.hot_fraction <= 1.0, at("hot_fraction"), "must be in (0, 1]")?;
     check((0.0..=1.0).contains(&t.hot_probability), at("hot_probability"), "must be in [0, 1]")?;
     check(t.touch_lines >= 1, at("touch_lines"), "must be at least 1")?;
+    check((0.0..=1.0).contains(&t.write_fraction), at("write_fraction"), "must be in [0, 1]")?;
     if let Some(stop) = t.stop_ms {
         check(stop > t.start_ms, at("stop_ms"), "must be after start_ms")?;
     }

@@ -189,6 +189,7 @@ fn add_threads(
                 pattern: pattern::build(t.pattern, len, t.hot_fraction, t.hot_probability),
                 touch_lines: u64::from(t.touch_lines),
                 think_ns: t.think_ns,
+                write_fraction: t.write_fraction,
                 start: t.start_ms * NSEC_PER_MSEC,
                 stop: t.stop_ms.map(|s| s * NSEC_PER_MSEC),
                 ept,

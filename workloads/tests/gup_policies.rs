@@ -190,3 +190,13 @@ fn munmap_frees_the_buffer_and_leaves_no_stale_mappings_even_with_a_smart_notifi
         assert_eq!(column(&out, node).last(), Some(&0.0), "{node}: all frames freed");
     }
 }
+
+#[test]
+fn writes_break_ksm_sharing() {
+    let read = run(&scenario("ksm-protnone", &[])).1;
+    let write = run(&scenario("ksm-protnone", &["process.0.thread.0.write_fraction=0.2"])).1;
+    assert_eq!(metric(&read, "vmstat.cow_ksm"), 0.0);
+    assert!(metric(&write, "vmstat.cow_ksm") > 0.0);
+    // The copies are made on the writers' node, so the readers/writers on node 1 gain.
+    assert!(metric(&write, "locality.cpu") > metric(&read, "locality.cpu"));
+}

@@ -148,7 +148,8 @@ fn merge_into(k: &mut Kernel, mm: Entity, page: PageIdx, stable: PageIdx) {
     k.counters.ksm.pages_merged += 1;
 }
 
-/// A write to a KSM page breaks COW: the page gets a private copy on `nid` (do_wp_page()).
+/// Models do_wp_page() on a KSM page: a write breaks COW and the page gets a private copy
+/// on `nid` (counted as the kernel's `cow_ksm` event). Its content is then its own.
 pub fn break_ksm_cow(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     let i = page as usize;
     let mode = k.sysctl.0.notifier;
@@ -159,5 +160,5 @@ pub fn break_ksm_cow(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     k.pages.pte[i].flags &= !PG_KSM;
     k.pages.mapcount[i] = 1;
     k.pages.content[i] = 0;
-    k.counters.ksm.pages_merged = k.counters.ksm.pages_merged.saturating_sub(1);
+    k.counters.vmstat.cow_ksm += 1;
 }

@@ -2,8 +2,9 @@
 
 use bevy_ecs::entity::Entity;
 
+use super::ksm::break_ksm_cow;
 use super::migrate::migrate_misplaced_folio;
-use super::{PTE_PROTNONE, PTE_YOUNG, PageIdx};
+use super::{PG_KSM, PTE_PROTNONE, PTE_YOUNG, PageIdx};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid};
@@ -37,21 +38,32 @@ pub struct Sigsegv;
 
 /// Models the user page fault path, lock_vma_under_rcu() + access_error() + handle_mm_fault()
 /// for an anonymous private VMA: a missing page is allocated (do_anonymous_page()), a
-/// protnone PTE in an accessible VMA takes the hinting fault (do_numa_page()). Returns the
-/// CPU time the fault cost.
-pub fn handle_mm_fault(k: &mut Kernel, mm: Entity, page: PageIdx, f: &mut Faulter) -> Result<Nanos, Sigsegv> {
+/// protnone PTE in an accessible VMA takes the hinting fault (do_numa_page()), and a write
+/// to a KSM page breaks COW (do_wp_page()). Returns the CPU time the fault cost.
+pub fn handle_mm_fault(
+    k: &mut Kernel,
+    mm: Entity,
+    page: PageIdx,
+    write: bool,
+    f: &mut Faulter,
+) -> Result<Nanos, Sigsegv> {
     let vma = k.mms.get(mm).expect("faulting tasks have a live mm").vma_of_page(page).ok_or(Sigsegv)?;
     if !k.mm(mm).vmas[vma].accessible {
         return Err(Sigsegv);
     }
-    Ok(if !k.pages.present(page) {
+    let mut cost = if !k.pages.present(page) {
         do_anonymous_page(k, mm, page, f.nid);
         k.sysctl.0.hint_fault_cost_ns
     } else if k.pages.protnone(page) {
         do_numa_page(k, mm, vma, page, f)
     } else {
         0
-    })
+    };
+    if write && k.pages.pte[page as usize].flags & PG_KSM != 0 {
+        break_ksm_cow(k, mm, page, f.nid);
+        cost += k.sysctl.0.hint_fault_cost_ns;
+    }
+    Ok(cost)
 }
 
 /// Models do_anonymous_page(): a fresh zeroed page on the faulting CPU's node (the default

@@ -14,7 +14,7 @@ use crate::machine::{MAX_NODES, NUMA_NO_NODE, Nid};
 use crate::mm::PageIdx;
 use crate::mm::memory::{Sigsegv, handle_mm_fault};
 use crate::mm::numa_balancing::{task_numa_work, task_tick_numa};
-use crate::mm::{PTE_PROTNONE, PTE_YOUNG};
+use crate::mm::{PG_KSM, PTE_PROTNONE, PTE_YOUNG};
 use crate::stats::Source;
 
 /// Where a thread's next touches go: page offsets within the thread's range.
@@ -49,6 +49,12 @@ impl AccessStream {
         Self { pattern, rng, batch: vec![0; BATCH], next: BATCH }
     }
 
+    /// True with probability `p`, from the same stream.
+    #[inline]
+    pub fn chance(&mut self, p: f64) -> bool {
+        self.rng.chance(p)
+    }
+
     /// The next page offset.
     #[inline]
     pub fn next_offset(&mut self) -> u32 {
@@ -73,6 +79,8 @@ pub struct ThreadSpec {
     pub pattern: Box<dyn AccessPattern>,
     pub touch_lines: u64,
     pub think_ns: Nanos,
+    /// Share of touches that write (a write to a KSM page breaks its sharing).
+    pub write_fraction: f64,
     pub start: Nanos,
     pub stop: Option<Nanos>,
     /// For a vCPU: the VM's EPT.
@@ -98,6 +106,8 @@ pub struct Task {
     /// Cache lines per touch and CPU work per touch.
     pub touch_lines: u64,
     pub think_ns: Nanos,
+    /// Share of touches that write.
+    pub write_fraction: f64,
     pub start: Nanos,
     pub stop: Option<Nanos>,
 }
@@ -117,6 +127,7 @@ impl Task {
             ept: spec.ept,
             touch_lines: spec.touch_lines,
             think_ns: spec.think_ns,
+            write_fraction: spec.write_fraction,
             start: spec.start,
             stop: spec.stop,
         }
@@ -211,10 +222,12 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
         let page = task.base + task.access.next_offset();
         let i = page as usize;
         let pte = k.pages.pte[i];
+        let write = task.write_fraction > 0.0 && task.access.chance(task.write_fraction);
         // A PROT_NONE VMA's pages are all protnone or missing: only faults need the VMA.
-        let page_nid = if pte.nid == NUMA_NO_NODE || pte.flags & PTE_PROTNONE != 0 {
+        let page_nid = if pte.nid == NUMA_NO_NODE || pte.flags & PTE_PROTNONE != 0 || (write && pte.flags & PG_KSM != 0)
+        {
             let mut f = Faulter::user(k, task, numa, cpu, Source::Cpu, elapsed);
-            match handle_mm_fault(k, task.mm, page, &mut f) {
+            match handle_mm_fault(k, task.mm, page, write, &mut f) {
                 Ok(cost) => elapsed += cost,
                 // The program's SIGSEGV handler waits for the mapping to come back.
                 Err(Sigsegv) => {

@@ -48,6 +48,8 @@ counters! {
         numa_task_migrated,
         /// Threads swapped with a thread on the preferred node (schedstat).
         numa_task_swapped,
+        /// Writes that broke a KSM page's sharing (do_wp_page() on a KSM page).
+        cow_ksm,
     }
 }
 
@@ -83,7 +85,8 @@ counters! {
 }
 
 counters! {
-    /// KSM (`ksm`).
+    /// KSM (`ksm`): pages merged into a KSM page (a running count; `vmstat.cow_ksm` counts
+    /// the writes that unshared one again), and pages follow_page() could not follow.
     Ksm { pages_merged, skipped_protnone }
 }
 
