@@ -229,3 +229,23 @@ fn numa_balancing_takes_the_sysctl_values() {
     let err = rejected(&["check", "numa02", "--set", "kernel.numa_balancing=2"]);
     assert!(err.contains("memory tiering") && err.contains("not modelled"), "{err}");
 }
+
+#[test]
+fn a_rerun_into_the_same_directory_leaves_no_figure_of_the_old_run() {
+    let dir = scratch("rerun");
+    let out_dir = dir.join("out");
+    let out = out_dir.to_str().unwrap();
+    common::ok(&[
+        "run",
+        "mprotect-hazard",
+        "--set",
+        "kernel.gup_policy=explicit",
+        "--set",
+        "run.duration_ms=4000",
+        "--out",
+        out,
+    ]);
+    assert!(out_dir.join("stale.png").is_file());
+    common::ok(&["run", "numa02", "--set", "run.duration_ms=1000", "--out", out]);
+    assert!(!out_dir.join("stale.png").exists() && !out_dir.join("stale.svg").exists());
+}

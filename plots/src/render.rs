@@ -82,11 +82,20 @@ fn line_panel(groups: &[Averaged], column: &str, per_second: bool, title: &str, 
     }
 }
 
+/// Draws figure `name`, or, with nothing to show, removes an old one of that name so a
+/// result directory never shows a figure from an earlier run.
 fn save(out: &Path, name: &str, title: &str, panels: Vec<Panel>, columns: usize) -> Result<Vec<PathBuf>, Error> {
+    let base = out.join(name);
     if panels.is_empty() {
+        for ext in ["png", "svg"] {
+            match std::fs::remove_file(base.with_extension(ext)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(format!("{}: {e}", base.display())),
+                _ => {}
+            }
+        }
         return Ok(Vec::new());
     }
-    Figure { title: title.to_string(), panels, columns }.save(&out.join(name))
+    Figure { title: title.to_string(), panels, columns }.save(&base)
 }
 
 /// The figures of one run directory.
@@ -202,13 +211,15 @@ pub fn render_comparison(out: &Path, groups: &[(String, Vec<PathBuf>)]) -> Resul
     }
     files.extend(save(out, "migrations", "Scanning and migration", panels, 1)?);
 
-    if any("stale.mappings") || any("stale.accesses") {
-        let panels = vec![
+    let panels = if any("stale.mappings") || any("stale.accesses") {
+        vec![
             line_panel(&groups, "stale.mappings", false, "Stale secondary-MMU entries (gauge)", "entries"),
             line_panel(&groups, "stale.accesses", true, "Accesses through stale entries", "accesses / s"),
-        ];
-        files.extend(save(out, "stale", "Stale secondary mappings", panels, 1)?);
-    }
+        ]
+    } else {
+        Vec::new()
+    };
+    files.extend(save(out, "stale", "Stale secondary mappings", panels, 1)?);
 
     files.extend(save_totals(out, &groups)?);
     Ok(files)
@@ -271,8 +282,10 @@ pub fn render_sweep(dir: &Path, axes: &[String]) -> Result<Vec<PathBuf>, Error> 
     let ls = line_axis.map(|a| distinct(&table.labels(a).unwrap_or_default())).unwrap_or_else(|| vec![String::new()]);
     let mut files = Vec::new();
     for (metric, name) in TOTALS {
-        let Some(values) = table.column(metric) else { continue };
+        let file = format!("sweep-{}", metric.replace('.', "-"));
+        let values = table.column(metric).unwrap_or_default();
         if values.iter().all(|v| *v == values[0]) {
+            save(dir, &file, "", Vec::new(), 1)?;
             continue;
         }
         let x_labels = table.labels(x_axis).unwrap_or_default();
@@ -310,7 +323,6 @@ pub fn render_sweep(dir: &Path, axes: &[String]) -> Result<Vec<PathBuf>, Error> 
                 },
             });
         }
-        let file = format!("sweep-{}", metric.replace('.', "-"));
         files.extend(save(dir, &file, &format!("Sweep: {name}"), panels, 2)?);
     }
     Ok(files)
