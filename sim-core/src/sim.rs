@@ -233,8 +233,7 @@ impl Sim {
             m.nr_threads += 1;
             m.nr_threads - 1
         };
-        let sysctl = self.world.resource::<Sysctl>().clone();
-        let mut numa = TaskNuma::new(pid, mm, &sysctl);
+        let mut numa = TaskNuma::new(pid, mm, self.world.resource::<Sysctl>());
         let rss = self.world.get::<Mm>(mm).expect("live mm").rss;
         numa.node_stamp = self.with_kernel(|k| initial_node_stamp(k, &numa, rss, thread_index));
         let name = spec.name.clone();
@@ -279,19 +278,16 @@ impl Sim {
     }
 
     fn dispatch(&mut self, event: Event) {
+        const VALID: &str = "event handlers are valid systems over resources Sim::new inserts";
         let w = &mut self.world;
-        let r = match event {
-            Event::CpuTick(cpu) => w.run_system_cached_with(cpu_tick, cpu).map_err(|e| e.to_string()),
-            Event::TaskWake(e) => w.run_system_cached_with(wake_task, e).map_err(|e| e.to_string()),
-            Event::Sample => {
-                sample(w);
-                Ok(())
-            }
-            Event::DeviceTick(e) => w.run_system_cached_with(device_tick, e).map_err(|e| e.to_string()),
-            Event::Ksmd => w.run_system_cached(ksmd_wake).map_err(|e| e.to_string()),
-            Event::Aging => w.run_system_cached(age_pages).map_err(|e| e.to_string()),
-            Event::Action(i) => w.run_system_cached_with(run_action, i).map_err(|e| e.to_string()),
-        };
-        r.expect("event handlers are valid systems");
+        match event {
+            Event::CpuTick(cpu) => w.run_system_cached_with(cpu_tick, cpu).expect(VALID),
+            Event::TaskWake(e) => w.run_system_cached_with(wake_task, e).expect(VALID),
+            Event::DeviceTick(e) => w.run_system_cached_with(device_tick, e).expect(VALID),
+            Event::Ksmd => w.run_system_cached(ksmd_wake).expect(VALID),
+            Event::Aging => w.run_system_cached(age_pages).expect(VALID),
+            Event::Action(i) => w.run_system_cached_with(run_action, i).expect(VALID),
+            Event::Sample => sample(w),
+        }
     }
 }
