@@ -3,7 +3,10 @@
 //! an EPT violation: kvm_faultin_pfn() → hva_to_pfn() tries GUP-fast, then slow GUP with
 //! FOLL_HONOR_NUMA_FAULT (patch 3 of the series), and maps the pfn.
 //!
-//! Simplified: guest touches are reads, so EPT entries are mapped read-only.
+//! A guest write (`vcpus.write_fraction`) needs a writable entry: its EPT violation goes
+//! through GUP with FOLL_WRITE, which takes a hinting fault whatever FOLL_HONOR_NUMA_FAULT
+//! says. Simplified: a read fault maps the page read-only (KVM would map it writable when
+//! the host PTE allows).
 
 use bevy_ecs::prelude::*;
 
@@ -11,8 +14,8 @@ use crate::config::KvmConfig;
 use crate::engine::{NSEC_PER_USEC, Nanos};
 use crate::kernel::{Faulter, Kernel};
 use crate::mm::PageIdx;
-use crate::mm::gup::{FOLL_GET, FOLL_HONOR_NUMA_FAULT, GupError, get_user_page_fast_only, get_user_pages};
-use crate::mm::mmu_notifier::{SPTE_VALID, touch_secondary};
+use crate::mm::gup::{FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_WRITE, GupError, get_user_page_fast_only, get_user_pages};
+use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary};
 use crate::sched::{Task, TaskNuma};
 use crate::stats::Source;
 
@@ -30,10 +33,12 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
         let page = task.base + task.access.next_offset();
-        if ept_entry(k, ept, page) & SPTE_VALID == 0 {
+        let write = task.write_fraction > 0.0 && task.access.chance(task.write_fraction);
+        let need = SPTE_VALID | if write { SPTE_WRITABLE } else { 0 };
+        if ept_entry(k, ept, page) & need != need {
             let mut f = Faulter::user(k, task, numa, cpu, Source::Kvm, elapsed);
             elapsed += ept_cost;
-            match kvm_faultin_pfn(k, ept, task.mm, page, &mut f) {
+            match kvm_faultin_pfn(k, ept, task.mm, page, write, &mut f) {
                 Ok(cost) => elapsed += cost,
                 Err(GupError::Fault) => return quantum.max(elapsed),
             }
@@ -52,14 +57,23 @@ fn ept_entry(k: &Kernel, ept: Entity, page: PageIdx) -> u32 {
 }
 
 /// Models kvm_faultin_pfn() → hva_to_pfn(): GUP-fast first, then slow GUP with
-/// FOLL_HONOR_NUMA_FAULT when KVM sets it (`kvm.honor_numa_fault`), then map the pfn.
-fn kvm_faultin_pfn(k: &mut Kernel, ept: Entity, mm: Entity, page: PageIdx, f: &mut Faulter) -> Result<Nanos, GupError> {
+/// FOLL_HONOR_NUMA_FAULT when KVM sets it (`kvm.honor_numa_fault`) and FOLL_WRITE for a
+/// write fault, then map the pfn (writable for a write fault).
+fn kvm_faultin_pfn(
+    k: &mut Kernel,
+    ept: Entity,
+    mm: Entity,
+    page: PageIdx,
+    write: bool,
+    f: &mut Faulter,
+) -> Result<Nanos, GupError> {
     let mut cost = 0;
-    if !get_user_page_fast_only(k, page, false) {
+    if !get_user_page_fast_only(k, page, write) {
         let honor = if k.kvm.0.honor_numa_fault { FOLL_HONOR_NUMA_FAULT } else { 0 };
-        cost += get_user_pages(k, mm, page, FOLL_GET | honor, f)?;
+        let write_flag = if write { FOLL_WRITE } else { 0 };
+        cost += get_user_pages(k, mm, page, FOLL_GET | honor | write_flag, f)?;
     }
     let Kernel { smmus, pages, .. } = k;
-    smmus.get_mut(ept).expect("the VM's EPT exists").map(page, pages, false);
+    smmus.get_mut(ept).expect("the VM's EPT exists").map(page, pages, write);
     Ok(cost)
 }

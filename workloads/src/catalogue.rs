@@ -37,7 +37,8 @@ pub fn guide(name: &str) -> &'static str {
             "KVM passes FOLL_HONOR_NUMA_FAULT, so the guest takes hinting faults through its EPT faults in every era \
              and its memory follows the vCPUs (`locality.kvm`). Rerun with `--set kvm.honor_numa_fault=false` to \
              see what patch 3 of the series protects: under `explicit` the guest then takes no hinting faults and \
-             its memory never moves."
+             its memory never moves — unless the guest writes (`--set vm.0.vcpus.write_fraction=0.3`): a write \
+             EPT fault uses FOLL_WRITE, which honors hinting faults whatever the flag says."
         }
         "device-gup" => {
             "The device reads through a driver's GUP. Under `implicit` and `implicit-all` it takes hinting faults \

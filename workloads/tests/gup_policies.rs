@@ -200,3 +200,15 @@ fn writes_break_ksm_sharing() {
     // The copies are made on the writers' node, so the readers/writers on node 1 gain.
     assert!(metric(&write, "locality.cpu") > metric(&read, "locality.cpu"));
 }
+
+#[test]
+fn guest_writes_take_hinting_faults_even_without_the_flag() {
+    // FOLL_WRITE always honors: a KVM that never set FOLL_HONOR_NUMA_FAULT still gets
+    // hinting faults from the guest's write faults.
+    let set = ["kernel.gup_policy=explicit", "kvm.honor_numa_fault=false"];
+    let reads = run(&scenario("kvm-guest", &set)).1;
+    let writes = run(&scenario("kvm-guest", &[set[0], set[1], "vm.0.vcpus.write_fraction=0.3"])).1;
+    assert_eq!(metric(&reads, "hint_faults_by_source.kvm"), 0.0);
+    assert!(metric(&writes, "hint_faults_by_source.kvm") > 0.0);
+    assert!(tail_locality(&writes, "kvm") > tail_locality(&reads, "kvm") + 0.5);
+}
