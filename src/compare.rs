@@ -58,7 +58,8 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let table = table(&dir, &manifest).map_err(Failure::Io)?;
     print!("{table}");
     let plots = draw(&dir, &manifest).map_err(Failure::Io)?;
-    let report = report(&base, &args.set, args.seeds, &table, &plots);
+    let policies: Vec<&str> = args.policies.iter().map(|p| p.name()).collect();
+    let report = report(&base, &args.set, &policies, args.seeds, &table, &plots);
     write_atomic(&dir, "report.md", report.as_bytes()).map_err(io)?;
     println!("report: {}", dir.join("report.md").display());
     Ok(())
@@ -127,10 +128,15 @@ fn fmt(v: f64) -> String {
     if v.abs() < 10.0 && v.fract() != 0.0 { format!("{v:.4}") } else { format!("{v:.2}") }
 }
 
-fn report(base: &Config, set: &[String], seeds: u32, table: &str, plots: &[PathBuf]) -> String {
+fn report(base: &Config, set: &[String], policies: &[&str], seeds: u32, table: &str, plots: &[PathBuf]) -> String {
     let mut r = format!("# numasim compare: {}\n\n{}\n\n", base.name, base.description);
     let sets: String = set.iter().map(|s| format!(" --set {s}")).collect();
-    let _ = writeln!(r, "Reproduce with `numasim compare {}{sets} --seeds {seeds}`.\n", base.name);
+    let _ = writeln!(
+        r,
+        "Reproduce with `numasim compare {}{sets} --policies {} --seeds {seeds}`.\n",
+        base.name,
+        policies.join(",")
+    );
     let guide = catalogue::guide(&base.name);
     if !guide.is_empty() {
         let _ = writeln!(r, "## What to look at\n\n{guide}\n");
