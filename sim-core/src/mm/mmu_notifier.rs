@@ -138,21 +138,6 @@ pub fn invalidate_range(
     zapped
 }
 
-/// Models mmu_notifier_clear_young() for one page: test and clear the accessed bit in every
-/// secondary MMU that maps it. Returns whether any was young.
-pub fn clear_young(smmus: &mut Query<&mut SecondaryMmu>, page: PageIdx) -> bool {
-    let mut young = false;
-    for mut s in smmus.iter_mut() {
-        if let Some(i) = s.slot(page)
-            && s.entries[i] & SPTE_YOUNG != 0
-        {
-            s.entries[i] &= !SPTE_YOUNG;
-            young = true;
-        }
-    }
-    young
-}
-
 /// Recounts stale secondary-MMU entries into the `stale.mappings` gauge.
 pub fn update_stale_gauge(k: &mut Kernel) {
     let now = k.now();

@@ -15,7 +15,8 @@ pub struct Aging {
 }
 
 /// Handler of [`Event::Aging`]: one pass of folio_referenced() → ptep_clear_young_notify()
-/// over every mapped page. A page young only through a secondary MMU while its primary PTE
+/// over every mapped page: the primary accessed bit, and mmu_notifier_clear_young() on every
+/// notifier-based secondary MMU (done table by table, which gives the same bits). A page young only through a secondary MMU while its primary PTE
 /// is protnone is counted in `young.secondary_only_protnone`: aging calls it used, while
 /// NUMA balancing never saw the access. Simplified: every page is aged each pass (no LRU
 /// lists); long-term pinned device mappings report no accessed bits.
