@@ -511,10 +511,6 @@ impl Config {
         cuts.dedup();
         cuts
     }
-
-    pub fn total_cpus(&self) -> u32 {
-        self.machine.nodes * self.machine.cpus_per_node
-    }
 }
 
 /// A configuration error, ready to show the user.
