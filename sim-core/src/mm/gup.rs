@@ -3,8 +3,7 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::ksm::break_ksm_cow;
-use super::memory::{do_anonymous_page, do_numa_page};
+use super::memory::handle_pte_fault;
 use super::{PG_KSM, PTE_PROTNONE, PageIdx};
 use crate::config::GupPolicy;
 use crate::engine::Nanos;
@@ -89,33 +88,10 @@ pub fn get_user_pages(
             }
             return Ok(cost);
         }
-        cost += faultin_page(k, mm, vma, page, flags, accessible, f);
+        // faultin_page() → handle_mm_fault(), with the VMA check_vma_flags() already did.
+        cost += handle_pte_fault(k, mm, vma, page, flags & FOLL_WRITE != 0, f);
     }
     Err(GupError::Fault)
-}
-
-/// Models faultin_page(): the fault GUP takes when it cannot follow.
-fn faultin_page(
-    k: &mut Kernel,
-    mm: Entity,
-    vma: usize,
-    page: PageIdx,
-    flags: u32,
-    accessible: bool,
-    f: &mut Faulter,
-) -> Nanos {
-    let i = page as usize;
-    if !k.pages.present(page) {
-        do_anonymous_page(k, mm, page, f.nid);
-        k.sysctl.0.hint_fault_cost_ns
-    } else if k.pages.pte[i].flags & PTE_PROTNONE != 0 && accessible {
-        do_numa_page(k, mm, vma, page, f)
-    } else if flags & FOLL_WRITE != 0 && k.pages.pte[i].flags & PG_KSM != 0 {
-        break_ksm_cow(k, mm, page, f.nid);
-        k.sysctl.0.hint_fault_cost_ns
-    } else {
-        0
-    }
 }
 
 /// Models get_user_page_fast_only() (KVM's hva_to_pfn_fast()): a lockless walk that

@@ -47,23 +47,28 @@ pub fn handle_mm_fault(
     write: bool,
     f: &mut Faulter,
 ) -> Result<Nanos, Sigsegv> {
-    let vma = k.mms.get(mm).expect("faulting tasks have a live mm").vma_of_page(page).ok_or(Sigsegv)?;
-    if !k.mm(mm).vmas[vma].accessible {
-        return Err(Sigsegv);
-    }
-    let mut cost = if !k.pages.present(page) {
+    let m = k.mms.get(mm).expect("faulting tasks have a live mm");
+    let vma = m.vma_of_page(page).filter(|&v| m.vmas[v].accessible).ok_or(Sigsegv)?;
+    Ok(handle_pte_fault(k, mm, vma, page, write, f))
+}
+
+/// Models handle_pte_fault() for page `page` of VMA `vma`: a missing page is allocated
+/// (do_anonymous_page()), a protnone PTE takes the hinting fault only in an accessible VMA
+/// (do_numa_page()), a write to a KSM page breaks COW (do_wp_page()). User faults and GUP's
+/// faultin_page() both come here. Returns the CPU time the fault cost.
+pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, write: bool, f: &mut Faulter) -> Nanos {
+    let flags = k.pages.pte[page as usize].flags;
+    if !k.pages.present(page) {
         do_anonymous_page(k, mm, page, f.nid);
         k.sysctl.0.hint_fault_cost_ns
-    } else if k.pages.protnone(page) {
+    } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
         do_numa_page(k, mm, vma, page, f)
+    } else if write && flags & PG_KSM != 0 {
+        break_ksm_cow(k, mm, page, f.nid);
+        k.sysctl.0.hint_fault_cost_ns
     } else {
         0
-    };
-    if write && k.pages.pte[page as usize].flags & PG_KSM != 0 {
-        break_ksm_cow(k, mm, page, f.nid);
-        cost += k.sysctl.0.hint_fault_cost_ns;
     }
-    Ok(cost)
 }
 
 /// Models do_anonymous_page(): a fresh zeroed page on the faulting CPU's node (the default
