@@ -136,8 +136,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: b
 /// page's own, write-protected (secondary MMUs are invalidated: the PTE changes).
 fn merge_into(k: &mut Kernel, mm: Entity, page: PageIdx, stable: PageIdx) {
     let (i, s) = (page as usize, stable as usize);
-    let mode = k.sysctl.0.notifier;
-    invalidate_range(&mut k.smmus, mode, mm, page, 1, |_| true);
+    invalidate_range(k, mm, page, 1, |_| true);
     let old = k.pages.pte[i].nid;
     free_page_node(k, old);
     k.pages.pte[i].nid = k.pages.pte[s].nid;
@@ -152,8 +151,7 @@ fn merge_into(k: &mut Kernel, mm: Entity, page: PageIdx, stable: PageIdx) {
 /// on `nid` (counted as the kernel's `cow_ksm` event). Its content is then its own.
 pub fn break_ksm_cow(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     let i = page as usize;
-    let mode = k.sysctl.0.notifier;
-    invalidate_range(&mut k.smmus, mode, mm, page, 1, |_| true);
+    invalidate_range(k, mm, page, 1, |_| true);
     let got = alloc_page_node(k, nid).expect("COW of a KSM page finds a free frame");
     k.pages.pte[i].nid = got;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);

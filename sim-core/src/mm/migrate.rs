@@ -49,8 +49,7 @@ pub fn migrate_misplaced_folio(k: &mut Kernel, mm: Entity, page: PageIdx, target
         return Err(MigrateFail::Refcount);
     }
     // try_to_migrate() replaces the PTE with a migration entry: secondary MMUs let go.
-    let mode = k.sysctl.0.notifier;
-    invalidate_range(&mut k.smmus, mode, mm, page, 1, |_| true);
+    invalidate_range(k, mm, page, 1, |_| true);
     let src = k.pages.pte[i].nid;
     let got = alloc_page_node(k, target);
     debug_assert_eq!(got, Some(target), "migrate_balanced_pgdat() guarantees a free frame");

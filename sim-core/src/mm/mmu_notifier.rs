@@ -9,10 +9,8 @@ use bevy_ecs::prelude::*;
 
 use super::{PageIdx, Pages};
 use crate::config::NotifierMode;
-use crate::engine::Nanos;
 use crate::kernel::Kernel;
 use crate::machine::Nid;
-use crate::stats::Counters;
 
 /// Secondary PTE bits: valid, writable, accessed. The frame (node and generation of the
 /// page when it was mapped) sits above them.
@@ -77,12 +75,14 @@ impl SecondaryMmu {
         ((entry >> SPTE_NID_SHIFT) & 0xff) as Nid
     }
 
-    /// Does entry `i` still point at the frame page `page` has now?
+    /// Is valid entry `i` stale: does it grant access the primary mapping no longer grants
+    /// (`granted` is false: the VMA is PROT_NONE or gone), or point at a frame the page has
+    /// left?
     #[inline]
-    pub fn points_at_current_frame(&self, i: usize, page: PageIdx, pages: &Pages) -> bool {
+    pub fn is_stale(&self, i: usize, granted: bool, pages: &Pages) -> bool {
         let e = self.entries[i];
-        let p = page as usize;
-        Self::entry_nid(e) == pages.pte[p].nid && (e >> SPTE_GEN_SHIFT) as u16 == pages.frame_gen[p]
+        let p = (self.base + i as PageIdx) as usize;
+        !granted || Self::entry_nid(e) != pages.pte[p].nid || (e >> SPTE_GEN_SHIFT) as u16 != pages.frame_gen[p]
     }
 
     /// Valid entries that grant access the primary mapping no longer grants: the VMA is
@@ -97,8 +97,7 @@ impl SecondaryMmu {
             if e & SPTE_VALID == 0 {
                 continue;
             }
-            let page = self.base + i as PageIdx;
-            if !granted(page) || !self.points_at_current_frame(i, page, pages) {
+            if self.is_stale(i, granted(self.base + i as PageIdx), pages) {
                 n += 1;
             }
         }
@@ -107,21 +106,13 @@ impl SecondaryMmu {
 }
 
 /// Models mmu_notifier_invalidate_range_start()/end() over pages `first..first + n` of `mm`,
-/// for any event (change_protection(), migration, KSM, munmap):
-/// every notifier-based secondary MMU mapping part of the range drops its entries.
-/// `changed(page)` says whether the primary PTE of a page changed; a `smart` notifier only
-/// drops entries of pages whose PTE changed, the kernel (`unconditional`) drops them all.
-/// Returns the number of entries dropped.
-pub fn invalidate_range(
-    smmus: &mut Query<&mut SecondaryMmu>,
-    mode: NotifierMode,
-    mm: Entity,
-    first: PageIdx,
-    n: u64,
-    changed: impl Fn(PageIdx) -> bool,
-) -> u64 {
-    let mut zapped = 0;
-    for mut s in smmus.iter_mut() {
+/// for any event (change_protection(), migration, KSM, munmap): every notifier-based
+/// secondary MMU mapping part of the range drops its entries. `changed(page)` says whether
+/// the primary PTE of a page changed; a `smart` notifier (`kernel.notifier`) only drops
+/// entries of pages whose PTE changed, the kernel (`unconditional`) drops them all.
+pub fn invalidate_range(k: &mut Kernel, mm: Entity, first: PageIdx, n: u64, changed: impl Fn(PageIdx) -> bool) {
+    let unconditional = k.sysctl.0.notifier == NotifierMode::Unconditional;
+    for mut s in k.smmus.iter_mut() {
         if s.mm != mm || s.kind != SmmuKind::Notifier {
             continue;
         }
@@ -129,32 +120,24 @@ pub fn invalidate_range(
         let hi = (u64::from(first) + n).min(u64::from(s.base) + s.entries.len() as u64) as PageIdx;
         for page in lo..hi.max(lo) {
             let i = (page - s.base) as usize;
-            if s.entries[i] & SPTE_VALID != 0 && (mode == NotifierMode::Unconditional || changed(page)) {
+            if s.entries[i] & SPTE_VALID != 0 && (unconditional || changed(page)) {
                 s.entries[i] = 0;
-                zapped += 1;
             }
         }
     }
-    zapped
 }
 
 /// Recounts stale secondary-MMU entries into the `stale.mappings` gauge.
 pub fn update_stale_gauge(k: &mut Kernel) {
     let now = k.now();
     let Kernel { smmus, mms, pages, counters, .. } = k;
-    let granted = |mm: Entity, page: PageIdx| mms.get(mm).is_ok_and(|m| m.page_accessible(page));
-    recount_stale(smmus, granted, pages, counters, now);
-}
-
-/// Counts the stale entries of every secondary MMU and updates the gauge at `now`.
-pub fn recount_stale(
-    smmus: &Query<&mut SecondaryMmu>,
-    granted: impl Fn(Entity, PageIdx) -> bool,
-    pages: &Pages,
-    counters: &mut Counters,
-    now: Nanos,
-) {
-    let total = smmus.iter().map(|s| s.stale_entries(|page| granted(s.mm, page), pages)).sum();
+    let total = smmus
+        .iter()
+        .map(|s| {
+            let mm = mms.get(s.mm).ok();
+            s.stale_entries(|page| mm.is_some_and(|m| m.page_accessible(page)), pages)
+        })
+        .sum();
     counters.set_stale_mappings(now, total);
 }
 
@@ -166,7 +149,7 @@ pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> Nid {
     let i = s.slot(page).expect("touches stay in the mapped range");
     s.entries[i] |= SPTE_YOUNG;
     let granted = mms.get(s.mm).is_ok_and(|m| m.page_accessible(page));
-    if !granted || !s.points_at_current_frame(i, page, pages) {
+    if s.is_stale(i, granted, pages) {
         counters.stale.accesses += 1;
     }
     SecondaryMmu::entry_nid(s.entries[i])

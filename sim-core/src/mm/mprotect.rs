@@ -81,8 +81,7 @@ pub fn mprotect_vma(k: &mut Kernel, mm: Entity, vma: usize, accessible: bool) {
             k.pages.pte[i].flags |= PTE_PROTNONE;
         }
     }
-    let mode = k.sysctl.0.notifier;
-    invalidate_range(&mut k.smmus, mode, mm, base, len, |p| changed.binary_search(&p).is_ok());
+    invalidate_range(k, mm, base, len, |p| changed.binary_search(&p).is_ok());
 }
 
 /// Models munmap() of a whole VMA: the pages are unmapped and freed (a pinned page's frame
@@ -98,10 +97,9 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
         v.accessible = false;
         (v.base, v.pages)
     };
-    let mode = k.sysctl.0.notifier;
     let present = |k: &Kernel, p: PageIdx| k.pages.present(p);
     let was_present: Vec<bool> = (base..base + len as PageIdx).map(|p| present(k, p)).collect();
-    invalidate_range(&mut k.smmus, mode, mm, base, len, |p| was_present[(p - base) as usize]);
+    invalidate_range(k, mm, base, len, |p| was_present[(p - base) as usize]);
     let mut freed = 0;
     for page in base..base + len as PageIdx {
         let i = page as usize;

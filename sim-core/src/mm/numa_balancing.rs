@@ -238,7 +238,6 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
         updated.push(page);
     }
     k.counters.vmstat.numa_pte_updates += updated.len() as u64;
-    let mode = k.sysctl.0.notifier;
-    invalidate_range(&mut k.smmus, mode, mm, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
+    invalidate_range(k, mm, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
     updated.len() as u64
 }
