@@ -10,7 +10,7 @@ use bevy_ecs::prelude::*;
 use crate::config::DeviceMode;
 use crate::engine::{Event, Nanos};
 use crate::kernel::{Faulter, Kernel};
-use crate::machine::Nid;
+use crate::machine::{MAX_NODES, Nid};
 use crate::mm::PageIdx;
 use crate::mm::gup::{FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, GupError, get_user_pages};
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary};
@@ -127,6 +127,7 @@ pub fn device_tick(
         d.pinned = true;
     }
     let need = SPTE_VALID | if d.write { SPTE_WRITABLE } else { 0 };
+    let cost = k.topo.touch_costs(d.nid, d.touch_lines, d.think_ns);
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < d.quantum {
         let page = d.base + d.access.next_offset();
@@ -139,7 +140,7 @@ pub fn device_tick(
             }
         }
         let frame_nid = touch_secondary(&mut k, d.smmu, page);
-        elapsed += d.touch_lines * k.topo.latency(d.nid, frame_nid) + d.think_ns;
+        elapsed += cost[frame_nid as usize % MAX_NODES];
         touches += 1;
         local += u64::from(frame_nid == d.nid);
     }

@@ -13,6 +13,7 @@ use bevy_ecs::prelude::*;
 use crate::config::KvmConfig;
 use crate::engine::{NSEC_PER_USEC, Nanos};
 use crate::kernel::{Faulter, Kernel};
+use crate::machine::MAX_NODES;
 use crate::mm::PageIdx;
 use crate::mm::gup::{FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_WRITE, GupError, get_user_page_fast_only, get_user_pages};
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary};
@@ -30,6 +31,7 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
     let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
     let nid = k.topo.cpu_to_node(cpu);
     let ept_cost = k.kvm.0.ept_violation_cost_ns;
+    let cost = k.topo.touch_costs(nid, task.touch_lines, task.think_ns);
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
         let page = task.base + task.access.next_offset();
@@ -44,7 +46,7 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
             }
         }
         let frame_nid = touch_secondary(k, ept, page);
-        elapsed += task.touch_lines * k.topo.latency(nid, frame_nid) + task.think_ns;
+        elapsed += cost[frame_nid as usize % MAX_NODES];
         touches += 1;
         local += u64::from(frame_nid == nid);
     }

@@ -81,6 +81,16 @@ impl Topology {
         self.latency_ns[from as usize * self.nr_nodes as usize + to as usize]
     }
 
+    /// The cost of one touch of `lines` cache lines plus `think_ns` from node `from`, by the
+    /// node of the memory touched: computed once per quantum, read once per touch.
+    pub fn touch_costs(&self, from: Nid, lines: u64, think_ns: u64) -> [u64; MAX_NODES] {
+        let mut cost = [0; MAX_NODES];
+        for (to, c) in cost.iter_mut().enumerate().take(self.nr_nodes as usize) {
+            *c = lines * self.latency(from, to as Nid) + think_ns;
+        }
+        cost
+    }
+
     /// Nodes in allocation fallback order for an allocation on `nid`.
     pub fn zonelist(&self, nid: Nid) -> &[Nid] {
         &self.zonelist[nid as usize]

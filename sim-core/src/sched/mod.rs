@@ -10,7 +10,7 @@ pub use numa::TaskNuma;
 
 use crate::engine::{Event, NSEC_PER_USEC, Nanos, RngStream};
 use crate::kernel::{Faulter, Kernel};
-use crate::machine::{MAX_NODES, NUMA_NO_NODE, Nid};
+use crate::machine::{MAX_NODES, NUMA_NO_NODE};
 use crate::mm::PageIdx;
 use crate::mm::memory::{Sigsegv, handle_mm_fault};
 use crate::mm::numa_balancing::{task_numa_work, task_tick_numa};
@@ -212,11 +212,7 @@ fn exit_task(k: &mut Kernel, numa: &mut TaskNuma, te: Entity, cpu: u32) {
 fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -> Nanos {
     let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
     let nid = k.topo.cpu_to_node(cpu);
-    // The cost of one touch by the page's node, computed once per quantum.
-    let mut cost = [0; MAX_NODES];
-    for (to, c) in cost.iter_mut().enumerate().take(k.topo.nr_nodes as usize) {
-        *c = task.touch_lines * k.topo.latency(nid, to as Nid) + task.think_ns;
-    }
+    let cost = k.topo.touch_costs(nid, task.touch_lines, task.think_ns);
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
         let page = task.base + task.access.next_offset();
