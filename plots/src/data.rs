@@ -34,6 +34,11 @@ impl Table {
         Some(self.rows.iter().map(|r| r.get(i).and_then(|c| c.parse().ok()).unwrap_or(f64::NAN)).collect())
     }
 
+    /// The time-series column `time_ms` in seconds.
+    pub fn time_s(&self) -> Vec<f64> {
+        self.column("time_ms").unwrap_or_default().into_iter().map(|t| t / 1000.0).collect()
+    }
+
     /// Column `name` as text.
     pub fn labels(&self, name: &str) -> Option<Vec<String>> {
         let i = self.header.iter().position(|h| h == name)?;

@@ -111,7 +111,7 @@ pub fn render_run(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 /// Memory in use on each node over time (`node.*.used_pages`): where migration moves pages.
 fn render_memory(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let table = Table::read(&dir.join("timeseries.csv"))?;
-    let t: Vec<f64> = table.column("time_ms").unwrap_or_default().into_iter().map(|t| t / 1000.0).collect();
+    let t = table.time_s();
     let series: Vec<Series> = table
         .header
         .iter()
@@ -145,7 +145,7 @@ const MAX_PLACEMENT_LINES: usize = 16;
 /// stay apart.
 fn render_placement(dir: &Path) -> Result<Vec<PathBuf>, Error> {
     let table = Table::read(&dir.join("timeseries.csv"))?;
-    let t: Vec<f64> = table.column("time_ms").unwrap_or_default().into_iter().map(|t| t / 1000.0).collect();
+    let t = table.time_s();
     let threads: Vec<&String> = table.header.iter().filter(|h| h.starts_with("task.") && h.ends_with(".nid")).collect();
     let n = threads.len().min(MAX_PLACEMENT_LINES);
     let series: Vec<Series> = threads
