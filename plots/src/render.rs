@@ -47,7 +47,7 @@ impl Averaged {
     }
 
     fn time_s(&self) -> Vec<f64> {
-        self.table.column("time_ms").unwrap_or_default().into_iter().map(|t| t / 1000.0).collect()
+        self.table.time_s()
     }
 
     /// Column `name` averaged over the runs; `per_second` turns interval counts into rates.
