@@ -97,8 +97,7 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
         v.accessible = false;
         (v.base, v.pages)
     };
-    let present = |k: &Kernel, p: PageIdx| k.pages.present(p);
-    let was_present: Vec<bool> = (base..base + len as PageIdx).map(|p| present(k, p)).collect();
+    let was_present: Vec<bool> = (base..base + len as PageIdx).map(|p| k.pages.present(p)).collect();
     invalidate_range(k, mm, base, len, |p| was_present[(p - base) as usize]);
     let mut freed = 0;
     for page in base..base + len as PageIdx {

@@ -8,7 +8,7 @@ use super::{Mm, PG_KSM, PTE_PROTNONE, PageIdx, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
-use crate::sched::numa::{TICK_NSEC, TaskNuma, task_scan_max, task_scan_start};
+use crate::sched::numa::{TICK_NSEC, TaskNuma, group_of, task_scan_max, task_scan_start};
 
 /// Pages in a PMD (HPAGE_SIZE / PAGE_SIZE): scan chunks end on a PMD boundary.
 const HPAGE_PAGES: u64 = 512;
@@ -35,8 +35,7 @@ pub fn task_tick_numa(k: &mut Kernel, p: &mut TaskNuma, runtime: Nanos, now: Nan
     }
     if p.node_stamp == 0 {
         let mm = k.mms.get(p.mm).expect("tasks point at live mms");
-        let ng = if p.in_group { mm.numa_group.as_ref() } else { None };
-        p.numa_scan_period = task_scan_start(&k.sysctl, mm.rss, ng);
+        p.numa_scan_period = task_scan_start(&k.sysctl, mm.rss, group_of(p, mm));
     }
     p.node_stamp += period;
     now >= k.mm(p.mm).numa_next_scan

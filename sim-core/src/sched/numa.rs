@@ -223,7 +223,8 @@ pub fn task_scan_max(sysctl: &Sysctl, rss: u64, ng: Option<&NumaGroup>) -> u64 {
     smin.max(smax)
 }
 
-fn group_of<'a>(p: &TaskNuma, mm: &'a Mm) -> Option<&'a NumaGroup> {
+/// The numa group `p` belongs to (`deref_task_numa_group()`), if any.
+pub(crate) fn group_of<'a>(p: &TaskNuma, mm: &'a Mm) -> Option<&'a NumaGroup> {
     if p.in_group { mm.numa_group.as_ref() } else { None }
 }
 
@@ -567,7 +568,7 @@ fn task_numa_compare(
     if best_prefers_src(env) && cur.numa_preferred_nid != Some(env.src_nid) {
         return;
     }
-    let cur_group = if cur.in_group { k.mms.get(cur.mm).ok().and_then(|m| m.numa_group.clone()) } else { None };
+    let cur_group = k.mms.get(cur.mm).ok().and_then(|m| group_of(cur, m).cloned());
     let same_group = match (&cur_group, &env.p_group) {
         (None, None) => true,
         (Some(_), Some(_)) => cur.mm == env.p_mm,
@@ -654,7 +655,7 @@ pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut Task
     let Ok((task, p)) = tasks.get(te) else { return };
     let Some(preferred) = p.numa_preferred_nid else { return };
     let src_nid = k.topo.cpu_to_node(task.cpu);
-    let p_group = if p.in_group { k.mms.get(p.mm).ok().and_then(|m| m.numa_group.clone()) } else { None };
+    let p_group = k.mms.get(p.mm).ok().and_then(|m| group_of(p, m).cloned());
     let mut env =
         NumaEnv { src_cpu: task.cpu, src_nid, p_mm: p.mm, p_group, affinity: task.affinity.clone(), best: None };
     let weights =
