@@ -863,13 +863,8 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
             let threads = c.process.iter().find(|p| p.name == d.process).is_none_or(|p| !p.thread.is_empty());
             check(threads, at("gup_context"), format!("`owner` needs a thread in process `{}`", d.process))?;
         }
-        check(d.touch_lines >= 1, at("touch_lines"), "must be at least 1")?;
         check(d.quantum_us >= 1, at("quantum_us"), "must be at least 1")?;
-        check(d.hot_fraction > 0.0 && d.hot_fraction <= 1.0, at("hot_fraction"), "must be in (0, 1]")?;
-        check((0.0..=1.0).contains(&d.hot_probability), at("hot_probability"), "must be in [0, 1]")?;
-        if let Some(stop) = d.stop_ms {
-            check(stop > d.start_ms, at("stop_ms"), "must be after start_ms")?;
-        }
+        check_toucher(d.hot_fraction, d.hot_probability, d.touch_lines, d.start_ms, d.stop_ms, &at)?;
     }
     for (ai, a) in c.action.iter().enumerate() {
         let at = |rest: &str| format!("action[{ai}].{rest}");
@@ -909,12 +904,24 @@ fn validate_thread(t: &ThreadConfig, m: &MachineConfig, at: &dyn Fn(&str) -> Str
             check(cpu < cpus, at("cpus"), format!("CPU {cpu} does not exist: the machine has CPUs 0 to {}", cpus - 1))?;
         }
     }
-    check(t.hot_fraction > 0.0 && t.hot_fraction <= 1.0, at("hot_fraction"), "must be in (0, 1]")?;
-    check((0.0..=1.0).contains(&t.hot_probability), at("hot_probability"), "must be in [0, 1]")?;
-    check(t.touch_lines >= 1, at("touch_lines"), "must be at least 1")?;
     check((0.0..=1.0).contains(&t.write_fraction), at("write_fraction"), "must be in [0, 1]")?;
-    if let Some(stop) = t.stop_ms {
-        check(stop > t.start_ms, at("stop_ms"), "must be after start_ms")?;
+    check_toucher(t.hot_fraction, t.hot_probability, t.touch_lines, t.start_ms, t.stop_ms, at)
+}
+
+/// The keys threads and devices share: the hot-cold pattern, the touch size, the lifetime.
+fn check_toucher(
+    hot_fraction: f64,
+    hot_probability: f64,
+    touch_lines: u32,
+    start_ms: u64,
+    stop_ms: Option<u64>,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), Invalid> {
+    check(hot_fraction > 0.0 && hot_fraction <= 1.0, at("hot_fraction"), "must be in (0, 1]")?;
+    check((0.0..=1.0).contains(&hot_probability), at("hot_probability"), "must be in [0, 1]")?;
+    check(touch_lines >= 1, at("touch_lines"), "must be at least 1")?;
+    if let Some(stop) = stop_ms {
+        check(stop > start_ms, at("stop_ms"), "must be after start_ms")?;
     }
     Ok(())
 }
