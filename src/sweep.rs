@@ -98,7 +98,7 @@ struct Plan {
 fn plan(file: &Path) -> Result<Plan, Failure> {
     let text = fs::read_to_string(file).map_err(|e| input(file, None, "", format!("cannot read the file: {e}")))?;
     let sweep: SweepFile = toml::from_str(&text).map_err(|e| {
-        let line = e.span().map(|s| text[..s.start].matches('\n').count() + 1);
+        let line = e.span().map(|s| sim_core::config::line_of(&text, s.start));
         input(file, line, "", e.message().trim())
     })?;
     let line_of = |key: &str| sim_core::config::locate_key(&text, &[key]);

@@ -619,7 +619,8 @@ fn toml_error(src: &Source, e: &toml::de::Error, path: &str) -> ConfigError {
     }
 }
 
-fn line_of(text: &str, offset: usize) -> usize {
+/// The 1-based line of byte `offset` in `text`.
+pub fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].bytes().filter(|&b| b == b'\n').count() + 1
 }
 
