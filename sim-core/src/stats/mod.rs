@@ -23,10 +23,9 @@ macro_rules! counters {
                 vec![$(self.$field),*]
             }
 
-            /// The inverse of [`Self::values`].
-            pub fn from_values(v: &[u64]) -> Self {
-                let mut it = v.iter().copied();
-                Self { $($field: it.next().unwrap_or(0),)* }
+            /// What was counted since `earlier` (counters only grow).
+            pub fn since(&self, earlier: &Self) -> Self {
+                Self { $($field: self.$field - earlier.$field,)* }
             }
         }
     };
@@ -114,6 +113,19 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// What was counted since `earlier`; the gauge keeps its current value.
+    pub fn since(&self, earlier: &Counters) -> Counters {
+        Counters {
+            vmstat: self.vmstat.since(&earlier.vmstat),
+            hint_faults_by_source: self.hint_faults_by_source.since(&earlier.hint_faults_by_source),
+            touches: self.touches.since(&earlier.touches),
+            stale: self.stale.since(&earlier.stale),
+            ksm: self.ksm.since(&earlier.ksm),
+            young: self.young.since(&earlier.young),
+            ..self.clone()
+        }
+    }
+
     /// Adds the stale entry-time since the last change to `stale.mapping_ns`.
     pub fn accrue_stale(&mut self, now: crate::engine::Nanos) -> &mut Self {
         self.stale.mapping_ns += self.stale_mappings * now.saturating_sub(self.stale_since);

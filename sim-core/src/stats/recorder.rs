@@ -47,26 +47,6 @@ impl Recorder {
     }
 }
 
-fn delta(now: &Counters, then: &Counters) -> Counters {
-    fn sub(a: Vec<u64>, b: Vec<u64>) -> Vec<u64> {
-        a.into_iter().zip(b).map(|(x, y)| x - y).collect()
-    }
-    let mut d = now.clone();
-    macro_rules! diff {
-        ($field:ident, $ty:ty) => {{
-            let v = sub(now.$field.values(), then.$field.values());
-            d.$field = <$ty>::from_values(&v);
-        }};
-    }
-    diff!(vmstat, super::VmStat);
-    diff!(hint_faults_by_source, super::HintFaultsBySource);
-    diff!(touches, super::Touches);
-    diff!(stale, super::Stale);
-    diff!(ksm, super::Ksm);
-    diff!(young, super::Young);
-    d
-}
-
 /// Closes the interval ending now: appends a row and, unless the run is over, schedules the
 /// next sample.
 pub fn sample(world: &mut World) {
@@ -88,7 +68,7 @@ pub fn sample(world: &mut World) {
     let nr_nodes = world.resource::<crate::machine::Topology>().nr_nodes;
     world.resource_scope(|world, mut rec: Mut<Recorder>| {
         let counters = world.resource_mut::<Counters>().accrue_stale(now).clone();
-        let d = delta(&counters, &rec.last);
+        let d = counters.since(&rec.last);
         let groups = metrics(&d, now - rec.last_time, Span::Interval);
         let flat = groups.flatten();
         if rec.header.is_empty() {
