@@ -33,11 +33,8 @@ pub fn run(gib_per_node: u64, seconds: u64) {
     let t = Instant::now();
     let out = sim.run();
     let run_s = t.elapsed().as_secs_f64();
-    let touches: u64 = ["touches.cpu", "touches.kvm", "touches.device"]
-        .iter()
-        .filter_map(|k| out.summary.metrics.flatten().into_iter().find(|(n, _)| n == k))
-        .map(|(_, v)| v.as_f64() as u64)
-        .sum();
+    let metric = |name: &str| out.summary.metrics.get(name).map_or(0.0, |v| v.as_f64());
+    let touches = ["touches.cpu", "touches.kvm", "touches.device"].iter().map(|k| metric(k) as u64).sum::<u64>();
 
     let baseline_ns = baseline(pages as usize, touches.min(200_000_000));
     println!("machine: 2 nodes x {gib_per_node} GiB, {pages} simulated pages populated");
@@ -53,18 +50,8 @@ pub fn run(gib_per_node: u64, seconds: u64) {
     );
     println!(
         "numa_hint_faults: {}, numa_pages_migrated: {}",
-        out.summary
-            .metrics
-            .flatten()
-            .iter()
-            .find(|(n, _)| n == "vmstat.numa_hint_faults")
-            .map_or(0.0, |v| v.1.as_f64()),
-        out.summary
-            .metrics
-            .flatten()
-            .iter()
-            .find(|(n, _)| n == "vmstat.numa_pages_migrated")
-            .map_or(0.0, |v| v.1.as_f64()),
+        metric("vmstat.numa_hint_faults"),
+        metric("vmstat.numa_pages_migrated"),
     );
 }
 

@@ -29,6 +29,13 @@ impl Value {
 pub struct Groups(pub Vec<(&'static str, Vec<(&'static str, Value)>)>);
 
 impl Groups {
+    /// The value of `group.name`.
+    pub fn get(&self, dotted: &str) -> Option<Value> {
+        let (group, name) = dotted.split_once('.')?;
+        let (_, values) = self.0.iter().find(|(g, _)| *g == group)?;
+        values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+    }
+
     /// `group.name` → value, in order.
     pub fn flatten(&self) -> Vec<(String, Value)> {
         self.0.iter().flat_map(|(g, vals)| vals.iter().map(move |(n, v)| (format!("{g}.{n}"), *v))).collect()

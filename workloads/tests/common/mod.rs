@@ -28,14 +28,7 @@ pub fn run(c: &Config) -> (Sim, RunOutput) {
 
 /// A summary metric by its dotted name.
 pub fn metric(out: &RunOutput, name: &str) -> f64 {
-    out.summary
-        .metrics
-        .flatten()
-        .into_iter()
-        .find(|(n, _)| n == name)
-        .unwrap_or_else(|| panic!("no metric {name}"))
-        .1
-        .as_f64()
+    out.summary.metrics.get(name).unwrap_or_else(|| panic!("no metric {name}")).as_f64()
 }
 
 /// Column `name` of the time series.
