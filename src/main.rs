@@ -6,6 +6,7 @@ mod bench;
 mod compare;
 mod output;
 mod sweep;
+mod trace;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +35,8 @@ enum Command {
         /// Output directory (default: out/<scenario>).
         #[arg(long)]
         out: Option<PathBuf>,
+        #[command(flatten)]
+        trace: trace::TraceArgs,
     },
     /// Run a scenario under each GUP policy (and several seeds); print the table, write
     /// plots and report.md.
@@ -84,6 +87,8 @@ enum Command {
     },
     /// List the built-in scenarios.
     Scenarios,
+    /// Compare two ftrace text traces (numasim's or a real kernel's): events per kind.
+    TraceDiff { a: PathBuf, b: PathBuf },
     /// Measure simulator speed and memory on a large machine.
     Bench {
         /// GiB of memory per node (two nodes).
@@ -119,7 +124,8 @@ impl From<ConfigError> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, set, out } => run(&scenario, &set, out),
+        Command::Run { scenario, set, out, trace } => run(&scenario, &set, out, &trace),
+        Command::TraceDiff { a, b } => trace::diff(&a, &b),
         Command::Compare { scenario, set, policies, seeds, jobs, out } => compare::run(compare::Args {
             scenario,
             set,
@@ -161,10 +167,18 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(scenario: &str, set: &[String], out: Option<PathBuf>) -> Result<(), Failure> {
+fn run(scenario: &str, set: &[String], out: Option<PathBuf>, trace: &trace::TraceArgs) -> Result<(), Failure> {
     let config = catalogue::resolve(scenario, set)?;
+    let request = trace::request(trace)?;
     let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&config.name));
-    let result = workloads::build(&config).run();
+    let mut sim = workloads::build(&config);
+    if let Some(req) = &request {
+        sim.enable_trace(req.options.clone());
+    }
+    let mut result = sim.run();
+    if let (Some(req), Some(t)) = (&request, &result.trace) {
+        result.summary.trace = Some(trace::write(req, t)?);
+    }
     output::write_run(&dir, &config, &result).map_err(|e| Failure::Io(format!("{}: {e}", dir.display())))?;
     plots::render_run(&dir).map_err(Failure::Io)?;
     output::print_brief(&dir, &result);

@@ -48,6 +48,12 @@ pub fn print_brief(dir: &Path, out: &RunOutput) {
             println!("  {name:40} {}", fmt_value(v));
         }
     }
+    if let Some(t) = &s.trace {
+        match &t.stopped {
+            Some(why) => println!("trace: {} ({} events, incomplete: {why})", t.file, t.events),
+            None => println!("trace: {} ({} events)", t.file, t.events),
+        }
+    }
     println!("results in {}", dir.display());
 }
 

@@ -82,6 +82,14 @@ fn driver_fault(
     Ok(cost)
 }
 
+/// The CPU and task the driver runs in (`current` for its trace events).
+fn driver_current(d: &Device, tasks: &Query<(&Task, &mut TaskNuma)>) -> (u32, u32) {
+    match d.context {
+        DriverContext::Worker { pid, cpu } => (cpu, pid),
+        DriverContext::Owner(te) => tasks.get(te).map_or((0, 0), |(t, _)| (t.cpu, t.pid)),
+    }
+}
+
 /// Pin mode: pin_user_pages(FOLL_LONGTERM) over the whole buffer and map it.
 fn pin_buffer(k: &mut Kernel, d: &Device, tasks: &mut Query<(&Task, &mut TaskNuma)>) {
     for page in d.base..d.base + d.len as PageIdx {
@@ -115,6 +123,8 @@ pub fn device_tick(
 ) {
     let mut d = devices.get_mut(e).expect("ticking devices exist");
     let now = k.now();
+    let (cpu, pid) = driver_current(&d, &tasks);
+    k.trace_current(cpu, pid, now);
     if d.stop.is_some_and(|stop| now >= stop) {
         if d.pinned {
             unpin_buffer(&mut k, &d);

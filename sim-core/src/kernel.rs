@@ -11,8 +11,9 @@ use crate::config::KernelConfig;
 use crate::engine::{EventQueue, NSEC_PER_MSEC, Nanos};
 use crate::machine::{Cpu, Nid, PgData, Topology};
 use crate::mm::mmu_notifier::SecondaryMmu;
-use crate::mm::{Mm, Pages};
+use crate::mm::{Mm, PageIdx, Pages};
 use crate::stats::{Counters, Source};
+use crate::trace::Trace;
 
 /// The kernel's tunables: sysctls and costs (`[kernel]` in the config).
 #[derive(Resource, Debug, Clone)]
@@ -41,6 +42,8 @@ pub struct Kernel<'w, 's> {
     pub cpus: Query<'w, 's, &'static mut Cpu>,
     pub smmus: Query<'w, 's, &'static mut SecondaryMmu>,
     pub kvm: Res<'w, crate::kvm::Kvm>,
+    /// The trace sink, present only while tracing.
+    pub trace: Option<ResMut<'w, Trace>>,
 }
 
 impl Kernel<'_, '_> {
@@ -60,6 +63,27 @@ impl Kernel<'_, '_> {
     pub fn cpu(&mut self, cpu: u32) -> Mut<'_, Cpu> {
         let e = self.topo.cpu_entities[cpu as usize];
         self.cpus.get_mut(e).expect("every cpu has a Cpu")
+    }
+
+    /// Sets the trace's `current` (CPU, task and time) for the events that follow.
+    #[inline]
+    pub fn trace_current(&mut self, cpu: u32, pid: u32, now: Nanos) {
+        if let Some(t) = self.trace.as_mut() {
+            t.set_current(cpu, pid, now);
+        }
+    }
+
+    /// Tells the trace that `pid` ran on `cpu` from `start` to `end`.
+    #[inline]
+    pub fn trace_task_ran(&mut self, cpu: u32, pid: u32, start: Nanos, end: Nanos) {
+        if let Some(t) = self.trace.as_mut() {
+            t.task_ran(cpu, pid, self.topo.cpu_to_node(cpu), start, end);
+        }
+    }
+
+    /// The user virtual address of global page `page` of `mm`, for traces.
+    pub fn page_addr(&self, mm: Entity, page: PageIdx) -> u64 {
+        self.mms.get(mm).map_or(0, |m| m.page_addr(page))
     }
 }
 

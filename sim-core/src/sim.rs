@@ -22,6 +22,7 @@ use crate::sched::{AccessPattern, AccessStream, Task, TaskNuma, cpu_tick, wake_t
 use crate::stats::Counters;
 use crate::stats::recorder::{Recorder, sample};
 use crate::stats::summary::{Span, Summary, metrics};
+use crate::trace::{KSMD_PID, PidKind, Trace, TraceMeta, TraceOptions};
 
 /// Pages in a MiB.
 pub const PAGES_PER_MIB: u64 = 256;
@@ -37,6 +38,8 @@ pub struct Sim {
 pub struct RunOutput {
     pub summary: Summary,
     pub recorder: Recorder,
+    /// The events recorded, in time order, when tracing was on.
+    pub trace: Option<Trace>,
 }
 
 /// A device to add (see [`crate::device::Device`]).
@@ -271,10 +274,53 @@ impl Sim {
             sim_time_ns: end,
             events,
             wall_s: wall.elapsed().as_secs_f64(),
+            trace: None,
             metrics: metrics(&counters, end, Span::Run),
         };
         let recorder = self.world.remove_resource::<Recorder>().expect("inserted in new()");
-        RunOutput { summary, recorder }
+        let trace = self.world.remove_resource::<Trace>().map(|mut t| {
+            t.finish(end);
+            t
+        });
+        RunOutput { summary, recorder, trace }
+    }
+
+    /// Turns tracing on for the run (call after the world is built): the events `options`
+    /// selects are recorded, and returned in [`RunOutput::trace`].
+    pub fn enable_trace(&mut self, options: TraceOptions) {
+        let meta = self.trace_meta();
+        self.world.insert_resource(Trace::new(options, meta));
+    }
+
+    /// What a trace needs to name what it saw: every pid's comm and the secondary MMUs.
+    fn trace_meta(&mut self) -> TraceMeta {
+        let c = &self.config;
+        let title = format!(
+            "scenario {}, seed {}, gup_policy {}, notifier {}",
+            c.name,
+            c.run.seed,
+            c.kernel.gup_policy.name(),
+            c.kernel.notifier.name()
+        );
+        let topo = self.world.resource::<Topology>();
+        let mut meta = TraceMeta { nr_cpus: topo.nr_cpus(), cpus_per_node: topo.cpus_per_node, title, ..Default::default() };
+        let w = &mut self.world;
+        for m in w.query::<&Mm>().iter(w) {
+            meta.comms.insert(m.pid, (m.name.clone(), PidKind::Process));
+        }
+        for t in w.query::<&Task>().iter(w) {
+            let tgid = w.get::<Mm>(t.mm).map_or(0, |m| m.pid);
+            meta.comms.insert(t.pid, (t.name.clone(), PidKind::Thread { tgid, vcpu: t.ept.is_some() }));
+        }
+        for d in w.query::<&Device>().iter(w) {
+            if let DriverContext::Worker { pid, .. } = d.context {
+                meta.comms.insert(pid, (d.name.clone(), PidKind::DeviceWorker));
+            }
+        }
+        meta.comms.insert(KSMD_PID, ("ksmd".into(), PidKind::Kthread));
+        meta.smmus = w.query::<&SecondaryMmu>().iter(w).map(|s| s.name.clone()).collect();
+        meta.smmus.sort();
+        meta
     }
 
     fn dispatch(&mut self, event: Event) {

@@ -8,6 +8,9 @@ use super::{PG_KSM, PTE_PROTNONE, PageIdx};
 use crate::config::GupPolicy;
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
+use crate::trace::Event;
+use crate::trace::events::GupResult;
+use crate::trace_event;
 
 /// GUP flags, with the kernel's values (enum in include/linux/mm_types.h).
 pub const FOLL_WRITE: u32 = 1 << 0;
@@ -72,6 +75,15 @@ pub fn get_user_pages(
     f: &mut Faulter,
 ) -> Result<Nanos, GupError> {
     let flags = gup_effective_flags(k.sysctl.0.gup_policy, flags);
+    let protnone = k.pages.protnone(page);
+    let result = gup_one_page(k, mm, page, flags, f);
+    trace_event!(k, f, gup_event(k, mm, page, flags, protnone, &result));
+    result.map(|(cost, _)| cost)
+}
+
+/// The loop of __get_user_pages() for one page: returns the fault cost and whether it
+/// faulted.
+fn gup_one_page(k: &mut Kernel, mm: Entity, page: PageIdx, flags: u32, f: &mut Faulter) -> Result<(Nanos, bool), GupError> {
     let m = k.mms.get(mm).expect("GUP callers hold a live mm");
     let vma = m.vma_of_page(page).ok_or(GupError::Fault)?;
     let accessible = m.vmas[vma].accessible;
@@ -80,18 +92,28 @@ pub fn get_user_pages(
     }
     let mut cost = 0;
     // Each pass resolves one reason not to follow; three cover missing + protnone + COW.
-    for _ in 0..3 {
+    for pass in 0..3 {
         if follow_page_pte(k, page, accessible, flags) {
             let i = page as usize;
             if flags & FOLL_PIN != 0 {
                 k.pages.pins[i] = k.pages.pins[i].saturating_add(1);
             }
-            return Ok(cost);
+            return Ok((cost, pass > 0));
         }
         // faultin_page() → handle_mm_fault(), with the VMA check_vma_flags() already did.
         cost += handle_pte_fault(k, mm, vma, page, flags & FOLL_WRITE != 0, f);
     }
     Err(GupError::Fault)
+}
+
+/// numasim_gup: what slow GUP decided for one page under the configured policy.
+fn gup_event(k: &Kernel, mm: Entity, page: PageIdx, flags: u32, protnone: bool, r: &Result<(Nanos, bool), GupError>) -> Event {
+    let result = match r {
+        Ok((_, false)) => GupResult::Follow,
+        Ok((_, true)) => GupResult::Fault,
+        Err(GupError::Fault) => GupResult::Efault,
+    };
+    Event::Gup { addr: k.page_addr(mm, page), flags, policy: k.sysctl.0.gup_policy, protnone, result }
 }
 
 /// Models get_user_page_fast_only() (KVM's hva_to_pfn_fast()): a lockless walk that

@@ -11,11 +11,14 @@ use bevy_ecs::prelude::*;
 
 use super::gup::{Followed, follow_page};
 use super::memory::{alloc_page_node, free_page_node};
-use super::mmu_notifier::{invalidate_range, update_stale_gauge};
+use super::mmu_notifier::{MmuNotifyEvent, invalidate_range, update_stale_gauge};
 use super::{PG_KSM, PTE_PROTNONE, PTE_YOUNG, PageIdx};
 use crate::engine::{Event, NSEC_PER_MSEC};
 use crate::kernel::Kernel;
 use crate::machine::Nid;
+use crate::trace::events::KsmTree;
+use crate::trace::{Event as TraceEvent, KSMD_PID};
+use crate::trace_event;
 
 /// ksmd's state: the mergeable VMAs, its cursor and the two trees (by content).
 #[derive(Resource, Debug, Default)]
@@ -48,6 +51,8 @@ impl Ksmd {
 
 /// Handler of [`Event::Ksmd`]: one ksm_do_scan() of `pages_to_scan` pages, then sleep.
 pub fn ksmd_wake(mut k: Kernel, mut ksmd: ResMut<Ksmd>) {
+    let now = k.now();
+    k.trace_current(0, KSMD_PID, now);
     if !ksmd.vmas.is_empty() {
         for _ in 0..ksmd.pages_to_scan {
             let (vi, off) = ksmd.cursor;
@@ -87,6 +92,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: b
         Followed::None => return,
         Followed::Protnone => {
             k.counters.ksm.skipped_protnone += 1;
+            trace_event!(k, TraceEvent::KsmSkip { addr: k.page_addr(mm, page) });
             return;
         }
         Followed::Page => {}
@@ -111,7 +117,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: b
         && is_twin(k, stable)
         && k.pages.pte[stable as usize].flags & PG_KSM != 0
     {
-        merge_into(k, mm, page, stable);
+        merge_into(k, mm, page, stable, KsmTree::Stable);
         return;
     }
     match ksmd.unstable.get(&key) {
@@ -124,7 +130,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: b
             // The tree page becomes the stable KSM page; this one shares it.
             k.pages.pte[other as usize].flags = (k.pages.pte[other as usize].flags & !PTE_PROTNONE) | PG_KSM;
             ksmd.stable.insert(key, other);
-            merge_into(k, mm, page, other);
+            merge_into(k, mm, page, other, KsmTree::Unstable);
         }
         _ => {
             ksmd.unstable.insert(key, page);
@@ -134,10 +140,12 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: b
 
 /// Models try_to_merge_one_page() + replace_page(): map the stable frame in place of the
 /// page's own, write-protected (secondary MMUs are invalidated: the PTE changes).
-fn merge_into(k: &mut Kernel, mm: Entity, page: PageIdx, stable: PageIdx) {
+fn merge_into(k: &mut Kernel, mm: Entity, page: PageIdx, stable: PageIdx, tree: KsmTree) {
     let (i, s) = (page as usize, stable as usize);
-    invalidate_range(k, mm, page, 1, |_| true);
+    invalidate_range(k, mm, page, 1, MmuNotifyEvent::Clear, |_| true);
     let old = k.pages.pte[i].nid;
+    let kpage_nid = k.pages.pte[s].nid;
+    trace_event!(k, TraceEvent::KsmMerge { addr: k.page_addr(mm, page), nid: old, kpage_nid, tree });
     free_page_node(k, old);
     k.pages.pte[i].nid = k.pages.pte[s].nid;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
@@ -151,7 +159,8 @@ fn merge_into(k: &mut Kernel, mm: Entity, page: PageIdx, stable: PageIdx) {
 /// on `nid` (counted as the kernel's `cow_ksm` event). Its content is then its own.
 pub fn break_ksm_cow(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     let i = page as usize;
-    invalidate_range(k, mm, page, 1, |_| true);
+    invalidate_range(k, mm, page, 1, MmuNotifyEvent::Clear, |_| true);
+    trace_event!(k, TraceEvent::KsmCow { addr: k.page_addr(mm, page), nid });
     let got = alloc_page_node(k, nid).expect("COW of a KSM page finds a free frame");
     k.pages.pte[i].nid = got;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);

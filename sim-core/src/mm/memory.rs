@@ -3,11 +3,13 @@
 use bevy_ecs::entity::Entity;
 
 use super::ksm::break_ksm_cow;
-use super::migrate::migrate_misplaced_folio;
+use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::{PG_KSM, PTE_PROTNONE, PTE_YOUNG, PageIdx};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid};
+use crate::trace::Event;
+use crate::trace_event;
 use crate::sched::numa::{
     TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL, TNF_MIGRATED, should_numa_migrate_memory, task_numa_fault,
 };
@@ -82,6 +84,19 @@ pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     k.mm(mm).rss += 1;
 }
 
+/// What numasim_hint_fault records of a hinting fault with task_numa_fault() `flags`.
+fn hint_fault_event(k: &Kernel, mm: Entity, page: PageIdx, page_nid: Nid, f: &Faulter, flags: u32) -> Event {
+    Event::HintFault {
+        addr: k.page_addr(mm, page),
+        page_nid,
+        nid: f.nid,
+        source: f.source,
+        local: flags & TNF_FAULT_LOCAL != 0,
+        migrated: flags & TNF_MIGRATED != 0,
+        migrate_fail: flags & TNF_MIGRATE_FAIL != 0,
+    }
+}
+
 /// Models do_numa_page() in mm/memory.c (with numa_migrate_check() and mpol_misplaced()):
 /// count the fault, ask whether the page is misplaced, try to migrate it toward the faulting
 /// CPU's node, restore the PTE and account the fault to the task.
@@ -108,7 +123,9 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
 
     let mut nid = page_nid;
     if migrate {
-        match migrate_misplaced_folio(k, mm, page, f.nid) {
+        let result = migrate_misplaced_folio(k, mm, page, f.nid);
+        trace_migrate_pages(k, f, result);
+        match result {
             Ok(()) => {
                 nid = f.nid;
                 flags |= TNF_MIGRATED;
@@ -120,6 +137,7 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
     // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
     // migration); the access that faulted sets the accessed bit.
     k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
+    trace_event!(k, f, hint_fault_event(k, mm, page, page_nid, f, flags));
 
     if let Some(task) = f.task.take() {
         task_numa_fault(k, task, f, last_cpupid, nid, 1, flags);

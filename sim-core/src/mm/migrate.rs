@@ -4,8 +4,10 @@ use bevy_ecs::entity::Entity;
 
 use super::PageIdx;
 use super::memory::{alloc_page_node, free_page_node};
-use super::mmu_notifier::invalidate_range;
-use crate::kernel::Kernel;
+use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
+use crate::kernel::{Faulter, Kernel};
+use crate::trace::Event;
+use crate::trace_event;
 use crate::machine::Nid;
 
 /// Why a misplaced page did not move.
@@ -49,7 +51,7 @@ pub fn migrate_misplaced_folio(k: &mut Kernel, mm: Entity, page: PageIdx, target
         return Err(MigrateFail::Refcount);
     }
     // try_to_migrate() replaces the PTE with a migration entry: secondary MMUs let go.
-    invalidate_range(k, mm, page, 1, |_| true);
+    invalidate_range(k, mm, page, 1, MmuNotifyEvent::Clear, |_| true);
     let src = k.pages.pte[i].nid;
     let got = alloc_page_node(k, target);
     debug_assert_eq!(got, Some(target), "migrate_balanced_pgdat() guarantees a free frame");
@@ -59,6 +61,17 @@ pub fn migrate_misplaced_folio(k: &mut Kernel, mm: Entity, page: PageIdx, target
     k.counters.vmstat.pgmigrate_success += 1;
     k.counters.vmstat.numa_pages_migrated += 1;
     Ok(())
+}
+
+/// The tracepoints migrate_pages() fires for one misplaced folio, if it got that far (a
+/// full target node stops migrate_misplaced_folio_prepare() before it).
+pub fn trace_migrate_pages(k: &mut Kernel, f: &Faulter, result: Result<(), MigrateFail>) {
+    if result == Err(MigrateFail::TargetFull) {
+        return;
+    }
+    let succeeded = u32::from(result.is_ok());
+    trace_event!(k, f, Event::MmMigratePagesStart);
+    trace_event!(k, f, Event::MmMigratePages { succeeded, failed: 1 - succeeded });
 }
 
 #[cfg(test)]

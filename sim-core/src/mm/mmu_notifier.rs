@@ -11,6 +11,8 @@ use super::{PageIdx, Pages};
 use crate::config::NotifierMode;
 use crate::kernel::Kernel;
 use crate::machine::Nid;
+use crate::trace::Event;
+use crate::trace_event;
 
 /// Secondary PTE bits: valid, writable, accessed. The frame (node and generation of the
 /// page when it was mapped) sits above them.
@@ -19,6 +21,27 @@ pub const SPTE_WRITABLE: u32 = 1 << 1;
 pub const SPTE_YOUNG: u32 = 1 << 2;
 const SPTE_NID_SHIFT: u32 = 8;
 const SPTE_GEN_SHIFT: u32 = 16;
+
+/// Why the primary mapping changed (`enum mmu_notifier_event` in include/linux/mmu_notifier.h),
+/// for the events numasim raises: munmap() (MMU_NOTIFY_UNMAP), migration, KSM and COW
+/// (try_to_migrate_one(), replace_page(), wp_page_copy(): MMU_NOTIFY_CLEAR), and
+/// change_protection() (MMU_NOTIFY_PROTECTION_VMA).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MmuNotifyEvent {
+    Unmap,
+    Clear,
+    ProtectionVma,
+}
+
+impl MmuNotifyEvent {
+    pub fn name(self) -> &'static str {
+        match self {
+            MmuNotifyEvent::Unmap => "MMU_NOTIFY_UNMAP",
+            MmuNotifyEvent::Clear => "MMU_NOTIFY_CLEAR",
+            MmuNotifyEvent::ProtectionVma => "MMU_NOTIFY_PROTECTION_VMA",
+        }
+    }
+}
 
 /// How a secondary MMU stays coherent with the primary page table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -110,19 +133,41 @@ impl SecondaryMmu {
 /// secondary MMU mapping part of the range drops its entries. `changed(page)` says whether
 /// the primary PTE of a page changed; a `smart` notifier (`kernel.notifier`) only drops
 /// entries of pages whose PTE changed, the kernel (`unconditional`) drops them all.
-pub fn invalidate_range(k: &mut Kernel, mm: Entity, first: PageIdx, n: u64, changed: impl Fn(PageIdx) -> bool) {
+pub fn invalidate_range(
+    k: &mut Kernel,
+    mm: Entity,
+    first: PageIdx,
+    n: u64,
+    event: MmuNotifyEvent,
+    changed: impl Fn(PageIdx) -> bool,
+) {
     let unconditional = k.sysctl.0.notifier == NotifierMode::Unconditional;
+    let tracing = k.trace.is_some();
     for mut s in k.smmus.iter_mut() {
         if s.mm != mm || s.kind != SmmuKind::Notifier {
             continue;
         }
         let lo = first.max(s.base);
         let hi = (u64::from(first) + n).min(u64::from(s.base) + s.entries.len() as u64) as PageIdx;
+        let (mut invalidated, mut skipped) = (0, 0);
         for page in lo..hi.max(lo) {
             let i = (page - s.base) as usize;
-            if s.entries[i] & SPTE_VALID != 0 && (unconditional || changed(page)) {
-                s.entries[i] = 0;
+            if s.entries[i] & SPTE_VALID == 0 {
+                continue;
             }
+            if unconditional || changed(page) {
+                s.entries[i] = 0;
+                invalidated += 1;
+            } else {
+                skipped += 1;
+            }
+        }
+        if tracing && lo < hi {
+            let m = k.mms.get(mm).expect("notified mms are live");
+            let t = k.trace.as_mut().expect("tracing");
+            let smmu = t.meta.smmu_id(&s.name);
+            let (start, end) = (m.page_addr(lo), m.page_addr(hi - 1) + (1 << super::PAGE_SHIFT));
+            t.push_current(Event::MmuNotifierInvalidate { smmu, event, start, end, invalidated, skipped });
         }
     }
 }
@@ -131,26 +176,35 @@ pub fn invalidate_range(k: &mut Kernel, mm: Entity, first: PageIdx, n: u64, chan
 pub fn update_stale_gauge(k: &mut Kernel) {
     let now = k.now();
     let Kernel { smmus, mms, pages, counters, .. } = k;
-    let total = smmus
+    let total: u64 = smmus
         .iter()
         .map(|s| {
             let mm = mms.get(s.mm).ok();
             s.stale_entries(|page| mm.is_some_and(|m| m.page_accessible(page)), pages)
         })
         .sum();
-    counters.set_stale_mappings(now, total);
+    if total != counters.stale_mappings {
+        trace_event!(k, Event::StaleMappings { stale: total });
+    }
+    k.counters.set_stale_mappings(now, total);
 }
 
 /// An access through a valid secondary-MMU entry: sets its accessed bit, counts it as
 /// stale if the primary mapping no longer grants it, and returns the frame's node.
 pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> Nid {
-    let Kernel { smmus, pages, counters, mms, .. } = k;
+    let Kernel { smmus, pages, counters, mms, trace, .. } = k;
     let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
     let i = s.slot(page).expect("touches stay in the mapped range");
     s.entries[i] |= SPTE_YOUNG;
-    let granted = mms.get(s.mm).is_ok_and(|m| m.page_accessible(page));
+    let m = mms.get(s.mm).ok();
+    let granted = m.is_some_and(|m| m.page_accessible(page));
+    let nid = SecondaryMmu::entry_nid(s.entries[i]);
     if s.is_stale(i, granted, pages) {
         counters.stale.accesses += 1;
+        if let Some(t) = trace.as_mut() {
+            let (addr, smmu) = (m.map_or(0, |m| m.page_addr(page)), t.meta.smmu_id(&s.name));
+            t.push_current(Event::StaleAccess { smmu, addr, nid });
+        }
     }
-    SecondaryMmu::entry_nid(s.entries[i])
+    nid
 }

@@ -19,6 +19,9 @@ use bevy_ecs::resource::Resource;
 use crate::engine::Nanos;
 use crate::machine::{NUMA_NO_NODE, Nid};
 
+/// log2 of the page size (4 KiB pages only: no THP).
+pub const PAGE_SHIFT: u32 = 12;
+
 /// Global page number: index into [`Pages`].
 pub type PageIdx = u32;
 
@@ -262,6 +265,15 @@ impl Mm {
     /// Whether page `page` lies in an accessible VMA of this mm (`vma_is_accessible()`).
     pub fn page_accessible(&self, page: PageIdx) -> bool {
         self.vma_of_page(page).is_some_and(|vi| self.vmas[vi].accessible)
+    }
+
+    /// The user virtual address of global page `page` (0 if no VMA, mapped or unmapped,
+    /// ever held it).
+    pub fn page_addr(&self, page: PageIdx) -> u64 {
+        self.vmas
+            .iter()
+            .find(|v| page >= v.base && u64::from(page - v.base) < v.pages)
+            .map_or(0, |v| (v.start + u64::from(page - v.base)) << PAGE_SHIFT)
     }
 
     /// The VMA holding global page `page`, if this mm maps it.

@@ -5,7 +5,7 @@
 use bevy_ecs::prelude::*;
 
 use super::memory::free_page_node;
-use super::mmu_notifier::{invalidate_range, update_stale_gauge};
+use super::mmu_notifier::{MmuNotifyEvent, invalidate_range, update_stale_gauge};
 use super::{PTE_PROTNONE, PageIdx};
 use crate::config::Syscall;
 use crate::engine::{Event, Nanos};
@@ -32,6 +32,8 @@ pub struct Actions(pub Vec<Action>);
 pub fn run_action(In(i): In<u32>, mut k: Kernel, actions: Res<Actions>) {
     let a = &actions.0[i as usize];
     let now = k.now();
+    let pid = k.mm(a.mm).pid;
+    k.trace_current(0, pid, now);
     match a.syscall {
         Syscall::Munmap => do_munmap(&mut k, a.mm, a.vma),
         Syscall::Mprotect => {
@@ -81,7 +83,7 @@ pub fn mprotect_vma(k: &mut Kernel, mm: Entity, vma: usize, accessible: bool) {
             k.pages.pte[i].flags |= PTE_PROTNONE;
         }
     }
-    invalidate_range(k, mm, base, len, |p| changed.binary_search(&p).is_ok());
+    invalidate_range(k, mm, base, len, MmuNotifyEvent::ProtectionVma, |p| changed.binary_search(&p).is_ok());
 }
 
 /// Models munmap() of a whole VMA: the pages are unmapped and freed (a pinned page's frame
@@ -98,7 +100,7 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
         (v.base, v.pages)
     };
     let was_present: Vec<bool> = (base..base + len as PageIdx).map(|p| k.pages.present(p)).collect();
-    invalidate_range(k, mm, base, len, |p| was_present[(p - base) as usize]);
+    invalidate_range(k, mm, base, len, MmuNotifyEvent::Unmap, |p| was_present[(p - base) as usize]);
     let mut freed = 0;
     for page in base..base + len as PageIdx {
         let i = page as usize;

@@ -3,12 +3,15 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::mmu_notifier::invalidate_range;
-use super::{Mm, PG_KSM, PTE_PROTNONE, PageIdx, Vma, VmaNumab, hash_32};
+use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
+use super::{Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PageIdx, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
 use crate::sched::numa::{TICK_NSEC, TaskNuma, group_of, task_scan_max, task_scan_start};
+use crate::trace::Event;
+use crate::trace::events::NumabSkip;
+use crate::trace_event;
 
 /// Pages in a PMD (HPAGE_SIZE / PAGE_SIZE): scan chunks end on a PMD boundary.
 const HPAGE_PAGES: u64 = 512;
@@ -47,30 +50,35 @@ fn reset_ptenuma_scan(mm: &mut Mm) {
     mm.numa_scan_offset = 0;
 }
 
-/// Models vma_is_accessed(): has this task faulted in the VMA recently?
-fn vma_is_accessed(mm: &Mm, vma: &Vma, pid: u32) -> bool {
+/// Models vma_is_accessed(): has this task faulted in the VMA recently? A scan already
+/// past the VMA's start completes it whatever the pids say (traced as ignore_pid_inactive).
+fn vma_is_accessed(mm: &Mm, vma: &Vma, pid: u32) -> VmaVerdict {
     let numab = vma.numab.as_ref().expect("initialised before the check");
     if mm.numa_scan_seq.wrapping_sub(numab.start_scan_seq) < 2 {
-        return true;
+        return VmaVerdict::Scan;
     }
     let pids = numab.pids_active[0] | numab.pids_active[1];
     if pids & (1 << hash_32(pid, 6)) != 0 {
-        return true;
+        return VmaVerdict::Scan;
     }
     if mm.numa_scan_offset > vma.start {
-        return true;
+        return VmaVerdict::ScanIgnoringPid;
     }
-    mm.numa_scan_seq > numab.prev_scan_seq.wrapping_add(mm.nr_threads)
+    if mm.numa_scan_seq > numab.prev_scan_seq.wrapping_add(mm.nr_threads) {
+        VmaVerdict::Scan
+    } else {
+        VmaVerdict::Skip(NumabSkip::PidInactive)
+    }
 }
 
-/// What the VMA walk decided for one VMA before scanning it.
+/// What the VMA walk decided for one VMA before scanning it; a skip says why, as
+/// sched_skip_vma_numa does (seq_completed: already scanned in this sequence, so the offset
+/// moves past it; pid_inactive: not accessed by this task recently).
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum VmaVerdict {
     Scan,
-    Skip,
-    /// Already scanned in this sequence: move the offset past it.
-    Done,
-    /// Not accessed by this task recently.
-    PidInactive,
+    ScanIgnoringPid,
+    Skip(NumabSkip),
 }
 
 /// The per-VMA checks of task_numa_work() ahead of the PTE walk.
@@ -79,7 +87,7 @@ fn vma_verdict(mm: &mut Mm, vi: usize, pid: u32, now: Nanos, scan_delay: Nanos, 
     let vma = &mut mm.vmas[vi];
     // Inaccessible VMAs are skipped to avoid confusing PROT_NONE with NUMA hinting PTEs.
     if !vma.accessible {
-        return VmaVerdict::Skip;
+        return VmaVerdict::Skip(NumabSkip::Inaccessible);
     }
     let numab = vma.numab.get_or_insert_with(|| VmaNumab {
         next_scan: now + scan_delay,
@@ -89,19 +97,26 @@ fn vma_verdict(mm: &mut Mm, vi: usize, pid: u32, now: Nanos, scan_delay: Nanos, 
         prev_scan_seq: seq.wrapping_sub(1),
     });
     if seq != 0 && now < numab.next_scan {
-        return VmaVerdict::Skip;
+        return VmaVerdict::Skip(NumabSkip::ScanDelay);
     }
     if seq != 0 && now > numab.pids_active_reset {
         numab.pids_active_reset += 4 * scan_delay;
         numab.pids_active = [numab.pids_active[1], 0];
     }
     if numab.prev_scan_seq == seq {
-        return VmaVerdict::Done;
+        return VmaVerdict::Skip(NumabSkip::SeqCompleted);
     }
-    if !forced && !vma_is_accessed(mm, &mm.vmas[vi], pid) {
-        return VmaVerdict::PidInactive;
-    }
-    VmaVerdict::Scan
+    if forced { VmaVerdict::Scan } else { vma_is_accessed(mm, &mm.vmas[vi], pid) }
+}
+
+/// The sched_skip_vma_numa tracepoint for VMA `vi` of `mm`.
+fn trace_skip_vma(k: &mut Kernel, mm: Entity, vi: usize, reason: NumabSkip) {
+    trace_event!(k, {
+        let m = k.mms.get(mm).expect("scanned mms are live");
+        let v = &m.vmas[vi];
+        let numa_scan_offset = m.numa_scan_offset << PAGE_SHIFT;
+        Event::SchedSkipVmaNuma { numa_scan_offset, vm_start: v.start << PAGE_SHIFT, vm_end: v.end() << PAGE_SHIFT, reason }
+    });
 }
 
 /// Models task_numa_work(): scan up to `numa_balancing_scan_size_mb` of populated memory
@@ -126,7 +141,9 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
     // change_pte_range() leaves pages alone that already sit where a single-threaded
     // process runs.
     let target_node = (k.mm(mm_e).nr_threads == 1).then_some(cpu_nid);
+    let scan_start = k.mm(mm_e).numa_scan_offset;
     let mut walked = 0u64;
+    let mut pte_updates = 0u64;
     let mut forced = false;
     let mut pids_skipped = false;
     loop {
@@ -142,21 +159,17 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
         while vi < nr_vmas {
             let verdict = vma_verdict(&mut k.mm(mm_e), vi, pid, now, scan_delay, forced);
             match verdict {
-                VmaVerdict::Skip => {
+                VmaVerdict::Skip(reason) => {
+                    if reason == NumabSkip::SeqCompleted {
+                        let mut mm = k.mm(mm_e);
+                        mm.numa_scan_offset = mm.vmas[vi].end();
+                    }
+                    pids_skipped |= reason == NumabSkip::PidInactive;
+                    trace_skip_vma(k, mm_e, vi, reason);
                     vi += 1;
                     continue;
                 }
-                VmaVerdict::Done => {
-                    let mut mm = k.mm(mm_e);
-                    mm.numa_scan_offset = mm.vmas[vi].end();
-                    vi += 1;
-                    continue;
-                }
-                VmaVerdict::PidInactive => {
-                    pids_skipped = true;
-                    vi += 1;
-                    continue;
-                }
+                VmaVerdict::ScanIgnoringPid => trace_skip_vma(k, mm_e, vi, NumabSkip::IgnorePid),
                 VmaVerdict::Scan => {}
             }
             let vma = k.mm(mm_e).vmas[vi].clone();
@@ -165,6 +178,7 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
                 let end = (start + pages as u64).next_multiple_of(HPAGE_PAGES).min(vma.end());
                 let updated = change_prot_numa(k, mm_e, &vma, start, end, target_node);
                 walked += end - start;
+                pte_updates += updated;
                 if updated > 0 {
                     pages -= (end - start) as i64;
                 }
@@ -205,6 +219,11 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
         }
         break;
     }
+    trace_event!(k, {
+        let m = k.mms.get(mm_e).expect("scanned mms are live");
+        let (start, end) = (scan_start << PAGE_SHIFT, m.numa_scan_offset << PAGE_SHIFT);
+        Event::TaskNumaWork { start, end, scanned: walked, pte_updates, seq: m.numa_scan_seq }
+    });
     let cost = walked * pte_cost;
     // Tasks must run 32x as long elsewhere as they spent scanning (3% overhead cap).
     p.node_stamp += 32 * cost;
@@ -237,6 +256,8 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
         updated.push(page);
     }
     k.counters.vmstat.numa_pte_updates += updated.len() as u64;
-    invalidate_range(k, mm, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
+    invalidate_range(k, mm, vma.page(start), end - start, MmuNotifyEvent::ProtectionVma, |p| {
+        updated.binary_search(&p).is_ok()
+    });
     updated.len() as u64
 }

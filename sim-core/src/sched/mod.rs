@@ -177,12 +177,15 @@ pub fn cpu_tick(In(cpu): In<u32>, mut k: Kernel, mut tasks: Query<(&mut Task, &m
         k.queue.schedule_in(0, Event::CpuTick(cpu));
         return;
     }
-    k.cpu(cpu).curr = Some((task.pid, task.mm));
+    let pid = task.pid;
+    k.cpu(cpu).curr = Some((pid, task.mm));
+    k.trace_current(cpu, pid, now);
     let mut spent = match task.ept {
         Some(ept) => crate::kvm::run_vcpu_quantum(&mut k, &mut task, &mut numa, cpu, ept),
         None => run_quantum(&mut k, &mut task, &mut numa, cpu),
     };
     task.sum_exec_runtime += spent;
+    k.trace_current(cpu, pid, now + spent);
     if k.sysctl.0.numa_balancing && task_tick_numa(&mut k, &mut numa, task.sum_exec_runtime, now + spent) {
         let nid = k.topo.cpu_to_node(cpu);
         let scan = task_numa_work(&mut k, &mut numa, task.pid, nid, now + spent);
@@ -193,6 +196,7 @@ pub fn cpu_tick(In(cpu): In<u32>, mut k: Kernel, mut tasks: Query<(&mut Task, &m
     if migrate {
         numa::task_numa_migrate(&mut k, &mut tasks, te);
     }
+    k.trace_task_ran(cpu, pid, now, now + spent.max(1));
     let mut c = k.cpu(cpu);
     if c.runqueue.front() == Some(&te) {
         c.runqueue.rotate_left(1);

@@ -8,6 +8,9 @@ use crate::engine::{NSEC_PER_MSEC, NSEC_PER_SEC, Nanos};
 use crate::kernel::{Faulter, Kernel, Sysctl};
 use crate::machine::Nid;
 use crate::mm::{Mm, PageIdx, cpu_pid_to_cpupid, cpupid_match_pid, cpupid_pid_unset, cpupid_to_cpu};
+use crate::trace::Event;
+use crate::trace::events::{NumaPair, TaskIds};
+use crate::trace_event;
 
 /// task_numa_fault() flags (include/linux/sched/numa_balancing.h).
 pub const TNF_MIGRATED: u32 = 0x01;
@@ -690,17 +693,63 @@ pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut Task
             p.numa_preferred_nid = Some(nid);
         }
     }
-    let Some(best) = env.best else { return };
+    let Some(best) = env.best else {
+        trace_event!(k, Event::SchedStickNuma(numa_pair(k, tasks, te, env.src_cpu, None, -1)));
+        return;
+    };
     match best.task {
         None => {
+            trace_event!(k, sched_move_numa(k, tasks, te, env.src_cpu, best.cpu));
             migrate_task_to(k, tasks, te, best.cpu);
             k.counters.vmstat.numa_task_migrated += 1;
         }
         Some(other) => {
+            let pair = numa_pair(k, tasks, te, env.src_cpu, Some(other), best.cpu as i32);
+            trace_event!(k, Event::SchedSwapNuma(pair));
             migrate_task_to(k, tasks, other, env.src_cpu);
             migrate_task_to(k, tasks, te, best.cpu);
             k.counters.vmstat.numa_task_swapped += 2;
         }
+    }
+}
+
+/// A task as the sched tracepoints print it: pid, tgid and numa group id (the process's pid
+/// once the task joined its process's group, its own pid before: the kernel gives every
+/// faulting task a group of its own first).
+fn task_ids(k: &Kernel, tasks: &Query<(&mut Task, &mut TaskNuma)>, te: Entity) -> TaskIds {
+    let Ok((task, p)) = tasks.get(te) else { return TaskIds::default() };
+    let tgid = k.mms.get(task.mm).map_or(0, |m| m.pid);
+    TaskIds { pid: task.pid, tgid, ngid: if p.in_group { tgid } else { task.pid } }
+}
+
+/// sched_move_numa of `te` from `src_cpu` to `dst_cpu`.
+fn sched_move_numa(k: &Kernel, tasks: &Query<(&mut Task, &mut TaskNuma)>, te: Entity, src_cpu: u32, dst_cpu: u32) -> Event {
+    Event::SchedMoveNuma {
+        task: task_ids(k, tasks, te),
+        src_cpu: src_cpu as i32,
+        src_nid: k.topo.cpu_to_node(src_cpu).into(),
+        dst_cpu: dst_cpu as i32,
+        dst_nid: k.topo.cpu_to_node(dst_cpu).into(),
+    }
+}
+
+/// The fields of sched_swap_numa / sched_stick_numa (sched_numa_pair_template): a missing
+/// destination task prints zeros, a missing destination CPU -1.
+fn numa_pair(
+    k: &Kernel,
+    tasks: &Query<(&mut Task, &mut TaskNuma)>,
+    src: Entity,
+    src_cpu: u32,
+    dst: Option<Entity>,
+    dst_cpu: i32,
+) -> NumaPair {
+    NumaPair {
+        src: task_ids(k, tasks, src),
+        src_cpu: src_cpu as i32,
+        src_nid: k.topo.cpu_to_node(src_cpu).into(),
+        dst: dst.map_or(TaskIds::default(), |d| task_ids(k, tasks, d)),
+        dst_cpu,
+        dst_nid: if dst_cpu >= 0 { k.topo.cpu_to_node(dst_cpu as u32).into() } else { -1 },
     }
 }
 

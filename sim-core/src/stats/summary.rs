@@ -123,6 +123,9 @@ pub struct Summary {
     pub events: u64,
     /// Wall-clock seconds the run took (the one field that differs between identical runs).
     pub wall_s: f64,
+    /// The trace file, when the run was traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::trace::TraceSummary>,
     #[serde(flatten)]
     pub metrics: Groups,
 }

@@ -1,0 +1,102 @@
+//! Reading ftrace text back: `trace-cmd report` output (numasim's or a real kernel's) and the
+//! tracefs `trace` file, whose lines carry an extra latency column (`d..2.`).
+//!
+//! A line is `COMM-PID [CPU] [FLAGS] SECONDS: EVENT: FIELDS`; a comm may hold spaces and
+//! dashes, so the pid is the digits after the last dash before the CPU column.
+
+use std::collections::BTreeMap;
+
+/// One event line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Line<'a> {
+    pub comm: &'a str,
+    pub pid: u32,
+    pub cpu: u32,
+    pub event: &'a str,
+    pub fields: &'a str,
+}
+
+/// Parses one line; `None` for headers, notes and anything that is not an event.
+pub fn parse_line(line: &str) -> Option<Line<'_>> {
+    let open = line.find(" [")?;
+    let close = open + line[open..].find(']')?;
+    let cpu = line[open + 2..close].trim().parse().ok()?;
+    let task = line[..open].trim();
+    let dash = task.rfind('-')?;
+    let pid = task[dash + 1..].trim().parse().ok()?;
+    let comm = task[..dash].trim();
+    let rest = &line[close + 1..];
+    // The timestamp is the first word ending in ':' that parses as seconds.
+    let colon = rest.find(": ")?;
+    let stamp = rest[..colon].split_whitespace().last()?;
+    stamp.parse::<f64>().ok()?;
+    let rest = rest[colon + 2..].trim_start();
+    let (event, fields) = match rest.find(':') {
+        Some(i) => (&rest[..i], rest[i + 1..].trim()),
+        None => return None,
+    };
+    if event.is_empty() || event.contains(' ') {
+        return None;
+    }
+    Some(Line { comm, pid, cpu, event, fields })
+}
+
+/// The `key=value` pairs of a field string whose value is a number.
+pub fn numeric_fields(fields: &str) -> impl Iterator<Item = (&str, i64)> {
+    fields.split_whitespace().filter_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        Some((k, v.parse::<i64>().ok()?))
+    })
+}
+
+/// Per event name, how many events; and per `event.nr_*` field, the sum (the kernel names
+/// counts it reports `nr_*`, as mm_migrate_pages does).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    pub events: BTreeMap<String, u64>,
+    pub sums: BTreeMap<String, i64>,
+    /// Lines that were neither an event nor a header or note.
+    pub unparsed: u64,
+}
+
+/// Counts the events of an ftrace text file.
+pub fn count_events(text: &str) -> Counts {
+    let mut c = Counts::default();
+    for line in text.lines() {
+        let t = line.trim_start();
+        if t.is_empty() || t.starts_with('#') || t.starts_with("cpus=") || t.starts_with("version") || t.starts_with("CPU ")
+        {
+            continue;
+        }
+        let Some(l) = parse_line(line) else {
+            c.unparsed += 1;
+            continue;
+        };
+        *c.events.entry(l.event.to_string()).or_default() += 1;
+        for (k, v) in numeric_fields(l.fields).filter(|(k, _)| k.starts_with("nr_")) {
+            *c.sums.entry(format!("{}.{k}", l.event)).or_default() += v;
+        }
+    }
+    c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_trace_cmd_report_and_tracefs_lines() {
+        let report = "  numa02/worker/1-1003  [001]     2.004512: sched_move_numa:      pid=1003 tgid=1001 ngid=1001 src_cpu=1 src_nid=0 dst_cpu=5 dst_nid=1";
+        let l = parse_line(report).unwrap();
+        assert_eq!((l.comm, l.pid, l.cpu, l.event), ("numa02/worker/1", 1003, 1, "sched_move_numa"));
+        assert!(l.fields.starts_with("pid=1003 "));
+        let tracefs = "       a.out-4242    [003] d..2.  1234.567890: mm_migrate_pages: nr_succeeded=1 nr_failed=0 nr_thp_succeeded=0 nr_thp_failed=0 nr_thp_split=0 nr_split=0 mode=MIGRATE_ASYNC reason=numa_misplaced";
+        let l = parse_line(tracefs).unwrap();
+        assert_eq!((l.comm, l.pid, l.cpu, l.event), ("a.out", 4242, 3, "mm_migrate_pages"));
+        let c = count_events(&format!("# tracer: nop\ncpus=4\n{report}\n{tracefs}\n{tracefs}\ngarbage\n"));
+        assert_eq!(c.events["sched_move_numa"], 1);
+        assert_eq!(c.events["mm_migrate_pages"], 2);
+        assert_eq!(c.sums["mm_migrate_pages.nr_succeeded"], 2);
+        assert_eq!(c.unparsed, 1);
+    }
+}

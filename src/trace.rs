@@ -1,0 +1,164 @@
+//! `run --trace FILE`: choosing what to record and writing the trace file; and
+//! `trace-diff`, which compares two ftrace text traces event kind by event kind.
+
+use std::fs;
+use std::io::BufWriter;
+use std::path::{Path, PathBuf};
+
+use clap::{Args, ValueEnum};
+use sim_core::trace::chrome::write_chrome;
+use sim_core::trace::output::{Written, write_ftrace};
+use sim_core::trace::parse::{Counts, count_events};
+use sim_core::trace::{Kind, TpVersion, Trace, TraceOptions, TraceSummary, parse_events};
+
+use crate::Failure;
+
+/// The trace options of `run`.
+#[derive(Args, Debug, Default)]
+pub struct TraceArgs {
+    /// Record the run's events into FILE: ftrace text as `trace-cmd report` prints it, or
+    /// Chrome JSON for Perfetto when FILE ends in .json.
+    #[arg(long, value_name = "FILE")]
+    pub trace: Option<PathBuf>,
+    /// Events to record: comma-separated `system:event` patterns with `*` globs, e.g.
+    /// `sched:*,migrate:mm_migrate_pages,numasim:*` (default: all).
+    #[arg(long, value_name = "LIST", requires = "trace")]
+    pub trace_events: Option<String>,
+    /// Stop recording when the trace file would pass this many MiB (default 256).
+    #[arg(long, value_name = "MIB", requires = "trace")]
+    pub trace_max_mib: Option<u64>,
+    /// The trace format (default: by FILE's extension).
+    #[arg(long, value_enum, requires = "trace")]
+    pub trace_format: Option<Format>,
+    /// The kernel whose tracepoint formats to print: 6.1 or 6.12 (default 6.12).
+    #[arg(long, value_name = "VERSION", requires = "trace")]
+    pub trace_kernel: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// ftrace text (`trace-cmd report`).
+    Ftrace,
+    /// Chrome JSON trace events (Perfetto, chrome://tracing).
+    Json,
+}
+
+/// A validated trace request.
+pub struct Request {
+    pub file: PathBuf,
+    pub format: Format,
+    pub options: TraceOptions,
+}
+
+const DEFAULT_MAX_MIB: u64 = 256;
+
+/// Checks the trace options before anything runs; `None` when not tracing.
+pub fn request(a: &TraceArgs) -> Result<Option<Request>, Failure> {
+    let Some(file) = a.trace.clone() else { return Ok(None) };
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let format = match (a.trace_format, ext) {
+        (Some(f), _) => f,
+        (None, "json") => Format::Json,
+        (None, "dat") => {
+            return Err(Failure::Input(format!(
+                "--trace {}: .dat is trace-cmd's binary format, which numasim does not write; \
+                 use a .txt file (ftrace text) or .json (Perfetto), or --trace-format",
+                file.display()
+            )));
+        }
+        (None, _) => Format::Ftrace,
+    };
+    let (kinds, events) = match &a.trace_events {
+        Some(spec) => (parse_events(spec).map_err(Failure::Input)?, spec.clone()),
+        None => (Kind::ALL.to_vec(), "*:*".to_string()),
+    };
+    let version = match a.trace_kernel.as_deref() {
+        None => TpVersion::default(),
+        Some(v) => TpVersion::ALL.into_iter().find(|t| t.name() == v).ok_or_else(|| {
+            Failure::Input(format!("--trace-kernel `{v}`: unknown kernel (6.1 or 6.12)"))
+        })?,
+    };
+    let mib = a.trace_max_mib.unwrap_or(DEFAULT_MAX_MIB);
+    if mib == 0 {
+        return Err(Failure::Input("--trace-max-mib 0: the bound must be at least 1 MiB".into()));
+    }
+    if kinds.iter().all(|k| !version.has(*k)) {
+        return Err(Failure::Input(format!("--trace-events `{events}`: Linux {} has none of these", version.name())));
+    }
+    let options = TraceOptions { kinds, events, version, max_bytes: mib << 20 };
+    Ok(Some(Request { file, format, options }))
+}
+
+/// Writes the trace under a temporary name and renames it into place, so a trace file
+/// that exists was written to its end (its last line says whether the trace is complete).
+pub fn write(req: &Request, trace: &Trace) -> Result<TraceSummary, Failure> {
+    let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", req.file.display()));
+    let dir = req.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(io)?;
+    let name = req.file.file_name().and_then(|n| n.to_str()).unwrap_or("trace");
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut w = BufWriter::new(fs::File::create(&tmp).map_err(io)?);
+    let written: Written = match req.format {
+        Format::Ftrace => write_ftrace(trace, &mut w),
+        Format::Json => write_chrome(trace, &mut w),
+    }
+    .map_err(io)?;
+    w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
+    fs::rename(&tmp, &req.file).map_err(io)?;
+    Ok(TraceSummary {
+        file: req.file.display().to_string(),
+        format: match req.format {
+            Format::Ftrace => "ftrace",
+            Format::Json => "chrome-json",
+        },
+        kernel: req.options.version.name(),
+        events: written.events,
+        bytes: written.bytes,
+        complete: written.truncated.is_none(),
+        stopped: written.truncated.map(|t| t.describe()),
+    })
+}
+
+/// `numasim trace-diff A B`: events per kind (and sums of `nr_*` fields) in two ftrace text
+/// traces, side by side.
+pub fn diff(a: &Path, b: &Path) -> Result<(), Failure> {
+    let (ca, cb) = (read_counts(a)?, read_counts(b)?);
+    let mut rows: Vec<&String> = ca.events.keys().chain(cb.events.keys()).collect();
+    rows.sort();
+    rows.dedup();
+    let mut sums: Vec<&String> = ca.sums.keys().chain(cb.sums.keys()).collect();
+    sums.sort();
+    sums.dedup();
+    let label = |p: &Path| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().into_owned());
+    println!("{:44} {:>14} {:>14} {:>14}", "event", label(a), label(b), "B - A");
+    let line = |name: &str, x: i64, y: i64| println!("{name:44} {x:>14} {y:>14} {:>+14}", y - x);
+    for r in rows {
+        line(r, count(&ca.events, r), count(&cb.events, r));
+    }
+    for s in sums {
+        line(s, ca.sums.get(s).copied().unwrap_or(0), cb.sums.get(s).copied().unwrap_or(0));
+    }
+    for (p, c) in [(a, &ca), (b, &cb)] {
+        if c.unparsed > 0 {
+            eprintln!("{}: {} lines were not ftrace events and were ignored", p.display(), c.unparsed);
+        }
+    }
+    Ok(())
+}
+
+fn count(m: &std::collections::BTreeMap<String, u64>, k: &str) -> i64 {
+    m.get(k).map_or(0, |&n| n as i64)
+}
+
+fn read_counts(p: &Path) -> Result<Counts, Failure> {
+    let text = fs::read_to_string(p).map_err(|e| Failure::Input(format!("{}: {e}", p.display())))?;
+    let c = count_events(&text);
+    if c.events.is_empty() && c.unparsed > 0 {
+        return Err(Failure::Input(format!(
+            "{}: no ftrace events in {} lines (expected `trace-cmd report` or tracefs `trace` text)",
+            p.display(),
+            c.unparsed
+        )));
+    }
+    Ok(c)
+}
