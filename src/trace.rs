@@ -74,9 +74,10 @@ pub fn request(a: &TraceArgs) -> Result<Option<Request>, Failure> {
     };
     let version = match a.trace_kernel.as_deref() {
         None => TpVersion::default(),
-        Some(v) => TpVersion::ALL.into_iter().find(|t| t.name() == v).ok_or_else(|| {
-            Failure::Input(format!("--trace-kernel `{v}`: unknown kernel (6.1 or 6.12)"))
-        })?,
+        Some(v) => TpVersion::ALL
+            .into_iter()
+            .find(|t| t.name() == v)
+            .ok_or_else(|| Failure::Input(format!("--trace-kernel `{v}`: unknown kernel (6.1 or 6.12)")))?,
     };
     let mib = a.trace_max_mib.unwrap_or(DEFAULT_MAX_MIB);
     if mib == 0 {

@@ -303,7 +303,8 @@ impl Sim {
             c.kernel.notifier.name()
         );
         let topo = self.world.resource::<Topology>();
-        let mut meta = TraceMeta { nr_cpus: topo.nr_cpus(), cpus_per_node: topo.cpus_per_node, title, ..Default::default() };
+        let mut meta =
+            TraceMeta { nr_cpus: topo.nr_cpus(), cpus_per_node: topo.cpus_per_node, title, ..Default::default() };
         let w = &mut self.world;
         for m in w.query::<&Mm>().iter(w) {
             meta.comms.insert(m.pid, (m.name.clone(), PidKind::Process));

@@ -63,11 +63,18 @@ fn track(trace: &Trace, pid: u32) -> (u32, u32) {
 
 fn meta_event(out: &mut String, pid: u32, tid: Option<u32>, name: &str, value: &str) {
     let tid = tid.map_or(String::new(), |t| format!(",\"tid\":{t}"));
-    let _ = writeln!(out, "{{\"ph\":\"M\",\"pid\":{pid}{tid},\"name\":\"{name}\",\"args\":{{\"name\":{}}}}},", json_str(value));
+    let _ = writeln!(
+        out,
+        "{{\"ph\":\"M\",\"pid\":{pid}{tid},\"name\":\"{name}\",\"args\":{{\"name\":{}}}}},",
+        json_str(value)
+    );
 }
 
 fn sort_index(out: &mut String, pid: u32, index: u32) {
-    let _ = writeln!(out, "{{\"ph\":\"M\",\"pid\":{pid},\"name\":\"process_sort_index\",\"args\":{{\"sort_index\":{index}}}}},");
+    let _ = writeln!(
+        out,
+        "{{\"ph\":\"M\",\"pid\":{pid},\"name\":\"process_sort_index\",\"args\":{{\"sort_index\":{index}}}}},"
+    );
 }
 
 /// Names of every process, thread and CPU track, nodes first.

@@ -157,26 +157,86 @@ pub enum KsmTree {
 /// One event's payload. Addresses are user virtual addresses (`vpn << PAGE_SHIFT`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Event {
-    SchedMoveNuma { task: TaskIds, src_cpu: i32, src_nid: i32, dst_cpu: i32, dst_nid: i32 },
+    SchedMoveNuma {
+        task: TaskIds,
+        src_cpu: i32,
+        src_nid: i32,
+        dst_cpu: i32,
+        dst_nid: i32,
+    },
     SchedSwapNuma(NumaPair),
     SchedStickNuma(NumaPair),
-    SchedSkipVmaNuma { numa_scan_offset: u64, vm_start: u64, vm_end: u64, reason: NumabSkip },
+    SchedSkipVmaNuma {
+        numa_scan_offset: u64,
+        vm_start: u64,
+        vm_end: u64,
+        reason: NumabSkip,
+    },
     /// migrate_pages() for one misplaced folio: mode MIGRATE_ASYNC, reason MR_NUMA_MISPLACED.
     MmMigratePagesStart,
-    MmMigratePages { succeeded: u32, failed: u32 },
-    HintFault { addr: u64, page_nid: Nid, nid: Nid, source: Source, local: bool, migrated: bool, migrate_fail: bool },
+    MmMigratePages {
+        succeeded: u32,
+        failed: u32,
+    },
+    HintFault {
+        addr: u64,
+        page_nid: Nid,
+        nid: Nid,
+        source: Source,
+        local: bool,
+        migrated: bool,
+        migrate_fail: bool,
+    },
     /// One task_numa_work() pass: scan offsets before and after, pages walked, PTEs updated.
-    TaskNumaWork { start: u64, end: u64, scanned: u64, pte_updates: u64, seq: u32 },
-    Gup { addr: u64, flags: u32, policy: GupPolicy, protnone: bool, result: GupResult },
-    MmuNotifierInvalidate { smmu: u16, event: MmuNotifyEvent, start: u64, end: u64, invalidated: u32, skipped: u32 },
-    StaleMappings { stale: u64 },
-    StaleAccess { smmu: u16, addr: u64, nid: Nid },
-    KsmMerge { addr: u64, nid: Nid, kpage_nid: Nid, tree: KsmTree },
+    TaskNumaWork {
+        start: u64,
+        end: u64,
+        scanned: u64,
+        pte_updates: u64,
+        seq: u32,
+    },
+    Gup {
+        addr: u64,
+        flags: u32,
+        policy: GupPolicy,
+        protnone: bool,
+        result: GupResult,
+    },
+    MmuNotifierInvalidate {
+        smmu: u16,
+        event: MmuNotifyEvent,
+        start: u64,
+        end: u64,
+        invalidated: u32,
+        skipped: u32,
+    },
+    StaleMappings {
+        stale: u64,
+    },
+    StaleAccess {
+        smmu: u16,
+        addr: u64,
+        nid: Nid,
+    },
+    KsmMerge {
+        addr: u64,
+        nid: Nid,
+        kpage_nid: Nid,
+        tree: KsmTree,
+    },
     /// follow_page() failed on a protnone PTE (the v6.2 – v6.4 rule).
-    KsmSkip { addr: u64 },
-    KsmCow { addr: u64, nid: Nid },
+    KsmSkip {
+        addr: u64,
+    },
+    KsmCow {
+        addr: u64,
+        nid: Nid,
+    },
     /// The task ran on the record's CPU (node `nid`) from the record's time for `dur` ns.
-    TaskRun { nid: Nid, dur: Nanos },
+    TaskRun {
+        nid: Nid,
+        dur: Nanos,
+    },
 }
 
 impl Event {

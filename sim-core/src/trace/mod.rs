@@ -121,11 +121,7 @@ pub struct Trace {
 
 impl Trace {
     pub fn new(options: TraceOptions, meta: TraceMeta) -> Self {
-        let enabled = options
-            .kinds
-            .iter()
-            .filter(|k| options.version.has(**k))
-            .fold(0u32, |m, k| m | 1 << *k as u32);
+        let enabled = options.kinds.iter().filter(|k| options.version.has(**k)).fold(0u32, |m, k| m | 1 << *k as u32);
         let max_records = (options.max_bytes as usize / std::mem::size_of::<Record>()).max(1);
         let runs = vec![None; meta.nr_cpus as usize];
         Self {
@@ -305,10 +301,10 @@ mod tests {
         assert_eq!(sched, vec![Kind::SchedMoveNuma, Kind::SchedSwapNuma, Kind::SchedStickNuma, Kind::SchedSkipVmaNuma]);
         assert_eq!(parse_events("sched").unwrap(), sched);
         assert_eq!(parse_events("migrate:mm_migrate_pages").unwrap(), vec![Kind::MmMigratePages]);
-        assert_eq!(parse_events("mm_migrate_pages,sched_move_numa").unwrap(), vec![
-            Kind::SchedMoveNuma,
-            Kind::MmMigratePages
-        ]);
+        assert_eq!(
+            parse_events("mm_migrate_pages,sched_move_numa").unwrap(),
+            vec![Kind::SchedMoveNuma, Kind::MmMigratePages]
+        );
         assert_eq!(parse_events("*:*").unwrap().len(), Kind::ALL.len());
         assert_eq!(parse_events("numasim:*ksm*").unwrap(), vec![Kind::KsmMerge, Kind::KsmSkip, Kind::KsmCow]);
         let err = parse_events("sched:sched_switch").unwrap_err();
@@ -336,8 +332,12 @@ mod tests {
 
     #[test]
     fn runs_of_one_task_merge_until_another_runs() {
-        let options =
-            TraceOptions { kinds: vec![Kind::TaskRun], events: "*".into(), version: TpVersion::V6_12, max_bytes: 1 << 20 };
+        let options = TraceOptions {
+            kinds: vec![Kind::TaskRun],
+            events: "*".into(),
+            version: TpVersion::V6_12,
+            max_bytes: 1 << 20,
+        };
         let mut t = Trace::new(options, TraceMeta { nr_cpus: 1, ..Default::default() });
         t.task_ran(0, 7, 0, 0, 10);
         t.task_ran(0, 7, 0, 10, 20);

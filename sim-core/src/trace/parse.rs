@@ -64,7 +64,11 @@ pub fn count_events(text: &str) -> Counts {
     let mut c = Counts::default();
     for line in text.lines() {
         let t = line.trim_start();
-        if t.is_empty() || t.starts_with('#') || t.starts_with("cpus=") || t.starts_with("version") || t.starts_with("CPU ")
+        if t.is_empty()
+            || t.starts_with('#')
+            || t.starts_with("cpus=")
+            || t.starts_with("version")
+            || t.starts_with("CPU ")
         {
             continue;
         }

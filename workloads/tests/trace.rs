@@ -1,0 +1,221 @@
+//! Traces against the summary: every traced event kind that has a counter counts what the
+//! counter counts, read back from the ftrace text; tracing changes no result; a trace is
+//! bit-identical for the same config and seed.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{config, metric, scenario};
+use sim_core::config::Config;
+use sim_core::sim::{RunOutput, Sim};
+use sim_core::trace::chrome::write_chrome;
+use sim_core::trace::output::write_ftrace;
+use sim_core::trace::parse::{count_events, numeric_fields, parse_line};
+use sim_core::trace::{Kind, TpVersion, TraceOptions};
+
+fn all_events() -> TraceOptions {
+    TraceOptions { kinds: Kind::ALL.to_vec(), events: "*:*".into(), version: TpVersion::V6_12, max_bytes: 1 << 30 }
+}
+
+/// Runs `c` traced (after `prepare`) and returns the results and the ftrace text.
+fn traced(c: &Config, prepare: impl FnOnce(&mut Sim)) -> (RunOutput, String) {
+    let mut sim = workloads::build(c);
+    prepare(&mut sim);
+    sim.enable_trace(all_events());
+    let out = sim.run();
+    let mut text = Vec::new();
+    let written = write_ftrace(out.trace.as_ref().expect("tracing was on"), &mut text).unwrap();
+    assert_eq!(written.truncated, None, "the bound is far away");
+    (out, String::from_utf8(text).unwrap())
+}
+
+/// What the trace says, per counter it can be held against.
+fn tally(text: &str) -> BTreeMap<String, f64> {
+    let c = count_events(text);
+    let n = |e: &str| c.events.get(e).copied().unwrap_or(0) as f64;
+    let sum = |e: &str| c.sums.get(e).copied().unwrap_or(0) as f64;
+    let mut t = BTreeMap::new();
+    t.insert("vmstat.numa_hint_faults".into(), n("numasim_hint_fault"));
+    t.insert("vmstat.numa_pte_updates".into(), sum("numasim_task_numa_work.nr_pte_updates"));
+    t.insert("vmstat.pgmigrate_success".into(), sum("mm_migrate_pages.nr_succeeded"));
+    t.insert("vmstat.pgmigrate_fail".into(), sum("mm_migrate_pages.nr_failed"));
+    t.insert("vmstat.numa_task_migrated".into(), n("sched_move_numa"));
+    // The kernel counts numa_task_swapped for both tasks of a swap (__migrate_swap_task()).
+    t.insert("vmstat.numa_task_swapped".into(), 2.0 * n("sched_swap_numa"));
+    t.insert("vmstat.cow_ksm".into(), n("numasim_ksm_cow"));
+    t.insert("stale.accesses".into(), n("numasim_stale_access"));
+    t.insert("ksm.pages_merged".into(), n("numasim_ksm_merge"));
+    t.insert("ksm.skipped_protnone".into(), n("numasim_ksm_skip"));
+    let mut local = 0.0;
+    let mut migrated = 0.0;
+    let mut stale_max = 0.0f64;
+    for l in text.lines().filter_map(parse_line) {
+        let field = |k: &str| numeric_fields(l.fields).find(|(f, _)| *f == k).map_or(0.0, |(_, v)| v as f64);
+        match l.event {
+            "numasim_hint_fault" => {
+                local += field("local");
+                migrated += field("migrated");
+                let source = l.fields.split_whitespace().find_map(|kv| kv.strip_prefix("source=")).unwrap();
+                *t.entry(format!("hint_faults_by_source.{source}")).or_default() += 1.0;
+            }
+            "numasim_stale_mappings" => stale_max = stale_max.max(field("stale")),
+            _ => {}
+        }
+    }
+    t.insert("vmstat.numa_hint_faults_local".into(), local);
+    t.insert("vmstat.numa_pages_migrated".into(), migrated);
+    t.insert("stale.mappings_max".into(), stale_max);
+    for s in ["cpu", "kvm", "device"] {
+        t.entry(format!("hint_faults_by_source.{s}")).or_default();
+    }
+    t
+}
+
+const MOVED: &str = r#"
+[run]
+duration_ms = 12000
+
+[machine]
+cpus_per_node = 8
+
+[[process]]
+name = "mover"
+
+[[process.vma]]
+name = "heap"
+size_mib = 128
+populate_node = 0
+
+[[process.thread]]
+count = 2
+node = 1
+vma = "heap"
+slice = "private"
+"#;
+
+const SWAPPED: &str = r#"
+[run]
+duration_ms = 8000
+
+[machine]
+cpus_per_node = 1
+
+[[process]]
+name = "left"
+
+[[process.vma]]
+name = "heap"
+size_mib = 32
+populate_node = 1
+
+[[process.thread]]
+count = 2
+node = 0
+vma = "heap"
+
+[[process]]
+name = "right"
+
+[[process.vma]]
+name = "heap"
+size_mib = 32
+populate_node = 0
+
+[[process.thread]]
+count = 2
+node = 1
+vma = "heap"
+"#;
+
+#[test]
+fn trace_event_counts_equal_the_summary_counters() {
+    let full = |sim: &mut Sim, nodes: &[u8]| {
+        sim.with_kernel(|k| {
+            for &n in nodes {
+                k.pgdat(n).free_pages = 0;
+            }
+        })
+    };
+    let runs: Vec<(&str, RunOutput, String)> = vec![
+        ("default", scenario("default", &["run.duration_ms=3000"]), vec![]),
+        ("pinned-device", scenario("pinned-device", &["run.duration_ms=3000"]), vec![]),
+        (
+            "ksm-protnone",
+            scenario(
+                "ksm-protnone",
+                &["run.duration_ms=4000", "kernel.gup_policy=implicit-all", "process.0.thread.0.write_fraction=0.01"],
+            ),
+            vec![],
+        ),
+        (
+            "mprotect-hazard",
+            scenario("mprotect-hazard", &["run.duration_ms=4000", "kernel.gup_policy=implicit"]),
+            vec![],
+        ),
+        ("moved", config(MOVED, &[]), vec![1]),
+        // imb_numa_nr is 1 with 4 CPUs a node: the second thread finds no CPU and sticks.
+        ("stuck", config(MOVED, &["machine.cpus_per_node=4"]), vec![1]),
+        ("swapped", config(SWAPPED, &[]), vec![0, 1]),
+    ]
+    .into_iter()
+    .map(|(name, c, fill)| {
+        let (out, text) = traced(&c, |sim| full(sim, &fill));
+        (name, out, text)
+    })
+    .collect();
+    let mut seen: BTreeMap<String, f64> = BTreeMap::new();
+    for (name, out, text) in &runs {
+        for (counter, traced) in tally(text) {
+            let counted = metric(out, &counter);
+            assert_eq!(traced, counted, "{name}: {counter}: trace {traced}, summary {counted}");
+            *seen.entry(counter).or_default() += counted;
+        }
+    }
+    // Every comparison above was of something that happened in some run.
+    for (counter, total) in &seen {
+        assert!(*total > 0.0, "no run exercised {counter}");
+    }
+    let sticks: Vec<&str> =
+        runs.iter().filter(|(_, _, t)| count_events(t).events.contains_key("sched_stick_numa")).map(|r| r.0).collect();
+    assert!(!sticks.is_empty(), "some task_numa_migrate() found no better CPU");
+}
+
+#[test]
+fn tracing_changes_no_result_and_a_trace_is_bit_identical() {
+    let c = scenario("default", &["run.duration_ms=2000"]);
+    let plain = workloads::build(&c).run();
+    let (first, text) = traced(&c, |_| {});
+    let (_, again) = traced(&c, |_| {});
+    assert_eq!(first.summary.metrics, plain.summary.metrics);
+    assert_eq!(first.summary.events, plain.summary.events);
+    assert_eq!(text, again, "same config and seed, same trace");
+    let json = |out: &RunOutput| {
+        let mut b = Vec::new();
+        write_chrome(out.trace.as_ref().unwrap(), &mut b).unwrap();
+        b
+    };
+    assert_eq!(json(&first), json(&traced(&c, |_| {}).0));
+}
+
+#[test]
+fn a_filter_records_only_what_it_names() {
+    let c = scenario("default", &["run.duration_ms=2000"]);
+    let mut sim = workloads::build(&c);
+    let kinds = sim_core::trace::parse_events("migrate:mm_migrate_pages,sched").unwrap();
+    sim.enable_trace(TraceOptions { kinds, events: "migrate:mm_migrate_pages,sched".into(), ..all_events() });
+    let out = sim.run();
+    let trace = out.trace.as_ref().unwrap();
+    assert!(!trace.records().is_empty());
+    assert!(trace.records().iter().all(|r| matches!(r.event.kind().system(), "sched" | "migrate")));
+    assert!(trace.records().iter().all(|r| r.event.kind() != Kind::MmMigratePagesStart));
+    let succeeded: u64 = trace
+        .records()
+        .iter()
+        .map(|r| match r.event {
+            sim_core::trace::Event::MmMigratePages { succeeded, .. } => u64::from(succeeded),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(succeeded as f64, metric(&out, "vmstat.pgmigrate_success"));
+}
