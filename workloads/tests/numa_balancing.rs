@@ -50,28 +50,6 @@ fn the_scan_period_grows_once_memory_is_local() {
     assert!(periods.iter().any(|&p| p >= 2000), "{periods:?}");
 }
 
-const PULLED: &str = r#"
-[run]
-duration_ms = 20000
-
-[machine]
-cpus_per_node = 8
-
-[[process]]
-name = "app"
-
-[[process.vma]]
-name = "data"
-size_mib = 256
-populate_node = 0
-
-[[process.thread]]
-count = 2
-node = 1
-vma = "data"
-slice = "private"
-"#;
-
 #[test]
 fn threads_move_to_the_node_holding_their_memory() {
     // All memory sits on node 0 and cannot move (node 1 has no free memory), while the
@@ -93,40 +71,6 @@ fn threads_move_to_the_node_holding_their_memory() {
     let out = sim.run();
     assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 1.0);
 }
-
-const CROSSED: &str = r#"
-[run]
-duration_ms = 10000
-
-[machine]
-cpus_per_node = 1
-
-[[process]]
-name = "a"
-
-[[process.vma]]
-name = "data"
-size_mib = 64
-populate_node = 1
-
-[[process.thread]]
-count = 2
-node = 0
-vma = "data"
-
-[[process]]
-name = "b"
-
-[[process.vma]]
-name = "data"
-size_mib = 64
-populate_node = 0
-
-[[process.thread]]
-count = 2
-node = 1
-vma = "data"
-"#;
 
 #[test]
 fn threads_whose_memory_sits_on_each_others_node_swap() {

@@ -6,7 +6,7 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{config, metric, scenario};
+use common::{CROSSED, PULLED, config, metric, scenario};
 use sim_core::config::Config;
 use sim_core::sim::{RunOutput, Sim};
 use sim_core::trace::chrome::write_chrome;
@@ -72,62 +72,6 @@ fn tally(text: &str) -> BTreeMap<String, f64> {
     t
 }
 
-const MOVED: &str = r#"
-[run]
-duration_ms = 12000
-
-[machine]
-cpus_per_node = 8
-
-[[process]]
-name = "mover"
-
-[[process.vma]]
-name = "heap"
-size_mib = 128
-populate_node = 0
-
-[[process.thread]]
-count = 2
-node = 1
-vma = "heap"
-slice = "private"
-"#;
-
-const SWAPPED: &str = r#"
-[run]
-duration_ms = 8000
-
-[machine]
-cpus_per_node = 1
-
-[[process]]
-name = "left"
-
-[[process.vma]]
-name = "heap"
-size_mib = 32
-populate_node = 1
-
-[[process.thread]]
-count = 2
-node = 0
-vma = "heap"
-
-[[process]]
-name = "right"
-
-[[process.vma]]
-name = "heap"
-size_mib = 32
-populate_node = 0
-
-[[process.thread]]
-count = 2
-node = 1
-vma = "heap"
-"#;
-
 #[test]
 fn trace_event_counts_equal_the_summary_counters() {
     let full = |sim: &mut Sim, nodes: &[u8]| {
@@ -153,10 +97,10 @@ fn trace_event_counts_equal_the_summary_counters() {
             scenario("mprotect-hazard", &["run.duration_ms=4000", "kernel.gup_policy=implicit"]),
             vec![],
         ),
-        ("moved", config(MOVED, &[]), vec![1]),
+        ("moved", config(PULLED, &["run.duration_ms=12000"]), vec![1]),
         // imb_numa_nr is 1 with 4 CPUs a node: the second thread finds no CPU and sticks.
-        ("stuck", config(MOVED, &["machine.cpus_per_node=4"]), vec![1]),
-        ("swapped", config(SWAPPED, &[]), vec![0, 1]),
+        ("stuck", config(PULLED, &["run.duration_ms=12000", "machine.cpus_per_node=4"]), vec![1]),
+        ("swapped", config(CROSSED, &["run.duration_ms=8000"]), vec![0, 1]),
     ]
     .into_iter()
     .map(|(name, c, fill)| {

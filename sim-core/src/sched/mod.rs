@@ -177,26 +177,25 @@ pub fn cpu_tick(In(cpu): In<u32>, mut k: Kernel, mut tasks: Query<(&mut Task, &m
         k.queue.schedule_in(0, Event::CpuTick(cpu));
         return;
     }
-    let pid = task.pid;
-    k.cpu(cpu).curr = Some((pid, task.mm));
-    k.trace_current(cpu, pid, now);
+    k.cpu(cpu).curr = Some((task.pid, task.mm));
+    k.trace_current(cpu, task.pid, now);
     let mut spent = match task.ept {
         Some(ept) => crate::kvm::run_vcpu_quantum(&mut k, &mut task, &mut numa, cpu, ept),
         None => run_quantum(&mut k, &mut task, &mut numa, cpu),
     };
     task.sum_exec_runtime += spent;
-    k.trace_current(cpu, pid, now + spent);
+    k.trace_current(cpu, task.pid, now + spent);
     if k.sysctl.0.numa_balancing && task_tick_numa(&mut k, &mut numa, task.sum_exec_runtime, now + spent) {
         let nid = k.topo.cpu_to_node(cpu);
         let scan = task_numa_work(&mut k, &mut numa, task.pid, nid, now + spent);
         task.sum_exec_runtime += scan;
         spent += scan;
     }
+    k.trace_task_ran(cpu, task.pid, now, now + spent.max(1));
     let migrate = std::mem::take(&mut numa.migrate_pending);
     if migrate {
         numa::task_numa_migrate(&mut k, &mut tasks, te);
     }
-    k.trace_task_ran(cpu, pid, now, now + spent.max(1));
     let mut c = k.cpu(cpu);
     if c.runqueue.front() == Some(&te) {
         c.runqueue.rotate_left(1);
@@ -212,7 +211,9 @@ fn exit_task(k: &mut Kernel, numa: &mut TaskNuma, te: Entity, cpu: u32) {
 }
 
 /// Runs one quantum of `task` on `cpu`: touches pages until the quantum is used up, taking
-/// page faults inline. Returns the time spent.
+/// page faults inline. Returns the time spent. Kept out of line so the touch loop's code does
+/// not change with what its caller does around it.
+#[inline(never)]
 fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -> Nanos {
     let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
     let nid = k.topo.cpu_to_node(cpu);

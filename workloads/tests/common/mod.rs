@@ -46,3 +46,61 @@ pub fn tail_locality(out: &RunOutput, source: &str) -> f64 {
     let local: f64 = touches[from..].iter().zip(&locality[from..]).map(|(t, l)| t * l).sum();
     local / all
 }
+
+/// Two threads on node 1 whose memory sits on node 0 (tests fill node 1 so pages cannot move).
+pub const PULLED: &str = r#"
+[run]
+duration_ms = 20000
+
+[machine]
+cpus_per_node = 8
+
+[[process]]
+name = "app"
+
+[[process.vma]]
+name = "data"
+size_mib = 256
+populate_node = 0
+
+[[process.thread]]
+count = 2
+node = 1
+vma = "data"
+slice = "private"
+"#;
+
+/// Two processes whose threads run on the node holding the other's memory, one CPU a node.
+pub const CROSSED: &str = r#"
+[run]
+duration_ms = 10000
+
+[machine]
+cpus_per_node = 1
+
+[[process]]
+name = "a"
+
+[[process.vma]]
+name = "data"
+size_mib = 64
+populate_node = 1
+
+[[process.thread]]
+count = 2
+node = 0
+vma = "data"
+
+[[process]]
+name = "b"
+
+[[process.vma]]
+name = "data"
+size_mib = 64
+populate_node = 0
+
+[[process.thread]]
+count = 2
+node = 1
+vma = "data"
+"#;
