@@ -6,6 +6,7 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
+use sim_core::config::KernelVersion;
 use sim_core::trace::chrome::write_chrome;
 use sim_core::trace::output::{Written, write_ftrace};
 use sim_core::trace::parse::{Counts, count_events};
@@ -30,7 +31,8 @@ pub struct TraceArgs {
     /// The trace format (default: by FILE's extension).
     #[arg(long, value_enum, requires = "trace")]
     pub trace_format: Option<Format>,
-    /// The kernel whose tracepoint formats to print: 6.1 or 6.12 (default 6.12).
+    /// The kernel whose tracepoint formats to print: 6.1 or 6.12 (default: that of
+    /// kernel.version, 6.1's for versions before 6.7).
     #[arg(long, value_name = "VERSION", requires = "trace")]
     pub trace_kernel: Option<String>,
 }
@@ -52,8 +54,17 @@ pub struct Request {
 
 const DEFAULT_MAX_MIB: u64 = 256;
 
+/// The tracepoint formats of `kernel.version`: of the two oracle kernels, 6.12's from v6.7
+/// (sched_skip_vma_numa) on, 6.1's before.
+fn formats_of(v: KernelVersion) -> TpVersion {
+    match v {
+        KernelVersion::V6_12 => TpVersion::V6_12,
+        _ => TpVersion::V6_1,
+    }
+}
+
 /// Checks the trace options before anything runs; `None` when not tracing.
-pub fn request(a: &TraceArgs) -> Result<Option<Request>, Failure> {
+pub fn request(a: &TraceArgs, kernel: KernelVersion) -> Result<Option<Request>, Failure> {
     let Some(file) = a.trace.clone() else { return Ok(None) };
     let ext = file.extension().and_then(|e| e.to_str()).unwrap_or("");
     let format = match (a.trace_format, ext) {
@@ -73,7 +84,7 @@ pub fn request(a: &TraceArgs) -> Result<Option<Request>, Failure> {
         None => (Kind::ALL.to_vec(), "*:*".to_string()),
     };
     let version = match a.trace_kernel.as_deref() {
-        None => TpVersion::default(),
+        None => formats_of(kernel),
         Some(v) => TpVersion::ALL
             .into_iter()
             .find(|t| t.name() == v)

@@ -14,6 +14,7 @@ use crate::mm::mmu_notifier::SecondaryMmu;
 use crate::mm::{Mm, PageIdx, Pages};
 use crate::stats::{Counters, Source};
 use crate::trace::Trace;
+use crate::version::Rules;
 
 /// The kernel's tunables: sysctls and costs (`[kernel]` in the config).
 #[derive(Resource, Debug, Clone)]
@@ -34,6 +35,8 @@ impl Sysctl {
 pub struct Kernel<'w, 's> {
     pub queue: ResMut<'w, EventQueue>,
     pub sysctl: Res<'w, Sysctl>,
+    /// The kernel version's rules (`kernel.version`).
+    pub rules: Res<'w, Rules>,
     pub topo: Res<'w, Topology>,
     pub pages: ResMut<'w, Pages>,
     pub counters: ResMut<'w, Counters>,

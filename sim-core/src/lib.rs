@@ -16,3 +16,4 @@ pub mod sched;
 pub mod sim;
 pub mod stats;
 pub mod trace;
+pub mod version;

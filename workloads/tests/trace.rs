@@ -98,8 +98,8 @@ fn trace_event_counts_equal_the_summary_counters() {
             vec![],
         ),
         ("moved", config(PULLED, &["run.duration_ms=12000"]), vec![1]),
-        // imb_numa_nr is 1 with 4 CPUs a node: the second thread finds no CPU and sticks.
-        ("stuck", config(PULLED, &["run.duration_ms=12000", "machine.cpus_per_node=4"]), vec![1]),
+        // A smaller imb_numa_nr with 8 CPUs a node: the second thread finds no CPU and sticks.
+        ("stuck", config(PULLED, &["run.duration_ms=12000", "machine.cpus_per_node=8"]), vec![1]),
         ("swapped", config(CROSSED, &["run.duration_ms=8000"]), vec![0, 1]),
     ]
     .into_iter()

@@ -4,7 +4,7 @@
 use bevy_ecs::entity::Entity;
 
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
-use super::{Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PageIdx, Vma, VmaNumab, hash_32};
+use super::{Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
@@ -12,6 +12,7 @@ use crate::sched::numa::{TICK_NSEC, TaskNuma, group_of, task_scan_max, task_scan
 use crate::trace::Event;
 use crate::trace::events::NumabSkip;
 use crate::trace_event;
+use crate::version::VmaScanFilter;
 
 /// Pages in a PMD (HPAGE_SIZE / PAGE_SIZE): scan chunks end on a PMD boundary.
 const HPAGE_PAGES: u64 = 512;
@@ -50,44 +51,77 @@ fn reset_ptenuma_scan(mm: &mut Mm) {
     mm.numa_scan_offset = 0;
 }
 
-/// Models vma_is_accessed(): has this task faulted in the VMA recently? A scan already
-/// past the VMA's start completes it whatever the pids say (traced as ignore_pid_inactive).
-fn vma_is_accessed(mm: &Mm, vma: &Vma, pid: u32) -> VmaVerdict {
+/// Models vma_is_accessed(): has this task faulted in the VMA recently? v6.4–v6.6 let every
+/// VMA through in the mm's first two passes and then asked the pid windows; v6.7 counts the
+/// passes from the VMA's first scan and lets a partly scanned VMA finish; v6.11 rescans a
+/// VMA nobody scanned for nr_threads passes (6.12.117 has all three).
+/// A scan already past the VMA's start completes it whatever the pids say (v6.7+ traces
+/// that as ignore_pid_inactive).
+fn vma_is_accessed(filter: VmaScanFilter, mm: &Mm, vma: &Vma, pid: u32) -> Accessed {
     let numab = vma.numab.as_ref().expect("initialised before the check");
-    if mm.numa_scan_seq.wrapping_sub(numab.start_scan_seq) < 2 {
-        return VmaVerdict::Scan;
+    let pids_hit = (numab.pids_active[0] | numab.pids_active[1]) & (1 << hash_32(pid, 6)) != 0;
+    let yes = |accessed: bool| if accessed { Accessed::Yes } else { Accessed::No };
+    if filter == VmaScanFilter::Accessed {
+        return yes(mm.numa_scan_seq < 2 || pids_hit);
     }
-    let pids = numab.pids_active[0] | numab.pids_active[1];
-    if pids & (1 << hash_32(pid, 6)) != 0 {
-        return VmaVerdict::Scan;
+    if mm.numa_scan_seq.wrapping_sub(numab.start_scan_seq) < 2 || pids_hit {
+        return Accessed::Yes;
     }
     if mm.numa_scan_offset > vma.start {
-        return VmaVerdict::ScanIgnoringPid;
+        return Accessed::PastOffset;
     }
-    if mm.numa_scan_seq > numab.prev_scan_seq.wrapping_add(mm.nr_threads) {
-        VmaVerdict::Scan
-    } else {
-        VmaVerdict::Skip(NumabSkip::PidInactive)
+    yes(mm.numa_scan_seq > numab.prev_scan_seq.wrapping_add(mm.nr_threads))
+}
+
+/// What vma_is_accessed() found.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Accessed {
+    Yes,
+    PastOffset,
+    No,
+}
+
+/// Rotates the VMA's pid windows every VMA_PID_RESET_PERIOD (4 × scan_delay).
+fn reset_pids_active(numab: &mut VmaNumab, seq: u32, now: Nanos, scan_delay: Nanos) {
+    if seq != 0 && now > numab.pids_active_reset {
+        numab.pids_active_reset += 4 * scan_delay;
+        numab.pids_active = [numab.pids_active[1], 0];
     }
 }
 
 /// What the VMA walk decided for one VMA before scanning it; a skip says why, as
-/// sched_skip_vma_numa does (seq_completed: already scanned in this sequence, so the offset
-/// moves past it; pid_inactive: not accessed by this task recently).
+/// sched_skip_vma_numa does.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum VmaVerdict {
     Scan,
+    /// Scan, though the task did not access the VMA: the scan had started inside it.
     ScanIgnoringPid,
     Skip(NumabSkip),
+    /// Already scanned in this sequence: move the offset past it.
+    Done,
+    /// Not accessed by this task recently; a later pass may force the scan.
+    PidInactive,
 }
 
-/// The per-VMA checks of task_numa_work() ahead of the PTE walk.
-fn vma_verdict(mm: &mut Mm, vi: usize, pid: u32, now: Nanos, scan_delay: Nanos, forced: bool) -> VmaVerdict {
+/// The per-VMA checks of task_numa_work() ahead of the PTE walk, as the kernel version's
+/// [`VmaScanFilter`] has them.
+fn vma_verdict(
+    filter: VmaScanFilter,
+    mm: &mut Mm,
+    vi: usize,
+    pid: u32,
+    now: Nanos,
+    scan_delay: Nanos,
+    forced: bool,
+) -> VmaVerdict {
     let seq = mm.numa_scan_seq;
     let vma = &mut mm.vmas[vi];
     // Inaccessible VMAs are skipped to avoid confusing PROT_NONE with NUMA hinting PTEs.
     if !vma.accessible {
         return VmaVerdict::Skip(NumabSkip::Inaccessible);
+    }
+    if filter == VmaScanFilter::None {
+        return VmaVerdict::Scan;
     }
     let numab = vma.numab.get_or_insert_with(|| VmaNumab {
         next_scan: now + scan_delay,
@@ -99,14 +133,27 @@ fn vma_verdict(mm: &mut Mm, vi: usize, pid: u32, now: Nanos, scan_delay: Nanos, 
     if seq != 0 && now < numab.next_scan {
         return VmaVerdict::Skip(NumabSkip::ScanDelay);
     }
-    if seq != 0 && now > numab.pids_active_reset {
-        numab.pids_active_reset += 4 * scan_delay;
-        numab.pids_active = [numab.pids_active[1], 0];
+    if filter == VmaScanFilter::Accessed {
+        // v6.4 asks about access first and rotates the windows only for VMAs it scans.
+        if vma_is_accessed(filter, mm, &mm.vmas[vi], pid) == Accessed::No {
+            return VmaVerdict::Skip(NumabSkip::PidInactive);
+        }
+        let numab = mm.vmas[vi].numab.as_mut().expect("initialised above");
+        reset_pids_active(numab, seq, now, scan_delay);
+        return VmaVerdict::Scan;
     }
+    reset_pids_active(numab, seq, now, scan_delay);
     if numab.prev_scan_seq == seq {
-        return VmaVerdict::Skip(NumabSkip::SeqCompleted);
+        return VmaVerdict::Done;
     }
-    if forced { VmaVerdict::Scan } else { vma_is_accessed(mm, &mm.vmas[vi], pid) }
+    if forced {
+        return VmaVerdict::Scan;
+    }
+    match vma_is_accessed(filter, mm, &mm.vmas[vi], pid) {
+        Accessed::Yes => VmaVerdict::Scan,
+        Accessed::PastOffset => VmaVerdict::ScanIgnoringPid,
+        Accessed::No => VmaVerdict::PidInactive,
+    }
 }
 
 /// The sched_skip_vma_numa tracepoint for VMA `vi` of `mm`.
@@ -115,12 +162,7 @@ fn trace_skip_vma(k: &mut Kernel, mm: Entity, vi: usize, reason: NumabSkip) {
         let m = k.mms.get(mm).expect("scanned mms are live");
         let v = &m.vmas[vi];
         let numa_scan_offset = m.numa_scan_offset << PAGE_SHIFT;
-        Event::SchedSkipVmaNuma {
-            numa_scan_offset,
-            vm_start: v.start << PAGE_SHIFT,
-            vm_end: v.end() << PAGE_SHIFT,
-            reason,
-        }
+        Event::SchedSkipVmaNuma { numa_scan_offset, vm_start: v.start << PAGE_SHIFT, vm_end: v.end() << PAGE_SHIFT, reason }
     });
 }
 
@@ -130,6 +172,7 @@ fn trace_skip_vma(k: &mut Kernel, mm: Entity, vi: usize, reason: NumabSkip) {
 pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, now: Nanos) -> Nanos {
     let mm_e = p.mm;
     let scan_delay = k.sysctl.scan_delay();
+    let filter = k.rules.vma_filter;
     let pte_cost = k.sysctl.0.pte_scan_cost_ns;
     let mut pages = k.sysctl.scan_size_pages() as i64;
     let mut virtpages = pages * 8;
@@ -162,15 +205,23 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
         let nr_vmas = k.mm(mm_e).vmas.len();
         let mut stopped = false;
         while vi < nr_vmas {
-            let verdict = vma_verdict(&mut k.mm(mm_e), vi, pid, now, scan_delay, forced);
+            let verdict = vma_verdict(filter, &mut k.mm(mm_e), vi, pid, now, scan_delay, forced);
             match verdict {
                 VmaVerdict::Skip(reason) => {
-                    if reason == NumabSkip::SeqCompleted {
-                        let mut mm = k.mm(mm_e);
-                        mm.numa_scan_offset = mm.vmas[vi].end();
-                    }
-                    pids_skipped |= reason == NumabSkip::PidInactive;
                     trace_skip_vma(k, mm_e, vi, reason);
+                    vi += 1;
+                    continue;
+                }
+                VmaVerdict::Done => {
+                    let mut mm = k.mm(mm_e);
+                    mm.numa_scan_offset = mm.vmas[vi].end();
+                    trace_skip_vma(k, mm_e, vi, NumabSkip::SeqCompleted);
+                    vi += 1;
+                    continue;
+                }
+                VmaVerdict::PidInactive => {
+                    pids_skipped = true;
+                    trace_skip_vma(k, mm_e, vi, NumabSkip::PidInactive);
                     vi += 1;
                     continue;
                 }
@@ -247,7 +298,8 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
         let page = vma.page(vpn);
         let i = page as usize;
         let nid = pages.pte[i].nid;
-        if nid == NUMA_NO_NODE || pages.pte[i].flags & (PTE_PROTNONE | PG_KSM) != 0 {
+        // vm_normal_folio() has no folio for the zero page; KSM pages are skipped too.
+        if nid == NUMA_NO_NODE || pages.pte[i].flags & (PTE_PROTNONE | PG_KSM | PTE_ZERO) != 0 {
             continue;
         }
         // Private (COW) mapping: skip pages that may be DMA-pinned or are mapped shared.

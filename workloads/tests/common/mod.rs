@@ -53,7 +53,7 @@ pub const PULLED: &str = r#"
 duration_ms = 20000
 
 [machine]
-cpus_per_node = 8
+cpus_per_node = 16
 
 [[process]]
 name = "app"
