@@ -88,7 +88,7 @@ fn trace_event_counts_equal_the_summary_counters() {
             "ksm-protnone",
             scenario(
                 "ksm-protnone",
-                &["run.duration_ms=4000", "kernel.gup_policy=implicit-all", "process.0.thread.0.write_fraction=0.01"],
+                &["run.duration_ms=4000", "kernel.version=6.4", "process.0.thread.0.write_fraction=0.01"],
             ),
             vec![],
         ),

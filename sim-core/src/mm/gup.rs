@@ -102,7 +102,14 @@ pub fn get_user_pages(
 }
 
 /// numasim_gup: what slow GUP decided for one page in the kernel's GUP era.
-fn gup_event(k: &Kernel, mm: Entity, page: PageIdx, flags: u32, protnone: bool, r: &Result<(Nanos, bool), GupError>) -> Event {
+fn gup_event(
+    k: &Kernel,
+    mm: Entity,
+    page: PageIdx,
+    flags: u32,
+    protnone: bool,
+    r: &Result<(Nanos, bool), GupError>,
+) -> Event {
     let result = match r {
         Ok((_, false)) => GupResult::Follow,
         Ok((_, true)) => GupResult::Fault,
@@ -113,7 +120,13 @@ fn gup_event(k: &Kernel, mm: Entity, page: PageIdx, flags: u32, protnone: bool, 
 
 /// The loop of __get_user_pages() for one page: returns the fault cost and whether it
 /// faulted.
-fn gup_one_page(k: &mut Kernel, mm: Entity, page: PageIdx, flags: u32, f: &mut Faulter) -> Result<(Nanos, bool), GupError> {
+fn gup_one_page(
+    k: &mut Kernel,
+    mm: Entity,
+    page: PageIdx,
+    flags: u32,
+    f: &mut Faulter,
+) -> Result<(Nanos, bool), GupError> {
     let m = k.mms.get(mm).expect("GUP callers hold a live mm");
     let vma = m.vma_of_page(page).ok_or(GupError::Fault)?;
     let accessible = m.vmas[vma].accessible;

@@ -8,11 +8,11 @@ use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, ZERO_PA
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid, PgData};
-use crate::trace::Event;
-use crate::trace_event;
 use crate::sched::numa::{
     TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL, TNF_MIGRATED, should_numa_migrate_memory, task_numa_fault,
 };
+use crate::trace::Event;
+use crate::trace_event;
 
 /// Allocates one page frame, preferring `nid` and falling back along its zonelist, as
 /// get_page_from_freelist() does: first to the nearest node above its low watermark, then

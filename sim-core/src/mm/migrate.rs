@@ -6,9 +6,9 @@ use super::PageIdx;
 use super::memory::{alloc_page_node, free_page_node};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
 use crate::kernel::{Faulter, Kernel};
+use crate::machine::Nid;
 use crate::trace::Event;
 use crate::trace_event;
-use crate::machine::Nid;
 
 /// Why a misplaced page did not move.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -162,7 +162,12 @@ fn trace_skip_vma(k: &mut Kernel, mm: Entity, vi: usize, reason: NumabSkip) {
         let m = k.mms.get(mm).expect("scanned mms are live");
         let v = &m.vmas[vi];
         let numa_scan_offset = m.numa_scan_offset << PAGE_SHIFT;
-        Event::SchedSkipVmaNuma { numa_scan_offset, vm_start: v.start << PAGE_SHIFT, vm_end: v.end() << PAGE_SHIFT, reason }
+        Event::SchedSkipVmaNuma {
+            numa_scan_offset,
+            vm_start: v.start << PAGE_SHIFT,
+            vm_end: v.end() << PAGE_SHIFT,
+            reason,
+        }
     });
 }
 

@@ -748,7 +748,13 @@ fn task_ids(k: &Kernel, tasks: &Query<(&mut Task, &mut TaskNuma)>, te: Entity) -
 }
 
 /// sched_move_numa of `te` from `src_cpu` to `dst_cpu`.
-fn sched_move_numa(k: &Kernel, tasks: &Query<(&mut Task, &mut TaskNuma)>, te: Entity, src_cpu: u32, dst_cpu: u32) -> Event {
+fn sched_move_numa(
+    k: &Kernel,
+    tasks: &Query<(&mut Task, &mut TaskNuma)>,
+    te: Entity,
+    src_cpu: u32,
+    dst_cpu: u32,
+) -> Event {
     Event::SchedMoveNuma {
         task: task_ids(k, tasks, te),
         src_cpu: src_cpu as i32,
