@@ -123,3 +123,33 @@ fn trace_diff_compares_event_counts_per_kind() {
     assert_eq!(numasim(&["trace-diff", s(&a), s(&junk)]).status.code(), Some(2));
     assert_eq!(numasim(&["trace-diff", s(&a), s(&dir.join("missing.txt"))]).status.code(), Some(2));
 }
+
+#[test]
+fn json_tracks_hold_devices_and_vcpus_with_their_events() {
+    let dir = scratch("trace-tracks");
+    let file = dir.join("default.json");
+    ok(&["run", "default", "--set", "run.duration_ms=1500", "--out", s(&dir.join("out")), "--trace", s(&file)]);
+    let v: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    let events = v["traceEvents"].as_array().unwrap();
+    let track = |process: &str, thread: &str| {
+        let pid = events
+            .iter()
+            .find(|e| e["name"] == "process_name" && e["args"]["name"] == process)
+            .unwrap_or_else(|| panic!("no process {process}"))["pid"]
+            .clone();
+        let tid = events
+            .iter()
+            .find(|e| e["name"] == "thread_name" && e["pid"] == pid && e["args"]["name"] == thread)
+            .unwrap_or_else(|| panic!("no track {thread} in {process}"))["tid"]
+            .clone();
+        (pid, tid)
+    };
+    let on = |(pid, tid): (serde_json::Value, serde_json::Value), name: &str| {
+        events.iter().filter(|e| e["pid"] == pid && e["tid"] == tid && e["name"] == name).count()
+    };
+    // The device's driver worker faults buffer pages in through GUP; the vCPUs take EPT
+    // violations through GUP too, and run as slices on their own tracks.
+    assert!(on(track("devices", "accel"), "numasim_gup") > 0);
+    assert!(on(track("guest", "guest/vcpu/0"), "numasim_gup") > 0);
+    assert!(events.iter().any(|e| e["ph"] == "X" && e["pid"] == track("guest", "guest/vcpu/0").0));
+}
