@@ -70,9 +70,9 @@ impl Kernel<'_, '_> {
 
     /// Sets the trace's `current` (CPU, task and time) for the events that follow.
     #[inline]
-    pub fn trace_current(&mut self, cpu: u32, pid: u32, now: Nanos) {
+    pub fn trace_current(&mut self, cpu: u32, pid: u32, ts: Nanos) {
         if let Some(t) = self.trace.as_mut() {
-            t.set_current(cpu, pid, now);
+            t.set_current(cpu, pid, ts, self.queue.now());
         }
     }
 

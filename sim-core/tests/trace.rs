@@ -154,7 +154,8 @@ fn a_trace_past_its_bound_is_cut_in_time_and_says_so() {
         TraceOptions { kinds: Kind::ALL.to_vec(), events: "*:*".into(), version: TpVersion::V6_12, max_bytes: 4096 };
     let mut trace = Trace::new(options, meta());
     for i in 0..1000u64 {
-        trace.push(Record { ts: i * 1000, cpu: 0, pid: 1001, event: Event::StaleMappings { stale: i } });
+        trace.set_current(0, 1001, i * 1000, i * 1000);
+        trace.push_current(Event::StaleMappings { stale: i });
     }
     trace.finish(1_000_000);
     let mut out = Vec::new();

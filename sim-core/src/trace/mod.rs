@@ -109,6 +109,8 @@ pub struct Trace {
     records: Vec<Record>,
     /// `current` for events raised without a faulting task at hand: (cpu, pid, time).
     current: (u32, u32, Nanos),
+    /// The time of the event being handled: no event recorded later happens before it.
+    clock: Nanos,
     /// Per CPU, the run of quanta of one task not yet recorded: (pid, nid, start, end).
     runs: Vec<Option<(u32, Nid, Nanos, Nanos)>>,
     /// Recording stopped at this time (the record bound was hit).
@@ -129,6 +131,7 @@ impl Trace {
             max_records,
             records: Vec::new(),
             current: (0, 0, 0),
+            clock: 0,
             runs,
             stopped_at: None,
             dropped: 0,
@@ -141,9 +144,11 @@ impl Trace {
         self.enabled & (1 << kind as u32) != 0
     }
 
-    /// Sets `current` for the events that follow (a handler's CPU and task).
-    pub fn set_current(&mut self, cpu: u32, pid: u32, now: Nanos) {
-        self.current = (cpu, pid, now);
+    /// Sets `current` for the events that follow (a handler's CPU and task, and the time
+    /// they happen at), while handling the event of time `clock`.
+    pub fn set_current(&mut self, cpu: u32, pid: u32, ts: Nanos, clock: Nanos) {
+        self.current = (cpu, pid, ts);
+        self.clock = clock;
     }
 
     /// Records `event` in the context of `current`.
@@ -161,7 +166,9 @@ impl Trace {
             return;
         }
         if self.records.len() >= self.max_records {
-            self.stop(r.ts);
+            // Events of other CPUs handled later may still fall between the clock and this
+            // one's time: the trace is complete only up to the clock.
+            self.stop(r.ts.min(self.clock));
             self.dropped += 1;
             return;
         }
@@ -322,12 +329,21 @@ mod tests {
         };
         let mut t = Trace::new(options, TraceMeta { nr_cpus: 1, ..Default::default() });
         for ts in 0..5 {
-            t.set_current(0, 1, ts);
+            t.set_current(0, 1, ts, ts);
             t.push_current(Event::StaleMappings { stale: ts });
         }
         t.finish(10);
         assert_eq!(t.records().len(), 3);
         assert_eq!(t.stopped(), Some((3, 2)));
+
+        // An event late in a quantum that began at 7: other CPUs' events from 7 on may be
+        // missing, so the trace is complete only up to 7.
+        let mut t = Trace::new(t.options.clone(), TraceMeta { nr_cpus: 1, ..Default::default() });
+        for _ in 0..4 {
+            t.set_current(0, 1, 9, 7);
+            t.push_current(Event::StaleMappings { stale: 0 });
+        }
+        assert_eq!(t.stopped(), Some((7, 1)));
     }
 
     #[test]
