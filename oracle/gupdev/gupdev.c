@@ -444,16 +444,15 @@ static long gd_gup_batch(struct gd_gup *g, struct mm_struct *mm, unsigned long i
 			 struct page **pages)
 {
 	unsigned long addr = gd_addr(g->d, idx);
-	int locked = 1;
 	long got;
 
+	/* No "locked" argument: 6.1 refuses it with FOLL_LONGTERM (WARN in gup.c). */
 	mmap_read_lock(mm);
 	if (g->pin)
-		got = gd_pup_remote(mm, addr, n, g->gup_flags, pages, &locked);
+		got = gd_pup_remote(mm, addr, n, g->gup_flags, pages, NULL);
 	else
-		got = gd_gup_remote(mm, addr, n, g->gup_flags, pages, &locked);
-	if (locked)
-		mmap_read_unlock(mm);
+		got = gd_gup_remote(mm, addr, n, g->gup_flags, pages, NULL);
+	mmap_read_unlock(mm);
 	return got ? got : -EFAULT;
 }
 
