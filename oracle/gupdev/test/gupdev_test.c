@@ -452,6 +452,7 @@ static void bad_requests(void)
 	close(fd);
 	check(read_long_file("/sys/module/gupdev/parameters/held_pages") == 0,
 	      "no pages held after close");
+	write_file("/proc/sys/vm/stat_refresh", "1"); /* folds the per-CPU counter deltas */
 	check(vmstat("nr_foll_pin_acquired") == vmstat("nr_foll_pin_released"),
 	      "pins balanced (%ld acquired, %ld released)", vmstat("nr_foll_pin_acquired"),
 	      vmstat("nr_foll_pin_released"));
