@@ -527,7 +527,11 @@ static long gd_gup_on_node(struct gd_gup *g)
 	t = kthread_create_on_node(gd_gup_thread, g, g->d->node, "gupdev/%d", g->d->node);
 	if (IS_ERR(t))
 		return PTR_ERR(t);
-	set_cpus_allowed_ptr(t, cpumask_of_node(g->d->node));
+	/* A memory-only node has no CPU to run on: the request cannot be honoured. */
+	if (set_cpus_allowed_ptr(t, cpumask_of_node(g->d->node))) {
+		kthread_stop(t);
+		return -EINVAL;
+	}
 	wake_up_process(t);
 	wait_for_completion(&g->done);
 	kthread_stop(t);
@@ -546,9 +550,13 @@ static int gd_read_events(struct gd_events *ev)
 	if (!all)
 		return -ENOMEM;
 	all_vm_events(all);
+#ifdef CONFIG_NUMA_BALANCING
 	ev->hint_faults = all[NUMA_HINT_FAULTS];
 	ev->hint_faults_local = all[NUMA_HINT_FAULTS_LOCAL];
 	ev->migrated = all[NUMA_PAGE_MIGRATE];
+#else
+	memset(ev, 0, sizeof(*ev));
+#endif
 	kfree(all);
 	return 0;
 }
@@ -885,6 +893,13 @@ static struct miscdevice gd_misc = {
 
 static int __init gd_init(void)
 {
+	/* The ABI: sizes are in the ioctl numbers, and README.md and gupdev.rs state them. */
+	BUILD_BUG_ON(sizeof(struct gupdev_version) != 72);
+	BUILD_BUG_ON(sizeof(struct gupdev_attach) != 32);
+	BUILD_BUG_ON(sizeof(struct gupdev_map) != 64);
+	BUILD_BUG_ON(sizeof(struct gupdev_range) != 24);
+	BUILD_BUG_ON(sizeof(struct gupdev_access) != 56);
+	BUILD_BUG_ON(sizeof(struct gupdev_stats) != 160);
 	return misc_register(&gd_misc);
 }
 

@@ -3,6 +3,7 @@
 #   test/boot.sh KERNEL_RELEASE [OUT_DIR]     e.g. 6.12.117+deb12-amd64, 6.1.0-57-amd64
 # Needs: linux-headers-RELEASE, gcc, cpio, qemu-system-x86. The kernel image comes from
 # /work/kimg/RELEASE (or KIMG_DIR), fetched with apt-get download when missing.
+# GUPDEV_EXTRA=PROGRAM (static) also runs PROGRAM in the guest after the checks.
 # Prints the guest's gupdev-result lines; OUT_DIR/console.log has the whole console.
 # Exit 0: guest ran every check; 1: a check failed or the guest died; 2: missing parts.
 set -euo pipefail
@@ -33,6 +34,8 @@ ko=$("$here/build.sh" "$release" | tail -1)
 mkdir -p "$out/root/proc" "$out/root/sys" "$out/root/dev"
 gcc -static -O2 -Wall -Wextra -Werror -pthread -o "$out/root/init" "$here/test/gupdev_test.c"
 cp "$ko" "$out/root/gupdev.ko"
+rm -f "$out/root/extra"
+[ -n "${GUPDEV_EXTRA:-}" ] && cp "$GUPDEV_EXTRA" "$out/root/extra"
 (cd "$out/root" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initramfs.gz"
 
 start=$(date +%s)

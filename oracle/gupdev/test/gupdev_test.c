@@ -458,6 +458,24 @@ static void bad_requests(void)
 	      vmstat("nr_foll_pin_released"));
 }
 
+/* /extra, if the initramfs has one (boot.sh's GUPDEV_EXTRA): another program using the
+ * device, e.g. a check of the Rust bindings; its exit status is one check. */
+static void run_extra(void)
+{
+	int status = -1;
+	pid_t pid;
+
+	if (access("/extra", X_OK))
+		return;
+	pid = fork();
+	if (!pid) {
+		execl("/extra", "/extra", (char *)NULL);
+		_exit(127);
+	}
+	waitpid(pid, &status, 0);
+	check(WIFEXITED(status) && !WEXITSTATUS(status), "/extra exit status %d", status);
+}
+
 static int load_module(void)
 {
 	struct gupdev_version v = { 0 };
@@ -508,6 +526,7 @@ int main(void)
 		stale_case("smart", GUPDEV_NOTIFIER_SMART);
 		stale_case("unconditional", GUPDEV_NOTIFIER_UNCONDITIONAL);
 		bad_requests();
+		run_extra();
 		int r = syscall(SYS_delete_module, "gupdev", O_NONBLOCK);
 
 		check(!r, "rmmod gupdev: %s", r ? strerror(errno) : "unloaded");
