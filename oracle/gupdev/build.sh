@@ -29,7 +29,8 @@ else
 fi
 out=${2:-$here/out/$release}
 mkdir -p "$out"
-cp "$here/gupdev.c" "$here/gupdev.h" "$here/Kbuild" "$out/"
+rm -f "$out"/*.c "$out"/*.h
+cp "$here"/*.c "$here"/*.h "$here/Kbuild" "$out/"
 if ! make -s -C "$kdir" M="$out" modules >"$out/build.log" 2>&1; then
 	cat "$out/build.log" >&2
 	echo "gupdev: build against $kdir failed (log: $out/build.log)" >&2
