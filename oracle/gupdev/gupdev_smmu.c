@@ -291,7 +291,7 @@ static int gd_clear_flush_young(struct mmu_notifier *mn, struct mm_struct *mm,
 
 static int gd_test_young(struct mmu_notifier *mn, struct mm_struct *mm, unsigned long addr)
 {
-	return gd_young(mn_dev(mn), mm, addr, addr + PAGE_SIZE, false);
+	return gd_young(mn_dev(mn), mm, addr, addr + 1, false);
 }
 
 const struct mmu_notifier_ops gd_mn_ops = {
