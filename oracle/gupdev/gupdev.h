@@ -51,7 +51,8 @@ struct gupdev_attach {
 #define GUPDEV_MAP_KTHREAD (1u << 3)           /* GUP from a kernel thread on the device's node */
 #define GUPDEV_MAP_FLAGS_ALL 0xfu
 
-/* Maps [start, start+length) of the window through GUP. Existing entries are kept. */
+/* Maps the invalid entries of [start, start+length) through GUP, as a device fault
+ * would; valid entries are kept as they are. */
 struct gupdev_map {
 	__u64 start;
 	__u64 length;

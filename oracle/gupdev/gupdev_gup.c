@@ -46,7 +46,6 @@ static bool gd_install(struct gd_gup *g, unsigned long idx, struct page **pages,
 {
 	struct gd_dev *d = g->d;
 	u32 hold = g->pin ? E_PIN : g->keep_ref ? E_REF : 0;
-	u64 now = ktime_get_ns();
 	long i;
 
 	spin_lock(&d->lock);
@@ -57,8 +56,6 @@ static bool gd_install(struct gd_gup *g, unsigned long idx, struct page **pages,
 	for (i = 0; i < got; i++) {
 		struct gd_entry *e = &d->table[idx + i];
 
-		if (e->flags & E_VALID)
-			gd_drop_entry(d, e, now);
 		e->page = pages[i];
 		e->flags = E_VALID | hold | ((g->gup_flags & FOLL_WRITE) ? E_WRITE : 0);
 	}
@@ -94,6 +91,26 @@ static long gd_gup_batch(struct gd_gup *g, struct mm_struct *mm, unsigned long i
 	return got ? got : -EFAULT;
 }
 
+/*
+ * Skips valid entries from *idx and returns how many invalid ones follow (a batch at
+ * most), with the invalidation count to install them against. Entries only turn valid
+ * here, under the device's ioctl lock, so the hole stays a hole until installed.
+ */
+static unsigned long gd_next_hole(struct gd_dev *d, unsigned long *idx, unsigned long end,
+				  u64 *seq)
+{
+	unsigned long n = 0;
+
+	spin_lock(&d->lock);
+	while (*idx < end && d->table[*idx].flags & E_VALID)
+		(*idx)++;
+	while (*idx + n < end && n < GD_BATCH && !(d->table[*idx + n].flags & E_VALID))
+		n++;
+	*seq = d->inval_seq;
+	spin_unlock(&d->lock);
+	return n;
+}
+
 static long gd_gup_range(struct gd_gup *g)
 {
 	struct gd_dev *d = g->d;
@@ -110,13 +127,14 @@ static long gd_gup_range(struct gd_gup *g)
 		return -ENOMEM;
 	}
 	while (idx < end) {
+		unsigned long n;
 		long got;
 		u64 seq;
 
-		spin_lock(&d->lock);
-		seq = d->inval_seq;
-		spin_unlock(&d->lock);
-		got = gd_gup_batch(g, d->mm, idx, min_t(unsigned long, GD_BATCH, end - idx), pages);
+		n = gd_next_hole(d, &idx, end, &seq);
+		if (!n)
+			break;
+		got = gd_gup_batch(g, d->mm, idx, n, pages);
 		if (got < 0) {
 			err = got;
 			break;

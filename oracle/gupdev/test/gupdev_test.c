@@ -224,7 +224,8 @@ static long wait_scan_pass(long pte_updates_before)
 
 	while (now_s() - t0 < 120) {
 		done = vmstat("numa_pte_updates") - pte_updates_before;
-		if (done >= (long)BUF_PAGES)
+		/* A few pages may be skipped by a pass (see KERNEL_ORACLE.md): 99 % will do. */
+		if (done >= (long)(BUF_PAGES * 99 / 100))
 			break;
 		usleep(50000);
 	}
@@ -360,12 +361,10 @@ static void stale_case(const char *name, unsigned int notifier)
 
 #define DAMON "/sys/kernel/mm/damon/admin/kdamonds/0"
 
-static int damon_start(pid_t pid)
+static void damon_start(pid_t pid)
 {
 	char spid[16];
 
-	if (access("/sys/kernel/mm/damon/admin/kdamonds/nr_kdamonds", W_OK))
-		return -1;
 	snprintf(spid, sizeof(spid), "%d", pid);
 	write_file("/sys/kernel/mm/damon/admin/kdamonds/nr_kdamonds", "1");
 	write_file(DAMON "/contexts/nr_contexts", "1");
@@ -375,7 +374,6 @@ static int damon_start(pid_t pid)
 	write_file(DAMON "/contexts/0/targets/nr_targets", "1");
 	write_file(DAMON "/contexts/0/targets/0/pid_target", spid);
 	write_file(DAMON "/state", "on");
-	return 0;
 }
 
 /*
@@ -393,15 +391,18 @@ static void young_case(void)
 	struct owner o;
 	int fd, r, i;
 
+	if (access("/sys/kernel/mm/damon/admin/kdamonds/nr_kdamonds", W_OK)) {
+		printf("gupdev-note no DAMON sysfs: page aging through the device not measured\n");
+		return;
+	}
 	if (owner_start(&o))
 		return check(0, "young: owner");
 	wait_scan_pass(pte_before);
 	fd = dev_attach(&o, GUPDEV_NOTIFIER_UNCONDITIONAL, 1);
 	r = fd < 0 ? -ENODEV : dev_map(fd, &o, GUPDEV_MAP_KTHREAD, &m, &vm_faults);
 	check(!r && m.mapped == BUF_PAGES, "young: map %s", strerror(-r));
-	if (!r && damon_start(o.pid)) {
-		printf("gupdev-note no DAMON sysfs: page aging through the device not measured\n");
-	} else if (!r) {
+	if (!r) {
+		damon_start(o.pid);
 		for (i = 0; i < 40; i++) {
 			acc = (struct gupdev_access){ .start = o.buf, .length = BUF_LEN };
 			ioctl(fd, GUPDEV_IOC_ACCESS, &acc);
@@ -437,6 +438,7 @@ static void bad_requests(void)
 	struct gupdev_attach a = { .length = BUF_LEN, .node = 1 };
 	struct gupdev_map m = { 0 };
 	struct gupdev_access acc = { 0 };
+	struct gupdev_range hole;
 	struct owner o;
 	int fd = open("/dev/gupdev", O_RDWR), fd2, r;
 	char *mine;
@@ -507,6 +509,7 @@ static void bad_requests(void)
 	check(!ioctl(fd, GUPDEV_IOC_ATTACH, &a), "attach own mm");
 	m = (struct gupdev_map){ .start = a.start, .length = a.length, .flags = GUPDEV_MAP_WRITE };
 	check(!ioctl(fd, GUPDEV_IOC_MAP, &m) && m.mapped == 64, "write map own mm");
+	check(!ioctl(fd, GUPDEV_IOC_MAP, &m) && m.mapped == 0, "map again: valid entries kept");
 	acc = (struct gupdev_access){ .start = a.start, .length = a.length,
 				      .flags = GUPDEV_ACCESS_WRITE };
 	r = ioctl(fd, GUPDEV_IOC_ACCESS, &acc);
@@ -518,6 +521,12 @@ static void bad_requests(void)
 	r = ioctl(fd, GUPDEV_IOC_ACCESS, &acc);
 	check(!r && acc.accessed == 32 && acc.invalid == 32,
 	      "munmap invalidates (accessed %llu invalid %llu)", acc.accessed, acc.invalid);
+	hole = (struct gupdev_range){ .start = a.start + 48 * PAGE, .length = 16 * PAGE };
+	m = (struct gupdev_map){ .start = a.start + 32 * PAGE, .length = 32 * PAGE };
+	r = ioctl(fd, GUPDEV_IOC_UNMAP, &hole) || ioctl(fd, GUPDEV_IOC_MAP, &m);
+	check(!r && hole.dropped == 16 && m.mapped == 16,
+	      "unmap then map refills only the hole (dropped %llu, mapped %llu)", hole.dropped,
+	      m.mapped);
 	close(fd);
 	check(read_long_file("/sys/module/gupdev/parameters/held_pages") == 0,
 	      "no pages held after close");
