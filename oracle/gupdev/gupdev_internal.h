@@ -10,6 +10,10 @@
 
 #include "gupdev.h"
 
+#ifndef CONFIG_MMU_NOTIFIER
+#error "gupdev needs CONFIG_MMU_NOTIFIER (hidden: select it with e.g. CONFIG_KVM)"
+#endif
+
 #ifdef GUPDEV_HAVE_FOLL_HONOR_NUMA_FAULT
 #define GD_FOLL_HONOR_NUMA_FAULT FOLL_HONOR_NUMA_FAULT
 #define GD_CAPS GUPDEV_CAP_HONOR_NUMA_FAULT
