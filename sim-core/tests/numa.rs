@@ -4,7 +4,6 @@ use bevy_ecs::entity::Entity;
 use sim_core::config::{Config, MachineConfig};
 use sim_core::kernel::{Faulter, Kernel, Sysctl};
 use sim_core::mm::memory::do_numa_page;
-use sim_core::mm::migrate::high_wmark_pages;
 use sim_core::mm::numa_balancing::task_numa_work;
 use sim_core::mm::{CPUPID_UNSET, Mm, PTE_PROTNONE, PageIdx, Pages, cpu_pid_to_cpupid};
 use sim_core::sched::TaskNuma;
@@ -117,7 +116,7 @@ fn a_target_node_below_its_watermark_refuses_the_page() {
     let (mut sim, mm, page) = machine();
     sim.with_kernel(|k| {
         let mut node1 = k.pgdat(1);
-        node1.free_pages = high_wmark_pages(node1.present_pages);
+        node1.free_pages = node1.wmark.high;
     });
     let mut p = task(&sim, mm, 7);
     let (nid, c) = hint_fault(&mut sim, mm, page, Some(&mut p));
