@@ -43,7 +43,7 @@ fn one_of_each() -> Vec<(u32, u32, Event)> {
             },
         ),
         (1, 1003, Event::MmMigratePagesStart),
-        (1, 1003, Event::MmMigratePages { succeeded: 1, failed: 0 }),
+        (1, 1003, Event::MmMigratePages { succeeded: 512, failed: 0, thp_succeeded: 1, thp_failed: 0 }),
         (
             5,
             1005,
@@ -52,6 +52,7 @@ fn one_of_each() -> Vec<(u32, u32, Event)> {
                 page_nid: 0,
                 nid: 1,
                 source: Source::Cpu,
+                nr_pages: 1,
                 local: false,
                 migrated: true,
                 migrate_fail: false,
@@ -111,8 +112,8 @@ cpus=8
  numa02/worker/1-1003  [001]     1.500002: sched_stick_numa:     src_pid=1003 src_tgid=1001 src_ngid=1001 src_cpu=1 src_nid=0 dst_pid=0 dst_tgid=0 dst_ngid=0 dst_cpu=-1 dst_nid=-1
  numa02/worker/1-1003  [001]     1.500003: sched_skip_vma_numa:  numa_scan_offset=10000 vm_start=10000 vm_end=2010000 reason=pid_inactive
  numa02/worker/1-1003  [001]     1.500004: mm_migrate_pages_start: mode=MIGRATE_ASYNC reason=numa_misplaced
- numa02/worker/1-1003  [001]     1.500005: mm_migrate_pages:     nr_succeeded=1 nr_failed=0 nr_thp_succeeded=0 nr_thp_failed=0 nr_thp_split=0 nr_split=0 mode=MIGRATE_ASYNC reason=numa_misplaced
- a-very-long-thr-1005  [005]     1.500006: numasim_hint_fault:   addr=0x7a000 page_nid=0 nid=1 source=cpu local=0 migrated=1 migrate_fail=0
+ numa02/worker/1-1003  [001]     1.500005: mm_migrate_pages:     nr_succeeded=512 nr_failed=0 nr_thp_succeeded=1 nr_thp_failed=0 nr_thp_split=0 nr_split=0 mode=MIGRATE_ASYNC reason=numa_misplaced
+ a-very-long-thr-1005  [005]     1.500006: numasim_hint_fault:   addr=0x7a000 page_nid=0 nid=1 source=cpu nr_pages=1 local=0 migrated=1 migrate_fail=0
  numa02/worker/1-1003  [001]     1.500007: numasim_task_numa_work: start=0x0 end=0x10200000 scanned=66032 nr_pte_updates=65000 numa_scan_seq=2
             gpu0-1010  [004]     1.500008: numasim_gup:          addr=0x7b000 gup_flags=FOLL_WRITE|FOLL_GET|FOLL_HONOR_NUMA_FAULT policy=implicit protnone=1 result=fault
           numa02-1001  [000]     1.500009: numasim_mmu_notifier_invalidate: smmu=gpu0 event=MMU_NOTIFY_PROTECTION_VMA start=0x10000 end=0x4010000 nr_invalidated=3 nr_skipped=9
@@ -137,7 +138,7 @@ fn linux_6_1_has_no_nr_split_and_no_sched_skip_vma_numa() {
     assert!(!text.contains("sched_skip_vma_numa"), "added in v6.7");
     let migrate = text.lines().find(|l| l.contains(" mm_migrate_pages: ")).unwrap();
     assert!(migrate.ends_with(
-        "nr_succeeded=1 nr_failed=0 nr_thp_succeeded=0 nr_thp_failed=0 nr_thp_split=0 mode=MIGRATE_ASYNC reason=numa_misplaced"
+        "nr_succeeded=512 nr_failed=0 nr_thp_succeeded=1 nr_thp_failed=0 nr_thp_split=0 mode=MIGRATE_ASYNC reason=numa_misplaced"
     ));
     assert_eq!(count_events(&text).events.values().sum::<u64>(), 15);
 }

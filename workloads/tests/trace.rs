@@ -55,7 +55,7 @@ fn tally(text: &str) -> BTreeMap<String, f64> {
         match l.event {
             "numasim_hint_fault" => {
                 local += field("local");
-                migrated += field("migrated");
+                migrated += field("migrated") * field("nr_pages");
                 let source = l.fields.split_whitespace().find_map(|kv| kv.strip_prefix("source=")).unwrap();
                 *t.entry(format!("hint_faults_by_source.{source}")).or_default() += 1.0;
             }

@@ -2,9 +2,10 @@
 
 use bevy_ecs::entity::Entity;
 
+use super::huge_memory::{do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, split_huge_pmd};
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
-use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, ZERO_PAGE_NID};
+use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid, PgData};
@@ -66,11 +67,18 @@ pub fn handle_mm_fault(
 pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, write: bool, f: &mut Faulter) -> Nanos {
     let flags = k.pages.pte[page as usize].flags;
     if !k.pages.present(page) {
-        do_anonymous_page(k, mm, page, f.nid, write);
+        do_anonymous_page(k, mm, vma, page, f.nid, write);
         k.sysctl.0.hint_fault_cost_ns
     } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
-        do_numa_page(k, mm, vma, page, f)
+        match huge_block(k, mm, vma, page, Pmd::Huge) {
+            Some(b) => do_huge_pmd_numa_page(k, mm, vma, b, f),
+            None => do_numa_page(k, mm, vma, page, f),
+        }
     } else if write && flags & PTE_COW != 0 {
+        // do_huge_pmd_wp_page() on the huge zero page: split the PMD, then copy 4 KiB.
+        if let Some(b) = huge_block(k, mm, vma, page, Pmd::HugeZero) {
+            split_huge_pmd(k, mm, vma, b);
+        }
         do_wp_page(k, mm, page, f.nid);
         k.sysctl.0.hint_fault_cost_ns
     } else {
@@ -78,12 +86,25 @@ pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, w
     }
 }
 
+/// The PMD block of VMA `vma` holding `page`, when that block is in state `pmd`.
+fn huge_block(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, pmd: Pmd) -> Option<usize> {
+    let m = k.mm(mm);
+    let v = &m.vmas[vma];
+    v.pmd_block(v.start + u64::from(page - v.base)).filter(|&b| v.pmds[b] == pmd)
+}
+
 /// Models do_anonymous_page() (mm/memory.c, 6.1.192 and 6.12.117): "Use the zero-page for
 /// reads" — a read maps the shared zero page, which has no folio, costs no RSS and is never
 /// made protnone; a write gets a fresh zeroed page on the faulting CPU's node (the default
-/// local mempolicy). Both are mapped young.
-pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid, write: bool) {
+/// local mempolicy). Both are mapped young. In an empty block of a THP-eligible VMA,
+/// __handle_mm_fault() tries a THP first (do_huge_pmd_anonymous_page()).
+pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, nid: Nid, write: bool) {
     let i = page as usize;
+    if let Some(b) = huge_block(k, mm, vma, page, Pmd::None)
+        && do_huge_pmd_anonymous_page(k, mm, vma, b, nid, write)
+    {
+        return;
+    }
     if !write {
         k.pages.pte[i].nid = ZERO_PAGE_NID;
         k.pages.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
@@ -120,13 +141,23 @@ pub fn do_wp_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     }
 }
 
-/// What numasim_hint_fault records of a hinting fault with task_numa_fault() `flags`.
-fn hint_fault_event(k: &Kernel, mm: Entity, page: PageIdx, page_nid: Nid, f: &Faulter, flags: u32) -> Event {
+/// What numasim_hint_fault records of a hinting fault at `page` (a THP's head for a PMD
+/// fault) with task_numa_fault() `flags`.
+pub fn hint_fault_event(
+    k: &Kernel,
+    mm: Entity,
+    page: PageIdx,
+    page_nid: Nid,
+    f: &Faulter,
+    pages: u64,
+    flags: u32,
+) -> Event {
     Event::HintFault {
         addr: k.page_addr(mm, page),
         page_nid,
         nid: f.nid,
         source: f.source,
+        nr_pages: pages as u32,
         local: flags & TNF_FAULT_LOCAL != 0,
         migrated: flags & TNF_MIGRATED != 0,
         migrate_fail: flags & TNF_MIGRATE_FAIL != 0,
@@ -165,8 +196,8 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
 
     let mut nid = page_nid;
     if migrate {
-        let result = migrate_misplaced_folio(k, mm, page, f.nid);
-        trace_migrate_pages(k, f, result);
+        let result = migrate_misplaced_folio(k, mm, page, 1, f.nid);
+        trace_migrate_pages(k, f, 1, result);
         match result {
             Ok(()) => {
                 nid = f.nid;
@@ -179,7 +210,7 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
     // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
     // migration); the access that faulted sets the accessed bit.
     k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
-    trace_event!(k, f, hint_fault_event(k, mm, page, page_nid, f, flags));
+    trace_event!(k, f, hint_fault_event(k, mm, page, page_nid, f, 1, flags));
 
     if let Some(task) = f.task.take() {
         task_numa_fault(k, task, f, last_cpupid, nid, 1, flags);

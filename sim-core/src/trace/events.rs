@@ -174,15 +174,20 @@ pub enum Event {
     },
     /// migrate_pages() for one misplaced folio: mode MIGRATE_ASYNC, reason MR_NUMA_MISPLACED.
     MmMigratePagesStart,
+    /// Pages moved and not (`nr_succeeded` and `nr_failed` count base pages), and THPs.
     MmMigratePages {
         succeeded: u32,
         failed: u32,
+        thp_succeeded: u32,
+        thp_failed: u32,
     },
+    /// `nr_pages`: 1, or 512 for a THP's PMD fault.
     HintFault {
         addr: u64,
         page_nid: Nid,
         nid: Nid,
         source: Source,
+        nr_pages: u32,
         local: bool,
         migrated: bool,
         migrate_fail: bool,
@@ -293,12 +298,12 @@ impl Event {
                 ("reason", S(reason.name())),
             ],
             Event::MmMigratePagesStart => vec![("mode", S("MIGRATE_ASYNC")), ("reason", S("numa_misplaced"))],
-            Event::MmMigratePages { succeeded, failed } => {
+            Event::MmMigratePages { succeeded, failed, thp_succeeded, thp_failed } => {
                 let mut f = vec![
                     ("nr_succeeded", U(succeeded.into())),
                     ("nr_failed", U(failed.into())),
-                    ("nr_thp_succeeded", U(0)),
-                    ("nr_thp_failed", U(0)),
+                    ("nr_thp_succeeded", U(thp_succeeded.into())),
+                    ("nr_thp_failed", U(thp_failed.into())),
                     ("nr_thp_split", U(0)),
                 ];
                 if v == TpVersion::V6_12 {
@@ -307,11 +312,12 @@ impl Event {
                 f.extend([("mode", S("MIGRATE_ASYNC")), ("reason", S("numa_misplaced"))]);
                 f
             }
-            Event::HintFault { addr, page_nid, nid, source, local, migrated, migrate_fail } => vec![
+            Event::HintFault { addr, page_nid, nid, source, nr_pages, local, migrated, migrate_fail } => vec![
                 ("addr", Hex(addr)),
                 ("page_nid", U(page_nid.into())),
                 ("nid", U(nid.into())),
                 ("source", S(source_name(source))),
+                ("nr_pages", U(nr_pages.into())),
                 ("local", U(local.into())),
                 ("migrated", U(migrated.into())),
                 ("migrate_fail", U(migrate_fail.into())),
