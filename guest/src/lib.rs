@@ -15,6 +15,8 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const PLAN_PATH: &str = "/plan.json";
 /// Where brd.ko lives in the initramfs (when the plan needs a ramdisk).
 pub const BRD_PATH: &str = "/brd.ko";
+/// Size of the brd ramdisk O_DIRECT callers use; a caller's page i uses block i mod its pages.
+pub const RAMDISK_KIB: u64 = 16 * 1024;
 /// The serial port the guest writes frames to (ttyS0 is the kernel console).
 pub const DATA_PORT: &str = "/dev/ttyS1";
 /// Most thread slots (workload threads and GUP callers) a plan may have.

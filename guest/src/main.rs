@@ -43,7 +43,8 @@ fn run(port: &mut DataPort) -> Result<()> {
     for (path, value) in &plan.writes {
         std::fs::write(path, value).map_err(|e| format!("writing `{value}` to {path}: {e}"))?;
     }
-    if let Some(kib) = plan.brd_kib {
+    // A kernel with brd built in takes its size from the command line instead.
+    if let Some(kib) = plan.brd_kib.filter(|_| std::path::Path::new(guest::BRD_PATH).is_file()) {
         sys::load_module(guest::BRD_PATH, &format!("rd_nr=1 rd_size={kib}"))?;
     }
     let shared = Shared::map()?;

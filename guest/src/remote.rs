@@ -11,8 +11,7 @@ use crate::sys::{self, Result, Rng, Shared, ThreadSlot};
 
 /// The brd ramdisk O_DIRECT callers use.
 const RAMDISK: &str = "/dev/ram0";
-/// Ramdisk pages; a caller's page i uses block i mod this.
-pub const RAMDISK_PAGES: u64 = 4096;
+const RAMDISK_PAGES: u64 = guest::RAMDISK_KIB * 1024 / PAGE_SIZE;
 
 /// Runs remote caller `ci` (in a process of its own, forked before any buffer existed, so
 /// no page is COW-shared with the owner: COW-shared pages are never made protnone).

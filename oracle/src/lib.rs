@@ -16,13 +16,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use guest::RAMDISK_KIB;
 use guest::{Frame, Plan, Sample};
 pub use kernel::{KernelSpec, cache_dir, resolve_kernel};
 pub use qemu::Accel;
 use sim_core::config::Config;
 
-/// The ramdisk O_DIRECT callers use (KiB); the caller's pages wrap around it.
-pub const RAMDISK_KIB: u64 = 16 * 1024;
 /// Guest memory per node beyond the scenario's VMAs: the kernel, page tables, the initramfs.
 const HEADROOM_MIB: u64 = 256;
 

@@ -3,7 +3,7 @@
 
 use guest::{ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, ThreadPlan, Touch, VmaPlan};
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, MachineConfig, PatternKind, Slice, Syscall, ThreadConfig,
+    Access, Config, DeviceConfig, DeviceMode, GupPath, MachineConfig, PatternKind, Slice, Syscall, ThreadConfig,
 };
 
 use crate::OracleError;
@@ -114,12 +114,17 @@ enum Realisation {
     InProcess(Touch),
 }
 
-/// `mode = "pin"` is a long-term pin; a notifier device is the GUP path of
-/// `[[device]] gup_path`, which on this branch is still process_vm (the key lands on main).
+/// `mode = "pin"` is a long-term pin; a notifier device is its `gup_path`. O_DIRECT from a
+/// read device writes the buffer to the disk (GUP without FOLL_WRITE), from a write device
+/// reads the disk into the buffer (FOLL_WRITE).
 fn realisation(d: &DeviceConfig) -> Realisation {
-    match d.mode {
-        DeviceMode::Pin => Realisation::InProcess(Touch::LongtermPin),
-        DeviceMode::Notifier => Realisation::Remote(RemotePath::ProcessVm),
+    match (d.mode, d.gup_path) {
+        (DeviceMode::Pin, _) => Realisation::InProcess(Touch::LongtermPin),
+        (DeviceMode::Notifier, GupPath::ProcessVm) => Realisation::Remote(RemotePath::ProcessVm),
+        (DeviceMode::Notifier, GupPath::ProcMem) => Realisation::Remote(RemotePath::ProcMem),
+        (DeviceMode::Notifier, GupPath::ODirect) => {
+            Realisation::InProcess(Touch::ODirect { write_buffer: d.access == Access::Write })
+        }
     }
 }
 

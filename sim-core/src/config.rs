@@ -331,6 +331,19 @@ pub enum GupContext {
     Owner,
 }
 
+/// The user-space GUP path a notifier-mode device stands for: what its accesses are when
+/// the oracle realises the scenario on a real kernel, and the GUP flags the model uses.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum GupPath {
+    /// process_vm_readv()/process_vm_writev(): pin_user_pages_remote(), FOLL_WRITE for writes.
+    ProcessVm,
+    /// O_DIRECT I/O on the buffer: pin_user_pages_fast(), FOLL_WRITE when reading into it.
+    ODirect,
+    /// /proc/PID/mem: access_remote_vm() with FOLL_FORCE (and FOLL_WRITE for writes).
+    ProcMem,
+}
+
 /// A DMA device with a secondary MMU over one VMA of a process.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -342,6 +355,8 @@ pub struct DeviceConfig {
     pub vma: String,
     pub access: Access,
     pub mode: DeviceMode,
+    /// The GUP path of a `notifier` device (ignored for `pin`).
+    pub gup_path: GupPath,
     pub gup_context: GupContext,
     pub pattern: PatternKind,
     pub hot_fraction: f64,
@@ -367,6 +382,7 @@ impl Default for DeviceConfig {
             vma: String::new(),
             access: Access::Read,
             mode: DeviceMode::Notifier,
+            gup_path: GupPath::ProcessVm,
             gup_context: GupContext::Worker,
             pattern: PatternKind::Uniform,
             hot_fraction: 0.1,
