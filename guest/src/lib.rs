@@ -37,6 +37,9 @@ pub struct Plan {
     pub cpus_per_node: u32,
     /// Files written in order before the workload starts (sysctls, debugfs knobs, sysfs).
     pub writes: Vec<(String, String)>,
+    /// Files written at the workload's start, after setting up (NUMA balancing goes on here,
+    /// so populating is not scanned).
+    pub start_writes: Vec<(String, String)>,
     /// Load /brd.ko with one ramdisk of this many KiB (O_DIRECT GUP callers need it).
     pub brd_kib: Option<u64>,
     pub processes: Vec<ProcessPlan>,
