@@ -11,7 +11,7 @@ use crate::Failure;
 pub fn run(scenario: &str, kernel: &str, set: &[String], out: Option<PathBuf>) -> Result<(), Failure> {
     let config = catalogue::resolve(scenario, set)?;
     // What cannot run at all is said before anything is fetched or booted.
-    oracle::plan::plan_of(&config).map_err(failure)?;
+    oracle::preflight(&config).map_err(failure)?;
     let spec = oracle::resolve_kernel(kernel).map_err(failure)?;
     oracle::qemu::qemu_binary().map_err(failure)?;
     let dir =

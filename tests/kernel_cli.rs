@@ -37,6 +37,12 @@ fn a_scenario_with_a_vm_is_refused_with_the_reason() {
 }
 
 #[test]
+fn a_guest_too_big_for_the_host_is_refused_before_booting() {
+    let args = ["--set", "machine.memory_per_node_mib=16777216", "--set", "process.0.vma.0.size_mib=16777216"];
+    rejected_with(numasim(&[&["kernel", "numa02", "--kernel", "6.12"][..], &args[..]].concat()), "the guest needs");
+}
+
+#[test]
 fn an_unknown_kernel_or_a_file_that_is_no_bzimage_is_refused() {
     rejected_with(numasim(&["kernel", "numa02", "--kernel", "6.7"]), "not 6.1, 6.12 or the path");
     let dir = scratch("kernel-not-bzimage");

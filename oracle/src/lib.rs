@@ -65,6 +65,13 @@ pub struct KernelRun {
     pub touch_rates: std::collections::BTreeMap<String, f64>,
 }
 
+/// Whether `cfg` can run on the oracle at all (its plan, and a guest this host can hold),
+/// said before any kernel is fetched or booted.
+pub fn preflight(cfg: &Config) -> Result<(), OracleError> {
+    plan::plan_of(cfg)?;
+    machine_of(cfg).map(|_| ())
+}
+
 /// Runs `cfg` on kernel `k` and writes the result contract into `out`.
 pub fn run_on_kernel(cfg: &Config, k: &KernelSpec, out: &Path) -> Result<KernelRun, OracleError> {
     let plan = plan::plan_of(cfg)?;
