@@ -259,19 +259,18 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
     };
     write("config.toml", sim_core::config::to_toml(cfg).as_bytes())?;
     write("timeseries.csv", results::timeseries(plan, &o.samples).as_bytes())?;
-    let policy = k.sim_overrides().iter().find_map(|s| s.strip_prefix("kernel.gup_policy=").map(str::to_string));
     let info = results::RunInfo {
         scenario: &cfg.name,
         seed: cfg.run.seed,
         release: &o.release,
-        sim_version: k.sim_version(),
-        gup_policy: policy.as_deref().unwrap_or(""),
+        sim_version: k.sim_version().name(),
+        gup_policy: sim_core::version::Rules::of(k.sim_version(), None).gup.name(),
         wall_s: run.wall_s,
     };
     let guest_json = serde_json::json!({
         "release": o.release,
         "kernel_image": k.image,
-        "sim_version": k.sim_version(),
+        "sim_version": k.sim_version().name(),
         "sim_overrides": k.sim_overrides(),
         "accel": run.accel.name(),
         "boot_s": o.boot_s,
