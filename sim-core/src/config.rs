@@ -30,6 +30,10 @@ pub struct Config {
     pub kvm: KvmConfig,
     pub ksm: KsmConfig,
     pub aging: AgingConfig,
+    /// How `numasim validate` judges this scenario against a real kernel; the simulation
+    /// ignores it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validate: Option<ValidateConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -331,6 +335,18 @@ pub enum GupContext {
     Owner,
 }
 
+/// The user-space GUP caller that stands for a `notifier` device on a real kernel.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum GupPath {
+    /// process_vm_readv (read) / process_vm_writev (write, FOLL_WRITE).
+    ProcessVm,
+    /// O_DIRECT write from (read) / read into (write) the buffer: a pin, FOLL_WRITE on read-into.
+    ODirect,
+    /// /proc/PID/mem read or write: FOLL_FORCE.
+    ProcMem,
+}
+
 /// A DMA device with a secondary MMU over one VMA of a process.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -343,6 +359,8 @@ pub struct DeviceConfig {
     pub access: Access,
     pub mode: DeviceMode,
     pub gup_context: GupContext,
+    /// Which user-space GUP caller realises the device on a real kernel (`numasim validate`).
+    pub gup_path: GupPath,
     pub pattern: PatternKind,
     pub hot_fraction: f64,
     pub hot_probability: f64,
@@ -368,6 +386,7 @@ impl Default for DeviceConfig {
             access: Access::Read,
             mode: DeviceMode::Notifier,
             gup_context: GupContext::Worker,
+            gup_path: GupPath::ProcessVm,
             pattern: PatternKind::Uniform,
             hot_fraction: 0.1,
             hot_probability: 0.9,
@@ -457,6 +476,26 @@ impl Default for KsmConfig {
     fn default() -> Self {
         Self { run: false, pages_to_scan: 100, sleep_millisecs: 20, merge_across_nodes: true }
     }
+}
+
+/// `[validate]`: what `numasim validate` compares with a real kernel, and how closely.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateConfig {
+    /// One tolerance per judged metric; metrics without one are shown, not judged.
+    pub tolerance: Vec<ToleranceConfig>,
+}
+
+/// Sim and kernel agree on `metric` when |sim - kernel| <= abs + rel * |kernel|.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToleranceConfig {
+    /// A dotted result name (`vmstat.numa_hint_faults`) or a derived one (see README).
+    pub metric: String,
+    pub abs: f64,
+    pub rel: f64,
+    /// Why this much: the kernel's noise and what the model simplifies.
+    pub reason: String,
 }
 
 /// The page-aging scanner (folio_referenced() over primary and secondary MMUs).
@@ -860,6 +899,11 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
         check(!d.name.is_empty(), at("name"), "a device needs a name")?;
         check(d.node < nodes, at("node"), node_range(d.node, nodes))?;
         find_vma(&d.process, &d.vma, &at)?;
+        check(
+            d.mode == DeviceMode::Notifier || d.gup_path == GupPath::ProcessVm,
+            at("gup_path"),
+            "only a `notifier` device has a GUP path (`pin` is a long-term pin)",
+        )?;
         if d.gup_context == GupContext::Owner {
             let threads = c.process.iter().find(|p| p.name == d.process).is_none_or(|p| !p.thread.is_empty());
             check(threads, at("gup_context"), format!("`owner` needs a thread in process `{}`", d.process))?;
@@ -889,8 +933,27 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
     }
     check(c.ksm.sleep_millisecs >= 1, "ksm.sleep_millisecs", "must be at least 1")?;
     check(c.aging.interval_ms >= 1, "aging.interval_ms", "must be at least 1")?;
+    validate_tolerances(c)?;
     let have = c.machine.memory_per_node_mib * u64::from(nodes);
     check(total_mib <= have, "process", format!("the VMAs need {total_mib} MiB but the machine has {have} MiB"))
+}
+
+fn validate_tolerances(c: &Config) -> Result<(), Invalid> {
+    let Some(v) = &c.validate else { return Ok(()) };
+    for (i, t) in v.tolerance.iter().enumerate() {
+        let at = |rest: &str| format!("validate.tolerance[{i}].{rest}");
+        check(!t.metric.is_empty(), at("metric"), "a tolerance names its metric")?;
+        check(
+            v.tolerance[..i].iter().all(|u| u.metric != t.metric),
+            at("metric"),
+            format!("`{}` has two tolerances", t.metric),
+        )?;
+        for (key, x) in [("abs", t.abs), ("rel", t.rel)] {
+            check(x.is_finite() && x >= 0.0, at(key), format!("must be a finite number >= 0, got {x}"))?;
+        }
+        check(!t.reason.trim().is_empty(), at("reason"), "a tolerance says why it is that wide")?;
+    }
+    Ok(())
 }
 
 fn validate_thread(t: &ThreadConfig, m: &MachineConfig, at: &dyn Fn(&str) -> String) -> Result<(), Invalid> {
