@@ -1,0 +1,89 @@
+//! Matching the sim's touch rate to the guest's. Under TCG a guest thread touches memory far
+//! more slowly per second of guest time than the model's latencies say, while the scanner
+//! runs on guest jiffies; so the sim's threads get the think time that gives each block the
+//! touches per second its guest threads reported.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use sim_core::config::Config;
+
+/// One thread block's rates before and after matching.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Matched {
+    /// `process/block`, as in the time series' `task.<process>/<block>/<i>` columns.
+    pub block: String,
+    /// Mean touches per second of guest time over the block's guest threads.
+    pub guest_touches_per_s: f64,
+    pub think_ns_before: u64,
+    pub think_ns_after: u64,
+    /// The block's touches per second in the sim with that think time (model latencies,
+    /// local memory, no faults).
+    pub sim_touches_per_s: f64,
+}
+
+/// Sets each thread block's `think_ns` (from the oracle's per-thread rates, keyed
+/// `process/block/i`, as guest.json's `touch_rate_per_s`) so that one touch plus the think time takes as long
+/// as a guest thread of that block took per touch. Blocks the guest did not report keep
+/// theirs. A touch is costed at local latency: remote touches make the sim up to
+/// distance/10 times slower in memory time, which is small beside think times of
+/// microseconds.
+pub fn match_touch_rate(config: &mut Config, rates: &BTreeMap<String, f64>) -> Vec<Matched> {
+    let latency = config.machine.local_latency_ns;
+    let mut out = Vec::new();
+    for p in &mut config.process {
+        for t in &mut p.thread {
+            let block = format!("{}/{}", p.name, t.name);
+            let prefix = format!("{block}/");
+            let mine: Vec<f64> = rates
+                .iter()
+                .filter(|(n, r)| (*n == block || n.starts_with(&prefix)) && r.is_finite() && *r > 0.0)
+                .map(|(_, r)| *r)
+                .collect();
+            if mine.is_empty() {
+                continue;
+            }
+            let guest = mine.iter().sum::<f64>() / mine.len() as f64;
+            let touch_ns = u64::from(t.touch_lines) * latency;
+            let period_ns = (1e9 / guest).round() as u64;
+            let before = t.think_ns;
+            t.think_ns = period_ns.saturating_sub(touch_ns);
+            out.push(Matched {
+                block,
+                guest_touches_per_s: guest,
+                think_ns_before: before,
+                think_ns_after: t.think_ns,
+                sim_touches_per_s: 1e9 / (touch_ns + t.think_ns) as f64,
+            });
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn think_time_fills_the_guest_period_beyond_the_touch_cost() {
+        let mut c = workloads::catalogue::resolve("numa02", &[]).unwrap();
+        let rates: BTreeMap<String, f64> =
+            (0..4).map(|i| (format!("numa02/worker/{i}"), 100_000.0 + i as f64)).collect();
+        let m = match_touch_rate(&mut c, &rates);
+        assert_eq!(m.len(), 1);
+        // 10 us per touch at ~100 k/s, of which 16 lines x 100 ns is memory time.
+        assert_eq!(c.process[0].thread[0].think_ns, 10_000 - 1600);
+        assert!((m[0].sim_touches_per_s - m[0].guest_touches_per_s).abs() / m[0].guest_touches_per_s < 1e-3);
+    }
+
+    #[test]
+    fn a_guest_faster_than_the_model_gets_no_think_time_and_unreported_blocks_keep_theirs() {
+        let mut c = workloads::catalogue::resolve("device-gup", &[]).unwrap();
+        let before = c.process[0].thread[0].think_ns;
+        assert!(match_touch_rate(&mut c, &BTreeMap::from([("other/x/0".into(), 5.0)])).is_empty());
+        assert_eq!(c.process[0].thread[0].think_ns, before);
+        let m = match_touch_rate(&mut c, &BTreeMap::from([("app/producer/0".into(), 1e9)]));
+        assert_eq!(m[0].think_ns_after, 0);
+        assert!(m[0].sim_touches_per_s < m[0].guest_touches_per_s);
+    }
+}

@@ -1,0 +1,289 @@
+//! `numasim validate`: a scenario in the sim under a real kernel's rules and on that kernel
+//! under QEMU (the `oracle` crate), side by side: a table per kernel in the compare-kernels
+//! layout (metric | sim | kernel | ratio | within tolerance), overlaid time series,
+//! report.md and validate.json. Tolerances come from the case's `[validate]` section.
+
+mod calibrate;
+mod compare;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sim_core::config::{Config, ToleranceConfig};
+use sim_core::sim::PAGES_PER_MIB;
+use sim_core::stats::Counters;
+use sim_core::stats::summary::{Span, metrics};
+use workloads::validation;
+
+use crate::Failure;
+use crate::output::{write_atomic, write_run};
+use calibrate::Matched;
+use compare::{Row, Side};
+
+pub struct Args {
+    /// A validation case, a built-in scenario or a path; None with `all`.
+    pub scenario: Option<String>,
+    pub all: bool,
+    pub kernels: Vec<String>,
+    pub set: Vec<String>,
+    pub out: Option<PathBuf>,
+}
+
+/// One case on one kernel.
+#[derive(Serialize)]
+pub struct Outcome {
+    pub kernel: String,
+    pub release: String,
+    /// Relative to the validation directory.
+    pub dir: String,
+    pub accel: String,
+    pub boot_s: f64,
+    /// Host seconds of the QEMU run.
+    pub kernel_wall_s: f64,
+    /// The `--set` overrides that put the sim under this kernel's rules.
+    pub sim_rules: Vec<String>,
+    pub calibration: Vec<Matched>,
+    pub rows: Vec<Row>,
+    pub agree: bool,
+    /// Why the kernel run failed (then there are no rows).
+    pub error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct CaseResult {
+    pub case: String,
+    pub description: String,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The manifest: every case, kernel and row.
+#[derive(Serialize)]
+pub struct Manifest {
+    pub command: String,
+    pub kernels: Vec<String>,
+    pub wall_s: f64,
+    pub cases: Vec<CaseResult>,
+}
+
+/// What the exit status reports after every case ran.
+pub enum Verdict {
+    Agree,
+    Disagree,
+    Failed,
+}
+
+pub fn run(args: Args) -> Result<Verdict, Failure> {
+    let names: Vec<String> = match (&args.scenario, args.all) {
+        (Some(_), true) => return Err(Failure::Input("give a scenario or --all, not both".into())),
+        (None, false) => return Err(Failure::Input("validate needs a scenario or --all".into())),
+        (Some(s), false) => vec![s.clone()],
+        (None, true) => validation::CASES.iter().map(|(n, _)| n.to_string()).collect(),
+    };
+    let configs = names.iter().map(|n| resolve_case(n, &args.set)).collect::<Result<Vec<_>, _>>()?;
+    let kernels = args
+        .kernels
+        .iter()
+        .map(|k| oracle::resolve_kernel(k).map(|spec| (k.clone(), spec)).map_err(oracle_failure))
+        .collect::<Result<Vec<_>, _>>()?;
+    let root = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("out").join(if args.all { "validate-all".to_string() } else { format!("validate-{}", configs[0].name) })
+    });
+    let start = Instant::now();
+    let mut cases = Vec::new();
+    for (name, config) in names.iter().zip(&configs) {
+        let case_dir = if args.all { root.join(&config.name) } else { root.clone() };
+        let mut outcomes = Vec::new();
+        for (arg, spec) in &kernels {
+            let rel = case_dir.strip_prefix(&root).unwrap_or(Path::new("")).join(label(arg));
+            let outcome = run_one(name, config, &args.set, arg, spec, &root, &rel)?;
+            print_outcome(&config.name, &outcome);
+            outcomes.push(outcome);
+        }
+        cases.push(CaseResult { case: config.name.clone(), description: config.description.clone(), outcomes });
+    }
+    let manifest = Manifest {
+        command: report::command_line(&args.scenario, args.all, &args.kernels, &args.set),
+        kernels: args.kernels.clone(),
+        wall_s: start.elapsed().as_secs_f64(),
+        cases,
+    };
+    write_manifest(&root, &manifest)?;
+    println!("report: {}", root.join("report.md").display());
+    let outcomes = || manifest.cases.iter().flat_map(|c| &c.outcomes);
+    Ok(if outcomes().any(|o| o.error.is_some()) {
+        Verdict::Failed
+    } else if outcomes().all(|o| o.agree) {
+        Verdict::Agree
+    } else {
+        Verdict::Disagree
+    })
+}
+
+/// A case resolved and its tolerances checked, before anything boots.
+fn resolve_case(name: &str, set: &[String]) -> Result<Config, Failure> {
+    let config = validation::resolve(name, set)?;
+    let names = sim_metric_names();
+    for (i, t) in tolerances(&config).iter().enumerate() {
+        if !compare::is_known(&t.metric, &names) {
+            return Err(Failure::Input(format!(
+                "{name}: key `validate.tolerance[{i}].metric`: no metric `{}` (a summary name such as \
+                 vmstat.numa_hint_faults, final.node.<n>.used_pages, or a derived one: see README)",
+                t.metric
+            )));
+        }
+    }
+    Ok(config)
+}
+
+fn sim_metric_names() -> Vec<String> {
+    metrics(&Counters::default(), 1, Span::Run).flatten().into_iter().map(|(n, _)| n).collect()
+}
+
+fn tolerances(config: &Config) -> &[ToleranceConfig] {
+    config.validate.as_ref().map_or(&[], |v| &v.tolerance)
+}
+
+/// A directory name for a kernel argument (a path's file name).
+fn label(arg: &str) -> String {
+    Path::new(arg).file_name().map_or(arg.to_string(), |f| f.to_string_lossy().into_owned())
+}
+
+fn oracle_failure(e: oracle::OracleError) -> Failure {
+    match e {
+        oracle::OracleError::Input(m) => Failure::Input(m),
+        other => Failure::Io(other.to_string()),
+    }
+}
+
+/// The kernel run, then the sim under that kernel's rules at the guest's touch rate, then
+/// the comparison. A guest failure is recorded in the outcome (the other cases still run);
+/// bad input and I/O errors end the whole validation.
+fn run_one(
+    name: &str,
+    config: &Config,
+    set: &[String],
+    arg: &str,
+    spec: &oracle::KernelSpec,
+    root: &Path,
+    rel: &Path,
+) -> Result<Outcome, Failure> {
+    let dir = root.join(rel);
+    let (kernel_dir, sim_dir) = (dir.join("kernel"), dir.join("sim"));
+    eprintln!("validate {}: booting {} ({})", config.name, arg, spec.release());
+    let mut outcome = Outcome {
+        kernel: arg.to_string(),
+        release: spec.release().to_string(),
+        dir: rel.display().to_string(),
+        accel: String::new(),
+        boot_s: 0.0,
+        kernel_wall_s: 0.0,
+        sim_rules: spec.sim_overrides(),
+        calibration: Vec::new(),
+        rows: Vec::new(),
+        agree: false,
+        error: None,
+    };
+    let run = match oracle::run_on_kernel(config, spec, &kernel_dir) {
+        Ok(run) => run,
+        Err(oracle::OracleError::Guest { message, console_tail }) => {
+            outcome.error = Some(format!("{message}\n{console_tail}"));
+            return Ok(outcome);
+        }
+        Err(e) => return Err(oracle_failure(e)),
+    };
+    (outcome.release, outcome.accel, outcome.boot_s, outcome.kernel_wall_s) =
+        (run.release.clone(), run.accel.name().to_string(), run.boot_s, run.wall_s);
+    let mut sim = sim_config(name, set, spec)?;
+    outcome.calibration = calibrate::match_touch_rate(&mut sim, &run.touch_rates);
+    let result = workloads::build(&sim).run();
+    let io = |e: String| Failure::Io(e);
+    write_run(&sim_dir, &sim, &result).map_err(|e| io(format!("{}: {e}", sim_dir.display())))?;
+    let (s, k) = (Side::read(&sim_dir).map_err(io)?, Side::read(&kernel_dir).map_err(io)?);
+    outcome.rows = compare::rows(&s, &k, tolerances(config), pages(config));
+    outcome.agree = compare::agree(&outcome.rows);
+    let title = format!("{}: sim vs {}", config.name, run.release);
+    let runs = [("sim".to_string(), sim_dir), (format!("kernel {}", run.release), kernel_dir)];
+    plots::render_overlay(&dir, "overlay", &title, &runs).map_err(io)?;
+    Ok(outcome)
+}
+
+/// The case under the kernel's rules: the oracle's `sim_overrides()` (its mapping of a
+/// kernel's source to the model's era, kept there in one place) after the user's `--set`.
+fn sim_config(name: &str, set: &[String], spec: &oracle::KernelSpec) -> Result<Config, Failure> {
+    let mut overrides = set.to_vec();
+    overrides.extend(spec.sim_overrides());
+    Ok(validation::resolve(name, &overrides)?)
+}
+
+/// Pages of the scenario's memory, the unit of a scan pass.
+fn pages(config: &Config) -> u64 {
+    let vmas: u64 = config.process.iter().flat_map(|p| &p.vma).map(|v| v.size_mib).sum();
+    let vms: u64 = config.vm.iter().map(|v| v.memory_mib).sum();
+    (vmas + vms) * PAGES_PER_MIB
+}
+
+fn print_outcome(case: &str, o: &Outcome) {
+    match &o.error {
+        Some(e) => println!("\n{case} on {} ({}): the kernel run failed:\n{e}", o.kernel, o.release),
+        None => {
+            println!("\n{case} on {} ({}, {}):", o.kernel, o.release, if o.agree { "agrees" } else { "DISAGREES" });
+            print!("{}", compare::table(&o.rows, &o.release));
+        }
+    }
+}
+
+fn write_manifest(root: &Path, manifest: &Manifest) -> Result<(), Failure> {
+    let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", root.display()));
+    std::fs::create_dir_all(root).map_err(io)?;
+    let json = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
+    write_atomic(root, "validate.json", (json + "\n").as_bytes()).map_err(io)?;
+    write_atomic(root, "report.md", report::markdown(manifest).as_bytes()).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two sim runs of one case: the same seed agrees everywhere, bit for bit; a model
+    /// change shows up as a disagreement in the judged rows.
+    #[test]
+    fn sim_against_sim_agrees_with_itself_and_a_different_gup_rule_disagrees() {
+        let root = std::env::temp_dir().join(format!("numasim-validate-{}", std::process::id()));
+        let run_into = |name: &str, set: &[String]| {
+            let config = validation::resolve("gup-process-vm-readv", set).unwrap();
+            let dir = root.join(name);
+            write_run(&dir, &config, &workloads::build(&config).run()).unwrap();
+            Side::read(&dir).unwrap()
+        };
+        let config = resolve_case("gup-process-vm-readv", &[]).unwrap();
+        let old = run_into("old", &["kernel.gup_policy=implicit-all".to_string()]);
+        let again = run_into("again", &["kernel.gup_policy=implicit-all".to_string()]);
+        let new = run_into("new", &["kernel.gup_policy=explicit".to_string()]);
+        let same = compare::rows(&old, &again, tolerances(&config), pages(&config));
+        assert!(compare::agree(&same));
+        assert!(same.iter().all(|r| r.ratio == Some(1.0)), "{}", compare::table(&same, "again"));
+        let judged = same.iter().filter(|r| r.verdict == compare::Verdict::Within).count();
+        assert_eq!(judged, tolerances(&config).len());
+        let differ = compare::rows(&new, &old, tolerances(&config), pages(&config));
+        assert!(!compare::agree(&differ), "{}", compare::table(&differ, "old"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_tolerance_on_an_unknown_metric_is_bad_input_naming_the_key() {
+        let Err(Failure::Input(m)) =
+            resolve_case("numa02", &["validate.tolerance.0.metric=vmstat.numa_hint_fault".to_string()])
+        else {
+            panic!("accepted");
+        };
+        assert!(m.contains("validate.tolerance[0].metric") && m.contains("vmstat.numa_hint_fault"), "{m}");
+    }
+
+    #[test]
+    fn scan_passes_count_the_scenarios_memory() {
+        let c = resolve_case("gup-cpu-read-remote", &[]).unwrap();
+        assert_eq!(pages(&c), 65 * 256);
+    }
+}
