@@ -121,6 +121,7 @@ fn parse_policy(s: &str) -> Result<GupPolicy, String> {
 }
 
 /// What went wrong, and which exit status says so.
+#[derive(Debug)]
 pub enum Failure {
     /// Bad input from the user: exit status 2.
     Input(String),

@@ -37,8 +37,8 @@ pub fn match_touch_rate(config: &mut Config, rates: &BTreeMap<String, f64>) -> V
             let prefix = format!("{block}/");
             let mine: Vec<f64> = rates
                 .iter()
-                .filter(|(n, r)| (*n == block || n.starts_with(&prefix)) && r.is_finite() && *r > 0.0)
-                .map(|(_, r)| *r)
+                .filter(|&(n, &r)| (*n == block || n.starts_with(&prefix)) && r.is_finite() && r > 0.0)
+                .map(|(_, &r)| r)
                 .collect();
             if mine.is_empty() {
                 continue;

@@ -241,7 +241,8 @@ pub fn table(rows: &[Row], kernel_label: &str) -> String {
         "{:width$} {:>16} {:>16} {:>9}  within tolerance\n",
         "metric",
         "sim",
-        truncate(kernel_label, 16)
+        truncate(kernel_label, 16),
+        "ratio"
     );
     for r in rows {
         let ratio = match r.ratio {
