@@ -11,7 +11,8 @@ use sim_core::config::Config;
 /// One thread block's rates before and after matching.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Matched {
-    /// `process/block`, as in the time series' `task.<process>/<block>/<i>` columns.
+    /// `process/block` (as in the time series' `task.<process>/<block>/<i>` columns) or
+    /// `device/name`.
     pub block: String,
     /// Mean touches per second of guest time over the block's guest threads.
     pub guest_touches_per_s: f64,
@@ -22,42 +23,46 @@ pub struct Matched {
     pub sim_touches_per_s: f64,
 }
 
-/// Sets each thread block's `think_ns` (from the oracle's per-thread rates, keyed
-/// `process/block/i`, as guest.json's `touch_rate_per_s`) so that one touch plus the think time takes as long
-/// as a guest thread of that block took per touch. Blocks the guest did not report keep
-/// theirs. A touch is costed at local latency: remote touches make the sim up to
-/// distance/10 times slower in memory time, which is small beside think times of
-/// microseconds.
+/// Sets each thread block's and device's `think_ns` (from the oracle's per-thread rates,
+/// keyed `process/block/i` and `device/name`, as guest.json's `touch_rate_per_s`) so that
+/// one touch plus the think time takes as long as it took the guest. Blocks and devices the
+/// guest did not report keep theirs. A touch is costed at local latency: remote touches make
+/// the sim up to distance/10 times slower in memory time, which is small beside think times
+/// of microseconds.
 pub fn match_touch_rate(config: &mut Config, rates: &BTreeMap<String, f64>) -> Vec<Matched> {
     let latency = config.machine.local_latency_ns;
-    let mut out = Vec::new();
-    for p in &mut config.process {
-        for t in &mut p.thread {
-            let block = format!("{}/{}", p.name, t.name);
-            let prefix = format!("{block}/");
-            let mine: Vec<f64> = rates
-                .iter()
-                .filter(|&(n, &r)| (*n == block || n.starts_with(&prefix)) && r.is_finite() && r > 0.0)
-                .map(|(_, &r)| r)
-                .collect();
-            if mine.is_empty() {
-                continue;
-            }
-            let guest = mine.iter().sum::<f64>() / mine.len() as f64;
-            let touch_ns = u64::from(t.touch_lines) * latency;
-            let period_ns = (1e9 / guest).round() as u64;
-            let before = t.think_ns;
-            t.think_ns = period_ns.saturating_sub(touch_ns);
-            out.push(Matched {
-                block,
-                guest_touches_per_s: guest,
-                think_ns_before: before,
-                think_ns_after: t.think_ns,
-                sim_touches_per_s: 1e9 / (touch_ns + t.think_ns) as f64,
-            });
-        }
+    let threads = config.process.iter_mut().flat_map(|p| {
+        let process = p.name.clone();
+        p.thread.iter_mut().map(move |t| (format!("{process}/{}", t.name), t.touch_lines, &mut t.think_ns))
+    });
+    let devices = config.device.iter_mut().map(|d| (format!("device/{}", d.name), d.touch_lines, &mut d.think_ns));
+    threads
+        .chain(devices)
+        .filter_map(|(block, lines, think)| match_one(block, u64::from(lines) * latency, think, rates))
+        .collect()
+}
+
+/// One block: the mean guest rate of its threads (`block` itself or `block/i`).
+fn match_one(block: String, touch_ns: u64, think: &mut u64, rates: &BTreeMap<String, f64>) -> Option<Matched> {
+    let prefix = format!("{block}/");
+    let mine: Vec<f64> = rates
+        .iter()
+        .filter(|&(n, &r)| (*n == block || n.starts_with(&prefix)) && r.is_finite() && r > 0.0)
+        .map(|(_, &r)| r)
+        .collect();
+    if mine.is_empty() {
+        return None;
     }
-    out
+    let guest = mine.iter().sum::<f64>() / mine.len() as f64;
+    let before = *think;
+    *think = ((1e9 / guest).round() as u64).saturating_sub(touch_ns);
+    Some(Matched {
+        block,
+        guest_touches_per_s: guest,
+        think_ns_before: before,
+        think_ns_after: *think,
+        sim_touches_per_s: 1e9 / (touch_ns + *think) as f64,
+    })
 }
 
 #[cfg(test)]
@@ -82,8 +87,10 @@ mod tests {
         let before = c.process[0].thread[0].think_ns;
         assert!(match_touch_rate(&mut c, &BTreeMap::from([("other/x/0".into(), 5.0)])).is_empty());
         assert_eq!(c.process[0].thread[0].think_ns, before);
-        let m = match_touch_rate(&mut c, &BTreeMap::from([("app/producer/0".into(), 1e9)]));
+        let rates = BTreeMap::from([("app/producer/0".into(), 1e9), ("device/accel".into(), 1000.0)]);
+        let m = match_touch_rate(&mut c, &rates);
         assert_eq!(m[0].think_ns_after, 0);
         assert!(m[0].sim_touches_per_s < m[0].guest_touches_per_s);
+        assert_eq!((m[1].block.as_str(), c.device[0].think_ns), ("device/accel", 1_000_000 - 1600));
     }
 }

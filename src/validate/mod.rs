@@ -229,7 +229,7 @@ fn print_outcome(case: &str, o: &Outcome) {
         Some(e) => println!("\n{case} on {} ({}): the kernel run failed:\n{e}", o.kernel, o.release),
         None => {
             println!("\n{case} on {} ({}, {}):", o.kernel, o.release, if o.agree { "agrees" } else { "DISAGREES" });
-            print!("{}", compare::table(&o.rows, &o.release));
+            print!("{}", compare::table(&o.rows, &label(&o.kernel)));
         }
     }
 }

@@ -17,7 +17,7 @@ pub fn markdown(m: &Manifest) -> String {
     let mut r = format!(
         "# numasim validate\n\nReproduce with `{}` ({:.0} s on this machine).\n\n\
          Each case ran on the real kernel under QEMU, then in the sim under that kernel's rules with each \
-         thread block's think time set to the touch rate the guest measured. A judged metric agrees when \
+         thread block's and device's think time set to the touch rate the guest measured. A judged metric agrees when \
          |sim - kernel| <= abs + rel * |kernel|; each tolerance's reason is in the case file \
          (configs/validate/). `not measured`: the kernel cannot give it (never shown as 0).\n\n\
          ## Verdicts\n\n| case | {} |\n|---|{}\n",
@@ -68,7 +68,7 @@ fn case_section(r: &mut String, o: &Outcome) {
             c.block, c.guest_touches_per_s, c.think_ns_before, c.think_ns_after, c.sim_touches_per_s
         );
     }
-    let _ = writeln!(r, "\n```\n{}```\n", compare::table(&o.rows, &o.release));
+    let _ = writeln!(r, "\n```\n{}```\n", compare::table(&o.rows, &super::label(&o.kernel)));
     let outside: Vec<_> = o.rows.iter().filter(|r| r.verdict == Verdict::Outside).collect();
     if !outside.is_empty() {
         let _ = writeln!(r, "Disagreements:\n");
