@@ -156,7 +156,9 @@ fn main() -> ExitCode {
         Command::Validate { scenario, all, kernels, set, out } => {
             validate::run(validate::Args { scenario, all, kernels, set, out }).and_then(|v| match v {
                 validate::Verdict::Agree => Ok(()),
-                validate::Verdict::Disagree => Err(Failure::Disagreement("the sim and a kernel disagree (see the tables)".into())),
+                validate::Verdict::Disagree => {
+                    Err(Failure::Disagreement("the sim and a kernel disagree (see the tables)".into()))
+                }
                 validate::Verdict::Failed => Err(Failure::Io("a kernel run failed (see above)".into())),
             })
         }

@@ -9,8 +9,10 @@ use crate::chart::{Figure, Panel, Plot, Series};
 use crate::data::Table;
 
 /// Cumulative counters overlaid, with their panel titles.
-const CUMULATIVE: [(&str, &str); 2] =
-    [("vmstat.numa_hint_faults", "hinting faults (cumulative)"), ("vmstat.numa_pages_migrated", "pages migrated (cumulative)")];
+const CUMULATIVE: [(&str, &str); 2] = [
+    ("vmstat.numa_hint_faults", "hinting faults (cumulative)"),
+    ("vmstat.numa_pages_migrated", "pages migrated (cumulative)"),
+];
 
 /// Draws `name.png`/`.svg` in `out`: cumulative hinting faults, cumulative migrations and
 /// pages per node, one line per labelled run (per node and run for the pages).
@@ -21,7 +23,9 @@ pub fn render_overlay(out: &Path, name: &str, title: &str, runs: &[(String, Path
         .collect::<Result<Vec<_>, Error>>()?;
     let mut panels: Vec<Panel> = CUMULATIVE
         .iter()
-        .map(|(column, what)| panel(what, "count", tables.iter().filter_map(|(l, t)| cumulative(l, t, column)).collect()))
+        .map(|(column, what)| {
+            panel(what, "count", tables.iter().filter_map(|(l, t)| cumulative(l, t, column)).collect())
+        })
         .collect();
     panels.push(panel("pages per node", "pages", tables.iter().flat_map(|(l, t)| per_node(l, t)).collect()));
     panels.retain(|p| matches!(&p.plot, Plot::Lines { series, .. } if !series.is_empty()));

@@ -103,10 +103,7 @@ impl Side {
 
 fn final_placement(t: &Table) -> Vec<(String, f64)> {
     let nodes = t.header.iter().filter(|h| h.starts_with("node.") && h.ends_with(".used_pages"));
-    nodes
-        .filter_map(|h| Some((format!("final.{h}"), *t.column(h)?.last()?)))
-        .filter(|(_, v)| v.is_finite())
-        .collect()
+    nodes.filter_map(|h| Some((format!("final.{h}"), *t.column(h)?.last()?))).filter(|(_, v)| v.is_finite()).collect()
 }
 
 fn divide(num: Cell, den: Cell) -> Cell {
@@ -322,7 +319,11 @@ mod tests {
     #[test]
     fn a_metric_absent_and_undeclared_is_missing_and_derived_ones_follow_their_inputs() {
         let sim = Side::from_parts(
-            &[("vmstat.numa_pte_updates", 200.0), ("vmstat.numa_hint_faults", 50.0), ("vmstat.numa_pages_migrated", 0.0)],
+            &[
+                ("vmstat.numa_pte_updates", 200.0),
+                ("vmstat.numa_hint_faults", 50.0),
+                ("vmstat.numa_pages_migrated", 0.0),
+            ],
             &[],
         );
         let kernel = Side::from_parts(&[("vmstat.numa_hint_faults", 0.0)], &["vmstat.numa_pte_updates"]);
@@ -338,8 +339,10 @@ mod tests {
 
     #[test]
     fn one_metric_outside_its_tolerance_is_a_disagreement_and_says_no() {
-        let sim = Side::from_parts(&[("vmstat.numa_hint_faults", 16384.0), ("vmstat.numa_pages_migrated", 16384.0)], &[]);
-        let kernel = Side::from_parts(&[("vmstat.numa_hint_faults", 1.0), ("vmstat.numa_pages_migrated", 16380.0)], &[]);
+        let sim =
+            Side::from_parts(&[("vmstat.numa_hint_faults", 16384.0), ("vmstat.numa_pages_migrated", 16384.0)], &[]);
+        let kernel =
+            Side::from_parts(&[("vmstat.numa_hint_faults", 1.0), ("vmstat.numa_pages_migrated", 16380.0)], &[]);
         let tols = [tol("vmstat.numa_hint_faults", 64.0, 0.0), tol("vmstat.numa_pages_migrated", 64.0, 0.0)];
         let rows = rows(&sim, &kernel, &tols, 16384);
         assert!(!agree(&rows));

@@ -88,7 +88,11 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
         .map(|k| oracle::resolve_kernel(k).map(|spec| (k.clone(), spec)).map_err(oracle_failure))
         .collect::<Result<Vec<_>, _>>()?;
     let root = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("out").join(if args.all { "validate-all".to_string() } else { format!("validate-{}", configs[0].name) })
+        PathBuf::from("out").join(if args.all {
+            "validate-all".to_string()
+        } else {
+            format!("validate-{}", configs[0].name)
+        })
     });
     let start = Instant::now();
     let mut cases = Vec::new();
