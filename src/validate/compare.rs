@@ -108,7 +108,7 @@ fn final_placement(t: &Table) -> Vec<(String, f64)> {
 
 fn divide(num: Cell, den: Cell) -> Cell {
     match (num, den) {
-        (Cell::Value(_), Cell::Value(d)) if d == 0.0 => Cell::Undefined,
+        (Cell::Value(_), Cell::Value(0.0)) => Cell::Undefined,
         (Cell::Value(n), Cell::Value(d)) => Cell::Value(n / d),
         (Cell::NotMeasured, _) | (_, Cell::NotMeasured) => Cell::NotMeasured,
         (Cell::Missing, _) | (_, Cell::Missing) => Cell::Missing,
@@ -190,7 +190,7 @@ pub struct Row {
 /// sim / kernel, with 0/0 = 1 (they agree) and x/0 = infinity.
 pub fn ratio(sim: Cell, kernel: Cell) -> Option<f64> {
     match (sim, kernel) {
-        (Cell::Value(s), Cell::Value(k)) if k == 0.0 => Some(if s == 0.0 { 1.0 } else { f64::INFINITY }),
+        (Cell::Value(s), Cell::Value(0.0)) => Some(if s == 0.0 { 1.0 } else { f64::INFINITY }),
         (Cell::Value(s), Cell::Value(k)) => Some(s / k),
         _ => None,
     }
@@ -260,8 +260,8 @@ pub fn table(rows: &[Row], kernel_label: &str) -> String {
 
 fn bound(t: &ToleranceConfig) -> String {
     match (t.abs, t.rel) {
-        (a, r) if r == 0.0 => format!("±{}", fmt(a)),
-        (a, r) if a == 0.0 => format!("±{}%", fmt(r * 100.0)),
+        (a, 0.0) => format!("±{}", fmt(a)),
+        (0.0, r) => format!("±{}%", fmt(r * 100.0)),
         (a, r) => format!("±{} +{}%", fmt(a), fmt(r * 100.0)),
     }
 }
