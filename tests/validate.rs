@@ -3,15 +3,7 @@
 
 mod common;
 
-use common::{numasim, s, scratch};
-
-fn rejected(args: &[&str]) -> String {
-    let out = numasim(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
-}
+use common::{numasim, rejected, s, scratch};
 
 #[test]
 fn every_case_of_the_catalogue_passes_check() {
