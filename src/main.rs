@@ -4,6 +4,7 @@
 mod batch;
 mod bench;
 mod compare;
+mod kernel_cmd;
 mod output;
 mod sweep;
 mod validate;
@@ -74,6 +75,19 @@ enum Command {
         dirs: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+    },
+    /// Run a scenario on a real Linux kernel under QEMU (Debian 12's 6.1 or 6.12, or a bzImage)
+    /// and write the same result files as `run`.
+    Kernel {
+        scenario: String,
+        /// `6.1`, `6.12` or the path of a bzImage.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Output directory (default: out/<scenario>-kernel-<kernel>).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Run a scenario in the sim under a real kernel's rules and on that kernel (QEMU), and
     /// compare: a table per kernel, overlaid plots, report.md. Exit status 3: a disagreement.
@@ -153,6 +167,7 @@ fn main() -> ExitCode {
             sweep::run(sweep::Args { file, jobs: jobs.unwrap_or_else(batch::default_jobs), shard, out })
         }
         Command::Merge { dirs, out } => sweep::merge(&dirs, &out),
+        Command::Kernel { scenario, kernel, set, out } => kernel_cmd::run(&scenario, &kernel, &set, out),
         Command::Validate { scenario, all, kernels, set, out } => {
             validate::run(validate::Args { scenario, all, kernels, set, out }).and_then(|v| match v {
                 validate::Verdict::Agree => Ok(()),

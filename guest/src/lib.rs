@@ -104,7 +104,10 @@ pub struct ThreadPlan {
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub enum ActionKind {
     /// PROT_NONE for `protect_ms` (0: for good), every `period_ms` (0: once).
-    Mprotect { protect_ms: u64, period_ms: u64 },
+    Mprotect {
+        protect_ms: u64,
+        period_ms: u64,
+    },
     Munmap,
 }
 
@@ -154,21 +157,34 @@ impl Plan {
 /// What page `page` of a VMA holds: equal values for pages of one content class, otherwise
 /// a value no other page has. Stored in the page's first word; the rest stays zero.
 pub fn page_content(salt: u64, page: u64, content_classes: u32) -> u64 {
-    if content_classes == 0 { (salt << 40) | (page + 1) } else { 0x5a5a_0000_0000 + page % u64::from(content_classes) + 1 }
+    if content_classes == 0 {
+        (salt << 40) | (page + 1)
+    } else {
+        0x5a5a_0000_0000 + page % u64::from(content_classes) + 1
+    }
 }
 
 /// One line on the data port.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Frame {
     /// Init is running: the kernel release and seconds since boot.
-    Hello { release: String, uptime_s: f64 },
+    Hello {
+        release: String,
+        uptime_s: f64,
+    },
     /// The workload is set up; sampling starts. `setup_ms` is what populating took.
-    Started { setup_ms: u64 },
+    Started {
+        setup_ms: u64,
+    },
     Sample(Sample),
     /// The guest could not do what the plan says.
-    Error { message: String },
+    Error {
+        message: String,
+    },
     /// Everything ran; the guest powers off next.
-    Done { elapsed_ms: u64 },
+    Done {
+        elapsed_ms: u64,
+    },
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

@@ -67,8 +67,7 @@ fn vma_placement(plan: &Plan, shared: &Shared) -> Vec<(String, Vec<u64>)> {
 fn add_node_counts(line: &str, nodes: &mut [u64]) {
     for field in line.split(' ') {
         let Some((k, v)) = field.split_once('=') else { continue };
-        let (Some(n), Ok(pages)) = (k.strip_prefix('N').and_then(|n| n.parse::<usize>().ok()), v.parse::<u64>())
-        else {
+        let (Some(n), Ok(pages)) = (k.strip_prefix('N').and_then(|n| n.parse::<usize>().ok()), v.parse::<u64>()) else {
             continue;
         };
         if let Some(slot) = nodes.get_mut(n) {

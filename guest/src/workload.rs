@@ -34,8 +34,7 @@ pub fn run_process(shared: &'static Shared, plan: &guest::Plan, pi: usize, first
         }
         slot.vma_base[vi].store(v.base as u64, Ordering::Relaxed);
     }
-    p
-        .threads
+    p.threads
         .iter()
         .enumerate()
         .map(|(ti, t)| {

@@ -165,12 +165,7 @@ fn machine_of(cfg: &Config) -> Result<qemu::Machine, OracleError> {
             m.nodes * m.cpus_per_node
         )));
     }
-    Ok(qemu::Machine {
-        nodes: m.nodes,
-        cpus_per_node: m.cpus_per_node,
-        mib_per_node,
-        distance: m.distance.clone(),
-    })
+    Ok(qemu::Machine { nodes: m.nodes, cpus_per_node: m.cpus_per_node, mib_per_node, distance: m.distance.clone() })
 }
 
 fn host_available_mib() -> u64 {
@@ -195,7 +190,9 @@ fn write_initramfs(dir: &Path, guest: &Path, plan: &Plan, k: &KernelSpec) -> Res
     let init = std::fs::read(guest).map_err(|e| OracleError::Io(format!("{}: {e}", guest.display())))?;
     let plan_json = serde_json::to_vec(plan).expect("plans serialize");
     let brd = match (plan.brd_kib, &k.brd) {
-        (Some(_), Some(path)) => Some(std::fs::read(path).map_err(|e| OracleError::Io(format!("{}: {e}", path.display())))?),
+        (Some(_), Some(path)) => {
+            Some(std::fs::read(path).map_err(|e| OracleError::Io(format!("{}: {e}", path.display())))?)
+        }
         _ => None,
     };
     let mut files: Vec<(&str, u32, &[u8])> = vec![("init", 0o755, &init), ("plan.json", 0o644, &plan_json)];
@@ -204,7 +201,8 @@ fn write_initramfs(dir: &Path, guest: &Path, plan: &Plan, k: &KernelSpec) -> Res
     }
     let dirs = ["dev", "proc", "sys", "tmp"];
     let path = dir.join(".initramfs.cpio");
-    std::fs::write(&path, initramfs::newc(&dirs, &files)).map_err(|e| OracleError::Io(format!("{}: {e}", path.display())))?;
+    std::fs::write(&path, initramfs::newc(&dirs, &files))
+        .map_err(|e| OracleError::Io(format!("{}: {e}", path.display())))?;
     Ok(path)
 }
 

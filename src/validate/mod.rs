@@ -18,6 +18,7 @@ use sim_core::stats::summary::{Span, metrics};
 use workloads::validation;
 
 use crate::Failure;
+use crate::kernel_cmd::{failure, kernel_label as label};
 use crate::output::{write_atomic, write_run};
 use calibrate::Matched;
 use compare::{Row, Side};
@@ -85,7 +86,7 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
     let kernels = args
         .kernels
         .iter()
-        .map(|k| oracle::resolve_kernel(k).map(|spec| (k.clone(), spec)).map_err(oracle_failure))
+        .map(|k| oracle::resolve_kernel(k).map(|spec| (k.clone(), spec)).map_err(failure))
         .collect::<Result<Vec<_>, _>>()?;
     let root = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("out").join(if args.all {
@@ -149,18 +150,6 @@ fn tolerances(config: &Config) -> &[ToleranceConfig] {
     config.validate.as_ref().map_or(&[], |v| &v.tolerance)
 }
 
-/// A directory name for a kernel argument (a path's file name).
-fn label(arg: &str) -> String {
-    Path::new(arg).file_name().map_or(arg.to_string(), |f| f.to_string_lossy().into_owned())
-}
-
-fn oracle_failure(e: oracle::OracleError) -> Failure {
-    match e {
-        oracle::OracleError::Input(m) => Failure::Input(m),
-        other => Failure::Io(other.to_string()),
-    }
-}
-
 /// The kernel run, then the sim under that kernel's rules at the guest's touch rate, then
 /// the comparison. A guest failure is recorded in the outcome (the other cases still run);
 /// bad input and I/O errors end the whole validation.
@@ -195,7 +184,7 @@ fn run_one(
             outcome.error = Some(format!("{message}\n{console_tail}"));
             return Ok(outcome);
         }
-        Err(e) => return Err(oracle_failure(e)),
+        Err(e) => return Err(failure(e)),
     };
     (outcome.release, outcome.accel, outcome.boot_s, outcome.kernel_wall_s) =
         (run.release.clone(), run.accel.name().to_string(), run.boot_s, run.wall_s);

@@ -68,7 +68,7 @@ fn case_section(r: &mut String, o: &Outcome) {
             c.block, c.guest_touches_per_s, c.think_ns_before, c.think_ns_after, c.sim_touches_per_s
         );
     }
-    let _ = writeln!(r, "\n```\n{}```\n", compare::table(&o.rows, &super::label(&o.kernel)));
+    let _ = writeln!(r, "\n```\n{}```\n", compare::table(&o.rows, &crate::kernel_cmd::kernel_label(&o.kernel)));
     let outside: Vec<_> = o.rows.iter().filter(|r| r.verdict == Verdict::Outside).collect();
     if !outside.is_empty() {
         let _ = writeln!(r, "Disagreements:\n");
