@@ -105,6 +105,10 @@ enum Command {
         /// Output directory (default: out/validate-<scenario>, or out/validate-all).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Reuse the kernel runs already in the output directory when their config and
+        /// release match (re-check the sim after a model change without booting).
+        #[arg(long)]
+        reuse: bool,
     },
     /// Draw the plots of a run, a comparison or a sweep again from its result files.
     Plot { dir: PathBuf },
@@ -168,8 +172,8 @@ fn main() -> ExitCode {
         }
         Command::Merge { dirs, out } => sweep::merge(&dirs, &out),
         Command::Kernel { scenario, kernel, set, out } => kernel_cmd::run(&scenario, &kernel, &set, out),
-        Command::Validate { scenario, all, kernels, set, out } => {
-            validate::run(validate::Args { scenario, all, kernels, set, out }).and_then(|v| match v {
+        Command::Validate { scenario, all, kernels, set, out, reuse } => {
+            validate::run(validate::Args { scenario, all, kernels, set, out, reuse }).and_then(|v| match v {
                 validate::Verdict::Agree => Ok(()),
                 validate::Verdict::Disagree => {
                     Err(Failure::Disagreement("the sim and a kernel disagree (see the tables)".into()))

@@ -18,9 +18,8 @@ pub struct Matched {
     pub guest_touches_per_s: f64,
     pub think_ns_before: u64,
     pub think_ns_after: u64,
-    /// The block's touches per second in the sim with that think time (model latencies,
-    /// local memory, no faults).
-    pub sim_touches_per_s: f64,
+    /// How much [`refine`] scaled the block's period after a first sim run (1: not at all).
+    pub scale: f64,
 }
 
 /// Sets each thread block's and device's `think_ns` (from the oracle's per-thread rates,
@@ -31,15 +30,39 @@ pub struct Matched {
 /// of microseconds.
 pub fn match_touch_rate(config: &mut Config, rates: &BTreeMap<String, f64>) -> Vec<Matched> {
     let latency = config.machine.local_latency_ns;
+    blocks(config)
+        .filter_map(|(block, lines, think)| match_one(block, u64::from(lines) * latency, think, rates))
+        .collect()
+}
+
+/// The second step: fault, migration and remote-latency time make the sim's touches fall
+/// short of the first step's estimate; `sim_per_kernel` (touches in the sim / touches on the
+/// kernel, for CPU threads and for devices) scales each matched block's period to close
+/// the gap. Returns whether anything changed (then the sim runs again).
+pub fn refine(config: &mut Config, matched: &mut [Matched], cpu: Option<f64>, device: Option<f64>) -> bool {
+    let latency = config.machine.local_latency_ns;
+    let mut changed = false;
+    for (block, lines, think) in blocks(config) {
+        let Some(m) = matched.iter_mut().find(|m| m.block == block) else { continue };
+        let factor = if block.starts_with("device/") { device } else { cpu };
+        let Some(f) = factor.filter(|f| f.is_finite() && *f > 0.0 && (f - 1.0).abs() > 0.02) else { continue };
+        let touch_ns = u64::from(lines) * latency;
+        *think = (((*think + touch_ns) as f64 * f).round() as u64).saturating_sub(touch_ns);
+        (m.think_ns_after, m.scale) = (*think, m.scale * f);
+        changed = true;
+    }
+    changed
+}
+
+/// Every thread block (`process/block`) and device (`device/name`) with its touch size and
+/// think time.
+fn blocks(config: &mut Config) -> impl Iterator<Item = (String, u32, &mut u64)> {
     let threads = config.process.iter_mut().flat_map(|p| {
         let process = p.name.clone();
         p.thread.iter_mut().map(move |t| (format!("{process}/{}", t.name), t.touch_lines, &mut t.think_ns))
     });
     let devices = config.device.iter_mut().map(|d| (format!("device/{}", d.name), d.touch_lines, &mut d.think_ns));
-    threads
-        .chain(devices)
-        .filter_map(|(block, lines, think)| match_one(block, u64::from(lines) * latency, think, rates))
-        .collect()
+    threads.chain(devices)
 }
 
 /// One block: the mean guest rate of its threads (`block` itself or `block/i`).
@@ -56,13 +79,7 @@ fn match_one(block: String, touch_ns: u64, think: &mut u64, rates: &BTreeMap<Str
     let guest = mine.iter().sum::<f64>() / mine.len() as f64;
     let before = *think;
     *think = ((1e9 / guest).round() as u64).saturating_sub(touch_ns);
-    Some(Matched {
-        block,
-        guest_touches_per_s: guest,
-        think_ns_before: before,
-        think_ns_after: *think,
-        sim_touches_per_s: 1e9 / (touch_ns + *think) as f64,
-    })
+    Some(Matched { block, guest_touches_per_s: guest, think_ns_before: before, think_ns_after: *think, scale: 1.0 })
 }
 
 #[cfg(test)]
@@ -78,7 +95,7 @@ mod tests {
         assert_eq!(m.len(), 1);
         // 10 us per touch at ~100 k/s, of which 16 lines x 100 ns is memory time.
         assert_eq!(c.process[0].thread[0].think_ns, 10_000 - 1600);
-        assert!((m[0].sim_touches_per_s - m[0].guest_touches_per_s).abs() / m[0].guest_touches_per_s < 1e-3);
+        assert_eq!(m[0].scale, 1.0);
     }
 
     #[test]
@@ -90,7 +107,19 @@ mod tests {
         let rates = BTreeMap::from([("app/producer/0".into(), 1e9), ("device/accel".into(), 1000.0)]);
         let m = match_touch_rate(&mut c, &rates);
         assert_eq!(m[0].think_ns_after, 0);
-        assert!(m[0].sim_touches_per_s < m[0].guest_touches_per_s);
         assert_eq!((m[1].block.as_str(), c.device[0].think_ns), ("device/accel", 1_000_000 - 1600));
+    }
+
+    #[test]
+    fn refining_scales_the_period_of_matched_blocks_by_kind_and_ignores_small_gaps() {
+        let mut c = workloads::catalogue::resolve("device-gup", &[]).unwrap();
+        let rates = BTreeMap::from([("app/producer/0".into(), 1e5), ("device/accel".into(), 1e4)]);
+        let mut m = match_touch_rate(&mut c, &rates);
+        assert_eq!((c.process[0].thread[0].think_ns, c.device[0].think_ns), (8400, 98_400));
+        // The sim's CPU threads did 80 % of the kernel's touches: a period 80 % as long.
+        assert!(refine(&mut c, &mut m, Some(0.8), Some(1.01)));
+        assert_eq!((c.process[0].thread[0].think_ns, c.device[0].think_ns), (6400, 98_400));
+        assert_eq!((m[0].think_ns_after, m[0].scale, m[1].scale), (6400, 0.8, 1.0));
+        assert!(!refine(&mut c, &mut m, None, Some(f64::INFINITY)));
     }
 }

@@ -7,11 +7,12 @@ mod calibrate;
 mod compare;
 mod report;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use sim_core::config::{Config, ToleranceConfig};
+use sim_core::config::{Config, ToleranceConfig, to_toml};
 use sim_core::sim::PAGES_PER_MIB;
 use sim_core::stats::Counters;
 use sim_core::stats::summary::{Span, metrics};
@@ -30,6 +31,8 @@ pub struct Args {
     pub kernels: Vec<String>,
     pub set: Vec<String>,
     pub out: Option<PathBuf>,
+    /// Reuse kernel runs already in the output directory (same config, same release).
+    pub reuse: bool,
 }
 
 /// One case on one kernel.
@@ -102,7 +105,7 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
         let mut outcomes = Vec::new();
         for (arg, spec) in &kernels {
             let rel = case_dir.strip_prefix(&root).unwrap_or(Path::new("")).join(label(arg));
-            let outcome = run_one(name, config, &args.set, arg, spec, &root, &rel)?;
+            let outcome = run_one(name, config, &args.set, arg, spec, &root, &rel, args.reuse)?;
             print_outcome(&config.name, &outcome);
             outcomes.push(outcome);
         }
@@ -150,9 +153,11 @@ fn tolerances(config: &Config) -> &[ToleranceConfig] {
     config.validate.as_ref().map_or(&[], |v| &v.tolerance)
 }
 
-/// The kernel run, then the sim under that kernel's rules at the guest's touch rate, then
-/// the comparison. A guest failure is recorded in the outcome (the other cases still run);
-/// bad input and I/O errors end the whole validation.
+/// The kernel run (or, with `--reuse`, an earlier one of the same config), then the sim
+/// under that kernel's rules at the guest's touch rate, then the comparison. A guest failure
+/// is recorded in the outcome (the other cases still run); bad input and I/O errors end the
+/// whole validation.
+#[allow(clippy::too_many_arguments)]
 fn run_one(
     name: &str,
     config: &Config,
@@ -161,10 +166,10 @@ fn run_one(
     spec: &oracle::KernelSpec,
     root: &Path,
     rel: &Path,
+    reuse: bool,
 ) -> Result<Outcome, Failure> {
     let dir = root.join(rel);
     let (kernel_dir, sim_dir) = (dir.join("kernel"), dir.join("sim"));
-    eprintln!("validate {}: booting {} ({})", config.name, arg, spec.release());
     let mut outcome = Outcome {
         kernel: arg.to_string(),
         release: spec.release().to_string(),
@@ -178,28 +183,93 @@ fn run_one(
         agree: false,
         error: None,
     };
-    let run = match oracle::run_on_kernel(config, spec, &kernel_dir) {
-        Ok(run) => run,
-        Err(oracle::OracleError::Guest { message, console_tail }) => {
-            outcome.error = Some(format!("{message}\n{console_tail}"));
+    let facts = match kernel_side(config, arg, spec, &kernel_dir, reuse)? {
+        Ok(facts) => facts,
+        Err(e) => {
+            outcome.error = Some(e);
             return Ok(outcome);
         }
-        Err(e) => return Err(failure(e)),
     };
     (outcome.release, outcome.accel, outcome.boot_s, outcome.kernel_wall_s) =
-        (run.release.clone(), run.accel.name().to_string(), run.boot_s, run.wall_s);
-    let mut sim = sim_config(name, set, spec)?;
-    outcome.calibration = calibrate::match_touch_rate(&mut sim, &run.touch_rates);
-    let result = workloads::build(&sim).run();
+        (facts.release.clone(), facts.accel.clone(), facts.boot_s, facts.wall_s);
     let io = |e: String| Failure::Io(e);
-    write_run(&sim_dir, &sim, &result).map_err(|e| io(format!("{}: {e}", sim_dir.display())))?;
-    let (s, k) = (Side::read(&sim_dir).map_err(io)?, Side::read(&kernel_dir).map_err(io)?);
-    outcome.rows = compare::rows(&s, &k, tolerances(config), pages(config));
+    let kernel = Side::read(&kernel_dir).map_err(io)?;
+    let mut sim = sim_config(name, set, spec)?;
+    outcome.calibration = calibrate::match_touch_rate(&mut sim, &facts.touch_rates);
+    let mut side = run_sim(&sim, &sim_dir)?;
+    let shortfall = |m: &str| match (side.cell(m, 0), kernel.cell(m, 0)) {
+        (compare::Cell::Value(s), compare::Cell::Value(k)) if k > 0.0 => Some(s / k),
+        _ => None,
+    };
+    let (cpu, device) = (shortfall("touches.cpu"), shortfall("touches.device"));
+    if calibrate::refine(&mut sim, &mut outcome.calibration, cpu, device) {
+        side = run_sim(&sim, &sim_dir)?;
+    }
+    outcome.rows = compare::rows(&side, &kernel, tolerances(config), pages(config));
     outcome.agree = compare::agree(&outcome.rows);
-    let title = format!("{}: sim vs {}", config.name, run.release);
-    let runs = [("sim".to_string(), sim_dir), (format!("kernel {}", run.release), kernel_dir)];
+    let title = format!("{}: sim vs {}", config.name, facts.release);
+    let runs = [("sim".to_string(), sim_dir), (format!("kernel {}", facts.release), kernel_dir)];
     plots::render_overlay(&dir, "overlay", &title, &runs).map_err(io)?;
     Ok(outcome)
+}
+
+fn run_sim(config: &Config, dir: &Path) -> Result<Side, Failure> {
+    let result = workloads::build(config).run();
+    write_run(dir, config, &result).map_err(|e| Failure::Io(format!("{}: {e}", dir.display())))?;
+    Side::read(dir).map_err(Failure::Io)
+}
+
+/// What validate needs of a kernel run.
+struct KernelFacts {
+    release: String,
+    accel: String,
+    boot_s: f64,
+    wall_s: f64,
+    touch_rates: BTreeMap<String, f64>,
+}
+
+/// Boots the kernel, or reuses `dir` when asked to and it holds a complete run of exactly
+/// this config. The inner error is a guest failure (console tail included).
+fn kernel_side(
+    config: &Config,
+    arg: &str,
+    spec: &oracle::KernelSpec,
+    dir: &Path,
+    reuse: bool,
+) -> Result<Result<KernelFacts, String>, Failure> {
+    if reuse && let Some(facts) = earlier_run(config, spec, dir) {
+        eprintln!("validate {}: reusing the {} run in {}", config.name, arg, dir.display());
+        return Ok(Ok(facts));
+    }
+    eprintln!("validate {}: booting {} ({})", config.name, arg, spec.release());
+    match oracle::run_on_kernel(config, spec, dir) {
+        Ok(run) => Ok(Ok(KernelFacts {
+            release: run.release,
+            accel: run.accel.name().to_string(),
+            boot_s: run.boot_s,
+            wall_s: run.wall_s,
+            touch_rates: run.touch_rates,
+        })),
+        Err(oracle::OracleError::Guest { message, console_tail }) => Ok(Err(format!("{message}\n{console_tail}"))),
+        Err(e) => Err(failure(e)),
+    }
+}
+
+/// A finished run of the same config on the same kernel release, from its guest.json.
+fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option<KernelFacts> {
+    let same = std::fs::read_to_string(dir.join("config.toml")).ok()? == to_toml(config);
+    let guest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("guest.json")).ok()?).ok()?;
+    let release = guest["release"].as_str()?.to_string();
+    if !same || release != spec.release() || !dir.join("summary.json").is_file() {
+        return None;
+    }
+    Some(KernelFacts {
+        release,
+        accel: guest["accel"].as_str().unwrap_or_default().to_string(),
+        boot_s: guest["boot_s"].as_f64().unwrap_or(f64::NAN),
+        wall_s: guest["qemu_wall_s"].as_f64().unwrap_or(f64::NAN),
+        touch_rates: serde_json::from_value(guest["touch_rate_per_s"].clone()).ok()?,
+    })
 }
 
 /// The case under the kernel's rules: the oracle's `sim_overrides()` (its mapping of a

@@ -64,8 +64,8 @@ fn case_section(r: &mut String, o: &Outcome) {
     for c in &o.calibration {
         let _ = writeln!(
             r,
-            "- `{}`: guest {:.0} touches/s per thread; think_ns {} -> {} (sim {:.0} touches/s)",
-            c.block, c.guest_touches_per_s, c.think_ns_before, c.think_ns_after, c.sim_touches_per_s
+            "- `{}`: guest {:.0} touches/s per thread; think_ns {} -> {} (period scaled by {:.3} after a first sim run)",
+            c.block, c.guest_touches_per_s, c.think_ns_before, c.think_ns_after, c.scale
         );
     }
     let _ = writeln!(r, "\n```\n{}```\n", compare::table(&o.rows, &crate::kernel_cmd::kernel_label(&o.kernel)));
