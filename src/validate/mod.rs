@@ -347,6 +347,6 @@ mod tests {
     #[test]
     fn scan_passes_count_the_scenarios_memory() {
         let c = resolve_case("gup-cpu-read-remote", &[]).unwrap();
-        assert_eq!(pages(&c), 65 * 256);
+        assert_eq!(pages(&c), 17 * 256);
     }
 }
