@@ -15,3 +15,4 @@ pub mod mm;
 pub mod sched;
 pub mod sim;
 pub mod stats;
+pub mod version;
