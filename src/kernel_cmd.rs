@@ -10,7 +10,10 @@ use crate::Failure;
 
 pub fn run(scenario: &str, kernel: &str, set: &[String], out: Option<PathBuf>) -> Result<(), Failure> {
     let config = catalogue::resolve(scenario, set)?;
+    // What cannot run at all is said before anything is fetched or booted.
+    oracle::preflight(&config).map_err(failure)?;
     let spec = oracle::resolve_kernel(kernel).map_err(failure)?;
+    oracle::qemu::qemu_binary().map_err(failure)?;
     let dir =
         out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-kernel-{}", config.name, kernel_label(kernel))));
     eprintln!(

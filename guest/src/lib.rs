@@ -15,6 +15,8 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const PLAN_PATH: &str = "/plan.json";
 /// Where brd.ko lives in the initramfs (when the plan needs a ramdisk).
 pub const BRD_PATH: &str = "/brd.ko";
+/// Size of the brd ramdisk O_DIRECT callers use; a caller's page i uses block i mod its pages.
+pub const RAMDISK_KIB: u64 = 16 * 1024;
 /// The serial port the guest writes frames to (ttyS0 is the kernel console).
 pub const DATA_PORT: &str = "/dev/ttyS1";
 /// Most thread slots (workload threads and GUP callers) a plan may have.
@@ -35,6 +37,9 @@ pub struct Plan {
     pub cpus_per_node: u32,
     /// Files written in order before the workload starts (sysctls, debugfs knobs, sysfs).
     pub writes: Vec<(String, String)>,
+    /// Files written at the workload's start, after setting up (NUMA balancing goes on here,
+    /// so populating is not scanned).
+    pub start_writes: Vec<(String, String)>,
     /// Load /brd.ko with one ramdisk of this many KiB (O_DIRECT GUP callers need it).
     pub brd_kib: Option<u64>,
     pub processes: Vec<ProcessPlan>,

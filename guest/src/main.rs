@@ -40,10 +40,9 @@ fn run(port: &mut DataPort) -> Result<()> {
         port.send(&Frame::Done { elapsed_ms: 0 });
         return Ok(());
     }
-    for (path, value) in &plan.writes {
-        std::fs::write(path, value).map_err(|e| format!("writing `{value}` to {path}: {e}"))?;
-    }
-    if let Some(kib) = plan.brd_kib {
+    write_files(&plan.writes)?;
+    // A kernel with brd built in takes its size from the command line instead.
+    if let Some(kib) = plan.brd_kib.filter(|_| std::path::Path::new(guest::BRD_PATH).is_file()) {
         sys::load_module(guest::BRD_PATH, &format!("rd_nr=1 rd_size={kib}"))?;
     }
     let shared = Shared::map()?;
@@ -58,6 +57,13 @@ fn run(port: &mut DataPort) -> Result<()> {
     }
     let elapsed_ms = result?;
     port.send(&Frame::Done { elapsed_ms });
+    Ok(())
+}
+
+fn write_files(writes: &[(String, String)]) -> Result<()> {
+    for (path, value) in writes {
+        std::fs::write(path, value).map_err(|e| format!("writing `{value}` to {path}: {e}"))?;
+    }
     Ok(())
 }
 
@@ -126,8 +132,10 @@ fn check_failed(shared: &Shared, n: usize) -> Result<()> {
 fn sample_run(port: &mut DataPort, shared: &Shared, plan: &Plan) -> Result<u64> {
     let names = plan.slot_names();
     let n = plan.processes.len() + plan.remote_callers.len();
+    let baseline = sample::take(plan, shared, &names, 0.0);
+    write_files(&plan.start_writes)?;
     let go = sys::now_ns();
-    port.send(&Frame::Sample(sample::take(plan, shared, &names, 0.0)));
+    port.send(&Frame::Sample(baseline));
     shared.go_ns.store(go, Ordering::Release);
     let mut k = 1;
     while k * plan.sample_ms <= plan.duration_ms {

@@ -11,8 +11,7 @@ use crate::sys::{self, Result, Rng, Shared, ThreadSlot};
 
 /// The brd ramdisk O_DIRECT callers use.
 const RAMDISK: &str = "/dev/ram0";
-/// Ramdisk pages; a caller's page i uses block i mod this.
-pub const RAMDISK_PAGES: u64 = 4096;
+const RAMDISK_PAGES: u64 = guest::RAMDISK_KIB * 1024 / PAGE_SIZE;
 
 /// Runs remote caller `ci` (in a process of its own, forked before any buffer existed, so
 /// no page is COW-shared with the owner: COW-shared pages are never made protnone).
@@ -27,7 +26,7 @@ pub fn run_remote(shared: &'static Shared, plan: &guest::Plan, ci: usize, slot_i
     shared.procs[plan.processes.len() + ci].state.store(crate::workload::READY, Ordering::Release);
     let go = sys::wait_go(shared);
     sys::sleep_until(go + c.start_ms * 1_000_000);
-    let stop = go + c.stop_ms.unwrap_or(plan.duration_ms).min(plan.duration_ms) * 1_000_000;
+    let stop = sys::stop_time(go, c.stop_ms, plan.duration_ms);
     let owner = &shared.procs[c.process];
     let pid = owner.pid.load(Ordering::Relaxed);
     let base = owner.vma_base[c.vma].load(Ordering::Relaxed) as usize;

@@ -184,6 +184,12 @@ pub fn wait_go(shared: &Shared) -> u64 {
     }
 }
 
+/// When a thread started at `go` stops: at its own `stop_ms` when that is inside the run,
+/// otherwise when init ends the run (after the last sample, so the sample still sees it).
+pub fn stop_time(go: u64, stop_ms: Option<u64>, duration_ms: u64) -> u64 {
+    stop_ms.filter(|&s| s < duration_ms).map_or(u64::MAX, |s| go + s * 1_000_000)
+}
+
 /// A small fast generator (splitmix64) for the touch patterns.
 pub struct Rng(pub u64);
 

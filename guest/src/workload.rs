@@ -157,7 +157,7 @@ fn run_thread(
     let go = sys::wait_go(shared);
     sys::sleep_until(go + t.start_ms * 1_000_000);
     sys::set_affinity(&t.cpus, nr_cpus)?;
-    let stop = go + t.stop_ms.unwrap_or(duration_ms).min(duration_ms) * 1_000_000;
+    let stop = sys::stop_time(go, t.stop_ms, duration_ms);
     match t.touch {
         Touch::Cpu => cpu_loop(shared, t, page, stop, slot, seed),
         Touch::ODirect { write_buffer } => crate::remote::odirect_loop(shared, t, page.base, write_buffer, stop, slot),

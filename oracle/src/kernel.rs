@@ -4,6 +4,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use sim_core::config::KernelVersion;
+
 use crate::OracleError;
 
 /// A kernel ready to boot.
@@ -14,7 +16,7 @@ pub struct KernelSpec {
     /// brd.ko for this kernel, uncompressed (None when brd is built in).
     pub brd: Option<PathBuf>,
     /// The `kernel.version` of numasim whose rules this kernel's source has.
-    sim_version: &'static str,
+    sim_version: KernelVersion,
 }
 
 /// The Debian 12 kernel series the oracle knows, the package name pattern of each, and the
@@ -24,12 +26,12 @@ struct Series {
     arg: &'static str,
     prefix: &'static str,
     suffix: &'static str,
-    sim_version: &'static str,
+    sim_version: KernelVersion,
 }
 
 const SERIES: [Series; 2] = [
-    Series { arg: "6.1", prefix: "linux-image-6.1.0-", suffix: "-amd64", sim_version: "6.1-debian12" },
-    Series { arg: "6.12", prefix: "linux-image-6.12.", suffix: "+deb12-amd64", sim_version: "6.12" },
+    Series { arg: "6.1", prefix: "linux-image-6.1.0-", suffix: "-amd64", sim_version: KernelVersion::V6_1Debian12 },
+    Series { arg: "6.12", prefix: "linux-image-6.12.", suffix: "+deb12-amd64", sim_version: KernelVersion::V6_12 },
 ];
 
 /// Config options the oracle needs: one of the names of each entry must be `y` (`m` allowed
@@ -57,19 +59,13 @@ impl KernelSpec {
     }
 
     /// numasim's `kernel.version` for this kernel's rules.
-    pub fn sim_version(&self) -> &'static str {
+    pub fn sim_version(&self) -> KernelVersion {
         self.sim_version
     }
 
-    /// The `--set` overrides that put the simulator in this kernel's era. Until
-    /// `kernel.version` is on this branch, the GUP policy of the era stands in for it.
+    /// The `--set` overrides that put the simulator in this kernel's era.
     pub fn sim_overrides(&self) -> Vec<String> {
-        let policy = match self.sim_version {
-            "6.1" => "implicit",
-            "6.1-debian12" | "6.4" => "implicit-all",
-            _ => "explicit",
-        };
-        vec![format!("kernel.gup_policy={policy}")]
+        vec![format!("kernel.version={}", self.sim_version.name())]
     }
 }
 
@@ -262,15 +258,16 @@ fn user_config(image: &Path, release: &str) -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-/// numasim's `kernel.version` nearest below a user kernel's release.
-fn era_of(release: &str) -> &'static str {
+/// numasim's `kernel.version` nearest below a user kernel's release (a stable backport can
+/// move a kernel to a later era, as Debian's 6.1 shows: say `--set kernel.version` then).
+fn era_of(release: &str) -> KernelVersion {
     let v = version_key(release);
     match (v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0)) {
-        (6, 0..=1) | (0..=5, _) => "6.1",
-        (6, 2..=4) => "6.4",
-        (6, 5) => "6.5",
-        (6, 6..=11) => "6.6",
-        _ => "6.12",
+        (6, 0..=1) | (0..=5, _) => KernelVersion::V6_1,
+        (6, 2..=4) => KernelVersion::V6_4,
+        (6, 5) => KernelVersion::V6_5,
+        (6, 6..=11) => KernelVersion::V6_6,
+        _ => KernelVersion::V6_12,
     }
 }
 
@@ -334,9 +331,9 @@ mod tests {
 
     #[test]
     fn user_kernels_get_the_era_of_their_release() {
-        assert_eq!(era_of("6.12.0-rc1+"), "6.12");
-        assert_eq!(era_of("6.5.3"), "6.5");
-        assert_eq!(era_of("6.1.0"), "6.1");
-        assert_eq!(era_of("6.8.1-custom"), "6.6");
+        assert_eq!(era_of("6.12.0-rc1+"), KernelVersion::V6_12);
+        assert_eq!(era_of("6.5.3"), KernelVersion::V6_5);
+        assert_eq!(era_of("6.1.0"), KernelVersion::V6_1);
+        assert_eq!(era_of("6.8.1-custom"), KernelVersion::V6_6);
     }
 }

@@ -16,13 +16,12 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use guest::RAMDISK_KIB;
 use guest::{Frame, Plan, Sample};
 pub use kernel::{KernelSpec, cache_dir, resolve_kernel};
 pub use qemu::Accel;
 use sim_core::config::Config;
 
-/// The ramdisk O_DIRECT callers use (KiB); the caller's pages wrap around it.
-pub const RAMDISK_KIB: u64 = 16 * 1024;
 /// Guest memory per node beyond the scenario's VMAs: the kernel, page tables, the initramfs.
 const HEADROOM_MIB: u64 = 256;
 
@@ -64,6 +63,13 @@ pub struct KernelRun {
     pub elapsed_ms: u64,
     /// Touches per second of guest time, per thread.
     pub touch_rates: std::collections::BTreeMap<String, f64>,
+}
+
+/// Whether `cfg` can run on the oracle at all (its plan, and a guest this host can hold),
+/// said before any kernel is fetched or booted.
+pub fn preflight(cfg: &Config) -> Result<(), OracleError> {
+    plan::plan_of(cfg)?;
+    machine_of(cfg).map(|_| ())
 }
 
 /// Runs `cfg` on kernel `k` and writes the result contract into `out`.
@@ -253,19 +259,18 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
     };
     write("config.toml", sim_core::config::to_toml(cfg).as_bytes())?;
     write("timeseries.csv", results::timeseries(plan, &o.samples).as_bytes())?;
-    let policy = k.sim_overrides().iter().find_map(|s| s.strip_prefix("kernel.gup_policy=").map(str::to_string));
     let info = results::RunInfo {
         scenario: &cfg.name,
         seed: cfg.run.seed,
         release: &o.release,
-        sim_version: k.sim_version(),
-        gup_policy: policy.as_deref().unwrap_or(""),
+        sim_version: k.sim_version().name(),
+        gup_policy: sim_core::version::Rules::of(k.sim_version(), None).gup.name(),
         wall_s: run.wall_s,
     };
     let guest_json = serde_json::json!({
         "release": o.release,
         "kernel_image": k.image,
-        "sim_version": k.sim_version(),
+        "sim_version": k.sim_version().name(),
         "sim_overrides": k.sim_overrides(),
         "accel": run.accel.name(),
         "boot_s": o.boot_s,

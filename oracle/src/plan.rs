@@ -11,6 +11,7 @@ use crate::OracleError;
 const PAGES_PER_MIB: u64 = 256;
 /// The scan knobs live in debugfs on both kernels (kernel/sched/debug.c).
 const NUMA_DEBUGFS: &str = "/sys/kernel/debug/sched/numa_balancing";
+const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";
 
 /// The plan for `c`, or why the guest cannot realise it.
 pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
@@ -100,6 +101,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         nodes: m.nodes,
         cpus_per_node: m.cpus_per_node,
         writes: writes(c),
+        start_writes: vec![(NUMA_BALANCING.into(), u8::from(c.kernel.numa_balancing).to_string())],
         brd_kib,
         processes,
         remote_callers,
@@ -114,8 +116,9 @@ enum Realisation {
     InProcess(Touch),
 }
 
-/// `mode = "pin"` is a long-term pin; a notifier device is the GUP path of
-/// `[[device]] gup_path`: O_DIRECT runs in the owner (its I/O pins the caller's own pages).
+/// `mode = "pin"` is a long-term pin; a notifier device is its `gup_path`. O_DIRECT from a
+/// read device writes the buffer to the disk (GUP without FOLL_WRITE), from a write device
+/// reads the disk into the buffer (FOLL_WRITE).
 fn realisation(d: &DeviceConfig) -> Realisation {
     match (d.mode, d.gup_path) {
         (DeviceMode::Pin, _) => Realisation::InProcess(Touch::LongtermPin),
@@ -241,7 +244,8 @@ fn writes(c: &Config) -> Vec<(String, String)> {
         knob("scan_period_min_ms", k.numa_balancing_scan_period_min_ms),
         knob("scan_period_max_ms", k.numa_balancing_scan_period_max_ms),
         knob("scan_size_mb", k.numa_balancing_scan_size_mb),
-        ("/proc/sys/kernel/numa_balancing".into(), u8::from(k.numa_balancing).to_string()),
+        // Off while the processes populate their VMAs; the workload's start turns it on.
+        (NUMA_BALANCING.into(), "0".into()),
         // merge_across_nodes can only change while KSM has no merged pages: before `run`.
         ksm("merge_across_nodes", u8::from(c.ksm.merge_across_nodes).to_string()),
         ksm("pages_to_scan", c.ksm.pages_to_scan.to_string()),
@@ -289,10 +293,14 @@ mod tests {
     }
 
     #[test]
-    fn the_scan_knobs_go_to_debugfs_and_thp_is_never() {
+    fn the_scan_knobs_go_to_debugfs_thp_is_never_and_balancing_starts_with_the_workload() {
         let c = config("[kernel]\nnuma_balancing_scan_delay_ms = 7\n");
-        let w = plan_of(&c).unwrap().writes;
+        let plan = plan_of(&c).unwrap();
+        let w = &plan.writes;
         assert!(w.contains(&(format!("{NUMA_DEBUGFS}/scan_delay_ms"), "7".into())));
         assert_eq!(w[0], ("/sys/kernel/mm/transparent_hugepage/enabled".into(), "never".into()));
+        // Balancing is off while populating and on from the workload's start.
+        assert!(w.contains(&(NUMA_BALANCING.into(), "0".into())));
+        assert_eq!(plan.start_writes, [(NUMA_BALANCING.to_string(), "1".to_string())]);
     }
 }

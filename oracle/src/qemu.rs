@@ -88,7 +88,8 @@ pub fn boot(
         .arg(&kernel.image)
         .arg("-initrd")
         .arg(initrd)
-        .args(["-append", "console=ttyS0 panic=-1 rdinit=/init loglevel=4"])
+        .arg("-append")
+        .arg(format!("console=ttyS0 panic=-1 rdinit=/init loglevel=4 brd.rd_nr=1 brd.rd_size={}", crate::RAMDISK_KIB))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

@@ -82,10 +82,10 @@ pub fn summary(info: &RunInfo<'_>, s: &[Sample]) -> Value {
     json!({
         "scenario": info.scenario,
         "seed": info.seed,
+        "kernel_version": info.sim_version,
         "gup_policy": info.gup_policy,
         "notifier": "unconditional",
         "source": info.release,
-        "kernel_version": info.sim_version,
         "sim_time_ns": (elapsed_s * 1e9) as u64,
         "wall_s": info.wall_s,
         "vmstat": vmstat,

@@ -138,7 +138,10 @@ fn numa02(k: &KernelSpec) {
         let i = header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("no column {name}"));
         last[i].parse().unwrap()
     };
-    assert_eq!(at("node.0.used_pages") + at("node.1.used_pages"), 16384, "numa_maps must account for every page");
+    // numa_maps accounts for every page but those mid-migration at the sample (a migration
+    // entry has no node yet): a handful at most.
+    let placed = at("node.0.used_pages") + at("node.1.used_pages");
+    assert!((16384 - 64..=16384).contains(&placed), "numa_maps accounts for {placed} of 16384 pages");
     assert!(at("kernel.vma.numa02/remote.node.1.pages") >= 4096, "numa02 on {}: {csv}", k.release());
     assert_eq!(at("kernel.vma.numa02/local.node.0.pages"), 8192, "the node-0 threads' buffer stays");
 }
