@@ -87,7 +87,6 @@ fn map_vmas(p: &ProcessPlan, pi: usize) -> Result<Vec<Mapped<'_>>> {
         let bytes = (v.pages * PAGE_SIZE) as usize;
         let rw = libc::PROT_READ | libc::PROT_WRITE;
         let base = sys::mmap_anon(at, bytes, rw, libc::MAP_PRIVATE | libc::MAP_FIXED)?;
-        sys::madvise(base, bytes, libc::MADV_NOHUGEPAGE, "madvise(MADV_NOHUGEPAGE)")?;
         if v.mergeable {
             sys::madvise(base, bytes, libc::MADV_MERGEABLE, "madvise(MADV_MERGEABLE)")?;
         }

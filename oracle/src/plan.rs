@@ -3,8 +3,10 @@
 
 use guest::{ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, ThreadPlan, Touch, VmaPlan};
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, GupPath, MachineConfig, PatternKind, Slice, Syscall, ThreadConfig,
+    Access, Config, DeviceConfig, DeviceMode, GupPath, MachineConfig, PatternKind, Syscall, ThreadConfig,
 };
+
+use workloads::Placer;
 
 use crate::OracleError;
 
@@ -23,7 +25,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         )));
     }
     let m = &c.machine;
-    let mut placer = Placer::new(m);
+    let mut placer = Placer::new(m.nodes, m.cpus_per_node);
     let mut processes: Vec<ProcessPlan> = c
         .process
         .iter()
@@ -167,10 +169,7 @@ fn expand_block(
     let n = u64::from(t.threads(m));
     (0..n)
         .map(|i| {
-            let (first_page, pages) = match t.slice {
-                Slice::Whole => (0, vma_pages),
-                Slice::Private => (i * vma_pages / n, ((i + 1) * vma_pages / n - i * vma_pages / n).max(1)),
-            };
+            let (first_page, pages) = workloads::thread_range(t.slice, i, n, vma_pages);
             let start_cpu = match &t.cpus {
                 Some(cpus) => cpus[i as usize % cpus.len()],
                 None => placer.next(t.node),
@@ -199,36 +198,8 @@ fn pattern(kind: PatternKind, len: u64, hot_fraction: f64, hot_probability: f64)
         PatternKind::Uniform => Pattern::Uniform,
         PatternKind::Sequential => Pattern::Sequential,
         PatternKind::HotCold => {
-            let hot_pages = ((len as f64 * hot_fraction).ceil() as u64).clamp(1, len);
-            Pattern::HotCold { hot_pages, hot_probability }
+            Pattern::HotCold { hot_pages: workloads::pattern::hot_pages(len, hot_fraction), hot_probability }
         }
-    }
-}
-
-/// Initial placement: a given node's CPUs in turn, or all nodes round-robin (numasim's
-/// workloads Placer).
-struct Placer {
-    nodes: u32,
-    cpus_per_node: u32,
-    next_node: u32,
-    next_on_node: Vec<u32>,
-}
-
-impl Placer {
-    fn new(m: &MachineConfig) -> Self {
-        Self { nodes: m.nodes, cpus_per_node: m.cpus_per_node, next_node: 0, next_on_node: vec![0; m.nodes as usize] }
-    }
-
-    fn next(&mut self, node: Option<u32>) -> u32 {
-        let nid = node.unwrap_or_else(|| {
-            let n = self.next_node;
-            self.next_node = (n + 1) % self.nodes;
-            n
-        });
-        let slot = &mut self.next_on_node[nid as usize];
-        let cpu = nid * self.cpus_per_node + *slot % self.cpus_per_node;
-        *slot += 1;
-        cpu
     }
 }
 
