@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use sim_core::config::{Config, ToleranceConfig, to_toml};
+use sim_core::config::{Config, Source, ToleranceConfig, load};
 use sim_core::sim::PAGES_PER_MIB;
 use sim_core::stats::Counters;
 use sim_core::stats::summary::{Span, metrics};
@@ -257,7 +257,9 @@ fn kernel_side(
 
 /// A finished run of the same config on the same kernel release, from its guest.json.
 fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option<KernelFacts> {
-    let same = std::fs::read_to_string(dir.join("config.toml")).ok()? == to_toml(config);
+    // Parsed, so that a run written before a key was added (with its default) still counts.
+    let text = std::fs::read_to_string(dir.join("config.toml")).ok()?;
+    let same = load(&Source { origin: dir.display().to_string(), text }, &[]).ok()? == *config;
     let guest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("guest.json")).ok()?).ok()?;
     let release = guest["release"].as_str()?.to_string();
     if !same || release != spec.release() || !dir.join("summary.json").is_file() {
