@@ -64,6 +64,8 @@ pub struct VmaPlan {
     pub mergeable: bool,
     /// 0: every page unique; N: page i holds content i mod N.
     pub content_classes: u32,
+    /// madvise(MADV_HUGEPAGE) (true) or madvise(MADV_NOHUGEPAGE) (false).
+    pub hugepage: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]

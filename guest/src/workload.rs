@@ -73,15 +73,17 @@ pub fn node_cpus(plan: &guest::Plan, node: u32) -> Vec<u32> {
     (node * plan.cpus_per_node..(node + 1) * plan.cpus_per_node).collect()
 }
 
-/// Maps every VMA at its own place in one PROT_NONE reservation, a guard page apart: adjacent
-/// anonymous VMAs with equal flags would merge into one.
+/// Maps every VMA at its own place in one PROT_NONE reservation, at least a guard page apart
+/// (adjacent anonymous VMAs with equal flags would merge) and 2 MiB aligned (so THP, when
+/// enabled, can back all of it).
 fn map_vmas(p: &ProcessPlan, pi: usize) -> Result<Vec<Mapped<'_>>> {
-    let pages: u64 = p.vmas.iter().map(|v| v.pages + 1).sum::<u64>() + 1;
-    let len = (pages * PAGE_SIZE) as usize;
+    const HUGE: usize = 2 << 20;
+    let span = |v: &VmaPlan| ((v.pages * PAGE_SIZE) as usize + PAGE_SIZE as usize).next_multiple_of(HUGE);
+    let len = p.vmas.iter().map(span).sum::<usize>() + 2 * HUGE;
     let res = sys::mmap_anon(0, len, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_NORESERVE)? as usize;
     RESERVED_START.store(res, Ordering::Relaxed);
     RESERVED_END.store(res + len, Ordering::Relaxed);
-    let mut at = res + PAGE_SIZE as usize;
+    let mut at = (res + PAGE_SIZE as usize).next_multiple_of(HUGE);
     let mut out = Vec::new();
     for (vi, v) in p.vmas.iter().enumerate() {
         let bytes = (v.pages * PAGE_SIZE) as usize;
@@ -90,8 +92,13 @@ fn map_vmas(p: &ProcessPlan, pi: usize) -> Result<Vec<Mapped<'_>>> {
         if v.mergeable {
             sys::madvise(base, bytes, libc::MADV_MERGEABLE, "madvise(MADV_MERGEABLE)")?;
         }
+        match v.hugepage {
+            Some(true) => sys::madvise(base, bytes, libc::MADV_HUGEPAGE, "madvise(MADV_HUGEPAGE)")?,
+            Some(false) => sys::madvise(base, bytes, libc::MADV_NOHUGEPAGE, "madvise(MADV_NOHUGEPAGE)")?,
+            None => {}
+        }
         out.push(Mapped { base: base as usize, plan: v, salt: ((pi as u64) << 8) | vi as u64 });
-        at += bytes + PAGE_SIZE as usize;
+        at += span(v);
     }
     Ok(out)
 }

@@ -3,7 +3,8 @@
 
 use guest::{ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, ThreadPlan, Touch, VmaPlan};
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, GupPath, MachineConfig, PatternKind, Syscall, ThreadConfig,
+    Access, Config, DeviceConfig, DeviceMode, GupPath, HugepageAdvice, MachineConfig, PatternKind, Syscall, Thp,
+    ThreadConfig,
 };
 
 use workloads::Placer;
@@ -40,6 +41,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
                     populate_node: v.populate_node,
                     mergeable: v.mergeable,
                     content_classes: v.content_classes,
+                    hugepage: v.hugepage.map(|h| h == HugepageAdvice::Madvise),
                 })
                 .collect(),
             threads: p
@@ -204,13 +206,13 @@ fn pattern(kind: PatternKind, len: u64, hot_fraction: f64, hot_probability: f64)
 }
 
 /// The sysctl, debugfs and sysfs writes that set the kernel up as the config says. THP is
-/// `never` for every case (numasim models 4 KiB pages; Debian defaults to `always`).
+/// always written (Debian defaults to `always`, numasim to `never`).
 fn writes(c: &Config) -> Vec<(String, String)> {
     let k = &c.kernel;
     let knob = |name: &str, v: u64| (format!("{NUMA_DEBUGFS}/{name}"), v.to_string());
     let ksm = |name: &str, v: String| (format!("/sys/kernel/mm/ksm/{name}"), v);
     vec![
-        ("/sys/kernel/mm/transparent_hugepage/enabled".into(), "never".into()),
+        ("/sys/kernel/mm/transparent_hugepage/enabled".into(), thp_name(k.transparent_hugepage).into()),
         knob("scan_delay_ms", k.numa_balancing_scan_delay_ms),
         knob("scan_period_min_ms", k.numa_balancing_scan_period_min_ms),
         knob("scan_period_max_ms", k.numa_balancing_scan_period_max_ms),
@@ -223,6 +225,14 @@ fn writes(c: &Config) -> Vec<(String, String)> {
         ksm("sleep_millisecs", c.ksm.sleep_millisecs.to_string()),
         ksm("run", u8::from(c.ksm.run).to_string()),
     ]
+}
+
+fn thp_name(t: Thp) -> &'static str {
+    match t {
+        Thp::Always => "always",
+        Thp::Madvise => "madvise",
+        Thp::Never => "never",
+    }
 }
 
 #[cfg(test)]
@@ -254,6 +264,17 @@ mod tests {
         // Round-robin over the nodes, as numasim places them.
         assert_eq!(t.iter().map(|t| t.start_cpu).collect::<Vec<_>>(), [0, 2, 1, 3]);
         assert_eq!(plan.processes[0].vmas[0].populate_node, Some(0));
+    }
+
+    #[test]
+    fn thp_follows_the_config_and_vma_advice_becomes_madvise() {
+        let c = config(
+            "[kernel]\ntransparent_hugepage = \"madvise\"\n[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"d\"\n\
+             size_mib = 4\nhugepage = \"madvise\"\n",
+        );
+        let plan = plan_of(&c).unwrap();
+        assert_eq!(plan.writes[0], ("/sys/kernel/mm/transparent_hugepage/enabled".into(), "madvise".into()));
+        assert_eq!(plan.processes[0].vmas[0].hugepage, Some(true));
     }
 
     #[test]
