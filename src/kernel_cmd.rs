@@ -30,11 +30,11 @@ pub fn run(scenario: &str, kernel: &str, set: &[String], out: Option<PathBuf>) -
 }
 
 /// `6.12` stays `6.12`; a path becomes its file name.
-fn kernel_label(kernel: &str) -> String {
+pub fn kernel_label(kernel: &str) -> String {
     std::path::Path::new(kernel).file_name().map_or(kernel.to_string(), |n| n.to_string_lossy().into_owned())
 }
 
-fn failure(e: OracleError) -> Failure {
+pub fn failure(e: OracleError) -> Failure {
     match e {
         OracleError::Input(m) => Failure::Input(m),
         OracleError::Io(_) | OracleError::Guest { .. } => Failure::Io(e.to_string()),

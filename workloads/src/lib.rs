@@ -2,6 +2,7 @@
 
 pub mod catalogue;
 pub mod pattern;
+pub mod validation;
 
 use bevy_ecs::entity::Entity;
 use sim_core::config::{Access, Config, GupContext, HugepageAdvice, MachineConfig, Slice, ThreadConfig};
