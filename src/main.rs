@@ -4,9 +4,11 @@
 mod batch;
 mod bench;
 mod compare;
+mod kernel_cmd;
 mod output;
 mod sweep;
 mod trace;
+mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -80,6 +82,40 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Run a scenario on a real Linux kernel under QEMU (Debian 12's 6.1 or 6.12, or a bzImage)
+    /// and write the same result files as `run`.
+    Kernel {
+        scenario: String,
+        /// `6.1`, `6.12` or the path of a bzImage.
+        #[arg(long, default_value = "6.12")]
+        kernel: String,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Output directory (default: out/<scenario>-kernel-<kernel>).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Run a scenario in the sim under a real kernel's rules and on that kernel (QEMU), and
+    /// compare: a table per kernel, overlaid plots, report.md. Exit status 3: a disagreement.
+    Validate {
+        /// A validation case (configs/validate), a built-in scenario or a .toml path.
+        scenario: Option<String>,
+        /// Every case of the validation catalogue.
+        #[arg(long, conflicts_with = "scenario")]
+        all: bool,
+        /// Kernels: 6.1, 6.12 (Debian 12's images) or a bzImage path, comma-separated.
+        #[arg(long = "kernel", value_delimiter = ',', default_value = "6.1,6.12")]
+        kernels: Vec<String>,
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
+        /// Output directory (default: out/validate-<scenario>, or out/validate-all).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Reuse the kernel runs already in the output directory when their config and
+        /// release match (re-check the sim after a model change without booting).
+        #[arg(long)]
+        reuse: bool,
+    },
     /// Draw the plots of a run, a comparison or a sweep again from its result files.
     Plot { dir: PathBuf },
     /// Validate a scenario and print the resolved config.
@@ -116,11 +152,14 @@ fn parse_version(s: &str) -> Result<KernelVersion, String> {
 }
 
 /// What went wrong, and which exit status says so.
+#[derive(Debug)]
 pub enum Failure {
     /// Bad input from the user: exit status 2.
     Input(String),
     /// The run could not write its results: exit status 1.
     Io(String),
+    /// `validate` found the sim and a kernel outside a tolerance: exit status 3.
+    Disagreement(String),
 }
 
 impl From<ConfigError> for Failure {
@@ -150,6 +189,16 @@ fn main() -> ExitCode {
             sweep::run(sweep::Args { file, jobs: jobs.unwrap_or_else(batch::default_jobs), shard, out })
         }
         Command::Merge { dirs, out } => sweep::merge(&dirs, &out),
+        Command::Kernel { scenario, kernel, set, out } => kernel_cmd::run(&scenario, &kernel, &set, out),
+        Command::Validate { scenario, all, kernels, set, out, reuse } => {
+            validate::run(validate::Args { scenario, all, kernels, set, out, reuse }).and_then(|v| match v {
+                validate::Verdict::Agree => Ok(()),
+                validate::Verdict::Disagree => {
+                    Err(Failure::Disagreement("the sim and a kernel disagree (see the tables)".into()))
+                }
+                validate::Verdict::Failed => Err(Failure::Io("a kernel run failed (see above)".into())),
+            })
+        }
         Command::Plot { dir } => plot(&dir),
         Command::Check { scenario, set } => {
             catalogue::resolve(&scenario, &set).map(|c| print!("{}", to_toml(&c))).map_err(Failure::from)
@@ -175,6 +224,10 @@ fn main() -> ExitCode {
         Err(Failure::Io(msg)) => {
             eprintln!("error: {msg}");
             ExitCode::from(1)
+        }
+        Err(Failure::Disagreement(msg)) => {
+            eprintln!("{msg}");
+            ExitCode::from(3)
         }
     }
 }

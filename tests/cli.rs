@@ -4,21 +4,12 @@ mod common;
 
 use std::path::Path;
 
-use common::{numasim, scratch};
+use common::{numasim, rejected, scratch};
 
 fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.to_string_lossy().into_owned()
-}
-
-/// Runs `args`, expects exit status 2 and returns stderr.
-fn rejected(args: &[&str]) -> String {
-    let out = numasim(args);
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {err}");
-    assert!(!err.contains("panicked"), "{err}");
-    err
 }
 
 const SMALL: &str = r#"

@@ -7,8 +7,10 @@
 
 pub mod chart;
 pub mod data;
+pub mod overlay;
 pub mod render;
 
+pub use overlay::render_overlay;
 pub use render::{render_comparison, render_run, render_sweep};
 
 /// Errors name the file and what went wrong.

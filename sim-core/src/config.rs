@@ -30,6 +30,10 @@ pub struct Config {
     pub kvm: KvmConfig,
     pub ksm: KsmConfig,
     pub aging: AgingConfig,
+    /// How `numasim validate` judges this scenario against a real kernel; the simulation
+    /// ignores it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub validate: Option<ValidateConfig>,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -506,8 +510,8 @@ impl Default for DeviceConfig {
             vma: String::new(),
             access: Access::Read,
             mode: DeviceMode::Notifier,
-            gup_path: GupPath::ProcessVm,
             gup_context: GupContext::Worker,
+            gup_path: GupPath::ProcessVm,
             pattern: PatternKind::Uniform,
             hot_fraction: 0.1,
             hot_probability: 0.9,
@@ -597,6 +601,26 @@ impl Default for KsmConfig {
     fn default() -> Self {
         Self { run: false, pages_to_scan: 100, sleep_millisecs: 20, merge_across_nodes: true }
     }
+}
+
+/// `[validate]`: what `numasim validate` compares with a real kernel, and how closely.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateConfig {
+    /// One tolerance per judged metric; metrics without one are shown, not judged.
+    pub tolerance: Vec<ToleranceConfig>,
+}
+
+/// Sim and kernel agree on `metric` when |sim - kernel| <= abs + rel * |kernel|.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToleranceConfig {
+    /// A dotted result name (`vmstat.numa_hint_faults`) or a derived one (see README).
+    pub metric: String,
+    pub abs: f64,
+    pub rel: f64,
+    /// Why this much: the kernel's noise and what the model simplifies.
+    pub reason: String,
 }
 
 /// The page-aging scanner (folio_referenced() over primary and secondary MMUs).
@@ -1029,8 +1053,27 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
     }
     check(c.ksm.sleep_millisecs >= 1, "ksm.sleep_millisecs", "must be at least 1")?;
     check(c.aging.interval_ms >= 1, "aging.interval_ms", "must be at least 1")?;
+    validate_tolerances(c)?;
     let have = c.machine.memory_per_node_mib * u64::from(nodes);
     check(total_mib <= have, "process", format!("the VMAs need {total_mib} MiB but the machine has {have} MiB"))
+}
+
+fn validate_tolerances(c: &Config) -> Result<(), Invalid> {
+    let Some(v) = &c.validate else { return Ok(()) };
+    for (i, t) in v.tolerance.iter().enumerate() {
+        let at = |rest: &str| format!("validate.tolerance[{i}].{rest}");
+        check(!t.metric.is_empty(), at("metric"), "a tolerance names its metric")?;
+        check(
+            v.tolerance[..i].iter().all(|u| u.metric != t.metric),
+            at("metric"),
+            format!("`{}` has two tolerances", t.metric),
+        )?;
+        for (key, x) in [("abs", t.abs), ("rel", t.rel)] {
+            check(x.is_finite() && x >= 0.0, at(key), format!("must be a finite number >= 0, got {x}"))?;
+        }
+        check(!t.reason.trim().is_empty(), at("reason"), "a tolerance says why it is that wide")?;
+    }
+    Ok(())
 }
 
 fn validate_thread(t: &ThreadConfig, m: &MachineConfig, at: &dyn Fn(&str) -> String) -> Result<(), Invalid> {

@@ -15,6 +15,15 @@ pub fn ok(args: &[&str]) -> Output {
     out
 }
 
+/// Runs `args`, expects exit status 2 and returns stderr.
+pub fn rejected(args: &[&str]) -> String {
+    let out = numasim(args);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(2), "args {args:?}: stderr {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    err
+}
+
 /// A fresh directory for one test.
 pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("numasim-test-{}-{name}", std::process::id()));

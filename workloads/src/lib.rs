@@ -2,6 +2,7 @@
 
 pub mod catalogue;
 pub mod pattern;
+pub mod validation;
 
 use bevy_ecs::entity::Entity;
 use sim_core::config::{Access, Config, GupContext, HugepageAdvice, MachineConfig, Slice, ThreadConfig};
@@ -177,10 +178,7 @@ fn add_threads(
     let n = u64::from(t.threads(m));
     (0..n)
         .map(|i| {
-            let (first, len) = match t.slice {
-                Slice::Whole => (0, vma_pages),
-                Slice::Private => (i * vma_pages / n, ((i + 1) * vma_pages / n - i * vma_pages / n).max(1)),
-            };
+            let (first, len) = thread_range(t.slice, i, n, vma_pages);
             let cpu = match &t.cpus {
                 Some(cpus) => cpus[i as usize % cpus.len()],
                 None => placer.next(t.node),
@@ -204,8 +202,16 @@ fn add_threads(
         .collect()
 }
 
+/// The pages (first, count) thread `i` of a block of `n` touches in a VMA of `vma_pages`.
+pub fn thread_range(slice: Slice, i: u64, n: u64, vma_pages: u64) -> (u64, u64) {
+    match slice {
+        Slice::Whole => (0, vma_pages),
+        Slice::Private => (i * vma_pages / n, ((i + 1) * vma_pages / n - i * vma_pages / n).max(1)),
+    }
+}
+
 /// Initial thread placement: a given node's CPUs in turn, or all nodes round-robin.
-struct Placer {
+pub struct Placer {
     nodes: u32,
     cpus_per_node: u32,
     next_node: u32,
@@ -213,11 +219,12 @@ struct Placer {
 }
 
 impl Placer {
-    fn new(nodes: u32, cpus_per_node: u32) -> Self {
+    pub fn new(nodes: u32, cpus_per_node: u32) -> Self {
         Self { nodes, cpus_per_node, next_node: 0, next_on_node: vec![0; nodes as usize] }
     }
 
-    fn next(&mut self, node: Option<u32>) -> u32 {
+    /// The CPU the next thread starts on (on `node` when given).
+    pub fn next(&mut self, node: Option<u32>) -> u32 {
         let nid = node.unwrap_or_else(|| {
             let n = self.next_node;
             self.next_node = (n + 1) % self.nodes;

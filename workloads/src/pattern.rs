@@ -57,11 +57,13 @@ pub fn build(kind: PatternKind, len: u64, hot_fraction: f64, hot_probability: f6
     match kind {
         PatternKind::Uniform => Box::new(Uniform { len }),
         PatternKind::Sequential => Box::new(Sequential { len, pos: 0 }),
-        PatternKind::HotCold => {
-            let hot = ((len as f64 * hot_fraction).ceil() as u64).clamp(1, len);
-            Box::new(HotCold { len, hot, p_hot: hot_probability })
-        }
+        PatternKind::HotCold => Box::new(HotCold { len, hot: hot_pages(len, hot_fraction), p_hot: hot_probability }),
     }
+}
+
+/// The hot head of a hot-cold range of `len` pages: at least one page, at most all.
+pub fn hot_pages(len: u64, hot_fraction: f64) -> u64 {
+    ((len as f64 * hot_fraction).ceil() as u64).clamp(1, len)
 }
 
 #[cfg(test)]

@@ -1,0 +1,220 @@
+//! The guest's plan (what the host asks the guest to run) and its frames (what the guest sends
+//! back over the data serial port). Shared by the guest program and the host's `oracle` crate,
+//! so the two cannot disagree on a field.
+//!
+//! The host resolves a numasim config into a [`Plan`]: every count expanded, every slice cut,
+//! every initial CPU chosen. The guest only carries it out.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Bytes in a base page on x86_64.
+pub const PAGE_SIZE: u64 = 4096;
+/// Where the plan lives in the initramfs.
+pub const PLAN_PATH: &str = "/plan.json";
+/// Where brd.ko lives in the initramfs (when the plan needs a ramdisk).
+pub const BRD_PATH: &str = "/brd.ko";
+/// Size of the brd ramdisk O_DIRECT callers use; a caller's page i uses block i mod its pages.
+pub const RAMDISK_KIB: u64 = 16 * 1024;
+/// The serial port the guest writes frames to (ttyS0 is the kernel console).
+pub const DATA_PORT: &str = "/dev/ttyS1";
+/// Most thread slots (workload threads and GUP callers) a plan may have.
+pub const MAX_THREADS: usize = 512;
+/// Most VMAs per process.
+pub const MAX_VMAS: usize = 16;
+/// Most processes (workload processes and GUP-caller processes).
+pub const MAX_PROCESSES: usize = 64;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Plan {
+    /// Only boot, say hello and power off (the accelerator probe).
+    pub probe: bool,
+    pub seed: u64,
+    pub duration_ms: u64,
+    pub sample_ms: u64,
+    pub nodes: u32,
+    pub cpus_per_node: u32,
+    /// Files written in order before the workload starts (sysctls, debugfs knobs, sysfs).
+    pub writes: Vec<(String, String)>,
+    /// Files written at the workload's start, after setting up (NUMA balancing goes on here,
+    /// so populating is not scanned).
+    pub start_writes: Vec<(String, String)>,
+    /// Load /brd.ko with one ramdisk of this many KiB (O_DIRECT GUP callers need it).
+    pub brd_kib: Option<u64>,
+    pub processes: Vec<ProcessPlan>,
+    /// GUP callers in processes of their own (process_vm_*, /proc/PID/mem).
+    pub remote_callers: Vec<RemoteCaller>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ProcessPlan {
+    pub name: String,
+    pub vmas: Vec<VmaPlan>,
+    pub threads: Vec<ThreadPlan>,
+    pub actions: Vec<ActionPlan>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct VmaPlan {
+    pub name: String,
+    pub pages: u64,
+    /// First-touch every page from a thread bound to this node before the workload starts.
+    pub populate_node: Option<u32>,
+    pub mergeable: bool,
+    /// 0: every page unique; N: page i holds content i mod N.
+    pub content_classes: u32,
+    /// madvise(MADV_HUGEPAGE) (true) or madvise(MADV_NOHUGEPAGE) (false).
+    pub hugepage: Option<bool>,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Pattern {
+    Uniform,
+    Sequential,
+    HotCold { hot_pages: u64, hot_probability: f64 },
+}
+
+/// How a thread touches its range.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum Touch {
+    /// Loads and stores from the CPU.
+    Cpu,
+    /// O_DIRECT I/O between the page and the ramdisk: `write_buffer` reads from the disk into
+    /// the page (GUP with FOLL_WRITE), otherwise the page is written to the disk (GUP read).
+    ODirect { write_buffer: bool },
+    /// Registers the whole range as io_uring fixed buffers (FOLL_LONGTERM pin) and holds it.
+    LongtermPin,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct ThreadPlan {
+    /// `process/block/i`, as numasim names threads.
+    pub name: String,
+    pub vma: usize,
+    /// The thread's range within the VMA, in pages.
+    pub first_page: u64,
+    pub pages: u64,
+    pub pattern: Pattern,
+    pub touch_lines: u32,
+    pub think_ns: u64,
+    pub write_fraction: f64,
+    pub start_ms: u64,
+    pub stop_ms: Option<u64>,
+    /// The CPU the thread starts on.
+    pub start_cpu: u32,
+    /// CPUs the thread may run on afterwards (empty: all).
+    pub cpus: Vec<u32>,
+    pub touch: Touch,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum ActionKind {
+    /// PROT_NONE for `protect_ms` (0: for good), every `period_ms` (0: once).
+    Mprotect {
+        protect_ms: u64,
+        period_ms: u64,
+    },
+    Munmap,
+}
+
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ActionPlan {
+    pub vma: usize,
+    pub first_page: u64,
+    pub pages: u64,
+    pub start_ms: u64,
+    pub kind: ActionKind,
+}
+
+/// Which user-space GUP path a remote caller takes.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum RemotePath {
+    /// process_vm_readv (no flag) / process_vm_writev (FOLL_WRITE).
+    ProcessVm,
+    /// pread/pwrite on /proc/PID/mem (FOLL_FORCE).
+    ProcMem,
+}
+
+/// A device realised as a process on the device's node reaching into another's memory.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct RemoteCaller {
+    /// `device/<name>`.
+    pub name: String,
+    pub node: u32,
+    pub process: usize,
+    pub vma: usize,
+    pub write: bool,
+    pub path: RemotePath,
+    pub pattern: Pattern,
+    pub touch_lines: u32,
+    pub think_ns: u64,
+    pub start_ms: u64,
+    pub stop_ms: Option<u64>,
+}
+
+impl Plan {
+    /// Thread slots in order: every process's threads, then the remote callers.
+    pub fn slot_names(&self) -> Vec<String> {
+        let threads = self.processes.iter().flat_map(|p| p.threads.iter().map(|t| t.name.clone()));
+        threads.chain(self.remote_callers.iter().map(|c| c.name.clone())).collect()
+    }
+}
+
+/// What page `page` of a VMA holds: equal values for pages of one content class, otherwise
+/// a value no other page has. Stored in the page's first word; the rest stays zero.
+pub fn page_content(salt: u64, page: u64, content_classes: u32) -> u64 {
+    if content_classes == 0 {
+        (salt << 40) | (page + 1)
+    } else {
+        0x5a5a_0000_0000 + page % u64::from(content_classes) + 1
+    }
+}
+
+/// One line on the data port.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum Frame {
+    /// Init is running: the kernel release and seconds since boot.
+    Hello {
+        release: String,
+        uptime_s: f64,
+    },
+    /// The workload is set up; sampling starts. `setup_ms` is what populating took.
+    Started {
+        setup_ms: u64,
+    },
+    Sample(Sample),
+    /// The guest could not do what the plan says.
+    Error {
+        message: String,
+    },
+    /// Everything ran; the guest powers off next.
+    Done {
+        elapsed_ms: u64,
+    },
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Sample {
+    /// Guest CLOCK_MONOTONIC since the workload started.
+    pub t_ms: f64,
+    /// /proc/vmstat lines numa_*, pgmigrate_*, thp_migration_*, cow_ksm (absolute values).
+    pub vmstat: BTreeMap<String, u64>,
+    /// /sys/kernel/mm/ksm/pages_* (absolute values).
+    pub ksm: BTreeMap<String, u64>,
+    /// Pages per node of every workload VMA (from /proc/PID/numa_maps), `process/vma`.
+    pub vmas: Vec<(String, Vec<u64>)>,
+    pub threads: Vec<ThreadSample>,
+}
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct ThreadSample {
+    pub name: String,
+    /// Last CPU it ran on (/proc/PID/task/TID/stat field 39); -1 once it has exited.
+    pub cpu: i32,
+    /// Touches (or GUP calls) made so far.
+    pub touches: u64,
+    /// From /proc/PID/task/TID/sched: numa_preferred_nid, mm->numa_scan_seq,
+    /// numa_pages_migrated, total_numa_faults.
+    pub sched: BTreeMap<String, i64>,
+}

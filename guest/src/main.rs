@@ -1,0 +1,196 @@
+//! numasim-guest: the initramfs's /init. Mounts the kernel's file systems, applies the plan's
+//! sysctls, forks the workload's processes and GUP callers, samples the kernel's counters
+//! every `sample_ms` onto the data serial port (one JSON [`Frame`] per line) and powers off.
+
+mod remote;
+mod sample;
+mod sys;
+mod workload;
+
+use std::io::Write;
+use std::sync::atomic::Ordering;
+
+use guest::{Frame, Plan};
+use sys::{Result, Shared};
+
+/// How long the workload's processes may take to set up (populate their VMAs).
+const SETUP_TIMEOUT_NS: u64 = 600 * 1_000_000_000;
+
+fn main() {
+    let mut port = match DataPort::open() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("numasim-guest: {e}");
+            sys::poweroff()
+        }
+    };
+    if let Err(message) = run(&mut port) {
+        eprintln!("numasim-guest: {message}");
+        port.send(&Frame::Error { message });
+    }
+    sys::poweroff()
+}
+
+fn run(port: &mut DataPort) -> Result<()> {
+    mount_all()?;
+    port.send(&Frame::Hello { release: release(), uptime_s: uptime_s() });
+    let text = std::fs::read_to_string(guest::PLAN_PATH).map_err(|e| format!("{}: {e}", guest::PLAN_PATH))?;
+    let plan: Plan = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", guest::PLAN_PATH))?;
+    if plan.probe {
+        port.send(&Frame::Done { elapsed_ms: 0 });
+        return Ok(());
+    }
+    write_files(&plan.writes)?;
+    // A kernel with brd built in takes its size from the command line instead.
+    if let Some(kib) = plan.brd_kib.filter(|_| std::path::Path::new(guest::BRD_PATH).is_file()) {
+        sys::load_module(guest::BRD_PATH, &format!("rd_nr=1 rd_size={kib}"))?;
+    }
+    let shared = Shared::map()?;
+    let setup_start = sys::now_ns();
+    let children = spawn_children(shared, &plan)?;
+    wait_ready(shared, &plan, setup_start)?;
+    port.send(&Frame::Started { setup_ms: (sys::now_ns() - setup_start) / 1_000_000 });
+    let result = sample_run(port, shared, &plan);
+    shared.stop.store(1, Ordering::Release);
+    for _ in 0..children {
+        sys::wait_child();
+    }
+    let elapsed_ms = result?;
+    port.send(&Frame::Done { elapsed_ms });
+    Ok(())
+}
+
+fn write_files(writes: &[(String, String)]) -> Result<()> {
+    for (path, value) in writes {
+        std::fs::write(path, value).map_err(|e| format!("writing `{value}` to {path}: {e}"))?;
+    }
+    Ok(())
+}
+
+fn mount_all() -> Result<()> {
+    sys::mount("proc", "/proc", "proc")?;
+    sys::mount("sysfs", "/sys", "sysfs")?;
+    sys::mount("devtmpfs", "/dev", "devtmpfs")?;
+    sys::mount("debugfs", "/sys/kernel/debug", "debugfs")?;
+    sys::mount("tracefs", "/sys/kernel/tracing", "tracefs")
+}
+
+/// Forks the GUP callers first, then the workload processes: no process is forked from one
+/// that has a workload buffer. Returns how many children there are.
+fn spawn_children(shared: &'static Shared, plan: &Plan) -> Result<usize> {
+    let cpu_threads: usize = plan.processes.iter().map(|p| p.threads.len()).sum();
+    for ci in 0..plan.remote_callers.len() {
+        fork_child(shared, plan.processes.len() + ci, || remote::run_remote(shared, plan, ci, cpu_threads + ci))?;
+    }
+    let mut first_slot = 0;
+    for pi in 0..plan.processes.len() {
+        fork_child(shared, pi, || workload::run_process(shared, plan, pi, first_slot))?;
+        first_slot += plan.processes[pi].threads.len();
+    }
+    Ok(plan.processes.len() + plan.remote_callers.len())
+}
+
+/// Forks a child that runs `body` and exits; a failure marks slot `proc_slot` failed.
+fn fork_child(shared: &Shared, proc_slot: usize, body: impl FnOnce() -> Result<()>) -> Result<()> {
+    if sys::fork()? == 0 {
+        let code = match body() {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("numasim-guest: {e}");
+                shared.procs[proc_slot].state.store(workload::FAILED, Ordering::Release);
+                1
+            }
+        };
+        sys::exit_process(code)
+    }
+    Ok(())
+}
+
+fn wait_ready(shared: &Shared, plan: &Plan, since: u64) -> Result<()> {
+    let n = plan.processes.len() + plan.remote_callers.len();
+    loop {
+        check_failed(shared, n)?;
+        if shared.procs[..n].iter().all(|p| p.state.load(Ordering::Acquire) == workload::READY) {
+            return Ok(());
+        }
+        if sys::now_ns() - since > SETUP_TIMEOUT_NS {
+            return Err("the workload's processes did not finish setting up".into());
+        }
+        sys::sleep_ns(2_000_000);
+    }
+}
+
+fn check_failed(shared: &Shared, n: usize) -> Result<()> {
+    match shared.procs[..n].iter().position(|p| p.state.load(Ordering::Acquire) == workload::FAILED) {
+        Some(i) => Err(format!("process slot {i} failed (its message is on the console)")),
+        None => Ok(()),
+    }
+}
+
+/// Starts the workload and samples at 0, sample_ms, 2 * sample_ms, ... up to the duration.
+/// Returns the guest time the workload ran.
+fn sample_run(port: &mut DataPort, shared: &Shared, plan: &Plan) -> Result<u64> {
+    let names = plan.slot_names();
+    let n = plan.processes.len() + plan.remote_callers.len();
+    let baseline = sample::take(plan, shared, &names, 0.0);
+    write_files(&plan.start_writes)?;
+    let go = sys::now_ns();
+    port.send(&Frame::Sample(baseline));
+    shared.go_ns.store(go, Ordering::Release);
+    let mut k = 1;
+    while k * plan.sample_ms <= plan.duration_ms {
+        sys::sleep_until(go + k * plan.sample_ms * 1_000_000);
+        let t_ms = (sys::now_ns() - go) as f64 / 1e6;
+        port.send(&Frame::Sample(sample::take(plan, shared, &names, t_ms)));
+        check_failed(shared, n)?;
+        k += 1;
+    }
+    Ok((sys::now_ns() - go) / 1_000_000)
+}
+
+fn release() -> String {
+    // SAFETY: utsname is plain data and uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: u is a valid out-pointer.
+    unsafe { libc::uname(&mut u) };
+    let bytes: Vec<u8> = u.release.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+fn uptime_s() -> f64 {
+    let text = std::fs::read_to_string("/proc/uptime").unwrap_or_default();
+    text.split_whitespace().next().and_then(|s| s.parse().ok()).unwrap_or(0.0)
+}
+
+/// The second serial port, in raw mode: only frames go there, never kernel messages.
+struct DataPort(std::fs::File);
+
+impl DataPort {
+    fn open() -> Result<Self> {
+        // devtmpfs is not mounted yet: make the node by hand (ttyS1 is major 4, minor 65).
+        let _ = std::fs::create_dir_all("/dev");
+        let path = sys::cstr(guest::DATA_PORT);
+        // SAFETY: a valid path; an existing node makes mknod fail harmlessly.
+        unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(4, 65)) };
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(guest::DATA_PORT)
+            .map_err(|e| format!("{}: {e}", guest::DATA_PORT))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: termios is plain data filled by tcgetattr on our own fd.
+        unsafe {
+            let mut t: libc::termios = std::mem::zeroed();
+            libc::tcgetattr(f.as_raw_fd(), &mut t);
+            libc::cfmakeraw(&mut t);
+            libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t);
+        }
+        Ok(Self(f))
+    }
+
+    /// Writes one frame as one line (a failed write cannot be reported anywhere else).
+    fn send(&mut self, frame: &Frame) {
+        let mut line = serde_json::to_string(frame).expect("frames serialize");
+        line.push('\n');
+        let _ = self.0.write_all(line.as_bytes());
+    }
+}

@@ -1,0 +1,115 @@
+//! What init reads every `run.sample_ms`: /proc/vmstat, KSM's counters, each VMA's pages per
+//! node, each thread's CPU and NUMA scheduling fields.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+
+use guest::{PAGE_SIZE, Plan, Sample, ThreadSample};
+
+use crate::sys::Shared;
+
+/// Reads one sample at `t_ms` since the workload started.
+pub fn take(plan: &Plan, shared: &Shared, names: &[String], t_ms: f64) -> Sample {
+    Sample { t_ms, vmstat: vmstat(), ksm: ksm(), vmas: vma_placement(plan, shared), threads: threads(shared, names) }
+}
+
+/// The vmstat lines numasim has names for, and their neighbours: numa_*, pgmigrate_*,
+/// thp_migration_*, cow_ksm.
+fn vmstat() -> BTreeMap<String, u64> {
+    let text = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(k, _)| {
+            k.starts_with("numa_") || k.starts_with("pgmigrate_") || k.starts_with("thp_migration_") || *k == "cow_ksm"
+        })
+        .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
+        .collect()
+}
+
+/// /sys/kernel/mm/ksm/pages_* (and full_scans).
+fn ksm() -> BTreeMap<String, u64> {
+    let Ok(dir) = std::fs::read_dir("/sys/kernel/mm/ksm") else { return BTreeMap::new() };
+    dir.filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            (name.starts_with("pages_") || name == "full_scans").then_some(())?;
+            let v = std::fs::read_to_string(e.path()).ok()?.trim().parse().ok()?;
+            Some((name, v))
+        })
+        .collect()
+}
+
+/// Pages per node of every VMA, summed over the numa_maps lines inside it (an mprotect of
+/// part of a VMA splits it). numa_maps, not move_pages(2): on 6.1.192 move_pages reports a
+/// protnone page as -ENOENT.
+fn vma_placement(plan: &Plan, shared: &Shared) -> Vec<(String, Vec<u64>)> {
+    let mut out = Vec::new();
+    for (pi, p) in plan.processes.iter().enumerate() {
+        let pid = shared.procs[pi].pid.load(Ordering::Relaxed);
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/numa_maps")).unwrap_or_default();
+        for (vi, v) in p.vmas.iter().enumerate() {
+            let base = shared.procs[pi].vma_base[vi].load(Ordering::Relaxed);
+            let range = base..base + v.pages * PAGE_SIZE;
+            let mut nodes = vec![0u64; plan.nodes as usize];
+            for line in maps.lines() {
+                let start = line.split(' ').next().and_then(|a| u64::from_str_radix(a, 16).ok());
+                if start.is_some_and(|s| range.contains(&s)) {
+                    add_node_counts(line, &mut nodes);
+                }
+            }
+            out.push((format!("{}/{}", p.name, v.name), nodes));
+        }
+    }
+    out
+}
+
+/// Adds a numa_maps line's `N<node>=<pages>` fields to `nodes`.
+fn add_node_counts(line: &str, nodes: &mut [u64]) {
+    for field in line.split(' ') {
+        let Some((k, v)) = field.split_once('=') else { continue };
+        let (Some(n), Ok(pages)) = (k.strip_prefix('N').and_then(|n| n.parse::<usize>().ok()), v.parse::<u64>()) else {
+            continue;
+        };
+        if let Some(slot) = nodes.get_mut(n) {
+            *slot += pages;
+        }
+    }
+}
+
+fn threads(shared: &Shared, names: &[String]) -> Vec<ThreadSample> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let s = &shared.threads[i];
+            let (pid, tid) = (s.pid.load(Ordering::Relaxed), s.tid.load(Ordering::Relaxed));
+            let dir = format!("/proc/{pid}/task/{tid}");
+            ThreadSample {
+                name: name.clone(),
+                cpu: last_cpu(&dir).unwrap_or(-1),
+                touches: s.touches.load(Ordering::Relaxed),
+                sched: sched_numa(&dir),
+            }
+        })
+        .collect()
+}
+
+/// Field 39 (processor) of /proc/PID/task/TID/stat.
+fn last_cpu(dir: &str) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
+    let after_comm = stat.rsplit_once(')')?.1;
+    // Fields after comm start at field 3.
+    after_comm.split_whitespace().nth(39 - 3).and_then(|f| f.parse().ok())
+}
+
+/// The NUMA lines of /proc/PID/task/TID/sched (sched_show_numa() in kernel/sched/debug.c).
+fn sched_numa(dir: &str) -> BTreeMap<String, i64> {
+    const KEYS: [&str; 4] = ["numa_preferred_nid", "mm->numa_scan_seq", "numa_pages_migrated", "total_numa_faults"];
+    let text = std::fs::read_to_string(format!("{dir}/sched")).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim(), v.trim()))
+        .filter(|(k, _)| KEYS.contains(k))
+        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
+        .collect()
+}

@@ -1,0 +1,241 @@
+//! Thin wrappers over the system calls the guest makes, each turning -1 into an error that
+//! names the call.
+
+use std::ffi::CString;
+use std::io;
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
+
+pub type Result<T> = std::result::Result<T, String>;
+
+/// Formats the last OS error for `what`.
+pub fn os_err(what: &str) -> String {
+    format!("{what}: {}", io::Error::last_os_error())
+}
+
+pub fn cstr(s: &str) -> CString {
+    CString::new(s).expect("paths have no NUL")
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+pub fn now_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+pub fn sleep_ns(ns: u64) {
+    std::thread::sleep(std::time::Duration::from_nanos(ns));
+}
+
+/// Sleeps until CLOCK_MONOTONIC reaches `deadline_ns`.
+pub fn sleep_until(deadline_ns: u64) {
+    let now = now_ns();
+    if deadline_ns > now {
+        sleep_ns(deadline_ns - now);
+    }
+}
+
+pub fn gettid() -> i32 {
+    // SAFETY: gettid has no arguments and cannot fail.
+    unsafe { libc::gettid() }
+}
+
+/// Binds the calling thread to `cpus` (all CPUs when empty).
+pub fn set_affinity(cpus: &[u32], nr_cpus: u32) -> Result<()> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    let all: Vec<u32> = (0..nr_cpus).collect();
+    for &c in if cpus.is_empty() { &all[..] } else { cpus } {
+        // SAFETY: c < CPU_SETSIZE (at most 1024 CPUs per node times 64 nodes is checked by the host).
+        unsafe { libc::CPU_SET(c as usize, &mut set) };
+    }
+    // SAFETY: set is a valid cpu_set_t of the size passed.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) };
+    if r < 0 { Err(os_err(&format!("sched_setaffinity({cpus:?})"))) } else { Ok(()) }
+}
+
+pub fn mount(src: &str, target: &str, fstype: &str) -> Result<()> {
+    let _ = std::fs::create_dir_all(target);
+    let (s, t, f) = (cstr(src), cstr(target), cstr(fstype));
+    // SAFETY: all pointers are valid NUL-terminated strings.
+    let r = unsafe { libc::mount(s.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
+    if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EBUSY) {
+        return Err(os_err(&format!("mount {fstype} on {target}")));
+    }
+    Ok(())
+}
+
+/// An anonymous mapping; `shared` for memory the guest's processes share.
+pub fn mmap_anon(addr: usize, len: usize, prot: i32, flags: i32) -> Result<*mut u8> {
+    // SAFETY: an anonymous mapping; MAP_FIXED is only used inside our own reservation.
+    let p = unsafe { libc::mmap(addr as *mut libc::c_void, len, prot, flags | libc::MAP_ANONYMOUS, -1, 0) };
+    if p == libc::MAP_FAILED { Err(os_err(&format!("mmap({len} bytes)"))) } else { Ok(p as *mut u8) }
+}
+
+pub fn madvise(addr: *mut u8, len: usize, advice: i32, what: &str) -> Result<()> {
+    // SAFETY: the range is one of our mappings.
+    let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };
+    if r < 0 { Err(os_err(what)) } else { Ok(()) }
+}
+
+pub fn mprotect(addr: usize, len: usize, prot: i32) -> Result<()> {
+    // SAFETY: the range is one of our mappings.
+    let r = unsafe { libc::mprotect(addr as *mut libc::c_void, len, prot) };
+    if r < 0 { Err(os_err("mprotect")) } else { Ok(()) }
+}
+
+pub fn munmap(addr: usize, len: usize) -> Result<()> {
+    // SAFETY: the range is one of our mappings and no Rust reference points into it.
+    let r = unsafe { libc::munmap(addr as *mut libc::c_void, len) };
+    if r < 0 { Err(os_err("munmap")) } else { Ok(()) }
+}
+
+/// Loads a kernel module from `path` with `params` (finit_module(2)).
+pub fn load_module(path: &str, params: &str) -> Result<()> {
+    let f = std::fs::File::open(path).map_err(|e| format!("{path}: {e}"))?;
+    let p = cstr(params);
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd and a NUL-terminated parameter string.
+    let r = unsafe { libc::syscall(libc::SYS_finit_module, f.as_raw_fd(), p.as_ptr(), 0) };
+    if r < 0 && io::Error::last_os_error().raw_os_error() != Some(libc::EEXIST) {
+        return Err(os_err(&format!("finit_module({path})")));
+    }
+    Ok(())
+}
+
+pub fn fork() -> Result<i32> {
+    // SAFETY: the caller is single-threaded when it forks (init, before any thread starts).
+    let pid = unsafe { libc::fork() };
+    if pid < 0 { Err(os_err("fork")) } else { Ok(pid) }
+}
+
+/// Waits for any child; None when there are none left.
+pub fn wait_child() -> Option<(i32, i32)> {
+    let mut status = 0;
+    // SAFETY: status is a valid out-pointer.
+    let pid = unsafe { libc::waitpid(-1, &mut status, 0) };
+    (pid > 0).then_some((pid, status))
+}
+
+pub fn exit_process(code: i32) -> ! {
+    // SAFETY: ends the process without running the parent's atexit handlers twice.
+    unsafe { libc::_exit(code) }
+}
+
+pub fn poweroff() -> ! {
+    // SAFETY: sync and reboot have no memory-safety preconditions.
+    unsafe {
+        libc::sync();
+        libc::reboot(libc::RB_POWER_OFF);
+    }
+    exit_process(1)
+}
+
+/// Memory the guest's processes share (mapped MAP_SHARED before they are forked): the start
+/// signal, where each process put its VMAs and each thread's id and touch count.
+#[repr(C)]
+pub struct Shared {
+    /// CLOCK_MONOTONIC at the workload's start; 0 until then.
+    pub go_ns: AtomicU64,
+    pub stop: AtomicU32,
+    pub procs: [ProcSlot; guest::MAX_PROCESSES],
+    pub threads: [ThreadSlot; guest::MAX_THREADS],
+}
+
+#[repr(C)]
+pub struct ProcSlot {
+    pub pid: AtomicI32,
+    /// 1 when set up, 2 when setting up failed.
+    pub state: AtomicU32,
+    pub vma_base: [AtomicU64; guest::MAX_VMAS],
+}
+
+#[repr(C, align(64))]
+pub struct ThreadSlot {
+    pub pid: AtomicI32,
+    pub tid: AtomicI32,
+    pub touches: AtomicU64,
+}
+
+impl Shared {
+    /// Maps a zeroed `Shared` (all atomics start at 0).
+    pub fn map() -> Result<&'static Shared> {
+        let len = std::mem::size_of::<Shared>();
+        let p = mmap_anon(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED)?;
+        // SAFETY: the mapping is zeroed, large enough, page-aligned and never unmapped; all
+        // fields are atomics, for which zero is a valid value.
+        Ok(unsafe { &*(p as *const Shared) })
+    }
+
+    pub fn stopped(&self) -> bool {
+        self.stop.load(std::sync::atomic::Ordering::Relaxed) != 0
+    }
+}
+
+/// Waits until the workload starts and returns its start time.
+pub fn wait_go(shared: &Shared) -> u64 {
+    loop {
+        let go = shared.go_ns.load(std::sync::atomic::Ordering::Acquire);
+        if go != 0 {
+            return go;
+        }
+        sleep_ns(1_000_000);
+    }
+}
+
+/// When a thread started at `go` stops: at its own `stop_ms` when that is inside the run,
+/// otherwise when init ends the run (after the last sample, so the sample still sees it).
+pub fn stop_time(go: u64, stop_ms: Option<u64>, duration_ms: u64) -> u64 {
+    stop_ms.filter(|&s| s < duration_ms).map_or(u64::MAX, |s| go + s * 1_000_000)
+}
+
+/// A small fast generator (splitmix64) for the touch patterns.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+
+    pub fn chance(&mut self, p: f64) -> bool {
+        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
+    }
+}
+
+/// The next page offset of a pattern over `len` pages (`pos` is the sequential cursor).
+pub fn next_page(pattern: guest::Pattern, len: u64, pos: &mut u64, rng: &mut Rng) -> u64 {
+    match pattern {
+        guest::Pattern::Uniform => rng.below(len),
+        guest::Pattern::Sequential => {
+            let p = *pos % len.max(1);
+            *pos = p + 1;
+            p
+        }
+        guest::Pattern::HotCold { hot_pages, hot_probability } => {
+            if hot_pages >= len || rng.chance(hot_probability) {
+                rng.below(hot_pages.min(len))
+            } else {
+                hot_pages + rng.below(len - hot_pages)
+            }
+        }
+    }
+}
+
+/// Spins for `ns` of guest time (a thread's think time between touches).
+pub fn spin_ns(ns: u64) {
+    if ns > 0 {
+        let end = now_ns() + ns;
+        while now_ns() < end {
+            std::hint::spin_loop();
+        }
+    }
+}

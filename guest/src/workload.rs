@@ -1,0 +1,273 @@
+//! One workload process: its VMAs carved out of a PROT_NONE reservation, populated by first
+//! touch on their node, its threads touching them, and its mprotect/munmap actions.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use guest::{ActionKind, ActionPlan, PAGE_SIZE, ProcessPlan, ThreadPlan, Touch, VmaPlan, page_content};
+
+use crate::sys::{self, Result, Rng, Shared};
+
+/// The reservation holding this process's VMAs, for the SIGSEGV handler.
+static RESERVED_START: AtomicUsize = AtomicUsize::new(0);
+static RESERVED_END: AtomicUsize = AtomicUsize::new(0);
+static SHARED: AtomicUsize = AtomicUsize::new(0);
+
+/// A VMA as mapped: its address and plan.
+#[derive(Clone, Copy)]
+struct Mapped<'a> {
+    base: usize,
+    plan: &'a VmaPlan,
+    salt: u64,
+}
+
+/// Runs process `pi` of the plan (in a forked child); returns when its threads are done.
+pub fn run_process(shared: &'static Shared, plan: &guest::Plan, pi: usize, first_slot: usize) -> Result<()> {
+    let p = &plan.processes[pi];
+    let nr_cpus = plan.nodes * plan.cpus_per_node;
+    let slot = &shared.procs[pi];
+    slot.pid.store(std::process::id() as i32, Ordering::Relaxed);
+    let vmas = map_vmas(p, pi)?;
+    install_segv_handler(shared);
+    for (vi, v) in vmas.iter().enumerate() {
+        if let Some(node) = v.plan.populate_node {
+            populate(v, &node_cpus(plan, node), nr_cpus)?;
+        }
+        slot.vma_base[vi].store(v.base as u64, Ordering::Relaxed);
+    }
+    p.threads
+        .iter()
+        .enumerate()
+        .map(|(ti, t)| {
+            let (t, v, ts) = (t.clone(), vmas[t.vma], &shared.threads[first_slot + ti]);
+            let seed = plan.seed ^ ((first_slot + ti) as u64) << 32;
+            let (duration_ms, base, salt, classes, populated) =
+                (plan.duration_ms, v.base, v.salt, v.plan.content_classes, v.plan.populate_node.is_some());
+            std::thread::spawn(move || {
+                ts.pid.store(std::process::id() as i32, Ordering::Relaxed);
+                ts.tid.store(sys::gettid(), Ordering::Relaxed);
+                let page = Page { base, salt, classes, populated };
+                if let Err(e) = run_thread(shared, &t, page, duration_ms, nr_cpus, seed, ts) {
+                    eprintln!("numasim-guest: {}: {e}", t.name);
+                    shared.procs[pi].state.store(FAILED, Ordering::Release);
+                }
+            })
+        })
+        .count();
+    slot.state.store(READY, Ordering::Release);
+    let go = sys::wait_go(shared);
+    run_actions(shared, &p.actions, &vmas, go, plan.duration_ms)?;
+    // Threads blocked on a PROT_NONE or unmapped range never return: end with the run, not
+    // with the last thread (the process's exit ends them).
+    while !shared.stopped() {
+        sys::sleep_ns(1_000_000);
+    }
+    Ok(())
+}
+
+/// `ProcSlot::state` values.
+pub const READY: u32 = 1;
+pub const FAILED: u32 = 2;
+
+/// CPUs of `node`: QEMU numbers them node by node.
+pub fn node_cpus(plan: &guest::Plan, node: u32) -> Vec<u32> {
+    (node * plan.cpus_per_node..(node + 1) * plan.cpus_per_node).collect()
+}
+
+/// Maps every VMA at its own place in one PROT_NONE reservation, at least a guard page apart
+/// (adjacent anonymous VMAs with equal flags would merge) and 2 MiB aligned (so THP, when
+/// enabled, can back all of it).
+fn map_vmas(p: &ProcessPlan, pi: usize) -> Result<Vec<Mapped<'_>>> {
+    const HUGE: usize = 2 << 20;
+    let span = |v: &VmaPlan| ((v.pages * PAGE_SIZE) as usize + PAGE_SIZE as usize).next_multiple_of(HUGE);
+    let len = p.vmas.iter().map(span).sum::<usize>() + 2 * HUGE;
+    let res = sys::mmap_anon(0, len, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_NORESERVE)? as usize;
+    RESERVED_START.store(res, Ordering::Relaxed);
+    RESERVED_END.store(res + len, Ordering::Relaxed);
+    let mut at = (res + PAGE_SIZE as usize).next_multiple_of(HUGE);
+    let mut out = Vec::new();
+    for (vi, v) in p.vmas.iter().enumerate() {
+        let bytes = (v.pages * PAGE_SIZE) as usize;
+        let rw = libc::PROT_READ | libc::PROT_WRITE;
+        let base = sys::mmap_anon(at, bytes, rw, libc::MAP_PRIVATE | libc::MAP_FIXED)?;
+        if v.mergeable {
+            sys::madvise(base, bytes, libc::MADV_MERGEABLE, "madvise(MADV_MERGEABLE)")?;
+        }
+        match v.hugepage {
+            Some(true) => sys::madvise(base, bytes, libc::MADV_HUGEPAGE, "madvise(MADV_HUGEPAGE)")?,
+            Some(false) => sys::madvise(base, bytes, libc::MADV_NOHUGEPAGE, "madvise(MADV_NOHUGEPAGE)")?,
+            None => {}
+        }
+        out.push(Mapped { base: base as usize, plan: v, salt: ((pi as u64) << 8) | vi as u64 });
+        at += span(v);
+    }
+    Ok(out)
+}
+
+/// First-touches every page of `v` from a thread bound to `cpus`, writing its content.
+fn populate(v: &Mapped<'_>, cpus: &[u32], nr_cpus: u32) -> Result<()> {
+    let (cpus, m) = (cpus.to_vec(), *v);
+    let (base, salt, classes, pages) = (m.base, m.salt, m.plan.content_classes, m.plan.pages);
+    std::thread::spawn(move || {
+        sys::set_affinity(&cpus, nr_cpus)?;
+        let page = Page { base, salt, classes, populated: true };
+        for i in 0..pages {
+            page.fill(i);
+        }
+        Ok(())
+    })
+    .join()
+    .map_err(|_| "the populating thread panicked".to_string())?
+}
+
+/// How to reach and fill the pages of one VMA.
+#[derive(Clone, Copy)]
+struct Page {
+    base: usize,
+    salt: u64,
+    classes: u32,
+    populated: bool,
+}
+
+impl Page {
+    fn ptr(&self, page: u64) -> *mut u64 {
+        (self.base + (page * PAGE_SIZE) as usize) as *mut u64
+    }
+
+    /// Writes the page's content (its first word; the rest stays zero).
+    fn fill(&self, page: u64) {
+        // SAFETY: page is inside the mapped VMA; a PROT_NONE range is caught by the handler.
+        unsafe { std::ptr::write_volatile(self.ptr(page), page_content(self.salt, page, self.classes)) };
+    }
+
+    /// Reads `lines` cache lines of the page.
+    fn read(&self, page: u64, lines: u32) -> u64 {
+        let p = self.ptr(page);
+        (0..lines as usize)
+            // SAFETY: as in fill(); offsets stay inside the page (64 lines of 64 bytes).
+            .map(|l| unsafe { std::ptr::read_volatile(p.add((l % 64) * 8)) })
+            .fold(0, u64::wrapping_add)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run_thread(
+    shared: &'static Shared,
+    t: &ThreadPlan,
+    page: Page,
+    duration_ms: u64,
+    nr_cpus: u32,
+    seed: u64,
+    slot: &sys::ThreadSlot,
+) -> Result<()> {
+    sys::set_affinity(&[t.start_cpu], nr_cpus)?;
+    let go = sys::wait_go(shared);
+    sys::sleep_until(go + t.start_ms * 1_000_000);
+    sys::set_affinity(&t.cpus, nr_cpus)?;
+    let stop = sys::stop_time(go, t.stop_ms, duration_ms);
+    match t.touch {
+        Touch::Cpu => cpu_loop(shared, t, page, stop, slot, seed),
+        Touch::ODirect { write_buffer } => crate::remote::odirect_loop(shared, t, page.base, write_buffer, stop, slot),
+        Touch::LongtermPin => crate::remote::hold_pin(shared, page.base, t.pages, stop),
+    }
+}
+
+/// CPU touches until `stop`: pages by pattern, `touch_lines` loads each, a store for the share
+/// of writes and for the first touch of a page nobody populated.
+fn cpu_loop(shared: &Shared, t: &ThreadPlan, page: Page, stop: u64, slot: &sys::ThreadSlot, seed: u64) -> Result<()> {
+    let mut rng = Rng(seed);
+    let mut touched = vec![0u64; if page.populated { 0 } else { t.pages.div_ceil(64) as usize }];
+    let (mut pos, mut n, mut sink) = (0, 0u64, 0u64);
+    while !shared.stopped() {
+        let off = sys::next_page(t.pattern, t.pages, &mut pos, &mut rng);
+        let p = t.first_page + off;
+        let first = !page.populated && touched[(off / 64) as usize] & (1 << (off % 64)) == 0;
+        if first {
+            touched[(off / 64) as usize] |= 1 << (off % 64);
+        }
+        if first || (t.write_fraction > 0.0 && rng.chance(t.write_fraction)) {
+            page.fill(p);
+        }
+        sink = sink.wrapping_add(page.read(p, t.touch_lines));
+        n += 1;
+        slot.touches.store(n, Ordering::Relaxed);
+        sys::spin_ns(t.think_ns);
+        if n % 64 == 0 && sys::now_ns() >= stop {
+            break;
+        }
+    }
+    std::hint::black_box(sink);
+    Ok(())
+}
+
+/// Carries out the process's mprotect/munmap actions at their times, in time order.
+fn run_actions(shared: &Shared, actions: &[ActionPlan], vmas: &[Mapped<'_>], go: u64, duration_ms: u64) -> Result<()> {
+    let mut events: Vec<(u64, usize, bool)> = Vec::new();
+    for (ai, a) in actions.iter().enumerate() {
+        match a.kind {
+            ActionKind::Munmap => events.push((a.start_ms, ai, true)),
+            ActionKind::Mprotect { protect_ms, period_ms } => {
+                let mut at = a.start_ms;
+                while at < duration_ms {
+                    events.push((at, ai, true));
+                    if protect_ms > 0 {
+                        events.push((at + protect_ms, ai, false));
+                    }
+                    if period_ms == 0 || protect_ms == 0 {
+                        break;
+                    }
+                    at += period_ms;
+                }
+            }
+        }
+    }
+    events.sort();
+    for (at, ai, on) in events {
+        if at >= duration_ms || shared.stopped() {
+            break;
+        }
+        sys::sleep_until(go + at * 1_000_000);
+        let a = &actions[ai];
+        let addr = vmas[a.vma].base + (a.first_page * PAGE_SIZE) as usize;
+        let len = (a.pages * PAGE_SIZE) as usize;
+        match (a.kind, on) {
+            (ActionKind::Munmap, _) => sys::munmap(addr, len)?,
+            (_, true) => sys::mprotect(addr, len, libc::PROT_NONE)?,
+            (_, false) => sys::mprotect(addr, len, libc::PROT_READ | libc::PROT_WRITE)?,
+        }
+    }
+    Ok(())
+}
+
+/// A touch of a PROT_NONE or unmapped range waits (like numasim's blocked thread): the
+/// handler sleeps a millisecond and returns to retry the access; once the run is over the
+/// thread exits. A fault outside the reservation is a bug: the default action ends the process.
+fn install_segv_handler(shared: &'static Shared) {
+    SHARED.store(shared as *const Shared as usize, Ordering::Relaxed);
+    // SAFETY: sigaction with a handler that only makes async-signal-safe calls.
+    unsafe {
+        let mut sa: libc::sigaction = std::mem::zeroed();
+        sa.sa_sigaction = on_segv as *const () as usize;
+        sa.sa_flags = libc::SA_SIGINFO | libc::SA_NODEFER;
+        libc::sigaction(libc::SIGSEGV, &sa, std::ptr::null_mut());
+    }
+}
+
+extern "C" fn on_segv(_sig: i32, info: *mut libc::siginfo_t, _ctx: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo for SA_SIGINFO handlers.
+    let addr = unsafe { (*info).si_addr() } as usize;
+    let inside = (RESERVED_START.load(Ordering::Relaxed)..RESERVED_END.load(Ordering::Relaxed)).contains(&addr);
+    // SAFETY: SHARED was set before the handler was installed and is never unmapped.
+    let shared = unsafe { &*(SHARED.load(Ordering::Relaxed) as *const Shared) };
+    // SAFETY: signal(), nanosleep() and exit() are async-signal-safe.
+    unsafe {
+        if !inside {
+            libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+            return;
+        }
+        if shared.stopped() {
+            libc::syscall(libc::SYS_exit, 0);
+        }
+        let ts = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
+        libc::nanosleep(&ts, std::ptr::null_mut());
+    }
+}

@@ -1,0 +1,339 @@
+//! Which kernel to boot: Debian 12's newest 6.1 or 6.12 image (fetched with `apt-get
+//! download` into the cache), or a user's own bzImage, with its config checked.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use sim_core::config::KernelVersion;
+
+use crate::OracleError;
+
+/// A kernel ready to boot.
+#[derive(Clone, Debug, PartialEq)]
+pub struct KernelSpec {
+    pub image: PathBuf,
+    release: String,
+    /// brd.ko for this kernel, uncompressed (None when brd is built in).
+    pub brd: Option<PathBuf>,
+    /// The `kernel.version` of numasim whose rules this kernel's source has.
+    sim_version: KernelVersion,
+}
+
+/// The Debian 12 kernel series the oracle knows, the package name pattern of each, and the
+/// era its source has (read from the source, not the version number: Debian's 6.1.192 has
+/// v6.2's gup_can_follow_protnone()).
+struct Series {
+    arg: &'static str,
+    prefix: &'static str,
+    suffix: &'static str,
+    sim_version: KernelVersion,
+}
+
+const SERIES: [Series; 2] = [
+    Series { arg: "6.1", prefix: "linux-image-6.1.0-", suffix: "-amd64", sim_version: KernelVersion::V6_1Debian12 },
+    Series { arg: "6.12", prefix: "linux-image-6.12.", suffix: "+deb12-amd64", sim_version: KernelVersion::V6_12 },
+];
+
+/// Config options the oracle needs: one of the names of each entry must be `y` (`m` allowed
+/// where a module is fine).
+const REQUIRED: [(&[&str], &str); 13] = [
+    (&["NUMA"], "NUMA nodes"),
+    (&["NUMA_BALANCING"], "automatic NUMA balancing"),
+    (&["ACPI_NUMA", "NUMA_EMU"], "NUMA topology from QEMU's SRAT"),
+    (&["KSM"], "KSM"),
+    (&["TRANSPARENT_HUGEPAGE"], "the THP sysfs switch the guest sets to never"),
+    (&["BLK_DEV_RAM"], "the brd ramdisk O_DIRECT callers use"),
+    (&["DEVTMPFS"], "/dev"),
+    (&["SERIAL_8250_CONSOLE"], "the serial console"),
+    (&["BLK_DEV_INITRD"], "the initramfs"),
+    (&["DEBUG_FS"], "the scan knobs (debugfs sched/numa_balancing)"),
+    (&["PROC_PAGE_MONITOR"], "/proc/PID/numa_maps"),
+    (&["CROSS_MEMORY_ATTACH"], "process_vm_readv/writev"),
+    (&["IO_URING"], "io_uring fixed buffers (long-term pins)"),
+];
+
+impl KernelSpec {
+    /// The kernel release (`uname -r`), e.g. `6.12.117+deb12-amd64`.
+    pub fn release(&self) -> &str {
+        &self.release
+    }
+
+    /// numasim's `kernel.version` for this kernel's rules.
+    pub fn sim_version(&self) -> KernelVersion {
+        self.sim_version
+    }
+
+    /// The `--set` overrides that put the simulator in this kernel's era.
+    pub fn sim_overrides(&self) -> Vec<String> {
+        vec![format!("kernel.version={}", self.sim_version.name())]
+    }
+}
+
+/// The directory kernels are fetched into: `$NUMASIM_KERNEL_CACHE`, else
+/// `$XDG_CACHE_HOME/numasim/kernels`, else `~/.cache/numasim/kernels`.
+pub fn cache_dir() -> PathBuf {
+    if let Some(d) = std::env::var_os("NUMASIM_KERNEL_CACHE") {
+        return PathBuf::from(d);
+    }
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .unwrap_or_else(|| PathBuf::from("/tmp"));
+    base.join("numasim").join("kernels")
+}
+
+/// `6.1`, `6.12` (Debian 12's newest image of the series) or the path of a bzImage.
+pub fn resolve_kernel(arg: &str) -> Result<KernelSpec, OracleError> {
+    match SERIES.iter().find(|s| s.arg == arg) {
+        Some(series) => resolve_debian(series, &cache_dir()),
+        None if Path::new(arg).is_file() => resolve_user_image(Path::new(arg)),
+        None => {
+            Err(OracleError::Input(format!("--kernel `{arg}`: not 6.1, 6.12 or the path of a kernel image (bzImage)")))
+        }
+    }
+}
+
+fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleError> {
+    let package = newest_known(series).or_else(|| newest_cached(series, cache)).ok_or_else(|| {
+        OracleError::Input(format!(
+            "no Debian {} kernel package known to apt and none in {}: run `apt-get update` (the oracle then \
+             fetches {}N{} with apt-get download)",
+            series.arg,
+            cache.display(),
+            series.prefix,
+            series.suffix
+        ))
+    })?;
+    let root = cache.join(&package);
+    if !root.join("boot").is_dir() {
+        fetch_package(&package, cache)?;
+    }
+    let release = package.trim_start_matches("linux-image-").to_string();
+    let config = root.join("boot").join(format!("config-{release}"));
+    let brd = extract_brd(&root, &release)?;
+    check_config(&config, brd.is_some())?;
+    Ok(KernelSpec {
+        image: root.join("boot").join(format!("vmlinuz-{release}")),
+        release,
+        brd,
+        sim_version: series.sim_version,
+    })
+}
+
+/// The numeric parts of a package name, for ordering `6.12.99` before `6.12.117`.
+fn version_key(name: &str) -> Vec<u64> {
+    name.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
+}
+
+fn matches(series: &Series, name: &str) -> bool {
+    name.strip_prefix(series.prefix)
+        .and_then(|rest| rest.strip_suffix(series.suffix))
+        .is_some_and(|mid| !mid.is_empty() && mid.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The newest package of the series apt knows about.
+fn newest_known(series: &Series) -> Option<String> {
+    let out = Command::new("apt-cache").args(["pkgnames", series.prefix]).output().ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|n| matches(series, n))
+        .max_by_key(|n| version_key(n))
+        .map(str::to_string)
+}
+
+/// The newest package of the series already extracted in the cache (works offline).
+fn newest_cached(series: &Series, cache: &Path) -> Option<String> {
+    std::fs::read_dir(cache)
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| matches(series, n) && cache.join(n).join("boot").is_dir())
+        .max_by_key(|n| version_key(n))
+}
+
+/// `apt-get download` the package into `cache/debs` and `dpkg-deb -x` it to `cache/<package>`.
+fn fetch_package(package: &str, cache: &Path) -> Result<(), OracleError> {
+    let debs = cache.join("debs");
+    std::fs::create_dir_all(&debs).map_err(|e| OracleError::Io(format!("{}: {e}", debs.display())))?;
+    let deb = find_deb(&debs, package);
+    let deb = match deb {
+        Some(d) => d,
+        None => {
+            run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(&debs), "apt-get download")?;
+            find_deb(&debs, package).ok_or_else(|| {
+                OracleError::Io(format!("apt-get download {package} left no .deb in {}", debs.display()))
+            })?
+        }
+    };
+    let tmp = cache.join(format!(".{package}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    run_tool(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp), "dpkg-deb -x")?;
+    std::fs::rename(&tmp, cache.join(package)).map_err(|e| OracleError::Io(format!("{}: {e}", tmp.display())))
+}
+
+fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
+    let prefix = format!("{package}_");
+    std::fs::read_dir(dir)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb")))
+}
+
+fn run_tool(cmd: &mut Command, what: &str) -> Result<(), OracleError> {
+    let out = cmd.output().map_err(|e| {
+        OracleError::Input(format!("{what}: {e}: run `apt-get install -y --no-install-recommends apt dpkg xz-utils`"))
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(OracleError::Io(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+    }
+}
+
+/// brd.ko from the package's modules, decompressed next to them (the guest loads it with
+/// finit_module(), which on these kernels takes an uncompressed module).
+fn extract_brd(root: &Path, release: &str) -> Result<Option<PathBuf>, OracleError> {
+    let dir = root.join("lib/modules").join(release).join("kernel/drivers/block");
+    let out = root.join("brd.ko");
+    if out.is_file() {
+        return Ok(Some(out));
+    }
+    let plain = dir.join("brd.ko");
+    if plain.is_file() {
+        return Ok(Some(plain));
+    }
+    for (ext, tool) in [("xz", "xz"), ("zst", "zstd")] {
+        let packed = dir.join(format!("brd.ko.{ext}"));
+        if packed.is_file() {
+            let data = Command::new(tool).arg("-dc").arg(&packed).output().map_err(|e| {
+                OracleError::Input(format!(
+                    "{tool}: {e}: run `apt-get install -y --no-install-recommends xz-utils zstd`"
+                ))
+            })?;
+            if !data.status.success() {
+                return Err(OracleError::Io(format!("{tool} -dc {} failed", packed.display())));
+            }
+            std::fs::write(&out, data.stdout).map_err(|e| OracleError::Io(format!("{}: {e}", out.display())))?;
+            return Ok(Some(out));
+        }
+    }
+    Ok(None)
+}
+
+/// A user's bzImage: its release from the setup header, its config from beside it.
+fn resolve_user_image(image: &Path) -> Result<KernelSpec, OracleError> {
+    let bytes = std::fs::read(image).map_err(|e| OracleError::Input(format!("{}: {e}", image.display())))?;
+    let release = bzimage_release(&bytes).ok_or_else(|| {
+        OracleError::Input(format!("{}: not a bzImage (no Linux boot protocol header)", image.display()))
+    })?;
+    let config = user_config(image, &release).ok_or_else(|| {
+        OracleError::Input(format!(
+            "{}: no kernel config found beside it (looked for config-{release}, config, .config and the build \
+             tree's .config); copy the build's .config next to the image",
+            image.display()
+        ))
+    })?;
+    check_config(&config, false)?;
+    Ok(KernelSpec { image: image.to_path_buf(), sim_version: era_of(&release), release, brd: None })
+}
+
+/// The release string the boot protocol header points at (`kernel_version` at 0x20e).
+fn bzimage_release(b: &[u8]) -> Option<String> {
+    if b.get(0x202..0x206)? != b"HdrS" {
+        return None;
+    }
+    let at = u16::from_le_bytes([*b.get(0x20e)?, *b.get(0x20f)?]) as usize + 0x200;
+    let s = b.get(at..)?;
+    let end = s.iter().position(|&c| c == 0 || c == b' ')?;
+    String::from_utf8(s[..end].to_vec()).ok()
+}
+
+fn user_config(image: &Path, release: &str) -> Option<PathBuf> {
+    let dir = image.parent()?;
+    let mut candidates = vec![dir.join(format!("config-{release}")), dir.join("config"), dir.join(".config")];
+    // arch/x86/boot/bzImage in a build tree.
+    if let Some(tree) = dir.parent().and_then(Path::parent).and_then(Path::parent) {
+        candidates.push(tree.join(".config"));
+    }
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// numasim's `kernel.version` nearest below a user kernel's release (a stable backport can
+/// move a kernel to a later era, as Debian's 6.1 shows: say `--set kernel.version` then).
+fn era_of(release: &str) -> KernelVersion {
+    let v = version_key(release);
+    match (v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0)) {
+        (6, 0..=1) | (0..=5, _) => KernelVersion::V6_1,
+        (6, 2..=4) => KernelVersion::V6_4,
+        (6, 5) => KernelVersion::V6_5,
+        (6, 6..=11) => KernelVersion::V6_6,
+        _ => KernelVersion::V6_12,
+    }
+}
+
+/// Checks the options the oracle needs and names every missing one.
+fn check_config(path: &Path, brd_module: bool) -> Result<(), OracleError> {
+    let text = std::fs::read_to_string(path).map_err(|e| OracleError::Input(format!("{}: {e}", path.display())))?;
+    let value = |name: &str| {
+        let key = format!("CONFIG_{name}=");
+        text.lines().find_map(|l| l.strip_prefix(&key).map(str::to_string))
+    };
+    let missing: Vec<String> = REQUIRED
+        .iter()
+        .filter(|(names, _)| {
+            !names.iter().any(|n| match value(n).as_deref() {
+                Some("y") => true,
+                Some("m") => *n == "BLK_DEV_RAM" && brd_module,
+                _ => false,
+            })
+        })
+        .map(|(names, why)| format!("CONFIG_{} ({why})", names.join(" or CONFIG_")))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(OracleError::Input(format!("{}: the kernel lacks {}", path.display(), missing.join(", "))))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_newest_package_wins_by_number_not_by_text() {
+        let s = &SERIES[1];
+        let names =
+            ["linux-image-6.12.99+deb12-amd64", "linux-image-6.12.117+deb12-amd64", "linux-image-6.12.9+deb12-amd64"];
+        assert_eq!(names.iter().max_by_key(|n| version_key(n)), Some(&"linux-image-6.12.117+deb12-amd64"));
+        assert!(matches(s, names[0]));
+        assert!(!matches(s, "linux-image-6.12.117+deb12-amd64-unsigned"));
+        assert!(!matches(s, "linux-image-6.12.117+deb12-rt-amd64"));
+        assert!(matches(&SERIES[0], "linux-image-6.1.0-57-amd64"));
+        assert!(!matches(&SERIES[0], "linux-image-6.1.0-57-cloud-amd64"));
+    }
+
+    #[test]
+    fn a_config_missing_options_names_each_of_them() {
+        let dir = std::env::temp_dir().join(format!("oracle-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("config");
+        let all: String = REQUIRED.iter().map(|(n, _)| format!("CONFIG_{}=y\n", n[0])).collect();
+        std::fs::write(&path, &all).unwrap();
+        assert_eq!(check_config(&path, false), Ok(()));
+        let text = all.replace("CONFIG_KSM=y\n", "").replace("CONFIG_BLK_DEV_RAM=y", "CONFIG_BLK_DEV_RAM=m");
+        std::fs::write(&path, text).unwrap();
+        let Err(OracleError::Input(msg)) = check_config(&path, false) else { panic!("must fail") };
+        assert!(msg.contains("CONFIG_KSM") && msg.contains("CONFIG_BLK_DEV_RAM"), "{msg}");
+        assert!(!msg.contains("CONFIG_NUMA_BALANCING"), "{msg}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn user_kernels_get_the_era_of_their_release() {
+        assert_eq!(era_of("6.12.0-rc1+"), KernelVersion::V6_12);
+        assert_eq!(era_of("6.5.3"), KernelVersion::V6_5);
+        assert_eq!(era_of("6.1.0"), KernelVersion::V6_1);
+        assert_eq!(era_of("6.8.1-custom"), KernelVersion::V6_6);
+    }
+}

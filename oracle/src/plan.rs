@@ -1,0 +1,298 @@
+//! A resolved numasim config as the guest's [`Plan`]: thread blocks expanded, slices cut,
+//! initial CPUs chosen as numasim's placer chooses them, knobs turned into file writes.
+
+use guest::{ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, ThreadPlan, Touch, VmaPlan};
+use sim_core::config::{
+    Access, Config, DeviceConfig, DeviceMode, GupPath, HugepageAdvice, MachineConfig, PatternKind, Syscall, Thp,
+    ThreadConfig,
+};
+
+use workloads::Placer;
+
+use crate::OracleError;
+
+const PAGES_PER_MIB: u64 = 256;
+/// The scan knobs live in debugfs on both kernels (kernel/sched/debug.c).
+const NUMA_DEBUGFS: &str = "/sys/kernel/debug/sched/numa_balancing";
+const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";
+
+/// The plan for `c`, or why the guest cannot realise it.
+pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
+    if let Some(vm) = c.vm.first() {
+        return Err(OracleError::Input(format!(
+            "[[vm]] `{}`: a KVM guest inside the oracle's QEMU needs nested virtualisation, which this \
+             machine does not have (-accel kvm does not work here); run the scenario without [[vm]]",
+            vm.name
+        )));
+    }
+    let m = &c.machine;
+    let mut placer = Placer::new(m.nodes, m.cpus_per_node);
+    let mut processes: Vec<ProcessPlan> = c
+        .process
+        .iter()
+        .map(|p| ProcessPlan {
+            name: p.name.clone(),
+            vmas: p
+                .vma
+                .iter()
+                .map(|v| VmaPlan {
+                    name: v.name.clone(),
+                    pages: v.size_mib * PAGES_PER_MIB,
+                    populate_node: v.populate_node,
+                    mergeable: v.mergeable,
+                    content_classes: v.content_classes,
+                    hugepage: v.hugepage.map(|h| h == HugepageAdvice::Madvise),
+                })
+                .collect(),
+            threads: p
+                .thread
+                .iter()
+                .flat_map(|t| {
+                    let vma = p.vma.iter().position(|v| v.name == t.vma).expect("validated");
+                    expand_block(&p.name, t, vma, p.vma[vma].size_mib * PAGES_PER_MIB, m, &mut placer)
+                })
+                .collect(),
+            actions: Vec::new(),
+        })
+        .collect();
+    for a in &c.action {
+        let (pi, vi) = locate(c, &a.process, &a.vma);
+        let size = c.process[pi].vma[vi].size_mib;
+        let kind = match a.syscall {
+            Syscall::Mprotect => ActionKind::Mprotect { protect_ms: a.protect_ms, period_ms: a.period_ms },
+            Syscall::Munmap => ActionKind::Munmap,
+        };
+        processes[pi].actions.push(ActionPlan {
+            vma: vi,
+            first_page: a.offset_mib * PAGES_PER_MIB,
+            pages: a.len_mib.unwrap_or(size - a.offset_mib) * PAGES_PER_MIB,
+            start_ms: a.start_ms,
+            kind,
+        });
+    }
+    let mut remote_callers = Vec::new();
+    let mut brd_kib = None;
+    for d in &c.device {
+        let (pi, vi) = locate(c, &d.process, &d.vma);
+        let pages = c.process[pi].vma[vi].size_mib * PAGES_PER_MIB;
+        match realisation(d) {
+            Realisation::Remote(path) => remote_callers.push(RemoteCaller {
+                name: format!("device/{}", d.name),
+                node: d.node,
+                process: pi,
+                vma: vi,
+                write: d.access == Access::Write,
+                path,
+                pattern: pattern(d.pattern, pages, d.hot_fraction, d.hot_probability),
+                touch_lines: d.touch_lines,
+                think_ns: d.think_ns,
+                start_ms: d.start_ms,
+                stop_ms: d.stop_ms,
+            }),
+            Realisation::InProcess(touch) => {
+                if matches!(touch, Touch::ODirect { .. }) {
+                    brd_kib = Some(crate::RAMDISK_KIB);
+                }
+                processes[pi].threads.push(device_thread(d, touch, vi, pages, m));
+            }
+        }
+    }
+    Ok(Plan {
+        probe: false,
+        seed: c.run.seed,
+        duration_ms: c.run.duration_ms,
+        sample_ms: c.run.sample_ms,
+        nodes: m.nodes,
+        cpus_per_node: m.cpus_per_node,
+        writes: writes(c),
+        start_writes: vec![(NUMA_BALANCING.into(), u8::from(c.kernel.numa_balancing).to_string())],
+        brd_kib,
+        processes,
+        remote_callers,
+    })
+}
+
+/// How the guest realises a device.
+enum Realisation {
+    /// A process of its own on the device's node.
+    Remote(RemotePath),
+    /// A thread of the owner bound to the device's node (the I/O must be on the caller's own mm).
+    InProcess(Touch),
+}
+
+/// `mode = "pin"` is a long-term pin; a notifier device is its `gup_path`. O_DIRECT from a
+/// read device writes the buffer to the disk (GUP without FOLL_WRITE), from a write device
+/// reads the disk into the buffer (FOLL_WRITE).
+fn realisation(d: &DeviceConfig) -> Realisation {
+    match (d.mode, d.gup_path) {
+        (DeviceMode::Pin, _) => Realisation::InProcess(Touch::LongtermPin),
+        (DeviceMode::Notifier, GupPath::ProcessVm) => Realisation::Remote(RemotePath::ProcessVm),
+        (DeviceMode::Notifier, GupPath::ProcMem) => Realisation::Remote(RemotePath::ProcMem),
+        (DeviceMode::Notifier, GupPath::ODirect) => {
+            Realisation::InProcess(Touch::ODirect { write_buffer: d.access == Access::Write })
+        }
+    }
+}
+
+fn device_thread(d: &DeviceConfig, touch: Touch, vma: usize, pages: u64, m: &MachineConfig) -> ThreadPlan {
+    let cpus: Vec<u32> = (d.node * m.cpus_per_node..(d.node + 1) * m.cpus_per_node).collect();
+    ThreadPlan {
+        name: format!("device/{}", d.name),
+        vma,
+        first_page: 0,
+        pages,
+        pattern: pattern(d.pattern, pages, d.hot_fraction, d.hot_probability),
+        touch_lines: d.touch_lines,
+        think_ns: d.think_ns,
+        write_fraction: 0.0,
+        start_ms: d.start_ms,
+        stop_ms: d.stop_ms,
+        start_cpu: cpus[0],
+        cpus,
+        touch,
+    }
+}
+
+fn locate(c: &Config, process: &str, vma: &str) -> (usize, usize) {
+    let pi = c.process.iter().position(|p| p.name == process).expect("validated: devices and actions name a process");
+    let vi = c.process[pi].vma.iter().position(|v| v.name == vma).expect("validated: and one of its VMAs");
+    (pi, vi)
+}
+
+/// The threads of block `t`, named and sliced as numasim's workloads::add_threads() does.
+fn expand_block(
+    process: &str,
+    t: &ThreadConfig,
+    vma: usize,
+    vma_pages: u64,
+    m: &MachineConfig,
+    placer: &mut Placer,
+) -> Vec<ThreadPlan> {
+    let n = u64::from(t.threads(m));
+    (0..n)
+        .map(|i| {
+            let (first_page, pages) = workloads::thread_range(t.slice, i, n, vma_pages);
+            let start_cpu = match &t.cpus {
+                Some(cpus) => cpus[i as usize % cpus.len()],
+                None => placer.next(t.node),
+            };
+            ThreadPlan {
+                name: format!("{process}/{}/{i}", t.name),
+                vma,
+                first_page,
+                pages,
+                pattern: pattern(t.pattern, pages, t.hot_fraction, t.hot_probability),
+                touch_lines: t.touch_lines,
+                think_ns: t.think_ns,
+                write_fraction: t.write_fraction,
+                start_ms: t.start_ms,
+                stop_ms: t.stop_ms,
+                start_cpu,
+                cpus: t.cpus.clone().unwrap_or_default(),
+                touch: Touch::Cpu,
+            }
+        })
+        .collect()
+}
+
+fn pattern(kind: PatternKind, len: u64, hot_fraction: f64, hot_probability: f64) -> Pattern {
+    match kind {
+        PatternKind::Uniform => Pattern::Uniform,
+        PatternKind::Sequential => Pattern::Sequential,
+        PatternKind::HotCold => {
+            Pattern::HotCold { hot_pages: workloads::pattern::hot_pages(len, hot_fraction), hot_probability }
+        }
+    }
+}
+
+/// The sysctl, debugfs and sysfs writes that set the kernel up as the config says. THP is
+/// always written (Debian defaults to `always`, numasim to `never`).
+fn writes(c: &Config) -> Vec<(String, String)> {
+    let k = &c.kernel;
+    let knob = |name: &str, v: u64| (format!("{NUMA_DEBUGFS}/{name}"), v.to_string());
+    let ksm = |name: &str, v: String| (format!("/sys/kernel/mm/ksm/{name}"), v);
+    vec![
+        ("/sys/kernel/mm/transparent_hugepage/enabled".into(), thp_name(k.transparent_hugepage).into()),
+        knob("scan_delay_ms", k.numa_balancing_scan_delay_ms),
+        knob("scan_period_min_ms", k.numa_balancing_scan_period_min_ms),
+        knob("scan_period_max_ms", k.numa_balancing_scan_period_max_ms),
+        knob("scan_size_mb", k.numa_balancing_scan_size_mb),
+        // Off while the processes populate their VMAs; the workload's start turns it on.
+        (NUMA_BALANCING.into(), "0".into()),
+        // merge_across_nodes can only change while KSM has no merged pages: before `run`.
+        ksm("merge_across_nodes", u8::from(c.ksm.merge_across_nodes).to_string()),
+        ksm("pages_to_scan", c.ksm.pages_to_scan.to_string()),
+        ksm("sleep_millisecs", c.ksm.sleep_millisecs.to_string()),
+        ksm("run", u8::from(c.ksm.run).to_string()),
+    ]
+}
+
+fn thp_name(t: Thp) -> &'static str {
+    match t {
+        Thp::Always => "always",
+        Thp::Madvise => "madvise",
+        Thp::Never => "never",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        let src = sim_core::config::Source { origin: "test".into(), text: text.into() };
+        sim_core::config::load(&src, &[]).expect("valid test config")
+    }
+
+    #[test]
+    fn numa02_expands_to_one_private_slice_per_cpu() {
+        let c = config(
+            "[machine]\nnodes = 2\ncpus_per_node = 2\n[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"d\"\n\
+             size_mib = 8\npopulate_node = 0\n[[process.thread]]\ncount_per_cpu = 1\nvma = \"d\"\nslice = \"private\"\n",
+        );
+        let plan = plan_of(&c).unwrap();
+        let t = &plan.processes[0].threads;
+        assert_eq!(t.len(), 4);
+        assert_eq!(
+            t.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(),
+            ["p/worker/0", "p/worker/1", "p/worker/2", "p/worker/3"]
+        );
+        assert_eq!(
+            t.iter().map(|t| (t.first_page, t.pages)).collect::<Vec<_>>(),
+            [(0, 512), (512, 512), (1024, 512), (1536, 512)]
+        );
+        // Round-robin over the nodes, as numasim places them.
+        assert_eq!(t.iter().map(|t| t.start_cpu).collect::<Vec<_>>(), [0, 2, 1, 3]);
+        assert_eq!(plan.processes[0].vmas[0].populate_node, Some(0));
+    }
+
+    #[test]
+    fn thp_follows_the_config_and_vma_advice_becomes_madvise() {
+        let c = config(
+            "[kernel]\ntransparent_hugepage = \"madvise\"\n[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"d\"\n\
+             size_mib = 4\nhugepage = \"madvise\"\n",
+        );
+        let plan = plan_of(&c).unwrap();
+        assert_eq!(plan.writes[0], ("/sys/kernel/mm/transparent_hugepage/enabled".into(), "madvise".into()));
+        assert_eq!(plan.processes[0].vmas[0].hugepage, Some(true));
+    }
+
+    #[test]
+    fn a_vm_is_refused_with_the_reason() {
+        let c = config("[[vm]]\nname = \"g\"\nmemory_mib = 64\n");
+        let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("a vm must be refused") };
+        assert!(msg.contains("nested virtualisation"), "{msg}");
+    }
+
+    #[test]
+    fn the_scan_knobs_go_to_debugfs_thp_is_never_and_balancing_starts_with_the_workload() {
+        let c = config("[kernel]\nnuma_balancing_scan_delay_ms = 7\n");
+        let plan = plan_of(&c).unwrap();
+        let w = &plan.writes;
+        assert!(w.contains(&(format!("{NUMA_DEBUGFS}/scan_delay_ms"), "7".into())));
+        assert_eq!(w[0], ("/sys/kernel/mm/transparent_hugepage/enabled".into(), "never".into()));
+        // Balancing is off while populating and on from the workload's start.
+        assert!(w.contains(&(NUMA_BALANCING.into(), "0".into())));
+        assert_eq!(plan.start_writes, [(NUMA_BALANCING.to_string(), "1".to_string())]);
+    }
+}

@@ -1,0 +1,67 @@
+//! `numasim kernel`: a scenario on a real kernel under QEMU (the `oracle` crate), written as
+//! the same result files as `run`, with the usual plots.
+
+use std::path::PathBuf;
+
+use oracle::OracleError;
+use workloads::catalogue;
+
+use crate::Failure;
+
+pub fn run(scenario: &str, kernel: &str, set: &[String], out: Option<PathBuf>) -> Result<(), Failure> {
+    let config = catalogue::resolve(scenario, set)?;
+    // What cannot run at all is said before anything is fetched or booted.
+    oracle::preflight(&config).map_err(failure)?;
+    let spec = oracle::resolve_kernel(kernel).map_err(failure)?;
+    oracle::qemu::qemu_binary().map_err(failure)?;
+    let dir =
+        out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-kernel-{}", config.name, kernel_label(kernel))));
+    eprintln!(
+        "booting {} ({}) for {} ms of {}",
+        spec.release(),
+        spec.image.display(),
+        config.run.duration_ms,
+        config.name
+    );
+    let run = oracle::run_on_kernel(&config, &spec, &dir).map_err(failure)?;
+    plots::render_run(&dir).map_err(Failure::Io)?;
+    print_brief(&run)?;
+    Ok(())
+}
+
+/// `6.12` stays `6.12`; a path becomes its file name.
+pub fn kernel_label(kernel: &str) -> String {
+    std::path::Path::new(kernel).file_name().map_or(kernel.to_string(), |n| n.to_string_lossy().into_owned())
+}
+
+pub fn failure(e: OracleError) -> Failure {
+    match e {
+        OracleError::Input(m) => Failure::Input(m),
+        OracleError::Io(_) | OracleError::Guest { .. } => Failure::Io(e.to_string()),
+    }
+}
+
+fn print_brief(run: &oracle::KernelRun) -> Result<(), Failure> {
+    let path = run.dir.join("summary.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))?;
+    let summary: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Io(e.to_string()))?;
+    println!(
+        "{}: {} on {} ({}), boot {:.1} s, workload {:.1} s guest time, {:.1} s wall",
+        summary["scenario"].as_str().unwrap_or(""),
+        run.release,
+        run.accel.name(),
+        summary["kernel_version"].as_str().unwrap_or(""),
+        run.boot_s,
+        run.elapsed_ms as f64 / 1e3,
+        run.wall_s
+    );
+    for group in ["vmstat", "touches", "ksm", "throughput"] {
+        for (name, v) in summary[group].as_object().into_iter().flatten() {
+            if v.as_f64().is_some_and(|x| x != 0.0) {
+                println!("  {:40} {v}", format!("{group}.{name}"));
+            }
+        }
+    }
+    println!("results in {}", run.dir.display());
+    Ok(())
+}

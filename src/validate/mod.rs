@@ -1,0 +1,354 @@
+//! `numasim validate`: a scenario in the sim under a real kernel's rules and on that kernel
+//! under QEMU (the `oracle` crate), side by side: a table per kernel in the compare-kernels
+//! layout (metric | sim | kernel | ratio | within tolerance), overlaid time series,
+//! report.md and validate.json. Tolerances come from the case's `[validate]` section.
+
+mod calibrate;
+mod compare;
+mod report;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+use sim_core::config::{Config, Source, ToleranceConfig, load};
+use sim_core::sim::PAGES_PER_MIB;
+use sim_core::stats::Counters;
+use sim_core::stats::summary::{Span, metrics};
+use workloads::validation;
+
+use crate::Failure;
+use crate::kernel_cmd::{failure, kernel_label as label};
+use crate::output::{write_atomic, write_run};
+use calibrate::Matched;
+use compare::{Row, Side};
+
+pub struct Args {
+    /// A validation case, a built-in scenario or a path; None with `all`.
+    pub scenario: Option<String>,
+    pub all: bool,
+    pub kernels: Vec<String>,
+    pub set: Vec<String>,
+    pub out: Option<PathBuf>,
+    /// Reuse kernel runs already in the output directory (same config, same release).
+    pub reuse: bool,
+}
+
+/// One case on one kernel.
+#[derive(Serialize)]
+pub struct Outcome {
+    pub kernel: String,
+    pub release: String,
+    /// Relative to the validation directory.
+    pub dir: String,
+    pub accel: String,
+    pub boot_s: f64,
+    /// Host seconds of the QEMU run.
+    pub kernel_wall_s: f64,
+    /// The `--set` overrides that put the sim under this kernel's rules.
+    pub sim_rules: Vec<String>,
+    pub calibration: Vec<Matched>,
+    pub rows: Vec<Row>,
+    pub agree: bool,
+    /// Why the kernel run failed (then there are no rows).
+    pub error: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct CaseResult {
+    pub case: String,
+    pub description: String,
+    pub outcomes: Vec<Outcome>,
+}
+
+/// The manifest: every case, kernel and row.
+#[derive(Serialize)]
+pub struct Manifest {
+    pub command: String,
+    pub kernels: Vec<String>,
+    pub wall_s: f64,
+    pub cases: Vec<CaseResult>,
+}
+
+/// What the exit status reports after every case ran.
+pub enum Verdict {
+    Agree,
+    Disagree,
+    Failed,
+}
+
+pub fn run(args: Args) -> Result<Verdict, Failure> {
+    let names: Vec<String> = match (&args.scenario, args.all) {
+        (Some(_), true) => return Err(Failure::Input("give a scenario or --all, not both".into())),
+        (None, false) => return Err(Failure::Input("validate needs a scenario or --all".into())),
+        (Some(s), false) => vec![s.clone()],
+        (None, true) => validation::CASES.iter().map(|(n, _)| n.to_string()).collect(),
+    };
+    let configs = names.iter().map(|n| resolve_case(n, &args.set)).collect::<Result<Vec<_>, _>>()?;
+    let kernels = args
+        .kernels
+        .iter()
+        .map(|k| oracle::resolve_kernel(k).map(|spec| (k.clone(), spec)).map_err(failure))
+        .collect::<Result<Vec<_>, _>>()?;
+    let root = args.out.clone().unwrap_or_else(|| {
+        PathBuf::from("out").join(if args.all {
+            "validate-all".to_string()
+        } else {
+            format!("validate-{}", configs[0].name)
+        })
+    });
+    let start = Instant::now();
+    let mut cases = Vec::new();
+    for (name, config) in names.iter().zip(&configs) {
+        let case_dir = if args.all { root.join(&config.name) } else { root.clone() };
+        let mut outcomes = Vec::new();
+        for (arg, spec) in &kernels {
+            let rel = case_dir.strip_prefix(&root).unwrap_or(Path::new("")).join(label(arg));
+            let outcome = run_one(name, config, &args.set, arg, spec, &root, &rel, args.reuse)?;
+            print_outcome(&config.name, &outcome);
+            outcomes.push(outcome);
+        }
+        cases.push(CaseResult { case: config.name.clone(), description: config.description.clone(), outcomes });
+    }
+    let manifest = Manifest {
+        command: report::command_line(&args.scenario, args.all, &args.kernels, &args.set),
+        kernels: args.kernels.clone(),
+        wall_s: start.elapsed().as_secs_f64(),
+        cases,
+    };
+    write_manifest(&root, &manifest)?;
+    println!("report: {}", root.join("report.md").display());
+    let outcomes = || manifest.cases.iter().flat_map(|c| &c.outcomes);
+    Ok(if outcomes().any(|o| o.error.is_some()) {
+        Verdict::Failed
+    } else if outcomes().all(|o| o.agree) {
+        Verdict::Agree
+    } else {
+        Verdict::Disagree
+    })
+}
+
+/// A case resolved and its tolerances checked, before anything boots.
+fn resolve_case(name: &str, set: &[String]) -> Result<Config, Failure> {
+    let config = validation::resolve(name, set)?;
+    let names = sim_metric_names();
+    for (i, t) in tolerances(&config).iter().enumerate() {
+        if !compare::is_known(&t.metric, &names) {
+            return Err(Failure::Input(format!(
+                "{name}: key `validate.tolerance[{i}].metric`: no metric `{}` (a summary name such as \
+                 vmstat.numa_hint_faults, final.node.<n>.used_pages, or a derived one: see README)",
+                t.metric
+            )));
+        }
+    }
+    Ok(config)
+}
+
+fn sim_metric_names() -> Vec<String> {
+    metrics(&Counters::default(), 1, Span::Run).flatten().into_iter().map(|(n, _)| n).collect()
+}
+
+fn tolerances(config: &Config) -> &[ToleranceConfig] {
+    config.validate.as_ref().map_or(&[], |v| &v.tolerance)
+}
+
+/// The kernel run (or, with `--reuse`, an earlier one of the same config), then the sim
+/// under that kernel's rules at the guest's touch rate, then the comparison. A guest failure
+/// is recorded in the outcome (the other cases still run); bad input and I/O errors end the
+/// whole validation.
+#[allow(clippy::too_many_arguments)]
+fn run_one(
+    name: &str,
+    config: &Config,
+    set: &[String],
+    arg: &str,
+    spec: &oracle::KernelSpec,
+    root: &Path,
+    rel: &Path,
+    reuse: bool,
+) -> Result<Outcome, Failure> {
+    let dir = root.join(rel);
+    let (kernel_dir, sim_dir) = (dir.join("kernel"), dir.join("sim"));
+    let mut outcome = Outcome {
+        kernel: arg.to_string(),
+        release: spec.release().to_string(),
+        dir: rel.display().to_string(),
+        accel: String::new(),
+        boot_s: 0.0,
+        kernel_wall_s: 0.0,
+        sim_rules: spec.sim_overrides(),
+        calibration: Vec::new(),
+        rows: Vec::new(),
+        agree: false,
+        error: None,
+    };
+    let facts = match kernel_side(config, arg, spec, &kernel_dir, reuse)? {
+        Ok(facts) => facts,
+        Err(e) => {
+            outcome.error = Some(e);
+            return Ok(outcome);
+        }
+    };
+    (outcome.release, outcome.accel, outcome.boot_s, outcome.kernel_wall_s) =
+        (facts.release.clone(), facts.accel.clone(), facts.boot_s, facts.wall_s);
+    let io = |e: String| Failure::Io(e);
+    let kernel = Side::read(&kernel_dir).map_err(io)?;
+    let mut sim = sim_config(name, set, spec)?;
+    outcome.calibration = calibrate::match_touch_rate(&mut sim, &facts.touch_rates);
+    let mut side = run_sim(&sim, &sim_dir)?;
+    let shortfall = |m: &str| match (side.cell(m, 0), kernel.cell(m, 0)) {
+        (compare::Cell::Value(s), compare::Cell::Value(k)) if k > 0.0 => Some(s / k),
+        _ => None,
+    };
+    let (cpu, device) = (shortfall("touches.cpu"), shortfall("touches.device"));
+    if calibrate::refine(&mut sim, &mut outcome.calibration, cpu, device) {
+        side = run_sim(&sim, &sim_dir)?;
+    }
+    outcome.rows = compare::rows(&side, &kernel, tolerances(config), pages(config));
+    outcome.agree = compare::agree(&outcome.rows);
+    let title = format!("{}: sim vs {}", config.name, facts.release);
+    let runs = [("sim".to_string(), sim_dir), (format!("kernel {}", facts.release), kernel_dir)];
+    plots::render_overlay(&dir, "overlay", &title, &runs).map_err(io)?;
+    Ok(outcome)
+}
+
+fn run_sim(config: &Config, dir: &Path) -> Result<Side, Failure> {
+    let result = workloads::build(config).run();
+    write_run(dir, config, &result).map_err(|e| Failure::Io(format!("{}: {e}", dir.display())))?;
+    Side::read(dir).map_err(Failure::Io)
+}
+
+/// What validate needs of a kernel run.
+struct KernelFacts {
+    release: String,
+    accel: String,
+    boot_s: f64,
+    wall_s: f64,
+    touch_rates: BTreeMap<String, f64>,
+}
+
+/// Boots the kernel, or reuses `dir` when asked to and it holds a complete run of exactly
+/// this config. The inner error is a guest failure (console tail included).
+fn kernel_side(
+    config: &Config,
+    arg: &str,
+    spec: &oracle::KernelSpec,
+    dir: &Path,
+    reuse: bool,
+) -> Result<Result<KernelFacts, String>, Failure> {
+    if reuse && let Some(facts) = earlier_run(config, spec, dir) {
+        eprintln!("validate {}: reusing the {} run in {}", config.name, arg, dir.display());
+        return Ok(Ok(facts));
+    }
+    eprintln!("validate {}: booting {} ({})", config.name, arg, spec.release());
+    match oracle::run_on_kernel(config, spec, dir) {
+        Ok(run) => Ok(Ok(KernelFacts {
+            release: run.release,
+            accel: run.accel.name().to_string(),
+            boot_s: run.boot_s,
+            wall_s: run.wall_s,
+            touch_rates: run.touch_rates,
+        })),
+        Err(oracle::OracleError::Guest { message, console_tail }) => Ok(Err(format!("{message}\n{console_tail}"))),
+        Err(e) => Err(failure(e)),
+    }
+}
+
+/// A finished run of the same config on the same kernel release, from its guest.json.
+fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option<KernelFacts> {
+    // Parsed, so that a run written before a key was added (with its default) still counts.
+    let text = std::fs::read_to_string(dir.join("config.toml")).ok()?;
+    let same = load(&Source { origin: dir.display().to_string(), text }, &[]).ok()? == *config;
+    let guest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("guest.json")).ok()?).ok()?;
+    let release = guest["release"].as_str()?.to_string();
+    if !same || release != spec.release() || !dir.join("summary.json").is_file() {
+        return None;
+    }
+    Some(KernelFacts {
+        release,
+        accel: guest["accel"].as_str().unwrap_or_default().to_string(),
+        boot_s: guest["boot_s"].as_f64().unwrap_or(f64::NAN),
+        wall_s: guest["qemu_wall_s"].as_f64().unwrap_or(f64::NAN),
+        touch_rates: serde_json::from_value(guest["touch_rate_per_s"].clone()).ok()?,
+    })
+}
+
+/// The case under the kernel's rules: the oracle's `sim_overrides()` (its mapping of a
+/// kernel's source to the model's era, kept there in one place) after the user's `--set`.
+fn sim_config(name: &str, set: &[String], spec: &oracle::KernelSpec) -> Result<Config, Failure> {
+    let mut overrides = set.to_vec();
+    overrides.extend(spec.sim_overrides());
+    Ok(validation::resolve(name, &overrides)?)
+}
+
+/// Pages of the scenario's memory, the unit of a scan pass.
+fn pages(config: &Config) -> u64 {
+    let vmas: u64 = config.process.iter().flat_map(|p| &p.vma).map(|v| v.size_mib).sum();
+    let vms: u64 = config.vm.iter().map(|v| v.memory_mib).sum();
+    (vmas + vms) * PAGES_PER_MIB
+}
+
+fn print_outcome(case: &str, o: &Outcome) {
+    match &o.error {
+        Some(e) => println!("\n{case} on {} ({}): the kernel run failed:\n{e}", o.kernel, o.release),
+        None => {
+            println!("\n{case} on {} ({}, {}):", o.kernel, o.release, if o.agree { "agrees" } else { "DISAGREES" });
+            print!("{}", compare::table(&o.rows, &label(&o.kernel)));
+        }
+    }
+}
+
+fn write_manifest(root: &Path, manifest: &Manifest) -> Result<(), Failure> {
+    let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", root.display()));
+    std::fs::create_dir_all(root).map_err(io)?;
+    let json = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
+    write_atomic(root, "validate.json", (json + "\n").as_bytes()).map_err(io)?;
+    write_atomic(root, "report.md", report::markdown(manifest).as_bytes()).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two sim runs of one case: the same seed agrees everywhere, bit for bit; a model
+    /// change shows up as a disagreement in the judged rows.
+    #[test]
+    fn sim_against_sim_agrees_with_itself_and_a_different_gup_rule_disagrees() {
+        let root = std::env::temp_dir().join(format!("numasim-validate-{}", std::process::id()));
+        let run_into = |name: &str, set: &[String]| {
+            let config = validation::resolve("gup-process-vm-readv", set).unwrap();
+            let dir = root.join(name);
+            write_run(&dir, &config, &workloads::build(&config).run()).unwrap();
+            Side::read(&dir).unwrap()
+        };
+        let config = resolve_case("gup-process-vm-readv", &[]).unwrap();
+        let old = run_into("old", &["kernel.gup_policy=implicit-all".to_string()]);
+        let again = run_into("again", &["kernel.gup_policy=implicit-all".to_string()]);
+        let new = run_into("new", &["kernel.gup_policy=explicit".to_string()]);
+        let same = compare::rows(&old, &again, tolerances(&config), pages(&config));
+        assert!(compare::agree(&same));
+        assert!(same.iter().all(|r| r.ratio == Some(1.0)), "{}", compare::table(&same, "again"));
+        let judged = same.iter().filter(|r| r.verdict == compare::Verdict::Within).count();
+        assert_eq!(judged, tolerances(&config).len());
+        let differ = compare::rows(&new, &old, tolerances(&config), pages(&config));
+        assert!(!compare::agree(&differ), "{}", compare::table(&differ, "old"));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_tolerance_on_an_unknown_metric_is_bad_input_naming_the_key() {
+        let Err(Failure::Input(m)) =
+            resolve_case("numa02", &["validate.tolerance.0.metric=vmstat.numa_hint_fault".to_string()])
+        else {
+            panic!("accepted");
+        };
+        assert!(m.contains("validate.tolerance[0].metric") && m.contains("vmstat.numa_hint_fault"), "{m}");
+    }
+
+    #[test]
+    fn scan_passes_count_the_scenarios_memory() {
+        let c = resolve_case("gup-cpu-read-remote", &[]).unwrap();
+        assert_eq!(pages(&c), 17 * 256);
+    }
+}

@@ -1,0 +1,94 @@
+//! `numasim kernel`: what cannot run is refused with exit status 2 before anything boots;
+//! a guest that hangs is ended by the timeout (that one boots QEMU: only with NUMASIM_ORACLE=1).
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{numasim, s, scratch};
+
+fn rejected_with(out: std::process::Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "stderr: {err}");
+    assert!(err.contains(needle), "expected `{needle}` in: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+/// A file with a bzImage boot header whose release is `6.12.0-test`, and `config` beside it.
+fn fake_bzimage(dir: &Path, config: &str) -> String {
+    let mut image = vec![0u8; 0x400];
+    image[0x202..0x206].copy_from_slice(b"HdrS");
+    image[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
+    image[0x300..0x30c].copy_from_slice(b"6.12.0-test ");
+    std::fs::write(dir.join("bzImage"), image).unwrap();
+    std::fs::write(dir.join("config"), config).unwrap();
+    s(&dir.join("bzImage")).to_string()
+}
+
+const FULL_CONFIG: &str = "CONFIG_NUMA=y\nCONFIG_NUMA_BALANCING=y\nCONFIG_ACPI_NUMA=y\nCONFIG_KSM=y\n\
+    CONFIG_TRANSPARENT_HUGEPAGE=y\nCONFIG_BLK_DEV_RAM=y\nCONFIG_DEVTMPFS=y\nCONFIG_SERIAL_8250_CONSOLE=y\n\
+    CONFIG_BLK_DEV_INITRD=y\nCONFIG_DEBUG_FS=y\nCONFIG_PROC_PAGE_MONITOR=y\nCONFIG_CROSS_MEMORY_ATTACH=y\n\
+    CONFIG_IO_URING=y\n";
+
+#[test]
+fn a_scenario_with_a_vm_is_refused_with_the_reason() {
+    rejected_with(numasim(&["kernel", "kvm-guest", "--kernel", "6.12"]), "nested virtualisation");
+}
+
+#[test]
+fn a_guest_too_big_for_the_host_is_refused_before_booting() {
+    let args = ["--set", "machine.memory_per_node_mib=16777216", "--set", "process.0.vma.0.size_mib=16777216"];
+    rejected_with(numasim(&[&["kernel", "numa02", "--kernel", "6.12"][..], &args[..]].concat()), "the guest needs");
+}
+
+#[test]
+fn an_unknown_kernel_or_a_file_that_is_no_bzimage_is_refused() {
+    rejected_with(numasim(&["kernel", "numa02", "--kernel", "6.7"]), "not 6.1, 6.12 or the path");
+    let dir = scratch("kernel-not-bzimage");
+    std::fs::write(dir.join("vmlinux"), b"not a kernel").unwrap();
+    rejected_with(numasim(&["kernel", "numa02", "--kernel", s(&dir.join("vmlinux"))]), "not a bzImage");
+}
+
+#[test]
+fn a_kernel_lacking_options_is_refused_naming_each() {
+    let dir = scratch("kernel-config");
+    let image = fake_bzimage(&dir, &FULL_CONFIG.replace("CONFIG_KSM=y\n", "").replace("CONFIG_NUMA_BALANCING=y\n", ""));
+    let out = numasim(&["kernel", "numa02", "--kernel", &image]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    rejected_with(out, "CONFIG_KSM");
+    assert!(err.contains("CONFIG_NUMA_BALANCING") && !err.contains("CONFIG_DEVTMPFS"), "{err}");
+}
+
+#[test]
+fn missing_qemu_is_refused_with_the_apt_get_line() {
+    let dir = scratch("kernel-no-qemu");
+    let image = fake_bzimage(&dir, FULL_CONFIG);
+    let out = Command::new(env!("CARGO_BIN_EXE_numasim"))
+        .args(["kernel", "numa02", "--kernel", &image, "--out", s(&dir.join("out"))])
+        .env("PATH", s(&dir))
+        .output()
+        .unwrap();
+    rejected_with(out, "apt-get install -y --no-install-recommends qemu-system-x86");
+    assert!(!dir.join("out/summary.json").exists());
+}
+
+#[test]
+fn a_guest_past_its_timeout_is_killed_and_its_console_shown() {
+    if std::env::var("NUMASIM_ORACLE").as_deref() != Ok("1") {
+        eprintln!("skipping the timeout test: set NUMASIM_ORACLE=1 to boot real kernels under QEMU");
+        return;
+    }
+    let dir = scratch("kernel-timeout");
+    let out = Command::new(env!("CARGO_BIN_EXE_numasim"))
+        .args(["kernel", "numa02", "--kernel", "6.12", "--set", "machine.cpus_per_node=1"])
+        .args(["--set", "process.0.vma.0.size_mib=16", "--out", s(&dir)])
+        .env("NUMASIM_KERNEL_TIMEOUT_S", "3")
+        .env("NUMASIM_ACCEL", "tcg")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("did not finish within 3 s") && err.contains("last lines of the guest console"), "{err}");
+    assert!(!dir.join("summary.json").exists());
+}

@@ -1,0 +1,70 @@
+//! `numasim validate`: the catalogue checks, bad input exits 2 before anything boots, and
+//! (where QEMU and a kernel image are present) one case end to end on a real kernel.
+
+mod common;
+
+use common::{numasim, rejected, s, scratch};
+
+#[test]
+fn every_case_of_the_catalogue_passes_check() {
+    let mut files: Vec<_> = std::fs::read_dir("configs/validate").unwrap().map(|e| e.unwrap().path()).collect();
+    files.sort();
+    assert!(files.len() >= 13, "{files:?}");
+    for f in files {
+        let out = numasim(&["check", s(&f)]);
+        assert!(out.status.success(), "{}: {}", f.display(), String::from_utf8_lossy(&out.stderr));
+        assert!(String::from_utf8_lossy(&out.stdout).contains("[[validate.tolerance]]"), "{}", f.display());
+    }
+}
+
+#[test]
+fn bad_input_exits_2_before_anything_boots() {
+    let dir = scratch("validate-bad");
+    let out = dir.join("v");
+    assert!(rejected(&["validate"]).contains("needs a scenario or --all"));
+    rejected(&["validate", "numa02", "--all"]);
+    let e = rejected(&["validate", "numa02", "--set", "validate.tolerance.0.metric=vmstat.nope", "--out", s(&out)]);
+    assert!(e.contains("validate.tolerance[0].metric"), "{e}");
+    let e = rejected(&["validate", "numa02", "--set", "validate.tolerance.0.reason=", "--out", s(&out)]);
+    assert!(e.contains("validate.tolerance[0].reason"), "{e}");
+    let e = rejected(&["validate", "numa02", "--kernel", "5.0", "--out", s(&out)]);
+    assert!(e.contains("--kernel `5.0`"), "{e}");
+    assert!(!out.exists(), "nothing is written on bad input");
+}
+
+/// Why the oracle cannot run here, if it cannot.
+fn oracle_missing(kernel: &str) -> Option<String> {
+    if std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .all(|d| !d.join("qemu-system-x86_64").is_file())
+    {
+        return Some("qemu-system-x86_64 is not installed".into());
+    }
+    oracle::resolve_kernel(kernel).err().map(|e| format!("kernel {kernel}: {e}"))
+}
+
+#[test]
+fn one_gup_case_end_to_end_on_a_real_kernel() {
+    if let Some(why) = oracle_missing("6.12") {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = scratch("validate-oracle");
+    let out = numasim(&["validate", "gup-process-vm-readv", "--kernel", "6.12", "--out", s(&dir)]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let code = out.status.code();
+    // 0: every judged metric within tolerance; 3: a disagreement, which is a result too.
+    assert!(matches!(code, Some(0 | 3)), "exit {code:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("metric") && stdout.contains("within tolerance"), "{stdout}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("validate.json")).unwrap()).unwrap();
+    let outcome = &manifest["cases"][0]["outcomes"][0];
+    assert!(outcome["error"].is_null(), "{outcome}");
+    let rows = outcome["rows"].as_array().unwrap();
+    let row = |m: &str| rows.iter().find(|r| r["metric"] == m).unwrap_or_else(|| panic!("no row {m}"));
+    assert!(row("vmstat.numa_pte_updates")["kernel"].as_f64().unwrap() > 0.0, "the kernel scanned");
+    assert_eq!(row("stale.accesses")["kernel"], "not measured");
+    assert_eq!(outcome["agree"].as_bool(), Some(code == Some(0)));
+    for f in ["report.md", "6.12/overlay.png", "6.12/sim/summary.json", "6.12/kernel/summary.json"] {
+        assert!(dir.join(f).is_file(), "{f}");
+    }
+}
