@@ -34,6 +34,9 @@ enum Command {
         /// Output directory (default: out/<scenario>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the model's invariants after every event (slow; stops at the first broken one).
+        #[arg(long)]
+        check_invariants: bool,
     },
     /// Run a scenario under each GUP policy (and several seeds); print the table, write
     /// plots and report.md.
@@ -54,6 +57,9 @@ enum Command {
         /// Output directory (default: out/compare-<scenario>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the model's invariants after every event of every run.
+        #[arg(long)]
+        check_invariants: bool,
     },
     /// Run a parameter sweep (all of it, or one shard).
     Sweep {
@@ -66,6 +72,9 @@ enum Command {
         /// Output directory (default: out/sweep-<name>, or .../shard-I-of-N).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the model's invariants after every event of every run.
+        #[arg(long)]
+        check_invariants: bool,
     },
     /// Join the shard directories of one sweep.
     Merge {
@@ -108,6 +117,9 @@ pub enum Failure {
     Input(String),
     /// The run could not write its results: exit status 1.
     Io(String),
+    /// The simulation stopped: time stopped advancing or an invariant broke (a bug in the
+    /// simulator, never in the input): exit status 3.
+    Sim(String),
 }
 
 impl From<ConfigError> for Failure {
@@ -119,18 +131,25 @@ impl From<ConfigError> for Failure {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, set, out } => run(&scenario, &set, out),
-        Command::Compare { scenario, set, policies, seeds, jobs, out } => compare::run(compare::Args {
-            scenario,
-            set,
-            policies,
-            seeds,
-            jobs: jobs.unwrap_or_else(batch::default_jobs),
-            out,
-        }),
-        Command::Sweep { file, jobs, shard, out } => {
-            sweep::run(sweep::Args { file, jobs: jobs.unwrap_or_else(batch::default_jobs), shard, out })
+        Command::Run { scenario, set, out, check_invariants } => run(&scenario, &set, out, check_invariants),
+        Command::Compare { scenario, set, policies, seeds, jobs, out, check_invariants } => {
+            compare::run(compare::Args {
+                scenario,
+                set,
+                policies,
+                seeds,
+                jobs: jobs.unwrap_or_else(batch::default_jobs),
+                out,
+                check_invariants,
+            })
         }
+        Command::Sweep { file, jobs, shard, out, check_invariants } => sweep::run(sweep::Args {
+            file,
+            jobs: jobs.unwrap_or_else(batch::default_jobs),
+            shard,
+            out,
+            check_invariants,
+        }),
         Command::Merge { dirs, out } => sweep::merge(&dirs, &out),
         Command::Plot { dir } => plot(&dir),
         Command::Check { scenario, set } => {
@@ -158,14 +177,19 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(1)
         }
+        Err(Failure::Sim(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(3)
+        }
     }
 }
 
-fn run(scenario: &str, set: &[String], out: Option<PathBuf>) -> Result<(), Failure> {
+fn run(scenario: &str, set: &[String], out: Option<PathBuf>, check: bool) -> Result<(), Failure> {
     let config = catalogue::resolve(scenario, set)?;
     let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&config.name));
-    let result = workloads::build(&config).run();
-    output::write_run(&dir, &config, &result).map_err(|e| Failure::Io(format!("{}: {e}", dir.display())))?;
+    let job = batch::Job { dir, config };
+    let result = batch::run_one(&job, check)?;
+    let dir = job.dir;
     plots::render_run(&dir).map_err(Failure::Io)?;
     output::print_brief(&dir, &result);
     Ok(())

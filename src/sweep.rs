@@ -58,6 +58,7 @@ pub struct Args {
     pub jobs: usize,
     pub shard: Option<String>,
     pub out: Option<PathBuf>,
+    pub check_invariants: bool,
 }
 
 fn input(origin: &Path, line: Option<usize>, key: &str, message: impl Into<String>) -> Failure {
@@ -214,7 +215,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     if reused > 0 {
         eprintln!("sweep {name}: {reused} of {} runs already complete, skipped", mine.len());
     }
-    run_all(&jobs, args.jobs, &format!("sweep {name}")).map_err(Failure::Io)?;
+    run_all(&jobs, args.jobs, &format!("sweep {name}"), args.check_invariants)?;
     let manifest = Manifest {
         sweep: name,
         fingerprint: fingerprint(&runs),

@@ -6,6 +6,7 @@
 //! scenario), then [`sim::Sim::run`].
 
 pub mod config;
+pub mod debug_vm;
 pub mod device;
 pub mod engine;
 pub mod kernel;

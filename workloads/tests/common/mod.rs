@@ -20,9 +20,11 @@ pub fn scenario(name: &str, set: &[&str]) -> Config {
     workloads::catalogue::resolve(name, &set).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// Builds and runs `c` with the invariant checks on after every event.
 pub fn run(c: &Config) -> (Sim, RunOutput) {
     let mut sim = workloads::build(c);
-    let out = sim.run();
+    sim.set_check_invariants(true);
+    let out = sim.run().unwrap_or_else(|e| panic!("{e}"));
     (sim, out)
 }
 
