@@ -39,11 +39,15 @@ pub struct RunConfig {
     pub duration_ms: u64,
     /// Length of one time-series interval.
     pub sample_ms: u64,
+    /// Simulator memory the run may use; without it, the machine's available memory
+    /// (see [`crate::limits::check_memory_budget`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_gib: Option<f64>,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { seed: 1, duration_ms: 10_000, sample_ms: 100 }
+        Self { seed: 1, duration_ms: 10_000, sample_ms: 100, max_memory_gib: None }
     }
 }
 
@@ -562,11 +566,8 @@ pub fn load(src: &Source, overrides: &[String]) -> Result<Config, ConfigError> {
         from_table(table)?
     };
     name_threads(&mut config);
-    validate(&config).map_err(|(path, message)| ConfigError {
-        origin: src.origin.clone(),
-        line: locate(&src.text, &path),
-        key: path,
-        message,
+    validate(&config).and_then(|()| crate::limits::check_memory_budget(&config)).map_err(|(path, message)| {
+        ConfigError { origin: src.origin.clone(), line: locate(&src.text, &path), key: path, message }
     })?;
     Ok(config)
 }
@@ -792,6 +793,8 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
         "must be at least 1 and at most numa_balancing_scan_period_max_ms",
     )?;
     check(k.quantum_us >= 1, "kernel.quantum_us", "must be at least 1")?;
+    crate::limits::check_arithmetic(c)?;
+    crate::limits::check_names(c)?;
     validate_processes(c)
 }
 

@@ -162,12 +162,7 @@ fn count_frames(
 
 /// Replaces the KSM pages' count in `frames` by one frame per content and node: the pages
 /// sharing a KSM page map one frame.
-fn count_ksm_frames(
-    pages: &Pages,
-    frames: &mut [u64],
-    ksm: &mut Vec<(u8, u16)>,
-    now: Nanos,
-) -> Result<(), Violation> {
+fn count_ksm_frames(pages: &Pages, frames: &mut [u64], ksm: &mut Vec<(u8, u16)>, now: Nanos) -> Result<(), Violation> {
     ksm.clear();
     for (i, pte) in pages.pte.iter().enumerate().filter(|(_, p)| p.flags & PG_KSM != 0) {
         if pte.nid == NUMA_NO_NODE {

@@ -11,6 +11,7 @@ pub mod device;
 pub mod engine;
 pub mod kernel;
 pub mod kvm;
+pub mod limits;
 pub mod machine;
 pub mod mm;
 pub mod sched;

@@ -325,7 +325,8 @@ impl Sim {
         if self.check_invariants {
             self.check_invariants(None)?;
         }
-        let mut guard = StallGuard { limit: STALL_EVENTS.max(4 * self.world.entities().len() as u64), ..Default::default() };
+        let mut guard =
+            StallGuard { limit: STALL_EVENTS.max(4 * self.world.entities().len() as u64), ..Default::default() };
         while let Some(event) = self.world.resource_mut::<EventQueue>().pop_until(end) {
             self.dispatch(event);
             if self.check_invariants {
