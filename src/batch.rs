@@ -23,7 +23,7 @@ pub fn run_one(job: &Job, check: bool) -> Result<sim_core::sim::RunOutput, Failu
     let mut sim = workloads::build(&job.config);
     sim.set_check_invariants(check);
     let out = sim.run().map_err(|e| Failure::Sim(format!("{}: {e}", job.dir.display())))?;
-    output::write_run(&job.dir, &job.config, &out).map_err(|e| Failure::Io(format!("{}: {e}", job.dir.display())))?;
+    output::write_run(&job.dir, &job.config, &out).map_err(|e| Failure::Io(e.to_string()))?;
     Ok(out)
 }
 

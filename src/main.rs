@@ -82,6 +82,9 @@ enum Command {
         dirs: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        /// Merge even if runs of the sweep are missing (they are listed).
+        #[arg(long)]
+        partial: bool,
     },
     /// Draw the plots of a run, a comparison or a sweep again from its result files.
     Plot { dir: PathBuf },
@@ -150,7 +153,7 @@ fn main() -> ExitCode {
             out,
             check_invariants,
         }),
-        Command::Merge { dirs, out } => sweep::merge(&dirs, &out),
+        Command::Merge { dirs, out, partial } => sweep::merge(&dirs, &out, partial),
         Command::Plot { dir } => plot(&dir),
         Command::Check { scenario, set } => {
             catalogue::resolve(&scenario, &set).map(|c| print!("{}", to_toml(&c))).map_err(Failure::from)
