@@ -132,6 +132,12 @@ impl From<ConfigError> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends with SIGPIPE, as for any Unix tool, not with a panic
+    // when println! finds the pipe closed. Rust starts programs with SIGPIPE ignored.
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { scenario, set, out, check_invariants } => run(&scenario, &set, out, check_invariants),
