@@ -651,6 +651,9 @@ pub fn closest<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
+/// Most dot-separated parts a `--set` key may have.
+const MAX_KEY_PARTS: usize = 16;
+
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
     let err =
         |key: &str, message: String| ConfigError { origin: "--set".into(), line: None, key: key.to_string(), message };
@@ -663,6 +666,14 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Confi
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
     let path: Vec<&str> = key.split('.').collect();
+    // The deepest key is `vm.0.vcpus.cpus`; a deeper one is a mistake, and following it
+    // would build a table nested as deep (and recurse as deep when it is read).
+    if path.len() > MAX_KEY_PARTS {
+        return Err(err(
+            &key[..key.len().min(80)],
+            format!("a key of {} parts: config keys have at most {MAX_KEY_PARTS}", path.len()),
+        ));
+    }
     let mut root = toml::Value::Table(std::mem::take(table));
     let result = set_path(&mut root, &path, value).map_err(|m| err(key, m));
     let toml::Value::Table(t) = root else { unreachable!("the root stays a table") };
