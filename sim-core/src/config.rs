@@ -668,6 +668,9 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Confi
     let path: Vec<&str> = key.split('.').collect();
     // The deepest key is `vm.0.vcpus.cpus`; a deeper one is a mistake, and following it
     // would build a table nested as deep (and recurse as deep when it is read).
+    if path.iter().any(|p| p.trim().is_empty()) {
+        return Err(err(key, "a key part is empty (two dots in a row, or a dot at an end)".into()));
+    }
     if path.len() > MAX_KEY_PARTS {
         return Err(err(
             &key[..key.len().min(80)],

@@ -174,13 +174,13 @@ fn check_kernel(c: &Config, run_ns: u64) -> Result<(), Invalid> {
         "kernel.numa_balancing_scan_delay_ms",
         "numa_balancing_scan_delay_ms in ns x threads of one mm",
         k.numa_balancing_scan_delay_ms * NSEC_PER_MSEC,
-        threads + 1,
+        threads.saturating_add(1),
     )?;
     product(
         "kernel.numa_balancing_scan_period_max_ms",
         "numa_balancing_scan_period_max_ms in ns x threads of one mm",
         k.numa_balancing_scan_period_max_ms * NSEC_PER_MSEC,
-        threads + 1,
+        threads.saturating_add(1),
     )?;
     Ok(())
 }
