@@ -1,12 +1,12 @@
-//! `numasim compare`: one scenario under several GUP policies (and seeds), side by side, in
-//! the habit of mmtests' compare-kernels.sh: a row per metric, a column per policy, the
-//! mean and spread over seeds and the change against the first column.
+//! `numasim compare`: one scenario under several kernel versions or GUP eras (and seeds), side
+//! by side, in the habit of mmtests' compare-kernels.sh: a row per metric, a column per
+//! kernel, the mean and spread over seeds and the change against the first column.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use plots::data::{get, mean_sd, read_summary};
-use sim_core::config::{Config, GupPolicy};
+use sim_core::config::{Config, GupPolicy, KernelVersion};
 use workloads::catalogue;
 
 use crate::Failure;
@@ -16,11 +16,47 @@ use crate::output::write_atomic;
 pub struct Args {
     pub scenario: String,
     pub set: Vec<String>,
-    pub policies: Vec<GupPolicy>,
+    pub columns: Vec<Column>,
     pub seeds: u32,
     pub jobs: usize,
     pub out: Option<PathBuf>,
     pub check_invariants: bool,
+}
+
+/// What one column of the comparison varies.
+#[derive(Clone, Copy, Debug)]
+pub enum Column {
+    /// Every rule of a kernel version (`kernel.version`, no GUP override).
+    Kernel(KernelVersion),
+    /// The scenario's kernel with the GUP era of another (`kernel.gup_policy`).
+    Policy(GupPolicy),
+}
+
+impl Column {
+    pub fn name(self) -> &'static str {
+        match self {
+            Column::Kernel(v) => v.name(),
+            Column::Policy(p) => p.name(),
+        }
+    }
+
+    fn apply(self, config: &mut Config) {
+        match self {
+            Column::Kernel(v) => {
+                config.kernel.version = v;
+                config.kernel.gup_policy = None;
+            }
+            Column::Policy(p) => config.kernel.gup_policy = Some(p),
+        }
+    }
+
+    /// The command-line flag that reproduces a list of such columns.
+    fn flag(columns: &[Column]) -> &'static str {
+        match columns.first() {
+            Some(Column::Kernel(_)) => "--kernels",
+            _ => "--policies",
+        }
+    }
 }
 
 /// The manifest `numasim plot` reads to redraw a comparison.
@@ -39,17 +75,17 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let dir = args.out.unwrap_or_else(|| PathBuf::from("out").join(format!("compare-{}", base.name)));
     let mut jobs = Vec::new();
     let mut groups = Vec::new();
-    for &policy in &args.policies {
+    for &column in &args.columns {
         let mut runs = Vec::new();
         for i in 0..u64::from(args.seeds) {
             let mut config: Config = base.clone();
-            config.kernel.gup_policy = policy;
+            column.apply(&mut config);
             config.run.seed = base.run.seed + i;
-            let rel = format!("{}/seed-{}", policy.name(), config.run.seed);
+            let rel = format!("{}/seed-{}", column.name(), config.run.seed);
             jobs.push(Job { dir: dir.join(&rel), config });
             runs.push(rel);
         }
-        groups.push((policy.name().to_string(), runs));
+        groups.push((column.name().to_string(), runs));
     }
     run_all(&jobs, args.jobs, &format!("compare {}", base.name), args.check_invariants)?;
     let manifest = Manifest { scenario: base.name.clone(), groups };
@@ -59,8 +95,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let table = table(&dir, &manifest).map_err(Failure::Io)?;
     print!("{table}");
     let plots = draw(&dir, &manifest).map_err(Failure::Io)?;
-    let policies: Vec<&str> = args.policies.iter().map(|p| p.name()).collect();
-    let report = report(&base, &args.set, &policies, args.seeds, &table, &plots);
+    let report = report(&base, &args.set, &args.columns, args.seeds, &table, &plots);
     write_atomic(&dir, "report.md", report.as_bytes()).map_err(io)?;
     println!("report: {}", dir.join("report.md").display());
     Ok(())
@@ -129,14 +164,16 @@ fn fmt(v: f64) -> String {
     if v.abs() < 10.0 && v.fract() != 0.0 { format!("{v:.4}") } else { format!("{v:.2}") }
 }
 
-fn report(base: &Config, set: &[String], policies: &[&str], seeds: u32, table: &str, plots: &[PathBuf]) -> String {
+fn report(base: &Config, set: &[String], columns: &[Column], seeds: u32, table: &str, plots: &[PathBuf]) -> String {
+    let names: Vec<&str> = columns.iter().map(|c| c.name()).collect();
     let mut r = format!("# numasim compare: {}\n\n{}\n\n", base.name, base.description);
     let sets: String = set.iter().map(|s| format!(" --set {s}")).collect();
     let _ = writeln!(
         r,
-        "Reproduce with `numasim compare {}{sets} --policies {} --seeds {seeds}`.\n",
+        "Reproduce with `numasim compare {}{sets} {} {} --seeds {seeds}`.\n",
         base.name,
-        policies.join(",")
+        Column::flag(columns),
+        names.join(",")
     );
     let guide = catalogue::guide(&base.name);
     if !guide.is_empty() {
@@ -144,7 +181,7 @@ fn report(base: &Config, set: &[String], policies: &[&str], seeds: u32, table: &
     }
     let _ = writeln!(
         r,
-        "## Results\n\nOne column per GUP policy; mean ± standard deviation over {seeds} seed(s), and the change against the first column.\n\n```\n{table}```\n"
+        "## Results\n\nOne column per kernel version or GUP era; mean ± standard deviation over {seeds} seed(s), and the change against the first column.\n\n```\n{table}```\n"
     );
     let _ = writeln!(r, "## Plots\n");
     for p in plots.iter().filter(|p| p.extension().is_some_and(|e| e == "png")) {

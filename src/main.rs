@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use sim_core::config::{ConfigError, GupPolicy, to_toml};
+use sim_core::config::{ConfigError, GupPolicy, KernelVersion, to_toml};
 use workloads::catalogue;
 
 #[derive(Parser)]
@@ -38,16 +38,19 @@ enum Command {
         #[arg(long)]
         check_invariants: bool,
     },
-    /// Run a scenario under each GUP policy (and several seeds); print the table, write
-    /// plots and report.md.
+    /// Run a scenario under each GUP era, or each kernel version (and several seeds); print
+    /// the table, write plots and report.md.
     Compare {
         #[arg(default_value = "default")]
         scenario: String,
         #[arg(long = "set", value_name = "KEY=VALUE")]
         set: Vec<String>,
-        /// Policies to compare, in column order.
-        #[arg(long, value_delimiter = ',', default_value = "implicit,implicit-all,explicit", value_parser = parse_policy)]
+        /// GUP eras to compare on the scenario's kernel, in column order.
+        #[arg(long, value_delimiter = ',', default_value = "implicit,implicit-all,implicit-force,explicit", value_parser = parse_policy)]
         policies: Vec<GupPolicy>,
+        /// Kernel versions to compare instead, one column each (e.g. 6.1,6.4,6.5,6.12).
+        #[arg(long, value_delimiter = ',', value_parser = parse_version, conflicts_with = "policies")]
+        kernels: Vec<KernelVersion>,
         /// Seeds per policy (run.seed, run.seed + 1, ...).
         #[arg(long, default_value_t = 1)]
         seeds: u32,
@@ -108,10 +111,14 @@ enum Command {
 }
 
 fn parse_policy(s: &str) -> Result<GupPolicy, String> {
-    GupPolicy::ALL
-        .into_iter()
-        .find(|p| p.name() == s)
-        .ok_or_else(|| format!("unknown policy `{s}` (implicit, implicit-all, explicit)"))
+    GupPolicy::ALL.into_iter().find(|p| p.name() == s).ok_or_else(|| {
+        let names: Vec<_> = GupPolicy::ALL.iter().map(|p| p.name()).collect();
+        format!("unknown policy `{s}` ({})", names.join(", "))
+    })
+}
+
+fn parse_version(s: &str) -> Result<KernelVersion, String> {
+    s.parse()
 }
 
 /// What went wrong, and which exit status says so.
@@ -141,11 +148,15 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run { scenario, set, out, check_invariants } => run(&scenario, &set, out, check_invariants),
-        Command::Compare { scenario, set, policies, seeds, jobs, out, check_invariants } => {
+        Command::Compare { scenario, set, policies, kernels, seeds, jobs, out, check_invariants } => {
             compare::run(compare::Args {
                 scenario,
                 set,
-                policies,
+                columns: if kernels.is_empty() {
+                    policies.into_iter().map(compare::Column::Policy).collect()
+                } else {
+                    kernels.into_iter().map(compare::Column::Kernel).collect()
+                },
                 seeds,
                 jobs: jobs.unwrap_or_else(batch::default_jobs),
                 out,

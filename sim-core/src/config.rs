@@ -71,27 +71,104 @@ impl Default for MachineConfig {
     }
 }
 
-/// Which GUP callers honor NUMA hinting faults (see KERNEL_MODEL.md section 2).
+/// Which GUP callers honor NUMA hinting faults: the four eras of the truth table in
+/// KERNEL_MODEL.md section 2. A kernel version selects one; `kernel.gup_policy` overrides it.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum GupPolicy {
-    /// FOLL_NUMA, 2012 – v6.1: every GUP caller honors, follow_page() does not.
+    /// FOLL_NUMA, 2012 – v6.1: every GUP caller without FOLL_FORCE honors, follow_page()
+    /// does not.
     Implicit,
-    /// v6.2 – v6.4: everything but FOLL_FORCE honors, follow_page() included.
+    /// v6.2 – v6.4: `gup_can_follow_protnone()` follows only with FOLL_FORCE, follow_page()
+    /// included (it fails on every protnone PTE, PROT_NONE VMAs too).
     ImplicitAll,
-    /// With "mm/gup: don't implicitly set FOLL_HONOR_NUMA_FAULT": only callers asking do.
+    /// v6.5 (patch 1 alone): is_valid_gup_args() sets FOLL_HONOR_NUMA_FAULT for every
+    /// external caller, FOLL_FORCE included; follow_page() does not honor.
+    ImplicitForce,
+    /// v6.6+ (patches 3 and 4): only callers passing FOLL_HONOR_NUMA_FAULT (KVM) honor.
     Explicit,
 }
 
 impl GupPolicy {
-    pub const ALL: [GupPolicy; 3] = [GupPolicy::Implicit, GupPolicy::ImplicitAll, GupPolicy::Explicit];
+    pub const ALL: [GupPolicy; 4] =
+        [GupPolicy::Implicit, GupPolicy::ImplicitAll, GupPolicy::ImplicitForce, GupPolicy::Explicit];
 
     pub fn name(self) -> &'static str {
         match self {
             GupPolicy::Implicit => "implicit",
             GupPolicy::ImplicitAll => "implicit-all",
+            GupPolicy::ImplicitForce => "implicit-force",
             GupPolicy::Explicit => "explicit",
         }
+    }
+}
+
+/// A kernel release numasim models: each selects the version-dependent behaviour listed in
+/// `version.rs`. Written as a string (`"6.12"`); a bare TOML number such as `6.1` is read
+/// by its decimal digits, so `--set kernel.version=6.1` works.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum KernelVersion {
+    #[serde(rename = "6.1")]
+    V6_1,
+    /// Debian 12's 6.1.192: 6.1 with v6.2's gup_can_follow_protnone() backported.
+    #[serde(rename = "6.1-debian12")]
+    V6_1Debian12,
+    #[serde(rename = "6.4")]
+    V6_4,
+    #[serde(rename = "6.5")]
+    V6_5,
+    #[serde(rename = "6.6")]
+    V6_6,
+    #[serde(rename = "6.12")]
+    V6_12,
+}
+
+impl KernelVersion {
+    pub const ALL: [KernelVersion; 6] = [
+        KernelVersion::V6_1,
+        KernelVersion::V6_1Debian12,
+        KernelVersion::V6_4,
+        KernelVersion::V6_5,
+        KernelVersion::V6_6,
+        KernelVersion::V6_12,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            KernelVersion::V6_1 => "6.1",
+            KernelVersion::V6_1Debian12 => "6.1-debian12",
+            KernelVersion::V6_4 => "6.4",
+            KernelVersion::V6_5 => "6.5",
+            KernelVersion::V6_6 => "6.6",
+            KernelVersion::V6_12 => "6.12",
+        }
+    }
+}
+
+impl std::str::FromStr for KernelVersion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
+            let names: Vec<_> = Self::ALL.iter().map(|v| format!("`{}`", v.name())).collect();
+            format!("unknown kernel version `{s}`, expected one of {}", names.join(", "))
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for KernelVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Written {
+            Text(String),
+            Number(f64),
+        }
+        let text = match Written::deserialize(d)? {
+            Written::Text(s) => s,
+            Written::Number(x) => x.to_string(),
+        };
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -125,7 +202,11 @@ pub struct KernelConfig {
     pub numa_balancing_scan_period_min_ms: u64,
     pub numa_balancing_scan_period_max_ms: u64,
     pub numa_balancing_scan_size_mb: u64,
-    pub gup_policy: GupPolicy,
+    /// The kernel release whose rules apply (see `version.rs`).
+    pub version: KernelVersion,
+    /// What-if override of the GUP era alone; the version's era when absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gup_policy: Option<GupPolicy>,
     pub notifier: NotifierMode,
     /// Scheduler quantum: a thread runs this long before its CPU picks again.
     pub quantum_us: u64,
@@ -166,7 +247,8 @@ impl Default for KernelConfig {
             numa_balancing_scan_period_min_ms: 1000,
             numa_balancing_scan_period_max_ms: 60_000,
             numa_balancing_scan_size_mb: 256,
-            gup_policy: GupPolicy::Explicit,
+            version: KernelVersion::V6_12,
+            gup_policy: None,
             notifier: NotifierMode::Unconditional,
             quantum_us: 1000,
             hint_fault_cost_ns: 1500,
@@ -335,6 +417,19 @@ pub enum GupContext {
     Owner,
 }
 
+/// The user-space GUP path a notifier-mode device stands for: what its accesses are when
+/// the oracle realises the scenario on a real kernel, and the GUP flags the model uses.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum GupPath {
+    /// process_vm_readv()/process_vm_writev(): pin_user_pages_remote(), FOLL_WRITE for writes.
+    ProcessVm,
+    /// O_DIRECT I/O on the buffer: pin_user_pages_fast(), FOLL_WRITE when reading into it.
+    ODirect,
+    /// /proc/PID/mem: access_remote_vm() with FOLL_FORCE (and FOLL_WRITE for writes).
+    ProcMem,
+}
+
 /// A DMA device with a secondary MMU over one VMA of a process.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -346,6 +441,8 @@ pub struct DeviceConfig {
     pub vma: String,
     pub access: Access,
     pub mode: DeviceMode,
+    /// The GUP path of a `notifier` device (ignored for `pin`).
+    pub gup_path: GupPath,
     pub gup_context: GupContext,
     pub pattern: PatternKind,
     pub hot_fraction: f64,
@@ -371,6 +468,7 @@ impl Default for DeviceConfig {
             vma: String::new(),
             access: Access::Read,
             mode: DeviceMode::Notifier,
+            gup_path: GupPath::ProcessVm,
             gup_context: GupContext::Worker,
             pattern: PatternKind::Uniform,
             hot_fraction: 0.1,

@@ -14,7 +14,7 @@ use bevy_ecs::prelude::*;
 use crate::engine::{EventQueue, Nanos};
 use crate::machine::{NUMA_NO_NODE, PgData, Topology};
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, SecondaryMmu, SmmuKind};
-use crate::mm::{Mm, PG_KSM, PageIdx, Pages};
+use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, ZERO_PAGE_NID};
 use crate::stats::Counters;
 
 /// A broken invariant: its name, when, and the page or node it was found on.
@@ -121,11 +121,13 @@ fn count_frames(
     now: Nanos,
 ) -> Result<Vec<u64>, Violation> {
     let count = |ptes: &[crate::mm::Pte], nid: u8| ptes.iter().filter(|p| p.nid == nid).count() as u64;
+    // The shared zero page is mapped without a folio of its own: no frame, no RSS.
+    let zero = |ptes: &[crate::mm::Pte]| ptes.iter().filter(|p| p.flags & PTE_ZERO != 0).count() as u64;
     for m in mms.iter() {
         let mut present = 0;
         for v in &m.vmas {
             let ptes = &pages.pte[v.base as usize..v.base as usize + v.pages as usize];
-            let here = v.pages - count(ptes, NUMA_NO_NODE);
+            let here = v.pages - count(ptes, NUMA_NO_NODE) - zero(ptes);
             if v.unmapped && here > 0 {
                 let detail = format!("{here} pages of munmap()ed VMA `{}` of mm `{}` are present", v.name, m.name);
                 return Err(Violation::new("unmapped_vma_empty", now, detail));
@@ -145,7 +147,11 @@ fn count_frames(
         let detail = format!("a present page on node {} of a {nr_nodes}-node machine", pages.pte[page as usize].nid);
         return Err(Violation::new("page_on_valid_node", now, detail).at_page(page));
     }
-    if pages.pte.iter().fold(0, |acc, p| acc | p.flags) & PG_KSM != 0 {
+    let flags = pages.pte.iter().fold(0, |acc, p| acc | p.flags);
+    if flags & PTE_ZERO != 0 {
+        frames[ZERO_PAGE_NID as usize] -= zero(&pages.pte);
+    }
+    if flags & PG_KSM != 0 {
         count_ksm_frames(pages, &mut frames, ksm, now)?;
     }
     for s in smmus.iter().filter(|s| s.kind == SmmuKind::LongtermPin) {
@@ -206,7 +212,7 @@ fn check_pins(pages: &Pages, smmus: &Query<&SecondaryMmu>, held: &mut Vec<u32>, 
 
 /// Secondary MMUs: an entry of a notifier-kept table maps a present page of its mm or is
 /// counted stale, and the `stale.mappings` gauge equals a recount; no entry gives write
-/// access to a KSM page (KSM pages are write-protected everywhere).
+/// access to a KSM page or the zero page (both are write-protected everywhere).
 fn check_secondary(
     pages: &Pages,
     mms: &Query<&Mm>,
@@ -232,9 +238,15 @@ fn check_secondary(
             if s.kind == SmmuKind::Notifier && is_stale {
                 stale += 1;
             }
-            if !is_stale && e & SPTE_WRITABLE != 0 && pages.pte[page as usize].flags & PG_KSM != 0 {
-                let detail = format!("secondary MMU `{}` maps a KSM page writable", s.name);
-                return Err(Violation::new("ksm_write_protected", now, detail).at_page(page));
+            let cow = pages.pte[page as usize].flags & PTE_COW;
+            if !is_stale && e & SPTE_WRITABLE != 0 && cow != 0 {
+                let (invariant, what) = if cow & PG_KSM != 0 {
+                    ("ksm_write_protected", "a KSM page")
+                } else {
+                    ("zero_page_write_protected", "the zero page")
+                };
+                let detail = format!("secondary MMU `{}` maps {what} writable", s.name);
+                return Err(Violation::new(invariant, now, detail).at_page(page));
             }
         }
     }

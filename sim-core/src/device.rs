@@ -7,12 +7,12 @@
 
 use bevy_ecs::prelude::*;
 
-use crate::config::DeviceMode;
+use crate::config::{DeviceMode, GupPath};
 use crate::engine::{Event, Nanos};
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{MAX_NODES, Nid};
 use crate::mm::PageIdx;
-use crate::mm::gup::{FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, GupError, get_user_pages};
+use crate::mm::gup::{FOLL_FORCE, FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, GupError, get_user_pages};
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary};
 use crate::sched::{AccessStream, Task, TaskNuma};
 use crate::stats::Source;
@@ -37,6 +37,7 @@ pub struct Device {
     pub len: u64,
     pub smmu: Entity,
     pub mode: DeviceMode,
+    pub gup_path: GupPath,
     pub write: bool,
     pub context: DriverContext,
     pub access: AccessStream,
@@ -50,11 +51,16 @@ pub struct Device {
 }
 
 impl Device {
+    /// The driver's GUP flags. The short-term pins of process_vm_rw() and O_DIRECT are
+    /// dropped when the copy is done, so they are modelled as a reference (FOLL_GET), not a
+    /// held pin; O_DIRECT's GUP-fast attempt bails to slow GUP on a protnone PTE in every
+    /// era but v6.2–v6.4 with FOLL_FORCE, which it does not pass, so it is not modelled.
     fn gup_flags(&self) -> u32 {
         let write = if self.write { FOLL_WRITE } else { 0 };
-        match self.mode {
-            DeviceMode::Notifier => FOLL_GET | write,
-            DeviceMode::Pin => FOLL_PIN | FOLL_LONGTERM | write,
+        match (self.mode, self.gup_path) {
+            (DeviceMode::Notifier, GupPath::ProcessVm | GupPath::ODirect) => FOLL_GET | write,
+            (DeviceMode::Notifier, GupPath::ProcMem) => FOLL_GET | FOLL_FORCE | write,
+            (DeviceMode::Pin, _) => FOLL_PIN | FOLL_LONGTERM | write,
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::machine::{Cpu, Nid, PgData, Topology};
 use crate::mm::mmu_notifier::SecondaryMmu;
 use crate::mm::{Mm, Pages};
 use crate::stats::{Counters, Source};
+use crate::version::Rules;
 
 /// The kernel's tunables: sysctls and costs (`[kernel]` in the config).
 #[derive(Resource, Debug, Clone)]
@@ -33,6 +34,8 @@ impl Sysctl {
 pub struct Kernel<'w, 's> {
     pub queue: ResMut<'w, EventQueue>,
     pub sysctl: Res<'w, Sysctl>,
+    /// The kernel version's rules (`kernel.version`).
+    pub rules: Res<'w, Rules>,
     pub topo: Res<'w, Topology>,
     pub pages: ResMut<'w, Pages>,
     pub counters: ResMut<'w, Counters>,

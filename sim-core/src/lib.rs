@@ -17,3 +17,4 @@ pub mod mm;
 pub mod sched;
 pub mod sim;
 pub mod stats;
+pub mod version;

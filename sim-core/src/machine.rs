@@ -109,6 +109,7 @@ pub struct PgData {
     pub nid: Nid,
     pub present_pages: u64,
     pub free_pages: u64,
+    pub wmark: crate::mm::page_alloc::Watermarks,
 }
 
 /// A CPU and its run queue (one thread runs per quantum; see sched/mod.rs).

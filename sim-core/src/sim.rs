@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bevy_ecs::prelude::*;
 
-use crate::config::{Config, DeviceMode};
+use crate::config::{Config, DeviceMode, GupPath};
 use crate::debug_vm::{Violation, check_vm};
 use crate::device::{Device, DriverContext, device_tick};
 use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos, RngStream, stream};
@@ -16,6 +16,7 @@ use crate::mm::memory::do_anonymous_page;
 use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind};
 use crate::mm::mprotect::{Action, Actions, run_action};
 use crate::mm::numa_balancing::initial_node_stamp;
+use crate::mm::page_alloc::setup_per_zone_wmarks;
 use crate::mm::vmscan::{Aging, age_pages};
 use crate::mm::{Mm, PageIdx, Pages};
 pub use crate::sched::ThreadSpec;
@@ -23,6 +24,7 @@ use crate::sched::{AccessPattern, AccessStream, Task, TaskNuma, cpu_tick, wake_t
 use crate::stats::Counters;
 use crate::stats::recorder::{Recorder, sample};
 use crate::stats::summary::{Span, Summary, metrics};
+use crate::version::Rules;
 
 /// Pages in a MiB.
 pub const PAGES_PER_MIB: u64 = 256;
@@ -102,6 +104,7 @@ pub struct DeviceSpec {
     pub base: PageIdx,
     pub len: u64,
     pub mode: DeviceMode,
+    pub gup_path: GupPath,
     pub write: bool,
     /// Run the driver's GUP in this thread's context instead of a worker on the device's node.
     pub owner: Option<Entity>,
@@ -120,14 +123,19 @@ impl Sim {
         let mut world = World::new();
         let mut topo = Topology::new(&config.machine);
         let present = config.machine.memory_per_node_mib * PAGES_PER_MIB;
+        let wmarks = setup_per_zone_wmarks(&vec![present; topo.nr_nodes as usize]);
         topo.node_entities = (0..topo.nr_nodes)
-            .map(|nid| world.spawn(PgData { nid: nid as Nid, present_pages: present, free_pages: present }).id())
+            .map(|nid| {
+                let wmark = wmarks[nid as usize];
+                world.spawn(PgData { nid: nid as Nid, present_pages: present, free_pages: present, wmark }).id()
+            })
             .collect();
         topo.cpu_entities = (0..topo.nr_cpus())
             .map(|id| world.spawn(Cpu { id, nid: topo.cpu_to_node(id), ..Default::default() }).id())
             .collect();
         world.insert_resource(topo);
         world.insert_resource(Sysctl(config.kernel.clone()));
+        world.insert_resource(Rules::from_config(&config.kernel));
         world.insert_resource(EventQueue::default());
         world.insert_resource(Pages::default());
         world.insert_resource(Counters::default());
@@ -232,6 +240,7 @@ impl Sim {
             len: spec.len,
             smmu,
             mode: spec.mode,
+            gup_path: spec.gup_path,
             write: spec.write,
             context,
             access: AccessStream::new(spec.pattern, rng),
@@ -264,7 +273,7 @@ impl Sim {
         };
         self.with_kernel(|k| {
             for p in 0..pages {
-                do_anonymous_page(k, mm, base + p as PageIdx, nid);
+                do_anonymous_page(k, mm, base + p as PageIdx, nid, true);
             }
         });
     }
@@ -346,7 +355,8 @@ impl Sim {
         let summary = Summary {
             scenario: c.name.clone(),
             seed: c.run.seed,
-            gup_policy: c.kernel.gup_policy.name().into(),
+            kernel_version: c.kernel.version.name().into(),
+            gup_policy: Rules::from_config(&c.kernel).gup.name().into(),
             notifier: c.kernel.notifier.name().into(),
             sim_time_ns: end,
             events,

@@ -19,7 +19,7 @@ use sim_core::stats::{Counters, Source};
 fn setup(policy: GupPolicy, notifier: NotifierMode) -> (Sim, Entity, Entity, PageIdx) {
     let mut config =
         Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
-    config.kernel.gup_policy = policy;
+    config.kernel.gup_policy = Some(policy);
     config.kernel.notifier = notifier;
     let mut sim = Sim::new(&config);
     let mm = sim.add_process("app");
@@ -45,8 +45,12 @@ fn gup(sim: &mut Sim, mm: Entity, page: PageIdx, flags: u32) -> (Result<u64, Gup
 
 #[test]
 fn a_read_gup_follows_protnone_only_under_the_explicit_policy() {
-    for (policy, faults) in [(GupPolicy::Implicit, true), (GupPolicy::ImplicitAll, true), (GupPolicy::Explicit, false)]
-    {
+    for (policy, faults) in [
+        (GupPolicy::Implicit, true),
+        (GupPolicy::ImplicitAll, true),
+        (GupPolicy::ImplicitForce, true),
+        (GupPolicy::Explicit, false),
+    ] {
         let (mut sim, mm, _, page) = setup(policy, NotifierMode::Unconditional);
         let (r, c, protnone, nid) = gup(&mut sim, mm, page, FOLL_GET);
         assert!(r.is_ok());
@@ -69,14 +73,16 @@ fn a_write_gup_always_takes_the_hinting_fault() {
 }
 
 #[test]
-fn kvm_style_callers_fault_in_every_era_and_force_never_does() {
+fn kvm_style_callers_fault_in_every_era_and_force_only_in_v6_5() {
     for policy in GupPolicy::ALL {
         let (mut sim, mm, _, page) = setup(policy, NotifierMode::Unconditional);
         let (_, c, _, _) = gup(&mut sim, mm, page, FOLL_GET | FOLL_HONOR_NUMA_FAULT);
         assert_eq!(c.vmstat.numa_hint_faults, 1, "{policy:?}");
         let (mut sim, mm, _, page) = setup(policy, NotifierMode::Unconditional);
         let (_, c, _, _) = gup(&mut sim, mm, page, FOLL_GET | FOLL_FORCE);
-        assert_eq!(c.vmstat.numa_hint_faults, 0, "{policy:?}: FOLL_FORCE follows");
+        // v6.5's is_valid_gup_args() set FOLL_HONOR_NUMA_FAULT "independent of FOLL_FORCE".
+        let faults = u64::from(policy == GupPolicy::ImplicitForce);
+        assert_eq!(c.vmstat.numa_hint_faults, faults, "{policy:?}: FOLL_FORCE");
     }
 }
 
@@ -104,10 +110,22 @@ fn gup_fast_bails_on_protnone_and_missing_ptes() {
     let mm2 = sim2.add_process("p");
     sim2.add_vma(mm2, "v", 4);
     sim2.with_kernel(|k| assert!(!get_user_page_fast_only(k, 0, false), "not present"));
-    // Slow GUP faults a missing page in on the caller's node.
+    // Slow GUP faults a missing page in: a read maps the shared zero page (do_anonymous_page()
+    // in 6.12.117: "Use the zero-page for reads"), a write a fresh page on the caller's node.
     let (r, _, _, nid) = gup(&mut sim2, mm2, 1, FOLL_GET);
     assert!(r.is_ok());
+    assert_eq!(nid, sim_core::mm::ZERO_PAGE_NID);
+    let (r, _, _, nid) = gup(&mut sim2, mm2, 2, FOLL_GET | FOLL_WRITE);
+    assert!(r.is_ok());
     assert_eq!(nid, 1);
+    sim2.with_kernel(|k| {
+        assert_eq!(k.mm(mm2).rss, 1, "the zero page is not resident memory");
+        // The first write through the zero-page PTE copies it (do_wp_page()).
+        let r = get_user_pages(k, mm2, 1, FOLL_GET | FOLL_WRITE, &mut worker());
+        assert!(r.is_ok());
+        assert_eq!(k.pages.pte[1].nid, 1);
+        assert_eq!(k.mm(mm2).rss, 2);
+    });
 }
 
 #[test]

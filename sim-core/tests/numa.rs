@@ -4,7 +4,6 @@ use bevy_ecs::entity::Entity;
 use sim_core::config::{Config, MachineConfig};
 use sim_core::kernel::{Faulter, Kernel, Sysctl};
 use sim_core::mm::memory::do_numa_page;
-use sim_core::mm::migrate::high_wmark_pages;
 use sim_core::mm::numa_balancing::task_numa_work;
 use sim_core::mm::{CPUPID_UNSET, Mm, PTE_PROTNONE, PageIdx, Pages, cpu_pid_to_cpupid};
 use sim_core::sched::TaskNuma;
@@ -117,7 +116,7 @@ fn a_target_node_below_its_watermark_refuses_the_page() {
     let (mut sim, mm, page) = machine();
     sim.with_kernel(|k| {
         let mut node1 = k.pgdat(1);
-        node1.free_pages = high_wmark_pages(node1.present_pages);
+        node1.free_pages = node1.wmark.high;
     });
     let mut p = task(&sim, mm, 7);
     let (nid, c) = hint_fault(&mut sim, mm, page, Some(&mut p));
@@ -170,4 +169,63 @@ fn a_single_threaded_process_keeps_pages_already_on_its_node() {
     sim.with_kernel(|k| task_numa_work(k, &mut p, 7, 0, 2_000_000_000));
     let pages = sim.world.resource::<Pages>();
     assert!((base as usize..base as usize + 4096).all(|i| pages.pte[i].flags & PTE_PROTNONE == 0));
+}
+
+/// mpol_misplaced() in mm/mempolicy.c (6.1.192, 6.12.117): for the default
+/// MPOL_PREFERRED policy of the faulting node, `if (node_isset(curnid, pol->nodes)) goto out;`
+/// returns before should_numa_migrate_memory(), so a local fault leaves last_cpupid alone.
+#[test]
+fn a_local_hinting_fault_does_not_record_its_cpupid() {
+    let (mut sim, mm, page) = machine();
+    let mut p = task(&sim, mm, 7);
+    sim.with_kernel(|k| {
+        k.pages.last_cpupid[page as usize] = cpu_pid_to_cpupid(6, 9);
+        k.pages.pte[page as usize].flags |= PTE_PROTNONE;
+        do_numa_page(k, mm, 0, page, &mut faulter(1, 7, Some(&mut p)));
+        assert_eq!(k.pages.last_cpupid[page as usize], cpu_pid_to_cpupid(6, 9), "local: untouched");
+        assert_eq!(k.counters.vmstat.numa_hint_faults_local, 1);
+        k.pages.pte[page as usize].flags |= PTE_PROTNONE;
+        do_numa_page(k, mm, 0, page, &mut faulter(5, 7, Some(&mut p)));
+        assert_eq!(k.pages.last_cpupid[page as usize], cpu_pid_to_cpupid(5, 7), "remote: recorded");
+    });
+}
+
+/// migrate_folio_unmap() in mm/migrate.c (6.12.117): try_to_migrate() clears the mapping,
+/// and so the secondary MMUs' entries, before folio_migrate_mapping() finds the pinned
+/// folio's refcount wrong; the migration fails but the device must refault.
+#[test]
+fn a_failed_migration_still_invalidates_secondary_mmus() {
+    use sim_core::mm::mmu_notifier::{SPTE_VALID, SecondaryMmu, SmmuKind};
+    let (mut sim, mm, page) = machine();
+    let smmu = sim.add_secondary_mmu("dev", mm, page, 1, SmmuKind::Notifier);
+    sim.with_kernel(|k| {
+        let Kernel { smmus, pages, .. } = k;
+        smmus.get_mut(smmu).unwrap().map(page, pages, false);
+        k.pages.pins[page as usize] = 1;
+    });
+    let mut p = task(&sim, mm, 7);
+    let (nid, c) = hint_fault(&mut sim, mm, page, Some(&mut p));
+    assert_eq!((nid, c.vmstat.pgmigrate_fail), (0, 1));
+    assert_eq!(sim.world.get::<SecondaryMmu>(smmu).unwrap().entry(page) & SPTE_VALID, 0);
+}
+
+/// update_scan_period() in kernel/sched/fair.c (6.1.192, 6.12.117), called from
+/// migrate_task_rq_fair(): a task that leaves its preferred node scans at the start rate
+/// again; one that moves to its preferred node keeps its period.
+#[test]
+fn moving_off_the_preferred_node_resets_the_scan_period() {
+    use sim_core::sched::numa::{task_scan_start, update_scan_period};
+    let (mut sim, mm, _) = machine();
+    let mut p = task(&sim, mm, 7);
+    p.numa_faults = vec![1; 8];
+    p.numa_scan_seq = 3;
+    p.numa_preferred_nid = Some(0);
+    p.numa_scan_period = 9000;
+    sim.with_kernel(|k| {
+        update_scan_period(k, &mut p, 5, 1);
+        assert_eq!(p.numa_scan_period, 9000, "to the preferred node");
+        update_scan_period(k, &mut p, 1, 5);
+        let rss = k.mm(mm).rss;
+        assert_eq!(p.numa_scan_period, task_scan_start(&k.sysctl, rss, None), "off the preferred node");
+    });
 }

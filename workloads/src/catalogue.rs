@@ -17,16 +17,17 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("pinned-device", include_str!("../../configs/pinned-device.toml")),
 ];
 
-/// What to look at in a comparison of a built-in scenario across GUP policies.
+/// What to look at in a comparison of a built-in scenario across GUP eras or kernels.
 pub fn guide(name: &str) -> &'static str {
     match name {
         "default" => {
             "Every policy difference at once. Under `explicit` the device takes no hinting faults (its read GUP \
              follows protnone PTEs), so its buffer stays where it was and `locality.device` drops; with the `smart` \
              notifier the mprotect(PROT_NONE) churn then leaves stale device mappings (`stale.*`), and pages look \
-             young only through the device (`young.secondary_only_protnone`). Under `implicit-all` ksmd's \
-             follow_page() fails on protnone PTEs (`ksm.skipped_protnone`). KVM sets FOLL_HONOR_NUMA_FAULT itself, \
-             so the guest's hinting faults and locality hardly change across policies."
+             young only through the device (`young.secondary_only_protnone`). KSM trips over protnone PTEs only \
+             on kernels whose follow_page() refuses them (`--kernels 6.1-debian12,6.4`: `ksm.skipped_protnone`); \
+             6.12's KSM does not use GUP, so the GUP eras alone leave it alone. KVM sets FOLL_HONOR_NUMA_FAULT \
+             itself, so the guest's hinting faults and locality hardly change across policies."
         }
         "numa01" | "numa01-threadlocal" | "numa02" => {
             "No secondary MMU is involved: the GUP policy should change nothing, and any difference is a bug. Look \
@@ -41,7 +42,7 @@ pub fn guide(name: &str) -> &'static str {
              EPT fault uses FOLL_WRITE, which honors hinting faults whatever the flag says."
         }
         "device-gup" => {
-            "The device reads through a driver's GUP. Under `implicit` and `implicit-all` it takes hinting faults \
+            "The device reads through a driver's GUP. Under every era before `explicit` it takes hinting faults \
              (`hint_faults_by_source.device`) and pulls the buffer toward its node; under `explicit` it follows \
              protnone PTEs, takes none, and its locality stays where the CPU threads put it. With \
              `--set device.0.access=write` every policy faults (FOLL_WRITE always honors)."
@@ -54,9 +55,11 @@ pub fn guide(name: &str) -> &'static str {
              does) and the stale mappings disappear."
         }
         "ksm-protnone" => {
-            "Under `implicit-all` (v6.2 – v6.4) ksmd's follow_page() fails on every protnone PTE: \
-             `ksm.skipped_protnone` grows and `ksm.pages_merged` falls behind the other two policies, which follow \
-             such PTEs."
+            "Compare kernels here (`--kernels 6.1,6.1-debian12,6.4,6.12`): the GUP eras alone change nothing on \
+             6.12, whose KSM walks page tables. On 6.4 ksmd's follow_page() fails on every protnone PTE, so \
+             `ksm.skipped_protnone` grows and `ksm.pages_merged` falls behind; on Debian's 6.1.192 the scan walks \
+             page tables but unstable-tree lookups still use follow_page(), and a protnone page on the search path \
+             (the unique `heap` pages sit there) ends the search."
         }
         "pinned-device" => {
             "Read-only long-term pins. Under `explicit` the pins are taken on protnone PTEs without a hinting fault; \

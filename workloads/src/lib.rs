@@ -126,6 +126,7 @@ pub fn build(config: &Config) -> Sim {
             base: region.base,
             len: region.pages,
             mode: d.mode,
+            gup_path: d.gup_path,
             write: d.access == Access::Write,
             owner: match d.gup_context {
                 GupContext::Owner => first_thread,

@@ -27,10 +27,12 @@ name = "app"
 name = "buf"
 size_mib = 32
 
+# Writes: a read of untouched memory maps the zero page (see the test below).
 [[process.thread]]
 vma = "buf"
 node = 0
 pattern = "sequential"
+write_fraction = 1.0
 "#;
 
 fn nodes_of_pages(sim: &sim_core::sim::Sim) -> [usize; 4] {
@@ -52,13 +54,40 @@ fn anonymous_memory_is_placed_on_the_first_toucher_node() {
     assert_eq!(metric(&out, "locality.cpu"), 1.0);
 }
 
+/// do_anonymous_page() in mm/memory.c (6.1.192, 6.12.117): "Use the zero-page for reads".
+/// A reader of untouched memory allocates nothing, and the NUMA scanner has nothing to mark.
+#[test]
+fn reads_of_untouched_memory_map_the_zero_page() {
+    let c = config(
+        ONE_THREAD,
+        &[
+            "run.duration_ms=3000",
+            "process.0.thread.0.write_fraction=0",
+            "process.0.thread.0.node=1",
+            "kernel.numa_balancing=true",
+        ],
+    );
+    let (mut sim, out) = run(&c);
+    let [n0, n1, n2, untouched] = nodes_of_pages(&sim);
+    assert_eq!(n0 + untouched, 32 * 256, "zero-page PTEs sit on node 0: {n0} {n1} {n2}");
+    assert!(n0 > 0);
+    let node0_free = sim.world.query::<&sim_core::machine::PgData>().iter(&sim.world).map(|p| p.free_pages).next();
+    assert_eq!(node0_free, Some(64 * 256), "no frame was allocated");
+    assert_eq!(metric(&out, "vmstat.numa_pte_updates"), 0.0);
+}
+
 #[test]
 fn a_full_node_falls_back_to_the_nearest_node_with_memory() {
     // Node 0 has 16 MiB; the thread on node 0 touches all 32 MiB. Node 2 is nearer (20) than
-    // node 1 (30), so the overflow lands there.
+    // node 1 (30), so the overflow lands there. get_page_from_freelist() (6.12.117) takes a
+    // node only above its low watermark: node 0 and node 2 keep `low` pages free, and the
+    // rest goes to node 1, which the zonelist tries at the low watermark before the slow
+    // path lowers it to min.
     let c = config(ONE_THREAD, &["run.duration_ms=300", "machine.memory_per_node_mib=16"]);
     let (sim, out) = run(&c);
-    assert_eq!(nodes_of_pages(&sim), [16 * 256, 0, 16 * 256, 0]);
+    let low = sim_core::mm::page_alloc::setup_per_zone_wmarks(&[4096; 3])[0].low as usize;
+    let above_low = 16 * 256 - low;
+    assert_eq!(nodes_of_pages(&sim), [above_low, 32 * 256 - 2 * above_low, above_low, 0]);
     let locality = metric(&out, "locality.cpu");
     assert!(locality > 0.3 && locality < 0.7, "half the pages are remote: {locality}");
 }

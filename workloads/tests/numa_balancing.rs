@@ -56,7 +56,7 @@ const PULLED: &str = r#"
 duration_ms = 20000
 
 [machine]
-cpus_per_node = 8
+cpus_per_node = 16
 
 [[process]]
 name = "app"
@@ -78,7 +78,8 @@ fn threads_move_to_the_node_holding_their_memory() {
     // All memory sits on node 0 and cannot move (node 1 has no free memory), while the
     // threads start on node 1 and node 0 has idle CPUs: task placement pulls them over. The
     // second move leaves node 0 two threads ahead, which adjust_numa_imbalance() allows a
-    // lightly loaded node of 8 CPUs (imb_numa_nr 2).
+    // lightly loaded node of 16 CPUs: build_sched_domains() (kernel/sched/topology.c,
+    // 6.1.192 and 6.12.117) sets imb_numa_nr = span_weight >> 3 = 2.
     let mut sim = workloads::build(&config(PULLED, &[]));
     sim.with_kernel(|k| k.pgdat(1).free_pages = 0);
     let out = sim.run().expect("the run reaches its end");
@@ -88,8 +89,8 @@ fn threads_move_to_the_node_holding_their_memory() {
     assert_eq!((nid.first(), nid.last()), (Some(&1.0), Some(&0.0)));
     assert!(tail_locality(&out, "cpu") > 0.99);
 
-    // With 4 CPUs a node, imb_numa_nr is 1: the second thread must stay behind.
-    let mut sim = workloads::build(&config(PULLED, &["machine.cpus_per_node=4"]));
+    // With 8 CPUs a node, imb_numa_nr is 1 (12.5%): the second thread must stay behind.
+    let mut sim = workloads::build(&config(PULLED, &["machine.cpus_per_node=8"]));
     sim.with_kernel(|k| k.pgdat(1).free_pages = 0);
     let out = sim.run().expect("the run reaches its end");
     assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 1.0);

@@ -1,13 +1,16 @@
 //! get_user_pages() and friends (mm/gup.c) and the rule for protnone PTEs
-//! (`gup_can_follow_protnone()` in include/linux/mm.h), under each `kernel.gup_policy`.
+//! (`gup_can_follow_protnone()` in include/linux/mm.h), in each GUP era (`version.rs`).
 
 use bevy_ecs::entity::Entity;
 
 use super::memory::handle_pte_fault;
-use super::{PG_KSM, PTE_PROTNONE, PageIdx};
+use super::{PTE_COW, PTE_PROTNONE, PageIdx};
 use crate::config::GupPolicy;
+#[cfg(test)]
+use crate::config::KernelVersion;
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
+use crate::version::Rules;
 
 /// GUP flags, with the kernel's values (enum in include/linux/mm_types.h).
 pub const FOLL_WRITE: u32 = 1 << 0;
@@ -25,23 +28,42 @@ pub enum GupError {
     Fault,
 }
 
-/// The flags slow GUP works with, by era: before patch 4 of the FOLL_HONOR_NUMA_FAULT
-/// series (and with FOLL_NUMA before v6.2) every GUP caller without FOLL_FORCE honors NUMA
-/// hinting faults (`is_valid_gup_args()` / `__get_user_pages()` set the flag); after it
-/// only callers that pass FOLL_HONOR_NUMA_FAULT do.
-pub fn gup_effective_flags(policy: GupPolicy, flags: u32) -> u32 {
-    match policy {
+/// The flags slow GUP works with, by era: `__get_user_pages()` sets FOLL_NUMA unless
+/// FOLL_FORCE (≤ v6.1, and v6.2–v6.4 where gup_can_follow_protnone() tests FOLL_FORCE alone);
+/// v6.5's is_valid_gup_args() sets FOLL_HONOR_NUMA_FAULT for every external caller,
+/// "independent of FOLL_FORCE"; from v6.6 only callers that pass the flag honor.
+pub fn gup_effective_flags(era: GupPolicy, flags: u32) -> u32 {
+    match era {
         GupPolicy::Implicit | GupPolicy::ImplicitAll if flags & FOLL_FORCE == 0 => flags | FOLL_HONOR_NUMA_FAULT,
         GupPolicy::Implicit | GupPolicy::ImplicitAll => flags & !FOLL_HONOR_NUMA_FAULT,
+        GupPolicy::ImplicitForce => flags | FOLL_HONOR_NUMA_FAULT,
         GupPolicy::Explicit => flags,
     }
 }
 
-/// Models gup_can_follow_protnone(): without FOLL_HONOR_NUMA_FAULT a protnone PTE is
-/// followed; with it, only in an inaccessible (PROT_NONE) VMA, where a hinting fault makes
-/// no sense and FOLL_FORCE must make progress.
-pub fn gup_can_follow_protnone(vma_accessible: bool, flags: u32) -> bool {
-    flags & FOLL_HONOR_NUMA_FAULT == 0 || !vma_accessible
+/// Models gup_can_follow_protnone(). v6.2–v6.4 (include/linux/mm.h of 6.1.192 too):
+/// `return flags & FOLL_FORCE;`, with no VMA test. Before and after: without
+/// FOLL_HONOR_NUMA_FAULT (FOLL_NUMA) a protnone PTE is followed; with it, only in an
+/// inaccessible (PROT_NONE) VMA, where a hinting fault makes no sense and FOLL_FORCE must
+/// make progress.
+pub fn gup_can_follow_protnone(era: GupPolicy, vma_accessible: bool, flags: u32) -> bool {
+    match era {
+        GupPolicy::ImplicitAll => flags & FOLL_FORCE != 0,
+        _ => flags & FOLL_HONOR_NUMA_FAULT == 0 || !vma_accessible,
+    }
+}
+
+/// Models can_follow_write_pte() for an anonymous private page: a protnone or KSM
+/// (write-protected) PTE is not writable, so a write GUP faults — except that up to v6.1 a
+/// protnone PTE of a writable page kept its write bit (savedwrite), which pte_write() sees.
+/// The zero page is mapped read-only like a KSM page.
+/// Simplified: every frame-backed, non-KSM page counts as written (populated by a memset,
+/// or faulted in by the write that allocated it).
+fn can_follow_write_pte(rules: &Rules, pte: u8, vma_accessible: bool) -> bool {
+    if !vma_accessible || pte & (PTE_PROTNONE | PTE_COW) == 0 {
+        return true;
+    }
+    rules.savedwrite && pte & PTE_COW == 0
 }
 
 /// Models follow_page_pte(): can `page` be returned without a fault?
@@ -51,12 +73,10 @@ fn follow_page_pte(k: &Kernel, page: PageIdx, vma_accessible: bool, flags: u32) 
         return false;
     }
     let pte = k.pages.pte[i].flags;
-    if pte & PTE_PROTNONE != 0 && !gup_can_follow_protnone(vma_accessible, flags) {
+    if pte & PTE_PROTNONE != 0 && !gup_can_follow_protnone(k.rules.gup, vma_accessible, flags) {
         return false;
     }
-    // can_follow_write_pte(): a protnone or KSM (write-protected) PTE is not writable, so a
-    // write GUP faults whatever the NUMA flag says.
-    flags & FOLL_WRITE == 0 || pte & (PTE_PROTNONE | PG_KSM) == 0 || !vma_accessible
+    flags & FOLL_WRITE == 0 || can_follow_write_pte(&k.rules, pte, vma_accessible)
 }
 
 /// Models __get_user_pages() for one page of `mm`: find its VMA (check_vma_flags()),
@@ -71,7 +91,7 @@ pub fn get_user_pages(
     flags: u32,
     f: &mut Faulter,
 ) -> Result<Nanos, GupError> {
-    let flags = gup_effective_flags(k.sysctl.0.gup_policy, flags);
+    let flags = gup_effective_flags(k.rules.gup, flags);
     let m = k.mms.get(mm).expect("GUP callers hold a live mm");
     let vma = m.vma_of_page(page).ok_or(GupError::Fault)?;
     let accessible = m.vmas[vma].accessible;
@@ -98,7 +118,7 @@ pub fn get_user_pages(
 /// succeeds only on a present PTE that is not protnone (and writable, for a write).
 pub fn get_user_page_fast_only(k: &Kernel, page: PageIdx, write: bool) -> bool {
     let pte = k.pages.pte[page as usize].flags;
-    k.pages.present(page) && pte & PTE_PROTNONE == 0 && !(write && pte & PG_KSM != 0)
+    k.pages.present(page) && pte & PTE_PROTNONE == 0 && !(write && pte & PTE_COW != 0)
 }
 
 /// What follow_page() gave KSM.
@@ -111,15 +131,14 @@ pub enum Followed {
     Protnone,
 }
 
-/// Models follow_page() as ksmd calls it (FOLL_GET, never FOLL_HONOR_NUMA_FAULT). From v6.2
-/// until the series, gup_can_follow_protnone() refused every protnone PTE without
-/// FOLL_FORCE, so follow_page() failed on them (`implicit-all`); before and after, it follows.
+/// Models follow_page() as ksmd calls it (FOLL_GET: no FOLL_FORCE, and follow_page() never
+/// sets FOLL_HONOR_NUMA_FAULT). Only v6.2–v6.4's gup_can_follow_protnone() refuses its
+/// protnone PTEs, in accessible and PROT_NONE VMAs alike.
 pub fn follow_page(k: &Kernel, page: PageIdx, vma_accessible: bool) -> Followed {
     if !k.pages.present(page) {
         return Followed::None;
     }
-    let flags = if k.sysctl.0.gup_policy == GupPolicy::ImplicitAll { FOLL_HONOR_NUMA_FAULT } else { 0 };
-    if k.pages.protnone(page) && !gup_can_follow_protnone(vma_accessible, flags) {
+    if k.pages.protnone(page) && !gup_can_follow_protnone(k.rules.gup, vma_accessible, FOLL_GET) {
         Followed::Protnone
     } else {
         Followed::Page
@@ -129,22 +148,37 @@ pub fn follow_page(k: &Kernel, page: PageIdx, vma_accessible: bool) -> Followed 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mm::PG_KSM;
+
+    /// The truth table of KERNEL_MODEL.md section 2, rows by caller, columns by era: does a
+    /// protnone PTE in an accessible VMA get followed without a hinting fault?
+    #[test]
+    fn the_era_table() {
+        use GupPolicy::*;
+        let follows = |era, flags| gup_can_follow_protnone(era, true, gup_effective_flags(era, flags));
+        let row = |flags| GupPolicy::ALL.map(|era| follows(era, flags));
+        // [≤ v6.1, v6.2–v6.4, v6.5, v6.6+]
+        assert_eq!(row(FOLL_GET), [false, false, false, true], "slow GUP read");
+        assert_eq!(row(FOLL_GET | FOLL_FORCE), [true, true, false, true], "slow GUP read, FOLL_FORCE");
+        assert_eq!(row(FOLL_GET | FOLL_HONOR_NUMA_FAULT), [false; 4], "KVM's hva_to_pfn_slow()");
+        // follow_page() passes neither FOLL_FORCE nor the flag, and skips is_valid_gup_args().
+        let follow_page = GupPolicy::ALL.map(|era| gup_can_follow_protnone(era, true, FOLL_GET));
+        assert_eq!(follow_page, [true, false, true, true], "follow_page(), accessible VMA");
+        let follow_page = GupPolicy::ALL.map(|era| gup_can_follow_protnone(era, false, FOLL_GET));
+        assert_eq!(follow_page, [true, false, true, true], "follow_page(), PROT_NONE VMA");
+        // A PROT_NONE VMA with FOLL_FORCE (ptrace) follows in every era.
+        for era in [Implicit, ImplicitAll, ImplicitForce, Explicit] {
+            assert!(gup_can_follow_protnone(era, false, gup_effective_flags(era, FOLL_FORCE)), "{era:?}");
+        }
+    }
 
     #[test]
-    fn the_policy_table() {
-        use GupPolicy::*;
-        // A read GUP from a device driver (no flag) on a protnone PTE in an accessible VMA.
-        let follows = |p| gup_can_follow_protnone(true, gup_effective_flags(p, FOLL_GET));
-        assert!(!follows(Implicit));
-        assert!(!follows(ImplicitAll));
-        assert!(follows(Explicit));
-        // KVM passes the flag: it faults in every era.
-        let kvm = |p| gup_can_follow_protnone(true, gup_effective_flags(p, FOLL_GET | FOLL_HONOR_NUMA_FAULT));
-        assert!(!kvm(Implicit) && !kvm(ImplicitAll) && !kvm(Explicit));
-        // FOLL_FORCE (ptrace) never honors.
-        let force = |p| gup_can_follow_protnone(true, gup_effective_flags(p, FOLL_FORCE));
-        assert!(force(Implicit) && force(ImplicitAll) && force(Explicit));
-        // In a PROT_NONE VMA even an honoring caller follows.
-        assert!(gup_can_follow_protnone(false, FOLL_HONOR_NUMA_FAULT));
+    fn savedwrite_lets_a_forced_write_follow_a_protnone_pte() {
+        let rules = |v| Rules::of(v, None);
+        let protnone = PTE_PROTNONE;
+        assert!(can_follow_write_pte(&rules(KernelVersion::V6_1Debian12), protnone, true));
+        assert!(!can_follow_write_pte(&rules(KernelVersion::V6_12), protnone, true));
+        // A KSM page is write-protected for real: no saved write bit.
+        assert!(!can_follow_write_pte(&rules(KernelVersion::V6_1), protnone | PG_KSM, true));
     }
 }

@@ -1,76 +1,83 @@
-//! Kernel samepage merging (mm/ksm.c): ksmd scans mergeable VMAs with follow_page() and
-//! merges pages of identical content into write-protected KSM pages.
+//! Kernel samepage merging (mm/ksm.c): ksmd scans mergeable VMAs and merges pages of
+//! identical content into write-protected KSM pages.
 //!
-//! Simplified: a page merges the first time ksmd sees a twin (the kernel waits for its
-//! checksum to hold still over one pass); ksmd's own CPU time is not charged to any CPU;
-//! a stable KSM frame stays allocated while its first page lives.
+//! Follows 6.12.117 and 6.1.192, with the version differences in [`Rules`]: how
+//! scan_get_next_rmap_item() finds pages (a page-table walk, or follow_page()) and whether
+//! follow_page() refuses protnone PTEs (v6.2–v6.4's gup_can_follow_protnone(), which
+//! 6.1.192 carries). Simplified: a page merges the first time ksmd sees a twin (the kernel
+//! waits for its checksum to hold still over one pass); ksmd's own CPU time is not charged to
+//! any CPU; a stable KSM frame stays allocated while its first page lives.
 
 use std::collections::HashMap;
 
 use bevy_ecs::prelude::*;
 
 use super::gup::{Followed, follow_page};
-use super::memory::{alloc_page_node, free_page_node};
+use super::memory::free_page_node;
 use super::mmu_notifier::{invalidate_range, update_stale_gauge};
-use super::{PG_KSM, PTE_PROTNONE, PTE_YOUNG, PageIdx};
+use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx};
 use crate::engine::{Event, NSEC_PER_MSEC};
 use crate::kernel::Kernel;
 use crate::machine::Nid;
 
-/// ksmd's state: the mergeable VMAs, its cursor and the two trees (by content).
+/// ksmd's state: the mergeable VMAs, its cursor and the two trees.
 #[derive(Resource, Debug, Default)]
 pub struct Ksmd {
     pub pages_to_scan: u32,
     pub sleep_millisecs: u64,
     /// VMAs registered by madvise(MADV_MERGEABLE), in registration order.
     pub vmas: Vec<(Entity, usize)>,
-    /// Position: index into `vmas` and the page offset within that VMA.
+    /// Position: index into `vmas` and the page offset within that VMA (ksm_scan).
     cursor: (usize, u64),
     /// /sys/kernel/mm/ksm/merge_across_nodes: one tree for all nodes, or one per node.
     pub merge_across_nodes: bool,
     stable: HashMap<TreeKey, PageIdx>,
-    unstable: HashMap<TreeKey, PageIdx>,
+    /// The unstable tree: an rbtree ordered by page content in the kernel, here a sorted
+    /// vector searched the way a balanced tree is (see [`unstable_tree_search_insert`]).
+    unstable: Vec<(TreeKey, UnstableItem)>,
 }
 
-/// A tree slot: page content and, without merge_across_nodes, the node whose tree it is in.
-type TreeKey = (u16, Nid);
+/// A tree slot: the node whose tree it is in (0 with merge_across_nodes), the content, and
+/// for a unique page (content 0) the page itself, which orders unique pages among
+/// themselves the way memcmp_pages() of distinct contents would, arbitrarily but fixed.
+type TreeKey = (Nid, u16, PageIdx);
+
+/// An unstable-tree rmap_item: the page and the mm that maps it.
+#[derive(Clone, Copy, Debug)]
+struct UnstableItem {
+    page: PageIdx,
+    mm: Entity,
+}
 
 impl Ksmd {
     pub fn new(pages_to_scan: u32, sleep_millisecs: u64, merge_across_nodes: bool) -> Self {
         Self { pages_to_scan, sleep_millisecs, merge_across_nodes, ..Default::default() }
     }
 
-    /// The tree a page of `content` on node `nid` goes to (get_kpfn_nid()).
-    fn key(&self, content: u16, nid: Nid) -> TreeKey {
-        (content, if self.merge_across_nodes { 0 } else { nid })
+    /// The tree slot of `page` with `content` on node `nid` (get_kpfn_nid() picks the tree).
+    fn key(&self, page: PageIdx, content: u16, nid: Nid) -> TreeKey {
+        (if self.merge_across_nodes { 0 } else { nid }, content, if content == 0 { page } else { 0 })
     }
+}
+
+/// A page scan_get_next_rmap_item() returned.
+struct Scanned {
+    mm: Entity,
+    page: PageIdx,
+    accessible: bool,
 }
 
 /// Handler of [`Event::Ksmd`]: one ksm_do_scan() of `pages_to_scan` pages, then sleep.
 pub fn ksmd_wake(mut k: Kernel, mut ksmd: ResMut<Ksmd>) {
     if !ksmd.vmas.is_empty() {
         for _ in 0..ksmd.pages_to_scan {
-            let (vi, off) = ksmd.cursor;
-            let (mm, vma) = ksmd.vmas[vi];
-            let (accessible, unmapped, base, len) = {
-                let v = &k.mm(mm).vmas[vma];
-                (v.accessible, v.unmapped, v.base, v.pages)
+            let Some(item) = scan_get_next_rmap_item(&mut k, &mut ksmd) else {
+                break;
             };
-            if !unmapped {
-                cmp_and_merge_page(&mut k, &mut ksmd, mm, accessible, base + off as PageIdx);
-            }
-            ksmd.cursor = if off + 1 < len && !unmapped {
-                (vi, off + 1)
-            } else if vi + 1 < ksmd.vmas.len() {
-                (vi + 1, 0)
-            } else {
-                // A full pass: the unstable tree is rebuilt from scratch (ksm_scan.seqnr).
-                ksmd.unstable.clear();
-                (0, 0)
-            };
+            cmp_and_merge_page(&mut k, &mut ksmd, &item);
         }
         // Merging replaces PTEs and notifies: that may drop stale entries of a PROT_NONE
-        // mergeable range (follow_page() follows into inaccessible VMAs).
+        // mergeable range.
         if k.counters.stale_mappings > 0 {
             update_stale_gauge(&mut k);
         }
@@ -79,84 +86,166 @@ pub fn ksmd_wake(mut k: Kernel, mut ksmd: ResMut<Ksmd>) {
     k.queue.schedule_in(sleep, Event::Ksmd);
 }
 
-/// Models cmp_and_merge_page(): look the page up with follow_page(), then in the stable
-/// tree, then in the unstable tree.
-fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, mm: Entity, accessible: bool, page: PageIdx) {
-    let i = page as usize;
-    match follow_page(k, page, accessible) {
-        Followed::None => return,
-        Followed::Protnone => {
+/// Models scan_get_next_rmap_item(): the next page ksmd can look at. Absent pages (and,
+/// where follow_page() finds pages and refuses protnone PTEs, protnone pages) are passed
+/// over inside the loop, so they do not use up `pages_to_scan`. Returns `None` at the end
+/// of a full pass, which ends the wake-up (ksm_do_scan() returns); the next pass starts
+/// with an empty unstable tree (ksm_scan.seqnr).
+fn scan_get_next_rmap_item(k: &mut Kernel, ksmd: &mut Ksmd) -> Option<Scanned> {
+    loop {
+        let (vi, off) = ksmd.cursor;
+        if vi >= ksmd.vmas.len() {
+            ksmd.cursor = (0, 0);
+            ksmd.unstable.clear();
+            return None;
+        }
+        let (mm, vma) = ksmd.vmas[vi];
+        let (accessible, unmapped, base, len) = {
+            let v = &k.mm(mm).vmas[vma];
+            (v.accessible, v.unmapped, v.base, v.pages)
+        };
+        if unmapped || off >= len {
+            ksmd.cursor = (vi + 1, 0);
+            continue;
+        }
+        ksmd.cursor = (vi, off + 1);
+        let page = base + off as PageIdx;
+        // vm_normal_page() has no page for the zero page: the walk passes over it.
+        if !k.pages.present(page) || k.pages.pte[page as usize].flags & PTE_ZERO != 0 {
+            continue;
+        }
+        // ksm_next_page_pmd_entry() takes any present anonymous page, protnone or not.
+        if !k.rules.ksm_scan_walks && follow_page(k, page, accessible) == Followed::Protnone {
             k.counters.ksm.skipped_protnone += 1;
-            return;
+            continue;
         }
-        Followed::Page => {}
-    }
-    let content = k.pages.content[i];
-    // Unique pages never match; KSM pages are merged already; pinned pages cannot be
-    // write-protected (write_protect_page() refuses maybe-pinned folios).
-    if content == 0 || k.pages.pte[i].flags & PG_KSM != 0 || k.pages.pins[i] > 0 {
-        return;
-    }
-    let nid = k.pages.pte[i].nid;
-    let key = ksmd.key(content, nid);
-    let across = ksmd.merge_across_nodes;
-    let is_twin = |k: &Kernel, other: PageIdx| {
-        let o = other as usize;
-        other != page
-            && k.pages.present(other)
-            && k.pages.content[o] == content
-            && (across || k.pages.pte[o].nid == nid)
-    };
-    if let Some(&stable) = ksmd.stable.get(&key)
-        && is_twin(k, stable)
-        && k.pages.pte[stable as usize].flags & PG_KSM != 0
-    {
-        merge_into(k, mm, page, stable);
-        return;
-    }
-    match ksmd.unstable.get(&key) {
-        Some(&other)
-            if is_twin(k, other)
-                && k.pages.pte[other as usize].flags & PG_KSM == 0
-                && k.pages.pins[other as usize] == 0 =>
-        {
-            ksmd.unstable.remove(&key);
-            // The tree page becomes the stable KSM page; this one shares it.
-            k.pages.pte[other as usize].flags = (k.pages.pte[other as usize].flags & !PTE_PROTNONE) | PG_KSM;
-            ksmd.stable.insert(key, other);
-            merge_into(k, mm, page, other);
-        }
-        _ => {
-            ksmd.unstable.insert(key, page);
-        }
+        return Some(Scanned { mm, page, accessible });
     }
 }
 
-/// Models try_to_merge_one_page() + replace_page(): map the stable frame in place of the
-/// page's own, write-protected (secondary MMUs are invalidated: the PTE changes).
-fn merge_into(k: &mut Kernel, mm: Entity, page: PageIdx, stable: PageIdx) {
-    let (i, s) = (page as usize, stable as usize);
+/// Models cmp_and_merge_page(): look the page up in the stable tree, then in the unstable
+/// tree.
+fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
+    let (page, i) = (item.page, item.page as usize);
+    let content = k.pages.content[i];
+    // KSM pages are merged already; pinned pages cannot be write-protected
+    // (write_protect_page() refuses a raised page_count).
+    if k.pages.pte[i].flags & PG_KSM != 0 || k.pages.pins[i] > 0 {
+        return;
+    }
+    let nid = k.pages.pte[i].nid;
+    let key = ksmd.key(page, content, nid);
+    // A unique page finds no twin, but it goes into the unstable tree like any other, where
+    // it lengthens every later search path.
+    if content != 0
+        && let Some(&kpage) = ksmd.stable.get(&key)
+        && is_twin(k, ksmd, page, kpage)
+        && k.pages.pte[kpage as usize].flags & PG_KSM != 0
+    {
+        write_protect_page(k, item.mm, page);
+        replace_page(k, item.mm, item.accessible, page, kpage);
+        return;
+    }
+    let Some(tree) = unstable_tree_search_insert(k, ksmd, key, UnstableItem { page, mm: item.mm }) else {
+        return;
+    };
+    // try_to_merge_two_pages(): the page being scanned becomes the KSM page in place and the
+    // tree page is replaced by it.
+    write_protect_page(k, item.mm, page);
+    k.pages.pte[i].flags |= PG_KSM;
+    ksmd.stable.insert(key, page);
+    let tree_accessible = k.mm(tree.mm).page_accessible(tree.page);
+    replace_page(k, tree.mm, tree_accessible, tree.page, page);
+}
+
+/// Whether `other` holds the same content as `page`, on the same node without
+/// merge_across_nodes.
+fn is_twin(k: &Kernel, ksmd: &Ksmd, page: PageIdx, other: PageIdx) -> bool {
+    let (i, o) = (page as usize, other as usize);
+    other != page
+        && k.pages.content[i] != 0
+        && k.pages.has_folio(other)
+        && k.pages.content[o] == k.pages.content[i]
+        && (ksmd.merge_across_nodes || k.pages.pte[o].nid == k.pages.pte[i].nid)
+}
+
+/// Models unstable_tree_search_insert(): walk the tree towards `key`, reading every page on
+/// the way with get_mergeable_page(). A tree page that cannot be read ends the search with
+/// neither a match nor an insertion: on kernels whose follow_page() refuses protnone PTEs
+/// (6.1.192, v6.2–v6.4) that is any protnone page on the path. Returns the matching tree
+/// item, removed from the tree; otherwise inserts `item`. The path is the one a balanced
+/// binary tree over the sorted keys takes (the midpoints of a binary search). Pages arrive
+/// in scan order, so a unique page is inserted at the end of its block and the vector
+/// moves only the (few) content-class entries behind it.
+fn unstable_tree_search_insert(
+    k: &mut Kernel,
+    ksmd: &mut Ksmd,
+    key: TreeKey,
+    item: UnstableItem,
+) -> Option<UnstableItem> {
+    let tree = &ksmd.unstable;
+    // The node's own tree: the slice of entries with this key's node.
+    let (mut lo, mut hi) = (tree.partition_point(|(t, _)| t.0 < key.0), tree.partition_point(|(t, _)| t.0 <= key.0));
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        let (tree_key, tree_item) = tree[mid];
+        let readable = get_mergeable_page(k, tree_item);
+        if !readable {
+            if k.pages.present(tree_item.page) {
+                k.counters.ksm.skipped_protnone += 1;
+            }
+            return None;
+        }
+        match tree_key.cmp(&key) {
+            std::cmp::Ordering::Less => lo = mid + 1,
+            std::cmp::Ordering::Greater => hi = mid,
+            std::cmp::Ordering::Equal if is_twin(k, ksmd, item.page, tree_item.page) => {
+                ksmd.unstable.remove(mid);
+                return Some(tree_item);
+            }
+            // The tree page changed (its content or node) since it went in: the kernel
+            // compares contents, so it is not a match; keep the page out of the tree.
+            std::cmp::Ordering::Equal => return None,
+        }
+    }
+    ksmd.unstable.insert(lo, (key, item));
+    None
+}
+
+/// Models get_mergeable_page(): can ksmd read the tree page? 6.12 looks it up with
+/// folio_walk_start(), which takes any present page; 6.1.192 and earlier with
+/// follow_page(FOLL_GET), which refuses protnone PTEs in v6.2–v6.4's rule.
+fn get_mergeable_page(k: &mut Kernel, item: UnstableItem) -> bool {
+    let mm = k.mm(item.mm);
+    let Some(vi) = mm.vma_of_page(item.page) else {
+        return false;
+    };
+    let accessible = mm.vmas[vi].accessible;
+    match follow_page(k, item.page, accessible) {
+        Followed::None => false,
+        Followed::Protnone => k.rules.ksm_lookup_walks,
+        Followed::Page => true,
+    }
+}
+
+/// Models write_protect_page(): the page's PTE loses its write bit (a protnone PTE stays
+/// protnone) inside an MMU_NOTIFY_CLEAR invalidation of its address.
+fn write_protect_page(k: &mut Kernel, mm: Entity, page: PageIdx) {
+    invalidate_range(k, mm, page, 1, |_| true);
+}
+
+/// Models replace_page(): map the KSM page `kpage` in place of `page`'s own frame with
+/// `mk_pte(kpage, vma->vm_page_prot)` — PROT_NONE in a PROT_NONE VMA, an ordinary
+/// (not protnone, not young) PTE otherwise — under an MMU_NOTIFY_CLEAR invalidation.
+fn replace_page(k: &mut Kernel, mm: Entity, vma_accessible: bool, page: PageIdx, kpage: PageIdx) {
+    let (i, s) = (page as usize, kpage as usize);
     invalidate_range(k, mm, page, 1, |_| true);
     let old = k.pages.pte[i].nid;
     free_page_node(k, old);
     k.pages.pte[i].nid = k.pages.pte[s].nid;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
-    k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PG_KSM | PTE_YOUNG;
+    k.pages.pte[i].flags = PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE };
     k.pages.mapcount[s] = k.pages.mapcount[s].saturating_add(1);
     k.pages.mapcount[i] = k.pages.mapcount[s];
     k.counters.ksm.pages_merged += 1;
-}
-
-/// Models do_wp_page() on a KSM page: a write breaks COW and the page gets a private copy
-/// on `nid` (counted as the kernel's `cow_ksm` event). Its content is then its own.
-pub fn break_ksm_cow(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
-    let i = page as usize;
-    invalidate_range(k, mm, page, 1, |_| true);
-    let got = alloc_page_node(k, nid).expect("COW of a KSM page finds a free frame");
-    k.pages.pte[i].nid = got;
-    k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
-    k.pages.pte[i].flags &= !PG_KSM;
-    k.pages.mapcount[i] = 1;
-    k.pages.content[i] = 0;
-    k.counters.vmstat.cow_ksm += 1;
 }

@@ -2,26 +2,31 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::ksm::break_ksm_cow;
 use super::migrate::migrate_misplaced_folio;
-use super::{PG_KSM, PTE_PROTNONE, PTE_YOUNG, PageIdx};
+use super::mmu_notifier::invalidate_range;
+use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
-use crate::machine::{NUMA_NO_NODE, Nid};
+use crate::machine::{NUMA_NO_NODE, Nid, PgData};
 use crate::sched::numa::{
     TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL, TNF_MIGRATED, should_numa_migrate_memory, task_numa_fault,
 };
 
-/// Allocates one page frame, preferring `nid` and falling back along its zonelist to the
-/// nearest node with free memory (`__alloc_pages()` → `get_page_from_freelist()`).
-/// Simplified: a node is usable while it has any free page; no reclaim, no watermarks.
+/// Allocates one page frame, preferring `nid` and falling back along its zonelist, as
+/// get_page_from_freelist() does: first to the nearest node above its low watermark, then
+/// (the slow path) above its min watermark. Simplified: no kswapd or reclaim, so when every
+/// node is below min the nearest with any free page gives it, as reclaim would have.
 pub fn alloc_page_node(k: &mut Kernel, nid: Nid) -> Option<Nid> {
-    for i in 0..k.topo.nr_nodes as usize {
-        let n = k.topo.zonelist(nid)[i];
-        let mut pgdat = k.pgdat(n);
-        if pgdat.free_pages > 0 {
-            pgdat.free_pages -= 1;
-            return Some(n);
+    let nr_nodes = k.topo.nr_nodes as usize;
+    let marks: [fn(&PgData) -> u64; 3] = [|p| p.wmark.low, |p| p.wmark.min, |_| 0];
+    for mark in marks {
+        for i in 0..nr_nodes {
+            let n = k.topo.zonelist(nid)[i];
+            let mut pgdat = k.pgdat(n);
+            if pgdat.free_pages > mark(&pgdat) {
+                pgdat.free_pages -= 1;
+                return Some(n);
+            }
         }
     }
     None
@@ -54,32 +59,60 @@ pub fn handle_mm_fault(
 
 /// Models handle_pte_fault() for page `page` of VMA `vma`: a missing page is allocated
 /// (do_anonymous_page()), a protnone PTE takes the hinting fault only in an accessible VMA
-/// (do_numa_page()), a write to a KSM page breaks COW (do_wp_page()). User faults and GUP's
-/// faultin_page() both come here. Returns the CPU time the fault cost.
+/// (do_numa_page()), a write to a KSM page or the zero page copies it (do_wp_page()). User
+/// faults and GUP's faultin_page() both come here. Returns the CPU time the fault cost.
 pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, write: bool, f: &mut Faulter) -> Nanos {
     let flags = k.pages.pte[page as usize].flags;
     if !k.pages.present(page) {
-        do_anonymous_page(k, mm, page, f.nid);
+        do_anonymous_page(k, mm, page, f.nid, write);
         k.sysctl.0.hint_fault_cost_ns
     } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
         do_numa_page(k, mm, vma, page, f)
-    } else if write && flags & PG_KSM != 0 {
-        break_ksm_cow(k, mm, page, f.nid);
+    } else if write && flags & PTE_COW != 0 {
+        do_wp_page(k, mm, page, f.nid);
         k.sysctl.0.hint_fault_cost_ns
     } else {
         0
     }
 }
 
-/// Models do_anonymous_page(): a fresh zeroed page on the faulting CPU's node (the default
-/// local mempolicy), mapped young.
-pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
-    let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
+/// Models do_anonymous_page() (mm/memory.c, 6.1.192 and 6.12.117): "Use the zero-page for
+/// reads" — a read maps the shared zero page, which has no folio, costs no RSS and is never
+/// made protnone; a write gets a fresh zeroed page on the faulting CPU's node (the default
+/// local mempolicy). Both are mapped young.
+pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid, write: bool) {
     let i = page as usize;
+    if !write {
+        k.pages.pte[i].nid = ZERO_PAGE_NID;
+        k.pages.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
+        return;
+    }
+    let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
     k.pages.pte[i].nid = got;
     k.pages.pte[i].flags |= PTE_YOUNG;
     k.pages.mapcount[i] = 1;
     k.mm(mm).rss += 1;
+}
+
+/// Models do_wp_page() → wp_page_copy() for a write through a read-only PTE of a private
+/// mapping: the KSM page (counted as the kernel's `cow_ksm` event; the copy's content is
+/// then its own) or the shared zero page is replaced by a fresh frame on `nid`, under an
+/// MMU notifier invalidation of the address.
+pub fn do_wp_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
+    let i = page as usize;
+    invalidate_range(k, mm, page, 1, |_| true);
+    let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
+    let old = k.pages.pte[i].flags;
+    k.pages.pte[i].nid = got;
+    k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
+    k.pages.pte[i].flags = (old & !PTE_COW) | PTE_YOUNG;
+    k.pages.mapcount[i] = 1;
+    if old & PG_KSM != 0 {
+        k.pages.content[i] = 0;
+        k.counters.vmstat.cow_ksm += 1;
+    } else {
+        k.mm(mm).rss += 1;
+    }
 }
 
 /// Models do_numa_page() in mm/memory.c (with numa_migrate_check() and mpol_misplaced()):
@@ -102,9 +135,15 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
     }
     let last_cpupid = k.pages.last_cpupid[i];
 
-    // mpol_misplaced(): the default policy (MPOL_F_MOF | MPOL_F_MORON) targets the faulting
-    // CPU's node, filtered by should_numa_migrate_memory(), which also records this CPU+pid.
-    let migrate = should_numa_migrate_memory(k, f, page, page_nid) && page_nid != f.nid;
+    // mpol_misplaced() (mm/mempolicy.c, 6.1.192 and 6.12.117): the default policy is
+    // preferred_node_policy[this node], MPOL_PREFERRED with MPOL_F_MOF | MPOL_F_MORON; a page
+    // already on the faulting CPU's node leaves at `if (node_isset(curnid, pol->nodes))
+    // goto out;`, before should_numa_migrate_memory(), so only remote faults record their
+    // CPU+pid in last_cpupid and pass the two-stage filter.
+    // Simplified: a KSM page (write_protect_page() keeps a protnone PTE protnone) is not
+    // migrated, since every sharer would have to be remapped; the kernel moves it by rmap.
+    let ksm = k.pages.pte[i].flags & PG_KSM != 0;
+    let migrate = page_nid != f.nid && !ksm && should_numa_migrate_memory(k, f, page, page_nid);
 
     let mut nid = page_nid;
     if migrate {

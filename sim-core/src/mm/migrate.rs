@@ -19,21 +19,10 @@ pub enum MigrateFail {
     Refcount,
 }
 
-/// High watermark of a node, after `__setup_per_zone_wmarks()` with one zone per node:
-/// min = sqrt(16 * KiB) scaled to the node, plus twice the watermark_scale_factor (10/10000)
-/// gap. Simplified: min_free_kbytes is computed per node, not over all lowmem.
-pub fn high_wmark_pages(present_pages: u64) -> u64 {
-    let kib = present_pages * 4;
-    let min_free_kbytes = ((kib * 16) as f64).sqrt() as u64;
-    let min = (min_free_kbytes.clamp(128, 262_144) / 4).min(present_pages / 4);
-    let gap = (min / 4).max(present_pages * 10 / 10_000);
-    min + 2 * gap
-}
-
 /// Models migrate_balanced_pgdat(): the target keeps its high watermark after the copy.
 fn migrate_balanced_pgdat(k: &mut Kernel, nid: Nid, nr_pages: u64) -> bool {
     let pgdat = k.pgdat(nid);
-    pgdat.free_pages > high_wmark_pages(pgdat.present_pages) + nr_pages
+    pgdat.free_pages > pgdat.wmark.high + nr_pages
 }
 
 /// Models migrate_misplaced_folio_prepare() + migrate_misplaced_folio(): move one page of
@@ -44,12 +33,15 @@ pub fn migrate_misplaced_folio(k: &mut Kernel, mm: Entity, page: PageIdx, target
     if !migrate_balanced_pgdat(k, target, 1) {
         return Err(MigrateFail::TargetFull);
     }
+    // migrate_folio_unmap(): try_to_migrate() replaces the PTE with a migration entry and
+    // secondary MMUs let go (MMU_NOTIFY_CLEAR) before folio_migrate_mapping() checks the
+    // refcount, so a pinned page's secondary mappings are dropped even though it stays
+    // (mm/migrate.c, 6.1.192 and 6.12.117).
+    invalidate_range(k, mm, page, 1, |_| true);
     if k.pages.pins[i] > 0 || k.pages.refs[i] > 0 {
         k.counters.vmstat.pgmigrate_fail += 1;
         return Err(MigrateFail::Refcount);
     }
-    // try_to_migrate() replaces the PTE with a migration entry: secondary MMUs let go.
-    invalidate_range(k, mm, page, 1, |_| true);
     let src = k.pages.pte[i].nid;
     let got = alloc_page_node(k, target);
     debug_assert_eq!(got, Some(target), "migrate_balanced_pgdat() guarantees a free frame");
@@ -59,17 +51,4 @@ pub fn migrate_misplaced_folio(k: &mut Kernel, mm: Entity, page: PageIdx, target
     k.counters.vmstat.pgmigrate_success += 1;
     k.counters.vmstat.numa_pages_migrated += 1;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn watermark_is_a_small_fraction_of_the_node() {
-        // 1 GiB node: min_free_kbytes = sqrt(16 * 1 Mi KiB) = 4096 KiB = 1024 pages,
-        // gap = max(256, 262) = 262, high = 1024 + 524.
-        assert_eq!(high_wmark_pages(262_144), 1024 + 2 * 262);
-        assert!(high_wmark_pages(1024) < 1024 / 2);
-    }
 }

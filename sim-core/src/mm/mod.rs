@@ -11,6 +11,7 @@ pub mod migrate;
 pub mod mmu_notifier;
 pub mod mprotect;
 pub mod numa_balancing;
+pub mod page_alloc;
 pub mod vmscan;
 
 use bevy_ecs::component::Component;
@@ -28,6 +29,13 @@ pub const PTE_PROTNONE: u8 = 1 << 0;
 pub const PTE_YOUNG: u8 = 1 << 1;
 /// Page flag: the page is a KSM page (PageKsm()).
 pub const PG_KSM: u8 = 1 << 2;
+/// PTE bit: the PTE maps the shared zero page (a read fault of untouched anonymous memory,
+/// `pte_mkspecial(pfn_pte(my_zero_pfn()))`): no folio, no RSS, on [`ZERO_PAGE_NID`].
+pub const PTE_ZERO: u8 = 1 << 3;
+/// What a write must copy before it may proceed (do_wp_page()): a KSM page or the zero page.
+pub const PTE_COW: u8 = PG_KSM | PTE_ZERO;
+/// The node of the shared zero page (x86's empty_zero_page sits in the kernel image).
+pub const ZERO_PAGE_NID: Nid = 0;
 
 /// `last_cpupid` of a page that has never taken a hinting fault (`-1 & LAST_CPUPID_MASK`).
 pub const CPUPID_UNSET: u32 = u32::MAX;
@@ -47,16 +55,18 @@ pub fn cpupid_to_cpu(cpupid: u32) -> u32 {
     cpupid >> LAST_PID_BITS
 }
 
-/// `cpupid_pid_unset()`.
+/// Models cpupid_pid_unset() in include/linux/mm.h (6.1, 6.12): only the pid bits are
+/// tested, so a real pid whose low 8 bits are all ones (255, 511, ...) reads as unset.
 #[inline]
 pub fn cpupid_pid_unset(cpupid: u32) -> bool {
-    cpupid == CPUPID_UNSET
+    cpupid & LAST_PID_MASK == LAST_PID_MASK
 }
 
-/// `cpupid_match_pid()`: compares only the pid bits the cpupid keeps.
+/// Models __cpupid_match_pid(): compares only the pid bits the cpupid keeps (an unset
+/// cpupid matches the pids that collide with it, as in the kernel).
 #[inline]
 pub fn cpupid_match_pid(pid: u32, cpupid: u32) -> bool {
-    !cpupid_pid_unset(cpupid) && (cpupid & LAST_PID_MASK) == (pid & LAST_PID_MASK)
+    (cpupid & LAST_PID_MASK) == (pid & LAST_PID_MASK)
 }
 
 /// What a touch reads first: where the frame is and how the PTE maps it. Kept together so
@@ -116,6 +126,12 @@ impl Pages {
     #[inline]
     pub fn present(&self, page: PageIdx) -> bool {
         self.pte[page as usize].nid != NUMA_NO_NODE
+    }
+
+    /// Whether the page has a frame of its own (a folio), not the shared zero page.
+    #[inline]
+    pub fn has_folio(&self, page: PageIdx) -> bool {
+        self.present(page) && self.pte[page as usize].flags & PTE_ZERO == 0
     }
 
     #[inline]
@@ -281,7 +297,17 @@ mod tests {
         assert!(cpupid_match_pid(0x34, c));
         assert!(cpupid_match_pid(0x1134, c), "pids equal in the low 8 bits collide, as in the kernel");
         assert!(!cpupid_match_pid(0x35, c));
-        assert!(!cpupid_match_pid(0xff, CPUPID_UNSET));
+        assert!(!cpupid_match_pid(0xfe, CPUPID_UNSET));
+    }
+
+    /// cpupid_pid_unset() and __cpupid_match_pid() in include/linux/mm.h (6.12.117): the pid
+    /// bits alone decide, so pid 1023 (0x3ff) looks like "never faulted".
+    #[test]
+    fn cpupid_unset_is_a_pid_bits_test() {
+        assert!(cpupid_pid_unset(CPUPID_UNSET));
+        assert!(cpupid_pid_unset(cpu_pid_to_cpupid(3, 1023)));
+        assert!(!cpupid_pid_unset(cpu_pid_to_cpupid(3, 1022)));
+        assert!(cpupid_match_pid(1023, CPUPID_UNSET));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use bevy_ecs::prelude::*;
 
 use super::memory::free_page_node;
 use super::mmu_notifier::{invalidate_range, update_stale_gauge};
-use super::{PTE_PROTNONE, PageIdx};
+use super::{PTE_PROTNONE, PTE_ZERO, PageIdx};
 use crate::config::Syscall;
 use crate::engine::{Event, Nanos};
 use crate::kernel::Kernel;
@@ -106,13 +106,14 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
         if nid == NUMA_NO_NODE {
             continue;
         }
-        if k.pages.pins[i] == 0 {
+        let zero_page = k.pages.pte[i].flags & PTE_ZERO != 0;
+        if !zero_page && k.pages.pins[i] == 0 {
             free_page_node(k, nid);
         }
         k.pages.pte[i].nid = NUMA_NO_NODE;
         k.pages.pte[i].flags = 0;
         k.pages.mapcount[i] = 0;
-        freed += 1;
+        freed += u64::from(!zero_page);
     }
     k.mm(mm).rss -= freed;
 }

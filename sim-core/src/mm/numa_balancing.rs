@@ -4,11 +4,12 @@
 use bevy_ecs::entity::Entity;
 
 use super::mmu_notifier::invalidate_range;
-use super::{Mm, PG_KSM, PTE_PROTNONE, PageIdx, Vma, VmaNumab, hash_32};
+use super::{Mm, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
 use crate::sched::numa::{TICK_NSEC, TaskNuma, group_of, task_scan_max, task_scan_start};
+use crate::version::VmaScanFilter;
 
 /// Pages in a PMD (HPAGE_SIZE / PAGE_SIZE): scan chunks end on a PMD boundary.
 const HPAGE_PAGES: u64 = 512;
@@ -47,20 +48,31 @@ fn reset_ptenuma_scan(mm: &mut Mm) {
     mm.numa_scan_offset = 0;
 }
 
-/// Models vma_is_accessed(): has this task faulted in the VMA recently?
-fn vma_is_accessed(mm: &Mm, vma: &Vma, pid: u32) -> bool {
+/// Models vma_is_accessed(): has this task faulted in the VMA recently? v6.4–v6.6 let every
+/// VMA through in the mm's first two passes and then asked the pid windows; v6.7 counts the
+/// passes from the VMA's first scan and lets a partly scanned VMA finish; v6.11 rescans a
+/// VMA nobody scanned for nr_threads passes (6.12.117 has all three).
+fn vma_is_accessed(filter: VmaScanFilter, mm: &Mm, vma: &Vma, pid: u32) -> bool {
     let numab = vma.numab.as_ref().expect("initialised before the check");
-    if mm.numa_scan_seq.wrapping_sub(numab.start_scan_seq) < 2 {
-        return true;
+    let pids_hit = (numab.pids_active[0] | numab.pids_active[1]) & (1 << hash_32(pid, 6)) != 0;
+    if filter == VmaScanFilter::Accessed {
+        return mm.numa_scan_seq < 2 || pids_hit;
     }
-    let pids = numab.pids_active[0] | numab.pids_active[1];
-    if pids & (1 << hash_32(pid, 6)) != 0 {
+    if mm.numa_scan_seq.wrapping_sub(numab.start_scan_seq) < 2 || pids_hit {
         return true;
     }
     if mm.numa_scan_offset > vma.start {
         return true;
     }
     mm.numa_scan_seq > numab.prev_scan_seq.wrapping_add(mm.nr_threads)
+}
+
+/// Rotates the VMA's pid windows every VMA_PID_RESET_PERIOD (4 × scan_delay).
+fn reset_pids_active(numab: &mut VmaNumab, seq: u32, now: Nanos, scan_delay: Nanos) {
+    if seq != 0 && now > numab.pids_active_reset {
+        numab.pids_active_reset += 4 * scan_delay;
+        numab.pids_active = [numab.pids_active[1], 0];
+    }
 }
 
 /// What the VMA walk decided for one VMA before scanning it.
@@ -73,13 +85,25 @@ enum VmaVerdict {
     PidInactive,
 }
 
-/// The per-VMA checks of task_numa_work() ahead of the PTE walk.
-fn vma_verdict(mm: &mut Mm, vi: usize, pid: u32, now: Nanos, scan_delay: Nanos, forced: bool) -> VmaVerdict {
+/// The per-VMA checks of task_numa_work() ahead of the PTE walk, as the kernel version's
+/// [`VmaScanFilter`] has them.
+fn vma_verdict(
+    filter: VmaScanFilter,
+    mm: &mut Mm,
+    vi: usize,
+    pid: u32,
+    now: Nanos,
+    scan_delay: Nanos,
+    forced: bool,
+) -> VmaVerdict {
     let seq = mm.numa_scan_seq;
     let vma = &mut mm.vmas[vi];
     // Inaccessible VMAs are skipped to avoid confusing PROT_NONE with NUMA hinting PTEs.
     if !vma.accessible {
         return VmaVerdict::Skip;
+    }
+    if filter == VmaScanFilter::None {
+        return VmaVerdict::Scan;
     }
     let numab = vma.numab.get_or_insert_with(|| VmaNumab {
         next_scan: now + scan_delay,
@@ -91,14 +115,20 @@ fn vma_verdict(mm: &mut Mm, vi: usize, pid: u32, now: Nanos, scan_delay: Nanos, 
     if seq != 0 && now < numab.next_scan {
         return VmaVerdict::Skip;
     }
-    if seq != 0 && now > numab.pids_active_reset {
-        numab.pids_active_reset += 4 * scan_delay;
-        numab.pids_active = [numab.pids_active[1], 0];
+    if filter == VmaScanFilter::Accessed {
+        // v6.4 asks about access first and rotates the windows only for VMAs it scans.
+        if !vma_is_accessed(filter, mm, &mm.vmas[vi], pid) {
+            return VmaVerdict::Skip;
+        }
+        let numab = mm.vmas[vi].numab.as_mut().expect("initialised above");
+        reset_pids_active(numab, seq, now, scan_delay);
+        return VmaVerdict::Scan;
     }
+    reset_pids_active(numab, seq, now, scan_delay);
     if numab.prev_scan_seq == seq {
         return VmaVerdict::Done;
     }
-    if !forced && !vma_is_accessed(mm, &mm.vmas[vi], pid) {
+    if !forced && !vma_is_accessed(filter, mm, &mm.vmas[vi], pid) {
         return VmaVerdict::PidInactive;
     }
     VmaVerdict::Scan
@@ -110,6 +140,7 @@ fn vma_verdict(mm: &mut Mm, vi: usize, pid: u32, now: Nanos, scan_delay: Nanos, 
 pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, now: Nanos) -> Nanos {
     let mm_e = p.mm;
     let scan_delay = k.sysctl.scan_delay();
+    let filter = k.rules.vma_filter;
     let pte_cost = k.sysctl.0.pte_scan_cost_ns;
     let mut pages = k.sysctl.scan_size_pages() as i64;
     let mut virtpages = pages * 8;
@@ -140,7 +171,7 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
         let nr_vmas = k.mm(mm_e).vmas.len();
         let mut stopped = false;
         while vi < nr_vmas {
-            let verdict = vma_verdict(&mut k.mm(mm_e), vi, pid, now, scan_delay, forced);
+            let verdict = vma_verdict(filter, &mut k.mm(mm_e), vi, pid, now, scan_delay, forced);
             match verdict {
                 VmaVerdict::Skip => {
                     vi += 1;
@@ -223,7 +254,8 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
         let page = vma.page(vpn);
         let i = page as usize;
         let nid = pages.pte[i].nid;
-        if nid == NUMA_NO_NODE || pages.pte[i].flags & (PTE_PROTNONE | PG_KSM) != 0 {
+        // vm_normal_folio() has no folio for the zero page; KSM pages are skipped too.
+        if nid == NUMA_NO_NODE || pages.pte[i].flags & (PTE_PROTNONE | PG_KSM | PTE_ZERO) != 0 {
             continue;
         }
         // Private (COW) mapping: skip pages that may be DMA-pinned or are mapped shared.

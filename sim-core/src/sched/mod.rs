@@ -14,7 +14,7 @@ use crate::machine::{MAX_NODES, NUMA_NO_NODE};
 use crate::mm::PageIdx;
 use crate::mm::memory::{Sigsegv, handle_mm_fault};
 use crate::mm::numa_balancing::{task_numa_work, task_tick_numa};
-use crate::mm::{PG_KSM, PTE_PROTNONE, PTE_YOUNG};
+use crate::mm::{PTE_COW, PTE_PROTNONE, PTE_YOUNG};
 use crate::stats::Source;
 
 /// Where a thread's next touches go: page offsets within the thread's range.
@@ -144,11 +144,13 @@ pub fn enqueue_task(k: &mut Kernel, te: Entity, cpu: u32) {
     }
 }
 
-/// Models migrate_task_to(): move a thread to another CPU's run queue.
+/// Models migrate_task_to(): move a thread to another CPU's run queue
+/// (migrate_task_rq_fair() calls update_scan_period() on the way).
 pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity, cpu: u32) {
-    let Ok((mut task, _)) = tasks.get_mut(te) else {
+    let Ok((mut task, mut numa)) = tasks.get_mut(te) else {
         return;
     };
+    numa::update_scan_period(k, &mut numa, task.cpu, cpu);
     let old = std::mem::replace(&mut task.cpu, cpu);
     k.cpu(old).runqueue.retain(|&e| e != te);
     enqueue_task(k, te, cpu);
@@ -220,25 +222,25 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
         let pte = k.pages.pte[i];
         let write = task.write_fraction > 0.0 && task.access.chance(task.write_fraction);
         // A PROT_NONE VMA's pages are all protnone or missing: only faults need the VMA.
-        let page_nid = if pte.nid == NUMA_NO_NODE || pte.flags & PTE_PROTNONE != 0 || (write && pte.flags & PG_KSM != 0)
-        {
-            let mut f = Faulter::user(k, task, numa, cpu, Source::Cpu, elapsed);
-            match handle_mm_fault(k, task.mm, page, write, &mut f) {
-                Ok(cost) => elapsed += cost,
-                // The program's SIGSEGV handler waits for the mapping to come back.
-                Err(Sigsegv) => {
-                    elapsed = quantum.max(elapsed);
-                    break;
+        let page_nid =
+            if pte.nid == NUMA_NO_NODE || pte.flags & PTE_PROTNONE != 0 || (write && pte.flags & PTE_COW != 0) {
+                let mut f = Faulter::user(k, task, numa, cpu, Source::Cpu, elapsed);
+                match handle_mm_fault(k, task.mm, page, write, &mut f) {
+                    Ok(cost) => elapsed += cost,
+                    // The program's SIGSEGV handler waits for the mapping to come back.
+                    Err(Sigsegv) => {
+                        elapsed = quantum.max(elapsed);
+                        break;
+                    }
                 }
-            }
-            k.pages.pte[i].nid
-        } else {
-            // Only dirty the cache line when the accessed bit is not set yet.
-            if pte.flags & PTE_YOUNG == 0 {
-                k.pages.pte[i].flags |= PTE_YOUNG;
-            }
-            pte.nid
-        };
+                k.pages.pte[i].nid
+            } else {
+                // Only dirty the cache line when the accessed bit is not set yet.
+                if pte.flags & PTE_YOUNG == 0 {
+                    k.pages.pte[i].flags |= PTE_YOUNG;
+                }
+                pte.nid
+            };
         elapsed += cost[page_nid as usize % MAX_NODES];
         touches += 1;
         local += u64::from(page_nid == nid);

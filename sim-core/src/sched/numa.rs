@@ -7,7 +7,7 @@ use super::{Affinity, Task, migrate_task_to};
 use crate::engine::{NSEC_PER_MSEC, NSEC_PER_SEC, Nanos};
 use crate::kernel::{Faulter, Kernel, Sysctl};
 use crate::machine::Nid;
-use crate::mm::{Mm, PageIdx, cpu_pid_to_cpupid, cpupid_match_pid, cpupid_pid_unset, cpupid_to_cpu};
+use crate::mm::{CPUPID_UNSET, Mm, PageIdx, cpu_pid_to_cpupid, cpupid_match_pid, cpupid_pid_unset, cpupid_to_cpu};
 
 /// task_numa_fault() flags (include/linux/sched/numa_balancing.h).
 pub const TNF_MIGRATED: u32 = 0x01;
@@ -215,6 +215,23 @@ pub fn task_scan_start(sysctl: &Sysctl, rss: u64, ng: Option<&NumaGroup>) -> u64
     smin.max(scale_by_group(smin, ng))
 }
 
+/// Models update_scan_period() in kernel/sched/fair.c (6.1.192, 6.12.117): a task moved to
+/// another node scans at the start rate again, unless it has completed a scan and moves to
+/// its preferred node or was away from it already.
+pub fn update_scan_period(k: &Kernel, p: &mut TaskNuma, src_cpu: u32, dst_cpu: u32) {
+    let (src_nid, dst_nid) = (k.topo.cpu_to_node(src_cpu), k.topo.cpu_to_node(dst_cpu));
+    if !k.sysctl.0.numa_balancing || p.numa_faults.is_empty() || src_nid == dst_nid {
+        return;
+    }
+    if p.numa_scan_seq != 0
+        && (Some(dst_nid) == p.numa_preferred_nid || p.numa_preferred_nid.is_some_and(|n| n != src_nid))
+    {
+        return;
+    }
+    let mm = k.mms.get(p.mm).expect("tasks point at live mms");
+    p.numa_scan_period = task_scan_start(&k.sysctl, mm.rss, group_of(p, mm));
+}
+
 /// Models task_scan_max().
 pub fn task_scan_max(sysctl: &Sysctl, rss: u64, ng: Option<&NumaGroup>) -> u64 {
     let smin = task_scan_min(sysctl, rss);
@@ -395,7 +412,8 @@ pub fn task_numa_fault(
         p.total_numa_faults = 0;
         p.numa_faults_locality = [0; 3];
     }
-    let private = if cpupid_pid_unset(last_cpupid) {
+    // The first fault tests the whole cpupid (`-1 & LAST_CPUPID_MASK`), not just its pid.
+    let private = if last_cpupid == CPUPID_UNSET {
         true
     } else {
         let mut private = cpupid_match_pid(p.pid, last_cpupid);
@@ -630,7 +648,7 @@ fn task_numa_find_cpu(
     let mut maymove = false;
     if dst_has_spare {
         let imbalance = (dst_running + 1).saturating_sub(src_running.saturating_sub(1));
-        let imb_numa_nr = (node_cpus / 4).max(1);
+        let imb_numa_nr = imb_numa_nr(node_cpus);
         if adjust_numa_imbalance(imbalance, dst_running + 1, imb_numa_nr) == 0 {
             maymove = true;
             if let Some(cpu) = idle_cpu {
@@ -646,10 +664,17 @@ fn task_numa_find_cpu(
     }
 }
 
+/// The NUMA domain's `imb_numa_nr`, as build_sched_domains() in kernel/sched/topology.c
+/// (6.1.192 and 6.12.117 alike) sets it for one LLC per node: "allow an imbalance up to
+/// 12.5% of the node", `max(1, sd->span_weight >> 3)` with the node-sized domain's weight.
+pub fn imb_numa_nr(cpus_per_node: usize) -> usize {
+    (cpus_per_node >> 3).max(1)
+}
+
 /// Models task_numa_migrate(): look for a better CPU on the preferred node, and on the
 /// other nodes when there is none or the task's group spans several; then move there or
 /// swap. Simplified: nodes are directly connected (no score_nearby_nodes()), load is the
-/// number of runnable threads, `imb_numa_nr` is a quarter of a node's CPUs, and a full
+/// number of runnable threads, and a full
 /// destination never takes a plain move (load_too_imbalanced()).
 pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity) {
     let Ok((task, p)) = tasks.get(te) else { return };

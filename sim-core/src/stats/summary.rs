@@ -117,6 +117,9 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
 pub struct Summary {
     pub scenario: String,
     pub seed: u64,
+    /// `kernel.version`.
+    pub kernel_version: String,
+    /// The GUP era in effect (the version's, or `kernel.gup_policy`'s override).
     pub gup_policy: String,
     pub notifier: String,
     pub sim_time_ns: u64,

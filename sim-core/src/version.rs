@@ -1,0 +1,72 @@
+//! What each modelled kernel version does differently.
+//!
+//! `kernel.version` selects one row of [`Rules`]; every mechanism whose behaviour changed
+//! between the versions reads its rule from here, never from the version number itself,
+//! because stable kernels mix eras (Debian 12's 6.1.192 carries v6.2's
+//! gup_can_follow_protnone() on a 6.1 base). Read from the 6.1.192 and 6.12.117 sources
+//! (Debian's linux-source packages) and, for 6.4–6.6, from the commits named below.
+
+use bevy_ecs::resource::Resource;
+
+use crate::config::{GupPolicy, KernelConfig, KernelVersion};
+
+/// Which accessed-VMA filter task_numa_work() applies before scanning a VMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmaScanFilter {
+    /// ≤ v6.3: every accessible VMA is scanned (no vma->numab_state).
+    None,
+    /// v6.4 – v6.6, "sched/numa: enhance vma scanning logic": per-VMA scan delay, two pid
+    /// windows, every VMA scanned in the first two passes (`numa_scan_seq < 2`).
+    Accessed,
+    /// v6.7+, Mel Gorman's series: passes counted from the VMA's first scan, partial and
+    /// forced scans, scan offset inside the VMA; v6.11's "scan the vma if it has not been
+    /// scanned for a while" (prev_scan_seq + nr_threads) on top. As in 6.12.117.
+    AccessedForced,
+}
+
+/// The version-dependent rules of one kernel.
+#[derive(Resource, Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    pub version: KernelVersion,
+    /// The GUP era (the version's, or `kernel.gup_policy`'s what-if).
+    pub gup: GupPolicy,
+    /// ≤ v6.1: change_pte_range() keeps a writable PTE's write bit when it makes it protnone
+    /// (x86 `pte_mk_savedwrite()` is `pte_mkwrite()`), so a FOLL_FORCE|FOLL_WRITE GUP passes
+    /// can_follow_write_pte() on it without a fault. v6.2 removed savedwrite.
+    pub savedwrite: bool,
+    /// ksmd's scan_get_next_rmap_item() finds pages with a page-table walker
+    /// (ksm_next_page_pmd_entry(), which does not look at protnone) instead of follow_page():
+    /// 6.12 and 6.1.192 (a stable backport).
+    pub ksm_scan_walks: bool,
+    /// get_mergeable_page() reads unstable-tree pages with folio_walk_start() instead of
+    /// follow_page(FOLL_GET): 6.12 (6.1.192 still calls follow_page()).
+    pub ksm_lookup_walks: bool,
+    pub vma_filter: VmaScanFilter,
+}
+
+impl Rules {
+    /// The rules of `version`, with the GUP era overridden when asked.
+    pub fn of(version: KernelVersion, gup_override: Option<GupPolicy>) -> Self {
+        use KernelVersion::*;
+        let (gup, savedwrite, ksm_scan_walks, ksm_lookup_walks, vma_filter) = match version {
+            V6_1 => (GupPolicy::Implicit, true, false, false, VmaScanFilter::None),
+            V6_1Debian12 => (GupPolicy::ImplicitAll, true, true, false, VmaScanFilter::None),
+            V6_4 => (GupPolicy::ImplicitAll, false, false, false, VmaScanFilter::Accessed),
+            V6_5 => (GupPolicy::ImplicitForce, false, false, false, VmaScanFilter::Accessed),
+            V6_6 => (GupPolicy::Explicit, false, false, false, VmaScanFilter::Accessed),
+            V6_12 => (GupPolicy::Explicit, false, true, true, VmaScanFilter::AccessedForced),
+        };
+        let gup = gup_override.unwrap_or(gup);
+        Self { version, gup, savedwrite, ksm_scan_walks, ksm_lookup_walks, vma_filter }
+    }
+
+    pub fn from_config(k: &KernelConfig) -> Self {
+        Self::of(k.version, k.gup_policy)
+    }
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Self::from_config(&KernelConfig::default())
+    }
+}
