@@ -82,6 +82,7 @@ pub fn check_arithmetic(c: &Config) -> Result<(), Invalid> {
         m.local_latency_ns,
         u64::from(max_distance),
     )? / u64::from(LOCAL_DISTANCE);
+    check_thread_counts(c)?;
     check_kernel(c, run_ns)?;
     for (pi, p) in c.process.iter().enumerate() {
         for (vi, v) in p.vma.iter().enumerate() {
@@ -89,13 +90,13 @@ pub fn check_arithmetic(c: &Config) -> Result<(), Invalid> {
             check_content_classes(&format!("process[{pi}].vma[{vi}].content_classes"), v.content_classes)?;
         }
         for (ti, t) in p.thread.iter().enumerate() {
-            check_thread(t, c, latency, &format!("process[{pi}].thread[{ti}]"))?;
+            check_thread(t, latency, &format!("process[{pi}].thread[{ti}]"))?;
         }
     }
     for (vi, vm) in c.vm.iter().enumerate() {
         to_pages(&format!("vm[{vi}].memory_mib"), vm.memory_mib)?;
         check_content_classes(&format!("vm[{vi}].content_classes"), vm.content_classes)?;
-        check_thread(&vm.vcpus, c, latency, &format!("vm[{vi}].vcpus"))?;
+        check_thread(&vm.vcpus, latency, &format!("vm[{vi}].vcpus"))?;
     }
     for (di, d) in c.device.iter().enumerate() {
         check_device(d, c, latency, run_ns, &format!("device[{di}]"))?;
@@ -206,6 +207,22 @@ fn thread_count(t: &ThreadConfig, c: &Config) -> Option<u64> {
     Some(u64::from(n))
 }
 
+/// Every thread block's count fits a u32 (`ThreadConfig::threads` multiplies).
+fn check_thread_counts(c: &Config) -> Result<(), Invalid> {
+    let blocks =
+        c.process.iter().enumerate().flat_map(|(pi, p)| {
+            p.thread.iter().enumerate().map(move |(ti, t)| (format!("process[{pi}].thread[{ti}]"), t))
+        });
+    let vcpus = c.vm.iter().enumerate().map(|(vi, v)| (format!("vm[{vi}].vcpus"), &v.vcpus));
+    for (key, t) in blocks.chain(vcpus) {
+        if thread_count(t, c).is_none() {
+            let set = if t.count_per_cpu.is_some() { "count_per_cpu" } else { "count_per_node" };
+            return err(format!("{key}.{set}"), "the thread count overflows (more than 2^32 threads)");
+        }
+    }
+    Ok(())
+}
+
 /// KSM content classes are kept in 16 bits per page.
 fn check_content_classes(key: &str, classes: u32) -> Result<(), Invalid> {
     if classes > u32::from(u16::MAX) - 1 {
@@ -229,11 +246,7 @@ fn check_lifetime(key: &str, start_ms: u64, stop_ms: Option<u64>) -> Result<(), 
     Ok(())
 }
 
-fn check_thread(t: &ThreadConfig, c: &Config, latency: u64, key: &str) -> Result<(), Invalid> {
-    if thread_count(t, c).is_none() {
-        let set = if t.count_per_cpu.is_some() { "count_per_cpu" } else { "count_per_node" };
-        return err(format!("{key}.{set}"), "the thread count overflows (more than 2^32 threads)");
-    }
+fn check_thread(t: &ThreadConfig, latency: u64, key: &str) -> Result<(), Invalid> {
     touch_cost(key, t.touch_lines, latency, t.think_ns)?;
     check_lifetime(key, t.start_ms, t.stop_ms)
 }
