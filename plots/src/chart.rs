@@ -69,7 +69,7 @@ fn write_atomic(path: &Path, draw: impl FnOnce(&Path) -> Result<(), String>) -> 
     if result.is_err() {
         let _ = std::fs::remove_file(&tmp);
     }
-    result.map_err(|e| format!("{}: {e}", path.display()).into())
+    result.map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// A figure: a title over panels laid out in a grid, `columns` wide.

@@ -156,10 +156,11 @@ fn count_frames(
     }
     for s in smmus.iter().filter(|s| s.kind == SmmuKind::LongtermPin) {
         for (i, &e) in s.entries.iter().enumerate() {
-            if e & SPTE_VALID != 0 && !pages.present(s.base + i as PageIdx) {
-                if let Some(f) = frames.get_mut(SecondaryMmu::entry_nid(e) as usize) {
-                    *f += 1;
-                }
+            if e & SPTE_VALID != 0
+                && !pages.present(s.base + i as PageIdx)
+                && let Some(f) = frames.get_mut(SecondaryMmu::entry_nid(e) as usize)
+            {
+                *f += 1;
             }
         }
     }

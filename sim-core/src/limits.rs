@@ -65,10 +65,10 @@ fn product(key: &str, what: &str, a: u64, b: u64) -> Result<u64, Invalid> {
 pub fn check_arithmetic(c: &Config) -> Result<(), Invalid> {
     let run_ns = to_ns("run.duration_ms", c.run.duration_ms, NSEC_PER_MSEC, "ms")?;
     to_ns("run.sample_ms", c.run.sample_ms, NSEC_PER_MSEC, "ms")?;
-    if let Some(gib) = c.run.max_memory_gib {
-        if !(gib.is_finite() && gib > 0.0) {
-            return err("run.max_memory_gib", format!("must be a positive number of GiB, got {gib}"));
-        }
+    if let Some(gib) = c.run.max_memory_gib
+        && !(gib.is_finite() && gib > 0.0)
+    {
+        return err("run.max_memory_gib", format!("must be a positive number of GiB, got {gib}"));
     }
     let m = &c.machine;
     m.memory_per_node_mib
