@@ -1,30 +1,74 @@
-//! `numasim bench`: simulator speed and memory on a large machine, beside a baseline of a
-//! plain array read-modify-write loop over the same number of pages.
+//! `numasim bench`: simulator speed and memory at two machine scales, each beside the ceiling
+//! of a plain random read-modify-write loop over as many pages, measured in the same run.
 
 use std::time::Instant;
 
-use sim_core::config::{Config, PatternKind, ProcessConfig, Slice, ThreadConfig, VmaConfig};
+use sim_core::config::{Config, PatternKind, ProcessConfig, Slice, Thp, ThreadConfig, VmaConfig};
 use sim_core::engine::stream;
 use sim_core::mm::Pages;
 
-pub fn run(gib_per_node: u64, seconds: u64) {
-    let mut c = Config { name: "bench".into(), ..Config::default() };
-    c.run.duration_ms = seconds * 1000;
-    c.machine.nodes = 2;
-    c.machine.memory_per_node_mib = gib_per_node * 1024;
-    let vma_mib = gib_per_node * 1024 * 2 * 15 / 16;
-    c.process.push(ProcessConfig {
-        name: "bench".into(),
-        vma: vec![VmaConfig { name: "heap".into(), size_mib: vma_mib, populate_node: Some(0), ..Default::default() }],
-        thread: vec![ThreadConfig {
-            name: "worker".into(),
-            count_per_cpu: Some(1),
-            vma: "heap".into(),
-            slice: Slice::Private,
-            pattern: PatternKind::Uniform,
-            ..Default::default()
-        }],
-    });
+/// A machine and a numa02-style workload to time.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum Scale {
+    /// 2 nodes x 4 CPUs x 32 GiB, 60 GiB populated, 2 s simulated.
+    Small,
+    /// 8 nodes x 32 CPUs x 64 GiB, a 256 GiB buffer, 10 s simulated.
+    Large,
+}
+
+impl Scale {
+    fn config(self, thp: bool) -> Config {
+        let mut c = Config { name: "bench".into(), ..Config::default() };
+        let (nodes, cpus, gib, buffer_mib, seconds) = match self {
+            Scale::Small => (2, 4, 32, 32 * 1024 * 2 * 15 / 16, 2),
+            Scale::Large => (8, 32, 64, 256 * 1024, 10),
+        };
+        c.run.duration_ms = seconds * 1000;
+        c.machine.nodes = nodes;
+        c.machine.cpus_per_node = cpus;
+        c.machine.memory_per_node_mib = gib * 1024;
+        if thp {
+            c.kernel.transparent_hugepage = Thp::Always;
+        }
+        c.process.push(ProcessConfig {
+            name: "bench".into(),
+            vma: vec![VmaConfig {
+                name: "heap".into(),
+                size_mib: buffer_mib,
+                populate_node: Some(0),
+                ..Default::default()
+            }],
+            thread: vec![ThreadConfig {
+                name: "worker".into(),
+                count_per_cpu: Some(1),
+                vma: "heap".into(),
+                slice: Slice::Private,
+                pattern: PatternKind::Uniform,
+                ..Default::default()
+            }],
+        });
+        c
+    }
+}
+
+pub fn run(scales: &[Scale], thp: bool) {
+    for &scale in scales {
+        for thp in if thp { vec![false, true] } else { vec![false] } {
+            run_one(scale, thp);
+        }
+    }
+}
+
+fn run_one(scale: Scale, thp: bool) {
+    let c = scale.config(thp);
+    let m = &c.machine;
+    let pages_label = if thp { "THP always" } else { "4 KiB pages" };
+    println!(
+        "== {scale:?}: {} nodes x {} CPUs x {} GiB, {pages_label}",
+        m.nodes,
+        m.cpus_per_node,
+        m.memory_per_node_mib / 1024
+    );
     let t = Instant::now();
     let mut sim = workloads::build(&c);
     let build_s = t.elapsed().as_secs_f64();
@@ -35,23 +79,27 @@ pub fn run(gib_per_node: u64, seconds: u64) {
     let run_s = t.elapsed().as_secs_f64();
     let metric = |name: &str| out.summary.metrics.get(name).map_or(0.0, |v| v.as_f64());
     let touches = ["touches.cpu", "touches.kvm", "touches.device"].iter().map(|k| metric(k) as u64).sum::<u64>();
-
-    let baseline_ns = baseline(pages as usize, touches.min(200_000_000));
-    println!("machine: 2 nodes x {gib_per_node} GiB, {pages} simulated pages populated");
-    println!("build: {build_s:.2} s");
-    println!("run: {seconds} s simulated in {run_s:.2} s, {touches} touches, {} events", out.summary.events);
-    println!("touches per second: {:.3e}", touches as f64 / run_s);
-    println!("events per second: {:.3e}", out.summary.events as f64 / run_s);
-    println!("ns per touch: {:.2} (baseline array read-modify-write: {baseline_ns:.2})", run_s * 1e9 / touches as f64);
+    let sim_s = c.run.duration_ms as f64 / 1000.0;
+    let ns_per_touch = run_s * 1e9 / touches as f64;
+    let ceiling_ns = baseline(pages as usize, touches.min(200_000_000));
+    println!("build: {build_s:.2} s for {pages} simulated pages");
+    println!("run: {sim_s} s simulated in {run_s:.2} s: {:.3} simulated s per wall s", sim_s / run_s);
+    println!("touches: {touches}, {:.3e} per s; events: {}", touches as f64 / run_s, out.summary.events);
     println!(
-        "page state: {:.2} bytes per page, {:.1} MiB",
-        page_bytes as f64 / pages as f64,
-        page_bytes as f64 / (1 << 20) as f64
+        "ns per touch: {ns_per_touch:.2}; raw random read-modify-write over {pages} pages: {ceiling_ns:.2}; ratio {:.2}",
+        ceiling_ns / ns_per_touch
     );
     println!(
-        "numa_hint_faults: {}, numa_pages_migrated: {}",
+        "page state: {:.2} bytes per page, {:.1} MiB; peak RSS so far: {}",
+        page_bytes as f64 / pages as f64,
+        page_bytes as f64 / (1 << 20) as f64,
+        peak_rss().map_or("unknown".into(), |kib| format!("{:.1} MiB", kib as f64 / 1024.0))
+    );
+    println!(
+        "numa_hint_faults: {}, numa_pages_migrated: {}, thp_migration_success: {}",
         metric("vmstat.numa_hint_faults"),
         metric("vmstat.numa_pages_migrated"),
+        metric("vmstat.thp_migration_success"),
     );
 }
 
@@ -68,4 +116,11 @@ fn baseline(len: usize, ops: u64) -> f64 {
     let ns = t.elapsed().as_nanos() as f64 / ops as f64;
     std::hint::black_box(&arr);
     ns
+}
+
+/// The process's peak resident set (VmHWM in /proc/self/status), in KiB.
+fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
 }

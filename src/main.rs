@@ -99,14 +99,15 @@ enum Command {
     },
     /// List the built-in scenarios.
     Scenarios,
-    /// Measure simulator speed and memory on a large machine.
+    /// Measure simulator speed and memory at machine scales, beside a raw-loop ceiling.
     Bench {
-        /// GiB of memory per node (two nodes).
-        #[arg(long, default_value_t = 32)]
-        gib_per_node: u64,
-        /// Simulated seconds to run.
-        #[arg(long, default_value_t = 2)]
-        seconds: u64,
+        /// Machine scales to time, in order (small: 2 nodes x 32 GiB; large: 8 nodes x 32
+        /// CPUs x 64 GiB with a 256 GiB buffer).
+        #[arg(long, value_delimiter = ',', default_value = "small")]
+        scale: Vec<bench::Scale>,
+        /// Also time each scale with THP always.
+        #[arg(long)]
+        thp: bool,
     },
 }
 
@@ -182,8 +183,8 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Bench { gib_per_node, seconds } => {
-            bench::run(gib_per_node, seconds);
+        Command::Bench { scale, thp } => {
+            bench::run(&scale, thp);
             Ok(())
         }
     };

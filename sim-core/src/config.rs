@@ -172,6 +172,38 @@ impl<'de> Deserialize<'de> for KernelVersion {
     }
 }
 
+/// /sys/kernel/mm/transparent_hugepage/enabled.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Thp {
+    /// Every anonymous VMA may get THPs (unless MADV_NOHUGEPAGE).
+    Always,
+    /// Only VMAs with MADV_HUGEPAGE.
+    Madvise,
+    Never,
+}
+
+/// madvise() advice on THP for one VMA.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum HugepageAdvice {
+    /// MADV_HUGEPAGE (VM_HUGEPAGE).
+    Madvise,
+    /// MADV_NOHUGEPAGE (VM_NOHUGEPAGE).
+    Nohugepage,
+}
+
+impl Thp {
+    /// Whether a VMA with `advice` may be backed by THPs (thp_vma_allowable_order()).
+    pub fn allows(self, advice: Option<HugepageAdvice>) -> bool {
+        match (self, advice) {
+            (_, Some(HugepageAdvice::Nohugepage)) | (Thp::Never, _) => false,
+            (Thp::Always, _) => true,
+            (Thp::Madvise, advice) => advice == Some(HugepageAdvice::Madvise),
+        }
+    }
+}
+
 /// How a secondary MMU's notifier treats a range whose PTEs did not change.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -204,6 +236,8 @@ pub struct KernelConfig {
     pub numa_balancing_scan_size_mb: u64,
     /// The kernel release whose rules apply (see `version.rs`).
     pub version: KernelVersion,
+    /// /sys/kernel/mm/transparent_hugepage/enabled.
+    pub transparent_hugepage: Thp,
     /// What-if override of the GUP era alone; the version's era when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gup_policy: Option<GupPolicy>,
@@ -248,6 +282,7 @@ impl Default for KernelConfig {
             numa_balancing_scan_period_max_ms: 60_000,
             numa_balancing_scan_size_mb: 256,
             version: KernelVersion::V6_12,
+            transparent_hugepage: Thp::Never,
             gup_policy: None,
             notifier: NotifierMode::Unconditional,
             quantum_us: 1000,
@@ -281,6 +316,9 @@ pub struct VmaConfig {
     /// Page contents for KSM: 0 means every page is unique; N means page i holds one of N
     /// contents (i mod N), so pages with equal contents can be merged.
     pub content_classes: u32,
+    /// madvise(MADV_HUGEPAGE) or madvise(MADV_NOHUGEPAGE).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hugepage: Option<HugepageAdvice>,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -372,6 +410,9 @@ pub struct VmConfig {
     pub populate_node: Option<u32>,
     pub mergeable: bool,
     pub content_classes: u32,
+    /// madvise() THP advice on the guest memory.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hugepage: Option<HugepageAdvice>,
     /// The vCPU threads (their `vma` is the guest memory and need not be given).
     pub vcpus: ThreadConfig,
 }
@@ -384,6 +425,7 @@ impl Default for VmConfig {
             populate_node: None,
             mergeable: false,
             content_classes: 0,
+            hugepage: None,
             vcpus: ThreadConfig::default(),
         }
     }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bevy_ecs::prelude::*;
 
-use crate::config::{Config, DeviceMode, GupPath};
+use crate::config::{Config, DeviceMode, GupPath, HugepageAdvice, Thp};
 use crate::debug_vm::{Violation, check_vm};
 use crate::device::{Device, DriverContext, device_tick};
 use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos, RngStream, stream};
@@ -175,7 +175,17 @@ impl Sim {
     /// Maps `pages` of anonymous memory into `mm`; returns the VMA index.
     pub fn add_vma(&mut self, mm: Entity, name: &str, pages: u64) -> usize {
         let base = self.world.resource_mut::<Pages>().grow(pages);
-        self.world.get_mut::<Mm>(mm).expect("live mm").add_vma(name, pages, base)
+        let thp = self.world.resource::<Sysctl>().0.transparent_hugepage;
+        let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
+        let vma = m.add_vma(name, pages, base, thp != Thp::Never);
+        m.vmas[vma].set_thp(thp.allows(None));
+        vma
+    }
+
+    /// madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE) on a VMA before it is touched.
+    pub fn madvise_hugepage(&mut self, mm: Entity, vma: usize, advice: Option<HugepageAdvice>) {
+        let thp = self.world.resource::<Sysctl>().0.transparent_hugepage;
+        self.world.get_mut::<Mm>(mm).expect("live mm").vmas[vma].set_thp(thp.allows(advice));
     }
 
     /// The VMA of `mm` holding global page `page`.
@@ -273,7 +283,10 @@ impl Sim {
         };
         self.with_kernel(|k| {
             for p in 0..pages {
-                do_anonymous_page(k, mm, base + p as PageIdx, nid, true);
+                let page = base + p as PageIdx;
+                if !k.pages.present(page) {
+                    do_anonymous_page(k, mm, vma, page, nid, true);
+                }
             }
         });
     }

@@ -24,7 +24,7 @@ fn mergeable(populated_from: u64) -> (Sim, Entity, PageIdx) {
     sim.make_mergeable(mm, vma, 4, 0);
     sim.with_kernel(|k| {
         for page in base + populated_from as PageIdx..base + 512 {
-            sim_core::mm::memory::do_anonymous_page(k, mm, page, 0, true);
+            sim_core::mm::memory::do_anonymous_page(k, mm, 0, page, 0, true);
         }
     });
     (sim, mm, base)

@@ -4,7 +4,7 @@ pub mod catalogue;
 pub mod pattern;
 
 use bevy_ecs::entity::Entity;
-use sim_core::config::{Access, Config, GupContext, MachineConfig, Slice, ThreadConfig};
+use sim_core::config::{Access, Config, GupContext, HugepageAdvice, MachineConfig, Slice, ThreadConfig};
 use sim_core::engine::{NSEC_PER_MSEC, NSEC_PER_USEC};
 use sim_core::machine::Nid;
 use sim_core::mm::PageIdx;
@@ -43,9 +43,11 @@ fn add_region(
     populate: Option<u32>,
     mergeable: bool,
     classes: u32,
+    hugepage: Option<HugepageAdvice>,
 ) -> Region {
     let pages = mib * PAGES_PER_MIB;
     let first = sim.add_vma(mm, name, pages);
+    sim.madvise_hugepage(mm, first, hugepage);
     let cuts = config.vma_cuts(process, name);
     let mut pieces = vec![(first, 0)];
     for (n, &cut) in cuts.iter().enumerate() {
@@ -85,6 +87,7 @@ pub fn build(config: &Config) -> Sim {
                     v.populate_node,
                     v.mergeable,
                     v.content_classes,
+                    v.hugepage,
                 )
             })
             .collect();
@@ -108,6 +111,7 @@ pub fn build(config: &Config) -> Sim {
             vm.populate_node,
             vm.mergeable,
             vm.content_classes,
+            vm.hugepage,
         );
         let ept = sim.add_secondary_mmu(&format!("{}/ept", vm.name), mm, ram.base, ram.pages, SmmuKind::Notifier);
         let vcpus = add_threads(&mut sim, &mut placer, m, mm, &vm.name, &ram, &vm.vcpus, Some(ept));

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use bevy_ecs::prelude::*;
 
 use super::gup::{Followed, follow_page};
+use super::huge_memory::split_huge_pmd_of;
 use super::memory::free_page_node;
 use super::mmu_notifier::{invalidate_range, update_stale_gauge};
 use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx};
@@ -231,6 +232,7 @@ fn get_mergeable_page(k: &mut Kernel, item: UnstableItem) -> bool {
 /// Models write_protect_page(): the page's PTE loses its write bit (a protnone PTE stays
 /// protnone) inside an MMU_NOTIFY_CLEAR invalidation of its address.
 fn write_protect_page(k: &mut Kernel, mm: Entity, page: PageIdx) {
+    split_huge_pmd_of(k, mm, page);
     invalidate_range(k, mm, page, 1, |_| true);
 }
 
@@ -239,6 +241,7 @@ fn write_protect_page(k: &mut Kernel, mm: Entity, page: PageIdx) {
 /// (not protnone, not young) PTE otherwise — under an MMU_NOTIFY_CLEAR invalidation.
 fn replace_page(k: &mut Kernel, mm: Entity, vma_accessible: bool, page: PageIdx, kpage: PageIdx) {
     let (i, s) = (page as usize, kpage as usize);
+    split_huge_pmd_of(k, mm, page);
     invalidate_range(k, mm, page, 1, |_| true);
     let old = k.pages.pte[i].nid;
     free_page_node(k, old);

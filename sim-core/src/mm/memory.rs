@@ -2,9 +2,10 @@
 
 use bevy_ecs::entity::Entity;
 
+use super::huge_memory::{do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, split_huge_pmd};
 use super::migrate::migrate_misplaced_folio;
 use super::mmu_notifier::invalidate_range;
-use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, ZERO_PAGE_NID};
+use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid, PgData};
@@ -64,11 +65,18 @@ pub fn handle_mm_fault(
 pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, write: bool, f: &mut Faulter) -> Nanos {
     let flags = k.pages.pte[page as usize].flags;
     if !k.pages.present(page) {
-        do_anonymous_page(k, mm, page, f.nid, write);
+        do_anonymous_page(k, mm, vma, page, f.nid, write);
         k.sysctl.0.hint_fault_cost_ns
     } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
-        do_numa_page(k, mm, vma, page, f)
+        match huge_block(k, mm, vma, page, Pmd::Huge) {
+            Some(b) => do_huge_pmd_numa_page(k, mm, vma, b, f),
+            None => do_numa_page(k, mm, vma, page, f),
+        }
     } else if write && flags & PTE_COW != 0 {
+        // do_huge_pmd_wp_page() on the huge zero page: split the PMD, then copy 4 KiB.
+        if let Some(b) = huge_block(k, mm, vma, page, Pmd::HugeZero) {
+            split_huge_pmd(k, mm, vma, b);
+        }
         do_wp_page(k, mm, page, f.nid);
         k.sysctl.0.hint_fault_cost_ns
     } else {
@@ -76,12 +84,25 @@ pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, w
     }
 }
 
+/// The PMD block of VMA `vma` holding `page`, when that block is in state `pmd`.
+fn huge_block(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, pmd: Pmd) -> Option<usize> {
+    let m = k.mm(mm);
+    let v = &m.vmas[vma];
+    v.pmd_block(v.start + u64::from(page - v.base)).filter(|&b| v.pmds[b] == pmd)
+}
+
 /// Models do_anonymous_page() (mm/memory.c, 6.1.192 and 6.12.117): "Use the zero-page for
 /// reads" — a read maps the shared zero page, which has no folio, costs no RSS and is never
 /// made protnone; a write gets a fresh zeroed page on the faulting CPU's node (the default
-/// local mempolicy). Both are mapped young.
-pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid, write: bool) {
+/// local mempolicy). Both are mapped young. In an empty block of a THP-eligible VMA,
+/// __handle_mm_fault() tries a THP first (do_huge_pmd_anonymous_page()).
+pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, nid: Nid, write: bool) {
     let i = page as usize;
+    if let Some(b) = huge_block(k, mm, vma, page, Pmd::None)
+        && do_huge_pmd_anonymous_page(k, mm, vma, b, nid, write)
+    {
+        return;
+    }
     if !write {
         k.pages.pte[i].nid = ZERO_PAGE_NID;
         k.pages.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
@@ -147,7 +168,7 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
 
     let mut nid = page_nid;
     if migrate {
-        match migrate_misplaced_folio(k, mm, page, f.nid) {
+        match migrate_misplaced_folio(k, mm, page, 1, f.nid) {
             Ok(()) => {
                 nid = f.nid;
                 flags |= TNF_MIGRATED;

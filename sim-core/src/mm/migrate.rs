@@ -3,7 +3,6 @@
 use bevy_ecs::entity::Entity;
 
 use super::PageIdx;
-use super::memory::{alloc_page_node, free_page_node};
 use super::mmu_notifier::invalidate_range;
 use crate::kernel::Kernel;
 use crate::machine::Nid;
@@ -25,30 +24,43 @@ fn migrate_balanced_pgdat(k: &mut Kernel, nid: Nid, nr_pages: u64) -> bool {
     pgdat.free_pages > pgdat.wmark.high + nr_pages
 }
 
-/// Models migrate_misplaced_folio_prepare() + migrate_misplaced_folio(): move one page of
-/// `mm` to node `target`. On success the old frame is freed, the page gets a new frame
-/// generation, and secondary MMUs are told through the MMU notifier (try_to_migrate()).
-pub fn migrate_misplaced_folio(k: &mut Kernel, mm: Entity, page: PageIdx, target: Nid) -> Result<(), MigrateFail> {
-    let i = page as usize;
-    if !migrate_balanced_pgdat(k, target, 1) {
+/// Models migrate_misplaced_folio_prepare() + migrate_misplaced_folio(): move the folio of
+/// `nr` pages from `first` (one 4 KiB page, or a THP's 512) of `mm` to node `target`, whole
+/// (NUMA balancing never splits a THP to migrate it: `nosplit` for MR_NUMA_MISPLACED). On
+/// success the old frames are freed, the pages get a new frame generation, and secondary
+/// MMUs are told through the MMU notifier (try_to_migrate()).
+pub fn migrate_misplaced_folio(
+    k: &mut Kernel,
+    mm: Entity,
+    first: PageIdx,
+    nr: u64,
+    target: Nid,
+) -> Result<(), MigrateFail> {
+    let pages = first as usize..first as usize + nr as usize;
+    let thp = u64::from(nr > 1);
+    if !migrate_balanced_pgdat(k, target, nr) {
         return Err(MigrateFail::TargetFull);
     }
-    // migrate_folio_unmap(): try_to_migrate() replaces the PTE with a migration entry and
+    // migrate_folio_unmap(): try_to_migrate() replaces the PTEs with migration entries and
     // secondary MMUs let go (MMU_NOTIFY_CLEAR) before folio_migrate_mapping() checks the
-    // refcount, so a pinned page's secondary mappings are dropped even though it stays
+    // refcount, so a pinned folio's secondary mappings are dropped even though it stays
     // (mm/migrate.c, 6.1.192 and 6.12.117).
-    invalidate_range(k, mm, page, 1, |_| true);
-    if k.pages.pins[i] > 0 || k.pages.refs[i] > 0 {
-        k.counters.vmstat.pgmigrate_fail += 1;
+    invalidate_range(k, mm, first, nr, |_| true);
+    if pages.clone().any(|i| k.pages.pins[i] > 0 || k.pages.refs[i] > 0) {
+        k.counters.vmstat.pgmigrate_fail += nr;
+        k.counters.vmstat.thp_migration_fail += thp;
         return Err(MigrateFail::Refcount);
     }
-    let src = k.pages.pte[i].nid;
-    let got = alloc_page_node(k, target);
-    debug_assert_eq!(got, Some(target), "migrate_balanced_pgdat() guarantees a free frame");
-    free_page_node(k, src);
-    k.pages.pte[i].nid = target;
-    k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
-    k.counters.vmstat.pgmigrate_success += 1;
-    k.counters.vmstat.numa_pages_migrated += 1;
+    let src = k.pages.pte[pages.start].nid;
+    let mut dst = k.pgdat(target);
+    dst.free_pages -= nr;
+    k.pgdat(src).free_pages += nr;
+    for i in pages {
+        k.pages.pte[i].nid = target;
+        k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
+    }
+    k.counters.vmstat.pgmigrate_success += nr;
+    k.counters.vmstat.numa_pages_migrated += nr;
+    k.counters.vmstat.thp_migration_success += thp;
     Ok(())
 }

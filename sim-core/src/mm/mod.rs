@@ -5,6 +5,7 @@
 //! a scanner pass) are loops over plain arrays. The layout costs 13 bytes per simulated page.
 
 pub mod gup;
+pub mod huge_memory;
 pub mod ksm;
 pub mod memory;
 pub mod migrate;
@@ -165,6 +166,22 @@ pub struct VmaNumab {
     pub prev_scan_seq: u32,
 }
 
+/// Pages in a PMD (HPAGE_PMD_NR): a THP maps 2 MiB.
+pub const HPAGE_PMD_NR: u64 = 512;
+
+/// What maps one PMD-sized (2 MiB) block of a THP-eligible VMA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pmd {
+    /// Nothing yet (pmd_none(): no page table).
+    None,
+    /// A page table of 4 KiB PTEs.
+    Table,
+    /// A THP, all 512 subpages on one node with one set of PTE bits.
+    Huge,
+    /// The huge zero page, mapped by a read fault.
+    HugeZero,
+}
+
 /// A virtual memory area: anonymous private memory unless said otherwise.
 #[derive(Clone, Debug)]
 pub struct Vma {
@@ -182,6 +199,11 @@ pub struct Vma {
     pub mergeable: bool,
     /// Initialised on the first scan (vma->numab_state).
     pub numab: Option<VmaNumab>,
+    /// THPs may back the VMA (thp_vma_allowable_order(): the sysfs setting and madvise()).
+    pub thp: bool,
+    /// The state of each whole 2 MiB block, for a THP-eligible VMA that starts on a PMD
+    /// boundary (empty otherwise: every fault maps 4 KiB).
+    pub pmds: Vec<Pmd>,
 }
 
 impl Vma {
@@ -193,6 +215,26 @@ impl Vma {
     #[inline]
     pub fn page(&self, vpn: u64) -> PageIdx {
         self.base + (vpn - self.start) as PageIdx
+    }
+
+    /// The PMD block holding virtual page `vpn`, when THPs may map it.
+    #[inline]
+    pub fn pmd_block(&self, vpn: u64) -> Option<usize> {
+        let b = ((vpn - self.start) / HPAGE_PMD_NR) as usize;
+        (b < self.pmds.len()).then_some(b)
+    }
+
+    /// Global index of the first page of PMD block `b`.
+    pub fn block_page(&self, b: usize) -> PageIdx {
+        self.base + (b as u64 * HPAGE_PMD_NR) as PageIdx
+    }
+
+    /// Sets THP eligibility and lays out the blocks (thp_vma_suitable_order(): a block must
+    /// lie wholly inside the VMA, on a PMD-aligned address).
+    pub fn set_thp(&mut self, thp: bool) {
+        self.thp = thp;
+        let aligned = self.start.is_multiple_of(HPAGE_PMD_NR);
+        self.pmds = if thp && aligned { vec![Pmd::None; (self.pages / HPAGE_PMD_NR) as usize] } else { Vec::new() };
     }
 
     /// `vma_set_access_pid_bit()`: remember that `pid` faulted in this VMA.
@@ -245,8 +287,13 @@ impl Mm {
     }
 
     /// Adds a VMA after the last one (a gap of one page between VMAs, like guard pages).
-    pub fn add_vma(&mut self, name: &str, pages: u64, base: PageIdx) -> usize {
-        let start = self.vmas.last().map_or(16, |v| v.end() + 1);
+    /// With `pmd_align`, a VMA of 2 MiB or more starts on a PMD boundary, as
+    /// thp_get_unmapped_area() places large anonymous mappings when THP is on.
+    pub fn add_vma(&mut self, name: &str, pages: u64, base: PageIdx, pmd_align: bool) -> usize {
+        let mut start = self.vmas.last().map_or(16, |v| v.end() + 1);
+        if pmd_align && pages >= HPAGE_PMD_NR {
+            start = start.next_multiple_of(HPAGE_PMD_NR);
+        }
         self.vmas.push(Vma {
             name: name.to_string(),
             start,
@@ -256,6 +303,8 @@ impl Mm {
             unmapped: false,
             mergeable: false,
             numab: None,
+            thp: false,
+            pmds: Vec::new(),
         });
         self.vmas.len() - 1
     }
@@ -271,6 +320,9 @@ impl Mm {
         tail.pages = v.pages - at;
         tail.base = v.base + at as PageIdx;
         v.pages = at;
+        let thp = v.thp;
+        v.set_thp(thp);
+        tail.set_thp(thp);
         self.vmas.insert(vi + 1, tail);
         vi + 1
     }

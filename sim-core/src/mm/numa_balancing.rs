@@ -3,16 +3,14 @@
 
 use bevy_ecs::entity::Entity;
 
+use super::huge_memory::{change_huge_pmd, split_huge_pmd};
 use super::mmu_notifier::invalidate_range;
-use super::{Mm, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Vma, VmaNumab, hash_32};
+use super::{HPAGE_PMD_NR, Mm, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
 use crate::sched::numa::{TICK_NSEC, TaskNuma, group_of, task_scan_max, task_scan_start};
 use crate::version::VmaScanFilter;
-
-/// Pages in a PMD (HPAGE_SIZE / PAGE_SIZE): scan chunks end on a PMD boundary.
-const HPAGE_PAGES: u64 = 512;
 
 /// Models the stagger init_numa_balancing() gives a new thread of an existing mm (the
 /// `thread`-th, from 0): `min(task_scan_max(), period * mm_users * NSEC_PER_MSEC) + 2
@@ -193,7 +191,7 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
             let vma = k.mm(mm_e).vmas[vi].clone();
             loop {
                 start = start.max(vma.start);
-                let end = (start + pages as u64).next_multiple_of(HPAGE_PAGES).min(vma.end());
+                let end = (start + pages as u64).next_multiple_of(HPAGE_PMD_NR).min(vma.end());
                 let updated = change_prot_numa(k, mm_e, &vma, start, end, target_node);
                 walked += end - start;
                 if updated > 0 {
@@ -246,29 +244,56 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
 /// `start..end` of `vma`: make present PTEs protnone, skipping what the kernel skips, and
 /// notify secondary MMUs for the range (change_pmd_range() calls
 /// mmu_notifier_invalidate_range_start() unconditionally). Returns the number of PTEs
-/// updated (counted in numa_pte_updates).
+/// updated (counted in numa_pte_updates). A THP is changed at its PMD
+/// (change_pmd_range() → change_huge_pmd()) when the range covers it whole, and split first
+/// when it covers part of it.
 pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: u64, target_node: Option<Nid>) -> u64 {
     let mut updated: Vec<PageIdx> = Vec::new();
-    let pages = &mut k.pages;
-    for vpn in start..end {
-        let page = vma.page(vpn);
-        let i = page as usize;
-        let nid = pages.pte[i].nid;
-        // vm_normal_folio() has no folio for the zero page; KSM pages are skipped too.
-        if nid == NUMA_NO_NODE || pages.pte[i].flags & (PTE_PROTNONE | PG_KSM | PTE_ZERO) != 0 {
-            continue;
+    let vi = k.mm(mm).vma_of_page(vma.base).expect("the scanned VMA is mapped");
+    let mut vpn = start;
+    while vpn < end {
+        // The 4 KiB PTEs up to the next block (all of the range in a VMA without THPs).
+        let block = vma.pmd_block(vpn);
+        let segment_end = block.map_or(end, |b| (vma.start + (b as u64 + 1) * HPAGE_PMD_NR).min(end));
+        if let Some(b) = block
+            && matches!(k.mm(mm).vmas[vi].pmds[b], Pmd::Huge | Pmd::HugeZero)
+        {
+            let first = vma.start + b as u64 * HPAGE_PMD_NR;
+            if first >= start && first + HPAGE_PMD_NR <= end {
+                if change_huge_pmd(k, mm, vi, b) > 0 {
+                    updated.extend(vma.page(first)..vma.page(first) + HPAGE_PMD_NR as PageIdx);
+                }
+                vpn = segment_end;
+                continue;
+            }
+            split_huge_pmd(k, mm, vi, b);
         }
-        // Private (COW) mapping: skip pages that may be DMA-pinned or are mapped shared.
-        if pages.pins[i] > 0 || pages.mapcount[i] > 1 {
-            continue;
+        for v in vpn..segment_end {
+            change_pte(k, vma.page(v), target_node, &mut updated);
         }
-        if target_node == Some(nid) {
-            continue;
-        }
-        pages.pte[i].flags |= PTE_PROTNONE;
-        updated.push(page);
+        vpn = segment_end;
     }
     k.counters.vmstat.numa_pte_updates += updated.len() as u64;
     invalidate_range(k, mm, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
     updated.len() as u64
+}
+
+/// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE.
+fn change_pte(k: &mut Kernel, page: PageIdx, target_node: Option<Nid>, updated: &mut Vec<PageIdx>) {
+    let pages = &mut k.pages;
+    let i = page as usize;
+    let nid = pages.pte[i].nid;
+    // vm_normal_folio() has no folio for the zero page; KSM pages are skipped too.
+    if nid == NUMA_NO_NODE || pages.pte[i].flags & (PTE_PROTNONE | PG_KSM | PTE_ZERO) != 0 {
+        return;
+    }
+    // Private (COW) mapping: skip pages that may be DMA-pinned or are mapped shared.
+    if pages.pins[i] > 0 || pages.mapcount[i] > 1 {
+        return;
+    }
+    if target_node == Some(nid) {
+        return;
+    }
+    pages.pte[i].flags |= PTE_PROTNONE;
+    updated.push(page);
 }

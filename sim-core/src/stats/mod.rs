@@ -36,7 +36,7 @@ counters! {
     VmStat {
         /// PTEs made PROT_NONE by change_prot_numa().
         numa_pte_updates,
-        /// PMDs made PROT_NONE (always 0: THP is not modelled).
+        /// PMDs made PROT_NONE by change_huge_pmd() (each also counts 512 numa_pte_updates).
         numa_huge_pte_updates,
         numa_hint_faults,
         numa_hint_faults_local,
@@ -49,6 +49,16 @@ counters! {
         numa_task_swapped,
         /// Writes that broke a KSM page's sharing (do_wp_page() on a KSM page).
         cow_ksm,
+        /// THPs allocated at a page fault (do_huge_pmd_anonymous_page()).
+        thp_fault_alloc,
+        /// Faults in THP-eligible ranges that fell back to 4 KiB pages.
+        thp_fault_fallback,
+        /// THPs NUMA balancing migrated whole, failed to migrate, or split to migrate.
+        thp_migration_success,
+        thp_migration_fail,
+        thp_migration_split,
+        /// PMD mappings split into PTEs (__split_huge_pmd()).
+        thp_split_pmd,
     }
 }
 

@@ -1,0 +1,157 @@
+//! Transparent huge pages (mm/huge_memory.c): THP faults, PMD-level NUMA hinting, THP
+//! migration and PMD splits.
+//!
+//! A THP's 512 subpages keep their slots in [`super::Pages`], all with the same node and PTE
+//! bits, so every 4 KiB path (a CPU touch, GUP, the secondary MMUs, aging) sees the THP
+//! without a check of its own; what is PMD-wide — one hinting fault, one 512-page migration,
+//! one PMD update — happens here, at the block. Simplified: a node has a free 2 MiB block
+//! while it has 512 free pages above its low watermark (no fragmentation, no compaction, no
+//! khugepaged collapse, PMD-sized THPs only), and devices map 4 KiB.
+
+use bevy_ecs::entity::Entity;
+
+use super::migrate::migrate_misplaced_folio;
+use super::{HPAGE_PMD_NR, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
+use crate::engine::Nanos;
+use crate::kernel::{Faulter, Kernel};
+use crate::machine::Nid;
+use crate::sched::numa::{
+    TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL, TNF_MIGRATED, should_numa_migrate_memory, task_numa_fault,
+};
+
+const NR: usize = HPAGE_PMD_NR as usize;
+
+/// The subpages of block `b` of VMA `vma` of `mm`, as global page indices.
+fn block_pages(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> std::ops::Range<usize> {
+    let first = k.mm(mm).vmas[vma].block_page(b) as usize;
+    first..first + NR
+}
+
+fn set_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, pmd: Pmd) {
+    k.mm(mm).vmas[vma].pmds[b] = pmd;
+}
+
+/// Models do_huge_pmd_anonymous_page() for the first fault in an empty 2 MiB block: a read
+/// maps the huge zero page (transparent_hugepage/use_zero_page, on by default); a write
+/// allocates a THP on the faulting node only (alloc_pages_mpol() tries the local node with
+/// __GFP_THISNODE and does not reclaim for a THP). Returns false when the fault falls back
+/// to 4 KiB pages (thp_fault_fallback).
+pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, nid: Nid, write: bool) -> bool {
+    let range = block_pages(k, mm, vma, b);
+    if !write {
+        for i in range {
+            k.pages.pte[i].nid = ZERO_PAGE_NID;
+            k.pages.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
+        }
+        set_pmd(k, mm, vma, b, Pmd::HugeZero);
+        return true;
+    }
+    let mut pgdat = k.pgdat(nid);
+    if pgdat.free_pages < pgdat.wmark.low + HPAGE_PMD_NR {
+        k.counters.vmstat.thp_fault_fallback += 1;
+        set_pmd(k, mm, vma, b, Pmd::Table);
+        return false;
+    }
+    pgdat.free_pages -= HPAGE_PMD_NR;
+    for i in range {
+        k.pages.pte[i].nid = nid;
+        k.pages.pte[i].flags |= PTE_YOUNG;
+        k.pages.mapcount[i] = 1;
+    }
+    k.mm(mm).rss += HPAGE_PMD_NR;
+    k.counters.vmstat.thp_fault_alloc += 1;
+    set_pmd(k, mm, vma, b, Pmd::Huge);
+    true
+}
+
+/// Models __split_huge_pmd(): the block's PMD becomes a table of 512 PTEs with the same
+/// bits (a huge zero page becomes 512 zero-page PTEs), counted in thp_split_pmd.
+pub fn split_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) {
+    if matches!(k.mm(mm).vmas[vma].pmds[b], Pmd::Huge | Pmd::HugeZero) {
+        set_pmd(k, mm, vma, b, Pmd::Table);
+        k.counters.vmstat.thp_split_pmd += 1;
+    }
+}
+
+/// The VMA and PMD block of `page` in `mm`, when THPs may map it.
+fn block_of(k: &mut Kernel, mm: Entity, page: PageIdx) -> Option<(usize, usize)> {
+    let m = k.mm(mm);
+    let vi = m.vma_of_page(page)?;
+    let v = &m.vmas[vi];
+    v.pmd_block(v.start + u64::from(page - v.base)).map(|b| (vi, b))
+}
+
+/// Splits the PMD mapping `page`, if a THP or the huge zero page maps it (KSM's
+/// try_to_merge_one_page() splits a THP before it merges a subpage).
+pub fn split_huge_pmd_of(k: &mut Kernel, mm: Entity, page: PageIdx) {
+    if let Some((vi, b)) = block_of(k, mm, page) {
+        split_huge_pmd(k, mm, vi, b);
+    }
+}
+
+/// The pages of the THP that maps `page`, if one does (a PMD-mapped folio).
+pub fn thp_pages_of(k: &mut Kernel, mm: Entity, page: PageIdx) -> Option<std::ops::Range<PageIdx>> {
+    let (vi, b) = block_of(k, mm, page)?;
+    let v = &k.mm(mm).vmas[vi];
+    (v.pmds[b] == Pmd::Huge).then(|| v.block_page(b)..v.block_page(b) + HPAGE_PMD_NR as PageIdx)
+}
+
+/// Models change_huge_pmd() with MM_CP_PROT_NUMA: the THP's PMD becomes protnone, unless it
+/// maps the huge zero page or is protnone already. Unlike 4 KiB PTEs, pinned THPs and THPs
+/// on a single-threaded task's node are not skipped (6.1.192 and 6.12.117 alike). Returns
+/// the subpages updated: 512 (one numa_huge_pte_updates, 512 numa_pte_updates) or 0.
+pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> u64 {
+    if k.mm(mm).vmas[vma].pmds[b] != Pmd::Huge {
+        return 0;
+    }
+    let range = block_pages(k, mm, vma, b);
+    if k.pages.pte[range.start].flags & PTE_PROTNONE != 0 {
+        return 0;
+    }
+    for i in range {
+        k.pages.pte[i].flags |= PTE_PROTNONE;
+    }
+    k.counters.vmstat.numa_huge_pte_updates += 1;
+    HPAGE_PMD_NR
+}
+
+/// Models do_huge_pmd_numa_page() (mm/huge_memory.c, 6.12.117): one hinting fault for the
+/// whole THP, the two-stage filter on the folio's last_cpupid, a 512-page migration through
+/// migrate_misplaced_folio(), the PMD made accessible again, and task_numa_fault() with
+/// HPAGE_PMD_NR pages.
+pub fn do_huge_pmd_numa_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, f: &mut Faulter) -> Nanos {
+    let range = block_pages(k, mm, vma, b);
+    let head = range.start as PageIdx;
+    let mut cost = k.sysctl.0.hint_fault_cost_ns;
+    let page_nid = k.pages.pte[range.start].nid;
+    k.mm(mm).vmas[vma].set_access_pid_bit(f.pid);
+    k.counters.vmstat.numa_hint_faults += 1;
+    k.counters.hint_fault(f.source);
+    let mut flags = 0;
+    if page_nid == f.nid {
+        k.counters.vmstat.numa_hint_faults_local += 1;
+        flags |= TNF_FAULT_LOCAL;
+    }
+    let last_cpupid = k.pages.last_cpupid[range.start];
+    // mpol_misplaced(): a local fault returns before should_numa_migrate_memory().
+    let migrate = page_nid != f.nid && should_numa_migrate_memory(k, f, head, page_nid);
+    let mut nid = page_nid;
+    if migrate {
+        match migrate_misplaced_folio(k, mm, head, HPAGE_PMD_NR, f.nid) {
+            Ok(()) => {
+                nid = f.nid;
+                flags |= TNF_MIGRATED;
+                cost += k.sysctl.0.migrate_cost_ns * HPAGE_PMD_NR;
+            }
+            Err(_) => flags |= TNF_MIGRATE_FAIL,
+        }
+    }
+    for i in range {
+        k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
+    }
+    if let Some(task) = f.task.take() {
+        task_numa_fault(k, task, f, last_cpupid, nid, HPAGE_PMD_NR, flags);
+        f.task = Some(task);
+    }
+    cost
+}

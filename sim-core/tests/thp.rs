@@ -1,0 +1,146 @@
+//! Transparent huge pages (mm/huge_memory.c, 6.12.117), driven directly.
+
+use bevy_ecs::entity::Entity;
+use sim_core::config::{Config, GupPolicy, MachineConfig, Thp};
+use sim_core::kernel::{Faulter, Kernel};
+use sim_core::mm::gup::{FOLL_GET, get_user_pages};
+use sim_core::mm::memory::handle_mm_fault;
+use sim_core::mm::numa_balancing::change_prot_numa;
+use sim_core::mm::{HPAGE_PMD_NR, Mm, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd};
+use sim_core::sim::Sim;
+use sim_core::stats::{Counters, Source};
+
+/// A 2-node machine with THP `always` and a 4 MiB VMA (two PMD blocks), untouched.
+fn machine(policy: GupPolicy) -> (Sim, Entity, PageIdx) {
+    let mut config =
+        Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
+    config.kernel.transparent_hugepage = Thp::Always;
+    config.kernel.gup_policy = Some(policy);
+    let mut sim = Sim::new(&config);
+    let mm = sim.add_process("app");
+    let vma = sim.add_vma(mm, "buf", 2 * HPAGE_PMD_NR);
+    let base = sim.vma_base(mm, vma);
+    sim.world.get_mut::<Mm>(mm).unwrap().nr_threads = 2;
+    (sim, mm, base)
+}
+
+fn fault(k: &mut Kernel, mm: Entity, page: PageIdx, cpu: u32, write: bool) {
+    let mut f = Faulter::kthread(k, 77, cpu, Source::Cpu);
+    handle_mm_fault(k, mm, page, write, &mut f).unwrap();
+}
+
+fn pmd(sim: &Sim, mm: Entity, b: usize) -> Pmd {
+    sim.world.get::<Mm>(mm).unwrap().vmas[0].pmds[b]
+}
+
+fn scan(sim: &mut Sim, mm: Entity) -> u64 {
+    let v = sim.world.get::<Mm>(mm).unwrap().vmas[0].clone();
+    sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start, v.end(), None))
+}
+
+/// do_huge_pmd_anonymous_page(): a write fault in an empty, aligned 2 MiB block allocates a
+/// THP on the faulting node; a read maps the huge zero page, and a write to it splits the PMD
+/// (do_huge_pmd_wp_page() falls back) and copies 4 KiB.
+#[test]
+fn faults_allocate_thps_and_the_huge_zero_page() {
+    let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+    sim.with_kernel(|k| fault(k, mm, base + 3, 4, true));
+    assert_eq!(pmd(&sim, mm, 0), Pmd::Huge);
+    sim.with_kernel(|k| {
+        assert!((base..base + 512).all(|p| k.pages.pte[p as usize].nid == 1), "the whole THP on node 1");
+        assert_eq!(k.mm(mm).rss, HPAGE_PMD_NR);
+        fault(k, mm, base + 600, 0, false);
+    });
+    assert_eq!(pmd(&sim, mm, 1), Pmd::HugeZero);
+    sim.with_kernel(|k| {
+        assert_ne!(k.pages.pte[base as usize + 1000].flags & PTE_ZERO, 0);
+        fault(k, mm, base + 600, 0, true);
+        assert_eq!(k.pages.pte[base as usize + 600].flags & PTE_ZERO, 0);
+        assert_ne!(k.pages.pte[base as usize + 601].flags & PTE_ZERO, 0, "the rest stays zero-page PTEs");
+    });
+    assert_eq!(pmd(&sim, mm, 1), Pmd::Table);
+    let c = sim.world.resource::<Counters>().vmstat;
+    assert_eq!((c.thp_fault_alloc, c.thp_split_pmd, c.thp_fault_fallback), (1, 1, 0));
+}
+
+/// A node without 512 free pages above its low watermark gives no THP: thp_fault_fallback,
+/// and the block is mapped by 4 KiB PTEs from then on.
+#[test]
+fn a_full_node_falls_back_to_4k_pages() {
+    let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+    sim.with_kernel(|k| {
+        let mut node0 = k.pgdat(0);
+        node0.free_pages = node0.wmark.low + 100;
+        fault(k, mm, base, 0, true);
+    });
+    assert_eq!(pmd(&sim, mm, 0), Pmd::Table);
+    let c = sim.world.resource::<Counters>().vmstat;
+    assert_eq!((c.thp_fault_alloc, c.thp_fault_fallback), (0, 1));
+}
+
+/// change_huge_pmd(): one PMD update per THP, counted as 512 PTE updates too (6.12.117
+/// change_pmd_range()), pinned THPs included; the hinting fault is one per THP and migrates
+/// it whole (thp_migration_success, numa_pages_migrated += 512), unless a subpage is pinned.
+#[test]
+fn a_thp_is_scanned_faulted_and_migrated_at_the_pmd() {
+    for pinned in [false, true] {
+        let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+        sim.with_kernel(|k| {
+            fault(k, mm, base, 0, true);
+            fault(k, mm, base + 512, 0, true);
+            if pinned {
+                k.pages.pins[base as usize + 17] = 1;
+            }
+        });
+        assert_eq!(scan(&mut sim, mm), 2 * HPAGE_PMD_NR);
+        let c = sim.world.resource::<Counters>().vmstat;
+        assert_eq!((c.numa_huge_pte_updates, c.numa_pte_updates), (2, 1024));
+        sim.with_kernel(|k| fault(k, mm, base + 100, 4, false));
+        let c = sim.world.resource::<Counters>().vmstat;
+        assert_eq!(c.numa_hint_faults, 1, "one fault for 512 pages");
+        sim.with_kernel(|k| {
+            assert!((base..base + 512).all(|p| !k.pages.protnone(p)), "the whole PMD is restored");
+            assert!((base + 512..base + 1024).all(|p| k.pages.protnone(p)), "the other THP is untouched");
+            let want = if pinned { 0 } else { 1 };
+            assert!((base..base + 512).all(|p| k.pages.pte[p as usize].nid == want));
+        });
+        if pinned {
+            assert_eq!((c.thp_migration_fail, c.pgmigrate_fail, c.numa_pages_migrated), (1, 512, 0));
+        } else {
+            assert_eq!((c.thp_migration_success, c.numa_pages_migrated, c.pgmigrate_success), (1, 512, 512));
+        }
+    }
+}
+
+/// follow_pmd_mask() applies gup_can_follow_protnone() to a protnone PMD as
+/// follow_page_pte() does to a PTE: a driver's read GUP follows it only in the explicit era.
+#[test]
+fn gup_on_a_protnone_pmd_follows_the_era_rule() {
+    for (policy, faults) in
+        [(GupPolicy::Implicit, 1), (GupPolicy::ImplicitAll, 1), (GupPolicy::ImplicitForce, 1), (GupPolicy::Explicit, 0)]
+    {
+        let (mut sim, mm, base) = machine(policy);
+        sim.with_kernel(|k| fault(k, mm, base, 0, true));
+        scan(&mut sim, mm);
+        sim.with_kernel(|k| {
+            let mut f = Faulter::kthread(k, 88, 4, Source::Device);
+            get_user_pages(k, mm, base + 9, FOLL_GET, &mut f).unwrap();
+            assert_eq!(k.counters.hint_faults_by_source.device, faults, "{policy:?}");
+            assert_eq!(k.pages.pte[base as usize].flags & PTE_PROTNONE == 0, faults == 1, "{policy:?}");
+        });
+    }
+}
+
+/// try_to_merge_one_page() splits a THP before it merges one of its subpages.
+#[test]
+fn ksm_splits_a_thp_before_merging_its_subpages() {
+    let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+    sim.make_mergeable(mm, 0, 4, 0);
+    sim.with_kernel(|k| fault(k, mm, base, 0, true));
+    sim.world.resource_mut::<sim_core::mm::ksm::Ksmd>().vmas.push((mm, 0));
+    sim.world.run_system_cached(sim_core::mm::ksm::ksmd_wake).unwrap();
+    let c = sim.world.resource::<Counters>();
+    assert!(c.ksm.pages_merged > 0);
+    assert_eq!(c.vmstat.thp_split_pmd, 1);
+    assert_eq!(pmd(&sim, mm, 0), Pmd::Table);
+}
