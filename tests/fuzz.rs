@@ -389,6 +389,9 @@ fn no_case_panics_hangs_or_wraps() {
         if let Err(e) = run_case(&mut g, &bases, &mut tally, case) {
             failures.push(e);
         }
+        if (case + 1).is_multiple_of(10_000) {
+            eprintln!("fuzz: {} cases, {} failures, {:.0} s", case + 1, failures.len(), start.elapsed().as_secs_f64());
+        }
     }
     std::panic::set_hook(hook);
     eprintln!(
