@@ -74,7 +74,11 @@ pub fn check_arithmetic(c: &Config) -> Result<(), Invalid> {
     m.memory_per_node_mib
         .checked_mul(PAGES_PER_MIB)
         .and_then(|p| p.checked_mul(u64::from(m.nodes)))
-        .ok_or_else(|| ("machine.memory_per_node_mib".to_string(), "the machine's pages overflow a u64".to_string()))?;
+        .and_then(|p| p.checked_mul(4 * 16))
+        .ok_or_else(|| {
+            let message = "the machine's memory in KiB x 16 (calculate_min_free_kbytes()) overflows a u64";
+            ("machine.memory_per_node_mib".to_string(), message.to_string())
+        })?;
     let max_distance = m.distance.iter().flatten().flatten().copied().max().unwrap_or(crate::machine::REMOTE_DISTANCE);
     let latency = product(
         "machine.local_latency_ns",
