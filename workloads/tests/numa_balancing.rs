@@ -42,7 +42,6 @@ fn the_scan_period_grows_once_memory_is_local() {
     // stretches each thread's period from task_scan_start() (500 ms for this RSS) upward.
     let c = scenario("numa02", &[]);
     let mut sim = workloads::build(&c);
-    sim.set_check_invariants(true);
     sim.run().unwrap_or_else(|e| panic!("{e}"));
     let mut q = sim.world.query::<&sim_core::sched::TaskNuma>();
     let periods: Vec<u64> = q.iter(&sim.world).map(|p| p.numa_scan_period).collect();
