@@ -10,7 +10,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use rayon::prelude::*;
 use sim_core::config::Config;
 
-use crate::output;
+use crate::{Failure, output};
 
 /// One simulation to run and the directory its results go to.
 pub struct Job {
@@ -18,13 +18,25 @@ pub struct Job {
     pub config: Config,
 }
 
+/// Runs one job and writes its results; `check` runs the invariant checks after every event.
+pub fn run_one(job: &Job, check: bool) -> Result<sim_core::sim::RunOutput, Failure> {
+    let mut sim = workloads::build(&job.config);
+    sim.set_check_invariants(check);
+    let out = sim.run().map_err(|e| Failure::Sim(format!("{}: {e}", job.dir.display())))?;
+    output::write_run(&job.dir, &job.config, &out).map_err(|e| Failure::Io(e.to_string()))?;
+    Ok(out)
+}
+
 /// Runs `jobs` on `threads` threads and writes each run's results. Returns the first
-/// write error, after every run has finished.
-pub fn run_all(jobs: &[Job], threads: usize, what: &str) -> Result<(), String> {
+/// failure, after every run has finished.
+pub fn run_all(jobs: &[Job], threads: usize, what: &str, check: bool) -> Result<(), Failure> {
     if jobs.is_empty() {
         return Ok(());
     }
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(threads.max(1)).build().map_err(|e| e.to_string())?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads.max(1))
+        .build()
+        .map_err(|e| Failure::Io(format!("cannot start {threads} threads: {e}")))?;
     let tty = std::io::stderr().is_terminal();
     let bar = if tty {
         let bar = ProgressBar::new(jobs.len() as u64);
@@ -39,12 +51,10 @@ pub fn run_all(jobs: &[Job], threads: usize, what: &str) -> Result<(), String> {
     };
     let start = Instant::now();
     let done = std::sync::atomic::AtomicUsize::new(0);
-    let results: Vec<Result<(), String>> = pool.install(|| {
+    let results: Vec<Result<(), Failure>> = pool.install(|| {
         jobs.par_iter()
             .map(|job| {
-                let out = workloads::build(&job.config).run();
-                let r =
-                    output::write_run(&job.dir, &job.config, &out).map_err(|e| format!("{}: {e}", job.dir.display()));
+                let r = run_one(job, check).map(drop);
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if tty {
                     bar.inc(1);

@@ -75,7 +75,7 @@ fn run_one(scale: Scale, thp: bool) {
     let pages = sim.world.resource::<Pages>().len() as u64;
     let page_bytes = sim.world.resource::<Pages>().bytes() as u64;
     let t = Instant::now();
-    let out = sim.run();
+    let out = sim.run().expect("the bench scenario runs to its end");
     let run_s = t.elapsed().as_secs_f64();
     let metric = |name: &str| out.summary.metrics.get(name).map_or(0.0, |v| v.as_f64());
     let touches = ["touches.cpu", "touches.kvm", "touches.device"].iter().map(|k| metric(k) as u64).sum::<u64>();

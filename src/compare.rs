@@ -20,6 +20,7 @@ pub struct Args {
     pub seeds: u32,
     pub jobs: usize,
     pub out: Option<PathBuf>,
+    pub check_invariants: bool,
 }
 
 /// What one column of the comparison varies.
@@ -86,7 +87,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         }
         groups.push((column.name().to_string(), runs));
     }
-    run_all(&jobs, args.jobs, &format!("compare {}", base.name)).map_err(Failure::Io)?;
+    run_all(&jobs, args.jobs, &format!("compare {}", base.name), args.check_invariants)?;
     let manifest = Manifest { scenario: base.name.clone(), groups };
     let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", dir.display()));
     let json = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");

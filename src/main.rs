@@ -39,6 +39,9 @@ enum Command {
         out: Option<PathBuf>,
         #[command(flatten)]
         trace: trace::TraceArgs,
+        /// Check the model's invariants after every event (slow; stops at the first broken one).
+        #[arg(long)]
+        check_invariants: bool,
     },
     /// Run a scenario under each GUP era, or each kernel version (and several seeds); print
     /// the table, write plots and report.md.
@@ -62,6 +65,9 @@ enum Command {
         /// Output directory (default: out/compare-<scenario>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the model's invariants after every event of every run.
+        #[arg(long)]
+        check_invariants: bool,
     },
     /// Run a parameter sweep (all of it, or one shard).
     Sweep {
@@ -74,6 +80,9 @@ enum Command {
         /// Output directory (default: out/sweep-<name>, or .../shard-I-of-N).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Check the model's invariants after every event of every run.
+        #[arg(long)]
+        check_invariants: bool,
     },
     /// Join the shard directories of one sweep.
     Merge {
@@ -81,6 +90,9 @@ enum Command {
         dirs: Vec<PathBuf>,
         #[arg(long)]
         out: PathBuf,
+        /// Merge even if runs of the sweep are missing (they are listed).
+        #[arg(long)]
+        partial: bool,
     },
     /// Run a scenario on a real Linux kernel under QEMU (Debian 12's 6.1 or 6.12, or a bzImage)
     /// and write the same result files as `run`.
@@ -160,6 +172,9 @@ pub enum Failure {
     Io(String),
     /// `validate` found the sim and a kernel outside a tolerance: exit status 3.
     Disagreement(String),
+    /// The simulation stopped: time stopped advancing or an invariant broke (a bug in the
+    /// simulator, never in the input): exit status 4.
+    Sim(String),
 }
 
 impl From<ConfigError> for Failure {
@@ -169,26 +184,41 @@ impl From<ConfigError> for Failure {
 }
 
 fn main() -> ExitCode {
+    // Output piped into `head` ends with SIGPIPE, as for any Unix tool, not with a panic
+    // when println! finds the pipe closed. Rust starts programs with SIGPIPE ignored.
+    // SAFETY: restoring a signal's default disposition before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run { scenario, set, out, trace } => run(&scenario, &set, out, &trace),
-        Command::TraceDiff { a, b } => trace::diff(&a, &b),
-        Command::Compare { scenario, set, policies, kernels, seeds, jobs, out } => compare::run(compare::Args {
-            scenario,
-            set,
-            columns: if kernels.is_empty() {
-                policies.into_iter().map(compare::Column::Policy).collect()
-            } else {
-                kernels.into_iter().map(compare::Column::Kernel).collect()
-            },
-            seeds,
-            jobs: jobs.unwrap_or_else(batch::default_jobs),
-            out,
-        }),
-        Command::Sweep { file, jobs, shard, out } => {
-            sweep::run(sweep::Args { file, jobs: jobs.unwrap_or_else(batch::default_jobs), shard, out })
+        Command::Run { scenario, set, out, trace, check_invariants } => {
+            run(&scenario, &set, out, &trace, check_invariants)
         }
-        Command::Merge { dirs, out } => sweep::merge(&dirs, &out),
+        Command::TraceDiff { a, b } => trace::diff(&a, &b),
+        Command::Compare { scenario, set, policies, kernels, seeds, jobs, out, check_invariants } => {
+            compare::run(compare::Args {
+                scenario,
+                set,
+                columns: if kernels.is_empty() {
+                    policies.into_iter().map(compare::Column::Policy).collect()
+                } else {
+                    kernels.into_iter().map(compare::Column::Kernel).collect()
+                },
+                seeds,
+                jobs: jobs.unwrap_or_else(batch::default_jobs),
+                out,
+                check_invariants,
+            })
+        }
+        Command::Sweep { file, jobs, shard, out, check_invariants } => sweep::run(sweep::Args {
+            file,
+            jobs: jobs.unwrap_or_else(batch::default_jobs),
+            shard,
+            out,
+            check_invariants,
+        }),
+        Command::Merge { dirs, out, partial } => sweep::merge(&dirs, &out, partial),
         Command::Kernel { scenario, kernel, set, out } => kernel_cmd::run(&scenario, &kernel, &set, out),
         Command::Validate { scenario, all, kernels, set, out, reuse } => {
             validate::run(validate::Args { scenario, all, kernels, set, out, reuse }).and_then(|v| match v {
@@ -229,10 +259,20 @@ fn main() -> ExitCode {
             eprintln!("{msg}");
             ExitCode::from(3)
         }
+        Err(Failure::Sim(msg)) => {
+            eprintln!("error: {msg}");
+            ExitCode::from(4)
+        }
     }
 }
 
-fn run(scenario: &str, set: &[String], out: Option<PathBuf>, trace: &trace::TraceArgs) -> Result<(), Failure> {
+fn run(
+    scenario: &str,
+    set: &[String],
+    out: Option<PathBuf>,
+    trace: &trace::TraceArgs,
+    check: bool,
+) -> Result<(), Failure> {
     let config = catalogue::resolve(scenario, set)?;
     let request = trace::request(trace, config.kernel.version)?;
     let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&config.name));
@@ -240,7 +280,8 @@ fn run(scenario: &str, set: &[String], out: Option<PathBuf>, trace: &trace::Trac
     if let Some(req) = &request {
         sim.enable_trace(req.options.clone());
     }
-    let mut result = sim.run();
+    sim.set_check_invariants(check);
+    let mut result = sim.run().map_err(|e| Failure::Sim(format!("{}: {e}", dir.display())))?;
     if let (Some(req), Some(t)) = (&request, &result.trace) {
         result.summary.trace = Some(trace::write(req, t)?);
     }

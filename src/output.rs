@@ -8,19 +8,24 @@ use std::path::Path;
 use sim_core::config::{Config, to_toml};
 use sim_core::sim::RunOutput;
 
-/// Writes `contents` to `dir/name` atomically (temp file + rename).
+/// Writes `contents` to `dir/name` atomically (temp file + rename); a failed write (a full
+/// disk) removes the temporary file, so nothing half-written is left.
 pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     let tmp = dir.join(format!(".{name}.tmp"));
-    fs::write(&tmp, contents)?;
-    fs::rename(&tmp, dir.join(name))
+    let result = fs::write(&tmp, contents).and_then(|()| fs::rename(&tmp, dir.join(name)));
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display())))
 }
 
 /// Writes config.toml, timeseries.csv and, last, summary.json.
 pub fn write_run(dir: &Path, config: &Config, out: &RunOutput) -> io::Result<()> {
-    fs::create_dir_all(dir)?;
+    let at = |e: io::Error| io::Error::new(e.kind(), format!("{}: {e}", dir.display()));
+    fs::create_dir_all(dir).map_err(at)?;
     // An older summary must not vouch for files this run is about to replace.
     match fs::remove_file(dir.join("summary.json")) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(at(e)),
         _ => {}
     }
     write_atomic(dir, "config.toml", to_toml(config).as_bytes())?;

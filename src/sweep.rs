@@ -51,6 +51,9 @@ pub struct Manifest {
     /// `I/N` for a shard, absent for a whole or merged sweep.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub shard: Option<String>,
+    /// Runs of the whole sweep (absent in manifests written before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_runs: Option<usize>,
 }
 
 pub struct Args {
@@ -58,6 +61,7 @@ pub struct Args {
     pub jobs: usize,
     pub shard: Option<String>,
     pub out: Option<PathBuf>,
+    pub check_invariants: bool,
 }
 
 fn input(origin: &Path, line: Option<usize>, key: &str, message: impl Into<String>) -> Failure {
@@ -187,10 +191,45 @@ fn run_dir(dir: &Path, index: usize) -> PathBuf {
     dir.join("runs").join(format!("{index:04}"))
 }
 
-/// A run whose folder holds a summary for the same config need not run again.
-fn complete(dir: &Path, config: &Config) -> bool {
-    dir.join("summary.json").is_file()
-        && fs::read_to_string(dir.join("config.toml")).is_ok_and(|t| t == to_toml(config))
+/// What a run folder holds.
+enum Folder {
+    /// Nothing: the run has not started.
+    Empty,
+    /// A readable summary and time series of this very config: the run need not run again.
+    Complete,
+    /// Something, but not a complete run of this config (the reason).
+    Incomplete(String),
+}
+
+/// Looks at a run folder: a run is complete when its config is this one, its time series
+/// is there and its summary parses as a summary.
+fn folder_state(dir: &Path, config: &Config) -> Folder {
+    if !dir.exists() {
+        return Folder::Empty;
+    }
+    let summary = dir.join("summary.json");
+    match fs::read_to_string(dir.join("config.toml")) {
+        Err(_) if !summary.exists() => return Folder::Empty,
+        Err(e) => return Folder::Incomplete(format!("config.toml unreadable: {e}")),
+        Ok(t) if t != to_toml(config) => return Folder::Incomplete("config.toml is of another config".into()),
+        Ok(_) => {}
+    }
+    if !dir.join("timeseries.csv").is_file() {
+        return Folder::Incomplete("timeseries.csv is missing".into());
+    }
+    match readable_summary(&summary) {
+        Ok(()) => Folder::Complete,
+        Err(e) => Folder::Incomplete(format!("summary.json unreadable: {e}")),
+    }
+}
+
+/// A summary.json that parses and holds a run's fields.
+fn readable_summary(path: &Path) -> Result<(), String> {
+    let summary = plots::data::read_summary(path)?;
+    match plots::data::get(&summary, "sim_time_ns") {
+        Some(_) => Ok(()),
+        None => Err(format!("{}: no sim_time_ns: not a run summary", path.display())),
+    }
 }
 
 pub fn run(args: Args) -> Result<(), Failure> {
@@ -205,22 +244,30 @@ pub fn run(args: Args) -> Result<(), Failure> {
     });
     let mine: Vec<&(RunPoint, Config)> =
         runs.iter().filter(|(p, _)| shard.is_none_or(|(i, n)| p.index % n == i - 1)).collect();
-    let jobs: Vec<Job> = mine
-        .iter()
-        .map(|(p, c)| Job { dir: run_dir(&dir, p.index), config: c.clone() })
-        .filter(|j| !complete(&j.dir, &j.config))
-        .collect();
+    let mut jobs: Vec<Job> = Vec::new();
+    for (p, c) in &mine {
+        let job = Job { dir: run_dir(&dir, p.index), config: c.clone() };
+        match folder_state(&job.dir, &job.config) {
+            Folder::Complete => continue,
+            Folder::Incomplete(why) => {
+                eprintln!("sweep {name}: {} is incomplete ({why}): running it again", job.dir.display())
+            }
+            Folder::Empty => {}
+        }
+        jobs.push(job);
+    }
     let reused = mine.len() - jobs.len();
     if reused > 0 {
         eprintln!("sweep {name}: {reused} of {} runs already complete, skipped", mine.len());
     }
-    run_all(&jobs, args.jobs, &format!("sweep {name}")).map_err(Failure::Io)?;
+    run_all(&jobs, args.jobs, &format!("sweep {name}"), args.check_invariants)?;
     let manifest = Manifest {
         sweep: name,
         fingerprint: fingerprint(&runs),
         axes,
         runs: mine.iter().map(|(p, _)| p.clone()).collect(),
-        shard: args.shard,
+        shard: shard.map(|(i, n)| format!("{i}/{n}")),
+        total_runs: Some(runs.len()),
     };
     finish(&dir, &manifest)?;
     println!("{} runs; results in {}", manifest.runs.len(), dir.join("results.csv").display());
@@ -275,13 +322,14 @@ pub fn read_manifest(dir: &Path) -> Result<Manifest, Failure> {
     serde_json::from_str(&text).map_err(|e| Failure::Input(format!("{}: not a sweep manifest: {e}", path.display())))
 }
 
-/// `numasim merge`: joins shard directories of one sweep into `out`.
-pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(), Failure> {
+/// `numasim merge`: joins shard directories of one sweep into `out`. Refuses shards of
+/// different sweeps, a shard given twice, and, unless `partial`, a set that misses runs.
+pub fn merge(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<(), Failure> {
     let manifests = dirs.iter().map(|d| read_manifest(d)).collect::<Result<Vec<_>, _>>()?;
     let Some(first) = manifests.first() else {
         return Err(Failure::Input("merge needs at least one directory".into()));
     };
-    for (d, m) in dirs.iter().zip(&manifests) {
+    for (i, (d, m)) in dirs.iter().zip(&manifests).enumerate() {
         if m.fingerprint != first.fingerprint || m.axes != first.axes {
             return Err(Failure::Input(format!(
                 "{} is a shard of a different sweep than {} (fingerprint {} vs {})",
@@ -291,35 +339,84 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<(), Failure> {
                 first.fingerprint
             )));
         }
-    }
-    let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", out.display()));
-    let mut runs: Vec<RunPoint> = Vec::new();
-    for (d, m) in dirs.iter().zip(&manifests) {
-        for p in &m.runs {
-            if runs.iter().any(|r| r.index == p.index) {
-                continue;
-            }
-            let to = run_dir(out, p.index);
-            let from = run_dir(d, p.index);
-            if from != to {
-                fs::create_dir_all(&to).map_err(io)?;
-                for f in ["config.toml", "timeseries.csv", "summary.json"] {
-                    fs::copy(from.join(f), to.join(f))
-                        .map_err(|e| Failure::Io(format!("{}: {e}", from.join(f).display())))?;
-                }
-            }
-            runs.push(p.clone());
+        let same = |e: &PathBuf| fs::canonicalize(e).ok().zip(fs::canonicalize(d).ok()).is_some_and(|(a, b)| a == b);
+        if let Some(twin) = dirs[..i].iter().find(|e| same(e)) {
+            return Err(Failure::Input(format!("{} is given twice (as {})", d.display(), twin.display())));
+        }
+        if let Some((twin, _)) = dirs[..i].iter().zip(&manifests).find(|(_, o)| o.shard.is_some() && o.shard == m.shard)
+        {
+            return Err(Failure::Input(format!(
+                "{} and {} are the same shard ({}) of the sweep",
+                twin.display(),
+                d.display(),
+                m.shard.as_deref().unwrap_or_default()
+            )));
         }
     }
-    runs.sort_by_key(|r| r.index);
+    let mut sources: Vec<(RunPoint, PathBuf)> = Vec::new();
+    for (d, m) in dirs.iter().zip(&manifests) {
+        for p in &m.runs {
+            let readable = readable_summary(&run_dir(d, p.index).join("summary.json")).is_ok();
+            if readable && sources.iter().all(|(r, _)| r.index != p.index) {
+                sources.push((p.clone(), run_dir(d, p.index)));
+            }
+        }
+    }
+    sources.sort_by_key(|(r, _)| r.index);
+    let missing = missing_runs(&manifests, &sources);
+    if !missing.is_empty() && !partial {
+        return Err(Failure::Input(format!(
+            "the shards miss {} run(s) of the sweep: {}; run the missing shards, or merge with --partial",
+            missing.len(),
+            list_runs(&missing)
+        )));
+    }
+    let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", out.display()));
+    for (p, from) in &sources {
+        let to = run_dir(out, p.index);
+        if *from != to {
+            fs::create_dir_all(&to).map_err(io)?;
+            for f in ["config.toml", "timeseries.csv", "summary.json"] {
+                fs::copy(from.join(f), to.join(f))
+                    .map_err(|e| Failure::Io(format!("{}: {e}", from.join(f).display())))?;
+            }
+        }
+    }
     let manifest = Manifest {
         sweep: first.sweep.clone(),
         fingerprint: first.fingerprint.clone(),
         axes: first.axes.clone(),
-        runs,
+        runs: sources.into_iter().map(|(r, _)| r).collect(),
         shard: None,
+        total_runs: first.total_runs,
     };
     finish(out, &manifest)?;
+    if !missing.is_empty() {
+        eprintln!("partial merge: {} run(s) missing: {}", missing.len(), list_runs(&missing));
+    }
     println!("merged {} runs from {} directories into {}", manifest.runs.len(), dirs.len(), out.display());
     Ok(())
+}
+
+/// Runs of the sweep no shard holds complete: by the recorded run count or, for older
+/// manifests, by the runs the shards' `I/N` slices should hold.
+fn missing_runs(manifests: &[Manifest], found: &[(RunPoint, PathBuf)]) -> Vec<usize> {
+    let total = manifests.iter().find_map(|m| m.total_runs);
+    let expected: Vec<usize> = match total {
+        Some(total) => (0..total).collect(),
+        None => manifests.iter().flat_map(|m| m.runs.iter().map(|r| r.index)).collect(),
+    };
+    let mut missing: Vec<usize> = expected.into_iter().filter(|i| found.iter().all(|(r, _)| r.index != *i)).collect();
+    missing.sort_unstable();
+    missing.dedup();
+    missing
+}
+
+/// Run indices as the run folders name them, at most ten.
+fn list_runs(runs: &[usize]) -> String {
+    let mut shown: Vec<String> = runs.iter().take(10).map(|i| format!("{i:04}")).collect();
+    if runs.len() > 10 {
+        shown.push(format!("and {} more", runs.len() - 10));
+    }
+    shown.join(", ")
 }

@@ -59,6 +59,19 @@ pub struct Panel {
     pub plot: Plot,
 }
 
+/// Draws `path` through a temporary file in the same directory (same extension, so the
+/// backend picks the same format) renamed into place: a failed write (a full disk) leaves
+/// no truncated image that looks complete.
+fn write_atomic(path: &Path, draw: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), Error> {
+    let name = path.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
+    let tmp = path.with_file_name(format!(".tmp.{name}"));
+    let result = draw(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result.map_err(|e| format!("{}: {e}", path.display()))
+}
+
 /// A figure: a title over panels laid out in a grid, `columns` wide.
 #[derive(Clone, Debug)]
 pub struct Figure {
@@ -76,16 +89,16 @@ impl Figure {
         let size = (width, 340 * rows as u32 + 60);
         let png = base.with_extension("png");
         let svg = base.with_extension("svg");
-        {
-            let root = BitMapBackend::new(&png, size).into_drawing_area();
-            self.draw(&root).map_err(|e| format!("{}: {e}", png.display()))?;
-            root.present().map_err(|e| format!("{}: {e}", png.display()))?;
-        }
-        {
-            let root = SVGBackend::new(&svg, size).into_drawing_area();
-            self.draw(&root).map_err(|e| format!("{}: {e}", svg.display()))?;
-            root.present().map_err(|e| format!("{}: {e}", svg.display()))?;
-        }
+        write_atomic(&png, |tmp| {
+            let root = BitMapBackend::new(tmp, size).into_drawing_area();
+            self.draw(&root).map_err(|e| e.to_string())?;
+            root.present().map_err(|e| e.to_string())
+        })?;
+        write_atomic(&svg, |tmp| {
+            let root = SVGBackend::new(tmp, size).into_drawing_area();
+            self.draw(&root).map_err(|e| e.to_string())?;
+            root.present().map_err(|e| e.to_string())
+        })?;
         Ok(vec![png, svg])
     }
 

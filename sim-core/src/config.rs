@@ -43,11 +43,15 @@ pub struct RunConfig {
     pub duration_ms: u64,
     /// Length of one time-series interval.
     pub sample_ms: u64,
+    /// Simulator memory the run may use; without it, the machine's available memory
+    /// (see [`crate::limits::check_memory_budget`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_memory_gib: Option<f64>,
 }
 
 impl Default for RunConfig {
     fn default() -> Self {
-        Self { seed: 1, duration_ms: 10_000, sample_ms: 100 }
+        Self { seed: 1, duration_ms: 10_000, sample_ms: 100, max_memory_gib: None }
     }
 }
 
@@ -726,11 +730,8 @@ pub fn load(src: &Source, overrides: &[String]) -> Result<Config, ConfigError> {
         from_table(table)?
     };
     name_threads(&mut config);
-    validate(&config).map_err(|(path, message)| ConfigError {
-        origin: src.origin.clone(),
-        line: locate(&src.text, &path),
-        key: path,
-        message,
+    validate(&config).and_then(|()| crate::limits::check_memory_budget(&config)).map_err(|(path, message)| {
+        ConfigError { origin: src.origin.clone(), line: locate(&src.text, &path), key: path, message }
     })?;
     Ok(config)
 }
@@ -814,6 +815,9 @@ pub fn closest<'a>(given: &str, candidates: &[&'a str]) -> Option<&'a str> {
         .map(|(_, c)| c)
 }
 
+/// Most dot-separated parts a `--set` key may have.
+const MAX_KEY_PARTS: usize = 16;
+
 fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), ConfigError> {
     let err =
         |key: &str, message: String| ConfigError { origin: "--set".into(), line: None, key: key.to_string(), message };
@@ -826,6 +830,17 @@ fn apply_override(table: &mut toml::Table, assignment: &str) -> Result<(), Confi
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
     let path: Vec<&str> = key.split('.').collect();
+    // The deepest key is `vm.0.vcpus.cpus`; a deeper one is a mistake, and following it
+    // would build a table nested as deep (and recurse as deep when it is read).
+    if path.iter().any(|p| p.trim().is_empty()) {
+        return Err(err(key, "a key part is empty (two dots in a row, or a dot at an end)".into()));
+    }
+    if path.len() > MAX_KEY_PARTS {
+        return Err(err(
+            &key[..key.len().min(80)],
+            format!("a key of {} parts: config keys have at most {MAX_KEY_PARTS}", path.len()),
+        ));
+    }
     let mut root = toml::Value::Table(std::mem::take(table));
     let result = set_path(&mut root, &path, value).map_err(|m| err(key, m));
     let toml::Value::Table(t) = root else { unreachable!("the root stays a table") };
@@ -956,6 +971,8 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
         "must be at least 1 and at most numa_balancing_scan_period_max_ms",
     )?;
     check(k.quantum_us >= 1, "kernel.quantum_us", "must be at least 1")?;
+    crate::limits::check_arithmetic(c)?;
+    crate::limits::check_names(c)?;
     validate_processes(c)
 }
 

@@ -6,10 +6,12 @@
 //! scenario), then [`sim::Sim::run`].
 
 pub mod config;
+pub mod debug_vm;
 pub mod device;
 pub mod engine;
 pub mod kernel;
 pub mod kvm;
+pub mod limits;
 pub mod machine;
 pub mod mm;
 pub mod sched;

@@ -5,6 +5,7 @@ use std::time::Instant;
 use bevy_ecs::prelude::*;
 
 use crate::config::{Config, DeviceMode, GupPath, HugepageAdvice, Thp};
+use crate::debug_vm::{Violation, check_vm};
 use crate::device::{Device, DriverContext, device_tick};
 use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos, RngStream, stream};
 use crate::kernel::{Kernel, Sysctl};
@@ -34,6 +35,59 @@ pub struct Sim {
     pub world: World,
     config: Config,
     next_pid: u32,
+    /// Run [`check_vm`] after every event (`--check-invariants`).
+    check_invariants: bool,
+}
+
+/// Events in a row at one instant after which a run is called stalled: far more than the
+/// handful per actor a legitimate instant holds (wake-ups, a CPU rescheduling after an
+/// exit), far fewer than a loop would produce in a second.
+pub const STALL_EVENTS: u64 = 1 << 20;
+
+/// Why a run stopped before its end.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SimError {
+    /// Simulated time stopped advancing: `events` events in a row at `time`, the last of
+    /// them of kind `kind`.
+    Stalled { time: Nanos, events: u64, kind: &'static str },
+    /// `--check-invariants` found the model's bookkeeping broken.
+    Invariant(Violation),
+}
+
+impl std::fmt::Display for SimError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SimError::Stalled { time, events, kind } => write!(
+                f,
+                "simulated time stopped advancing: {events} events in a row at t = {time} ns, the last a {kind} event"
+            ),
+            SimError::Invariant(v) => v.fmt(f),
+        }
+    }
+}
+
+impl std::error::Error for SimError {}
+
+/// Counts events in a row at one instant (the engine's guard against a run that hangs).
+#[derive(Default)]
+struct StallGuard {
+    time: Nanos,
+    events: u64,
+    limit: u64,
+}
+
+impl StallGuard {
+    fn observe(&mut self, time: Nanos, event: Event) -> Result<(), SimError> {
+        if time != self.time {
+            self.time = time;
+            self.events = 0;
+        }
+        self.events += 1;
+        if self.events > self.limit {
+            return Err(SimError::Stalled { time, events: self.events, kind: event.kind() });
+        }
+        Ok(())
+    }
 }
 
 /// What a finished run produced.
@@ -101,7 +155,7 @@ impl Sim {
         if config.aging.enabled {
             queue.schedule(config.aging.interval_ms * NSEC_PER_MSEC, Event::Aging);
         }
-        Self { world, config: config.clone(), next_pid: 1000 }
+        Self { world, config: config.clone(), next_pid: 1000, check_invariants: false }
     }
 
     /// The random stream of actor `name`.
@@ -270,14 +324,40 @@ impl Sim {
         e
     }
 
-    /// Runs to `run.duration_ms` and returns the results. The world stays inspectable.
-    pub fn run(&mut self) -> RunOutput {
+    /// Checks the model's invariants ([`crate::debug_vm`]) after every event of [`Sim::run`].
+    pub fn set_check_invariants(&mut self, on: bool) {
+        self.check_invariants = on;
+    }
+
+    /// Runs [`check_vm`] now; `after` names the event just handled.
+    pub fn check_invariants(&mut self, after: Option<Event>) -> Result<(), SimError> {
+        let result = self.world.run_system_cached(check_vm).expect("the checked resources exist");
+        result.map_err(|mut v| {
+            v.after = after.map(|e| format!("{e:?}"));
+            SimError::Invariant(v)
+        })
+    }
+
+    /// Runs to `run.duration_ms` and returns the results; the world stays inspectable.
+    /// Stops early, with the reason, if simulated time stops advancing (more than
+    /// [`STALL_EVENTS`] events at one instant, or one per entity if there are more entities)
+    /// or, when asked for, an invariant breaks.
+    pub fn run(&mut self) -> Result<RunOutput, SimError> {
         let wall = Instant::now();
-        let end = self.config.run.duration_ms * NSEC_PER_MSEC;
-        let interval = self.config.run.sample_ms * NSEC_PER_MSEC;
+        let end = self.config.run.duration_ms.saturating_mul(NSEC_PER_MSEC);
+        let interval = self.config.run.sample_ms.saturating_mul(NSEC_PER_MSEC);
         self.world.resource_mut::<EventQueue>().schedule(interval.min(end), Event::Sample);
+        if self.check_invariants {
+            self.check_invariants(None)?;
+        }
+        let mut guard =
+            StallGuard { limit: STALL_EVENTS.max(4 * self.world.entities().len() as u64), ..Default::default() };
         while let Some(event) = self.world.resource_mut::<EventQueue>().pop_until(end) {
             self.dispatch(event);
+            if self.check_invariants {
+                self.check_invariants(Some(event))?;
+            }
+            guard.observe(self.world.resource::<EventQueue>().now(), event)?;
         }
         let mut queue = self.world.resource_mut::<EventQueue>();
         queue.advance_to(end);
@@ -305,7 +385,7 @@ impl Sim {
             t.finish(end);
             t
         });
-        RunOutput { summary, recorder, trace }
+        Ok(RunOutput { summary, recorder, trace })
     }
 
     /// Turns tracing on for the run (call after the world is built): the events `options`

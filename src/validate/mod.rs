@@ -20,7 +20,7 @@ use workloads::validation;
 
 use crate::Failure;
 use crate::kernel_cmd::{failure, kernel_label as label};
-use crate::output::{write_atomic, write_run};
+use crate::output::write_atomic;
 use calibrate::Matched;
 use compare::{Row, Side};
 
@@ -214,8 +214,8 @@ fn run_one(
 }
 
 fn run_sim(config: &Config, dir: &Path) -> Result<Side, Failure> {
-    let result = workloads::build(config).run();
-    write_run(dir, config, &result).map_err(|e| Failure::Io(format!("{}: {e}", dir.display())))?;
+    let job = crate::batch::Job { dir: dir.to_path_buf(), config: config.clone() };
+    crate::batch::run_one(&job, false)?;
     Side::read(dir).map_err(Failure::Io)
 }
 
@@ -319,7 +319,7 @@ mod tests {
         let run_into = |name: &str, set: &[String]| {
             let config = validation::resolve("gup-process-vm-readv", set).unwrap();
             let dir = root.join(name);
-            write_run(&dir, &config, &workloads::build(&config).run()).unwrap();
+            crate::output::write_run(&dir, &config, &workloads::build(&config).run().unwrap()).unwrap();
             Side::read(&dir).unwrap()
         };
         let config = resolve_case("gup-process-vm-readv", &[]).unwrap();

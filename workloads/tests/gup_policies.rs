@@ -191,7 +191,7 @@ fn mprotect_on_part_of_a_vma_splits_it_and_only_that_part_goes_stale() {
         assert_eq!(pieces, vec![4096, 4096, 8192], "split_vma() at 16 MiB and 32 MiB");
         assert!(mm.vmas.windows(2).all(|w| w[0].end() == w[1].start && w[0].base + w[0].pages as u32 == w[1].base));
     }
-    let out = sim.run();
+    let out = sim.run().unwrap_or_else(|e| panic!("{e}"));
     let max = metric(&out, "stale.mappings_max");
     assert!(max > 0.0 && max <= 4096.0, "only the 16 MiB range can go stale: {max}");
     assert!(metric(&out, "stale.accesses") > 0.0);

@@ -42,7 +42,7 @@ fn the_scan_period_grows_once_memory_is_local() {
     // stretches each thread's period from task_scan_start() (500 ms for this RSS) upward.
     let c = scenario("numa02", &[]);
     let mut sim = workloads::build(&c);
-    sim.run();
+    sim.run().unwrap_or_else(|e| panic!("{e}"));
     let mut q = sim.world.query::<&sim_core::sched::TaskNuma>();
     let periods: Vec<u64> = q.iter(&sim.world).map(|p| p.numa_scan_period).collect();
     assert_eq!(periods.len(), 8);
@@ -59,7 +59,7 @@ fn threads_move_to_the_node_holding_their_memory() {
     // 6.1.192 and 6.12.117) sets imb_numa_nr = span_weight >> 3 = 2.
     let mut sim = workloads::build(&config(PULLED, &[]));
     sim.with_kernel(|k| k.pgdat(1).free_pages = 0);
-    let out = sim.run();
+    let out = sim.run().expect("the run reaches its end");
     assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 2.0, "both threads moved");
     assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
     let nid = column(&out, "task.app/worker/0.nid");
@@ -69,7 +69,7 @@ fn threads_move_to_the_node_holding_their_memory() {
     // With 8 CPUs a node, imb_numa_nr is 1 (12.5%): the second thread must stay behind.
     let mut sim = workloads::build(&config(PULLED, &["machine.cpus_per_node=8"]));
     sim.with_kernel(|k| k.pgdat(1).free_pages = 0);
-    let out = sim.run();
+    let out = sim.run().expect("the run reaches its end");
     assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 1.0);
 }
 
@@ -82,7 +82,7 @@ fn threads_whose_memory_sits_on_each_others_node_swap() {
         k.pgdat(0).free_pages = 0;
         k.pgdat(1).free_pages = 0;
     });
-    let out = sim.run();
+    let out = sim.run().expect("the run reaches its end");
     assert!(metric(&out, "vmstat.numa_task_swapped") >= 2.0, "swaps move two threads each");
     assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 0.0, "no idle CPU to move to");
     assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);

@@ -23,7 +23,7 @@ fn traced(c: &Config, prepare: impl FnOnce(&mut Sim)) -> (RunOutput, String) {
     let mut sim = workloads::build(c);
     prepare(&mut sim);
     sim.enable_trace(all_events());
-    let out = sim.run();
+    let out = sim.run().expect("the run completes");
     let mut text = Vec::new();
     let written = write_ftrace(out.trace.as_ref().expect("tracing was on"), &mut text).unwrap();
     assert_eq!(written.truncated, None, "the bound is far away");
@@ -128,7 +128,7 @@ fn trace_event_counts_equal_the_summary_counters() {
 #[test]
 fn tracing_changes_no_result_and_a_trace_is_bit_identical() {
     let c = scenario("default", &["run.duration_ms=2000"]);
-    let plain = workloads::build(&c).run();
+    let plain = workloads::build(&c).run().expect("the run completes");
     let (first, text) = traced(&c, |_| {});
     let (_, again) = traced(&c, |_| {});
     assert_eq!(first.summary.metrics, plain.summary.metrics);
@@ -148,7 +148,7 @@ fn a_filter_records_only_what_it_names() {
     let mut sim = workloads::build(&c);
     let kinds = sim_core::trace::parse_events("migrate:mm_migrate_pages,sched").unwrap();
     sim.enable_trace(TraceOptions { kinds, events: "migrate:mm_migrate_pages,sched".into(), ..all_events() });
-    let out = sim.run();
+    let out = sim.run().expect("the run completes");
     let trace = out.trace.as_ref().unwrap();
     assert!(!trace.records().is_empty());
     assert!(trace.records().iter().all(|r| matches!(r.event.kind().system(), "sched" | "migrate")));

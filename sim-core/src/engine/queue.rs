@@ -27,6 +27,21 @@ pub enum Event {
     Sample,
 }
 
+impl Event {
+    /// The event's kind, as errors name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::CpuTick(_) => "CpuTick",
+            Event::TaskWake(_) => "TaskWake",
+            Event::DeviceTick(_) => "DeviceTick",
+            Event::Ksmd => "Ksmd",
+            Event::Aging => "Aging",
+            Event::Action(_) => "Action",
+            Event::Sample => "Sample",
+        }
+    }
+}
+
 #[derive(PartialEq, Eq, PartialOrd, Ord)]
 struct Scheduled {
     time: Nanos,

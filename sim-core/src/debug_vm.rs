@@ -1,0 +1,286 @@
+//! Invariant checks of the memory model, in the spirit of mm/debug_vm.c's VM_BUG_ON(): what
+//! the kernel guarantees after every operation, recounted from the page state and compared
+//! with the bookkeeping the model keeps incrementally. [`crate::sim::Sim::run`] calls
+//! [`check_vm`] after every event when `--check-invariants` asks for it; otherwise nothing
+//! here runs, so the touch path pays nothing.
+//!
+//! Each check is named; a violation says which, when (the event's time) and where (page or
+//! node), which is what a bug report needs.
+
+use std::fmt;
+
+use bevy_ecs::prelude::*;
+
+use crate::engine::{EventQueue, Nanos};
+use crate::machine::{NUMA_NO_NODE, PgData, Topology};
+use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, SecondaryMmu, SmmuKind};
+use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, ZERO_PAGE_NID};
+use crate::stats::Counters;
+
+/// A broken invariant: its name, when, and the page or node it was found on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Violation {
+    pub invariant: &'static str,
+    pub time: Nanos,
+    pub page: Option<PageIdx>,
+    pub node: Option<u32>,
+    pub detail: String,
+    /// The event after which the check ran (filled in by the event loop).
+    pub after: Option<String>,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "invariant `{}` violated at t = {} ns", self.invariant, self.time)?;
+        if let Some(event) = &self.after {
+            write!(f, " (after event {event})")?;
+        }
+        if let Some(page) = self.page {
+            write!(f, ", page {page}")?;
+        }
+        if let Some(node) = self.node {
+            write!(f, ", node {node}")?;
+        }
+        write!(f, ": {}", self.detail)
+    }
+}
+
+impl std::error::Error for Violation {}
+
+impl Violation {
+    fn new(invariant: &'static str, time: Nanos, detail: String) -> Self {
+        Self { invariant, time, page: None, node: None, detail, after: None }
+    }
+
+    fn at_page(mut self, page: PageIdx) -> Self {
+        self.page = Some(page);
+        self
+    }
+
+    fn on_node(mut self, node: u32) -> Self {
+        self.node = Some(node);
+        self
+    }
+}
+
+/// What a check needs to read: the page arrays, nodes, address spaces, secondary MMUs and
+/// counters, all read-only.
+type World<'w, 's> = (
+    Res<'w, Pages>,
+    Res<'w, Topology>,
+    Res<'w, Counters>,
+    Res<'w, EventQueue>,
+    Query<'w, 's, &'static PgData>,
+    Query<'w, 's, &'static Mm>,
+    Query<'w, 's, &'static SecondaryMmu>,
+);
+
+/// Buffers kept between checks, so a check allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    /// Pins each page's pinning devices hold.
+    held: Vec<u32>,
+    /// (node, content) of every KSM page.
+    ksm: Vec<(u8, u16)>,
+}
+
+/// Runs every check; the first violation found is returned.
+pub fn check_vm(
+    (pages, topo, counters, queue, pgdat, mms, smmus): World,
+    mut scratch: Local<Scratch>,
+) -> Result<(), Violation> {
+    let now = queue.now();
+    let frames = count_frames(&pages, &mms, &smmus, topo.nr_nodes, &mut scratch.ksm, now)?;
+    for node in pgdat.iter() {
+        let nid = u32::from(node.nid);
+        let used = frames[nid as usize];
+        if node.free_pages > node.present_pages || node.present_pages - node.free_pages != used {
+            let detail = format!(
+                "free {} + used {used} != present {} (used recounted from the page state)",
+                node.free_pages, node.present_pages
+            );
+            return Err(Violation::new("node_page_conservation", now, detail).on_node(nid));
+        }
+    }
+    check_pins(&pages, &smmus, &mut scratch.held, now)?;
+    check_secondary(&pages, &mms, &smmus, &counters, now)?;
+    check_counters(&counters, now)
+}
+
+/// Frames in use per node, recounted from the page state: each present page's own frame,
+/// one frame per KSM content per node (the stable page its sharers map), and frames a
+/// long-term pin keeps after munmap() removed their PTEs. On the way: get_mm_rss() equals an
+/// mm's present pages, an unmapped VMA has none, and every present page is on a node. The
+/// counts are plain byte comparisons over the PTE array, which the compiler vectorises.
+fn count_frames(
+    pages: &Pages,
+    mms: &Query<&Mm>,
+    smmus: &Query<&SecondaryMmu>,
+    nr_nodes: u32,
+    ksm: &mut Vec<(u8, u16)>,
+    now: Nanos,
+) -> Result<Vec<u64>, Violation> {
+    let count = |ptes: &[crate::mm::Pte], nid: u8| ptes.iter().filter(|p| p.nid == nid).count() as u64;
+    // The shared zero page is mapped without a folio of its own: no frame, no RSS.
+    let zero = |ptes: &[crate::mm::Pte]| ptes.iter().filter(|p| p.flags & PTE_ZERO != 0).count() as u64;
+    for m in mms.iter() {
+        let mut present = 0;
+        for v in &m.vmas {
+            let ptes = &pages.pte[v.base as usize..v.base as usize + v.pages as usize];
+            let here = v.pages - count(ptes, NUMA_NO_NODE) - zero(ptes);
+            if v.unmapped && here > 0 {
+                let detail = format!("{here} pages of munmap()ed VMA `{}` of mm `{}` are present", v.name, m.name);
+                return Err(Violation::new("unmapped_vma_empty", now, detail));
+            }
+            present += here;
+        }
+        if present != m.rss {
+            let detail = format!("mm `{}` has rss {} but {present} present pages", m.name, m.rss);
+            return Err(Violation::new("mm_rss", now, detail));
+        }
+    }
+    let mut frames: Vec<u64> = (0..nr_nodes).map(|n| count(&pages.pte, n as u8)).collect();
+    let absent = count(&pages.pte, NUMA_NO_NODE);
+    if frames.iter().sum::<u64>() + absent != pages.len() as u64 {
+        let page = pages.pte.iter().position(|p| p.nid != NUMA_NO_NODE && u32::from(p.nid) >= nr_nodes);
+        let page = page.unwrap_or(0) as PageIdx;
+        let detail = format!("a present page on node {} of a {nr_nodes}-node machine", pages.pte[page as usize].nid);
+        return Err(Violation::new("page_on_valid_node", now, detail).at_page(page));
+    }
+    let flags = pages.pte.iter().fold(0, |acc, p| acc | p.flags);
+    if flags & PTE_ZERO != 0 {
+        frames[ZERO_PAGE_NID as usize] -= zero(&pages.pte);
+    }
+    if flags & PG_KSM != 0 {
+        count_ksm_frames(pages, &mut frames, ksm, now)?;
+    }
+    for s in smmus.iter().filter(|s| s.kind == SmmuKind::LongtermPin) {
+        for (i, &e) in s.entries.iter().enumerate() {
+            if e & SPTE_VALID != 0
+                && !pages.present(s.base + i as PageIdx)
+                && let Some(f) = frames.get_mut(SecondaryMmu::entry_nid(e) as usize)
+            {
+                *f += 1;
+            }
+        }
+    }
+    Ok(frames)
+}
+
+/// Replaces the KSM pages' count in `frames` by one frame per content and node: the pages
+/// sharing a KSM page map one frame.
+fn count_ksm_frames(pages: &Pages, frames: &mut [u64], ksm: &mut Vec<(u8, u16)>, now: Nanos) -> Result<(), Violation> {
+    ksm.clear();
+    for (i, pte) in pages.pte.iter().enumerate().filter(|(_, p)| p.flags & PG_KSM != 0) {
+        if pte.nid == NUMA_NO_NODE {
+            let detail = "a page flagged PageKsm() has no frame".into();
+            return Err(Violation::new("ksm_page_present", now, detail).at_page(i as PageIdx));
+        }
+        frames[pte.nid as usize] -= 1;
+        ksm.push((pte.nid, pages.content[i]));
+    }
+    ksm.sort_unstable();
+    ksm.dedup();
+    for &(nid, _) in ksm.iter() {
+        frames[nid as usize] += 1;
+    }
+    Ok(())
+}
+
+/// FOLL_PIN pins: every page's pin count equals the long-term pinning MMUs mapping it.
+fn check_pins(pages: &Pages, smmus: &Query<&SecondaryMmu>, held: &mut Vec<u32>, now: Nanos) -> Result<(), Violation> {
+    let pinning = smmus.iter().any(|s| s.kind == SmmuKind::LongtermPin);
+    if !pinning && pages.pins.iter().all(|&p| p == 0) {
+        return Ok(());
+    }
+    held.clear();
+    held.resize(pages.len(), 0);
+    for s in smmus.iter().filter(|s| s.kind == SmmuKind::LongtermPin) {
+        for (i, &e) in s.entries.iter().enumerate() {
+            if e & SPTE_VALID != 0 {
+                held[(s.base + i as PageIdx) as usize] += 1;
+            }
+        }
+    }
+    match pages.pins.iter().zip(held.iter()).position(|(&pins, &h)| u32::from(pins) != h) {
+        None => Ok(()),
+        Some(i) => {
+            let detail = format!("{} pins, but pinning devices hold {}", pages.pins[i], held[i]);
+            Err(Violation::new("pin_count", now, detail).at_page(i as PageIdx))
+        }
+    }
+}
+
+/// Secondary MMUs: an entry of a notifier-kept table maps a present page of its mm or is
+/// counted stale, and the `stale.mappings` gauge equals a recount; no entry gives write
+/// access to a KSM page or the zero page (both are write-protected everywhere).
+fn check_secondary(
+    pages: &Pages,
+    mms: &Query<&Mm>,
+    smmus: &Query<&SecondaryMmu>,
+    counters: &Counters,
+    now: Nanos,
+) -> Result<(), Violation> {
+    let mut stale = 0;
+    for s in smmus.iter() {
+        let vmas = mms.get(s.mm).map_or(&[][..], |m| &m.vmas[..]);
+        // VMAs are in page order: one cursor finds each entry's VMA (vma_is_accessible()).
+        let mut vi = 0;
+        for (i, &e) in s.entries.iter().enumerate() {
+            if e & SPTE_VALID == 0 {
+                continue;
+            }
+            let page = s.base + i as PageIdx;
+            while vi < vmas.len() && u64::from(vmas[vi].base) + vmas[vi].pages <= u64::from(page) {
+                vi += 1;
+            }
+            let granted = vmas.get(vi).is_some_and(|v| v.base <= page && !v.unmapped && v.accessible);
+            let is_stale = s.is_stale(i, granted, pages);
+            if s.kind == SmmuKind::Notifier && is_stale {
+                stale += 1;
+            }
+            let cow = pages.pte[page as usize].flags & PTE_COW;
+            if !is_stale && e & SPTE_WRITABLE != 0 && cow != 0 {
+                let (invariant, what) = if cow & PG_KSM != 0 {
+                    ("ksm_write_protected", "a KSM page")
+                } else {
+                    ("zero_page_write_protected", "the zero page")
+                };
+                let detail = format!("secondary MMU `{}` maps {what} writable", s.name);
+                return Err(Violation::new(invariant, now, detail).at_page(page));
+            }
+        }
+    }
+    if stale != counters.stale_mappings {
+        let detail = format!("the stale.mappings gauge says {} but {stale} entries are stale", counters.stale_mappings);
+        return Err(Violation::new("stale_gauge", now, detail));
+    }
+    Ok(())
+}
+
+/// Counter relations the kernel's accounting guarantees.
+fn check_counters(c: &Counters, now: Nanos) -> Result<(), Violation> {
+    let v = &c.vmstat;
+    let by_source = &c.hint_faults_by_source;
+    let t = &c.touches;
+    let sourced = by_source.cpu + by_source.kvm + by_source.device + by_source.follow_page;
+    let at_most = |invariant, (small, small_name), (big, big_name): (u64, &str)| {
+        if small <= big {
+            Ok(())
+        } else {
+            Err(Violation::new(invariant, now, format!("{small_name} {small} > {big_name} {big}")))
+        }
+    };
+    let hint_faults = (v.numa_hint_faults, "numa_hint_faults");
+    at_most("hint_faults_local_le_total", (v.numa_hint_faults_local, "numa_hint_faults_local"), hint_faults)?;
+    at_most("hint_faults_by_source_sum", (sourced, "hint_faults_by_source (sum)"), hint_faults)?;
+    at_most("hint_faults_by_source_sum", hint_faults, (sourced, "hint_faults_by_source (sum)"))?;
+    at_most(
+        "pages_migrated_le_success",
+        (v.numa_pages_migrated, "numa_pages_migrated"),
+        (v.pgmigrate_success, "pgmigrate_success"),
+    )?;
+    at_most("touches_local_le_total", (t.cpu_local, "touches.cpu_local"), (t.cpu, "touches.cpu"))?;
+    at_most("touches_local_le_total", (t.kvm_local, "touches.kvm_local"), (t.kvm, "touches.kvm"))?;
+    at_most("touches_local_le_total", (t.device_local, "touches.device_local"), (t.device, "touches.device"))
+}
