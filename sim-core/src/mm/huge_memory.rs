@@ -10,16 +10,11 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::memory::hint_fault_event;
-use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
+use super::memory::{numa_fault_done, numa_migrate_check, numa_migrate_folio};
 use super::{HPAGE_PMD_NR, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::Nid;
-use crate::sched::numa::{
-    TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL, TNF_MIGRATED, should_numa_migrate_memory, task_numa_fault,
-};
-use crate::trace_event;
 
 const NR: usize = HPAGE_PMD_NR as usize;
 
@@ -124,39 +119,11 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> u64 
 pub fn do_huge_pmd_numa_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, f: &mut Faulter) -> Nanos {
     let range = block_pages(k, mm, vma, b);
     let head = range.start as PageIdx;
-    let mut cost = k.sysctl.0.hint_fault_cost_ns;
-    let page_nid = k.pages.pte[range.start].nid;
-    k.mm(mm).vmas[vma].set_access_pid_bit(f.pid);
-    k.counters.vmstat.numa_hint_faults += 1;
-    k.counters.hint_fault(f.source);
-    let mut flags = 0;
-    if page_nid == f.nid {
-        k.counters.vmstat.numa_hint_faults_local += 1;
-        flags |= TNF_FAULT_LOCAL;
-    }
-    let last_cpupid = k.pages.last_cpupid[range.start];
-    // mpol_misplaced(): a local fault returns before should_numa_migrate_memory().
-    let migrate = page_nid != f.nid && should_numa_migrate_memory(k, f, head, page_nid);
-    let mut nid = page_nid;
-    if migrate {
-        let result = migrate_misplaced_folio(k, mm, head, HPAGE_PMD_NR, f.nid);
-        trace_migrate_pages(k, f, HPAGE_PMD_NR, result);
-        match result {
-            Ok(()) => {
-                nid = f.nid;
-                flags |= TNF_MIGRATED;
-                cost += k.sysctl.0.migrate_cost_ns * HPAGE_PMD_NR;
-            }
-            Err(_) => flags |= TNF_MIGRATE_FAIL,
-        }
-    }
+    let mut fault = numa_migrate_check(k, mm, vma, head, f, true);
+    let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, head, HPAGE_PMD_NR, f, &mut fault);
     for i in range {
         k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
     }
-    trace_event!(k, f, hint_fault_event(k, mm, head, page_nid, f, HPAGE_PMD_NR, flags));
-    if let Some(task) = f.task.take() {
-        task_numa_fault(k, task, f, last_cpupid, nid, HPAGE_PMD_NR, flags);
-        f.task = Some(task);
-    }
+    numa_fault_done(k, mm, head, HPAGE_PMD_NR, f, &fault);
     cost
 }

@@ -164,16 +164,33 @@ pub fn hint_fault_event(
     }
 }
 
-/// Models do_numa_page() in mm/memory.c (with numa_migrate_check() and mpol_misplaced()):
-/// count the fault, ask whether the page is misplaced, try to migrate it toward the faulting
-/// CPU's node, restore the PTE and account the fault to the task.
-pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &mut Faulter) -> Nanos {
-    let i = page as usize;
-    let mut cost = k.sysctl.0.hint_fault_cost_ns;
-    let page_nid = k.pages.pte[i].nid;
-    debug_assert_ne!(page_nid, NUMA_NO_NODE);
+/// A hinting fault in progress: what numa_migrate_check() found and what came of it.
+pub struct NumaFault {
+    pub page_nid: Nid,
+    /// The node the folio ends on.
+    pub nid: Nid,
+    pub flags: u32,
+    pub last_cpupid: u32,
+    pub migrate: bool,
+}
 
-    // numa_migrate_check()
+/// Models numa_migrate_check() (mm/memory.c, 6.12.117; inline in do_numa_page() in 6.1):
+/// count the fault, mark it local, read the folio's last_cpupid and ask mpol_misplaced()
+/// (mm/mempolicy.c, 6.1.192 and 6.12.117): the default policy is preferred_node_policy[this
+/// node], MPOL_PREFERRED with MPOL_F_MOF | MPOL_F_MORON; a page already on the faulting CPU's
+/// node leaves at `if (node_isset(curnid, pol->nodes)) goto out;`, before
+/// should_numa_migrate_memory(), so only remote faults record their CPU+pid in last_cpupid
+/// and pass the two-stage filter. `head` is the page, or a THP's first subpage.
+pub fn numa_migrate_check(
+    k: &mut Kernel,
+    mm: Entity,
+    vma: usize,
+    head: PageIdx,
+    f: &Faulter,
+    may_migrate: bool,
+) -> NumaFault {
+    let page_nid = k.pages.pte[head as usize].nid;
+    debug_assert_ne!(page_nid, NUMA_NO_NODE);
     k.mm(mm).vmas[vma].set_access_pid_bit(f.pid);
     k.counters.vmstat.numa_hint_faults += 1;
     k.counters.hint_fault(f.source);
@@ -182,39 +199,61 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
         k.counters.vmstat.numa_hint_faults_local += 1;
         flags |= TNF_FAULT_LOCAL;
     }
-    let last_cpupid = k.pages.last_cpupid[i];
+    let last_cpupid = k.pages.last_cpupid[head as usize];
+    let migrate = page_nid != f.nid && may_migrate && should_numa_migrate_memory(k, f, head, page_nid);
+    NumaFault { page_nid, nid: page_nid, flags, last_cpupid, migrate }
+}
 
-    // mpol_misplaced() (mm/mempolicy.c, 6.1.192 and 6.12.117): the default policy is
-    // preferred_node_policy[this node], MPOL_PREFERRED with MPOL_F_MOF | MPOL_F_MORON; a page
-    // already on the faulting CPU's node leaves at `if (node_isset(curnid, pol->nodes))
-    // goto out;`, before should_numa_migrate_memory(), so only remote faults record their
-    // CPU+pid in last_cpupid and pass the two-stage filter.
-    // Simplified: a KSM page (write_protect_page() keeps a protnone PTE protnone) is not
-    // migrated, since every sharer would have to be remapped; the kernel moves it by rmap.
-    let ksm = k.pages.pte[i].flags & PG_KSM != 0;
-    let migrate = page_nid != f.nid && !ksm && should_numa_migrate_memory(k, f, page, page_nid);
-
-    let mut nid = page_nid;
-    if migrate {
-        let result = migrate_misplaced_folio(k, mm, page, 1, f.nid);
-        trace_migrate_pages(k, f, 1, result);
-        match result {
-            Ok(()) => {
-                nid = f.nid;
-                flags |= TNF_MIGRATED;
-                cost += k.sysctl.0.migrate_cost_ns;
-            }
-            Err(_) => flags |= TNF_MIGRATE_FAIL,
+/// Moves the folio of `nr` pages at `head` toward the faulting CPU's node when
+/// numa_migrate_check() asked for it (migrate_misplaced_folio()); returns the copy's CPU time.
+pub fn numa_migrate_folio(
+    k: &mut Kernel,
+    mm: Entity,
+    head: PageIdx,
+    nr: u64,
+    f: &Faulter,
+    fault: &mut NumaFault,
+) -> Nanos {
+    if !fault.migrate {
+        return 0;
+    }
+    let result = migrate_misplaced_folio(k, mm, head, nr, f.nid);
+    trace_migrate_pages(k, f, nr, result);
+    match result {
+        Ok(()) => {
+            fault.nid = f.nid;
+            fault.flags |= TNF_MIGRATED;
+            k.sysctl.0.migrate_cost_ns * nr
+        }
+        Err(_) => {
+            fault.flags |= TNF_MIGRATE_FAIL;
+            0
         }
     }
+}
+
+/// The end of a hinting fault, once the PTEs are accessible again: trace it and account it
+/// to the task (task_numa_fault(last_cpupid, nid, nr, flags)).
+pub fn numa_fault_done(k: &mut Kernel, mm: Entity, head: PageIdx, nr: u64, f: &mut Faulter, fault: &NumaFault) {
+    trace_event!(k, f, hint_fault_event(k, mm, head, fault.page_nid, f, nr, fault.flags));
+    if let Some(task) = f.task.take() {
+        task_numa_fault(k, task, f, fault.last_cpupid, fault.nid, nr, fault.flags);
+        f.task = Some(task);
+    }
+}
+
+/// Models do_numa_page() in mm/memory.c: numa_migrate_check(), a migration toward the
+/// faulting CPU's node, the PTE restored, and the fault accounted to the task. Simplified: a
+/// KSM page (write_protect_page() keeps a protnone PTE protnone) is not migrated, since
+/// every sharer would have to be remapped; the kernel moves it by rmap.
+pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &mut Faulter) -> Nanos {
+    let i = page as usize;
+    let ksm = k.pages.pte[i].flags & PG_KSM != 0;
+    let mut fault = numa_migrate_check(k, mm, vma, page, f, !ksm);
+    let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, page, 1, f, &mut fault);
     // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
     // migration); the access that faulted sets the accessed bit.
     k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
-    trace_event!(k, f, hint_fault_event(k, mm, page, page_nid, f, 1, flags));
-
-    if let Some(task) = f.task.take() {
-        task_numa_fault(k, task, f, last_cpupid, nid, 1, flags);
-        f.task = Some(task);
-    }
+    numa_fault_done(k, mm, page, 1, f, &fault);
     cost
 }
