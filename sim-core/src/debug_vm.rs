@@ -13,6 +13,7 @@ use bevy_ecs::prelude::*;
 
 use crate::engine::{EventQueue, Nanos};
 use crate::machine::{NUMA_NO_NODE, PgData, Topology};
+use crate::mm::ksm::KsmFrames;
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, SecondaryMmu, SmmuKind};
 use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, ZERO_PAGE_NID};
 use crate::stats::Counters;
@@ -73,6 +74,7 @@ type World<'w, 's> = (
     Query<'w, 's, &'static PgData>,
     Query<'w, 's, &'static Mm>,
     Query<'w, 's, &'static SecondaryMmu>,
+    Res<'w, KsmFrames>,
 );
 
 /// Buffers kept between checks, so a check allocates nothing.
@@ -80,17 +82,17 @@ type World<'w, 's> = (
 pub struct Scratch {
     /// Pins each page's pinning devices hold.
     held: Vec<u32>,
-    /// (node, content) of every KSM page.
-    ksm: Vec<(u8, u16)>,
+    /// The KSM frame (named by its first page) each KSM page maps, and the frame's node.
+    ksm: Vec<(PageIdx, u8)>,
 }
 
 /// Runs every check; the first violation found is returned.
 pub fn check_vm(
-    (pages, topo, counters, queue, pgdat, mms, smmus): World,
+    (pages, topo, counters, queue, pgdat, mms, smmus, ksm_frames): World,
     mut scratch: Local<Scratch>,
 ) -> Result<(), Violation> {
     let now = queue.now();
-    let frames = count_frames(&pages, &mms, &smmus, topo.nr_nodes, &mut scratch.ksm, now)?;
+    let frames = count_frames(&pages, &mms, &smmus, topo.nr_nodes, (&ksm_frames, &mut scratch.ksm), now)?;
     for node in pgdat.iter() {
         let nid = u32::from(node.nid);
         let used = frames[nid as usize];
@@ -108,7 +110,7 @@ pub fn check_vm(
 }
 
 /// Frames in use per node, recounted from the page state: each present page's own frame,
-/// one frame per KSM content per node (the stable page its sharers map), and frames a
+/// one frame per KSM frame its sharers map, and frames a
 /// long-term pin keeps after munmap() removed their PTEs. On the way: get_mm_rss() equals an
 /// mm's present pages, an unmapped VMA has none, and every present page is on a node. The
 /// counts are plain byte comparisons over the PTE array, which the compiler vectorises.
@@ -117,7 +119,7 @@ fn count_frames(
     mms: &Query<&Mm>,
     smmus: &Query<&SecondaryMmu>,
     nr_nodes: u32,
-    ksm: &mut Vec<(u8, u16)>,
+    ksm: (&KsmFrames, &mut Vec<(PageIdx, u8)>),
     now: Nanos,
 ) -> Result<Vec<u64>, Violation> {
     let count = |ptes: &[crate::mm::Pte], nid: u8| ptes.iter().filter(|p| p.nid == nid).count() as u64;
@@ -167,22 +169,40 @@ fn count_frames(
     Ok(frames)
 }
 
-/// Replaces the KSM pages' count in `frames` by one frame per content and node: the pages
-/// sharing a KSM page map one frame.
-fn count_ksm_frames(pages: &Pages, frames: &mut [u64], ksm: &mut Vec<(u8, u16)>, now: Nanos) -> Result<(), Violation> {
+/// Replaces the KSM pages' count in `frames` by one per KSM frame: the pages sharing a KSM
+/// page map one frame. Every KSM page must be on ksmd's books, with the mapping count the
+/// books give its frame.
+fn count_ksm_frames(
+    pages: &Pages,
+    frames: &mut [u64],
+    (books, ksm): (&KsmFrames, &mut Vec<(PageIdx, u8)>),
+    now: Nanos,
+) -> Result<(), Violation> {
     ksm.clear();
     for (i, pte) in pages.pte.iter().enumerate().filter(|(_, p)| p.flags & PG_KSM != 0) {
+        let page = i as PageIdx;
         if pte.nid == NUMA_NO_NODE {
             let detail = "a page flagged PageKsm() has no frame".into();
-            return Err(Violation::new("ksm_page_present", now, detail).at_page(i as PageIdx));
+            return Err(Violation::new("ksm_page_present", now, detail).at_page(page));
         }
+        let Some(kpage) = books.frame_of(page) else {
+            let detail = "a page flagged PageKsm() maps no KSM frame ksmd knows".into();
+            return Err(Violation::new("ksm_frame_known", now, detail).at_page(page));
+        };
         frames[pte.nid as usize] -= 1;
-        ksm.push((pte.nid, pages.content[i]));
+        ksm.push((kpage, pte.nid));
     }
     ksm.sort_unstable();
-    ksm.dedup();
-    for &(nid, _) in ksm.iter() {
+    let mut at = 0;
+    while at < ksm.len() {
+        let (kpage, nid) = ksm[at];
+        let n = ksm[at..].iter().take_while(|&&(p, _)| p == kpage).count();
+        if books.mappers(kpage) != n as u32 {
+            let detail = format!("{n} pages map this KSM frame, ksmd counts {}", books.mappers(kpage));
+            return Err(Violation::new("ksm_frame_mappers", now, detail).at_page(kpage));
+        }
         frames[nid as usize] += 1;
+        at += n;
     }
     Ok(())
 }

@@ -45,6 +45,7 @@ pub struct Kernel<'w, 's> {
     pub cpus: Query<'w, 's, &'static mut Cpu>,
     pub smmus: Query<'w, 's, &'static mut SecondaryMmu>,
     pub kvm: Res<'w, crate::kvm::Kvm>,
+    pub ksm_frames: ResMut<'w, crate::mm::ksm::KsmFrames>,
     /// The trace sink, present only while tracing.
     pub trace: Option<ResMut<'w, Trace>>,
 }

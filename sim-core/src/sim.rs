@@ -11,7 +11,7 @@ use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos, RngStream, stream};
 use crate::kernel::{Kernel, Sysctl};
 use crate::kvm::Kvm;
 use crate::machine::{Cpu, Nid, PgData, Topology};
-use crate::mm::ksm::{Ksmd, ksmd_wake};
+use crate::mm::ksm::{KsmFrames, Ksmd, ksmd_wake};
 use crate::mm::memory::do_anonymous_page;
 use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind};
 use crate::mm::mprotect::{Action, Actions, run_action};
@@ -146,6 +146,7 @@ impl Sim {
         world.insert_resource(Kvm(config.kvm.clone()));
         world.insert_resource(Actions::default());
         let ksm = &config.ksm;
+        world.insert_resource(KsmFrames::default());
         world.insert_resource(Ksmd::new(ksm.pages_to_scan, ksm.sleep_millisecs, ksm.merge_across_nodes));
         world.insert_resource(Aging { interval: config.aging.interval_ms * NSEC_PER_MSEC });
         let mut queue = world.resource_mut::<EventQueue>();

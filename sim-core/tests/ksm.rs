@@ -85,3 +85,23 @@ fn the_page_that_becomes_the_ksm_page_is_invalidated_in_secondary_mmus() {
     }
     assert_ne!(s.entry(base + 200) & SPTE_VALID, 0, "pages ksmd has not reached stay mapped");
 }
+
+/// The KSM folio is freed with its last mapping: once every sharer has broken COW
+/// (do_wp_page()) or been unmapped, no frame is left behind (found by the invariant mode).
+#[test]
+fn a_ksm_frame_is_freed_with_its_last_mapping() {
+    let (mut sim, mm, base) = mergeable(0);
+    assert!(wake(&mut sim) > 0);
+    sim.with_kernel(|k| {
+        for page in base..base + 512 {
+            let mut f = sim_core::kernel::Faulter::kthread(k, 9, 0, sim_core::stats::Source::Cpu);
+            sim_core::mm::memory::handle_mm_fault(k, mm, page, true, &mut f).unwrap();
+        }
+        let rss = k.mm(mm).rss;
+        let node0 = k.pgdat(0);
+        assert_eq!(node0.present_pages - node0.free_pages, rss, "one frame per page, no KSM frame left");
+        sim_core::mm::mprotect::do_munmap(k, mm, 0);
+        let node0 = k.pgdat(0);
+        assert_eq!(node0.free_pages, node0.present_pages);
+    });
+}

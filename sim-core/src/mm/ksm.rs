@@ -6,7 +6,7 @@
 //! follow_page() refuses protnone PTEs (v6.2–v6.4's gup_can_follow_protnone(), which
 //! 6.1.192 carries). Simplified: a page merges the first time ksmd sees a twin (the kernel
 //! waits for its checksum to hold still over one pass); ksmd's own CPU time is not charged to
-//! any CPU; a stable KSM frame stays allocated while its first page lives.
+//! any CPU.
 
 use std::collections::HashMap;
 
@@ -39,6 +39,48 @@ pub struct Ksmd {
     /// The unstable tree: an rbtree ordered by page content in the kernel, here a sorted
     /// vector searched the way a balanced tree is (see [`unstable_tree_search_insert`]).
     unstable: Vec<(TreeKey, UnstableItem)>,
+}
+
+/// The frames KSM pages share: which frame each KSM-mapped page maps and how many pages map
+/// each (the KSM folio's mapcount). A KSM frame is freed with its last mapping, when the last
+/// sharer has broken COW or been unmapped.
+#[derive(Resource, Debug, Default)]
+pub struct KsmFrames {
+    frame_of: HashMap<PageIdx, PageIdx>,
+    mappers: HashMap<PageIdx, u32>,
+}
+
+impl KsmFrames {
+    /// The KSM frame (named by the page that became the KSM page) `page` maps.
+    pub fn frame_of(&self, page: PageIdx) -> Option<PageIdx> {
+        self.frame_of.get(&page).copied()
+    }
+
+    /// How many pages map the KSM frame of `kpage`.
+    pub fn mappers(&self, kpage: PageIdx) -> u32 {
+        self.mappers.get(&kpage).copied().unwrap_or(0)
+    }
+}
+
+/// `page` now maps the KSM frame of `kpage` (itself, for the page that became the KSM page).
+fn ksm_map(k: &mut Kernel, page: PageIdx, kpage: PageIdx) {
+    k.ksm_frames.frame_of.insert(page, kpage);
+    *k.ksm_frames.mappers.entry(kpage).or_insert(0) += 1;
+}
+
+/// `page` stops mapping its KSM frame (COW or unmap): the frame is freed with its last
+/// mapping (folio_put() of the KSM folio).
+pub fn ksm_unmap(k: &mut Kernel, page: PageIdx) {
+    let Some(kpage) = k.ksm_frames.frame_of.remove(&page) else { return };
+    let left = k.ksm_frames.mappers.get_mut(&kpage).map(|n| {
+        *n -= 1;
+        *n
+    });
+    if left == Some(0) {
+        k.ksm_frames.mappers.remove(&kpage);
+        let nid = k.pages.pte[page as usize].nid;
+        free_page_node(k, nid);
+    }
 }
 
 /// A tree slot: the node whose tree it is in (0 with merge_across_nodes), the content, and
@@ -161,6 +203,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
     // tree page is replaced by it.
     write_protect_page(k, item.mm, page);
     k.pages.pte[i].flags |= PG_KSM;
+    ksm_map(k, page, page);
     ksmd.stable.insert(key, page);
     let tree_accessible = k.mm(tree.mm).page_accessible(tree.page);
     trace_ksm_merge(k, tree.mm, tree.page, page, KsmTree::Unstable);
@@ -267,5 +310,6 @@ fn replace_page(k: &mut Kernel, mm: Entity, vma_accessible: bool, page: PageIdx,
     k.pages.pte[i].flags = PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE };
     k.pages.mapcount[s] = k.pages.mapcount[s].saturating_add(1);
     k.pages.mapcount[i] = k.pages.mapcount[s];
+    ksm_map(k, page, kpage);
     k.counters.ksm.pages_merged += 1;
 }

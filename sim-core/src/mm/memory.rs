@@ -3,6 +3,7 @@
 use bevy_ecs::entity::Entity;
 
 use super::huge_memory::{do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, split_huge_pmd};
+use super::ksm::ksm_unmap;
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
 use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
@@ -128,6 +129,7 @@ pub fn do_wp_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     let old = k.pages.pte[i].flags;
     if old & PG_KSM != 0 {
         trace_event!(k, Event::KsmCow { addr: k.page_addr(mm, page), nid: got });
+        ksm_unmap(k, page);
     }
     k.pages.pte[i].nid = got;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);

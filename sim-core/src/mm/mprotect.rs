@@ -4,9 +4,10 @@
 
 use bevy_ecs::prelude::*;
 
+use super::ksm::ksm_unmap;
 use super::memory::free_page_node;
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range, update_stale_gauge};
-use super::{PTE_PROTNONE, PTE_ZERO, PageIdx};
+use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx};
 use crate::config::Syscall;
 use crate::engine::{Event, Nanos};
 use crate::kernel::Kernel;
@@ -109,7 +110,10 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
             continue;
         }
         let zero_page = k.pages.pte[i].flags & PTE_ZERO != 0;
-        if !zero_page && k.pages.pins[i] == 0 {
+        if k.pages.pte[i].flags & PG_KSM != 0 {
+            // A KSM frame goes with its last mapping.
+            ksm_unmap(k, page);
+        } else if !zero_page && k.pages.pins[i] == 0 {
             free_page_node(k, nid);
         }
         k.pages.pte[i].nid = NUMA_NO_NODE;
