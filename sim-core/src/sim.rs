@@ -373,7 +373,7 @@ impl Sim {
             scenario: c.name.clone(),
             seed: c.run.seed,
             kernel_version: c.kernel.version.name().into(),
-            gup_policy: Rules::from_config(&c.kernel).gup.name().into(),
+            gup_policy: self.world.resource::<Rules>().gup.name().into(),
             notifier: c.kernel.notifier.name().into(),
             sim_time_ns: end,
             events,
@@ -404,7 +404,7 @@ impl Sim {
             c.name,
             c.run.seed,
             c.kernel.version.name(),
-            Rules::from_config(&c.kernel).gup.name(),
+            self.world.resource::<Rules>().gup.name(),
             c.kernel.notifier.name()
         );
         let topo = self.world.resource::<Topology>();

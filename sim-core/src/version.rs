@@ -64,9 +64,3 @@ impl Rules {
         Self::of(k.version, k.gup_policy)
     }
 }
-
-impl Default for Rules {
-    fn default() -> Self {
-        Self::from_config(&KernelConfig::default())
-    }
-}

@@ -308,8 +308,6 @@ fn replace_page(k: &mut Kernel, mm: Entity, vma_accessible: bool, page: PageIdx,
     k.pages.pte[i].nid = k.pages.pte[s].nid;
     k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
     k.pages.pte[i].flags = PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE };
-    k.pages.mapcount[s] = k.pages.mapcount[s].saturating_add(1);
-    k.pages.mapcount[i] = k.pages.mapcount[s];
     ksm_map(k, page, kpage);
     k.counters.ksm.pages_merged += 1;
 }

@@ -94,7 +94,8 @@ pub struct Pages {
     pub pins: Vec<u8>,
     /// Extra references beyond mappings and pins (FOLL_GET), saturating.
     pub refs: Vec<u8>,
-    /// Number of mms mapping the page (folio_mapcount()).
+    /// Number of mms mapping the page (folio_mapcount()); a KSM frame's mappings are kept by
+    /// `ksm::KsmFrames` instead.
     pub mapcount: Vec<u8>,
     /// Frame generation: bumped when the page moves to a new frame, so a secondary MMU entry
     /// can tell it still points at the old one.
