@@ -7,12 +7,24 @@ use oracle::OracleError;
 use workloads::catalogue;
 
 use crate::Failure;
+use crate::trace::{self, TraceArgs};
 
-pub fn run(scenario: &str, kernel: &str, set: &[String], out: Option<PathBuf>) -> Result<(), Failure> {
+pub fn run(
+    scenario: &str,
+    kernel: &str,
+    set: &[String],
+    out: Option<PathBuf>,
+    trace_args: &TraceArgs,
+) -> Result<(), Failure> {
     let config = catalogue::resolve(scenario, set)?;
     // What cannot run at all is said before anything is fetched or booted.
     oracle::preflight(&config).map_err(failure)?;
+    if trace_args.trace_kernel.is_some() {
+        return Err(Failure::Input("--trace-kernel: a real kernel prints its own tracepoint formats".into()));
+    }
     let spec = oracle::resolve_kernel(kernel).map_err(failure)?;
+    let request = trace::request(trace_args, spec.sim_version())?;
+    let trace_plan = request.as_ref().map(|r| trace::tracefs_plan(r, &config)).transpose()?;
     oracle::qemu::qemu_binary().map_err(failure)?;
     let dir =
         out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-kernel-{}", config.name, kernel_label(kernel))));
@@ -23,9 +35,13 @@ pub fn run(scenario: &str, kernel: &str, set: &[String], out: Option<PathBuf>) -
         config.run.duration_ms,
         config.name
     );
-    let run = oracle::run_on_kernel(&config, &spec, &dir).map_err(failure)?;
+    let run = oracle::run_traced(&config, &spec, &dir, trace_plan).map_err(failure)?;
     plots::render_run(&dir).map_err(Failure::Io)?;
     print_brief(&run)?;
+    if let (Some(req), Some(t)) = (&request, &run.trace) {
+        let written = trace::write_kernel_run(req, t, &config, &run)?;
+        trace::print_written(&written);
+    }
     Ok(())
 }
 

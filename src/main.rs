@@ -106,6 +106,9 @@ enum Command {
         /// Output directory (default: out/<scenario>-kernel-<kernel>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The kernel tracepoints of the trace options, recorded through tracefs in the guest.
+        #[command(flatten)]
+        trace: trace::TraceArgs,
     },
     /// Run a scenario in the sim under a real kernel's rules and on that kernel (QEMU), and
     /// compare: a table per kernel, overlaid plots, report.md. Exit status 3: a disagreement.
@@ -219,7 +222,7 @@ fn main() -> ExitCode {
             check_invariants,
         }),
         Command::Merge { dirs, out, partial } => sweep::merge(&dirs, &out, partial),
-        Command::Kernel { scenario, kernel, set, out } => kernel_cmd::run(&scenario, &kernel, &set, out),
+        Command::Kernel { scenario, kernel, set, out, trace } => kernel_cmd::run(&scenario, &kernel, &set, out, &trace),
         Command::Validate { scenario, all, kernels, set, out, reuse } => {
             validate::run(validate::Args { scenario, all, kernels, set, out, reuse }).and_then(|v| match v {
                 validate::Verdict::Agree => Ok(()),

@@ -6,8 +6,9 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use sim_core::config::KernelVersion;
+use sim_core::config::{Config, KernelVersion};
 use sim_core::trace::chrome::write_chrome;
+use sim_core::trace::kernel::{KernelTrace, guest_meta};
 use sim_core::trace::output::{Written, write_ftrace};
 use sim_core::trace::parse::{Counts, count_events};
 use sim_core::trace::{Kind, TpVersion, Trace, TraceOptions, TraceSummary, parse_events};
@@ -101,20 +102,103 @@ pub fn request(a: &TraceArgs, kernel: KernelVersion) -> Result<Option<Request>, 
     Ok(Some(Request { file, format, options }))
 }
 
-/// Writes the trace under a temporary name and renames it into place, so a trace file
-/// that exists was written to its end (its last line says whether the trace is complete).
+/// Writes the sim's trace (see [`write_with`]).
 pub fn write(req: &Request, trace: &Trace) -> Result<TraceSummary, Failure> {
+    write_with(req, |format, w| match format {
+        Format::Ftrace => write_ftrace(trace, w),
+        Format::Json => write_chrome(trace, w),
+    })
+}
+
+/// Writes a real kernel's trace in the same formats.
+fn write_kernel(req: &Request, trace: &KernelTrace) -> Result<TraceSummary, Failure> {
+    write_with(req, |format, w| match format {
+        Format::Ftrace => trace.write_ftrace(w),
+        Format::Json => trace.write_chrome(w),
+    })
+}
+
+/// What the guest records for `req`: the request's kernel tracepoints, in a ring buffer of
+/// a quarter of the size bound (at most 64 MiB) over the CPUs: a binary record is about a
+/// quarter of its text line.
+pub fn tracefs_plan(req: &Request, config: &Config) -> Result<oracle::TracePlan, Failure> {
+    let cpus = u64::from(config.machine.nodes * config.machine.cpus_per_node).max(1);
+    let total_kib = (req.options.max_bytes / 4).min(64 << 20) >> 10;
+    Ok(oracle::TracePlan { events: tracefs_events(req)?, buffer_kb_per_cpu: (total_kib / cpus).max(64) })
+}
+
+/// Writes a kernel run's trace, and its tracepoints' tracefs formats as trace-formats.txt
+/// beside its results.
+pub fn write_kernel_run(
+    req: &Request,
+    t: &oracle::KernelTrace,
+    config: &Config,
+    run: &oracle::KernelRun,
+) -> Result<TraceSummary, Failure> {
+    let m = &config.machine;
+    let title = format!(
+        "{} on Linux {} (kernel oracle, {}), seed {}",
+        config.name,
+        run.release,
+        run.accel.name(),
+        config.run.seed
+    );
+    let meta = guest_meta(&t.info.processes, &t.info.threads, m.nodes * m.cpus_per_node, m.cpus_per_node, title);
+    let mut kt = KernelTrace::from_tracefs(&t.text, t.info.go_ns, &t.info.dropped_per_cpu, meta);
+    (kt.version, kt.events, kt.max_bytes) = (req.options.version, req.options.events.clone(), req.options.max_bytes);
+    let mut formats = String::new();
+    for (event, format) in &t.info.formats {
+        formats.push_str(&format!("# events/{event}/format\n{format}\n"));
+    }
+    for event in &t.info.absent {
+        formats.push_str(&format!("# events/{event}: this kernel does not have it\n"));
+        eprintln!("trace: Linux {} has no {event} tracepoint", run.release);
+    }
+    let path = run.dir.join("trace-formats.txt");
+    fs::write(&path, formats).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))?;
+    write_kernel(req, &kt)
+}
+
+/// One line for the terminal about a written trace.
+pub fn print_written(t: &TraceSummary) {
+    match &t.stopped {
+        Some(why) => println!("trace: {} ({} events, incomplete: {why})", t.file, t.events),
+        None => println!("trace: {} ({} events)", t.file, t.events),
+    }
+}
+
+/// The tracefs event directories (`system/event`) of the request's kernel tracepoints:
+/// numasim's own events have no kernel counterpart.
+fn tracefs_events(req: &Request) -> Result<Vec<String>, Failure> {
+    let events: Vec<String> = req
+        .options
+        .kinds
+        .iter()
+        .filter(|k| k.system() != "numasim")
+        .map(|k| format!("{}/{}", k.system(), k.name()))
+        .collect();
+    if events.is_empty() {
+        return Err(Failure::Input(format!(
+            "--trace-events `{}`: none of these is a kernel tracepoint (numasim:* events are the simulator's own)",
+            req.options.events
+        )));
+    }
+    Ok(events)
+}
+
+/// Writes a trace under a temporary name and renames it into place, so a trace file that
+/// exists was written to its end (its last line says whether the trace is complete).
+fn write_with(
+    req: &Request,
+    body: impl FnOnce(Format, &mut dyn std::io::Write) -> std::io::Result<Written>,
+) -> Result<TraceSummary, Failure> {
     let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", req.file.display()));
     let dir = req.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
     let name = req.file.file_name().and_then(|n| n.to_str()).unwrap_or("trace");
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut w = BufWriter::new(fs::File::create(&tmp).map_err(io)?);
-    let written: Written = match req.format {
-        Format::Ftrace => write_ftrace(trace, &mut w),
-        Format::Json => write_chrome(trace, &mut w),
-    }
-    .map_err(io)?;
+    let written: Written = body(req.format, &mut w).map_err(io)?;
     w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
     fs::rename(&tmp, &req.file).map_err(io)?;
     Ok(TraceSummary {

@@ -1,5 +1,6 @@
 //! Booting the guest: qemu-system-x86_64 with the scenario's NUMA topology, the kernel
-//! console on ttyS0 and the guest's frames on ttyS1 (two files), under a timeout.
+//! console on ttyS0, the guest's frames on ttyS1 and its trace on ttyS2 (three files), under
+//! a timeout.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -46,6 +47,8 @@ pub struct Machine {
 pub struct Boot {
     pub console: PathBuf,
     pub data: PathBuf,
+    /// What the guest wrote to ttyS2 (the kernel's trace, when it recorded one).
+    pub trace: PathBuf,
     pub wall: Duration,
     pub timed_out: bool,
 }
@@ -72,6 +75,7 @@ pub fn boot(
 ) -> Result<Boot, OracleError> {
     let console = dir.join("console.log");
     let data = dir.join(".frames.jsonl");
+    let trace = dir.join(".trace.raw");
     let mut cmd = Command::new(qemu);
     cmd.args(["-accel", accel.arg(), "-machine", "q35", "-cpu", "max", "-nodefaults", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none"])
@@ -84,6 +88,8 @@ pub fn boot(
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
         .arg(format!("file:{}", data.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", trace.display()))
         .arg("-kernel")
         .arg(&kernel.image)
         .arg("-initrd")
@@ -107,12 +113,12 @@ pub fn boot(
                     console_tail: console_tail(&console),
                 });
             }
-            return Ok(Boot { console, data, wall: start.elapsed(), timed_out: false });
+            return Ok(Boot { console, data, trace, wall: start.elapsed(), timed_out: false });
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(Boot { console, data, wall: start.elapsed(), timed_out: true });
+            return Ok(Boot { console, data, trace, wall: start.elapsed(), timed_out: true });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
