@@ -205,7 +205,8 @@ pub enum Frame {
     Error {
         message: String,
     },
-    /// The trace was written to [`TRACE_PORT`]: `bytes` bytes with FNV-1a hash `fnv`.
+    /// The trace was written to [`TRACE_PORT`], zlib-compressed: `bytes` bytes with FNV-1a
+    /// hash `fnv`.
     Trace(TraceInfo),
     /// Everything ran; the guest powers off next.
     Done {
@@ -256,8 +257,10 @@ pub struct TraceInfo {
     pub threads: Vec<(u32, u32, String)>,
     /// Events each CPU's full ring buffer dropped (per_cpu/cpuN/stats).
     pub dropped_per_cpu: Vec<u64>,
+    /// Compressed size and hash, and how long the port took to send it.
     pub bytes: u64,
     pub fnv: u64,
+    pub ship_ms: u64,
 }
 
 /// FNV-1a over `data`, continuing from `h` (start with [`FNV_OFFSET`]).

@@ -1,4 +1,5 @@
-//! Recording the plan's tracepoints through tracefs (Documentation/trace/ftrace.rst) and
+//! Recording the plan's tracepoints through tracefs (Documentation/trace/ftrace.rst,
+//! enabled at boot by the kernel command line) and
 //! shipping the `trace` file to the host over its own serial port.
 //!
 //! The ring buffer does not overwrite (options/overwrite 0): a full CPU buffer keeps the
@@ -20,8 +21,9 @@ fn write(file: &str, value: &str) -> Result<()> {
     std::fs::write(&path, value).map_err(|e| format!("writing `{value}` to {path}: {e}"))
 }
 
-/// Enables the plan's events that this kernel has, with an empty buffer, tracing still off.
-/// Returns what was enabled, what is absent and each enabled event's format.
+/// Checks that the plan's events this kernel has are on (the kernel command line enabled
+/// them at boot: enabling them now would patch code under running vCPUs), and empties the
+/// buffer with tracing off. Returns what is enabled, what is absent and each one's format.
 pub fn prepare(plan: &TracePlan) -> Result<TraceInfo> {
     write("tracing_on", "0")?;
     write("trace_clock", "mono")?;
@@ -35,7 +37,10 @@ pub fn prepare(plan: &TracePlan) -> Result<TraceInfo> {
             info.absent.push(event.clone());
             continue;
         }
-        write(&format!("events/{event}/enable"), "1")?;
+        let enable = std::fs::read_to_string(format!("{dir}/enable")).unwrap_or_default();
+        if enable.trim() != "1" {
+            return Err(format!("{dir}/enable is `{}`: the boot command line did not enable it", enable.trim()));
+        }
         let format = std::fs::read_to_string(format!("{dir}/format")).map_err(|e| format!("{dir}/format: {e}"))?;
         info.formats.insert(event.clone(), format);
         info.enabled.push(event.clone());
@@ -56,23 +61,19 @@ pub fn stop(info: &mut TraceInfo, nr_cpus: u32) -> Result<()> {
     Ok(())
 }
 
-/// Copies the `trace` file to `port`, waiting until the port has sent it all.
+/// Copies the `trace` file to `port`, zlib-compressed (a trace is far larger than the serial
+/// port is fast, and its lines repeat), waiting until the port has sent it all.
 pub fn ship(mut info: TraceInfo, port: &mut std::fs::File) -> Result<TraceInfo> {
     let path = format!("{TRACING}/trace");
-    let mut file = std::fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
-    let mut buf = vec![0u8; 1 << 16];
-    let (mut bytes, mut fnv) = (0u64, FNV_OFFSET);
-    loop {
-        let n = file.read(&mut buf).map_err(|e| format!("{path}: {e}"))?;
-        if n == 0 {
-            break;
-        }
-        port.write_all(&buf[..n]).map_err(|e| format!("{}: {e}", guest::TRACE_PORT))?;
-        fnv = fnv1a(fnv, &buf[..n]);
-        bytes += n as u64;
-    }
+    let mut text = Vec::new();
+    std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut text)).map_err(|e| format!("{path}: {e}"))?;
+    let packed = miniz_oxide::deflate::compress_to_vec_zlib(&text, 6);
+    drop(text);
+    let start = sys::now_ns();
+    port.write_all(&packed).map_err(|e| format!("{}: {e}", guest::TRACE_PORT))?;
     sys::drain(port);
-    (info.bytes, info.fnv) = (bytes, fnv);
+    info.ship_ms = (sys::now_ns() - start) / 1_000_000;
+    (info.bytes, info.fnv) = (packed.len() as u64, fnv1a(FNV_OFFSET, &packed));
     Ok(info)
 }
 

@@ -94,8 +94,9 @@ pub fn run_traced(
     trace: Option<TracePlan>,
 ) -> Result<KernelRun, OracleError> {
     let mut plan = plan::plan_of(cfg)?;
+    let mut machine = machine_of(cfg)?;
+    machine.cmdline = trace.as_ref().map_or(String::new(), trace_cmdline);
     plan.trace = trace;
-    let machine = machine_of(cfg)?;
     let qemu = qemu::qemu_binary()?;
     let guest = guest_bin::guest_binary()?;
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
@@ -174,7 +175,21 @@ fn collect(frames: &[Frame]) -> Result<Outcome, String> {
     Ok(o)
 }
 
-/// The trace the guest wrote to ttyS2, checked against the length and hash it announced.
+/// The kernel command line that enables `t`'s tracepoints while the kernel boots, with one
+/// CPU up. Enabling them later, from the guest, patches their static keys while the other
+/// vCPUs run, and under MTTCG a vCPU can then hit a stale int3 ("Oops: int3" in
+/// ttwu_do_activate() on 6.12.117); the guest only clears the buffer and switches it on.
+fn trace_cmdline(t: &TracePlan) -> String {
+    let events: Vec<String> = t.events.iter().map(|e| e.replacen('/', ":", 1)).collect();
+    format!(
+        " trace_event={} trace_buf_size={}K trace_clock=mono trace_options=nooverwrite",
+        events.join(","),
+        t.buffer_kb_per_cpu
+    )
+}
+
+/// The trace the guest wrote to ttyS2, checked against the length and hash it announced,
+/// decompressed.
 fn read_trace(path: &Path, info: &TraceInfo) -> Result<KernelTrace, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if bytes.len() as u64 != info.bytes || guest::fnv1a(guest::FNV_OFFSET, &bytes) != info.fnv {
@@ -184,7 +199,9 @@ fn read_trace(path: &Path, info: &TraceInfo) -> Result<KernelTrace, String> {
             info.bytes
         ));
     }
-    let text = String::from_utf8(bytes).map_err(|e| format!("the trace is not UTF-8 text: {e}"))?;
+    let text = miniz_oxide::inflate::decompress_to_vec_zlib(&bytes)
+        .map_err(|e| format!("the trace does not decompress: {e}"))?;
+    let text = String::from_utf8(text).map_err(|e| format!("the trace is not UTF-8 text: {e}"))?;
     Ok(KernelTrace { info: info.clone(), text })
 }
 
@@ -216,7 +233,13 @@ fn machine_of(cfg: &Config) -> Result<qemu::Machine, OracleError> {
             m.nodes * m.cpus_per_node
         )));
     }
-    Ok(qemu::Machine { nodes: m.nodes, cpus_per_node: m.cpus_per_node, mib_per_node, distance: m.distance.clone() })
+    Ok(qemu::Machine {
+        nodes: m.nodes,
+        cpus_per_node: m.cpus_per_node,
+        mib_per_node,
+        distance: m.distance.clone(),
+        cmdline: String::new(),
+    })
 }
 
 fn host_available_mib() -> u64 {
@@ -286,7 +309,13 @@ fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleEr
     std::fs::create_dir_all(&dir).map_err(|e| OracleError::Io(format!("{}: {e}", dir.display())))?;
     let plan = Plan { probe: true, nodes: 1, cpus_per_node: 1, ..Plan::default() };
     let initrd = write_initramfs(&dir, guest, &plan, k)?;
-    let m = qemu::Machine { nodes: 1, cpus_per_node: 1, mib_per_node: HEADROOM_MIB, distance: None };
+    let m = qemu::Machine {
+        nodes: 1,
+        cpus_per_node: 1,
+        mib_per_node: HEADROOM_MIB,
+        distance: None,
+        cmdline: String::new(),
+    };
     let ok = qemu::boot(qemu, k, &initrd, &m, Accel::Kvm, &dir, Duration::from_secs(20))
         .map(|b| !b.timed_out && read_frames(&b.data).iter().any(|f| matches!(f, Frame::Done { .. })))
         .unwrap_or(false);
@@ -323,6 +352,13 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "elapsed_ms": o.elapsed_ms,
         "qemu_wall_s": run.wall_s,
         "samples": o.samples.len(),
+        "trace": o.trace.as_ref().map(|t| serde_json::json!({
+            "enabled": t.enabled,
+            "absent": t.absent,
+            "dropped_per_cpu": t.dropped_per_cpu,
+            "compressed_bytes": t.bytes,
+            "ship_ms": t.ship_ms,
+        })),
         "touch_rate_per_s": run.touch_rates,
         "final_sample": o.samples.last(),
     });

@@ -41,6 +41,8 @@ pub struct Machine {
     pub mib_per_node: u64,
     /// SLIT rows; None for 10 local, 20 remote.
     pub distance: Option<Vec<Vec<u32>>>,
+    /// More kernel command line (the tracepoints to enable at boot).
+    pub cmdline: String,
 }
 
 /// What a boot left behind.
@@ -95,7 +97,11 @@ pub fn boot(
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 rdinit=/init loglevel=4 brd.rd_nr=1 brd.rd_size={}", crate::RAMDISK_KIB))
+        .arg(format!(
+            "console=ttyS0 panic=-1 rdinit=/init loglevel=4 brd.rd_nr=1 brd.rd_size={}{}",
+            crate::RAMDISK_KIB,
+            m.cmdline
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -160,8 +166,13 @@ mod tests {
 
     #[test]
     fn the_topology_gives_each_node_its_cpus_memory_and_distances() {
-        let m =
-            Machine { nodes: 2, cpus_per_node: 2, mib_per_node: 512, distance: Some(vec![vec![10, 31], vec![31, 10]]) };
+        let m = Machine {
+            nodes: 2,
+            cpus_per_node: 2,
+            mib_per_node: 512,
+            distance: Some(vec![vec![10, 31], vec![31, 10]]),
+            cmdline: String::new(),
+        };
         let args = topology_args(&m).join(" ");
         assert_eq!(
             args,
