@@ -143,6 +143,14 @@ enum Command {
     Scenarios,
     /// Compare two ftrace text traces (numasim's or a real kernel's): events per kind.
     TraceDiff { a: PathBuf, b: PathBuf },
+    /// Draw a per-CPU timeline (PNG and SVG) of a Chrome JSON trace: what Perfetto's CPU
+    /// tracks show, without the UI.
+    TraceTimeline {
+        trace: PathBuf,
+        /// Output path without extension (default: the trace's, with `-timeline`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Measure simulator speed and memory at machine scales, beside a raw-loop ceiling.
     Bench {
         /// Machine scales to time, in order (small: 2 nodes x 32 GiB; large: 8 nodes x 32
@@ -199,6 +207,17 @@ fn main() -> ExitCode {
             run(&scenario, &set, out, &trace, check_invariants)
         }
         Command::TraceDiff { a, b } => trace::diff(&a, &b),
+        Command::TraceTimeline { trace, out } => {
+            let base = out.unwrap_or_else(|| {
+                let stem = trace.file_stem().map_or("trace".into(), |s| s.to_string_lossy().into_owned());
+                trace.with_file_name(format!("{stem}-timeline"))
+            });
+            plots::render_timeline(&trace, &base).map_err(Failure::Input).map(|files| {
+                for f in files {
+                    println!("{}", f.display());
+                }
+            })
+        }
         Command::Compare { scenario, set, policies, kernels, seeds, jobs, out, check_invariants } => {
             compare::run(compare::Args {
                 scenario,

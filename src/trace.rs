@@ -234,6 +234,13 @@ pub fn diff(a: &Path, b: &Path) -> Result<(), Failure> {
     for s in sums {
         line(s, ca.sums.get(s).copied().unwrap_or(0), cb.sums.get(s).copied().unwrap_or(0));
     }
+    for (event, keys) in &ca.keys {
+        match cb.keys.get(event) {
+            Some(other) if other == keys => println!("fields of {event}: the same in both"),
+            Some(other) => println!("fields of {event} differ: {} vs {}", keys.join(","), other.join(",")),
+            None => {}
+        }
+    }
     for (p, c) in [(a, &ca), (b, &cb)] {
         if c.unparsed > 0 {
             eprintln!("{}: {} lines were not ftrace events and were ignored", p.display(), c.unparsed);

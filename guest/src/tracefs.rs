@@ -68,6 +68,7 @@ pub fn ship(mut info: TraceInfo, port: &mut std::fs::File) -> Result<TraceInfo> 
     let mut text = Vec::new();
     std::fs::File::open(&path).and_then(|mut f| f.read_to_end(&mut text)).map_err(|e| format!("{path}: {e}"))?;
     let packed = miniz_oxide::deflate::compress_to_vec_zlib(&text, 6);
+    eprintln!("numasim-guest: sending the trace: {} bytes, {} compressed", text.len(), packed.len());
     drop(text);
     let start = sys::now_ns();
     port.write_all(&packed).map_err(|e| format!("{}: {e}", guest::TRACE_PORT))?;

@@ -66,8 +66,15 @@ pub fn numeric_fields(fields: &str) -> impl Iterator<Item = (&str, i64)> {
 pub struct Counts {
     pub events: BTreeMap<String, u64>,
     pub sums: BTreeMap<String, i64>,
+    /// Per event name, the field names of its first line, in order.
+    pub keys: BTreeMap<String, Vec<String>>,
     /// Lines that were neither an event nor a header or note.
     pub unparsed: u64,
+}
+
+/// The field names of a field string, in order.
+pub fn field_keys(fields: &str) -> Vec<String> {
+    fields.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, _)| k.to_string()).collect()
 }
 
 /// Counts the events of an ftrace text file.
@@ -88,6 +95,7 @@ pub fn count_events(text: &str) -> Counts {
             continue;
         };
         *c.events.entry(l.event.to_string()).or_default() += 1;
+        c.keys.entry(l.event.to_string()).or_insert_with(|| field_keys(l.fields));
         for (k, v) in numeric_fields(l.fields).filter(|(k, _)| k.starts_with("nr_")) {
             *c.sums.entry(format!("{}.{k}", l.event)).or_default() += v;
         }
@@ -115,5 +123,6 @@ mod tests {
         assert_eq!(c.events["mm_migrate_pages"], 2);
         assert_eq!(c.sums["mm_migrate_pages.nr_succeeded"], 2);
         assert_eq!(c.unparsed, 1);
+        assert_eq!(c.keys["sched_move_numa"], ["pid", "tgid", "ngid", "src_cpu", "src_nid", "dst_cpu", "dst_nid"]);
     }
 }
