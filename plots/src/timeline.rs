@@ -65,8 +65,9 @@ pub fn render_timeline(trace: &Path, base: &Path) -> Result<Vec<PathBuf>, Error>
     register_font();
     let t = read(trace)?;
     let size = (1400, 140 + 26 * t.cpus.len() as u32);
-    let png = base.with_extension("png");
-    let svg = base.with_extension("svg");
+    // Appended, not set: a base like `numa02-6.12` has no extension to replace.
+    let with = |ext: &str| PathBuf::from(format!("{}.{ext}", base.display()));
+    let (png, svg) = (with("png"), with("svg"));
     write_atomic(&png, |tmp| {
         let root = BitMapBackend::new(tmp, size).into_drawing_area();
         draw(&t, &root).map_err(|e| e.to_string())?;
@@ -93,7 +94,8 @@ fn draw<DB: DrawingBackend>(
         .margin(14)
         .x_label_area_size(40)
         .y_label_area_size(150)
-        .build_cartesian_2d(0.0..end * 1.01, rows..0.0)?;
+        // Room on the right for the legend, clear of the bars.
+        .build_cartesian_2d(0.0..end * 1.3, rows..0.0)?;
     chart
         .configure_mesh()
         .disable_y_mesh()
@@ -137,7 +139,7 @@ fn draw<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(SeriesLabelPosition::UpperRight)
         .background_style(WHITE.mix(0.85))
         .border_style(BLACK)
         .label_font((FONT, 13).into_font())
