@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use oracle::OracleError;
+use sim_core::config::KernelVersion;
 use workloads::catalogue;
 
 use crate::Failure;
@@ -22,9 +23,13 @@ pub fn run(
     if trace_args.trace_kernel.is_some() {
         return Err(Failure::Input("--trace-kernel: a real kernel prints its own tracepoint formats".into()));
     }
-    let spec = oracle::resolve_kernel(kernel).map_err(failure)?;
-    let request = trace::request(trace_args, spec.sim_version())?;
+    // The trace options are checked before a kernel is fetched; its formats are known after.
+    let mut request = trace::request(trace_args, KernelVersion::V6_12)?;
     let trace_plan = request.as_ref().map(|r| trace::tracefs_plan(r, &config)).transpose()?;
+    let spec = oracle::resolve_kernel(kernel).map_err(failure)?;
+    if let Some(r) = request.as_mut() {
+        r.options.version = trace::formats_of(spec.sim_version());
+    }
     oracle::qemu::qemu_binary().map_err(failure)?;
     let dir =
         out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-kernel-{}", config.name, kernel_label(kernel))));

@@ -57,7 +57,7 @@ const DEFAULT_MAX_MIB: u64 = 256;
 
 /// The tracepoint formats of `kernel.version`: of the two oracle kernels, 6.12's from v6.7
 /// (sched_skip_vma_numa) on, 6.1's before.
-fn formats_of(v: KernelVersion) -> TpVersion {
+pub fn formats_of(v: KernelVersion) -> TpVersion {
     match v {
         KernelVersion::V6_12 => TpVersion::V6_12,
         _ => TpVersion::V6_1,
