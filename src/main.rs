@@ -160,6 +160,9 @@ enum Command {
         /// Also time each scale with THP always.
         #[arg(long)]
         thp: bool,
+        /// Also time each scale with every trace event recorded, and writing the trace.
+        #[arg(long)]
+        trace: bool,
     },
 }
 
@@ -262,8 +265,8 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Bench { scale, thp } => {
-            bench::run(&scale, thp);
+        Command::Bench { scale, thp, trace } => {
+            bench::run(&scale, thp, trace);
             Ok(())
         }
     };
