@@ -130,6 +130,10 @@ enum Command {
         /// release match (re-check the sim after a model change without booting).
         #[arg(long)]
         reuse: bool,
+        /// Also record the kernels' sched and migrate NUMA tracepoints and the sim's:
+        /// `kernel/trace.txt`, `sim/trace.txt` and their `trace-diff.txt` per kernel.
+        #[arg(long)]
+        trace: bool,
     },
     /// Draw the plots of a run, a comparison or a sweep again from its result files.
     Plot { dir: PathBuf },
@@ -245,8 +249,8 @@ fn main() -> ExitCode {
         }),
         Command::Merge { dirs, out, partial } => sweep::merge(&dirs, &out, partial),
         Command::Kernel { scenario, kernel, set, out, trace } => kernel_cmd::run(&scenario, &kernel, &set, out, &trace),
-        Command::Validate { scenario, all, kernels, set, out, reuse } => {
-            validate::run(validate::Args { scenario, all, kernels, set, out, reuse }).and_then(|v| match v {
+        Command::Validate { scenario, all, kernels, set, out, reuse, trace } => {
+            validate::run(validate::Args { scenario, all, kernels, set, out, reuse, trace }).and_then(|v| match v {
                 validate::Verdict::Agree => Ok(()),
                 validate::Verdict::Disagree => {
                     Err(Failure::Disagreement("the sim and a kernel disagree (see the tables)".into()))

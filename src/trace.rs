@@ -218,6 +218,13 @@ fn write_with(
 /// `numasim trace-diff A B`: events per kind (and sums of `nr_*` fields) in two ftrace text
 /// traces, side by side.
 pub fn diff(a: &Path, b: &Path) -> Result<(), Failure> {
+    print!("{}", diff_table(a, b)?);
+    Ok(())
+}
+
+/// The trace-diff table of `a` and `b`, then whether the events both hold print the same fields.
+pub fn diff_table(a: &Path, b: &Path) -> Result<String, Failure> {
+    use std::fmt::Write as _;
     let (ca, cb) = (read_counts(a)?, read_counts(b)?);
     let mut rows: Vec<&String> = ca.events.keys().chain(cb.events.keys()).collect();
     rows.sort();
@@ -225,9 +232,17 @@ pub fn diff(a: &Path, b: &Path) -> Result<(), Failure> {
     let mut sums: Vec<&String> = ca.sums.keys().chain(cb.sums.keys()).collect();
     sums.sort();
     sums.dedup();
-    let label = |p: &Path| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().into_owned());
-    println!("{:44} {:>14} {:>14} {:>14}", "event", label(a), label(b), "B - A");
-    let line = |name: &str, x: i64, y: i64| println!("{name:44} {x:>14} {y:>14} {:>+14}", y - x);
+    let name = |p: &Path| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().into_owned());
+    // Two files of one name (validate's sim/trace.txt, kernel/trace.txt) are told apart by their directory.
+    let label = |p: &Path| match p.parent().and_then(|d| d.file_name()) {
+        Some(d) if name(a) == name(b) => format!("{}/{}", d.to_string_lossy(), name(p)),
+        _ => name(p),
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "{:44} {:>14} {:>14} {:>14}", "event", label(a), label(b), "B - A");
+    let mut line = |name: &str, x: i64, y: i64| {
+        let _ = writeln!(out, "{name:44} {x:>14} {y:>14} {:>+14}", y - x);
+    };
     for r in rows {
         line(r, count(&ca.events, r), count(&cb.events, r));
     }
@@ -235,18 +250,18 @@ pub fn diff(a: &Path, b: &Path) -> Result<(), Failure> {
         line(s, ca.sums.get(s).copied().unwrap_or(0), cb.sums.get(s).copied().unwrap_or(0));
     }
     for (event, keys) in &ca.keys {
-        match cb.keys.get(event) {
-            Some(other) if other == keys => println!("fields of {event}: the same in both"),
-            Some(other) => println!("fields of {event} differ: {} vs {}", keys.join(","), other.join(",")),
-            None => {}
-        }
+        let _ = match cb.keys.get(event) {
+            Some(other) if other == keys => writeln!(out, "fields of {event}: the same in both"),
+            Some(other) => writeln!(out, "fields of {event} differ: {} vs {}", keys.join(","), other.join(",")),
+            None => Ok(()),
+        };
     }
     for (p, c) in [(a, &ca), (b, &cb)] {
         if c.unparsed > 0 {
             eprintln!("{}: {} lines were not ftrace events and were ignored", p.display(), c.unparsed);
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn count(m: &std::collections::BTreeMap<String, u64>, k: &str) -> i64 {
