@@ -52,15 +52,66 @@ impl Scale {
     }
 }
 
-pub fn run(scales: &[Scale], thp: bool) {
+pub fn run(scales: &[Scale], thp: bool, trace: bool) {
     for &scale in scales {
         for thp in if thp { vec![false, true] } else { vec![false] } {
-            run_one(scale, thp);
+            let plain_s = run_one(scale, thp);
+            if trace {
+                run_traced(scale, thp, plain_s);
+            }
         }
     }
 }
 
-fn run_one(scale: Scale, thp: bool) {
+/// The record bound of a traced bench run.
+const TRACE_BENCH_BYTES: u64 = 512 << 20;
+
+/// The same run with every event recorded, then written as ftrace text and as Chrome JSON
+/// (to nowhere: the cost is formatting, not the disk): what tracing on costs.
+fn run_traced(scale: Scale, thp: bool, plain_s: f64) {
+    use sim_core::trace::{Kind, TpVersion, TraceOptions};
+    let c = scale.config(thp);
+    let mut sim = workloads::build(&c);
+    let events = "*:*".to_string();
+    sim.enable_trace(TraceOptions {
+        kinds: Kind::ALL.to_vec(),
+        events,
+        version: TpVersion::V6_12,
+        max_bytes: TRACE_BENCH_BYTES,
+    });
+    let t = Instant::now();
+    let out = sim.run().expect("the bench scenario runs to its end");
+    let run_s = t.elapsed().as_secs_f64();
+    let trace = out.trace.as_ref().expect("tracing was on");
+    let time_write = |write: fn(
+        &sim_core::trace::Trace,
+        &mut dyn std::io::Write,
+    ) -> std::io::Result<sim_core::trace::output::Written>| {
+        let t = Instant::now();
+        let w = write(trace, &mut std::io::sink()).expect("writing to a sink cannot fail");
+        (t.elapsed().as_secs_f64(), w)
+    };
+    let (text_s, text) = time_write(sim_core::trace::output::write_ftrace);
+    let (json_s, json) = time_write(sim_core::trace::chrome::write_chrome);
+    println!(
+        "traced (all events, bound {} MiB{}): run {run_s:.2} s ({:+.0} % against untraced), {} events recorded",
+        TRACE_BENCH_BYTES >> 20,
+        if trace.stopped().is_some() { ", reached: recording stopped" } else { "" },
+        (run_s / plain_s - 1.0) * 100.0,
+        trace.records().len()
+    );
+    let per_event = |s: f64, n: u64| s * 1e9 / n.max(1) as f64;
+    println!(
+        "trace output: ftrace text {:.1} MiB in {text_s:.2} s ({:.0} ns per event), Chrome JSON {:.1} MiB in {json_s:.2} s ({:.0} ns per event)",
+        text.bytes as f64 / (1 << 20) as f64,
+        per_event(text_s, text.events),
+        json.bytes as f64 / (1 << 20) as f64,
+        per_event(json_s, json.events)
+    );
+}
+
+/// Times one untraced run; returns its wall seconds.
+fn run_one(scale: Scale, thp: bool) -> f64 {
     let c = scale.config(thp);
     let m = &c.machine;
     let pages_label = if thp { "THP always" } else { "4 KiB pages" };
@@ -102,6 +153,7 @@ fn run_one(scale: Scale, thp: bool) {
         metric("vmstat.numa_pages_migrated"),
         metric("vmstat.thp_migration_success"),
     );
+    run_s
 }
 
 /// ns per random read-modify-write of one byte in an array of `len` bytes, with the same

@@ -4,15 +4,32 @@
 use std::path::PathBuf;
 
 use oracle::OracleError;
+use sim_core::config::KernelVersion;
 use workloads::catalogue;
 
 use crate::Failure;
+use crate::trace::{self, TraceArgs};
 
-pub fn run(scenario: &str, kernel: &str, set: &[String], out: Option<PathBuf>) -> Result<(), Failure> {
+pub fn run(
+    scenario: &str,
+    kernel: &str,
+    set: &[String],
+    out: Option<PathBuf>,
+    trace_args: &TraceArgs,
+) -> Result<(), Failure> {
     let config = catalogue::resolve(scenario, set)?;
     // What cannot run at all is said before anything is fetched or booted.
     oracle::preflight(&config).map_err(failure)?;
+    if trace_args.trace_kernel.is_some() {
+        return Err(Failure::Input("--trace-kernel: a real kernel prints its own tracepoint formats".into()));
+    }
+    // The trace options are checked before a kernel is fetched; its formats are known after.
+    let mut request = trace::request(trace_args, KernelVersion::V6_12)?;
+    let trace_plan = request.as_ref().map(|r| trace::tracefs_plan(r, &config)).transpose()?;
     let spec = oracle::resolve_kernel(kernel).map_err(failure)?;
+    if let Some(r) = request.as_mut() {
+        r.options.version = trace::formats_of(spec.sim_version());
+    }
     oracle::qemu::qemu_binary().map_err(failure)?;
     let dir =
         out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-kernel-{}", config.name, kernel_label(kernel))));
@@ -23,9 +40,13 @@ pub fn run(scenario: &str, kernel: &str, set: &[String], out: Option<PathBuf>) -
         config.run.duration_ms,
         config.name
     );
-    let run = oracle::run_on_kernel(&config, &spec, &dir).map_err(failure)?;
+    let run = oracle::run_traced(&config, &spec, &dir, trace_plan).map_err(failure)?;
     plots::render_run(&dir).map_err(Failure::Io)?;
     print_brief(&run)?;
+    if let (Some(req), Some(t)) = (&request, &run.trace) {
+        let written = trace::write_kernel_run(req, t, &config, &run)?;
+        trace::print_written(&written);
+    }
     Ok(())
 }
 

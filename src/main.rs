@@ -106,6 +106,9 @@ enum Command {
         /// Output directory (default: out/<scenario>-kernel-<kernel>).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// The kernel tracepoints of the trace options, recorded through tracefs in the guest.
+        #[command(flatten)]
+        trace: trace::TraceArgs,
     },
     /// Run a scenario in the sim under a real kernel's rules and on that kernel (QEMU), and
     /// compare: a table per kernel, overlaid plots, report.md. Exit status 3: a disagreement.
@@ -127,6 +130,10 @@ enum Command {
         /// release match (re-check the sim after a model change without booting).
         #[arg(long)]
         reuse: bool,
+        /// Also record the kernels' sched and migrate NUMA tracepoints and the sim's:
+        /// `kernel/trace.txt`, `sim/trace.txt` and their `trace-diff.txt` per kernel.
+        #[arg(long)]
+        trace: bool,
     },
     /// Draw the plots of a run, a comparison or a sweep again from its result files.
     Plot { dir: PathBuf },
@@ -140,6 +147,14 @@ enum Command {
     Scenarios,
     /// Compare two ftrace text traces (numasim's or a real kernel's): events per kind.
     TraceDiff { a: PathBuf, b: PathBuf },
+    /// Draw a per-CPU timeline (PNG and SVG) of a Chrome JSON trace: what Perfetto's CPU
+    /// tracks show, without the UI.
+    TraceTimeline {
+        trace: PathBuf,
+        /// Output path without extension (default: the trace's, with `-timeline`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Measure simulator speed and memory at machine scales, beside a raw-loop ceiling.
     Bench {
         /// Machine scales to time, in order (small: 2 nodes x 32 GiB; large: 8 nodes x 32
@@ -149,6 +164,9 @@ enum Command {
         /// Also time each scale with THP always.
         #[arg(long)]
         thp: bool,
+        /// Also time each scale with every trace event recorded, and writing the trace.
+        #[arg(long)]
+        trace: bool,
     },
 }
 
@@ -196,6 +214,17 @@ fn main() -> ExitCode {
             run(&scenario, &set, out, &trace, check_invariants)
         }
         Command::TraceDiff { a, b } => trace::diff(&a, &b),
+        Command::TraceTimeline { trace, out } => {
+            let base = out.unwrap_or_else(|| {
+                let stem = trace.file_stem().map_or("trace".into(), |s| s.to_string_lossy().into_owned());
+                trace.with_file_name(format!("{stem}-timeline"))
+            });
+            plots::render_timeline(&trace, &base).map_err(Failure::Input).map(|files| {
+                for f in files {
+                    println!("{}", f.display());
+                }
+            })
+        }
         Command::Compare { scenario, set, policies, kernels, seeds, jobs, out, check_invariants } => {
             compare::run(compare::Args {
                 scenario,
@@ -219,9 +248,9 @@ fn main() -> ExitCode {
             check_invariants,
         }),
         Command::Merge { dirs, out, partial } => sweep::merge(&dirs, &out, partial),
-        Command::Kernel { scenario, kernel, set, out } => kernel_cmd::run(&scenario, &kernel, &set, out),
-        Command::Validate { scenario, all, kernels, set, out, reuse } => {
-            validate::run(validate::Args { scenario, all, kernels, set, out, reuse }).and_then(|v| match v {
+        Command::Kernel { scenario, kernel, set, out, trace } => kernel_cmd::run(&scenario, &kernel, &set, out, &trace),
+        Command::Validate { scenario, all, kernels, set, out, reuse, trace } => {
+            validate::run(validate::Args { scenario, all, kernels, set, out, reuse, trace }).and_then(|v| match v {
                 validate::Verdict::Agree => Ok(()),
                 validate::Verdict::Disagree => {
                     Err(Failure::Disagreement("the sim and a kernel disagree (see the tables)".into()))
@@ -240,8 +269,8 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Bench { scale, thp } => {
-            bench::run(&scale, thp);
+        Command::Bench { scale, thp, trace } => {
+            bench::run(&scale, thp, trace);
             Ok(())
         }
     };

@@ -54,10 +54,7 @@ pub fn print_brief(dir: &Path, out: &RunOutput) {
         }
     }
     if let Some(t) = &s.trace {
-        match &t.stopped {
-            Some(why) => println!("trace: {} ({} events, incomplete: {why})", t.file, t.events),
-            None => println!("trace: {} ({} events)", t.file, t.events),
-        }
+        crate::trace::print_written(t);
     }
     println!("results in {}", dir.display());
 }

@@ -6,8 +6,9 @@ use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
-use sim_core::config::KernelVersion;
+use sim_core::config::{Config, KernelVersion};
 use sim_core::trace::chrome::write_chrome;
+use sim_core::trace::kernel::{KernelTrace, guest_meta};
 use sim_core::trace::output::{Written, write_ftrace};
 use sim_core::trace::parse::{Counts, count_events};
 use sim_core::trace::{Kind, TpVersion, Trace, TraceOptions, TraceSummary, parse_events};
@@ -56,7 +57,7 @@ const DEFAULT_MAX_MIB: u64 = 256;
 
 /// The tracepoint formats of `kernel.version`: of the two oracle kernels, 6.12's from v6.7
 /// (sched_skip_vma_numa) on, 6.1's before.
-fn formats_of(v: KernelVersion) -> TpVersion {
+pub fn formats_of(v: KernelVersion) -> TpVersion {
     match v {
         KernelVersion::V6_12 => TpVersion::V6_12,
         _ => TpVersion::V6_1,
@@ -101,20 +102,103 @@ pub fn request(a: &TraceArgs, kernel: KernelVersion) -> Result<Option<Request>, 
     Ok(Some(Request { file, format, options }))
 }
 
-/// Writes the trace under a temporary name and renames it into place, so a trace file
-/// that exists was written to its end (its last line says whether the trace is complete).
+/// Writes the sim's trace (see [`write_with`]).
 pub fn write(req: &Request, trace: &Trace) -> Result<TraceSummary, Failure> {
+    write_with(req, |format, w| match format {
+        Format::Ftrace => write_ftrace(trace, w),
+        Format::Json => write_chrome(trace, w),
+    })
+}
+
+/// Writes a real kernel's trace in the same formats.
+fn write_kernel(req: &Request, trace: &KernelTrace) -> Result<TraceSummary, Failure> {
+    write_with(req, |format, w| match format {
+        Format::Ftrace => trace.write_ftrace(w),
+        Format::Json => trace.write_chrome(w),
+    })
+}
+
+/// What the guest records for `req`: the request's kernel tracepoints, in a ring buffer of
+/// a quarter of the size bound (at most 64 MiB) over the CPUs: a binary record is about a
+/// quarter of its text line.
+pub fn tracefs_plan(req: &Request, config: &Config) -> Result<oracle::TracePlan, Failure> {
+    let cpus = u64::from(config.machine.nodes * config.machine.cpus_per_node).max(1);
+    let total_kib = (req.options.max_bytes / 4).min(64 << 20) >> 10;
+    Ok(oracle::TracePlan { events: tracefs_events(req)?, buffer_kb_per_cpu: (total_kib / cpus).max(64) })
+}
+
+/// Writes a kernel run's trace, and its tracepoints' tracefs formats as trace-formats.txt
+/// beside its results.
+pub fn write_kernel_run(
+    req: &Request,
+    t: &oracle::KernelTrace,
+    config: &Config,
+    run: &oracle::KernelRun,
+) -> Result<TraceSummary, Failure> {
+    let m = &config.machine;
+    let title = format!(
+        "{} on Linux {} (kernel oracle, {}), seed {}",
+        config.name,
+        run.release,
+        run.accel.name(),
+        config.run.seed
+    );
+    let meta = guest_meta(&t.info.processes, &t.info.threads, m.nodes * m.cpus_per_node, m.cpus_per_node, title);
+    let mut kt = KernelTrace::from_tracefs(&t.text, t.info.go_ns, &t.info.dropped_per_cpu, meta);
+    (kt.version, kt.events, kt.max_bytes) = (req.options.version, req.options.events.clone(), req.options.max_bytes);
+    let mut formats = String::new();
+    for (event, format) in &t.info.formats {
+        formats.push_str(&format!("# events/{event}/format\n{format}\n"));
+    }
+    for event in &t.info.absent {
+        formats.push_str(&format!("# events/{event}: this kernel does not have it\n"));
+        eprintln!("trace: Linux {} has no {event} tracepoint", run.release);
+    }
+    let path = run.dir.join("trace-formats.txt");
+    fs::write(&path, formats).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))?;
+    write_kernel(req, &kt)
+}
+
+/// One line for the terminal about a written trace.
+pub fn print_written(t: &TraceSummary) {
+    match &t.stopped {
+        Some(why) => println!("trace: {} ({} events, incomplete: {why})", t.file, t.events),
+        None => println!("trace: {} ({} events)", t.file, t.events),
+    }
+}
+
+/// The tracefs event directories (`system/event`) of the request's kernel tracepoints:
+/// numasim's own events have no kernel counterpart.
+fn tracefs_events(req: &Request) -> Result<Vec<String>, Failure> {
+    let events: Vec<String> = req
+        .options
+        .kinds
+        .iter()
+        .filter(|k| k.system() != "numasim")
+        .map(|k| format!("{}/{}", k.system(), k.name()))
+        .collect();
+    if events.is_empty() {
+        return Err(Failure::Input(format!(
+            "--trace-events `{}`: none of these is a kernel tracepoint (numasim:* events are the simulator's own)",
+            req.options.events
+        )));
+    }
+    Ok(events)
+}
+
+/// Writes a trace under a temporary name and renames it into place, so a trace file that
+/// exists was written to its end (its last line says whether the trace is complete).
+fn write_with(
+    req: &Request,
+    body: impl FnOnce(Format, &mut dyn std::io::Write) -> std::io::Result<Written>,
+) -> Result<TraceSummary, Failure> {
     let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", req.file.display()));
     let dir = req.file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     fs::create_dir_all(dir).map_err(io)?;
     let name = req.file.file_name().and_then(|n| n.to_str()).unwrap_or("trace");
     let tmp = dir.join(format!(".{name}.tmp"));
     let mut w = BufWriter::new(fs::File::create(&tmp).map_err(io)?);
-    let written: Written = match req.format {
-        Format::Ftrace => write_ftrace(trace, &mut w),
-        Format::Json => write_chrome(trace, &mut w),
-    }
-    .map_err(io)?;
+    let written: Written = body(req.format, &mut w).map_err(io)?;
     w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)?;
     fs::rename(&tmp, &req.file).map_err(io)?;
     Ok(TraceSummary {
@@ -134,6 +218,13 @@ pub fn write(req: &Request, trace: &Trace) -> Result<TraceSummary, Failure> {
 /// `numasim trace-diff A B`: events per kind (and sums of `nr_*` fields) in two ftrace text
 /// traces, side by side.
 pub fn diff(a: &Path, b: &Path) -> Result<(), Failure> {
+    print!("{}", diff_table(a, b)?);
+    Ok(())
+}
+
+/// The trace-diff table of `a` and `b`, then whether the events both hold print the same fields.
+pub fn diff_table(a: &Path, b: &Path) -> Result<String, Failure> {
+    use std::fmt::Write as _;
     let (ca, cb) = (read_counts(a)?, read_counts(b)?);
     let mut rows: Vec<&String> = ca.events.keys().chain(cb.events.keys()).collect();
     rows.sort();
@@ -141,21 +232,36 @@ pub fn diff(a: &Path, b: &Path) -> Result<(), Failure> {
     let mut sums: Vec<&String> = ca.sums.keys().chain(cb.sums.keys()).collect();
     sums.sort();
     sums.dedup();
-    let label = |p: &Path| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().into_owned());
-    println!("{:44} {:>14} {:>14} {:>14}", "event", label(a), label(b), "B - A");
-    let line = |name: &str, x: i64, y: i64| println!("{name:44} {x:>14} {y:>14} {:>+14}", y - x);
+    let name = |p: &Path| p.file_name().map_or(p.display().to_string(), |n| n.to_string_lossy().into_owned());
+    // Two files of one name (validate's sim/trace.txt, kernel/trace.txt) are told apart by their directory.
+    let label = |p: &Path| match p.parent().and_then(|d| d.file_name()) {
+        Some(d) if name(a) == name(b) => format!("{}/{}", d.to_string_lossy(), name(p)),
+        _ => name(p),
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "{:44} {:>14} {:>14} {:>14}", "event", label(a), label(b), "B - A");
+    let mut line = |name: &str, x: i64, y: i64| {
+        let _ = writeln!(out, "{name:44} {x:>14} {y:>14} {:>+14}", y - x);
+    };
     for r in rows {
         line(r, count(&ca.events, r), count(&cb.events, r));
     }
     for s in sums {
         line(s, ca.sums.get(s).copied().unwrap_or(0), cb.sums.get(s).copied().unwrap_or(0));
     }
+    for (event, keys) in &ca.keys {
+        let _ = match cb.keys.get(event) {
+            Some(other) if other == keys => writeln!(out, "fields of {event}: the same in both"),
+            Some(other) => writeln!(out, "fields of {event} differ: {} vs {}", keys.join(","), other.join(",")),
+            None => Ok(()),
+        };
+    }
     for (p, c) in [(a, &ca), (b, &cb)] {
         if c.unparsed > 0 {
             eprintln!("{}: {} lines were not ftrace events and were ignored", p.display(), c.unparsed);
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 fn count(m: &std::collections::BTreeMap<String, u64>, k: &str) -> i64 {

@@ -93,3 +93,58 @@ fn a_guest_past_its_timeout_is_killed_and_its_console_shown() {
     assert!(err.contains("did not finish within 3 s") && err.contains("last lines of the guest console"), "{err}");
     assert!(!dir.join("summary.json").exists());
 }
+
+#[test]
+fn kernel_trace_options_that_cannot_apply_are_refused_before_booting() {
+    let dir = scratch("kernel-trace-bad");
+    let t = s(&dir.join("t.txt")).to_string();
+    rejected_with(numasim(&["kernel", "numa02", "--trace", &t, "--trace-kernel", "6.1"]), "prints its own");
+    rejected_with(
+        numasim(&["kernel", "numa02", "--trace", &t, "--trace-events", "numasim:*"]),
+        "none of these is a kernel tracepoint",
+    );
+    assert!(!dir.join("t.txt").exists());
+}
+
+/// The real kernel's tracepoints, recorded through tracefs in the guest: the trace file is
+/// complete, its migrations add up to the kernel's own counter, and every event kind it shares
+/// with the sim's trace of the same config prints the same fields in the same order.
+#[test]
+fn a_kernel_trace_holds_the_tracepoints_with_the_fields_the_sim_prints() {
+    if std::env::var("NUMASIM_ORACLE").as_deref() != Ok("1") {
+        eprintln!("skipping the kernel trace test: set NUMASIM_ORACLE=1 to boot real kernels under QEMU");
+        return;
+    }
+    use sim_core::trace::parse::count_events;
+    let dir = scratch("kernel-trace");
+    let set =
+        ["--set", "machine.cpus_per_node=1", "--set", "process.0.vma.0.size_mib=64", "--set", "run.duration_ms=8000"];
+    let (kdir, ktrace, strace) = (dir.join("kernel"), dir.join("kernel.txt"), dir.join("sim.txt"));
+    let out = Command::new(env!("CARGO_BIN_EXE_numasim"))
+        .args(["kernel", "numa02", "--kernel", "6.12", "--out", s(&kdir), "--trace", s(&ktrace)])
+        .args(set)
+        .env("NUMASIM_ACCEL", "tcg")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let sim =
+        numasim(&[&["run", "numa02", "--out", s(&dir.join("sim")), "--trace", s(&strace)][..], &set[..]].concat());
+    assert!(sim.status.success(), "{}", String::from_utf8_lossy(&sim.stderr));
+    let text = std::fs::read_to_string(&ktrace).unwrap();
+    assert!(text.lines().last().unwrap().starts_with("# numasim: end of trace"), "complete");
+    let (k, sm) = (count_events(&text), count_events(&std::fs::read_to_string(&strace).unwrap()));
+    assert_eq!(k.unparsed, 0);
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(kdir.join("summary.json")).unwrap()).unwrap();
+    let counted = summary["vmstat"]["pgmigrate_success"].as_i64().unwrap();
+    let traced = k.sums["mm_migrate_pages.nr_succeeded"];
+    // vmstat is sampled from the workload's start to its last sample; tracing runs a moment longer.
+    assert!(counted > 0 && (traced - counted).abs() <= 64.max(counted / 50), "trace {traced}, vmstat {counted}");
+    let shared: Vec<&String> = k.keys.keys().filter(|e| sm.keys.contains_key(*e)).collect();
+    assert!(shared.iter().any(|e| *e == "mm_migrate_pages"), "{shared:?}");
+    for e in shared {
+        assert_eq!(k.keys[e], sm.keys[e], "fields of {e}: kernel vs sim");
+    }
+    let formats = std::fs::read_to_string(kdir.join("trace-formats.txt")).unwrap();
+    assert_eq!(formats.matches("print fmt:").count(), 6, "the six tracepoints of Linux 6.12");
+}

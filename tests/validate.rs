@@ -49,7 +49,7 @@ fn one_gup_case_end_to_end_on_a_real_kernel() {
         return;
     }
     let dir = scratch("validate-oracle");
-    let out = numasim(&["validate", "gup-process-vm-readv", "--kernel", "6.12", "--out", s(&dir)]);
+    let out = numasim(&["validate", "gup-process-vm-readv", "--kernel", "6.12", "--trace", "--out", s(&dir)]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let code = out.status.code();
     // 0: every judged metric within tolerance; 3: a disagreement, which is a result too.
@@ -67,4 +67,14 @@ fn one_gup_case_end_to_end_on_a_real_kernel() {
     for f in ["report.md", "6.12/overlay.png", "6.12/sim/summary.json", "6.12/kernel/summary.json"] {
         assert!(dir.join(f).is_file(), "{f}");
     }
+    // --trace: both traces complete, and their trace-diff beside them.
+    for f in ["6.12/sim/trace.txt", "6.12/kernel/trace.txt"] {
+        let text = std::fs::read_to_string(dir.join(f)).unwrap();
+        assert!(text.lines().last().unwrap().starts_with("# numasim: end of trace"), "{f}");
+    }
+    let table = std::fs::read_to_string(dir.join("6.12/trace-diff.txt")).unwrap();
+    assert!(
+        table.starts_with("event") && table.contains("sim/trace.txt") && table.contains("kernel/trace.txt"),
+        "{table}"
+    );
 }

@@ -19,6 +19,9 @@ pub const BRD_PATH: &str = "/brd.ko";
 pub const RAMDISK_KIB: u64 = 16 * 1024;
 /// The serial port the guest writes frames to (ttyS0 is the kernel console).
 pub const DATA_PORT: &str = "/dev/ttyS1";
+/// The serial port the guest writes the kernel's trace to: the bytes of tracefs's `trace`
+/// file, whose length and checksum follow on the data port in a [`Frame::Trace`].
+pub const TRACE_PORT: &str = "/dev/ttyS2";
 /// Most thread slots (workload threads and GUP callers) a plan may have.
 pub const MAX_THREADS: usize = 512;
 /// Most VMAs per process.
@@ -45,6 +48,20 @@ pub struct Plan {
     pub processes: Vec<ProcessPlan>,
     /// GUP callers in processes of their own (process_vm_*, /proc/PID/mem).
     pub remote_callers: Vec<RemoteCaller>,
+    /// Tracepoints to record while the workload runs.
+    #[serde(default)]
+    pub trace: Option<TracePlan>,
+}
+
+/// Tracepoints the guest enables through tracefs for the workload's run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TracePlan {
+    /// `system/event`, as the directories under /sys/kernel/tracing/events/ name them;
+    /// those the kernel does not have are reported, not an error.
+    pub events: Vec<String>,
+    /// buffer_size_kb: the ring buffer of each CPU. It does not overwrite: when a CPU's buffer
+    /// is full, that CPU's later events are dropped and counted.
+    pub buffer_kb_per_cpu: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -188,6 +205,9 @@ pub enum Frame {
     Error {
         message: String,
     },
+    /// The trace was written to [`TRACE_PORT`], zlib-compressed: `bytes` bytes with FNV-1a
+    /// hash `fnv`.
+    Trace(TraceInfo),
     /// Everything ran; the guest powers off next.
     Done {
         elapsed_ms: u64,
@@ -218,3 +238,37 @@ pub struct ThreadSample {
     /// numa_pages_migrated, total_numa_faults.
     pub sched: BTreeMap<String, i64>,
 }
+
+/// What came with a trace: which events it holds, their tracefs formats, when the workload
+/// started on the trace clock, and what the ring buffer dropped.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct TraceInfo {
+    /// Events enabled (`system/event`).
+    pub enabled: Vec<String>,
+    /// Events of the plan this kernel does not have.
+    pub absent: Vec<String>,
+    /// events/<system>/<event>/format of each enabled event.
+    pub formats: BTreeMap<String, String>,
+    /// CLOCK_MONOTONIC (the `mono` trace clock) when the workload started.
+    pub go_ns: u64,
+    /// (pid, name) of every workload process and GUP-caller process.
+    pub processes: Vec<(u32, String)>,
+    /// (tid, pid, name) of every workload thread and GUP caller.
+    pub threads: Vec<(u32, u32, String)>,
+    /// Events each CPU's full ring buffer dropped (per_cpu/cpuN/stats).
+    pub dropped_per_cpu: Vec<u64>,
+    /// Compressed size and hash, and how long the port took to send it.
+    pub bytes: u64,
+    pub fnv: u64,
+    pub ship_ms: u64,
+}
+
+/// FNV-1a over `data`, continuing from `h` (start with [`FNV_OFFSET`]).
+pub fn fnv1a(mut h: u64, data: &[u8]) -> u64 {
+    for &b in data {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}
+
+pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;

@@ -5,6 +5,7 @@
 mod remote;
 mod sample;
 mod sys;
+mod tracefs;
 mod workload;
 
 use std::io::Write;
@@ -28,6 +29,7 @@ fn main() {
         eprintln!("numasim-guest: {message}");
         port.send(&Frame::Error { message });
     }
+    sys::drain(&port.0);
     sys::poweroff()
 }
 
@@ -49,15 +51,37 @@ fn run(port: &mut DataPort) -> Result<()> {
     let setup_start = sys::now_ns();
     let children = spawn_children(shared, &plan)?;
     wait_ready(shared, &plan, setup_start)?;
+    let mut trace = plan.trace.as_ref().map(tracefs::prepare).transpose()?;
     port.send(&Frame::Started { setup_ms: (sys::now_ns() - setup_start) / 1_000_000 });
-    let result = sample_run(port, shared, &plan);
+    let result = sample_run(port, shared, &plan, trace.is_some());
+    if let Some(info) = trace.as_mut() {
+        tracefs::stop(info, plan.nodes * plan.cpus_per_node)?;
+    }
     shared.stop.store(1, Ordering::Release);
     for _ in 0..children {
         sys::wait_child();
     }
-    let elapsed_ms = result?;
+    let (elapsed_ms, go) = result?;
+    if let Some(mut info) = trace {
+        (info.go_ns, info.processes, info.threads) = (go, process_ids(shared, &plan), thread_ids(shared, &plan));
+        let mut trace_port = sys::open_serial(guest::TRACE_PORT, 66)?;
+        port.send(&Frame::Trace(tracefs::ship(info, &mut trace_port)?));
+    }
     port.send(&Frame::Done { elapsed_ms });
     Ok(())
+}
+
+/// (pid, name) of each process slot, for naming a trace's tasks.
+fn process_ids(shared: &Shared, plan: &Plan) -> Vec<(u32, String)> {
+    let names = plan.processes.iter().map(|p| p.name.clone()).chain(plan.remote_callers.iter().map(|c| c.name.clone()));
+    names.enumerate().map(|(i, n)| (shared.procs[i].pid.load(Ordering::Relaxed) as u32, n)).collect()
+}
+
+/// (tid, pid, name) of each thread slot.
+fn thread_ids(shared: &Shared, plan: &Plan) -> Vec<(u32, u32, String)> {
+    let slot = |i: usize| &shared.threads[i];
+    let ids = |i: usize| (slot(i).tid.load(Ordering::Relaxed) as u32, slot(i).pid.load(Ordering::Relaxed) as u32);
+    plan.slot_names().into_iter().enumerate().map(|(i, n)| (ids(i).0, ids(i).1, n)).collect()
 }
 
 fn write_files(writes: &[(String, String)]) -> Result<()> {
@@ -127,15 +151,19 @@ fn check_failed(shared: &Shared, n: usize) -> Result<()> {
     }
 }
 
-/// Starts the workload and samples at 0, sample_ms, 2 * sample_ms, ... and at the duration,
-/// where the run ends. A sample can take longer than the period (numa_maps of a large buffer
-/// under TCG takes hundreds of milliseconds): the deadlines it overran are skipped, so the
-/// run lasts its duration, not a fixed number of samples. Returns the guest time it ran.
-fn sample_run(port: &mut DataPort, shared: &Shared, plan: &Plan) -> Result<u64> {
+/// Starts the workload (and tracing) and samples at 0, sample_ms, 2 * sample_ms, ... and at
+/// the duration, where the run ends. A sample can take longer than the period (numa_maps of
+/// a large buffer under TCG takes hundreds of milliseconds): the deadlines it overran are
+/// skipped, so the run lasts its duration, not a fixed number of samples. Returns the guest
+/// time the workload ran and CLOCK_MONOTONIC at its start.
+fn sample_run(port: &mut DataPort, shared: &Shared, plan: &Plan, tracing: bool) -> Result<(u64, u64)> {
     let names = plan.slot_names();
     let n = plan.processes.len() + plan.remote_callers.len();
     let mut sampler = sample::Sampler::default();
     let baseline = sampler.take(plan, shared, &names, 0.0, false);
+    if tracing {
+        tracefs::start()?;
+    }
     write_files(&plan.start_writes)?;
     let go = sys::now_ns();
     port.send(&Frame::Sample(baseline));
@@ -148,7 +176,7 @@ fn sample_run(port: &mut DataPort, shared: &Shared, plan: &Plan) -> Result<u64> 
         port.send(&Frame::Sample(sampler.take(plan, shared, &names, (t - go) as f64 / 1e6, deadline == end)));
         check_failed(shared, n)?;
         if deadline == end {
-            return Ok((t - go) / 1_000_000);
+            return Ok(((t - go) / 1_000_000, go));
         }
         deadline = next_deadline(go, period, sys::now_ns()).min(end);
     }
@@ -178,24 +206,7 @@ struct DataPort(std::fs::File);
 
 impl DataPort {
     fn open() -> Result<Self> {
-        // devtmpfs is not mounted yet: make the node by hand (ttyS1 is major 4, minor 65).
-        let _ = std::fs::create_dir_all("/dev");
-        let path = sys::cstr(guest::DATA_PORT);
-        // SAFETY: a valid path; an existing node makes mknod fail harmlessly.
-        unsafe { libc::mknod(path.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(4, 65)) };
-        let f = std::fs::OpenOptions::new()
-            .write(true)
-            .open(guest::DATA_PORT)
-            .map_err(|e| format!("{}: {e}", guest::DATA_PORT))?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: termios is plain data filled by tcgetattr on our own fd.
-        unsafe {
-            let mut t: libc::termios = std::mem::zeroed();
-            libc::tcgetattr(f.as_raw_fd(), &mut t);
-            libc::cfmakeraw(&mut t);
-            libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t);
-        }
-        Ok(Self(f))
+        sys::open_serial(guest::DATA_PORT, 65).map(Self)
     }
 
     /// Writes one frame as one line (a failed write cannot be reported anywhere else).

@@ -17,6 +17,7 @@ const RAMDISK_PAGES: u64 = guest::RAMDISK_KIB * 1024 / PAGE_SIZE;
 /// no page is COW-shared with the owner: COW-shared pages are never made protnone).
 pub fn run_remote(shared: &'static Shared, plan: &guest::Plan, ci: usize, slot_index: usize) -> Result<()> {
     let c = &plan.remote_callers[ci];
+    sys::set_name(&c.name);
     let slot = &shared.threads[slot_index];
     slot.pid.store(std::process::id() as i32, Ordering::Relaxed);
     slot.tid.store(sys::gettid(), Ordering::Relaxed);

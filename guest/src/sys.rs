@@ -239,3 +239,36 @@ pub fn spin_ns(ns: u64) {
         }
     }
 }
+
+/// Opens serial port `path` (major 4, `minor`) for writing, in raw mode. The node is made by
+/// hand: devtmpfs may not be mounted yet.
+pub fn open_serial(path: &str, minor: u32) -> Result<std::fs::File> {
+    let _ = std::fs::create_dir_all("/dev");
+    let c = cstr(path);
+    // SAFETY: a valid path; an existing node makes mknod fail harmlessly.
+    unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR | 0o600, libc::makedev(4, minor)) };
+    let f = std::fs::OpenOptions::new().write(true).open(path).map_err(|e| format!("{path}: {e}"))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: termios is plain data filled by tcgetattr on our own fd.
+    unsafe {
+        let mut t: libc::termios = std::mem::zeroed();
+        libc::tcgetattr(f.as_raw_fd(), &mut t);
+        libc::cfmakeraw(&mut t);
+        libc::tcsetattr(f.as_raw_fd(), libc::TCSANOW, &t);
+    }
+    Ok(f)
+}
+
+/// Waits until everything written to serial port `f` has left it (before power-off).
+pub fn drain(f: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a valid fd of ours.
+    unsafe { libc::tcdrain(f.as_raw_fd()) };
+}
+
+/// Names the calling thread (its comm, which traces print; the kernel keeps 15 bytes).
+pub fn set_name(name: &str) {
+    let c = cstr(&name.chars().take(15).collect::<String>());
+    // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+}

@@ -25,6 +25,7 @@ pub fn run_process(shared: &'static Shared, plan: &guest::Plan, pi: usize, first
     let p = &plan.processes[pi];
     let nr_cpus = plan.nodes * plan.cpus_per_node;
     let slot = &shared.procs[pi];
+    sys::set_name(&p.name);
     slot.pid.store(std::process::id() as i32, Ordering::Relaxed);
     let vmas = map_vmas(p, pi)?;
     install_segv_handler(shared);
@@ -159,6 +160,7 @@ fn run_thread(
     seed: u64,
     slot: &sys::ThreadSlot,
 ) -> Result<()> {
+    sys::set_name(&t.name);
     sys::set_affinity(&[t.start_cpu], nr_cpus)?;
     let go = sys::wait_go(shared);
     sys::sleep_until(go + t.start_ms * 1_000_000);

@@ -16,8 +16,8 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use guest::RAMDISK_KIB;
 use guest::{Frame, Plan, Sample};
+pub use guest::{RAMDISK_KIB, TraceInfo, TracePlan};
 pub use kernel::{KernelSpec, cache_dir, resolve_kernel};
 pub use qemu::Accel;
 use sim_core::config::Config;
@@ -63,6 +63,15 @@ pub struct KernelRun {
     pub elapsed_ms: u64,
     /// Touches per second of guest time, per thread.
     pub touch_rates: std::collections::BTreeMap<String, f64>,
+    /// The kernel's trace, when one was asked for.
+    pub trace: Option<KernelTrace>,
+}
+
+/// What tracefs recorded: its `trace` file as text and what the guest said of it.
+#[derive(Clone, Debug)]
+pub struct KernelTrace {
+    pub info: TraceInfo,
+    pub text: String,
 }
 
 /// Whether `cfg` can run on the oracle at all (its plan, and a guest this host can hold),
@@ -74,8 +83,20 @@ pub fn preflight(cfg: &Config) -> Result<(), OracleError> {
 
 /// Runs `cfg` on kernel `k` and writes the result contract into `out`.
 pub fn run_on_kernel(cfg: &Config, k: &KernelSpec, out: &Path) -> Result<KernelRun, OracleError> {
-    let plan = plan::plan_of(cfg)?;
-    let machine = machine_of(cfg)?;
+    run_traced(cfg, k, out, None)
+}
+
+/// [`run_on_kernel`], recording `trace`'s tracepoints through tracefs while the workload runs.
+pub fn run_traced(
+    cfg: &Config,
+    k: &KernelSpec,
+    out: &Path,
+    trace: Option<TracePlan>,
+) -> Result<KernelRun, OracleError> {
+    let mut plan = plan::plan_of(cfg)?;
+    let mut machine = machine_of(cfg)?;
+    machine.cmdline = trace.as_ref().map_or(String::new(), trace_cmdline);
+    plan.trace = trace;
     let qemu = qemu::qemu_binary()?;
     let guest = guest_bin::guest_binary()?;
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
@@ -91,14 +112,21 @@ pub fn run_on_kernel(cfg: &Config, k: &KernelSpec, out: &Path) -> Result<KernelR
     let _ = std::fs::remove_file(&initrd);
     let frames = read_frames(&boot.data);
     let _ = std::fs::remove_file(&boot.data);
-    let outcome = collect(&frames).map_err(|message| OracleError::Guest {
+    let guest_err = |message: String| OracleError::Guest {
         message: if boot.timed_out {
             format!("the guest did not finish within {} s (QEMU was killed): {message}", timeout.as_secs())
         } else {
             message
         },
         console_tail: qemu::console_tail(&boot.console),
-    })?;
+    };
+    let outcome = collect(&frames).map_err(guest_err)?;
+    let trace = match (&plan.trace, &outcome.trace) {
+        (Some(_), None) => return Err(guest_err("the guest sent no trace".into())),
+        (Some(_), Some(info)) => Some(read_trace(&boot.trace, info).map_err(guest_err)?),
+        (None, _) => None,
+    };
+    let _ = std::fs::remove_file(&boot.trace);
     let run = KernelRun {
         dir: out.to_path_buf(),
         release: outcome.release.clone(),
@@ -107,6 +135,7 @@ pub fn run_on_kernel(cfg: &Config, k: &KernelSpec, out: &Path) -> Result<KernelR
         wall_s: boot.wall.as_secs_f64(),
         elapsed_ms: outcome.elapsed_ms,
         touch_rates: results::touch_rates(&plan, &outcome.samples),
+        trace,
     };
     write_results(cfg, k, &plan, &outcome, &run)?;
     Ok(run)
@@ -119,17 +148,20 @@ struct Outcome {
     setup_ms: u64,
     elapsed_ms: u64,
     samples: Vec<Sample>,
+    trace: Option<TraceInfo>,
 }
 
 /// The frames of a finished guest run, or what went wrong.
 fn collect(frames: &[Frame]) -> Result<Outcome, String> {
-    let mut o = Outcome { release: String::new(), boot_s: 0.0, setup_ms: 0, elapsed_ms: 0, samples: Vec::new() };
+    let mut o =
+        Outcome { release: String::new(), boot_s: 0.0, setup_ms: 0, elapsed_ms: 0, samples: Vec::new(), trace: None };
     let mut done = false;
     for f in frames {
         match f {
             Frame::Hello { release, uptime_s } => (o.release, o.boot_s) = (release.clone(), *uptime_s),
             Frame::Started { setup_ms } => o.setup_ms = *setup_ms,
             Frame::Sample(s) => o.samples.push(s.clone()),
+            Frame::Trace(info) => o.trace = Some(info.clone()),
             Frame::Error { message } => return Err(format!("the guest reported: {message}")),
             Frame::Done { elapsed_ms } => (done, o.elapsed_ms) = (true, *elapsed_ms),
         }
@@ -141,6 +173,36 @@ fn collect(frames: &[Frame]) -> Result<Outcome, String> {
         return Err(format!("the guest stopped after {} samples without finishing", o.samples.len()));
     }
     Ok(o)
+}
+
+/// The kernel command line that enables `t`'s tracepoints while the kernel boots, with one
+/// CPU up. Enabling them later, from the guest, patches their static keys while the other
+/// vCPUs run, and under MTTCG a vCPU can then hit a stale int3 ("Oops: int3" in
+/// ttwu_do_activate() on 6.12.117); the guest only clears the buffer and switches it on.
+fn trace_cmdline(t: &TracePlan) -> String {
+    let events: Vec<String> = t.events.iter().map(|e| e.replacen('/', ":", 1)).collect();
+    format!(
+        " trace_event={} trace_buf_size={}K trace_clock=mono trace_options=nooverwrite",
+        events.join(","),
+        t.buffer_kb_per_cpu
+    )
+}
+
+/// The trace the guest wrote to ttyS2, checked against the length and hash it announced,
+/// decompressed.
+fn read_trace(path: &Path, info: &TraceInfo) -> Result<KernelTrace, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    if bytes.len() as u64 != info.bytes || guest::fnv1a(guest::FNV_OFFSET, &bytes) != info.fnv {
+        return Err(format!(
+            "the trace arrived damaged: {} bytes of {} (or a different checksum)",
+            bytes.len(),
+            info.bytes
+        ));
+    }
+    let text = miniz_oxide::inflate::decompress_to_vec_zlib(&bytes)
+        .map_err(|e| format!("the trace does not decompress: {e}"))?;
+    let text = String::from_utf8(text).map_err(|e| format!("the trace is not UTF-8 text: {e}"))?;
+    Ok(KernelTrace { info: info.clone(), text })
 }
 
 /// Frames from the data port's file; a torn last line (QEMU killed mid-write) is dropped.
@@ -171,7 +233,13 @@ fn machine_of(cfg: &Config) -> Result<qemu::Machine, OracleError> {
             m.nodes * m.cpus_per_node
         )));
     }
-    Ok(qemu::Machine { nodes: m.nodes, cpus_per_node: m.cpus_per_node, mib_per_node, distance: m.distance.clone() })
+    Ok(qemu::Machine {
+        nodes: m.nodes,
+        cpus_per_node: m.cpus_per_node,
+        mib_per_node,
+        distance: m.distance.clone(),
+        cmdline: String::new(),
+    })
 }
 
 fn host_available_mib() -> u64 {
@@ -241,7 +309,13 @@ fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleEr
     std::fs::create_dir_all(&dir).map_err(|e| OracleError::Io(format!("{}: {e}", dir.display())))?;
     let plan = Plan { probe: true, nodes: 1, cpus_per_node: 1, ..Plan::default() };
     let initrd = write_initramfs(&dir, guest, &plan, k)?;
-    let m = qemu::Machine { nodes: 1, cpus_per_node: 1, mib_per_node: HEADROOM_MIB, distance: None };
+    let m = qemu::Machine {
+        nodes: 1,
+        cpus_per_node: 1,
+        mib_per_node: HEADROOM_MIB,
+        distance: None,
+        cmdline: String::new(),
+    };
     let ok = qemu::boot(qemu, k, &initrd, &m, Accel::Kvm, &dir, Duration::from_secs(20))
         .map(|b| !b.timed_out && read_frames(&b.data).iter().any(|f| matches!(f, Frame::Done { .. })))
         .unwrap_or(false);
@@ -278,6 +352,13 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "elapsed_ms": o.elapsed_ms,
         "qemu_wall_s": run.wall_s,
         "samples": o.samples.len(),
+        "trace": o.trace.as_ref().map(|t| serde_json::json!({
+            "enabled": t.enabled,
+            "absent": t.absent,
+            "dropped_per_cpu": t.dropped_per_cpu,
+            "compressed_bytes": t.bytes,
+            "ship_ms": t.ship_ms,
+        })),
         "touch_rate_per_s": run.touch_rates,
         "final_sample": o.samples.last(),
     });

@@ -116,6 +116,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         brd_kib,
         processes,
         remote_callers,
+        trace: None,
     })
 }
 

@@ -1,5 +1,6 @@
 //! Booting the guest: qemu-system-x86_64 with the scenario's NUMA topology, the kernel
-//! console on ttyS0 and the guest's frames on ttyS1 (two files), under a timeout.
+//! console on ttyS0, the guest's frames on ttyS1 and its trace on ttyS2 (three files), under
+//! a timeout.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -40,12 +41,16 @@ pub struct Machine {
     pub mib_per_node: u64,
     /// SLIT rows; None for 10 local, 20 remote.
     pub distance: Option<Vec<Vec<u32>>>,
+    /// More kernel command line (the tracepoints to enable at boot).
+    pub cmdline: String,
 }
 
 /// What a boot left behind.
 pub struct Boot {
     pub console: PathBuf,
     pub data: PathBuf,
+    /// What the guest wrote to ttyS2 (the kernel's trace, when it recorded one).
+    pub trace: PathBuf,
     pub wall: Duration,
     pub timed_out: bool,
 }
@@ -72,6 +77,7 @@ pub fn boot(
 ) -> Result<Boot, OracleError> {
     let console = dir.join("console.log");
     let data = dir.join(".frames.jsonl");
+    let trace = dir.join(".trace.raw");
     let mut cmd = Command::new(qemu);
     cmd.args(["-accel", accel.arg(), "-machine", "q35", "-cpu", "max", "-nodefaults", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none"])
@@ -84,12 +90,18 @@ pub fn boot(
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
         .arg(format!("file:{}", data.display()))
+        .arg("-serial")
+        .arg(format!("file:{}", trace.display()))
         .arg("-kernel")
         .arg(&kernel.image)
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
-        .arg(format!("console=ttyS0 panic=-1 rdinit=/init loglevel=4 brd.rd_nr=1 brd.rd_size={}", crate::RAMDISK_KIB))
+        .arg(format!(
+            "console=ttyS0 panic=-1 rdinit=/init loglevel=4 brd.rd_nr=1 brd.rd_size={}{}",
+            crate::RAMDISK_KIB,
+            m.cmdline
+        ))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -107,12 +119,12 @@ pub fn boot(
                     console_tail: console_tail(&console),
                 });
             }
-            return Ok(Boot { console, data, wall: start.elapsed(), timed_out: false });
+            return Ok(Boot { console, data, trace, wall: start.elapsed(), timed_out: false });
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
             let _ = child.wait();
-            return Ok(Boot { console, data, wall: start.elapsed(), timed_out: true });
+            return Ok(Boot { console, data, trace, wall: start.elapsed(), timed_out: true });
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -154,8 +166,13 @@ mod tests {
 
     #[test]
     fn the_topology_gives_each_node_its_cpus_memory_and_distances() {
-        let m =
-            Machine { nodes: 2, cpus_per_node: 2, mib_per_node: 512, distance: Some(vec![vec![10, 31], vec![31, 10]]) };
+        let m = Machine {
+            nodes: 2,
+            cpus_per_node: 2,
+            mib_per_node: 512,
+            distance: Some(vec![vec![10, 31], vec![31, 10]]),
+            cmdline: String::new(),
+        };
         let args = topology_args(&m).join(" ");
         assert_eq!(
             args,

@@ -9,11 +9,11 @@ use plotters::style::FontStyle;
 
 use crate::Error;
 
-const FONT: &str = "sans-serif";
+pub(crate) const FONT: &str = "sans-serif";
 static FONT_DATA: &[u8] = include_bytes!("../fonts/DejaVuSans.ttf");
 static REGISTER: Once = Once::new();
 
-fn register_font() {
+pub(crate) fn register_font() {
     REGISTER.call_once(|| {
         for style in [FontStyle::Normal, FontStyle::Bold, FontStyle::Italic, FontStyle::Oblique] {
             assert!(plotters::style::register_font(FONT, style, FONT_DATA).is_ok(), "the embedded font parses");
@@ -62,7 +62,7 @@ pub struct Panel {
 /// Draws `path` through a temporary file in the same directory (same extension, so the
 /// backend picks the same format) renamed into place: a failed write (a full disk) leaves
 /// no truncated image that looks complete.
-fn write_atomic(path: &Path, draw: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), Error> {
+pub(crate) fn write_atomic(path: &Path, draw: impl FnOnce(&Path) -> Result<(), String>) -> Result<(), Error> {
     let name = path.file_name().map_or_else(Default::default, |n| n.to_string_lossy().into_owned());
     let tmp = path.with_file_name(format!(".tmp.{name}"));
     let result = draw(&tmp).and_then(|()| std::fs::rename(&tmp, path).map_err(|e| e.to_string()));

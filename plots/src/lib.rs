@@ -9,9 +9,11 @@ pub mod chart;
 pub mod data;
 pub mod overlay;
 pub mod render;
+pub mod timeline;
 
 pub use overlay::render_overlay;
 pub use render::{render_comparison, render_run, render_sweep};
+pub use timeline::render_timeline;
 
 /// Errors name the file and what went wrong.
 pub type Error = String;

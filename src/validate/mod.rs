@@ -35,6 +35,15 @@ pub struct Args {
     pub out: Option<PathBuf>,
     /// Reuse kernel runs already in the output directory (same config, same release).
     pub reuse: bool,
+    /// Also trace: the kernel's tracepoints and the sim's events, side by side.
+    pub trace: bool,
+}
+
+/// How each case runs.
+#[derive(Clone, Copy)]
+struct Flags {
+    reuse: bool,
+    trace: bool,
 }
 
 /// One case on one kernel.
@@ -109,7 +118,8 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
         let mut outcomes = Vec::new();
         for (arg, spec) in &kernels {
             let rel = case_dir.strip_prefix(&root).unwrap_or(Path::new("")).join(label(arg));
-            let outcome = run_one(name, config, &args.set, arg, spec, &root, &rel, args.reuse)?;
+            let flags = Flags { reuse: args.reuse, trace: args.trace };
+            let outcome = run_one(name, config, &args.set, arg, spec, &root, &rel, flags)?;
             print_outcome(&config.name, &outcome);
             outcomes.push(outcome);
         }
@@ -160,7 +170,8 @@ fn tolerances(config: &Config) -> &[ToleranceConfig] {
 /// The kernel run (or, with `--reuse`, an earlier one of the same config), then the sim
 /// under that kernel's rules at the guest's touch rate, then the comparison. A guest failure
 /// is recorded in the outcome (the other cases still run); bad input and I/O errors end the
-/// whole validation.
+/// whole validation. With `--trace`, `kernel/trace.txt`, `sim/trace.txt` and their
+/// `trace-diff.txt` sit beside the two runs.
 #[allow(clippy::too_many_arguments)]
 fn run_one(
     name: &str,
@@ -170,7 +181,7 @@ fn run_one(
     spec: &oracle::KernelSpec,
     root: &Path,
     rel: &Path,
-    reuse: bool,
+    flags: Flags,
 ) -> Result<Outcome, Failure> {
     let dir = root.join(rel);
     let (kernel_dir, sim_dir) = (dir.join("kernel"), dir.join("sim"));
@@ -188,7 +199,7 @@ fn run_one(
         agree: false,
         error: None,
     };
-    let facts = match kernel_side(config, arg, spec, &kernel_dir, reuse)? {
+    let facts = match kernel_side(config, arg, spec, &kernel_dir, flags)? {
         Ok(facts) => facts,
         Err(e) => {
             outcome.error = Some(e);
@@ -215,12 +226,38 @@ fn run_one(
     if calibrate::refine(&mut sim, &mut outcome.calibration, cpu, device) {
         side = run_sim(&sim, &sim_dir)?;
     }
+    if flags.trace {
+        trace_sim(&sim, spec, &sim_dir)?;
+        let table = crate::trace::diff_table(&sim_dir.join("trace.txt"), &kernel_dir.join("trace.txt"))?;
+        write_atomic(&dir, "trace-diff.txt", table.as_bytes())
+            .map_err(|e| Failure::Io(format!("{}: {e}", dir.join("trace-diff.txt").display())))?;
+        print!("{table}");
+    }
     outcome.rows = compare::rows(&side, &kernel, tolerances(config), pages(config));
     outcome.agree = compare::agree(&outcome.rows);
     let title = format!("{}: sim vs {}", config.name, facts.release);
     let runs = [("sim".to_string(), sim_dir), (format!("kernel {}", facts.release), kernel_dir)];
     plots::render_overlay(&dir, "overlay", &title, &runs).map_err(io)?;
     Ok(outcome)
+}
+
+/// The trace options of validate: the kernels' NUMA tracepoints (and the sim's) in ftrace text.
+fn trace_request(file: PathBuf, spec: &oracle::KernelSpec) -> Result<crate::trace::Request, Failure> {
+    let args = crate::trace::TraceArgs {
+        trace: Some(file),
+        trace_events: Some("sched:*,migrate:*".into()),
+        ..Default::default()
+    };
+    Ok(crate::trace::request(&args, spec.sim_version())?.expect("a trace file was given"))
+}
+
+/// The calibrated sim run once more, traced, into `dir/trace.txt`.
+fn trace_sim(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Result<(), Failure> {
+    let req = trace_request(dir.join("trace.txt"), spec)?;
+    let mut sim = workloads::build(config);
+    sim.enable_trace(req.options.clone());
+    let out = sim.run().map_err(|e| Failure::Sim(format!("{}: {e}", dir.display())))?;
+    crate::trace::write(&req, out.trace.as_ref().expect("tracing was on")).map(|_| ())
 }
 
 fn run_sim(config: &Config, dir: &Path) -> Result<Side, Failure> {
@@ -245,21 +282,32 @@ fn kernel_side(
     arg: &str,
     spec: &oracle::KernelSpec,
     dir: &Path,
-    reuse: bool,
+    flags: Flags,
 ) -> Result<Result<KernelFacts, String>, Failure> {
-    if reuse && let Some(facts) = earlier_run(config, spec, dir) {
+    let traced = !flags.trace || dir.join("trace.txt").is_file();
+    if flags.reuse
+        && traced
+        && let Some(facts) = earlier_run(config, spec, dir)
+    {
         eprintln!("validate {}: reusing the {} run in {}", config.name, arg, dir.display());
         return Ok(Ok(facts));
     }
     eprintln!("validate {}: booting {} ({})", config.name, arg, spec.release());
-    match oracle::run_on_kernel(config, spec, dir) {
-        Ok(run) => Ok(Ok(KernelFacts {
-            release: run.release,
-            accel: run.accel.name().to_string(),
-            boot_s: run.boot_s,
-            wall_s: run.wall_s,
-            touch_rates: run.touch_rates,
-        })),
+    let req = if flags.trace { Some(trace_request(dir.join("trace.txt"), spec)?) } else { None };
+    let plan = req.as_ref().map(|r| crate::trace::tracefs_plan(r, config)).transpose()?;
+    match oracle::run_traced(config, spec, dir, plan) {
+        Ok(run) => {
+            if let (Some(req), Some(t)) = (&req, &run.trace) {
+                crate::trace::write_kernel_run(req, t, config, &run)?;
+            }
+            Ok(Ok(KernelFacts {
+                release: run.release,
+                accel: run.accel.name().to_string(),
+                boot_s: run.boot_s,
+                wall_s: run.wall_s,
+                touch_rates: run.touch_rates,
+            }))
+        }
         Err(oracle::OracleError::Guest { message, console_tail }) => Ok(Err(format!("{message}\n{console_tail}"))),
         Err(e) => Err(failure(e)),
     }

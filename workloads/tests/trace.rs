@@ -163,3 +163,40 @@ fn a_filter_records_only_what_it_names() {
         .sum();
     assert_eq!(succeeded as f64, metric(&out, "vmstat.pgmigrate_success"));
 }
+
+/// A task runs on one CPU at a time. task_numa_migrate() decides at the end of a quantum;
+/// migrate_task_to() moves the task when it stops running there, so it must not start on the
+/// new CPU at the start of the quantum it just ran on the old one.
+#[test]
+fn a_task_moved_by_task_numa_migrate_never_runs_on_two_cpus_at_once() {
+    for (name, c, fill) in [
+        ("moved", config(PULLED, &["run.duration_ms=12000"]), vec![1u8]),
+        ("swapped", config(CROSSED, &["run.duration_ms=8000"]), vec![0, 1]),
+    ] {
+        let (out, _) = traced(&c, |sim| {
+            sim.with_kernel(|k| {
+                for &n in &fill {
+                    k.pgdat(n).free_pages = 0;
+                }
+            })
+        });
+        let moves = metric(&out, "vmstat.numa_task_migrated") + metric(&out, "vmstat.numa_task_swapped");
+        assert!(moves > 0.0, "{name}: no task was moved");
+        let mut runs: BTreeMap<u32, Vec<(u64, u64, u32)>> = BTreeMap::new();
+        for r in out.trace.as_ref().unwrap().records() {
+            if let sim_core::trace::Event::TaskRun { dur, .. } = r.event {
+                runs.entry(r.pid).or_default().push((r.ts, r.ts + dur, r.cpu));
+            }
+        }
+        for (pid, mut spans) in runs {
+            spans.sort();
+            for w in spans.windows(2) {
+                let ((_, end, cpu), (start, _, next_cpu)) = (w[0], w[1]);
+                assert!(
+                    start >= end,
+                    "{name}: pid {pid} ran on CPU {next_cpu} from {start} ns, before its run on CPU {cpu} ended at {end} ns"
+                );
+            }
+        }
+    }
+}

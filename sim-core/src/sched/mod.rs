@@ -136,24 +136,35 @@ impl Task {
 
 /// Puts a thread on its CPU's run queue, starting the CPU if it was idle.
 pub fn enqueue_task(k: &mut Kernel, te: Entity, cpu: u32) {
+    let now = k.now();
+    enqueue_task_at(k, te, cpu, now);
+}
+
+/// Puts a thread on `cpu`'s run queue now; an idle CPU starts running it at `at`.
+fn enqueue_task_at(k: &mut Kernel, te: Entity, cpu: u32, at: Nanos) {
     let mut c = k.cpu(cpu);
     c.runqueue.push_back(te);
     if !c.ticking {
         c.ticking = true;
-        k.queue.schedule_in(0, Event::CpuTick(cpu));
+        k.queue.schedule(at, Event::CpuTick(cpu));
     }
 }
 
-/// Models migrate_task_to(): move a thread to another CPU's run queue
-/// (migrate_task_rq_fair() calls update_scan_period() on the way).
-pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity, cpu: u32) {
+/// Models migrate_task_to() (kernel/sched/core.c, v6.12): move a thread to another CPU's run
+/// queue (migrate_task_rq_fair() calls update_scan_period() on the way). The kernel moves a
+/// running task with stop_one_cpu(migration_cpu_stop) on its own CPU, so it reaches the new
+/// CPU when it stops running on the old one: `at`, the end of the quantum it is in (now for
+/// a task that is not running). It joins the new run queue at once (its load counts there);
+/// an idle new CPU starts it at `at`. Simplified: on a busy CPU its place in the queue
+/// decides when it runs, which may be before `at`.
+pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity, cpu: u32, at: Nanos) {
     let Ok((mut task, mut numa)) = tasks.get_mut(te) else {
         return;
     };
     numa::update_scan_period(k, &mut numa, task.cpu, cpu);
     let old = std::mem::replace(&mut task.cpu, cpu);
     k.cpu(old).runqueue.retain(|&e| e != te);
-    enqueue_task(k, te, cpu);
+    enqueue_task_at(k, te, cpu, at);
 }
 
 /// Handler of [`Event::TaskWake`]: a thread reaches its start time.
@@ -196,7 +207,7 @@ pub fn cpu_tick(In(cpu): In<u32>, mut k: Kernel, mut tasks: Query<(&mut Task, &m
     k.trace_task_ran(cpu, task.pid, now, now + spent.max(1));
     let migrate = std::mem::take(&mut numa.migrate_pending);
     if migrate {
-        numa::task_numa_migrate(&mut k, &mut tasks, te);
+        numa::task_numa_migrate(&mut k, &mut tasks, te, now + spent.max(1));
     }
     let mut c = k.cpu(cpu);
     if c.runqueue.front() == Some(&te) {

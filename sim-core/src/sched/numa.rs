@@ -678,8 +678,9 @@ pub fn imb_numa_nr(cpus_per_node: usize) -> usize {
 /// other nodes when there is none or the task's group spans several; then move there or
 /// swap. Simplified: nodes are directly connected (no score_nearby_nodes()), load is the
 /// number of runnable threads, and a full
-/// destination never takes a plain move (load_too_imbalanced()).
-pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity) {
+/// destination never takes a plain move (load_too_imbalanced()). `te` is running until
+/// `until`, when it stops on its CPU and a move takes effect; a swapped task moves now.
+pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity, until: Nanos) {
     let Ok((task, p)) = tasks.get(te) else { return };
     let Some(preferred) = p.numa_preferred_nid else { return };
     let src_nid = k.topo.cpu_to_node(task.cpu);
@@ -725,14 +726,14 @@ pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut Task
     match best.task {
         None => {
             trace_event!(k, sched_move_numa(k, tasks, te, env.src_cpu, best.cpu));
-            migrate_task_to(k, tasks, te, best.cpu);
+            migrate_task_to(k, tasks, te, best.cpu, until);
             k.counters.vmstat.numa_task_migrated += 1;
         }
         Some(other) => {
             let pair = numa_pair(k, tasks, te, env.src_cpu, Some(other), best.cpu as i32);
             trace_event!(k, Event::SchedSwapNuma(pair));
-            migrate_task_to(k, tasks, other, env.src_cpu);
-            migrate_task_to(k, tasks, te, best.cpu);
+            migrate_task_to(k, tasks, other, env.src_cpu, k.now());
+            migrate_task_to(k, tasks, te, best.cpu, until);
             k.counters.vmstat.numa_task_swapped += 2;
         }
     }

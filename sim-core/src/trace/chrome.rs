@@ -12,7 +12,7 @@ use std::io::{self, Write};
 
 use super::events::{Event, Field};
 use super::output::{Written, write_bounded};
-use super::{PidKind, Record, Trace};
+use super::{PidKind, Record, TpVersion, Trace, TraceMeta};
 use crate::engine::Nanos;
 
 /// Pseudo-process ids of the track groups that are not processes.
@@ -24,12 +24,13 @@ const CPU_TID_BASE: u32 = 3_000_000;
 
 /// Writes the trace as a Chrome JSON object `{"traceEvents": [...], ...}`.
 pub fn write_chrome(trace: &Trace, w: &mut dyn Write) -> io::Result<Written> {
-    let header = metadata(trace);
-    write_bounded(trace, w, &header, |r, out| event_json(trace, r, out), |done| trailer(trace, done))
+    let header = metadata(&trace.meta, trace.options.version, &trace.options.events);
+    let last = trace.records().last().map_or(0, |r| r.ts);
+    write_bounded(&trace.source(), w, &header, |r, out| event_json(trace, r, out), |done| trailer(last, done))
 }
 
 /// `"name"` with JSON escapes.
-fn json_str(s: &str) -> String {
+pub(crate) fn json_str(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
     for c in s.chars() {
@@ -52,8 +53,8 @@ fn us(ns: Nanos) -> String {
 }
 
 /// The (pid, tid) of the track a task's events go to.
-fn track(trace: &Trace, pid: u32) -> (u32, u32) {
-    match trace.meta.comms.get(&pid).map(|(_, k)| k) {
+pub(crate) fn track(meta: &TraceMeta, pid: u32) -> (u32, u32) {
+    match meta.comms.get(&pid).map(|(_, k)| k) {
         Some(PidKind::Thread { tgid, .. }) => (*tgid, pid),
         Some(PidKind::Process) => (pid, pid),
         Some(PidKind::DeviceWorker) => (DEVICES_PID, pid),
@@ -78,13 +79,12 @@ fn sort_index(out: &mut String, pid: u32, index: u32) {
 }
 
 /// Names of every process, thread and CPU track, nodes first.
-fn metadata(trace: &Trace) -> String {
-    let m = &trace.meta;
+pub(crate) fn metadata(m: &TraceMeta, version: TpVersion, events: &str) -> String {
     let mut out = format!(
         "{{\"displayTimeUnit\":\"ns\",\n\"metadata\":{{\"numasim\":{},\"tracepoint_formats\":\"Linux {}\",\"events\":{}}},\n\"traceEvents\":[\n",
         json_str(&m.title),
-        trace.options.version.name(),
-        json_str(&trace.options.events)
+        version.name(),
+        json_str(events)
     );
     let nodes = m.nr_cpus.div_ceil(m.cpus_per_node.max(1));
     for nid in 0..nodes {
@@ -102,7 +102,7 @@ fn metadata(trace: &Trace) -> String {
             meta_event(&mut out, *pid, None, "process_name", comm);
             sort_index(&mut out, *pid, 100 + pid);
         }
-        let (p, t) = track(trace, *pid);
+        let (p, t) = track(m, *pid);
         let name = if *kind == PidKind::Process { "main" } else { comm.as_str() };
         meta_event(&mut out, p, Some(t), "thread_name", name);
     }
@@ -128,7 +128,7 @@ fn args_json(trace: &Trace, e: &Event, out: &mut String) {
 /// One record as trace events: a run is a slice on its CPU's track and one on the task's
 /// own; the stale-mapping gauge is a counter; everything else an instant on the task's track.
 fn event_json(trace: &Trace, r: &Record, out: &mut String) {
-    let (pid, tid) = track(trace, r.pid);
+    let (pid, tid) = track(&trace.meta, r.pid);
     let ts = us(r.ts);
     match r.event {
         Event::TaskRun { nid, dur } => {
@@ -155,24 +155,37 @@ fn event_json(trace: &Trace, r: &Record, out: &mut String) {
         }
         e => {
             let kind = e.kind();
-            let _ = write!(
-                out,
-                "{{\"ph\":\"i\",\"s\":\"t\",\"pid\":{pid},\"tid\":{tid},\"ts\":{ts},\"cat\":\"{}\",\"name\":\"{}\",\"args\":",
-                kind.system(),
-                kind.name()
-            );
-            args_json(trace, &e, out);
-            out.push_str("},\n");
+            instant(out, (pid, tid), r.ts, kind.system(), kind.name(), |out| args_json(trace, &e, out));
         }
     }
 }
 
+/// An instant event on track `(pid, tid)`; `args` writes its args object.
+pub(crate) fn instant(
+    out: &mut String,
+    (pid, tid): (u32, u32),
+    ts: Nanos,
+    cat: &str,
+    name: &str,
+    args: impl FnOnce(&mut String),
+) {
+    let _ = write!(
+        out,
+        "{{\"ph\":\"i\",\"s\":\"t\",\"pid\":{pid},\"tid\":{tid},\"ts\":{},\"cat\":{},\"name\":{},\"args\":",
+        us(ts),
+        json_str(cat),
+        json_str(name)
+    );
+    args(out);
+    out.push_str("},\n");
+}
+
 /// Closes the array with a last event saying whether the trace is complete (visible in the
 /// UI at the end of the kernel track), then the object.
-fn trailer(trace: &Trace, done: &Written) -> String {
+pub(crate) fn trailer(last: Nanos, done: &Written) -> String {
     let (at, note) = match &done.truncated {
         Some(t) => (t.at, t.describe()),
-        None => (trace.records().last().map_or(0, |r| r.ts), format!("end of trace, {} events", done.events)),
+        None => (last, format!("end of trace, {} events", done.events)),
     };
     format!(
         "{{\"ph\":\"i\",\"s\":\"g\",\"pid\":{KERNEL_PID},\"tid\":{KERNEL_PID},\"ts\":{},\"name\":{},\"args\":{{}}}}\n],\n\"numasim_complete\":{}}}\n",

@@ -9,6 +9,7 @@
 
 pub mod chrome;
 pub mod events;
+pub mod kernel;
 pub mod output;
 pub mod parse;
 

@@ -55,27 +55,38 @@ pub fn seconds(ns: Nanos) -> String {
     format!("{}.{:06}", us / 1_000_000, us % 1_000_000)
 }
 
+/// What a writer writes from: records in time order, up to when they are complete, and the
+/// file's size bound.
+pub(crate) struct Source<'a, R> {
+    pub records: &'a [R],
+    pub ts: fn(&R) -> Nanos,
+    /// Recording stopped at this time, missing this many events from then on.
+    pub stopped: Option<(Nanos, u64)>,
+    pub max_bytes: u64,
+}
+
 /// Writes `header`, then one `line` per record in time order while the bound allows, then
 /// the `trailer` for what was written. Records from the time recording stopped on are left
 /// out: the file is a complete prefix of the run in time.
-pub(crate) fn write_bounded(
-    trace: &Trace,
+pub(crate) fn write_bounded<R>(
+    src: &Source<'_, R>,
     w: &mut dyn Write,
     header: &str,
-    mut line: impl FnMut(&Record, &mut String),
+    mut line: impl FnMut(&R, &mut String),
     trailer: impl FnOnce(&Written) -> String,
 ) -> io::Result<Written> {
-    let bound = trace.options.max_bytes;
+    let bound = src.max_bytes;
     let limit = bound.saturating_sub(TRAILER_RESERVE);
     let mut bytes = header.len() as u64;
     w.write_all(header.as_bytes())?;
-    let records = trace.records();
-    let (cut, dropped) = trace.stopped().map_or((Nanos::MAX, 0), |(t, d)| (t, d));
+    let records = src.records;
+    let (cut, dropped) = src.stopped.unwrap_or((Nanos::MAX, 0));
     let mut buf = String::new();
     let mut written = 0;
     let mut truncated = None;
     for (i, r) in records.iter().enumerate() {
-        if r.ts >= cut {
+        let ts = (src.ts)(r);
+        if ts >= cut {
             let missing = (records.len() - i) as u64 + dropped;
             truncated = Some(Truncation { at: cut, missing, bytes_bound: bound });
             break;
@@ -84,7 +95,7 @@ pub(crate) fn write_bounded(
         line(r, &mut buf);
         if bytes + buf.len() as u64 > limit {
             let missing = (records.len() - i) as u64 + dropped;
-            truncated = Some(Truncation { at: r.ts, missing, bytes_bound: bound });
+            truncated = Some(Truncation { at: ts, missing, bytes_bound: bound });
             break;
         }
         w.write_all(buf.as_bytes())?;
@@ -101,20 +112,28 @@ pub(crate) fn write_bounded(
     Ok(done)
 }
 
+impl Trace {
+    pub(crate) fn source(&self) -> Source<'_, Record> {
+        Source { records: self.records(), ts: |r| r.ts, stopped: self.stopped(), max_bytes: self.options.max_bytes }
+    }
+}
+
+/// The first lines of a text trace: what ran, whose formats, which events, how many CPUs.
+pub(crate) fn ftrace_header(title: &str, version: super::TpVersion, events: &str, nr_cpus: u32) -> String {
+    format!(
+        "# numasim trace: {title}\n# tracepoint formats of Linux {}; events: {events}\ncpus={nr_cpus}\n",
+        version.name()
+    )
+}
+
 /// Writes the trace as `trace-cmd report` text.
 pub fn write_ftrace(trace: &Trace, w: &mut dyn Write) -> io::Result<Written> {
     let o = &trace.options;
-    let header = format!(
-        "# numasim trace: {}\n# tracepoint formats of Linux {}; events: {}\ncpus={}\n",
-        trace.meta.title,
-        o.version.name(),
-        o.events,
-        trace.meta.nr_cpus
-    );
-    write_bounded(trace, w, &header, |r, out| ftrace_line(trace, r, out), ftrace_trailer)
+    let header = ftrace_header(&trace.meta.title, o.version, &o.events, trace.meta.nr_cpus);
+    write_bounded(&trace.source(), w, &header, |r, out| ftrace_line(trace, r, out), ftrace_trailer)
 }
 
-fn ftrace_trailer(w: &Written) -> String {
+pub(crate) fn ftrace_trailer(w: &Written) -> String {
     match &w.truncated {
         Some(t) => format!("# numasim: {}\n", t.describe()),
         None => format!("# numasim: end of trace, {} events\n", w.events),
@@ -123,14 +142,19 @@ fn ftrace_trailer(w: &Written) -> String {
 
 /// One event as `trace-cmd report` prints it.
 pub fn ftrace_line(trace: &Trace, r: &Record, out: &mut String) {
-    let comm: String = trace.meta.comm(r.pid).chars().take(15).collect();
-    let name = r.event.kind().name();
-    let pad = 20usize.saturating_sub(name.len());
-    let _ = write!(out, "{comm:>16}-{:<5} [{:03}] {:>12}: {name}: {:pad$}", r.pid, r.cpu, seconds(r.ts), "");
+    line_start(out, trace.meta.comm(r.pid), r.pid, r.cpu, r.ts, r.event.kind().name());
     let smmu = |e| trace.meta.smmu_name(e);
     for (i, (key, value)) in r.event.fields(trace.options.version, &smmu).into_iter().enumerate() {
         let sep = if i == 0 { "" } else { " " };
         let _ = write!(out, "{sep}{key}={value}");
     }
     out.push('\n');
+}
+
+/// A line up to its fields: comm (15 characters at most), pid, CPU, time and the event name
+/// padded to 20 characters.
+pub(crate) fn line_start(out: &mut String, comm: &str, pid: u32, cpu: u32, ts: Nanos, name: &str) {
+    let comm: String = comm.chars().take(15).collect();
+    let pad = 20usize.saturating_sub(name.len());
+    let _ = write!(out, "{comm:>16}-{pid:<5} [{cpu:03}] {:>12}: {name}: {:pad$}", seconds(ts), "");
 }

@@ -10,6 +10,8 @@ use std::collections::BTreeMap;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Line<'a> {
     pub comm: &'a str,
+    /// The timestamp in nanoseconds (printed as seconds with microseconds, or nanoseconds).
+    pub ts: u64,
     pub pid: u32,
     pub cpu: u32,
     pub event: &'a str,
@@ -28,8 +30,7 @@ pub fn parse_line(line: &str) -> Option<Line<'_>> {
     let rest = &line[close + 1..];
     // The timestamp is the first word ending in ':' that parses as seconds.
     let colon = rest.find(": ")?;
-    let stamp = rest[..colon].split_whitespace().last()?;
-    stamp.parse::<f64>().ok()?;
+    let ts = parse_seconds(rest[..colon].split_whitespace().last()?)?;
     let rest = rest[colon + 2..].trim_start();
     let (event, fields) = match rest.find(':') {
         Some(i) => (&rest[..i], rest[i + 1..].trim()),
@@ -38,7 +39,17 @@ pub fn parse_line(line: &str) -> Option<Line<'_>> {
     if event.is_empty() || event.contains(' ') {
         return None;
     }
-    Some(Line { comm, pid, cpu, event, fields })
+    Some(Line { comm, ts, pid, cpu, event, fields })
+}
+
+/// `sec.frac` as nanoseconds, exactly: no float rounding for long uptimes.
+fn parse_seconds(s: &str) -> Option<u64> {
+    let (sec, frac) = s.split_once('.')?;
+    if frac.is_empty() || frac.len() > 9 || !frac.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let scale = 10u64.pow(9 - frac.len() as u32);
+    sec.parse::<u64>().ok()?.checked_mul(1_000_000_000)?.checked_add(frac.parse::<u64>().ok()? * scale)
 }
 
 /// The `key=value` pairs of a field string whose value is a number.
@@ -55,8 +66,15 @@ pub fn numeric_fields(fields: &str) -> impl Iterator<Item = (&str, i64)> {
 pub struct Counts {
     pub events: BTreeMap<String, u64>,
     pub sums: BTreeMap<String, i64>,
+    /// Per event name, the field names of its first line, in order.
+    pub keys: BTreeMap<String, Vec<String>>,
     /// Lines that were neither an event nor a header or note.
     pub unparsed: u64,
+}
+
+/// The field names of a field string, in order.
+pub fn field_keys(fields: &str) -> Vec<String> {
+    fields.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, _)| k.to_string()).collect()
 }
 
 /// Counts the events of an ftrace text file.
@@ -77,6 +95,7 @@ pub fn count_events(text: &str) -> Counts {
             continue;
         };
         *c.events.entry(l.event.to_string()).or_default() += 1;
+        c.keys.entry(l.event.to_string()).or_insert_with(|| field_keys(l.fields));
         for (k, v) in numeric_fields(l.fields).filter(|(k, _)| k.starts_with("nr_")) {
             *c.sums.entry(format!("{}.{k}", l.event)).or_default() += v;
         }
@@ -94,13 +113,16 @@ mod tests {
         let l = parse_line(report).unwrap();
         assert_eq!((l.comm, l.pid, l.cpu, l.event), ("numa02/worker/1", 1003, 1, "sched_move_numa"));
         assert!(l.fields.starts_with("pid=1003 "));
+        assert_eq!(l.ts, 2_004_512_000);
         let tracefs = "       a.out-4242    [003] d..2.  1234.567890: mm_migrate_pages: nr_succeeded=1 nr_failed=0 nr_thp_succeeded=0 nr_thp_failed=0 nr_thp_split=0 nr_split=0 mode=MIGRATE_ASYNC reason=numa_misplaced";
         let l = parse_line(tracefs).unwrap();
         assert_eq!((l.comm, l.pid, l.cpu, l.event), ("a.out", 4242, 3, "mm_migrate_pages"));
+        assert_eq!(l.ts, 1_234_567_890_000);
         let c = count_events(&format!("# tracer: nop\ncpus=4\n{report}\n{tracefs}\n{tracefs}\ngarbage\n"));
         assert_eq!(c.events["sched_move_numa"], 1);
         assert_eq!(c.events["mm_migrate_pages"], 2);
         assert_eq!(c.sums["mm_migrate_pages.nr_succeeded"], 2);
         assert_eq!(c.unparsed, 1);
+        assert_eq!(c.keys["sched_move_numa"], ["pid", "tgid", "ngid", "src_cpu", "src_nid", "dst_cpu", "dst_nid"]);
     }
 }
