@@ -112,8 +112,8 @@ fn unpin_buffer(k: &mut Kernel, d: &Device) {
     let base = s.base;
     for (i, e) in s.entries.iter_mut().enumerate() {
         if *e & SPTE_VALID != 0 {
-            let p = (base + i as PageIdx) as usize;
-            pages.pins[p] = pages.pins[p].saturating_sub(1);
+            let slot = pages.slot(base + i as PageIdx);
+            pages.slots.pins[slot] = pages.slots.pins[slot].saturating_sub(1);
             *e = 0;
         }
     }

@@ -178,8 +178,8 @@ impl Sim {
 
     /// Maps `pages` of anonymous memory into `mm`; returns the VMA index.
     pub fn add_vma(&mut self, mm: Entity, name: &str, pages: u64) -> usize {
-        let base = self.world.resource_mut::<Pages>().grow(pages);
         let thp = self.world.resource::<Sysctl>().0.transparent_hugepage;
+        let base = self.world.resource_mut::<Pages>().grow(pages, thp != Thp::Never);
         let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
         let vma = m.add_vma(name, pages, base, thp != Thp::Never);
         m.vmas[vma].set_thp(thp.allows(None));
@@ -219,7 +219,8 @@ impl Sim {
         if classes > 0 {
             let mut p = self.world.resource_mut::<Pages>();
             for i in 0..pages {
-                p.content[(base as u64 + i) as usize] = (1 + (offset + i) % u64::from(classes)) as u16;
+                let s = p.slot_mut(base + i as PageIdx);
+                p.slots.content[s] = (1 + (offset + i) % u64::from(classes)) as u16;
             }
         }
         self.world.resource_mut::<Ksmd>().vmas.push((mm, vma));

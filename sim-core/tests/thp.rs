@@ -47,16 +47,16 @@ fn faults_allocate_thps_and_the_huge_zero_page() {
     sim.with_kernel(|k| fault(k, mm, base + 3, 4, true));
     assert_eq!(pmd(&sim, mm, 0), Pmd::Huge);
     sim.with_kernel(|k| {
-        assert!((base..base + 512).all(|p| k.pages.pte[p as usize].nid == 1), "the whole THP on node 1");
+        assert!((base..base + 512).all(|p| k.pages.pte(p).nid == 1), "the whole THP on node 1");
         assert_eq!(k.mm(mm).rss, HPAGE_PMD_NR);
         fault(k, mm, base + 600, 0, false);
     });
     assert_eq!(pmd(&sim, mm, 1), Pmd::HugeZero);
     sim.with_kernel(|k| {
-        assert_ne!(k.pages.pte[base as usize + 1000].flags & PTE_ZERO, 0);
+        assert_ne!(k.pages.pte(base + 1000).flags & PTE_ZERO, 0);
         fault(k, mm, base + 600, 0, true);
-        assert_eq!(k.pages.pte[base as usize + 600].flags & PTE_ZERO, 0);
-        assert_ne!(k.pages.pte[base as usize + 601].flags & PTE_ZERO, 0, "the rest stays zero-page PTEs");
+        assert_eq!(k.pages.pte(base + 600).flags & PTE_ZERO, 0);
+        assert_ne!(k.pages.pte(base + 601).flags & PTE_ZERO, 0, "the rest stays zero-page PTEs");
     });
     assert_eq!(pmd(&sim, mm, 1), Pmd::Table);
     let c = sim.world.resource::<Counters>().vmstat;
@@ -89,7 +89,7 @@ fn a_thp_is_scanned_faulted_and_migrated_at_the_pmd() {
             fault(k, mm, base, 0, true);
             fault(k, mm, base + 512, 0, true);
             if pinned {
-                k.pages.pins[base as usize + 17] = 1;
+                *k.pages.pins_mut(base + 17) = 1;
             }
         });
         assert_eq!(scan(&mut sim, mm), 2 * HPAGE_PMD_NR);
@@ -102,7 +102,7 @@ fn a_thp_is_scanned_faulted_and_migrated_at_the_pmd() {
             assert!((base..base + 512).all(|p| !k.pages.protnone(p)), "the whole PMD is restored");
             assert!((base + 512..base + 1024).all(|p| k.pages.protnone(p)), "the other THP is untouched");
             let want = if pinned { 0 } else { 1 };
-            assert!((base..base + 512).all(|p| k.pages.pte[p as usize].nid == want));
+            assert!((base..base + 512).all(|p| k.pages.pte(p).nid == want));
         });
         if pinned {
             assert_eq!((c.thp_migration_fail, c.pgmigrate_fail, c.numa_pages_migrated), (1, 512, 0));
@@ -126,7 +126,7 @@ fn gup_on_a_protnone_pmd_follows_the_era_rule() {
             let mut f = Faulter::kthread(k, 88, 4, Source::Device);
             get_user_pages(k, mm, base + 9, FOLL_GET, &mut f).unwrap();
             assert_eq!(k.counters.hint_faults_by_source.device, faults, "{policy:?}");
-            assert_eq!(k.pages.pte[base as usize].flags & PTE_PROTNONE == 0, faults == 1, "{policy:?}");
+            assert_eq!(k.pages.pte(base).flags & PTE_PROTNONE == 0, faults == 1, "{policy:?}");
         });
     }
 }

@@ -84,11 +84,11 @@ impl SecondaryMmu {
     /// Maps `page` to the frame it has now.
     pub fn map(&mut self, page: PageIdx, pages: &Pages, writable: bool) {
         if let Some(i) = self.slot(page) {
-            let p = page as usize;
+            let s = pages.slot(page);
             self.entries[i] = SPTE_VALID
                 | if writable { SPTE_WRITABLE } else { 0 }
-                | (u32::from(pages.pte[p].nid) << SPTE_NID_SHIFT)
-                | (u32::from(pages.frame_gen[p]) << SPTE_GEN_SHIFT);
+                | (u32::from(pages.slots.pte[s].nid) << SPTE_NID_SHIFT)
+                | (u32::from(pages.slots.frame_gen[s]) << SPTE_GEN_SHIFT);
         }
     }
 
@@ -104,8 +104,8 @@ impl SecondaryMmu {
     #[inline]
     pub fn is_stale(&self, i: usize, granted: bool, pages: &Pages) -> bool {
         let e = self.entries[i];
-        let p = (self.base + i as PageIdx) as usize;
-        !granted || Self::entry_nid(e) != pages.pte[p].nid || (e >> SPTE_GEN_SHIFT) as u16 != pages.frame_gen[p]
+        let s = pages.slot(self.base + i as PageIdx);
+        !granted || Self::entry_nid(e) != pages.slots.pte[s].nid || (e >> SPTE_GEN_SHIFT) as u16 != pages.slots.frame_gen[s]
     }
 
     /// Valid entries that grant access the primary mapping no longer grants: the VMA is

@@ -39,10 +39,10 @@ pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
     let pages = &k.pages;
     let only_secondary = secondary_young
         .iter()
-        .filter(|&&p| pages.has_folio(p) && pages.pte[p as usize].flags & (PTE_PROTNONE | PTE_YOUNG) == PTE_PROTNONE)
+        .filter(|&&p| pages.has_folio(p) && pages.pte(p).flags & (PTE_PROTNONE | PTE_YOUNG) == PTE_PROTNONE)
         .count();
     k.counters.young.secondary_only_protnone += only_secondary as u64;
-    for pte in k.pages.pte.iter_mut() {
+    for pte in k.pages.slots.pte.iter_mut() {
         pte.flags &= !PTE_YOUNG;
     }
     k.queue.schedule_in(aging.interval, Event::Aging);
