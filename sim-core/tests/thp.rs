@@ -3,18 +3,24 @@
 use bevy_ecs::entity::Entity;
 use sim_core::config::{Config, GupPolicy, MachineConfig, Thp};
 use sim_core::kernel::{Faulter, Kernel};
-use sim_core::mm::gup::{FOLL_GET, get_user_pages};
+use sim_core::mm::gup::{
+    FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_PIN, FOLL_WRITE, get_user_page_fast_only, get_user_pages,
+};
 use sim_core::mm::memory::handle_mm_fault;
 use sim_core::mm::numa_balancing::change_prot_numa;
-use sim_core::mm::{HPAGE_PMD_NR, Mm, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd};
+use sim_core::mm::{HPAGE_PMD_NR, Mm, PTE_PROTNONE, PTE_ZERO, PageIdx, Pages, Pmd};
 use sim_core::sim::Sim;
 use sim_core::stats::{Counters, Source};
 
 /// A 2-node machine with THP `always` and a 4 MiB VMA (two PMD blocks), untouched.
 fn machine(policy: GupPolicy) -> (Sim, Entity, PageIdx) {
+    machine_with(policy, Thp::Always)
+}
+
+fn machine_with(policy: GupPolicy, thp: Thp) -> (Sim, Entity, PageIdx) {
     let mut config =
         Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
-    config.kernel.transparent_hugepage = Thp::Always;
+    config.kernel.transparent_hugepage = thp;
     config.kernel.gup_policy = Some(policy);
     let mut sim = Sim::new(&config);
     let mm = sim.add_process("app");
@@ -143,4 +149,62 @@ fn ksm_splits_a_thp_before_merging_its_subpages() {
     assert!(c.ksm.pages_merged > 0);
     assert_eq!(c.vmstat.thp_split_pmd, 1);
     assert_eq!(pmd(&sim, mm, 0), Pmd::Table);
+}
+
+/// A device worker's GUP on a protnone PMD (follow_pmd_mask() → follow_huge_pmd() with
+/// gup_can_follow_protnone()) faults or follows exactly as on a protnone 4 KiB PTE, in every
+/// GUP era, for reads and writes, with and without FOLL_HONOR_NUMA_FAULT; GUP-fast bails on
+/// both (pmd_protnone() in gup_fast_pmd_range(), pte_protnone() in gup_fast_pte_range()).
+#[test]
+fn gup_on_a_protnone_pmd_decides_as_on_a_protnone_pte() {
+    let policies = [GupPolicy::Implicit, GupPolicy::ImplicitAll, GupPolicy::ImplicitForce, GupPolicy::Explicit];
+    for policy in policies {
+        for flags in [FOLL_GET, FOLL_GET | FOLL_HONOR_NUMA_FAULT, FOLL_GET | FOLL_WRITE, FOLL_PIN] {
+            let decide = |thp| {
+                let (mut sim, mm, base) = machine_with(policy, thp);
+                // A memset of the first 2 MiB: one THP, or 512 pages.
+                sim.with_kernel(|k| (base..base + 512).for_each(|p| fault(k, mm, p, 0, true)));
+                assert!(scan(&mut sim, mm) > 0);
+                sim.with_kernel(|k| {
+                    assert!(!get_user_page_fast_only(k, base + 9, false), "GUP-fast bails on protnone");
+                    let mut f = Faulter::kthread(k, 88, 4, Source::Device);
+                    get_user_pages(k, mm, base + 9, flags, &mut f).unwrap();
+                    (k.counters.hint_faults_by_source.device, k.pages.protnone(base + 9), k.pages.pte(base + 9).nid)
+                })
+            };
+            let (huge, small) = (decide(Thp::Always), decide(Thp::Never));
+            assert_eq!(huge, small, "{policy:?}, flags {flags:#x}: (faults, protnone, node) THP vs 4 KiB");
+        }
+    }
+}
+
+/// A THP's 512 subpages share one slot through fault, scan, hinting fault and migration
+/// (page state well under a byte per 4 KiB page); a pin on one subpage gives every subpage
+/// a slot of its own, a copy of the THP's state.
+#[test]
+fn a_thp_keeps_one_slot_until_a_subpage_needs_its_own() {
+    let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+    sim.with_kernel(|k| {
+        fault(k, mm, base, 0, true);
+        fault(k, mm, base + 512, 0, true);
+    });
+    scan(&mut sim, mm);
+    sim.with_kernel(|k| fault(k, mm, base + 100, 4, false));
+    let pages = sim.world.resource::<Pages>();
+    assert!(pages.is_compact(base) && pages.is_compact(base + 512));
+    assert_eq!(sim.world.resource::<Counters>().vmstat.thp_migration_success, 1);
+    assert!((base..base + 512).all(|p| pages.pte(p).nid == 1 && !pages.protnone(p)));
+    assert!((base + 512..base + 1024).all(|p| pages.pte(p).nid == 0 && pages.protnone(p)));
+    let per_page = pages.bytes() as f64 / pages.len() as f64;
+    assert!(per_page <= 1.0, "{per_page} bytes per page");
+    let cpupid = pages.last_cpupid(base);
+    sim.with_kernel(|k| {
+        let mut f = Faulter::kthread(k, 88, 0, Source::Device);
+        get_user_pages(k, mm, base + 7, FOLL_PIN, &mut f).unwrap();
+    });
+    let pages = sim.world.resource::<Pages>();
+    assert!(!pages.is_compact(base) && pages.is_compact(base + 512));
+    assert_eq!((pages.pins(base + 7), pages.pins(base + 6)), (1, 0));
+    assert!((base..base + 512).all(|p| pages.pte(p).nid == 1 && pages.last_cpupid(p) == cpupid));
+    assert_eq!(pmd(&sim, mm, 0), Pmd::Huge, "a pin does not split the PMD");
 }

@@ -105,7 +105,9 @@ impl SecondaryMmu {
     pub fn is_stale(&self, i: usize, granted: bool, pages: &Pages) -> bool {
         let e = self.entries[i];
         let s = pages.slot(self.base + i as PageIdx);
-        !granted || Self::entry_nid(e) != pages.slots.pte[s].nid || (e >> SPTE_GEN_SHIFT) as u16 != pages.slots.frame_gen[s]
+        !granted
+            || Self::entry_nid(e) != pages.slots.pte[s].nid
+            || (e >> SPTE_GEN_SHIFT) as u16 != pages.slots.frame_gen[s]
     }
 
     /// Valid entries that grant access the primary mapping no longer grants: the VMA is

@@ -152,6 +152,17 @@ impl Slots {
         }
     }
 
+    /// Makes room for `n` more slots, exactly (no doubling of large arrays).
+    fn reserve_exact(&mut self, n: usize) {
+        self.pte.reserve_exact(n);
+        self.last_cpupid.reserve_exact(n);
+        self.pins.reserve_exact(n);
+        self.refs.reserve_exact(n);
+        self.mapcount.reserve_exact(n);
+        self.frame_gen.reserve_exact(n);
+        self.content.reserve_exact(n);
+    }
+
     /// Appends `n` slots holding `st`.
     fn push(&mut self, n: usize, st: SlotState) {
         let len = self.len() + n;
@@ -201,14 +212,25 @@ macro_rules! per_page {
 /// first time one page needs state of its own ([`Pages::slot_mut`]: a 4 KiB fault, a split,
 /// a pin, KSM content), which no caller can tell from the compact form; THP-wide changes
 /// write [`Pages::chunk_slots`]. Never compacted again (khugepaged is not modelled).
-/// Without THP every chunk is expanded in order, so slot `i` is page `i`.
-#[derive(Resource, Default, Debug)]
+/// Without THP every chunk is expanded in order, so slot `i` is page `i` and the 4 KiB
+/// paths skip the directory.
+#[derive(Resource, Debug)]
 pub struct Pages {
-    /// Per chunk: its first slot, or `DIR_COMPACT | slot`.
+    /// Slot `i` is page `i` (no chunk was ever compact): [`Pages::slot`] needs no lookup.
+    identity: bool,
+    /// Per chunk: its first slot, or `DIR_COMPACT | slot` (empty while `identity`).
     dir: Vec<u32>,
+    /// Chunks of 512 pages laid out.
+    chunks: usize,
     /// Pages in use (the last chunk may be partly used).
     len: usize,
     pub slots: Slots,
+}
+
+impl Default for Pages {
+    fn default() -> Self {
+        Self { identity: true, dir: Vec::new(), chunks: 0, len: 0, slots: Slots::default() }
+    }
 }
 
 impl Pages {
@@ -219,21 +241,43 @@ impl Pages {
         let base = if thp { self.len.next_multiple_of(CHUNK) } else { self.len };
         let new_len = base + n as usize;
         assert!(new_len <= PageIdx::MAX as usize, "more pages than a PageIdx can address");
-        while self.dir.len() * CHUNK < new_len {
-            let c = self.dir.len();
-            let whole = c * CHUNK >= base && (c + 1) * CHUNK <= new_len;
+        if self.identity && !thp {
+            // Slot i is page i: exactly as many slots as pages.
+            self.slots.reserve_exact(new_len - self.slots.len());
+            self.slots.push(new_len - self.slots.len(), UNTOUCHED);
+            self.chunks = new_len.div_ceil(CHUNK);
+            self.len = new_len;
+            return base as PageIdx;
+        }
+        let chunks = new_len.div_ceil(CHUNK).saturating_sub(self.chunks);
+        if self.identity {
+            // The first THP-eligible pages: from now on slots go through the directory, and
+            // the last chunk so far gets all its 512 slots.
+            self.identity = false;
+            self.slots.push(self.chunks * CHUNK - self.slots.len(), UNTOUCHED);
+            self.dir = (0..self.chunks).map(|c| (c * CHUNK) as u32).collect();
+        }
+        // With THP, a chunk wholly inside the new pages starts compact.
+        let compact = |c: usize| thp && c * CHUNK >= base && (c + 1) * CHUNK <= new_len;
+        let new_chunks = self.chunks..self.chunks + chunks;
+        self.dir.reserve_exact(chunks);
+        self.slots.reserve_exact(new_chunks.map(|c| if compact(c) { 1 } else { CHUNK }).sum());
+        while self.chunks * CHUNK < new_len {
             let first = self.slots.len();
             assert!(first + CHUNK < DIR_COMPACT as usize, "more page slots than the directory can address");
-            if thp && whole {
-                self.slots.push(1, UNTOUCHED);
-                self.dir.push(DIR_COMPACT | first as u32);
-            } else {
-                self.slots.push(CHUNK, UNTOUCHED);
-                self.dir.push(first as u32);
-            }
+            let compact = compact(self.chunks);
+            self.slots.push(if compact { 1 } else { CHUNK }, UNTOUCHED);
+            self.dir.push(if compact { DIR_COMPACT | first as u32 } else { first as u32 });
+            self.chunks += 1;
         }
         self.len = new_len;
         base as PageIdx
+    }
+
+    /// Directory entry of chunk `c`.
+    #[inline]
+    fn entry(&self, c: usize) -> u32 {
+        if self.identity { (c * CHUNK) as u32 } else { self.dir[c] }
     }
 
     pub fn len(&self) -> usize {
@@ -247,6 +291,9 @@ impl Pages {
     /// The slot holding page `page`'s state (shared by its chunk when compact).
     #[inline]
     pub fn slot(&self, page: PageIdx) -> usize {
+        if self.identity {
+            return page as usize;
+        }
         let e = self.dir[(page >> CHUNK_SHIFT) as usize];
         // Branch-free: a compact entry adds no offset within the chunk.
         let mask = (e >> 31).wrapping_sub(1) & (CHUNK as u32 - 1);
@@ -263,10 +310,14 @@ impl Pages {
     /// Gives every page of `page`'s chunk a slot of its own, a copy of the shared one.
     pub fn expand(&mut self, page: PageIdx) {
         let c = (page >> CHUNK_SHIFT) as usize;
-        let e = self.dir[c];
+        let e = self.entry(c);
         if e & DIR_COMPACT != 0 {
             let first = self.slots.len();
             assert!(first + CHUNK < DIR_COMPACT as usize, "more page slots than the directory can address");
+            // Grow by a thirty-second, not by doubling: expansions come one chunk at a time.
+            if self.slots.pte.capacity() < first + CHUNK {
+                self.slots.reserve_exact((first / 32).max(CHUNK));
+            }
             let shared = self.slots.get((e & !DIR_COMPACT) as usize);
             self.slots.push(CHUNK, shared);
             self.dir[c] = first as u32;
@@ -275,12 +326,12 @@ impl Pages {
 
     /// Whether `page`'s chunk is compact (its pages share one slot).
     pub fn is_compact(&self, page: PageIdx) -> bool {
-        self.dir[(page >> CHUNK_SHIFT) as usize] & DIR_COMPACT != 0
+        self.entry((page >> CHUNK_SHIFT) as usize) & DIR_COMPACT != 0
     }
 
     /// The distinct slots of the chunk holding `page`: the shared one, or 512.
     pub fn chunk_slots(&self, page: PageIdx) -> std::ops::Range<usize> {
-        let e = self.dir[(page >> CHUNK_SHIFT) as usize];
+        let e = self.entry((page >> CHUNK_SHIFT) as usize);
         let first = (e & !DIR_COMPACT) as usize;
         first..first + if e & DIR_COMPACT != 0 { 1 } else { CHUNK }
     }
@@ -572,7 +623,40 @@ mod tests {
     fn page_state_fits_the_memory_budget() {
         let mut pages = Pages::default();
         pages.grow(1 << 16, false);
+        pages.grow(1000, false);
         let per_page = pages.bytes() as f64 / pages.len() as f64;
-        assert!(per_page <= 16.0, "{per_page} bytes per page");
+        assert!(per_page <= 13.0, "{per_page} bytes per 4 KiB page");
+        assert!((0..pages.len() as PageIdx).all(|p| pages.slot(p) == p as usize), "without THP slot i is page i");
+        let mut thp = Pages::default();
+        thp.grow(1 << 16, true);
+        let per_page = thp.bytes() as f64 / thp.len() as f64;
+        assert!(per_page <= 1.0, "{per_page} bytes per THP-backed page");
+    }
+
+    /// A compact chunk's pages share a slot; a change to one page expands the chunk into
+    /// copies of that slot, and only that page differs afterwards.
+    #[test]
+    fn a_compact_chunk_expands_on_a_change_to_one_page() {
+        let mut pages = Pages::default();
+        pages.grow(100, false);
+        let base = pages.grow(3 * CHUNK as u64 + 7, true);
+        assert_eq!(base, CHUNK as PageIdx, "THP-eligible pages start on a chunk boundary");
+        let (first, second) = (base, base + CHUNK as PageIdx);
+        assert!(pages.is_compact(first) && pages.is_compact(second));
+        assert!(!pages.is_compact(base + 3 * CHUNK as PageIdx), "a partly used last chunk has 512 slots");
+        for s in pages.chunk_slots(second) {
+            pages.slots.pte[s] = Pte { nid: 1, flags: PTE_YOUNG };
+            pages.slots.last_cpupid[s] = 42;
+        }
+        assert!((second..second + CHUNK as PageIdx).all(|p| pages.pte(p).nid == 1));
+        let before = pages.bytes();
+        pages.pte_mut(second + 5).flags |= PTE_PROTNONE;
+        assert!(!pages.is_compact(second) && pages.is_compact(first));
+        assert!(pages.bytes() > before);
+        assert!(pages.protnone(second + 5) && !pages.protnone(second + 4) && !pages.protnone(second + 6));
+        assert!((second..second + CHUNK as PageIdx).all(|p| pages.pte(p).nid == 1 && pages.last_cpupid(p) == 42));
+        let runs: Vec<(PageIdx, u64)> = pages.runs(first + 500, 20).map(|(p, n, _)| (p, n)).collect();
+        assert_eq!(runs[0], (first + 500, 12), "the rest of the compact chunk is one run");
+        assert_eq!(runs[1..], (0..8).map(|i| (second + i, 1)).collect::<Vec<_>>()[..]);
     }
 }
