@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bevy_ecs::prelude::*;
 
-use crate::config::{Config, DeviceMode, GupPath, HugepageAdvice, Thp};
+use crate::config::{Config, DeviceMode, GupPath, HugepageAdvice, MapSize, Thp};
 use crate::debug_vm::{Violation, check_vm};
 use crate::device::{Device, DriverContext, device_tick};
 use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos, RngStream, stream};
@@ -108,6 +108,7 @@ pub struct DeviceSpec {
     pub len: u64,
     pub mode: DeviceMode,
     pub gup_path: GupPath,
+    pub map_size: MapSize,
     pub write: bool,
     /// Run the driver's GUP in this thread's context instead of a worker on the device's node.
     pub owner: Option<Entity>,
@@ -256,6 +257,7 @@ impl Sim {
             smmu,
             mode: spec.mode,
             gup_path: spec.gup_path,
+            map_size: spec.map_size,
             write: spec.write,
             context,
             access: AccessStream::new(spec.pattern, rng),

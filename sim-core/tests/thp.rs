@@ -1,13 +1,17 @@
 //! Transparent huge pages (mm/huge_memory.c, 6.12.117), driven directly.
 
 use bevy_ecs::entity::Entity;
-use sim_core::config::{Config, GupPolicy, MachineConfig, Thp};
+use sim_core::config::{Config, GupPolicy, MachineConfig, NotifierMode, Thp};
 use sim_core::kernel::{Faulter, Kernel};
 use sim_core::mm::gup::{
     FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_PIN, FOLL_WRITE, get_user_page_fast_only, get_user_pages,
 };
 use sim_core::mm::memory::handle_mm_fault;
+use sim_core::mm::mmu_notifier::{
+    MmuNotifyEvent, SPTE_HUGE, SPTE_VALID, SPTE_YOUNG, SecondaryMmu, SmmuKind, invalidate_range, map_secondary,
+};
 use sim_core::mm::numa_balancing::change_prot_numa;
+use sim_core::mm::vmscan::age_pages;
 use sim_core::mm::{HPAGE_PMD_NR, Mm, PTE_PROTNONE, PTE_ZERO, PageIdx, Pages, Pmd};
 use sim_core::sim::Sim;
 use sim_core::stats::{Counters, Source};
@@ -18,9 +22,14 @@ fn machine(policy: GupPolicy) -> (Sim, Entity, PageIdx) {
 }
 
 fn machine_with(policy: GupPolicy, thp: Thp) -> (Sim, Entity, PageIdx) {
+    machine_notified(policy, thp, NotifierMode::Unconditional)
+}
+
+fn machine_notified(policy: GupPolicy, thp: Thp, notifier: NotifierMode) -> (Sim, Entity, PageIdx) {
     let mut config =
         Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
     config.kernel.transparent_hugepage = thp;
+    config.kernel.notifier = notifier;
     config.kernel.gup_policy = Some(policy);
     let mut sim = Sim::new(&config);
     let mm = sim.add_process("app");
@@ -207,4 +216,40 @@ fn a_thp_keeps_one_slot_until_a_subpage_needs_its_own() {
     assert_eq!((pages.pins(base + 7), pages.pins(base + 6)), (1, 0));
     assert!((base..base + 512).all(|p| pages.pte(p).nid == 1 && pages.last_cpupid(p) == cpupid));
     assert_eq!(pmd(&sim, mm, 0), Pmd::Huge, "a pin does not split the PMD");
+}
+
+/// A device mapping at 2 MiB (`map_size = "2m"`) maps a THP's whole block with one fault;
+/// test_young on that entry answers for the whole folio (512 pages young through the device
+/// while protnone, against 1 for a 4 KiB entry), and an invalidation touching any page under
+/// it (even one a smart notifier would skip elsewhere) drops the whole PMD-level entry. A
+/// THP migration's MMU_NOTIFY_CLEAR covers the PMD.
+#[test]
+fn a_device_maps_a_thp_at_2m_and_ages_and_loses_it_per_pmd() {
+    for pmd in [false, true] {
+        let (mut sim, mm, base) = machine_notified(GupPolicy::Explicit, Thp::Always, NotifierMode::Smart);
+        let smmu = sim.add_secondary_mmu("dev", mm, base, 1024, SmmuKind::Notifier);
+        sim.with_kernel(|k| (0..2).for_each(|b| fault(k, mm, base + b * 512, 0, true)));
+        sim.world.run_system_cached(age_pages).unwrap();
+        scan(&mut sim, mm);
+        let entries = |sim: &Sim| sim.world.get::<SecondaryMmu>(smmu).unwrap().entries.clone();
+        let valid = |sim: &Sim| entries(sim).iter().filter(|&&e| e & SPTE_VALID != 0).count();
+        sim.with_kernel(|k| map_secondary(k, smmu, mm, base + 9, false, pmd));
+        assert_eq!(valid(&sim), if pmd { 512 } else { 1 });
+        assert_eq!(entries(&sim)[9] & SPTE_HUGE != 0, pmd);
+        sim.world.get_mut::<SecondaryMmu>(smmu).unwrap().entries[9] |= SPTE_YOUNG;
+        sim.world.run_system_cached(age_pages).unwrap();
+        let young = sim.world.resource::<Counters>().young.secondary_only_protnone;
+        assert_eq!(young, if pmd { 512 } else { 1 }, "test_young per PMD");
+        sim.with_kernel(|k| {
+            (0..512).for_each(|p| map_secondary(k, smmu, mm, base + p, false, pmd));
+            invalidate_range(k, mm, base + 9, 1, MmuNotifyEvent::ProtectionVma, |p| p == base + 9);
+        });
+        assert_eq!(valid(&sim), if pmd { 0 } else { 511 }, "a 2 MiB entry goes whole");
+        sim.with_kernel(|k| {
+            map_secondary(k, smmu, mm, base + 600, false, pmd);
+            fault(k, mm, base + 512, 4, false);
+        });
+        assert_eq!(sim.world.resource::<Counters>().vmstat.thp_migration_success, 1);
+        assert_eq!(valid(&sim), if pmd { 0 } else { 511 }, "the migration cleared the PMD's entries");
+    }
 }

@@ -12,6 +12,7 @@
 use bevy_ecs::entity::Entity;
 
 use super::memory::{numa_fault_done, numa_migrate_check, numa_migrate_folio};
+use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
 use super::{HPAGE_PMD_NR, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
@@ -65,8 +66,10 @@ pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usi
 /// subpage gets a slot of its own.
 pub fn split_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) {
     if matches!(k.mm(mm).vmas[vma].pmds[b], Pmd::Huge | Pmd::HugeZero) {
-        set_pmd(k, mm, vma, b, Pmd::Table);
         let first = k.mm(mm).vmas[vma].block_page(b);
+        // MMU_NOTIFY_CLEAR over the PMD: the huge mapping secondary MMUs mirror is gone.
+        invalidate_range(k, mm, first, HPAGE_PMD_NR, MmuNotifyEvent::Clear, |_| true);
+        set_pmd(k, mm, vma, b, Pmd::Table);
         k.pages.expand(first);
         k.counters.vmstat.thp_split_pmd += 1;
     }

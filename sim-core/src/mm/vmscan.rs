@@ -27,10 +27,12 @@ pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
             continue;
         }
         let base = s.base;
-        for (i, e) in s.entries.iter_mut().enumerate() {
-            if *e & (SPTE_VALID | SPTE_YOUNG) == SPTE_VALID | SPTE_YOUNG {
-                *e &= !SPTE_YOUNG;
-                secondary_young.push(base + i as PageIdx);
+        for i in 0..s.entries.len() {
+            if s.entries[i] & (SPTE_VALID | SPTE_YOUNG) == SPTE_VALID | SPTE_YOUNG {
+                // test_young on a 2 MiB entry answers for its whole block (the THP's folio).
+                let unit = s.unit(i);
+                s.entries[unit.clone()].iter_mut().for_each(|e| *e &= !SPTE_YOUNG);
+                secondary_young.extend(unit.map(|j| base + j as PageIdx));
             }
         }
     }
