@@ -51,6 +51,7 @@ impl Scale {
                 pattern: PatternKind::Uniform,
                 ..Default::default()
             }],
+            ..Default::default()
         });
         c
     }
