@@ -10,9 +10,9 @@ use sim_core::mm::Pages;
 /// A machine and a numa02-style workload to time.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub enum Scale {
-    /// 2 nodes x 4 CPUs x 32 GiB, 60 GiB populated, 2 s simulated.
+    /// 2 nodes x 4 CPUs x 32 GiB, 60 GiB populated (30 GiB with THP), 2 s simulated.
     Small,
-    /// 8 nodes x 32 CPUs x 64 GiB, a 256 GiB buffer, 10 s simulated.
+    /// 8 nodes x 32 CPUs x 64 GiB, a 256 GiB buffer (60 GiB with THP), 10 s simulated.
     Large,
 }
 
@@ -27,9 +27,14 @@ impl Scale {
         c.machine.nodes = nodes;
         c.machine.cpus_per_node = cpus;
         c.machine.memory_per_node_mib = gib * 1024;
-        if thp {
+        let buffer_mib = if thp {
             c.kernel.transparent_hugepage = Thp::Always;
-        }
+            // THPs come from the faulting node alone (no fallback to other nodes), so the
+            // THP case populates what node 0 holds: all of it THP-backed.
+            gib * 1024 * 15 / 16
+        } else {
+            buffer_mib
+        };
         c.process.push(ProcessConfig {
             name: "bench".into(),
             vma: vec![VmaConfig {
@@ -52,13 +57,33 @@ impl Scale {
     }
 }
 
+/// What one case measured, for the side-by-side table.
+struct Figures {
+    run_s: f64,
+    ns_per_touch: f64,
+    ratio: f64,
+    bytes_per_page: f64,
+}
+
 pub fn run(scales: &[Scale], thp: bool, trace: bool) {
     for &scale in scales {
-        for thp in if thp { vec![false, true] } else { vec![false] } {
-            let plain_s = run_one(scale, thp);
+        let four_k = run_one(scale, false);
+        if trace {
+            run_traced(scale, false, four_k.run_s);
+        }
+        if thp {
+            let huge = run_one(scale, true);
             if trace {
-                run_traced(scale, thp, plain_s);
+                run_traced(scale, true, huge.run_s);
             }
+            println!("== {scale:?}: 4 KiB pages vs THP always");
+            println!("{:<34}{:>12}{:>12}", "", "4 KiB", "THP");
+            println!("{:<34}{:>12.2}{:>12.2}", "ns per touch", four_k.ns_per_touch, huge.ns_per_touch);
+            println!("{:<34}{:>12.2}{:>12.2}", "ratio to the raw loop", four_k.ratio, huge.ratio);
+            println!(
+                "{:<34}{:>12.3}{:>12.3}",
+                "page state, bytes per 4 KiB page", four_k.bytes_per_page, huge.bytes_per_page
+            );
         }
     }
 }
@@ -110,8 +135,8 @@ fn run_traced(scale: Scale, thp: bool, plain_s: f64) {
     );
 }
 
-/// Times one untraced run; returns its wall seconds.
-fn run_one(scale: Scale, thp: bool) -> f64 {
+/// Times one untraced run.
+fn run_one(scale: Scale, thp: bool) -> Figures {
     let c = scale.config(thp);
     let m = &c.machine;
     let pages_label = if thp { "THP always" } else { "4 KiB pages" };
@@ -125,10 +150,11 @@ fn run_one(scale: Scale, thp: bool) -> f64 {
     let mut sim = workloads::build(&c);
     let build_s = t.elapsed().as_secs_f64();
     let pages = sim.world.resource::<Pages>().len() as u64;
-    let page_bytes = sim.world.resource::<Pages>().bytes() as u64;
     let t = Instant::now();
     let out = sim.run().expect("the bench scenario runs to its end");
     let run_s = t.elapsed().as_secs_f64();
+    // After the run: a 4 KiB fault or a split expands a THP's chunk as the run goes.
+    let page_bytes = sim.world.resource::<Pages>().bytes() as u64;
     let metric = |name: &str| out.summary.metrics.get(name).map_or(0.0, |v| v.as_f64());
     let touches = ["touches.cpu", "touches.kvm", "touches.device"].iter().map(|k| metric(k) as u64).sum::<u64>();
     let sim_s = c.run.duration_ms as f64 / 1000.0;
@@ -153,7 +179,8 @@ fn run_one(scale: Scale, thp: bool) -> f64 {
         metric("vmstat.numa_pages_migrated"),
         metric("vmstat.thp_migration_success"),
     );
-    run_s
+    let ratio = ceiling_ns / ns_per_touch;
+    Figures { run_s, ns_per_touch, ratio, bytes_per_page: page_bytes as f64 / pages as f64 }
 }
 
 /// ns per random read-modify-write of one byte in an array of `len` bytes, with the same

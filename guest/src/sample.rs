@@ -35,13 +35,13 @@ impl Sampler {
 }
 
 /// The vmstat lines numasim has names for, and their neighbours: numa_*, pgmigrate_*,
-/// thp_migration_*, cow_ksm.
+/// thp_*, cow_ksm.
 fn vmstat() -> BTreeMap<String, u64> {
     let text = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
     text.lines()
         .filter_map(|l| l.split_once(' '))
         .filter(|(k, _)| {
-            k.starts_with("numa_") || k.starts_with("pgmigrate_") || k.starts_with("thp_migration_") || *k == "cow_ksm"
+            k.starts_with("numa_") || k.starts_with("pgmigrate_") || k.starts_with("thp_") || *k == "cow_ksm"
         })
         .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
         .collect()

@@ -8,7 +8,7 @@ use guest::{Plan, Sample};
 use serde_json::{Map, Value, json};
 
 /// vmstat counters numasim and /proc/vmstat share, in numasim's order.
-pub const VMSTAT: [&str; 8] = [
+pub const VMSTAT: [&str; 14] = [
     "numa_pte_updates",
     "numa_huge_pte_updates",
     "numa_hint_faults",
@@ -17,6 +17,12 @@ pub const VMSTAT: [&str; 8] = [
     "pgmigrate_success",
     "pgmigrate_fail",
     "cow_ksm",
+    "thp_fault_alloc",
+    "thp_fault_fallback",
+    "thp_migration_success",
+    "thp_migration_fail",
+    "thp_migration_split",
+    "thp_split_pmd",
 ];
 
 /// numasim metrics the kernel cannot give: who took a fault, per-touch locality, secondary-MMU

@@ -492,6 +492,17 @@ pub enum GupPath {
     ProcMem,
 }
 
+/// The largest mapping a device's page table makes.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
+pub enum MapSize {
+    /// 4 KiB entries only.
+    #[serde(rename = "4k")]
+    Base,
+    /// A 2 MiB entry where the host maps a THP (as KVM's EPT does), 4 KiB elsewhere.
+    #[serde(rename = "2m")]
+    Pmd,
+}
+
 /// A DMA device with a secondary MMU over one VMA of a process.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -506,6 +517,7 @@ pub struct DeviceConfig {
     /// The GUP path of a `notifier` device (ignored for `pin`).
     pub gup_path: GupPath,
     pub gup_context: GupContext,
+    pub map_size: MapSize,
     pub pattern: PatternKind,
     pub hot_fraction: f64,
     pub hot_probability: f64,
@@ -532,6 +544,7 @@ impl Default for DeviceConfig {
             mode: DeviceMode::Notifier,
             gup_context: GupContext::Worker,
             gup_path: GupPath::ProcessVm,
+            map_size: MapSize::Base,
             pattern: PatternKind::Uniform,
             hot_fraction: 0.1,
             hot_probability: 0.9,

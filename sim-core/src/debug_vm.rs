@@ -15,7 +15,7 @@ use crate::engine::{EventQueue, Nanos};
 use crate::machine::{NUMA_NO_NODE, PgData, Topology};
 use crate::mm::ksm::KsmFrames;
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, SecondaryMmu, SmmuKind};
-use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, ZERO_PAGE_NID};
+use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, Pte, ZERO_PAGE_NID};
 use crate::stats::Counters;
 
 /// A broken invariant: its name, when, and the page or node it was found on.
@@ -122,14 +122,18 @@ fn count_frames(
     ksm: (&KsmFrames, &mut Vec<(PageIdx, u8)>),
     now: Nanos,
 ) -> Result<Vec<u64>, Violation> {
-    let count = |ptes: &[crate::mm::Pte], nid: u8| ptes.iter().filter(|p| p.nid == nid).count() as u64;
+    let all = pages.len() as u64;
+    // Pages from `first` whose PTE passes `pred` (a compact chunk's pages count together).
+    let count = |first: PageIdx, n: u64, pred: &dyn Fn(&Pte) -> bool| -> u64 {
+        pages.runs(first, n).filter(|&(_, _, s)| pred(&pages.slots.pte[s])).map(|(_, n, _)| n).sum()
+    };
     // The shared zero page is mapped without a folio of its own: no frame, no RSS.
-    let zero = |ptes: &[crate::mm::Pte]| ptes.iter().filter(|p| p.flags & PTE_ZERO != 0).count() as u64;
+    let zero = |p: &Pte| p.flags & PTE_ZERO != 0;
+    let absent = |p: &Pte| p.nid == NUMA_NO_NODE;
     for m in mms.iter() {
         let mut present = 0;
         for v in &m.vmas {
-            let ptes = &pages.pte[v.base as usize..v.base as usize + v.pages as usize];
-            let here = v.pages - count(ptes, NUMA_NO_NODE) - zero(ptes);
+            let here = v.pages - count(v.base, v.pages, &absent) - count(v.base, v.pages, &zero);
             if v.unmapped && here > 0 {
                 let detail = format!("{here} pages of munmap()ed VMA `{}` of mm `{}` are present", v.name, m.name);
                 return Err(Violation::new("unmapped_vma_empty", now, detail));
@@ -141,17 +145,19 @@ fn count_frames(
             return Err(Violation::new("mm_rss", now, detail));
         }
     }
-    let mut frames: Vec<u64> = (0..nr_nodes).map(|n| count(&pages.pte, n as u8)).collect();
-    let absent = count(&pages.pte, NUMA_NO_NODE);
-    if frames.iter().sum::<u64>() + absent != pages.len() as u64 {
-        let page = pages.pte.iter().position(|p| p.nid != NUMA_NO_NODE && u32::from(p.nid) >= nr_nodes);
-        let page = page.unwrap_or(0) as PageIdx;
-        let detail = format!("a present page on node {} of a {nr_nodes}-node machine", pages.pte[page as usize].nid);
+    let mut frames: Vec<u64> = (0..nr_nodes).map(|n| count(0, all, &|p| p.nid == n as u8)).collect();
+    if frames.iter().sum::<u64>() + count(0, all, &absent) != all {
+        let bad = pages.runs(0, all).find(|&(_, _, s)| {
+            let nid = pages.slots.pte[s].nid;
+            nid != NUMA_NO_NODE && u32::from(nid) >= nr_nodes
+        });
+        let (page, _, s) = bad.unwrap_or((0, 0, pages.slot(0)));
+        let detail = format!("a present page on node {} of a {nr_nodes}-node machine", pages.slots.pte[s].nid);
         return Err(Violation::new("page_on_valid_node", now, detail).at_page(page));
     }
-    let flags = pages.pte.iter().fold(0, |acc, p| acc | p.flags);
+    let flags = pages.slots.pte.iter().fold(0, |acc, p| acc | p.flags);
     if flags & PTE_ZERO != 0 {
-        frames[ZERO_PAGE_NID as usize] -= zero(&pages.pte);
+        frames[ZERO_PAGE_NID as usize] -= count(0, all, &zero);
     }
     if flags & PG_KSM != 0 {
         count_ksm_frames(pages, &mut frames, ksm, now)?;
@@ -179,8 +185,9 @@ fn count_ksm_frames(
     now: Nanos,
 ) -> Result<(), Violation> {
     ksm.clear();
-    for (i, pte) in pages.pte.iter().enumerate().filter(|(_, p)| p.flags & PG_KSM != 0) {
-        let page = i as PageIdx;
+    let ksm_pages = pages.runs(0, pages.len() as u64).filter(|&(_, _, s)| pages.slots.pte[s].flags & PG_KSM != 0);
+    for (page, _, s) in ksm_pages {
+        let pte = pages.slots.pte[s];
         if pte.nid == NUMA_NO_NODE {
             let detail = "a page flagged PageKsm() has no frame".into();
             return Err(Violation::new("ksm_page_present", now, detail).at_page(page));
@@ -210,7 +217,7 @@ fn count_ksm_frames(
 /// FOLL_PIN pins: every page's pin count equals the long-term pinning MMUs mapping it.
 fn check_pins(pages: &Pages, smmus: &Query<&SecondaryMmu>, held: &mut Vec<u32>, now: Nanos) -> Result<(), Violation> {
     let pinning = smmus.iter().any(|s| s.kind == SmmuKind::LongtermPin);
-    if !pinning && pages.pins.iter().all(|&p| p == 0) {
+    if !pinning && pages.slots.pins.iter().all(|&p| p == 0) {
         return Ok(());
     }
     held.clear();
@@ -222,11 +229,12 @@ fn check_pins(pages: &Pages, smmus: &Query<&SecondaryMmu>, held: &mut Vec<u32>, 
             }
         }
     }
-    match pages.pins.iter().zip(held.iter()).position(|(&pins, &h)| u32::from(pins) != h) {
+    let pins = |p: usize| pages.slots.pins[pages.slot(p as PageIdx)];
+    match held.iter().enumerate().position(|(p, &h)| u32::from(pins(p)) != h) {
         None => Ok(()),
-        Some(i) => {
-            let detail = format!("{} pins, but pinning devices hold {}", pages.pins[i], held[i]);
-            Err(Violation::new("pin_count", now, detail).at_page(i as PageIdx))
+        Some(p) => {
+            let detail = format!("{} pins, but pinning devices hold {}", pins(p), held[p]);
+            Err(Violation::new("pin_count", now, detail).at_page(p as PageIdx))
         }
     }
 }
@@ -259,7 +267,7 @@ fn check_secondary(
             if s.kind == SmmuKind::Notifier && is_stale {
                 stale += 1;
             }
-            let cow = pages.pte[page as usize].flags & PTE_COW;
+            let cow = pages.pte(page).flags & PTE_COW;
             if !is_stale && e & SPTE_WRITABLE != 0 && cow != 0 {
                 let (invariant, what) = if cow & PG_KSM != 0 {
                     ("ksm_write_protected", "a KSM page")

@@ -7,13 +7,13 @@
 
 use bevy_ecs::prelude::*;
 
-use crate::config::{DeviceMode, GupPath};
+use crate::config::{DeviceMode, GupPath, MapSize};
 use crate::engine::{Event, Nanos};
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{MAX_NODES, Nid};
 use crate::mm::PageIdx;
 use crate::mm::gup::{FOLL_FORCE, FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, GupError, get_user_pages};
-use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary};
+use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, map_secondary, touch_secondary};
 use crate::sched::{AccessStream, Task, TaskNuma};
 use crate::stats::Source;
 
@@ -38,6 +38,7 @@ pub struct Device {
     pub smmu: Entity,
     pub mode: DeviceMode,
     pub gup_path: GupPath,
+    pub map_size: MapSize,
     pub write: bool,
     pub context: DriverContext,
     pub access: AccessStream,
@@ -83,8 +84,7 @@ fn driver_fault(
             get_user_pages(k, d.mm, page, d.gup_flags(), &mut f)?
         }
     };
-    let Kernel { smmus, pages, .. } = k;
-    smmus.get_mut(d.smmu).expect("devices own a secondary MMU").map(page, pages, d.write);
+    map_secondary(k, d.smmu, d.mm, page, d.write, d.map_size == MapSize::Pmd);
     Ok(cost)
 }
 
@@ -112,8 +112,8 @@ fn unpin_buffer(k: &mut Kernel, d: &Device) {
     let base = s.base;
     for (i, e) in s.entries.iter_mut().enumerate() {
         if *e & SPTE_VALID != 0 {
-            let p = (base + i as PageIdx) as usize;
-            pages.pins[p] = pages.pins[p].saturating_sub(1);
+            let slot = pages.slot(base + i as PageIdx);
+            pages.slots.pins[slot] = pages.slots.pins[slot].saturating_sub(1);
             *e = 0;
         }
     }

@@ -16,7 +16,7 @@ use crate::kernel::{Faulter, Kernel};
 use crate::machine::MAX_NODES;
 use crate::mm::PageIdx;
 use crate::mm::gup::{FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_WRITE, GupError, get_user_page_fast_only, get_user_pages};
-use crate::mm::huge_memory::thp_pages_of;
+use crate::mm::mmu_notifier::map_secondary;
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary};
 use crate::sched::{Task, TaskNuma};
 use crate::stats::Source;
@@ -78,11 +78,6 @@ fn kvm_faultin_pfn(
     }
     // A THP on the host is mapped into the EPT at 2 MiB (kvm_mmu_max_mapping_level() sees
     // the huge host PMD); a 4 KiB host page at 4 KiB.
-    let span = thp_pages_of(k, mm, page).unwrap_or(page..page + 1);
-    let Kernel { smmus, pages, .. } = k;
-    let mut ept = smmus.get_mut(ept).expect("the VM's EPT exists");
-    for p in span {
-        ept.map(p, pages, write);
-    }
+    map_secondary(k, ept, mm, page, write, true);
     Ok(cost)
 }

@@ -4,7 +4,7 @@ use std::time::Instant;
 
 use bevy_ecs::prelude::*;
 
-use crate::config::{Config, DeviceMode, GupPath, HugepageAdvice, Thp};
+use crate::config::{Config, DeviceMode, GupPath, HugepageAdvice, MapSize, Thp};
 use crate::debug_vm::{Violation, check_vm};
 use crate::device::{Device, DriverContext, device_tick};
 use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos, RngStream, stream};
@@ -108,6 +108,7 @@ pub struct DeviceSpec {
     pub len: u64,
     pub mode: DeviceMode,
     pub gup_path: GupPath,
+    pub map_size: MapSize,
     pub write: bool,
     /// Run the driver's GUP in this thread's context instead of a worker on the device's node.
     pub owner: Option<Entity>,
@@ -179,8 +180,8 @@ impl Sim {
 
     /// Maps `pages` of anonymous memory into `mm`; returns the VMA index.
     pub fn add_vma(&mut self, mm: Entity, name: &str, pages: u64) -> usize {
-        let base = self.world.resource_mut::<Pages>().grow(pages);
         let thp = self.world.resource::<Sysctl>().0.transparent_hugepage;
+        let base = self.world.resource_mut::<Pages>().grow(pages, thp != Thp::Never);
         let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
         let vma = m.add_vma(name, pages, base, thp != Thp::Never);
         m.vmas[vma].set_thp(thp.allows(None));
@@ -220,7 +221,8 @@ impl Sim {
         if classes > 0 {
             let mut p = self.world.resource_mut::<Pages>();
             for i in 0..pages {
-                p.content[(base as u64 + i) as usize] = (1 + (offset + i) % u64::from(classes)) as u16;
+                let s = p.slot_mut(base + i as PageIdx);
+                p.slots.content[s] = (1 + (offset + i) % u64::from(classes)) as u16;
             }
         }
         self.world.resource_mut::<Ksmd>().vmas.push((mm, vma));
@@ -256,6 +258,7 @@ impl Sim {
             smmu,
             mode: spec.mode,
             gup_path: spec.gup_path,
+            map_size: spec.map_size,
             write: spec.write,
             context,
             access: AccessStream::new(spec.pattern, rng),

@@ -27,7 +27,7 @@ fn setup(policy: GupPolicy, notifier: NotifierMode) -> (Sim, Entity, Entity, Pag
     sim.populate(mm, vma, 0);
     let base = sim.vma_base(mm, vma);
     let smmu = sim.add_secondary_mmu("dev", mm, base, 1024, SmmuKind::Notifier);
-    sim.world.resource_mut::<sim_core::mm::Pages>().pte[base as usize].flags |= PTE_PROTNONE;
+    sim.world.resource_mut::<sim_core::mm::Pages>().pte_mut(base).flags |= PTE_PROTNONE;
     (sim, mm, smmu, base)
 }
 
@@ -39,7 +39,7 @@ fn worker() -> Faulter<'static> {
 fn gup(sim: &mut Sim, mm: Entity, page: PageIdx, flags: u32) -> (Result<u64, GupError>, Counters, bool, u8) {
     sim.with_kernel(|k: &mut Kernel| {
         let r = get_user_pages(k, mm, page, flags, &mut worker());
-        (r, k.counters.clone(), k.pages.protnone(page), k.pages.pte[page as usize].nid)
+        (r, k.counters.clone(), k.pages.protnone(page), k.pages.pte(page).nid)
     })
 }
 
@@ -123,7 +123,7 @@ fn gup_fast_bails_on_protnone_and_missing_ptes() {
         // The first write through the zero-page PTE copies it (do_wp_page()).
         let r = get_user_pages(k, mm2, 1, FOLL_GET | FOLL_WRITE, &mut worker());
         assert!(r.is_ok());
-        assert_eq!(k.pages.pte[1].nid, 1);
+        assert_eq!(k.pages.pte(1).nid, 1);
         assert_eq!(k.mm(mm2).rss, 2);
     });
 }
@@ -132,7 +132,7 @@ fn gup_fast_bails_on_protnone_and_missing_ptes() {
 fn pins_count_and_follow_page_fails_on_protnone_only_in_implicit_all() {
     let (mut sim, mm, _, page) = setup(GupPolicy::Explicit, NotifierMode::Unconditional);
     gup(&mut sim, mm, page, FOLL_PIN | FOLL_LONGTERM).0.unwrap();
-    assert_eq!(sim.world.resource::<sim_core::mm::Pages>().pins[page as usize], 1);
+    assert_eq!(sim.world.resource::<sim_core::mm::Pages>().pins(page), 1);
     for (policy, want) in [
         (GupPolicy::Implicit, Followed::Page),
         (GupPolicy::ImplicitAll, Followed::Protnone),

@@ -98,8 +98,7 @@ fn access(sim: &mut Sim, mm: Entity, base: PageIdx, path: Path) -> (u64, u64) {
                 Path::Gup(flags) => {
                     let mut f = Faulter::kthread(k, 501, k.topo.cpus_per_node, Source::Device);
                     get_user_pages(k, mm, page, flags, &mut f).unwrap();
-                    k.pages.pins[page as usize] =
-                        k.pages.pins[page as usize].saturating_sub(u8::from(flags & FOLL_PIN != 0));
+                    *k.pages.pins_mut(page) = k.pages.pins(page).saturating_sub(u8::from(flags & FOLL_PIN != 0));
                 }
             }
         }

@@ -72,9 +72,9 @@ fn a_merge_in_a_prot_none_vma_keeps_the_pte_inaccessible() {
     assert!(wake(&mut sim) > 0, "6.12's page walker finds pages in PROT_NONE VMAs");
     let pages = sim.world.resource::<Pages>();
     let merged: Vec<usize> =
-        (base as usize..base as usize + 100).filter(|&i| pages.pte[i].flags & PG_KSM != 0).collect();
+        (base as usize..base as usize + 100).filter(|&i| pages.pte(i as PageIdx).flags & PG_KSM != 0).collect();
     assert!(!merged.is_empty());
-    assert!(merged.iter().all(|&i| pages.pte[i].flags & PTE_PROTNONE != 0));
+    assert!(merged.iter().all(|&i| pages.pte(i as PageIdx).flags & PTE_PROTNONE != 0));
     assert!(!sim.world.get::<Mm>(mm).unwrap().page_accessible(base));
 }
 
@@ -96,8 +96,8 @@ fn the_page_that_becomes_the_ksm_page_is_invalidated_in_secondary_mmus() {
     let pages = sim.world.resource::<Pages>();
     let s = sim.world.get::<SecondaryMmu>(smmu).unwrap();
     // Page 4 (content 1, like page 0) is scanned second: it becomes the KSM page in place.
-    assert_ne!(pages.pte[base as usize + 4].flags & PG_KSM, 0);
-    assert_eq!(pages.pte[base as usize + 4].nid, 0);
+    assert_ne!(pages.pte(base + 4).flags & PG_KSM, 0);
+    assert_eq!(pages.pte(base + 4).nid, 0);
     for p in base..base + 100 {
         assert_eq!(s.entry(p) & SPTE_VALID, 0, "page {p}: every merged or write-protected page is unmapped");
     }

@@ -38,7 +38,7 @@ fn early_in_life_first_and_private_faults_migrate() {
     let mut p = task(&sim, mm, 7);
     sim.with_kernel(|k| {
         assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0), "first fault");
-        assert_eq!(k.pages.last_cpupid[page as usize], cpu_pid_to_cpupid(5, 7));
+        assert_eq!(k.pages.last_cpupid(page), cpu_pid_to_cpupid(5, 7));
         assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0), "private fault");
     });
 }
@@ -52,30 +52,30 @@ fn the_two_stage_filter_needs_two_faults_from_the_same_node() {
     p.numa_scan_seq = 5;
     sim.with_kernel(|k: &mut Kernel| {
         // The last fault came from another task on node 0: refuse, but remember this one.
-        k.pages.last_cpupid[page as usize] = cpu_pid_to_cpupid(1, 9);
+        *k.pages.last_cpupid_mut(page) = cpu_pid_to_cpupid(1, 9);
         assert!(!should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
         // Now the previous fault was ours on node 1: a private fault, migrate.
         assert!(should_numa_migrate_memory(k, &faulter(6, 7, Some(&mut p)), page, 0));
         // A shared fault whose predecessor was on the same node, no numa group: migrate.
-        k.pages.last_cpupid[page as usize] = cpu_pid_to_cpupid(4, 9);
+        *k.pages.last_cpupid_mut(page) = cpu_pid_to_cpupid(4, 9);
         assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
         // The same shared fault with the predecessor on node 0: refuse.
-        k.pages.last_cpupid[page as usize] = cpu_pid_to_cpupid(0, 9);
+        *k.pages.last_cpupid_mut(page) = cpu_pid_to_cpupid(0, 9);
         assert!(!should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
         // A settled task's first fault on a page (unset cpupid) passes the early rule no more,
         // but an unset cpupid is not from another node either: migrate.
-        k.pages.last_cpupid[page as usize] = CPUPID_UNSET;
+        *k.pages.last_cpupid_mut(page) = CPUPID_UNSET;
         assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
     });
 }
 
 fn hint_fault(sim: &mut Sim, mm: Entity, page: PageIdx, p: Option<&mut TaskNuma>) -> (u8, Counters) {
     sim.with_kernel(|k| {
-        k.pages.pte[page as usize].flags |= PTE_PROTNONE;
+        k.pages.pte_mut(page).flags |= PTE_PROTNONE;
         let mut f = faulter(5, 7, p);
         do_numa_page(k, mm, 0, page, &mut f);
-        assert_eq!(k.pages.pte[page as usize].flags & PTE_PROTNONE, 0, "the PTE is restored");
-        (k.pages.pte[page as usize].nid, k.counters.clone())
+        assert_eq!(k.pages.pte(page).flags & PTE_PROTNONE, 0, "the PTE is restored");
+        (k.pages.pte(page).nid, k.counters.clone())
     })
 }
 
@@ -99,8 +99,8 @@ fn pinned_or_extra_referenced_pages_fail_to_migrate() {
         {
             let mut pages = sim.world.resource_mut::<Pages>();
             match field {
-                "pins" => pages.pins[page as usize] = 1,
-                _ => pages.refs[page as usize] = 1,
+                "pins" => *pages.pins_mut(page) = 1,
+                _ => *pages.refs_mut(page) = 1,
             }
         }
         let mut p = task(&sim, mm, 7);
@@ -141,7 +141,7 @@ fn the_scanner_skips_pinned_pages_and_counts_pte_updates() {
     {
         let mut pages = sim.world.resource_mut::<Pages>();
         for &i in &pinned {
-            pages.pins[i] = 1;
+            *pages.pins_mut(i as PageIdx) = 1;
         }
     }
     // Two threads use the mm, so pages on the scanning CPU's node are not exempt.
@@ -151,7 +151,7 @@ fn the_scanner_skips_pinned_pages_and_counts_pte_updates() {
     let cost = sim.with_kernel(|k| task_numa_work(k, &mut p, 7, 0, now));
     assert_eq!(cost, 4096 * 10, "every PTE walked costs pte_scan_cost_ns");
     let pages = sim.world.resource::<Pages>();
-    let protnone = |i: usize| pages.pte[i].flags & PTE_PROTNONE != 0;
+    let protnone = |i: usize| pages.pte(i as PageIdx).flags & PTE_PROTNONE != 0;
     assert!(pinned.iter().all(|&i| !protnone(i)), "a pinned page in a private mapping is never made protnone");
     let updated = (base as usize..base as usize + 4096).filter(|&i| protnone(i)).count();
     assert_eq!(updated, 4096 - pinned.len());
@@ -168,7 +168,7 @@ fn a_single_threaded_process_keeps_pages_already_on_its_node() {
     let mut p = task(&sim, mm, 7);
     sim.with_kernel(|k| task_numa_work(k, &mut p, 7, 0, 2_000_000_000));
     let pages = sim.world.resource::<Pages>();
-    assert!((base as usize..base as usize + 4096).all(|i| pages.pte[i].flags & PTE_PROTNONE == 0));
+    assert!((base as usize..base as usize + 4096).all(|i| pages.pte(i as PageIdx).flags & PTE_PROTNONE == 0));
 }
 
 /// mpol_misplaced() in mm/mempolicy.c (6.1.192, 6.12.117): for the default
@@ -179,14 +179,14 @@ fn a_local_hinting_fault_does_not_record_its_cpupid() {
     let (mut sim, mm, page) = machine();
     let mut p = task(&sim, mm, 7);
     sim.with_kernel(|k| {
-        k.pages.last_cpupid[page as usize] = cpu_pid_to_cpupid(6, 9);
-        k.pages.pte[page as usize].flags |= PTE_PROTNONE;
+        *k.pages.last_cpupid_mut(page) = cpu_pid_to_cpupid(6, 9);
+        k.pages.pte_mut(page).flags |= PTE_PROTNONE;
         do_numa_page(k, mm, 0, page, &mut faulter(1, 7, Some(&mut p)));
-        assert_eq!(k.pages.last_cpupid[page as usize], cpu_pid_to_cpupid(6, 9), "local: untouched");
+        assert_eq!(k.pages.last_cpupid(page), cpu_pid_to_cpupid(6, 9), "local: untouched");
         assert_eq!(k.counters.vmstat.numa_hint_faults_local, 1);
-        k.pages.pte[page as usize].flags |= PTE_PROTNONE;
+        k.pages.pte_mut(page).flags |= PTE_PROTNONE;
         do_numa_page(k, mm, 0, page, &mut faulter(5, 7, Some(&mut p)));
-        assert_eq!(k.pages.last_cpupid[page as usize], cpu_pid_to_cpupid(5, 7), "remote: recorded");
+        assert_eq!(k.pages.last_cpupid(page), cpu_pid_to_cpupid(5, 7), "remote: recorded");
     });
 }
 
@@ -201,7 +201,7 @@ fn a_failed_migration_still_invalidates_secondary_mmus() {
     sim.with_kernel(|k| {
         let Kernel { smmus, pages, .. } = k;
         smmus.get_mut(smmu).unwrap().map(page, pages, false);
-        k.pages.pins[page as usize] = 1;
+        *k.pages.pins_mut(page) = 1;
     });
     let mut p = task(&sim, mm, 7);
     let (nid, c) = hint_fault(&mut sim, mm, page, Some(&mut p));

@@ -1,20 +1,35 @@
 //! Transparent huge pages (mm/huge_memory.c, 6.12.117), driven directly.
 
 use bevy_ecs::entity::Entity;
-use sim_core::config::{Config, GupPolicy, MachineConfig, Thp};
+use sim_core::config::{Config, GupPolicy, MachineConfig, NotifierMode, Thp};
 use sim_core::kernel::{Faulter, Kernel};
-use sim_core::mm::gup::{FOLL_GET, get_user_pages};
+use sim_core::mm::gup::{
+    FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_PIN, FOLL_WRITE, get_user_page_fast_only, get_user_pages,
+};
 use sim_core::mm::memory::handle_mm_fault;
+use sim_core::mm::mmu_notifier::{
+    MmuNotifyEvent, SPTE_HUGE, SPTE_VALID, SPTE_YOUNG, SecondaryMmu, SmmuKind, invalidate_range, map_secondary,
+};
 use sim_core::mm::numa_balancing::change_prot_numa;
-use sim_core::mm::{HPAGE_PMD_NR, Mm, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd};
+use sim_core::mm::vmscan::age_pages;
+use sim_core::mm::{HPAGE_PMD_NR, Mm, PTE_PROTNONE, PTE_ZERO, PageIdx, Pages, Pmd};
 use sim_core::sim::Sim;
 use sim_core::stats::{Counters, Source};
 
 /// A 2-node machine with THP `always` and a 4 MiB VMA (two PMD blocks), untouched.
 fn machine(policy: GupPolicy) -> (Sim, Entity, PageIdx) {
+    machine_with(policy, Thp::Always)
+}
+
+fn machine_with(policy: GupPolicy, thp: Thp) -> (Sim, Entity, PageIdx) {
+    machine_notified(policy, thp, NotifierMode::Unconditional)
+}
+
+fn machine_notified(policy: GupPolicy, thp: Thp, notifier: NotifierMode) -> (Sim, Entity, PageIdx) {
     let mut config =
         Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
-    config.kernel.transparent_hugepage = Thp::Always;
+    config.kernel.transparent_hugepage = thp;
+    config.kernel.notifier = notifier;
     config.kernel.gup_policy = Some(policy);
     let mut sim = Sim::new(&config);
     let mm = sim.add_process("app");
@@ -47,16 +62,16 @@ fn faults_allocate_thps_and_the_huge_zero_page() {
     sim.with_kernel(|k| fault(k, mm, base + 3, 4, true));
     assert_eq!(pmd(&sim, mm, 0), Pmd::Huge);
     sim.with_kernel(|k| {
-        assert!((base..base + 512).all(|p| k.pages.pte[p as usize].nid == 1), "the whole THP on node 1");
+        assert!((base..base + 512).all(|p| k.pages.pte(p).nid == 1), "the whole THP on node 1");
         assert_eq!(k.mm(mm).rss, HPAGE_PMD_NR);
         fault(k, mm, base + 600, 0, false);
     });
     assert_eq!(pmd(&sim, mm, 1), Pmd::HugeZero);
     sim.with_kernel(|k| {
-        assert_ne!(k.pages.pte[base as usize + 1000].flags & PTE_ZERO, 0);
+        assert_ne!(k.pages.pte(base + 1000).flags & PTE_ZERO, 0);
         fault(k, mm, base + 600, 0, true);
-        assert_eq!(k.pages.pte[base as usize + 600].flags & PTE_ZERO, 0);
-        assert_ne!(k.pages.pte[base as usize + 601].flags & PTE_ZERO, 0, "the rest stays zero-page PTEs");
+        assert_eq!(k.pages.pte(base + 600).flags & PTE_ZERO, 0);
+        assert_ne!(k.pages.pte(base + 601).flags & PTE_ZERO, 0, "the rest stays zero-page PTEs");
     });
     assert_eq!(pmd(&sim, mm, 1), Pmd::Table);
     let c = sim.world.resource::<Counters>().vmstat;
@@ -89,7 +104,7 @@ fn a_thp_is_scanned_faulted_and_migrated_at_the_pmd() {
             fault(k, mm, base, 0, true);
             fault(k, mm, base + 512, 0, true);
             if pinned {
-                k.pages.pins[base as usize + 17] = 1;
+                *k.pages.pins_mut(base + 17) = 1;
             }
         });
         assert_eq!(scan(&mut sim, mm), 2 * HPAGE_PMD_NR);
@@ -102,7 +117,7 @@ fn a_thp_is_scanned_faulted_and_migrated_at_the_pmd() {
             assert!((base..base + 512).all(|p| !k.pages.protnone(p)), "the whole PMD is restored");
             assert!((base + 512..base + 1024).all(|p| k.pages.protnone(p)), "the other THP is untouched");
             let want = if pinned { 0 } else { 1 };
-            assert!((base..base + 512).all(|p| k.pages.pte[p as usize].nid == want));
+            assert!((base..base + 512).all(|p| k.pages.pte(p).nid == want));
         });
         if pinned {
             assert_eq!((c.thp_migration_fail, c.pgmigrate_fail, c.numa_pages_migrated), (1, 512, 0));
@@ -126,7 +141,7 @@ fn gup_on_a_protnone_pmd_follows_the_era_rule() {
             let mut f = Faulter::kthread(k, 88, 4, Source::Device);
             get_user_pages(k, mm, base + 9, FOLL_GET, &mut f).unwrap();
             assert_eq!(k.counters.hint_faults_by_source.device, faults, "{policy:?}");
-            assert_eq!(k.pages.pte[base as usize].flags & PTE_PROTNONE == 0, faults == 1, "{policy:?}");
+            assert_eq!(k.pages.pte(base).flags & PTE_PROTNONE == 0, faults == 1, "{policy:?}");
         });
     }
 }
@@ -146,4 +161,98 @@ fn ksm_splits_a_thp_before_merging_its_subpages() {
     assert!(c.ksm.pages_merged > 0);
     assert_eq!(c.vmstat.thp_split_pmd, 1);
     assert_eq!(pmd(&sim, mm, 0), Pmd::Table);
+}
+
+/// A device worker's GUP on a protnone PMD (follow_pmd_mask() → follow_huge_pmd() with
+/// gup_can_follow_protnone()) faults or follows exactly as on a protnone 4 KiB PTE, in every
+/// GUP era, for reads and writes, with and without FOLL_HONOR_NUMA_FAULT; GUP-fast bails on
+/// both (pmd_protnone() in gup_fast_pmd_range(), pte_protnone() in gup_fast_pte_range()).
+#[test]
+fn gup_on_a_protnone_pmd_decides_as_on_a_protnone_pte() {
+    let policies = [GupPolicy::Implicit, GupPolicy::ImplicitAll, GupPolicy::ImplicitForce, GupPolicy::Explicit];
+    for policy in policies {
+        for flags in [FOLL_GET, FOLL_GET | FOLL_HONOR_NUMA_FAULT, FOLL_GET | FOLL_WRITE, FOLL_PIN] {
+            let decide = |thp| {
+                let (mut sim, mm, base) = machine_with(policy, thp);
+                // A memset of the first 2 MiB: one THP, or 512 pages.
+                sim.with_kernel(|k| (base..base + 512).for_each(|p| fault(k, mm, p, 0, true)));
+                assert!(scan(&mut sim, mm) > 0);
+                sim.with_kernel(|k| {
+                    assert!(!get_user_page_fast_only(k, base + 9, false), "GUP-fast bails on protnone");
+                    let mut f = Faulter::kthread(k, 88, 4, Source::Device);
+                    get_user_pages(k, mm, base + 9, flags, &mut f).unwrap();
+                    (k.counters.hint_faults_by_source.device, k.pages.protnone(base + 9), k.pages.pte(base + 9).nid)
+                })
+            };
+            let (huge, small) = (decide(Thp::Always), decide(Thp::Never));
+            assert_eq!(huge, small, "{policy:?}, flags {flags:#x}: (faults, protnone, node) THP vs 4 KiB");
+        }
+    }
+}
+
+/// A THP's 512 subpages share one slot through fault, scan, hinting fault and migration
+/// (page state well under a byte per 4 KiB page); a pin on one subpage gives every subpage
+/// a slot of its own, a copy of the THP's state.
+#[test]
+fn a_thp_keeps_one_slot_until_a_subpage_needs_its_own() {
+    let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+    sim.with_kernel(|k| {
+        fault(k, mm, base, 0, true);
+        fault(k, mm, base + 512, 0, true);
+    });
+    scan(&mut sim, mm);
+    sim.with_kernel(|k| fault(k, mm, base + 100, 4, false));
+    let pages = sim.world.resource::<Pages>();
+    assert!(pages.is_compact(base) && pages.is_compact(base + 512));
+    assert_eq!(sim.world.resource::<Counters>().vmstat.thp_migration_success, 1);
+    assert!((base..base + 512).all(|p| pages.pte(p).nid == 1 && !pages.protnone(p)));
+    assert!((base + 512..base + 1024).all(|p| pages.pte(p).nid == 0 && pages.protnone(p)));
+    let per_page = pages.bytes() as f64 / pages.len() as f64;
+    assert!(per_page <= 1.0, "{per_page} bytes per page");
+    let cpupid = pages.last_cpupid(base);
+    sim.with_kernel(|k| {
+        let mut f = Faulter::kthread(k, 88, 0, Source::Device);
+        get_user_pages(k, mm, base + 7, FOLL_PIN, &mut f).unwrap();
+    });
+    let pages = sim.world.resource::<Pages>();
+    assert!(!pages.is_compact(base) && pages.is_compact(base + 512));
+    assert_eq!((pages.pins(base + 7), pages.pins(base + 6)), (1, 0));
+    assert!((base..base + 512).all(|p| pages.pte(p).nid == 1 && pages.last_cpupid(p) == cpupid));
+    assert_eq!(pmd(&sim, mm, 0), Pmd::Huge, "a pin does not split the PMD");
+}
+
+/// A device mapping at 2 MiB (`map_size = "2m"`) maps a THP's whole block with one fault;
+/// test_young on that entry answers for the whole folio (512 pages young through the device
+/// while protnone, against 1 for a 4 KiB entry), and an invalidation touching any page under
+/// it (even one a smart notifier would skip elsewhere) drops the whole PMD-level entry. A
+/// THP migration's MMU_NOTIFY_CLEAR covers the PMD.
+#[test]
+fn a_device_maps_a_thp_at_2m_and_ages_and_loses_it_per_pmd() {
+    for pmd in [false, true] {
+        let (mut sim, mm, base) = machine_notified(GupPolicy::Explicit, Thp::Always, NotifierMode::Smart);
+        let smmu = sim.add_secondary_mmu("dev", mm, base, 1024, SmmuKind::Notifier);
+        sim.with_kernel(|k| (0..2).for_each(|b| fault(k, mm, base + b * 512, 0, true)));
+        sim.world.run_system_cached(age_pages).unwrap();
+        scan(&mut sim, mm);
+        let entries = |sim: &Sim| sim.world.get::<SecondaryMmu>(smmu).unwrap().entries.clone();
+        let valid = |sim: &Sim| entries(sim).iter().filter(|&&e| e & SPTE_VALID != 0).count();
+        sim.with_kernel(|k| map_secondary(k, smmu, mm, base + 9, false, pmd));
+        assert_eq!(valid(&sim), if pmd { 512 } else { 1 });
+        assert_eq!(entries(&sim)[9] & SPTE_HUGE != 0, pmd);
+        sim.world.get_mut::<SecondaryMmu>(smmu).unwrap().entries[9] |= SPTE_YOUNG;
+        sim.world.run_system_cached(age_pages).unwrap();
+        let young = sim.world.resource::<Counters>().young.secondary_only_protnone;
+        assert_eq!(young, if pmd { 512 } else { 1 }, "test_young per PMD");
+        sim.with_kernel(|k| {
+            (0..512).for_each(|p| map_secondary(k, smmu, mm, base + p, false, pmd));
+            invalidate_range(k, mm, base + 9, 1, MmuNotifyEvent::ProtectionVma, |p| p == base + 9);
+        });
+        assert_eq!(valid(&sim), if pmd { 0 } else { 511 }, "a 2 MiB entry goes whole");
+        sim.with_kernel(|k| {
+            map_secondary(k, smmu, mm, base + 600, false, pmd);
+            fault(k, mm, base + 512, 4, false);
+        });
+        assert_eq!(sim.world.resource::<Counters>().vmstat.thp_migration_success, 1);
+        assert_eq!(valid(&sim), if pmd { 0 } else { 511 }, "the migration cleared the PMD's entries");
+    }
 }

@@ -133,6 +133,7 @@ pub fn build(config: &Config) -> Sim {
             len: region.pages,
             mode: d.mode,
             gup_path: d.gup_path,
+            map_size: d.map_size,
             write: d.access == Access::Write,
             owner: match d.gup_context {
                 GupContext::Owner => first_thread,

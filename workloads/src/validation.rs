@@ -11,6 +11,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("numa02", include_str!("../../configs/validate/numa02.toml")),
     ("numa01", include_str!("../../configs/validate/numa01.toml")),
     ("numa02-4node", include_str!("../../configs/validate/numa02-4node.toml")),
+    ("numa02-thp", include_str!("../../configs/validate/numa02-thp.toml")),
     ("gup-cpu-read-local", include_str!("../../configs/validate/gup-cpu-read-local.toml")),
     ("gup-cpu-read-remote", include_str!("../../configs/validate/gup-cpu-read-remote.toml")),
     ("gup-proc-mem-read", include_str!("../../configs/validate/gup-proc-mem-read.toml")),

@@ -79,7 +79,7 @@ fn a_broken_invariant_stops_the_run_with_its_name_time_and_place() {
     let v = broken(&short, |sim| {
         sim.with_kernel(|k| {
             let page = (0..k.pages.len() as u32).find(|&p| k.pages.present(p)).expect("a populated page");
-            k.pages.pins[page as usize] += 1;
+            *k.pages.pins_mut(page) += 1;
         })
     });
     assert_eq!(v.invariant, "pin_count", "{v}");
@@ -94,7 +94,7 @@ fn a_broken_invariant_stops_the_run_with_its_name_time_and_place() {
     let v = broken(&short, |sim| {
         sim.with_kernel(|k| {
             let page = (0..k.pages.len() as u32).find(|&p| k.pages.present(p)).expect("a populated page");
-            k.pages.pte[page as usize].nid = 7;
+            k.pages.pte_mut(page).nid = 7;
         })
     });
     assert_eq!(v.invariant, "page_on_valid_node", "{v}");

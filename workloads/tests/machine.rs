@@ -37,7 +37,8 @@ write_fraction = 1.0
 
 fn nodes_of_pages(sim: &sim_core::sim::Sim) -> [usize; 4] {
     let mut count = [0; 4];
-    for pte in &sim.world.resource::<Pages>().pte {
+    let pages = sim.world.resource::<Pages>();
+    for pte in (0..pages.len() as u32).map(|p| pages.pte(p)) {
         count[if pte.nid == NUMA_NO_NODE { 3 } else { pte.nid as usize }] += 1;
     }
     count

@@ -71,11 +71,10 @@ fn can_follow_write_pte(rules: &Rules, pte: u8, vma_accessible: bool) -> bool {
 
 /// Models follow_page_pte(): can `page` be returned without a fault?
 fn follow_page_pte(k: &Kernel, page: PageIdx, vma_accessible: bool, flags: u32) -> bool {
-    let i = page as usize;
     if !k.pages.present(page) {
         return false;
     }
-    let pte = k.pages.pte[i].flags;
+    let pte = k.pages.pte(page).flags;
     if pte & PTE_PROTNONE != 0 && !gup_can_follow_protnone(k.rules.gup, vma_accessible, flags) {
         return false;
     }
@@ -137,9 +136,10 @@ fn gup_one_page(
     // Each pass resolves one reason not to follow; three cover missing + protnone + COW.
     for pass in 0..3 {
         if follow_page_pte(k, page, accessible, flags) {
-            let i = page as usize;
             if flags & FOLL_PIN != 0 {
-                k.pages.pins[i] = k.pages.pins[i].saturating_add(1);
+                // Pins are counted per subpage: a pinned THP keeps a slot per page.
+                let i = k.pages.slot_mut(page);
+                k.pages.slots.pins[i] = k.pages.slots.pins[i].saturating_add(1);
             }
             return Ok((cost, pass > 0));
         }
@@ -152,7 +152,7 @@ fn gup_one_page(
 /// Models get_user_page_fast_only() (KVM's hva_to_pfn_fast()): a lockless walk that
 /// succeeds only on a present PTE that is not protnone (and writable, for a write).
 pub fn get_user_page_fast_only(k: &Kernel, page: PageIdx, write: bool) -> bool {
-    let pte = k.pages.pte[page as usize].flags;
+    let pte = k.pages.pte(page).flags;
     k.pages.present(page) && pte & PTE_PROTNONE == 0 && !(write && pte & PTE_COW != 0)
 }
 

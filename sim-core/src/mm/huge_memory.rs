@@ -1,27 +1,27 @@
 //! Transparent huge pages (mm/huge_memory.c): THP faults, PMD-level NUMA hinting, THP
 //! migration and PMD splits.
 //!
-//! A THP's 512 subpages keep their slots in [`super::Pages`], all with the same node and PTE
-//! bits, so every 4 KiB path (a CPU touch, GUP, the secondary MMUs, aging) sees the THP
+//! A THP's 512 subpages share one slot of [`super::Pages`] (the chunk is compact; it is
+//! expanded into 512 equal slots when one subpage needs state of its own), so every 4 KiB
+//! path (a CPU touch, GUP, the secondary MMUs, aging) sees the THP's node and PTE bits
 //! without a check of its own; what is PMD-wide — one hinting fault, one 512-page migration,
-//! one PMD update — happens here, at the block. Simplified: a node has a free 2 MiB block
-//! while it has 512 free pages above its low watermark (no fragmentation, no compaction, no
-//! khugepaged collapse, PMD-sized THPs only), and devices map 4 KiB.
+//! one PMD update — happens here, at the block, on every slot of the chunk. Simplified: a
+//! node has a free 2 MiB block while it has 512 free pages above its low watermark (no
+//! fragmentation, no compaction, no khugepaged collapse, PMD-sized THPs only).
 
 use bevy_ecs::entity::Entity;
 
 use super::memory::{numa_fault_done, numa_migrate_check, numa_migrate_folio};
+use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
 use super::{HPAGE_PMD_NR, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::Nid;
 
-const NR: usize = HPAGE_PMD_NR as usize;
-
-/// The subpages of block `b` of VMA `vma` of `mm`, as global page indices.
-fn block_pages(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> std::ops::Range<usize> {
-    let first = k.mm(mm).vmas[vma].block_page(b) as usize;
-    first..first + NR
+/// The slots holding block `b` of VMA `vma` of `mm` (one when the chunk is compact).
+fn block_slots(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> std::ops::Range<usize> {
+    let first = k.mm(mm).vmas[vma].block_page(b);
+    k.pages.chunk_slots(first)
 }
 
 fn set_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, pmd: Pmd) {
@@ -34,11 +34,11 @@ fn set_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, pmd: Pmd) {
 /// __GFP_THISNODE and does not reclaim for a THP). Returns false when the fault falls back
 /// to 4 KiB pages (thp_fault_fallback).
 pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, nid: Nid, write: bool) -> bool {
-    let range = block_pages(k, mm, vma, b);
+    let range = block_slots(k, mm, vma, b);
     if !write {
         for i in range {
-            k.pages.pte[i].nid = ZERO_PAGE_NID;
-            k.pages.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
+            k.pages.slots.pte[i].nid = ZERO_PAGE_NID;
+            k.pages.slots.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
         }
         set_pmd(k, mm, vma, b, Pmd::HugeZero);
         return true;
@@ -51,9 +51,9 @@ pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usi
     }
     pgdat.free_pages -= HPAGE_PMD_NR;
     for i in range {
-        k.pages.pte[i].nid = nid;
-        k.pages.pte[i].flags |= PTE_YOUNG;
-        k.pages.mapcount[i] = 1;
+        k.pages.slots.pte[i].nid = nid;
+        k.pages.slots.pte[i].flags |= PTE_YOUNG;
+        k.pages.slots.mapcount[i] = 1;
     }
     k.mm(mm).rss += HPAGE_PMD_NR;
     k.counters.vmstat.thp_fault_alloc += 1;
@@ -62,10 +62,15 @@ pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usi
 }
 
 /// Models __split_huge_pmd(): the block's PMD becomes a table of 512 PTEs with the same
-/// bits (a huge zero page becomes 512 zero-page PTEs), counted in thp_split_pmd.
+/// bits (a huge zero page becomes 512 zero-page PTEs), counted in thp_split_pmd; each
+/// subpage gets a slot of its own.
 pub fn split_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) {
     if matches!(k.mm(mm).vmas[vma].pmds[b], Pmd::Huge | Pmd::HugeZero) {
+        let first = k.mm(mm).vmas[vma].block_page(b);
+        // MMU_NOTIFY_CLEAR over the PMD: the huge mapping secondary MMUs mirror is gone.
+        invalidate_range(k, mm, first, HPAGE_PMD_NR, MmuNotifyEvent::Clear, |_| true);
         set_pmd(k, mm, vma, b, Pmd::Table);
+        k.pages.expand(first);
         k.counters.vmstat.thp_split_pmd += 1;
     }
 }
@@ -101,12 +106,12 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> u64 
     if k.mm(mm).vmas[vma].pmds[b] != Pmd::Huge {
         return 0;
     }
-    let range = block_pages(k, mm, vma, b);
-    if k.pages.pte[range.start].flags & PTE_PROTNONE != 0 {
+    let range = block_slots(k, mm, vma, b);
+    if k.pages.slots.pte[range.start].flags & PTE_PROTNONE != 0 {
         return 0;
     }
     for i in range {
-        k.pages.pte[i].flags |= PTE_PROTNONE;
+        k.pages.slots.pte[i].flags |= PTE_PROTNONE;
     }
     k.counters.vmstat.numa_huge_pte_updates += 1;
     HPAGE_PMD_NR
@@ -117,12 +122,11 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> u64 
 /// migrate_misplaced_folio(), the PMD made accessible again, and task_numa_fault() with
 /// HPAGE_PMD_NR pages.
 pub fn do_huge_pmd_numa_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, f: &mut Faulter) -> Nanos {
-    let range = block_pages(k, mm, vma, b);
-    let head = range.start as PageIdx;
+    let head = k.mm(mm).vmas[vma].block_page(b);
     let mut fault = numa_migrate_check(k, mm, vma, head, f, true);
     let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, head, HPAGE_PMD_NR, f, &mut fault);
-    for i in range {
-        k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
+    for i in block_slots(k, mm, vma, b) {
+        k.pages.slots.pte[i].flags = (k.pages.slots.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
     }
     numa_fault_done(k, mm, head, HPAGE_PMD_NR, f, &fault);
     cost

@@ -80,7 +80,7 @@ pub fn ksm_unmap(k: &mut Kernel, page: PageIdx) {
     });
     if left == Some(0) {
         k.ksm_frames.mappers.remove(&kpage);
-        let nid = k.pages.pte[page as usize].nid;
+        let nid = k.pages.pte(page).nid;
         free_page_node(k, nid);
     }
 }
@@ -174,7 +174,7 @@ fn scan_get_next_rmap_item(k: &mut Kernel, ksmd: &mut Ksmd) -> Option<Scanned> {
         ksmd.cursor = (vi, off + 1);
         let page = base + off as PageIdx;
         // vm_normal_page() has no page for the zero page: the walk passes over it.
-        if !k.pages.present(page) || k.pages.pte[page as usize].flags & PTE_ZERO != 0 {
+        if !k.pages.present(page) || k.pages.pte(page).flags & PTE_ZERO != 0 {
             continue;
         }
         // ksm_next_page_pmd_entry() takes any present anonymous page, protnone or not.
@@ -191,25 +191,25 @@ fn scan_get_next_rmap_item(k: &mut Kernel, ksmd: &mut Ksmd) -> Option<Scanned> {
 /// tree, once its checksum has held still since ksmd's last visit (before the stable tree
 /// search on 6.12, before the unstable one on 6.1).
 fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
-    let (page, i) = (item.page, item.page as usize);
-    let content = k.pages.content[i];
+    let (page, i) = (item.page, k.pages.slot(item.page));
+    let content = k.pages.slots.content[i];
     // KSM pages are merged already; pinned pages cannot be write-protected
     // (write_protect_page() refuses a raised page_count).
-    if k.pages.pte[i].flags & PG_KSM != 0 || k.pages.pins[i] > 0 {
+    if k.pages.slots.pte[i].flags & PG_KSM != 0 || k.pages.slots.pins[i] > 0 {
         return;
     }
     let checksum_first = k.rules.ksm_checksum_first;
     if checksum_first && checksum_changed(k, page) {
         return;
     }
-    let nid = k.pages.pte[i].nid;
+    let nid = k.pages.slots.pte[i].nid;
     let key = ksmd.key(page, content, nid);
     // A unique page finds no twin, but it goes into the unstable tree like any other, where
     // it lengthens every later search path.
     if content != 0
         && let Some(&kpage) = ksmd.stable.get(&key)
         && is_twin(k, ksmd, page, kpage)
-        && k.pages.pte[kpage as usize].flags & PG_KSM != 0
+        && k.pages.pte(kpage).flags & PG_KSM != 0
     {
         write_protect_page(k, item.mm, page);
         trace_ksm_merge(k, item.mm, page, kpage, KsmTree::Stable);
@@ -225,7 +225,8 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
     // try_to_merge_two_pages(): the page being scanned becomes the KSM page in place and the
     // tree page is replaced by it.
     write_protect_page(k, item.mm, page);
-    k.pages.pte[i].flags |= PG_KSM;
+    let i = k.pages.slot_mut(page);
+    k.pages.slots.pte[i].flags |= PG_KSM;
     ksm_map(k, page, page);
     ksmd.stable.insert(key, page);
     let tree_accessible = k.mm(tree.mm).page_accessible(tree.page);
@@ -236,7 +237,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
 /// Models the `rmap_item->oldchecksum != calc_checksum(page)` test: a page whose content
 /// ksmd has not seen yet is "volatile" this visit, and its checksum is recorded.
 fn checksum_changed(k: &mut Kernel, page: PageIdx) -> bool {
-    let flags = &mut k.pages.pte[page as usize].flags;
+    let flags = &mut k.pages.pte_mut(page).flags;
     let changed = *flags & RMAP_CHECKSUMMED == 0;
     *flags |= RMAP_CHECKSUMMED;
     changed
@@ -245,7 +246,7 @@ fn checksum_changed(k: &mut Kernel, page: PageIdx) -> bool {
 /// numasim_ksm_merge: `page` of `mm` is about to share KSM page `kpage`, a twin found in `tree`.
 fn trace_ksm_merge(k: &mut Kernel, mm: Entity, page: PageIdx, kpage: PageIdx, tree: KsmTree) {
     trace_event!(k, {
-        let (nid, kpage_nid) = (k.pages.pte[page as usize].nid, k.pages.pte[kpage as usize].nid);
+        let (nid, kpage_nid) = (k.pages.pte(page).nid, k.pages.pte(kpage).nid);
         TraceEvent::KsmMerge { addr: k.page_addr(mm, page), nid, kpage_nid, tree }
     });
 }
@@ -253,12 +254,13 @@ fn trace_ksm_merge(k: &mut Kernel, mm: Entity, page: PageIdx, kpage: PageIdx, tr
 /// Whether `other` holds the same content as `page`, on the same node without
 /// merge_across_nodes.
 fn is_twin(k: &Kernel, ksmd: &Ksmd, page: PageIdx, other: PageIdx) -> bool {
-    let (i, o) = (page as usize, other as usize);
+    let (i, o) = (k.pages.slot(page), k.pages.slot(other));
+    let slots = &k.pages.slots;
     other != page
-        && k.pages.content[i] != 0
+        && slots.content[i] != 0
         && k.pages.has_folio(other)
-        && k.pages.content[o] == k.pages.content[i]
-        && (ksmd.merge_across_nodes || k.pages.pte[o].nid == k.pages.pte[i].nid)
+        && slots.content[o] == slots.content[i]
+        && (ksmd.merge_across_nodes || slots.pte[o].nid == slots.pte[i].nid)
 }
 
 /// Models unstable_tree_search_insert(): walk the tree towards `key`, reading every page on
@@ -332,14 +334,15 @@ fn write_protect_page(k: &mut Kernel, mm: Entity, page: PageIdx) {
 /// `mk_pte(kpage, vma->vm_page_prot)` — PROT_NONE in a PROT_NONE VMA, an ordinary
 /// (not protnone, not young) PTE otherwise — under an MMU_NOTIFY_CLEAR invalidation.
 fn replace_page(k: &mut Kernel, mm: Entity, vma_accessible: bool, page: PageIdx, kpage: PageIdx) {
-    let (i, s) = (page as usize, kpage as usize);
     split_huge_pmd_of(k, mm, page);
     invalidate_range(k, mm, page, 1, MmuNotifyEvent::Clear, |_| true);
-    let old = k.pages.pte[i].nid;
+    let old = k.pages.pte(page).nid;
     free_page_node(k, old);
-    k.pages.pte[i].nid = k.pages.pte[s].nid;
-    k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
-    k.pages.pte[i].flags = PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE };
+    let (i, kpage_nid) = (k.pages.slot_mut(page), k.pages.pte(kpage).nid);
+    let slots = &mut k.pages.slots;
+    slots.pte[i].nid = kpage_nid;
+    slots.frame_gen[i] = slots.frame_gen[i].wrapping_add(1);
+    slots.pte[i].flags = PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE };
     ksm_map(k, page, kpage);
     k.counters.ksm.pages_merged += 1;
 }

@@ -66,7 +66,7 @@ pub fn handle_mm_fault(
 /// (do_numa_page()), a write to a KSM page or the zero page copies it (do_wp_page()). User
 /// faults and GUP's faultin_page() both come here. Returns the CPU time the fault cost.
 pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, write: bool, f: &mut Faulter) -> Nanos {
-    let flags = k.pages.pte[page as usize].flags;
+    let flags = k.pages.pte(page).flags;
     if !k.pages.present(page) {
         do_anonymous_page(k, mm, vma, page, f.nid, write);
         k.sysctl.0.hint_fault_cost_ns
@@ -100,21 +100,23 @@ fn huge_block(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, pmd: Pmd) -
 /// local mempolicy). Both are mapped young. In an empty block of a THP-eligible VMA,
 /// __handle_mm_fault() tries a THP first (do_huge_pmd_anonymous_page()).
 pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, nid: Nid, write: bool) {
-    let i = page as usize;
     if let Some(b) = huge_block(k, mm, vma, page, Pmd::None)
         && do_huge_pmd_anonymous_page(k, mm, vma, b, nid, write)
     {
         return;
     }
+    let i = k.pages.slot_mut(page);
+    let slots = &mut k.pages.slots;
     if !write {
-        k.pages.pte[i].nid = ZERO_PAGE_NID;
-        k.pages.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
+        slots.pte[i].nid = ZERO_PAGE_NID;
+        slots.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
         return;
     }
     let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
-    k.pages.pte[i].nid = got;
-    k.pages.pte[i].flags |= PTE_YOUNG;
-    k.pages.mapcount[i] = 1;
+    let slots = &mut k.pages.slots;
+    slots.pte[i].nid = got;
+    slots.pte[i].flags |= PTE_YOUNG;
+    slots.mapcount[i] = 1;
     k.mm(mm).rss += 1;
 }
 
@@ -123,21 +125,22 @@ pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, 
 /// then its own) or the shared zero page is replaced by a fresh frame on `nid`, under an
 /// MMU notifier invalidation of the address.
 pub fn do_wp_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
-    let i = page as usize;
     invalidate_range(k, mm, page, 1, MmuNotifyEvent::Clear, |_| true);
     let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
-    let old = k.pages.pte[i].flags;
+    let i = k.pages.slot_mut(page);
+    let old = k.pages.slots.pte[i].flags;
     if old & PG_KSM != 0 {
         trace_event!(k, Event::KsmCow { addr: k.page_addr(mm, page), nid: got });
         ksm_unmap(k, page);
     }
-    k.pages.pte[i].nid = got;
-    k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
-    k.pages.pte[i].flags = (old & !PTE_COW) | PTE_YOUNG;
-    k.pages.mapcount[i] = 1;
+    let slots = &mut k.pages.slots;
+    slots.pte[i].nid = got;
+    slots.frame_gen[i] = slots.frame_gen[i].wrapping_add(1);
+    slots.pte[i].flags = (old & !PTE_COW) | PTE_YOUNG;
+    slots.mapcount[i] = 1;
     if old & PG_KSM != 0 {
-        k.pages.content[i] = 0;
-        k.pages.pte[i].flags &= !RMAP_CHECKSUMMED;
+        slots.content[i] = 0;
+        slots.pte[i].flags &= !RMAP_CHECKSUMMED;
         k.counters.vmstat.cow_ksm += 1;
     } else {
         k.mm(mm).rss += 1;
@@ -192,7 +195,7 @@ pub fn numa_migrate_check(
     f: &Faulter,
     may_migrate: bool,
 ) -> NumaFault {
-    let page_nid = k.pages.pte[head as usize].nid;
+    let page_nid = k.pages.pte(head).nid;
     debug_assert_ne!(page_nid, NUMA_NO_NODE);
     k.mm(mm).vmas[vma].set_access_pid_bit(f.pid);
     k.counters.vmstat.numa_hint_faults += 1;
@@ -202,7 +205,7 @@ pub fn numa_migrate_check(
         k.counters.vmstat.numa_hint_faults_local += 1;
         flags |= TNF_FAULT_LOCAL;
     }
-    let last_cpupid = k.pages.last_cpupid[head as usize];
+    let last_cpupid = k.pages.slots.last_cpupid[k.pages.slot(head)];
     let migrate = page_nid != f.nid && may_migrate && should_numa_migrate_memory(k, f, head, page_nid);
     NumaFault { page_nid, nid: page_nid, flags, last_cpupid, migrate }
 }
@@ -250,13 +253,13 @@ pub fn numa_fault_done(k: &mut Kernel, mm: Entity, head: PageIdx, nr: u64, f: &m
 /// KSM page (write_protect_page() keeps a protnone PTE protnone) is not migrated, since
 /// every sharer would have to be remapped; the kernel moves it by rmap.
 pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &mut Faulter) -> Nanos {
-    let i = page as usize;
-    let ksm = k.pages.pte[i].flags & PG_KSM != 0;
+    let ksm = k.pages.pte(page).flags & PG_KSM != 0;
     let mut fault = numa_migrate_check(k, mm, vma, page, f, !ksm);
     let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, page, 1, f, &mut fault);
     // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
     // migration); the access that faulted sets the accessed bit.
-    k.pages.pte[i].flags = (k.pages.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
+    let i = k.pages.slot_mut(page);
+    k.pages.slots.pte[i].flags = (k.pages.slots.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
     numa_fault_done(k, mm, page, 1, f, &fault);
     cost
 }

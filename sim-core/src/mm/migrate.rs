@@ -38,7 +38,6 @@ pub fn migrate_misplaced_folio(
     nr: u64,
     target: Nid,
 ) -> Result<(), MigrateFail> {
-    let pages = first as usize..first as usize + nr as usize;
     let thp = u64::from(nr > 1);
     if !migrate_balanced_pgdat(k, target, nr) {
         return Err(MigrateFail::TargetFull);
@@ -48,18 +47,19 @@ pub fn migrate_misplaced_folio(
     // refcount, so a pinned folio's secondary mappings are dropped even though it stays
     // (mm/migrate.c, 6.1.192 and 6.12.117).
     invalidate_range(k, mm, first, nr, MmuNotifyEvent::Clear, |_| true);
-    if pages.clone().any(|i| k.pages.pins[i] > 0 || k.pages.refs[i] > 0) {
+    let slots = k.pages.folio_slots(first, nr);
+    if slots.clone().any(|i| k.pages.slots.pins[i] > 0 || k.pages.slots.refs[i] > 0) {
         k.counters.vmstat.pgmigrate_fail += nr;
         k.counters.vmstat.thp_migration_fail += thp;
         return Err(MigrateFail::Refcount);
     }
-    let src = k.pages.pte[pages.start].nid;
+    let src = k.pages.slots.pte[slots.start].nid;
     let mut dst = k.pgdat(target);
     dst.free_pages -= nr;
     k.pgdat(src).free_pages += nr;
-    for i in pages {
-        k.pages.pte[i].nid = target;
-        k.pages.frame_gen[i] = k.pages.frame_gen[i].wrapping_add(1);
+    for i in slots {
+        k.pages.slots.pte[i].nid = target;
+        k.pages.slots.frame_gen[i] = k.pages.slots.frame_gen[i].wrapping_add(1);
     }
     k.counters.vmstat.pgmigrate_success += nr;
     k.counters.vmstat.numa_pages_migrated += nr;

@@ -7,7 +7,8 @@
 
 use bevy_ecs::prelude::*;
 
-use super::{PageIdx, Pages};
+use super::huge_memory::thp_pages_of;
+use super::{HPAGE_PMD_NR, PageIdx, Pages};
 use crate::config::NotifierMode;
 use crate::kernel::Kernel;
 use crate::machine::Nid;
@@ -19,6 +20,9 @@ use crate::trace_event;
 pub const SPTE_VALID: u32 = 1 << 0;
 pub const SPTE_WRITABLE: u32 = 1 << 1;
 pub const SPTE_YOUNG: u32 = 1 << 2;
+/// Part of a 2 MiB (PMD-level) entry: the 512 entries of a THP's block are mapped, zapped
+/// and aged together.
+pub const SPTE_HUGE: u32 = 1 << 3;
 const SPTE_NID_SHIFT: u32 = 8;
 const SPTE_GEN_SHIFT: u32 = 16;
 
@@ -83,13 +87,27 @@ impl SecondaryMmu {
 
     /// Maps `page` to the frame it has now.
     pub fn map(&mut self, page: PageIdx, pages: &Pages, writable: bool) {
+        self.map_entry(page, pages, writable, 0);
+    }
+
+    fn map_entry(&mut self, page: PageIdx, pages: &Pages, writable: bool, huge: u32) {
         if let Some(i) = self.slot(page) {
-            let p = page as usize;
+            let s = pages.slot(page);
             self.entries[i] = SPTE_VALID
+                | huge
                 | if writable { SPTE_WRITABLE } else { 0 }
-                | (u32::from(pages.pte[p].nid) << SPTE_NID_SHIFT)
-                | (u32::from(pages.frame_gen[p]) << SPTE_GEN_SHIFT);
+                | (u32::from(pages.slots.pte[s].nid) << SPTE_NID_SHIFT)
+                | (u32::from(pages.slots.frame_gen[s]) << SPTE_GEN_SHIFT);
         }
+    }
+
+    /// The entries that map and unmap with entry `i`: its PMD block for a 2 MiB entry.
+    pub fn unit(&self, i: usize) -> std::ops::Range<usize> {
+        if self.entries[i] & SPTE_HUGE == 0 {
+            return i..i + 1;
+        }
+        let first = ((self.base as usize + i) & !(HPAGE_PMD_NR as usize - 1)) - self.base as usize;
+        first..first + HPAGE_PMD_NR as usize
     }
 
     /// Node of the frame an entry points at.
@@ -104,8 +122,10 @@ impl SecondaryMmu {
     #[inline]
     pub fn is_stale(&self, i: usize, granted: bool, pages: &Pages) -> bool {
         let e = self.entries[i];
-        let p = (self.base + i as PageIdx) as usize;
-        !granted || Self::entry_nid(e) != pages.pte[p].nid || (e >> SPTE_GEN_SHIFT) as u16 != pages.frame_gen[p]
+        let s = pages.slot(self.base + i as PageIdx);
+        !granted
+            || Self::entry_nid(e) != pages.slots.pte[s].nid
+            || (e >> SPTE_GEN_SHIFT) as u16 != pages.slots.frame_gen[s]
     }
 
     /// Valid entries that grant access the primary mapping no longer grants: the VMA is
@@ -150,17 +170,21 @@ pub fn invalidate_range(
         let lo = first.max(s.base);
         let hi = (u64::from(first) + n).min(u64::from(s.base) + s.entries.len() as u64) as PageIdx;
         let (mut invalidated, mut skipped) = (0, 0);
-        for page in lo..hi.max(lo) {
+        let mut page = lo;
+        while page < hi {
             let i = (page - s.base) as usize;
-            if s.entries[i] & SPTE_VALID == 0 {
-                continue;
+            let unit = s.unit(i);
+            let end = (s.base + unit.end as PageIdx).min(hi);
+            if s.entries[i] & SPTE_VALID != 0 {
+                // A 2 MiB entry goes whole when any page of the range under it changed.
+                if unconditional || (page..end).any(&changed) {
+                    invalidated += unit.len() as u32;
+                    s.entries[unit].fill(0);
+                } else {
+                    skipped += end - page;
+                }
             }
-            if unconditional || changed(page) {
-                s.entries[i] = 0;
-                invalidated += 1;
-            } else {
-                skipped += 1;
-            }
+            page = end;
         }
         if tracing && lo < hi {
             let m = k.mms.get(mm).expect("notified mms are live");
@@ -169,6 +193,20 @@ pub fn invalidate_range(
             let (start, end) = (m.page_addr(lo), m.page_addr(hi - 1) + (1 << super::PAGE_SHIFT));
             t.push_current(Event::MmuNotifierInvalidate { smmu, event, start, end, invalidated, skipped });
         }
+    }
+}
+
+/// Maps `page` of `mm` into secondary MMU `smmu` as it is mapped now. With `pmd`, a THP is
+/// mapped at 2 MiB, its whole block at once, when the table covers all of it (KVM's
+/// kvm_mmu_max_mapping_level() on a huge host PMD, or a device with `map_size = "2m"`);
+/// anything else at 4 KiB.
+pub fn map_secondary(k: &mut Kernel, smmu: Entity, mm: Entity, page: PageIdx, writable: bool, pmd: bool) {
+    let span = if pmd { thp_pages_of(k, mm, page) } else { None };
+    let Kernel { smmus, pages, .. } = k;
+    let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
+    match span.filter(|r| s.slot(r.start).is_some() && s.slot(r.end - 1).is_some()) {
+        Some(r) => r.for_each(|p| s.map_entry(p, pages, writable, SPTE_HUGE)),
+        None => s.map(page, pages, writable),
     }
 }
 

@@ -1,8 +1,9 @@
 //! Memory management: address spaces (mm_struct, VMAs) and the page array.
 //!
-//! Pages are not entities. Every page of every VMA has a slot in [`Pages`], a dense
-//! struct-of-arrays resource indexed by a global page number, so the hot paths (a CPU touch,
-//! a scanner pass) are loops over plain arrays. The layout costs 13 bytes per simulated page.
+//! Pages are not entities. Every page of every VMA has a global page number and its state a
+//! slot in [`Pages`], a struct-of-arrays resource with a directory per 2 MiB chunk, so the
+//! hot paths (a CPU touch, a scanner pass) are loops over plain arrays. 4 KiB pages cost 13
+//! bytes each; a THP-backed chunk 17 bytes for all 512 pages.
 
 pub mod gup;
 pub mod huge_memory;
@@ -21,7 +22,7 @@ use bevy_ecs::resource::Resource;
 use crate::engine::Nanos;
 use crate::machine::{NUMA_NO_NODE, Nid};
 
-/// log2 of the page size (4 KiB pages only: no THP).
+/// log2 of the base page size (4 KiB).
 pub const PAGE_SHIFT: u32 = 12;
 
 /// Global page number: index into [`Pages`].
@@ -88,9 +89,15 @@ pub struct Pte {
     pub flags: u8,
 }
 
-/// Per-page state (struct page + the PTE that maps it), struct-of-arrays.
-#[derive(Resource, Default, Debug)]
-pub struct Pages {
+/// Pages per chunk of the page directory: one PMD's worth (HPAGE_PMD_NR).
+const CHUNK_SHIFT: u32 = 9;
+const CHUNK: usize = 1 << CHUNK_SHIFT;
+/// Directory entry bit: the chunk's 512 pages share one slot (a THP or an untouched block).
+const DIR_COMPACT: u32 = 1 << 31;
+
+/// The state behind one slot (struct page + the PTE that maps it), struct-of-arrays.
+#[derive(Default, Debug)]
+pub struct Slots {
     pub pte: Vec<Pte>,
     /// `folio_last_cpupid()`: who took the last hinting fault on the page.
     pub last_cpupid: Vec<u32>,
@@ -108,48 +115,71 @@ pub struct Pages {
     pub content: Vec<u16>,
 }
 
-impl Pages {
-    /// Appends `n` untouched pages and returns the index of the first.
-    pub fn grow(&mut self, n: u64) -> PageIdx {
-        let base = self.pte.len();
-        let new_len = base + n as usize;
-        assert!(new_len <= PageIdx::MAX as usize, "more pages than a PageIdx can address");
-        self.pte.resize(new_len, Pte { nid: NUMA_NO_NODE, flags: 0 });
-        self.last_cpupid.resize(new_len, CPUPID_UNSET);
-        self.pins.resize(new_len, 0);
-        self.refs.resize(new_len, 0);
-        self.mapcount.resize(new_len, 0);
-        self.frame_gen.resize(new_len, 0);
-        self.content.resize(new_len, 0);
-        base as PageIdx
-    }
+/// One slot's state, by value.
+#[derive(Clone, Copy)]
+struct SlotState {
+    pte: Pte,
+    last_cpupid: u32,
+    pins: u8,
+    refs: u8,
+    mapcount: u8,
+    frame_gen: u16,
+    content: u16,
+}
 
-    pub fn len(&self) -> usize {
+/// A page never touched.
+const UNTOUCHED: SlotState = SlotState {
+    pte: Pte { nid: NUMA_NO_NODE, flags: 0 },
+    last_cpupid: CPUPID_UNSET,
+    pins: 0,
+    refs: 0,
+    mapcount: 0,
+    frame_gen: 0,
+    content: 0,
+};
+
+impl Slots {
+    fn len(&self) -> usize {
         self.pte.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.pte.is_empty()
+    /// Everything slot `s` holds.
+    fn get(&self, s: usize) -> SlotState {
+        SlotState {
+            pte: self.pte[s],
+            last_cpupid: self.last_cpupid[s],
+            pins: self.pins[s],
+            refs: self.refs[s],
+            mapcount: self.mapcount[s],
+            frame_gen: self.frame_gen[s],
+            content: self.content[s],
+        }
     }
 
-    #[inline]
-    pub fn present(&self, page: PageIdx) -> bool {
-        self.pte[page as usize].nid != NUMA_NO_NODE
+    /// Makes room for `n` more slots, exactly (no doubling of large arrays).
+    fn reserve_exact(&mut self, n: usize) {
+        self.pte.reserve_exact(n);
+        self.last_cpupid.reserve_exact(n);
+        self.pins.reserve_exact(n);
+        self.refs.reserve_exact(n);
+        self.mapcount.reserve_exact(n);
+        self.frame_gen.reserve_exact(n);
+        self.content.reserve_exact(n);
     }
 
-    /// Whether the page has a frame of its own (a folio), not the shared zero page.
-    #[inline]
-    pub fn has_folio(&self, page: PageIdx) -> bool {
-        self.present(page) && self.pte[page as usize].flags & PTE_ZERO == 0
+    /// Appends `n` slots holding `st`.
+    fn push(&mut self, n: usize, st: SlotState) {
+        let len = self.len() + n;
+        self.pte.resize(len, st.pte);
+        self.last_cpupid.resize(len, st.last_cpupid);
+        self.pins.resize(len, st.pins);
+        self.refs.resize(len, st.refs);
+        self.mapcount.resize(len, st.mapcount);
+        self.frame_gen.resize(len, st.frame_gen);
+        self.content.resize(len, st.content);
     }
 
-    #[inline]
-    pub fn protnone(&self, page: PageIdx) -> bool {
-        self.pte[page as usize].flags & PTE_PROTNONE != 0
-    }
-
-    /// Bytes of simulator memory the page arrays hold (allocated capacity).
-    pub fn bytes(&self) -> usize {
+    fn bytes(&self) -> usize {
         fn b<T>(v: &Vec<T>) -> usize {
             v.capacity() * std::mem::size_of::<T>()
         }
@@ -160,6 +190,220 @@ impl Pages {
             + b(&self.mapcount)
             + b(&self.frame_gen)
             + b(&self.content)
+    }
+}
+
+/// Per-page accessors for the fields of [`Slots`]: `name(page)` reads the page's slot,
+/// `name_mut(page)` gives it a slot of its own first.
+macro_rules! per_page {
+    ($($get:ident, $set:ident: $t:ty;)*) => {$(
+        #[inline]
+        pub fn $get(&self, page: PageIdx) -> $t {
+            self.slots.$get[self.slot(page)]
+        }
+
+        pub fn $set(&mut self, page: PageIdx) -> &mut $t {
+            let s = self.slot_mut(page);
+            &mut self.slots.$get[s]
+        }
+    )*};
+}
+
+/// Per-page state, kept per PMD-sized chunk of 512 global pages: a chunk maps its pages to
+/// 512 slots of [`Slots`] (4 KiB pages: 13 bytes per page), or to one slot all 512 share
+/// (compact: a THP, the huge zero page, or a THP-eligible block not yet faulted), which
+/// costs 13 bytes per 2 MiB. A compact chunk is expanded into 512 copies of its slot the
+/// first time one page needs state of its own ([`Pages::slot_mut`]: a 4 KiB fault, a split,
+/// a pin, KSM content), which no caller can tell from the compact form; THP-wide changes
+/// write [`Pages::chunk_slots`]. Never compacted again (khugepaged is not modelled).
+/// Without THP every chunk is expanded in order, so slot `i` is page `i` and the 4 KiB
+/// paths skip the directory.
+#[derive(Resource, Debug)]
+pub struct Pages {
+    /// Slot `i` is page `i` (no chunk was ever compact): [`Pages::slot`] needs no lookup.
+    identity: bool,
+    /// Per chunk: its first slot, or `DIR_COMPACT | slot` (empty while `identity`).
+    dir: Vec<u32>,
+    /// Chunks of 512 pages laid out.
+    chunks: usize,
+    /// Pages in use (the last chunk may be partly used).
+    len: usize,
+    pub slots: Slots,
+}
+
+impl Default for Pages {
+    fn default() -> Self {
+        Self { identity: true, dir: Vec::new(), chunks: 0, len: 0, slots: Slots::default() }
+    }
+}
+
+impl Pages {
+    /// Appends `n` untouched pages and returns the index of the first. With `thp`, they start
+    /// on a chunk boundary (PMD blocks of a VMA with a PMD-aligned start are then whole
+    /// chunks) and whole chunks start compact.
+    pub fn grow(&mut self, n: u64, thp: bool) -> PageIdx {
+        let base = if thp { self.len.next_multiple_of(CHUNK) } else { self.len };
+        let new_len = base + n as usize;
+        assert!(new_len <= PageIdx::MAX as usize, "more pages than a PageIdx can address");
+        if self.identity && !thp {
+            // Slot i is page i: exactly as many slots as pages.
+            self.slots.reserve_exact(new_len - self.slots.len());
+            self.slots.push(new_len - self.slots.len(), UNTOUCHED);
+            self.chunks = new_len.div_ceil(CHUNK);
+            self.len = new_len;
+            return base as PageIdx;
+        }
+        let chunks = new_len.div_ceil(CHUNK).saturating_sub(self.chunks);
+        if self.identity {
+            // The first THP-eligible pages: from now on slots go through the directory, and
+            // the last chunk so far gets all its 512 slots.
+            self.identity = false;
+            self.slots.push(self.chunks * CHUNK - self.slots.len(), UNTOUCHED);
+            self.dir = (0..self.chunks).map(|c| (c * CHUNK) as u32).collect();
+        }
+        // With THP, a chunk wholly inside the new pages starts compact.
+        let compact = |c: usize| thp && c * CHUNK >= base && (c + 1) * CHUNK <= new_len;
+        let new_chunks = self.chunks..self.chunks + chunks;
+        self.dir.reserve_exact(chunks);
+        self.slots.reserve_exact(new_chunks.map(|c| if compact(c) { 1 } else { CHUNK }).sum());
+        while self.chunks * CHUNK < new_len {
+            let first = self.slots.len();
+            assert!(first + CHUNK < DIR_COMPACT as usize, "more page slots than the directory can address");
+            let compact = compact(self.chunks);
+            self.slots.push(if compact { 1 } else { CHUNK }, UNTOUCHED);
+            self.dir.push(if compact { DIR_COMPACT | first as u32 } else { first as u32 });
+            self.chunks += 1;
+        }
+        self.len = new_len;
+        base as PageIdx
+    }
+
+    /// Directory entry of chunk `c`.
+    #[inline]
+    fn entry(&self, c: usize) -> u32 {
+        if self.identity { (c * CHUNK) as u32 } else { self.dir[c] }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The slot holding page `page`'s state (shared by its chunk when compact).
+    #[inline]
+    pub fn slot(&self, page: PageIdx) -> usize {
+        if self.identity {
+            return page as usize;
+        }
+        let e = self.dir[(page >> CHUNK_SHIFT) as usize];
+        // Branch-free: a compact entry adds no offset within the chunk.
+        let mask = (e >> 31).wrapping_sub(1) & (CHUNK as u32 - 1);
+        ((e & !DIR_COMPACT) + (page & mask)) as usize
+    }
+
+    /// The slot of page `page`, for a change to that page alone: a compact chunk is
+    /// expanded first.
+    pub fn slot_mut(&mut self, page: PageIdx) -> usize {
+        self.expand(page);
+        self.slot(page)
+    }
+
+    /// Gives every page of `page`'s chunk a slot of its own, a copy of the shared one.
+    pub fn expand(&mut self, page: PageIdx) {
+        let c = (page >> CHUNK_SHIFT) as usize;
+        let e = self.entry(c);
+        if e & DIR_COMPACT != 0 {
+            let first = self.slots.len();
+            assert!(first + CHUNK < DIR_COMPACT as usize, "more page slots than the directory can address");
+            // Grow by a thirty-second, not by doubling: expansions come one chunk at a time.
+            if self.slots.pte.capacity() < first + CHUNK {
+                self.slots.reserve_exact((first / 32).max(CHUNK));
+            }
+            let shared = self.slots.get((e & !DIR_COMPACT) as usize);
+            self.slots.push(CHUNK, shared);
+            self.dir[c] = first as u32;
+        }
+    }
+
+    /// Whether `page`'s chunk is compact (its pages share one slot).
+    pub fn is_compact(&self, page: PageIdx) -> bool {
+        self.entry((page >> CHUNK_SHIFT) as usize) & DIR_COMPACT != 0
+    }
+
+    /// The distinct slots of the chunk holding `page`: the shared one, or 512.
+    pub fn chunk_slots(&self, page: PageIdx) -> std::ops::Range<usize> {
+        let e = self.entry((page >> CHUNK_SHIFT) as usize);
+        let first = (e & !DIR_COMPACT) as usize;
+        first..first + if e & DIR_COMPACT != 0 { 1 } else { CHUNK }
+    }
+
+    /// The slots of the folio of `nr` pages at `first`: one page's, or a THP's chunk's.
+    pub fn folio_slots(&self, first: PageIdx, nr: u64) -> std::ops::Range<usize> {
+        if nr > 1 {
+            self.chunk_slots(first)
+        } else {
+            let s = self.slot(first);
+            s..s + 1
+        }
+    }
+
+    /// `pages` from `first` as runs of pages sharing a slot: `(page, count, slot)`.
+    pub fn runs(&self, first: PageIdx, pages: u64) -> impl Iterator<Item = (PageIdx, u64, usize)> + '_ {
+        let end = u64::from(first) + pages;
+        let mut page = u64::from(first);
+        std::iter::from_fn(move || {
+            (page < end).then(|| {
+                let p = page as PageIdx;
+                let n = if self.is_compact(p) { (u64::from(p | (CHUNK as u32 - 1)) + 1).min(end) - page } else { 1 };
+                page += n;
+                (p, n, self.slot(p))
+            })
+        })
+    }
+
+    /// The PTE of page `page`.
+    #[inline]
+    pub fn pte(&self, page: PageIdx) -> Pte {
+        self.slots.pte[self.slot(page)]
+    }
+
+    /// Page `page`'s PTE, for a change to that page alone (a compact chunk is expanded).
+    pub fn pte_mut(&mut self, page: PageIdx) -> &mut Pte {
+        let s = self.slot_mut(page);
+        &mut self.slots.pte[s]
+    }
+
+    per_page! {
+        last_cpupid, last_cpupid_mut: u32;
+        pins, pins_mut: u8;
+        refs, refs_mut: u8;
+        mapcount, mapcount_mut: u8;
+        frame_gen, frame_gen_mut: u16;
+        content, content_mut: u16;
+    }
+
+    #[inline]
+    pub fn present(&self, page: PageIdx) -> bool {
+        self.pte(page).nid != NUMA_NO_NODE
+    }
+
+    /// Whether the page has a frame of its own (a folio), not the shared zero page.
+    #[inline]
+    pub fn has_folio(&self, page: PageIdx) -> bool {
+        self.present(page) && self.pte(page).flags & PTE_ZERO == 0
+    }
+
+    #[inline]
+    pub fn protnone(&self, page: PageIdx) -> bool {
+        self.pte(page).flags & PTE_PROTNONE != 0
+    }
+
+    /// Bytes of simulator memory the page state holds (allocated capacity).
+    pub fn bytes(&self) -> usize {
+        self.slots.bytes() + self.dir.capacity() * std::mem::size_of::<u32>()
     }
 }
 
@@ -383,8 +627,41 @@ mod tests {
     #[test]
     fn page_state_fits_the_memory_budget() {
         let mut pages = Pages::default();
-        pages.grow(1 << 16);
+        pages.grow(1 << 16, false);
+        pages.grow(1000, false);
         let per_page = pages.bytes() as f64 / pages.len() as f64;
-        assert!(per_page <= 16.0, "{per_page} bytes per page");
+        assert!(per_page <= 13.0, "{per_page} bytes per 4 KiB page");
+        assert!((0..pages.len() as PageIdx).all(|p| pages.slot(p) == p as usize), "without THP slot i is page i");
+        let mut thp = Pages::default();
+        thp.grow(1 << 16, true);
+        let per_page = thp.bytes() as f64 / thp.len() as f64;
+        assert!(per_page <= 1.0, "{per_page} bytes per THP-backed page");
+    }
+
+    /// A compact chunk's pages share a slot; a change to one page expands the chunk into
+    /// copies of that slot, and only that page differs afterwards.
+    #[test]
+    fn a_compact_chunk_expands_on_a_change_to_one_page() {
+        let mut pages = Pages::default();
+        pages.grow(100, false);
+        let base = pages.grow(3 * CHUNK as u64 + 7, true);
+        assert_eq!(base, CHUNK as PageIdx, "THP-eligible pages start on a chunk boundary");
+        let (first, second) = (base, base + CHUNK as PageIdx);
+        assert!(pages.is_compact(first) && pages.is_compact(second));
+        assert!(!pages.is_compact(base + 3 * CHUNK as PageIdx), "a partly used last chunk has 512 slots");
+        for s in pages.chunk_slots(second) {
+            pages.slots.pte[s] = Pte { nid: 1, flags: PTE_YOUNG };
+            pages.slots.last_cpupid[s] = 42;
+        }
+        assert!((second..second + CHUNK as PageIdx).all(|p| pages.pte(p).nid == 1));
+        let before = pages.bytes();
+        pages.pte_mut(second + 5).flags |= PTE_PROTNONE;
+        assert!(!pages.is_compact(second) && pages.is_compact(first));
+        assert!(pages.bytes() > before);
+        assert!(pages.protnone(second + 5) && !pages.protnone(second + 4) && !pages.protnone(second + 6));
+        assert!((second..second + CHUNK as PageIdx).all(|p| pages.pte(p).nid == 1 && pages.last_cpupid(p) == 42));
+        let runs: Vec<(PageIdx, u64)> = pages.runs(first + 500, 20).map(|(p, n, _)| (p, n)).collect();
+        assert_eq!(runs[0], (first + 500, 12), "the rest of the compact chunk is one run");
+        assert_eq!(runs[1..], (0..8).map(|i| (second + i, 1)).collect::<Vec<_>>()[..]);
     }
 }

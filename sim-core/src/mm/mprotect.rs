@@ -5,9 +5,8 @@
 use bevy_ecs::prelude::*;
 
 use super::ksm::ksm_unmap;
-use super::memory::free_page_node;
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range, update_stale_gauge};
-use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx};
+use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pte};
 use crate::config::Syscall;
 use crate::engine::{Event, Nanos};
 use crate::kernel::Kernel;
@@ -69,19 +68,19 @@ pub fn mprotect_vma(k: &mut Kernel, mm: Entity, vma: usize, accessible: bool) {
         (v.base, v.pages)
     };
     let mut changed: Vec<PageIdx> = Vec::new();
-    for page in base..base + len as PageIdx {
-        let i = page as usize;
-        if !k.pages.present(page) {
+    let runs: Vec<_> = k.pages.runs(base, len).collect();
+    for (page, n, i) in runs {
+        let pte = &mut k.pages.slots.pte[i];
+        if pte.nid == NUMA_NO_NODE {
             continue;
         }
-        let protnone = k.pages.pte[i].flags & PTE_PROTNONE != 0;
-        if protnone == accessible {
-            changed.push(page);
+        if (pte.flags & PTE_PROTNONE != 0) == accessible {
+            changed.extend(page..page + n as PageIdx);
         }
         if accessible {
-            k.pages.pte[i].flags &= !PTE_PROTNONE;
+            pte.flags &= !PTE_PROTNONE;
         } else {
-            k.pages.pte[i].flags |= PTE_PROTNONE;
+            pte.flags |= PTE_PROTNONE;
         }
     }
     invalidate_range(k, mm, base, len, MmuNotifyEvent::ProtectionVma, |p| changed.binary_search(&p).is_ok());
@@ -103,23 +102,22 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
     let was_present: Vec<bool> = (base..base + len as PageIdx).map(|p| k.pages.present(p)).collect();
     invalidate_range(k, mm, base, len, MmuNotifyEvent::Unmap, |p| was_present[(p - base) as usize]);
     let mut freed = 0;
-    for page in base..base + len as PageIdx {
-        let i = page as usize;
-        let nid = k.pages.pte[i].nid;
+    let runs: Vec<_> = k.pages.runs(base, len).collect();
+    for (page, n, i) in runs {
+        let Pte { nid, flags } = k.pages.slots.pte[i];
         if nid == NUMA_NO_NODE {
             continue;
         }
-        let zero_page = k.pages.pte[i].flags & PTE_ZERO != 0;
-        if k.pages.pte[i].flags & PG_KSM != 0 {
+        let zero_page = flags & PTE_ZERO != 0;
+        if flags & PG_KSM != 0 {
             // A KSM frame goes with its last mapping.
             ksm_unmap(k, page);
-        } else if !zero_page && k.pages.pins[i] == 0 {
-            free_page_node(k, nid);
+        } else if !zero_page && k.pages.slots.pins[i] == 0 {
+            k.pgdat(nid).free_pages += n;
         }
-        k.pages.pte[i].nid = NUMA_NO_NODE;
-        k.pages.pte[i].flags = 0;
-        k.pages.mapcount[i] = 0;
-        freed += u64::from(!zero_page);
+        k.pages.slots.pte[i] = Pte { nid: NUMA_NO_NODE, flags: 0 };
+        k.pages.slots.mapcount[i] = 0;
+        freed += if zero_page { 0 } else { n };
     }
     k.mm(mm).rss -= freed;
 }

@@ -331,8 +331,8 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
 
 /// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE.
 fn change_pte(k: &mut Kernel, page: PageIdx, target_node: Option<Nid>, updated: &mut Vec<PageIdx>) {
-    let pages = &mut k.pages;
-    let i = page as usize;
+    let i = k.pages.slot(page);
+    let pages = &mut k.pages.slots;
     let nid = pages.pte[i].nid;
     // vm_normal_folio() has no folio for the zero page; KSM pages are skipped too.
     if nid == NUMA_NO_NODE || pages.pte[i].flags & (PTE_PROTNONE | PG_KSM | PTE_ZERO) != 0 {

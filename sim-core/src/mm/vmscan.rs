@@ -27,10 +27,12 @@ pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
             continue;
         }
         let base = s.base;
-        for (i, e) in s.entries.iter_mut().enumerate() {
-            if *e & (SPTE_VALID | SPTE_YOUNG) == SPTE_VALID | SPTE_YOUNG {
-                *e &= !SPTE_YOUNG;
-                secondary_young.push(base + i as PageIdx);
+        for i in 0..s.entries.len() {
+            if s.entries[i] & (SPTE_VALID | SPTE_YOUNG) == SPTE_VALID | SPTE_YOUNG {
+                // test_young on a 2 MiB entry answers for its whole block (the THP's folio).
+                let unit = s.unit(i);
+                s.entries[unit.clone()].iter_mut().for_each(|e| *e &= !SPTE_YOUNG);
+                secondary_young.extend(unit.map(|j| base + j as PageIdx));
             }
         }
     }
@@ -39,10 +41,10 @@ pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
     let pages = &k.pages;
     let only_secondary = secondary_young
         .iter()
-        .filter(|&&p| pages.has_folio(p) && pages.pte[p as usize].flags & (PTE_PROTNONE | PTE_YOUNG) == PTE_PROTNONE)
+        .filter(|&&p| pages.has_folio(p) && pages.pte(p).flags & (PTE_PROTNONE | PTE_YOUNG) == PTE_PROTNONE)
         .count();
     k.counters.young.secondary_only_protnone += only_secondary as u64;
-    for pte in k.pages.pte.iter_mut() {
+    for pte in k.pages.slots.pte.iter_mut() {
         pte.flags &= !PTE_YOUNG;
     }
     k.queue.schedule_in(aging.interval, Event::Aging);

@@ -234,8 +234,8 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
         let page = task.base + task.access.next_offset();
-        let i = page as usize;
-        let pte = k.pages.pte[i];
+        let i = k.pages.slot(page);
+        let pte = k.pages.slots.pte[i];
         let write = task.write_fraction > 0.0 && task.access.chance(task.write_fraction);
         // A PROT_NONE VMA's pages are all protnone or missing: only faults need the VMA.
         let page_nid =
@@ -249,11 +249,11 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
                         break;
                     }
                 }
-                k.pages.pte[i].nid
+                k.pages.pte(page).nid
             } else {
                 // Only dirty the cache line when the accessed bit is not set yet.
                 if pte.flags & PTE_YOUNG == 0 {
-                    k.pages.pte[i].flags |= PTE_YOUNG;
+                    k.pages.slots.pte[i].flags |= PTE_YOUNG;
                 }
                 pte.nid
             };

@@ -456,7 +456,8 @@ pub fn task_numa_fault(
 pub fn should_numa_migrate_memory(k: &mut Kernel, f: &Faulter, page: PageIdx, src_nid: Nid) -> bool {
     let dst_nid = f.nid;
     let this_cpupid = cpu_pid_to_cpupid(f.cpu, f.pid);
-    let last_cpupid = std::mem::replace(&mut k.pages.last_cpupid[page as usize], this_cpupid);
+    let slot = k.pages.slot(page);
+    let last_cpupid = std::mem::replace(&mut k.pages.slots.last_cpupid[slot], this_cpupid);
     let (preferred, scan_seq, in_group, mm) = match f.task.as_deref() {
         Some(p) => (p.numa_preferred_nid, p.numa_scan_seq, p.in_group, Some(p.mm)),
         None => (None, 0, false, None),
