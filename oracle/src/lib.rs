@@ -6,6 +6,7 @@
 //! and turns the samples the guest streams over ttyS1 into result files.
 
 pub mod guest_bin;
+pub mod gupdev;
 pub mod initramfs;
 pub mod kernel;
 pub mod plan;
@@ -91,6 +92,9 @@ pub fn run_on_kernel(cfg: &Config, k: &KernelSpec, out: &Path) -> Result<KernelR
     let _ = std::fs::remove_file(&initrd);
     let frames = read_frames(&boot.data);
     let _ = std::fs::remove_file(&boot.data);
+    if let Some(Frame::Unsupported { message }) = frames.iter().find(|f| matches!(f, Frame::Unsupported { .. })) {
+        return Err(OracleError::Input(format!("kernel {}: {message}", k.release())));
+    }
     let outcome = collect(&frames).map_err(|message| OracleError::Guest {
         message: if boot.timed_out {
             format!("the guest did not finish within {} s (QEMU was killed): {message}", timeout.as_secs())
@@ -130,7 +134,9 @@ fn collect(frames: &[Frame]) -> Result<Outcome, String> {
             Frame::Hello { release, uptime_s } => (o.release, o.boot_s) = (release.clone(), *uptime_s),
             Frame::Started { setup_ms } => o.setup_ms = *setup_ms,
             Frame::Sample(s) => o.samples.push(s.clone()),
-            Frame::Error { message } => return Err(format!("the guest reported: {message}")),
+            Frame::Error { message } | Frame::Unsupported { message } => {
+                return Err(format!("the guest reported: {message}"));
+            }
             Frame::Done { elapsed_ms } => (done, o.elapsed_ms) = (true, *elapsed_ms),
         }
     }
@@ -205,6 +211,16 @@ fn write_initramfs(dir: &Path, guest: &Path, plan: &Plan, k: &KernelSpec) -> Res
     if let Some(b) = &brd {
         files.push(("brd.ko", 0o644, b));
     }
+    let gupdev = match plan.smmus.is_empty() {
+        true => None,
+        false => {
+            let ko = gupdev::module_for(k)?;
+            Some(std::fs::read(&ko).map_err(|e| OracleError::Io(format!("{}: {e}", ko.display())))?)
+        }
+    };
+    if let Some(g) = &gupdev {
+        files.push(("gupdev.ko", 0o644, g));
+    }
     let dirs = ["dev", "proc", "sys", "tmp"];
     let path = dir.join(".initramfs.cpio");
     std::fs::write(&path, initramfs::newc(&dirs, &files))
@@ -265,6 +281,8 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         release: &o.release,
         sim_version: k.sim_version().name(),
         gup_policy: sim_core::version::Rules::of(k.sim_version(), None).gup.name(),
+        notifier: cfg.kernel.notifier.name(),
+        aging: cfg.aging.enabled,
         wall_s: run.wall_s,
     };
     let guest_json = serde_json::json!({
@@ -282,6 +300,6 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "final_sample": o.samples.last(),
     });
     write("guest.json", (serde_json::to_string_pretty(&guest_json).expect("json") + "\n").as_bytes())?;
-    let summary = results::summary(&info, &o.samples);
+    let summary = results::summary(&info, plan, &o.samples);
     write("summary.json", (serde_json::to_string_pretty(&summary).expect("json") + "\n").as_bytes())
 }

@@ -1,10 +1,13 @@
 //! A resolved numasim config as the guest's [`Plan`]: thread blocks expanded, slices cut,
 //! initial CPUs chosen as numasim's placer chooses them, knobs turned into file writes.
 
-use guest::{ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, ThreadPlan, Touch, VmaPlan};
+use guest::{
+    ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, SmmuKind, SmmuPlan, ThreadPlan, Touch,
+    VmaPlan,
+};
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, GupPath, HugepageAdvice, MachineConfig, PatternKind, Syscall, Thp,
-    ThreadConfig,
+    Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HugepageAdvice, MachineConfig, NotifierMode,
+    PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
 };
 
 use workloads::Placer;
@@ -18,13 +21,6 @@ const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";
 
 /// The plan for `c`, or why the guest cannot realise it.
 pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
-    if let Some(vm) = c.vm.first() {
-        return Err(OracleError::Input(format!(
-            "[[vm]] `{}`: a KVM guest inside the oracle's QEMU needs nested virtualisation, which this \
-             machine does not have (-accel kvm does not work here); run the scenario without [[vm]]",
-            vm.name
-        )));
-    }
     let m = &c.machine;
     let mut placer = Placer::new(m.nodes, m.cpus_per_node);
     let mut processes: Vec<ProcessPlan> = c
@@ -32,18 +28,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         .iter()
         .map(|p| ProcessPlan {
             name: p.name.clone(),
-            vmas: p
-                .vma
-                .iter()
-                .map(|v| VmaPlan {
-                    name: v.name.clone(),
-                    pages: v.size_mib * PAGES_PER_MIB,
-                    populate_node: v.populate_node,
-                    mergeable: v.mergeable,
-                    content_classes: v.content_classes,
-                    hugepage: v.hugepage.map(|h| h == HugepageAdvice::Madvise),
-                })
-                .collect(),
+            vmas: p.vma.iter().map(vma_plan).collect(),
             threads: p
                 .thread
                 .iter()
@@ -55,9 +40,13 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
             actions: Vec::new(),
         })
         .collect();
+    let mut smmus = Vec::new();
+    for vm in &c.vm {
+        processes.push(kvm_process(c, vm, processes.len(), &mut smmus, &mut placer));
+    }
     for a in &c.action {
         let (pi, vi) = locate(c, &a.process, &a.vma);
-        let size = c.process[pi].vma[vi].size_mib;
+        let size = vma_mib(c, pi, vi);
         let kind = match a.syscall {
             Syscall::Mprotect => ActionKind::Mprotect { protect_ms: a.protect_ms, period_ms: a.period_ms },
             Syscall::Munmap => ActionKind::Munmap,
@@ -74,8 +63,8 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
     let mut brd_kib = None;
     for d in &c.device {
         let (pi, vi) = locate(c, &d.process, &d.vma);
-        let pages = c.process[pi].vma[vi].size_mib * PAGES_PER_MIB;
-        match realisation(d) {
+        let pages = vma_mib(c, pi, vi) * PAGES_PER_MIB;
+        match realisation(c, d, pi, vi, &mut smmus) {
             Realisation::Remote(path) => remote_callers.push(RemoteCaller {
                 name: format!("device/{}", d.name),
                 node: d.node,
@@ -93,9 +82,17 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
                 if matches!(touch, Touch::ODirect { .. }) {
                     brd_kib = Some(crate::RAMDISK_KIB);
                 }
-                processes[pi].threads.push(device_thread(d, touch, vi, pages, m));
+                let cpus = driver_cpus(d, &processes[pi], m);
+                processes[pi].threads.push(device_thread(d, touch, vi, pages, cpus));
             }
         }
+    }
+    if smmus.len() > guest::MAX_SMMUS {
+        return Err(OracleError::Input(format!(
+            "{} secondary MMUs (gupdev devices and VMs): the guest runs at most {}",
+            smmus.len(),
+            guest::MAX_SMMUS
+        )));
     }
     Ok(Plan {
         probe: false,
@@ -107,24 +104,99 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         writes: writes(c),
         start_writes: vec![(NUMA_BALANCING.into(), u8::from(c.kernel.numa_balancing).to_string())],
         brd_kib,
+        smmus,
         processes,
         remote_callers,
     })
+}
+
+fn vma_plan(v: &VmaConfig) -> VmaPlan {
+    VmaPlan {
+        name: v.name.clone(),
+        pages: v.size_mib * PAGES_PER_MIB,
+        populate_node: v.populate_node,
+        mergeable: v.mergeable,
+        content_classes: v.content_classes,
+        hugepage: v.hugepage.map(|h| h == HugepageAdvice::Madvise),
+    }
+}
+
+/// A `[[vm]]` as a KVM-like guest-memory toucher: a process whose one VMA `ram` is the guest
+/// memory and whose vCPU threads touch it through one gupdev secondary MMU (its EPT): a
+/// miss maps the page by GUP from the vCPU thread with FOLL_HONOR_NUMA_FAULT when
+/// `kvm.honor_numa_fault` says KVM passes it (hva_to_pfn_slow()), FOLL_WRITE for a guest
+/// that writes. No guest kernel runs: the vCPUs are the scenario's touch pattern.
+fn kvm_process(c: &Config, vm: &VmConfig, pi: usize, smmus: &mut Vec<SmmuPlan>, placer: &mut Placer) -> ProcessPlan {
+    let pages = vm.memory_mib * PAGES_PER_MIB;
+    let smmu = smmus.len();
+    smmus.push(SmmuPlan {
+        name: format!("kvm/{}", vm.name),
+        kind: SmmuKind::Kvm,
+        process: pi,
+        vma: 0,
+        notifier: notifier_of(c),
+        kthread_node: None,
+        write: vm.vcpus.write_fraction > 0.0,
+        honor_numa_fault: c.kvm.honor_numa_fault,
+        pin: false,
+    });
+    let ram = VmaConfig {
+        name: "ram".into(),
+        size_mib: vm.memory_mib,
+        populate_node: vm.populate_node,
+        mergeable: vm.mergeable,
+        content_classes: vm.content_classes,
+        hugepage: vm.hugepage,
+    };
+    let mut threads = expand_block(&vm.name, &vm.vcpus, 0, pages, &c.machine, placer);
+    for t in &mut threads {
+        t.touch = Touch::Smmu { smmu };
+    }
+    ProcessPlan { name: vm.name.clone(), vmas: vec![vma_plan(&ram)], threads, actions: Vec::new() }
+}
+
+/// gupdev's notifier for `kernel.notifier`.
+fn notifier_of(c: &Config) -> u32 {
+    match c.kernel.notifier {
+        NotifierMode::Unconditional => 1,
+        NotifierMode::Smart => 2,
+    }
 }
 
 /// How the guest realises a device.
 enum Realisation {
     /// A process of its own on the device's node.
     Remote(RemotePath),
-    /// A thread of the owner bound to the device's node (the I/O must be on the caller's own mm).
+    /// A thread of the owner: bound to the device's node when the I/O must be on the caller's
+    /// own mm (O_DIRECT, io_uring), on the owner's first thread's CPUs for a driver in the
+    /// owner's context.
     InProcess(Touch),
 }
 
 /// `mode = "pin"` is a long-term pin; a notifier device is its `gup_path`. O_DIRECT from a
 /// read device writes the buffer to the disk (GUP without FOLL_WRITE), from a write device
-/// reads the disk into the buffer (FOLL_WRITE).
-fn realisation(d: &DeviceConfig) -> Realisation {
+/// reads the disk into the buffer (FOLL_WRITE). A `driver` device is a gupdev secondary MMU:
+/// a `worker` driver GUPs from a kernel thread on the device's node (any process may hold
+/// the device: it gets one of its own), an `owner` driver in the owner's first thread.
+fn realisation(c: &Config, d: &DeviceConfig, pi: usize, vi: usize, smmus: &mut Vec<SmmuPlan>) -> Realisation {
     match (d.mode, d.gup_path) {
+        (_, GupPath::Driver) => {
+            let smmu = smmus.len();
+            let worker = d.gup_context == GupContext::Worker;
+            let pin = d.mode == DeviceMode::Pin;
+            smmus.push(SmmuPlan {
+                name: format!("device/{}", d.name),
+                kind: SmmuKind::Device,
+                process: pi,
+                vma: vi,
+                notifier: if pin { 0 } else { notifier_of(c) },
+                kthread_node: worker.then_some(d.node),
+                write: d.access == Access::Write,
+                honor_numa_fault: false,
+                pin,
+            });
+            if worker { Realisation::Remote(RemotePath::Smmu { smmu }) } else { Realisation::InProcess(Touch::Smmu { smmu }) }
+        }
         (DeviceMode::Pin, _) => Realisation::InProcess(Touch::LongtermPin),
         (DeviceMode::Notifier, GupPath::ProcessVm) => Realisation::Remote(RemotePath::ProcessVm),
         (DeviceMode::Notifier, GupPath::ProcMem) => Realisation::Remote(RemotePath::ProcMem),
@@ -134,8 +206,18 @@ fn realisation(d: &DeviceConfig) -> Realisation {
     }
 }
 
-fn device_thread(d: &DeviceConfig, touch: Touch, vma: usize, pages: u64, m: &MachineConfig) -> ThreadPlan {
-    let cpus: Vec<u32> = (d.node * m.cpus_per_node..(d.node + 1) * m.cpus_per_node).collect();
+/// Where a device thread inside the owner runs: an `owner`-context driver on the owner's
+/// first thread's CPUs (numasim runs its GUP there), anything else on the device's node.
+fn driver_cpus(d: &DeviceConfig, owner: &ProcessPlan, m: &MachineConfig) -> Vec<u32> {
+    let first = owner.threads.iter().find(|t| t.touch == Touch::Cpu);
+    match (d.gup_path, d.gup_context, first) {
+        (GupPath::Driver, GupContext::Owner, Some(t)) if !t.cpus.is_empty() => t.cpus.clone(),
+        (GupPath::Driver, GupContext::Owner, Some(t)) => vec![t.start_cpu],
+        _ => (d.node * m.cpus_per_node..(d.node + 1) * m.cpus_per_node).collect(),
+    }
+}
+
+fn device_thread(d: &DeviceConfig, touch: Touch, vma: usize, pages: u64, cpus: Vec<u32>) -> ThreadPlan {
     ThreadPlan {
         name: format!("device/{}", d.name),
         vma,
@@ -153,10 +235,22 @@ fn device_thread(d: &DeviceConfig, touch: Touch, vma: usize, pages: u64, m: &Mac
     }
 }
 
+/// A process or VM by name, and its VMA (a VM's one VMA is `ram`), as plan indices: VMs
+/// come after the processes.
 fn locate(c: &Config, process: &str, vma: &str) -> (usize, usize) {
-    let pi = c.process.iter().position(|p| p.name == process).expect("validated: devices and actions name a process");
-    let vi = c.process[pi].vma.iter().position(|v| v.name == vma).expect("validated: and one of its VMAs");
-    (pi, vi)
+    if let Some(pi) = c.process.iter().position(|p| p.name == process) {
+        let vi = c.process[pi].vma.iter().position(|v| v.name == vma).expect("validated: and one of its VMAs");
+        return (pi, vi);
+    }
+    let vm = c.vm.iter().position(|v| v.name == process).expect("validated: devices and actions name a process or vm");
+    (c.process.len() + vm, 0)
+}
+
+fn vma_mib(c: &Config, pi: usize, vi: usize) -> u64 {
+    match c.process.get(pi) {
+        Some(p) => p.vma[vi].size_mib,
+        None => c.vm[pi - c.process.len()].memory_mib,
+    }
 }
 
 /// The threads of block `t`, named and sliced as numasim's workloads::add_threads() does.

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use guest::{Plan, Sample};
+use guest::{Plan, RemotePath, Sample, SmmuKind, Touch};
 use serde_json::{Map, Value, json};
 
 /// vmstat counters numasim and /proc/vmstat share, in numasim's order.
@@ -48,6 +48,10 @@ pub struct RunInfo<'a> {
     pub release: &'a str,
     pub sim_version: &'a str,
     pub gup_policy: &'a str,
+    /// `kernel.notifier` (what gupdev's devices ran with).
+    pub notifier: &'a str,
+    /// The scenario ages pages (`aging.enabled`): the guest does not, so young.* is unknown.
+    pub aging: bool,
     pub wall_s: f64,
 }
 
@@ -56,10 +60,36 @@ fn delta(last: &Sample, first: &Sample, name: &str) -> u64 {
     get(last).saturating_sub(get(first))
 }
 
-/// Touches by CPU threads and by devices (GUP callers) in `s`.
-fn touches(s: &Sample) -> (u64, u64) {
-    s.threads.iter().fold((0, 0), |(cpu, dev), t| {
-        if t.name.starts_with("device/") { (cpu, dev + t.touches) } else { (cpu + t.touches, dev) }
+/// Who a guest thread touches for: its numasim touch counter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Toucher {
+    Cpu,
+    Device,
+    Kvm,
+}
+
+/// The toucher kind of every thread slot of `plan` (vCPUs are the threads of a VM's process
+/// that touch through its KVM-like secondary MMU).
+fn touchers(plan: &Plan) -> BTreeMap<String, Toucher> {
+    let kind = |name: &str, touch: Touch| match touch {
+        _ if name.starts_with("device/") => Toucher::Device,
+        Touch::Smmu { smmu } if plan.smmus[smmu].kind == SmmuKind::Kvm => Toucher::Kvm,
+        _ => Toucher::Cpu,
+    };
+    let threads = plan.processes.iter().flat_map(|p| &p.threads).map(|t| (t.name.clone(), kind(&t.name, t.touch)));
+    threads.chain(plan.remote_callers.iter().map(|c| (c.name.clone(), Toucher::Device))).collect()
+}
+
+/// Touches by CPU threads, devices (GUP callers) and vCPUs in `s`.
+fn touches(s: &Sample, kinds: &BTreeMap<String, Toucher>) -> [u64; 3] {
+    s.threads.iter().fold([0; 3], |mut acc, t| {
+        let i = match kinds.get(&t.name).copied().unwrap_or(Toucher::Cpu) {
+            Toucher::Cpu => 0,
+            Toucher::Device => 1,
+            Toucher::Kvm => 2,
+        };
+        acc[i] += t.touches;
+        acc
     })
 }
 
@@ -69,22 +99,84 @@ fn ksm_merged(last: &Sample, first: &Sample) -> u64 {
     (mapped(last) + delta(last, first, "cow_ksm")).saturating_sub(mapped(first))
 }
 
+/// What gupdev measured, by numasim's names, and which of numasim's names that covers.
+struct SmmuCounters {
+    values: Vec<(&'static str, u64)>,
+    measured: Vec<&'static str>,
+}
+
+/// A gupdev counter summed over the secondary MMUs of `kind` (all when None).
+fn smmu_sum(s: &Sample, kind: Option<SmmuKind>, field: &str) -> u64 {
+    s.smmus.iter().filter(|m| kind.is_none() || m.kind == kind).filter_map(|m| m.stats.get(field)).sum()
+}
+
+/// The module's counters under numasim's names. Staleness counts only when every device and
+/// VM of the scenario has a gupdev secondary MMU (user-space GUP callers keep no mappings to
+/// go stale, unlike the model's devices); young.* also needs a scenario without page aging
+/// (the guest runs none; nothing else ages pages without memory pressure). Hinting faults
+/// are the module's vmstat deltas around its GUP calls (system-wide: see gupdev's README).
+/// `stale.mappings_max` sums each device's own maximum: exact with one device, an upper
+/// bound of the gauge's maximum with more.
+fn smmu_counters(plan: &Plan, info: &RunInfo<'_>, last: &Sample) -> SmmuCounters {
+    let mut out = SmmuCounters { values: Vec::new(), measured: Vec::new() };
+    if plan.smmus.is_empty() {
+        return out;
+    }
+    let devices_all_smmu = plan.remote_callers.iter().all(|c| matches!(c.path, RemotePath::Smmu { .. }))
+        && plan.processes.iter().flat_map(|p| &p.threads).all(|t| matches!(t.touch, Touch::Cpu | Touch::Smmu { .. }));
+    let has_kvm = plan.smmus.iter().any(|m| m.kind == SmmuKind::Kvm);
+    let mut add = |name: &'static str, v: u64| {
+        out.values.push((name, v));
+        out.measured.push(name);
+    };
+    if devices_all_smmu {
+        add("stale.mappings_max", smmu_sum(last, None, "stale_mappings_max"));
+        add("stale.mapping_ns", smmu_sum(last, None, "stale_mapping_ns"));
+        add("stale.accesses", smmu_sum(last, None, "stale_accesses"));
+        add("stale.mappings", smmu_sum(last, None, "stale_mappings"));
+        add("hint_faults_by_source.device", smmu_sum(last, Some(SmmuKind::Device), "hint_faults"));
+        if !info.aging {
+            add("young.secondary_only_protnone", smmu_sum(last, None, "young_secondary_only_protnone"));
+        }
+    }
+    if has_kvm {
+        add("hint_faults_by_source.kvm", smmu_sum(last, Some(SmmuKind::Kvm), "hint_faults"));
+    }
+    out
+}
+
+/// Sets `group.name` in a summary object.
+fn set(summary: &mut Value, dotted: &str, v: u64) {
+    let (group, name) = dotted.split_once('.').expect("a dotted name");
+    let g = summary.as_object_mut().expect("an object").entry(group).or_insert_with(|| json!({}));
+    g[name] = json!(v);
+}
+
 /// summary.json for samples `s` (the first is the workload's start).
-pub fn summary(info: &RunInfo<'_>, s: &[Sample]) -> Value {
+pub fn summary(info: &RunInfo<'_>, plan: &Plan, s: &[Sample]) -> Value {
     let (first, last) = (&s[0], &s[s.len() - 1]);
     let elapsed_s = (last.t_ms - first.t_ms) / 1e3;
-    let (cpu, device) = touches(last);
+    let kinds = touchers(plan);
+    let [cpu, device, kvm] = touches(last, &kinds);
     let vmstat: Map<String, Value> = VMSTAT.iter().map(|n| (n.to_string(), json!(delta(last, first, n)))).collect();
     let kernel_vmstat: Map<String, Value> =
         last.vmstat.keys().map(|n| (n.clone(), json!(delta(last, first, n)))).collect();
     let kernel_ksm: Map<String, Value> = last.ksm.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-    let rate = if elapsed_s > 0.0 { (cpu + device) as f64 / elapsed_s } else { 0.0 };
-    json!({
+    let rate = if elapsed_s > 0.0 { (cpu + device + kvm) as f64 / elapsed_s } else { 0.0 };
+    let smmu = smmu_counters(plan, info, last);
+    let has_kvm = kinds.values().any(|k| *k == Toucher::Kvm);
+    let not_measured: Vec<&str> = NOT_MEASURED
+        .iter()
+        .copied()
+        .filter(|m| !smmu.measured.contains(m) && !(has_kvm && *m == "touches.kvm"))
+        .collect();
+    let kernel_smmu: Map<String, Value> = last.smmus.iter().map(|m| (m.name.clone(), json!(m.stats))).collect();
+    let mut out = json!({
         "scenario": info.scenario,
         "seed": info.seed,
         "kernel_version": info.sim_version,
         "gup_policy": info.gup_policy,
-        "notifier": "unconditional",
+        "notifier": info.notifier,
         "source": info.release,
         "sim_time_ns": (elapsed_s * 1e9) as u64,
         "wall_s": info.wall_s,
@@ -94,8 +186,18 @@ pub fn summary(info: &RunInfo<'_>, s: &[Sample]) -> Value {
         "throughput": { "touches_per_s": rate },
         "kernel_vmstat": kernel_vmstat,
         "kernel_ksm": kernel_ksm,
-        "not_measured": NOT_MEASURED,
-    })
+        "not_measured": not_measured,
+    });
+    if has_kvm {
+        set(&mut out, "touches.kvm", kvm);
+    }
+    for (name, v) in smmu.values.iter().filter(|(n, _)| *n != "stale.mappings") {
+        set(&mut out, name, *v);
+    }
+    if !kernel_smmu.is_empty() {
+        out["kernel_gupdev"] = Value::Object(kernel_smmu);
+    }
+    out
 }
 
 /// timeseries.csv: one row per sample after the first, counters as interval deltas.
@@ -113,6 +215,9 @@ pub fn timeseries(plan: &Plan, s: &[Sample]) -> String {
     }
     let ksm_keys: Vec<&String> = s[0].ksm.keys().collect();
     header.extend(ksm_keys.iter().map(|k| format!("kernel.ksm.{k}")));
+    if !plan.smmus.is_empty() {
+        header.extend(["stale.mappings", "stale.accesses"].map(String::from));
+    }
     let mut out = header.join(",") + "\n";
     for w in s.windows(2) {
         out += &row(plan, &w[0], &w[1], &ksm_keys).join(",");
@@ -124,9 +229,10 @@ pub fn timeseries(plan: &Plan, s: &[Sample]) -> String {
 fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<String> {
     let mut r = vec![format!("{}", cur.t_ms.round())];
     r.extend(VMSTAT.iter().map(|n| delta(cur, prev, n).to_string()));
-    let ((c0, d0), (c1, d1)) = (touches(prev), touches(cur));
+    let kinds = touchers(plan);
+    let ([c0, d0, k0], [c1, d1, k1]) = (touches(prev, &kinds), touches(cur, &kinds));
     let span_s = (cur.t_ms - prev.t_ms) / 1e3;
-    let rate = if span_s > 0.0 { ((c1 + d1) - (c0 + d0)) as f64 / span_s } else { 0.0 };
+    let rate = if span_s > 0.0 { ((c1 + d1 + k1) - (c0 + d0 + k0)) as f64 / span_s } else { 0.0 };
     r.extend([(c1 - c0).to_string(), (d1 - d0).to_string(), ksm_merged(cur, prev).to_string(), rate.to_string()]);
     let mut used = vec![0u64; plan.nodes as usize];
     for (_, nodes) in &cur.vmas {
@@ -144,6 +250,11 @@ fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<St
         r.extend(nodes.iter().map(u64::to_string));
     }
     r.extend(ksm_keys.iter().map(|k| cur.ksm.get(*k).copied().unwrap_or(0).to_string()));
+    if !plan.smmus.is_empty() {
+        let accesses = |s: &Sample| smmu_sum(s, None, "stale_accesses");
+        r.push(smmu_sum(cur, None, "stale_mappings").to_string());
+        r.push(accesses(cur).saturating_sub(accesses(prev)).to_string());
+    }
     r
 }
 

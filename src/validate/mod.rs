@@ -201,8 +201,12 @@ fn run_one(
         (compare::Cell::Value(s), compare::Cell::Value(k)) if k > 0.0 => Some(s / k),
         _ => None,
     };
-    let (cpu, device) = (shortfall("touches.cpu"), shortfall("touches.device"));
-    if calibrate::refine(&mut sim, &mut outcome.calibration, cpu, device) {
+    let short = calibrate::Shortfall {
+        cpu: shortfall("touches.cpu"),
+        device: shortfall("touches.device"),
+        kvm: shortfall("touches.kvm"),
+    };
+    if calibrate::refine(&mut sim, &mut outcome.calibration, short) {
         side = run_sim(&sim, &sim_dir)?;
     }
     outcome.rows = compare::rows(&side, &kernel, tolerances(config), pages(config));
