@@ -371,11 +371,50 @@ mod tests {
         assert_eq!(plan.processes[0].vmas[0].hugepage, Some(true));
     }
 
+    const OWNER: &str = "[machine]\nnodes = 2\ncpus_per_node = 2\n[[process]]\nname = \"p\"\n[[process.vma]]\n\
+        name = \"b\"\nsize_mib = 4\n[[process.thread]]\nvma = \"b\"\ncount = 2\ncpus = [0, 1]\n";
+
     #[test]
-    fn a_vm_is_refused_with_the_reason() {
-        let c = config("[[vm]]\nname = \"g\"\nmemory_mib = 64\n");
-        let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("a vm must be refused") };
-        assert!(msg.contains("nested virtualisation"), "{msg}");
+    fn a_driver_device_is_a_gupdev_secondary_mmu_in_its_gup_context() {
+        let dev = "[[device]]\nname = \"d\"\nnode = 1\nprocess = \"p\"\nvma = \"b\"\ngup_path = \"driver\"\n";
+        let c = config(&format!("{OWNER}[kernel]\nnotifier = \"smart\"\n{dev}access = \"write\"\n"));
+        let plan = plan_of(&c).unwrap();
+        let m = &plan.smmus[0];
+        assert_eq!((m.name.as_str(), m.kind, m.notifier, m.kthread_node), ("device/d", SmmuKind::Device, 2, Some(1)));
+        assert!(m.write && !m.pin && !m.honor_numa_fault);
+        // A worker driver GUPs from a kthread on its node: any process may hold the device.
+        assert_eq!(plan.remote_callers[0].path, RemotePath::Smmu { smmu: 0 });
+        // An owner-context driver runs in the owner, on its first thread's CPUs.
+        let c = config(&format!("{OWNER}{dev}gup_context = \"owner\"\n"));
+        let plan = plan_of(&c).unwrap();
+        assert!(plan.remote_callers.is_empty());
+        let t = plan.processes[0].threads.last().unwrap();
+        assert_eq!((t.name.as_str(), t.touch, t.cpus.as_slice()), ("device/d", Touch::Smmu { smmu: 0 }, &[0, 1][..]));
+        assert_eq!((plan.smmus[0].notifier, plan.smmus[0].kthread_node), (1, None));
+        // A pinning driver has no notifier: its entries hold FOLL_PIN | FOLL_LONGTERM pins.
+        let c = config(&format!("{OWNER}{dev}mode = \"pin\"\n"));
+        let m = &plan_of(&c).unwrap().smmus[0];
+        assert!(m.pin && m.notifier == 0);
+        // The user-space paths stay as they were.
+        let c = config(&format!("{OWNER}{}", dev.replace("driver", "process-vm")));
+        let plan = plan_of(&c).unwrap();
+        assert!(plan.smmus.is_empty() && plan.remote_callers[0].path == RemotePath::ProcessVm);
+    }
+
+    #[test]
+    fn a_vm_is_a_kvm_like_toucher_whose_vcpus_share_one_secondary_mmu() {
+        let vm = "[[vm]]\nname = \"g\"\nmemory_mib = 8\npopulate_node = 0\n[vm.vcpus]\nname = \"vcpu\"\ncount = 2\nnode = 1\n";
+        for honor in [true, false] {
+            let c = config(&format!("{OWNER}[kvm]\nhonor_numa_fault = {honor}\n{vm}"));
+            let plan = plan_of(&c).unwrap();
+            let g = &plan.processes[1];
+            assert_eq!((g.name.as_str(), g.vmas[0].name.as_str(), g.vmas[0].pages), ("g", "ram", 2048));
+            assert_eq!(g.vmas[0].populate_node, Some(0));
+            assert_eq!(g.threads.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["g/vcpu/0", "g/vcpu/1"]);
+            assert!(g.threads.iter().all(|t| t.touch == Touch::Smmu { smmu: 0 } && t.start_cpu >= 2));
+            let m = &plan.smmus[0];
+            assert_eq!((m.kind, m.process, m.kthread_node, m.honor_numa_fault), (SmmuKind::Kvm, 1, None, honor));
+        }
     }
 
     #[test]

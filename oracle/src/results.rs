@@ -278,3 +278,137 @@ pub fn touch_rates(plan: &Plan, s: &[Sample]) -> BTreeMap<String, f64> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guest::{ProcessPlan, RemoteCaller, SmmuPlan, SmmuSample, ThreadPlan, ThreadSample};
+
+    fn info() -> RunInfo<'static> {
+        RunInfo {
+            scenario: "s",
+            seed: 1,
+            release: "6.12.117+deb12-amd64",
+            sim_version: "6.12",
+            gup_policy: "explicit",
+            notifier: "smart",
+            aging: false,
+            wall_s: 1.0,
+        }
+    }
+
+    fn smmu(name: &str, kind: SmmuKind) -> SmmuPlan {
+        SmmuPlan {
+            name: name.into(),
+            kind,
+            process: 0,
+            vma: 0,
+            notifier: 2,
+            kthread_node: None,
+            write: false,
+            honor_numa_fault: false,
+            pin: false,
+        }
+    }
+
+    fn sample(t_ms: f64, touches: [u64; 3], stats: [(&str, u64); 3]) -> Sample {
+        let names = ["p/w/0", "device/d", "g/vcpu/0"];
+        Sample {
+            t_ms,
+            threads: names
+                .iter()
+                .zip(touches)
+                .map(|(n, t)| ThreadSample { name: n.to_string(), touches: t, ..ThreadSample::default() })
+                .collect(),
+            smmus: ["device/d", "kvm/g"]
+                .iter()
+                .zip([SmmuKind::Device, SmmuKind::Kvm])
+                .map(|(n, kind)| SmmuSample {
+                    name: n.to_string(),
+                    kind: Some(kind),
+                    stats: stats.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                })
+                .collect(),
+            ..Sample::default()
+        }
+    }
+
+    fn thread(name: &str, touch: Touch) -> ThreadPlan {
+        ThreadPlan {
+            name: name.into(),
+            vma: 0,
+            first_page: 0,
+            pages: 1,
+            pattern: guest::Pattern::Sequential,
+            touch_lines: 1,
+            think_ns: 0,
+            write_fraction: 0.0,
+            start_ms: 0,
+            stop_ms: None,
+            start_cpu: 0,
+            cpus: Vec::new(),
+            touch,
+        }
+    }
+
+    fn plan(device_path: RemotePath) -> Plan {
+        Plan {
+            nodes: 2,
+            cpus_per_node: 2,
+            smmus: vec![smmu("device/d", SmmuKind::Device), smmu("kvm/g", SmmuKind::Kvm)],
+            processes: vec![
+                ProcessPlan { threads: vec![thread("p/w/0", Touch::Cpu)], ..ProcessPlan::default() },
+                ProcessPlan { threads: vec![thread("g/vcpu/0", Touch::Smmu { smmu: 1 })], ..ProcessPlan::default() },
+            ],
+            remote_callers: vec![RemoteCaller {
+                name: "device/d".into(),
+                node: 1,
+                process: 0,
+                vma: 0,
+                write: false,
+                path: device_path,
+                pattern: guest::Pattern::Sequential,
+                touch_lines: 1,
+                think_ns: 0,
+                start_ms: 0,
+                stop_ms: None,
+            }],
+            ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn gupdev_counters_fill_numasim_names_and_leave_not_measured() {
+        let p = plan(RemotePath::Smmu { smmu: 0 });
+        let stats = [("stale_accesses", 7), ("stale_mappings_max", 5), ("hint_faults", 11)];
+        let s = [sample(0.0, [0; 3], [("stale_accesses", 0), ("stale_mappings_max", 0), ("hint_faults", 0)])];
+        let s = [s[0].clone(), sample(1000.0, [10, 20, 30], stats)];
+        let v = summary(&info(), &p, &s);
+        // Sums over both secondary MMUs for stale.*, by kind for the hinting faults.
+        assert_eq!((v["stale"]["accesses"].as_u64(), v["stale"]["mappings_max"].as_u64()), (Some(14), Some(10)));
+        assert_eq!(v["hint_faults_by_source"]["device"].as_u64(), Some(11));
+        assert_eq!(v["hint_faults_by_source"]["kvm"].as_u64(), Some(11));
+        assert_eq!((v["touches"]["cpu"].as_u64(), v["touches"]["device"].as_u64()), (Some(10), Some(20)));
+        assert_eq!(v["touches"]["kvm"].as_u64(), Some(30));
+        assert_eq!(v["notifier"], "smart");
+        let nm: Vec<&str> = v["not_measured"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
+        for m in ["stale.accesses", "young.secondary_only_protnone", "hint_faults_by_source.kvm", "touches.kvm"] {
+            assert!(!nm.contains(&m), "{m} is measured: {nm:?}");
+        }
+        assert!(nm.contains(&"locality.device") && nm.contains(&"hint_faults_by_source.cpu"));
+        assert_eq!(v["kernel_gupdev"]["device/d"]["hint_faults"].as_u64(), Some(11));
+    }
+
+    /// A user-space GUP caller keeps no mapping that could go stale: with one in the
+    /// scenario, staleness stays unmeasured (the model's device has a secondary MMU).
+    #[test]
+    fn staleness_is_not_measured_beside_a_user_space_gup_caller() {
+        let p = plan(RemotePath::ProcessVm);
+        let s = [sample(0.0, [0; 3], [("a", 0); 3]), sample(1000.0, [1, 2, 3], [("stale_accesses", 3); 3])];
+        let v = summary(&info(), &p, &s);
+        assert!(v["stale"].is_null(), "{v}");
+        let nm: Vec<&str> = v["not_measured"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
+        assert!(nm.contains(&"stale.accesses") && nm.contains(&"hint_faults_by_source.device"));
+        assert!(!nm.contains(&"hint_faults_by_source.kvm"));
+    }
+}
