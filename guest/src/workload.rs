@@ -182,8 +182,14 @@ fn run_thread(c: &ThreadCtx, t: &ThreadPlan, page: Page) -> Result<()> {
         }
         (Touch::LongtermPin, _) => crate::remote::hold_pin(shared, page.base, t.pages, stop),
         (Touch::Smmu { .. }, Some(smmu)) => {
-            let walk =
-                Walk { first_page: t.first_page, pages: t.pages, pattern: t.pattern, think_ns: t.think_ns, stop, seed: c.seed };
+            let walk = Walk {
+                first_page: t.first_page,
+                pages: t.pages,
+                pattern: t.pattern,
+                think_ns: t.think_ns,
+                stop,
+                seed: c.seed,
+            };
             crate::smmu::touch_loop(shared, c.plan, smmu, &walk, slot)
         }
         (Touch::Smmu { smmu }, None) => Err(format!("{}: secondary MMU {smmu} was not opened", t.name)),
@@ -192,7 +198,12 @@ fn run_thread(c: &ThreadCtx, t: &ThreadPlan, page: Page) -> Result<()> {
 
 /// Opens the secondary MMUs this process's threads touch through, one per device (a VM's
 /// vCPUs share their VM's, as they share its EPT), attached to the process's own mm.
-fn open_smmus(shared: &'static Shared, plan: &guest::Plan, pi: usize, vmas: &[Mapped<'_>]) -> Result<Vec<(usize, Arc<Smmu>)>> {
+fn open_smmus(
+    shared: &'static Shared,
+    plan: &guest::Plan,
+    pi: usize,
+    vmas: &[Mapped<'_>],
+) -> Result<Vec<(usize, Arc<Smmu>)>> {
     let mut out: Vec<(usize, Arc<Smmu>)> = Vec::new();
     for t in &plan.processes[pi].threads {
         let Touch::Smmu { smmu } = t.touch else { continue };

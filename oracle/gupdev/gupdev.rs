@@ -139,11 +139,7 @@ impl Device {
     fn ioctl<T>(&self, cmd: u64, arg: &mut T) -> io::Result<()> {
         // SAFETY: `arg` is a live #[repr(C)] value of the size encoded in `cmd`.
         let r = unsafe { libc::ioctl(self.file.as_raw_fd(), cmd as _, arg as *mut T) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     pub fn version(&self) -> io::Result<Version> {

@@ -23,9 +23,17 @@ pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
     if is_fresh(&ko, &src) {
         return Ok(ko);
     }
-    let target = match &k.build_dir {
-        Some(tree) => tree.display().to_string(),
-        None => k.release().to_string(),
+    let target = match (&k.build_dir, &k.headers_package) {
+        (Some(tree), _) => tree.display().to_string(),
+        (None, Some(_)) => k.release().to_string(),
+        (None, None) => {
+            return Err(OracleError::Input(format!(
+                "{}: the scenario needs the gupdev module (a `driver` device or a [[vm]]), which is built against \
+                 the kernel's build tree: no Module.symvers found in the tree the image sits in (arch/x86/boot/) \
+                 or beside it; build the kernel with `make` and boot arch/x86/boot/bzImage from that tree",
+                k.image.display()
+            )));
+        }
     };
     let built = Command::new(src.join("build.sh"))
         .arg(&target)

@@ -18,6 +18,8 @@ pub struct KernelSpec {
     /// The build tree of a user's kernel (with Module.symvers), for building gupdev.ko;
     /// None for Debian's kernels, whose headers package is found by release.
     pub build_dir: Option<PathBuf>,
+    /// Debian's headers package for this kernel (None for a user's image).
+    pub headers_package: Option<String>,
     /// The `kernel.version` of numasim whose rules this kernel's source has.
     sim_version: KernelVersion,
 }
@@ -117,6 +119,7 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
     check_config(&config, brd.is_some())?;
     Ok(KernelSpec {
         image: root.join("boot").join(format!("vmlinuz-{release}")),
+        headers_package: Some(format!("linux-headers-{release}")),
         release,
         brd,
         build_dir: None,
@@ -239,7 +242,14 @@ fn resolve_user_image(image: &Path) -> Result<KernelSpec, OracleError> {
     })?;
     check_config(&config, false)?;
     let build_dir = build_tree(image);
-    Ok(KernelSpec { image: image.to_path_buf(), sim_version: era_of(&release), release, brd: None, build_dir })
+    Ok(KernelSpec {
+        image: image.to_path_buf(),
+        sim_version: era_of(&release),
+        release,
+        brd: None,
+        build_dir,
+        headers_package: None,
+    })
 }
 
 /// The release string the boot protocol header points at (`kernel_version` at 0x20e).

@@ -77,6 +77,8 @@ pub fn preflight(cfg: &Config) -> Result<(), OracleError> {
 pub fn run_on_kernel(cfg: &Config, k: &KernelSpec, out: &Path) -> Result<KernelRun, OracleError> {
     let plan = plan::plan_of(cfg)?;
     let machine = machine_of(cfg)?;
+    // Before anything boots: a kernel the module cannot be built for is bad input.
+    let gupdev = if plan.smmus.is_empty() { None } else { Some(gupdev::module_for(k)?) };
     let qemu = qemu::qemu_binary()?;
     let guest = guest_bin::guest_binary()?;
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
@@ -85,7 +87,7 @@ pub fn run_on_kernel(cfg: &Config, k: &KernelSpec, out: &Path) -> Result<KernelR
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(out, e)),
         _ => {}
     }
-    let initrd = write_initramfs(out, &guest, &plan, k)?;
+    let initrd = write_initramfs(out, &guest, &plan, k, gupdev.as_deref())?;
     let accel = choose_accel(&qemu, k, &guest)?;
     let timeout = run_timeout(cfg);
     let boot = qemu::boot(&qemu, k, &initrd, &machine, accel, out, timeout)?;
@@ -198,7 +200,13 @@ fn run_timeout(cfg: &Config) -> Duration {
     Duration::from_secs(90 + cfg.run.duration_ms * 2 / 1000 + vmas / 16)
 }
 
-fn write_initramfs(dir: &Path, guest: &Path, plan: &Plan, k: &KernelSpec) -> Result<PathBuf, OracleError> {
+fn write_initramfs(
+    dir: &Path,
+    guest: &Path,
+    plan: &Plan,
+    k: &KernelSpec,
+    gupdev: Option<&Path>,
+) -> Result<PathBuf, OracleError> {
     let init = std::fs::read(guest).map_err(|e| OracleError::Io(format!("{}: {e}", guest.display())))?;
     let plan_json = serde_json::to_vec(plan).expect("plans serialize");
     let brd = match (plan.brd_kib, &k.brd) {
@@ -211,13 +219,9 @@ fn write_initramfs(dir: &Path, guest: &Path, plan: &Plan, k: &KernelSpec) -> Res
     if let Some(b) = &brd {
         files.push(("brd.ko", 0o644, b));
     }
-    let gupdev = match plan.smmus.is_empty() {
-        true => None,
-        false => {
-            let ko = gupdev::module_for(k)?;
-            Some(std::fs::read(&ko).map_err(|e| OracleError::Io(format!("{}: {e}", ko.display())))?)
-        }
-    };
+    let gupdev = gupdev
+        .map(|ko| std::fs::read(ko).map_err(|e| OracleError::Io(format!("{}: {e}", ko.display()))))
+        .transpose()?;
     if let Some(g) = &gupdev {
         files.push(("gupdev.ko", 0o644, g));
     }
@@ -256,7 +260,7 @@ fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleEr
     let dir = std::env::temp_dir().join(format!("numasim-kvm-probe-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| OracleError::Io(format!("{}: {e}", dir.display())))?;
     let plan = Plan { probe: true, nodes: 1, cpus_per_node: 1, ..Plan::default() };
-    let initrd = write_initramfs(&dir, guest, &plan, k)?;
+    let initrd = write_initramfs(&dir, guest, &plan, k, None)?;
     let m = qemu::Machine { nodes: 1, cpus_per_node: 1, mib_per_node: HEADROOM_MIB, distance: None };
     let ok = qemu::boot(qemu, k, &initrd, &m, Accel::Kvm, &dir, Duration::from_secs(20))
         .map(|b| !b.timed_out && read_frames(&b.data).iter().any(|f| matches!(f, Frame::Done { .. })))

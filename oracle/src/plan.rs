@@ -2,8 +2,8 @@
 //! initial CPUs chosen as numasim's placer chooses them, knobs turned into file writes.
 
 use guest::{
-    ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, SmmuKind, SmmuPlan, ThreadPlan, Touch,
-    VmaPlan,
+    ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, SmmuKind, SmmuPlan, ThreadPlan,
+    Touch, VmaPlan,
 };
 use sim_core::config::{
     Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HugepageAdvice, MachineConfig, NotifierMode,
@@ -195,7 +195,11 @@ fn realisation(c: &Config, d: &DeviceConfig, pi: usize, vi: usize, smmus: &mut V
                 honor_numa_fault: false,
                 pin,
             });
-            if worker { Realisation::Remote(RemotePath::Smmu { smmu }) } else { Realisation::InProcess(Touch::Smmu { smmu }) }
+            if worker {
+                Realisation::Remote(RemotePath::Smmu { smmu })
+            } else {
+                Realisation::InProcess(Touch::Smmu { smmu })
+            }
         }
         (DeviceMode::Pin, _) => Realisation::InProcess(Touch::LongtermPin),
         (DeviceMode::Notifier, GupPath::ProcessVm) => Realisation::Remote(RemotePath::ProcessVm),
