@@ -6,8 +6,8 @@ use guest::{
     Touch, VmaPlan,
 };
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HugepageAdvice, MachineConfig, NotifierMode,
-    PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
+    Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HugepageAdvice, MachineConfig, MainThread,
+    NotifierMode, PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
 };
 
 use workloads::Placer;
@@ -21,6 +21,13 @@ const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";
 
 /// The plan for `c`, or why the guest cannot realise it.
 pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
+    if let Some((pi, p)) = c.process.iter().enumerate().find(|(_, p)| p.main_thread == MainThread::First) {
+        return Err(OracleError::Input(format!(
+            "process[{pi}].main_thread = \"first\" (`{}`): the guest runs every configured thread as a \
+             clone of an idle main thread; use main_thread = \"idle\" to validate",
+            p.name
+        )));
+    }
     let m = &c.machine;
     let mut placer = Placer::new(m.nodes, m.cpus_per_node);
     let mut processes: Vec<ProcessPlan> = c
@@ -419,6 +426,13 @@ mod tests {
             let m = &plan.smmus[0];
             assert_eq!((m.kind, m.process, m.kthread_node, m.honor_numa_fault), (SmmuKind::Kvm, 1, None, honor));
         }
+    }
+
+    #[test]
+    fn a_working_main_thread_is_refused_with_the_key() {
+        let c = config("[[process]]\nname = \"p\"\nmain_thread = \"first\"\n");
+        let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("main_thread = first must be refused") };
+        assert!(msg.contains("process[0].main_thread"), "{msg}");
     }
 
     #[test]
