@@ -54,10 +54,10 @@ fn run(port: &mut DataPort) -> Result<()> {
     }
     let shared = Shared::map()?;
     let setup_start = sys::now_ns();
-    let children = spawn_children(shared, &plan)?;
-    wait_ready(shared, &plan, setup_start)?;
+    let children = spawn_children(shared, plan)?;
+    wait_ready(shared, plan, setup_start)?;
     port.send(&Frame::Started { setup_ms: (sys::now_ns() - setup_start) / 1_000_000 });
-    let result = sample_run(port, shared, &plan);
+    let result = sample_run(port, shared, plan);
     shared.stop.store(1, Ordering::Release);
     for _ in 0..children {
         sys::wait_child();
