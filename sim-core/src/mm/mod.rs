@@ -36,6 +36,10 @@ pub const PG_KSM: u8 = 1 << 2;
 /// PTE bit: the PTE maps the shared zero page (a read fault of untouched anonymous memory,
 /// `pte_mkspecial(pfn_pte(my_zero_pfn()))`): no folio, no RSS, on [`ZERO_PAGE_NID`].
 pub const PTE_ZERO: u8 = 1 << 3;
+/// ksmd's rmap_item for the page holds the checksum of its current content
+/// (`rmap_item->oldchecksum == calc_checksum(page)`): set when ksmd first scans the page,
+/// cleared when the content changes. Kept beside the PTE bits because it costs no byte.
+pub const RMAP_CHECKSUMMED: u8 = 1 << 4;
 /// What a write must copy before it may proceed (do_wp_page()): a KSM page or the zero page.
 pub const PTE_COW: u8 = PG_KSM | PTE_ZERO;
 /// The node of the shared zero page (x86's empty_zero_page sits in the kernel image).
