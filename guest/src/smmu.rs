@@ -37,10 +37,11 @@ pub const STATS_FIELDS: [&str; 20] = [
     "map_retries",
 ];
 
-/// Pages a sequential toucher maps per miss: the ones it touches next. A MAP from a kernel
-/// thread creates one (about 15 ms under TCG), which per page would make a device far
-/// slower than the model's; the hinting faults are the same, one per protnone page.
-const FAULT_AROUND: u64 = 64;
+/// Pages a sequential toucher maps per miss: the ones it touches next (one GUP batch of the
+/// module). A MAP from a kernel thread creates one (15–40 ms under TCG), which per page
+/// would make a device far slower than the model's; the hinting faults are the same, one
+/// per protnone page.
+const FAULT_AROUND: u64 = 512;
 
 /// Counters are published this long before each sample, so the sample sees them fresh.
 const PUBLISH_LEAD_NS: u64 = 10_000_000;
