@@ -31,9 +31,16 @@ const FULL_CONFIG: &str = "CONFIG_NUMA=y\nCONFIG_NUMA_BALANCING=y\nCONFIG_ACPI_N
     CONFIG_BLK_DEV_INITRD=y\nCONFIG_DEBUG_FS=y\nCONFIG_PROC_PAGE_MONITOR=y\nCONFIG_CROSS_MEMORY_ATTACH=y\n\
     CONFIG_IO_URING=y\n";
 
+/// A [[vm]] or a `driver` device runs in the gupdev module, built against the kernel: an
+/// image without its build tree is refused before anything boots.
 #[test]
-fn a_scenario_with_a_vm_is_refused_with_the_reason() {
-    rejected_with(numasim(&["kernel", "kvm-guest", "--kernel", "6.12"]), "nested virtualisation");
+fn a_scenario_needing_gupdev_on_a_kernel_it_cannot_be_built_for_is_refused() {
+    let dir = scratch("kernel-gupdev");
+    let image = fake_bzimage(&dir, FULL_CONFIG);
+    let out = dir.join("out");
+    let args = ["--set", "vm.0.memory_mib=16", "--out", s(&out)];
+    rejected_with(numasim(&[&["kernel", "kvm-guest", "--kernel", &image][..], &args[..]].concat()), "Module.symvers");
+    assert!(!out.join("summary.json").exists());
 }
 
 #[test]

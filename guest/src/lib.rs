@@ -15,6 +15,10 @@ pub const PAGE_SIZE: u64 = 4096;
 pub const PLAN_PATH: &str = "/plan.json";
 /// Where brd.ko lives in the initramfs (when the plan needs a ramdisk).
 pub const BRD_PATH: &str = "/brd.ko";
+/// Where gupdev.ko (oracle/gupdev/, built for the booted kernel) lives when the plan uses it.
+pub const GUPDEV_PATH: &str = "/gupdev.ko";
+/// Most gupdev devices (secondary MMUs) a plan may have.
+pub const MAX_SMMUS: usize = 16;
 /// Size of the brd ramdisk O_DIRECT callers use; a caller's page i uses block i mod its pages.
 pub const RAMDISK_KIB: u64 = 16 * 1024;
 /// The serial port the guest writes frames to (ttyS0 is the kernel console).
@@ -45,6 +49,10 @@ pub struct Plan {
     pub start_writes: Vec<(String, String)>,
     /// Load /brd.ko with one ramdisk of this many KiB (O_DIRECT GUP callers need it).
     pub brd_kib: Option<u64>,
+    /// Secondary MMUs realised by gupdev (load /gupdev.ko), indexed by [`Touch::Smmu`] and
+    /// [`RemotePath::Smmu`]; each is one open /dev/gupdev.
+    #[serde(default)]
+    pub smmus: Vec<SmmuPlan>,
     pub processes: Vec<ProcessPlan>,
     /// GUP callers in processes of their own (process_vm_*, /proc/PID/mem).
     pub remote_callers: Vec<RemoteCaller>,
@@ -102,6 +110,38 @@ pub enum Touch {
     ODirect { write_buffer: bool },
     /// Registers the whole range as io_uring fixed buffers (FOLL_LONGTERM pin) and holds it.
     LongtermPin,
+    /// Accesses through the secondary MMU `smmu` of [`Plan::smmus`] (gupdev), mapping what
+    /// is missing through its GUP: a device in the owner's context, or a KVM-like vCPU.
+    Smmu { smmu: usize },
+}
+
+/// Who a secondary MMU stands for: its counters go to numasim's names by kind.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum SmmuKind {
+    Device,
+    Kvm,
+}
+
+/// One gupdev device: its ATTACH and the flags of its MAPs (oracle/gupdev/README.md).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct SmmuPlan {
+    /// `device/<name>` or `kvm/<vm>`.
+    pub name: String,
+    pub kind: SmmuKind,
+    /// The process (index into [`Plan::processes`]) and VMA it maps.
+    pub process: usize,
+    pub vma: usize,
+    /// GUPDEV_NOTIFIER_*: 0 none (long-term pin), 1 unconditional, 2 smart.
+    pub notifier: u32,
+    /// GUP from a kernel thread on this node (MAP_KTHREAD); None: in the caller's context.
+    pub kthread_node: Option<u32>,
+    /// MAP_WRITE: map writable (FOLL_WRITE); accesses then write.
+    pub write: bool,
+    /// Pass FOLL_HONOR_NUMA_FAULT where the kernel has it (on a kernel without the flag
+    /// every GUP honours hinting faults: the map goes without it).
+    pub honor_numa_fault: bool,
+    /// MAP_PIN_LONGTERM of the whole VMA at the start, held to the stop.
+    pub pin: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -151,6 +191,9 @@ pub enum RemotePath {
     ProcessVm,
     /// pread/pwrite on /proc/PID/mem (FOLL_FORCE).
     ProcMem,
+    /// Accesses through gupdev's secondary MMU `smmu` of [`Plan::smmus`] (a device whose
+    /// driver GUPs from a kernel thread on its node).
+    Smmu { smmu: usize },
 }
 
 /// A device realised as a process on the device's node reaching into another's memory.
@@ -208,6 +251,10 @@ pub enum Frame {
     /// The trace was written to [`TRACE_PORT`], zlib-compressed: `bytes` bytes with FNV-1a
     /// hash `fnv`.
     Trace(TraceInfo),
+    /// The kernel cannot run the plan (gupdev.ko refused or of another ABI): bad input.
+    Unsupported {
+        message: String,
+    },
     /// Everything ran; the guest powers off next.
     Done {
         elapsed_ms: u64,
@@ -225,6 +272,18 @@ pub struct Sample {
     /// Pages per node of every workload VMA (from /proc/PID/numa_maps), `process/vma`.
     pub vmas: Vec<(String, Vec<u64>)>,
     pub threads: Vec<ThreadSample>,
+    /// Each gupdev device's counters (GUPDEV_IOC_STATS), in [`Plan::smmus`] order.
+    #[serde(default)]
+    pub smmus: Vec<SmmuSample>,
+}
+
+/// The counters of one secondary MMU at its last GUPDEV_IOC_STATS.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct SmmuSample {
+    pub name: String,
+    pub kind: Option<SmmuKind>,
+    /// gupdev_stats fields by their C names (stale_mappings_max, stale_accesses, ...).
+    pub stats: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

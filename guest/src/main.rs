@@ -4,6 +4,7 @@
 
 mod remote;
 mod sample;
+mod smmu;
 mod sys;
 mod tracefs;
 mod workload;
@@ -38,6 +39,8 @@ fn run(port: &mut DataPort) -> Result<()> {
     port.send(&Frame::Hello { release: release(), uptime_s: uptime_s() });
     let text = std::fs::read_to_string(guest::PLAN_PATH).map_err(|e| format!("{}: {e}", guest::PLAN_PATH))?;
     let plan: Plan = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", guest::PLAN_PATH))?;
+    // The workload's threads borrow the plan for the life of the process.
+    let plan: &'static Plan = Box::leak(Box::new(plan));
     if plan.probe {
         port.send(&Frame::Done { elapsed_ms: 0 });
         return Ok(());
@@ -47,13 +50,17 @@ fn run(port: &mut DataPort) -> Result<()> {
     if let Some(kib) = plan.brd_kib.filter(|_| std::path::Path::new(guest::BRD_PATH).is_file()) {
         sys::load_module(guest::BRD_PATH, &format!("rd_nr=1 rd_size={kib}"))?;
     }
+    if let Err(message) = smmu::load_module(plan) {
+        port.send(&Frame::Unsupported { message });
+        return Ok(());
+    }
     let shared = Shared::map()?;
     let setup_start = sys::now_ns();
-    let children = spawn_children(shared, &plan)?;
-    wait_ready(shared, &plan, setup_start)?;
+    let children = spawn_children(shared, plan)?;
+    wait_ready(shared, plan, setup_start)?;
     let mut trace = plan.trace.as_ref().map(tracefs::prepare).transpose()?;
     port.send(&Frame::Started { setup_ms: (sys::now_ns() - setup_start) / 1_000_000 });
-    let result = sample_run(port, shared, &plan, trace.is_some());
+    let result = sample_run(port, shared, plan, trace.is_some());
     if let Some(info) = trace.as_mut() {
         tracefs::stop(info, plan.nodes * plan.cpus_per_node)?;
     }
@@ -62,8 +69,11 @@ fn run(port: &mut DataPort) -> Result<()> {
         sys::wait_child();
     }
     let (elapsed_ms, go) = result?;
+    if !plan.smmus.is_empty() {
+        check_unpinned()?;
+    }
     if let Some(mut info) = trace {
-        (info.go_ns, info.processes, info.threads) = (go, process_ids(shared, &plan), thread_ids(shared, &plan));
+        (info.go_ns, info.processes, info.threads) = (go, process_ids(shared, plan), thread_ids(shared, plan));
         let mut trace_port = sys::open_serial(guest::TRACE_PORT, 66)?;
         port.send(&Frame::Trace(tracefs::ship(info, &mut trace_port)?));
     }
@@ -84,6 +94,22 @@ fn thread_ids(shared: &Shared, plan: &Plan) -> Vec<(u32, u32, String)> {
     plan.slot_names().into_iter().enumerate().map(|(i, n)| (ids(i).0, ids(i).1, n)).collect()
 }
 
+/// Once every device is closed, gupdev holds no page and every FOLL_PIN was released
+/// (vmstat's pin counters are per-CPU: stat_refresh folds them first).
+fn check_unpinned() -> Result<()> {
+    let held = smmu::held_pages()?;
+    if held != 0 {
+        return Err(format!("gupdev still holds {held} pages after every device was closed"));
+    }
+    std::fs::write("/proc/sys/vm/stat_refresh", "1").map_err(|e| format!("/proc/sys/vm/stat_refresh: {e}"))?;
+    let vmstat = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
+    let get = |k: &str| vmstat.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix(' ')?.trim().parse::<u64>().ok());
+    match (get("nr_foll_pin_acquired"), get("nr_foll_pin_released")) {
+        (Some(a), Some(r)) if a != r => Err(format!("FOLL_PIN pins acquired {a} != released {r} after the run")),
+        _ => Ok(()),
+    }
+}
+
 fn write_files(writes: &[(String, String)]) -> Result<()> {
     for (path, value) in writes {
         std::fs::write(path, value).map_err(|e| format!("writing `{value}` to {path}: {e}"))?;
@@ -101,7 +127,7 @@ fn mount_all() -> Result<()> {
 
 /// Forks the GUP callers first, then the workload processes: no process is forked from one
 /// that has a workload buffer. Returns how many children there are.
-fn spawn_children(shared: &'static Shared, plan: &Plan) -> Result<usize> {
+fn spawn_children(shared: &'static Shared, plan: &'static Plan) -> Result<usize> {
     let cpu_threads: usize = plan.processes.iter().map(|p| p.threads.len()).sum();
     for ci in 0..plan.remote_callers.len() {
         fork_child(shared, plan.processes.len() + ci, || remote::run_remote(shared, plan, ci, cpu_threads + ci))?;

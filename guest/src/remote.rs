@@ -34,6 +34,12 @@ pub fn run_remote(shared: &'static Shared, plan: &guest::Plan, ci: usize, slot_i
     let pages = plan.processes[c.process].vmas[c.vma].pages;
     let classes = plan.processes[c.process].vmas[c.vma].content_classes;
     let salt = ((c.process as u64) << 8) | c.vma as u64;
+    let seed = plan.seed ^ 0xd1ce ^ ((slot_index as u64) << 32);
+    if let RemotePath::Smmu { smmu } = c.path {
+        let dev = crate::smmu::Smmu::open(shared, plan, smmu, pid, base as u64, pages)?;
+        let walk = crate::smmu::Walk { first_page: 0, pages, pattern: c.pattern, think_ns: c.think_ns, stop, seed };
+        return crate::smmu::touch_loop(shared, plan, &dev, &walk, slot);
+    }
     let mem = match c.path {
         RemotePath::ProcMem => Some(
             std::fs::OpenOptions::new()
@@ -42,11 +48,11 @@ pub fn run_remote(shared: &'static Shared, plan: &guest::Plan, ci: usize, slot_i
                 .open(format!("/proc/{pid}/mem"))
                 .map_err(|e| format!("/proc/{pid}/mem: {e}"))?,
         ),
-        RemotePath::ProcessVm => None,
+        RemotePath::ProcessVm | RemotePath::Smmu { .. } => None,
     };
     let len = c.touch_lines.clamp(1, 64) as usize * 64;
     let mut buf = vec![0u64; len / 8];
-    let mut rng = Rng(plan.seed ^ 0xd1ce ^ ((slot_index as u64) << 32));
+    let mut rng = Rng(seed);
     let (mut pos, mut n) = (0, 0u64);
     while !shared.stopped() && sys::now_ns() < stop {
         let page = sys::next_page(c.pattern, pages, &mut pos, &mut rng);
@@ -79,7 +85,7 @@ fn remote_access(c: &RemoteCaller, pid: i32, addr: usize, buf: &mut [u64], mem: 
             (RemotePath::ProcMem, true, Some(f)) => {
                 libc::pwrite(f.as_raw_fd(), local.iov_base, bytes, addr as libc::off_t)
             }
-            (RemotePath::ProcMem, _, None) => -1,
+            (RemotePath::ProcMem, _, None) | (RemotePath::Smmu { .. }, _, _) => -1,
         }
     };
     r == bytes as isize

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use guest::{PAGE_SIZE, Plan, Sample, ThreadSample};
+use guest::{PAGE_SIZE, Plan, Sample, SmmuSample, ThreadSample};
 
 use crate::sys::Shared;
 
@@ -30,8 +30,36 @@ impl Sampler {
             self.placement = vma_placement(plan, shared);
             (self.walked_at_ns, self.walk_ns) = (now, crate::sys::now_ns() - now);
         }
-        Sample { t_ms, vmstat: vmstat(), ksm: ksm(), vmas: self.placement.clone(), threads: threads(shared, names) }
+        Sample {
+            t_ms,
+            vmstat: vmstat(),
+            ksm: ksm(),
+            vmas: self.placement.clone(),
+            threads: threads(shared, names),
+            smmus: smmus(plan, shared),
+        }
     }
+}
+
+/// Each gupdev device's counters as its toucher last published them (empty until then).
+fn smmus(plan: &Plan, shared: &Shared) -> Vec<SmmuSample> {
+    plan.smmus
+        .iter()
+        .zip(&shared.smmus)
+        .map(|(p, slot)| SmmuSample {
+            name: p.name.clone(),
+            kind: Some(p.kind),
+            stats: if slot.valid.load(Ordering::Acquire) == 0 {
+                BTreeMap::new()
+            } else {
+                crate::smmu::STATS_FIELDS
+                    .iter()
+                    .zip(&slot.stats)
+                    .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))
+                    .collect()
+            },
+        })
+        .collect()
 }
 
 /// The vmstat lines numasim has names for, and their neighbours: numa_*, pgmigrate_*,

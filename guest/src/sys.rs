@@ -141,6 +141,15 @@ pub struct Shared {
     pub stop: AtomicU32,
     pub procs: [ProcSlot; guest::MAX_PROCESSES],
     pub threads: [ThreadSlot; guest::MAX_THREADS],
+    pub smmus: [SmmuSlot; guest::MAX_SMMUS],
+}
+
+/// A gupdev device's counters as its users last read them (GUPDEV_IOC_STATS).
+#[repr(C, align(64))]
+pub struct SmmuSlot {
+    /// Non-zero once the device was attached and read.
+    pub valid: AtomicU32,
+    pub stats: [AtomicU64; crate::smmu::STATS_FIELDS.len()],
 }
 
 #[repr(C)]

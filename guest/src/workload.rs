@@ -1,10 +1,12 @@
 //! One workload process: its VMAs carved out of a PROT_NONE reservation, populated by first
 //! touch on their node, its threads touching them, and its mprotect/munmap actions.
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use guest::{ActionKind, ActionPlan, PAGE_SIZE, ProcessPlan, ThreadPlan, Touch, VmaPlan, page_content};
 
+use crate::smmu::{Smmu, Walk};
 use crate::sys::{self, Result, Rng, Shared};
 
 /// The reservation holding this process's VMAs, for the SIGSEGV handler.
@@ -21,7 +23,7 @@ struct Mapped<'a> {
 }
 
 /// Runs process `pi` of the plan (in a forked child); returns when its threads are done.
-pub fn run_process(shared: &'static Shared, plan: &guest::Plan, pi: usize, first_slot: usize) -> Result<()> {
+pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usize, first_slot: usize) -> Result<()> {
     let p = &plan.processes[pi];
     let nr_cpus = plan.nodes * plan.cpus_per_node;
     let slot = &shared.procs[pi];
@@ -35,19 +37,25 @@ pub fn run_process(shared: &'static Shared, plan: &guest::Plan, pi: usize, first
         }
         slot.vma_base[vi].store(v.base as u64, Ordering::Relaxed);
     }
+    let smmus = open_smmus(shared, plan, pi, &vmas)?;
     p.threads
         .iter()
         .enumerate()
         .map(|(ti, t)| {
             let (t, v, ts) = (t.clone(), vmas[t.vma], &shared.threads[first_slot + ti]);
             let seed = plan.seed ^ ((first_slot + ti) as u64) << 32;
-            let (duration_ms, base, salt, classes, populated) =
-                (plan.duration_ms, v.base, v.salt, v.plan.content_classes, v.plan.populate_node.is_some());
+            let (base, salt, classes, populated) =
+                (v.base, v.salt, v.plan.content_classes, v.plan.populate_node.is_some());
+            let smmu = match t.touch {
+                Touch::Smmu { smmu } => smmus.iter().find(|(i, _)| *i == smmu).map(|(_, d)| Arc::clone(d)),
+                _ => None,
+            };
             std::thread::spawn(move || {
                 ts.pid.store(std::process::id() as i32, Ordering::Relaxed);
                 ts.tid.store(sys::gettid(), Ordering::Relaxed);
                 let page = Page { base, salt, classes, populated };
-                if let Err(e) = run_thread(shared, &t, page, duration_ms, nr_cpus, seed, ts) {
+                let ctx = ThreadCtx { shared, plan, nr_cpus, seed, slot: ts, smmu };
+                if let Err(e) = run_thread(&ctx, &t, page) {
                     eprintln!("numasim-guest: {}: {e}", t.name);
                     shared.procs[pi].state.store(FAILED, Ordering::Release);
                 }
@@ -150,27 +158,64 @@ impl Page {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn run_thread(
+/// What a workload thread runs with besides its plan.
+struct ThreadCtx {
     shared: &'static Shared,
-    t: &ThreadPlan,
-    page: Page,
-    duration_ms: u64,
+    plan: &'static guest::Plan,
     nr_cpus: u32,
     seed: u64,
-    slot: &sys::ThreadSlot,
-) -> Result<()> {
+    slot: &'static sys::ThreadSlot,
+    /// The secondary MMU a [`Touch::Smmu`] thread touches through.
+    smmu: Option<Arc<Smmu>>,
+}
+
+fn run_thread(c: &ThreadCtx, t: &ThreadPlan, page: Page) -> Result<()> {
+    let (shared, slot) = (c.shared, c.slot);
     sys::set_name(&t.name);
-    sys::set_affinity(&[t.start_cpu], nr_cpus)?;
+    sys::set_affinity(&[t.start_cpu], c.nr_cpus)?;
     let go = sys::wait_go(shared);
     sys::sleep_until(go + t.start_ms * 1_000_000);
-    sys::set_affinity(&t.cpus, nr_cpus)?;
-    let stop = sys::stop_time(go, t.stop_ms, duration_ms);
-    match t.touch {
-        Touch::Cpu => cpu_loop(shared, t, page, stop, slot, seed),
-        Touch::ODirect { write_buffer } => crate::remote::odirect_loop(shared, t, page.base, write_buffer, stop, slot),
-        Touch::LongtermPin => crate::remote::hold_pin(shared, page.base, t.pages, stop),
+    sys::set_affinity(&t.cpus, c.nr_cpus)?;
+    let stop = sys::stop_time(go, t.stop_ms, c.plan.duration_ms);
+    match (t.touch, &c.smmu) {
+        (Touch::Cpu, _) => cpu_loop(shared, t, page, stop, slot, c.seed),
+        (Touch::ODirect { write_buffer }, _) => {
+            crate::remote::odirect_loop(shared, t, page.base, write_buffer, stop, slot)
+        }
+        (Touch::LongtermPin, _) => crate::remote::hold_pin(shared, page.base, t.pages, stop),
+        (Touch::Smmu { .. }, Some(smmu)) => {
+            let walk = Walk {
+                first_page: t.first_page,
+                pages: t.pages,
+                pattern: t.pattern,
+                think_ns: t.think_ns,
+                stop,
+                seed: c.seed,
+            };
+            crate::smmu::touch_loop(shared, c.plan, smmu, &walk, slot)
+        }
+        (Touch::Smmu { smmu }, None) => Err(format!("{}: secondary MMU {smmu} was not opened", t.name)),
     }
+}
+
+/// Opens the secondary MMUs this process's threads touch through, one per device (a VM's
+/// vCPUs share their VM's, as they share its EPT), attached to the process's own mm.
+fn open_smmus(
+    shared: &'static Shared,
+    plan: &guest::Plan,
+    pi: usize,
+    vmas: &[Mapped<'_>],
+) -> Result<Vec<(usize, Arc<Smmu>)>> {
+    let mut out: Vec<(usize, Arc<Smmu>)> = Vec::new();
+    for t in &plan.processes[pi].threads {
+        let Touch::Smmu { smmu } = t.touch else { continue };
+        if out.iter().any(|(i, _)| *i == smmu) {
+            continue;
+        }
+        let v = &vmas[plan.smmus[smmu].vma];
+        out.push((smmu, Arc::new(Smmu::open(shared, plan, smmu, 0, v.base as u64, v.plan.pages)?)));
+    }
+    Ok(out)
 }
 
 /// CPU touches until `stop`: pages by pattern, `touch_lines` loads each, a store for the share

@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define GUPDEV_ABI_VERSION 1
+#define GUPDEV_ABI_VERSION 2
 #define GUPDEV_IOC_MAGIC 0xB7
 
 /* gupdev_version.caps: what the running kernel can do. */
@@ -60,8 +60,9 @@ struct gupdev_map {
 	__u32 reserved;         /* must be 0 */
 	/* out */
 	__u64 mapped;           /* entries made valid by this call */
-	__u64 hint_faults;      /* /proc/vmstat numa_hint_faults delta around the GUP calls */
-	__u64 hint_faults_local;/* numa_hint_faults_local delta */
+	__u64 hint_faults;      /* hinting faults the GUP calls took: protnone PTEs of the range
+				 * they left accessible (ABI 2; ABI 1: the vmstat delta) */
+	__u64 hint_faults_local;/* /proc/vmstat numa_hint_faults_local delta around the calls */
 	__u64 pages_migrated;   /* numa_pages_migrated delta */
 	__u64 retries;          /* GUP batches redone because an invalidation raced them */
 };

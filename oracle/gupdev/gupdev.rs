@@ -1,5 +1,5 @@
 //! Bindings to /dev/gupdev, the oracle's secondary-MMU test device (oracle/gupdev/gupdev.h,
-//! ABI version 1; README.md beside this file documents it). Plain `libc::ioctl` wrappers:
+//! ABI version 2; README.md beside this file documents it). Plain `libc::ioctl` wrappers:
 //! include with `#[path = "../../oracle/gupdev/gupdev.rs"] mod gupdev;` in a crate that
 //! depends on `libc`. Structs mirror the C layouts field for field; the ioctl numbers are
 //! computed the way <asm-generic/ioctl.h> does, and the size asserts pin both.
@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 
-pub const ABI_VERSION: u32 = 1;
+pub const ABI_VERSION: u32 = 2;
 pub const DEVICE: &str = "/dev/gupdev";
 pub const MAX_PAGES: u64 = 1 << 20;
 
@@ -139,11 +139,7 @@ impl Device {
     fn ioctl<T>(&self, cmd: u64, arg: &mut T) -> io::Result<()> {
         // SAFETY: `arg` is a live #[repr(C)] value of the size encoded in `cmd`.
         let r = unsafe { libc::ioctl(self.file.as_raw_fd(), cmd as _, arg as *mut T) };
-        if r < 0 {
-            Err(io::Error::last_os_error())
-        } else {
-            Ok(())
-        }
+        if r < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
     }
 
     pub fn version(&self) -> io::Result<Version> {

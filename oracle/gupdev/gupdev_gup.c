@@ -36,6 +36,7 @@ struct gd_gup {
 	bool keep_ref;
 	u64 mapped;
 	u64 retries;
+	u64 faulted;               /* protnone PTEs the GUP calls made accessible */
 	long err;
 	struct completion done;
 };
@@ -82,12 +83,23 @@ static long gd_gup_batch(struct gd_gup *g, struct mm_struct *mm, unsigned long i
 	long got;
 
 	/* No "locked" argument: 6.1 refuses it with FOLL_LONGTERM (WARN in gup.c). */
+	unsigned long before, after;
+
 	mmap_read_lock(mm);
+	/*
+	 * A hinting fault leaves the PTE accessible (do_numa_page() restores or migrates it);
+	 * a followed protnone PTE stays protnone. So protnone PTEs that turned accessible over
+	 * the call are the faults it took (another toucher of the same pages would count too).
+	 */
+	before = gd_count_protnone(mm, addr, n);
 	if (g->pin)
 		got = gd_pup_remote(mm, addr, n, g->gup_flags, pages, NULL);
 	else
 		got = gd_gup_remote(mm, addr, n, g->gup_flags, pages, NULL);
+	after = gd_count_protnone(mm, addr, n);
 	mmap_read_unlock(mm);
+	if (before > after)
+		g->faulted += before - after;
 	return got ? got : -EFAULT;
 }
 
@@ -196,7 +208,7 @@ static long gd_gup_on_node(struct gd_gup *g)
 
 /* vmstat events the GUP may cause: hinting faults and the migrations they start. */
 struct gd_events {
-	unsigned long hint_faults, hint_faults_local, migrated;
+	unsigned long hint_faults_local, migrated;
 };
 
 static int gd_read_events(struct gd_events *ev)
@@ -207,7 +219,6 @@ static int gd_read_events(struct gd_events *ev)
 		return -ENOMEM;
 	all_vm_events(all);
 #ifdef CONFIG_NUMA_BALANCING
-	ev->hint_faults = all[NUMA_HINT_FAULTS];
 	ev->hint_faults_local = all[NUMA_HINT_FAULTS_LOCAL];
 	ev->migrated = all[NUMA_PAGE_MIGRATE];
 #else
@@ -242,10 +253,10 @@ long gd_map(struct gd_dev *d, struct gupdev_map *m)
 		return err;
 	err = m->flags & GUPDEV_MAP_KTHREAD ? gd_gup_on_node(&g) : gd_gup_range(&g);
 	if (!gd_read_events(&after)) {
-		m->hint_faults = after.hint_faults - before.hint_faults;
 		m->hint_faults_local = after.hint_faults_local - before.hint_faults_local;
 		m->pages_migrated = after.migrated - before.migrated;
 	}
+	m->hint_faults = g.faulted;
 	m->mapped = g.mapped;
 	m->retries = g.retries;
 	spin_lock(&d->lock);

@@ -71,6 +71,7 @@ bool gd_overlap(struct gd_dev *d, unsigned long start, unsigned long end,
 int gd_user_range(struct gd_dev *d, u64 start, u64 length, unsigned long *first,
 		  unsigned long *n);
 bool gd_entry_stale(struct mm_struct *mm, unsigned long addr, struct page *page);
+unsigned long gd_count_protnone(struct mm_struct *mm, unsigned long addr, unsigned long n);
 void gd_note_stale(struct gd_dev *d, struct gd_entry *e, bool stale, u64 now);
 void gd_drop_entry(struct gd_dev *d, struct gd_entry *e, u64 now);
 u64 gd_drop_range(struct gd_dev *d, unsigned long first, unsigned long last);

@@ -84,6 +84,18 @@ out:
 	return ret;
 }
 
+/* Pages of [addr, addr + n pages) whose primary PTE is present and protnone. */
+unsigned long gd_count_protnone(struct mm_struct *mm, unsigned long addr, unsigned long n)
+{
+	unsigned long i, pfn, count = 0;
+	bool protnone;
+
+	for (i = 0; i < n; i++)
+		if (!gd_walk(mm, addr + i * PAGE_SIZE, &pfn, &protnone) && protnone)
+			count++;
+	return count;
+}
+
 /* Is the primary PTE of addr protnone and still on this entry's frame? */
 static bool gd_primary_protnone(struct mm_struct *mm, unsigned long addr, struct page *page)
 {

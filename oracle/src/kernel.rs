@@ -15,6 +15,11 @@ pub struct KernelSpec {
     release: String,
     /// brd.ko for this kernel, uncompressed (None when brd is built in).
     pub brd: Option<PathBuf>,
+    /// The build tree of a user's kernel (with Module.symvers), for building gupdev.ko;
+    /// None for Debian's kernels, whose headers package is found by release.
+    pub build_dir: Option<PathBuf>,
+    /// Debian's headers package for this kernel (None for a user's image).
+    pub headers_package: Option<String>,
     /// The `kernel.version` of numasim whose rules this kernel's source has.
     sim_version: KernelVersion,
 }
@@ -114,8 +119,10 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
     check_config(&config, brd.is_some())?;
     Ok(KernelSpec {
         image: root.join("boot").join(format!("vmlinuz-{release}")),
+        headers_package: Some(format!("linux-headers-{release}")),
         release,
         brd,
+        build_dir: None,
         sim_version: series.sim_version,
     })
 }
@@ -234,7 +241,15 @@ fn resolve_user_image(image: &Path) -> Result<KernelSpec, OracleError> {
         ))
     })?;
     check_config(&config, false)?;
-    Ok(KernelSpec { image: image.to_path_buf(), sim_version: era_of(&release), release, brd: None })
+    let build_dir = build_tree(image);
+    Ok(KernelSpec {
+        image: image.to_path_buf(),
+        sim_version: era_of(&release),
+        release,
+        brd: None,
+        build_dir,
+        headers_package: None,
+    })
 }
 
 /// The release string the boot protocol header points at (`kernel_version` at 0x20e).
@@ -246,6 +261,14 @@ fn bzimage_release(b: &[u8]) -> Option<String> {
     let s = b.get(at..)?;
     let end = s.iter().position(|&c| c == 0 || c == b' ')?;
     String::from_utf8(s[..end].to_vec()).ok()
+}
+
+/// The build tree of `arch/x86/boot/bzImage` (or of an image beside the tree's root), when
+/// it was built (Module.symvers): what gupdev.ko is built against.
+fn build_tree(image: &Path) -> Option<PathBuf> {
+    let dir = image.parent()?;
+    let tree = dir.parent().and_then(Path::parent).and_then(Path::parent);
+    [tree, Some(dir)].into_iter().flatten().find(|t| t.join("Module.symvers").is_file()).map(Path::to_path_buf)
 }
 
 fn user_config(image: &Path, release: &str) -> Option<PathBuf> {

@@ -6,6 +6,7 @@
 //! and turns the samples the guest streams over ttyS1 into result files.
 
 pub mod guest_bin;
+pub mod gupdev;
 pub mod initramfs;
 pub mod kernel;
 pub mod plan;
@@ -97,6 +98,8 @@ pub fn run_traced(
     let mut machine = machine_of(cfg)?;
     machine.cmdline = trace.as_ref().map_or(String::new(), trace_cmdline);
     plan.trace = trace;
+    // Before anything boots: a kernel the module cannot be built for is bad input.
+    let gupdev = if plan.smmus.is_empty() { None } else { Some(gupdev::module_for(k)?) };
     let qemu = qemu::qemu_binary()?;
     let guest = guest_bin::guest_binary()?;
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
@@ -105,13 +108,16 @@ pub fn run_traced(
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(out, e)),
         _ => {}
     }
-    let initrd = write_initramfs(out, &guest, &plan, k)?;
+    let initrd = write_initramfs(out, &guest, &plan, k, gupdev.as_deref())?;
     let accel = choose_accel(&qemu, k, &guest)?;
     let timeout = run_timeout(cfg);
     let boot = qemu::boot(&qemu, k, &initrd, &machine, accel, out, timeout)?;
     let _ = std::fs::remove_file(&initrd);
     let frames = read_frames(&boot.data);
     let _ = std::fs::remove_file(&boot.data);
+    if let Some(Frame::Unsupported { message }) = frames.iter().find(|f| matches!(f, Frame::Unsupported { .. })) {
+        return Err(OracleError::Input(format!("kernel {}: {message}", k.release())));
+    }
     let guest_err = |message: String| OracleError::Guest {
         message: if boot.timed_out {
             format!("the guest did not finish within {} s (QEMU was killed): {message}", timeout.as_secs())
@@ -162,7 +168,9 @@ fn collect(frames: &[Frame]) -> Result<Outcome, String> {
             Frame::Started { setup_ms } => o.setup_ms = *setup_ms,
             Frame::Sample(s) => o.samples.push(s.clone()),
             Frame::Trace(info) => o.trace = Some(info.clone()),
-            Frame::Error { message } => return Err(format!("the guest reported: {message}")),
+            Frame::Error { message } | Frame::Unsupported { message } => {
+                return Err(format!("the guest reported: {message}"));
+            }
             Frame::Done { elapsed_ms } => (done, o.elapsed_ms) = (true, *elapsed_ms),
         }
     }
@@ -260,7 +268,13 @@ fn run_timeout(cfg: &Config) -> Duration {
     Duration::from_secs(90 + cfg.run.duration_ms * 2 / 1000 + vmas / 16)
 }
 
-fn write_initramfs(dir: &Path, guest: &Path, plan: &Plan, k: &KernelSpec) -> Result<PathBuf, OracleError> {
+fn write_initramfs(
+    dir: &Path,
+    guest: &Path,
+    plan: &Plan,
+    k: &KernelSpec,
+    gupdev: Option<&Path>,
+) -> Result<PathBuf, OracleError> {
     let init = std::fs::read(guest).map_err(|e| OracleError::Io(format!("{}: {e}", guest.display())))?;
     let plan_json = serde_json::to_vec(plan).expect("plans serialize");
     let brd = match (plan.brd_kib, &k.brd) {
@@ -272,6 +286,12 @@ fn write_initramfs(dir: &Path, guest: &Path, plan: &Plan, k: &KernelSpec) -> Res
     let mut files: Vec<(&str, u32, &[u8])> = vec![("init", 0o755, &init), ("plan.json", 0o644, &plan_json)];
     if let Some(b) = &brd {
         files.push(("brd.ko", 0o644, b));
+    }
+    let gupdev = gupdev
+        .map(|ko| std::fs::read(ko).map_err(|e| OracleError::Io(format!("{}: {e}", ko.display()))))
+        .transpose()?;
+    if let Some(g) = &gupdev {
+        files.push(("gupdev.ko", 0o644, g));
     }
     let dirs = ["dev", "proc", "sys", "tmp"];
     let path = dir.join(".initramfs.cpio");
@@ -308,7 +328,7 @@ fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleEr
     let dir = std::env::temp_dir().join(format!("numasim-kvm-probe-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| OracleError::Io(format!("{}: {e}", dir.display())))?;
     let plan = Plan { probe: true, nodes: 1, cpus_per_node: 1, ..Plan::default() };
-    let initrd = write_initramfs(&dir, guest, &plan, k)?;
+    let initrd = write_initramfs(&dir, guest, &plan, k, None)?;
     let m = qemu::Machine {
         nodes: 1,
         cpus_per_node: 1,
@@ -339,6 +359,8 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         release: &o.release,
         sim_version: k.sim_version().name(),
         gup_policy: sim_core::version::Rules::of(k.sim_version(), None).gup.name(),
+        notifier: cfg.kernel.notifier.name(),
+        aging: cfg.aging.enabled,
         wall_s: run.wall_s,
     };
     let guest_json = serde_json::json!({
@@ -363,6 +385,6 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "final_sample": o.samples.last(),
     });
     write("guest.json", (serde_json::to_string_pretty(&guest_json).expect("json") + "\n").as_bytes())?;
-    let summary = results::summary(&info, &o.samples);
+    let summary = results::summary(&info, plan, &o.samples);
     write("summary.json", (serde_json::to_string_pretty(&summary).expect("json") + "\n").as_bytes())
 }

@@ -1,10 +1,13 @@
 //! A resolved numasim config as the guest's [`Plan`]: thread blocks expanded, slices cut,
 //! initial CPUs chosen as numasim's placer chooses them, knobs turned into file writes.
 
-use guest::{ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, ThreadPlan, Touch, VmaPlan};
+use guest::{
+    ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, SmmuKind, SmmuPlan, ThreadPlan,
+    Touch, VmaPlan,
+};
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, GupPath, HugepageAdvice, MachineConfig, MainThread, PatternKind, Syscall,
-    Thp, ThreadConfig,
+    Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HugepageAdvice, MachineConfig, MainThread,
+    NotifierMode, PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
 };
 
 use workloads::Placer;
@@ -18,13 +21,6 @@ const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";
 
 /// The plan for `c`, or why the guest cannot realise it.
 pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
-    if let Some(vm) = c.vm.first() {
-        return Err(OracleError::Input(format!(
-            "[[vm]] `{}`: a KVM guest inside the oracle's QEMU needs nested virtualisation, which this \
-             machine does not have (-accel kvm does not work here); run the scenario without [[vm]]",
-            vm.name
-        )));
-    }
     if let Some((pi, p)) = c.process.iter().enumerate().find(|(_, p)| p.main_thread == MainThread::First) {
         return Err(OracleError::Input(format!(
             "process[{pi}].main_thread = \"first\" (`{}`): the guest runs every configured thread as a \
@@ -39,18 +35,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         .iter()
         .map(|p| ProcessPlan {
             name: p.name.clone(),
-            vmas: p
-                .vma
-                .iter()
-                .map(|v| VmaPlan {
-                    name: v.name.clone(),
-                    pages: v.size_mib * PAGES_PER_MIB,
-                    populate_node: v.populate_node,
-                    mergeable: v.mergeable,
-                    content_classes: v.content_classes,
-                    hugepage: v.hugepage.map(|h| h == HugepageAdvice::Madvise),
-                })
-                .collect(),
+            vmas: p.vma.iter().map(vma_plan).collect(),
             threads: p
                 .thread
                 .iter()
@@ -62,9 +47,13 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
             actions: Vec::new(),
         })
         .collect();
+    let mut smmus = Vec::new();
+    for vm in &c.vm {
+        processes.push(kvm_process(c, vm, processes.len(), &mut smmus, &mut placer));
+    }
     for a in &c.action {
         let (pi, vi) = locate(c, &a.process, &a.vma);
-        let size = c.process[pi].vma[vi].size_mib;
+        let size = vma_mib(c, pi, vi);
         let kind = match a.syscall {
             Syscall::Mprotect => ActionKind::Mprotect { protect_ms: a.protect_ms, period_ms: a.period_ms },
             Syscall::Munmap => ActionKind::Munmap,
@@ -81,8 +70,8 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
     let mut brd_kib = None;
     for d in &c.device {
         let (pi, vi) = locate(c, &d.process, &d.vma);
-        let pages = c.process[pi].vma[vi].size_mib * PAGES_PER_MIB;
-        match realisation(d) {
+        let pages = vma_mib(c, pi, vi) * PAGES_PER_MIB;
+        match realisation(c, d, pi, vi, &mut smmus) {
             Realisation::Remote(path) => remote_callers.push(RemoteCaller {
                 name: format!("device/{}", d.name),
                 node: d.node,
@@ -100,9 +89,17 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
                 if matches!(touch, Touch::ODirect { .. }) {
                     brd_kib = Some(crate::RAMDISK_KIB);
                 }
-                processes[pi].threads.push(device_thread(d, touch, vi, pages, m));
+                let cpus = driver_cpus(d, &processes[pi], m);
+                processes[pi].threads.push(device_thread(d, touch, vi, pages, cpus));
             }
         }
+    }
+    if smmus.len() > guest::MAX_SMMUS {
+        return Err(OracleError::Input(format!(
+            "{} secondary MMUs (gupdev devices and VMs): the guest runs at most {}",
+            smmus.len(),
+            guest::MAX_SMMUS
+        )));
     }
     Ok(Plan {
         probe: false,
@@ -114,25 +111,104 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         writes: writes(c),
         start_writes: vec![(NUMA_BALANCING.into(), u8::from(c.kernel.numa_balancing).to_string())],
         brd_kib,
+        smmus,
         processes,
         remote_callers,
         trace: None,
     })
 }
 
+fn vma_plan(v: &VmaConfig) -> VmaPlan {
+    VmaPlan {
+        name: v.name.clone(),
+        pages: v.size_mib * PAGES_PER_MIB,
+        populate_node: v.populate_node,
+        mergeable: v.mergeable,
+        content_classes: v.content_classes,
+        hugepage: v.hugepage.map(|h| h == HugepageAdvice::Madvise),
+    }
+}
+
+/// A `[[vm]]` as a KVM-like guest-memory toucher: a process whose one VMA `ram` is the guest
+/// memory and whose vCPU threads touch it through one gupdev secondary MMU (its EPT): a
+/// miss maps the page by GUP from the vCPU thread with FOLL_HONOR_NUMA_FAULT when
+/// `kvm.honor_numa_fault` says KVM passes it (hva_to_pfn_slow()), FOLL_WRITE for a guest
+/// that writes. No guest kernel runs: the vCPUs are the scenario's touch pattern.
+fn kvm_process(c: &Config, vm: &VmConfig, pi: usize, smmus: &mut Vec<SmmuPlan>, placer: &mut Placer) -> ProcessPlan {
+    let pages = vm.memory_mib * PAGES_PER_MIB;
+    let smmu = smmus.len();
+    smmus.push(SmmuPlan {
+        name: format!("kvm/{}", vm.name),
+        kind: SmmuKind::Kvm,
+        process: pi,
+        vma: 0,
+        notifier: notifier_of(c),
+        kthread_node: None,
+        write: vm.vcpus.write_fraction > 0.0,
+        honor_numa_fault: c.kvm.honor_numa_fault,
+        pin: false,
+    });
+    let ram = VmaConfig {
+        name: "ram".into(),
+        size_mib: vm.memory_mib,
+        populate_node: vm.populate_node,
+        mergeable: vm.mergeable,
+        content_classes: vm.content_classes,
+        hugepage: vm.hugepage,
+    };
+    let mut threads = expand_block(&vm.name, &vm.vcpus, 0, pages, &c.machine, placer);
+    for t in &mut threads {
+        t.touch = Touch::Smmu { smmu };
+    }
+    ProcessPlan { name: vm.name.clone(), vmas: vec![vma_plan(&ram)], threads, actions: Vec::new() }
+}
+
+/// gupdev's notifier for `kernel.notifier`.
+fn notifier_of(c: &Config) -> u32 {
+    match c.kernel.notifier {
+        NotifierMode::Unconditional => 1,
+        NotifierMode::Smart => 2,
+    }
+}
+
 /// How the guest realises a device.
 enum Realisation {
     /// A process of its own on the device's node.
     Remote(RemotePath),
-    /// A thread of the owner bound to the device's node (the I/O must be on the caller's own mm).
+    /// A thread of the owner: bound to the device's node when the I/O must be on the caller's
+    /// own mm (O_DIRECT, io_uring), on the owner's first thread's CPUs for a driver in the
+    /// owner's context.
     InProcess(Touch),
 }
 
 /// `mode = "pin"` is a long-term pin; a notifier device is its `gup_path`. O_DIRECT from a
 /// read device writes the buffer to the disk (GUP without FOLL_WRITE), from a write device
-/// reads the disk into the buffer (FOLL_WRITE).
-fn realisation(d: &DeviceConfig) -> Realisation {
+/// reads the disk into the buffer (FOLL_WRITE). A `driver` device is a gupdev secondary MMU:
+/// a `worker` driver GUPs from a kernel thread on the device's node (any process may hold
+/// the device: it gets one of its own), an `owner` driver in the owner's first thread.
+fn realisation(c: &Config, d: &DeviceConfig, pi: usize, vi: usize, smmus: &mut Vec<SmmuPlan>) -> Realisation {
     match (d.mode, d.gup_path) {
+        (_, GupPath::Driver) => {
+            let smmu = smmus.len();
+            let worker = d.gup_context == GupContext::Worker;
+            let pin = d.mode == DeviceMode::Pin;
+            smmus.push(SmmuPlan {
+                name: format!("device/{}", d.name),
+                kind: SmmuKind::Device,
+                process: pi,
+                vma: vi,
+                notifier: if pin { 0 } else { notifier_of(c) },
+                kthread_node: worker.then_some(d.node),
+                write: d.access == Access::Write,
+                honor_numa_fault: false,
+                pin,
+            });
+            if worker {
+                Realisation::Remote(RemotePath::Smmu { smmu })
+            } else {
+                Realisation::InProcess(Touch::Smmu { smmu })
+            }
+        }
         (DeviceMode::Pin, _) => Realisation::InProcess(Touch::LongtermPin),
         (DeviceMode::Notifier, GupPath::ProcessVm) => Realisation::Remote(RemotePath::ProcessVm),
         (DeviceMode::Notifier, GupPath::ProcMem) => Realisation::Remote(RemotePath::ProcMem),
@@ -142,8 +218,18 @@ fn realisation(d: &DeviceConfig) -> Realisation {
     }
 }
 
-fn device_thread(d: &DeviceConfig, touch: Touch, vma: usize, pages: u64, m: &MachineConfig) -> ThreadPlan {
-    let cpus: Vec<u32> = (d.node * m.cpus_per_node..(d.node + 1) * m.cpus_per_node).collect();
+/// Where a device thread inside the owner runs: an `owner`-context driver on the owner's
+/// first thread's CPUs (numasim runs its GUP there), anything else on the device's node.
+fn driver_cpus(d: &DeviceConfig, owner: &ProcessPlan, m: &MachineConfig) -> Vec<u32> {
+    let first = owner.threads.iter().find(|t| t.touch == Touch::Cpu);
+    match (d.gup_path, d.gup_context, first) {
+        (GupPath::Driver, GupContext::Owner, Some(t)) if !t.cpus.is_empty() => t.cpus.clone(),
+        (GupPath::Driver, GupContext::Owner, Some(t)) => vec![t.start_cpu],
+        _ => (d.node * m.cpus_per_node..(d.node + 1) * m.cpus_per_node).collect(),
+    }
+}
+
+fn device_thread(d: &DeviceConfig, touch: Touch, vma: usize, pages: u64, cpus: Vec<u32>) -> ThreadPlan {
     ThreadPlan {
         name: format!("device/{}", d.name),
         vma,
@@ -161,10 +247,22 @@ fn device_thread(d: &DeviceConfig, touch: Touch, vma: usize, pages: u64, m: &Mac
     }
 }
 
+/// A process or VM by name, and its VMA (a VM's one VMA is `ram`), as plan indices: VMs
+/// come after the processes.
 fn locate(c: &Config, process: &str, vma: &str) -> (usize, usize) {
-    let pi = c.process.iter().position(|p| p.name == process).expect("validated: devices and actions name a process");
-    let vi = c.process[pi].vma.iter().position(|v| v.name == vma).expect("validated: and one of its VMAs");
-    (pi, vi)
+    if let Some(pi) = c.process.iter().position(|p| p.name == process) {
+        let vi = c.process[pi].vma.iter().position(|v| v.name == vma).expect("validated: and one of its VMAs");
+        return (pi, vi);
+    }
+    let vm = c.vm.iter().position(|v| v.name == process).expect("validated: devices and actions name a process or vm");
+    (c.process.len() + vm, 0)
+}
+
+fn vma_mib(c: &Config, pi: usize, vi: usize) -> u64 {
+    match c.process.get(pi) {
+        Some(p) => p.vma[vi].size_mib,
+        None => c.vm[pi - c.process.len()].memory_mib,
+    }
 }
 
 /// The threads of block `t`, named and sliced as numasim's workloads::add_threads() does.
@@ -285,11 +383,50 @@ mod tests {
         assert_eq!(plan.processes[0].vmas[0].hugepage, Some(true));
     }
 
+    const OWNER: &str = "[machine]\nnodes = 2\ncpus_per_node = 2\n[[process]]\nname = \"p\"\n[[process.vma]]\n\
+        name = \"b\"\nsize_mib = 4\n[[process.thread]]\nvma = \"b\"\ncount = 2\ncpus = [0, 1]\n";
+
     #[test]
-    fn a_vm_is_refused_with_the_reason() {
-        let c = config("[[vm]]\nname = \"g\"\nmemory_mib = 64\n");
-        let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("a vm must be refused") };
-        assert!(msg.contains("nested virtualisation"), "{msg}");
+    fn a_driver_device_is_a_gupdev_secondary_mmu_in_its_gup_context() {
+        let dev = "[[device]]\nname = \"d\"\nnode = 1\nprocess = \"p\"\nvma = \"b\"\ngup_path = \"driver\"\n";
+        let c = config(&format!("{OWNER}[kernel]\nnotifier = \"smart\"\n{dev}access = \"write\"\n"));
+        let plan = plan_of(&c).unwrap();
+        let m = &plan.smmus[0];
+        assert_eq!((m.name.as_str(), m.kind, m.notifier, m.kthread_node), ("device/d", SmmuKind::Device, 2, Some(1)));
+        assert!(m.write && !m.pin && !m.honor_numa_fault);
+        // A worker driver GUPs from a kthread on its node: any process may hold the device.
+        assert_eq!(plan.remote_callers[0].path, RemotePath::Smmu { smmu: 0 });
+        // An owner-context driver runs in the owner, on its first thread's CPUs.
+        let c = config(&format!("{OWNER}{dev}gup_context = \"owner\"\n"));
+        let plan = plan_of(&c).unwrap();
+        assert!(plan.remote_callers.is_empty());
+        let t = plan.processes[0].threads.last().unwrap();
+        assert_eq!((t.name.as_str(), t.touch, t.cpus.as_slice()), ("device/d", Touch::Smmu { smmu: 0 }, &[0, 1][..]));
+        assert_eq!((plan.smmus[0].notifier, plan.smmus[0].kthread_node), (1, None));
+        // A pinning driver has no notifier: its entries hold FOLL_PIN | FOLL_LONGTERM pins.
+        let c = config(&format!("{OWNER}{dev}mode = \"pin\"\n"));
+        let m = &plan_of(&c).unwrap().smmus[0];
+        assert!(m.pin && m.notifier == 0);
+        // The user-space paths stay as they were.
+        let c = config(&format!("{OWNER}{}", dev.replace("driver", "process-vm")));
+        let plan = plan_of(&c).unwrap();
+        assert!(plan.smmus.is_empty() && plan.remote_callers[0].path == RemotePath::ProcessVm);
+    }
+
+    #[test]
+    fn a_vm_is_a_kvm_like_toucher_whose_vcpus_share_one_secondary_mmu() {
+        let vm = "[[vm]]\nname = \"g\"\nmemory_mib = 8\npopulate_node = 0\n[vm.vcpus]\nname = \"vcpu\"\ncount = 2\nnode = 1\n";
+        for honor in [true, false] {
+            let c = config(&format!("{OWNER}[kvm]\nhonor_numa_fault = {honor}\n{vm}"));
+            let plan = plan_of(&c).unwrap();
+            let g = &plan.processes[1];
+            assert_eq!((g.name.as_str(), g.vmas[0].name.as_str(), g.vmas[0].pages), ("g", "ram", 2048));
+            assert_eq!(g.vmas[0].populate_node, Some(0));
+            assert_eq!(g.threads.iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["g/vcpu/0", "g/vcpu/1"]);
+            assert!(g.threads.iter().all(|t| t.touch == Touch::Smmu { smmu: 0 } && t.start_cpu >= 2));
+            let m = &plan.smmus[0];
+            assert_eq!((m.kind, m.process, m.kthread_node, m.honor_numa_fault), (SmmuKind::Kvm, 1, None, honor));
+        }
     }
 
     #[test]

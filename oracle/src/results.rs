@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use guest::{Plan, Sample};
+use guest::{Plan, RemotePath, Sample, SmmuKind, Touch};
 use serde_json::{Map, Value, json};
 
 /// vmstat counters numasim and /proc/vmstat share, in numasim's order.
@@ -54,6 +54,10 @@ pub struct RunInfo<'a> {
     pub release: &'a str,
     pub sim_version: &'a str,
     pub gup_policy: &'a str,
+    /// `kernel.notifier` (what gupdev's devices ran with).
+    pub notifier: &'a str,
+    /// The scenario ages pages (`aging.enabled`): the guest does not, so young.* is unknown.
+    pub aging: bool,
     pub wall_s: f64,
 }
 
@@ -62,10 +66,36 @@ fn delta(last: &Sample, first: &Sample, name: &str) -> u64 {
     get(last).saturating_sub(get(first))
 }
 
-/// Touches by CPU threads and by devices (GUP callers) in `s`.
-fn touches(s: &Sample) -> (u64, u64) {
-    s.threads.iter().fold((0, 0), |(cpu, dev), t| {
-        if t.name.starts_with("device/") { (cpu, dev + t.touches) } else { (cpu + t.touches, dev) }
+/// Who a guest thread touches for: its numasim touch counter.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Toucher {
+    Cpu,
+    Device,
+    Kvm,
+}
+
+/// The toucher kind of every thread slot of `plan` (vCPUs are the threads of a VM's process
+/// that touch through its KVM-like secondary MMU).
+fn touchers(plan: &Plan) -> BTreeMap<String, Toucher> {
+    let kind = |name: &str, touch: Touch| match touch {
+        _ if name.starts_with("device/") => Toucher::Device,
+        Touch::Smmu { smmu } if plan.smmus[smmu].kind == SmmuKind::Kvm => Toucher::Kvm,
+        _ => Toucher::Cpu,
+    };
+    let threads = plan.processes.iter().flat_map(|p| &p.threads).map(|t| (t.name.clone(), kind(&t.name, t.touch)));
+    threads.chain(plan.remote_callers.iter().map(|c| (c.name.clone(), Toucher::Device))).collect()
+}
+
+/// Touches by CPU threads, devices (GUP callers) and vCPUs in `s`.
+fn touches(s: &Sample, kinds: &BTreeMap<String, Toucher>) -> [u64; 3] {
+    s.threads.iter().fold([0; 3], |mut acc, t| {
+        let i = match kinds.get(&t.name).copied().unwrap_or(Toucher::Cpu) {
+            Toucher::Cpu => 0,
+            Toucher::Device => 1,
+            Toucher::Kvm => 2,
+        };
+        acc[i] += t.touches;
+        acc
     })
 }
 
@@ -75,22 +105,84 @@ fn ksm_merged(last: &Sample, first: &Sample) -> u64 {
     (mapped(last) + delta(last, first, "cow_ksm")).saturating_sub(mapped(first))
 }
 
+/// What gupdev measured, by numasim's names, and which of numasim's names that covers.
+struct SmmuCounters {
+    values: Vec<(&'static str, u64)>,
+    measured: Vec<&'static str>,
+}
+
+/// A gupdev counter summed over the secondary MMUs of `kind` (all when None).
+fn smmu_sum(s: &Sample, kind: Option<SmmuKind>, field: &str) -> u64 {
+    s.smmus.iter().filter(|m| kind.is_none() || m.kind == kind).filter_map(|m| m.stats.get(field)).sum()
+}
+
+/// The module's counters under numasim's names. Staleness counts only when every device and
+/// VM of the scenario has a gupdev secondary MMU (user-space GUP callers keep no mappings to
+/// go stale, unlike the model's devices); young.* also needs a scenario without page aging
+/// (the guest runs none; nothing else ages pages without memory pressure). Hinting faults
+/// are the module's vmstat deltas around its GUP calls (system-wide: see gupdev's README).
+/// `stale.mappings_max` sums each device's own maximum: exact with one device, an upper
+/// bound of the gauge's maximum with more.
+fn smmu_counters(plan: &Plan, info: &RunInfo<'_>, last: &Sample) -> SmmuCounters {
+    let mut out = SmmuCounters { values: Vec::new(), measured: Vec::new() };
+    if plan.smmus.is_empty() {
+        return out;
+    }
+    let devices_all_smmu = plan.remote_callers.iter().all(|c| matches!(c.path, RemotePath::Smmu { .. }))
+        && plan.processes.iter().flat_map(|p| &p.threads).all(|t| matches!(t.touch, Touch::Cpu | Touch::Smmu { .. }));
+    let has_kvm = plan.smmus.iter().any(|m| m.kind == SmmuKind::Kvm);
+    let mut add = |name: &'static str, v: u64| {
+        out.values.push((name, v));
+        out.measured.push(name);
+    };
+    if devices_all_smmu {
+        add("stale.mappings_max", smmu_sum(last, None, "stale_mappings_max"));
+        add("stale.mapping_ns", smmu_sum(last, None, "stale_mapping_ns"));
+        add("stale.accesses", smmu_sum(last, None, "stale_accesses"));
+        add("stale.mappings", smmu_sum(last, None, "stale_mappings"));
+        add("hint_faults_by_source.device", smmu_sum(last, Some(SmmuKind::Device), "hint_faults"));
+        if !info.aging {
+            add("young.secondary_only_protnone", smmu_sum(last, None, "young_secondary_only_protnone"));
+        }
+    }
+    if has_kvm {
+        add("hint_faults_by_source.kvm", smmu_sum(last, Some(SmmuKind::Kvm), "hint_faults"));
+    }
+    out
+}
+
+/// Sets `group.name` in a summary object.
+fn set(summary: &mut Value, dotted: &str, v: u64) {
+    let (group, name) = dotted.split_once('.').expect("a dotted name");
+    let g = summary.as_object_mut().expect("an object").entry(group).or_insert_with(|| json!({}));
+    g[name] = json!(v);
+}
+
 /// summary.json for samples `s` (the first is the workload's start).
-pub fn summary(info: &RunInfo<'_>, s: &[Sample]) -> Value {
+pub fn summary(info: &RunInfo<'_>, plan: &Plan, s: &[Sample]) -> Value {
     let (first, last) = (&s[0], &s[s.len() - 1]);
     let elapsed_s = (last.t_ms - first.t_ms) / 1e3;
-    let (cpu, device) = touches(last);
+    let kinds = touchers(plan);
+    let [cpu, device, kvm] = touches(last, &kinds);
     let vmstat: Map<String, Value> = VMSTAT.iter().map(|n| (n.to_string(), json!(delta(last, first, n)))).collect();
     let kernel_vmstat: Map<String, Value> =
         last.vmstat.keys().map(|n| (n.clone(), json!(delta(last, first, n)))).collect();
     let kernel_ksm: Map<String, Value> = last.ksm.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
-    let rate = if elapsed_s > 0.0 { (cpu + device) as f64 / elapsed_s } else { 0.0 };
-    json!({
+    let rate = if elapsed_s > 0.0 { (cpu + device + kvm) as f64 / elapsed_s } else { 0.0 };
+    let smmu = smmu_counters(plan, info, last);
+    let has_kvm = kinds.values().any(|k| *k == Toucher::Kvm);
+    let not_measured: Vec<&str> = NOT_MEASURED
+        .iter()
+        .copied()
+        .filter(|m| !(smmu.measured.contains(m) || has_kvm && *m == "touches.kvm"))
+        .collect();
+    let kernel_smmu: Map<String, Value> = last.smmus.iter().map(|m| (m.name.clone(), json!(m.stats))).collect();
+    let mut out = json!({
         "scenario": info.scenario,
         "seed": info.seed,
         "kernel_version": info.sim_version,
         "gup_policy": info.gup_policy,
-        "notifier": "unconditional",
+        "notifier": info.notifier,
         "source": info.release,
         "sim_time_ns": (elapsed_s * 1e9) as u64,
         "wall_s": info.wall_s,
@@ -100,8 +192,18 @@ pub fn summary(info: &RunInfo<'_>, s: &[Sample]) -> Value {
         "throughput": { "touches_per_s": rate },
         "kernel_vmstat": kernel_vmstat,
         "kernel_ksm": kernel_ksm,
-        "not_measured": NOT_MEASURED,
-    })
+        "not_measured": not_measured,
+    });
+    if has_kvm {
+        set(&mut out, "touches.kvm", kvm);
+    }
+    for (name, v) in smmu.values.iter().filter(|(n, _)| *n != "stale.mappings") {
+        set(&mut out, name, *v);
+    }
+    if !kernel_smmu.is_empty() {
+        out["kernel_gupdev"] = Value::Object(kernel_smmu);
+    }
+    out
 }
 
 /// timeseries.csv: one row per sample after the first, counters as interval deltas.
@@ -119,6 +221,9 @@ pub fn timeseries(plan: &Plan, s: &[Sample]) -> String {
     }
     let ksm_keys: Vec<&String> = s[0].ksm.keys().collect();
     header.extend(ksm_keys.iter().map(|k| format!("kernel.ksm.{k}")));
+    if !plan.smmus.is_empty() {
+        header.extend(["stale.mappings", "stale.accesses"].map(String::from));
+    }
     let mut out = header.join(",") + "\n";
     for w in s.windows(2) {
         out += &row(plan, &w[0], &w[1], &ksm_keys).join(",");
@@ -130,9 +235,10 @@ pub fn timeseries(plan: &Plan, s: &[Sample]) -> String {
 fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<String> {
     let mut r = vec![format!("{}", cur.t_ms.round())];
     r.extend(VMSTAT.iter().map(|n| delta(cur, prev, n).to_string()));
-    let ((c0, d0), (c1, d1)) = (touches(prev), touches(cur));
+    let kinds = touchers(plan);
+    let ([c0, d0, k0], [c1, d1, k1]) = (touches(prev, &kinds), touches(cur, &kinds));
     let span_s = (cur.t_ms - prev.t_ms) / 1e3;
-    let rate = if span_s > 0.0 { ((c1 + d1) - (c0 + d0)) as f64 / span_s } else { 0.0 };
+    let rate = if span_s > 0.0 { ((c1 + d1 + k1) - (c0 + d0 + k0)) as f64 / span_s } else { 0.0 };
     r.extend([(c1 - c0).to_string(), (d1 - d0).to_string(), ksm_merged(cur, prev).to_string(), rate.to_string()]);
     let mut used = vec![0u64; plan.nodes as usize];
     for (_, nodes) in &cur.vmas {
@@ -150,6 +256,11 @@ fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<St
         r.extend(nodes.iter().map(u64::to_string));
     }
     r.extend(ksm_keys.iter().map(|k| cur.ksm.get(*k).copied().unwrap_or(0).to_string()));
+    if !plan.smmus.is_empty() {
+        let accesses = |s: &Sample| smmu_sum(s, None, "stale_accesses");
+        r.push(smmu_sum(cur, None, "stale_mappings").to_string());
+        r.push(accesses(cur).saturating_sub(accesses(prev)).to_string());
+    }
     r
 }
 
@@ -172,4 +283,138 @@ pub fn touch_rates(plan: &Plan, s: &[Sample]) -> BTreeMap<String, f64> {
             (t.name.clone(), if secs > 0.0 { t.touches as f64 / secs } else { 0.0 })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use guest::{ProcessPlan, RemoteCaller, SmmuPlan, SmmuSample, ThreadPlan, ThreadSample};
+
+    fn info() -> RunInfo<'static> {
+        RunInfo {
+            scenario: "s",
+            seed: 1,
+            release: "6.12.117+deb12-amd64",
+            sim_version: "6.12",
+            gup_policy: "explicit",
+            notifier: "smart",
+            aging: false,
+            wall_s: 1.0,
+        }
+    }
+
+    fn smmu(name: &str, kind: SmmuKind) -> SmmuPlan {
+        SmmuPlan {
+            name: name.into(),
+            kind,
+            process: 0,
+            vma: 0,
+            notifier: 2,
+            kthread_node: None,
+            write: false,
+            honor_numa_fault: false,
+            pin: false,
+        }
+    }
+
+    fn sample(t_ms: f64, touches: [u64; 3], stats: [(&str, u64); 3]) -> Sample {
+        let names = ["p/w/0", "device/d", "g/vcpu/0"];
+        Sample {
+            t_ms,
+            threads: names
+                .iter()
+                .zip(touches)
+                .map(|(n, t)| ThreadSample { name: n.to_string(), touches: t, ..ThreadSample::default() })
+                .collect(),
+            smmus: ["device/d", "kvm/g"]
+                .iter()
+                .zip([SmmuKind::Device, SmmuKind::Kvm])
+                .map(|(n, kind)| SmmuSample {
+                    name: n.to_string(),
+                    kind: Some(kind),
+                    stats: stats.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+                })
+                .collect(),
+            ..Sample::default()
+        }
+    }
+
+    fn thread(name: &str, touch: Touch) -> ThreadPlan {
+        ThreadPlan {
+            name: name.into(),
+            vma: 0,
+            first_page: 0,
+            pages: 1,
+            pattern: guest::Pattern::Sequential,
+            touch_lines: 1,
+            think_ns: 0,
+            write_fraction: 0.0,
+            start_ms: 0,
+            stop_ms: None,
+            start_cpu: 0,
+            cpus: Vec::new(),
+            touch,
+        }
+    }
+
+    fn plan(device_path: RemotePath) -> Plan {
+        Plan {
+            nodes: 2,
+            cpus_per_node: 2,
+            smmus: vec![smmu("device/d", SmmuKind::Device), smmu("kvm/g", SmmuKind::Kvm)],
+            processes: vec![
+                ProcessPlan { threads: vec![thread("p/w/0", Touch::Cpu)], ..ProcessPlan::default() },
+                ProcessPlan { threads: vec![thread("g/vcpu/0", Touch::Smmu { smmu: 1 })], ..ProcessPlan::default() },
+            ],
+            remote_callers: vec![RemoteCaller {
+                name: "device/d".into(),
+                node: 1,
+                process: 0,
+                vma: 0,
+                write: false,
+                path: device_path,
+                pattern: guest::Pattern::Sequential,
+                touch_lines: 1,
+                think_ns: 0,
+                start_ms: 0,
+                stop_ms: None,
+            }],
+            ..Plan::default()
+        }
+    }
+
+    #[test]
+    fn gupdev_counters_fill_numasim_names_and_leave_not_measured() {
+        let p = plan(RemotePath::Smmu { smmu: 0 });
+        let stats = [("stale_accesses", 7), ("stale_mappings_max", 5), ("hint_faults", 11)];
+        let s = [sample(0.0, [0; 3], [("stale_accesses", 0), ("stale_mappings_max", 0), ("hint_faults", 0)])];
+        let s = [s[0].clone(), sample(1000.0, [10, 20, 30], stats)];
+        let v = summary(&info(), &p, &s);
+        // Sums over both secondary MMUs for stale.*, by kind for the hinting faults.
+        assert_eq!((v["stale"]["accesses"].as_u64(), v["stale"]["mappings_max"].as_u64()), (Some(14), Some(10)));
+        assert_eq!(v["hint_faults_by_source"]["device"].as_u64(), Some(11));
+        assert_eq!(v["hint_faults_by_source"]["kvm"].as_u64(), Some(11));
+        assert_eq!((v["touches"]["cpu"].as_u64(), v["touches"]["device"].as_u64()), (Some(10), Some(20)));
+        assert_eq!(v["touches"]["kvm"].as_u64(), Some(30));
+        assert_eq!(v["notifier"], "smart");
+        let nm: Vec<&str> = v["not_measured"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
+        for m in ["stale.accesses", "young.secondary_only_protnone", "hint_faults_by_source.kvm", "touches.kvm"] {
+            assert!(!nm.contains(&m), "{m} is measured: {nm:?}");
+        }
+        assert!(nm.contains(&"locality.device") && nm.contains(&"hint_faults_by_source.cpu"));
+        assert_eq!(v["kernel_gupdev"]["device/d"]["hint_faults"].as_u64(), Some(11));
+    }
+
+    /// A user-space GUP caller keeps no mapping that could go stale: with one in the
+    /// scenario, staleness stays unmeasured (the model's device has a secondary MMU).
+    #[test]
+    fn staleness_is_not_measured_beside_a_user_space_gup_caller() {
+        let p = plan(RemotePath::ProcessVm);
+        let s = [sample(0.0, [0; 3], [("a", 0); 3]), sample(1000.0, [1, 2, 3], [("stale_accesses", 3); 3])];
+        let v = summary(&info(), &p, &s);
+        assert!(v["stale"].is_null(), "{v}");
+        let nm: Vec<&str> = v["not_measured"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
+        assert!(nm.contains(&"stale.accesses") && nm.contains(&"hint_faults_by_source.device"));
+        assert!(!nm.contains(&"hint_faults_by_source.kvm"));
+    }
 }

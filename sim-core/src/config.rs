@@ -490,6 +490,9 @@ pub enum GupPath {
     ODirect,
     /// /proc/PID/mem: access_remote_vm() with FOLL_FORCE (and FOLL_WRITE for writes).
     ProcMem,
+    /// A driver's get_user_pages_remote() into its own page table, kept by an MMU notifier:
+    /// the model's device itself; the oracle realises it with the gupdev module.
+    Driver,
 }
 
 /// The largest mapping a device's page table makes.

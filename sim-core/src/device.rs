@@ -59,7 +59,7 @@ impl Device {
     fn gup_flags(&self) -> u32 {
         let write = if self.write { FOLL_WRITE } else { 0 };
         match (self.mode, self.gup_path) {
-            (DeviceMode::Notifier, GupPath::ProcessVm | GupPath::ODirect) => FOLL_GET | write,
+            (DeviceMode::Notifier, GupPath::ProcessVm | GupPath::ODirect | GupPath::Driver) => FOLL_GET | write,
             (DeviceMode::Notifier, GupPath::ProcMem) => FOLL_GET | FOLL_FORCE | write,
             (DeviceMode::Pin, _) => FOLL_PIN | FOLL_LONGTERM | write,
         }

@@ -39,12 +39,19 @@ pub fn match_touch_rate(config: &mut Config, rates: &BTreeMap<String, f64>) -> V
 /// short of the first step's estimate; `sim_per_kernel` (touches in the sim / touches on the
 /// kernel, for CPU threads and for devices) scales each matched block's period to close
 /// the gap. Returns whether anything changed (then the sim runs again).
-pub fn refine(config: &mut Config, matched: &mut [Matched], cpu: Option<f64>, device: Option<f64>) -> bool {
+pub fn refine(config: &mut Config, matched: &mut [Matched], shortfall: Shortfall) -> bool {
     let latency = config.machine.local_latency_ns;
+    let vms: Vec<String> = config.vm.iter().map(|v| format!("{}/{}", v.name, v.vcpus.name)).collect();
     let mut changed = false;
     for (block, lines, think) in blocks(config) {
         let Some(m) = matched.iter_mut().find(|m| m.block == block) else { continue };
-        let factor = if block.starts_with("device/") { device } else { cpu };
+        let factor = if block.starts_with("device/") {
+            shortfall.device
+        } else if vms.contains(&block) {
+            shortfall.kvm
+        } else {
+            shortfall.cpu
+        };
         let Some(f) = factor.filter(|f| f.is_finite() && *f > 0.0 && (f - 1.0).abs() > 0.02) else { continue };
         let touch_ns = u64::from(lines) * latency;
         *think = (((*think + touch_ns) as f64 * f).round() as u64).saturating_sub(touch_ns);
@@ -54,15 +61,28 @@ pub fn refine(config: &mut Config, matched: &mut [Matched], cpu: Option<f64>, de
     changed
 }
 
-/// Every thread block (`process/block`) and device (`device/name`) with its touch size and
-/// think time.
+/// Sim touches / kernel touches of CPU threads (`touches.cpu`), devices (`touches.device`)
+/// and vCPUs (`touches.kvm`), where both sides have them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Shortfall {
+    pub cpu: Option<f64>,
+    pub device: Option<f64>,
+    pub kvm: Option<f64>,
+}
+
+/// Every thread block (`process/block`), VM's vCPU block (`vm/block`) and device
+/// (`device/name`) with its touch size and think time.
 fn blocks(config: &mut Config) -> impl Iterator<Item = (String, u32, &mut u64)> {
     let threads = config.process.iter_mut().flat_map(|p| {
         let process = p.name.clone();
         p.thread.iter_mut().map(move |t| (format!("{process}/{}", t.name), t.touch_lines, &mut t.think_ns))
     });
+    let vcpus = config.vm.iter_mut().map(|v| {
+        let t = &mut v.vcpus;
+        (format!("{}/{}", v.name, t.name), t.touch_lines, &mut t.think_ns)
+    });
     let devices = config.device.iter_mut().map(|d| (format!("device/{}", d.name), d.touch_lines, &mut d.think_ns));
-    threads.chain(devices)
+    threads.chain(vcpus).chain(devices)
 }
 
 /// One block: the mean guest rate of its threads (`block` itself or `block/i`).
@@ -117,9 +137,25 @@ mod tests {
         let mut m = match_touch_rate(&mut c, &rates);
         assert_eq!((c.process[0].thread[0].think_ns, c.device[0].think_ns), (8400, 98_400));
         // The sim's CPU threads did 80 % of the kernel's touches: a period 80 % as long.
-        assert!(refine(&mut c, &mut m, Some(0.8), Some(1.01)));
+        let short = Shortfall { cpu: Some(0.8), device: Some(1.01), kvm: None };
+        assert!(refine(&mut c, &mut m, short));
         assert_eq!((c.process[0].thread[0].think_ns, c.device[0].think_ns), (6400, 98_400));
         assert_eq!((m[0].think_ns_after, m[0].scale, m[1].scale), (6400, 0.8, 1.0));
-        assert!(!refine(&mut c, &mut m, None, Some(f64::INFINITY)));
+        assert!(!refine(&mut c, &mut m, Shortfall { cpu: None, device: Some(f64::INFINITY), kvm: None }));
+    }
+
+    /// A VM's vCPUs are matched as a block `vm/vcpus` and refined by the vCPUs' own touches.
+    #[test]
+    fn vcpus_are_matched_and_refined_by_kvm_touches() {
+        let mut c = workloads::catalogue::resolve("kvm-guest", &[]).unwrap();
+        let block = format!("{}/{}", c.vm[0].name, c.vm[0].vcpus.name);
+        let rates = BTreeMap::from([(format!("{block}/0"), 1e4), (format!("{block}/1"), 1e4)]);
+        let mut m = match_touch_rate(&mut c, &rates);
+        assert_eq!(m.len(), 1, "{m:?}");
+        let lines = u64::from(c.vm[0].vcpus.touch_lines) * c.machine.local_latency_ns;
+        assert_eq!(c.vm[0].vcpus.think_ns, 100_000 - lines);
+        let short = Shortfall { cpu: Some(0.5), device: None, kvm: Some(2.0) };
+        assert!(refine(&mut c, &mut m, short));
+        assert_eq!(c.vm[0].vcpus.think_ns, 200_000 - lines);
     }
 }

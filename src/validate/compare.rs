@@ -132,11 +132,21 @@ struct Derived {
 /// Per-scan-pass and per-fault figures: independent of how fast TCG runs the guest.
 /// A scan pass is `numa_pte_updates` / the scenario's pages: PTEs made protnone in
 /// units of the whole memory once.
-const DERIVED: [Derived; 5] = [
+const DERIVED: [Derived; 7] = [
     Derived { name: "derived.scan_passes", numerator: "vmstat.numa_pte_updates", denominator: Denominator::Pages },
     Derived {
         name: "per_pass.numa_hint_faults",
         numerator: "vmstat.numa_hint_faults",
+        denominator: Denominator::Metric("derived.scan_passes"),
+    },
+    Derived {
+        name: "per_pass.hint_faults_by_source.device",
+        numerator: "hint_faults_by_source.device",
+        denominator: Denominator::Metric("derived.scan_passes"),
+    },
+    Derived {
+        name: "per_pass.hint_faults_by_source.kvm",
+        numerator: "hint_faults_by_source.kvm",
         denominator: Denominator::Metric("derived.scan_passes"),
     },
     Derived {
@@ -323,12 +333,15 @@ mod tests {
                 ("vmstat.numa_pte_updates", 200.0),
                 ("vmstat.numa_hint_faults", 50.0),
                 ("vmstat.numa_pages_migrated", 0.0),
+                ("hint_faults_by_source.device", 30.0),
             ],
-            &[],
+            &["hint_faults_by_source.kvm"],
         );
         let kernel = Side::from_parts(&[("vmstat.numa_hint_faults", 0.0)], &["vmstat.numa_pte_updates"]);
         assert_eq!(sim.cell("derived.scan_passes", 100), Cell::Value(2.0));
         assert_eq!(sim.cell("per_pass.numa_hint_faults", 100), Cell::Value(25.0));
+        assert_eq!(sim.cell("per_pass.hint_faults_by_source.device", 100), Cell::Value(15.0));
+        assert_eq!(sim.cell("per_pass.hint_faults_by_source.kvm", 100), Cell::NotMeasured);
         assert_eq!(sim.cell("derived.migrated_per_fault", 100), Cell::Value(0.0));
         assert_eq!(kernel.cell("vmstat.numa_pages_migrated", 100), Cell::Missing);
         assert_eq!(kernel.cell("per_pass.numa_hint_faults", 100), Cell::NotMeasured);

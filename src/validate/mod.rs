@@ -222,8 +222,12 @@ fn run_one(
         (compare::Cell::Value(s), compare::Cell::Value(k)) if k > 0.0 => Some(s / k),
         _ => None,
     };
-    let (cpu, device) = (shortfall("touches.cpu"), shortfall("touches.device"));
-    if calibrate::refine(&mut sim, &mut outcome.calibration, cpu, device) {
+    let short = calibrate::Shortfall {
+        cpu: shortfall("touches.cpu"),
+        device: shortfall("touches.device"),
+        kvm: shortfall("touches.kvm"),
+    };
+    if calibrate::refine(&mut sim, &mut outcome.calibration, short) {
         side = run_sim(&sim, &sim_dir)?;
     }
     if flags.trace {
@@ -315,9 +319,11 @@ fn kernel_side(
 
 /// A finished run of the same config on the same kernel release, from its guest.json.
 fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option<KernelFacts> {
-    // Parsed, so that a run written before a key was added (with its default) still counts.
+    // Parsed, so that a run written before a key was added (with its default) still counts;
+    // tolerances are not part of what ran.
     let text = std::fs::read_to_string(dir.join("config.toml")).ok()?;
-    let same = load(&Source { origin: dir.display().to_string(), text }, &[]).ok()? == *config;
+    let earlier = load(&Source { origin: dir.display().to_string(), text }, &[]).ok()?;
+    let same = Config { validate: None, ..earlier } == Config { validate: None, ..config.clone() };
     let guest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("guest.json")).ok()?).ok()?;
     let release = guest["release"].as_str()?.to_string();
     if !same || release != spec.release() || !dir.join("summary.json").is_file() {

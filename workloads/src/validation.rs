@@ -22,6 +22,11 @@ pub const CASES: &[(&str, &str)] = &[
     ("gup-o-direct-write-from", include_str!("../../configs/validate/gup-o-direct-write-from.toml")),
     ("ksm-protnone", include_str!("../../configs/validate/ksm-protnone.toml")),
     ("mprotect-toggle", include_str!("../../configs/validate/mprotect-toggle.toml")),
+    ("gupdev-device-gup", include_str!("../../configs/validate/gupdev-device-gup.toml")),
+    ("gupdev-mprotect-smart", include_str!("../../configs/validate/gupdev-mprotect-smart.toml")),
+    ("gupdev-mprotect-unconditional", include_str!("../../configs/validate/gupdev-mprotect-unconditional.toml")),
+    ("gupdev-kvm-honor", include_str!("../../configs/validate/gupdev-kvm-honor.toml")),
+    ("gupdev-kvm-no-honor", include_str!("../../configs/validate/gupdev-kvm-no-honor.toml")),
 ];
 
 /// A validation case by name, else a scenario (built-in or path) as `numasim run` takes it.
