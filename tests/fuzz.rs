@@ -12,6 +12,7 @@
 //!
 //! CI runs `NUMASIM_FUZZ_CASES` (default 1500) cases; the long run is
 //! `NUMASIM_FUZZ_CASES=100000 cargo test --test fuzz -- --nocapture` (seed: `NUMASIM_FUZZ_SEED`).
+//! Every failure is printed with its case number; `NUMASIM_FUZZ_CASE=N` runs case N alone.
 
 mod common;
 
@@ -28,6 +29,8 @@ use workloads::catalogue::BUILTIN;
 const RUN_MS: u64 = 40;
 /// Wall-clock limit of one case.
 const CASE_WALL: Duration = Duration::from_secs(20);
+/// Wall-clock time after which a case counts as hung (the machine may be loaded).
+const HANG_WALL: Duration = Duration::from_secs(180);
 /// Simulator memory a case may use in process (the harness's memory limit).
 const CASE_BYTES: u64 = 256 << 20;
 /// Address-space limit of a case run through the binary.
@@ -278,6 +281,7 @@ fn run_case(g: &mut Gen, bases: &[Base], tally: &mut Tally, case: u64) -> Result
     let text = text(g, base);
     let sets: Vec<String> = (0..g.below(4)).map(|_| assignment(g, base)).collect();
     let describe = || format!("case {case}: --set {sets:?}\n--- file ---\n{text}");
+    *RUNNING.lock().unwrap() = Some((case, Instant::now(), describe()));
     let src = Source { origin: "fuzz.toml".into(), text: text.clone() };
     let loaded = catch_unwind(AssertUnwindSafe(|| load(&src, &sets)))
         .map_err(|_| format!("load panicked: {}\n{}", last_panic(), describe()))?;
@@ -371,29 +375,70 @@ fn cli_case(tally: &mut Tally, case: u64, text: &str, sets: &[String], want: i32
     Ok(())
 }
 
+/// The case running now, for the watchdog: its number, when it started and how to reproduce it.
+static RUNNING: std::sync::Mutex<Option<(u64, Instant, String)>> = std::sync::Mutex::new(None);
+
+/// How to run one case again on its own.
+fn reproduce(seed: u64, case: u64) -> String {
+    format!("NUMASIM_FUZZ_SEED={seed} NUMASIM_FUZZ_CASE={case} cargo test --test fuzz -- --nocapture")
+}
+
+/// A case that runs past `HANG_WALL` is a hang: the watchdog prints it, with the failures
+/// found so far, and ends the process (a thread stuck in a loop cannot be stopped otherwise).
+fn watchdog(seed: u64, failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let running = RUNNING.lock().map(|r| r.clone()).unwrap_or_default();
+            if let Some((case, start, describe)) = running.filter(|(_, start, _)| start.elapsed() > HANG_WALL) {
+                for f in failures.lock().map(|f| f.clone()).unwrap_or_default() {
+                    eprintln!("fuzz failure: {f}\n");
+                }
+                eprintln!(
+                    "fuzz: case {case} hangs ({:.0} s of wall time); reproduce: {}\n{describe}",
+                    start.elapsed().as_secs_f64(),
+                    reproduce(seed, case)
+                );
+                std::process::exit(101);
+            }
+        }
+    });
+}
+
 #[test]
 fn no_case_panics_hangs_or_wraps() {
-    let cases: u64 = std::env::var("NUMASIM_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
-    let seed: u64 = std::env::var("NUMASIM_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let seed = env("NUMASIM_FUZZ_SEED").unwrap_or(1);
+    let cases = match env("NUMASIM_FUZZ_CASE") {
+        Some(one) => one..one + 1,
+        None => 0..env("NUMASIM_FUZZ_CASES").unwrap_or(1500),
+    };
     let bases = bases();
-    let mut g = Gen(stream(seed, "fuzz"));
     let mut tally = Tally::default();
     // Panics are caught and reported per case with where they happened; the default hook
     // would print each one.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| *LAST_PANIC.lock().unwrap() = info.to_string()));
-    let mut failures = Vec::new();
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    watchdog(seed, failures.clone());
     let start = Instant::now();
-    for case in 0..cases {
+    for case in cases {
         tally.cases += 1;
+        // Each case draws from its own stream, so that one case reproduces alone.
+        let mut g = Gen(stream(seed, &format!("fuzz case {case}")));
         if let Err(e) = run_case(&mut g, &bases, &mut tally, case) {
-            failures.push(e);
+            let failure = format!("{e}\nreproduce: {}", reproduce(seed, case));
+            eprintln!("fuzz failure: {failure}\n");
+            failures.lock().unwrap().push(failure);
         }
+        *RUNNING.lock().unwrap() = None;
         if (case + 1).is_multiple_of(10_000) {
-            eprintln!("fuzz: {} cases, {} failures, {:.0} s", case + 1, failures.len(), start.elapsed().as_secs_f64());
+            let found = failures.lock().unwrap().len();
+            eprintln!("fuzz: {} cases, {found} failures, {:.0} s", case + 1, start.elapsed().as_secs_f64());
         }
     }
     std::panic::set_hook(hook);
+    let failures = failures.lock().unwrap().clone();
     eprintln!(
         "fuzz: {} cases in {:.1} s (seed {seed}): {} rejected with exit 2, {} ran with invariants, {} loaded but over the harness's limits after shortening, {} through the binary; {} failures",
         tally.cases,
@@ -404,6 +449,5 @@ fn no_case_panics_hangs_or_wraps() {
         tally.cli,
         failures.len()
     );
-    let shown: Vec<&str> = failures.iter().take(5).map(|f| f.as_str()).collect();
-    assert!(failures.is_empty(), "{} failures, the first:\n{}", failures.len(), shown.join("\n\n"));
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
 }
