@@ -144,3 +144,24 @@ fn a_broken_invariant_stops_the_run_with_its_name_time_and_place() {
     });
     assert_eq!(v.invariant, "page_on_valid_node", "{v}");
 }
+
+/// The engine's last line of defence: events that keep coming at one instant (here ksmd
+/// wake-ups queued by hand, more than the guard allows) stop the run with the event's kind
+/// instead of hanging it. Validation keeps every config from getting here (a zero quantum or
+/// period is refused), so the events are injected.
+#[test]
+fn a_run_whose_time_stops_is_stopped_naming_the_event_kind() {
+    let mut sim = workloads::build(&scenario("numa02", &["run.duration_ms=100"]));
+    sim.with_kernel(|k| {
+        for _ in 0..=sim_core::sim::STALL_EVENTS {
+            k.queue.schedule(5, sim_core::engine::Event::Ksmd);
+        }
+    });
+    match sim.run().err() {
+        Some(SimError::Stalled { time, events, kind }) => {
+            assert_eq!((time, kind), (5, "Ksmd"));
+            assert!(events > sim_core::sim::STALL_EVENTS, "{events}");
+        }
+        other => panic!("expected a stall, got {other:?}"),
+    }
+}
