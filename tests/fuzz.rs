@@ -6,7 +6,7 @@
 //! Every case must end in a config or a `ConfigError` naming a key or a line, never a panic
 //! (overflow checks are on in test builds, so a wrapped value panics too). A config that
 //! loads is run, shortened to at most `RUN_MS`, with `--check-invariants`: the run must
-//! reach its end (no stall, no broken invariant), in at most `CASE_WALL` of wall time, with
+//! reach its end (no stall, no broken invariant), in at most `CASE_CPU` of CPU time, with
 //! finite metrics and exactly the simulated time asked for. One case in `CLI_EVERY` also goes
 //! through the binary under a memory limit and a timeout, which must exit 0 or 2.
 //!
@@ -27,10 +27,14 @@ use workloads::catalogue::BUILTIN;
 
 /// Longest simulated run of a case.
 const RUN_MS: u64 = 40;
-/// Wall-clock limit of one case.
-const CASE_WALL: Duration = Duration::from_secs(20);
-/// Wall-clock time after which a case counts as hung (the machine may be loaded).
-const HANG_WALL: Duration = Duration::from_secs(180);
+/// CPU-time limit of one case (CPU time, not wall time: the harness may share a loaded
+/// machine).
+const CASE_CPU: Duration = Duration::from_secs(20);
+/// Wall-clock time after which a case counts as hung, however loaded the machine.
+const HANG_WALL: Duration = Duration::from_secs(600);
+/// CPU seconds and wall seconds a case run through the binary may take.
+const CLI_CPU_S: &str = "60";
+const CLI_WALL_S: &str = "900";
 /// Simulator memory a case may use in process (the harness's memory limit).
 const CASE_BYTES: u64 = 256 << 20;
 /// Address-space limit of a case run through the binary.
@@ -265,6 +269,15 @@ fn last_panic() -> String {
     LAST_PANIC.lock().map(|m| m.clone()).unwrap_or_default()
 }
 
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime() writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is supported on Linux");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// What one case came to.
 #[derive(Default)]
 struct Tally {
@@ -306,7 +319,7 @@ fn run_case(g: &mut Gen, bases: &[Base], tally: &mut Tally, case: u64) -> Result
     if c.name.is_empty() {
         c.name = "fuzz".into();
     }
-    let wall = Instant::now();
+    let cpu = thread_cpu_time();
     let out = catch_unwind(AssertUnwindSafe(|| {
         let mut sim = workloads::build(&c);
         sim.set_check_invariants(true);
@@ -315,8 +328,9 @@ fn run_case(g: &mut Gen, bases: &[Base], tally: &mut Tally, case: u64) -> Result
     .map_err(|_| format!("run panicked: {}\n{}", last_panic(), describe()))?
     .map_err(|e| format!("run failed: {e}\n{}", describe()))?;
     tally.ran += 1;
-    if wall.elapsed() > CASE_WALL {
-        return Err(format!("took {:?}: {}", wall.elapsed(), describe()));
+    let took = thread_cpu_time() - cpu;
+    if took > CASE_CPU {
+        return Err(format!("took {took:?} of CPU time: {}", describe()));
     }
     let expected = u128::from(c.run.duration_ms) * u128::from(NSEC_PER_MSEC);
     if u128::from(out.summary.sim_time_ns) != expected {
@@ -353,7 +367,8 @@ fn cli_case(tally: &mut Tally, case: u64, text: &str, sets: &[String], want: i32
         args.extend(["--set".into(), format!("run.duration_ms={RUN_MS}"), "--set".into(), "run.sample_ms=10".into()]);
     }
     let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--as={CLI_ADDRESS_SPACE}")).arg("timeout").arg("60").args(&args);
+    cmd.arg(format!("--as={CLI_ADDRESS_SPACE}")).arg(format!("--cpu={CLI_CPU_S}")).arg("timeout").arg(CLI_WALL_S);
+    cmd.args(&args);
     let out = match cmd.output() {
         Ok(out) => out,
         Err(e) => {
