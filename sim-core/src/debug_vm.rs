@@ -122,14 +122,13 @@ fn count_frames(
     ksm: (&KsmFrames, &mut Vec<(PageIdx, u8)>),
     now: Nanos,
 ) -> Result<Vec<u64>, Violation> {
-    let count = |ptes: &[Pte], nid: u8| count_where(ptes, |p| p.nid == nid);
     // The shared zero page is mapped without a folio of its own: no frame, no RSS.
-    let zero = |ptes: &[Pte]| count_where(ptes, |p| p.flags & PTE_ZERO != 0);
+    let no_folio = |p: Pte| u32::from(p.nid == NUMA_NO_NODE) + u32::from(p.flags & PTE_ZERO != 0);
     for m in mms.iter() {
         let mut present = 0;
         for v in &m.vmas {
             let ptes = &pages.pte[v.base as usize..v.base as usize + v.pages as usize];
-            let here = v.pages - count(ptes, NUMA_NO_NODE) - zero(ptes);
+            let here = v.pages - sum_where(ptes, no_folio);
             if v.unmapped && here > 0 {
                 let detail = format!("{here} pages of munmap()ed VMA `{}` of mm `{}` are present", v.name, m.name);
                 return Err(Violation::new("unmapped_vma_empty", now, detail));
@@ -141,19 +140,17 @@ fn count_frames(
             return Err(Violation::new("mm_rss", now, detail));
         }
     }
-    let mut frames: Vec<u64> = (0..nr_nodes).map(|n| count(&pages.pte, n as u8)).collect();
-    let absent = count(&pages.pte, NUMA_NO_NODE);
+    let census = Census::of(&pages.pte);
+    let mut frames: Vec<u64> = census.by_nid[..nr_nodes as usize].to_vec();
+    let absent = census.by_nid[NUMA_NO_NODE as usize];
     if frames.iter().sum::<u64>() + absent != pages.len() as u64 {
         let page = pages.pte.iter().position(|p| p.nid != NUMA_NO_NODE && u32::from(p.nid) >= nr_nodes);
         let page = page.unwrap_or(0) as PageIdx;
         let detail = format!("a present page on node {} of a {nr_nodes}-node machine", pages.pte[page as usize].nid);
         return Err(Violation::new("page_on_valid_node", now, detail).at_page(page));
     }
-    let flags = pages.pte.iter().fold(0, |acc, p| acc | p.flags);
-    if flags & PTE_ZERO != 0 {
-        frames[ZERO_PAGE_NID as usize] -= zero(&pages.pte);
-    }
-    if flags & PG_KSM != 0 {
+    frames[ZERO_PAGE_NID as usize] -= census.zero;
+    if census.flags & PG_KSM != 0 {
         count_ksm_frames(pages, &mut frames, ksm, now)?;
     }
     for s in smmus.iter().filter(|s| s.kind == SmmuKind::LongtermPin) {
@@ -169,10 +166,37 @@ fn count_frames(
     Ok(frames)
 }
 
-/// PTEs for which `f` holds. Counting in u32 lanes over bounded chunks lets the compiler
-/// vectorise the loop; the checks run after every event, so this is most of their cost.
-fn count_where(ptes: &[Pte], f: impl Fn(Pte) -> bool) -> u64 {
-    ptes.chunks(1 << 20).map(|c| u64::from(c.iter().map(|&p| u32::from(f(p))).sum::<u32>())).sum()
+/// The sum of `f` over PTEs, `f` at most 2. Summing in u32 lanes over bounded chunks lets
+/// the compiler vectorise the loop; the checks run after every event, so the passes over
+/// the page array are most of their cost.
+fn sum_where(ptes: &[Pte], f: impl Fn(Pte) -> u32) -> u64 {
+    ptes.chunks(1 << 20).map(|c| u64::from(c.iter().map(|&p| f(p)).sum::<u32>())).sum()
+}
+
+/// One pass over the PTE array: pages per node (NUMA_NO_NODE: not present), zero-page
+/// mappings and every flag set anywhere.
+struct Census {
+    by_nid: [u64; 256],
+    zero: u64,
+    flags: u8,
+}
+
+impl Census {
+    /// Four histograms, one per PTE of each group of four, so that runs of PTEs on one node
+    /// do not wait on each other's increment of the same counter.
+    fn of(ptes: &[Pte]) -> Self {
+        let mut lanes = [[0u64; 256]; 4];
+        let (mut zero, mut flags) = (0, 0);
+        for group in ptes.chunks(4) {
+            for (lane, p) in lanes.iter_mut().zip(group) {
+                lane[p.nid as usize] += 1;
+                zero += u64::from(p.flags & PTE_ZERO != 0);
+                flags |= p.flags;
+            }
+        }
+        let by_nid = std::array::from_fn(|n| lanes.iter().map(|l| l[n]).sum());
+        Census { by_nid, zero, flags }
+    }
 }
 
 /// Replaces the KSM pages' count in `frames` by one per KSM frame: the pages sharing a KSM
