@@ -116,11 +116,40 @@ const EDGES: &[&str] = &[
     "munmap",
 ];
 
-struct Gen(RngStream);
+/// The classes of input the issue names; the long run and CI's slice must generate each.
+const CLASSES: &[&str] = &[
+    "edge 0",
+    "edge -1",
+    "edge u32 max",
+    "edge u64 max",
+    "edge NaN",
+    "wrong type",
+    "huge value",
+    "unknown key",
+    "optional key",
+    "malformed --set",
+    "deep nesting: key",
+    "deep nesting: arrays",
+    "deep nesting: tables",
+    "truncated file",
+    "lines dropped, doubled or swapped",
+    "refused by the memory budget",
+];
+
+/// A case's random stream, and the classes of input it generated.
+struct Gen {
+    rng: RngStream,
+    classes: Vec<&'static str>,
+}
 
 impl Gen {
     fn below(&mut self, n: usize) -> usize {
-        self.0.below(n as u64) as usize
+        self.rng.below(n as u64) as usize
+    }
+
+    fn mark(&mut self, class: &'static str) {
+        debug_assert!(CLASSES.contains(&class), "{class}");
+        self.classes.push(class);
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
@@ -193,24 +222,65 @@ fn shrink(c: &mut Config) {
 /// A value for `key`: an edge, the base value scaled, or a random integer.
 fn value(g: &mut Gen, base: &toml::Value) -> String {
     match g.below(4) {
-        0 | 1 => g.pick(EDGES).to_string(),
+        0 | 1 => {
+            let edge = *g.pick(EDGES);
+            mark_edge(g, base, edge);
+            edge.to_string()
+        }
         2 => match base {
-            toml::Value::Integer(n) => (n.saturating_mul(1 << g.below(40))).to_string(),
+            toml::Value::Integer(n) => {
+                let shift = g.below(40);
+                if shift >= 20 {
+                    g.mark("huge value");
+                }
+                (n.saturating_mul(1 << shift)).to_string()
+            }
             toml::Value::Float(x) => format!("{}", x * (g.below(5) as f64 - 1.0)),
             other => other.to_string(),
         },
-        _ => (g.0.below(u64::MAX) >> g.below(64)).to_string(),
+        _ => (g.rng.below(u64::MAX) >> g.below(64)).to_string(),
+    }
+}
+
+/// Notes which class an edge value given to a key whose value was `base` falls in.
+fn mark_edge(g: &mut Gen, base: &toml::Value, edge: &str) {
+    let class = match edge {
+        "0" => Some("edge 0"),
+        "-1" => Some("edge -1"),
+        "4294967295" => Some("edge u32 max"),
+        "18446744073709551615" => Some("edge u64 max"),
+        "nan" => Some("edge NaN"),
+        _ => None,
+    };
+    if let Some(class) = class {
+        g.mark(class);
+    }
+    let number = edge.parse::<f64>().is_ok();
+    let wrong = match base {
+        toml::Value::Integer(_) | toml::Value::Float(_) => !number,
+        toml::Value::String(_) | toml::Value::Boolean(_) => number,
+        _ => false,
+    };
+    if wrong {
+        g.mark("wrong type");
     }
 }
 
 /// A key nobody defined: a typo, a made-up section, an index out of range, deep nesting.
 fn unknown_key(g: &mut Gen, base: &Base) -> String {
     let (key, _) = g.pick(&base.keys);
+    g.mark("unknown key");
     match g.below(6) {
         0 => format!("{key}x"),
         1 => format!("{}.{}", key.split('.').next().unwrap_or("run"), g.pick(&["nodez", "seeed", "x", ""])),
         2 => format!("process.{}.name", 5 + g.below(100)),
-        3 => (0..1 + g.below(40)).map(|i| format!("k{i}")).collect::<Vec<_>>().join("."),
+        3 => {
+            let parts = 1 + g.below(40);
+            if parts > 16 {
+                g.mark("deep nesting: key");
+            }
+            (0..parts).map(|i| format!("k{i}")).collect::<Vec<_>>().join(".")
+        }
         4 => format!("{key}.deeper.still"),
         _ => g.pick(&["", ".", "..", "run..seed", "process.-1.name", "=", "device.x.name"]).to_string(),
     }
@@ -220,8 +290,14 @@ fn unknown_key(g: &mut Gen, base: &Base) -> String {
 fn assignment(g: &mut Gen, base: &Base) -> String {
     match g.below(10) {
         0 => format!("{}={}", unknown_key(g, base), g.pick(EDGES)),
-        1 => format!("{}={}", g.pick(OPTIONAL), g.pick(EDGES)),
-        2 => g.pick(&["run.seed", "noequals", "=5", "run.seed=", "run.seed==1"]).to_string(),
+        1 => {
+            g.mark("optional key");
+            format!("{}={}", g.pick(OPTIONAL), g.pick(EDGES))
+        }
+        2 => {
+            g.mark("malformed --set");
+            g.pick(&["run.seed", "noequals", "=5", "run.seed=", "run.seed==1"]).to_string()
+        }
         _ => {
             let (key, v) = g.pick(&base.keys).clone();
             format!("{key}={}", value(g, &v))
@@ -235,6 +311,7 @@ fn text(g: &mut Gen, base: &Base) -> String {
     let text = &base.text;
     match g.below(12) {
         0 => {
+            g.mark("truncated file");
             let mut cut = g.below(text.len() + 1);
             while !text.is_char_boundary(cut) {
                 cut -= 1;
@@ -242,6 +319,7 @@ fn text(g: &mut Gen, base: &Base) -> String {
             text[..cut].to_string()
         }
         1 | 2 => {
+            g.mark("lines dropped, doubled or swapped");
             let mut lines: Vec<&str> = text.lines().collect();
             let i = g.below(lines.len());
             match g.below(3) {
@@ -254,8 +332,12 @@ fn text(g: &mut Gen, base: &Base) -> String {
             }
             lines.join("\n")
         }
-        3 => format!("{text}\nnested = {}1{}\n", "[".repeat(g.below(300)), "]".repeat(g.below(300))),
+        3 => {
+            g.mark("deep nesting: arrays");
+            format!("{text}\nnested = {}1{}\n", "[".repeat(g.below(300)), "]".repeat(g.below(300)))
+        }
         4 => {
+            g.mark("deep nesting: tables");
             format!("[{}]\nx = 1\n{text}", (0..1 + g.below(60)).map(|i| format!("t{i}")).collect::<Vec<_>>().join("."))
         }
         _ => text.clone(),
@@ -286,6 +368,8 @@ struct Tally {
     ran: u64,
     over_budget: u64,
     cli: u64,
+    /// Cases that generated each class of input.
+    classes: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Loads one case in process, checks how it failed or runs it.
@@ -302,7 +386,10 @@ fn run_case(g: &mut Gen, bases: &[Base], tally: &mut Tally, case: u64) -> Result
         Err(e) if e.key.is_empty() && e.line.is_none() => {
             return Err(format!("error names no key and no line: {e}\n{}", describe()));
         }
-        Err(_) => {
+        Err(e) => {
+            if e.key == "run.max_memory_gib" {
+                g.mark("refused by the memory budget");
+            }
             tally.rejected += 1;
             return cli_case(tally, case, &text, &sets, 2);
         }
@@ -440,8 +527,14 @@ fn no_case_panics_hangs_or_wraps() {
     for case in cases {
         tally.cases += 1;
         // Each case draws from its own stream, so that one case reproduces alone.
-        let mut g = Gen(stream(seed, &format!("fuzz case {case}")));
-        if let Err(e) = run_case(&mut g, &bases, &mut tally, case) {
+        let mut g = Gen { rng: stream(seed, &format!("fuzz case {case}")), classes: Vec::new() };
+        let result = run_case(&mut g, &bases, &mut tally, case);
+        g.classes.sort_unstable();
+        g.classes.dedup();
+        for class in g.classes {
+            *tally.classes.entry(class).or_default() += 1;
+        }
+        if let Err(e) = result {
             let failure = format!("{e}\nreproduce: {}", reproduce(seed, case));
             eprintln!("fuzz failure: {failure}\n");
             failures.lock().unwrap().push(failure);
@@ -464,5 +557,11 @@ fn no_case_panics_hangs_or_wraps() {
         tally.cli,
         failures.len()
     );
+    let classes: Vec<String> = CLASSES.iter().map(|c| format!("{c}: {}", tally.classes.get(c).unwrap_or(&0))).collect();
+    eprintln!("fuzz: cases per class of input: {}", classes.join(", "));
     assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+    if tally.cases >= 1500 {
+        let missing: Vec<&&str> = CLASSES.iter().filter(|c| !tally.classes.contains_key(*c)).collect();
+        assert!(missing.is_empty(), "no case generated {missing:?}");
+    }
 }
