@@ -46,6 +46,7 @@ impl Scale {
                 pattern: PatternKind::Uniform,
                 ..Default::default()
             }],
+            ..Default::default()
         });
         c
     }

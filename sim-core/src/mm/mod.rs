@@ -269,7 +269,8 @@ pub struct Mm {
     pub numa_scan_seq: u32,
     /// Resident pages (get_mm_rss()).
     pub rss: u64,
-    /// Threads using the mm (get_nr_threads()).
+    /// Threads using the mm (get_nr_threads(), mm_users): from 1, the main thread fork()
+    /// made, whether or not it runs.
     pub nr_threads: u32,
     /// The process's numa_group (see sched/numa.rs for the simplification).
     pub numa_group: Option<crate::sched::numa::NumaGroup>,
@@ -285,7 +286,7 @@ impl Mm {
             numa_scan_offset: 0,
             numa_scan_seq: 0,
             rss: 0,
-            nr_threads: 0,
+            nr_threads: 1,
             numa_group: None,
         }
     }
