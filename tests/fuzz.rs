@@ -6,12 +6,13 @@
 //! Every case must end in a config or a `ConfigError` naming a key or a line, never a panic
 //! (overflow checks are on in test builds, so a wrapped value panics too). A config that
 //! loads is run, shortened to at most `RUN_MS`, with `--check-invariants`: the run must
-//! reach its end (no stall, no broken invariant), in at most `CASE_WALL` of wall time, with
+//! reach its end (no stall, no broken invariant), in at most `CASE_CPU` of CPU time, with
 //! finite metrics and exactly the simulated time asked for. One case in `CLI_EVERY` also goes
 //! through the binary under a memory limit and a timeout, which must exit 0 or 2.
 //!
 //! CI runs `NUMASIM_FUZZ_CASES` (default 1500) cases; the long run is
 //! `NUMASIM_FUZZ_CASES=100000 cargo test --test fuzz -- --nocapture` (seed: `NUMASIM_FUZZ_SEED`).
+//! Every failure is printed with its case number; `NUMASIM_FUZZ_CASE=N` runs case N alone.
 
 mod common;
 
@@ -26,8 +27,14 @@ use workloads::catalogue::BUILTIN;
 
 /// Longest simulated run of a case.
 const RUN_MS: u64 = 40;
-/// Wall-clock limit of one case.
-const CASE_WALL: Duration = Duration::from_secs(20);
+/// CPU-time limit of one case (CPU time, not wall time: the harness may share a loaded
+/// machine).
+const CASE_CPU: Duration = Duration::from_secs(20);
+/// Wall-clock time after which a case counts as hung, however loaded the machine.
+const HANG_WALL: Duration = Duration::from_secs(600);
+/// CPU seconds and wall seconds a case run through the binary may take.
+const CLI_CPU_S: &str = "60";
+const CLI_WALL_S: &str = "900";
 /// Simulator memory a case may use in process (the harness's memory limit).
 const CASE_BYTES: u64 = 256 << 20;
 /// Address-space limit of a case run through the binary.
@@ -109,11 +116,40 @@ const EDGES: &[&str] = &[
     "munmap",
 ];
 
-struct Gen(RngStream);
+/// The classes of input the issue names; the long run and CI's slice must generate each.
+const CLASSES: &[&str] = &[
+    "edge 0",
+    "edge -1",
+    "edge u32 max",
+    "edge u64 max",
+    "edge NaN",
+    "wrong type",
+    "huge value",
+    "unknown key",
+    "optional key",
+    "malformed --set",
+    "deep nesting: key",
+    "deep nesting: arrays",
+    "deep nesting: tables",
+    "truncated file",
+    "lines dropped, doubled or swapped",
+    "refused by the memory budget",
+];
+
+/// A case's random stream, and the classes of input it generated.
+struct Gen {
+    rng: RngStream,
+    classes: Vec<&'static str>,
+}
 
 impl Gen {
     fn below(&mut self, n: usize) -> usize {
-        self.0.below(n as u64) as usize
+        self.rng.below(n as u64) as usize
+    }
+
+    fn mark(&mut self, class: &'static str) {
+        debug_assert!(CLASSES.contains(&class), "{class}");
+        self.classes.push(class);
     }
 
     fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
@@ -186,24 +222,65 @@ fn shrink(c: &mut Config) {
 /// A value for `key`: an edge, the base value scaled, or a random integer.
 fn value(g: &mut Gen, base: &toml::Value) -> String {
     match g.below(4) {
-        0 | 1 => g.pick(EDGES).to_string(),
+        0 | 1 => {
+            let edge = *g.pick(EDGES);
+            mark_edge(g, base, edge);
+            edge.to_string()
+        }
         2 => match base {
-            toml::Value::Integer(n) => (n.saturating_mul(1 << g.below(40))).to_string(),
+            toml::Value::Integer(n) => {
+                let shift = g.below(40);
+                if shift >= 20 {
+                    g.mark("huge value");
+                }
+                (n.saturating_mul(1 << shift)).to_string()
+            }
             toml::Value::Float(x) => format!("{}", x * (g.below(5) as f64 - 1.0)),
             other => other.to_string(),
         },
-        _ => (g.0.below(u64::MAX) >> g.below(64)).to_string(),
+        _ => (g.rng.below(u64::MAX) >> g.below(64)).to_string(),
+    }
+}
+
+/// Notes which class an edge value given to a key whose value was `base` falls in.
+fn mark_edge(g: &mut Gen, base: &toml::Value, edge: &str) {
+    let class = match edge {
+        "0" => Some("edge 0"),
+        "-1" => Some("edge -1"),
+        "4294967295" => Some("edge u32 max"),
+        "18446744073709551615" => Some("edge u64 max"),
+        "nan" => Some("edge NaN"),
+        _ => None,
+    };
+    if let Some(class) = class {
+        g.mark(class);
+    }
+    let number = edge.parse::<f64>().is_ok();
+    let wrong = match base {
+        toml::Value::Integer(_) | toml::Value::Float(_) => !number,
+        toml::Value::String(_) | toml::Value::Boolean(_) => number,
+        _ => false,
+    };
+    if wrong {
+        g.mark("wrong type");
     }
 }
 
 /// A key nobody defined: a typo, a made-up section, an index out of range, deep nesting.
 fn unknown_key(g: &mut Gen, base: &Base) -> String {
     let (key, _) = g.pick(&base.keys);
+    g.mark("unknown key");
     match g.below(6) {
         0 => format!("{key}x"),
         1 => format!("{}.{}", key.split('.').next().unwrap_or("run"), g.pick(&["nodez", "seeed", "x", ""])),
         2 => format!("process.{}.name", 5 + g.below(100)),
-        3 => (0..1 + g.below(40)).map(|i| format!("k{i}")).collect::<Vec<_>>().join("."),
+        3 => {
+            let parts = 1 + g.below(40);
+            if parts > 16 {
+                g.mark("deep nesting: key");
+            }
+            (0..parts).map(|i| format!("k{i}")).collect::<Vec<_>>().join(".")
+        }
         4 => format!("{key}.deeper.still"),
         _ => g.pick(&["", ".", "..", "run..seed", "process.-1.name", "=", "device.x.name"]).to_string(),
     }
@@ -213,8 +290,14 @@ fn unknown_key(g: &mut Gen, base: &Base) -> String {
 fn assignment(g: &mut Gen, base: &Base) -> String {
     match g.below(10) {
         0 => format!("{}={}", unknown_key(g, base), g.pick(EDGES)),
-        1 => format!("{}={}", g.pick(OPTIONAL), g.pick(EDGES)),
-        2 => g.pick(&["run.seed", "noequals", "=5", "run.seed=", "run.seed==1"]).to_string(),
+        1 => {
+            g.mark("optional key");
+            format!("{}={}", g.pick(OPTIONAL), g.pick(EDGES))
+        }
+        2 => {
+            g.mark("malformed --set");
+            g.pick(&["run.seed", "noequals", "=5", "run.seed=", "run.seed==1"]).to_string()
+        }
         _ => {
             let (key, v) = g.pick(&base.keys).clone();
             format!("{key}={}", value(g, &v))
@@ -228,6 +311,7 @@ fn text(g: &mut Gen, base: &Base) -> String {
     let text = &base.text;
     match g.below(12) {
         0 => {
+            g.mark("truncated file");
             let mut cut = g.below(text.len() + 1);
             while !text.is_char_boundary(cut) {
                 cut -= 1;
@@ -235,6 +319,7 @@ fn text(g: &mut Gen, base: &Base) -> String {
             text[..cut].to_string()
         }
         1 | 2 => {
+            g.mark("lines dropped, doubled or swapped");
             let mut lines: Vec<&str> = text.lines().collect();
             let i = g.below(lines.len());
             match g.below(3) {
@@ -247,8 +332,12 @@ fn text(g: &mut Gen, base: &Base) -> String {
             }
             lines.join("\n")
         }
-        3 => format!("{text}\nnested = {}1{}\n", "[".repeat(g.below(300)), "]".repeat(g.below(300))),
+        3 => {
+            g.mark("deep nesting: arrays");
+            format!("{text}\nnested = {}1{}\n", "[".repeat(g.below(300)), "]".repeat(g.below(300)))
+        }
         4 => {
+            g.mark("deep nesting: tables");
             format!("[{}]\nx = 1\n{text}", (0..1 + g.below(60)).map(|i| format!("t{i}")).collect::<Vec<_>>().join("."))
         }
         _ => text.clone(),
@@ -262,6 +351,15 @@ fn last_panic() -> String {
     LAST_PANIC.lock().map(|m| m.clone()).unwrap_or_default()
 }
 
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut t = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime() writes one timespec through a valid pointer.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut t) };
+    assert_eq!(rc, 0, "CLOCK_THREAD_CPUTIME_ID is supported on Linux");
+    Duration::new(t.tv_sec as u64, t.tv_nsec as u32)
+}
+
 /// What one case came to.
 #[derive(Default)]
 struct Tally {
@@ -270,6 +368,8 @@ struct Tally {
     ran: u64,
     over_budget: u64,
     cli: u64,
+    /// Cases that generated each class of input.
+    classes: std::collections::BTreeMap<&'static str, u64>,
 }
 
 /// Loads one case in process, checks how it failed or runs it.
@@ -278,6 +378,7 @@ fn run_case(g: &mut Gen, bases: &[Base], tally: &mut Tally, case: u64) -> Result
     let text = text(g, base);
     let sets: Vec<String> = (0..g.below(4)).map(|_| assignment(g, base)).collect();
     let describe = || format!("case {case}: --set {sets:?}\n--- file ---\n{text}");
+    *RUNNING.lock().unwrap() = Some((case, Instant::now(), describe()));
     let src = Source { origin: "fuzz.toml".into(), text: text.clone() };
     let loaded = catch_unwind(AssertUnwindSafe(|| load(&src, &sets)))
         .map_err(|_| format!("load panicked: {}\n{}", last_panic(), describe()))?;
@@ -285,7 +386,10 @@ fn run_case(g: &mut Gen, bases: &[Base], tally: &mut Tally, case: u64) -> Result
         Err(e) if e.key.is_empty() && e.line.is_none() => {
             return Err(format!("error names no key and no line: {e}\n{}", describe()));
         }
-        Err(_) => {
+        Err(e) => {
+            if e.key == "run.max_memory_gib" {
+                g.mark("refused by the memory budget");
+            }
             tally.rejected += 1;
             return cli_case(tally, case, &text, &sets, 2);
         }
@@ -302,7 +406,7 @@ fn run_case(g: &mut Gen, bases: &[Base], tally: &mut Tally, case: u64) -> Result
     if c.name.is_empty() {
         c.name = "fuzz".into();
     }
-    let wall = Instant::now();
+    let cpu = thread_cpu_time();
     let out = catch_unwind(AssertUnwindSafe(|| {
         let mut sim = workloads::build(&c);
         sim.set_check_invariants(true);
@@ -311,8 +415,9 @@ fn run_case(g: &mut Gen, bases: &[Base], tally: &mut Tally, case: u64) -> Result
     .map_err(|_| format!("run panicked: {}\n{}", last_panic(), describe()))?
     .map_err(|e| format!("run failed: {e}\n{}", describe()))?;
     tally.ran += 1;
-    if wall.elapsed() > CASE_WALL {
-        return Err(format!("took {:?}: {}", wall.elapsed(), describe()));
+    let took = thread_cpu_time() - cpu;
+    if took > CASE_CPU {
+        return Err(format!("took {took:?} of CPU time: {}", describe()));
     }
     let expected = u128::from(c.run.duration_ms) * u128::from(NSEC_PER_MSEC);
     if u128::from(out.summary.sim_time_ns) != expected {
@@ -349,7 +454,8 @@ fn cli_case(tally: &mut Tally, case: u64, text: &str, sets: &[String], want: i32
         args.extend(["--set".into(), format!("run.duration_ms={RUN_MS}"), "--set".into(), "run.sample_ms=10".into()]);
     }
     let mut cmd = Command::new("prlimit");
-    cmd.arg(format!("--as={CLI_ADDRESS_SPACE}")).arg("timeout").arg("60").args(&args);
+    cmd.arg(format!("--as={CLI_ADDRESS_SPACE}")).arg(format!("--cpu={CLI_CPU_S}")).arg("timeout").arg(CLI_WALL_S);
+    cmd.args(&args);
     let out = match cmd.output() {
         Ok(out) => out,
         Err(e) => {
@@ -371,29 +477,76 @@ fn cli_case(tally: &mut Tally, case: u64, text: &str, sets: &[String], want: i32
     Ok(())
 }
 
+/// The case running now, for the watchdog: its number, when it started and how to reproduce it.
+static RUNNING: std::sync::Mutex<Option<(u64, Instant, String)>> = std::sync::Mutex::new(None);
+
+/// How to run one case again on its own.
+fn reproduce(seed: u64, case: u64) -> String {
+    format!("NUMASIM_FUZZ_SEED={seed} NUMASIM_FUZZ_CASE={case} cargo test --test fuzz -- --nocapture")
+}
+
+/// A case that runs past `HANG_WALL` is a hang: the watchdog prints it, with the failures
+/// found so far, and ends the process (a thread stuck in a loop cannot be stopped otherwise).
+fn watchdog(seed: u64, failures: std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let running = RUNNING.lock().map(|r| r.clone()).unwrap_or_default();
+            if let Some((case, start, describe)) = running.filter(|(_, start, _)| start.elapsed() > HANG_WALL) {
+                for f in failures.lock().map(|f| f.clone()).unwrap_or_default() {
+                    eprintln!("fuzz failure: {f}\n");
+                }
+                eprintln!(
+                    "fuzz: case {case} hangs ({:.0} s of wall time); reproduce: {}\n{describe}",
+                    start.elapsed().as_secs_f64(),
+                    reproduce(seed, case)
+                );
+                std::process::exit(101);
+            }
+        }
+    });
+}
+
 #[test]
 fn no_case_panics_hangs_or_wraps() {
-    let cases: u64 = std::env::var("NUMASIM_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
-    let seed: u64 = std::env::var("NUMASIM_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+    let env = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    let seed = env("NUMASIM_FUZZ_SEED").unwrap_or(1);
+    let cases = match env("NUMASIM_FUZZ_CASE") {
+        Some(one) => one..one + 1,
+        None => 0..env("NUMASIM_FUZZ_CASES").unwrap_or(1500),
+    };
     let bases = bases();
-    let mut g = Gen(stream(seed, "fuzz"));
     let mut tally = Tally::default();
     // Panics are caught and reported per case with where they happened; the default hook
     // would print each one.
     let hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(|info| *LAST_PANIC.lock().unwrap() = info.to_string()));
-    let mut failures = Vec::new();
+    let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    watchdog(seed, failures.clone());
     let start = Instant::now();
-    for case in 0..cases {
+    for case in cases {
         tally.cases += 1;
-        if let Err(e) = run_case(&mut g, &bases, &mut tally, case) {
-            failures.push(e);
+        // Each case draws from its own stream, so that one case reproduces alone.
+        let mut g = Gen { rng: stream(seed, &format!("fuzz case {case}")), classes: Vec::new() };
+        let result = run_case(&mut g, &bases, &mut tally, case);
+        g.classes.sort_unstable();
+        g.classes.dedup();
+        for class in g.classes {
+            *tally.classes.entry(class).or_default() += 1;
         }
+        if let Err(e) = result {
+            let failure = format!("{e}\nreproduce: {}", reproduce(seed, case));
+            eprintln!("fuzz failure: {failure}\n");
+            failures.lock().unwrap().push(failure);
+        }
+        *RUNNING.lock().unwrap() = None;
         if (case + 1).is_multiple_of(10_000) {
-            eprintln!("fuzz: {} cases, {} failures, {:.0} s", case + 1, failures.len(), start.elapsed().as_secs_f64());
+            let found = failures.lock().unwrap().len();
+            eprintln!("fuzz: {} cases, {found} failures, {:.0} s", case + 1, start.elapsed().as_secs_f64());
         }
     }
     std::panic::set_hook(hook);
+    let failures = failures.lock().unwrap().clone();
     eprintln!(
         "fuzz: {} cases in {:.1} s (seed {seed}): {} rejected with exit 2, {} ran with invariants, {} loaded but over the harness's limits after shortening, {} through the binary; {} failures",
         tally.cases,
@@ -404,6 +557,11 @@ fn no_case_panics_hangs_or_wraps() {
         tally.cli,
         failures.len()
     );
-    let shown: Vec<&str> = failures.iter().take(5).map(|f| f.as_str()).collect();
-    assert!(failures.is_empty(), "{} failures, the first:\n{}", failures.len(), shown.join("\n\n"));
+    let classes: Vec<String> = CLASSES.iter().map(|c| format!("{c}: {}", tally.classes.get(c).unwrap_or(&0))).collect();
+    eprintln!("fuzz: cases per class of input: {}", classes.join(", "));
+    assert!(failures.is_empty(), "{} failures:\n{}", failures.len(), failures.join("\n\n"));
+    if tally.cases >= 1500 {
+        let missing: Vec<&&str> = CLASSES.iter().filter(|c| !tally.classes.contains_key(*c)).collect();
+        assert!(missing.is_empty(), "no case generated {missing:?}");
+    }
 }

@@ -60,6 +60,12 @@ fn conversions_that_overflow_or_stop_time_name_their_key_and_line() {
         ("ksm.pages_to_scan=4294967295", "key `ksm.pages_to_scan`"),
         ("ksm.sleep_millisecs=0", "key `ksm.sleep_millisecs`"),
         ("process.0.thread.0.hot_fraction=nan", "key `process[0].thread[0].hot_fraction`"),
+        // Zeros that would stop time or divide by zero.
+        ("kernel.numa_balancing_scan_size_mb=0", "key `kernel.numa_balancing_scan_size_mb`: must be at least 1"),
+        ("kernel.quantum_us=0", "key `kernel.quantum_us`: must be at least 1"),
+        ("run.sample_ms=0", "key `run.sample_ms`"),
+        ("aging.interval_ms=0", "key `aging.interval_ms`: must be at least 1"),
+        ("kernel.numa_balancing_scan_period_min_ms=0", "key `kernel.numa_balancing_scan_period_min_ms`"),
     ];
     for (set, want) in cases {
         let err = exits(2, &["check", &cfg, "--set", set]);
@@ -161,6 +167,43 @@ fn sweeps_redo_incomplete_runs_and_merge_refuses_incomplete_or_doubled_shards() 
     assert_eq!(std::fs::read_to_string(m.join("results.csv")).unwrap().lines().count(), 1 + 2);
     ok(&["merge", s(&a), s(&b), "--out", s(&m)]);
     assert_eq!(std::fs::read_to_string(m.join("results.csv")).unwrap().lines().count(), 1 + 3);
+}
+
+/// Splits one CSV line into fields, honouring double quotes (RFC 4180).
+fn csv_fields(line: &str) -> Vec<String> {
+    let (mut fields, mut field, mut quoted) = (Vec::new(), String::new(), false);
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (c, quoted) {
+            ('"', true) if chars.peek() == Some(&'"') => field.push(chars.next().unwrap()),
+            ('"', _) => quoted = !quoted,
+            (',', false) => fields.push(std::mem::take(&mut field)),
+            (c, _) => field.push(c),
+        }
+    }
+    fields.push(field);
+    fields
+}
+
+#[test]
+fn a_swept_value_with_commas_is_quoted_in_results_csv() {
+    let dir = scratch("csv");
+    small(&dir);
+    let file = dir.join("sweep.toml");
+    let sweep = "base = \"small.toml\"\n[sweep]\n\"machine.distance\" = [[[10, 20], [20, 10]], [[10, 30], [30, 10]]]\n";
+    std::fs::write(&file, sweep).unwrap();
+    let out = dir.join("out");
+    ok(&["sweep", s(&file), "--out", s(&out)]);
+    let csv = std::fs::read_to_string(out.join("results.csv")).unwrap();
+    let lines: Vec<&str> = csv.lines().collect();
+    let header = csv_fields(lines[0]);
+    assert_eq!(&header[..2], ["run", "machine.distance"], "{}", lines[0]);
+    assert_eq!(lines.len(), 3, "{csv}");
+    for (i, line) in lines[1..].iter().enumerate() {
+        let row = csv_fields(line);
+        assert_eq!(row.len(), header.len(), "row {i} splits into as many fields as the header: {line}");
+        assert!(row[1].starts_with("[[10, ") && row[1].contains("], ["), "{line}");
+    }
 }
 
 #[test]
