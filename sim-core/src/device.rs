@@ -146,7 +146,7 @@ pub fn device_tick(
     let cost = k.topo.touch_costs(d.nid, d.touch_lines, d.think_ns);
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < d.quantum {
-        let page = d.base + d.access.next_offset();
+        let page = d.base + d.access.next_touch().offset;
         let entry = k.smmus.get(d.smmu).expect("devices own a secondary MMU").entry(page);
         if entry & need != need {
             elapsed += d.fault_cost.max(1);

@@ -257,7 +257,7 @@ impl Sim {
             gup_path: spec.gup_path,
             write: spec.write,
             context,
-            access: AccessStream::new(spec.pattern, rng),
+            access: AccessStream::new(spec.pattern, rng, 0.0),
             touch_lines: spec.touch_lines,
             think_ns: spec.think_ns,
             quantum: spec.quantum,
