@@ -3,6 +3,7 @@
 //! One run is single-threaded. Events are ordered by `(time, sequence)`, so two events at the
 //! same instant run in the order they were scheduled, never in hash, entity or pointer order.
 
+pub mod hugepages;
 pub mod queue;
 pub mod rng;
 

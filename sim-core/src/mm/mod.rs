@@ -19,6 +19,7 @@ use bevy_ecs::component::Component;
 use bevy_ecs::resource::Resource;
 
 use crate::engine::Nanos;
+use crate::engine::hugepages::grow_huge;
 use crate::machine::{NUMA_NO_NODE, Nid};
 
 /// log2 of the page size (4 KiB pages only: no THP).
@@ -110,13 +111,13 @@ impl Pages {
         let base = self.pte.len();
         let new_len = base + n as usize;
         assert!(new_len <= PageIdx::MAX as usize, "more pages than a PageIdx can address");
-        self.pte.resize(new_len, Pte { nid: NUMA_NO_NODE, flags: 0 });
-        self.last_cpupid.resize(new_len, CPUPID_UNSET);
-        self.pins.resize(new_len, 0);
-        self.refs.resize(new_len, 0);
-        self.mapcount.resize(new_len, 0);
-        self.frame_gen.resize(new_len, 0);
-        self.content.resize(new_len, 0);
+        grow_huge(&mut self.pte, new_len, Pte { nid: NUMA_NO_NODE, flags: 0 });
+        grow_huge(&mut self.last_cpupid, new_len, CPUPID_UNSET);
+        grow_huge(&mut self.pins, new_len, 0);
+        grow_huge(&mut self.refs, new_len, 0);
+        grow_huge(&mut self.mapcount, new_len, 0);
+        grow_huge(&mut self.frame_gen, new_len, 0);
+        grow_huge(&mut self.content, new_len, 0);
         base as PageIdx
     }
 
