@@ -35,8 +35,9 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
     let cost = k.topo.touch_costs(nid, task.touch_lines, task.think_ns);
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
-        let Touch { offset, write, .. } = task.access.next_touch();
+        let Touch { offset, write, ahead } = task.access.next_touch();
         let page = task.base + offset;
+        k.smmus.get(ept).expect("the VM's EPT exists").prefetch(task.base + ahead, &k.pages);
         let need = SPTE_VALID | if write { SPTE_WRITABLE } else { 0 };
         if ept_entry(k, ept, page) & need != need {
             let mut f = Faulter::user(k, task, numa, cpu, Source::Kvm, elapsed);

@@ -9,6 +9,7 @@ use bevy_ecs::prelude::*;
 
 use super::{PageIdx, Pages};
 use crate::config::NotifierMode;
+use crate::engine::prefetch;
 use crate::kernel::Kernel;
 use crate::machine::Nid;
 use crate::trace::Event;
@@ -79,6 +80,17 @@ impl SecondaryMmu {
     #[inline]
     pub fn entry(&self, page: PageIdx) -> u32 {
         self.slot(page).map_or(0, |i| self.entries[i])
+    }
+
+    /// Starts loading what a touch of `page` through this table reads: its entry, and the
+    /// page's PTE and frame generation that tell whether the entry is stale.
+    #[inline]
+    pub fn prefetch(&self, page: PageIdx, pages: &Pages) {
+        if let Some(i) = self.slot(page) {
+            prefetch(&self.entries, i);
+            prefetch(&pages.pte, page as usize);
+            prefetch(&pages.frame_gen, page as usize);
+        }
     }
 
     /// Maps `page` to the frame it has now.

@@ -18,8 +18,8 @@ pub mod vmscan;
 use bevy_ecs::component::Component;
 use bevy_ecs::resource::Resource;
 
-use crate::engine::Nanos;
 use crate::engine::hugepages::grow_huge;
+use crate::engine::{Nanos, prefetch};
 use crate::machine::{NUMA_NO_NODE, Nid};
 
 /// log2 of the page size (4 KiB pages only: no THP).
@@ -140,15 +140,10 @@ impl Pages {
         self.present(page) && self.pte[page as usize].flags & PTE_ZERO == 0
     }
 
-    /// Starts loading the state a touch of `page` reads into the cache, so that a touch
-    /// known ahead does not wait for memory when it comes.
+    /// Starts loading the state a touch of `page` reads into the cache.
     #[inline]
     pub fn prefetch(&self, page: PageIdx) {
-        #[cfg(target_arch = "x86_64")]
-        if let Some(pte) = self.pte.get(page as usize) {
-            // SAFETY: a prefetch is a hint with no effect on memory; the pointer is valid.
-            unsafe { std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>((pte as *const Pte).cast()) }
-        }
+        prefetch(&self.pte, page as usize);
     }
 
     #[inline]
