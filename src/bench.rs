@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use sim_core::config::{Config, PatternKind, ProcessConfig, Slice, Thp, ThreadConfig, VmaConfig};
 use sim_core::engine::hugepages::grow_huge;
 use sim_core::engine::stream;
@@ -117,6 +119,35 @@ fn run_one(scale: Scale, thp: bool) {
     );
 }
 
+/// Runs of the sweep [`sweep`] times: seeds of `default`, 3 simulated seconds each.
+const SWEEP_RUNS: u64 = 12;
+
+/// Sweep throughput: the same independent runs (results not written) on one thread and on
+/// two, as `numasim sweep --jobs 1` and `--jobs 2` run them, in runs per wall second, with
+/// the CPU time the process used (on a shared machine, wall time over CPU time says how much
+/// of the cores it had).
+pub fn sweep() {
+    let configs: Vec<Config> = (1..=SWEEP_RUNS)
+        .map(|seed| {
+            let set = [format!("run.seed={seed}"), "run.duration_ms=3000".to_string()];
+            workloads::catalogue::resolve("default", &set).expect("the built-in default scenario resolves")
+        })
+        .collect();
+    println!("== sweep: {SWEEP_RUNS} runs of `default` (3 s simulated each)");
+    let mut rate = [0.0; 2];
+    for (threads, r) in [1, 2].into_iter().zip(&mut rate) {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool starts");
+        let (t, cpu) = (Instant::now(), process_cpu_s());
+        let events: u64 = pool.install(|| {
+            configs.par_iter().map(|c| workloads::build(c).run().expect("the sweep's runs end").summary.events).sum()
+        });
+        let (wall, cpu) = (t.elapsed().as_secs_f64(), process_cpu_s() - cpu);
+        *r = SWEEP_RUNS as f64 / wall;
+        println!("--jobs {threads}: {wall:.2} s wall, {cpu:.2} s CPU, {:.2} runs per s ({events} events)", *r);
+    }
+    println!("throughput on 2 threads: {:.2}x that on 1", rate[1] / rate[0]);
+}
+
 /// The ceiling: ns per random read-modify-write of one byte in an array of one byte per
 /// page, with the same random stream the simulator draws page numbers from, in wall and in
 /// CPU time. `huge`: the array is allocated as the page state is (on huge pages).
@@ -148,10 +179,19 @@ impl Ceiling {
 /// CPU time this thread has used, in seconds: unlike wall time, it leaves out the time other
 /// work on a shared machine held the core.
 fn thread_cpu_s() -> f64 {
+    cpu_clock_s(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time all threads of the process have used, in seconds.
+fn process_cpu_s() -> f64 {
+    cpu_clock_s(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn cpu_clock_s(clock: libc::clockid_t) -> f64 {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: clock_gettime() writes the timespec it is given.
     unsafe {
-        libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts);
+        libc::clock_gettime(clock, &mut ts);
     }
     ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }

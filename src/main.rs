@@ -149,6 +149,9 @@ enum Command {
         /// Also time each scale with THP always.
         #[arg(long)]
         thp: bool,
+        /// Also time a sweep (independent runs of `default`) on one thread and on two.
+        #[arg(long)]
+        sweep: bool,
     },
 }
 
@@ -240,8 +243,11 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Bench { scale, thp } => {
+        Command::Bench { scale, thp, sweep } => {
             bench::run(&scale, thp);
+            if sweep {
+                bench::sweep();
+            }
             Ok(())
         }
     };
