@@ -49,6 +49,7 @@ impl Scale {
                 pattern: PatternKind::Uniform,
                 ..Default::default()
             }],
+            ..Default::default()
         });
         c
     }

@@ -3,8 +3,8 @@
 
 use guest::{ActionKind, ActionPlan, Pattern, Plan, ProcessPlan, RemoteCaller, RemotePath, ThreadPlan, Touch, VmaPlan};
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, GupPath, HugepageAdvice, MachineConfig, PatternKind, Syscall, Thp,
-    ThreadConfig,
+    Access, Config, DeviceConfig, DeviceMode, GupPath, HugepageAdvice, MachineConfig, MainThread, PatternKind, Syscall,
+    Thp, ThreadConfig,
 };
 
 use workloads::Placer;
@@ -23,6 +23,13 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
             "[[vm]] `{}`: a KVM guest inside the oracle's QEMU needs nested virtualisation, which this \
              machine does not have (-accel kvm does not work here); run the scenario without [[vm]]",
             vm.name
+        )));
+    }
+    if let Some((pi, p)) = c.process.iter().enumerate().find(|(_, p)| p.main_thread == MainThread::First) {
+        return Err(OracleError::Input(format!(
+            "process[{pi}].main_thread = \"first\" (`{}`): the guest runs every configured thread as a \
+             clone of an idle main thread; use main_thread = \"idle\" to validate",
+            p.name
         )));
     }
     let m = &c.machine;
@@ -282,6 +289,13 @@ mod tests {
         let c = config("[[vm]]\nname = \"g\"\nmemory_mib = 64\n");
         let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("a vm must be refused") };
         assert!(msg.contains("nested virtualisation"), "{msg}");
+    }
+
+    #[test]
+    fn a_working_main_thread_is_refused_with_the_key() {
+        let c = config("[[process]]\nname = \"p\"\nmain_thread = \"first\"\n");
+        let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("main_thread = first must be refused") };
+        assert!(msg.contains("process[0].main_thread"), "{msg}");
     }
 
     #[test]

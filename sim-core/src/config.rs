@@ -303,6 +303,22 @@ pub struct ProcessConfig {
     pub name: String,
     pub vma: Vec<VmaConfig>,
     pub thread: Vec<ThreadConfig>,
+    /// What the process's main thread does: waits while every configured thread runs as its
+    /// clone (`idle`, as a pthreads benchmark and the oracle's guest do), or is the first
+    /// configured thread (`first`, a single-threaded program).
+    pub main_thread: MainThread,
+}
+
+/// The role of a process's main thread (the one fork() created).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum MainThread {
+    /// Counted in mm_users and get_nr_threads() but never runs: every configured thread is a
+    /// CLONE_VM clone, staggered by init_numa_balancing().
+    #[default]
+    Idle,
+    /// The first thread of the first block: no clone stagger, scans from its first tick.
+    First,
 }
 
 /// An anonymous private mapping (mmap(MAP_PRIVATE|MAP_ANONYMOUS)).

@@ -15,7 +15,7 @@ use crate::mm::ksm::{KsmFrames, Ksmd, ksmd_wake};
 use crate::mm::memory::do_anonymous_page;
 use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind};
 use crate::mm::mprotect::{Action, Actions, run_action};
-use crate::mm::numa_balancing::initial_node_stamp;
+use crate::mm::numa_balancing::clone_node_stamp;
 use crate::mm::page_alloc::setup_per_zone_wmarks;
 use crate::mm::vmscan::{Aging, age_pages};
 use crate::mm::{Mm, PageIdx, Pages};
@@ -169,7 +169,8 @@ impl Sim {
         self.next_pid
     }
 
-    /// A new process (an empty mm) named `name`.
+    /// A new process (an empty mm) named `name`, with an idle main thread: it counts in
+    /// mm_users until [`Sim::add_main_thread`] gives it work.
     pub fn add_process(&mut self, name: &str) -> Entity {
         let pid = self.alloc_pid();
         let delay = self.world.resource::<Sysctl>().scan_delay();
@@ -304,18 +305,30 @@ impl Sim {
         r
     }
 
-    /// Adds a thread to `mm`. It joins its CPU's run queue at `spec.start`.
+    /// Adds a thread to `mm`, cloned (CLONE_VM) by its main thread. It joins its CPU's run
+    /// queue at `spec.start`.
     pub fn add_thread(&mut self, mm: Entity, spec: ThreadSpec) -> Entity {
-        let pid = self.alloc_pid();
-        let rng = self.rng(&format!("thread:{}", spec.name));
-        let thread_index = {
+        let (mm_users, rss) = {
             let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
             m.nr_threads += 1;
-            m.nr_threads - 1
+            (m.nr_threads - 1, m.rss)
         };
-        let mut numa = TaskNuma::new(pid, mm, self.world.resource::<Sysctl>());
-        let rss = self.world.get::<Mm>(mm).expect("live mm").rss;
-        numa.node_stamp = self.with_kernel(|k| initial_node_stamp(k, &numa, rss, thread_index));
+        let mut numa = TaskNuma::new(self.alloc_pid(), mm, self.world.resource::<Sysctl>());
+        numa.node_stamp = self.with_kernel(|k| clone_node_stamp(k, &numa, rss, mm_users));
+        self.spawn_thread(mm, spec, numa)
+    }
+
+    /// Gives `mm`'s main thread the work in `spec` (a single-threaded program): it is not a
+    /// clone, so its node_stamp starts at 0, as init_numa_balancing() leaves a forked task.
+    pub fn add_main_thread(&mut self, mm: Entity, spec: ThreadSpec) -> Entity {
+        let tgid = self.world.get::<Mm>(mm).expect("live mm").pid;
+        let numa = TaskNuma::new(tgid, mm, self.world.resource::<Sysctl>());
+        self.spawn_thread(mm, spec, numa)
+    }
+
+    fn spawn_thread(&mut self, mm: Entity, spec: ThreadSpec, numa: TaskNuma) -> Entity {
+        let pid = numa.pid;
+        let rng = self.rng(&format!("thread:{}", spec.name));
         let name = spec.name.clone();
         let start = spec.start;
         let task = Task::new(pid, mm, spec, rng);

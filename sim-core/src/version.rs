@@ -41,6 +41,10 @@ pub struct Rules {
     /// get_mergeable_page() reads unstable-tree pages with folio_walk_start() instead of
     /// follow_page(FOLL_GET): 6.12 (6.1.192 still calls follow_page()).
     pub ksm_lookup_walks: bool,
+    /// cmp_and_merge_page() checks that the page's checksum held still since ksmd's last
+    /// visit before it searches the stable tree (6.12.117), not only before the unstable
+    /// tree (6.1.192: a page with a stable twin merges on first sight).
+    pub ksm_checksum_first: bool,
     pub vma_filter: VmaScanFilter,
 }
 
@@ -56,8 +60,10 @@ impl Rules {
             V6_6 => (GupPolicy::Explicit, false, false, false, VmaScanFilter::Accessed),
             V6_12 => (GupPolicy::Explicit, false, true, true, VmaScanFilter::AccessedForced),
         };
+        // The 2024 reordering is not in 6.4–6.6, which keep 6.1's order.
+        let ksm_checksum_first = version == V6_12;
         let gup = gup_override.unwrap_or(gup);
-        Self { version, gup, savedwrite, ksm_scan_walks, ksm_lookup_walks, vma_filter }
+        Self { version, gup, savedwrite, ksm_scan_walks, ksm_lookup_walks, ksm_checksum_first, vma_filter }
     }
 
     pub fn from_config(k: &KernelConfig) -> Self {

@@ -1,7 +1,7 @@
 //! ksmd (mm/ksm.c), driven one wake-up at a time.
 
 use bevy_ecs::entity::Entity;
-use sim_core::config::{Config, KsmConfig, MachineConfig};
+use sim_core::config::{Config, KernelConfig, KernelVersion, KsmConfig, MachineConfig};
 use sim_core::mm::ksm::ksmd_wake;
 use sim_core::mm::mmu_notifier::{SPTE_VALID, SecondaryMmu, SmmuKind};
 use sim_core::mm::mprotect::mprotect_vma;
@@ -10,10 +10,24 @@ use sim_core::sim::Sim;
 use sim_core::stats::Counters;
 
 /// A process with one 512-page mergeable VMA of 4 contents, populated on node 0 from page
-/// `populated_from` on.
+/// `populated_from` on, after ksmd's first pass over it: every page's checksum is recorded
+/// and nothing has merged yet.
 fn mergeable(populated_from: u64) -> (Sim, Entity, PageIdx) {
+    mergeable_on(KernelVersion::V6_12, populated_from)
+}
+
+fn mergeable_on(version: KernelVersion, populated_from: u64) -> (Sim, Entity, PageIdx) {
+    let (mut sim, mm, base) = populated(version, populated_from);
+    for _ in 0..(512 - populated_from).div_ceil(100) {
+        assert_eq!(wake(&mut sim), 0, "the first pass only records checksums");
+    }
+    (sim, mm, base)
+}
+
+fn populated(version: KernelVersion, populated_from: u64) -> (Sim, Entity, PageIdx) {
     let config = Config {
         machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() },
+        kernel: KernelConfig { version, ..Default::default() },
         ksm: KsmConfig { run: true, pages_to_scan: 100, ..Default::default() },
         ..Default::default()
     };
@@ -22,12 +36,16 @@ fn mergeable(populated_from: u64) -> (Sim, Entity, PageIdx) {
     let vma = sim.add_vma(mm, "buf", 512);
     let base = sim.vma_base(mm, vma);
     sim.make_mergeable(mm, vma, 4, 0);
+    populate(&mut sim, mm, base + populated_from as PageIdx..base + 512);
+    (sim, mm, base)
+}
+
+fn populate(sim: &mut Sim, mm: Entity, pages: std::ops::Range<PageIdx>) {
     sim.with_kernel(|k| {
-        for page in base + populated_from as PageIdx..base + 512 {
+        for page in pages {
             sim_core::mm::memory::do_anonymous_page(k, mm, 0, page, 0, true);
         }
     });
-    (sim, mm, base)
 }
 
 fn wake(sim: &mut Sim) -> u64 {
@@ -104,4 +122,22 @@ fn a_ksm_frame_is_freed_with_its_last_mapping() {
         let node0 = k.pgdat(0);
         assert_eq!(node0.free_pages, node0.present_pages);
     });
+}
+
+/// cmp_and_merge_page() merges a page only once its checksum held still since ksmd's last
+/// visit (rmap_item->oldchecksum). 6.12.117 tests that before the stable tree search, so a
+/// page that appears after its twins merged waits a pass; 6.1.192 tests it only before the
+/// unstable tree, so such a page merges with its stable twin on first sight.
+#[test]
+fn a_new_page_with_a_stable_twin_merges_at_once_on_6_1_and_a_pass_later_on_6_12() {
+    for (version, first_sight) in [(KernelVersion::V6_1Debian12, 100), (KernelVersion::V6_12, 0)] {
+        let (mut sim, mm, base) = mergeable_on(version, 300);
+        let mut merged = 0;
+        for _ in 0..3 {
+            merged = wake(&mut sim);
+        }
+        assert_eq!(merged, 212 - 4, "{version:?}: the second pass merges every page but the 4 KSM pages");
+        populate(&mut sim, mm, base..base + 300);
+        assert_eq!(wake(&mut sim) - merged, first_sight, "{version:?}");
+    }
 }

@@ -138,7 +138,10 @@ fn ksm_splits_a_thp_before_merging_its_subpages() {
     sim.make_mergeable(mm, 0, 4, 0);
     sim.with_kernel(|k| fault(k, mm, base, 0, true));
     sim.world.resource_mut::<sim_core::mm::ksm::Ksmd>().vmas.push((mm, 0));
-    sim.world.run_system_cached(sim_core::mm::ksm::ksmd_wake).unwrap();
+    // The first pass records checksums; merging starts in the second.
+    for _ in 0..20 {
+        sim.world.run_system_cached(sim_core::mm::ksm::ksmd_wake).unwrap();
+    }
     let c = sim.world.resource::<Counters>();
     assert!(c.ksm.pages_merged > 0);
     assert_eq!(c.vmstat.thp_split_pmd, 1);

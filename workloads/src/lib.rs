@@ -5,7 +5,7 @@ pub mod pattern;
 pub mod validation;
 
 use bevy_ecs::entity::Entity;
-use sim_core::config::{Access, Config, GupContext, HugepageAdvice, MachineConfig, Slice, ThreadConfig};
+use sim_core::config::{Access, Config, GupContext, HugepageAdvice, MachineConfig, MainThread, Slice, ThreadConfig};
 use sim_core::engine::{NSEC_PER_MSEC, NSEC_PER_USEC};
 use sim_core::machine::Nid;
 use sim_core::mm::PageIdx;
@@ -93,9 +93,10 @@ pub fn build(config: &Config) -> Sim {
             })
             .collect();
         let mut first_thread = None;
-        for t in &p.thread {
+        for (ti, t) in p.thread.iter().enumerate() {
             let region = regions.iter().find(|r| r.name == t.vma).expect("validated");
-            let threads = add_threads(&mut sim, &mut placer, m, mm, &p.name, region, t, None);
+            let main = if ti == 0 { p.main_thread } else { MainThread::Idle };
+            let threads = add_threads(&mut sim, &mut placer, m, mm, &p.name, region, t, None, main);
             first_thread = first_thread.or(threads.first().copied());
         }
         named.push(NamedMm { name: p.name.clone(), mm, regions, first_thread });
@@ -115,7 +116,7 @@ pub fn build(config: &Config) -> Sim {
             vm.hugepage,
         );
         let ept = sim.add_secondary_mmu(&format!("{}/ept", vm.name), mm, ram.base, ram.pages, SmmuKind::Notifier);
-        let vcpus = add_threads(&mut sim, &mut placer, m, mm, &vm.name, &ram, &vm.vcpus, Some(ept));
+        let vcpus = add_threads(&mut sim, &mut placer, m, mm, &vm.name, &ram, &vm.vcpus, Some(ept), MainThread::Idle);
         named.push(NamedMm { name: vm.name.clone(), mm, regions: vec![ram], first_thread: vcpus.first().copied() });
     }
     let find = |process: &str, vma: &str| {
@@ -162,7 +163,8 @@ pub fn build(config: &Config) -> Sim {
     sim
 }
 
-/// Adds the threads of block `t` working on `region` of `mm`.
+/// Adds the threads of block `t` working on `region` of `mm`; with `MainThread::First` the
+/// block's first thread is the process's main thread.
 #[allow(clippy::too_many_arguments)]
 fn add_threads(
     sim: &mut Sim,
@@ -173,6 +175,7 @@ fn add_threads(
     region: &Region,
     t: &ThreadConfig,
     ept: Option<Entity>,
+    main: MainThread,
 ) -> Vec<Entity> {
     let vma_pages = region.pages;
     let n = u64::from(t.threads(m));
@@ -197,7 +200,7 @@ fn add_threads(
                 stop: t.stop_ms.map(|s| s * NSEC_PER_MSEC),
                 ept,
             };
-            sim.add_thread(mm, spec)
+            if i == 0 && main == MainThread::First { sim.add_main_thread(mm, spec) } else { sim.add_thread(mm, spec) }
         })
         .collect()
 }

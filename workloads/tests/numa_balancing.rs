@@ -90,3 +90,24 @@ fn threads_whose_memory_sits_on_each_others_node_swap() {
     assert_eq!(column(&out, "task.a/worker/0.nid").last(), Some(&1.0));
     assert_eq!(column(&out, "task.b/worker/0.nid").last(), Some(&0.0));
 }
+
+#[test]
+fn configured_threads_are_clones_of_an_idle_main_thread_unless_it_works() {
+    // init_numa_balancing() staggers every CLONE_VM thread (node_stamp > 0), and only a task
+    // with node_stamp 0 gets task_scan_start() at its first tick; the guest, like pthreads
+    // benchmarks, runs every configured thread as a clone of a waiting main thread.
+    let stamps = |main: &str| {
+        let mut sim = workloads::build(&scenario("numa02", &[&format!("process.0.main_thread={main}")]));
+        let mm = sim.world.query::<&sim_core::mm::Mm>().single(&sim.world).map(|m| (m.pid, m.nr_threads)).unwrap();
+        let mut q = sim.world.query::<&sim_core::sched::TaskNuma>();
+        let tasks: Vec<(u32, u64)> = q.iter(&sim.world).map(|p| (p.pid, p.node_stamp)).collect();
+        (mm, tasks)
+    };
+    let ((tgid, users), tasks) = stamps("idle");
+    assert_eq!(users, tasks.len() as u32 + 1, "the idle main thread counts in mm_users");
+    assert!(tasks.iter().all(|&(pid, stamp)| stamp > 0 && pid != tgid), "{tasks:?}");
+    let ((tgid, users), tasks) = stamps("first");
+    assert_eq!(users, tasks.len() as u32);
+    let unstaggered: Vec<_> = tasks.iter().filter(|&&(_, stamp)| stamp == 0).collect();
+    assert_eq!(unstaggered, [&(tgid, 0)], "only the main thread, with the process's pid");
+}

@@ -4,9 +4,8 @@
 //! Follows 6.12.117 and 6.1.192, with the version differences in [`Rules`]: how
 //! scan_get_next_rmap_item() finds pages (a page-table walk, or follow_page()) and whether
 //! follow_page() refuses protnone PTEs (v6.2–v6.4's gup_can_follow_protnone(), which
-//! 6.1.192 carries). Simplified: a page merges the first time ksmd sees a twin (the kernel
-//! waits for its checksum to hold still over one pass); ksmd's own CPU time is not charged to
-//! any CPU.
+//! 6.1.192 carries) and where the checksum test sits. Simplified: a page's checksum is its
+//! content class; ksmd's own CPU time is not charged to any CPU.
 
 use std::collections::HashMap;
 
@@ -16,7 +15,7 @@ use super::gup::{Followed, follow_page};
 use super::huge_memory::split_huge_pmd_of;
 use super::memory::free_page_node;
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range, update_stale_gauge};
-use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx};
+use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, RMAP_CHECKSUMMED};
 use crate::engine::{Event, NSEC_PER_MSEC};
 use crate::kernel::Kernel;
 use crate::machine::Nid;
@@ -173,13 +172,18 @@ fn scan_get_next_rmap_item(k: &mut Kernel, ksmd: &mut Ksmd) -> Option<Scanned> {
 }
 
 /// Models cmp_and_merge_page(): look the page up in the stable tree, then in the unstable
-/// tree.
+/// tree, once its checksum has held still since ksmd's last visit (before the stable tree
+/// search on 6.12, before the unstable one on 6.1).
 fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
     let (page, i) = (item.page, item.page as usize);
     let content = k.pages.content[i];
     // KSM pages are merged already; pinned pages cannot be write-protected
     // (write_protect_page() refuses a raised page_count).
     if k.pages.pte[i].flags & PG_KSM != 0 || k.pages.pins[i] > 0 {
+        return;
+    }
+    let checksum_first = k.rules.ksm_checksum_first;
+    if checksum_first && checksum_changed(k, page) {
         return;
     }
     let nid = k.pages.pte[i].nid;
@@ -196,6 +200,9 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
         replace_page(k, item.mm, item.accessible, page, kpage);
         return;
     }
+    if !checksum_first && checksum_changed(k, page) {
+        return;
+    }
     let Some(tree) = unstable_tree_search_insert(k, ksmd, key, UnstableItem { page, mm: item.mm }) else {
         return;
     };
@@ -208,6 +215,15 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
     let tree_accessible = k.mm(tree.mm).page_accessible(tree.page);
     trace_ksm_merge(k, tree.mm, tree.page, page, KsmTree::Unstable);
     replace_page(k, tree.mm, tree_accessible, tree.page, page);
+}
+
+/// Models the `rmap_item->oldchecksum != calc_checksum(page)` test: a page whose content
+/// ksmd has not seen yet is "volatile" this visit, and its checksum is recorded.
+fn checksum_changed(k: &mut Kernel, page: PageIdx) -> bool {
+    let flags = &mut k.pages.pte[page as usize].flags;
+    let changed = *flags & RMAP_CHECKSUMMED == 0;
+    *flags |= RMAP_CHECKSUMMED;
+    changed
 }
 
 /// numasim_ksm_merge: `page` of `mm` is about to share KSM page `kpage`, a twin found in `tree`.

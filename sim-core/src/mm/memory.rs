@@ -6,7 +6,7 @@ use super::huge_memory::{do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, spli
 use super::ksm::ksm_unmap;
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
-use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
+use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, RMAP_CHECKSUMMED, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid, PgData};
@@ -137,6 +137,7 @@ pub fn do_wp_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     k.pages.mapcount[i] = 1;
     if old & PG_KSM != 0 {
         k.pages.content[i] = 0;
+        k.pages.pte[i].flags &= !RMAP_CHECKSUMMED;
         k.counters.vmstat.cow_ksm += 1;
     } else {
         k.mm(mm).rss += 1;

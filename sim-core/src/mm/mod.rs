@@ -37,6 +37,10 @@ pub const PG_KSM: u8 = 1 << 2;
 /// PTE bit: the PTE maps the shared zero page (a read fault of untouched anonymous memory,
 /// `pte_mkspecial(pfn_pte(my_zero_pfn()))`): no folio, no RSS, on [`ZERO_PAGE_NID`].
 pub const PTE_ZERO: u8 = 1 << 3;
+/// ksmd's rmap_item for the page holds the checksum of its current content
+/// (`rmap_item->oldchecksum == calc_checksum(page)`): set when ksmd first scans the page,
+/// cleared when the content changes. Kept beside the PTE bits because it costs no byte.
+pub const RMAP_CHECKSUMMED: u8 = 1 << 4;
 /// What a write must copy before it may proceed (do_wp_page()): a KSM page or the zero page.
 pub const PTE_COW: u8 = PG_KSM | PTE_ZERO;
 /// The node of the shared zero page (x86's empty_zero_page sits in the kernel image).
@@ -276,7 +280,8 @@ pub struct Mm {
     pub numa_scan_seq: u32,
     /// Resident pages (get_mm_rss()).
     pub rss: u64,
-    /// Threads using the mm (get_nr_threads()).
+    /// Threads using the mm (get_nr_threads(), mm_users): from 1, the main thread fork()
+    /// made, whether or not it runs.
     pub nr_threads: u32,
     /// The process's numa_group (see sched/numa.rs for the simplification).
     pub numa_group: Option<crate::sched::numa::NumaGroup>,
@@ -292,7 +297,7 @@ impl Mm {
             numa_scan_offset: 0,
             numa_scan_seq: 0,
             rss: 0,
-            nr_threads: 0,
+            nr_threads: 1,
             numa_group: None,
         }
     }

@@ -15,16 +15,16 @@ use crate::trace::events::NumabSkip;
 use crate::trace_event;
 use crate::version::VmaScanFilter;
 
-/// Models the stagger init_numa_balancing() gives a new thread of an existing mm (the
-/// `thread`-th, from 0): `min(task_scan_max(), period * mm_users * NSEC_PER_MSEC) + 2
-/// ticks`. The kernel compares milliseconds with nanoseconds there, so the first term wins
-/// and the stagger is a few ticks; modelled as written.
-pub fn initial_node_stamp(k: &Kernel, p: &TaskNuma, rss: u64, thread: u32) -> Nanos {
-    if thread == 0 {
-        return 0;
-    }
+/// Models the stagger init_numa_balancing() (kernel/sched/fair.c, 6.1 and 6.12) gives a
+/// CLONE_VM thread, cloned while the mm has `mm_users` users: `min(task_scan_max(),
+/// period * mm_users * NSEC_PER_MSEC) + 2 ticks`. The kernel compares milliseconds with
+/// nanoseconds there, so the first term wins and the stagger is a few ticks; modelled as
+/// written. It matters because it is non-zero: task_tick_numa() applies task_scan_start()
+/// only to a task whose node_stamp is 0, so a clone keeps `numa_scan_period = scan_delay`
+/// until its own hinting faults adapt it.
+pub fn clone_node_stamp(k: &Kernel, p: &TaskNuma, rss: u64, mm_users: u32) -> Nanos {
     let max_ms = task_scan_max(&k.sysctl, rss, None);
-    let delay = max_ms.min(p.numa_scan_period * u64::from(thread + 1) * NSEC_PER_MSEC);
+    let delay = max_ms.min(p.numa_scan_period * u64::from(mm_users) * NSEC_PER_MSEC);
     delay + 2 * TICK_NSEC
 }
 
