@@ -127,25 +127,36 @@ fn check_failed(shared: &Shared, n: usize) -> Result<()> {
     }
 }
 
-/// Starts the workload and samples at 0, sample_ms, 2 * sample_ms, ... up to the duration.
-/// Returns the guest time the workload ran.
+/// Starts the workload and samples at 0, sample_ms, 2 * sample_ms, ... and at the duration,
+/// where the run ends. A sample can take longer than the period (numa_maps of a large buffer
+/// under TCG takes hundreds of milliseconds): the deadlines it overran are skipped, so the
+/// run lasts its duration, not a fixed number of samples. Returns the guest time it ran.
 fn sample_run(port: &mut DataPort, shared: &Shared, plan: &Plan) -> Result<u64> {
     let names = plan.slot_names();
     let n = plan.processes.len() + plan.remote_callers.len();
-    let baseline = sample::take(plan, shared, &names, 0.0);
+    let mut sampler = sample::Sampler::default();
+    let baseline = sampler.take(plan, shared, &names, 0.0, false);
     write_files(&plan.start_writes)?;
     let go = sys::now_ns();
     port.send(&Frame::Sample(baseline));
     shared.go_ns.store(go, Ordering::Release);
-    let mut k = 1;
-    while k * plan.sample_ms <= plan.duration_ms {
-        sys::sleep_until(go + k * plan.sample_ms * 1_000_000);
-        let t_ms = (sys::now_ns() - go) as f64 / 1e6;
-        port.send(&Frame::Sample(sample::take(plan, shared, &names, t_ms)));
+    let (period, end) = (plan.sample_ms * 1_000_000, go + plan.duration_ms * 1_000_000);
+    let mut deadline = (go + period).min(end);
+    loop {
+        sys::sleep_until(deadline);
+        let t = sys::now_ns();
+        port.send(&Frame::Sample(sampler.take(plan, shared, &names, (t - go) as f64 / 1e6, deadline == end)));
         check_failed(shared, n)?;
-        k += 1;
+        if deadline == end {
+            return Ok((t - go) / 1_000_000);
+        }
+        deadline = next_deadline(go, period, sys::now_ns()).min(end);
     }
-    Ok((sys::now_ns() - go) / 1_000_000)
+}
+
+/// The first sampling deadline (go + k * period) after `now`.
+fn next_deadline(go: u64, period: u64, now: u64) -> u64 {
+    go + ((now - go) / period + 1) * period
 }
 
 fn release() -> String {
@@ -192,5 +203,18 @@ impl DataPort {
         let mut line = serde_json::to_string(frame).expect("frames serialize");
         line.push('\n');
         let _ = self.0.write_all(line.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_deadline;
+
+    #[test]
+    fn a_slow_sample_skips_the_deadlines_it_overran() {
+        assert_eq!(next_deadline(1_000, 100, 1_000), 1_100);
+        assert_eq!(next_deadline(1_000, 100, 1_099), 1_100);
+        assert_eq!(next_deadline(1_000, 100, 1_100), 1_200, "a deadline met exactly is done");
+        assert_eq!(next_deadline(1_000, 100, 1_450), 1_500, "three periods overrun: three deadlines skipped");
     }
 }

@@ -8,9 +8,30 @@ use guest::{PAGE_SIZE, Plan, Sample, ThreadSample};
 
 use crate::sys::Shared;
 
-/// Reads one sample at `t_ms` since the workload started.
-pub fn take(plan: &Plan, shared: &Shared, names: &[String], t_ms: f64) -> Sample {
-    Sample { t_ms, vmstat: vmstat(), ksm: ksm(), vmas: vma_placement(plan, shared), threads: threads(shared, names) }
+/// The sampler walks numa_maps (every page of every VMA: hundreds of milliseconds for a
+/// large buffer under TCG) only when this many times the last walk's duration has passed
+/// since, so it keeps to a tenth of one vCPU instead of taking one from the workload.
+const PLACEMENT_DUTY: u64 = 10;
+
+/// Reads samples, re-reading the VMA placement at most at [`PLACEMENT_DUTY`]'s pace (and
+/// always for the first and the last sample); in between a sample repeats the last one.
+#[derive(Default)]
+pub struct Sampler {
+    placement: Vec<(String, Vec<u64>)>,
+    walked_at_ns: u64,
+    walk_ns: u64,
+}
+
+impl Sampler {
+    /// Reads one sample at `t_ms` since the workload started.
+    pub fn take(&mut self, plan: &Plan, shared: &Shared, names: &[String], t_ms: f64, last: bool) -> Sample {
+        let now = crate::sys::now_ns();
+        if self.placement.is_empty() || last || now - self.walked_at_ns >= PLACEMENT_DUTY * self.walk_ns {
+            self.placement = vma_placement(plan, shared);
+            (self.walked_at_ns, self.walk_ns) = (now, crate::sys::now_ns() - now);
+        }
+        Sample { t_ms, vmstat: vmstat(), ksm: ksm(), vmas: self.placement.clone(), threads: threads(shared, names) }
+    }
 }
 
 /// The vmstat lines numasim has names for, and their neighbours: numa_*, pgmigrate_*,

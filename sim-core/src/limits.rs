@@ -118,6 +118,9 @@ pub fn check_arithmetic(c: &Config) -> Result<(), Invalid> {
         product(&at("protect_ms"), "start_ms + protect_ms", 1, (a.start_ms * NSEC_PER_MSEC).saturating_add(protect))?;
     }
     to_ns("ksm.sleep_millisecs", c.ksm.sleep_millisecs, NSEC_PER_MSEC, "ms")?;
+    let pages = u64::from(c.ksm.pages_to_scan);
+    product("ksm.scan_cost_ns", "pages_to_scan x scan_cost_ns", pages, c.ksm.scan_cost_ns)?;
+    product("ksm.merge_cost_ns", "pages_to_scan x merge_cost_ns", pages, c.ksm.merge_cost_ns)?;
     if c.ksm.pages_to_scan > KSM_MAX_PAGES_TO_SCAN {
         return err(
             "ksm.pages_to_scan",

@@ -147,7 +147,7 @@ impl Sim {
         world.insert_resource(Actions::default());
         let ksm = &config.ksm;
         world.insert_resource(KsmFrames::default());
-        world.insert_resource(Ksmd::new(ksm.pages_to_scan, ksm.sleep_millisecs, ksm.merge_across_nodes));
+        world.insert_resource(Ksmd::new(ksm));
         world.insert_resource(Aging { interval: config.aging.interval_ms * NSEC_PER_MSEC });
         let mut queue = world.resource_mut::<EventQueue>();
         if config.ksm.run {

@@ -5,6 +5,7 @@
 
 mod calibrate;
 mod compare;
+mod ksmd_pace;
 mod report;
 
 use std::collections::BTreeMap;
@@ -23,6 +24,7 @@ use crate::kernel_cmd::{failure, kernel_label as label};
 use crate::output::write_atomic;
 use calibrate::Matched;
 use compare::{Row, Side};
+use ksmd_pace::KsmdPace;
 
 pub struct Args {
     /// A validation case, a built-in scenario or a path; None with `all`.
@@ -49,6 +51,8 @@ pub struct Outcome {
     /// The `--set` overrides that put the sim under this kernel's rules.
     pub sim_rules: Vec<String>,
     pub calibration: Vec<Matched>,
+    /// ksmd's pace on the kernel and the costs the sim got from it.
+    pub ksmd: Option<KsmdPace>,
     pub rows: Vec<Row>,
     pub agree: bool,
     /// Why the kernel run failed (then there are no rows).
@@ -179,6 +183,7 @@ fn run_one(
         kernel_wall_s: 0.0,
         sim_rules: spec.sim_overrides(),
         calibration: Vec::new(),
+        ksmd: None,
         rows: Vec::new(),
         agree: false,
         error: None,
@@ -196,6 +201,11 @@ fn run_one(
     let kernel = Side::read(&kernel_dir).map_err(io)?;
     let mut sim = sim_config(name, set, spec)?;
     outcome.calibration = calibrate::match_touch_rate(&mut sim, &facts.touch_rates);
+    let kernel_series = plots::data::Table::read(&kernel_dir.join("timeseries.csv")).map_err(io)?;
+    outcome.ksmd = ksmd_pace::measure(&kernel_series, &sim);
+    if let Some(pace) = &outcome.ksmd {
+        ksmd_pace::apply(&mut sim, pace);
+    }
     let mut side = run_sim(&sim, &sim_dir)?;
     let shortfall = |m: &str| match (side.cell(m, 0), kernel.cell(m, 0)) {
         (compare::Cell::Value(s), compare::Cell::Value(k)) if k > 0.0 => Some(s / k),

@@ -68,6 +68,13 @@ fn case_section(r: &mut String, o: &Outcome) {
             c.block, c.guest_touches_per_s, c.think_ns_before, c.think_ns_after, c.scale
         );
     }
+    if let Some(k) = &o.ksmd {
+        let _ = writeln!(
+            r,
+            "- ksmd: first pass {:.1} s, then {:.0} merges/s of {:.0} pages/s looked at; sim ksm.scan_cost_ns = {}, ksm.merge_cost_ns = {}",
+            k.first_pass_s, k.merges_per_s, k.scanned_per_s, k.scan_cost_ns, k.merge_cost_ns
+        );
+    }
     let _ = writeln!(r, "\n```\n{}```\n", compare::table(&o.rows, &crate::kernel_cmd::kernel_label(&o.kernel)));
     let outside: Vec<_> = o.rows.iter().filter(|r| r.verdict == Verdict::Outside).collect();
     if !outside.is_empty() {

@@ -288,3 +288,12 @@ fn guest_writes_take_hinting_faults_even_without_the_flag() {
     assert!(metric(&writes, "hint_faults_by_source.kvm") > 0.0);
     assert!(tail_locality(&writes, "kvm") > tail_locality(&reads, "kvm") + 0.5);
 }
+
+#[test]
+fn ksmd_time_per_merge_lengthens_its_period() {
+    // ksm_scan_thread() sleeps after each batch, so a batch of 250 merges at 1 ms each
+    // stretches a 20 ms period to 270 ms: the second pass merges about a tenth as fast.
+    let merged = |cost: &str| metric(&run(&scenario("ksm-protnone", &[cost])).1, "ksm.pages_merged");
+    let (free, costly) = (merged("ksm.merge_cost_ns=0"), merged("ksm.merge_cost_ns=1000000"));
+    assert!(costly > 0.0 && costly * 5.0 < free, "{costly} merges at 1 ms each vs {free} for free");
+}

@@ -16,6 +16,7 @@ use super::huge_memory::split_huge_pmd_of;
 use super::memory::free_page_node;
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range, update_stale_gauge};
 use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, RMAP_CHECKSUMMED};
+use crate::config::KsmConfig;
 use crate::engine::{Event, NSEC_PER_MSEC};
 use crate::kernel::Kernel;
 use crate::machine::Nid;
@@ -28,6 +29,8 @@ use crate::trace_event;
 pub struct Ksmd {
     pub pages_to_scan: u32,
     pub sleep_millisecs: u64,
+    scan_cost_ns: u64,
+    merge_cost_ns: u64,
     /// VMAs registered by madvise(MADV_MERGEABLE), in registration order.
     pub vmas: Vec<(Entity, usize)>,
     /// Position: index into `vmas` and the page offset within that VMA (ksm_scan).
@@ -95,8 +98,15 @@ struct UnstableItem {
 }
 
 impl Ksmd {
-    pub fn new(pages_to_scan: u32, sleep_millisecs: u64, merge_across_nodes: bool) -> Self {
-        Self { pages_to_scan, sleep_millisecs, merge_across_nodes, ..Default::default() }
+    pub fn new(c: &KsmConfig) -> Self {
+        Self {
+            pages_to_scan: c.pages_to_scan,
+            sleep_millisecs: c.sleep_millisecs,
+            merge_across_nodes: c.merge_across_nodes,
+            scan_cost_ns: c.scan_cost_ns,
+            merge_cost_ns: c.merge_cost_ns,
+            ..Default::default()
+        }
     }
 
     /// The tree slot of `page` with `content` on node `nid` (get_kpfn_nid() picks the tree).
@@ -113,15 +123,20 @@ struct Scanned {
 }
 
 /// Handler of [`Event::Ksmd`]: one ksm_do_scan() of `pages_to_scan` pages, then sleep.
+/// Models ksm_scan_thread() (6.1, 6.12): the sleep starts when the batch is done, so
+/// ksmd's own time per batch lengthens its period.
 pub fn ksmd_wake(mut k: Kernel, mut ksmd: ResMut<Ksmd>) {
     let now = k.now();
     k.trace_current(0, KSMD_PID, now);
+    let merged_before = k.counters.ksm.pages_merged;
+    let mut scanned = 0;
     if !ksmd.vmas.is_empty() {
         for _ in 0..ksmd.pages_to_scan {
             let Some(item) = scan_get_next_rmap_item(&mut k, &mut ksmd) else {
                 break;
             };
             cmp_and_merge_page(&mut k, &mut ksmd, &item);
+            scanned += 1;
         }
         // Merging replaces PTEs and notifies: that may drop stale entries of a PROT_NONE
         // mergeable range.
@@ -129,8 +144,9 @@ pub fn ksmd_wake(mut k: Kernel, mut ksmd: ResMut<Ksmd>) {
             update_stale_gauge(&mut k);
         }
     }
-    let sleep = ksmd.sleep_millisecs * NSEC_PER_MSEC;
-    k.queue.schedule_in(sleep, Event::Ksmd);
+    let merged = k.counters.ksm.pages_merged - merged_before;
+    let busy = scanned * ksmd.scan_cost_ns + merged * ksmd.merge_cost_ns;
+    k.queue.schedule_in(busy + ksmd.sleep_millisecs * NSEC_PER_MSEC, Event::Ksmd);
 }
 
 /// Models scan_get_next_rmap_item(): the next page ksmd can look at. Absent pages (and,
