@@ -3,7 +3,10 @@
 
 use std::time::Instant;
 
+use rayon::prelude::*;
+
 use sim_core::config::{Config, PatternKind, ProcessConfig, Slice, Thp, ThreadConfig, VmaConfig};
+use sim_core::engine::hugepages::reserve_exact_huge;
 use sim_core::engine::stream;
 use sim_core::mm::Pages;
 
@@ -60,6 +63,7 @@ impl Scale {
 /// What one case measured, for the side-by-side table.
 struct Figures {
     run_s: f64,
+    /// CPU time of the simulating thread per touch.
     ns_per_touch: f64,
     ratio: f64,
     bytes_per_page: f64,
@@ -78,8 +82,8 @@ pub fn run(scales: &[Scale], thp: bool, trace: bool) {
             }
             println!("== {scale:?}: 4 KiB pages vs THP always");
             println!("{:<34}{:>12}{:>12}", "", "4 KiB", "THP");
-            println!("{:<34}{:>12.2}{:>12.2}", "ns per touch", four_k.ns_per_touch, huge.ns_per_touch);
-            println!("{:<34}{:>12.2}{:>12.2}", "ratio to the raw loop", four_k.ratio, huge.ratio);
+            println!("{:<34}{:>12.2}{:>12.2}", "CPU ns per touch", four_k.ns_per_touch, huge.ns_per_touch);
+            println!("{:<34}{:>12.2}{:>12.2}", "ratio to the raw loop (CPU)", four_k.ratio, huge.ratio);
             println!(
                 "{:<34}{:>12.3}{:>12.3}",
                 "page state, bytes per 4 KiB page", four_k.bytes_per_page, huge.bytes_per_page
@@ -150,22 +154,35 @@ fn run_one(scale: Scale, thp: bool) -> Figures {
     let mut sim = workloads::build(&c);
     let build_s = t.elapsed().as_secs_f64();
     let pages = sim.world.resource::<Pages>().len() as u64;
-    let t = Instant::now();
+    let (t, cpu) = (Instant::now(), thread_cpu_s());
     let out = sim.run().expect("the bench scenario runs to its end");
-    let run_s = t.elapsed().as_secs_f64();
+    let (run_s, run_cpu_s) = (t.elapsed().as_secs_f64(), thread_cpu_s() - cpu);
     // After the run: a 4 KiB fault or a split expands a THP's chunk as the run goes.
     let page_bytes = sim.world.resource::<Pages>().bytes() as u64;
     let metric = |name: &str| out.summary.metrics.get(name).map_or(0.0, |v| v.as_f64());
     let touches = ["touches.cpu", "touches.kvm", "touches.device"].iter().map(|k| metric(k) as u64).sum::<u64>();
     let sim_s = c.run.duration_ms as f64 / 1000.0;
     let ns_per_touch = run_s * 1e9 / touches as f64;
-    let ceiling_ns = baseline(pages as usize, touches.min(200_000_000));
+    let ops = touches.min(200_000_000);
+    let ceiling = Ceiling::measure(pages as usize, ops, true);
+    let ceiling_4k = Ceiling::measure(pages as usize, ops, false);
     println!("build: {build_s:.2} s for {pages} simulated pages");
-    println!("run: {sim_s} s simulated in {run_s:.2} s: {:.3} simulated s per wall s", sim_s / run_s);
+    println!(
+        "run: {sim_s} s simulated in {run_s:.2} s: {:.3} simulated s per wall s ({:.3} per CPU s of this thread)",
+        sim_s / run_s,
+        sim_s / run_cpu_s
+    );
     println!("touches: {touches}, {:.3e} per s; events: {}", touches as f64 / run_s, out.summary.events);
     println!(
-        "ns per touch: {ns_per_touch:.2}; raw random read-modify-write over {pages} pages: {ceiling_ns:.2}; ratio {:.2}",
-        ceiling_ns / ns_per_touch
+        "ns per touch: {ns_per_touch:.2} ({:.2} CPU); raw random read-modify-write over {pages} pages: {:.2} ({:.2} CPU), \
+         {:.2} ({:.2} CPU) without huge pages; ratio {:.2} ({:.2} CPU)",
+        run_cpu_s * 1e9 / touches as f64,
+        ceiling.wall_ns,
+        ceiling.cpu_ns,
+        ceiling_4k.wall_ns,
+        ceiling_4k.cpu_ns,
+        ceiling.wall_ns / ns_per_touch,
+        ceiling.cpu_ns * touches as f64 / (run_cpu_s * 1e9),
     );
     println!(
         "page state: {:.2} bytes per page, {:.1} MiB; peak RSS so far: {}",
@@ -179,23 +196,88 @@ fn run_one(scale: Scale, thp: bool) -> Figures {
         metric("vmstat.numa_pages_migrated"),
         metric("vmstat.thp_migration_success"),
     );
-    let ratio = ceiling_ns / ns_per_touch;
-    Figures { run_s, ns_per_touch, ratio, bytes_per_page: page_bytes as f64 / pages as f64 }
+    // The table compares CPU time: on a shared machine wall time mostly measures the load.
+    let cpu_ns_per_touch = run_cpu_s * 1e9 / touches as f64;
+    let ratio = ceiling.cpu_ns / cpu_ns_per_touch;
+    Figures { run_s, ns_per_touch: cpu_ns_per_touch, ratio, bytes_per_page: page_bytes as f64 / pages as f64 }
 }
 
-/// ns per random read-modify-write of one byte in an array of `len` bytes, with the same
-/// random stream the simulator draws page numbers from.
-fn baseline(len: usize, ops: u64) -> f64 {
-    let mut arr = vec![0u8; len];
-    let mut rng = stream(1, "baseline");
-    let t = Instant::now();
-    for _ in 0..ops {
-        let i = rng.below(len as u64) as usize;
-        arr[i] = arr[i].wrapping_add(1);
+/// Runs of the sweep [`sweep`] times: seeds of `default`, 3 simulated seconds each.
+const SWEEP_RUNS: u64 = 12;
+
+/// Sweep throughput: the same independent runs (results not written) on one thread and on
+/// two, as `numasim sweep --jobs 1` and `--jobs 2` run them, in runs per wall second, with
+/// the CPU time the process used (on a shared machine, wall time over CPU time says how much
+/// of the cores it had).
+pub fn sweep() {
+    let configs: Vec<Config> = (1..=SWEEP_RUNS)
+        .map(|seed| {
+            let set = [format!("run.seed={seed}"), "run.duration_ms=3000".to_string()];
+            workloads::catalogue::resolve("default", &set).expect("the built-in default scenario resolves")
+        })
+        .collect();
+    println!("== sweep: {SWEEP_RUNS} runs of `default` (3 s simulated each)");
+    let mut rate = [0.0; 2];
+    for (threads, r) in [1, 2].into_iter().zip(&mut rate) {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool starts");
+        let (t, cpu) = (Instant::now(), process_cpu_s());
+        let events: u64 = pool.install(|| {
+            configs.par_iter().map(|c| workloads::build(c).run().expect("the sweep's runs end").summary.events).sum()
+        });
+        let (wall, cpu) = (t.elapsed().as_secs_f64(), process_cpu_s() - cpu);
+        *r = SWEEP_RUNS as f64 / wall;
+        println!("--jobs {threads}: {wall:.2} s wall, {cpu:.2} s CPU, {:.2} runs per s ({events} events)", *r);
     }
-    let ns = t.elapsed().as_nanos() as f64 / ops as f64;
-    std::hint::black_box(&arr);
-    ns
+    println!("throughput on 2 threads: {:.2}x that on 1", rate[1] / rate[0]);
+}
+
+/// The ceiling: ns per random read-modify-write of one byte in an array of one byte per
+/// page, with the same random stream the simulator draws page numbers from, in wall and in
+/// CPU time. `huge`: the array is allocated as the page state is (on huge pages).
+struct Ceiling {
+    wall_ns: f64,
+    cpu_ns: f64,
+}
+
+impl Ceiling {
+    fn measure(len: usize, ops: u64, huge: bool) -> Self {
+        let mut arr = Vec::new();
+        if huge {
+            reserve_exact_huge(&mut arr, len);
+            arr.resize(len, 0u8);
+        } else {
+            arr = vec![0u8; len];
+        }
+        let mut rng = stream(1, "baseline");
+        let (t, cpu) = (Instant::now(), thread_cpu_s());
+        for _ in 0..ops {
+            let i = rng.below(len as u64) as usize;
+            arr[i] = arr[i].wrapping_add(1);
+        }
+        let (wall_s, cpu_s) = (t.elapsed().as_secs_f64(), thread_cpu_s() - cpu);
+        std::hint::black_box(&arr);
+        Self { wall_ns: wall_s * 1e9 / ops as f64, cpu_ns: cpu_s * 1e9 / ops as f64 }
+    }
+}
+
+/// CPU time this thread has used, in seconds: unlike wall time, it leaves out the time other
+/// work on a shared machine held the core.
+fn thread_cpu_s() -> f64 {
+    cpu_clock_s(libc::CLOCK_THREAD_CPUTIME_ID)
+}
+
+/// CPU time all threads of the process have used, in seconds.
+fn process_cpu_s() -> f64 {
+    cpu_clock_s(libc::CLOCK_PROCESS_CPUTIME_ID)
+}
+
+fn cpu_clock_s(clock: libc::clockid_t) -> f64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime() writes the timespec it is given.
+    unsafe {
+        libc::clock_gettime(clock, &mut ts);
+    }
+    ts.tv_sec as f64 + ts.tv_nsec as f64 * 1e-9
 }
 
 /// The process's peak resident set (VmHWM in /proc/self/status), in KiB.

@@ -167,6 +167,9 @@ enum Command {
         /// Also time each scale with every trace event recorded, and writing the trace.
         #[arg(long)]
         trace: bool,
+        /// Also time a sweep (independent runs of `default`) on one thread and on two.
+        #[arg(long)]
+        sweep: bool,
     },
 }
 
@@ -269,8 +272,11 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Bench { scale, thp, trace } => {
+        Command::Bench { scale, thp, trace, sweep } => {
             bench::run(&scale, thp, trace);
+            if sweep {
+                bench::sweep();
+            }
             Ok(())
         }
     };

@@ -146,8 +146,11 @@ pub fn device_tick(
     let cost = k.topo.touch_costs(d.nid, d.touch_lines, d.think_ns);
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < d.quantum {
-        let page = d.base + d.access.next_offset();
-        let entry = k.smmus.get(d.smmu).expect("devices own a secondary MMU").entry(page);
+        let touch = d.access.next_touch();
+        let page = d.base + touch.offset;
+        let smmu = k.smmus.get(d.smmu).expect("devices own a secondary MMU");
+        smmu.prefetch(d.base + touch.ahead, &k.pages);
+        let entry = smmu.entry(page);
         if entry & need != need {
             elapsed += d.fault_cost.max(1);
             match driver_fault(&mut k, &d, &mut tasks, page) {

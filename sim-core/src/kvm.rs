@@ -18,7 +18,7 @@ use crate::mm::PageIdx;
 use crate::mm::gup::{FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_WRITE, GupError, get_user_page_fast_only, get_user_pages};
 use crate::mm::mmu_notifier::map_secondary;
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary};
-use crate::sched::{Task, TaskNuma};
+use crate::sched::{Task, TaskNuma, Touch};
 use crate::stats::Source;
 
 /// KVM's knobs (`[kvm]`).
@@ -35,8 +35,9 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
     let cost = k.topo.touch_costs(nid, task.touch_lines, task.think_ns);
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
-        let page = task.base + task.access.next_offset();
-        let write = task.write_fraction > 0.0 && task.access.chance(task.write_fraction);
+        let Touch { offset, write, ahead } = task.access.next_touch();
+        let page = task.base + offset;
+        k.smmus.get(ept).expect("the VM's EPT exists").prefetch(task.base + ahead, &k.pages);
         let need = SPTE_VALID | if write { SPTE_WRITABLE } else { 0 };
         if ept_entry(k, ept, page) & need != need {
             let mut f = Faulter::user(k, task, numa, cpu, Source::Kvm, elapsed);

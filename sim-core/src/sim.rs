@@ -261,7 +261,7 @@ impl Sim {
             map_size: spec.map_size,
             write: spec.write,
             context,
-            access: AccessStream::new(spec.pattern, rng),
+            access: AccessStream::new(spec.pattern, rng, 0.0),
             touch_lines: spec.touch_lines,
             think_ns: spec.think_ns,
             quantum: spec.quantum,

@@ -10,6 +10,7 @@ use bevy_ecs::prelude::*;
 use super::huge_memory::thp_pages_of;
 use super::{HPAGE_PMD_NR, PageIdx, Pages};
 use crate::config::NotifierMode;
+use crate::engine::prefetch;
 use crate::kernel::Kernel;
 use crate::machine::Nid;
 use crate::trace::Event;
@@ -83,6 +84,18 @@ impl SecondaryMmu {
     #[inline]
     pub fn entry(&self, page: PageIdx) -> u32 {
         self.slot(page).map_or(0, |i| self.entries[i])
+    }
+
+    /// Starts loading what a touch of `page` through this table reads: its entry, and the
+    /// page's PTE and frame generation that tell whether the entry is stale.
+    #[inline]
+    pub fn prefetch(&self, page: PageIdx, pages: &Pages) {
+        if let Some(i) = self.slot(page) {
+            prefetch(&self.entries, i);
+            let s = pages.slot(page);
+            prefetch(&pages.slots.pte, s);
+            prefetch(&pages.slots.frame_gen, s);
+        }
     }
 
     /// Maps `page` to the frame it has now.

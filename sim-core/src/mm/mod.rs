@@ -19,7 +19,8 @@ pub mod vmscan;
 use bevy_ecs::component::Component;
 use bevy_ecs::resource::Resource;
 
-use crate::engine::Nanos;
+use crate::engine::hugepages::reserve_exact_huge;
+use crate::engine::{Nanos, prefetch};
 use crate::machine::{NUMA_NO_NODE, Nid};
 
 /// log2 of the base page size (4 KiB).
@@ -157,14 +158,16 @@ impl Slots {
     }
 
     /// Makes room for `n` more slots, exactly (no doubling of large arrays).
+    /// The new memory is advised for the host's huge pages before it is written, so that a
+    /// random touch does not also walk the host's page table.
     fn reserve_exact(&mut self, n: usize) {
-        self.pte.reserve_exact(n);
-        self.last_cpupid.reserve_exact(n);
-        self.pins.reserve_exact(n);
-        self.refs.reserve_exact(n);
-        self.mapcount.reserve_exact(n);
-        self.frame_gen.reserve_exact(n);
-        self.content.reserve_exact(n);
+        reserve_exact_huge(&mut self.pte, n);
+        reserve_exact_huge(&mut self.last_cpupid, n);
+        reserve_exact_huge(&mut self.pins, n);
+        reserve_exact_huge(&mut self.refs, n);
+        reserve_exact_huge(&mut self.mapcount, n);
+        reserve_exact_huge(&mut self.frame_gen, n);
+        reserve_exact_huge(&mut self.content, n);
     }
 
     /// Appends `n` slots holding `st`.
@@ -399,6 +402,12 @@ impl Pages {
     #[inline]
     pub fn protnone(&self, page: PageIdx) -> bool {
         self.pte(page).flags & PTE_PROTNONE != 0
+    }
+
+    /// Starts loading the state a touch of `page` reads into the cache.
+    #[inline]
+    pub fn prefetch(&self, page: PageIdx) {
+        prefetch(&self.slots.pte, self.slot(page));
     }
 
     /// Bytes of simulator memory the page state holds (allocated capacity).

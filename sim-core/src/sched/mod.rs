@@ -33,38 +33,82 @@ impl Affinity {
     }
 }
 
-/// Offsets drawn from a pattern per refill: amortises the dynamic call over many touches.
+/// Touches drawn from a pattern per refill: amortises the dynamic call over many touches.
 const BATCH: usize = 256;
 
-/// An access pattern with its random stream and a buffer of drawn offsets.
+/// How many touches ahead of the current one a stream's pages are known: far enough that a
+/// prefetch issued now has reached the cache (a DRAM miss, ~100 ns) when the touch comes.
+pub const LOOKAHEAD: usize = 32;
+
+/// One touch drawn from a stream.
+#[derive(Clone, Copy, Debug)]
+pub struct Touch {
+    /// Page offset within the range.
+    pub offset: u32,
+    pub write: bool,
+    /// The offset of the touch [`LOOKAHEAD`] after this one.
+    pub ahead: u32,
+}
+
+/// An access pattern with its random stream and a buffer of drawn touches. A refill draws a
+/// batch of offsets, then one write chance per touch of the batch (when writes are
+/// possible): the order in which one touch at a time drew them before, so drawing a batch
+/// early, to know the pages ahead, changes no touch.
 pub struct AccessStream {
     pattern: Box<dyn AccessPattern>,
     rng: RngStream,
-    batch: Vec<u32>,
+    write_fraction: f64,
+    offsets: Vec<u32>,
+    writes: Vec<bool>,
     next: usize,
 }
 
 impl AccessStream {
-    pub fn new(pattern: Box<dyn AccessPattern>, rng: RngStream) -> Self {
-        Self { pattern, rng, batch: vec![0; BATCH], next: BATCH }
-    }
-
-    /// True with probability `p`, from the same stream.
-    #[inline]
-    pub fn chance(&mut self, p: f64) -> bool {
-        self.rng.chance(p)
-    }
-
-    /// The next page offset.
-    #[inline]
-    pub fn next_offset(&mut self) -> u32 {
-        if self.next == self.batch.len() {
-            self.pattern.fill(&mut self.rng, &mut self.batch);
-            self.next = 0;
+    /// A stream of `pattern`'s offsets of which a share `write_fraction` (0..=1) write.
+    pub fn new(pattern: Box<dyn AccessPattern>, rng: RngStream, write_fraction: f64) -> Self {
+        let cap = BATCH + LOOKAHEAD;
+        Self {
+            pattern,
+            rng,
+            write_fraction,
+            offsets: Vec::with_capacity(cap),
+            writes: Vec::with_capacity(cap),
+            next: 0,
         }
-        let o = self.batch[self.next];
+    }
+
+    /// The next touch.
+    #[inline]
+    pub fn next_touch(&mut self) -> Touch {
+        if self.next + LOOKAHEAD >= self.offsets.len() {
+            self.refill();
+        }
+        let t = Touch {
+            offset: self.offsets[self.next],
+            write: self.writes[self.next],
+            ahead: self.offsets[self.next + LOOKAHEAD],
+        };
         self.next += 1;
-        o
+        t
+    }
+
+    /// Keeps the touches not taken yet and draws a batch after them.
+    #[cold]
+    fn refill(&mut self) {
+        self.offsets.drain(..self.next);
+        self.writes.drain(..self.next);
+        self.next = 0;
+        let start = self.offsets.len();
+        self.offsets.resize(start + BATCH, 0);
+        self.pattern.fill(&mut self.rng, &mut self.offsets[start..]);
+        if self.write_fraction > 0.0 {
+            for _ in 0..BATCH {
+                let w = self.rng.chance(self.write_fraction);
+                self.writes.push(w);
+            }
+        } else {
+            self.writes.resize(start + BATCH, false);
+        }
     }
 }
 
@@ -106,8 +150,6 @@ pub struct Task {
     /// Cache lines per touch and CPU work per touch.
     pub touch_lines: u64,
     pub think_ns: Nanos,
-    /// Share of touches that write.
-    pub write_fraction: f64,
     pub start: Nanos,
     pub stop: Option<Nanos>,
 }
@@ -123,11 +165,10 @@ impl Task {
             sum_exec_runtime: 0,
             base: spec.base,
             len: spec.len,
-            access: AccessStream::new(spec.pattern, rng),
+            access: AccessStream::new(spec.pattern, rng, spec.write_fraction),
             ept: spec.ept,
             touch_lines: spec.touch_lines,
             think_ns: spec.think_ns,
-            write_fraction: spec.write_fraction,
             start: spec.start,
             stop: spec.stop,
         }
@@ -233,10 +274,11 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
     let cost = k.topo.touch_costs(nid, task.touch_lines, task.think_ns);
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);
     while elapsed < quantum {
-        let page = task.base + task.access.next_offset();
+        let Touch { offset, write, ahead } = task.access.next_touch();
+        k.pages.prefetch(task.base + ahead);
+        let page = task.base + offset;
         let i = k.pages.slot(page);
         let pte = k.pages.slots.pte[i];
-        let write = task.write_fraction > 0.0 && task.access.chance(task.write_fraction);
         // A PROT_NONE VMA's pages are all protnone or missing: only faults need the VMA.
         let page_nid =
             if pte.nid == NUMA_NO_NODE || pte.flags & PTE_PROTNONE != 0 || (write && pte.flags & PTE_COW != 0) {
@@ -263,4 +305,48 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
     }
     k.counters.touch(Source::Cpu, touches, local);
     elapsed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::stream;
+
+    /// Draws `len`-page offsets uniformly, as workloads' Uniform pattern does.
+    struct Below(u64);
+
+    impl AccessPattern for Below {
+        fn fill(&mut self, rng: &mut RngStream, out: &mut [u32]) {
+            for o in out {
+                *o = rng.below(self.0) as u32;
+            }
+        }
+    }
+
+    /// A stream's touches are the ones drawn one touch at a time: a batch of offsets when
+    /// the last is used up, then each touch's write chance as it comes.
+    #[test]
+    fn batched_touches_are_the_touches_drawn_one_at_a_time() {
+        for p in [0.0, 0.3, 1.0] {
+            let mut s = AccessStream::new(Box::new(Below(1000)), stream(5, "t"), p);
+            let mut rng = stream(5, "t");
+            let mut batch = vec![0; BATCH];
+            let mut want = Vec::new();
+            for i in 0..3 * BATCH + 7 {
+                if i % BATCH == 0 {
+                    Below(1000).fill(&mut rng, &mut batch);
+                }
+                want.push((batch[i % BATCH], p > 0.0 && rng.chance(p)));
+            }
+            let got: Vec<Touch> = (0..want.len()).map(|_| s.next_touch()).collect();
+            assert_eq!(got.iter().map(|t| (t.offset, t.write)).collect::<Vec<_>>(), want, "p = {p}");
+            for (i, t) in got.iter().enumerate().take(want.len() - LOOKAHEAD) {
+                assert_eq!(t.ahead, want[i + LOOKAHEAD].0, "touch {i}, p = {p}");
+            }
+            if p == 0.3 {
+                let writes = want.iter().filter(|w| w.1).count();
+                assert!((200..270).contains(&writes), "{writes} writes of {}", want.len());
+            }
+        }
+    }
 }
