@@ -15,7 +15,7 @@ use crate::engine::{EventQueue, Nanos};
 use crate::machine::{NUMA_NO_NODE, PgData, Topology};
 use crate::mm::ksm::KsmFrames;
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, SecondaryMmu, SmmuKind};
-use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, Pte, ZERO_PAGE_NID};
+use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, ZERO_PAGE_NID};
 use crate::stats::Counters;
 
 /// A broken invariant: its name, when, and the page or node it was found on.
@@ -123,17 +123,12 @@ fn count_frames(
     now: Nanos,
 ) -> Result<Vec<u64>, Violation> {
     let all = pages.len() as u64;
-    // Pages from `first` whose PTE passes `pred` (a compact chunk's pages count together).
-    let count = |first: PageIdx, n: u64, pred: &dyn Fn(&Pte) -> bool| -> u64 {
-        pages.runs(first, n).filter(|&(_, _, s)| pred(&pages.slots.pte[s])).map(|(_, n, _)| n).sum()
-    };
-    // The shared zero page is mapped without a folio of its own: no frame, no RSS.
-    let zero = |p: &Pte| p.flags & PTE_ZERO != 0;
-    let absent = |p: &Pte| p.nid == NUMA_NO_NODE;
     for m in mms.iter() {
         let mut present = 0;
         for v in &m.vmas {
-            let here = v.pages - count(v.base, v.pages, &absent) - count(v.base, v.pages, &zero);
+            let c = Census::of(pages, v.base, v.pages);
+            // The shared zero page is mapped without a folio of its own: no frame, no RSS.
+            let here = v.pages - c.by_nid[NUMA_NO_NODE as usize] - c.zero;
             if v.unmapped && here > 0 {
                 let detail = format!("{here} pages of munmap()ed VMA `{}` of mm `{}` are present", v.name, m.name);
                 return Err(Violation::new("unmapped_vma_empty", now, detail));
@@ -145,8 +140,9 @@ fn count_frames(
             return Err(Violation::new("mm_rss", now, detail));
         }
     }
-    let mut frames: Vec<u64> = (0..nr_nodes).map(|n| count(0, all, &|p| p.nid == n as u8)).collect();
-    if frames.iter().sum::<u64>() + count(0, all, &absent) != all {
+    let census = Census::of(pages, 0, all);
+    let mut frames: Vec<u64> = census.by_nid[..nr_nodes as usize].to_vec();
+    if frames.iter().sum::<u64>() + census.by_nid[NUMA_NO_NODE as usize] != all {
         let bad = pages.runs(0, all).find(|&(_, _, s)| {
             let nid = pages.slots.pte[s].nid;
             nid != NUMA_NO_NODE && u32::from(nid) >= nr_nodes
@@ -155,10 +151,8 @@ fn count_frames(
         let detail = format!("a present page on node {} of a {nr_nodes}-node machine", pages.slots.pte[s].nid);
         return Err(Violation::new("page_on_valid_node", now, detail).at_page(page));
     }
+    frames[ZERO_PAGE_NID as usize] -= census.zero;
     let flags = pages.slots.pte.iter().fold(0, |acc, p| acc | p.flags);
-    if flags & PTE_ZERO != 0 {
-        frames[ZERO_PAGE_NID as usize] -= count(0, all, &zero);
-    }
     if flags & PG_KSM != 0 {
         count_ksm_frames(pages, &mut frames, ksm, now)?;
     }
@@ -173,6 +167,26 @@ fn count_frames(
         }
     }
     Ok(frames)
+}
+
+/// One pass over `n` pages from `first`: pages per node (NUMA_NO_NODE: not present) and
+/// zero-page mappings, a compact chunk's pages counted together. The checks run after every
+/// event, so the passes over the page state are most of their cost.
+struct Census {
+    by_nid: [u64; 256],
+    zero: u64,
+}
+
+impl Census {
+    fn of(pages: &Pages, first: PageIdx, n: u64) -> Self {
+        let mut c = Census { by_nid: [0; 256], zero: 0 };
+        for (_, len, s) in pages.runs(first, n) {
+            let pte = pages.slots.pte[s];
+            c.by_nid[pte.nid as usize] += len;
+            c.zero += len * u64::from(pte.flags & PTE_ZERO != 0);
+        }
+        c
+    }
 }
 
 /// Replaces the KSM pages' count in `frames` by one per KSM frame: the pages sharing a KSM
