@@ -152,8 +152,7 @@ fn count_frames(
         return Err(Violation::new("page_on_valid_node", now, detail).at_page(page));
     }
     frames[ZERO_PAGE_NID as usize] -= census.zero;
-    let flags = pages.slots.pte.iter().fold(0, |acc, p| acc | p.flags);
-    if flags & PG_KSM != 0 {
+    if census.flags & PG_KSM != 0 {
         count_ksm_frames(pages, &mut frames, ksm, now)?;
     }
     for s in smmus.iter().filter(|s| s.kind == SmmuKind::LongtermPin) {
@@ -170,20 +169,23 @@ fn count_frames(
 }
 
 /// One pass over `n` pages from `first`: pages per node (NUMA_NO_NODE: not present) and
-/// zero-page mappings, a compact chunk's pages counted together. The checks run after every
+/// zero-page mappings and every flag set on some page, a compact chunk's pages counted
+/// together. The checks run after every
 /// event, so the passes over the page state are most of their cost.
 struct Census {
     by_nid: [u64; 256],
     zero: u64,
+    flags: u8,
 }
 
 impl Census {
     fn of(pages: &Pages, first: PageIdx, n: u64) -> Self {
-        let mut c = Census { by_nid: [0; 256], zero: 0 };
+        let mut c = Census { by_nid: [0; 256], zero: 0, flags: 0 };
         for (_, len, s) in pages.runs(first, n) {
             let pte = pages.slots.pte[s];
             c.by_nid[pte.nid as usize] += len;
             c.zero += len * u64::from(pte.flags & PTE_ZERO != 0);
+            c.flags |= pte.flags;
         }
         c
     }

@@ -54,6 +54,11 @@ const META: [&str; 4] = ["seed", "sim_time_ns", "events", "wall_s"];
 
 impl Side {
     pub fn read(dir: &Path) -> Result<Self, String> {
+        Self::with_series(dir, &Table::read(&dir.join("timeseries.csv"))?)
+    }
+
+    /// The side in `dir`, whose timeseries.csv the caller has read already.
+    pub fn with_series(dir: &Path, series: &Table) -> Result<Self, String> {
         let path = dir.join("summary.json");
         let values = read_summary(&path)?.into_iter().filter(|(k, _)| !META.contains(&k.as_str())).collect();
         let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -62,8 +67,7 @@ impl Side {
             .as_array()
             .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
             .unwrap_or_default();
-        let placement = final_placement(&Table::read(&dir.join("timeseries.csv"))?);
-        Ok(Self { values, not_measured, placement })
+        Ok(Self { values, not_measured, placement: final_placement(series) })
     }
 
     #[cfg(test)]

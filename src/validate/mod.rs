@@ -209,10 +209,10 @@ fn run_one(
     (outcome.release, outcome.accel, outcome.boot_s, outcome.kernel_wall_s) =
         (facts.release.clone(), facts.accel.clone(), facts.boot_s, facts.wall_s);
     let io = |e: String| Failure::Io(e);
-    let kernel = Side::read(&kernel_dir).map_err(io)?;
+    let kernel_series = plots::data::Table::read(&kernel_dir.join("timeseries.csv")).map_err(io)?;
+    let kernel = Side::with_series(&kernel_dir, &kernel_series).map_err(io)?;
     let mut sim = sim_config(name, set, spec)?;
     outcome.calibration = calibrate::match_touch_rate(&mut sim, &facts.touch_rates);
-    let kernel_series = plots::data::Table::read(&kernel_dir.join("timeseries.csv")).map_err(io)?;
     outcome.ksmd = ksmd_pace::measure(&kernel_series, &sim);
     if let Some(pace) = &outcome.ksmd {
         ksmd_pace::apply(&mut sim, pace);
