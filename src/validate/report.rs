@@ -7,10 +7,11 @@ use super::compare::{self, Verdict};
 use super::{Manifest, Outcome};
 
 /// The command that reproduces a validation.
-pub fn command_line(scenario: &Option<String>, all: bool, kernels: &[String], set: &[String]) -> String {
+pub fn command_line(scenario: &Option<String>, all: bool, kernels: &[String], set: &[String], repeat: u32) -> String {
     let what = if all { "--all".to_string() } else { scenario.clone().unwrap_or_default() };
     let sets: String = set.iter().map(|s| format!(" --set {s}")).collect();
-    format!("numasim validate {what} --kernel {}{sets}", kernels.join(","))
+    let repeat = if repeat > 1 { format!(" --repeat {repeat}") } else { String::new() };
+    format!("numasim validate {what} --kernel {}{repeat}{sets}", kernels.join(","))
 }
 
 pub fn markdown(m: &Manifest) -> String {
@@ -19,10 +20,11 @@ pub fn markdown(m: &Manifest) -> String {
          Each case ran on the real kernel under QEMU, then in the sim under that kernel's rules with each \
          thread block's and device's think time set to the touch rate the guest measured. A judged metric agrees when \
          |sim - kernel| <= abs + rel * |kernel|; each tolerance's reason is in the case file \
-         (configs/validate/). `not measured`: the kernel cannot give it (never shown as 0).\n\n\
+         (configs/validate/). `not measured`: the kernel cannot give it (never shown as 0).{}\n\n\
          ## Verdicts\n\n| case | {} |\n|---|{}\n",
         m.command,
         m.wall_s,
+        repeat_note(m.repeat),
         m.kernels.join(" | "),
         "---|".repeat(m.kernels.len())
     );
@@ -37,6 +39,17 @@ pub fn markdown(m: &Manifest) -> String {
         }
     }
     r
+}
+
+/// What judging against repeated runs means, when the case ran more than once.
+fn repeat_note(repeat: u32) -> String {
+    if repeat <= 1 {
+        return String::new();
+    }
+    format!(
+        " Each kernel ran each case {repeat} times: the kernel column is the mean of the runs, the next \
+         their min–max, and a judged metric agrees when min - (abs + rel * |min|) <= sim <= max + (abs + rel * |max|)."
+    )
 }
 
 fn verdict_cell(o: &Outcome) -> String {
@@ -61,6 +74,21 @@ fn case_section(r: &mut String, o: &Outcome) {
         o.boot_s,
         o.kernel_wall_s
     );
+    for run in &o.kernel_runs {
+        let reused = if run.reused { ", reused" } else { "" };
+        let _ = writeln!(
+            r,
+            "- kernel run `{}`: boot to init {:.1} s, {:.0} s{reused}",
+            run.dir, run.boot_s, run.kernel_wall_s
+        );
+    }
+    for t in &o.retried {
+        let _ = writeln!(
+            r,
+            "- kernel run {}, attempt {} failed and was booted again: {} (console: `{}`)",
+            t.run, t.attempt, t.reason, t.console
+        );
+    }
     for c in &o.calibration {
         let _ = writeln!(
             r,
@@ -81,9 +109,10 @@ fn case_section(r: &mut String, o: &Outcome) {
         let _ = writeln!(r, "Disagreements:\n");
         for row in outside {
             let reason = row.tolerance.as_ref().map_or("", |t| t.reason.as_str());
+            let spread = row.kernel_spread.map_or(String::new(), |s| format!(" (runs {})", compare::spread_text(s)));
             let _ = writeln!(
                 r,
-                "- `{}`: sim {} vs kernel {} (tolerance reason: {reason})",
+                "- `{}`: sim {} vs kernel {}{spread} (tolerance reason: {reason})",
                 row.metric,
                 serde_json::to_string(&row.sim).unwrap_or_default(),
                 serde_json::to_string(&row.kernel).unwrap_or_default()
