@@ -5,6 +5,7 @@
 
 mod calibrate;
 mod compare;
+mod fault_pace;
 mod ksmd_pace;
 mod report;
 
@@ -24,6 +25,7 @@ use crate::kernel_cmd::{failure, kernel_label as label};
 use crate::output::write_atomic;
 use calibrate::Matched;
 use compare::{Row, Side};
+use fault_pace::FaultPace;
 use ksmd_pace::KsmdPace;
 
 pub struct Args {
@@ -68,6 +70,10 @@ pub struct Outcome {
     pub calibration: Vec<Matched>,
     /// ksmd's pace on the kernel and the costs the sim got from it.
     pub ksmd: Option<KsmdPace>,
+    /// The device's pace while its hint faults migrate pages, and the migration cost the sim
+    /// got from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultPace>,
     pub rows: Vec<Row>,
     pub agree: bool,
     /// Why the kernel run failed (then there are no rows).
@@ -238,6 +244,7 @@ fn run_one(
         sim_rules: spec.sim_overrides(),
         calibration: Vec::new(),
         ksmd: None,
+        faults: None,
         rows: Vec::new(),
         agree: false,
         error: None,
@@ -290,6 +297,10 @@ fn run_one(
     outcome.ksmd = ksmd_pace::measure(&first_series, &sim);
     if let Some(pace) = &outcome.ksmd {
         ksmd_pace::apply(&mut sim, pace);
+    }
+    outcome.faults = fault_pace::measure(&first_series, &sim);
+    if let Some(pace) = &outcome.faults {
+        fault_pace::apply(&mut sim, pace);
     }
     let mut side = run_sim(&sim, &sim_dir)?;
     let shortfall = |m: &str| {

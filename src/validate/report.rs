@@ -103,6 +103,13 @@ fn case_section(r: &mut String, o: &Outcome) {
             k.first_pass_s, k.merges_per_s, k.scanned_per_s, k.scan_cost_ns, k.merge_cost_ns
         );
     }
+    if let Some(f) = &o.faults {
+        let _ = writeln!(
+            r,
+            "- device: {:.0} ns per touch without hint faults, {:.0} ns while {:.2} pages migrated per touch; sim kernel.migrate_cost_ns = {}",
+            f.quiet_ns_per_touch, f.migrating_ns_per_touch, f.migrated_per_touch, f.migrate_cost_ns
+        );
+    }
     let _ = writeln!(r, "\n```\n{}```\n", compare::table(&o.rows, &crate::kernel_cmd::kernel_label(&o.kernel)));
     let outside: Vec<_> = o.rows.iter().filter(|r| r.verdict == Verdict::Outside).collect();
     if !outside.is_empty() {
