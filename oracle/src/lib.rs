@@ -189,6 +189,10 @@ pub fn retry_reason(message: &str, console: &str) -> Option<String> {
         ("soft lockup", "a soft lockup"),
         ("hard LOCKUP", "a hard lockup"),
     ];
+    // The guest's own error comes first (init's exit then panics the kernel): it would recur.
+    if message.starts_with(GUEST_REPORTED) {
+        return None;
+    }
     let seen: Vec<&str> = SIGNS.iter().filter(|(sign, _)| console.contains(sign)).map(|(_, what)| *what).collect();
     let hung = message.starts_with(TIMED_OUT);
     match (hung, seen.is_empty()) {
@@ -201,6 +205,9 @@ pub fn retry_reason(message: &str, console: &str) -> Option<String> {
 
 /// How a guest failure after QEMU was killed at the timeout begins.
 const TIMED_OUT: &str = "the guest did not finish within";
+
+/// How an error the guest program reported begins.
+const GUEST_REPORTED: &str = "the guest reported:";
 
 /// One boot of `cfg` into `out`; `retried` are the failed attempts before it (for guest.json).
 fn run_attempt(
@@ -292,7 +299,7 @@ fn collect(frames: &[Frame]) -> Result<Outcome, String> {
             Frame::Sample(s) => o.samples.push(s.clone()),
             Frame::Trace(info) => o.trace = Some(info.clone()),
             Frame::Error { message } | Frame::Unsupported { message } => {
-                return Err(format!("the guest reported: {message}"));
+                return Err(format!("{GUEST_REPORTED} {message}"));
             }
             Frame::Done { elapsed_ms } => (done, o.elapsed_ms) = (true, *elapsed_ms),
         }
@@ -530,7 +537,9 @@ mod tests {
         let panic = "[ 3.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009\n";
         let why = retry_reason("the guest stopped after 3 samples without finishing", panic).unwrap();
         assert!(why.contains("kernel panic") && !why.contains("timeout"), "{why}");
-        assert_eq!(retry_reason("the guest reported: mmap(67108864 bytes): Cannot allocate memory", ""), None);
+        let reported = "the guest reported: mmap(67108864 bytes): Cannot allocate memory";
+        assert_eq!(retry_reason(reported, ""), None);
+        assert_eq!(retry_reason(reported, panic), None, "init's exit after its error panics the kernel");
         assert_eq!(retry_reason("the guest's /init never started", "[ 0.5] Linux version 6.12\n"), None);
     }
 
