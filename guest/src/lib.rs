@@ -231,6 +231,9 @@ pub fn page_content(salt: u64, page: u64, content_classes: u32) -> u64 {
     }
 }
 
+/// The key of a thread's `se.sum_exec_runtime` (nanoseconds) in [`ThreadSample::sched`].
+pub const RUNTIME_KEY: &str = "sum_exec_runtime_ns";
+
 /// One line on the data port.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Frame {
@@ -294,7 +297,7 @@ pub struct ThreadSample {
     /// Touches (or GUP calls) made so far.
     pub touches: u64,
     /// From /proc/PID/task/TID/sched: numa_preferred_nid, mm->numa_scan_seq,
-    /// numa_pages_migrated, total_numa_faults.
+    /// numa_pages_migrated, total_numa_faults; and [`RUNTIME_KEY`] from its schedstat.
     pub sched: BTreeMap<String, i64>,
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use guest::{PAGE_SIZE, Plan, Sample, SmmuSample, ThreadSample};
+use guest::{PAGE_SIZE, Plan, RUNTIME_KEY, Sample, SmmuSample, ThreadSample};
 
 use crate::sys::Shared;
 
@@ -151,14 +151,22 @@ fn last_cpu(dir: &str) -> Option<i32> {
     after_comm.split_whitespace().nth(39 - 3).and_then(|f| f.parse().ok())
 }
 
-/// The NUMA lines of /proc/PID/task/TID/sched (sched_show_numa() in kernel/sched/debug.c).
+/// The NUMA lines of /proc/PID/task/TID/sched (sched_show_numa() in kernel/sched/debug.c),
+/// and `sum_exec_runtime_ns`, the first field of its schedstat: the runtime task_tick_numa()
+/// paces the scanner by.
 fn sched_numa(dir: &str) -> BTreeMap<String, i64> {
     const KEYS: [&str; 4] = ["numa_preferred_nid", "mm->numa_scan_seq", "numa_pages_migrated", "total_numa_faults"];
     let text = std::fs::read_to_string(format!("{dir}/sched")).unwrap_or_default();
-    text.lines()
+    let mut out: BTreeMap<String, i64> = text
+        .lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim(), v.trim()))
         .filter(|(k, _)| KEYS.contains(k))
         .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        .collect()
+        .collect();
+    let schedstat = std::fs::read_to_string(format!("{dir}/schedstat")).unwrap_or_default();
+    if let Some(ns) = schedstat.split_whitespace().next().and_then(|f| f.parse().ok()) {
+        out.insert(RUNTIME_KEY.to_string(), ns);
+    }
+    out
 }

@@ -512,6 +512,7 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
             "ship_ms": t.ship_ms,
         })),
         "touch_rate_per_s": run.touch_rates,
+        "cpu_share": results::cpu_shares(plan, &o.samples),
         "retried": run.retried,
         "final_sample": o.samples.last(),
     });
