@@ -296,6 +296,7 @@ impl Sim {
                     do_anonymous_page(k, mm, vma, page, nid, true);
                 }
             }
+            k.pages.settle(base, pages);
         });
     }
 

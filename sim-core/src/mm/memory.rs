@@ -6,7 +6,7 @@ use super::huge_memory::{do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, spli
 use super::ksm::ksm_unmap;
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
-use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, RMAP_CHECKSUMMED, ZERO_PAGE_NID};
+use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, Pte, RMAP_CHECKSUMMED, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid, PgData};
@@ -108,15 +108,16 @@ pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, 
     let i = k.pages.slot_mut(page);
     let slots = &mut k.pages.slots;
     if !write {
-        slots.pte[i].nid = ZERO_PAGE_NID;
-        slots.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
+        let pte = slots.pte_mut(i);
+        pte.nid = ZERO_PAGE_NID;
+        pte.flags |= PTE_ZERO | PTE_YOUNG;
         return;
     }
     let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
     let slots = &mut k.pages.slots;
-    slots.pte[i].nid = got;
-    slots.pte[i].flags |= PTE_YOUNG;
-    slots.mapcount[i] = 1;
+    let pte = slots.pte_mut(i);
+    pte.nid = got;
+    pte.flags |= PTE_YOUNG;
     k.mm(mm).rss += 1;
 }
 
@@ -128,19 +129,17 @@ pub fn do_wp_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     invalidate_range(k, mm, page, 1, MmuNotifyEvent::Clear, |_| true);
     let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
     let i = k.pages.slot_mut(page);
-    let old = k.pages.slots.pte[i].flags;
+    let old = k.pages.slots.pte(i).flags;
     if old & PG_KSM != 0 {
         trace_event!(k, Event::KsmCow { addr: k.page_addr(mm, page), nid: got });
         ksm_unmap(k, page);
     }
     let slots = &mut k.pages.slots;
-    slots.pte[i].nid = got;
+    *slots.pte_mut(i) = Pte { nid: got, flags: (old & !PTE_COW) | PTE_YOUNG };
     slots.frame_gen[i] = slots.frame_gen[i].wrapping_add(1);
-    slots.pte[i].flags = (old & !PTE_COW) | PTE_YOUNG;
-    slots.mapcount[i] = 1;
     if old & PG_KSM != 0 {
         slots.content[i] = 0;
-        slots.pte[i].flags &= !RMAP_CHECKSUMMED;
+        slots.pte_mut(i).flags &= !RMAP_CHECKSUMMED;
         k.counters.vmstat.cow_ksm += 1;
     } else {
         k.mm(mm).rss += 1;
@@ -259,7 +258,8 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
     // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
     // migration); the access that faulted sets the accessed bit.
     let i = k.pages.slot_mut(page);
-    k.pages.slots.pte[i].flags = (k.pages.slots.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
+    let pte = k.pages.slots.pte_mut(i);
+    pte.flags = (pte.flags & !PTE_PROTNONE) | PTE_YOUNG;
     numa_fault_done(k, mm, page, 1, f, &fault);
     cost
 }
