@@ -36,6 +36,49 @@ pub fn alloc_page_node(k: &mut Kernel, nid: Nid) -> Option<Nid> {
     None
 }
 
+/// Takes `n` frames as `n` calls of [`alloc_page_node`] would, one pass per watermark
+/// (free pages only fall meanwhile, so a node passed over is never come back to): how many
+/// each node gave, in the order they were given.
+fn alloc_pages_node_bulk(k: &mut Kernel, nid: Nid, mut n: u64) -> Option<Vec<(Nid, u64)>> {
+    let nr_nodes = k.topo.nr_nodes as usize;
+    let marks: [fn(&PgData) -> u64; 3] = [|p| p.wmark.low, |p| p.wmark.min, |_| 0];
+    let mut given = Vec::new();
+    for mark in marks {
+        for i in 0..nr_nodes {
+            let node = k.topo.zonelist(nid)[i];
+            let mut pgdat = k.pgdat(node);
+            let take = n.min(pgdat.free_pages.saturating_sub(mark(&pgdat)));
+            if take > 0 {
+                pgdat.free_pages -= take;
+                given.push((node, take));
+                n -= take;
+            }
+            if n == 0 {
+                return Some(given);
+            }
+        }
+    }
+    None
+}
+
+/// Write-faults every missing page of `pages` from `base` (a VMA without THP) from a CPU on
+/// node `nid`, as a memset or MAP_POPULATE's populate_vma_page_range() does: what
+/// do_anonymous_page() does for each, for all of them at once.
+pub fn populate_range(k: &mut Kernel, mm: Entity, base: PageIdx, pages: u64, nid: Nid) {
+    let range = || (0..pages).map(|p| base + p as PageIdx);
+    let missing = range().filter(|&p| !k.pages.present(p)).count() as u64;
+    let given = alloc_pages_node_bulk(k, nid, missing).expect("config validation keeps all VMAs within memory");
+    let mut frames = given.into_iter().flat_map(|(node, n)| std::iter::repeat_n(node, n as usize));
+    for page in range() {
+        if !k.pages.present(page) {
+            let pte = k.pages.pte_mut(page);
+            pte.nid = frames.next().expect("a frame per missing page");
+            pte.flags |= PTE_YOUNG;
+        }
+    }
+    k.mm(mm).rss += missing;
+}
+
 /// Returns a frame to node `nid`'s free lists.
 pub fn free_page_node(k: &mut Kernel, nid: Nid) {
     k.pgdat(nid).free_pages += 1;
