@@ -93,7 +93,7 @@ impl SecondaryMmu {
         if let Some(i) = self.slot(page) {
             prefetch(&self.entries, i);
             let s = pages.slot(page);
-            prefetch(&pages.slots.pte, s);
+            pages.slots.prefetch_pte(s);
             prefetch(&pages.slots.frame_gen, s);
         }
     }
@@ -109,7 +109,7 @@ impl SecondaryMmu {
             self.entries[i] = SPTE_VALID
                 | huge
                 | if writable { SPTE_WRITABLE } else { 0 }
-                | (u32::from(pages.slots.pte[s].nid) << SPTE_NID_SHIFT)
+                | (u32::from(pages.slots.pte(s).nid) << SPTE_NID_SHIFT)
                 | (u32::from(pages.slots.frame_gen[s]) << SPTE_GEN_SHIFT);
         }
     }
@@ -137,7 +137,7 @@ impl SecondaryMmu {
         let e = self.entries[i];
         let s = pages.slot(self.base + i as PageIdx);
         !granted
-            || Self::entry_nid(e) != pages.slots.pte[s].nid
+            || Self::entry_nid(e) != pages.slots.pte(s).nid
             || (e >> SPTE_GEN_SHIFT) as u16 != pages.slots.frame_gen[s]
     }
 
