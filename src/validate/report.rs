@@ -129,3 +129,103 @@ fn case_section(r: &mut String, o: &Outcome) {
     }
     let _ = writeln!(r, "![overlay]({}/overlay.png)\n", o.dir);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::{CaseResult, Manifest, Outcome, Retried, RunRecord};
+    use super::*;
+    use crate::validate::compare::{Cell, Row, Spread};
+
+    fn outcome(runs: u32) -> Outcome {
+        let cells = [Cell::Value(7763.0), Cell::Value(9963.0)];
+        let row = Row {
+            metric: "vmstat.numa_pages_migrated".into(),
+            sim: Cell::Value(13554.0),
+            kernel: Cell::Value(8863.0),
+            ratio: Some(13554.0 / 8863.0),
+            tolerance: Some(sim_core::config::ToleranceConfig {
+                metric: "vmstat.numa_pages_migrated".into(),
+                abs: 128.0,
+                rel: 0.05,
+                reason: "each page moves at most once".into(),
+            }),
+            verdict: Verdict::Outside,
+            kernel_runs: if runs > 1 { cells.to_vec() } else { Vec::new() },
+            kernel_spread: (runs > 1).then_some(Spread { min: 7763.0, max: 9963.0 }),
+        };
+        Outcome {
+            kernel: "6.1".into(),
+            release: "6.1.0-57-amd64".into(),
+            dir: "6.1".into(),
+            accel: "tcg".into(),
+            boot_s: 4.9,
+            kernel_wall_s: 25.0,
+            sim_rules: vec!["kernel.version=6.1-debian12".into()],
+            calibration: Vec::new(),
+            ksmd: None,
+            faults: None,
+            rows: vec![row],
+            agree: false,
+            error: None,
+            kernel_runs: (1..=runs)
+                .filter(|_| runs > 1)
+                .map(|i| RunRecord {
+                    dir: if i == 1 { "6.1/kernel".into() } else { format!("6.1/kernel-{i}") },
+                    boot_s: 4.9,
+                    kernel_wall_s: 25.0,
+                    reused: i == 1,
+                })
+                .collect(),
+            retried: vec![Retried {
+                run: runs,
+                attempt: 1,
+                reason: "the guest hung (timeout); the console shows an RCU stall".into(),
+                console: "6.1/kernel/console.attempt-1.log".into(),
+            }],
+        }
+    }
+
+    fn manifest(repeat: u32) -> Manifest {
+        Manifest {
+            command: command_line(&Some("mprotect-toggle".into()), false, &["6.1".into()], &[], repeat),
+            kernels: vec!["6.1".into()],
+            repeat,
+            wall_s: 1.0,
+            cases: vec![CaseResult {
+                case: "mprotect-toggle".into(),
+                description: "d".into(),
+                outcomes: vec![outcome(repeat)],
+            }],
+        }
+    }
+
+    #[test]
+    fn the_report_gives_the_spread_each_run_and_each_retried_boot_with_its_reason() {
+        let md = markdown(&manifest(2));
+        assert!(md.contains("`numasim validate mprotect-toggle --kernel 6.1 --repeat 2`"), "{md}");
+        assert!(md.contains("min - (abs + rel * |min|) <= sim <= max + (abs + rel * |max|)"), "{md}");
+        assert!(md.contains("- kernel run `6.1/kernel-2`: boot to init 4.9 s, 25 s\n"), "{md}");
+        assert!(md.contains("- kernel run `6.1/kernel`: boot to init 4.9 s, 25 s, reused"), "{md}");
+        assert!(
+            md.contains(
+                "- kernel run 2, attempt 1 failed and was booted again: the guest hung (timeout); the console \
+                 shows an RCU stall (console: `6.1/kernel/console.attempt-1.log`)"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("sim 13554.0 vs kernel 8863.0 (runs 7763–9963)"), "{md}");
+        assert!(md.contains("6.1 min–max (2 runs)"), "{md}");
+    }
+
+    #[test]
+    fn one_run_reports_as_before_but_still_says_a_boot_was_retried() {
+        let md = markdown(&manifest(1));
+        assert!(md.contains("`numasim validate mprotect-toggle --kernel 6.1`"), "{md}");
+        assert!(!md.contains("min–max") && !md.contains("kernel run `"), "{md}");
+        assert!(md.contains("sim 13554.0 vs kernel 8863.0 (tolerance reason"), "{md}");
+        assert!(md.contains("- kernel run 1, attempt 1 failed and was booted again"), "{md}");
+        let json = serde_json::to_value(manifest(1)).unwrap();
+        assert!(json.get("repeat").is_none() && json["cases"][0]["outcomes"][0].get("kernel_runs").is_none());
+        assert_eq!(serde_json::to_value(manifest(2)).unwrap()["repeat"], 2);
+    }
+}
