@@ -151,9 +151,20 @@ fn last_cpu(dir: &str) -> Option<i32> {
     after_comm.split_whitespace().nth(39 - 3).and_then(|f| f.parse().ok())
 }
 
-/// The NUMA lines of /proc/PID/task/TID/sched (sched_show_numa() in kernel/sched/debug.c).
+/// The NUMA lines of /proc/PID/task/TID/sched (sched_show_numa() in kernel/sched/debug.c)
+/// and the counters of how the task moved between CPUs and slept (proc_sched_show_task()):
+/// se.nr_migrations counts every CPU change (NUMA placement, load balancing, wakeups),
+/// nr_voluntary_switches every time the thread blocked.
 fn sched_numa(dir: &str) -> BTreeMap<String, i64> {
-    const KEYS: [&str; 4] = ["numa_preferred_nid", "mm->numa_scan_seq", "numa_pages_migrated", "total_numa_faults"];
+    const KEYS: [&str; 7] = [
+        "numa_preferred_nid",
+        "mm->numa_scan_seq",
+        "numa_pages_migrated",
+        "total_numa_faults",
+        "se.nr_migrations",
+        "nr_voluntary_switches",
+        "nr_involuntary_switches",
+    ];
     let text = std::fs::read_to_string(format!("{dir}/sched")).unwrap_or_default();
     text.lines()
         .filter_map(|l| l.split_once(':'))
