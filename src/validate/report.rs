@@ -68,6 +68,16 @@ fn case_section(r: &mut String, o: &Outcome) {
             c.block, c.guest_touches_per_s, c.think_ns_before, c.think_ns_after, c.scale
         );
     }
+    if let Some(m) = &o.migration {
+        let _ = writeln!(
+            r,
+            "- `{}` migrations: the guest's threads took {:.0} µs per migrated page beyond {:.1} µs per touch; sim kernel.migrate_cost_ns = {}",
+            m.block,
+            m.migration_ns / 1e3,
+            m.touch_ns / 1e3,
+            m.migrate_cost_ns
+        );
+    }
     if let Some(k) = &o.ksmd {
         let _ = writeln!(
             r,
