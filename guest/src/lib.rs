@@ -297,6 +297,10 @@ pub struct ThreadSample {
     pub name: String,
     /// Last CPU it ran on (/proc/PID/task/TID/stat field 39); -1 once it has exited.
     pub cpu: i32,
+    /// Minor faults so far (stat field 10): with its VMAs populated before the start, a
+    /// workload thread's are its NUMA hinting faults.
+    #[serde(default)]
+    pub minflt: Option<u64>,
     /// Touches (or GUP calls) made so far.
     pub touches: u64,
     /// From /proc/PID/task/TID/sched: numa_preferred_nid, mm->numa_scan_seq,

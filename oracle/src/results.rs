@@ -271,9 +271,11 @@ fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<St
 }
 
 /// Per-thread columns of a kernel run's timeseries.csv, as interval deltas: the column's key
-/// and the /proc/PID/task/TID/sched field it comes from (`touches`: the guest's own count).
-const THREAD_DELTAS: [(&str, &str); 5] = [
+/// and the /proc/PID/task/TID/sched field it comes from (`touches`: the guest's own count;
+/// `minflt`: the stat file's minor faults).
+const THREAD_DELTAS: [(&str, &str); 6] = [
     ("touches", "touches"),
+    ("minflt", "minflt"),
     ("numa_pages_migrated", "numa_pages_migrated"),
     ("nr_migrations", "se.nr_migrations"),
     ("nr_voluntary_switches", "nr_voluntary_switches"),
