@@ -285,8 +285,11 @@ const THREAD_DELTAS: [(&str, &str); 6] = [
 /// `field` of a thread now less at the previous sample; empty when a side lacks it (an exited
 /// thread, or a kernel that does not print it).
 fn thread_delta(cur: &guest::ThreadSample, prev: &guest::ThreadSample, field: &str) -> String {
-    let get =
-        |t: &guest::ThreadSample| if field == "touches" { Some(t.touches as i64) } else { t.sched.get(field).copied() };
+    let get = |t: &guest::ThreadSample| match field {
+        "touches" => Some(t.touches as i64),
+        "minflt" => t.minflt.map(|m| m as i64),
+        _ => t.sched.get(field).copied(),
+    };
     match (get(cur), get(prev)) {
         (Some(c), Some(p)) => (c - p).to_string(),
         _ => String::new(),
@@ -454,6 +457,7 @@ mod tests {
         let p = plan(RemotePath::ProcessVm);
         let mut s = [sample(0.0, [5, 0, 0], [("a", 0); 3]), sample(1000.0, [25, 0, 0], [("a", 0); 3])];
         for (smp, (mig, vol)) in s.iter_mut().zip([(3, 10), (7, 40)]) {
+            smp.threads[0].minflt = Some(mig as u64 * 100);
             let sched = &mut smp.threads[0].sched;
             sched.extend([("se.nr_migrations".to_string(), mig), ("nr_voluntary_switches".to_string(), vol)]);
         }
@@ -464,6 +468,7 @@ mod tests {
         let col = |name: &str| row[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("{name}"))];
         assert_eq!(col("kernel.task.p/w/0.touches"), "20");
         assert_eq!(col("kernel.task.p/w/0.nr_migrations"), "4");
+        assert_eq!(col("kernel.task.p/w/0.minflt"), "400");
         assert_eq!(col("kernel.task.p/w/0.nr_voluntary_switches"), "30");
         assert_eq!(col("kernel.task.p/w/0.nr_involuntary_switches"), "");
         assert_eq!(col("kernel.task.device/d.nr_migrations"), "");
