@@ -1,102 +1,150 @@
-//! Matching the cost of a NUMA page migration to the guest's. A hinting fault that migrates
-//! runs migrate_misplaced_folio() in the faulting thread: it unmaps the page
-//! (try_to_migrate(), which flushes the other CPUs' TLBs), copies it and maps the copy. Under
-//! TCG a cross-vCPU TLB flush stops every vCPU, so one migration costs the faulting thread
-//! hundreds of microseconds of guest time (session 3's numa01 and numa02 runs: 0.2–0.9 ms),
-//! where the model's `kernel.migrate_cost_ns` is 8 µs. That time is what makes a thread on
-//! the far node take few hinting faults while it pulls pages: the threads near the memory
-//! take most faults, locally, and fewer pages move.
+//! Matching the cost of NUMA hinting faults and page migrations to the guest's. A hinting
+//! fault traps into the kernel (do_numa_page()); one that migrates runs
+//! migrate_misplaced_folio() in the faulting thread, which unmaps the page (try_to_migrate():
+//! a TLB flush of the other CPUs), copies it and maps the copy. Under TCG each costs the
+//! faulting thread far more guest time than the model's `kernel.hint_fault_cost_ns` (1.5 µs)
+//! and `kernel.migrate_cost_ns` (8 µs) say, and while a pass's protnone pages are being
+//! faulted back the workers crawl (numa01 on 6.12.117: 20–50 k touches per second against
+//! 800 k once the faults stop). A thread on the far node, which migrates on most of its
+//! faults, then takes far fewer of them than the threads near the memory (a page faults only
+//! for its first toucher): most faults are local and fewer pages move.
 //!
-//! The guest's last sample gives each thread's touches and numa_pages_migrated (its `sched`
-//! file), and guest.json its touch rate, hence its active time. Within a block of identical
-//! threads, time = touches × per-touch time + migrations × per-migration time; a least-squares
-//! fit over the block's threads gives both when their migrations differ (some threads pull
-//! pages, others do not). The sim then gets the per-migration time as `migrate_cost_ns` (less
-//! the hinting fault it already charges) and the per-touch time as the block's touch rate.
+//! The kernel's time series has, per thread and interval, its touches, minor faults (with
+//! the VMAs populated before the start, its hinting faults) and numa_pages_migrated. A thread
+//! busy for the whole interval spent it as touches × a + faults × c + migrations × b; a
+//! least-squares fit over every interval of a block's threads gives a, c and b. The sim gets
+//! c as `hint_fault_cost_ns`, b as `migrate_cost_ns` and 1 / a as the block's touch rate
+//! (from which the think time is set).
 
 use std::collections::BTreeMap;
 
+use plots::data::Table;
 use serde::Serialize;
 use sim_core::config::Config;
 
-/// Fewest pages between the block's most and least migrating threads for a fit: below it the
-/// migrations' time is lost in the noise of the touch rates.
-const MIN_SPREAD: f64 = 1024.0;
+/// Fewest hinting faults over the fitted intervals: below it the faults' time is lost in the
+/// noise of the touch rates.
+const MIN_FAULTS: f64 = 4096.0;
 
-/// The per-touch and per-migration time of one block's guest threads.
+/// The guest's time per touch, per hinting fault and per migrated page, for one block.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MigratePace {
     /// `process/block`.
     pub block: String,
-    /// Guest nanoseconds per touch, migrations aside.
+    /// Guest nanoseconds per touch, faults aside.
     pub touch_ns: f64,
-    /// Guest nanoseconds per migrated page, beyond the touch that faulted.
+    /// Guest nanoseconds per hinting fault, migration aside: the sim's `hint_fault_cost_ns`.
+    pub fault_ns: f64,
+    /// Guest nanoseconds per migrated page beyond its fault: the sim's `migrate_cost_ns`.
     pub migration_ns: f64,
-    /// The sim's `kernel.migrate_cost_ns` from it.
-    pub migrate_cost_ns: u64,
+    /// Thread-intervals the fit used.
+    pub intervals: usize,
 }
 
-/// One guest thread's work: touches, pages it migrated, seconds it ran.
+/// One thread's interval: touches, hinting faults, pages migrated, seconds.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Work {
     touches: f64,
+    faults: f64,
     migrated: f64,
-    active_s: f64,
+    seconds: f64,
 }
 
-/// The fit for the block whose threads' migrations differ most, from guest.json (its last
-/// sample's threads and `touch_rate_per_s`); `None` when no block's threads differ by
-/// [`MIN_SPREAD`] pages or the fit is not positive.
-pub fn measure(guest: &serde_json::Value, config: &Config) -> Option<MigratePace> {
-    let rates: BTreeMap<String, f64> = serde_json::from_value(guest["touch_rate_per_s"].clone()).ok()?;
-    let threads = guest["final_sample"]["threads"].as_array()?;
-    let work = |name: &str| -> Option<Work> {
-        let t = threads.iter().find(|t| t["name"] == name)?;
-        let rate = *rates.get(name).filter(|r| r.is_finite() && **r > 0.0)?;
-        let touches = t["touches"].as_f64()?;
-        let migrated = t["sched"]["numa_pages_migrated"].as_f64()?;
-        Some(Work { touches, migrated, active_s: touches / rate })
-    };
-    let blocks = config.process.iter().flat_map(|p| p.thread.iter().map(move |t| format!("{}/{}", p.name, t.name)));
+/// The fit for the first block of CPU threads whose intervals have at least [`MIN_FAULTS`]
+/// faults, from the kernel's timeseries.csv (`kernel.task.<thread>.touches`, `.minflt`,
+/// `.numa_pages_migrated`); `None` when the series lacks the columns (runs before they were
+/// recorded), nothing faulted, or a cost comes out negative.
+pub fn measure(t: &Table, config: &Config) -> Option<MigratePace> {
+    let time = t.time_s();
+    let blocks = config.process.iter().flat_map(|p| p.thread.iter().map(move |b| format!("{}/{}", p.name, b.name)));
     blocks
         .filter_map(|block| {
-            let prefix = format!("{block}/");
-            let mine: Vec<Work> = threads
-                .iter()
-                .filter_map(|t| t["name"].as_str())
-                .filter(|n| n.starts_with(&prefix))
-                .filter_map(work)
-                .collect();
-            let spread = mine.iter().map(|w| w.migrated).fold(0.0, f64::max)
-                - mine.iter().map(|w| w.migrated).fold(f64::INFINITY, f64::min);
-            let (touch_s, migration_s) = fit(&mine).filter(|_| spread >= MIN_SPREAD)?;
-            let fault_ns = config.kernel.hint_fault_cost_ns as f64;
-            let (touch_ns, migration_ns) = (touch_s * 1e9, migration_s * 1e9);
-            let migrate_cost_ns = (migration_ns - fault_ns).max(0.0).round() as u64;
-            Some((spread, MigratePace { block, touch_ns, migration_ns, migrate_cost_ns }))
+            let work = block_work(t, &time, &block);
+            (work.iter().map(|w| w.faults).sum::<f64>() >= MIN_FAULTS).then_some((block, work))
         })
-        .max_by(|a, b| a.0.total_cmp(&b.0))
-        .map(|(_, pace)| pace)
+        .find_map(|(block, work)| {
+            let [a, c, b] = fit(&work)?;
+            Some(MigratePace {
+                block,
+                touch_ns: a * 1e9,
+                fault_ns: c * 1e9,
+                migration_ns: b * 1e9,
+                intervals: work.len(),
+            })
+        })
 }
 
-/// Least squares of active_s = touches × a + migrated × b; `None` unless both are positive.
-fn fit(work: &[Work]) -> Option<(f64, f64)> {
-    let sum = |f: &dyn Fn(&Work) -> f64| work.iter().map(f).sum::<f64>();
-    let (xx, xm, mm) =
-        (sum(&|w| w.touches * w.touches), sum(&|w| w.touches * w.migrated), sum(&|w| w.migrated * w.migrated));
-    let (xt, mt) = (sum(&|w| w.touches * w.active_s), sum(&|w| w.migrated * w.active_s));
-    let det = xx * mm - xm * xm;
-    if work.len() < 2 || det <= 0.0 {
+/// Every interval of every thread `block/i` the series has columns for. Row r covers the
+/// time since row r - 1 (the first, since the start).
+fn block_work(t: &Table, time: &[f64], block: &str) -> Vec<Work> {
+    let threads = t.header.iter().filter_map(|h| h.strip_prefix("kernel.task.")?.strip_suffix(".minflt"));
+    let mine: Vec<&str> = threads.filter(|n| n.rsplit_once('/').is_some_and(|(b, _)| b == block)).collect();
+    let mut out = Vec::new();
+    for name in mine {
+        let col = |k: &str| t.column(&format!("kernel.task.{name}.{k}"));
+        let (Some(touches), Some(faults), Some(migrated)) = (col("touches"), col("minflt"), col("numa_pages_migrated"))
+        else {
+            continue;
+        };
+        for (r, &end) in time.iter().enumerate() {
+            let w = Work {
+                touches: touches[r],
+                faults: faults[r],
+                migrated: migrated[r],
+                seconds: end - if r == 0 { 0.0 } else { time[r - 1] },
+            };
+            if [w.touches, w.faults, w.migrated, w.seconds].iter().all(|v| v.is_finite() && *v >= 0.0)
+                && w.touches > 0.0
+            {
+                out.push(w);
+            }
+        }
+    }
+    out
+}
+
+/// Least squares of seconds = touches × a + faults × c + migrated × b; `None` unless all
+/// three are positive (the normal equations, solved by Cramer's rule).
+fn fit(work: &[Work]) -> Option<[f64; 3]> {
+    let x = |w: &Work| [w.touches, w.faults, w.migrated];
+    let mut m = [[0.0; 3]; 3];
+    let mut v = [0.0; 3];
+    for w in work {
+        let xi = x(w);
+        for i in 0..3 {
+            v[i] += xi[i] * w.seconds;
+            for j in 0..3 {
+                m[i][j] += xi[i] * xi[j];
+            }
+        }
+    }
+    let det = det3(&m);
+    if det.abs() < f64::EPSILON * m[0][0] * m[1][1] * m[2][2] {
         return None;
     }
-    let (a, b) = ((xt * mm - mt * xm) / det, (xx * mt - xm * xt) / det);
-    (a > 0.0 && b > 0.0).then_some((a, b))
+    let solution: Vec<f64> = (0..3)
+        .map(|k| {
+            let mut mk = m;
+            for (row, vi) in mk.iter_mut().zip(v) {
+                row[k] = vi;
+            }
+            det3(&mk) / det
+        })
+        .collect();
+    let [a, c, b] = [solution[0], solution[1], solution[2]];
+    (a > 0.0 && c > 0.0 && b > 0.0).then_some([a, c, b])
 }
 
-/// Gives the sim the migration cost and, for the block's threads, the touch rate without
-/// migrations (what [`super::calibrate::match_touch_rate`] sets the think time from).
+fn det3(m: &[[f64; 3]; 3]) -> f64 {
+    m[0][0] * (m[1][1] * m[2][2] - m[1][2] * m[2][1]) - m[0][1] * (m[1][0] * m[2][2] - m[1][2] * m[2][0])
+        + m[0][2] * (m[1][0] * m[2][1] - m[1][1] * m[2][0])
+}
+
+/// Gives the sim the fault and migration costs and, for the block's threads, the touch rate
+/// without them (what [`super::calibrate::match_touch_rate`] sets the think time from).
 pub fn apply(config: &mut Config, pace: &MigratePace, rates: &mut BTreeMap<String, f64>) {
-    config.kernel.migrate_cost_ns = pace.migrate_cost_ns;
+    config.kernel.hint_fault_cost_ns = pace.fault_ns.round() as u64;
+    config.kernel.migrate_cost_ns = pace.migration_ns.round() as u64;
     let prefix = format!("{}/", pace.block);
     for (_, rate) in rates.iter_mut().filter(|(n, _)| n.starts_with(&prefix)) {
         *rate = 1e9 / pace.touch_ns;
@@ -107,45 +155,62 @@ pub fn apply(config: &mut Config, pace: &MigratePace, rates: &mut BTreeMap<Strin
 mod tests {
     use super::*;
 
-    fn guest(threads: &[(u64, u64, f64)]) -> serde_json::Value {
-        let name = |i: usize| format!("numa01/worker/{i}");
-        let rates: serde_json::Map<String, serde_json::Value> =
-            threads.iter().enumerate().map(|(i, t)| (name(i), (t.0 as f64 / t.2).into())).collect();
-        let ts: Vec<serde_json::Value> = threads
+    /// A kernel time series of two threads over `rows` 100 ms intervals: (touches, faults,
+    /// migrated) per thread and interval.
+    fn series(rows: &[[(f64, f64, f64); 2]]) -> Table {
+        let mut header = vec!["time_ms".to_string()];
+        for k in ["touches", "minflt", "numa_pages_migrated"] {
+            header.extend((0..2).map(|i| format!("kernel.task.numa01/worker/{i}.{k}")));
+        }
+        let rows = rows
             .iter()
             .enumerate()
-            .map(|(i, t)| serde_json::json!({"name": name(i), "touches": t.0, "sched": {"numa_pages_migrated": t.1}}))
+            .map(|(r, ts)| {
+                let mut row = vec![format!("{}", (r + 1) * 100)];
+                row.extend(ts.iter().map(|t| t.0.to_string()));
+                row.extend(ts.iter().map(|t| t.1.to_string()));
+                row.extend(ts.iter().map(|t| t.2.to_string()));
+                row
+            })
             .collect();
-        serde_json::json!({"touch_rate_per_s": rates, "final_sample": {"threads": ts}})
+        Table { header, rows }
     }
 
-    /// Threads that ran 30 s at 40 µs per touch plus 500 µs per migration: the fit finds both,
-    /// and the sim's cost leaves out the hinting fault it charges anyway.
+    /// Intervals whose 100 ms went to 5 µs touches, 60 µs faults and 400 µs migrations in
+    /// varying mixes: the fit recovers the three costs, and the sim gets them.
     #[test]
-    fn the_fit_recovers_per_touch_and_per_migration_time() {
-        let c = workloads::validation::resolve("numa01", &[]).unwrap();
-        let threads: Vec<(u64, u64, f64)> =
-            [0u64, 5000, 30_000, 34_000].iter().map(|&m| ((30e6 - m as f64 * 500.0) as u64 / 40, m, 30.0)).collect();
-        let pace = measure(&guest(&threads), &c).expect("a fit");
-        assert_eq!(pace.block, "numa01/worker");
-        assert!((pace.touch_ns - 40_000.0).abs() < 1.0, "{pace:?}");
-        assert!((pace.migration_ns - 500_000.0).abs() < 10.0, "{pace:?}");
-        assert_eq!(pace.migrate_cost_ns, 500_000 - c.kernel.hint_fault_cost_ns);
+    fn the_fit_recovers_the_cost_of_touches_faults_and_migrations() {
+        let mix = |faults: f64, migrated: f64| ((0.1 - faults * 60e-6 - migrated * 400e-6) / 5e-6, faults, migrated);
+        let rows: Vec<[(f64, f64, f64); 2]> = (0..20)
+            .map(|r| {
+                let f = f64::from(r % 5) * 200.0;
+                [mix(f, f * 0.1), mix(f * 0.5, f * f64::from(r % 3) * 0.05)]
+            })
+            .collect();
+        let mut c = workloads::validation::resolve("numa01", &[]).unwrap();
+        let pace = measure(&series(&rows), &c).expect("a fit");
+        assert_eq!((pace.block.as_str(), pace.intervals), ("numa01/worker", 40));
+        for (got, want) in [(pace.touch_ns, 5e3), (pace.fault_ns, 60e3), (pace.migration_ns, 400e3)] {
+            assert!((got - want).abs() < want * 1e-6, "{pace:?}");
+        }
         let mut rates = BTreeMap::from([("numa01/worker/0".to_string(), 1.0), ("other/x/0".to_string(), 2.0)]);
-        let mut c = c;
         apply(&mut c, &pace, &mut rates);
-        assert_eq!(c.kernel.migrate_cost_ns, pace.migrate_cost_ns);
-        assert!((rates["numa01/worker/0"] - 25_000.0).abs() < 1e-3 && rates["other/x/0"] == 2.0, "{rates:?}");
+        assert_eq!((c.kernel.hint_fault_cost_ns, c.kernel.migrate_cost_ns), (60_000, 400_000));
+        assert!((rates["numa01/worker/0"] - 200_000.0).abs() < 1e-3 && rates["other/x/0"] == 2.0, "{rates:?}");
     }
 
-    /// Threads that migrated about equally give no fit (their time cannot be split), nor
-    /// does a block whose extra migrations cost nothing.
+    /// Without the per-thread columns (a run recorded before them), with too few faults, or
+    /// with faults that cost nothing, there is no fit.
     #[test]
-    fn no_fit_without_a_spread_of_migrations_or_with_a_free_one() {
+    fn no_fit_without_columns_faults_or_a_positive_cost() {
         let c = workloads::validation::resolve("numa01", &[]).unwrap();
-        let even = [(750_000, 100, 30.0), (740_000, 600, 30.0), (760_000, 0, 30.0)];
-        assert_eq!(measure(&guest(&even), &c), None);
-        let free = [(750_000, 0, 30.0), (750_000, 20_000, 30.0)];
-        assert_eq!(measure(&guest(&free), &c), None);
+        let old =
+            Table { header: vec!["time_ms".into(), "touches.cpu".into()], rows: vec![vec!["100".into(), "5".into()]] };
+        assert_eq!(measure(&old, &c), None);
+        let few: Vec<[(f64, f64, f64); 2]> = (0..10).map(|_| [(2e4, 10.0, 1.0), (2e4, 5.0, 0.0)]).collect();
+        assert_eq!(measure(&series(&few), &c), None);
+        let free: Vec<[(f64, f64, f64); 2]> =
+            (0..10).map(|r| [(2e4, f64::from(r) * 300.0, f64::from(r % 3) * 10.0), (2e4, 1000.0, 0.0)]).collect();
+        assert_eq!(measure(&series(&free), &c), None);
     }
 }

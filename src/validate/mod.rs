@@ -218,7 +218,7 @@ fn run_one(
     let kernel = Side::with_series(&kernel_dir, &kernel_series).map_err(io)?;
     let mut sim = sim_config(name, set, spec)?;
     let mut rates = facts.touch_rates.clone();
-    outcome.migration = migrate_pace::measure(&read_json(&kernel_dir.join("guest.json")).map_err(io)?, &sim);
+    outcome.migration = migrate_pace::measure(&kernel_series, &sim);
     if let Some(pace) = &outcome.migration {
         migrate_pace::apply(&mut sim, pace, &mut rates);
     }
@@ -253,11 +253,6 @@ fn run_one(
     let runs = [("sim".to_string(), sim_dir), (format!("kernel {}", facts.release), kernel_dir)];
     plots::render_overlay(&dir, "overlay", &title, &runs).map_err(io)?;
     Ok(outcome)
-}
-
-fn read_json(path: &Path) -> Result<serde_json::Value, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The trace options of validate: the kernels' NUMA tracepoints (and the sim's) in ftrace text.

@@ -71,11 +71,12 @@ fn case_section(r: &mut String, o: &Outcome) {
     if let Some(m) = &o.migration {
         let _ = writeln!(
             r,
-            "- `{}` migrations: the guest's threads took {:.0} µs per migrated page beyond {:.1} µs per touch; sim kernel.migrate_cost_ns = {}",
+            "- `{}` costs (fit over {} thread-intervals): {:.1} µs per touch, {:.0} µs per hinting fault, {:.0} µs per migrated page; sim kernel.hint_fault_cost_ns and migrate_cost_ns from them",
             m.block,
-            m.migration_ns / 1e3,
+            m.intervals,
             m.touch_ns / 1e3,
-            m.migrate_cost_ns
+            m.fault_ns / 1e3,
+            m.migration_ns / 1e3
         );
     }
     if let Some(k) = &o.ksmd {
