@@ -61,7 +61,13 @@ fn run(port: &mut DataPort) -> Result<()> {
     wait_ready(shared, plan, setup_start)?;
     let mut trace = plan.trace.as_ref().map(tracefs::prepare).transpose()?;
     let cpus = plan.nodes * plan.cpus_per_node;
-    port.send(&Frame::Files { when: "start".into(), files: topology::at_start(cpus) });
+    let pids: Vec<(String, i32)> = plan
+        .processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.clone(), shared.procs[i].pid.load(Ordering::Relaxed)))
+        .collect();
+    port.send(&Frame::Files { when: "start".into(), files: topology::at_start(cpus, &pids) });
     port.send(&Frame::Started { setup_ms: (sys::now_ns() - setup_start) / 1_000_000 });
     let result = sample_run(port, shared, plan, trace.is_some());
     if let Some(info) = trace.as_mut() {

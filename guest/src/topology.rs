@@ -1,16 +1,18 @@
 //! What the scheduler's placement depends on and the guest's samples do not show: the CPUs
 //! each cache is shared by and the sched domains built over them (QEMU's -smp and -numa
-//! decide both), and /proc/schedstat's per-domain load-balancing counters before and after
-//! the run. They go to the host once each as a [`guest::Frame::Files`].
+//! decide both), /proc/schedstat's per-domain load-balancing counters before and after the
+//! run, and the workload processes' mappings beyond the scenario's VMAs (thread stacks,
+//! malloc arenas, the binary's data), which 6.12's task_numa_work() walks one at a time. They go to the host once each as a [`guest::Frame::Files`].
 
 use std::collections::BTreeMap;
 
 const SCHEDSTATS: &str = "/proc/sys/kernel/sched_schedstats";
 
 /// Every CPU's cache levels and sharing, every sched domain's name and flags (debugfs, with
-/// CONFIG_SCHED_DEBUG) and /proc/schedstat. Turns schedstats on first: the domains'
+/// CONFIG_SCHED_DEBUG), /proc/schedstat, and each workload process's /proc/PID/maps keyed
+/// `maps:<process>` (`processes`: name and pid). Turns schedstats on first: the domains'
 /// load-balancing counters (lb_count, lb_gained, ...) only count while it is on.
-pub fn at_start(cpus: u32) -> BTreeMap<String, String> {
+pub fn at_start(cpus: u32, processes: &[(String, i32)]) -> BTreeMap<String, String> {
     let _ = std::fs::write(SCHEDSTATS, "1");
     let mut files = BTreeMap::new();
     for cpu in 0..cpus {
@@ -29,6 +31,11 @@ pub fn at_start(cpus: u32) -> BTreeMap<String, String> {
     }
     read_into(&mut files, SCHEDSTATS);
     read_into(&mut files, "/proc/schedstat");
+    for (name, pid) in processes {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            files.insert(format!("maps:{name}"), text.trim_end().to_string());
+        }
+    }
     files
 }
 

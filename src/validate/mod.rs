@@ -5,6 +5,7 @@
 
 mod calibrate;
 mod compare;
+mod guest_vmas;
 mod ksmd_pace;
 mod migrate_pace;
 mod report;
@@ -64,8 +65,10 @@ pub struct Outcome {
     pub calibration: Vec<Matched>,
     /// ksmd's pace on the kernel and the costs the sim got from it.
     pub ksmd: Option<KsmdPace>,
-    /// The guest's time per page migration and the sim's `migrate_cost_ns` from it.
+    /// The guest's time per touch, hinting fault and page migration, which the sim got.
     pub migration: Option<MigratePace>,
+    /// Empty VMAs the sim got for the guest process's other mappings (thread stacks, ...).
+    pub guest_vmas: usize,
     pub rows: Vec<Row>,
     pub agree: bool,
     /// Why the kernel run failed (then there are no rows).
@@ -200,6 +203,7 @@ fn run_one(
         calibration: Vec::new(),
         ksmd: None,
         migration: None,
+        guest_vmas: 0,
         rows: Vec::new(),
         agree: false,
         error: None,
@@ -217,6 +221,7 @@ fn run_one(
     let kernel_series = plots::data::Table::read(&kernel_dir.join("timeseries.csv")).map_err(io)?;
     let kernel = Side::with_series(&kernel_dir, &kernel_series).map_err(io)?;
     let mut sim = sim_config(name, set, spec)?;
+    outcome.guest_vmas = guest_vmas::add(&mut sim, &read_json(&kernel_dir.join("guest.json")).map_err(io)?);
     let mut rates = facts.touch_rates.clone();
     outcome.migration = migrate_pace::measure(&kernel_series, &sim);
     if let Some(pace) = &outcome.migration {
@@ -253,6 +258,11 @@ fn run_one(
     let runs = [("sim".to_string(), sim_dir), (format!("kernel {}", facts.release), kernel_dir)];
     plots::render_overlay(&dir, "overlay", &title, &runs).map_err(io)?;
     Ok(outcome)
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The trace options of validate: the kernels' NUMA tracepoints (and the sim's) in ftrace text.

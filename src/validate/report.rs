@@ -68,6 +68,13 @@ fn case_section(r: &mut String, o: &Outcome) {
             c.block, c.guest_touches_per_s, c.think_ns_before, c.think_ns_after, c.scale
         );
     }
+    if o.guest_vmas > 0 {
+        let _ = writeln!(
+            r,
+            "- the guest process's other mappings (thread stacks, arenas, the binary's data): {} empty VMAs in the sim",
+            o.guest_vmas
+        );
+    }
     if let Some(m) = &o.migration {
         let _ = writeln!(
             r,
