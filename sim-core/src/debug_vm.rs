@@ -105,6 +105,10 @@ pub fn check_vm(
         }
     }
     check_pins(&pages, &smmus, &mut scratch.held, now)?;
+    if let Some(s) = pages.slots.settled_claim_broken() {
+        let detail = format!("slot {s}'s block is settled, but its PTE is {:?}", pages.slots.pte(s));
+        return Err(Violation::new("settled_block", now, detail));
+    }
     check_secondary(&pages, &mms, &smmus, &counters, now)?;
     check_counters(&counters, now)
 }
@@ -144,11 +148,11 @@ fn count_frames(
     let mut frames: Vec<u64> = census.by_nid[..nr_nodes as usize].to_vec();
     if frames.iter().sum::<u64>() + census.by_nid[NUMA_NO_NODE as usize] != all {
         let bad = pages.runs(0, all).find(|&(_, _, s)| {
-            let nid = pages.slots.pte[s].nid;
+            let nid = pages.slots.pte(s).nid;
             nid != NUMA_NO_NODE && u32::from(nid) >= nr_nodes
         });
         let (page, _, s) = bad.unwrap_or((0, 0, pages.slot(0)));
-        let detail = format!("a present page on node {} of a {nr_nodes}-node machine", pages.slots.pte[s].nid);
+        let detail = format!("a present page on node {} of a {nr_nodes}-node machine", pages.slots.pte(s).nid);
         return Err(Violation::new("page_on_valid_node", now, detail).at_page(page));
     }
     frames[ZERO_PAGE_NID as usize] -= census.zero;
@@ -182,7 +186,7 @@ impl Census {
     fn of(pages: &Pages, first: PageIdx, n: u64) -> Self {
         let mut c = Census { by_nid: [0; 256], zero: 0, flags: 0 };
         for (_, len, s) in pages.runs(first, n) {
-            let pte = pages.slots.pte[s];
+            let pte = pages.slots.pte(s);
             c.by_nid[pte.nid as usize] += len;
             c.zero += len * u64::from(pte.flags & PTE_ZERO != 0);
             c.flags |= pte.flags;
@@ -201,9 +205,9 @@ fn count_ksm_frames(
     now: Nanos,
 ) -> Result<(), Violation> {
     ksm.clear();
-    let ksm_pages = pages.runs(0, pages.len() as u64).filter(|&(_, _, s)| pages.slots.pte[s].flags & PG_KSM != 0);
+    let ksm_pages = pages.runs(0, pages.len() as u64).filter(|&(_, _, s)| pages.slots.pte(s).flags & PG_KSM != 0);
     for (page, _, s) in ksm_pages {
-        let pte = pages.slots.pte[s];
+        let pte = pages.slots.pte(s);
         if pte.nid == NUMA_NO_NODE {
             let detail = "a page flagged PageKsm() has no frame".into();
             return Err(Violation::new("ksm_page_present", now, detail).at_page(page));

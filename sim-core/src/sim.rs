@@ -12,7 +12,7 @@ use crate::kernel::{Kernel, Sysctl};
 use crate::kvm::Kvm;
 use crate::machine::{Cpu, Nid, PgData, Topology};
 use crate::mm::ksm::{KsmFrames, Ksmd, ksmd_wake};
-use crate::mm::memory::do_anonymous_page;
+use crate::mm::memory::{do_anonymous_page, populate_range};
 use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind};
 use crate::mm::mprotect::{Action, Actions, run_action};
 use crate::mm::numa_balancing::clone_node_stamp;
@@ -285,17 +285,21 @@ impl Sim {
     /// Faults every page of a VMA in on node `nid` (with zonelist fallback), as a memset by a
     /// thread there would.
     pub fn populate(&mut self, mm: Entity, vma: usize, nid: Nid) {
-        let (base, pages) = {
+        let (base, pages, thp) = {
             let v = &self.world.get::<Mm>(mm).expect("live mm").vmas[vma];
-            (v.base, v.pages)
+            (v.base, v.pages, v.thp)
         };
         self.with_kernel(|k| {
-            for p in 0..pages {
-                let page = base + p as PageIdx;
-                if !k.pages.present(page) {
-                    do_anonymous_page(k, mm, vma, page, nid, true);
+            if !thp {
+                populate_range(k, mm, base, pages, nid);
+            } else {
+                for page in (0..pages).map(|p| base + p as PageIdx) {
+                    if !k.pages.present(page) {
+                        do_anonymous_page(k, mm, vma, page, nid, true);
+                    }
                 }
             }
+            k.pages.settle(base, pages);
         });
     }
 

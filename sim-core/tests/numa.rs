@@ -229,3 +229,47 @@ fn moving_off_the_preferred_node_resets_the_scan_period() {
         assert_eq!(p.numa_scan_period, task_scan_start(&k.sysctl, rss, None), "off the preferred node");
     });
 }
+
+/// Populating a VMA larger than its node falls back along the zonelist page by page, as
+/// do_anonymous_page() write faults do: the bulk path gives every page the node and every
+/// node the free count the faults one at a time give, under every watermark.
+#[test]
+fn populate_spills_to_other_nodes_as_faults_one_at_a_time_do() {
+    let config = Config {
+        machine: MachineConfig { nodes: 4, memory_per_node_mib: 16, ..Default::default() },
+        ..Default::default()
+    };
+    let build = || {
+        let mut sim = Sim::new(&config);
+        let mm = sim.add_process("app");
+        let small = sim.add_vma(mm, "small", 1000);
+        let big = sim.add_vma(mm, "big", 15_300);
+        (sim, mm, [small, big])
+    };
+    let (mut bulk, mm, vmas) = build();
+    bulk.populate(mm, vmas[0], 2);
+    bulk.populate(mm, vmas[1], 2);
+    let (mut one, mm1, _) = build();
+    one.with_kernel(|k| {
+        for (vma, pages) in [(0, 1000), (1, 15_300)] {
+            let base = k.mm(mm1).vmas[vma].base;
+            for p in 0..pages {
+                sim_core::mm::memory::do_anonymous_page(k, mm1, vma, base + p, 2, true);
+            }
+        }
+    });
+    let state = |sim: &mut Sim, mm: Entity| {
+        let pages = sim.world.resource::<Pages>();
+        let nids: Vec<u8> = (0..pages.len() as PageIdx).map(|p| pages.pte(p).nid).collect();
+        let free: Vec<u64> = sim.with_kernel(|k| (0..4).map(|n| k.pgdat(n).free_pages).collect());
+        (nids, free, sim.world.get::<Mm>(mm).unwrap().rss)
+    };
+    let (nids, free, rss) = state(&mut bulk, mm);
+    assert_eq!((nids.clone(), free.clone(), rss), state(&mut one, mm1));
+    let wmark_min: Vec<u64> = bulk.with_kernel(|k| (0..4).map(|n| k.pgdat(n).wmark.min).collect());
+    assert!(
+        free.iter().zip(&wmark_min).all(|(f, m)| f <= m),
+        "every node was taken down to min: {free:?} {wmark_min:?}"
+    );
+    assert!(free.iter().zip(&wmark_min).any(|(f, m)| f < m), "the last pass went below min: {free:?}");
+}

@@ -37,8 +37,9 @@ pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usi
     let range = block_slots(k, mm, vma, b);
     if !write {
         for i in range {
-            k.pages.slots.pte[i].nid = ZERO_PAGE_NID;
-            k.pages.slots.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
+            let pte = k.pages.slots.pte_mut(i);
+            pte.nid = ZERO_PAGE_NID;
+            pte.flags |= PTE_ZERO | PTE_YOUNG;
         }
         set_pmd(k, mm, vma, b, Pmd::HugeZero);
         return true;
@@ -51,9 +52,9 @@ pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usi
     }
     pgdat.free_pages -= HPAGE_PMD_NR;
     for i in range {
-        k.pages.slots.pte[i].nid = nid;
-        k.pages.slots.pte[i].flags |= PTE_YOUNG;
-        k.pages.slots.mapcount[i] = 1;
+        let pte = k.pages.slots.pte_mut(i);
+        pte.nid = nid;
+        pte.flags |= PTE_YOUNG;
     }
     k.mm(mm).rss += HPAGE_PMD_NR;
     k.counters.vmstat.thp_fault_alloc += 1;
@@ -107,11 +108,11 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> u64 
         return 0;
     }
     let range = block_slots(k, mm, vma, b);
-    if k.pages.slots.pte[range.start].flags & PTE_PROTNONE != 0 {
+    if k.pages.slots.pte(range.start).flags & PTE_PROTNONE != 0 {
         return 0;
     }
     for i in range {
-        k.pages.slots.pte[i].flags |= PTE_PROTNONE;
+        k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
     }
     k.counters.vmstat.numa_huge_pte_updates += 1;
     HPAGE_PMD_NR
@@ -126,7 +127,8 @@ pub fn do_huge_pmd_numa_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, f
     let mut fault = numa_migrate_check(k, mm, vma, head, f, true);
     let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, head, HPAGE_PMD_NR, f, &mut fault);
     for i in block_slots(k, mm, vma, b) {
-        k.pages.slots.pte[i].flags = (k.pages.slots.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
+        let pte = k.pages.slots.pte_mut(i);
+        pte.flags = (pte.flags & !PTE_PROTNONE) | PTE_YOUNG;
     }
     numa_fault_done(k, mm, head, HPAGE_PMD_NR, f, &fault);
     cost

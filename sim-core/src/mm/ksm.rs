@@ -15,7 +15,7 @@ use super::gup::{Followed, follow_page};
 use super::huge_memory::split_huge_pmd_of;
 use super::memory::free_page_node;
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range, update_stale_gauge};
-use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, RMAP_CHECKSUMMED};
+use super::{PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pte, RMAP_CHECKSUMMED};
 use crate::config::KsmConfig;
 use crate::engine::{Event, NSEC_PER_MSEC};
 use crate::kernel::Kernel;
@@ -195,14 +195,14 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
     let content = k.pages.slots.content[i];
     // KSM pages are merged already; pinned pages cannot be write-protected
     // (write_protect_page() refuses a raised page_count).
-    if k.pages.slots.pte[i].flags & PG_KSM != 0 || k.pages.slots.pins[i] > 0 {
+    if k.pages.slots.pte(i).flags & PG_KSM != 0 || k.pages.slots.pins[i] > 0 {
         return;
     }
     let checksum_first = k.rules.ksm_checksum_first;
     if checksum_first && checksum_changed(k, page) {
         return;
     }
-    let nid = k.pages.slots.pte[i].nid;
+    let nid = k.pages.slots.pte(i).nid;
     let key = ksmd.key(page, content, nid);
     // A unique page finds no twin, but it goes into the unstable tree like any other, where
     // it lengthens every later search path.
@@ -226,7 +226,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
     // tree page is replaced by it.
     write_protect_page(k, item.mm, page);
     let i = k.pages.slot_mut(page);
-    k.pages.slots.pte[i].flags |= PG_KSM;
+    k.pages.slots.pte_mut(i).flags |= PG_KSM;
     ksm_map(k, page, page);
     ksmd.stable.insert(key, page);
     let tree_accessible = k.mm(tree.mm).page_accessible(tree.page);
@@ -260,7 +260,7 @@ fn is_twin(k: &Kernel, ksmd: &Ksmd, page: PageIdx, other: PageIdx) -> bool {
         && slots.content[i] != 0
         && k.pages.has_folio(other)
         && slots.content[o] == slots.content[i]
-        && (ksmd.merge_across_nodes || slots.pte[o].nid == slots.pte[i].nid)
+        && (ksmd.merge_across_nodes || slots.pte(o).nid == slots.pte(i).nid)
 }
 
 /// Models unstable_tree_search_insert(): walk the tree towards `key`, reading every page on
@@ -340,9 +340,8 @@ fn replace_page(k: &mut Kernel, mm: Entity, vma_accessible: bool, page: PageIdx,
     free_page_node(k, old);
     let (i, kpage_nid) = (k.pages.slot_mut(page), k.pages.pte(kpage).nid);
     let slots = &mut k.pages.slots;
-    slots.pte[i].nid = kpage_nid;
+    *slots.pte_mut(i) = Pte { nid: kpage_nid, flags: PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE } };
     slots.frame_gen[i] = slots.frame_gen[i].wrapping_add(1);
-    slots.pte[i].flags = PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE };
     ksm_map(k, page, kpage);
     k.counters.ksm.pages_merged += 1;
 }

@@ -6,7 +6,7 @@ use super::huge_memory::{do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, spli
 use super::ksm::ksm_unmap;
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
-use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, RMAP_CHECKSUMMED, ZERO_PAGE_NID};
+use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, Pte, RMAP_CHECKSUMMED, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid, PgData};
@@ -34,6 +34,49 @@ pub fn alloc_page_node(k: &mut Kernel, nid: Nid) -> Option<Nid> {
         }
     }
     None
+}
+
+/// Takes `n` frames as `n` calls of [`alloc_page_node`] would, one pass per watermark
+/// (free pages only fall meanwhile, so a node passed over is never come back to): how many
+/// each node gave, in the order they were given.
+fn alloc_pages_node_bulk(k: &mut Kernel, nid: Nid, mut n: u64) -> Option<Vec<(Nid, u64)>> {
+    let nr_nodes = k.topo.nr_nodes as usize;
+    let marks: [fn(&PgData) -> u64; 3] = [|p| p.wmark.low, |p| p.wmark.min, |_| 0];
+    let mut given = Vec::new();
+    for mark in marks {
+        for i in 0..nr_nodes {
+            let node = k.topo.zonelist(nid)[i];
+            let mut pgdat = k.pgdat(node);
+            let take = n.min(pgdat.free_pages.saturating_sub(mark(&pgdat)));
+            if take > 0 {
+                pgdat.free_pages -= take;
+                given.push((node, take));
+                n -= take;
+            }
+            if n == 0 {
+                return Some(given);
+            }
+        }
+    }
+    None
+}
+
+/// Write-faults every missing page of `pages` from `base` (a VMA without THP) from a CPU on
+/// node `nid`, as a memset or MAP_POPULATE's populate_vma_page_range() does: what
+/// do_anonymous_page() does for each, for all of them at once.
+pub fn populate_range(k: &mut Kernel, mm: Entity, base: PageIdx, pages: u64, nid: Nid) {
+    let range = || (0..pages).map(|p| base + p as PageIdx);
+    let missing = range().filter(|&p| !k.pages.present(p)).count() as u64;
+    let given = alloc_pages_node_bulk(k, nid, missing).expect("config validation keeps all VMAs within memory");
+    let mut frames = given.into_iter().flat_map(|(node, n)| std::iter::repeat_n(node, n as usize));
+    for page in range() {
+        if !k.pages.present(page) {
+            let pte = k.pages.pte_mut(page);
+            pte.nid = frames.next().expect("a frame per missing page");
+            pte.flags |= PTE_YOUNG;
+        }
+    }
+    k.mm(mm).rss += missing;
 }
 
 /// Returns a frame to node `nid`'s free lists.
@@ -108,15 +151,16 @@ pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, 
     let i = k.pages.slot_mut(page);
     let slots = &mut k.pages.slots;
     if !write {
-        slots.pte[i].nid = ZERO_PAGE_NID;
-        slots.pte[i].flags |= PTE_ZERO | PTE_YOUNG;
+        let pte = slots.pte_mut(i);
+        pte.nid = ZERO_PAGE_NID;
+        pte.flags |= PTE_ZERO | PTE_YOUNG;
         return;
     }
     let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
     let slots = &mut k.pages.slots;
-    slots.pte[i].nid = got;
-    slots.pte[i].flags |= PTE_YOUNG;
-    slots.mapcount[i] = 1;
+    let pte = slots.pte_mut(i);
+    pte.nid = got;
+    pte.flags |= PTE_YOUNG;
     k.mm(mm).rss += 1;
 }
 
@@ -128,19 +172,17 @@ pub fn do_wp_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     invalidate_range(k, mm, page, 1, MmuNotifyEvent::Clear, |_| true);
     let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
     let i = k.pages.slot_mut(page);
-    let old = k.pages.slots.pte[i].flags;
+    let old = k.pages.slots.pte(i).flags;
     if old & PG_KSM != 0 {
         trace_event!(k, Event::KsmCow { addr: k.page_addr(mm, page), nid: got });
         ksm_unmap(k, page);
     }
     let slots = &mut k.pages.slots;
-    slots.pte[i].nid = got;
+    *slots.pte_mut(i) = Pte { nid: got, flags: (old & !PTE_COW) | PTE_YOUNG };
     slots.frame_gen[i] = slots.frame_gen[i].wrapping_add(1);
-    slots.pte[i].flags = (old & !PTE_COW) | PTE_YOUNG;
-    slots.mapcount[i] = 1;
     if old & PG_KSM != 0 {
         slots.content[i] = 0;
-        slots.pte[i].flags &= !RMAP_CHECKSUMMED;
+        slots.pte_mut(i).flags &= !RMAP_CHECKSUMMED;
         k.counters.vmstat.cow_ksm += 1;
     } else {
         k.mm(mm).rss += 1;
@@ -259,7 +301,8 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
     // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
     // migration); the access that faulted sets the accessed bit.
     let i = k.pages.slot_mut(page);
-    k.pages.slots.pte[i].flags = (k.pages.slots.pte[i].flags & !PTE_PROTNONE) | PTE_YOUNG;
+    let pte = k.pages.slots.pte_mut(i);
+    pte.flags = (pte.flags & !PTE_PROTNONE) | PTE_YOUNG;
     numa_fault_done(k, mm, page, 1, f, &fault);
     cost
 }

@@ -53,12 +53,12 @@ pub fn migrate_misplaced_folio(
         k.counters.vmstat.thp_migration_fail += thp;
         return Err(MigrateFail::Refcount);
     }
-    let src = k.pages.slots.pte[slots.start].nid;
+    let src = k.pages.slots.pte(slots.start).nid;
     let mut dst = k.pgdat(target);
     dst.free_pages -= nr;
     k.pgdat(src).free_pages += nr;
     for i in slots {
-        k.pages.slots.pte[i].nid = target;
+        k.pages.slots.pte_mut(i).nid = target;
         k.pages.slots.frame_gen[i] = k.pages.slots.frame_gen[i].wrapping_add(1);
     }
     k.counters.vmstat.pgmigrate_success += nr;

@@ -93,7 +93,7 @@ impl SecondaryMmu {
         if let Some(i) = self.slot(page) {
             prefetch(&self.entries, i);
             let s = pages.slot(page);
-            prefetch(&pages.slots.pte, s);
+            pages.slots.prefetch_pte(s);
             prefetch(&pages.slots.frame_gen, s);
         }
     }
@@ -109,7 +109,7 @@ impl SecondaryMmu {
             self.entries[i] = SPTE_VALID
                 | huge
                 | if writable { SPTE_WRITABLE } else { 0 }
-                | (u32::from(pages.slots.pte[s].nid) << SPTE_NID_SHIFT)
+                | (u32::from(pages.slots.pte(s).nid) << SPTE_NID_SHIFT)
                 | (u32::from(pages.slots.frame_gen[s]) << SPTE_GEN_SHIFT);
         }
     }
@@ -137,7 +137,7 @@ impl SecondaryMmu {
         let e = self.entries[i];
         let s = pages.slot(self.base + i as PageIdx);
         !granted
-            || Self::entry_nid(e) != pages.slots.pte[s].nid
+            || Self::entry_nid(e) != pages.slots.pte(s).nid
             || (e >> SPTE_GEN_SHIFT) as u16 != pages.slots.frame_gen[s]
     }
 
@@ -243,9 +243,29 @@ pub fn update_stale_gauge(k: &mut Kernel) {
 /// An access through a valid secondary-MMU entry: sets its accessed bit, counts it as
 /// stale if the primary mapping no longer grants it, and returns the frame's node.
 pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> Nid {
+    touch_secondary_if(k, smmu, page, SPTE_VALID, None).expect("the entry was just mapped")
+}
+
+/// A device's or vCPU's touch of `page` through `smmu` (and a prefetch of the touch
+/// `ahead`) in one lookup of the table: [`touch_secondary`] if the entry has the bits
+/// `need`, else `None`, and the caller faults first.
+#[inline]
+pub fn touch_secondary_if(
+    k: &mut Kernel,
+    smmu: Entity,
+    page: PageIdx,
+    need: u32,
+    ahead: Option<PageIdx>,
+) -> Option<Nid> {
     let Kernel { smmus, pages, counters, mms, trace, .. } = k;
     let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
+    if let Some(ahead) = ahead {
+        s.prefetch(ahead, pages);
+    }
     let i = s.slot(page).expect("touches stay in the mapped range");
+    if s.entries[i] & need != need {
+        return None;
+    }
     s.entries[i] |= SPTE_YOUNG;
     let m = mms.get(s.mm).ok();
     let granted = m.is_some_and(|m| m.page_accessible(page));
@@ -257,5 +277,5 @@ pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> Nid {
             t.push_current(Event::StaleAccess { smmu, addr, nid });
         }
     }
-    nid
+    Some(nid)
 }

@@ -2,8 +2,9 @@
 //!
 //! Pages are not entities. Every page of every VMA has a global page number and its state a
 //! slot in [`Pages`], a struct-of-arrays resource with a directory per 2 MiB chunk, so the
-//! hot paths (a CPU touch, a scanner pass) are loops over plain arrays. 4 KiB pages cost 13
-//! bytes each; a THP-backed chunk 17 bytes for all 512 pages.
+//! hot paths (a CPU touch, a scanner pass) are loops over plain arrays. 4 KiB pages cost 12
+//! bytes each and 3 bytes per 512 (the settled blocks of `slots.rs`); a THP-backed chunk 16
+//! bytes for all 512 pages.
 
 pub mod gup;
 pub mod huge_memory;
@@ -14,14 +15,16 @@ pub mod mmu_notifier;
 pub mod mprotect;
 pub mod numa_balancing;
 pub mod page_alloc;
+pub mod slots;
 pub mod vmscan;
 
 use bevy_ecs::component::Component;
 use bevy_ecs::resource::Resource;
 
-use crate::engine::hugepages::reserve_exact_huge;
-use crate::engine::{Nanos, prefetch};
+use crate::engine::Nanos;
 use crate::machine::{NUMA_NO_NODE, Nid};
+pub use slots::Slots;
+use slots::UNTOUCHED;
 
 /// log2 of the base page size (4 KiB).
 pub const PAGE_SHIFT: u32 = 12;
@@ -96,106 +99,6 @@ const CHUNK: usize = 1 << CHUNK_SHIFT;
 /// Directory entry bit: the chunk's 512 pages share one slot (a THP or an untouched block).
 const DIR_COMPACT: u32 = 1 << 31;
 
-/// The state behind one slot (struct page + the PTE that maps it), struct-of-arrays.
-#[derive(Default, Debug)]
-pub struct Slots {
-    pub pte: Vec<Pte>,
-    /// `folio_last_cpupid()`: who took the last hinting fault on the page.
-    pub last_cpupid: Vec<u32>,
-    /// FOLL_PIN pins held (`folio_maybe_dma_pinned()` when nonzero), saturating.
-    pub pins: Vec<u8>,
-    /// Extra references beyond mappings and pins (FOLL_GET), saturating.
-    pub refs: Vec<u8>,
-    /// Number of mms mapping the page (folio_mapcount()); a KSM frame's mappings are kept by
-    /// `ksm::KsmFrames` instead.
-    pub mapcount: Vec<u8>,
-    /// Frame generation: bumped when the page moves to a new frame, so a secondary MMU entry
-    /// can tell it still points at the old one.
-    pub frame_gen: Vec<u16>,
-    /// Content class, for KSM: pages with equal nonzero content are identical.
-    pub content: Vec<u16>,
-}
-
-/// One slot's state, by value.
-#[derive(Clone, Copy)]
-struct SlotState {
-    pte: Pte,
-    last_cpupid: u32,
-    pins: u8,
-    refs: u8,
-    mapcount: u8,
-    frame_gen: u16,
-    content: u16,
-}
-
-/// A page never touched.
-const UNTOUCHED: SlotState = SlotState {
-    pte: Pte { nid: NUMA_NO_NODE, flags: 0 },
-    last_cpupid: CPUPID_UNSET,
-    pins: 0,
-    refs: 0,
-    mapcount: 0,
-    frame_gen: 0,
-    content: 0,
-};
-
-impl Slots {
-    fn len(&self) -> usize {
-        self.pte.len()
-    }
-
-    /// Everything slot `s` holds.
-    fn get(&self, s: usize) -> SlotState {
-        SlotState {
-            pte: self.pte[s],
-            last_cpupid: self.last_cpupid[s],
-            pins: self.pins[s],
-            refs: self.refs[s],
-            mapcount: self.mapcount[s],
-            frame_gen: self.frame_gen[s],
-            content: self.content[s],
-        }
-    }
-
-    /// Makes room for `n` more slots, exactly (no doubling of large arrays).
-    /// The new memory is advised for the host's huge pages before it is written, so that a
-    /// random touch does not also walk the host's page table.
-    fn reserve_exact(&mut self, n: usize) {
-        reserve_exact_huge(&mut self.pte, n);
-        reserve_exact_huge(&mut self.last_cpupid, n);
-        reserve_exact_huge(&mut self.pins, n);
-        reserve_exact_huge(&mut self.refs, n);
-        reserve_exact_huge(&mut self.mapcount, n);
-        reserve_exact_huge(&mut self.frame_gen, n);
-        reserve_exact_huge(&mut self.content, n);
-    }
-
-    /// Appends `n` slots holding `st`.
-    fn push(&mut self, n: usize, st: SlotState) {
-        let len = self.len() + n;
-        self.pte.resize(len, st.pte);
-        self.last_cpupid.resize(len, st.last_cpupid);
-        self.pins.resize(len, st.pins);
-        self.refs.resize(len, st.refs);
-        self.mapcount.resize(len, st.mapcount);
-        self.frame_gen.resize(len, st.frame_gen);
-        self.content.resize(len, st.content);
-    }
-
-    fn bytes(&self) -> usize {
-        fn b<T>(v: &Vec<T>) -> usize {
-            v.capacity() * std::mem::size_of::<T>()
-        }
-        b(&self.pte)
-            + b(&self.last_cpupid)
-            + b(&self.pins)
-            + b(&self.refs)
-            + b(&self.mapcount)
-            + b(&self.frame_gen)
-            + b(&self.content)
-    }
-}
-
 /// Per-page accessors for the fields of [`Slots`]: `name(page)` reads the page's slot,
 /// `name_mut(page)` gives it a slot of its own first.
 macro_rules! per_page {
@@ -213,9 +116,9 @@ macro_rules! per_page {
 }
 
 /// Per-page state, kept per PMD-sized chunk of 512 global pages: a chunk maps its pages to
-/// 512 slots of [`Slots`] (4 KiB pages: 13 bytes per page), or to one slot all 512 share
+/// 512 slots of [`Slots`] (4 KiB pages: 12 bytes per page), or to one slot all 512 share
 /// (compact: a THP, the huge zero page, or a THP-eligible block not yet faulted), which
-/// costs 13 bytes per 2 MiB. A compact chunk is expanded into 512 copies of its slot the
+/// costs 12 bytes per 2 MiB. A compact chunk is expanded into 512 copies of its slot the
 /// first time one page needs state of its own ([`Pages::slot_mut`]: a 4 KiB fault, a split,
 /// a pin, KSM content), which no caller can tell from the compact form; THP-wide changes
 /// write [`Pages::chunk_slots`]. Never compacted again (khugepaged is not modelled).
@@ -322,7 +225,7 @@ impl Pages {
             let first = self.slots.len();
             assert!(first + CHUNK < DIR_COMPACT as usize, "more page slots than the directory can address");
             // Grow by a thirty-second, not by doubling: expansions come one chunk at a time.
-            if self.slots.pte.capacity() < first + CHUNK {
+            if self.slots.capacity() < first + CHUNK {
                 self.slots.reserve_exact((first / 32).max(CHUNK));
             }
             let shared = self.slots.get((e & !DIR_COMPACT) as usize);
@@ -370,20 +273,19 @@ impl Pages {
     /// The PTE of page `page`.
     #[inline]
     pub fn pte(&self, page: PageIdx) -> Pte {
-        self.slots.pte[self.slot(page)]
+        self.slots.pte(self.slot(page))
     }
 
     /// Page `page`'s PTE, for a change to that page alone (a compact chunk is expanded).
     pub fn pte_mut(&mut self, page: PageIdx) -> &mut Pte {
         let s = self.slot_mut(page);
-        &mut self.slots.pte[s]
+        self.slots.pte_mut(s)
     }
 
     per_page! {
         last_cpupid, last_cpupid_mut: u32;
         pins, pins_mut: u8;
         refs, refs_mut: u8;
-        mapcount, mapcount_mut: u8;
         frame_gen, frame_gen_mut: u16;
         content, content_mut: u16;
     }
@@ -404,10 +306,24 @@ impl Pages {
         self.pte(page).flags & PTE_PROTNONE != 0
     }
 
-    /// Starts loading the state a touch of `page` reads into the cache.
+    /// Settles the blocks holding pages `first..first + pages` that can be (populated memory
+    /// need not wait for touches to find it settled).
+    pub fn settle(&mut self, first: PageIdx, pages: u64) {
+        let chunks = (first >> CHUNK_SHIFT) as usize..(u64::from(first) + pages).div_ceil(CHUNK as u64) as usize;
+        for c in chunks {
+            let slots = self.chunk_slots((c * CHUNK) as PageIdx);
+            self.slots.settle(slots);
+        }
+    }
+
+    /// Starts loading the state a touch of `page` reads into the cache: nothing when the
+    /// page's block is settled.
     #[inline]
     pub fn prefetch(&self, page: PageIdx) {
-        prefetch(&self.slots.pte, self.slot(page));
+        let s = self.slot(page);
+        if self.slots.settled_nid(s).is_none() {
+            self.slots.prefetch_pte(s);
+        }
     }
 
     /// Bytes of simulator memory the page state holds (allocated capacity).
@@ -639,7 +555,7 @@ mod tests {
         pages.grow(1 << 16, false);
         pages.grow(1000, false);
         let per_page = pages.bytes() as f64 / pages.len() as f64;
-        assert!(per_page <= 13.0, "{per_page} bytes per 4 KiB page");
+        assert!(per_page <= 12.01, "{per_page} bytes per 4 KiB page");
         assert!((0..pages.len() as PageIdx).all(|p| pages.slot(p) == p as usize), "without THP slot i is page i");
         let mut thp = Pages::default();
         thp.grow(1 << 16, true);
@@ -659,7 +575,7 @@ mod tests {
         assert!(pages.is_compact(first) && pages.is_compact(second));
         assert!(!pages.is_compact(base + 3 * CHUNK as PageIdx), "a partly used last chunk has 512 slots");
         for s in pages.chunk_slots(second) {
-            pages.slots.pte[s] = Pte { nid: 1, flags: PTE_YOUNG };
+            *pages.slots.pte_mut(s) = Pte { nid: 1, flags: PTE_YOUNG };
             pages.slots.last_cpupid[s] = 42;
         }
         assert!((second..second + CHUNK as PageIdx).all(|p| pages.pte(p).nid == 1));

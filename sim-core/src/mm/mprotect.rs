@@ -70,7 +70,7 @@ pub fn mprotect_vma(k: &mut Kernel, mm: Entity, vma: usize, accessible: bool) {
     let mut changed: Vec<PageIdx> = Vec::new();
     let runs: Vec<_> = k.pages.runs(base, len).collect();
     for (page, n, i) in runs {
-        let pte = &mut k.pages.slots.pte[i];
+        let pte = k.pages.slots.pte_mut(i);
         if pte.nid == NUMA_NO_NODE {
             continue;
         }
@@ -104,7 +104,7 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
     let mut freed = 0;
     let runs: Vec<_> = k.pages.runs(base, len).collect();
     for (page, n, i) in runs {
-        let Pte { nid, flags } = k.pages.slots.pte[i];
+        let Pte { nid, flags } = k.pages.slots.pte(i);
         if nid == NUMA_NO_NODE {
             continue;
         }
@@ -115,8 +115,7 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
         } else if !zero_page && k.pages.slots.pins[i] == 0 {
             k.pgdat(nid).free_pages += n;
         }
-        k.pages.slots.pte[i] = Pte { nid: NUMA_NO_NODE, flags: 0 };
-        k.pages.slots.mapcount[i] = 0;
+        *k.pages.slots.pte_mut(i) = Pte { nid: NUMA_NO_NODE, flags: 0 };
         freed += if zero_page { 0 } else { n };
     }
     k.mm(mm).rss -= freed;

@@ -333,18 +333,20 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
 fn change_pte(k: &mut Kernel, page: PageIdx, target_node: Option<Nid>, updated: &mut Vec<PageIdx>) {
     let i = k.pages.slot(page);
     let pages = &mut k.pages.slots;
-    let nid = pages.pte[i].nid;
+    let nid = pages.pte(i).nid;
     // vm_normal_folio() has no folio for the zero page; KSM pages are skipped too.
-    if nid == NUMA_NO_NODE || pages.pte[i].flags & (PTE_PROTNONE | PG_KSM | PTE_ZERO) != 0 {
+    if nid == NUMA_NO_NODE || pages.pte(i).flags & (PTE_PROTNONE | PG_KSM | PTE_ZERO) != 0 {
         return;
     }
-    // Private (COW) mapping: skip pages that may be DMA-pinned or are mapped shared.
-    if pages.pins[i] > 0 || pages.mapcount[i] > 1 {
+    // Private (COW) mapping: skip pages that may be DMA-pinned. Pages mapped by several mms
+    // (folio_estimated_sharers() > 1) are skipped too, but the model has none: there is no
+    // fork, an anonymous page is mapped by the mm that faulted it, and KSM pages left above.
+    if pages.pins[i] > 0 {
         return;
     }
     if target_node == Some(nid) {
         return;
     }
-    pages.pte[i].flags |= PTE_PROTNONE;
+    pages.pte_mut(i).flags |= PTE_PROTNONE;
     updated.push(page);
 }

@@ -44,7 +44,7 @@ pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
         .filter(|&&p| pages.has_folio(p) && pages.pte(p).flags & (PTE_PROTNONE | PTE_YOUNG) == PTE_PROTNONE)
         .count();
     k.counters.young.secondary_only_protnone += only_secondary as u64;
-    for pte in k.pages.slots.pte.iter_mut() {
+    for pte in k.pages.slots.ptes_mut() {
         pte.flags &= !PTE_YOUNG;
     }
     k.queue.schedule_in(aging.interval, Event::Aging);

@@ -278,9 +278,12 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
         k.pages.prefetch(task.base + ahead);
         let page = task.base + offset;
         let i = k.pages.slot(page);
-        let pte = k.pages.slots.pte[i];
-        // A PROT_NONE VMA's pages are all protnone or missing: only faults need the VMA.
-        let page_nid =
+        let page_nid = if let Some(nid) = k.pages.slots.settled_nid(i) {
+            nid
+        } else {
+            k.pages.slots.note_unsettled_touch(i);
+            let pte = k.pages.slots.pte(i);
+            // A PROT_NONE VMA's pages are all protnone or missing: only faults need the VMA.
             if pte.nid == NUMA_NO_NODE || pte.flags & PTE_PROTNONE != 0 || (write && pte.flags & PTE_COW != 0) {
                 let mut f = Faulter::user(k, task, numa, cpu, Source::Cpu, elapsed);
                 match handle_mm_fault(k, task.mm, page, write, &mut f) {
@@ -295,10 +298,11 @@ fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -
             } else {
                 // Only dirty the cache line when the accessed bit is not set yet.
                 if pte.flags & PTE_YOUNG == 0 {
-                    k.pages.slots.pte[i].flags |= PTE_YOUNG;
+                    k.pages.slots.pte_mut(i).flags |= PTE_YOUNG;
                 }
                 pte.nid
-            };
+            }
+        };
         elapsed += cost[page_nid as usize % MAX_NODES];
         touches += 1;
         local += u64::from(page_nid == nid);
