@@ -5,7 +5,9 @@
 
 mod calibrate;
 mod compare;
+mod guest_vmas;
 mod ksmd_pace;
+mod migrate_pace;
 mod report;
 
 use std::collections::BTreeMap;
@@ -25,6 +27,7 @@ use crate::output::write_atomic;
 use calibrate::Matched;
 use compare::{Row, Side};
 use ksmd_pace::KsmdPace;
+use migrate_pace::MigratePace;
 
 pub struct Args {
     /// A validation case, a built-in scenario or a path; None with `all`.
@@ -62,6 +65,10 @@ pub struct Outcome {
     pub calibration: Vec<Matched>,
     /// ksmd's pace on the kernel and the costs the sim got from it.
     pub ksmd: Option<KsmdPace>,
+    /// The guest's time per touch, hinting fault and page migration, which the sim got.
+    pub migration: Option<MigratePace>,
+    /// Empty VMAs the sim got for the guest process's other mappings (thread stacks, ...).
+    pub guest_vmas: usize,
     pub rows: Vec<Row>,
     pub agree: bool,
     /// Why the kernel run failed (then there are no rows).
@@ -195,6 +202,8 @@ fn run_one(
         sim_rules: spec.sim_overrides(),
         calibration: Vec::new(),
         ksmd: None,
+        migration: None,
+        guest_vmas: 0,
         rows: Vec::new(),
         agree: false,
         error: None,
@@ -212,7 +221,13 @@ fn run_one(
     let kernel_series = plots::data::Table::read(&kernel_dir.join("timeseries.csv")).map_err(io)?;
     let kernel = Side::with_series(&kernel_dir, &kernel_series).map_err(io)?;
     let mut sim = sim_config(name, set, spec)?;
-    outcome.calibration = calibrate::match_touch_rate(&mut sim, &facts.touch_rates);
+    outcome.guest_vmas = guest_vmas::add(&mut sim, &read_json(&kernel_dir.join("guest.json")).map_err(io)?);
+    let mut rates = facts.touch_rates.clone();
+    outcome.migration = migrate_pace::measure(&kernel_series, &sim);
+    if let Some(pace) = &outcome.migration {
+        migrate_pace::apply(&mut sim, pace, &mut rates);
+    }
+    outcome.calibration = calibrate::match_touch_rate(&mut sim, &rates);
     outcome.ksmd = ksmd_pace::measure(&kernel_series, &sim);
     if let Some(pace) = &outcome.ksmd {
         ksmd_pace::apply(&mut sim, pace);
@@ -243,6 +258,11 @@ fn run_one(
     let runs = [("sim".to_string(), sim_dir), (format!("kernel {}", facts.release), kernel_dir)];
     plots::render_overlay(&dir, "overlay", &title, &runs).map_err(io)?;
     Ok(outcome)
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The trace options of validate: the kernels' NUMA tracepoints (and the sim's) in ftrace text.
