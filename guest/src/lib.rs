@@ -247,6 +247,12 @@ pub enum Frame {
         setup_ms: u64,
     },
     Sample(Sample),
+    /// Files read once, by path: `start` before the workload starts (caches, sched domains,
+    /// /proc/schedstat), `end` after it stopped (/proc/schedstat).
+    Files {
+        when: String,
+        files: BTreeMap<String, String>,
+    },
     /// The guest could not do what the plan says.
     Error {
         message: String,
@@ -294,10 +300,15 @@ pub struct ThreadSample {
     pub name: String,
     /// Last CPU it ran on (/proc/PID/task/TID/stat field 39); -1 once it has exited.
     pub cpu: i32,
+    /// Minor faults so far (stat field 10): with its VMAs populated before the start, a
+    /// workload thread's are its NUMA hinting faults.
+    #[serde(default)]
+    pub minflt: Option<u64>,
     /// Touches (or GUP calls) made so far.
     pub touches: u64,
     /// From /proc/PID/task/TID/sched: numa_preferred_nid, mm->numa_scan_seq,
-    /// numa_pages_migrated, total_numa_faults; and [`RUNTIME_KEY`] from its schedstat.
+    /// numa_pages_migrated, total_numa_faults, se.nr_migrations, nr_voluntary_switches,
+    /// nr_involuntary_switches; and [`RUNTIME_KEY`] from its schedstat.
     pub sched: BTreeMap<String, i64>,
 }
 

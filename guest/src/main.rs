@@ -6,6 +6,7 @@ mod remote;
 mod sample;
 mod smmu;
 mod sys;
+mod topology;
 mod tracefs;
 mod workload;
 
@@ -59,6 +60,14 @@ fn run(port: &mut DataPort) -> Result<()> {
     let children = spawn_children(shared, plan)?;
     wait_ready(shared, plan, setup_start)?;
     let mut trace = plan.trace.as_ref().map(tracefs::prepare).transpose()?;
+    let cpus = plan.nodes * plan.cpus_per_node;
+    let pids: Vec<(String, i32)> = plan
+        .processes
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.name.clone(), shared.procs[i].pid.load(Ordering::Relaxed)))
+        .collect();
+    port.send(&Frame::Files { when: "start".into(), files: topology::at_start(cpus, &pids) });
     port.send(&Frame::Started { setup_ms: (sys::now_ns() - setup_start) / 1_000_000 });
     let result = sample_run(port, shared, plan, trace.is_some());
     if let Some(info) = trace.as_mut() {
@@ -69,6 +78,7 @@ fn run(port: &mut DataPort) -> Result<()> {
         sys::wait_child();
     }
     let (elapsed_ms, go) = result?;
+    port.send(&Frame::Files { when: "end".into(), files: topology::at_end() });
     if !plan.smmus.is_empty() {
         check_unpinned()?;
     }

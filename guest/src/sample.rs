@@ -133,9 +133,12 @@ fn threads(shared: &Shared, names: &[String]) -> Vec<ThreadSample> {
             let s = &shared.threads[i];
             let (pid, tid) = (s.pid.load(Ordering::Relaxed), s.tid.load(Ordering::Relaxed));
             let dir = format!("/proc/{pid}/task/{tid}");
+            let stat = stat_fields(&dir);
+            let field = |n: usize| stat.get(n - 3).map(String::as_str);
             ThreadSample {
                 name: name.clone(),
-                cpu: last_cpu(&dir).unwrap_or(-1),
+                cpu: field(39).and_then(|f| f.parse().ok()).unwrap_or(-1),
+                minflt: field(10).and_then(|f| f.parse().ok()),
                 touches: s.touches.load(Ordering::Relaxed),
                 sched: sched_numa(&dir),
             }
@@ -143,19 +146,29 @@ fn threads(shared: &Shared, names: &[String]) -> Vec<ThreadSample> {
         .collect()
 }
 
-/// Field 39 (processor) of /proc/PID/task/TID/stat.
-fn last_cpu(dir: &str) -> Option<i32> {
-    let stat = std::fs::read_to_string(format!("{dir}/stat")).ok()?;
-    let after_comm = stat.rsplit_once(')')?.1;
-    // Fields after comm start at field 3.
-    after_comm.split_whitespace().nth(39 - 3).and_then(|f| f.parse().ok())
+/// The fields of /proc/PID/task/TID/stat after comm (field 3 first); none once it exited.
+fn stat_fields(dir: &str) -> Vec<String> {
+    let stat = std::fs::read_to_string(format!("{dir}/stat")).unwrap_or_default();
+    let after_comm = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    after_comm.split_whitespace().map(String::from).collect()
 }
 
-/// The NUMA lines of /proc/PID/task/TID/sched (sched_show_numa() in kernel/sched/debug.c),
+/// The NUMA lines of /proc/PID/task/TID/sched (sched_show_numa() in kernel/sched/debug.c)
+/// and the counters of how the task moved between CPUs and slept (proc_sched_show_task()):
+/// se.nr_migrations counts every CPU change (NUMA placement, load balancing, wakeups),
+/// nr_voluntary_switches every time the thread blocked;
 /// and `sum_exec_runtime_ns`, the first field of its schedstat: the runtime task_tick_numa()
 /// paces the scanner by.
 fn sched_numa(dir: &str) -> BTreeMap<String, i64> {
-    const KEYS: [&str; 4] = ["numa_preferred_nid", "mm->numa_scan_seq", "numa_pages_migrated", "total_numa_faults"];
+    const KEYS: [&str; 7] = [
+        "numa_preferred_nid",
+        "mm->numa_scan_seq",
+        "numa_pages_migrated",
+        "total_numa_faults",
+        "se.nr_migrations",
+        "nr_voluntary_switches",
+        "nr_involuntary_switches",
+    ];
     let text = std::fs::read_to_string(format!("{dir}/sched")).unwrap_or_default();
     let mut out: BTreeMap<String, i64> = text
         .lines()

@@ -13,6 +13,7 @@ pub mod plan;
 pub mod qemu;
 pub mod results;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -285,12 +286,21 @@ struct Outcome {
     elapsed_ms: u64,
     samples: Vec<Sample>,
     trace: Option<TraceInfo>,
+    /// [`Frame::Files`] by `when`.
+    files: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// The frames of a finished guest run, or what went wrong.
 fn collect(frames: &[Frame]) -> Result<Outcome, String> {
-    let mut o =
-        Outcome { release: String::new(), boot_s: 0.0, setup_ms: 0, elapsed_ms: 0, samples: Vec::new(), trace: None };
+    let mut o = Outcome {
+        release: String::new(),
+        boot_s: 0.0,
+        setup_ms: 0,
+        elapsed_ms: 0,
+        samples: Vec::new(),
+        trace: None,
+        files: BTreeMap::new(),
+    };
     let mut done = false;
     for f in frames {
         match f {
@@ -298,6 +308,9 @@ fn collect(frames: &[Frame]) -> Result<Outcome, String> {
             Frame::Started { setup_ms } => o.setup_ms = *setup_ms,
             Frame::Sample(s) => o.samples.push(s.clone()),
             Frame::Trace(info) => o.trace = Some(info.clone()),
+            Frame::Files { when, files } => {
+                o.files.insert(when.clone(), files.clone());
+            }
             Frame::Error { message } | Frame::Unsupported { message } => {
                 return Err(format!("{GUEST_REPORTED} {message}"));
             }
@@ -515,6 +528,7 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "cpu_share": results::cpu_shares(plan, &o.samples),
         "retried": run.retried,
         "final_sample": o.samples.last(),
+        "files": o.files,
     });
     write("guest.json", (serde_json::to_string_pretty(&guest_json).expect("json") + "\n").as_bytes())?;
     let summary = results::summary(&info, plan, &o.samples);

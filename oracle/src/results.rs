@@ -224,6 +224,9 @@ pub fn timeseries(plan: &Plan, s: &[Sample]) -> String {
     if !plan.smmus.is_empty() {
         header.extend(["stale.mappings", "stale.accesses"].map(String::from));
     }
+    for (key, _) in THREAD_DELTAS {
+        header.extend(names.iter().map(|n| format!("kernel.task.{n}.{key}")));
+    }
     let mut out = header.join(",") + "\n";
     for w in s.windows(2) {
         out += &row(plan, &w[0], &w[1], &ksm_keys).join(",");
@@ -261,7 +264,36 @@ fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<St
         r.push(smmu_sum(cur, None, "stale_mappings").to_string());
         r.push(accesses(cur).saturating_sub(accesses(prev)).to_string());
     }
+    for (_, field) in THREAD_DELTAS {
+        r.extend(cur.threads.iter().zip(&prev.threads).map(|(c, p)| thread_delta(c, p, field)));
+    }
     r
+}
+
+/// Per-thread columns of a kernel run's timeseries.csv, as interval deltas: the column's key
+/// and the /proc/PID/task/TID/sched field it comes from (`touches`: the guest's own count;
+/// `minflt`: the stat file's minor faults).
+const THREAD_DELTAS: [(&str, &str); 6] = [
+    ("touches", "touches"),
+    ("minflt", "minflt"),
+    ("numa_pages_migrated", "numa_pages_migrated"),
+    ("nr_migrations", "se.nr_migrations"),
+    ("nr_voluntary_switches", "nr_voluntary_switches"),
+    ("nr_involuntary_switches", "nr_involuntary_switches"),
+];
+
+/// `field` of a thread now less at the previous sample; empty when a side lacks it (an exited
+/// thread, or a kernel that does not print it).
+fn thread_delta(cur: &guest::ThreadSample, prev: &guest::ThreadSample, field: &str) -> String {
+    let get = |t: &guest::ThreadSample| match field {
+        "touches" => Some(t.touches as i64),
+        "minflt" => t.minflt.map(|m| m as i64),
+        _ => t.sched.get(field).copied(),
+    };
+    match (get(cur), get(prev)) {
+        (Some(c), Some(p)) => (c - p).to_string(),
+        _ => String::new(),
+    }
 }
 
 /// Per-thread touch rate in touches per second of guest time over the thread's active span:
@@ -452,5 +484,29 @@ mod tests {
         assert_eq!(shares.len(), 2, "the vCPU thread has no schedstat: {shares:?}");
         assert!((shares["p/w/0"] - 0.55).abs() < 1e-12, "{shares:?}");
         assert_eq!(shares["device/d"], 1.0);
+    }
+
+    /// The per-thread columns are interval deltas of the guest's counts and the sched file's
+    /// fields, and empty where a sample lacks the field.
+    #[test]
+    fn per_thread_columns_are_deltas_of_the_sched_fields() {
+        let p = plan(RemotePath::ProcessVm);
+        let mut s = [sample(0.0, [5, 0, 0], [("a", 0); 3]), sample(1000.0, [25, 0, 0], [("a", 0); 3])];
+        for (smp, (mig, vol)) in s.iter_mut().zip([(3, 10), (7, 40)]) {
+            smp.threads[0].minflt = Some(mig as u64 * 100);
+            let sched = &mut smp.threads[0].sched;
+            sched.extend([("se.nr_migrations".to_string(), mig), ("nr_voluntary_switches".to_string(), vol)]);
+        }
+        let csv = timeseries(&p, &s);
+        let mut lines = csv.lines();
+        let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let row: Vec<&str> = lines.next().unwrap().split(',').collect();
+        let col = |name: &str| row[header.iter().position(|h| *h == name).unwrap_or_else(|| panic!("{name}"))];
+        assert_eq!(col("kernel.task.p/w/0.touches"), "20");
+        assert_eq!(col("kernel.task.p/w/0.nr_migrations"), "4");
+        assert_eq!(col("kernel.task.p/w/0.minflt"), "400");
+        assert_eq!(col("kernel.task.p/w/0.nr_voluntary_switches"), "30");
+        assert_eq!(col("kernel.task.p/w/0.nr_involuntary_switches"), "");
+        assert_eq!(col("kernel.task.device/d.nr_migrations"), "");
     }
 }

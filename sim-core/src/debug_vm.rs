@@ -15,7 +15,7 @@ use crate::engine::{EventQueue, Nanos};
 use crate::machine::{NUMA_NO_NODE, PgData, Topology};
 use crate::mm::ksm::KsmFrames;
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, SecondaryMmu, SmmuKind};
-use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, ZERO_PAGE_NID};
+use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, Pte, ZERO_PAGE_NID};
 use crate::stats::Counters;
 
 /// A broken invariant: its name, when, and the page or node it was found on.
@@ -185,13 +185,29 @@ struct Census {
 impl Census {
     fn of(pages: &Pages, first: PageIdx, n: u64) -> Self {
         let mut c = Census { by_nid: [0; 256], zero: 0, flags: 0 };
-        for (_, len, s) in pages.runs(first, n) {
-            let pte = pages.slots.pte(s);
-            c.by_nid[pte.nid as usize] += len;
-            c.zero += len * u64::from(pte.flags & PTE_ZERO != 0);
-            c.flags |= pte.flags;
+        for (slots, each) in pages.spans(first, n) {
+            c.add(pages.slots.ptes(slots), each);
         }
         c
+    }
+
+    /// Counts `ptes`, each standing for `each` pages. Memory is mostly in long runs on one
+    /// node: a run of 64 on one node is one addition, not 64 that each wait for the last
+    /// (the histogram's store-to-load chain was most of a check's time). The folds have no
+    /// early exit, so the compiler vectorises them.
+    fn add(&mut self, ptes: &[Pte], each: u64) {
+        for run in ptes.chunks(64) {
+            let nid = run[0].nid;
+            if run.iter().fold(true, |same, p| same & (p.nid == nid)) {
+                self.by_nid[nid as usize] += run.len() as u64 * each;
+            } else {
+                for p in run {
+                    self.by_nid[p.nid as usize] += each;
+                }
+            }
+            self.zero += run.iter().map(|p| u64::from(p.flags & PTE_ZERO != 0)).sum::<u64>() * each;
+            self.flags |= run.iter().fold(0, |f, p| f | p.flags);
+        }
     }
 }
 
@@ -237,7 +253,8 @@ fn count_ksm_frames(
 /// FOLL_PIN pins: every page's pin count equals the long-term pinning MMUs mapping it.
 fn check_pins(pages: &Pages, smmus: &Query<&SecondaryMmu>, held: &mut Vec<u32>, now: Nanos) -> Result<(), Violation> {
     let pinning = smmus.iter().any(|s| s.kind == SmmuKind::LongtermPin);
-    if !pinning && pages.slots.pins.iter().all(|&p| p == 0) {
+    // Folded per 64 without an early exit, so the test is vectorised.
+    if !pinning && pages.slots.pins.chunks(64).all(|c| c.iter().fold(0, |a, &p| a | p) == 0) {
         return Ok(());
     }
     held.clear();

@@ -13,7 +13,7 @@ use crate::kernel::{Faulter, Kernel};
 use crate::machine::{MAX_NODES, Nid};
 use crate::mm::PageIdx;
 use crate::mm::gup::{FOLL_FORCE, FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, GupError, get_user_pages};
-use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, map_secondary, touch_secondary};
+use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, map_secondary, touch_secondary, touch_secondary_if};
 use crate::sched::{AccessStream, Task, TaskNuma};
 use crate::stats::Source;
 
@@ -148,17 +148,17 @@ pub fn device_tick(
     while elapsed < d.quantum {
         let touch = d.access.next_touch();
         let page = d.base + touch.offset;
-        let smmu = k.smmus.get(d.smmu).expect("devices own a secondary MMU");
-        smmu.prefetch(d.base + touch.ahead, &k.pages);
-        let entry = smmu.entry(page);
-        if entry & need != need {
-            elapsed += d.fault_cost.max(1);
-            match driver_fault(&mut k, &d, &mut tasks, page) {
-                Ok(cost) => elapsed += cost,
-                Err(GupError::Fault) => continue,
+        let frame_nid = match touch_secondary_if(&mut k, d.smmu, page, need, Some(d.base + touch.ahead)) {
+            Some(nid) => nid,
+            None => {
+                elapsed += d.fault_cost.max(1);
+                match driver_fault(&mut k, &d, &mut tasks, page) {
+                    Ok(cost) => elapsed += cost,
+                    Err(GupError::Fault) => continue,
+                }
+                touch_secondary(&mut k, d.smmu, page)
             }
-        }
-        let frame_nid = touch_secondary(&mut k, d.smmu, page);
+        };
         elapsed += cost[frame_nid as usize % MAX_NODES];
         touches += 1;
         local += u64::from(frame_nid == d.nid);

@@ -17,7 +17,7 @@ use crate::machine::MAX_NODES;
 use crate::mm::PageIdx;
 use crate::mm::gup::{FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_WRITE, GupError, get_user_page_fast_only, get_user_pages};
 use crate::mm::mmu_notifier::map_secondary;
-use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary};
+use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary, touch_secondary_if};
 use crate::sched::{Task, TaskNuma, Touch};
 use crate::stats::Source;
 
@@ -37,27 +37,25 @@ pub fn run_vcpu_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cp
     while elapsed < quantum {
         let Touch { offset, write, ahead } = task.access.next_touch();
         let page = task.base + offset;
-        k.smmus.get(ept).expect("the VM's EPT exists").prefetch(task.base + ahead, &k.pages);
         let need = SPTE_VALID | if write { SPTE_WRITABLE } else { 0 };
-        if ept_entry(k, ept, page) & need != need {
-            let mut f = Faulter::user(k, task, numa, cpu, Source::Kvm, elapsed);
-            elapsed += ept_cost;
-            match kvm_faultin_pfn(k, ept, task.mm, page, write, &mut f) {
-                Ok(cost) => elapsed += cost,
-                Err(GupError::Fault) => return quantum.max(elapsed),
+        let frame_nid = match touch_secondary_if(k, ept, page, need, Some(task.base + ahead)) {
+            Some(nid) => nid,
+            None => {
+                let mut f = Faulter::user(k, task, numa, cpu, Source::Kvm, elapsed);
+                elapsed += ept_cost;
+                match kvm_faultin_pfn(k, ept, task.mm, page, write, &mut f) {
+                    Ok(cost) => elapsed += cost,
+                    Err(GupError::Fault) => return quantum.max(elapsed),
+                }
+                touch_secondary(k, ept, page)
             }
-        }
-        let frame_nid = touch_secondary(k, ept, page);
+        };
         elapsed += cost[frame_nid as usize % MAX_NODES];
         touches += 1;
         local += u64::from(frame_nid == nid);
     }
     k.counters.touch(Source::Kvm, touches, local);
     elapsed
-}
-
-fn ept_entry(k: &Kernel, ept: Entity, page: PageIdx) -> u32 {
-    k.smmus.get(ept).expect("the VM's EPT exists").entry(page)
 }
 
 /// Models kvm_faultin_pfn() → hva_to_pfn(): GUP-fast first, then slow GUP with

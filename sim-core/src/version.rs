@@ -46,6 +46,11 @@ pub struct Rules {
     /// tree (6.1.192: a page with a stable twin merges on first sight).
     pub ksm_checksum_first: bool,
     pub vma_filter: VmaScanFilter,
+    /// update_task_scan_period()'s early "scan slower" return (no local or shared faults, or
+    /// failed migrations) clears numa_faults_locality too (`goto out`, 6.12.117); 6.1.192
+    /// returns before the memset, so those faults count again at the next update. 6.4–6.6
+    /// keep 6.1's (not checked against their sources, which are not here).
+    pub scan_slower_clears_locality: bool,
 }
 
 impl Rules {
@@ -62,8 +67,18 @@ impl Rules {
         };
         // The 2024 reordering is not in 6.4–6.6, which keep 6.1's order.
         let ksm_checksum_first = version == V6_12;
+        let scan_slower_clears_locality = version == V6_12;
         let gup = gup_override.unwrap_or(gup);
-        Self { version, gup, savedwrite, ksm_scan_walks, ksm_lookup_walks, ksm_checksum_first, vma_filter }
+        Self {
+            version,
+            gup,
+            savedwrite,
+            ksm_scan_walks,
+            ksm_lookup_walks,
+            ksm_checksum_first,
+            vma_filter,
+            scan_slower_clears_locality,
+        }
     }
 
     pub fn from_config(k: &KernelConfig) -> Self {

@@ -6,7 +6,9 @@
 mod calibrate;
 mod compare;
 mod fault_pace;
+mod guest_vmas;
 mod ksmd_pace;
+mod migrate_pace;
 mod report;
 
 use std::collections::BTreeMap;
@@ -27,6 +29,7 @@ use calibrate::Matched;
 use compare::{Row, Side};
 use fault_pace::FaultPace;
 use ksmd_pace::KsmdPace;
+use migrate_pace::MigratePace;
 
 pub struct Args {
     /// A validation case, a built-in scenario or a path; None with `all`.
@@ -74,6 +77,10 @@ pub struct Outcome {
     /// got from it.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub faults: Option<FaultPace>,
+    /// The guest's time per touch, hinting fault and page migration, which the sim got.
+    pub migration: Option<MigratePace>,
+    /// Empty VMAs the sim got for the guest process's other mappings (thread stacks, ...).
+    pub guest_vmas: usize,
     pub rows: Vec<Row>,
     pub agree: bool,
     /// Why the kernel run failed (then there are no rows).
@@ -245,6 +252,8 @@ fn run_one(
         calibration: Vec::new(),
         ksmd: None,
         faults: None,
+        migration: None,
+        guest_vmas: 0,
         rows: Vec::new(),
         agree: false,
         error: None,
@@ -292,13 +301,20 @@ fn run_one(
         kernels.push(Side::read(d).map_err(io)?);
     }
     let mut sim = sim_config(name, set, spec)?;
-    let rates: Vec<&BTreeMap<String, f64>> = facts.iter().map(|(_, f)| &f.touch_rates).collect();
-    outcome.calibration = calibrate::match_touch_rate(&mut sim, &calibrate::mean_rates(&rates));
+    outcome.guest_vmas = guest_vmas::add(&mut sim, &read_json(&facts[0].0.join("guest.json")).map_err(io)?);
+    let run_rates: Vec<&BTreeMap<String, f64>> = facts.iter().map(|(_, f)| &f.touch_rates).collect();
+    let mut rates = calibrate::mean_rates(&run_rates);
+    outcome.migration = migrate_pace::measure(&first_series, &sim);
+    if let Some(pace) = &outcome.migration {
+        migrate_pace::apply(&mut sim, pace, &mut rates);
+    }
+    outcome.calibration = calibrate::match_touch_rate(&mut sim, &rates);
     outcome.ksmd = ksmd_pace::measure(&first_series, &sim);
     if let Some(pace) = &outcome.ksmd {
         ksmd_pace::apply(&mut sim, pace);
     }
-    outcome.faults = fault_pace::measure(&first_series, &sim);
+    // The CPU threads' fit, when there is one, gave the migration cost already.
+    outcome.faults = outcome.migration.is_none().then(|| fault_pace::measure(&first_series, &sim)).flatten();
     if let Some(pace) = &outcome.faults {
         fault_pace::apply(&mut sim, pace);
     }
@@ -345,6 +361,11 @@ fn run_one(
 /// `kernel-<run>/` for the others.
 fn kernel_run_dir(run: u32) -> String {
     if run == 1 { "kernel".into() } else { format!("kernel-{run}") }
+}
+
+fn read_json(path: &Path) -> Result<serde_json::Value, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// The trace options of validate: the kernels' NUMA tracepoints (and the sim's) in ftrace text.

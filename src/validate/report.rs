@@ -96,6 +96,24 @@ fn case_section(r: &mut String, o: &Outcome) {
             c.block, c.guest_touches_per_s, c.think_ns_before, c.think_ns_after, c.scale
         );
     }
+    if o.guest_vmas > 0 {
+        let _ = writeln!(
+            r,
+            "- the guest process's other mappings (thread stacks, arenas, the binary's data): {} empty VMAs in the sim",
+            o.guest_vmas
+        );
+    }
+    if let Some(m) = &o.migration {
+        let _ = writeln!(
+            r,
+            "- `{}` costs (fit over {} thread-intervals): {:.1} µs per touch, {:.0} µs per hinting fault, {:.0} µs per migrated page; sim kernel.hint_fault_cost_ns and migrate_cost_ns from them",
+            m.block,
+            m.intervals,
+            m.touch_ns / 1e3,
+            m.fault_ns / 1e3,
+            m.migration_ns / 1e3
+        );
+    }
     if let Some(k) = &o.ksmd {
         let _ = writeln!(
             r,
@@ -163,6 +181,8 @@ mod tests {
             sim_rules: vec!["kernel.version=6.1-debian12".into()],
             calibration: Vec::new(),
             ksmd: None,
+            migration: None,
+            guest_vmas: 0,
             faults: None,
             rows: vec![row],
             agree: false,

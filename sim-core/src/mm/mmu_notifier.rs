@@ -243,9 +243,29 @@ pub fn update_stale_gauge(k: &mut Kernel) {
 /// An access through a valid secondary-MMU entry: sets its accessed bit, counts it as
 /// stale if the primary mapping no longer grants it, and returns the frame's node.
 pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> Nid {
+    touch_secondary_if(k, smmu, page, SPTE_VALID, None).expect("the entry was just mapped")
+}
+
+/// A device's or vCPU's touch of `page` through `smmu` (and a prefetch of the touch
+/// `ahead`) in one lookup of the table: [`touch_secondary`] if the entry has the bits
+/// `need`, else `None`, and the caller faults first.
+#[inline]
+pub fn touch_secondary_if(
+    k: &mut Kernel,
+    smmu: Entity,
+    page: PageIdx,
+    need: u32,
+    ahead: Option<PageIdx>,
+) -> Option<Nid> {
     let Kernel { smmus, pages, counters, mms, trace, .. } = k;
     let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
+    if let Some(ahead) = ahead {
+        s.prefetch(ahead, pages);
+    }
     let i = s.slot(page).expect("touches stay in the mapped range");
+    if s.entries[i] & need != need {
+        return None;
+    }
     s.entries[i] |= SPTE_YOUNG;
     let m = mms.get(s.mm).ok();
     let granted = m.is_some_and(|m| m.page_accessible(page));
@@ -257,5 +277,5 @@ pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> Nid {
             t.push_current(Event::StaleAccess { smmu, addr, nid });
         }
     }
-    nid
+    Some(nid)
 }

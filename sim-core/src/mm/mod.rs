@@ -270,6 +270,23 @@ impl Pages {
         })
     }
 
+    /// `pages` from `first` as spans of consecutive slots, each with the pages one of its
+    /// slots stands for: one span of single pages without THP; per chunk otherwise (its 512
+    /// slots, or a compact chunk's one slot for all its pages in the range).
+    pub fn spans(&self, first: PageIdx, pages: u64) -> impl Iterator<Item = (std::ops::Range<usize>, u64)> + '_ {
+        let end = u64::from(first) + pages;
+        let mut page = u64::from(first);
+        std::iter::from_fn(move || {
+            (page < end).then(|| {
+                let p = page as PageIdx;
+                let stop = if self.identity { end } else { (u64::from(p | (CHUNK as u32 - 1)) + 1).min(end) };
+                let (s, n) = (self.slot(p), stop - page);
+                page = stop;
+                if self.is_compact(p) { (s..s + 1, n) } else { (s..s + n as usize, 1) }
+            })
+        })
+    }
+
     /// The PTE of page `page`.
     #[inline]
     pub fn pte(&self, page: PageIdx) -> Pte {

@@ -147,6 +147,12 @@ impl Slots {
         self.pte[s]
     }
 
+    /// The PTEs of `slots`, to read.
+    #[inline]
+    pub fn ptes(&self, slots: std::ops::Range<usize>) -> &[Pte] {
+        &self.pte[slots]
+    }
+
     /// Slot `s`'s PTE, to change it: its block is no longer settled.
     #[inline]
     pub fn pte_mut(&mut self, s: usize) -> &mut Pte {
@@ -214,7 +220,11 @@ impl Slots {
     pub fn settled_claim_broken(&self) -> Option<usize> {
         self.settled.iter().enumerate().filter(|&(_, &n)| n != 0).find_map(|(b, &n)| {
             let ptes = &self.pte[b * BLOCK..((b + 1) * BLOCK).min(self.pte.len())];
-            ptes.iter().position(|&p| p.nid != n - 1 || !touch_reads_only_nid(p)).map(|i| b * BLOCK + i)
+            // The fold has no early exit, so it is vectorised; the search runs only on a
+            // broken block.
+            let holds = ptes.iter().fold(true, |ok, &p| ok & (p.nid == n - 1) & touch_reads_only_nid(p));
+            if holds { None } else { ptes.iter().position(|&p| p.nid != n - 1 || !touch_reads_only_nid(p)) }
+                .map(|i| b * BLOCK + i)
         })
     }
 }

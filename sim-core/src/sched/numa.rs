@@ -11,6 +11,7 @@ use crate::mm::{CPUPID_UNSET, Mm, PageIdx, cpu_pid_to_cpupid, cpupid_match_pid, 
 use crate::trace::Event;
 use crate::trace::events::{NumaPair, TaskIds};
 use crate::trace_event;
+use crate::version::Rules;
 
 /// task_numa_fault() flags (include/linux/sched/numa_balancing.h).
 pub const TNF_MIGRATED: u32 = 0x01;
@@ -248,14 +249,27 @@ pub(crate) fn group_of<'a>(p: &TaskNuma, mm: &'a Mm) -> Option<&'a NumaGroup> {
     if p.in_group { mm.numa_group.as_ref() } else { None }
 }
 
-/// Models update_task_scan_period(): slow scanning when faults are local or private, speed
-/// it up when they are remote and private, double it on failed migrations.
-pub fn update_task_scan_period(p: &mut TaskNuma, mm: &mut Mm, sysctl: &Sysctl, now: Nanos, shared: u64, private: u64) {
+/// Models update_task_scan_period() in kernel/sched/fair.c (6.1.192, 6.12.117): slow
+/// scanning when faults are local or private, speed it up when they are remote and private,
+/// double it when there were no local or shared faults or a migration failed — and then
+/// clear the locality counts only where the kernel does ([`Rules::scan_slower_clears_locality`]).
+pub fn update_task_scan_period(
+    p: &mut TaskNuma,
+    mm: &mut Mm,
+    sysctl: &Sysctl,
+    rules: &Rules,
+    now: Nanos,
+    shared: u64,
+    private: u64,
+) {
     let remote = p.numa_faults_locality[0];
     let local = p.numa_faults_locality[1];
     if local + shared == 0 || p.numa_faults_locality[2] != 0 {
         p.numa_scan_period = p.numa_scan_period_max.min(p.numa_scan_period << 1);
         mm.numa_next_scan = now + p.numa_scan_period * NSEC_PER_MSEC;
+        if rules.scan_slower_clears_locality {
+            p.numa_faults_locality = [0; 3];
+        }
         return;
     }
     let period_slot = p.numa_scan_period.div_ceil(NUMA_PERIOD_SLOTS as u64) as i64;
@@ -292,7 +306,7 @@ fn numa_get_avg_runtime(p: &mut TaskNuma, now: Nanos, runtime: Nanos) -> (u64, u
 /// half, fold in the faults since, pick the preferred node, update the scan period.
 /// Simplified: preferred_group_nid() as for directly connected nodes.
 pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime: Nanos) {
-    let Kernel { sysctl, mms, .. } = k;
+    let Kernel { sysctl, mms, rules, .. } = k;
     let mut mm = mms.get_mut(p.mm).expect("tasks point at live mms");
     let seq = mm.numa_scan_seq;
     if p.numa_scan_seq == seq {
@@ -346,7 +360,8 @@ pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime
     if max_faults > 0 {
         p.numa_preferred_nid = max_nid;
     }
-    update_task_scan_period(p, &mut mm, sysctl, now, fault_types[0].max(0) as u64, fault_types[1].max(0) as u64);
+    let (shared, private) = (fault_types[0].max(0) as u64, fault_types[1].max(0) as u64);
+    update_task_scan_period(p, &mut mm, sysctl, rules, now, shared, private);
 }
 
 /// Models task_numa_group() with per-process groups (see [`NumaGroup`]). Returns whether
@@ -790,6 +805,7 @@ fn numa_pair(
 mod tests {
     use super::*;
     use crate::config::KernelConfig;
+    use crate::config::KernelVersion;
 
     fn sysctl() -> Sysctl {
         Sysctl(KernelConfig::default())
@@ -833,39 +849,70 @@ mod tests {
         mm
     }
 
+    fn rules(v: KernelVersion) -> Rules {
+        Rules::of(v, None)
+    }
+
     #[test]
     fn scan_period_adapts_as_the_kernel_computes() {
         let s = sysctl();
+        let r = rules(KernelVersion::V6_12);
         // Mostly private faults (ps = 9): grow by (9-7) * ceil(2000/10) = 400.
         let mut p = task(2000, 60_000, [50, 50, 0]);
-        update_task_scan_period(&mut p, &mut mm(), &s, 0, 10, 90);
+        update_task_scan_period(&mut p, &mut mm(), &s, &r, 0, 10, 90);
         assert_eq!(p.numa_scan_period, 2400);
         assert_eq!(p.numa_faults_locality, [0; 3]);
         // Shared (ps = 2) but local (lr = 8): grow by 1 slot of 300.
         let mut p = task(3000, 60_000, [20, 80, 0]);
-        update_task_scan_period(&mut p, &mut mm(), &s, 0, 80, 20);
+        update_task_scan_period(&mut p, &mut mm(), &s, &r, 0, 80, 20);
         assert_eq!(p.numa_scan_period, 3300);
         // Shared and remote (lr = 3, ps = 5): shrink by (7-5) * 300 = 600 ...
         let mut p = task(3000, 60_000, [70, 30, 0]);
-        update_task_scan_period(&mut p, &mut mm(), &s, 0, 50, 50);
+        update_task_scan_period(&mut p, &mut mm(), &s, &r, 0, 50, 50);
         assert_eq!(p.numa_scan_period, 2400);
         // ... but never below task_scan_min (1000 here).
         let mut p = task(1100, 60_000, [90, 10, 0]);
-        update_task_scan_period(&mut p, &mut mm(), &s, 0, 90, 10);
+        update_task_scan_period(&mut p, &mut mm(), &s, &r, 0, 90, 10);
         assert_eq!(p.numa_scan_period, 1000);
     }
 
     #[test]
     fn failed_migrations_double_the_period_and_delay_the_next_scan() {
         let s = sysctl();
+        let r = rules(KernelVersion::V6_12);
         let mut m = mm();
         let mut p = task(1500, 60_000, [10, 90, 3]);
-        update_task_scan_period(&mut p, &mut m, &s, 5 * NSEC_PER_SEC, 0, 100);
+        update_task_scan_period(&mut p, &mut m, &s, &r, 5 * NSEC_PER_SEC, 0, 100);
         assert_eq!(p.numa_scan_period, 3000);
         assert_eq!(m.numa_next_scan, 5 * NSEC_PER_SEC + 3000 * NSEC_PER_MSEC);
         // Doubling stops at numa_scan_period_max.
         let mut p = task(40_000, 60_000, [0, 0, 0]);
-        update_task_scan_period(&mut p, &mut m, &s, 0, 0, 100);
+        update_task_scan_period(&mut p, &mut m, &s, &r, 0, 0, 100);
         assert_eq!(p.numa_scan_period, 60_000);
+    }
+
+    /// 6.12.117's "scan slower" return goes through `out:` and clears numa_faults_locality;
+    /// 6.1.192's returns first, so the failed migration still counts at the next update and
+    /// doubles the period again although every fault since was local and private.
+    #[test]
+    fn only_6_12_clears_the_locality_when_it_scans_slower() {
+        let s = sysctl();
+        let cases = [
+            // ps = 10 on the next update: +3 slots of ceil(2000 / 10).
+            (KernelVersion::V6_12, [0, 0, 0], 2600, [0, 0, 0]),
+            (KernelVersion::V6_1Debian12, [10, 90, 3], 4000, [10, 190, 3]),
+        ];
+        for (v, kept, second, after) in cases {
+            let r = rules(v);
+            let mut m = mm();
+            let mut p = task(1000, 60_000, [10, 90, 3]);
+            update_task_scan_period(&mut p, &mut m, &s, &r, 0, 0, 100);
+            assert_eq!(p.numa_scan_period, 2000, "{v:?}");
+            assert_eq!(p.numa_faults_locality, kept, "{v:?}");
+            p.numa_faults_locality[1] += 100;
+            update_task_scan_period(&mut p, &mut m, &s, &r, 0, 0, 100);
+            assert_eq!(p.numa_scan_period, second, "{v:?}");
+            assert_eq!(p.numa_faults_locality, after, "{v:?}");
+        }
     }
 }

@@ -1,0 +1,63 @@
+//! What the scheduler's placement depends on and the guest's samples do not show: the CPUs
+//! each cache is shared by and the sched domains built over them (QEMU's -smp and -numa
+//! decide both), /proc/schedstat's per-domain load-balancing counters before and after the
+//! run, and the workload processes' mappings beyond the scenario's VMAs (thread stacks,
+//! malloc arenas, the binary's data), which 6.12's task_numa_work() walks one at a time. They go to the host once each as a [`guest::Frame::Files`].
+
+use std::collections::BTreeMap;
+
+const SCHEDSTATS: &str = "/proc/sys/kernel/sched_schedstats";
+
+/// Every CPU's cache levels and sharing, every sched domain's name and flags (debugfs, with
+/// CONFIG_SCHED_DEBUG), /proc/schedstat, and each workload process's /proc/PID/maps keyed
+/// `maps:<process>` (`processes`: name and pid). Turns schedstats on first: the domains'
+/// load-balancing counters (lb_count, lb_gained, ...) only count while it is on.
+pub fn at_start(cpus: u32, processes: &[(String, i32)]) -> BTreeMap<String, String> {
+    let _ = std::fs::write(SCHEDSTATS, "1");
+    let mut files = BTreeMap::new();
+    for cpu in 0..cpus {
+        let cache = format!("/sys/devices/system/cpu/cpu{cpu}/cache");
+        for index in subdirs(&cache, "index") {
+            for f in ["level", "type", "shared_cpu_list"] {
+                read_into(&mut files, &format!("{cache}/{index}/{f}"));
+            }
+        }
+        let domains = format!("/sys/kernel/debug/sched/domains/cpu{cpu}");
+        for domain in subdirs(&domains, "domain") {
+            for f in ["name", "flags", "imbalance_pct", "cache_nice_tries"] {
+                read_into(&mut files, &format!("{domains}/{domain}/{f}"));
+            }
+        }
+    }
+    read_into(&mut files, SCHEDSTATS);
+    read_into(&mut files, "/proc/schedstat");
+    for (name, pid) in processes {
+        if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
+            files.insert(format!("maps:{name}"), text.trim_end().to_string());
+        }
+    }
+    files
+}
+
+/// /proc/schedstat once the workload has stopped.
+pub fn at_end() -> BTreeMap<String, String> {
+    let mut files = BTreeMap::new();
+    read_into(&mut files, "/proc/schedstat");
+    files
+}
+
+/// Names of `dir`'s entries that start with `prefix`, sorted (absent dir: none).
+fn subdirs(dir: &str, prefix: &str) -> Vec<String> {
+    let Ok(rd) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> =
+        rd.filter_map(|e| e.ok()?.file_name().into_string().ok()).filter(|n| n.starts_with(prefix)).collect();
+    names.sort();
+    names
+}
+
+/// Adds `path`'s text, trimmed, when it can be read.
+fn read_into(files: &mut BTreeMap<String, String>, path: &str) {
+    if let Ok(text) = std::fs::read_to_string(path) {
+        files.insert(path.to_string(), text.trim_end().to_string());
+    }
+}
