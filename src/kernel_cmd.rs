@@ -16,6 +16,7 @@ pub fn run(
     set: &[String],
     out: Option<PathBuf>,
     trace_args: &TraceArgs,
+    retries: u32,
 ) -> Result<(), Failure> {
     let config = catalogue::resolve(scenario, set)?;
     // What cannot run at all is said before anything is fetched or booted.
@@ -40,7 +41,7 @@ pub fn run(
         config.run.duration_ms,
         config.name
     );
-    let run = oracle::run_traced(&config, &spec, &dir, trace_plan).map_err(failure)?;
+    let run = oracle::run_traced(&config, &spec, &dir, trace_plan, retries).map_err(failure)?;
     plots::render_run(&dir).map_err(Failure::Io)?;
     print_brief(&run)?;
     if let (Some(req), Some(t)) = (&request, &run.trace) {
@@ -76,6 +77,9 @@ fn print_brief(run: &oracle::KernelRun) -> Result<(), Failure> {
         run.elapsed_ms as f64 / 1e3,
         run.wall_s
     );
+    for r in &run.retried {
+        println!("  attempt {} failed and was booted again: {} (console: {})", r.attempt, r.reason, r.console);
+    }
     for group in ["vmstat", "touches", "ksm", "throughput"] {
         for (name, v) in summary[group].as_object().into_iter().flatten() {
             if v.as_f64().is_some_and(|x| x != 0.0) {

@@ -109,6 +109,10 @@ enum Command {
         /// The kernel tracepoints of the trace options, recorded through tracefs in the guest.
         #[command(flatten)]
         trace: trace::TraceArgs,
+        /// Boot again this many times when the guest hangs (timeout) or its console shows a
+        /// kernel panic, an RCU stall or a soft lockup.
+        #[arg(long, default_value_t = oracle::DEFAULT_RETRIES)]
+        retries: u32,
     },
     /// Run a scenario in the sim under a real kernel's rules and on that kernel (QEMU), and
     /// compare: a table per kernel, overlaid plots, report.md. Exit status 3: a disagreement.
@@ -134,6 +138,14 @@ enum Command {
         /// `kernel/trace.txt`, `sim/trace.txt` and their `trace-diff.txt` per kernel.
         #[arg(long)]
         trace: bool,
+        /// Boot each case this many times per kernel (`kernel/`, `kernel-2/`, ...) and judge
+        /// the sim against the runs' min–max widened by each tolerance.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..))]
+        repeat: u32,
+        /// Boot again this many times when the guest hangs (timeout) or its console shows a
+        /// kernel panic, an RCU stall or a soft lockup.
+        #[arg(long, default_value_t = oracle::DEFAULT_RETRIES)]
+        retries: u32,
     },
     /// Draw the plots of a run, a comparison or a sweep again from its result files.
     Plot { dir: PathBuf },
@@ -251,9 +263,12 @@ fn main() -> ExitCode {
             check_invariants,
         }),
         Command::Merge { dirs, out, partial } => sweep::merge(&dirs, &out, partial),
-        Command::Kernel { scenario, kernel, set, out, trace } => kernel_cmd::run(&scenario, &kernel, &set, out, &trace),
-        Command::Validate { scenario, all, kernels, set, out, reuse, trace } => {
-            validate::run(validate::Args { scenario, all, kernels, set, out, reuse, trace }).and_then(|v| match v {
+        Command::Kernel { scenario, kernel, set, out, trace, retries } => {
+            kernel_cmd::run(&scenario, &kernel, &set, out, &trace, retries)
+        }
+        Command::Validate { scenario, all, kernels, set, out, reuse, trace, repeat, retries } => {
+            let args = validate::Args { scenario, all, kernels, set, out, reuse, trace, repeat, retries };
+            validate::run(args).and_then(|v| match v {
                 validate::Verdict::Agree => Ok(()),
                 validate::Verdict::Disagree => {
                     Err(Failure::Disagreement("the sim and a kernel disagree (see the tables)".into()))

@@ -155,3 +155,107 @@ fn a_kernel_trace_holds_the_tracepoints_with_the_fields_the_sim_prints() {
     let formats = std::fs::read_to_string(kdir.join("trace-formats.txt")).unwrap();
     assert_eq!(formats.matches("print fmt:").count(), 6, "the six tracepoints of Linux 6.12");
 }
+
+/// A stand-in for qemu-system-x86_64 on PATH: boot N (counted in `boots`) writes the console
+/// and, once past the first `fail` boots, the frames of `frames.jsonl` to the data port and
+/// exits as a powered-off guest does; the failing boots print an RCU stall and hang until the
+/// oracle's timeout kills them.
+fn fake_qemu(dir: &Path, fail: u32) {
+    let script = format!(
+        "#!/bin/sh\n\
+         n=0\n\
+         for a in \"$@\"; do case \"$a\" in file:*) n=$((n+1)); eval \"port$n=\\${{a#file:}}\";; esac; done\n\
+         boots=$(cat '{d}/boots' 2>/dev/null || echo 0); boots=$((boots+1)); echo $boots > '{d}/boots'\n\
+         if [ $boots -le {fail} ]; then\n\
+           printf '[   23.236289] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\\n' > \"$port1\"\n\
+           exec sleep 60\n\
+         fi\n\
+         printf '[    0.5] Run /init as init process\\n' > \"$port1\"\n\
+         cp '{d}/frames.jsonl' \"$port2\"\n\
+         : > \"$port3\"\n",
+        d = s(dir)
+    );
+    let path = dir.join("qemu-system-x86_64");
+    std::fs::write(&path, script).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sample = |t: f64| {
+        format!(
+            "{{\"Sample\":{{\"t_ms\":{t},\"vmstat\":{{\"numa_hint_faults\":{}}},\"ksm\":{{}},\"vmas\":[],\"threads\":[]}}}}",
+            t as u64
+        )
+    };
+    let frames = [
+        "{\"Hello\":{\"release\":\"6.12.0-test\",\"uptime_s\":1.5}}".to_string(),
+        "{\"Started\":{\"setup_ms\":10}}".to_string(),
+        sample(0.0),
+        sample(1000.0),
+        "{\"Done\":{\"elapsed_ms\":1000}}".to_string(),
+    ];
+    std::fs::write(dir.join("frames.jsonl"), frames.join("\n") + "\n").unwrap();
+}
+
+/// `numasim kernel` with the fake QEMU: `fail` stalled boots, `retries` allowed; an earlier
+/// complete run already sits in the output directory.
+fn boot_with_stalls(name: &str, fail: u32, retries: &str) -> (std::process::Output, std::path::PathBuf) {
+    let dir = scratch(name);
+    let image = fake_bzimage(&dir, FULL_CONFIG);
+    fake_qemu(&dir, fail);
+    let out = dir.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    for f in ["summary.json", "config.toml", "guest.json", "timeseries.csv"] {
+        std::fs::write(out.join(f), "from an earlier run").unwrap();
+    }
+    let path = format!("{}:{}", s(&dir), std::env::var("PATH").unwrap_or_default());
+    let output = Command::new(env!("CARGO_BIN_EXE_numasim"))
+        .args(["kernel", "numa02", "--kernel", &image, "--out", s(&out), "--retries", retries])
+        .args(["--set", "run.duration_ms=1000", "--set", "process.0.vma.0.size_mib=16"])
+        .env("PATH", path)
+        .env("NUMASIM_GUEST", dir.join("config"))
+        .env("NUMASIM_ACCEL", "tcg")
+        .env("NUMASIM_KERNEL_TIMEOUT_S", "1")
+        .output()
+        .unwrap();
+    (output, dir)
+}
+
+#[test]
+fn a_guest_that_stalls_is_booted_again_and_the_retry_is_reported_beside_the_results() {
+    let (out, dir) = boot_with_stalls("kernel-retry", 1, "1");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(err.contains("attempt 1 failed") && err.contains("RCU stall"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.join("boots")).unwrap().trim(), "2");
+    let run = dir.join("out");
+    let guest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("guest.json")).unwrap()).unwrap();
+    let retried = guest["retried"].as_array().unwrap();
+    assert_eq!(retried.len(), 1);
+    assert_eq!(retried[0]["attempt"], 1);
+    let reason = retried[0]["reason"].as_str().unwrap();
+    assert!(reason.contains("hung (timeout)") && reason.contains("RCU stall"), "{reason}");
+    let kept = std::fs::read_to_string(run.join(retried[0]["console"].as_str().unwrap())).unwrap();
+    assert!(kept.contains("rcu_preempt detected stalls"), "{kept}");
+    assert!(std::fs::read_to_string(run.join("console.log")).unwrap().contains("Run /init"));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["source"], "6.12.0-test");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("attempt 1 failed and was booted again"));
+}
+
+/// The second failure fails the run as before, and nothing of the earlier run in the
+/// directory, nor of the failed attempts, can pass for a result.
+#[test]
+fn a_guest_that_stalls_again_fails_the_run_and_leaves_no_result_behind() {
+    for (fail, retries, boots) in [(2, "1", "2"), (1, "0", "1")] {
+        let (out, dir) = boot_with_stalls(&format!("kernel-retry-fails-{retries}"), fail, retries);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(err.contains("did not finish within 1 s") && err.contains("rcu_preempt detected stalls"), "{err}");
+        assert_eq!(retries == "1", err.contains("attempt 1 failed: the guest hung"), "{err}");
+        assert_eq!(std::fs::read_to_string(dir.join("boots")).unwrap().trim(), boots);
+        for f in ["summary.json", "config.toml", "guest.json", "timeseries.csv"] {
+            assert!(!dir.join("out").join(f).exists(), "{f} left behind");
+        }
+    }
+}

@@ -29,6 +29,8 @@ fn bad_input_exits_2_before_anything_boots() {
     assert!(e.contains("validate.tolerance[0].reason"), "{e}");
     let e = rejected(&["validate", "numa02", "--kernel", "5.0", "--out", s(&out)]);
     assert!(e.contains("--kernel `5.0`"), "{e}");
+    let e = rejected(&["validate", "numa02", "--repeat", "0", "--out", s(&out)]);
+    assert!(e.contains("--repeat"), "{e}");
     assert!(!out.exists(), "nothing is written on bad input");
 }
 

@@ -231,6 +231,9 @@ pub fn page_content(salt: u64, page: u64, content_classes: u32) -> u64 {
     }
 }
 
+/// The key of a thread's `se.sum_exec_runtime` (nanoseconds) in [`ThreadSample::sched`].
+pub const RUNTIME_KEY: &str = "sum_exec_runtime_ns";
+
 /// One line on the data port.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum Frame {
@@ -305,7 +308,7 @@ pub struct ThreadSample {
     pub touches: u64,
     /// From /proc/PID/task/TID/sched: numa_preferred_nid, mm->numa_scan_seq,
     /// numa_pages_migrated, total_numa_faults, se.nr_migrations, nr_voluntary_switches,
-    /// nr_involuntary_switches.
+    /// nr_involuntary_switches; and [`RUNTIME_KEY`] from its schedstat.
     pub sched: BTreeMap<String, i64>,
 }
 

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 
-use guest::{PAGE_SIZE, Plan, Sample, SmmuSample, ThreadSample};
+use guest::{PAGE_SIZE, Plan, RUNTIME_KEY, Sample, SmmuSample, ThreadSample};
 
 use crate::sys::Shared;
 
@@ -156,7 +156,9 @@ fn stat_fields(dir: &str) -> Vec<String> {
 /// The NUMA lines of /proc/PID/task/TID/sched (sched_show_numa() in kernel/sched/debug.c)
 /// and the counters of how the task moved between CPUs and slept (proc_sched_show_task()):
 /// se.nr_migrations counts every CPU change (NUMA placement, load balancing, wakeups),
-/// nr_voluntary_switches every time the thread blocked.
+/// nr_voluntary_switches every time the thread blocked;
+/// and `sum_exec_runtime_ns`, the first field of its schedstat: the runtime task_tick_numa()
+/// paces the scanner by.
 fn sched_numa(dir: &str) -> BTreeMap<String, i64> {
     const KEYS: [&str; 7] = [
         "numa_preferred_nid",
@@ -168,10 +170,16 @@ fn sched_numa(dir: &str) -> BTreeMap<String, i64> {
         "nr_involuntary_switches",
     ];
     let text = std::fs::read_to_string(format!("{dir}/sched")).unwrap_or_default();
-    text.lines()
+    let mut out: BTreeMap<String, i64> = text
+        .lines()
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim(), v.trim()))
         .filter(|(k, _)| KEYS.contains(k))
         .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        .collect()
+        .collect();
+    let schedstat = std::fs::read_to_string(format!("{dir}/schedstat")).unwrap_or_default();
+    if let Some(ns) = schedstat.split_whitespace().next().and_then(|f| f.parse().ok()) {
+        out.insert(RUNTIME_KEY.to_string(), ns);
+    }
+    out
 }

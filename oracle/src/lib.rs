@@ -67,6 +67,8 @@ pub struct KernelRun {
     pub touch_rates: std::collections::BTreeMap<String, f64>,
     /// The kernel's trace, when one was asked for.
     pub trace: Option<KernelTrace>,
+    /// The failed attempts before this run (see [`run_traced`]).
+    pub retried: Vec<Retry>,
 }
 
 /// What tracefs recorded: its `trace` file as text and what the guest said of it.
@@ -83,17 +85,138 @@ pub fn preflight(cfg: &Config) -> Result<(), OracleError> {
     machine_of(cfg).map(|_| ())
 }
 
-/// Runs `cfg` on kernel `k` and writes the result contract into `out`.
+/// Runs `cfg` on kernel `k` and writes the result contract into `out`, with
+/// [`DEFAULT_RETRIES`] retries of a guest that hung or whose kernel stalled.
 pub fn run_on_kernel(cfg: &Config, k: &KernelSpec, out: &Path) -> Result<KernelRun, OracleError> {
-    run_traced(cfg, k, out, None)
+    run_traced(cfg, k, out, None, DEFAULT_RETRIES)
 }
 
-/// [`run_on_kernel`], recording `trace`'s tracepoints through tracefs while the workload runs.
+/// How many times a failed boot is tried again by default when the failure looks like the
+/// host's doing (see [`retry_reason`]).
+pub const DEFAULT_RETRIES: u32 = 1;
+
+/// A failed attempt that was tried again, and why.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Retry {
+    /// 1 for the first boot.
+    pub attempt: u32,
+    /// What went wrong, and what the console showed.
+    pub reason: String,
+    /// The failed attempt's console, kept beside the results.
+    pub console: String,
+}
+
+/// The result files of a run; summary.json, which marks a run complete, comes first (it is
+/// removed first and written last).
+const RESULT_FILES: [&str; 4] = ["summary.json", "config.toml", "timeseries.csv", "guest.json"];
+
+/// [`run_on_kernel`], recording `trace`'s tracepoints through tracefs while the workload
+/// runs, and booting again up to `retries` times when the guest hung (timeout) or its
+/// console shows a kernel panic, an RCU stall or a soft lockup: under TCG on a loaded host
+/// these come from vCPU threads starved of host time (numa02 on 6.12.117 once stalled for
+/// 182 s), not from the scenario. Each failed attempt's console is kept as
+/// `console.attempt-<n>.log` and listed in guest.json's `retried`. Before the first boot
+/// every result file of an earlier run in `out` is removed (summary.json first), and a
+/// failed attempt writes none, so a directory with summary.json holds one complete run.
 pub fn run_traced(
     cfg: &Config,
     k: &KernelSpec,
     out: &Path,
     trace: Option<TracePlan>,
+    retries: u32,
+) -> Result<KernelRun, OracleError> {
+    let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
+    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
+    clear_results(out)?;
+    let mut retried: Vec<Retry> = Vec::new();
+    loop {
+        let attempt = retried.len() as u32 + 1;
+        match run_attempt(cfg, k, out, trace.clone(), &retried) {
+            Err(OracleError::Guest { message, console_tail }) => {
+                let console = out.join("console.log");
+                let text =
+                    std::fs::read(&console).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+                let reason = retry_reason(&message, &text).filter(|_| retried.len() < retries as usize);
+                let Some(reason) = reason else {
+                    return Err(OracleError::Guest {
+                        message: after_retries(&retried, attempt, &message),
+                        console_tail,
+                    });
+                };
+                let kept = format!("console.attempt-{attempt}.log");
+                std::fs::rename(&console, out.join(&kept)).map_err(|e| io(&console, e))?;
+                eprintln!("kernel {}: attempt {attempt} failed ({reason}); booting again", k.release());
+                retried.push(Retry { attempt, reason, console: kept });
+            }
+            other => return other,
+        }
+    }
+}
+
+/// A last failure's message, after the attempts that were tried again.
+fn after_retries(retried: &[Retry], attempt: u32, message: &str) -> String {
+    if retried.is_empty() {
+        return message.to_string();
+    }
+    let earlier: String = retried.iter().map(|r| format!("attempt {} failed: {}; ", r.attempt, r.reason)).collect();
+    format!("{earlier}attempt {attempt} failed too: {message}")
+}
+
+/// Removes an earlier run's result files and kept consoles from `out`, summary.json first.
+pub fn clear_results(out: &Path) -> Result<(), OracleError> {
+    let entries = std::fs::read_dir(out).map_err(|e| OracleError::Io(format!("{}: {e}", out.display())))?;
+    let consoles: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("console.attempt-")))
+        .collect();
+    for path in RESULT_FILES.iter().map(|f| out.join(f)).chain(consoles) {
+        match std::fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(OracleError::Io(format!("{}: {e}", path.display())));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Why a failed boot deserves another: the guest hung (QEMU was killed at the timeout) or
+/// the console shows the kernel starved or dead. None for a failure the scenario or the
+/// guest program caused (it would fail again).
+pub fn retry_reason(message: &str, console: &str) -> Option<String> {
+    const SIGNS: [(&str, &str); 4] = [
+        ("Kernel panic", "a kernel panic"),
+        ("detected stall", "an RCU stall"),
+        ("soft lockup", "a soft lockup"),
+        ("hard LOCKUP", "a hard lockup"),
+    ];
+    // The guest's own error comes first (init's exit then panics the kernel): it would recur.
+    if message.starts_with(GUEST_REPORTED) {
+        return None;
+    }
+    let seen: Vec<&str> = SIGNS.iter().filter(|(sign, _)| console.contains(sign)).map(|(_, what)| *what).collect();
+    let hung = message.starts_with(TIMED_OUT);
+    match (hung, seen.is_empty()) {
+        (false, true) => None,
+        (true, true) => Some("the guest hung (timeout)".into()),
+        (true, false) => Some(format!("the guest hung (timeout); the console shows {}", seen.join(", "))),
+        (false, false) => Some(format!("the console shows {}", seen.join(", "))),
+    }
+}
+
+/// How a guest failure after QEMU was killed at the timeout begins.
+const TIMED_OUT: &str = "the guest did not finish within";
+
+/// How an error the guest program reported begins.
+const GUEST_REPORTED: &str = "the guest reported:";
+
+/// One boot of `cfg` into `out`; `retried` are the failed attempts before it (for guest.json).
+fn run_attempt(
+    cfg: &Config,
+    k: &KernelSpec,
+    out: &Path,
+    trace: Option<TracePlan>,
+    retried: &[Retry],
 ) -> Result<KernelRun, OracleError> {
     let mut plan = plan::plan_of(cfg)?;
     let mut machine = machine_of(cfg)?;
@@ -103,37 +226,15 @@ pub fn run_traced(
     let gupdev = if plan.smmus.is_empty() { None } else { Some(gupdev::module_for(k)?) };
     let qemu = qemu::qemu_binary()?;
     let guest = guest_bin::guest_binary()?;
-    let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
-    std::fs::create_dir_all(out).map_err(|e| io(out, e))?;
-    match std::fs::remove_file(out.join("summary.json")) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(out, e)),
-        _ => {}
-    }
     let initrd = write_initramfs(out, &guest, &plan, k, gupdev.as_deref())?;
     let accel = choose_accel(&qemu, k, &guest)?;
     let timeout = run_timeout(cfg);
     let boot = qemu::boot(&qemu, k, &initrd, &machine, accel, out, timeout)?;
     let _ = std::fs::remove_file(&initrd);
-    let frames = read_frames(&boot.data);
+    let reported = guest_outcome(k, &plan, &read_frames(&boot.data), &boot, timeout);
     let _ = std::fs::remove_file(&boot.data);
-    if let Some(Frame::Unsupported { message }) = frames.iter().find(|f| matches!(f, Frame::Unsupported { .. })) {
-        return Err(OracleError::Input(format!("kernel {}: {message}", k.release())));
-    }
-    let guest_err = |message: String| OracleError::Guest {
-        message: if boot.timed_out {
-            format!("the guest did not finish within {} s (QEMU was killed): {message}", timeout.as_secs())
-        } else {
-            message
-        },
-        console_tail: qemu::console_tail(&boot.console),
-    };
-    let outcome = collect(&frames).map_err(guest_err)?;
-    let trace = match (&plan.trace, &outcome.trace) {
-        (Some(_), None) => return Err(guest_err("the guest sent no trace".into())),
-        (Some(_), Some(info)) => Some(read_trace(&boot.trace, info).map_err(guest_err)?),
-        (None, _) => None,
-    };
     let _ = std::fs::remove_file(&boot.trace);
+    let (outcome, trace) = reported?;
     let run = KernelRun {
         dir: out.to_path_buf(),
         release: outcome.release.clone(),
@@ -143,9 +244,38 @@ pub fn run_traced(
         elapsed_ms: outcome.elapsed_ms,
         touch_rates: results::touch_rates(&plan, &outcome.samples),
         trace,
+        retried: retried.to_vec(),
     };
     write_results(cfg, k, &plan, &outcome, &run)?;
     Ok(run)
+}
+
+/// What a finished boot's guest reported (and its trace), or what went wrong.
+fn guest_outcome(
+    k: &KernelSpec,
+    plan: &Plan,
+    frames: &[Frame],
+    boot: &qemu::Boot,
+    timeout: Duration,
+) -> Result<(Outcome, Option<KernelTrace>), OracleError> {
+    if let Some(Frame::Unsupported { message }) = frames.iter().find(|f| matches!(f, Frame::Unsupported { .. })) {
+        return Err(OracleError::Input(format!("kernel {}: {message}", k.release())));
+    }
+    let guest_err = |message: String| OracleError::Guest {
+        message: if boot.timed_out {
+            format!("{TIMED_OUT} {} s (QEMU was killed): {message}", timeout.as_secs())
+        } else {
+            message
+        },
+        console_tail: qemu::console_tail(&boot.console),
+    };
+    let outcome = collect(frames).map_err(guest_err)?;
+    let trace = match (&plan.trace, &outcome.trace) {
+        (Some(_), None) => return Err(guest_err("the guest sent no trace".into())),
+        (Some(_), Some(info)) => Some(read_trace(&boot.trace, info).map_err(guest_err)?),
+        (None, _) => None,
+    };
+    Ok((outcome, trace))
 }
 
 /// What the guest reported.
@@ -182,7 +312,7 @@ fn collect(frames: &[Frame]) -> Result<Outcome, String> {
                 o.files.insert(when.clone(), files.clone());
             }
             Frame::Error { message } | Frame::Unsupported { message } => {
-                return Err(format!("the guest reported: {message}"));
+                return Err(format!("{GUEST_REPORTED} {message}"));
             }
             Frame::Done { elapsed_ms } => (done, o.elapsed_ms) = (true, *elapsed_ms),
         }
@@ -395,10 +525,64 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
             "ship_ms": t.ship_ms,
         })),
         "touch_rate_per_s": run.touch_rates,
+        "cpu_share": results::cpu_shares(plan, &o.samples),
+        "retried": run.retried,
         "final_sample": o.samples.last(),
         "files": o.files,
     });
     write("guest.json", (serde_json::to_string_pretty(&guest_json).expect("json") + "\n").as_bytes())?;
     let summary = results::summary(&info, plan, &o.samples);
     write("summary.json", (serde_json::to_string_pretty(&summary).expect("json") + "\n").as_bytes())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The console of numa02 on 6.12.117 that stalled under TCG in session 3 (its first lines).
+    const RCU_STALL: &str = "[   23.236289] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n\
+        [   23.236289] rcu: \t2-...!: (0 ticks this GP) idle=6178/0/0x0 softirq=17/17 fqs=0 (false positive?)\n";
+
+    #[test]
+    fn a_hang_or_a_stalled_kernel_is_worth_a_retry_and_a_guest_error_is_not() {
+        let hung = "the guest did not finish within 182 s (QEMU was killed): the guest stopped after 19 samples";
+        let why = retry_reason(hung, RCU_STALL).unwrap();
+        assert!(why.contains("timeout") && why.contains("RCU stall"), "{why}");
+        assert_eq!(retry_reason(hung, "[ 1.0] Run /init as init process\n").unwrap(), "the guest hung (timeout)");
+        let panic = "[ 3.1] Kernel panic - not syncing: Attempted to kill init! exitcode=0x00000009\n";
+        let why = retry_reason("the guest stopped after 3 samples without finishing", panic).unwrap();
+        assert!(why.contains("kernel panic") && !why.contains("timeout"), "{why}");
+        let reported = "the guest reported: mmap(67108864 bytes): Cannot allocate memory";
+        assert_eq!(retry_reason(reported, ""), None);
+        assert_eq!(retry_reason(reported, panic), None, "init's exit after its error panics the kernel");
+        assert_eq!(retry_reason("the guest's /init never started", "[ 0.5] Linux version 6.12\n"), None);
+    }
+
+    #[test]
+    fn clearing_a_run_directory_removes_every_result_and_kept_console_but_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("numasim-oracle-clear-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let kept = ["console.log", "trace.txt", "notes.md"];
+        for f in RESULT_FILES.iter().chain(&["console.attempt-1.log", "console.attempt-2.log"]).chain(&kept) {
+            std::fs::write(dir.join(f), "x").unwrap();
+        }
+        clear_results(&dir).unwrap();
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, ["console.log", "notes.md", "trace.txt"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn the_last_failure_says_what_each_earlier_attempt_died_of() {
+        let r = Retry { attempt: 1, reason: "the console shows an RCU stall".into(), console: "c".into() };
+        let m = after_retries(&[r], 2, "the guest stopped after 3 samples without finishing");
+        assert_eq!(
+            m,
+            "attempt 1 failed: the console shows an RCU stall; attempt 2 failed too: the guest stopped after 3 \
+             samples without finishing"
+        );
+        assert_eq!(after_retries(&[], 1, "boom"), "boom");
+    }
 }

@@ -299,6 +299,25 @@ fn thread_delta(cur: &guest::ThreadSample, prev: &guest::ThreadSample, field: &s
 /// Per-thread touch rate in touches per second of guest time over the thread's active span:
 /// what `validate` sets the simulator's think time from.
 pub fn touch_rates(plan: &Plan, s: &[Sample]) -> BTreeMap<String, f64> {
+    per_active_second(plan, s, |t| Some(t.touches as f64))
+}
+
+/// Per-thread CPU share over the thread's active span: its runtime (schedstat) per second of
+/// guest time. task_tick_numa() paces the scanner by runtime, so a worker that shares its
+/// CPU (with the sampler, a main thread, kworkers) scans less often than one that owns it.
+pub fn cpu_shares(plan: &Plan, s: &[Sample]) -> BTreeMap<String, f64> {
+    let runtime = |t: &guest::ThreadSample| t.sched.get(guest::RUNTIME_KEY).map(|ns| *ns as f64 / 1e9);
+    let first: BTreeMap<&str, f64> = s[0].threads.iter().filter_map(|t| Some((t.name.as_str(), runtime(t)?))).collect();
+    per_active_second(plan, s, |t| Some(runtime(t)? - first.get(t.name.as_str())?))
+}
+
+/// `value` of each thread in the last sample per second of its active span (from its
+/// start_ms to its stop_ms or the last sample); threads without a value are left out.
+fn per_active_second(
+    plan: &Plan,
+    s: &[Sample],
+    value: impl Fn(&guest::ThreadSample) -> Option<f64>,
+) -> BTreeMap<String, f64> {
     let last = &s[s.len() - 1];
     let spans: BTreeMap<String, (u64, Option<u64>)> = plan
         .processes
@@ -308,11 +327,11 @@ pub fn touch_rates(plan: &Plan, s: &[Sample]) -> BTreeMap<String, f64> {
         .collect();
     last.threads
         .iter()
-        .map(|t| {
+        .filter_map(|t| {
             let (start, stop) = spans.get(&t.name).copied().unwrap_or((0, None));
             let end = stop.map_or(last.t_ms, |s| (s as f64).min(last.t_ms));
             let secs = (end - start as f64) / 1e3;
-            (t.name.clone(), if secs > 0.0 { t.touches as f64 / secs } else { 0.0 })
+            Some((t.name.clone(), if secs > 0.0 { value(t)? / secs } else { 0.0 }))
         })
         .collect()
 }
@@ -448,6 +467,23 @@ mod tests {
         let nm: Vec<&str> = v["not_measured"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
         assert!(nm.contains(&"stale.accesses") && nm.contains(&"hint_faults_by_source.device"));
         assert!(!nm.contains(&"hint_faults_by_source.kvm"));
+    }
+
+    #[test]
+    fn a_threads_cpu_share_is_its_runtime_per_second_and_a_thread_without_schedstat_has_none() {
+        let with_runtime = |t_ms: f64, ns: [i64; 2]| {
+            let mut s = sample(t_ms, [0, 0, 0], [("held_pages", 0); 3]);
+            for (t, ns) in s.threads.iter_mut().zip(ns) {
+                t.sched.insert(guest::RUNTIME_KEY.to_string(), ns);
+            }
+            s
+        };
+        let plan = plan(RemotePath::ProcessVm);
+        let s = [with_runtime(0.0, [5_000_000, 0]), with_runtime(2000.0, [1_105_000_000, 2_000_000_000])];
+        let shares = cpu_shares(&plan, &s);
+        assert_eq!(shares.len(), 2, "the vCPU thread has no schedstat: {shares:?}");
+        assert!((shares["p/w/0"] - 0.55).abs() < 1e-12, "{shares:?}");
+        assert_eq!(shares["device/d"], 1.0);
     }
 
     /// The per-thread columns are interval deltas of the guest's counts and the sched file's

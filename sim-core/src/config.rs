@@ -313,8 +313,8 @@ pub struct ProcessConfig {
 #[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum MainThread {
-    /// Counted in mm_users and get_nr_threads() but never runs: every configured thread is a
-    /// CLONE_VM clone, staggered by init_numa_balancing().
+    /// Counted in mm_users and get_nr_threads() and runs only to make the process's actions:
+    /// every configured thread is a CLONE_VM clone, staggered by init_numa_balancing().
     #[default]
     Idle,
     /// The first thread of the first block: no clone stagger, scans from its first tick.

@@ -14,7 +14,7 @@ use crate::machine::{Cpu, Nid, PgData, Topology};
 use crate::mm::ksm::{KsmFrames, Ksmd, ksmd_wake};
 use crate::mm::memory::{do_anonymous_page, populate_range};
 use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind};
-use crate::mm::mprotect::{Action, Actions, run_action};
+use crate::mm::mprotect::{Action, Actions, WakingMain, run_action};
 use crate::mm::numa_balancing::clone_node_stamp;
 use crate::mm::page_alloc::setup_per_zone_wmarks;
 use crate::mm::vmscan::{Aging, age_pages};
@@ -274,11 +274,17 @@ impl Sim {
         e
     }
 
-    /// Schedules an mprotect/munmap of a VMA.
+    /// Schedules an mprotect/munmap of a VMA, made by the process's main thread (which gets
+    /// its NUMA state here when it is idle and has no action yet).
     pub fn add_action(&mut self, action: Action, start: Nanos) {
+        let tgid = self.world.get::<Mm>(action.mm).expect("live mm").pid;
+        let main = TaskNuma::new(tgid, action.mm, self.world.resource::<Sysctl>());
         let mut actions = self.world.resource_mut::<Actions>();
-        actions.0.push(action);
-        let i = (actions.0.len() - 1) as u32;
+        if action.idle_main && !actions.main_threads.iter().any(|m| m.numa.mm == action.mm) {
+            actions.main_threads.push(WakingMain::new(main));
+        }
+        actions.list.push(action);
+        let i = (actions.list.len() - 1) as u32;
         self.world.resource_mut::<EventQueue>().schedule(start, Event::Action(i));
     }
 

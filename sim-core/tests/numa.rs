@@ -273,3 +273,31 @@ fn populate_spills_to_other_nodes_as_faults_one_at_a_time_do() {
     );
     assert!(free.iter().zip(&wmark_min).any(|(f, m)| f < m), "the last pass went below min: {free:?}");
 }
+
+/// The idle main thread that makes a process's mprotect() calls wakes for each and touches
+/// its stack: after a scan pass that is one hinting fault in its name, and its first
+/// placement (no locality yet) doubles its period and puts mm->numa_next_scan 2 s past the
+/// call, as update_task_scan_period() does in 6.1 and 6.12. A main thread that is a
+/// configured thread (`first`) runs anyway and takes no extra fault.
+#[test]
+fn an_idle_main_thread_woken_by_an_action_after_a_scan_delays_the_next_scan() {
+    use sim_core::config::Syscall;
+    use sim_core::engine::NSEC_PER_MSEC;
+    use sim_core::mm::mprotect::Action;
+    let run = |idle_main: bool, seq: u32| {
+        let (mut sim, mm, _) = machine();
+        sim.world.get_mut::<Mm>(mm).unwrap().numa_scan_seq = seq;
+        let action =
+            |vma| Action { syscall: Syscall::Mprotect, mm, vma, protect: 200 * NSEC_PER_MSEC, period: 0, idle_main };
+        sim.add_action(action(0), 2500 * NSEC_PER_MSEC);
+        sim.run().unwrap();
+        let next = sim.world.get::<Mm>(mm).unwrap().numa_next_scan;
+        let vmstat = &sim.world.resource::<Counters>().vmstat;
+        (next, vmstat.numa_hint_faults, vmstat.numa_hint_faults_local)
+    };
+    let scan_delay = 1000 * NSEC_PER_MSEC;
+    // Two wakes (PROT_NONE at 2.5 s, back at 2.7 s) in one pass: one fault, from the first.
+    assert_eq!(run(true, 1), (2500 * NSEC_PER_MSEC + 2 * scan_delay, 1, 1));
+    assert_eq!(run(true, 0), (scan_delay, 0, 0), "before any pass the stack is not protnone");
+    assert_eq!(run(false, 1), (scan_delay, 0, 0));
+}

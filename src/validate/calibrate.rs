@@ -35,6 +35,17 @@ pub fn match_touch_rate(config: &mut Config, rates: &BTreeMap<String, f64>) -> V
         .collect()
 }
 
+/// Each guest thread's touch rate averaged over repeated kernel runs (over the runs that
+/// reported it).
+pub fn mean_rates(runs: &[&BTreeMap<String, f64>]) -> BTreeMap<String, f64> {
+    let mut sums: BTreeMap<String, (f64, u32)> = BTreeMap::new();
+    for (thread, rate) in runs.iter().flat_map(|r| r.iter()) {
+        let e = sums.entry(thread.clone()).or_default();
+        (e.0, e.1) = (e.0 + rate, e.1 + 1);
+    }
+    sums.into_iter().map(|(t, (sum, n))| (t, sum / f64::from(n))).collect()
+}
+
 /// The second step: fault, migration and remote-latency time make the sim's touches fall
 /// short of the first step's estimate; `sim_per_kernel` (touches in the sim / touches on the
 /// kernel, for CPU threads and for devices) scales each matched block's period to close
@@ -116,6 +127,15 @@ mod tests {
         // 10 us per touch at ~100 k/s, of which 16 lines x 100 ns is memory time.
         assert_eq!(c.process[0].thread[0].think_ns, 10_000 - 1600);
         assert_eq!(m[0].scale, 1.0);
+    }
+
+    #[test]
+    fn repeated_runs_pace_the_sim_at_each_threads_mean_rate() {
+        let a = BTreeMap::from([("p/w/0".to_string(), 1000.0), ("device/d".to_string(), 300.0)]);
+        let b = BTreeMap::from([("p/w/0".to_string(), 3000.0)]);
+        let m = mean_rates(&[&a, &b]);
+        assert_eq!(m, BTreeMap::from([("p/w/0".to_string(), 2000.0), ("device/d".to_string(), 300.0)]));
+        assert_eq!(mean_rates(&[&a]), a);
     }
 
     #[test]

@@ -194,11 +194,38 @@ pub enum Verdict {
 pub struct Row {
     pub metric: String,
     pub sim: Cell,
+    /// The kernel's value; over repeated runs (`--repeat`), their mean.
     pub kernel: Cell,
     /// sim / kernel; 1 when both are 0, infinite (null in JSON) when only the kernel's is.
     pub ratio: Option<f64>,
     pub tolerance: Option<ToleranceConfig>,
     pub verdict: Verdict,
+    /// Each kernel run's value, when the case ran more than once.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_runs: Vec<Cell>,
+    /// The min–max of `kernel_runs`, when every run has a value.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kernel_spread: Option<Spread>,
+}
+
+/// The kernel's least and greatest value of a metric over its runs.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct Spread {
+    pub min: f64,
+    pub max: f64,
+}
+
+/// A metric over the kernel's runs: their mean and min–max when every run has a value, else
+/// the first run's lack of one (a metric one run cannot measure is not measured).
+pub fn over_runs(cells: &[Cell]) -> (Cell, Option<Spread>) {
+    let values: Option<Vec<f64>> = cells.iter().map(|c| if let Cell::Value(v) = c { Some(*v) } else { None }).collect();
+    match values {
+        Some(v) if !v.is_empty() => {
+            let (min, max) = v.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), x| (lo.min(*x), hi.max(*x)));
+            (Cell::Value(v.iter().sum::<f64>() / v.len() as f64), Some(Spread { min, max }))
+        }
+        _ => (cells.iter().copied().find(|c| !matches!(c, Cell::Value(_))).unwrap_or(Cell::Missing), None),
+    }
 }
 
 /// sim / kernel, with 0/0 = 1 (they agree) and x/0 = infinity.
@@ -210,32 +237,40 @@ pub fn ratio(sim: Cell, kernel: Cell) -> Option<f64> {
     }
 }
 
+/// Against the kernel's runs: within when `min - (abs + rel * |min|) <= sim <= max + (abs +
+/// rel * |max|)`, the runs' spread widened by the tolerance at each end; with one run that is
 /// |sim - kernel| <= abs + rel * |kernel|.
-pub fn judge(sim: Cell, kernel: Cell, tol: Option<&ToleranceConfig>) -> Verdict {
+pub fn judge(sim: Cell, kernel_runs: &[Cell], tol: Option<&ToleranceConfig>) -> Verdict {
     let Some(t) = tol else { return Verdict::NotJudged };
-    match (sim, kernel) {
-        (Cell::Value(s), Cell::Value(k)) if (s - k).abs() <= t.abs + t.rel * k.abs() => Verdict::Within,
-        (Cell::Value(_), Cell::Value(_)) => Verdict::Outside,
+    let margin = |k: f64| t.abs + t.rel * k.abs();
+    match (sim, over_runs(kernel_runs).1) {
+        (Cell::Value(s), Some(r)) if s >= r.min - margin(r.min) && s <= r.max + margin(r.max) => Verdict::Within,
+        (Cell::Value(_), Some(_)) => Verdict::Outside,
         _ => Verdict::CannotJudge,
     }
 }
 
 /// Every metric of the sim's summary, the final placement and the derived figures, in that
-/// order; `pages` is the scenario's memory in pages.
-pub fn rows(sim: &Side, kernel: &Side, tolerances: &[ToleranceConfig], pages: u64) -> Vec<Row> {
+/// order, judged against the kernel's runs (one or more); `pages` is the scenario's memory in
+/// pages.
+pub fn rows(sim: &Side, kernels: &[Side], tolerances: &[ToleranceConfig], pages: u64) -> Vec<Row> {
     let mut names: Vec<String> = sim.values.iter().map(|(k, _)| k.clone()).collect();
-    names.extend(sim.placement.iter().chain(&kernel.placement).map(|(k, _)| k.clone()));
+    names.extend(sim.placement.iter().chain(kernels.iter().flat_map(|k| &k.placement)).map(|(k, _)| k.clone()));
     names.extend(DERIVED.iter().map(|d| d.name.to_string()));
     names.extend(tolerances.iter().map(|t| t.metric.clone()));
     let mut seen = std::collections::HashSet::new();
     names.retain(|n| seen.insert(n.clone()));
+    let repeated = kernels.len() > 1;
     names
         .into_iter()
         .map(|metric| {
-            let (s, k) = (sim.cell(&metric, pages), kernel.cell(&metric, pages));
+            let s = sim.cell(&metric, pages);
+            let runs: Vec<Cell> = kernels.iter().map(|k| k.cell(&metric, pages)).collect();
+            let (k, spread) = over_runs(&runs);
             let tolerance = tolerances.iter().find(|t| t.metric == metric).cloned();
-            let verdict = judge(s, k, tolerance.as_ref());
-            Row { metric, sim: s, kernel: k, ratio: ratio(s, k), tolerance, verdict }
+            let verdict = judge(s, &runs, tolerance.as_ref());
+            let (kernel_runs, kernel_spread) = if repeated { (runs, spread) } else { (Vec::new(), None) };
+            Row { metric, sim: s, kernel: k, ratio: ratio(s, k), tolerance, verdict, kernel_runs, kernel_spread }
         })
         .collect()
 }
@@ -245,14 +280,21 @@ pub fn agree(rows: &[Row]) -> bool {
     rows.iter().all(|r| r.verdict != Verdict::Outside)
 }
 
-/// The compare-kernels table: metric | sim | kernel | ratio | within tolerance.
+/// The compare-kernels table: metric | sim | kernel | ratio | within tolerance; over
+/// repeated kernel runs the kernel column is their mean, followed by their min–max.
 pub fn table(rows: &[Row], kernel_label: &str) -> String {
     let width = rows.iter().map(|r| r.metric.len()).max().unwrap_or(6).max(6);
+    let runs = rows.iter().map(|r| r.kernel_runs.len()).max().unwrap_or(0);
+    let (kernel_head, spread_head) = if runs > 1 {
+        (format!("{kernel_label} mean"), format!(" {:>27}", format!("{kernel_label} min–max ({runs} runs)")))
+    } else {
+        (kernel_label.to_string(), String::new())
+    };
     let mut out = format!(
-        "{:width$} {:>16} {:>16} {:>9}  within tolerance\n",
+        "{:width$} {:>16} {:>16}{spread_head} {:>9}  within tolerance\n",
         "metric",
         "sim",
-        truncate(kernel_label, 16),
+        truncate(&kernel_head, 16),
         "ratio"
     );
     for r in rows {
@@ -267,9 +309,25 @@ pub fn table(rows: &[Row], kernel_label: &str) -> String {
             (Verdict::CannotJudge, Some(t)) => format!("cannot judge ({})", bound(t)),
             _ => "-".to_string(),
         };
-        let _ = writeln!(out, "{:width$} {:>16} {:>16} {ratio:>9}  {verdict}", r.metric, r.sim.text(), r.kernel.text());
+        let spread = match (runs > 1, r.kernel_spread) {
+            (false, _) => String::new(),
+            (true, Some(sp)) => format!(" {:>27}", spread_text(sp)),
+            (true, None) => format!(" {:>27}", "-"),
+        };
+        let _ = writeln!(
+            out,
+            "{:width$} {:>16} {:>16}{spread} {ratio:>9}  {verdict}",
+            r.metric,
+            r.sim.text(),
+            r.kernel.text()
+        );
     }
     out
+}
+
+/// `min–max` of a spread.
+pub fn spread_text(s: Spread) -> String {
+    format!("{}–{}", fmt(s.min), fmt(s.max))
 }
 
 fn bound(t: &ToleranceConfig) -> String {
@@ -299,10 +357,10 @@ mod tests {
     #[test]
     fn within_means_abs_plus_rel_of_the_kernel_value() {
         let t = tol("m", 10.0, 0.1);
-        assert_eq!(judge(Cell::Value(120.0), Cell::Value(100.0), Some(&t)), Verdict::Within);
-        assert_eq!(judge(Cell::Value(79.0), Cell::Value(100.0), Some(&t)), Verdict::Outside);
-        assert_eq!(judge(Cell::Value(16384.0), Cell::Value(1.0), Some(&tol("m", 64.0, 0.0))), Verdict::Outside);
-        assert_eq!(judge(Cell::Value(5.0), Cell::Value(100.0), None), Verdict::NotJudged);
+        assert_eq!(judge(Cell::Value(120.0), &[Cell::Value(100.0)], Some(&t)), Verdict::Within);
+        assert_eq!(judge(Cell::Value(79.0), &[Cell::Value(100.0)], Some(&t)), Verdict::Outside);
+        assert_eq!(judge(Cell::Value(16384.0), &[Cell::Value(1.0)], Some(&tol("m", 64.0, 0.0))), Verdict::Outside);
+        assert_eq!(judge(Cell::Value(5.0), &[Cell::Value(100.0)], None), Verdict::NotJudged);
     }
 
     #[test]
@@ -312,14 +370,14 @@ mod tests {
         assert_eq!(ratio(Cell::Value(3.0), Cell::Value(6.0)), Some(0.5));
         assert_eq!(ratio(Cell::Value(3.0), Cell::NotMeasured), None);
         // Within an absolute tolerance a 0 base still agrees.
-        assert_eq!(judge(Cell::Value(3.0), Cell::Value(0.0), Some(&tol("m", 5.0, 0.0))), Verdict::Within);
+        assert_eq!(judge(Cell::Value(3.0), &[Cell::Value(0.0)], Some(&tol("m", 5.0, 0.0))), Verdict::Within);
     }
 
     #[test]
     fn a_metric_the_kernel_cannot_measure_is_shown_as_such_never_as_zero() {
         let sim = Side::from_parts(&[("stale.accesses", 7.0), ("vmstat.numa_hint_faults", 10.0)], &[]);
         let kernel = Side::from_parts(&[("vmstat.numa_hint_faults", 10.0)], &["stale.accesses"]);
-        let rows = rows(&sim, &kernel, &[tol("stale.accesses", 0.0, 0.0)], 1);
+        let rows = rows(&sim, &[kernel], &[tol("stale.accesses", 0.0, 0.0)], 1);
         let stale = rows.iter().find(|r| r.metric == "stale.accesses").unwrap();
         assert_eq!(stale.kernel, Cell::NotMeasured);
         assert_eq!(stale.verdict, Verdict::CannotJudge);
@@ -361,10 +419,79 @@ mod tests {
         let kernel =
             Side::from_parts(&[("vmstat.numa_hint_faults", 1.0), ("vmstat.numa_pages_migrated", 16380.0)], &[]);
         let tols = [tol("vmstat.numa_hint_faults", 64.0, 0.0), tol("vmstat.numa_pages_migrated", 64.0, 0.0)];
-        let rows = rows(&sim, &kernel, &tols, 16384);
+        let rows = rows(&sim, &[kernel], &tols, 16384);
         assert!(!agree(&rows));
         let text = table(&rows, "6.12.117");
         assert!(text.lines().any(|l| l.starts_with("vmstat.numa_hint_faults ") && l.contains("NO (±64)")), "{text}");
         assert!(text.lines().any(|l| l.starts_with("vmstat.numa_pages_migrated") && l.contains("yes (±64)")), "{text}");
+    }
+
+    #[test]
+    fn over_repeated_runs_the_sim_is_judged_against_their_spread_widened_by_the_tolerance() {
+        // mprotect-toggle's migrations on 6.1: kernel runs 7763 and 9000, tolerance 128 + 5 %.
+        let t = tol("vmstat.numa_pages_migrated", 128.0, 0.05);
+        let runs = [Cell::Value(7763.0), Cell::Value(9000.0)];
+        // Up to 9000 + 128 + 450 and down to 7763 - 128 - 388.2.
+        assert_eq!(judge(Cell::Value(9578.0), &runs, Some(&t)), Verdict::Within);
+        assert_eq!(judge(Cell::Value(9579.0), &runs, Some(&t)), Verdict::Outside);
+        assert_eq!(judge(Cell::Value(7247.0), &runs, Some(&t)), Verdict::Within);
+        assert_eq!(judge(Cell::Value(7246.0), &runs, Some(&t)), Verdict::Outside);
+        // Between the runs is within even with no tolerance at all.
+        assert_eq!(judge(Cell::Value(8500.0), &runs, Some(&tol("m", 0.0, 0.0))), Verdict::Within);
+        assert_eq!(judge(Cell::Value(15368.0), &runs, Some(&t)), Verdict::Outside);
+        // A run that could not measure it leaves nothing to judge against.
+        assert_eq!(judge(Cell::Value(8500.0), &[runs[0], Cell::NotMeasured], Some(&t)), Verdict::CannotJudge);
+    }
+
+    #[test]
+    fn one_run_judges_exactly_as_abs_plus_rel_of_its_value() {
+        let t = tol("m", 64.0, 0.10);
+        for k in [0.0f64, 1.0, 400.0, 3158.0, -20.0] {
+            for s in [0.0, 256.0, 399.0, 3000.0, 3537.0, 3538.0, 9952.0, -100.0] {
+                let old = (s - k).abs() <= t.abs + t.rel * k.abs();
+                let expected = if old { Verdict::Within } else { Verdict::Outside };
+                assert_eq!(judge(Cell::Value(s), &[Cell::Value(k)], Some(&t)), expected, "sim {s} kernel {k}");
+            }
+        }
+    }
+
+    #[test]
+    fn the_kernel_column_is_the_runs_mean_and_not_measured_wins_over_values() {
+        let (mean, spread) = over_runs(&[Cell::Value(256.0), Cell::Value(400.0), Cell::Value(300.0)]);
+        assert_eq!(mean, Cell::Value(956.0 / 3.0));
+        assert_eq!(spread, Some(Spread { min: 256.0, max: 400.0 }));
+        assert_eq!(over_runs(&[Cell::Value(1.0), Cell::NotMeasured]), (Cell::NotMeasured, None));
+        assert_eq!(over_runs(&[Cell::Undefined, Cell::Value(1.0)]), (Cell::Undefined, None));
+        assert_eq!(over_runs(&[]), (Cell::Missing, None));
+    }
+
+    #[test]
+    fn repeated_runs_add_their_values_and_spread_to_rows_json_and_table_and_one_run_adds_nothing() {
+        let sim = Side::from_parts(&[("vmstat.numa_pages_migrated", 15368.0)], &[]);
+        let k1 = Side::from_parts(&[("vmstat.numa_pages_migrated", 7763.0)], &[]);
+        let k2 = Side::from_parts(&[("vmstat.numa_pages_migrated", 9000.0)], &[]);
+        let tols = [tol("vmstat.numa_pages_migrated", 128.0, 0.05)];
+        let find = |rows: &[Row]| rows.iter().find(|r| r.metric == "vmstat.numa_pages_migrated").unwrap().clone();
+        let two = rows(&sim, &[k1.clone(), k2], &tols, 16640);
+        let row = find(&two);
+        assert_eq!(row.kernel, Cell::Value(8381.5));
+        assert_eq!(row.kernel_runs, [Cell::Value(7763.0), Cell::Value(9000.0)]);
+        assert_eq!(row.kernel_spread, Some(Spread { min: 7763.0, max: 9000.0 }));
+        assert_eq!(row.ratio, Some(15368.0 / 8381.5));
+        assert_eq!(row.verdict, Verdict::Outside);
+        let json = serde_json::to_value(&row).unwrap();
+        assert_eq!(json["kernel_runs"], serde_json::json!([7763.0, 9000.0]));
+        assert_eq!(json["kernel_spread"], serde_json::json!({"min": 7763.0, "max": 9000.0}));
+        let text = table(&two, "6.1");
+        let head = text.lines().next().unwrap();
+        assert!(head.contains("6.1 mean") && head.contains("6.1 min–max (2 runs)"), "{head}");
+        let line = text.lines().find(|l| l.starts_with("vmstat.numa_pages_migrated")).unwrap();
+        assert!(line.contains("8381.5000") && line.contains("7763–9000") && line.contains("NO"), "{line}");
+
+        let one = rows(&sim, &[k1], &tols, 16640);
+        let json = serde_json::to_value(find(&one)).unwrap();
+        assert!(json.get("kernel_runs").is_none() && json.get("kernel_spread").is_none(), "{json}");
+        let head = table(&one, "6.1").lines().next().unwrap().to_string();
+        assert!(!head.contains("min–max") && head.trim_end().ends_with("6.1     ratio  within tolerance"), "{head}");
     }
 }

@@ -5,6 +5,7 @@
 
 mod calibrate;
 mod compare;
+mod fault_pace;
 mod guest_vmas;
 mod ksmd_pace;
 mod migrate_pace;
@@ -26,6 +27,7 @@ use crate::kernel_cmd::{failure, kernel_label as label};
 use crate::output::write_atomic;
 use calibrate::Matched;
 use compare::{Row, Side};
+use fault_pace::FaultPace;
 use ksmd_pace::KsmdPace;
 use migrate_pace::MigratePace;
 
@@ -40,6 +42,10 @@ pub struct Args {
     pub reuse: bool,
     /// Also trace: the kernel's tracepoints and the sim's events, side by side.
     pub trace: bool,
+    /// Kernel runs per case and kernel (at least 1).
+    pub repeat: u32,
+    /// How often a boot that hung or stalled is tried again.
+    pub retries: u32,
 }
 
 /// How each case runs.
@@ -47,6 +53,8 @@ pub struct Args {
 struct Flags {
     reuse: bool,
     trace: bool,
+    repeat: u32,
+    retries: u32,
 }
 
 /// One case on one kernel.
@@ -65,6 +73,10 @@ pub struct Outcome {
     pub calibration: Vec<Matched>,
     /// ksmd's pace on the kernel and the costs the sim got from it.
     pub ksmd: Option<KsmdPace>,
+    /// The device's pace while its hint faults migrate pages, and the migration cost the sim
+    /// got from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub faults: Option<FaultPace>,
     /// The guest's time per touch, hinting fault and page migration, which the sim got.
     pub migration: Option<MigratePace>,
     /// Empty VMAs the sim got for the guest process's other mappings (thread stacks, ...).
@@ -73,6 +85,34 @@ pub struct Outcome {
     pub agree: bool,
     /// Why the kernel run failed (then there are no rows).
     pub error: Option<String>,
+    /// Every kernel run, when the case ran more than once (`--repeat`); the fields above
+    /// are the first run's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub kernel_runs: Vec<RunRecord>,
+    /// Boots that failed and were tried again (the guest hung or its kernel stalled).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub retried: Vec<Retried>,
+}
+
+/// One of a case's repeated kernel runs.
+#[derive(Serialize)]
+pub struct RunRecord {
+    /// Relative to the validation directory.
+    pub dir: String,
+    pub boot_s: f64,
+    pub kernel_wall_s: f64,
+    /// Taken from an earlier validation (`--reuse`).
+    pub reused: bool,
+}
+
+/// A failed boot of kernel run `run` that was tried again.
+#[derive(Serialize)]
+pub struct Retried {
+    pub run: u32,
+    pub attempt: u32,
+    pub reason: String,
+    /// Its console, relative to the validation directory.
+    pub console: String,
 }
 
 #[derive(Serialize)]
@@ -87,8 +127,15 @@ pub struct CaseResult {
 pub struct Manifest {
     pub command: String,
     pub kernels: Vec<String>,
+    /// Kernel runs per case and kernel, when more than one.
+    #[serde(skip_serializing_if = "is_one")]
+    pub repeat: u32,
     pub wall_s: f64,
     pub cases: Vec<CaseResult>,
+}
+
+fn is_one(n: &u32) -> bool {
+    *n == 1
 }
 
 /// What the exit status reports after every case ran.
@@ -125,7 +172,7 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
         let mut outcomes = Vec::new();
         for (arg, spec) in &kernels {
             let rel = case_dir.strip_prefix(&root).unwrap_or(Path::new("")).join(label(arg));
-            let flags = Flags { reuse: args.reuse, trace: args.trace };
+            let flags = Flags { reuse: args.reuse, trace: args.trace, repeat: args.repeat, retries: args.retries };
             let outcome = run_one(name, config, &args.set, arg, spec, &root, &rel, flags)?;
             print_outcome(&config.name, &outcome);
             outcomes.push(outcome);
@@ -133,8 +180,9 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
         cases.push(CaseResult { case: config.name.clone(), description: config.description.clone(), outcomes });
     }
     let manifest = Manifest {
-        command: report::command_line(&args.scenario, args.all, &args.kernels, &args.set),
+        command: report::command_line(&args.scenario, args.all, &args.kernels, &args.set, args.repeat),
         kernels: args.kernels.clone(),
+        repeat: args.repeat,
         wall_s: start.elapsed().as_secs_f64(),
         cases,
     };
@@ -174,11 +222,12 @@ fn tolerances(config: &Config) -> &[ToleranceConfig] {
     config.validate.as_ref().map_or(&[], |v| &v.tolerance)
 }
 
-/// The kernel run (or, with `--reuse`, an earlier one of the same config), then the sim
-/// under that kernel's rules at the guest's touch rate, then the comparison. A guest failure
-/// is recorded in the outcome (the other cases still run); bad input and I/O errors end the
-/// whole validation. With `--trace`, `kernel/trace.txt`, `sim/trace.txt` and their
-/// `trace-diff.txt` sit beside the two runs.
+/// The kernel runs (`repeat` of them; with `--reuse`, earlier ones of the same config), then
+/// the sim under that kernel's rules at the guest's touch rate (the mean over the runs), then
+/// the comparison against the runs' spread. A guest failure is recorded in the outcome (the
+/// other cases still run); bad input and I/O errors end the whole validation. With
+/// `--trace`, `kernel/trace.txt`, `sim/trace.txt` and their `trace-diff.txt` sit beside the
+/// two runs (`kernel-<i>/trace.txt` and `trace-diff-<i>.txt` for the later kernel runs).
 #[allow(clippy::too_many_arguments)]
 fn run_one(
     name: &str,
@@ -191,7 +240,7 @@ fn run_one(
     flags: Flags,
 ) -> Result<Outcome, Failure> {
     let dir = root.join(rel);
-    let (kernel_dir, sim_dir) = (dir.join("kernel"), dir.join("sim"));
+    let sim_dir = dir.join("sim");
     let mut outcome = Outcome {
         kernel: arg.to_string(),
         release: spec.release().to_string(),
@@ -202,40 +251,80 @@ fn run_one(
         sim_rules: spec.sim_overrides(),
         calibration: Vec::new(),
         ksmd: None,
+        faults: None,
         migration: None,
         guest_vmas: 0,
         rows: Vec::new(),
         agree: false,
         error: None,
+        kernel_runs: Vec::new(),
+        retried: Vec::new(),
     };
-    let facts = match kernel_side(config, arg, spec, &kernel_dir, flags)? {
-        Ok(facts) => facts,
-        Err(e) => {
-            outcome.error = Some(e);
-            return Ok(outcome);
+    let mut facts = Vec::new();
+    for run in 1..=flags.repeat {
+        let kernel_dir = dir.join(kernel_run_dir(run));
+        let result = kernel_side(config, arg, spec, &kernel_dir, flags)?;
+        // A run that failed for good says each attempt's failure in its error.
+        let retried = result.as_ref().map_or(Vec::new(), |f| f.retried.clone());
+        outcome.retried.extend(retried.into_iter().map(|r| Retried {
+            run,
+            attempt: r.attempt,
+            reason: r.reason,
+            console: rel.join(kernel_run_dir(run)).join(r.console).display().to_string(),
+        }));
+        match result {
+            Ok(f) => facts.push((kernel_dir, f)),
+            Err(e) => {
+                outcome.error = Some(if flags.repeat > 1 { format!("kernel run {run}: {e}") } else { e });
+                return Ok(outcome);
+            }
         }
-    };
+    }
+    let first = &facts[0].1;
     (outcome.release, outcome.accel, outcome.boot_s, outcome.kernel_wall_s) =
-        (facts.release.clone(), facts.accel.clone(), facts.boot_s, facts.wall_s);
+        (first.release.clone(), first.accel.clone(), first.boot_s, first.wall_s);
+    if flags.repeat > 1 {
+        outcome.kernel_runs = facts
+            .iter()
+            .map(|(d, f)| RunRecord {
+                dir: d.strip_prefix(root).unwrap_or(d).display().to_string(),
+                boot_s: f.boot_s,
+                kernel_wall_s: f.wall_s,
+                reused: f.reused,
+            })
+            .collect();
+    }
     let io = |e: String| Failure::Io(e);
-    let kernel_series = plots::data::Table::read(&kernel_dir.join("timeseries.csv")).map_err(io)?;
-    let kernel = Side::with_series(&kernel_dir, &kernel_series).map_err(io)?;
+    let first_series = plots::data::Table::read(&facts[0].0.join("timeseries.csv")).map_err(io)?;
+    let mut kernels = vec![Side::with_series(&facts[0].0, &first_series).map_err(io)?];
+    for (d, _) in &facts[1..] {
+        kernels.push(Side::read(d).map_err(io)?);
+    }
     let mut sim = sim_config(name, set, spec)?;
-    outcome.guest_vmas = guest_vmas::add(&mut sim, &read_json(&kernel_dir.join("guest.json")).map_err(io)?);
-    let mut rates = facts.touch_rates.clone();
-    outcome.migration = migrate_pace::measure(&kernel_series, &sim);
+    outcome.guest_vmas = guest_vmas::add(&mut sim, &read_json(&facts[0].0.join("guest.json")).map_err(io)?);
+    let run_rates: Vec<&BTreeMap<String, f64>> = facts.iter().map(|(_, f)| &f.touch_rates).collect();
+    let mut rates = calibrate::mean_rates(&run_rates);
+    outcome.migration = migrate_pace::measure(&first_series, &sim);
     if let Some(pace) = &outcome.migration {
         migrate_pace::apply(&mut sim, pace, &mut rates);
     }
     outcome.calibration = calibrate::match_touch_rate(&mut sim, &rates);
-    outcome.ksmd = ksmd_pace::measure(&kernel_series, &sim);
+    outcome.ksmd = ksmd_pace::measure(&first_series, &sim);
     if let Some(pace) = &outcome.ksmd {
         ksmd_pace::apply(&mut sim, pace);
     }
+    // The CPU threads' fit, when there is one, gave the migration cost already.
+    outcome.faults = outcome.migration.is_none().then(|| fault_pace::measure(&first_series, &sim)).flatten();
+    if let Some(pace) = &outcome.faults {
+        fault_pace::apply(&mut sim, pace);
+    }
     let mut side = run_sim(&sim, &sim_dir)?;
-    let shortfall = |m: &str| match (side.cell(m, 0), kernel.cell(m, 0)) {
-        (compare::Cell::Value(s), compare::Cell::Value(k)) if k > 0.0 => Some(s / k),
-        _ => None,
+    let shortfall = |m: &str| {
+        let runs: Vec<compare::Cell> = kernels.iter().map(|k| k.cell(m, 0)).collect();
+        match (side.cell(m, 0), compare::over_runs(&runs).0) {
+            (compare::Cell::Value(s), compare::Cell::Value(k)) if k > 0.0 => Some(s / k),
+            _ => None,
+        }
     };
     let short = calibrate::Shortfall {
         cpu: shortfall("touches.cpu"),
@@ -247,17 +336,31 @@ fn run_one(
     }
     if flags.trace {
         trace_sim(&sim, spec, &sim_dir)?;
-        let table = crate::trace::diff_table(&sim_dir.join("trace.txt"), &kernel_dir.join("trace.txt"))?;
-        write_atomic(&dir, "trace-diff.txt", table.as_bytes())
-            .map_err(|e| Failure::Io(format!("{}: {e}", dir.join("trace-diff.txt").display())))?;
-        print!("{table}");
+        for (run, (kernel_dir, _)) in (1..).zip(&facts) {
+            let table = crate::trace::diff_table(&sim_dir.join("trace.txt"), &kernel_dir.join("trace.txt"))?;
+            let file = if run == 1 { "trace-diff.txt".to_string() } else { format!("trace-diff-{run}.txt") };
+            write_atomic(&dir, &file, table.as_bytes())
+                .map_err(|e| Failure::Io(format!("{}: {e}", dir.join(&file).display())))?;
+            print!("{table}");
+        }
     }
-    outcome.rows = compare::rows(&side, &kernel, tolerances(config), pages(config));
+    outcome.rows = compare::rows(&side, &kernels, tolerances(config), pages(config));
     outcome.agree = compare::agree(&outcome.rows);
-    let title = format!("{}: sim vs {}", config.name, facts.release);
-    let runs = [("sim".to_string(), sim_dir), (format!("kernel {}", facts.release), kernel_dir)];
+    let title = format!("{}: sim vs {}", config.name, first.release);
+    let mut runs = vec![("sim".to_string(), sim_dir)];
+    for (run, (kernel_dir, f)) in (1..).zip(&facts) {
+        let label =
+            if flags.repeat > 1 { format!("kernel {} run {run}", f.release) } else { format!("kernel {}", f.release) };
+        runs.push((label, kernel_dir.clone()));
+    }
     plots::render_overlay(&dir, "overlay", &title, &runs).map_err(io)?;
     Ok(outcome)
+}
+
+/// Where kernel run `run` of a case lives: `kernel/` for the first (as with one run),
+/// `kernel-<run>/` for the others.
+fn kernel_run_dir(run: u32) -> String {
+    if run == 1 { "kernel".into() } else { format!("kernel-{run}") }
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, String> {
@@ -297,6 +400,10 @@ struct KernelFacts {
     boot_s: f64,
     wall_s: f64,
     touch_rates: BTreeMap<String, f64>,
+    /// Failed boots before this run (the oracle's retries).
+    retried: Vec<oracle::Retry>,
+    /// Taken from an earlier validation.
+    reused: bool,
 }
 
 /// Boots the kernel, or reuses `dir` when asked to and it holds a complete run of exactly
@@ -316,10 +423,19 @@ fn kernel_side(
         eprintln!("validate {}: reusing the {} run in {}", config.name, arg, dir.display());
         return Ok(Ok(facts));
     }
-    eprintln!("validate {}: booting {} ({})", config.name, arg, spec.release());
+    eprintln!("validate {}: booting {} ({}) into {}", config.name, arg, spec.release(), dir.display());
+    // An earlier run's trace must not pass for this one's.
+    for stale in ["trace.txt", "trace-formats.txt"] {
+        match std::fs::remove_file(dir.join(stale)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(Failure::Io(format!("{}: {e}", dir.join(stale).display())));
+            }
+            _ => {}
+        }
+    }
     let req = if flags.trace { Some(trace_request(dir.join("trace.txt"), spec)?) } else { None };
     let plan = req.as_ref().map(|r| crate::trace::tracefs_plan(r, config)).transpose()?;
-    match oracle::run_traced(config, spec, dir, plan) {
+    match oracle::run_traced(config, spec, dir, plan, flags.retries) {
         Ok(run) => {
             if let (Some(req), Some(t)) = (&req, &run.trace) {
                 crate::trace::write_kernel_run(req, t, config, &run)?;
@@ -330,6 +446,8 @@ fn kernel_side(
                 boot_s: run.boot_s,
                 wall_s: run.wall_s,
                 touch_rates: run.touch_rates,
+                retried: run.retried,
+                reused: false,
             }))
         }
         Err(oracle::OracleError::Guest { message, console_tail }) => Ok(Err(format!("{message}\n{console_tail}"))),
@@ -355,6 +473,8 @@ fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option
         boot_s: guest["boot_s"].as_f64().unwrap_or(f64::NAN),
         wall_s: guest["qemu_wall_s"].as_f64().unwrap_or(f64::NAN),
         touch_rates: serde_json::from_value(guest["touch_rate_per_s"].clone()).ok()?,
+        retried: serde_json::from_value(guest["retried"].clone()).unwrap_or_default(),
+        reused: true,
     })
 }
 
@@ -410,12 +530,12 @@ mod tests {
         let old = run_into("old", &["kernel.gup_policy=implicit-all".to_string()]);
         let again = run_into("again", &["kernel.gup_policy=implicit-all".to_string()]);
         let new = run_into("new", &["kernel.gup_policy=explicit".to_string()]);
-        let same = compare::rows(&old, &again, tolerances(&config), pages(&config));
+        let same = compare::rows(&old, &[again], tolerances(&config), pages(&config));
         assert!(compare::agree(&same));
         assert!(same.iter().all(|r| r.ratio == Some(1.0)), "{}", compare::table(&same, "again"));
         let judged = same.iter().filter(|r| r.verdict == compare::Verdict::Within).count();
         assert_eq!(judged, tolerances(&config).len());
-        let differ = compare::rows(&new, &old, tolerances(&config), pages(&config));
+        let differ = compare::rows(&new, &[old], tolerances(&config), pages(&config));
         assert!(!compare::agree(&differ), "{}", compare::table(&differ, "old"));
         std::fs::remove_dir_all(&root).unwrap();
     }

@@ -7,10 +7,11 @@ use super::compare::{self, Verdict};
 use super::{Manifest, Outcome};
 
 /// The command that reproduces a validation.
-pub fn command_line(scenario: &Option<String>, all: bool, kernels: &[String], set: &[String]) -> String {
+pub fn command_line(scenario: &Option<String>, all: bool, kernels: &[String], set: &[String], repeat: u32) -> String {
     let what = if all { "--all".to_string() } else { scenario.clone().unwrap_or_default() };
     let sets: String = set.iter().map(|s| format!(" --set {s}")).collect();
-    format!("numasim validate {what} --kernel {}{sets}", kernels.join(","))
+    let repeat = if repeat > 1 { format!(" --repeat {repeat}") } else { String::new() };
+    format!("numasim validate {what} --kernel {}{repeat}{sets}", kernels.join(","))
 }
 
 pub fn markdown(m: &Manifest) -> String {
@@ -19,10 +20,11 @@ pub fn markdown(m: &Manifest) -> String {
          Each case ran on the real kernel under QEMU, then in the sim under that kernel's rules with each \
          thread block's and device's think time set to the touch rate the guest measured. A judged metric agrees when \
          |sim - kernel| <= abs + rel * |kernel|; each tolerance's reason is in the case file \
-         (configs/validate/). `not measured`: the kernel cannot give it (never shown as 0).\n\n\
+         (configs/validate/). `not measured`: the kernel cannot give it (never shown as 0).{}\n\n\
          ## Verdicts\n\n| case | {} |\n|---|{}\n",
         m.command,
         m.wall_s,
+        repeat_note(m.repeat),
         m.kernels.join(" | "),
         "---|".repeat(m.kernels.len())
     );
@@ -37,6 +39,17 @@ pub fn markdown(m: &Manifest) -> String {
         }
     }
     r
+}
+
+/// What judging against repeated runs means, when the case ran more than once.
+fn repeat_note(repeat: u32) -> String {
+    if repeat <= 1 {
+        return String::new();
+    }
+    format!(
+        " Each kernel ran each case {repeat} times: the kernel column is the mean of the runs, the next \
+         their min–max, and a judged metric agrees when min - (abs + rel * |min|) <= sim <= max + (abs + rel * |max|)."
+    )
 }
 
 fn verdict_cell(o: &Outcome) -> String {
@@ -61,6 +74,21 @@ fn case_section(r: &mut String, o: &Outcome) {
         o.boot_s,
         o.kernel_wall_s
     );
+    for run in &o.kernel_runs {
+        let reused = if run.reused { ", reused" } else { "" };
+        let _ = writeln!(
+            r,
+            "- kernel run `{}`: boot to init {:.1} s, {:.0} s{reused}",
+            run.dir, run.boot_s, run.kernel_wall_s
+        );
+    }
+    for t in &o.retried {
+        let _ = writeln!(
+            r,
+            "- kernel run {}, attempt {} failed and was booted again: {} (console: `{}`)",
+            t.run, t.attempt, t.reason, t.console
+        );
+    }
     for c in &o.calibration {
         let _ = writeln!(
             r,
@@ -93,15 +121,23 @@ fn case_section(r: &mut String, o: &Outcome) {
             k.first_pass_s, k.merges_per_s, k.scanned_per_s, k.scan_cost_ns, k.merge_cost_ns
         );
     }
+    if let Some(f) = &o.faults {
+        let _ = writeln!(
+            r,
+            "- device: {:.0} ns per touch without hint faults, {:.0} ns while {:.2} pages migrated per touch; sim kernel.migrate_cost_ns = {}",
+            f.quiet_ns_per_touch, f.migrating_ns_per_touch, f.migrated_per_touch, f.migrate_cost_ns
+        );
+    }
     let _ = writeln!(r, "\n```\n{}```\n", compare::table(&o.rows, &crate::kernel_cmd::kernel_label(&o.kernel)));
     let outside: Vec<_> = o.rows.iter().filter(|r| r.verdict == Verdict::Outside).collect();
     if !outside.is_empty() {
         let _ = writeln!(r, "Disagreements:\n");
         for row in outside {
             let reason = row.tolerance.as_ref().map_or("", |t| t.reason.as_str());
+            let spread = row.kernel_spread.map_or(String::new(), |s| format!(" (runs {})", compare::spread_text(s)));
             let _ = writeln!(
                 r,
-                "- `{}`: sim {} vs kernel {} (tolerance reason: {reason})",
+                "- `{}`: sim {} vs kernel {}{spread} (tolerance reason: {reason})",
                 row.metric,
                 serde_json::to_string(&row.sim).unwrap_or_default(),
                 serde_json::to_string(&row.kernel).unwrap_or_default()
@@ -110,4 +146,106 @@ fn case_section(r: &mut String, o: &Outcome) {
         r.push('\n');
     }
     let _ = writeln!(r, "![overlay]({}/overlay.png)\n", o.dir);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{CaseResult, Manifest, Outcome, Retried, RunRecord};
+    use super::*;
+    use crate::validate::compare::{Cell, Row, Spread};
+
+    fn outcome(runs: u32) -> Outcome {
+        let cells = [Cell::Value(7763.0), Cell::Value(9963.0)];
+        let row = Row {
+            metric: "vmstat.numa_pages_migrated".into(),
+            sim: Cell::Value(13554.0),
+            kernel: Cell::Value(8863.0),
+            ratio: Some(13554.0 / 8863.0),
+            tolerance: Some(sim_core::config::ToleranceConfig {
+                metric: "vmstat.numa_pages_migrated".into(),
+                abs: 128.0,
+                rel: 0.05,
+                reason: "each page moves at most once".into(),
+            }),
+            verdict: Verdict::Outside,
+            kernel_runs: if runs > 1 { cells.to_vec() } else { Vec::new() },
+            kernel_spread: (runs > 1).then_some(Spread { min: 7763.0, max: 9963.0 }),
+        };
+        Outcome {
+            kernel: "6.1".into(),
+            release: "6.1.0-57-amd64".into(),
+            dir: "6.1".into(),
+            accel: "tcg".into(),
+            boot_s: 4.9,
+            kernel_wall_s: 25.0,
+            sim_rules: vec!["kernel.version=6.1-debian12".into()],
+            calibration: Vec::new(),
+            ksmd: None,
+            migration: None,
+            guest_vmas: 0,
+            faults: None,
+            rows: vec![row],
+            agree: false,
+            error: None,
+            kernel_runs: (1..=runs)
+                .filter(|_| runs > 1)
+                .map(|i| RunRecord {
+                    dir: if i == 1 { "6.1/kernel".into() } else { format!("6.1/kernel-{i}") },
+                    boot_s: 4.9,
+                    kernel_wall_s: 25.0,
+                    reused: i == 1,
+                })
+                .collect(),
+            retried: vec![Retried {
+                run: runs,
+                attempt: 1,
+                reason: "the guest hung (timeout); the console shows an RCU stall".into(),
+                console: "6.1/kernel/console.attempt-1.log".into(),
+            }],
+        }
+    }
+
+    fn manifest(repeat: u32) -> Manifest {
+        Manifest {
+            command: command_line(&Some("mprotect-toggle".into()), false, &["6.1".into()], &[], repeat),
+            kernels: vec!["6.1".into()],
+            repeat,
+            wall_s: 1.0,
+            cases: vec![CaseResult {
+                case: "mprotect-toggle".into(),
+                description: "d".into(),
+                outcomes: vec![outcome(repeat)],
+            }],
+        }
+    }
+
+    #[test]
+    fn the_report_gives_the_spread_each_run_and_each_retried_boot_with_its_reason() {
+        let md = markdown(&manifest(2));
+        assert!(md.contains("`numasim validate mprotect-toggle --kernel 6.1 --repeat 2`"), "{md}");
+        assert!(md.contains("min - (abs + rel * |min|) <= sim <= max + (abs + rel * |max|)"), "{md}");
+        assert!(md.contains("- kernel run `6.1/kernel-2`: boot to init 4.9 s, 25 s\n"), "{md}");
+        assert!(md.contains("- kernel run `6.1/kernel`: boot to init 4.9 s, 25 s, reused"), "{md}");
+        assert!(
+            md.contains(
+                "- kernel run 2, attempt 1 failed and was booted again: the guest hung (timeout); the console \
+                 shows an RCU stall (console: `6.1/kernel/console.attempt-1.log`)"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("sim 13554.0 vs kernel 8863.0 (runs 7763–9963)"), "{md}");
+        assert!(md.contains("6.1 min–max (2 runs)"), "{md}");
+    }
+
+    #[test]
+    fn one_run_reports_as_before_but_still_says_a_boot_was_retried() {
+        let md = markdown(&manifest(1));
+        assert!(md.contains("`numasim validate mprotect-toggle --kernel 6.1`"), "{md}");
+        assert!(!md.contains("min–max") && !md.contains("kernel run `"), "{md}");
+        assert!(md.contains("sim 13554.0 vs kernel 8863.0 (tolerance reason"), "{md}");
+        assert!(md.contains("- kernel run 1, attempt 1 failed and was booted again"), "{md}");
+        let json = serde_json::to_value(manifest(1)).unwrap();
+        assert!(json.get("repeat").is_none() && json["cases"][0]["outcomes"][0].get("kernel_runs").is_none());
+        assert_eq!(serde_json::to_value(manifest(2)).unwrap()["repeat"], 2);
+    }
 }

@@ -158,6 +158,7 @@ pub fn build(config: &Config) -> Sim {
             vma: sim.vma_of_page(mm, first).expect("the range starts inside its VMA"),
             protect: a.protect_ms * NSEC_PER_MSEC,
             period: a.period_ms * NSEC_PER_MSEC,
+            idle_main: config.process.iter().any(|p| p.name == a.process && p.main_thread == MainThread::Idle),
         };
         sim.add_action(action, a.start_ms * NSEC_PER_MSEC);
     }
