@@ -10,10 +10,10 @@ const SCHEDSTATS: &str = "/proc/sys/kernel/sched_schedstats";
 
 /// Every CPU's cache levels and sharing, every sched domain's name and flags (debugfs, with
 /// CONFIG_SCHED_DEBUG), /proc/schedstat, and each workload process's /proc/PID/maps keyed
-/// `maps:<process>` (`processes`: name and pid). Turns schedstats on first: the domains'
-/// load-balancing counters (lb_count, lb_gained, ...) only count while it is on.
+/// `maps:<process>` (`processes`: name and pid). The domains' load-balancing counters
+/// (lb_count, lb_gained, ...) count only with schedstats on, which the oracle's kernel
+/// command line asks for (`schedstats=enable`; the sysctl's value is kept to show it).
 pub fn at_start(cpus: u32, processes: &[(String, i32)]) -> BTreeMap<String, String> {
-    let _ = std::fs::write(SCHEDSTATS, "1");
     let mut files = BTreeMap::new();
     for cpu in 0..cpus {
         let cache = format!("/sys/devices/system/cpu/cpu{cpu}/cache");

@@ -97,8 +97,11 @@ pub fn boot(
         .arg("-initrd")
         .arg(initrd)
         .arg("-append")
+        // schedstats from boot (setup_schedstats()): switching the sched_schedstats sysctl
+        // at run time patches a static key while the other vCPUs run, which oopsed 6.12
+        // under MTTCG (int3 in try_to_wake_up()), as trace events enabled at run time did.
         .arg(format!(
-            "console=ttyS0 panic=-1 rdinit=/init loglevel=4 brd.rd_nr=1 brd.rd_size={}{}",
+            "console=ttyS0 panic=-1 rdinit=/init loglevel=4 schedstats=enable brd.rd_nr=1 brd.rd_size={}{}",
             crate::RAMDISK_KIB,
             m.cmdline
         ))
