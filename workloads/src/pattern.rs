@@ -11,9 +11,7 @@ pub struct Uniform {
 
 impl AccessPattern for Uniform {
     fn fill(&mut self, rng: &mut RngStream, out: &mut [u32]) {
-        for o in out {
-            *o = rng.below(self.len) as u32;
-        }
+        rng.below_each(u32::try_from(self.len).expect("page ranges are PageIdx (u32) sized"), out);
     }
 }
 

@@ -4,7 +4,7 @@
 //! actor's stable name ("thread:app/3", "device:nic"). Adding an actor therefore never shifts
 //! the numbers another actor sees, and iteration order never matters.
 
-use rand::{Rng, SeedableRng};
+use rand::{Rng, RngExt, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 /// A deterministic random stream owned by one actor.
@@ -46,6 +46,15 @@ impl RngStream {
         }
     }
 
+    /// What `out.len()` calls of [`RngStream::below`]`(n)` give (`0 < n ≤ u32::MAX`), with
+    /// the stream's words drawn in one go and the multiplies vectorised.
+    pub fn below_each(&mut self, n: u32, out: &mut [u32]) {
+        self.0.fill(out);
+        for x in out {
+            *x = ((u64::from(*x) * u64::from(n)) >> 32) as u32;
+        }
+    }
+
     /// True with probability `p` (0..=1), from 53 random bits.
     #[inline]
     pub fn chance(&mut self, p: f64) -> bool {
@@ -66,6 +75,23 @@ mod tests {
         assert_eq!(draw(7, "thread:a/0"), draw(7, "thread:a/0"));
         assert_ne!(draw(7, "thread:a/0"), draw(7, "thread:a/1"));
         assert_ne!(draw(7, "thread:a/0"), draw(8, "thread:a/0"));
+    }
+
+    /// The batch draws the words one-at-a-time draws would, whatever came before (a 64-bit
+    /// draw, a batch ending inside ChaCha's block) and after.
+    #[test]
+    fn below_each_gives_the_values_of_below_one_at_a_time() {
+        for (n, len) in [(1u32, 5usize), (1000, 1), (1 << 20, 1024), (u32::MAX, 333), (7, 4099)] {
+            let (mut one, mut batch) = (stream(3, "t"), stream(3, "t"));
+            let mut out = vec![0; len];
+            for _ in 0..3 {
+                let _ = (one.chance(0.5), batch.chance(0.5));
+                let want: Vec<u32> = (0..len).map(|_| one.below(u64::from(n)) as u32).collect();
+                batch.below_each(n, &mut out);
+                assert_eq!(out, want, "n = {n}, len = {len}");
+            }
+            assert_eq!(one.below(1 << 40), batch.below(1 << 40), "the streams stay in step");
+        }
     }
 
     #[test]
