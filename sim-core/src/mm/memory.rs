@@ -16,49 +16,40 @@ use crate::sched::numa::{
 use crate::trace::Event;
 use crate::trace_event;
 
+/// The watermarks get_page_from_freelist() tries in turn: low (the fast path), min (the
+/// slow path), then any free page (standing in for reclaim, which is not modelled).
+const WATERMARKS: [fn(&PgData) -> u64; 3] = [|p| p.wmark.low, |p| p.wmark.min, |_| 0];
+
 /// Allocates one page frame, preferring `nid` and falling back along its zonelist, as
 /// get_page_from_freelist() does: first to the nearest node above its low watermark, then
 /// (the slow path) above its min watermark. Simplified: no kswapd or reclaim, so when every
 /// node is below min the nearest with any free page gives it, as reclaim would have.
 pub fn alloc_page_node(k: &mut Kernel, nid: Nid) -> Option<Nid> {
-    let nr_nodes = k.topo.nr_nodes as usize;
-    let marks: [fn(&PgData) -> u64; 3] = [|p| p.wmark.low, |p| p.wmark.min, |_| 0];
-    for mark in marks {
-        for i in 0..nr_nodes {
-            let n = k.topo.zonelist(nid)[i];
-            let mut pgdat = k.pgdat(n);
-            if pgdat.free_pages > mark(&pgdat) {
-                pgdat.free_pages -= 1;
-                return Some(n);
-            }
-        }
-    }
-    None
+    let mut got = None;
+    take_frames(k, nid, 1, |node, _| got = Some(node));
+    got
 }
 
-/// Takes `n` frames as `n` calls of [`alloc_page_node`] would, one pass per watermark
-/// (free pages only fall meanwhile, so a node passed over is never come back to): how many
-/// each node gave, in the order they were given.
-fn alloc_pages_node_bulk(k: &mut Kernel, nid: Nid, mut n: u64) -> Option<Vec<(Nid, u64)>> {
-    let nr_nodes = k.topo.nr_nodes as usize;
-    let marks: [fn(&PgData) -> u64; 3] = [|p| p.wmark.low, |p| p.wmark.min, |_| 0];
-    let mut given = Vec::new();
-    for mark in marks {
-        for i in 0..nr_nodes {
+/// Takes `n` frames as `n` calls of [`alloc_page_node`] would, one pass per watermark (free
+/// pages only fall meanwhile, so a node passed over is never come back to), calling
+/// `give(node, count)` for each node that gave some, in order. False if memory ran out.
+fn take_frames(k: &mut Kernel, nid: Nid, mut n: u64, mut give: impl FnMut(Nid, u64)) -> bool {
+    for mark in WATERMARKS {
+        for i in 0..k.topo.nr_nodes as usize {
             let node = k.topo.zonelist(nid)[i];
             let mut pgdat = k.pgdat(node);
             let take = n.min(pgdat.free_pages.saturating_sub(mark(&pgdat)));
             if take > 0 {
                 pgdat.free_pages -= take;
-                given.push((node, take));
+                give(node, take);
                 n -= take;
             }
             if n == 0 {
-                return Some(given);
+                return true;
             }
         }
     }
-    None
+    false
 }
 
 /// Write-faults every missing page of `pages` from `base` (a VMA without THP) from a CPU on
@@ -67,7 +58,9 @@ fn alloc_pages_node_bulk(k: &mut Kernel, nid: Nid, mut n: u64) -> Option<Vec<(Ni
 pub fn populate_range(k: &mut Kernel, mm: Entity, base: PageIdx, pages: u64, nid: Nid) {
     let range = || (0..pages).map(|p| base + p as PageIdx);
     let missing = range().filter(|&p| !k.pages.present(p)).count() as u64;
-    let given = alloc_pages_node_bulk(k, nid, missing).expect("config validation keeps all VMAs within memory");
+    let mut given = Vec::new();
+    let enough = take_frames(k, nid, missing, |node, n| given.push((node, n)));
+    assert!(enough, "config validation keeps all VMAs within memory");
     let mut frames = given.into_iter().flat_map(|(node, n)| std::iter::repeat_n(node, n as usize));
     for page in range() {
         if !k.pages.present(page) {
@@ -178,11 +171,12 @@ pub fn do_wp_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
         ksm_unmap(k, page);
     }
     let slots = &mut k.pages.slots;
-    *slots.pte_mut(i) = Pte { nid: got, flags: (old & !PTE_COW) | PTE_YOUNG };
+    // A KSM page's copy has new content: ksmd's checksum of it is gone.
+    let checksummed = if old & PG_KSM != 0 { RMAP_CHECKSUMMED } else { 0 };
+    *slots.pte_mut(i) = Pte { nid: got, flags: (old & !PTE_COW & !checksummed) | PTE_YOUNG };
     slots.frame_gen[i] = slots.frame_gen[i].wrapping_add(1);
     if old & PG_KSM != 0 {
         slots.content[i] = 0;
-        slots.pte_mut(i).flags &= !RMAP_CHECKSUMMED;
         k.counters.vmstat.cow_ksm += 1;
     } else {
         k.mm(mm).rss += 1;

@@ -243,7 +243,8 @@ pub fn update_stale_gauge(k: &mut Kernel) {
 /// An access through a valid secondary-MMU entry: sets its accessed bit, counts it as
 /// stale if the primary mapping no longer grants it, and returns the frame's node.
 pub fn touch_secondary(k: &mut Kernel, smmu: Entity, page: PageIdx) -> Nid {
-    touch_secondary_if(k, smmu, page, SPTE_VALID, None).expect("the entry was just mapped")
+    // No bit needed: the caller has just mapped the entry.
+    touch_secondary_if(k, smmu, page, 0, None).expect("an entry always has no bits to miss")
 }
 
 /// A device's or vCPU's touch of `page` through `smmu` (and a prefetch of the touch

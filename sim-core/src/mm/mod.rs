@@ -326,10 +326,17 @@ impl Pages {
     /// Settles the blocks holding pages `first..first + pages` that can be (populated memory
     /// need not wait for touches to find it settled).
     pub fn settle(&mut self, first: PageIdx, pages: u64) {
-        let chunks = (first >> CHUNK_SHIFT) as usize..(u64::from(first) + pages).div_ceil(CHUNK as u64) as usize;
-        for c in chunks {
-            let slots = self.chunk_slots((c * CHUNK) as PageIdx);
-            self.slots.settle(slots);
+        // Consecutive compact chunks have consecutive slots: one range, each block checked
+        // once, not once per chunk.
+        let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+        for (slots, _) in self.spans(first, pages) {
+            match ranges.last_mut() {
+                Some(r) if r.end == slots.start => r.end = slots.end,
+                _ => ranges.push(slots),
+            }
+        }
+        for r in ranges {
+            self.slots.settle(r);
         }
     }
 
