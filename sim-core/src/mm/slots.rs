@@ -345,6 +345,42 @@ mod tests {
     }
 
     #[test]
+    fn take_changes_reports_written_new_and_newly_settled_blocks_once() {
+        let (mut last, mut changed, mut settled) = (Vec::new(), Vec::new(), Vec::new());
+        let mut s = slots(3 * BLOCK);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [true; 3], "every block is new at the first call");
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [false; 3], "nothing written since");
+        assert_eq!(s.settled_nid(0), None, "a block the checker has seen is still unsettled");
+        *s.pte_mut(BLOCK + 1) = young_on(0);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [false, true, false]);
+        for p in s.ptes_mut() {
+            *p = young_on(1);
+        }
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        touch_until_checked(&mut s, 0);
+        assert_eq!(s.settled_nid(0), Some(1), "a seen block settles as any other");
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!((&changed[..], &settled[..]), (&[true, false, false][..], &[0][..]));
+        s.pte_mut(3).flags |= PTE_PROTNONE;
+        s.pte_mut(3).flags &= !PTE_PROTNONE;
+        s.settle(0..1);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [false; 3], "settled again on the same node: nothing the checker counts changed");
+        for i in 0..BLOCK {
+            *s.pte_mut(i) = young_on(0);
+        }
+        s.settle(0..1);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!((&changed[..], &settled[..]), (&[true, false, false][..], &[0][..]), "settled on another node");
+        s.push(1, UNTOUCHED);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [false, false, false, true], "a new slot's block");
+    }
+
+    #[test]
     fn a_block_that_cannot_settle_is_checked_ever_less_often() {
         let mut s = slots(BLOCK);
         for (i, p) in s.ptes_mut().iter_mut().enumerate() {
