@@ -12,6 +12,9 @@
 
 mod common;
 
+use std::sync::atomic::AtomicUsize;
+use std::sync::atomic::Ordering::Relaxed;
+
 use common::*;
 use sim_core::config::{Config, KernelVersion};
 use sim_core::debug_vm::Violation;
@@ -80,18 +83,25 @@ fn every_scenario_under_every_kernel_keeps_the_invariants() {
         }
     }
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(runs.len());
-    let next = std::sync::atomic::AtomicUsize::new(0);
+    let (next, done) = (AtomicUsize::new(0), AtomicUsize::new(0));
+    let started = std::time::Instant::now();
     let failures: Vec<String> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..threads)
             .map(|_| {
                 s.spawn(|| {
                     let mut failed = Vec::new();
-                    while let Some(&(name, kernel, seed)) =
-                        runs.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
-                    {
+                    while let Some(&(name, kernel, seed)) = runs.get(next.fetch_add(1, Relaxed)) {
                         if let Err(e) = check_one(name, kernel, seed, ms, by) {
                             eprintln!("invariants: {e}");
                             failed.push(e);
+                        }
+                        let n = done.fetch_add(1, Relaxed) + 1;
+                        if n % 50 == 0 {
+                            eprintln!(
+                                "invariants: {n} of {} runs, {:.0} s",
+                                runs.len(),
+                                started.elapsed().as_secs_f64()
+                            );
                         }
                     }
                     failed

@@ -37,8 +37,11 @@ pub struct Slots {
     pte: Vec<Pte>,
     /// `folio_last_cpupid()`: who took the last hinting fault on the page.
     pub last_cpupid: Vec<u32>,
-    /// FOLL_PIN pins held (`folio_maybe_dma_pinned()` when nonzero), saturating.
-    pub pins: Vec<u8>,
+    /// FOLL_PIN pins held (`folio_maybe_dma_pinned()` when nonzero), saturating. Written
+    /// only through [`Slots::pins_mut`].
+    pins: Vec<u8>,
+    /// Calls of [`Slots::pins_mut`]: while it stays, no pin count changed.
+    pin_writes: u64,
     /// Extra references beyond mappings and pins (FOLL_GET), saturating.
     pub refs: Vec<u8>,
     /// Frame generation: bumped when the page moves to a new frame, so a secondary MMU entry
@@ -179,6 +182,28 @@ impl Slots {
     pub fn new_frame(&mut self, s: usize) -> &mut Pte {
         self.frame_gen[s] = self.frame_gen[s].wrapping_add(1);
         self.pte_mut(s)
+    }
+
+    /// Slot `s`'s FOLL_PIN pins.
+    #[inline]
+    pub fn pins(&self, s: usize) -> u8 {
+        self.pins[s]
+    }
+
+    /// Every slot's pins, to read.
+    pub fn all_pins(&self) -> &[u8] {
+        &self.pins
+    }
+
+    /// Slot `s`'s pins, to change.
+    pub fn pins_mut(&mut self, s: usize) -> &mut u8 {
+        self.pin_writes += 1;
+        &mut self.pins[s]
+    }
+
+    /// How many times a pin count was written, for the invariant checker.
+    pub fn pin_writes(&self) -> u64 {
+        self.pin_writes
     }
 
     /// Slot `s`'s frame generation.
