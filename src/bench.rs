@@ -213,6 +213,9 @@ const SWEEP_ROUNDS: usize = 5;
 /// two, as `numasim sweep --jobs 1` and `--jobs 2` run them, in runs per wall second, with
 /// the CPU time the process used (on a shared machine, wall time over CPU time says how much
 /// of the cores it had). Each round gives a ratio; the median of the rounds is the figure.
+/// Each round also times two copies of a compute-bound loop one after the other and at once
+/// ([`host_loop`]): what two threads give any code that keeps its core busy on this host,
+/// the ceiling for runs that do.
 pub fn sweep() {
     let configs: Vec<Config> = (1..=SWEEP_RUNS)
         .map(|seed| {
@@ -222,8 +225,15 @@ pub fn sweep() {
         .collect();
     println!("== sweep: {SWEEP_RUNS} runs of `default` (3 s simulated each), {SWEEP_ROUNDS} rounds");
     let pools = [1, 2].map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a thread pool starts"));
-    let mut ratios = Vec::new();
+    let (mut ratios, mut host) = (Vec::new(), Vec::new());
     for round in 0..SWEEP_ROUNDS {
+        let loops = |i: usize| {
+            let t = Instant::now();
+            std::hint::black_box(pools[i].install(|| [1, 2].par_iter().map(|&s| host_loop(s)).sum::<u64>()));
+            t.elapsed().as_secs_f64()
+        };
+        let (alone, paired) = (loops(0), loops(1));
+        host.push(alone / paired);
         let mut rate = [0.0; 2];
         let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
         for i in order {
@@ -244,13 +254,23 @@ pub fn sweep() {
         }
         ratios.push(rate[1] / rate[0]);
     }
-    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
-    ratios.sort_by(f64::total_cmp);
-    println!(
-        "throughput on 2 threads: {:.2}x that on 1 (median of {SWEEP_ROUNDS} rounds: {})",
-        ratios[SWEEP_ROUNDS / 2],
-        shown.join(", ")
-    );
+    for (what, mut r) in [("throughput on 2 threads", ratios), ("a compute-bound loop on 2 threads", host)] {
+        let shown: Vec<String> = r.iter().map(|r| format!("{r:.2}")).collect();
+        r.sort_by(f64::total_cmp);
+        println!("{what}: {:.2}x that on 1 (median of {SWEEP_ROUNDS} rounds: {})", r[SWEEP_ROUNDS / 2], shown.join(", "));
+    }
+}
+
+/// A loop that keeps its core busy: random read-modify-writes of a 256 KiB array (in the
+/// core's L2) with the simulator's random stream, about half a second of CPU.
+fn host_loop(seed: u64) -> u64 {
+    const LEN: usize = 256 << 10;
+    let (mut arr, mut rng) = (vec![0u8; LEN], stream(seed, "host"));
+    for _ in 0..150_000_000u64 {
+        let i = rng.below(LEN as u64) as usize;
+        arr[i] = arr[i].wrapping_add(1);
+    }
+    arr.iter().map(|&b| u64::from(b)).sum()
 }
 
 /// The ceiling: ns per random read-modify-write of one byte in an array of one byte per
