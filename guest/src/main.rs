@@ -73,7 +73,7 @@ fn run(port: &mut DataPort) -> Result<()> {
     if let Some(info) = trace.as_mut() {
         tracefs::stop(info, plan.nodes * plan.cpus_per_node)?;
     }
-    shared.stop.store(1, Ordering::Release);
+    shared.stop_run();
     for _ in 0..children {
         sys::wait_child();
     }
