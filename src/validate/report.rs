@@ -121,6 +121,13 @@ fn case_section(r: &mut String, o: &Outcome) {
             k.first_pass_s, k.merges_per_s, k.scanned_per_s, k.scan_cost_ns, k.merge_cost_ns
         );
     }
+    if let Some(c) = &o.pte_scan {
+        let _ = writeln!(
+            r,
+            "- PTE walk (mprotect round trips at setup, {} run(s)): {:.0} ns CPU ({:.0} ns wall) per PTE; sim kernel.pte_scan_cost_ns = {}",
+            c.runs, c.ns_per_pte, c.wall_ns_per_pte, c.pte_scan_cost_ns
+        );
+    }
     if let Some(f) = &o.faults {
         let _ = writeln!(
             r,
@@ -182,6 +189,7 @@ mod tests {
             calibration: Vec::new(),
             ksmd: None,
             migration: None,
+            pte_scan: None,
             guest_vmas: 0,
             faults: None,
             rows: vec![row],
