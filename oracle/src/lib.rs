@@ -588,4 +588,23 @@ mod tests {
         );
         assert_eq!(after_retries(&[], 1, "boom"), "boom");
     }
+
+    #[test]
+    fn the_started_frame_brings_the_timed_pte_walk_and_an_older_guests_frame_none() {
+        let walk = PteWalk { pages: 2048, busy_cpus: 3, round_trips: 5, cpu_ns: 40_000_000, wall_ns: 41_000_000 };
+        let frames = |started: Frame| {
+            vec![
+                Frame::Hello { release: "6.12.117+deb12-amd64".into(), uptime_s: 4.0 },
+                started,
+                Frame::Sample(Sample::default()),
+                Frame::Sample(Sample::default()),
+                Frame::Done { elapsed_ms: 8000 },
+            ]
+        };
+        let o = collect(&frames(Frame::Started { setup_ms: 300, pte_walk: Some(walk.clone()) })).unwrap();
+        assert_eq!((o.setup_ms, o.pte_walk), (300, Some(walk)));
+        let older: Frame = serde_json::from_str(r#"{"Started":{"setup_ms":250}}"#).unwrap();
+        let o = collect(&frames(older)).unwrap();
+        assert_eq!((o.setup_ms, o.pte_walk), (250, None));
+    }
 }
