@@ -124,8 +124,11 @@ fn case_section(r: &mut String, o: &Outcome) {
     if let Some(c) = &o.pte_scan {
         let _ = writeln!(
             r,
-            "- PTE walk (mprotect round trips at setup, {} run(s)): {:.0} ns CPU ({:.0} ns wall) per PTE; sim kernel.pte_scan_cost_ns = {}",
-            c.runs, c.ns_per_pte, c.wall_ns_per_pte, c.pte_scan_cost_ns
+            "- PTE walk (mprotect round trips at setup): {} ns CPU per PTE (runs: {}), {:.0} ns wall; sim kernel.pte_scan_cost_ns = {}",
+            c.ns_per_pte.round(),
+            c.per_run.iter().map(|n| format!("{n:.0}")).collect::<Vec<_>>().join(", "),
+            c.wall_ns_per_pte,
+            c.pte_scan_cost_ns
         );
     }
     if let Some(f) = &o.faults {
