@@ -252,7 +252,8 @@ pub struct KernelConfig {
     pub hint_fault_cost_ns: u64,
     /// CPU time to migrate one 4 KiB page (isolate, copy, remap).
     pub migrate_cost_ns: u64,
-    /// CPU time change_prot_numa() spends per PTE it walks.
+    /// CPU time change_prot_numa() spends per page-table entry it writes (a 4 KiB PTE, a huge
+    /// PMD once).
     pub pte_scan_cost_ns: u64,
 }
 
