@@ -110,11 +110,11 @@ fn unpin_buffer(k: &mut Kernel, d: &Device) {
     let Kernel { smmus, pages, .. } = k;
     let mut s = smmus.get_mut(d.smmu).expect("devices own a secondary MMU");
     let base = s.base;
-    for (i, e) in s.entries.iter_mut().enumerate() {
-        if *e & SPTE_VALID != 0 {
+    for i in 0..s.entries().len() {
+        if s.entries()[i] & SPTE_VALID != 0 {
             let slot = pages.slot(base + i as PageIdx);
             pages.slots.pins[slot] = pages.slots.pins[slot].saturating_sub(1);
-            *e = 0;
+            s.zap(i..i + 1);
         }
     }
 }

@@ -356,9 +356,10 @@ impl Sim {
         self.check_invariants = on;
     }
 
-    /// Runs [`check_vm`] now; `after` names the event just handled.
-    pub fn check_invariants(&mut self, after: Option<Event>) -> Result<(), SimError> {
-        let result = self.world.run_system_cached(check_vm).expect("the checked resources exist");
+    /// Runs [`check_vm`] now; `after` names the event just handled; `full`: recount
+    /// everything rather than what changed since the last check.
+    fn check_invariants(&mut self, after: Option<Event>, full: bool) -> Result<(), SimError> {
+        let result = self.world.run_system_cached_with(check_vm, full).expect("the checked resources exist");
         result.map_err(|mut v| {
             v.after = after.map(|e| format!("{e:?}"));
             SimError::Invariant(v)
@@ -375,16 +376,19 @@ impl Sim {
         let interval = self.config.run.sample_ms.saturating_mul(NSEC_PER_MSEC);
         self.world.resource_mut::<EventQueue>().schedule(interval.min(end), Event::Sample);
         if self.check_invariants {
-            self.check_invariants(None)?;
+            self.check_invariants(None, true)?;
         }
         let mut guard =
             StallGuard { limit: STALL_EVENTS.max(4 * self.world.entities().len() as u64), ..Default::default() };
         while let Some(event) = self.world.resource_mut::<EventQueue>().pop_until(end) {
             self.dispatch(event);
             if self.check_invariants {
-                self.check_invariants(Some(event))?;
+                self.check_invariants(Some(event), false)?;
             }
             guard.observe(self.world.resource::<EventQueue>().now(), event)?;
+        }
+        if self.check_invariants {
+            self.check_invariants(None, true)?;
         }
         let mut queue = self.world.resource_mut::<EventQueue>();
         queue.advance_to(end);

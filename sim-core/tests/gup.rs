@@ -154,7 +154,7 @@ fn map_all(sim: &mut Sim, smmu: Entity, base: PageIdx) {
 }
 
 fn valid(sim: &Sim, smmu: Entity) -> usize {
-    sim.world.get::<SecondaryMmu>(smmu).unwrap().entries.iter().filter(|&&e| e & SPTE_VALID != 0).count()
+    sim.world.get::<SecondaryMmu>(smmu).unwrap().entries().iter().filter(|&&e| e & SPTE_VALID != 0).count()
 }
 
 #[test]

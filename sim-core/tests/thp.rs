@@ -8,7 +8,7 @@ use sim_core::mm::gup::{
 };
 use sim_core::mm::memory::handle_mm_fault;
 use sim_core::mm::mmu_notifier::{
-    MmuNotifyEvent, SPTE_HUGE, SPTE_VALID, SPTE_YOUNG, SecondaryMmu, SmmuKind, invalidate_range, map_secondary,
+    MmuNotifyEvent, SPTE_HUGE, SPTE_VALID, SecondaryMmu, SmmuKind, invalidate_range, map_secondary,
 };
 use sim_core::mm::numa_balancing::{ProtNumaChange, change_prot_numa};
 use sim_core::mm::vmscan::age_pages;
@@ -239,12 +239,12 @@ fn a_device_maps_a_thp_at_2m_and_ages_and_loses_it_per_pmd() {
         sim.with_kernel(|k| (0..2).for_each(|b| fault(k, mm, base + b * 512, 0, true)));
         sim.world.run_system_cached(age_pages).unwrap();
         scan(&mut sim, mm);
-        let entries = |sim: &Sim| sim.world.get::<SecondaryMmu>(smmu).unwrap().entries.clone();
+        let entries = |sim: &Sim| sim.world.get::<SecondaryMmu>(smmu).unwrap().entries().to_vec();
         let valid = |sim: &Sim| entries(sim).iter().filter(|&&e| e & SPTE_VALID != 0).count();
         sim.with_kernel(|k| map_secondary(k, smmu, mm, base + 9, false, pmd));
         assert_eq!(valid(&sim), if pmd { 512 } else { 1 });
         assert_eq!(entries(&sim)[9] & SPTE_HUGE != 0, pmd);
-        sim.world.get_mut::<SecondaryMmu>(smmu).unwrap().entries[9] |= SPTE_YOUNG;
+        sim.world.get_mut::<SecondaryMmu>(smmu).unwrap().mark_young(9);
         sim.world.run_system_cached(age_pages).unwrap();
         let young = sim.world.resource::<Counters>().young.secondary_only_protnone;
         assert_eq!(young, if pmd { 512 } else { 1 }, "test_young per PMD");

@@ -340,8 +340,7 @@ fn replace_page(k: &mut Kernel, mm: Entity, vma_accessible: bool, page: PageIdx,
     free_page_node(k, old);
     let (i, kpage_nid) = (k.pages.slot_mut(page), k.pages.pte(kpage).nid);
     let slots = &mut k.pages.slots;
-    *slots.pte_mut(i) = Pte { nid: kpage_nid, flags: PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE } };
-    slots.frame_gen[i] = slots.frame_gen[i].wrapping_add(1);
+    *slots.new_frame(i) = Pte { nid: kpage_nid, flags: PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE } };
     ksm_map(k, page, kpage);
     k.counters.ksm.pages_merged += 1;
 }

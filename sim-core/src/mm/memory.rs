@@ -173,8 +173,7 @@ pub fn do_wp_page(k: &mut Kernel, mm: Entity, page: PageIdx, nid: Nid) {
     let slots = &mut k.pages.slots;
     // A KSM page's copy has new content: ksmd's checksum of it is gone.
     let checksummed = if old & PG_KSM != 0 { RMAP_CHECKSUMMED } else { 0 };
-    *slots.pte_mut(i) = Pte { nid: got, flags: (old & !PTE_COW & !checksummed) | PTE_YOUNG };
-    slots.frame_gen[i] = slots.frame_gen[i].wrapping_add(1);
+    *slots.new_frame(i) = Pte { nid: got, flags: (old & !PTE_COW & !checksummed) | PTE_YOUNG };
     if old & PG_KSM != 0 {
         slots.content[i] = 0;
         k.counters.vmstat.cow_ksm += 1;

@@ -58,8 +58,7 @@ pub fn migrate_misplaced_folio(
     dst.free_pages -= nr;
     k.pgdat(src).free_pages += nr;
     for i in slots {
-        k.pages.slots.pte_mut(i).nid = target;
-        k.pages.slots.frame_gen[i] = k.pages.slots.frame_gen[i].wrapping_add(1);
+        k.pages.slots.new_frame(i).nid = target;
     }
     k.counters.vmstat.pgmigrate_success += nr;
     k.counters.vmstat.numa_pages_migrated += nr;

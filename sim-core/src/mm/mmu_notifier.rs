@@ -8,7 +8,7 @@
 use bevy_ecs::prelude::*;
 
 use super::huge_memory::thp_pages_of;
-use super::{HPAGE_PMD_NR, PageIdx, Pages};
+use super::{CHUNK_SHIFT, HPAGE_PMD_NR, PageIdx, Pages, Pte};
 use crate::config::NotifierMode;
 use crate::engine::prefetch;
 use crate::kernel::Kernel;
@@ -64,13 +64,63 @@ pub struct SecondaryMmu {
     pub mm: Entity,
     /// Global index of the first page covered; `entries` has one slot per page.
     pub base: PageIdx,
-    pub entries: Vec<u32>,
+    /// Written only through [`SecondaryMmu::map`], [`SecondaryMmu::zap`] and the accessed-bit
+    /// methods.
+    entries: Vec<u32>,
+    /// Per 2 MiB chunk of pages the table covers (as [`Pages`] lays them out): bumped by each
+    /// map or zap there, so the invariant checker recounts only what changed. The accessed
+    /// bit does not count: no check reads it.
+    writes: Vec<u32>,
     pub kind: SmmuKind,
 }
 
 impl SecondaryMmu {
     pub fn new(name: &str, mm: Entity, base: PageIdx, len: u64, kind: SmmuKind) -> Self {
-        Self { name: name.to_string(), mm, base, entries: vec![0; len as usize], kind }
+        let chunks = Self::chunk_of(base, base as usize + len as usize) + 1;
+        Self { name: name.to_string(), mm, base, entries: vec![0; len as usize], writes: vec![0; chunks], kind }
+    }
+
+    /// The chunk of the table (counted from its first) that page index `page` is in.
+    #[inline]
+    fn chunk_of(base: PageIdx, page: usize) -> usize {
+        (page >> CHUNK_SHIFT) - (base as usize >> CHUNK_SHIFT)
+    }
+
+    /// Every entry, to read.
+    #[inline]
+    pub fn entries(&self) -> &[u32] {
+        &self.entries
+    }
+
+    /// Per chunk of pages: a count of the maps and zaps there, for the invariant checker.
+    pub fn writes(&self) -> &[u32] {
+        &self.writes
+    }
+
+    fn wrote(&mut self, i: usize) {
+        let c = Self::chunk_of(self.base, self.base as usize + i);
+        self.writes[c] = self.writes[c].wrapping_add(1);
+    }
+
+    /// Invalidates entries `range` (indices into the table).
+    pub fn zap(&mut self, range: std::ops::Range<usize>) {
+        for c in Self::chunk_of(self.base, self.base as usize + range.start)
+            ..=Self::chunk_of(self.base, self.base as usize + range.end.max(range.start + 1) - 1)
+        {
+            self.writes[c] = self.writes[c].wrapping_add(1);
+        }
+        self.entries[range].fill(0);
+    }
+
+    /// Sets entry `i`'s accessed bit (the device or vCPU used it).
+    #[inline]
+    pub fn mark_young(&mut self, i: usize) {
+        self.entries[i] |= SPTE_YOUNG;
+    }
+
+    /// Clears the accessed bit of entries `range`.
+    pub fn clear_young(&mut self, range: std::ops::Range<usize>) {
+        self.entries[range].iter_mut().for_each(|e| *e &= !SPTE_YOUNG);
     }
 
     /// Index of `page` in the table, if covered.
@@ -94,7 +144,7 @@ impl SecondaryMmu {
             prefetch(&self.entries, i);
             let s = pages.slot(page);
             pages.slots.prefetch_pte(s);
-            prefetch(&pages.slots.frame_gen, s);
+            pages.slots.prefetch_frame_gen(s);
         }
     }
 
@@ -106,11 +156,12 @@ impl SecondaryMmu {
     fn map_entry(&mut self, page: PageIdx, pages: &Pages, writable: bool, huge: u32) {
         if let Some(i) = self.slot(page) {
             let s = pages.slot(page);
+            self.wrote(i);
             self.entries[i] = SPTE_VALID
                 | huge
                 | if writable { SPTE_WRITABLE } else { 0 }
                 | (u32::from(pages.slots.pte(s).nid) << SPTE_NID_SHIFT)
-                | (u32::from(pages.slots.frame_gen[s]) << SPTE_GEN_SHIFT);
+                | (u32::from(pages.slots.frame_gen(s)) << SPTE_GEN_SHIFT);
         }
     }
 
@@ -134,11 +185,15 @@ impl SecondaryMmu {
     /// left?
     #[inline]
     pub fn is_stale(&self, i: usize, granted: bool, pages: &Pages) -> bool {
-        let e = self.entries[i];
         let s = pages.slot(self.base + i as PageIdx);
-        !granted
-            || Self::entry_nid(e) != pages.slots.pte(s).nid
-            || (e >> SPTE_GEN_SHIFT) as u16 != pages.slots.frame_gen[s]
+        Self::entry_is_stale(self.entries[i], granted, pages.slots.pte(s), pages.slots.frame_gen(s))
+    }
+
+    /// [`SecondaryMmu::is_stale`] of valid entry `e`, given what its page holds now: its PTE
+    /// and frame generation.
+    #[inline]
+    pub fn entry_is_stale(e: u32, granted: bool, pte: Pte, frame_gen: u16) -> bool {
+        !granted | (Self::entry_nid(e) != pte.nid) | ((e >> SPTE_GEN_SHIFT) as u16 != frame_gen)
     }
 
     /// Valid entries that grant access the primary mapping no longer grants: the VMA is
@@ -192,7 +247,7 @@ pub fn invalidate_range(
                 // A 2 MiB entry goes whole when any page of the range under it changed.
                 if unconditional || (page..end).any(&changed) {
                     invalidated += unit.len() as u32;
-                    s.entries[unit].fill(0);
+                    s.zap(unit);
                 } else {
                     skipped += end - page;
                 }
@@ -267,7 +322,7 @@ pub fn touch_secondary_if(
     if s.entries[i] & need != need {
         return None;
     }
-    s.entries[i] |= SPTE_YOUNG;
+    s.mark_young(i);
     let m = mms.get(s.mm).ok();
     let granted = m.is_some_and(|m| m.page_accessible(page));
     let nid = SecondaryMmu::entry_nid(s.entries[i]);

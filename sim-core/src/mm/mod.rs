@@ -94,8 +94,8 @@ pub struct Pte {
 }
 
 /// Pages per chunk of the page directory: one PMD's worth (HPAGE_PMD_NR).
-const CHUNK_SHIFT: u32 = 9;
-const CHUNK: usize = 1 << CHUNK_SHIFT;
+pub(crate) const CHUNK_SHIFT: u32 = 9;
+pub(crate) const CHUNK: usize = 1 << CHUNK_SHIFT;
 /// Directory entry bit: the chunk's 512 pages share one slot (a THP or an untouched block).
 const DIR_COMPACT: u32 = 1 << 31;
 
@@ -192,6 +192,11 @@ impl Pages {
 
     pub fn len(&self) -> usize {
         self.len
+    }
+
+    /// Chunks of 512 pages laid out (the last may be partly used).
+    pub fn chunks(&self) -> usize {
+        self.chunks
     }
 
     pub fn is_empty(&self) -> bool {
@@ -303,7 +308,6 @@ impl Pages {
         last_cpupid, last_cpupid_mut: u32;
         pins, pins_mut: u8;
         refs, refs_mut: u8;
-        frame_gen, frame_gen_mut: u16;
         content, content_mut: u16;
     }
 

@@ -25,6 +25,11 @@ const COUNT_BITS: u32 = 13;
 const COUNT_MASK: u16 = (1 << COUNT_BITS) - 1;
 const FIRST_CHECK_SHIFT: u16 = 5;
 const BACKOFF_MAX: u16 = 7;
+/// A block's `settled` byte: unsettled, and not written since the invariant checker last
+/// looked ([`Slots::take_changes`]). 0 is unsettled and written (or new) since; `1 + nid`
+/// is settled. Only `--check-invariants` ever stores it, and a touch reads it as unsettled,
+/// so it changes nothing a run does.
+const SEEN: u8 = u8::MAX;
 
 #[derive(Default, Debug)]
 pub struct Slots {
@@ -37,11 +42,12 @@ pub struct Slots {
     /// Extra references beyond mappings and pins (FOLL_GET), saturating.
     pub refs: Vec<u8>,
     /// Frame generation: bumped when the page moves to a new frame, so a secondary MMU entry
-    /// can tell it still points at the old one.
-    pub frame_gen: Vec<u16>,
+    /// can tell it still points at the old one. Written only through [`Slots::new_frame`].
+    frame_gen: Vec<u16>,
     /// Content class, for KSM: pages with equal nonzero content are identical.
     pub content: Vec<u16>,
-    /// Per block of 512 slots: 1 + the node its pages are all settled on, or 0.
+    /// Per block of 512 slots: 1 + the node its pages are all settled on, or 0 (or
+    /// [`SEEN`]) when unsettled.
     settled: Vec<u8>,
     /// Per block: touches that found it unsettled since its last check, and the back-off.
     unsettled: Vec<u16>,
@@ -67,6 +73,13 @@ pub(super) const UNTOUCHED: SlotState = SlotState {
     frame_gen: 0,
     content: 0,
 };
+
+/// The node a block's `settled` byte says its pages are settled on, if it says so.
+#[inline]
+fn settled_on(mark: u8) -> Option<Nid> {
+    let nid = mark.wrapping_sub(1);
+    (nid < SEEN - 1).then_some(nid)
+}
 
 /// Whether a touch of a page with this PTE only reads its node: no fault (mapped, not
 /// protnone), no copy (not KSM or the zero page) and no accessed bit to set.
@@ -160,6 +173,32 @@ impl Slots {
         &mut self.pte[s]
     }
 
+    /// Slot `s` moves to a new frame (migration, a copy on write, a KSM merge): its frame
+    /// generation is bumped, and its PTE is returned to change.
+    #[inline]
+    pub fn new_frame(&mut self, s: usize) -> &mut Pte {
+        self.frame_gen[s] = self.frame_gen[s].wrapping_add(1);
+        self.pte_mut(s)
+    }
+
+    /// Slot `s`'s frame generation.
+    #[inline]
+    pub fn frame_gen(&self, s: usize) -> u16 {
+        self.frame_gen[s]
+    }
+
+    /// The frame generations of `slots`.
+    #[inline]
+    pub fn frame_gens(&self, slots: std::ops::Range<usize>) -> &[u16] {
+        &self.frame_gen[slots]
+    }
+
+    /// Starts loading slot `s`'s frame generation into the cache.
+    #[inline]
+    pub fn prefetch_frame_gen(&self, s: usize) {
+        prefetch(&self.frame_gen, s);
+    }
+
     /// Every slot's PTE, to change them all: no block stays settled.
     pub fn ptes_mut(&mut self) -> &mut [Pte] {
         self.settled.fill(0);
@@ -176,8 +215,7 @@ impl Slots {
     /// find the page mapped, young, accessible and not copy-on-write, and change nothing.
     #[inline]
     pub fn settled_nid(&self, s: usize) -> Option<Nid> {
-        let b = self.settled[s >> BLOCK_SHIFT];
-        (b != 0).then(|| b - 1)
+        settled_on(self.settled[s >> BLOCK_SHIFT])
     }
 
     /// Counts a touch that found slot `s`'s block unsettled; enough of them check the block.
@@ -196,7 +234,7 @@ impl Slots {
     /// Checks the blocks holding `slots` now, as enough unsettled touches would.
     pub fn settle(&mut self, slots: std::ops::Range<usize>) {
         for b in slots.start >> BLOCK_SHIFT..slots.end.div_ceil(BLOCK) {
-            if self.settled[b] == 0 {
+            if settled_on(self.settled[b]).is_none() {
                 self.check_block(b, self.unsettled[b] >> COUNT_BITS);
             }
         }
@@ -215,17 +253,50 @@ impl Slots {
         }
     }
 
-    /// The first slot of a settled block that a touch would not find as its block claims,
-    /// if any: for the invariant check.
-    pub fn settled_claim_broken(&self) -> Option<usize> {
-        self.settled.iter().enumerate().filter(|&(_, &n)| n != 0).find_map(|(b, &n)| {
+    /// The first slot of a settled block among `blocks` that a touch would not find as its
+    /// block claims, if any: for the invariant check.
+    pub fn settled_claim_broken(&self, blocks: impl IntoIterator<Item = usize>) -> Option<usize> {
+        blocks.into_iter().find_map(|b| {
+            let nid = settled_on(self.settled[b])?;
             let ptes = &self.pte[b * BLOCK..((b + 1) * BLOCK).min(self.pte.len())];
             // The fold has no early exit, so it is vectorised; the search runs only on a
             // broken block.
-            let holds = ptes.iter().fold(true, |ok, &p| ok & (p.nid == n - 1) & touch_reads_only_nid(p));
-            if holds { None } else { ptes.iter().position(|&p| p.nid != n - 1 || !touch_reads_only_nid(p)) }
+            let holds = ptes.iter().fold(true, |ok, &p| ok & (p.nid == nid) & touch_reads_only_nid(p));
+            if holds { None } else { ptes.iter().position(|&p| p.nid != nid || !touch_reads_only_nid(p)) }
                 .map(|i| b * BLOCK + i)
         })
+    }
+
+    /// Blocks of 512 slots.
+    pub fn blocks(&self) -> usize {
+        self.settled.len()
+    }
+
+    /// The block holding slot `s`.
+    pub fn block_of(s: usize) -> usize {
+        s >> BLOCK_SHIFT
+    }
+
+    /// For the invariant checker's incremental counts: sets `changed[b]` for every block
+    /// whose PTEs may differ from what they were at the last call, and lists in `settled`
+    /// the blocks settled since. `last` keeps each block's byte between calls. A block is
+    /// unchanged when nothing wrote it (its byte is still [`SEEN`]), or when it was settled
+    /// on one node then and is now: its PTEs may have been written and settled again in
+    /// between, but every page is then present on that node and neither KSM nor the zero
+    /// page either way, which is all the checker counts.
+    pub fn take_changes(&mut self, last: &mut Vec<u8>, changed: &mut Vec<bool>, settled: &mut Vec<usize>) {
+        last.resize(self.settled.len(), 0);
+        changed.clear();
+        settled.clear();
+        for (b, (mark, was)) in self.settled.iter_mut().zip(last.iter_mut()).enumerate() {
+            changed.push(*mark == 0 || *mark != *was);
+            if *mark == 0 {
+                *mark = SEEN;
+            } else if *mark != *was && *mark != SEEN {
+                settled.push(b);
+            }
+            *was = *mark;
+        }
     }
 }
 
@@ -262,7 +333,7 @@ mod tests {
         assert_eq!(s.settled_nid(BLOCK), None, "blocks settle one at a time");
         s.pte_mut(7).flags |= PTE_PROTNONE;
         assert_eq!(s.settled_nid(0), None);
-        assert_eq!(s.settled_claim_broken(), None);
+        assert_eq!(s.settled_claim_broken(0..s.blocks()), None);
         touch_until_checked(&mut s, 2 * BLOCK + 3);
         assert_eq!(s.settled_nid(2 * BLOCK + 9), Some(1), "a partly used last block settles too");
         s.push(1, UNTOUCHED);
@@ -270,7 +341,7 @@ mod tests {
         s.settle(BLOCK..BLOCK + 1);
         assert_eq!(s.settled_nid(BLOCK), Some(1), "settle() checks at once");
         s.pte[BLOCK + 3].flags = 0;
-        assert_eq!(s.settled_claim_broken(), Some(BLOCK + 3), "a write past pte_mut() is found");
+        assert_eq!(s.settled_claim_broken(0..s.blocks()), Some(BLOCK + 3), "a write past pte_mut() is found");
     }
 
     #[test]

@@ -27,11 +27,11 @@ pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
             continue;
         }
         let base = s.base;
-        for i in 0..s.entries.len() {
-            if s.entries[i] & (SPTE_VALID | SPTE_YOUNG) == SPTE_VALID | SPTE_YOUNG {
+        for i in 0..s.entries().len() {
+            if s.entries()[i] & (SPTE_VALID | SPTE_YOUNG) == SPTE_VALID | SPTE_YOUNG {
                 // test_young on a 2 MiB entry answers for its whole block (the THP's folio).
                 let unit = s.unit(i);
-                s.entries[unit.clone()].iter_mut().for_each(|e| *e &= !SPTE_YOUNG);
+                s.clear_young(unit.clone());
                 secondary_young.extend(unit.map(|j| base + j as PageIdx));
             }
         }

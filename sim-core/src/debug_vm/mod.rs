@@ -2,11 +2,17 @@
 //! the kernel guarantees after every operation, recounted from the page state and compared
 //! with the bookkeeping the model keeps incrementally. [`crate::sim::Sim::run`] calls
 //! [`check_vm`] after every event when `--check-invariants` asks for it; otherwise nothing
-//! here runs, so the touch path pays nothing.
+//! here runs, so the touch path pays nothing. The page census is kept incrementally
+//! ([`census`]) and recounted from scratch at a run's start and end and every
+//! [`FULL_EVERY`] checks.
 //!
 //! Each check is named; a violation says which, when (the event's time) and where (page or
 //! node), which is what a bug report needs.
 
+mod census;
+mod secondary;
+
+use std::collections::HashMap;
 use std::fmt;
 
 use bevy_ecs::prelude::*;
@@ -14,9 +20,10 @@ use bevy_ecs::prelude::*;
 use crate::engine::{EventQueue, Nanos};
 use crate::machine::{NUMA_NO_NODE, PgData, Topology};
 use crate::mm::ksm::KsmFrames;
-use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, SecondaryMmu, SmmuKind};
-use crate::mm::{Mm, PG_KSM, PTE_COW, PTE_ZERO, PageIdx, Pages, Pte, ZERO_PAGE_NID};
+use crate::mm::mmu_notifier::{SPTE_VALID, SecondaryMmu, SmmuKind};
+use crate::mm::{Mm, PG_KSM, PageIdx, Pages, ZERO_PAGE_NID};
 use crate::stats::Counters;
+use census::ChunkCensus;
 
 /// A broken invariant: its name, when, and the page or node it was found on.
 #[derive(Clone, Debug, PartialEq)]
@@ -64,16 +71,21 @@ impl Violation {
     }
 }
 
+/// Checks between two full recounts of the page census.
+pub const FULL_EVERY: u64 = 1024;
+
 /// What a check needs to read: the page arrays, nodes, address spaces, secondary MMUs and
-/// counters, all read-only.
+/// counters. The page state is written only to mark what the census has counted
+/// ([`crate::mm::Slots::take_changes`]), which no run can tell.
 type World<'w, 's> = (
-    Res<'w, Pages>,
+    ResMut<'w, Pages>,
     Res<'w, Topology>,
     Res<'w, Counters>,
     Res<'w, EventQueue>,
     Query<'w, 's, &'static PgData>,
     Query<'w, 's, &'static Mm>,
     Query<'w, 's, &'static SecondaryMmu>,
+    Query<'w, 's, (Entity, &'static SecondaryMmu)>,
     Res<'w, KsmFrames>,
 );
 
@@ -84,15 +96,36 @@ pub struct Scratch {
     held: Vec<u32>,
     /// The KSM frame (named by its first page) each KSM page maps, and the frame's node.
     ksm: Vec<(PageIdx, u8)>,
+    /// What KSM sharing changes in each node's frame count (a frame per KSM frame, not per
+    /// page mapping it), kept while neither ksmd's books nor a chunk with KSM pages change.
+    ksm_shift: Vec<i64>,
+    census: ChunkCensus,
+    tables: HashMap<Entity, secondary::TableCache>,
+    /// Checks since the last full recount.
+    checks: u64,
 }
 
-/// Runs every check; the first violation found is returned.
+/// Runs every check; the first violation found is returned. `full`: recount the whole page
+/// census and verify every settled block, not only what changed (also done every
+/// [`FULL_EVERY`] checks).
 pub fn check_vm(
-    (pages, topo, counters, queue, pgdat, mms, smmus, ksm_frames): World,
+    In(full): In<bool>,
+    (mut pages, topo, counters, queue, pgdat, mms, smmus, smmu_ids, ksm_frames): World,
     mut scratch: Local<Scratch>,
 ) -> Result<(), Violation> {
     let now = queue.now();
-    let frames = count_frames(&pages, &mms, &smmus, topo.nr_nodes, (&ksm_frames, &mut scratch.ksm), now)?;
+    let scratch = &mut *scratch;
+    scratch.census.update(&mut pages, topo.nr_nodes as usize);
+    scratch.checks += 1;
+    let full = full || scratch.checks >= FULL_EVERY;
+    if full {
+        scratch.checks = 0;
+        if let Some(detail) = scratch.census.verify(&pages) {
+            return Err(Violation::new("incremental_census", now, detail));
+        }
+    }
+    let books = (&*ksm_frames, ksm_frames.is_changed() || full);
+    let frames = count_frames(&pages, &mms, &smmus, topo.nr_nodes, (books, &mut *scratch), now)?;
     for node in pgdat.iter() {
         let nid = u32::from(node.nid);
         let used = frames[nid as usize];
@@ -105,34 +138,38 @@ pub fn check_vm(
         }
     }
     check_pins(&pages, &smmus, &mut scratch.held, now)?;
-    if let Some(s) = pages.slots.settled_claim_broken() {
+    let settled = if full {
+        pages.slots.settled_claim_broken(0..pages.slots.blocks())
+    } else {
+        pages.slots.settled_claim_broken(scratch.census.settled.iter().copied())
+    };
+    if let Some(s) = settled {
         let detail = format!("slot {s}'s block is settled, but its PTE is {:?}", pages.slots.pte(s));
         return Err(Violation::new("settled_block", now, detail));
     }
-    check_secondary(&pages, &mms, &smmus, &counters, now)?;
+    let smmu_pages = (&*pages, &scratch.census, full);
+    secondary::check_secondary(smmu_pages, (&mms, &smmu_ids), &mut scratch.tables, &counters, now)?;
     check_counters(&counters, now)
 }
 
-/// Frames in use per node, recounted from the page state: each present page's own frame,
+/// Frames in use per node, from the page census: each present page's own frame,
 /// one frame per KSM frame its sharers map, and frames a
 /// long-term pin keeps after munmap() removed their PTEs. On the way: get_mm_rss() equals an
-/// mm's present pages, an unmapped VMA has none, and every present page is on a node. The
-/// counts are plain byte comparisons over the PTE array, which the compiler vectorises.
+/// mm's present pages, an unmapped VMA has none, and every present page is on a node.
 fn count_frames(
     pages: &Pages,
     mms: &Query<&Mm>,
     smmus: &Query<&SecondaryMmu>,
     nr_nodes: u32,
-    ksm: (&KsmFrames, &mut Vec<(PageIdx, u8)>),
+    ((books, books_changed), scratch): ((&KsmFrames, bool), &mut Scratch),
     now: Nanos,
 ) -> Result<Vec<u64>, Violation> {
-    let all = pages.len() as u64;
+    let census = &scratch.census;
     for m in mms.iter() {
         let mut present = 0;
         for v in &m.vmas {
-            let c = Census::of(pages, v.base, v.pages);
             // The shared zero page is mapped without a folio of its own: no frame, no RSS.
-            let here = v.pages - c.by_nid[NUMA_NO_NODE as usize] - c.zero;
+            let here = census.with_folio(pages, v.base, v.pages);
             if v.unmapped && here > 0 {
                 let detail = format!("{here} pages of munmap()ed VMA `{}` of mm `{}` are present", v.name, m.name);
                 return Err(Violation::new("unmapped_vma_empty", now, detail));
@@ -144,9 +181,9 @@ fn count_frames(
             return Err(Violation::new("mm_rss", now, detail));
         }
     }
-    let census = Census::of(pages, 0, all);
-    let mut frames: Vec<u64> = census.by_nid[..nr_nodes as usize].to_vec();
-    if frames.iter().sum::<u64>() + census.by_nid[NUMA_NO_NODE as usize] != all {
+    let totals = census.totals();
+    if totals.off_node > 0 {
+        let all = pages.len() as u64;
         let bad = pages.runs(0, all).find(|&(_, _, s)| {
             let nid = pages.slots.pte(s).nid;
             nid != NUMA_NO_NODE && u32::from(nid) >= nr_nodes
@@ -155,12 +192,22 @@ fn count_frames(
         let detail = format!("a present page on node {} of a {nr_nodes}-node machine", pages.slots.pte(s).nid);
         return Err(Violation::new("page_on_valid_node", now, detail).at_page(page));
     }
-    frames[ZERO_PAGE_NID as usize] -= census.zero;
-    if census.flags & PG_KSM != 0 {
-        count_ksm_frames(pages, &mut frames, ksm, now)?;
+    let mut frames = totals.by_nid.clone();
+    frames[ZERO_PAGE_NID as usize] -= totals.zero;
+    if books_changed || census.ksm_changed || scratch.ksm_shift.len() != frames.len() {
+        let before = frames.clone();
+        if totals.ksm > 0 {
+            let ksm_pages = census.ksm_chunks().flat_map(|(first, n)| pages.runs(first, n));
+            count_ksm_frames(pages, ksm_pages, &mut frames, (books, &mut scratch.ksm), now)?;
+        }
+        scratch.ksm_shift = frames.iter().zip(&before).map(|(&with, &without)| with as i64 - without as i64).collect();
+    } else {
+        for (f, &d) in frames.iter_mut().zip(&scratch.ksm_shift) {
+            *f = f.wrapping_add_signed(d);
+        }
     }
     for s in smmus.iter().filter(|s| s.kind == SmmuKind::LongtermPin) {
-        for (i, &e) in s.entries.iter().enumerate() {
+        for (i, &e) in s.entries().iter().enumerate() {
             if e & SPTE_VALID != 0
                 && !pages.present(s.base + i as PageIdx)
                 && let Some(f) = frames.get_mut(SecondaryMmu::entry_nid(e) as usize)
@@ -172,57 +219,18 @@ fn count_frames(
     Ok(frames)
 }
 
-/// One pass over `n` pages from `first`: pages per node (NUMA_NO_NODE: not present) and
-/// zero-page mappings and every flag set on some page, a compact chunk's pages counted
-/// together. The checks run after every
-/// event, so the passes over the page state are most of their cost.
-struct Census {
-    by_nid: [u64; 256],
-    zero: u64,
-    flags: u8,
-}
-
-impl Census {
-    fn of(pages: &Pages, first: PageIdx, n: u64) -> Self {
-        let mut c = Census { by_nid: [0; 256], zero: 0, flags: 0 };
-        for (slots, each) in pages.spans(first, n) {
-            c.add(pages.slots.ptes(slots), each);
-        }
-        c
-    }
-
-    /// Counts `ptes`, each standing for `each` pages. Memory is mostly in long runs on one
-    /// node: a run of 64 on one node is one addition, not 64 that each wait for the last
-    /// (the histogram's store-to-load chain was most of a check's time). The folds have no
-    /// early exit, so the compiler vectorises them.
-    fn add(&mut self, ptes: &[Pte], each: u64) {
-        for run in ptes.chunks(64) {
-            let nid = run[0].nid;
-            if run.iter().fold(true, |same, p| same & (p.nid == nid)) {
-                self.by_nid[nid as usize] += run.len() as u64 * each;
-            } else {
-                for p in run {
-                    self.by_nid[p.nid as usize] += each;
-                }
-            }
-            self.zero += run.iter().map(|p| u64::from(p.flags & PTE_ZERO != 0)).sum::<u64>() * each;
-            self.flags |= run.iter().fold(0, |f, p| f | p.flags);
-        }
-    }
-}
-
 /// Replaces the KSM pages' count in `frames` by one per KSM frame: the pages sharing a KSM
 /// page map one frame. Every KSM page must be on ksmd's books, with the mapping count the
 /// books give its frame.
 fn count_ksm_frames(
     pages: &Pages,
+    candidates: impl Iterator<Item = (PageIdx, u64, usize)>,
     frames: &mut [u64],
     (books, ksm): (&KsmFrames, &mut Vec<(PageIdx, u8)>),
     now: Nanos,
 ) -> Result<(), Violation> {
     ksm.clear();
-    let ksm_pages = pages.runs(0, pages.len() as u64).filter(|&(_, _, s)| pages.slots.pte(s).flags & PG_KSM != 0);
-    for (page, _, s) in ksm_pages {
+    for (page, _, s) in candidates.filter(|&(_, _, s)| pages.slots.pte(s).flags & PG_KSM != 0) {
         let pte = pages.slots.pte(s);
         if pte.nid == NUMA_NO_NODE {
             let detail = "a page flagged PageKsm() has no frame".into();
@@ -260,7 +268,7 @@ fn check_pins(pages: &Pages, smmus: &Query<&SecondaryMmu>, held: &mut Vec<u32>, 
     held.clear();
     held.resize(pages.len(), 0);
     for s in smmus.iter().filter(|s| s.kind == SmmuKind::LongtermPin) {
-        for (i, &e) in s.entries.iter().enumerate() {
+        for (i, &e) in s.entries().iter().enumerate() {
             if e & SPTE_VALID != 0 {
                 held[(s.base + i as PageIdx) as usize] += 1;
             }
@@ -274,53 +282,6 @@ fn check_pins(pages: &Pages, smmus: &Query<&SecondaryMmu>, held: &mut Vec<u32>, 
             Err(Violation::new("pin_count", now, detail).at_page(p as PageIdx))
         }
     }
-}
-
-/// Secondary MMUs: an entry of a notifier-kept table maps a present page of its mm or is
-/// counted stale, and the `stale.mappings` gauge equals a recount; no entry gives write
-/// access to a KSM page or the zero page (both are write-protected everywhere).
-fn check_secondary(
-    pages: &Pages,
-    mms: &Query<&Mm>,
-    smmus: &Query<&SecondaryMmu>,
-    counters: &Counters,
-    now: Nanos,
-) -> Result<(), Violation> {
-    let mut stale = 0;
-    for s in smmus.iter() {
-        let vmas = mms.get(s.mm).map_or(&[][..], |m| &m.vmas[..]);
-        // VMAs are in page order: one cursor finds each entry's VMA (vma_is_accessible()).
-        let mut vi = 0;
-        for (i, &e) in s.entries.iter().enumerate() {
-            if e & SPTE_VALID == 0 {
-                continue;
-            }
-            let page = s.base + i as PageIdx;
-            while vi < vmas.len() && u64::from(vmas[vi].base) + vmas[vi].pages <= u64::from(page) {
-                vi += 1;
-            }
-            let granted = vmas.get(vi).is_some_and(|v| v.base <= page && !v.unmapped && v.accessible);
-            let is_stale = s.is_stale(i, granted, pages);
-            if s.kind == SmmuKind::Notifier && is_stale {
-                stale += 1;
-            }
-            let cow = pages.pte(page).flags & PTE_COW;
-            if !is_stale && e & SPTE_WRITABLE != 0 && cow != 0 {
-                let (invariant, what) = if cow & PG_KSM != 0 {
-                    ("ksm_write_protected", "a KSM page")
-                } else {
-                    ("zero_page_write_protected", "the zero page")
-                };
-                let detail = format!("secondary MMU `{}` maps {what} writable", s.name);
-                return Err(Violation::new(invariant, now, detail).at_page(page));
-            }
-        }
-    }
-    if stale != counters.stale_mappings {
-        let detail = format!("the stale.mappings gauge says {} but {stale} entries are stale", counters.stale_mappings);
-        return Err(Violation::new("stale_gauge", now, detail));
-    }
-    Ok(())
 }
 
 /// Counter relations the kernel's accounting guarantees.
