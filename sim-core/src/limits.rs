@@ -164,6 +164,7 @@ fn check_kernel(c: &Config, run_ns: u64) -> Result<(), Invalid> {
         ("kernel.hint_fault_cost_ns", k.hint_fault_cost_ns),
         ("kernel.migrate_cost_ns", k.migrate_cost_ns),
         ("kernel.pte_scan_cost_ns", k.pte_scan_cost_ns),
+        ("kernel.tlb_flush_cost_ns", k.tlb_flush_cost_ns),
         ("kvm.ept_violation_cost_ns", c.kvm.ept_violation_cost_ns),
     ] {
         to_ns(key, v, 1, "ns")?;

@@ -176,7 +176,7 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
     let mm_e = p.mm;
     let scan_delay = k.sysctl.scan_delay();
     let filter = k.rules.vma_filter;
-    let pte_cost = k.sysctl.0.pte_scan_cost_ns;
+    let (pte_cost, flush_cost) = (k.sysctl.0.pte_scan_cost_ns, k.sysctl.0.tlb_flush_cost_ns);
     let mut pages = k.sysctl.scan_size_pages() as i64;
     let mut virtpages = pages * 8;
     {
@@ -196,6 +196,7 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
     let mut walked = 0u64;
     let mut pte_updates = 0u64;
     let mut entries_written = 0u64;
+    let mut flushes = 0u64;
     let mut forced = false;
     let mut pids_skipped = false;
     loop {
@@ -240,6 +241,7 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
                 walked += end - start;
                 pte_updates += changed.pte_updates;
                 entries_written += changed.entries_written;
+                flushes += 1;
                 if changed.pte_updates > 0 {
                     pages -= (end - start) as i64;
                 }
@@ -285,10 +287,13 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
         let (start, end) = (scan_start << PAGE_SHIFT, m.numa_scan_offset << PAGE_SHIFT);
         Event::TaskNumaWork { start, end, scanned: walked, pte_updates, seq: m.numa_scan_seq }
     });
-    // What the walk costs is the entries it writes: change_pmd_range() (mm/mprotect.c, 6.1 and
-    // 6.12) skips a none PMD and changes a huge one at once. Simplified: a PTE it passes over
-    // without writing (none, protnone, pinned, already local) costs nothing.
-    let cost = entries_written * pte_cost;
+    // What the walk costs is the entries it writes and a TLB flush per change_prot_numa()
+    // call: change_pmd_range() (mm/mprotect.c, 6.1 and 6.12) skips a none PMD and changes a
+    // huge one at once; tlb_finish_mmu() ends each call. Simplified: a PTE it passes over
+    // without writing (none, protnone, pinned, already local) costs nothing, and every call
+    // flushes, even one that changed nothing (the kernel's does not: validate's empty
+    // stand-ins for the guest's stacks and arenas, which have a few pages, then flush too).
+    let cost = entries_written * pte_cost + flushes * flush_cost;
     // Tasks must run 32x as long elsewhere as they spent scanning (3% overhead cap).
     p.node_stamp += 32 * cost;
     cost
