@@ -274,9 +274,10 @@ pub enum Frame {
 }
 
 /// What a change_protection() walk over populated PTEs costs a task on this kernel and
-/// accelerator: mprotect(PROT_READ) and back over `pages` populated base pages, timed by the
-/// guest before the workload is set up while `busy_cpus` other vCPUs spin (as the workload's
-/// threads will keep them busy). Medians of `round_trips` round trips; each is two walks.
+/// accelerator: mprotect(PROT_READ) and back over `pages` populated base pages, and over one,
+/// timed by the guest before the workload is set up while `busy_cpus` other vCPUs spin (as
+/// the workload's threads will keep them busy). Medians of `round_trips` round trips; each
+/// is two walks and two TLB flushes.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PteWalk {
     pub pages: u64,
@@ -286,6 +287,12 @@ pub struct PteWalk {
     /// task_numa_work() charges node_stamp for).
     pub cpu_ns: u64,
     pub wall_ns: u64,
+    /// The same over one page: the flushes and the calls without the PTEs (None from a guest
+    /// before session 5's second timing).
+    #[serde(default)]
+    pub one_page_cpu_ns: Option<u64>,
+    #[serde(default)]
+    pub one_page_wall_ns: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

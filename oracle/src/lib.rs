@@ -591,7 +591,15 @@ mod tests {
 
     #[test]
     fn the_started_frame_brings_the_timed_pte_walk_and_an_older_guests_frame_none() {
-        let walk = PteWalk { pages: 2048, busy_cpus: 3, round_trips: 5, cpu_ns: 40_000_000, wall_ns: 41_000_000 };
+        let walk = PteWalk {
+            pages: 2048,
+            busy_cpus: 3,
+            round_trips: 5,
+            cpu_ns: 40_000_000,
+            wall_ns: 41_000_000,
+            one_page_cpu_ns: Some(16_000_000),
+            one_page_wall_ns: Some(16_500_000),
+        };
         let frames = |started: Frame| {
             vec![
                 Frame::Hello { release: "6.12.117+deb12-amd64".into(), uptime_s: 4.0 },
