@@ -204,11 +204,15 @@ fn run_one(scale: Scale, thp: bool) -> Figures {
 
 /// Runs of the sweep [`sweep`] times: seeds of `default`, 3 simulated seconds each.
 const SWEEP_RUNS: u64 = 12;
+/// Rounds of the sweep: each times `--jobs 1` and `--jobs 2` back to back, in alternating
+/// order, because this shared host's speed drifts by a third within minutes and a single
+/// pair measured once gave anything from 1.5x to 2.5x.
+const SWEEP_ROUNDS: usize = 5;
 
 /// Sweep throughput: the same independent runs (results not written) on one thread and on
 /// two, as `numasim sweep --jobs 1` and `--jobs 2` run them, in runs per wall second, with
 /// the CPU time the process used (on a shared machine, wall time over CPU time says how much
-/// of the cores it had).
+/// of the cores it had). Each round gives a ratio; the median of the rounds is the figure.
 pub fn sweep() {
     let configs: Vec<Config> = (1..=SWEEP_RUNS)
         .map(|seed| {
@@ -216,19 +220,37 @@ pub fn sweep() {
             workloads::catalogue::resolve("default", &set).expect("the built-in default scenario resolves")
         })
         .collect();
-    println!("== sweep: {SWEEP_RUNS} runs of `default` (3 s simulated each)");
-    let mut rate = [0.0; 2];
-    for (threads, r) in [1, 2].into_iter().zip(&mut rate) {
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("a thread pool starts");
-        let (t, cpu) = (Instant::now(), process_cpu_s());
-        let events: u64 = pool.install(|| {
-            configs.par_iter().map(|c| workloads::build(c).run().expect("the sweep's runs end").summary.events).sum()
-        });
-        let (wall, cpu) = (t.elapsed().as_secs_f64(), process_cpu_s() - cpu);
-        *r = SWEEP_RUNS as f64 / wall;
-        println!("--jobs {threads}: {wall:.2} s wall, {cpu:.2} s CPU, {:.2} runs per s ({events} events)", *r);
+    println!("== sweep: {SWEEP_RUNS} runs of `default` (3 s simulated each), {SWEEP_ROUNDS} rounds");
+    let pools = [1, 2].map(|n| rayon::ThreadPoolBuilder::new().num_threads(n).build().expect("a thread pool starts"));
+    let mut ratios = Vec::new();
+    for round in 0..SWEEP_ROUNDS {
+        let mut rate = [0.0; 2];
+        let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let (t, cpu) = (Instant::now(), process_cpu_s());
+            let events: u64 = pools[i].install(|| {
+                configs
+                    .par_iter()
+                    .map(|c| workloads::build(c).run().expect("the sweep's runs end").summary.events)
+                    .sum()
+            });
+            let (wall, cpu) = (t.elapsed().as_secs_f64(), process_cpu_s() - cpu);
+            rate[i] = SWEEP_RUNS as f64 / wall;
+            println!(
+                "round {round}, --jobs {}: {wall:.2} s wall, {cpu:.2} s CPU, {:.2} runs per s ({events} events)",
+                i + 1,
+                rate[i]
+            );
+        }
+        ratios.push(rate[1] / rate[0]);
     }
-    println!("throughput on 2 threads: {:.2}x that on 1", rate[1] / rate[0]);
+    let shown: Vec<String> = ratios.iter().map(|r| format!("{r:.2}")).collect();
+    ratios.sort_by(f64::total_cmp);
+    println!(
+        "throughput on 2 threads: {:.2}x that on 1 (median of {SWEEP_ROUNDS} rounds: {})",
+        ratios[SWEEP_ROUNDS / 2],
+        shown.join(", ")
+    );
 }
 
 /// The ceiling: ns per random read-modify-write of one byte in an array of one byte per

@@ -113,7 +113,8 @@ fn unpin_buffer(k: &mut Kernel, d: &Device) {
     for i in 0..s.entries().len() {
         if s.entries()[i] & SPTE_VALID != 0 {
             let slot = pages.slot(base + i as PageIdx);
-            pages.slots.pins[slot] = pages.slots.pins[slot].saturating_sub(1);
+            let pins = pages.slots.pins_mut(slot);
+            *pins = pins.saturating_sub(1);
             s.zap(i..i + 1);
         }
     }

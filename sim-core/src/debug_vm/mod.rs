@@ -101,6 +101,9 @@ pub struct Scratch {
     ksm_shift: Vec<i64>,
     census: ChunkCensus,
     tables: HashMap<Entity, secondary::TableCache>,
+    /// Pin counts and pinning tables written as of the last pin check: while neither moves,
+    /// neither do the pins.
+    pin_writes: (u64, u64),
     /// Checks since the last full recount.
     checks: u64,
 }
@@ -137,7 +140,11 @@ pub fn check_vm(
             return Err(Violation::new("node_page_conservation", now, detail).on_node(nid));
         }
     }
-    check_pins(&pages, &smmus, &mut scratch.held, now)?;
+    let pin_writes = (pages.slots.pin_writes(), pin_table_writes(&smmus));
+    if full || pin_writes != scratch.pin_writes {
+        check_pins(&pages, &smmus, &mut scratch.held, now)?;
+        scratch.pin_writes = pin_writes;
+    }
     let settled = if full {
         pages.slots.settled_claim_broken(0..pages.slots.blocks())
     } else {
@@ -258,11 +265,17 @@ fn count_ksm_frames(
     Ok(())
 }
 
+/// A sum of the maps and zaps of the long-term pinning tables.
+fn pin_table_writes(smmus: &Query<&SecondaryMmu>) -> u64 {
+    let pinning = smmus.iter().filter(|s| s.kind == SmmuKind::LongtermPin);
+    pinning.flat_map(|s| s.writes()).fold(0, |sum, &w| sum.wrapping_add(u64::from(w)))
+}
+
 /// FOLL_PIN pins: every page's pin count equals the long-term pinning MMUs mapping it.
 fn check_pins(pages: &Pages, smmus: &Query<&SecondaryMmu>, held: &mut Vec<u32>, now: Nanos) -> Result<(), Violation> {
     let pinning = smmus.iter().any(|s| s.kind == SmmuKind::LongtermPin);
     // Folded per 64 without an early exit, so the test is vectorised.
-    if !pinning && pages.slots.pins.chunks(64).all(|c| c.iter().fold(0, |a, &p| a | p) == 0) {
+    if !pinning && pages.slots.all_pins().chunks(64).all(|c| c.iter().fold(0, |a, &p| a | p) == 0) {
         return Ok(());
     }
     held.clear();
@@ -274,7 +287,7 @@ fn check_pins(pages: &Pages, smmus: &Query<&SecondaryMmu>, held: &mut Vec<u32>, 
             }
         }
     }
-    let pins = |p: usize| pages.slots.pins[pages.slot(p as PageIdx)];
+    let pins = |p: usize| pages.pins(p as PageIdx);
     match held.iter().enumerate().position(|(p, &h)| u32::from(pins(p)) != h) {
         None => Ok(()),
         Some(p) => {

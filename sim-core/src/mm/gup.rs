@@ -138,8 +138,8 @@ fn gup_one_page(
         if follow_page_pte(k, page, accessible, flags) {
             if flags & FOLL_PIN != 0 {
                 // Pins are counted per subpage: a pinned THP keeps a slot per page.
-                let i = k.pages.slot_mut(page);
-                k.pages.slots.pins[i] = k.pages.slots.pins[i].saturating_add(1);
+                let pins = k.pages.pins_mut(page);
+                *pins = pins.saturating_add(1);
             }
             return Ok((cost, pass > 0));
         }

@@ -195,7 +195,7 @@ fn cmp_and_merge_page(k: &mut Kernel, ksmd: &mut Ksmd, item: &Scanned) {
     let content = k.pages.slots.content[i];
     // KSM pages are merged already; pinned pages cannot be write-protected
     // (write_protect_page() refuses a raised page_count).
-    if k.pages.slots.pte(i).flags & PG_KSM != 0 || k.pages.slots.pins[i] > 0 {
+    if k.pages.slots.pte(i).flags & PG_KSM != 0 || k.pages.slots.pins(i) > 0 {
         return;
     }
     let checksum_first = k.rules.ksm_checksum_first;

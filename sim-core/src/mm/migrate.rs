@@ -48,7 +48,7 @@ pub fn migrate_misplaced_folio(
     // (mm/migrate.c, 6.1.192 and 6.12.117).
     invalidate_range(k, mm, first, nr, MmuNotifyEvent::Clear, |_| true);
     let slots = k.pages.folio_slots(first, nr);
-    if slots.clone().any(|i| k.pages.slots.pins[i] > 0 || k.pages.slots.refs[i] > 0) {
+    if slots.clone().any(|i| k.pages.slots.pins(i) > 0 || k.pages.slots.refs[i] > 0) {
         k.counters.vmstat.pgmigrate_fail += nr;
         k.counters.vmstat.thp_migration_fail += thp;
         return Err(MigrateFail::Refcount);

@@ -306,9 +306,20 @@ impl Pages {
 
     per_page! {
         last_cpupid, last_cpupid_mut: u32;
-        pins, pins_mut: u8;
         refs, refs_mut: u8;
         content, content_mut: u16;
+    }
+
+    /// Page `page`'s FOLL_PIN pins.
+    #[inline]
+    pub fn pins(&self, page: PageIdx) -> u8 {
+        self.slots.pins(self.slot(page))
+    }
+
+    /// Page `page`'s pins, to change (a compact chunk is expanded: pins are per subpage).
+    pub fn pins_mut(&mut self, page: PageIdx) -> &mut u8 {
+        let s = self.slot_mut(page);
+        self.slots.pins_mut(s)
     }
 
     #[inline]

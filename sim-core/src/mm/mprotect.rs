@@ -184,7 +184,7 @@ pub fn do_munmap(k: &mut Kernel, mm: Entity, vma: usize) {
         if flags & PG_KSM != 0 {
             // A KSM frame goes with its last mapping.
             ksm_unmap(k, page);
-        } else if !zero_page && k.pages.slots.pins[i] == 0 {
+        } else if !zero_page && k.pages.slots.pins(i) == 0 {
             k.pgdat(nid).free_pages += n;
         }
         *k.pages.slots.pte_mut(i) = Pte { nid: NUMA_NO_NODE, flags: 0 };

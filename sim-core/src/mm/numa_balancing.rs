@@ -369,7 +369,7 @@ fn change_pte(k: &mut Kernel, page: PageIdx, target_node: Option<Nid>, updated: 
     // Private (COW) mapping: skip pages that may be DMA-pinned. Pages mapped by several mms
     // (folio_estimated_sharers() > 1) are skipped too, but the model has none: there is no
     // fork, an anonymous page is mapped by the mm that faulted it, and KSM pages left above.
-    if pages.pins[i] > 0 {
+    if pages.pins(i) > 0 {
         return;
     }
     if target_node == Some(nid) {

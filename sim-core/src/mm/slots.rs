@@ -37,8 +37,11 @@ pub struct Slots {
     pte: Vec<Pte>,
     /// `folio_last_cpupid()`: who took the last hinting fault on the page.
     pub last_cpupid: Vec<u32>,
-    /// FOLL_PIN pins held (`folio_maybe_dma_pinned()` when nonzero), saturating.
-    pub pins: Vec<u8>,
+    /// FOLL_PIN pins held (`folio_maybe_dma_pinned()` when nonzero), saturating. Written
+    /// only through [`Slots::pins_mut`].
+    pins: Vec<u8>,
+    /// Calls of [`Slots::pins_mut`]: while it stays, no pin count changed.
+    pin_writes: u64,
     /// Extra references beyond mappings and pins (FOLL_GET), saturating.
     pub refs: Vec<u8>,
     /// Frame generation: bumped when the page moves to a new frame, so a secondary MMU entry
@@ -179,6 +182,28 @@ impl Slots {
     pub fn new_frame(&mut self, s: usize) -> &mut Pte {
         self.frame_gen[s] = self.frame_gen[s].wrapping_add(1);
         self.pte_mut(s)
+    }
+
+    /// Slot `s`'s FOLL_PIN pins.
+    #[inline]
+    pub fn pins(&self, s: usize) -> u8 {
+        self.pins[s]
+    }
+
+    /// Every slot's pins, to read.
+    pub fn all_pins(&self) -> &[u8] {
+        &self.pins
+    }
+
+    /// Slot `s`'s pins, to change.
+    pub fn pins_mut(&mut self, s: usize) -> &mut u8 {
+        self.pin_writes += 1;
+        &mut self.pins[s]
+    }
+
+    /// How many times a pin count was written, for the invariant checker.
+    pub fn pin_writes(&self) -> u64 {
+        self.pin_writes
     }
 
     /// Slot `s`'s frame generation.
@@ -342,6 +367,42 @@ mod tests {
         assert_eq!(s.settled_nid(BLOCK), Some(1), "settle() checks at once");
         s.pte[BLOCK + 3].flags = 0;
         assert_eq!(s.settled_claim_broken(0..s.blocks()), Some(BLOCK + 3), "a write past pte_mut() is found");
+    }
+
+    #[test]
+    fn take_changes_reports_written_new_and_newly_settled_blocks_once() {
+        let (mut last, mut changed, mut settled) = (Vec::new(), Vec::new(), Vec::new());
+        let mut s = slots(3 * BLOCK);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [true; 3], "every block is new at the first call");
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [false; 3], "nothing written since");
+        assert_eq!(s.settled_nid(0), None, "a block the checker has seen is still unsettled");
+        *s.pte_mut(BLOCK + 1) = young_on(0);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [false, true, false]);
+        for p in s.ptes_mut() {
+            *p = young_on(1);
+        }
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        touch_until_checked(&mut s, 0);
+        assert_eq!(s.settled_nid(0), Some(1), "a seen block settles as any other");
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!((&changed[..], &settled[..]), (&[true, false, false][..], &[0][..]));
+        s.pte_mut(3).flags |= PTE_PROTNONE;
+        s.pte_mut(3).flags &= !PTE_PROTNONE;
+        s.settle(0..1);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [false; 3], "settled again on the same node: nothing the checker counts changed");
+        for i in 0..BLOCK {
+            *s.pte_mut(i) = young_on(0);
+        }
+        s.settle(0..1);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!((&changed[..], &settled[..]), (&[true, false, false][..], &[0][..]), "settled on another node");
+        s.push(1, UNTOUCHED);
+        s.take_changes(&mut last, &mut changed, &mut settled);
+        assert_eq!(changed, [false, false, false, true], "a new slot's block");
     }
 
     #[test]
