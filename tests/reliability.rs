@@ -56,6 +56,7 @@ fn conversions_that_overflow_or_stop_time_name_their_key_and_line() {
         ("process.0.vma.0.content_classes=70000", "key `process[0].vma[0].content_classes`"),
         ("kernel.numa_balancing_scan_size_mb=4294967296", "key `kernel.numa_balancing_scan_size_mb`"),
         ("kernel.pte_scan_cost_ns=1000000000000", "key `kernel.pte_scan_cost_ns`"),
+        ("kernel.tlb_flush_cost_ns=1492542294811756862", "key `kernel.tlb_flush_cost_ns`"),
         ("kernel.numa_balancing_scan_delay_ms=4294967296", "does not fit the kernel's unsigned int"),
         ("ksm.pages_to_scan=4294967295", "key `ksm.pages_to_scan`"),
         ("ksm.sleep_millisecs=0", "key `ksm.sleep_millisecs`"),

@@ -245,6 +245,9 @@ pub enum Frame {
     /// The workload is set up; sampling starts. `setup_ms` is what populating took.
     Started {
         setup_ms: u64,
+        /// The PTE walk timed before the workload was set up (None from a guest without it).
+        #[serde(default)]
+        pte_walk: Option<PteWalk>,
     },
     Sample(Sample),
     /// Files read once, by path: `start` before the workload starts (caches, sched domains,
@@ -268,6 +271,28 @@ pub enum Frame {
     Done {
         elapsed_ms: u64,
     },
+}
+
+/// What a change_protection() walk over populated PTEs costs a task on this kernel and
+/// accelerator: mprotect(PROT_READ) and back over `pages` populated base pages, and over one,
+/// timed by the guest before the workload is set up while `busy_cpus` other vCPUs spin (as
+/// the workload's threads will keep them busy). Medians of `round_trips` round trips; each
+/// is two walks and two TLB flushes.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct PteWalk {
+    pub pages: u64,
+    pub busy_cpus: u32,
+    pub round_trips: u32,
+    /// The walking thread's CPU time (CLOCK_THREAD_CPUTIME_ID: its sum_exec_runtime, what
+    /// task_numa_work() charges node_stamp for).
+    pub cpu_ns: u64,
+    pub wall_ns: u64,
+    /// The same over one page: the flushes and the calls without the PTEs (None from a guest
+    /// before session 5's second timing).
+    #[serde(default)]
+    pub one_page_cpu_ns: Option<u64>,
+    #[serde(default)]
+    pub one_page_wall_ns: Option<u64>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

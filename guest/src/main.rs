@@ -2,6 +2,7 @@
 //! sysctls, forks the workload's processes and GUP callers, samples the kernel's counters
 //! every `sample_ms` onto the data serial port (one JSON [`Frame`] per line) and powers off.
 
+mod pte_walk;
 mod remote;
 mod sample;
 mod smmu;
@@ -55,6 +56,7 @@ fn run(port: &mut DataPort) -> Result<()> {
         port.send(&Frame::Unsupported { message });
         return Ok(());
     }
+    let pte_walk = pte_walk::time_pte_walk(plan)?;
     let shared = Shared::map()?;
     let setup_start = sys::now_ns();
     let children = spawn_children(shared, plan)?;
@@ -68,12 +70,12 @@ fn run(port: &mut DataPort) -> Result<()> {
         .map(|(i, p)| (p.name.clone(), shared.procs[i].pid.load(Ordering::Relaxed)))
         .collect();
     port.send(&Frame::Files { when: "start".into(), files: topology::at_start(cpus, &pids) });
-    port.send(&Frame::Started { setup_ms: (sys::now_ns() - setup_start) / 1_000_000 });
+    port.send(&Frame::Started { setup_ms: (sys::now_ns() - setup_start) / 1_000_000, pte_walk: Some(pte_walk) });
     let result = sample_run(port, shared, plan, trace.is_some());
     if let Some(info) = trace.as_mut() {
         tracefs::stop(info, plan.nodes * plan.cpus_per_node)?;
     }
-    shared.stop.store(1, Ordering::Release);
+    shared.stop_run();
     for _ in 0..children {
         sys::wait_child();
     }

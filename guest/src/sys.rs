@@ -24,6 +24,14 @@ pub fn now_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The calling thread's CPU time in nanoseconds (its sum_exec_runtime).
+pub fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
+
 pub fn sleep_ns(ns: u64) {
     std::thread::sleep(std::time::Duration::from_nanos(ns));
 }
@@ -180,6 +188,33 @@ impl Shared {
     pub fn stopped(&self) -> bool {
         self.stop.load(std::sync::atomic::Ordering::Relaxed) != 0
     }
+
+    /// Ends the run: sets `stop` and wakes every [`Shared::wait_stopped`] waiter.
+    pub fn stop_run(&self) {
+        self.stop.store(1, std::sync::atomic::Ordering::Release);
+        // SAFETY: a futex wake on an aligned u32 of this MAP_SHARED mapping (not
+        // FUTEX_PRIVATE: the waiters are in other processes).
+        unsafe { libc::syscall(libc::SYS_futex, self.stop.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
+    }
+
+    /// Blocks until the run ends without waking meanwhile (a futex wait on `stop`): a thread
+    /// that polled would touch its stack after every scan pass and take hinting faults that an
+    /// idle thread does not.
+    pub fn wait_stopped(&self) {
+        while !self.stopped() {
+            // SAFETY: as in stop_run(); it returns at once (EAGAIN) when `stop` is no longer 0,
+            // and a signal (EINTR) or spurious wake-up loops.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    self.stop.as_ptr(),
+                    libc::FUTEX_WAIT,
+                    0,
+                    std::ptr::null::<libc::timespec>(),
+                )
+            };
+        }
+    }
 }
 
 /// Waits until the workload starts and returns its start time.
@@ -280,4 +315,20 @@ pub fn set_name(name: &str) {
     let c = cstr(&name.chars().take(15).collect::<String>());
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Shared;
+
+    #[test]
+    fn a_thread_waiting_for_the_stop_sleeps_until_the_run_is_stopped() {
+        let shared = Shared::map().unwrap();
+        let waiter = std::thread::spawn(move || shared.wait_stopped());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(!waiter.is_finished(), "returned before the run stopped");
+        shared.stop_run();
+        waiter.join().unwrap();
+        shared.wait_stopped();
+    }
 }

@@ -66,10 +66,9 @@ pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usiz
     let go = sys::wait_go(shared);
     run_actions(shared, &p.actions, &vmas, go, plan.duration_ms)?;
     // Threads blocked on a PROT_NONE or unmapped range never return: end with the run, not
-    // with the last thread (the process's exit ends them).
-    while !shared.stopped() {
-        sys::sleep_ns(1_000_000);
-    }
+    // with the last thread (the process's exit ends them). Asleep until then, as numasim's
+    // idle main thread is.
+    shared.wait_stopped();
     Ok(())
 }
 

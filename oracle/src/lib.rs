@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use guest::{Frame, Plan, Sample};
-pub use guest::{RAMDISK_KIB, TraceInfo, TracePlan};
+pub use guest::{PteWalk, RAMDISK_KIB, TraceInfo, TracePlan};
 pub use kernel::{KernelSpec, cache_dir, resolve_kernel};
 pub use qemu::Accel;
 use sim_core::config::Config;
@@ -283,6 +283,7 @@ struct Outcome {
     release: String,
     boot_s: f64,
     setup_ms: u64,
+    pte_walk: Option<PteWalk>,
     elapsed_ms: u64,
     samples: Vec<Sample>,
     trace: Option<TraceInfo>,
@@ -296,6 +297,7 @@ fn collect(frames: &[Frame]) -> Result<Outcome, String> {
         release: String::new(),
         boot_s: 0.0,
         setup_ms: 0,
+        pte_walk: None,
         elapsed_ms: 0,
         samples: Vec::new(),
         trace: None,
@@ -305,7 +307,7 @@ fn collect(frames: &[Frame]) -> Result<Outcome, String> {
     for f in frames {
         match f {
             Frame::Hello { release, uptime_s } => (o.release, o.boot_s) = (release.clone(), *uptime_s),
-            Frame::Started { setup_ms } => o.setup_ms = *setup_ms,
+            Frame::Started { setup_ms, pte_walk } => (o.setup_ms, o.pte_walk) = (*setup_ms, pte_walk.clone()),
             Frame::Sample(s) => o.samples.push(s.clone()),
             Frame::Trace(info) => o.trace = Some(info.clone()),
             Frame::Files { when, files } => {
@@ -514,6 +516,7 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "accel": run.accel.name(),
         "boot_s": o.boot_s,
         "setup_ms": o.setup_ms,
+        "pte_walk": o.pte_walk,
         "elapsed_ms": o.elapsed_ms,
         "qemu_wall_s": run.wall_s,
         "samples": o.samples.len(),
@@ -584,5 +587,32 @@ mod tests {
              samples without finishing"
         );
         assert_eq!(after_retries(&[], 1, "boom"), "boom");
+    }
+
+    #[test]
+    fn the_started_frame_brings_the_timed_pte_walk_and_an_older_guests_frame_none() {
+        let walk = PteWalk {
+            pages: 2048,
+            busy_cpus: 3,
+            round_trips: 5,
+            cpu_ns: 40_000_000,
+            wall_ns: 41_000_000,
+            one_page_cpu_ns: Some(16_000_000),
+            one_page_wall_ns: Some(16_500_000),
+        };
+        let frames = |started: Frame| {
+            vec![
+                Frame::Hello { release: "6.12.117+deb12-amd64".into(), uptime_s: 4.0 },
+                started,
+                Frame::Sample(Sample::default()),
+                Frame::Sample(Sample::default()),
+                Frame::Done { elapsed_ms: 8000 },
+            ]
+        };
+        let o = collect(&frames(Frame::Started { setup_ms: 300, pte_walk: Some(walk.clone()) })).unwrap();
+        assert_eq!((o.setup_ms, o.pte_walk), (300, Some(walk)));
+        let older: Frame = serde_json::from_str(r#"{"Started":{"setup_ms":250}}"#).unwrap();
+        let o = collect(&frames(older)).unwrap();
+        assert_eq!((o.setup_ms, o.pte_walk), (250, None));
     }
 }

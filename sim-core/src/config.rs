@@ -252,8 +252,12 @@ pub struct KernelConfig {
     pub hint_fault_cost_ns: u64,
     /// CPU time to migrate one 4 KiB page (isolate, copy, remap).
     pub migrate_cost_ns: u64,
-    /// CPU time change_prot_numa() spends per PTE it walks.
+    /// CPU time change_prot_numa() spends per page-table entry it writes (a 4 KiB PTE, a huge
+    /// PMD once).
     pub pte_scan_cost_ns: u64,
+    /// CPU time of the TLB flush that ends each change_prot_numa() call over a VMA
+    /// (tlb_finish_mmu()); 0: negligible on hardware (validate sets it under TCG).
+    pub tlb_flush_cost_ns: u64,
 }
 
 /// Reads `numa_balancing` as the sysctl is written (0, 1) or as a boolean.
@@ -293,6 +297,7 @@ impl Default for KernelConfig {
             hint_fault_cost_ns: 1500,
             migrate_cost_ns: 8000,
             pte_scan_cost_ns: 10,
+            tlb_flush_cost_ns: 0,
         }
     }
 }

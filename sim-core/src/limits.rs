@@ -164,6 +164,7 @@ fn check_kernel(c: &Config, run_ns: u64) -> Result<(), Invalid> {
         ("kernel.hint_fault_cost_ns", k.hint_fault_cost_ns),
         ("kernel.migrate_cost_ns", k.migrate_cost_ns),
         ("kernel.pte_scan_cost_ns", k.pte_scan_cost_ns),
+        ("kernel.tlb_flush_cost_ns", k.tlb_flush_cost_ns),
         ("kvm.ept_violation_cost_ns", c.kvm.ept_violation_cost_ns),
     ] {
         to_ns(key, v, 1, "ns")?;
@@ -175,6 +176,16 @@ fn check_kernel(c: &Config, run_ns: u64) -> Result<(), Invalid> {
         "pte_scan_cost_ns x 256 x 32 pages of a scan window",
         k.pte_scan_cost_ns,
         walked,
+    )?;
+    // And a TLB flush per change_prot_numa() call: one per VMA and per 2 MiB step of the 8 x
+    // scan_size window at most, twice over when the pid filter forces a second round.
+    let vmas = c.process.iter().map(|p| p.vma.len() as u64).max().unwrap_or(0).max(1);
+    let calls = 2 * (vmas + 2 + 4 * k.numa_balancing_scan_size_mb) * 32;
+    product(
+        "kernel.tlb_flush_cost_ns",
+        "tlb_flush_cost_ns x 32 x the change_prot_numa() calls of one walk",
+        k.tlb_flush_cost_ns,
+        calls,
     )?;
     // init_numa_balancing() staggers thread i by scan_delay x (i + 1) ms.
     let threads = max_threads_per_mm(c);

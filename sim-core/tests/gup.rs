@@ -186,7 +186,7 @@ fn the_numa_scanner_notifies_the_walked_range() {
         map_all(&mut sim, smmu, base);
         sim.world.get_mut::<Mm>(mm).unwrap().nr_threads = 2;
         let vma = sim.world.get::<Mm>(mm).unwrap().vmas[0].clone();
-        let updated = sim.with_kernel(|k| change_prot_numa(k, mm, &vma, vma.start, vma.end(), None));
+        let updated = sim.with_kernel(|k| change_prot_numa(k, mm, &vma, vma.start, vma.end(), None)).pte_updates;
         assert_eq!(updated, 1023, "the protnone page is skipped");
         // Smart: only the already-protnone page keeps its (not stale) entry.
         assert_eq!(valid(&sim, smmu), left, "{mode:?}");

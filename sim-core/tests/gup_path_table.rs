@@ -79,7 +79,7 @@ fn protnone_buffer(version: KernelVersion, gup: Option<GupPolicy>) -> (Sim, Enti
     let base = sim.vma_base(mm, vma);
     sim.world.get_mut::<Mm>(mm).unwrap().nr_threads = 2;
     let v = sim.world.get::<Mm>(mm).unwrap().vmas[vma].clone();
-    let updated = sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start, v.end(), None));
+    let updated = sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start, v.end(), None)).pte_updates;
     assert_eq!(updated, PAGES);
     (sim, mm, base)
 }

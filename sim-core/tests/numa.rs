@@ -149,12 +149,12 @@ fn the_scanner_skips_pinned_pages_and_counts_pte_updates() {
     let mut p = task(&sim, mm, 7);
     let now = 2_000_000_000;
     let cost = sim.with_kernel(|k| task_numa_work(k, &mut p, 7, 0, now));
-    assert_eq!(cost, 4096 * 10, "every PTE walked costs pte_scan_cost_ns");
     let pages = sim.world.resource::<Pages>();
     let protnone = |i: usize| pages.pte(i as PageIdx).flags & PTE_PROTNONE != 0;
     assert!(pinned.iter().all(|&i| !protnone(i)), "a pinned page in a private mapping is never made protnone");
     let updated = (base as usize..base as usize + 4096).filter(|&i| protnone(i)).count();
     assert_eq!(updated, 4096 - pinned.len());
+    assert_eq!(cost, updated as u64 * 10, "each PTE written costs pte_scan_cost_ns, a skipped one nothing");
     assert_eq!(sim.world.resource::<Counters>().vmstat.numa_pte_updates, updated as u64);
     let mm = sim.world.get::<Mm>(mm).unwrap();
     assert_eq!(mm.numa_scan_seq, 1, "the scan reached the end and wrapped");
@@ -300,4 +300,23 @@ fn an_idle_main_thread_woken_by_an_action_after_a_scan_delays_the_next_scan() {
     assert_eq!(run(true, 1), (2500 * NSEC_PER_MSEC + 2 * scan_delay, 1, 1));
     assert_eq!(run(true, 0), (scan_delay, 0, 0), "before any pass the stack is not protnone");
     assert_eq!(run(false, 1), (scan_delay, 0, 0));
+}
+
+/// task_numa_work() (kernel/sched/fair.c, 6.12): the walk costs each PTE written and one TLB
+/// flush per change_prot_numa() call (tlb_finish_mmu()), the untouched VMA's call included,
+/// and the task's node_stamp moves by 32 times that (plus the 2 ticks of every scan).
+#[test]
+fn the_walk_costs_each_pte_written_and_a_flush_per_vma() {
+    let (mut sim, mm, _) = machine();
+    sim.add_vma(mm, "untouched", 512);
+    sim.world.get_mut::<Mm>(mm).unwrap().nr_threads = 2;
+    {
+        let mut sysctl = sim.world.resource_mut::<Sysctl>();
+        (sysctl.0.pte_scan_cost_ns, sysctl.0.tlb_flush_cost_ns) = (1000, 8_000_000);
+    }
+    let mut p = task(&sim, mm, 7);
+    let cost = sim.with_kernel(|k| task_numa_work(k, &mut p, 7, 0, 2_000_000_000));
+    assert_eq!(sim.world.resource::<Counters>().vmstat.numa_pte_updates, 4096);
+    assert_eq!(cost, 4096 * 1000 + 2 * 8_000_000);
+    assert_eq!(p.node_stamp, 2 * 4_000_000 + 32 * cost, "HZ=250 ticks");
 }

@@ -10,7 +10,7 @@ use sim_core::mm::memory::handle_mm_fault;
 use sim_core::mm::mmu_notifier::{
     MmuNotifyEvent, SPTE_HUGE, SPTE_VALID, SecondaryMmu, SmmuKind, invalidate_range, map_secondary,
 };
-use sim_core::mm::numa_balancing::change_prot_numa;
+use sim_core::mm::numa_balancing::{ProtNumaChange, change_prot_numa};
 use sim_core::mm::vmscan::age_pages;
 use sim_core::mm::{HPAGE_PMD_NR, Mm, PTE_PROTNONE, PTE_ZERO, PageIdx, Pages, Pmd};
 use sim_core::sim::Sim;
@@ -49,6 +49,10 @@ fn pmd(sim: &Sim, mm: Entity, b: usize) -> Pmd {
 }
 
 fn scan(sim: &mut Sim, mm: Entity) -> u64 {
+    scan_range(sim, mm).pte_updates
+}
+
+fn scan_range(sim: &mut Sim, mm: Entity) -> ProtNumaChange {
     let v = sim.world.get::<Mm>(mm).unwrap().vmas[0].clone();
     sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start, v.end(), None))
 }
@@ -107,7 +111,8 @@ fn a_thp_is_scanned_faulted_and_migrated_at_the_pmd() {
                 *k.pages.pins_mut(base + 17) = 1;
             }
         });
-        assert_eq!(scan(&mut sim, mm), 2 * HPAGE_PMD_NR);
+        let changed = scan_range(&mut sim, mm);
+        assert_eq!(changed, ProtNumaChange { pte_updates: 2 * HPAGE_PMD_NR, entries_written: 2 }, "two PMDs written");
         let c = sim.world.resource::<Counters>().vmstat;
         assert_eq!((c.numa_huge_pte_updates, c.numa_pte_updates), (2, 1024));
         sim.with_kernel(|k| fault(k, mm, base + 100, 4, false));

@@ -9,6 +9,7 @@ mod fault_pace;
 mod guest_vmas;
 mod ksmd_pace;
 mod migrate_pace;
+mod pte_scan_cost;
 mod report;
 
 use std::collections::BTreeMap;
@@ -30,6 +31,7 @@ use compare::{Row, Side};
 use fault_pace::FaultPace;
 use ksmd_pace::KsmdPace;
 use migrate_pace::MigratePace;
+use pte_scan_cost::PteScanCost;
 
 pub struct Args {
     /// A validation case, a built-in scenario or a path; None with `all`.
@@ -79,6 +81,9 @@ pub struct Outcome {
     pub faults: Option<FaultPace>,
     /// The guest's time per touch, hinting fault and page migration, which the sim got.
     pub migration: Option<MigratePace>,
+    /// The guest's CPU time per PTE of a change_protection() walk, which the sim got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pte_scan: Option<PteScanCost>,
     /// Empty VMAs the sim got for the guest process's other mappings (thread stacks, ...).
     pub guest_vmas: usize,
     pub rows: Vec<Row>,
@@ -253,6 +258,7 @@ fn run_one(
         ksmd: None,
         faults: None,
         migration: None,
+        pte_scan: None,
         guest_vmas: 0,
         rows: Vec::new(),
         agree: false,
@@ -301,7 +307,13 @@ fn run_one(
         kernels.push(Side::read(d).map_err(io)?);
     }
     let mut sim = sim_config(name, set, spec)?;
-    outcome.guest_vmas = guest_vmas::add(&mut sim, &read_json(&facts[0].0.join("guest.json")).map_err(io)?);
+    let guests =
+        facts.iter().map(|(d, _)| read_json(&d.join("guest.json"))).collect::<Result<Vec<_>, _>>().map_err(io)?;
+    outcome.guest_vmas = guest_vmas::add(&mut sim, &guests[0]);
+    outcome.pte_scan = pte_scan_cost::measure(&guests);
+    if let Some(cost) = &outcome.pte_scan {
+        pte_scan_cost::apply(&mut sim, cost);
+    }
     let run_rates: Vec<&BTreeMap<String, f64>> = facts.iter().map(|(_, f)| &f.touch_rates).collect();
     let mut rates = calibrate::mean_rates(&run_rates);
     outcome.migration = migrate_pace::measure(&first_series, &sim);

@@ -121,6 +121,25 @@ fn case_section(r: &mut String, o: &Outcome) {
             k.first_pass_s, k.merges_per_s, k.scanned_per_s, k.scan_cost_ns, k.merge_cost_ns
         );
     }
+    if let Some(c) = &o.pte_scan {
+        let runs: Vec<String> = c
+            .per_run
+            .iter()
+            .map(|r| match r.ns_per_call {
+                Some(call) => format!("{:.0} ns + {:.1} ms", r.ns_per_pte, call / 1e6),
+                None => format!("{:.0} ns", r.ns_per_pte),
+            })
+            .collect();
+        let _ = writeln!(
+            r,
+            "- PTE walk (mprotect round trips at setup): {:.0} ns CPU per PTE{} (runs: {}); sim kernel.pte_scan_cost_ns = {}{}",
+            c.ns_per_pte,
+            c.ns_per_call.map_or(String::new(), |n| format!(" and {:.1} ms per call", n / 1e6)),
+            runs.join(", "),
+            c.pte_scan_cost_ns,
+            c.tlb_flush_cost_ns.map_or(String::new(), |n| format!(", kernel.tlb_flush_cost_ns = {n}"))
+        );
+    }
     if let Some(f) = &o.faults {
         let _ = writeln!(
             r,
@@ -182,6 +201,7 @@ mod tests {
             calibration: Vec::new(),
             ksmd: None,
             migration: None,
+            pte_scan: None,
             guest_vmas: 0,
             faults: None,
             rows: vec![row],

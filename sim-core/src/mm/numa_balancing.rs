@@ -176,7 +176,7 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
     let mm_e = p.mm;
     let scan_delay = k.sysctl.scan_delay();
     let filter = k.rules.vma_filter;
-    let pte_cost = k.sysctl.0.pte_scan_cost_ns;
+    let (pte_cost, flush_cost) = (k.sysctl.0.pte_scan_cost_ns, k.sysctl.0.tlb_flush_cost_ns);
     let mut pages = k.sysctl.scan_size_pages() as i64;
     let mut virtpages = pages * 8;
     {
@@ -195,6 +195,8 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
     let scan_start = k.mm(mm_e).numa_scan_offset;
     let mut walked = 0u64;
     let mut pte_updates = 0u64;
+    let mut entries_written = 0u64;
+    let mut flushes = 0u64;
     let mut forced = false;
     let mut pids_skipped = false;
     loop {
@@ -235,10 +237,12 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
             loop {
                 start = start.max(vma.start);
                 let end = (start + pages as u64).next_multiple_of(HPAGE_PMD_NR).min(vma.end());
-                let updated = change_prot_numa(k, mm_e, &vma, start, end, target_node);
+                let changed = change_prot_numa(k, mm_e, &vma, start, end, target_node);
                 walked += end - start;
-                pte_updates += updated;
-                if updated > 0 {
+                pte_updates += changed.pte_updates;
+                entries_written += changed.entries_written;
+                flushes += 1;
+                if changed.pte_updates > 0 {
                     pages -= (end - start) as i64;
                 }
                 virtpages -= (end - start) as i64;
@@ -283,7 +287,13 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
         let (start, end) = (scan_start << PAGE_SHIFT, m.numa_scan_offset << PAGE_SHIFT);
         Event::TaskNumaWork { start, end, scanned: walked, pte_updates, seq: m.numa_scan_seq }
     });
-    let cost = walked * pte_cost;
+    // What the walk costs is the entries it writes and a TLB flush per change_prot_numa()
+    // call: change_pmd_range() (mm/mprotect.c, 6.1 and 6.12) skips a none PMD and changes a
+    // huge one at once; tlb_finish_mmu() ends each call. Simplified: a PTE it passes over
+    // without writing (none, protnone, pinned, already local) costs nothing, and every call
+    // flushes, even one that changed nothing (the kernel's does not: validate's empty
+    // stand-ins for the guest's stacks and arenas, which have a few pages, then flush too).
+    let cost = entries_written * pte_cost + flushes * flush_cost;
     // Tasks must run 32x as long elsewhere as they spent scanning (3% overhead cap).
     p.node_stamp += 32 * cost;
     cost
@@ -292,12 +302,19 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
 /// Models change_prot_numa() → change_pte_range() with MM_CP_PROT_NUMA over virtual pages
 /// `start..end` of `vma`: make present PTEs protnone, skipping what the kernel skips, and
 /// notify secondary MMUs for the range (change_pmd_range() calls
-/// mmu_notifier_invalidate_range_start() unconditionally). Returns the number of PTEs
-/// updated (counted in numa_pte_updates). A THP is changed at its PMD
+/// mmu_notifier_invalidate_range_start() unconditionally). A THP is changed at its PMD
 /// (change_pmd_range() → change_huge_pmd()) when the range covers it whole, and split first
 /// when it covers part of it.
-pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: u64, target_node: Option<Nid>) -> u64 {
+pub fn change_prot_numa(
+    k: &mut Kernel,
+    mm: Entity,
+    vma: &Vma,
+    start: u64,
+    end: u64,
+    target_node: Option<Nid>,
+) -> ProtNumaChange {
     let mut updated: Vec<PageIdx> = Vec::new();
+    let mut huge_pmds = 0u64;
     let vi = k.mm(mm).vma_of_page(vma.base).expect("the scanned VMA is mapped");
     let mut vpn = start;
     while vpn < end {
@@ -311,6 +328,7 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
             if first >= start && first + HPAGE_PMD_NR <= end {
                 if change_huge_pmd(k, mm, vi, b) > 0 {
                     updated.extend(vma.page(first)..vma.page(first) + HPAGE_PMD_NR as PageIdx);
+                    huge_pmds += 1;
                 }
                 vpn = segment_end;
                 continue;
@@ -326,7 +344,17 @@ pub fn change_prot_numa(k: &mut Kernel, mm: Entity, vma: &Vma, start: u64, end: 
     invalidate_range(k, mm, vma.page(start), end - start, MmuNotifyEvent::ProtectionVma, |p| {
         updated.binary_search(&p).is_ok()
     });
-    updated.len() as u64
+    let pte_updates = updated.len() as u64;
+    ProtNumaChange { pte_updates, entries_written: pte_updates - huge_pmds * HPAGE_PMD_NR + huge_pmds }
+}
+
+/// What change_prot_numa() changed over a range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProtNumaChange {
+    /// PTEs made protnone, HPAGE_PMD_NR for a huge PMD (as numa_pte_updates counts them).
+    pub pte_updates: u64,
+    /// Page-table entries written: each 4 KiB PTE, and a huge PMD once.
+    pub entries_written: u64,
 }
 
 /// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE.
