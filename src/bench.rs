@@ -257,7 +257,11 @@ pub fn sweep() {
     for (what, mut r) in [("throughput on 2 threads", ratios), ("a compute-bound loop on 2 threads", host)] {
         let shown: Vec<String> = r.iter().map(|r| format!("{r:.2}")).collect();
         r.sort_by(f64::total_cmp);
-        println!("{what}: {:.2}x that on 1 (median of {SWEEP_ROUNDS} rounds: {})", r[SWEEP_ROUNDS / 2], shown.join(", "));
+        println!(
+            "{what}: {:.2}x that on 1 (median of {SWEEP_ROUNDS} rounds: {})",
+            r[SWEEP_ROUNDS / 2],
+            shown.join(", ")
+        );
     }
 }
 
