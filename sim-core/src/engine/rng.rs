@@ -40,7 +40,7 @@ impl RngStream {
     #[inline]
     pub fn below(&mut self, n: u64) -> u64 {
         if n <= u64::from(u32::MAX) {
-            (u64::from(self.0.next_u32()) * n) >> 32
+            below_from(self.0.next_u32(), n)
         } else {
             ((u128::from(self.0.next_u64()) * u128::from(n)) >> 64) as u64
         }
@@ -58,8 +58,27 @@ impl RngStream {
     /// True with probability `p` (0..=1), from 53 random bits.
     #[inline]
     pub fn chance(&mut self, p: f64) -> bool {
-        ((self.0.next_u64() >> 11) as f64) * (1.0 / (1u64 << 53) as f64) < p
+        chance_from(self.0.next_u64(), p)
     }
+
+    /// The stream's next `out.len()` 32-bit words, in the order draws take them: a
+    /// [`RngStream::below`] of a range that fits 32 bits takes one ([`below_from`]), a
+    /// [`RngStream::chance`] two, the first its low half ([`chance_from`]).
+    pub fn words(&mut self, out: &mut [u32]) {
+        self.0.fill(out);
+    }
+}
+
+/// [`RngStream::below`]`(n)` of the word it draws (`n ≤ u32::MAX`).
+#[inline]
+pub fn below_from(word: u32, n: u64) -> u64 {
+    (u64::from(word) * n) >> 32
+}
+
+/// [`RngStream::chance`]`(p)` of the 64 bits it draws.
+#[inline]
+pub fn chance_from(bits: u64, p: f64) -> bool {
+    ((bits >> 11) as f64) * (1.0 / (1u64 << 53) as f64) < p
 }
 
 #[cfg(test)]
