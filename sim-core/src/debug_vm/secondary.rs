@@ -95,13 +95,14 @@ fn tally_chunk(s: &SecondaryMmu, pages: &Pages, runs: &[(PageIdx, u64, bool)], c
         let mut page = from as PageIdx;
         for (slots, each) in pages.spans(page, to - from) {
             let i = (page - s.base) as usize;
-            let (count, entries) = if each == 1 { (slots.len(), slots.len()) } else { (1, each as usize) };
-            let entries = &s.entries()[i..i + entries];
+            // A compact chunk's one slot stands for all its pages.
+            let compact = each > 1;
+            let entries = &s.entries()[i..i + if compact { each as usize } else { slots.len() }];
             let state = |k: usize| {
-                let slot = slots.start + if count == 1 { 0 } else { k };
+                let slot = slots.start + if compact { 0 } else { k };
                 (pages.slots.pte(slot), pages.slots.frame_gen(slot))
             };
-            let (stale, bad) = if count == 1 {
+            let (stale, bad) = if compact {
                 fold(entries, granted, std::iter::repeat(state(0)))
             } else {
                 let ptes = pages.slots.ptes(slots.clone()).iter().copied();

@@ -49,9 +49,9 @@ impl RngStream {
     /// What `out.len()` calls of [`RngStream::below`]`(n)` give (`0 < n ≤ u32::MAX`), with
     /// the stream's words drawn in one go and the multiplies vectorised.
     pub fn below_each(&mut self, n: u32, out: &mut [u32]) {
-        self.0.fill(out);
+        self.words(out);
         for x in out {
-            *x = ((u64::from(*x) * u64::from(n)) >> 32) as u32;
+            *x = below_from(*x, u64::from(n)) as u32;
         }
     }
 

@@ -97,17 +97,18 @@ impl SecondaryMmu {
         &self.writes
     }
 
-    fn wrote(&mut self, i: usize) {
-        let c = Self::chunk_of(self.base, self.base as usize + i);
-        self.writes[c] = self.writes[c].wrapping_add(1);
+    /// Counts a map or zap of the non-empty entries `range` in each chunk it touches.
+    fn wrote(&mut self, range: std::ops::Range<usize>) {
+        let base = self.base as usize;
+        for c in Self::chunk_of(self.base, base + range.start)..=Self::chunk_of(self.base, base + range.end - 1) {
+            self.writes[c] = self.writes[c].wrapping_add(1);
+        }
     }
 
     /// Invalidates entries `range` (indices into the table).
     pub fn zap(&mut self, range: std::ops::Range<usize>) {
-        for c in Self::chunk_of(self.base, self.base as usize + range.start)
-            ..=Self::chunk_of(self.base, self.base as usize + range.end.max(range.start + 1) - 1)
-        {
-            self.writes[c] = self.writes[c].wrapping_add(1);
+        if !range.is_empty() {
+            self.wrote(range.clone());
         }
         self.entries[range].fill(0);
     }
@@ -156,7 +157,7 @@ impl SecondaryMmu {
     fn map_entry(&mut self, page: PageIdx, pages: &Pages, writable: bool, huge: u32) {
         if let Some(i) = self.slot(page) {
             let s = pages.slot(page);
-            self.wrote(i);
+            self.wrote(i..i + 1);
             self.entries[i] = SPTE_VALID
                 | huge
                 | if writable { SPTE_WRITABLE } else { 0 }
