@@ -76,7 +76,7 @@ impl Default for MachineConfig {
 }
 
 /// Which GUP callers honor NUMA hinting faults: the four eras of the truth table in
-/// KERNEL_MODEL.md section 2. A kernel version selects one; `kernel.gup_policy` overrides it.
+/// docs/MODEL.md, "GUP eras". A kernel version selects one; `kernel.gup_policy` overrides it.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum GupPolicy {
