@@ -671,7 +671,7 @@ pub struct ValidateConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToleranceConfig {
-    /// A dotted result name (`vmstat.numa_hint_faults`) or a derived one (see README).
+    /// A dotted result name (`vmstat.numa_hint_faults`) or a derived one (docs/ORACLE.md, "Derived metrics").
     pub metric: String,
     pub abs: f64,
     pub rel: f64,
