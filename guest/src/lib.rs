@@ -288,7 +288,7 @@ pub struct PteWalk {
     pub cpu_ns: u64,
     pub wall_ns: u64,
     /// The same over one page: the flushes and the calls without the PTEs (None from a guest
-    /// before session 5's second timing).
+    /// built before the one-page timing, 2026-12-01).
     #[serde(default)]
     pub one_page_cpu_ns: Option<u64>,
     #[serde(default)]

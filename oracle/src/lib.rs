@@ -542,7 +542,7 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
 mod tests {
     use super::*;
 
-    /// The console of numa02 on 6.12.117 that stalled under TCG in session 3 (its first lines).
+    /// The console of numa02 on 6.12.117 that stalled under TCG (2026-12-01; its first lines).
     const RCU_STALL: &str = "[   23.236289] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n\
         [   23.236289] rcu: \t2-...!: (0 ticks this GP) idle=6178/0/0x0 softirq=17/17 fqs=0 (false positive?)\n";
 

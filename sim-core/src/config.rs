@@ -76,7 +76,7 @@ impl Default for MachineConfig {
 }
 
 /// Which GUP callers honor NUMA hinting faults: the four eras of the truth table in
-/// KERNEL_MODEL.md section 2. A kernel version selects one; `kernel.gup_policy` overrides it.
+/// docs/MODEL.md, "GUP eras". A kernel version selects one; `kernel.gup_policy` overrides it.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[serde(rename_all = "kebab-case")]
 pub enum GupPolicy {
@@ -671,7 +671,7 @@ pub struct ValidateConfig {
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ToleranceConfig {
-    /// A dotted result name (`vmstat.numa_hint_faults`) or a derived one (see README).
+    /// A dotted result name (`vmstat.numa_hint_faults`) or a derived one (docs/ORACLE.md, "Derived metrics").
     pub metric: String,
     pub abs: f64,
     pub rel: f64,

@@ -1,4 +1,4 @@
-//! The GUP path table of ../shared/KERNEL_ORACLE.md, cell by cell: what the real kernels
+//! The GUP path table of docs/ORACLE.md ("The GUP path table"), cell by cell: what the real kernels
 //! did, under QEMU, when one access path from node 1 met a 64 MiB buffer (16384 pages) on
 //! node 0 that one scan pass had made protnone. Each cell is (hinting faults, pages
 //! migrated), the median of 3 rounds; the kernels' noise is 1–10 faults (an idle control

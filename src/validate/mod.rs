@@ -211,7 +211,7 @@ fn resolve_case(name: &str, set: &[String]) -> Result<Config, Failure> {
         if !compare::is_known(&t.metric, &names) {
             return Err(Failure::Input(format!(
                 "{name}: key `validate.tolerance[{i}].metric`: no metric `{}` (a summary name such as \
-                 vmstat.numa_hint_faults, final.node.<n>.used_pages, or a derived one: see README)",
+                 vmstat.numa_hint_faults, final.node.<n>.used_pages, or a derived one: see docs/ORACLE.md)",
                 t.metric
             )));
         }

@@ -18,7 +18,7 @@ use sim_core::config::Config;
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct PteScanCost {
     /// Each kernel run's fit (TCG spreads them: the large walk took 2–15 µs per PTE across
-    /// boots in session 5).
+    /// boots of 6.1.192 and 6.12.117, 2026-12-01).
     pub per_run: Vec<RunCost>,
     /// Their mean CPU nanoseconds per PTE.
     pub ns_per_pte: f64,

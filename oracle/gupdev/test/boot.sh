@@ -2,7 +2,9 @@
 # Boots one Debian kernel under QEMU (TCG, 2 NUMA nodes) with the gupdev test as /init:
 #   test/boot.sh KERNEL_RELEASE [OUT_DIR]     e.g. 6.12.117+deb12-amd64, 6.1.0-57-amd64
 # Needs: linux-headers-RELEASE, gcc, cpio, qemu-system-x86. The kernel image comes from
-# /work/kimg/RELEASE (or KIMG_DIR), fetched with apt-get download when missing.
+# KIMG_DIR/linux-image-RELEASE, by default numasim's kernel cache ($NUMASIM_KERNEL_CACHE, else
+# $XDG_CACHE_HOME/numasim/kernels, else ~/.cache/numasim/kernels), fetched with
+# apt-get download when missing.
 # GUPDEV_EXTRA=PROGRAM (static) also runs PROGRAM in the guest after the checks.
 # Prints the guest's gupdev-result lines; OUT_DIR/console.log has the whole console.
 # Exit 0: guest ran every check; 1: a check failed or the guest died; 2: missing parts.
@@ -10,24 +12,27 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 release=${1:?usage: $0 KERNEL_RELEASE [OUT_DIR]}
 out=${2:-$here/out/boot-$release}
-kimg=${KIMG_DIR:-/work/kimg}
+kimg=${KIMG_DIR:-${NUMASIM_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/numasim/kernels}}
 for tool in gcc cpio gzip qemu-system-x86_64 timeout; do
 	command -v "$tool" >/dev/null || { echo "gupdev: $tool missing (apt-get install gcc cpio qemu-system-x86)" >&2; exit 2; }
 done
 
-vmlinuz=$kimg/$release/boot/vmlinuz-$release
+# The kernel cache's layout, shared with `numasim kernel`: packages in debs/, each unpacked
+# into a directory named after it.
+pkg=linux-image-$release
+vmlinuz=$kimg/$pkg/boot/vmlinuz-$release
 if [ ! -f "$vmlinuz" ]; then
-	mkdir -p "$kimg"
+	mkdir -p "$kimg/debs"
 	(
 		flock 9
 		if [ ! -f "$vmlinuz" ]; then
-			cd "$kimg"
-			apt-get download "linux-image-$release" >&2 || { echo "gupdev: cannot download linux-image-$release" >&2; exit 2; }
-			rm -rf "$release.tmp" && mkdir "$release.tmp"
-			dpkg-deb -x linux-image-"$release"_*.deb "$release.tmp"
-			rm -rf "$release" && mv "$release.tmp" "$release"
+			(cd "$kimg/debs" && ls "$pkg"_*.deb >/dev/null 2>&1) || (cd "$kimg/debs" && apt-get download "$pkg" >&2) ||
+				{ echo "gupdev: cannot download $pkg" >&2; exit 2; }
+			rm -rf "$kimg/.$pkg.tmp" && mkdir "$kimg/.$pkg.tmp"
+			dpkg-deb -x "$kimg/debs/$pkg"_*.deb "$kimg/.$pkg.tmp"
+			rm -rf "${kimg:?}/$pkg" && mv "$kimg/.$pkg.tmp" "$kimg/$pkg"
 		fi
-	) 9>"$kimg/.lock"
+	) 9>"$kimg/.gupdev-lock"
 fi
 
 ko=$("$here/build.sh" "$release" | tail -1)

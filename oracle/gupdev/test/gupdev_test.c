@@ -224,7 +224,7 @@ static long wait_scan_pass(long pte_updates_before)
 
 	while (now_s() - t0 < 120) {
 		done = vmstat("numa_pte_updates") - pte_updates_before;
-		/* A few pages may be skipped by a pass (see KERNEL_ORACLE.md): 99 % will do. */
+		/* A few pages may be skipped by a pass (docs/ORACLE.md, "The GUP path table"): 99 % will do. */
 		if (done >= (long)(BUF_PAGES * 99 / 100))
 			break;
 		usleep(50000);
@@ -294,7 +294,7 @@ static void gup_case(const char *context, unsigned int flags)
 		       m.hint_faults_local, m.pages_migrated, m.retries, vm_faults);
 	check(!r && m.mapped == BUF_PAGES, "gup %s honor=%d: map %s", context, honor,
 	      strerror(-r));
-	/* Issue 15: 6.12 read GUP follows protnone PTEs unless told to honour them; 6.1's
+	/* 6.12's read GUP follows protnone PTEs unless told to honour them; 6.1's
 	 * GUP always takes the hinting fault. Noise is a few faults, the signal all pages. */
 	if (honor || (caps & GUPDEV_CAP_IMPLICIT_NUMA_FAULT))
 		check(m.hint_faults > BUF_PAGES * 9 / 10, "gup %s honor=%d takes hinting faults",

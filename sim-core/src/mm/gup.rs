@@ -185,7 +185,7 @@ mod tests {
     use super::*;
     use crate::mm::PG_KSM;
 
-    /// The truth table of KERNEL_MODEL.md section 2, rows by caller, columns by era: does a
+    /// The truth table of docs/MODEL.md ("GUP eras"), rows by caller, columns by era: does a
     /// protnone PTE in an accessible VMA get followed without a hinting fault?
     #[test]
     fn the_era_table() {
