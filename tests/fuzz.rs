@@ -116,7 +116,7 @@ const EDGES: &[&str] = &[
     "munmap",
 ];
 
-/// The classes of input the issue names; the long run and CI's slice must generate each.
+/// The classes of bad input the fuzzer must cover; the long run and CI's slice must generate each.
 const CLASSES: &[&str] = &[
     "edge 0",
     "edge -1",

@@ -1,4 +1,4 @@
-//! Regression tests of issue 12, one per class of bad input or failure: values whose
+//! Regression tests, one per class of bad input or failure: values whose
 //! conversion overflows or that would stop time, a run too big for memory, names that
 //! would break a CSV, keys nested too deep, incomplete sweep folders and shard sets, I/O
 //! failures and a closed stdout. Each through the binary, with its exit status.
