@@ -21,12 +21,7 @@ fn missing(kernel: &str) -> Option<String> {
         Ok(k) => k,
         Err(e) => return Some(format!("kernel {kernel}: {e}")),
     };
-    let r = k.release();
-    let headers = [format!("/lib/modules/{r}/build/Makefile"), format!("/usr/src/linux-headers-{r}/Makefile")];
-    if headers.iter().all(|h| !std::path::Path::new(h).is_file()) {
-        return Some(format!("no headers for {r}: apt-get install linux-headers-{r} (oracle/gupdev/ci.sh does)"));
-    }
-    None
+    oracle::kernel::headers_tree(k.release()).err().map(|e| format!("headers of {}: {e}", k.release()))
 }
 
 /// Runs one validate case and returns each kernel's outcome from validate.json.

@@ -31,6 +31,8 @@ fn bad_input_exits_2_before_anything_boots() {
     assert!(e.contains("--kernel `5.0`"), "{e}");
     let e = rejected(&["validate", "numa02", "--repeat", "0", "--out", s(&out)]);
     assert!(e.contains("--repeat"), "{e}");
+    let e = rejected(&["validate", "numa02", "--report", s(&dir.join("no-dir/r.md")), "--out", s(&out)]);
+    assert!(e.contains("--report"), "{e}");
     assert!(!out.exists(), "nothing is written on bad input");
 }
 

@@ -159,26 +159,144 @@ fn newest_cached(series: &Series, cache: &Path) -> Option<String> {
 
 /// `apt-get download` the package into `cache/debs` and `dpkg-deb -x` it to `cache/<package>`.
 fn fetch_package(package: &str, cache: &Path) -> Result<(), OracleError> {
-    let debs = cache.join("debs");
-    std::fs::create_dir_all(&debs).map_err(|e| OracleError::Io(format!("{}: {e}", debs.display())))?;
-    let deb = find_deb(&debs, package);
-    let deb = match deb {
-        Some(d) => d,
-        None => {
-            run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(&debs), "apt-get download")?;
-            find_deb(&debs, package).ok_or_else(|| {
-                OracleError::Io(format!("apt-get download {package} left no .deb in {}", debs.display()))
-            })?
-        }
-    };
-    let tmp = cache.join(format!(".{package}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    run_tool(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp), "dpkg-deb -x")?;
-    std::fs::rename(&tmp, cache.join(package)).map_err(|e| OracleError::Io(format!("{}: {e}", tmp.display())))
+    let deb = download(package, &cache.join("debs"))?;
+    unpack(&[deb], cache, package, |_| Ok(()))
 }
 
+/// The build tree of Debian's headers for `release`, fetched into the cache when missing:
+/// `linux-headers-<release>` with the `-common` and `linux-kbuild` packages it depends on,
+/// unpacked into one root, `cache/linux-headers-<release>/usr/src/linux-headers-<release>`.
+pub fn headers_tree(release: &str) -> Result<PathBuf, OracleError> {
+    let cache = cache_dir();
+    let package = format!("linux-headers-{release}");
+    let tree = cache.join(&package).join("usr/src").join(&package);
+    if !tree.join("Makefile").is_file() {
+        fetch_headers(&package, &cache)?;
+    }
+    Ok(tree)
+}
+
+fn fetch_headers(package: &str, cache: &Path) -> Result<(), OracleError> {
+    let debs = cache.join("debs");
+    let main = download(package, &debs)?;
+    let mut all = vec![main.clone()];
+    for dep in build_dependencies(&main)? {
+        all.push(download(&dep, &debs)?);
+    }
+    unpack(&all, cache, package, |root| relocate_headers(root, package))
+}
+
+/// The packages a headers package needs to build a module: its `-common` tree and the kbuild
+/// tools (`name=version` when it pins one). The compiler it names is checked, not fetched.
+fn build_dependencies(deb: &Path) -> Result<Vec<String>, OracleError> {
+    let out = Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends").output().map_err(|e| {
+        OracleError::Input(format!("dpkg-deb: {e}: run `apt-get install -y --no-install-recommends dpkg`"))
+    })?;
+    let depends = String::from_utf8_lossy(&out.stdout).into_owned();
+    let wanted: Vec<String> = depends.split(',').filter_map(|d| pinned_dependency(d.split('|').next()?)).collect();
+    if wanted.iter().any(|w| w.starts_with("linux-kbuild-")) && wanted.iter().any(|w| w.contains("-common")) {
+        Ok(wanted)
+    } else {
+        Err(OracleError::Io(format!("{}: no -common and linux-kbuild among its Depends: {depends}", deb.display())))
+    }
+}
+
+/// `linux-headers-X-common (= V)` → `linux-headers-X-common=V`; a `>=` pin is taken as the
+/// exact version too (Debian builds the kbuild package with the headers). Other packages: None.
+fn pinned_dependency(dep: &str) -> Option<String> {
+    let dep = dep.trim();
+    let name = dep.split_whitespace().next()?;
+    let wanted = name.starts_with("linux-kbuild-") || (name.starts_with("linux-headers-") && name.ends_with("-common"));
+    if !wanted {
+        return None;
+    }
+    let version = dep.split_once('(').and_then(|(_, v)| v.trim_end_matches(')').split_whitespace().nth(1));
+    Some(version.map_or(name.to_string(), |v| format!("{name}={v}")))
+}
+
+/// The arch tree's Makefile includes the `-common` one by its absolute /usr/src path: made
+/// relative (make runs in the arch tree), so the unpacked root builds where it lies. Every
+/// symlink under usr/src must resolve inside the root.
+fn relocate_headers(root: &Path, package: &str) -> Result<(), OracleError> {
+    let src = root.join("usr/src");
+    let makefile = src.join(package).join("Makefile");
+    let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
+    let text = std::fs::read_to_string(&makefile).map_err(|e| io(&makefile, e))?;
+    std::fs::write(&makefile, text.replace("include /usr/src/", "include ../")).map_err(|e| io(&makefile, e))?;
+    match link_leaving(&src, root) {
+        Some(link) => Err(OracleError::Io(format!(
+            "{}: a symlink that does not resolve inside the unpacked headers",
+            link.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The first symlink under `dir` that is dangling or resolves outside `root`.
+fn link_leaving(dir: &Path, root: &Path) -> Option<PathBuf> {
+    let root = root.canonicalize().ok()?;
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        let kind = entry.file_type().ok()?;
+        if kind.is_symlink() {
+            if !path.canonicalize().is_ok_and(|t| t.starts_with(&root)) {
+                return Some(path);
+            }
+        } else if kind.is_dir()
+            && let Some(bad) = link_leaving(&path, &root)
+        {
+            return Some(bad);
+        }
+    }
+    None
+}
+
+/// `package` (or `name=version`) as a .deb in `debs`, downloaded when missing. apt-get runs in
+/// a scratch directory and the .deb is renamed in whole, so a killed download leaves nothing
+/// that passes for a package.
+fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
+    if let Some(d) = find_deb(debs, package) {
+        return Ok(d);
+    }
+    let partial = debs.join(format!(".partial-{}", std::process::id()));
+    let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
+    run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(&partial), "apt-get download")?;
+    let got = find_deb(&partial, package).ok_or_else(|| {
+        OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display()))
+    })?;
+    let deb = debs.join(got.file_name().expect("a .deb has a name"));
+    std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
+    let _ = std::fs::remove_dir_all(&partial);
+    Ok(deb)
+}
+
+/// `dpkg-deb -x` each of `debs` into a scratch root, `fixup` it, then rename it to
+/// `cache/<entry>` in one step (what is there is complete).
+fn unpack(
+    debs: &[PathBuf],
+    cache: &Path,
+    entry: &str,
+    fixup: impl Fn(&Path) -> Result<(), OracleError>,
+) -> Result<(), OracleError> {
+    let tmp = cache.join(format!(".{entry}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    for deb in debs {
+        run_tool(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp), "dpkg-deb -x")?;
+    }
+    fixup(&tmp)?;
+    let dest = cache.join(entry);
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&tmp, &dest).map_err(|e| OracleError::Io(format!("{}: {e}", tmp.display())))
+}
+
+/// The .deb of `package` (`name` or `name=version`) in `dir`.
 fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
-    let prefix = format!("{package}_");
+    let prefix = match package.split_once('=') {
+        Some((name, version)) => format!("{name}_{}_", version.replace(':', "%3a")),
+        None => format!("{package}_"),
+    };
     std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
