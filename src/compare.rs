@@ -140,7 +140,8 @@ pub fn format_table(columns: &[Runs], show_zero: bool) -> String {
     let Some(first_run) = first.first() else { return String::new() };
     let skip = ["seed", "sim_time_ns", "events", "wall_s"];
     let metrics: Vec<&String> = first_run.iter().map(|(k, _)| k).filter(|k| !skip.contains(&k.as_str())).collect();
-    let values = |runs: &[Vec<(String, f64)>], m: &str| runs.iter().map(|s| get(s, m).unwrap_or(0.0)).collect::<Vec<_>>();
+    let values =
+        |runs: &[Vec<(String, f64)>], m: &str| runs.iter().map(|s| get(s, m).unwrap_or(0.0)).collect::<Vec<_>>();
     let all_zero = |m: &str| columns.iter().all(|(_, runs)| values(runs, m).iter().all(|v| *v == 0.0));
     let (shown, hidden): (Vec<&String>, Vec<&String>) = metrics.iter().partition(|m| show_zero || !all_zero(m));
     let mut rows: Vec<(String, Vec<String>)> = Vec::new();
@@ -264,7 +265,8 @@ mod tests {
     /// a: mean 10, sd 1; b: mean 13, sd 1 (3 > 1 + 1: marked); c: mean 11.5, sd 1 (1.5 is not).
     #[test]
     fn from_three_seeds_a_change_outside_both_spreads_is_marked() {
-        let cols = [column("a", &[9.0, 10.0, 11.0]), column("b", &[12.0, 13.0, 14.0]), column("c", &[10.5, 11.5, 12.5])];
+        let cols =
+            [column("a", &[9.0, 10.0, 11.0]), column("b", &[12.0, 13.0, 14.0]), column("c", &[10.5, 11.5, 12.5])];
         let t = format_table(&cols, false);
         let cells: Vec<&str> = row(&t, "faults").unwrap().split(')').collect();
         assert!(!cells[0].ends_with('*') && !cells[1].starts_with('*'), "the first column is never marked: {t}");

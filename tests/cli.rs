@@ -249,8 +249,8 @@ fn compare_hides_zero_rows_and_has_no_spread_from_one_seed() {
     let cfg = write(&dir, "small.toml", SMALL);
     let run = |extra: &[&str]| {
         let out_dir = dir.join(format!("cmp{}", extra.len()));
-        let args = [&["compare", &cfg, "--policies", "implicit,explicit", "--out", out_dir.to_str().unwrap()], extra]
-            .concat();
+        let args =
+            [&["compare", &cfg, "--policies", "implicit,explicit", "--out", out_dir.to_str().unwrap()], extra].concat();
         let out = numasim(&args);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).into_owned()

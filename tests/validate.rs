@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{numasim, rejected, s, scratch};
+use common::{numasim, oracle_missing, rejected, s, scratch};
 
 #[test]
 fn every_case_of_the_catalogue_passes_check() {
@@ -34,16 +34,6 @@ fn bad_input_exits_2_before_anything_boots() {
     let e = rejected(&["validate", "numa02", "--report", s(&dir.join("no-dir/r.md")), "--out", s(&out)]);
     assert!(e.contains("--report"), "{e}");
     assert!(!out.exists(), "nothing is written on bad input");
-}
-
-/// Why the oracle cannot run here, if it cannot.
-fn oracle_missing(kernel: &str) -> Option<String> {
-    if std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .all(|d| !d.join("qemu-system-x86_64").is_file())
-    {
-        return Some("qemu-system-x86_64 is not installed".into());
-    }
-    oracle::resolve_kernel(kernel).err().map(|e| format!("kernel {kernel}: {e}"))
 }
 
 #[test]

@@ -149,7 +149,10 @@ mod tests {
         let text = "CONFIG_CC_VERSION_TEXT=\"x86_64-linux-gnu-gcc-97 (Debian 97.1.0-1) 97.1.0\"\n";
         std::fs::write(dir.join(".config"), text).unwrap();
         let Err(OracleError::Input(msg)) = check_compiler(&dir, "6.12.0-test") else { panic!("must fail") };
-        assert!(msg.contains("x86_64-linux-gnu-gcc-97") && msg.contains("install -y --no-install-recommends gcc-97"), "{msg}");
+        assert!(
+            msg.contains("x86_64-linux-gnu-gcc-97") && msg.contains("install -y --no-install-recommends gcc-97"),
+            "{msg}"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

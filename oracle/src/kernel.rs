@@ -263,9 +263,8 @@ fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
     run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(&partial), "apt-get download")?;
-    let got = find_deb(&partial, package).ok_or_else(|| {
-        OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display()))
-    })?;
+    let got = find_deb(&partial, package)
+        .ok_or_else(|| OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display())))?;
     let deb = debs.join(got.file_name().expect("a .deb has a name"));
     std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
     let _ = std::fs::remove_dir_all(&partial);
