@@ -469,6 +469,35 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// The Depends of Debian's 6.1.0-57 headers: the -common tree pinned exactly, kbuild by `>=`.
+    #[test]
+    fn a_headers_package_needs_its_common_tree_and_kbuild_at_its_own_version() {
+        let depends = "linux-headers-6.1.0-57-common (= 6.1.192-3), linux-kbuild-6.1 (>= 6.1.192-3), \
+                       linux-compiler-gcc-12-x86";
+        let wanted: Vec<String> = depends.split(',').filter_map(pinned_dependency).collect();
+        assert_eq!(wanted, ["linux-headers-6.1.0-57-common=6.1.192-3", "linux-kbuild-6.1=6.1.192-3"]);
+        assert_eq!(pinned_dependency(" linux-kbuild-6.12.118+deb12").as_deref(), Some("linux-kbuild-6.12.118+deb12"));
+        let dir = std::env::temp_dir().join(format!("oracle-debs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("linux-kbuild-6.1_6.1.176-1_amd64.deb"), "").unwrap();
+        assert_eq!(find_deb(&dir, "linux-kbuild-6.1=6.1.192-3"), None, "an older kbuild is not the one pinned");
+        assert!(find_deb(&dir, "linux-kbuild-6.1=6.1.176-1").is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_leaving_the_unpacked_headers_is_found() {
+        let root = std::env::temp_dir().join(format!("oracle-links-{}", std::process::id()));
+        let tree = root.join("usr/src/linux-headers-x");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(root.join("usr/lib/kbuild/scripts")).unwrap();
+        std::os::unix::fs::symlink("../../lib/kbuild/scripts", tree.join("scripts")).unwrap();
+        assert_eq!(link_leaving(&root.join("usr/src"), &root), None);
+        std::os::unix::fs::symlink("/usr/lib", tree.join("tools")).unwrap();
+        assert_eq!(link_leaving(&root.join("usr/src"), &root), Some(tree.join("tools")));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn user_kernels_get_the_era_of_their_release() {
         assert_eq!(era_of("6.12.0-rc1+"), KernelVersion::V6_12);
