@@ -186,8 +186,14 @@ fn cell(base: (f64, f64), (mean, sd): (f64, f64), seeds: usize) -> String {
     } else {
         "     new".to_string()
     };
-    let marked = seeds >= MARK_FROM_SEEDS && (mean - base.0).abs() > sd + base.1;
-    let mark = if marked { SIGNIFICANT } else { ' ' };
+    // The marker's place is kept blank in unmarked cells only where a mark can appear.
+    let mark = if seeds < MARK_FROM_SEEDS {
+        String::new()
+    } else if (mean - base.0).abs() > sd + base.1 {
+        SIGNIFICANT.to_string()
+    } else {
+        " ".to_string()
+    };
     if seeds > 1 {
         format!("{:>14} ±{:>7} ({change}){mark}", fmt(mean), fmt(sd))
     } else {
