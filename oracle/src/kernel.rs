@@ -260,7 +260,7 @@ fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
     }
     let partial = debs.join(format!(".partial-{}", std::process::id()));
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
-    let _ = std::fs::remove_dir_all(&partial);
+    remove_abandoned_downloads(debs);
     std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
     run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(&partial), "apt-get download")?;
     let got = find_deb(&partial, package)
@@ -269,6 +269,18 @@ fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
     std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
     let _ = std::fs::remove_dir_all(&partial);
     Ok(deb)
+}
+
+/// The scratch directories of downloads whose process is gone (killed mid-download).
+fn remove_abandoned_downloads(debs: &Path) {
+    let Ok(entries) = std::fs::read_dir(debs) else { return };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(".partial-").and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| p == std::process::id() || !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
 }
 
 /// `dpkg-deb -x` each of `debs` into a scratch root, `fixup` it, then rename it to
@@ -483,6 +495,20 @@ mod tests {
         assert_eq!(find_deb(&dir, "linux-kbuild-6.1=6.1.192-3"), None, "an older kbuild is not the one pinned");
         assert!(find_deb(&dir, "linux-kbuild-6.1=6.1.176-1").is_some());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A download killed midway leaves only its scratch directory, which no lookup sees and
+    /// the next download removes.
+    #[test]
+    fn a_killed_download_leaves_nothing_that_passes_for_a_package() {
+        let debs = std::env::temp_dir().join(format!("oracle-killed-{}", std::process::id()));
+        let dead = debs.join(format!(".partial-{}", u32::MAX - 1));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("linux-kbuild-6.1_6.1.192-3_amd64.deb"), "trunc").unwrap();
+        assert_eq!(find_deb(&debs, "linux-kbuild-6.1=6.1.192-3"), None);
+        remove_abandoned_downloads(&debs);
+        assert!(!dead.exists());
+        std::fs::remove_dir_all(&debs).unwrap();
     }
 
     #[test]
