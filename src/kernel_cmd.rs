@@ -31,6 +31,8 @@ pub fn run(
     if let Some(r) = request.as_mut() {
         r.options.version = trace::formats_of(spec.sim_version());
     }
+    // The kernel's own inputs (can the module be built for it?) come before the host's tools.
+    oracle::gupdev::check_buildable(&config, &spec).map_err(failure)?;
     oracle::qemu::qemu_binary().map_err(failure)?;
     let dir =
         out.unwrap_or_else(|| PathBuf::from("out").join(format!("{}-kernel-{}", config.name, kernel_label(kernel))));

@@ -68,6 +68,9 @@ enum Command {
         /// Check the model's invariants after every event of every run.
         #[arg(long)]
         check_invariants: bool,
+        /// Also show the metrics that are 0 in every run (hidden by default).
+        #[arg(long)]
+        show_zero: bool,
     },
     /// Run a parameter sweep (all of it, or one shard).
     Sweep {
@@ -146,6 +149,10 @@ enum Command {
         /// kernel panic, an RCU stall or a soft lockup.
         #[arg(long, default_value_t = oracle::DEFAULT_RETRIES)]
         retries: u32,
+        /// Also write the report to FILE, headed by the date, the host (CPU model, cores), the
+        /// accelerator and the kernel releases (e.g. docs/VALIDATION.md).
+        #[arg(long, value_name = "FILE")]
+        report: Option<PathBuf>,
     },
     /// Draw the plots of a run, a comparison or a sweep again from its result files.
     Plot { dir: PathBuf },
@@ -240,9 +247,10 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Compare { scenario, set, policies, kernels, seeds, jobs, out, check_invariants } => {
+        Command::Compare { scenario, set, policies, kernels, seeds, jobs, out, check_invariants, show_zero } => {
             compare::run(compare::Args {
                 scenario,
+                show_zero,
                 set,
                 columns: if kernels.is_empty() {
                     policies.into_iter().map(compare::Column::Policy).collect()
@@ -266,8 +274,8 @@ fn main() -> ExitCode {
         Command::Kernel { scenario, kernel, set, out, trace, retries } => {
             kernel_cmd::run(&scenario, &kernel, &set, out, &trace, retries)
         }
-        Command::Validate { scenario, all, kernels, set, out, reuse, trace, repeat, retries } => {
-            let args = validate::Args { scenario, all, kernels, set, out, reuse, trace, repeat, retries };
+        Command::Validate { scenario, all, kernels, set, out, reuse, trace, repeat, retries, report } => {
+            let args = validate::Args { scenario, all, kernels, set, out, reuse, trace, repeat, retries, report };
             validate::run(args).and_then(|v| match v {
                 validate::Verdict::Agree => Ok(()),
                 validate::Verdict::Disagree => {

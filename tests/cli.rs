@@ -240,3 +240,26 @@ fn a_rerun_into_the_same_directory_leaves_no_figure_of_the_old_run() {
     common::ok(&["run", "numa02", "--set", "run.duration_ms=1000", "--out", out]);
     assert!(!out_dir.join("stale.png").exists() && !out_dir.join("stale.svg").exists());
 }
+
+/// The compare table through the binary: one seed prints no spread, rows that are 0 in every
+/// run are hidden (and counted) unless --show-zero.
+#[test]
+fn compare_hides_zero_rows_and_has_no_spread_from_one_seed() {
+    let dir = scratch("compare-format");
+    let cfg = write(&dir, "small.toml", SMALL);
+    let run = |extra: &[&str]| {
+        let out_dir = dir.join(format!("cmp{}", extra.len()));
+        let args =
+            [&["compare", &cfg, "--policies", "implicit,explicit", "--out", out_dir.to_str().unwrap()], extra].concat();
+        let out = numasim(&args);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let default = run(&[]);
+    let rows = |t: &str| t.lines().filter(|l| l.contains('%')).count();
+    assert!(!default.contains('±') && default.contains("value of 1"), "{default}");
+    assert!(default.contains("rows that are 0 in every run not shown"), "{default}");
+    let all = run(&["--show-zero"]);
+    assert!(rows(&all) > rows(&default) && !all.contains("not shown"), "{all}");
+    assert!(all.lines().any(|l| l.contains("0.00") && l.matches("+0.00%").count() == 2), "a zero row: {all}");
+}

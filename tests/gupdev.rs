@@ -7,26 +7,16 @@
 
 mod common;
 
-use common::{numasim, s, scratch};
+use common::{numasim, oracle_missing, s, scratch};
 use serde_json::Value;
 
 /// Why gupdev cannot run on `kernel` here, if it cannot.
 fn missing(kernel: &str) -> Option<String> {
-    if std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .all(|d| !d.join("qemu-system-x86_64").is_file())
-    {
-        return Some("qemu-system-x86_64 is not installed".into());
+    if let Some(why) = oracle_missing(kernel) {
+        return Some(why);
     }
-    let k = match oracle::resolve_kernel(kernel) {
-        Ok(k) => k,
-        Err(e) => return Some(format!("kernel {kernel}: {e}")),
-    };
-    let r = k.release();
-    let headers = [format!("/lib/modules/{r}/build/Makefile"), format!("/usr/src/linux-headers-{r}/Makefile")];
-    if headers.iter().all(|h| !std::path::Path::new(h).is_file()) {
-        return Some(format!("no headers for {r}: apt-get install linux-headers-{r} (oracle/gupdev/ci.sh does)"));
-    }
-    None
+    let k = oracle::resolve_kernel(kernel).ok()?;
+    oracle::kernel::headers_tree(k.release()).err().map(|e| format!("headers of {}: {e}", k.release()))
 }
 
 /// Runs one validate case and returns each kernel's outcome from validate.json.

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{numasim, rejected, s, scratch};
+use common::{numasim, oracle_missing, rejected, s, scratch};
 
 #[test]
 fn every_case_of_the_catalogue_passes_check() {
@@ -31,17 +31,9 @@ fn bad_input_exits_2_before_anything_boots() {
     assert!(e.contains("--kernel `5.0`"), "{e}");
     let e = rejected(&["validate", "numa02", "--repeat", "0", "--out", s(&out)]);
     assert!(e.contains("--repeat"), "{e}");
+    let e = rejected(&["validate", "numa02", "--report", s(&dir.join("no-dir/r.md")), "--out", s(&out)]);
+    assert!(e.contains("--report"), "{e}");
     assert!(!out.exists(), "nothing is written on bad input");
-}
-
-/// Why the oracle cannot run here, if it cannot.
-fn oracle_missing(kernel: &str) -> Option<String> {
-    if std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
-        .all(|d| !d.join("qemu-system-x86_64").is_file())
-    {
-        return Some("qemu-system-x86_64 is not installed".into());
-    }
-    oracle::resolve_kernel(kernel).err().map(|e| format!("kernel {kernel}: {e}"))
 }
 
 #[test]

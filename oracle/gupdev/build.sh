@@ -1,7 +1,10 @@
 #!/bin/bash
 # Builds gupdev.ko for one kernel: build.sh KERNEL_RELEASE|BUILD_DIR [OUT_DIR]
-# KERNEL_RELEASE (e.g. 6.12.117+deb12-amd64) uses that release's headers package;
-# BUILD_DIR is a configured kernel tree with Module.symvers (a self-built kernel).
+# KERNEL_RELEASE (e.g. 6.12.117+deb12-amd64) uses that release's headers: the tree the
+# oracle fetches into its kernel cache (NUMASIM_KERNEL_CACHE, else $XDG_CACHE_HOME or
+# ~/.cache /numasim/kernels), else an installed linux-headers package;
+# BUILD_DIR is a configured kernel tree with Module.symvers (a self-built kernel or a
+# headers tree).
 # The module lands in OUT_DIR (default: out/RELEASE beside this script); its path is
 # the last line printed. Exit 2: no headers/tree for that kernel.
 set -euo pipefail
@@ -20,10 +23,14 @@ if [ -d "$arg" ]; then
 	release=$(cat "$kdir/include/config/kernel.release")
 else
 	release=$arg
-	kdir=/lib/modules/$release/build
-	[ -d "$kdir" ] || kdir=/usr/src/linux-headers-$release
-	if [ ! -f "$kdir/Makefile" ]; then
-		echo "gupdev: no headers for kernel $release: apt-get install linux-headers-$release" >&2
+	cache=${NUMASIM_KERNEL_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/numasim/kernels}
+	kdir=
+	for d in "$cache/linux-headers-$release/usr/src/linux-headers-$release" \
+		"/lib/modules/$release/build" "/usr/src/linux-headers-$release"; do
+		if [ -f "$d/Makefile" ]; then kdir=$d; break; fi
+	done
+	if [ -z "$kdir" ]; then
+		echo "gupdev: no headers for kernel $release in $cache or installed: a numasim run that needs the module fetches linux-headers-$release into the cache" >&2
 		exit 2
 	fi
 fi
@@ -31,7 +38,8 @@ out=${2:-$here/out/$release}
 mkdir -p "$out"
 rm -f "$out"/*.c "$out"/*.h
 cp "$here"/*.c "$here"/*.h "$here/Kbuild" "$out/"
-if ! make -s -C "$kdir" M="$out" modules >"$out/build.log" 2>&1; then
+# No BTF for the module: it would need pahole (dwarves), and nothing reads gupdev's types.
+if ! make -s -C "$kdir" M="$out" CONFIG_DEBUG_INFO_BTF_MODULES= modules >"$out/build.log" 2>&1; then
 	cat "$out/build.log" >&2
 	echo "gupdev: build against $kdir failed (log: $out/build.log)" >&2
 	exit 1

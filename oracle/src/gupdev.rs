@@ -1,20 +1,43 @@
 //! gupdev.ko (oracle/gupdev/) for the kernel the oracle boots: built by the module's own
-//! `build.sh` against the release's headers package (Debian's kernels) or the build tree
-//! beside a user's bzImage, into `target/gupdev/<release>/`, and rebuilt only when a source
-//! file is newer than the module.
+//! `build.sh` against the release's headers (Debian's kernels: fetched into the kernel cache,
+//! see [`crate::kernel::headers_tree`]) or the build tree beside a user's bzImage, into
+//! `target/gupdev/<release>/`, and rebuilt only when a source file is newer than the module.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::SystemTime;
 
-use crate::{KernelSpec, OracleError};
+use sim_core::config::Config;
+
+use crate::kernel::headers_tree;
+use crate::{KernelSpec, OracleError, plan};
 
 fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("gupdev")
 }
 
+/// Whether `cfg` can run on `k` as far as the module goes, said before QEMU is looked for or
+/// anything is fetched: a scenario that needs gupdev on a user's image without its build tree
+/// is bad input.
+pub fn check_buildable(cfg: &Config, k: &KernelSpec) -> Result<(), OracleError> {
+    if plan::plan_of(cfg)?.smmus.is_empty() || k.build_dir.is_some() || k.headers_package.is_some() {
+        Ok(())
+    } else {
+        Err(no_build_tree(k))
+    }
+}
+
+fn no_build_tree(k: &KernelSpec) -> OracleError {
+    OracleError::Input(format!(
+        "{}: the scenario needs the gupdev module (a `driver` device or a [[vm]]), which is built against \
+         the kernel's build tree: no Module.symvers found in the tree the image sits in (arch/x86/boot/) \
+         or beside it; build the kernel with `make` and boot arch/x86/boot/bzImage from that tree",
+        k.image.display()
+    ))
+}
+
 /// The module for `k`, built if missing or older than its sources. A kernel it cannot be
-/// built for (no headers package, no build tree, a failed build) is bad input.
+/// built for (no build tree, no compiler, a failed build) is bad input.
 pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
     let src = source_dir();
     let out = src.parent().and_then(Path::parent).expect("oracle/ is inside the workspace").join("target/gupdev");
@@ -23,25 +46,51 @@ pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
     if is_fresh(&ko, &src) {
         return Ok(ko);
     }
-    let target = match (&k.build_dir, &k.headers_package) {
-        (Some(tree), _) => tree.display().to_string(),
-        (None, Some(_)) => k.release().to_string(),
-        (None, None) => {
-            return Err(OracleError::Input(format!(
-                "{}: the scenario needs the gupdev module (a `driver` device or a [[vm]]), which is built against \
-                 the kernel's build tree: no Module.symvers found in the tree the image sits in (arch/x86/boot/) \
-                 or beside it; build the kernel with `make` and boot arch/x86/boot/bzImage from that tree",
-                k.image.display()
-            )));
-        }
+    let tree = match (&k.build_dir, &k.headers_package) {
+        (Some(tree), _) => tree.clone(),
+        (None, Some(_)) => headers_tree(k.release())?,
+        (None, None) => return Err(no_build_tree(k)),
     };
+    check_compiler(&tree, k.release())?;
     let built = Command::new(src.join("build.sh"))
-        .arg(&target)
+        .arg(&tree)
         .arg(&out)
         .output()
         .map_err(|e| OracleError::Input(format!("{}: {e}", src.join("build.sh").display())))?;
     build_result(&built, k.release())?;
     Ok(ko)
+}
+
+/// The compiler the kernel was built with (its config's CONFIG_CC_VERSION_TEXT, e.g.
+/// `x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14) 12.2.0`), which kbuild calls, and make.
+fn check_compiler(tree: &Path, release: &str) -> Result<(), OracleError> {
+    let config = std::fs::read_to_string(tree.join(".config")).unwrap_or_default();
+    let cc = config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT=\""))
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap_or("gcc")
+        .to_string();
+    let missing: Vec<&str> = [cc.as_str(), "make"].into_iter().filter(|tool| !on_path(tool)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let packages: Vec<&str> = missing.iter().map(|t| package_of(t)).collect();
+    Err(OracleError::Input(format!(
+        "the gupdev module for kernel {release} is built with {} (what the kernel was built with), not \
+         installed: run `apt-get install -y --no-install-recommends {}`",
+        missing.join(" and "),
+        packages.join(" ")
+    )))
+}
+
+/// `x86_64-linux-gnu-gcc-12` comes in Debian's `gcc-12`.
+fn package_of(tool: &str) -> &str {
+    tool.strip_prefix("x86_64-linux-gnu-").unwrap_or(tool)
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(tool).is_file())
 }
 
 /// build.sh's outcome: exit 2 names the headers package to install; any failure is a
@@ -78,17 +127,33 @@ fn is_fresh(ko: &Path, src: &Path) -> bool {
 mod tests {
     use super::*;
 
-    /// build.sh itself refuses a release whose headers are not installed, naming the package.
+    /// build.sh itself refuses a release whose headers are nowhere, naming the package.
     #[test]
     fn a_kernel_without_headers_is_bad_input_naming_the_package() {
         let out = Command::new(source_dir().join("build.sh"))
             .arg("6.12.999+deb12-amd64")
             .arg(std::env::temp_dir().join(format!("gupdev-none-{}", std::process::id())))
+            .env("NUMASIM_KERNEL_CACHE", std::env::temp_dir().join(format!("gupdev-no-cache-{}", std::process::id())))
             .output()
             .unwrap();
         assert_eq!(out.status.code(), Some(2));
         let Err(OracleError::Input(msg)) = build_result(&out, "6.12.999+deb12-amd64") else { panic!("must fail") };
-        assert!(msg.contains("apt-get install linux-headers-6.12.999+deb12-amd64"), "{msg}");
+        assert!(msg.contains("linux-headers-6.12.999+deb12-amd64"), "{msg}");
+    }
+
+    /// A tree whose compiler is not on PATH is refused naming the Debian package to install.
+    #[test]
+    fn a_missing_compiler_is_bad_input_naming_the_package() {
+        let dir = std::env::temp_dir().join(format!("gupdev-cc-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = "CONFIG_CC_VERSION_TEXT=\"x86_64-linux-gnu-gcc-97 (Debian 97.1.0-1) 97.1.0\"\n";
+        std::fs::write(dir.join(".config"), text).unwrap();
+        let Err(OracleError::Input(msg)) = check_compiler(&dir, "6.12.0-test") else { panic!("must fail") };
+        assert!(
+            msg.contains("x86_64-linux-gnu-gcc-97") && msg.contains("install -y --no-install-recommends gcc-97"),
+            "{msg}"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -159,26 +159,155 @@ fn newest_cached(series: &Series, cache: &Path) -> Option<String> {
 
 /// `apt-get download` the package into `cache/debs` and `dpkg-deb -x` it to `cache/<package>`.
 fn fetch_package(package: &str, cache: &Path) -> Result<(), OracleError> {
-    let debs = cache.join("debs");
-    std::fs::create_dir_all(&debs).map_err(|e| OracleError::Io(format!("{}: {e}", debs.display())))?;
-    let deb = find_deb(&debs, package);
-    let deb = match deb {
-        Some(d) => d,
-        None => {
-            run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(&debs), "apt-get download")?;
-            find_deb(&debs, package).ok_or_else(|| {
-                OracleError::Io(format!("apt-get download {package} left no .deb in {}", debs.display()))
-            })?
-        }
-    };
-    let tmp = cache.join(format!(".{package}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
-    run_tool(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tmp), "dpkg-deb -x")?;
-    std::fs::rename(&tmp, cache.join(package)).map_err(|e| OracleError::Io(format!("{}: {e}", tmp.display())))
+    let deb = download(package, &cache.join("debs"))?;
+    unpack(&[deb], cache, package, |_| Ok(()))
 }
 
+/// The build tree of Debian's headers for `release`, fetched into the cache when missing:
+/// `linux-headers-<release>` with the `-common` and `linux-kbuild` packages it depends on,
+/// unpacked into one root, `cache/linux-headers-<release>/usr/src/linux-headers-<release>`.
+pub fn headers_tree(release: &str) -> Result<PathBuf, OracleError> {
+    let cache = cache_dir();
+    let package = format!("linux-headers-{release}");
+    let tree = cache.join(&package).join("usr/src").join(&package);
+    if !tree.join("Makefile").is_file() {
+        fetch_headers(&package, &cache)?;
+    }
+    Ok(tree)
+}
+
+fn fetch_headers(package: &str, cache: &Path) -> Result<(), OracleError> {
+    let debs = cache.join("debs");
+    let main = download(package, &debs)?;
+    let mut all = vec![main.clone()];
+    for dep in build_dependencies(&main)? {
+        all.push(download(&dep, &debs)?);
+    }
+    unpack(&all, cache, package, |root| relocate_headers(root, package))
+}
+
+/// The packages a headers package needs to build a module: its `-common` tree and the kbuild
+/// tools (`name=version` when it pins one). The compiler it names is checked, not fetched.
+fn build_dependencies(deb: &Path) -> Result<Vec<String>, OracleError> {
+    let out = Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends").output().map_err(|e| {
+        OracleError::Input(format!("dpkg-deb: {e}: run `apt-get install -y --no-install-recommends dpkg`"))
+    })?;
+    let depends = String::from_utf8_lossy(&out.stdout).into_owned();
+    let wanted: Vec<String> = depends.split(',').filter_map(|d| pinned_dependency(d.split('|').next()?)).collect();
+    if wanted.iter().any(|w| w.starts_with("linux-kbuild-")) && wanted.iter().any(|w| w.contains("-common")) {
+        Ok(wanted)
+    } else {
+        Err(OracleError::Io(format!("{}: no -common and linux-kbuild among its Depends: {depends}", deb.display())))
+    }
+}
+
+/// `linux-headers-X-common (= V)` → `linux-headers-X-common=V`; a `>=` pin is taken as the
+/// exact version too (Debian builds the kbuild package with the headers). Other packages: None.
+fn pinned_dependency(dep: &str) -> Option<String> {
+    let dep = dep.trim();
+    let name = dep.split_whitespace().next()?;
+    let wanted = name.starts_with("linux-kbuild-") || (name.starts_with("linux-headers-") && name.ends_with("-common"));
+    if !wanted {
+        return None;
+    }
+    let version = dep.split_once('(').and_then(|(_, v)| v.trim_end_matches(')').split_whitespace().nth(1));
+    Some(version.map_or(name.to_string(), |v| format!("{name}={v}")))
+}
+
+/// The arch tree's Makefile includes the `-common` one by its absolute /usr/src path: made
+/// relative (make runs in the arch tree), so the unpacked root builds where it lies. Every
+/// symlink under usr/src must resolve inside the root.
+fn relocate_headers(root: &Path, package: &str) -> Result<(), OracleError> {
+    let src = root.join("usr/src");
+    let makefile = src.join(package).join("Makefile");
+    let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
+    let text = std::fs::read_to_string(&makefile).map_err(|e| io(&makefile, e))?;
+    std::fs::write(&makefile, text.replace("include /usr/src/", "include ../")).map_err(|e| io(&makefile, e))?;
+    match link_leaving(&src, root) {
+        Some(link) => Err(OracleError::Io(format!(
+            "{}: a symlink that does not resolve inside the unpacked headers",
+            link.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The first symlink under `dir` that is dangling or resolves outside `root`.
+fn link_leaving(dir: &Path, root: &Path) -> Option<PathBuf> {
+    let root = root.canonicalize().ok()?;
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
+        let path = entry.path();
+        let kind = entry.file_type().ok()?;
+        if kind.is_symlink() {
+            if !path.canonicalize().is_ok_and(|t| t.starts_with(&root)) {
+                return Some(path);
+            }
+        } else if kind.is_dir()
+            && let Some(bad) = link_leaving(&path, &root)
+        {
+            return Some(bad);
+        }
+    }
+    None
+}
+
+/// `package` (or `name=version`) as a .deb in `debs`, downloaded when missing. apt-get runs in
+/// a scratch directory and the .deb is renamed in whole, so a killed download leaves nothing
+/// that passes for a package.
+fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
+    if let Some(d) = find_deb(debs, package) {
+        return Ok(d);
+    }
+    let partial = debs.join(format!(".partial-{}", std::process::id()));
+    let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
+    remove_abandoned_downloads(debs);
+    std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
+    run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(&partial), "apt-get download")?;
+    let got = find_deb(&partial, package)
+        .ok_or_else(|| OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display())))?;
+    let deb = debs.join(got.file_name().expect("a .deb has a name"));
+    std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
+    let _ = std::fs::remove_dir_all(&partial);
+    Ok(deb)
+}
+
+/// The scratch directories of downloads whose process is gone (killed mid-download).
+fn remove_abandoned_downloads(debs: &Path) {
+    let Ok(entries) = std::fs::read_dir(debs) else { return };
+    for e in entries.filter_map(|e| e.ok()) {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let pid = name.strip_prefix(".partial-").and_then(|p| p.parse::<u32>().ok());
+        if pid.is_some_and(|p| p == std::process::id() || !Path::new(&format!("/proc/{p}")).exists()) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// `dpkg-deb -x` each of `debs` into a scratch root, `fixup` it, then rename it to
+/// `cache/<entry>` in one step (what is there is complete).
+fn unpack(
+    debs: &[PathBuf],
+    cache: &Path,
+    entry: &str,
+    fixup: impl Fn(&Path) -> Result<(), OracleError>,
+) -> Result<(), OracleError> {
+    let tmp = cache.join(format!(".{entry}.tmp"));
+    let _ = std::fs::remove_dir_all(&tmp);
+    for deb in debs {
+        run_tool(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp), "dpkg-deb -x")?;
+    }
+    fixup(&tmp)?;
+    let dest = cache.join(entry);
+    let _ = std::fs::remove_dir_all(&dest);
+    std::fs::rename(&tmp, &dest).map_err(|e| OracleError::Io(format!("{}: {e}", tmp.display())))
+}
+
+/// The .deb of `package` (`name` or `name=version`) in `dir`.
 fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
-    let prefix = format!("{package}_");
+    let prefix = match package.split_once('=') {
+        Some((name, version)) => format!("{name}_{}_", version.replace(':', "%3a")),
+        None => format!("{package}_"),
+    };
     std::fs::read_dir(dir)
         .ok()?
         .filter_map(|e| e.ok())
@@ -350,6 +479,49 @@ mod tests {
         assert!(msg.contains("CONFIG_KSM") && msg.contains("CONFIG_BLK_DEV_RAM"), "{msg}");
         assert!(!msg.contains("CONFIG_NUMA_BALANCING"), "{msg}");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The Depends of Debian's 6.1.0-57 headers: the -common tree pinned exactly, kbuild by `>=`.
+    #[test]
+    fn a_headers_package_needs_its_common_tree_and_kbuild_at_its_own_version() {
+        let depends = "linux-headers-6.1.0-57-common (= 6.1.192-3), linux-kbuild-6.1 (>= 6.1.192-3), \
+                       linux-compiler-gcc-12-x86";
+        let wanted: Vec<String> = depends.split(',').filter_map(pinned_dependency).collect();
+        assert_eq!(wanted, ["linux-headers-6.1.0-57-common=6.1.192-3", "linux-kbuild-6.1=6.1.192-3"]);
+        assert_eq!(pinned_dependency(" linux-kbuild-6.12.118+deb12").as_deref(), Some("linux-kbuild-6.12.118+deb12"));
+        let dir = std::env::temp_dir().join(format!("oracle-debs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("linux-kbuild-6.1_6.1.176-1_amd64.deb"), "").unwrap();
+        assert_eq!(find_deb(&dir, "linux-kbuild-6.1=6.1.192-3"), None, "an older kbuild is not the one pinned");
+        assert!(find_deb(&dir, "linux-kbuild-6.1=6.1.176-1").is_some());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A download killed midway leaves only its scratch directory, which no lookup sees and
+    /// the next download removes.
+    #[test]
+    fn a_killed_download_leaves_nothing_that_passes_for_a_package() {
+        let debs = std::env::temp_dir().join(format!("oracle-killed-{}", std::process::id()));
+        let dead = debs.join(format!(".partial-{}", u32::MAX - 1));
+        std::fs::create_dir_all(&dead).unwrap();
+        std::fs::write(dead.join("linux-kbuild-6.1_6.1.192-3_amd64.deb"), "trunc").unwrap();
+        assert_eq!(find_deb(&debs, "linux-kbuild-6.1=6.1.192-3"), None);
+        remove_abandoned_downloads(&debs);
+        assert!(!dead.exists());
+        std::fs::remove_dir_all(&debs).unwrap();
+    }
+
+    #[test]
+    fn a_symlink_leaving_the_unpacked_headers_is_found() {
+        let root = std::env::temp_dir().join(format!("oracle-links-{}", std::process::id()));
+        let tree = root.join("usr/src/linux-headers-x");
+        std::fs::create_dir_all(&tree).unwrap();
+        std::fs::create_dir_all(root.join("usr/lib/kbuild/scripts")).unwrap();
+        std::os::unix::fs::symlink("../../lib/kbuild/scripts", tree.join("scripts")).unwrap();
+        assert_eq!(link_leaving(&root.join("usr/src"), &root), None);
+        std::os::unix::fs::symlink("/usr/lib", tree.join("tools")).unwrap();
+        assert_eq!(link_leaving(&root.join("usr/src"), &root), Some(tree.join("tools")));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub struct Args {
     pub repeat: u32,
     /// How often a boot that hung or stalled is tried again.
     pub retries: u32,
+    /// A second copy of report.md, headed by the host and kernels (`--report`).
+    pub report: Option<PathBuf>,
 }
 
 /// How each case runs.
@@ -158,6 +160,9 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
         (None, true) => validation::CASES.iter().map(|(n, _)| n.to_string()).collect(),
     };
     let configs = names.iter().map(|n| resolve_case(n, &args.set)).collect::<Result<Vec<_>, _>>()?;
+    if let Some(file) = &args.report {
+        check_report_path(file)?;
+    }
     let kernels = args
         .kernels
         .iter()
@@ -193,6 +198,10 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
     };
     write_manifest(&root, &manifest)?;
     println!("report: {}", root.join("report.md").display());
+    if let Some(file) = &args.report {
+        write_report_file(file, &manifest)?;
+        println!("report: {}", file.display());
+    }
     let outcomes = || manifest.cases.iter().flat_map(|c| &c.outcomes);
     Ok(if outcomes().any(|o| o.error.is_some()) {
         Verdict::Failed
@@ -521,6 +530,21 @@ fn write_manifest(root: &Path, manifest: &Manifest) -> Result<(), Failure> {
     let json = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
     write_atomic(root, "validate.json", (json + "\n").as_bytes()).map_err(io)?;
     write_atomic(root, "report.md", report::markdown(manifest).as_bytes()).map_err(io)
+}
+
+/// `--report FILE`: its directory and file name, refused before anything runs when unusable.
+fn check_report_path(file: &Path) -> Result<(&Path, String), Failure> {
+    let dir = file.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    match file.file_name() {
+        Some(name) if dir.is_dir() => Ok((dir, name.to_string_lossy().into_owned())),
+        _ => Err(Failure::Input(format!("--report {}: not a file in an existing directory", file.display()))),
+    }
+}
+
+fn write_report_file(file: &Path, manifest: &Manifest) -> Result<(), Failure> {
+    let (dir, name) = check_report_path(file)?;
+    let text = report::with_header(manifest, &report::Host::this_machine());
+    write_atomic(dir, &name, text.as_bytes()).map_err(|e| Failure::Io(format!("{}: {e}", file.display())))
 }
 
 #[cfg(test)]

@@ -41,6 +41,68 @@ pub fn markdown(m: &Manifest) -> String {
     r
 }
 
+/// The machine a validation ran on, for the head of a `--report` file.
+pub struct Host {
+    /// `YYYY-MM-DD` (UTC).
+    pub date: String,
+    /// /proc/cpuinfo's `model name`.
+    pub cpu: String,
+    pub cores: usize,
+}
+
+impl Host {
+    pub fn this_machine() -> Host {
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let cpu = cpuinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").and_then(|r| r.split_once(':')).map(|(_, v)| v.trim()))
+            .unwrap_or("unknown CPU")
+            .to_string();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        Host { date: utc_date(now), cpu, cores }
+    }
+}
+
+/// `YYYY-MM-DD` of a Unix time (days to civil date, proleptic Gregorian).
+fn utc_date(unix_s: u64) -> String {
+    let z = (unix_s / 86_400) as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
+
+/// [`markdown`] with a table at its top saying when, on what host, under which accelerator and
+/// on which kernel releases it ran: the file `--report` writes.
+pub fn with_header(m: &Manifest, host: &Host) -> String {
+    let mut accels: Vec<&str> = outcomes(m).filter(|o| o.error.is_none()).map(|o| o.accel.as_str()).collect();
+    accels.sort_unstable();
+    accels.dedup();
+    let mut releases: Vec<String> = outcomes(m).map(|o| format!("{} ({})", o.kernel, o.release)).collect();
+    releases.dedup();
+    let body = markdown(m);
+    let body = body.strip_prefix("# numasim validate\n\n").unwrap_or(&body);
+    format!(
+        "# numasim validate\n\n| | |\n|---|---|\n| date | {} (UTC) |\n| host | {}, {} cores |\n| accelerator | {} |\n\
+         | kernels | {} |\n\n{body}",
+        host.date,
+        host.cpu,
+        host.cores,
+        if accels.is_empty() { "none (every kernel run failed)".to_string() } else { accels.join(", ") },
+        releases.join(", ")
+    )
+}
+
+fn outcomes(m: &Manifest) -> impl Iterator<Item = &Outcome> {
+    m.cases.iter().flat_map(|c| &c.outcomes)
+}
+
 /// What judging against repeated runs means, when the case ran more than once.
 fn repeat_note(repeat: u32) -> String {
     if repeat <= 1 {
@@ -255,6 +317,22 @@ mod tests {
         );
         assert!(md.contains("sim 13554.0 vs kernel 8863.0 (runs 7763–9963)"), "{md}");
         assert!(md.contains("6.1 min–max (2 runs)"), "{md}");
+    }
+
+    #[test]
+    fn a_report_file_starts_with_date_host_accelerator_and_releases() {
+        let host = Host { date: utc_date(1_796_515_200 - 1), cpu: "Example CPU @ 2.0GHz".into(), cores: 2 };
+        assert_eq!(host.date, "2026-12-05");
+        assert_eq!(utc_date(951_782_400), "2000-02-29");
+        let md = with_header(&manifest(1), &host);
+        let head: Vec<&str> = md.lines().take(8).collect();
+        assert_eq!(head[0], "# numasim validate");
+        assert!(head.contains(&"| date | 2026-12-05 (UTC) |"), "{md}");
+        assert!(head.contains(&"| host | Example CPU @ 2.0GHz, 2 cores |"), "{md}");
+        assert!(head.contains(&"| accelerator | tcg |"), "{md}");
+        assert!(head.contains(&"| kernels | 6.1 (6.1.0-57-amd64) |"), "{md}");
+        assert_eq!(md.matches("# numasim validate").count(), 1, "{md}");
+        assert!(md.contains("## Verdicts"), "the report follows: {md}");
     }
 
     #[test]

@@ -35,3 +35,12 @@ pub fn scratch(name: &str) -> PathBuf {
 pub fn s(p: &Path) -> &str {
     p.to_str().unwrap()
 }
+
+/// Why the oracle cannot run `kernel` here (no QEMU on PATH, a kernel it cannot resolve or
+/// fetch), if it cannot: tests that boot say so in one line and skip.
+pub fn oracle_missing(kernel: &str) -> Option<String> {
+    if let Err(e) = oracle::qemu::qemu_binary() {
+        return Some(e.to_string());
+    }
+    oracle::resolve_kernel(kernel).err().map(|e| format!("kernel {kernel}: {e}"))
+}
