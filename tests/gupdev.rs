@@ -1,4 +1,4 @@
-//! The gupdev module inside the real kernels, through `numasim validate` (issue 15's done-when):
+//! The gupdev module inside the real kernels, through `numasim validate`:
 //! a driver's read GUP without FOLL_HONOR_NUMA_FAULT follows protnone PTEs on 6.12 and takes
 //! the hinting faults on Debian's 6.1.192; a KVM-like vCPU GUP with the flag takes them on
 //! 6.12; a smart notifier leaves stale mappings after mprotect(PROT_NONE) on 6.12. Needs QEMU,
