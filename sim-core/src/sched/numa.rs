@@ -178,7 +178,7 @@ impl TaskNuma {
 }
 
 /// `group_weight()`.
-fn group_weight(ng: Option<&NumaGroup>, nid: usize) -> i64 {
+pub(crate) fn group_weight(ng: Option<&NumaGroup>, nid: usize) -> i64 {
     match ng {
         Some(g) if g.total_faults > 0 => 1000 * g.faults_mem(nid) / g.total_faults,
         _ => 0,
