@@ -129,6 +129,23 @@ fn the_same_seed_gives_identical_results_and_another_seed_does_not() {
     assert_ne!(a.recorder.to_csv(), d.recorder.to_csv());
 }
 
+/// Load balancing draws no randomness but its own seeded stream and keeps no state outside
+/// the run: the default scenario, whose threads it moves, gives the same results run alone
+/// twice and run two at once (as `--jobs 2` runs them).
+#[test]
+fn load_balancing_is_deterministic_alone_and_side_by_side() {
+    let c = scenario("default", &["run.duration_ms=3000"]);
+    let (_, first) = run(&c);
+    assert!(metric(&first, "sched.nr_migrations") > 0.0, "threads moved");
+    let alone = vec![strip_wall(&first), strip_wall(&run(&c).1)];
+    let together: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2).map(|_| s.spawn(|| strip_wall(&run(&c).1))).collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(alone[0], alone[1]);
+    assert_eq!(together, alone);
+}
+
 #[test]
 fn the_resolved_config_round_trips() {
     let c = scenario("numa01", &["machine.nodes=4", "run.seed=5"]);

@@ -80,7 +80,7 @@ const LBF_SOME_PINNED: u32 = 0x08;
 const LBF_ACTIVE_LB: u32 = 0x10;
 
 /// struct lb_env.
-pub struct LbEnv {
+struct LbEnv {
     dst_cpu: u32,
     lvl: usize,
     idle: Idle,

@@ -42,7 +42,8 @@ use crate::machine::Topology;
 use crate::stats::summary::Value;
 use crate::version::Rules;
 
-pub use balance::{Idle, LbEnv};
+pub use balance::Idle;
+pub(crate) use balance::adjust_numa_imbalance;
 
 /// HZ of the modelled kernels (CONFIG_HZ=250 in Debian's 6.1 and 6.12): jiffies tick
 /// every 4 ms.
