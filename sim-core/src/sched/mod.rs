@@ -261,6 +261,7 @@ pub fn cpu_tick(
         }
     }
     let Some(te) = k.cpu(cpu).runqueue.front().copied() else {
+        lb.enter_idle(cpu);
         let mut c = k.cpu(cpu);
         c.ticking = false;
         c.curr = None;

@@ -97,6 +97,10 @@ pub struct LoadBalance {
     next_balance: Vec<u64>,
     /// nohz.next_balance.
     nohz_next_balance: u64,
+    /// nohz.idle_cpus_mask and nohz.nr_cpus: a CPU joins when it stops ticking and leaves at
+    /// its next busy tick (nohz_balance_enter_idle(), nohz_balance_exit_idle()).
+    nohz_idle: Vec<bool>,
+    nohz_nr_cpus: u32,
     /// sgc->imbalance of each group, by its span's first CPU and weight.
     group_imbalance: BTreeMap<(u32, usize), bool>,
     /// max_load_balance_interval: HZ * num_online_cpus() / 10, in jiffies.
@@ -138,11 +142,28 @@ impl LoadBalance {
             state,
             next_balance: vec![0; nr_cpus],
             nohz_next_balance: 0,
+            // Every CPU boots idle, its tick stopped until it has work.
+            nohz_idle: vec![true; nr_cpus],
+            nohz_nr_cpus: nr_cpus as u32,
             group_imbalance: BTreeMap::new(),
             max_interval: (250 * topo.nr_cpus() as u64 / 10).max(1),
             rng,
             stats,
             passes: 0,
+        }
+    }
+
+    /// nohz_balance_enter_idle(): `cpu` stops its tick.
+    pub fn enter_idle(&mut self, cpu: u32) {
+        if !std::mem::replace(&mut self.nohz_idle[cpu as usize], true) {
+            self.nohz_nr_cpus += 1;
+        }
+    }
+
+    /// nohz_balance_exit_idle(): `cpu` ticks busy again.
+    fn exit_idle(&mut self, cpu: u32) {
+        if std::mem::replace(&mut self.nohz_idle[cpu as usize], false) {
+            self.nohz_nr_cpus -= 1;
         }
     }
 
@@ -251,37 +272,39 @@ fn rebalance_domains(
     lb.next_balance[cpu as usize] = next_balance;
 }
 
-/// nohz_balancer_kick(): when nohz.next_balance is due and this CPU has two or more
-/// runnable threads, or its LLC has more than one busy CPU, kick the first idle CPU
-/// (find_new_ilb()) to balance for every idle CPU.
+/// nohz_balancer_kick(): this CPU leaves the nohz idle mask; when some CPU is in it,
+/// nohz.next_balance is due, and this CPU runs two or more threads or its LLC has more than
+/// one busy CPU (sds->nr_busy_cpus), the first idle CPU in the mask (find_new_ilb()) balances
+/// for every idle CPU.
 fn nohz_balancer_kick(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, cpu: u32) {
+    lb.exit_idle(cpu);
     let now = jiffies(k.now());
-    if now < lb.nohz_next_balance {
+    if lb.nohz_nr_cpus == 0 || now < lb.nohz_next_balance {
         return;
     }
-    let nr_cpus = k.topo.nr_cpus();
-    let Some(ilb) = (0..nr_cpus).find(|&c| c != cpu && k.rq_len(c) == 0) else {
-        return;
-    };
     let llc = k.topo.node_cpus(k.topo.cpu_to_node(cpu));
-    let busy_in_llc = llc.filter(|&c| k.rq_len(c) > 0).count();
+    let busy_in_llc = llc.filter(|&c| !lb.nohz_idle[c as usize]).count();
     if k.rq_len(cpu) < 2 && busy_in_llc <= 1 {
         return;
     }
     lb.nohz_next_balance = now + 1;
+    let nr_cpus = k.topo.nr_cpus();
+    let Some(ilb) = (0..nr_cpus).find(|&c| c != cpu && lb.nohz_idle[c as usize] && k.rq_len(c) == 0) else {
+        return;
+    };
     nohz_idle_balance(k, lb, tasks, ilb);
 }
 
-/// _nohz_idle_balance(): the kicked CPU balances every other idle CPU whose next_balance
-/// is due, from the CPU after it round, then itself; nohz.next_balance becomes the earliest
-/// next_balance of them.
+/// _nohz_idle_balance(): the kicked CPU balances every idle CPU of the mask whose
+/// next_balance is due, from the CPU after it round, itself last; nohz.next_balance becomes
+/// the earliest next_balance of them.
 fn nohz_idle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, ilb: u32) {
     let now = jiffies(k.now());
     let nr_cpus = k.topo.nr_cpus();
     let mut next_balance = now + 60 * 250;
     for i in 1..=nr_cpus {
         let c = (ilb + i) % nr_cpus;
-        if k.rq_len(c) != 0 {
+        if !lb.nohz_idle[c as usize] || k.rq_len(c) != 0 {
             continue;
         }
         if now >= lb.next_balance[c as usize] {

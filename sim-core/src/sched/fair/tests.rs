@@ -19,9 +19,9 @@ impl AccessPattern for Nowhere {
     }
 }
 
-/// A machine of `nodes` × `cpus_per_node` with `threads` (CPU, allowed CPUs) queued on
-/// their CPUs, at 10 ms, every thread last run 10 ms ago (cache cold).
-fn machine(
+/// A machine of `nodes` × `cpus_per_node`, without NUMA balancing, with `threads` (CPU,
+/// allowed CPUs) that start at 0.
+fn threads_on(
     version: KernelVersion,
     nodes: u32,
     cpus_per_node: u32,
@@ -30,6 +30,7 @@ fn machine(
     let config = Config {
         machine: MachineConfig { nodes, cpus_per_node, memory_per_node_mib: 16, ..Default::default() },
         kernel: KernelConfig { version, numa_balancing: false, ..Default::default() },
+        run: crate::config::RunConfig { duration_ms: 200, ..Default::default() },
         ..Default::default()
     };
     let mut sim = Sim::new(&config);
@@ -57,6 +58,18 @@ fn machine(
             sim.add_thread(mm, spec)
         })
         .collect();
+    (sim, tasks)
+}
+
+/// [`threads_on`], the threads queued on their CPUs at 10 ms without running the events,
+/// every thread last run 10 ms ago (cache cold).
+fn machine(
+    version: KernelVersion,
+    nodes: u32,
+    cpus_per_node: u32,
+    threads: &[(u32, Option<Vec<u32>>)],
+) -> (Sim, Vec<Entity>) {
+    let (mut sim, tasks) = threads_on(version, nodes, cpus_per_node, threads);
     sim.world.resource_mut::<EventQueue>().advance_to(10 * NSEC_PER_MSEC);
     for (&e, (cpu, _)) in tasks.iter().zip(threads) {
         sim.with_kernel(|k| enqueue_task(k, e, *cpu));
@@ -180,4 +193,21 @@ fn a_thread_stays_on_its_preferred_node() {
         assert_eq!(cpu_of(&sim, t[mover]), 1, "preferred node {preferred}");
         assert_eq!(cpu_of(&sim, t[1 - mover]), 0, "preferred node {preferred}");
     }
+}
+
+/// A whole run: four threads started on CPU 0 of a 2 × 2 machine end on four CPUs, moved by
+/// newidle, nohz idle and periodic balancing, each move counted once.
+#[test]
+fn threads_started_on_one_cpu_spread_over_the_machine() {
+    let (mut sim, t) = threads_on(KernelVersion::V6_12, 2, 2, &[(0, None), (0, None), (0, None), (0, None)]);
+    let out = sim.run().unwrap();
+    let mut cpus: Vec<u32> = t.iter().map(|&e| cpu_of(&sim, e)).collect();
+    cpus.sort_unstable();
+    assert_eq!(cpus, [0, 1, 2, 3]);
+    let moves: u64 = t.iter().map(|&e| sim.world.get::<Task>(e).unwrap().nr_migrations).sum();
+    assert!(moves >= 3, "{moves}");
+    assert_eq!(out.summary.metrics.get("sched.nr_migrations").unwrap().as_f64(), moves as f64);
+    let lb = sim.world.resource::<LoadBalance>();
+    let gained = |name: &str| lb.stats[name].lb_gained.iter().sum::<u64>() + lb.stats[name].alb_pushed;
+    assert_eq!(gained("MC") + gained("NUMA"), moves);
 }
