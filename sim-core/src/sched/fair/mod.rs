@@ -29,6 +29,7 @@
 //! - Device workers and ksmd are not tasks on run queues; they add no load.
 
 mod balance;
+mod group;
 
 use std::collections::BTreeMap;
 
@@ -43,7 +44,10 @@ use crate::stats::summary::Value;
 use crate::version::Rules;
 
 pub use balance::Idle;
-pub(crate) use balance::adjust_numa_imbalance;
+pub(crate) use group::adjust_numa_imbalance;
+
+/// The threads, as the balancer reads and moves them.
+pub(crate) type Tasks<'w, 's, 'a, 'b> = Query<'w, 's, (&'a mut Task, &'b mut TaskNuma)>;
 
 /// HZ of the modelled kernels (CONFIG_HZ=250 in Debian's 6.1 and 6.12): jiffies tick
 /// every 4 ms.
@@ -223,12 +227,7 @@ fn jiffies(now: Nanos) -> u64 {
 
 /// trigger_load_balance() on a busy CPU's tick: run rebalance_domains() when
 /// rq->next_balance is due, then nohz_balancer_kick().
-pub fn trigger_load_balance(
-    k: &mut Kernel,
-    lb: &mut LoadBalance,
-    tasks: &mut Query<(&mut Task, &mut TaskNuma)>,
-    cpu: u32,
-) {
+pub fn trigger_load_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, cpu: u32) {
     let now = jiffies(k.now());
     if now >= lb.next_balance[cpu as usize] {
         let idle = if k.rq_len(cpu) == 0 { Idle::Idle } else { Idle::NotIdle };
@@ -239,13 +238,7 @@ pub fn trigger_load_balance(
 
 /// rebalance_domains() / sched_balance_domains(): balance each due domain bottom up; stop
 /// climbing once should_we_balance() hands a level to another CPU.
-fn rebalance_domains(
-    k: &mut Kernel,
-    lb: &mut LoadBalance,
-    tasks: &mut Query<(&mut Task, &mut TaskNuma)>,
-    cpu: u32,
-    mut idle: Idle,
-) {
+fn rebalance_domains(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, cpu: u32, mut idle: Idle) {
     let now = jiffies(k.now());
     let mut busy = idle != Idle::Idle;
     let mut next_balance = now + 60 * 250;
@@ -276,7 +269,7 @@ fn rebalance_domains(
 /// nohz.next_balance is due, and this CPU runs two or more threads or its LLC has more than
 /// one busy CPU (sds->nr_busy_cpus), the first idle CPU in the mask (find_new_ilb()) balances
 /// for every idle CPU.
-fn nohz_balancer_kick(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, cpu: u32) {
+fn nohz_balancer_kick(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, cpu: u32) {
     lb.exit_idle(cpu);
     let now = jiffies(k.now());
     if lb.nohz_nr_cpus == 0 || now < lb.nohz_next_balance {
@@ -298,7 +291,7 @@ fn nohz_balancer_kick(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Query<(&
 /// _nohz_idle_balance(): the kicked CPU balances every idle CPU of the mask whose
 /// next_balance is due, from the CPU after it round, itself last; nohz.next_balance becomes
 /// the earliest next_balance of them.
-fn nohz_idle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, ilb: u32) {
+fn nohz_idle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, ilb: u32) {
     let now = jiffies(k.now());
     let nr_cpus = k.topo.nr_cpus();
     let mut next_balance = now + 60 * 250;
@@ -318,12 +311,7 @@ fn nohz_idle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Query<(&m
 /// sched_balance_newidle(): a CPU about to idle pulls from the busiest CPU of its lowest
 /// domain that has one, when some CPU has a thread waiting (the root domain's overload
 /// flag). Returns whether it pulled a thread.
-pub fn newidle_balance(
-    k: &mut Kernel,
-    lb: &mut LoadBalance,
-    tasks: &mut Query<(&mut Task, &mut TaskNuma)>,
-    cpu: u32,
-) -> bool {
+pub fn newidle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, cpu: u32) -> bool {
     let nr_cpus = k.topo.nr_cpus();
     if !(0..nr_cpus).any(|c| k.rq_len(c) > 1) {
         return false;

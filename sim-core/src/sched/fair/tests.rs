@@ -211,3 +211,37 @@ fn threads_started_on_one_cpu_spread_over_the_machine() {
     let gained = |name: &str| lb.stats[name].lb_gained.iter().sum::<u64>() + lb.stats[name].alb_pushed;
     assert_eq!(gained("MC") + gained("NUMA"), moves);
 }
+
+/// `kernel.load_balance` is on by default, takes a boolean, and a misspelling names it.
+#[test]
+fn the_load_balance_key_is_checked() {
+    use crate::config::{Source, load};
+    let src = |text: &str| Source { origin: "t.toml".into(), text: text.into() };
+    assert!(load(&src(""), &[]).unwrap().kernel.load_balance);
+    assert!(!load(&src("[kernel]\nload_balance = false\n"), &[]).unwrap().kernel.load_balance);
+    let e = load(&src("[kernel]\nload_balance = 1\n"), &[]).unwrap_err();
+    assert_eq!((e.key.as_str(), e.line), ("kernel.load_balance", Some(2)), "{e}");
+    let e = load(&src(""), &["kernel.load_balanc=true".into()]).unwrap_err();
+    assert!(e.message.contains("did you mean `load_balance`"), "{e}");
+}
+
+/// 3 × 4, nodes 0 and 1 fully busy (one thread per CPU), node 2 idle. CPU 8's NUMA balance
+/// wants 2 threads (adjust_numa_imbalance() lets 4 through), but each busy CPU runs one, so
+/// detach_tasks() finds nothing; the fifth failure (> cache_nice_tries + 2) starts an
+/// active balance. Which node it pushes from is where the versions differ:
+/// update_sd_pick_busiest() keeps the first of equal fully busy groups in 6.1.192 (node 0)
+/// and takes the last in 6.12.117 (node 1, groups running from CPU 8 round).
+#[test]
+fn equal_fully_busy_groups_pick_the_first_in_6_1_and_the_last_in_6_12() {
+    for (v, pushed) in [(KernelVersion::V6_1, 0), (KernelVersion::V6_12, 4)] {
+        let threads: Vec<(u32, Option<Vec<u32>>)> = (0..8).map(|c| (c, None)).collect();
+        let (mut sim, t) = machine(v, 3, 4, &threads);
+        for _ in 0..5 {
+            assert_eq!(pass(&mut sim, 8, "NUMA", Idle::Idle), 0, "{v:?}");
+        }
+        let moved: Vec<usize> = (0..8).filter(|&i| cpu_of(&sim, t[i]) == 8).collect();
+        assert_eq!(moved, [pushed], "{v:?}");
+        let s = stats(&sim, "NUMA");
+        assert_eq!((s.lb_failed[0], s.alb_count, s.alb_pushed), (5, 1, 1), "{v:?}");
+    }
+}
