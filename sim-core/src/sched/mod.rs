@@ -254,6 +254,9 @@ pub fn cpu_tick(
 ) {
     let now = k.now();
     if lb.enabled {
+        // The balancing softirq runs in the context of the thread the tick interrupted.
+        let curr = k.rq(cpu).curr.map_or(0, |(pid, _)| pid);
+        k.trace_current(cpu, curr, now);
         if k.rq_len(cpu) > 0 {
             trigger_load_balance(&mut k, &mut lb, &mut tasks, cpu);
         } else {

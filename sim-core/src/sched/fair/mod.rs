@@ -285,6 +285,8 @@ fn nohz_balancer_kick(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, c
     let Some(ilb) = (0..nr_cpus).find(|&c| c != cpu && lb.nohz_idle[c as usize] && k.rq_len(c) == 0) else {
         return;
     };
+    // The kicked CPU balances from its idle task (pid 0).
+    k.trace_current(ilb, 0, k.now());
     nohz_idle_balance(k, lb, tasks, ilb);
 }
 
