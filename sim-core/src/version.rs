@@ -57,12 +57,13 @@ pub struct Rules {
     /// The LLC flag's name: SD_SHARE_PKG_RESOURCES (6.1.192), SD_SHARE_LLC (6.12.117, v6.10's
     /// rename).
     pub sd_share_llc_name: &'static str,
-    /// 6.12.117's load balancer: update_sd_lb_stats() takes prefer_sibling from the busiest
-    /// group's flags (6.1.192: from the domain's child); the prefer-sibling imbalance is
-    /// sibling_imbalance() (0 for a busy CPU; 6.1.192: the plain difference of
-    /// nr_running); update_sd_pick_busiest() takes the last of equally loaded fully busy
-    /// groups (6.1.192: the first); find_busiest_queue()'s migrate_util compares
-    /// cpu_util_cfs_boost() (runnable) where 6.1.192 compares cpu_util_cfs().
+    /// 6.12.117's load balancer rather than 6.1.192's, differing in:
+    /// - update_sd_lb_stats(): prefer_sibling from the busiest group's flags (6.1: the child
+    ///   domain's);
+    /// - the prefer-sibling imbalance: sibling_imbalance(), 0 for a busy CPU (6.1: the
+    ///   difference of nr_running);
+    /// - update_sd_pick_busiest(): the last of equally loaded fully busy groups (6.1: the first);
+    /// - find_busiest_queue()'s migrate_util: cpu_util_cfs_boost() (6.1: cpu_util_cfs()).
     pub lb_6_12: bool,
 }
 

@@ -236,7 +236,9 @@ pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNu
     enqueue_task_at(k, te, cpu, at);
 }
 
-/// Handler of [`Event::TaskWake`]: a thread reaches its start time.
+/// Handler of [`Event::TaskWake`]: a thread reaches its start time. It waited pinned to its
+/// start CPU, so select_task_rq() (kernel/sched/core.c) takes that CPU without asking
+/// select_task_rq_fair(), and the CPU does not change.
 pub fn wake_task(In(te): In<Entity>, mut k: Kernel, tasks: Query<&Task>) {
     let cpu = tasks.get(te).expect("woken tasks exist").cpu;
     enqueue_task(&mut k, te, cpu);

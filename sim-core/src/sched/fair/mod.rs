@@ -14,6 +14,10 @@
 //! - Active: after failures the busiest CPU's stopper pushes a task
 //!   (active_load_balance_cpu_stop()); a running thread leaves at the end of its quantum.
 //!
+//! 6.1.192 and 6.12.117 differ in names (DIE / PKG, SD_SHARE_PKG_RESOURCES / SD_SHARE_LLC)
+//! and in four balancing rules, listed at [`crate::version::Rules::lb_6_12`];
+//! adjust_numa_imbalance() and the newidle, nohz and active paths are the same in both.
+//!
 //! Simplifications, one per line:
 //! - PELT is runnable counts: a nice-0 thread's load and runnable are 1024 and its util its
 //!   CPU share (1024 / nr_running); a CPU's util is 1024 when busy; no decay or ramp-up.
@@ -186,7 +190,8 @@ impl LoadBalance {
     }
 
     /// The schedstat metrics: `<DOMAIN>.<field>.<idle|busy|newidle>` and `<DOMAIN>.alb_*`,
-    /// `<DOMAIN>.ttwu_*` (always 0: see the module's simplifications).
+    /// `<DOMAIN>.ttwu_*` (always 0: see the module's simplifications), summed over CPUs and
+    /// over the levels sharing a name (NUMA, when the SLIT has several distances).
     pub fn schedstat_metrics(&self) -> Vec<(String, Value)> {
         let mut out = Vec::new();
         for (name, s) in &self.stats {
