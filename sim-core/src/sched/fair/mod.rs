@@ -317,35 +317,40 @@ fn nohz_idle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, il
 
 /// sched_balance_newidle(): a CPU about to idle pulls from the busiest CPU of its lowest
 /// domain that has one, when some CPU has a thread waiting (the root domain's overload
-/// flag). Returns whether it pulled a thread.
-pub fn newidle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, cpu: u32) -> bool {
-    let nr_cpus = k.topo.nr_cpus();
-    if !(0..nr_cpus).any(|c| k.rq_len(c) > 1) {
-        return false;
+/// flag); rq->next_balance comes no later than the domains' next idle balance
+/// (update_next_balance()).
+pub fn newidle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, cpu: u32) {
+    let c = cpu as usize;
+    let due = |lb: &LoadBalance, lvl: usize| lb.state[c][lvl].last_balance + lb.interval(cpu, lvl, false);
+    let mut next_balance = jiffies(k.now()) + 250;
+    let overloaded = (0..k.topo.nr_cpus()).any(|other| k.rq_len(other) > 1);
+    if !overloaded {
+        if !lb.domains[c].is_empty() {
+            next_balance = next_balance.min(due(lb, 0));
+        }
+        lb.next_balance[c] = lb.next_balance[c].min(next_balance);
+        return;
     }
-    for lvl in 0..lb.domains[cpu as usize].len() {
-        if lb.domains[cpu as usize][lvl].flags & SD_BALANCE_NEWIDLE == 0 {
+    for lvl in 0..lb.domains[c].len() {
+        next_balance = next_balance.min(due(lb, lvl));
+        if lb.domains[c][lvl].flags & SD_BALANCE_NEWIDLE == 0 {
             continue;
         }
         // NI_RANDOM: run with probability (1 + newidle_ratio) / 1024, a success weighing
         // the inverse.
-        let st = &lb.state[cpu as usize][lvl];
-        let weight = 1 + st.newidle_ratio;
+        let weight = 1 + lb.state[c][lvl].newidle_ratio;
         if lb.rng.below(1024) as u32 > weight {
-            update_newidle_stats(&mut lb.state[cpu as usize][lvl], 0);
+            update_newidle_stats(&mut lb.state[c][lvl], 0);
             continue;
         }
         let weight = (1024 + weight / 2) / weight;
         let (moved, cont) = balance::load_balance(k, lb, tasks, cpu, lvl, Idle::NewlyIdle);
-        update_newidle_stats(&mut lb.state[cpu as usize][lvl], weight * u32::from(moved > 0));
-        if moved > 0 || k.rq_len(cpu) > 0 {
-            return true;
-        }
-        if !cont {
+        update_newidle_stats(&mut lb.state[c][lvl], weight * u32::from(moved > 0));
+        if moved > 0 || k.rq_len(cpu) > 0 || !cont {
             break;
         }
     }
-    false
+    lb.next_balance[c] = lb.next_balance[c].min(next_balance);
 }
 
 /// update_newidle_stats(): the newidle success ratio over the last ~1024 calls.
