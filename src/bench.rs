@@ -9,6 +9,7 @@ use sim_core::config::{Config, PatternKind, ProcessConfig, Slice, Thp, ThreadCon
 use sim_core::engine::hugepages::reserve_exact_huge;
 use sim_core::engine::stream;
 use sim_core::mm::Pages;
+use sim_core::sched::fair::LoadBalance;
 
 /// A machine and a numa02-style workload to time.
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -196,6 +197,8 @@ fn run_one(scale: Scale, thp: bool) -> Figures {
         metric("vmstat.numa_pages_migrated"),
         metric("vmstat.thp_migration_success"),
     );
+    let passes = sim.world.resource::<LoadBalance>().passes;
+    println!("load balancing: {passes} load_balance() passes, {} task migrations", metric("sched.nr_migrations"));
     // The table compares CPU time: on a shared machine wall time mostly measures the load.
     let cpu_ns_per_touch = run_cpu_s * 1e9 / touches as f64;
     let ratio = ceiling.cpu_ns / cpu_ns_per_touch;

@@ -258,6 +258,10 @@ pub struct KernelConfig {
     /// CPU time of the TLB flush that ends each change_prot_numa() call over a VMA
     /// (tlb_finish_mmu()); 0: negligible on hardware (validate sets it under TCG).
     pub tlb_flush_cost_ns: u64,
+    /// The fair class's load balancing (periodic, nohz idle, newly idle and active
+    /// balancing over the sched domains, `sched/fair/`); `false`: threads move only by NUMA
+    /// placement, for A/B runs.
+    pub load_balance: bool,
 }
 
 /// Reads `numa_balancing` as the sysctl is written (0, 1) or as a boolean.
@@ -298,6 +302,7 @@ impl Default for KernelConfig {
             migrate_cost_ns: 8000,
             pte_scan_cost_ns: 10,
             tlb_flush_cost_ns: 0,
+            load_balance: true,
         }
     }
 }

@@ -69,6 +69,16 @@ impl Kernel<'_, '_> {
         self.cpus.get_mut(e).expect("every cpu has a Cpu")
     }
 
+    /// A CPU's run queue, read only.
+    pub fn rq(&self, cpu: u32) -> &Cpu {
+        self.cpus.get(self.topo.cpu_entities[cpu as usize]).expect("every cpu has a Cpu")
+    }
+
+    /// rq->nr_running: the threads on `cpu`'s run queue, the running one included.
+    pub fn rq_len(&self, cpu: u32) -> usize {
+        self.rq(cpu).runqueue.len()
+    }
+
     /// Sets the trace's `current` (CPU, task and time) for the events that follow.
     #[inline]
     pub fn trace_current(&mut self, cpu: u32, pid: u32, ts: Nanos) {

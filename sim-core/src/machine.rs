@@ -24,6 +24,8 @@ pub const NUMA_NO_NODE: Nid = u8::MAX;
 pub struct Topology {
     pub nr_nodes: u32,
     pub cpus_per_node: u32,
+    /// SLIT distance from node a to node b (`node_distance()`), row by row.
+    distance: Vec<u32>,
     /// Cost of one cache-line access from a CPU on node a to memory on node b.
     latency_ns: Vec<u64>,
     /// Per node, all nodes ordered by distance (the node's zonelist, node id breaking ties).
@@ -58,6 +60,7 @@ impl Topology {
         Self {
             nr_nodes: m.nodes,
             cpus_per_node: m.cpus_per_node,
+            distance,
             latency_ns,
             zonelist,
             node_entities: Vec::new(),
@@ -73,6 +76,11 @@ impl Topology {
     #[inline]
     pub fn cpu_to_node(&self, cpu: u32) -> Nid {
         (cpu / self.cpus_per_node) as Nid
+    }
+
+    /// `node_distance()`: the SLIT distance from node `a` to node `b`.
+    pub fn distance(&self, a: Nid, b: Nid) -> u32 {
+        self.distance[a as usize * self.nr_nodes as usize + b as usize]
     }
 
     /// Latency of one cache line read from node `from` to memory on node `to`.
@@ -123,6 +131,9 @@ pub struct Cpu {
     pub ticking: bool,
     /// pid and mm of the thread running now (cpu_rq(cpu)->curr), for task_numa_group().
     pub curr: Option<(u32, Entity)>,
+    /// The thread whose quantum is in progress and when that quantum ends (the next
+    /// CpuTick): the load balancer cannot detach it before then.
+    pub running: Option<(Entity, crate::engine::Nanos)>,
 }
 
 #[cfg(test)]

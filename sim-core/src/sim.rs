@@ -1,5 +1,6 @@
 //! One simulation run: the bevy `World`, its construction, and the event loop.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use bevy_ecs::prelude::*;
@@ -20,10 +21,11 @@ use crate::mm::page_alloc::setup_per_zone_wmarks;
 use crate::mm::vmscan::{Aging, age_pages};
 use crate::mm::{Mm, PageIdx, Pages};
 pub use crate::sched::ThreadSpec;
+use crate::sched::fair::LoadBalance;
 use crate::sched::{AccessPattern, AccessStream, Task, TaskNuma, cpu_tick, wake_task};
 use crate::stats::Counters;
 use crate::stats::recorder::{Recorder, sample};
-use crate::stats::summary::{Span, Summary, metrics};
+use crate::stats::summary::{Group, Span, Summary, Value, metrics};
 use crate::trace::{KSMD_PID, PidKind, Trace, TraceMeta, TraceOptions};
 use crate::version::Rules;
 
@@ -137,9 +139,13 @@ impl Sim {
         topo.cpu_entities = (0..topo.nr_cpus())
             .map(|id| world.spawn(Cpu { id, nid: topo.cpu_to_node(id), ..Default::default() }).id())
             .collect();
+        let rules = Rules::from_config(&config.kernel);
+        let lb =
+            LoadBalance::new(&topo, &rules, config.kernel.load_balance, stream(config.run.seed, "sched:ni_random"));
+        world.insert_resource(lb);
         world.insert_resource(topo);
         world.insert_resource(Sysctl(config.kernel.clone()));
-        world.insert_resource(Rules::from_config(&config.kernel));
+        world.insert_resource(rules);
         world.insert_resource(EventQueue::default());
         world.insert_resource(Pages::default());
         world.insert_resource(Counters::default());
@@ -398,6 +404,8 @@ impl Sim {
             sample(&mut self.world);
         }
         let counters = self.world.resource_mut::<Counters>().accrue_stale(end).clone();
+        let mut metrics = metrics(&counters, end, Span::Run);
+        metrics.0.extend(self.sched_metrics());
         let c = &self.config;
         let summary = Summary {
             scenario: c.name.clone(),
@@ -409,7 +417,7 @@ impl Sim {
             events,
             wall_s: wall.elapsed().as_secs_f64(),
             trace: None,
-            metrics: metrics(&counters, end, Span::Run),
+            metrics,
         };
         let recorder = self.world.remove_resource::<Recorder>().expect("inserted in new()");
         let trace = self.world.remove_resource::<Trace>().map(|mut t| {
@@ -417,6 +425,34 @@ impl Sim {
             t
         });
         Ok(RunOutput { summary, recorder, trace })
+    }
+
+    /// `sched.nr_migrations`, per thread `thread.<name>.nr_migrations` and
+    /// `thread.<name>.node<N>_share` (the share of its runtime on node N's CPUs), and the
+    /// load balancer's `schedstat.*`.
+    fn sched_metrics(&mut self) -> Vec<(&'static str, Group)> {
+        let nr_nodes = self.world.resource::<Topology>().nr_nodes as usize;
+        let w = &mut self.world;
+        let mut threads: Vec<(String, u64, Vec<Nanos>)> =
+            w.query::<&Task>().iter(w).map(|t| (t.name.clone(), t.nr_migrations, t.node_runtime.clone())).collect();
+        threads.sort_by(|a, b| a.0.cmp(&b.0));
+        let total: u64 = threads.iter().map(|t| t.1).sum();
+        let mut per_thread = Vec::new();
+        for (name, nr, runtime) in threads {
+            per_thread.push((Cow::Owned(format!("{name}.nr_migrations")), Value::Count(nr)));
+            let all: Nanos = runtime.iter().sum();
+            for nid in 0..nr_nodes {
+                let on = runtime.get(nid).copied().unwrap_or(0);
+                let share = if all == 0 { 0.0 } else { on as f64 / all as f64 };
+                per_thread.push((Cow::Owned(format!("{name}.node{nid}_share")), Value::Real(share)));
+            }
+        }
+        let schedstat = w.resource::<LoadBalance>().schedstat_metrics().into_iter().map(|(n, v)| (Cow::Owned(n), v));
+        vec![
+            ("sched", vec![(Cow::Borrowed("nr_migrations"), Value::Count(total))]),
+            ("thread", per_thread),
+            ("schedstat", schedstat.collect()),
+        ]
     }
 
     /// Turns tracing on for the run (call after the world is built): the events `options`

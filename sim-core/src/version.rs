@@ -51,6 +51,20 @@ pub struct Rules {
     /// returns before the memset, so those faults count again at the next update. 6.4–6.6
     /// keep 6.1's (not checked against their sources, which are not here).
     pub scan_slower_clears_locality: bool,
+    /// The sched-domain level spanning a CPU's package: "DIE" through v6.6, "PKG" from v6.7
+    /// ("sched/topology: Rename 'DIE' domain to 'PKG'"); 6.12.117 says PKG, 6.1.192 DIE.
+    pub pkg_domain_name: &'static str,
+    /// The LLC flag's name: SD_SHARE_PKG_RESOURCES (6.1.192), SD_SHARE_LLC (6.12.117, v6.10's
+    /// rename).
+    pub sd_share_llc_name: &'static str,
+    /// 6.12.117's load balancer rather than 6.1.192's, differing in:
+    /// - update_sd_lb_stats(): prefer_sibling from the busiest group's flags (6.1: the child
+    ///   domain's);
+    /// - the prefer-sibling imbalance: sibling_imbalance(), 0 for a busy CPU (6.1: the
+    ///   difference of nr_running);
+    /// - update_sd_pick_busiest(): the last of equally loaded fully busy groups (6.1: the first);
+    /// - find_busiest_queue()'s migrate_util: cpu_util_cfs_boost() (6.1: cpu_util_cfs()).
+    pub lb_6_12: bool,
 }
 
 impl Rules {
@@ -69,6 +83,8 @@ impl Rules {
         let ksm_checksum_first = version == V6_12;
         let scan_slower_clears_locality = version == V6_12;
         let gup = gup_override.unwrap_or(gup);
+        // 6.4–6.6 keep 6.1's scheduler names and rules (not checked against their sources).
+        let lb_6_12 = version == V6_12;
         Self {
             version,
             gup,
@@ -78,6 +94,9 @@ impl Rules {
             ksm_checksum_first,
             vma_filter,
             scan_slower_clears_locality,
+            pkg_domain_name: if lb_6_12 { "PKG" } else { "DIE" },
+            sd_share_llc_name: if lb_6_12 { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
+            lb_6_12,
         }
     }
 

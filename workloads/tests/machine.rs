@@ -129,6 +129,23 @@ fn the_same_seed_gives_identical_results_and_another_seed_does_not() {
     assert_ne!(a.recorder.to_csv(), d.recorder.to_csv());
 }
 
+/// Load balancing draws no randomness but its own seeded stream and keeps no state outside
+/// the run: the default scenario, whose threads it moves, gives the same results run alone
+/// twice and run two at once (as `--jobs 2` runs them).
+#[test]
+fn load_balancing_is_deterministic_alone_and_side_by_side() {
+    let c = scenario("default", &["run.duration_ms=3000"]);
+    let (_, first) = run(&c);
+    assert!(metric(&first, "sched.nr_migrations") > 0.0, "threads moved");
+    let alone = vec![strip_wall(&first), strip_wall(&run(&c).1)];
+    let together: Vec<String> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..2).map(|_| s.spawn(|| strip_wall(&run(&c).1))).collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    assert_eq!(alone[0], alone[1]);
+    assert_eq!(together, alone);
+}
+
 #[test]
 fn the_resolved_config_round_trips() {
     let c = scenario("numa01", &["machine.nodes=4", "run.seed=5"]);
@@ -141,11 +158,41 @@ fn fnv1a(text: &str) -> u64 {
     text.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
-/// Golden values: the default scenario, 5 s (ksmd merges from its second pass, at 3.3 s), seed 1. They change only when the model changes
-/// on purpose; then update them in the same commit and say why.
+/// The metrics the golden tests pin, and the events and time-series hash, of the default
+/// scenario run for 5 s (ksmd merges from its second pass, at 3.3 s), seed 1, with `sets`.
+fn assert_golden(sets: &[&str], golden: [(&str, f64); 9], events: u64, csv_hash: u64) {
+    let mut all = vec!["run.duration_ms=5000"];
+    all.extend(sets);
+    let (_, out) = run(&scenario("default", &all));
+    for (name, want) in golden {
+        assert_eq!(metric(&out, name), want, "{name}");
+    }
+    assert_eq!(out.summary.events, events);
+    assert_eq!(fnv1a(&out.recorder.to_csv()), csv_hash, "timeseries.csv changed");
+}
+
+/// Golden values. They change only when the model changes on purpose; then update them in
+/// the same commit and say why.
 #[test]
 fn golden_values_of_the_default_scenario() {
-    let (_, out) = run(&scenario("default", &["run.duration_ms=5000"]));
+    let golden = [
+        ("vmstat.numa_pte_updates", 236_296.0),
+        ("vmstat.numa_hint_faults", 199_727.0),
+        ("vmstat.numa_hint_faults_local", 142_805.0),
+        ("vmstat.numa_pages_migrated", 54_153.0),
+        ("hint_faults_by_source.kvm", 65_443.0),
+        ("touches.cpu", 8_291_284.0),
+        ("touches.device", 1_952_023.0),
+        ("stale.accesses", 245.0),
+        ("ksm.pages_merged", 8_436.0),
+    ];
+    assert_golden(&[], golden, 44_951, 0x2648_c9fe_face_94cd);
+}
+
+/// Without load balancing the model is what it was before it had one: the golden values of
+/// that model.
+#[test]
+fn without_load_balancing_the_golden_values_are_those_of_the_model_without_it() {
     let golden = [
         ("vmstat.numa_pte_updates", 236_801.0),
         ("vmstat.numa_hint_faults", 211_472.0),
@@ -157,9 +204,5 @@ fn golden_values_of_the_default_scenario() {
         ("stale.accesses", 208.0),
         ("ksm.pages_merged", 8_436.0),
     ];
-    for (name, want) in golden {
-        assert_eq!(metric(&out, name), want, "{name}");
-    }
-    assert_eq!(out.summary.events, 44_890);
-    assert_eq!(fnv1a(&out.recorder.to_csv()), 0xf7ea_14a6_f018_656f, "timeseries.csv changed");
+    assert_golden(&["kernel.load_balance=false"], golden, 44_890, 0xf7ea_14a6_f018_656f);
 }

@@ -1,8 +1,11 @@
 //! Threads on CPUs. Each CPU runs the thread at the front of its run queue for one quantum,
-//! then rotates the queue. Simplified: one scheduler decision per quantum, no load balancer
-//! beyond NUMA placement, no preemption inside a quantum.
+//! then rotates the queue; the fair class's load balancer (`fair/`) and NUMA placement
+//! (`numa.rs`) move threads between CPUs. Simplified: one scheduler decision per quantum, no
+//! preemption inside a quantum.
 
+pub mod fair;
 pub mod numa;
+pub mod topology;
 
 use bevy_ecs::prelude::*;
 
@@ -16,6 +19,9 @@ use crate::mm::memory::{Sigsegv, handle_mm_fault};
 use crate::mm::numa_balancing::{task_numa_work, task_tick_numa};
 use crate::mm::{PTE_COW, PTE_PROTNONE, PTE_YOUNG};
 use crate::stats::Source;
+use crate::trace::Event as TraceEvent;
+use crate::trace_event;
+use fair::{LoadBalance, newidle_balance, trigger_load_balance};
 
 /// Where a thread's next touches go: page offsets within the thread's range.
 pub trait AccessPattern: Send + Sync + 'static {
@@ -152,6 +158,12 @@ pub struct Task {
     pub think_ns: Nanos,
     pub start: Nanos,
     pub stop: Option<Nanos>,
+    /// `se.exec_start` as task_hot() reads it: when the thread last stopped running.
+    pub exec_start: Nanos,
+    /// `se.nr_migrations`: how often the thread's CPU changed.
+    pub nr_migrations: u64,
+    /// Runtime spent on each node's CPUs (per-thread node shares).
+    pub node_runtime: Vec<Nanos>,
 }
 
 impl Task {
@@ -171,6 +183,9 @@ impl Task {
             think_ns: spec.think_ns,
             start: spec.start,
             stop: spec.stop,
+            exec_start: 0,
+            nr_migrations: 0,
+            node_runtime: Vec::new(),
         }
     }
 }
@@ -191,38 +206,71 @@ fn enqueue_task_at(k: &mut Kernel, te: Entity, cpu: u32, at: Nanos) {
     }
 }
 
-/// Models migrate_task_to() (kernel/sched/core.c, v6.12): move a thread to another CPU's run
-/// queue (migrate_task_rq_fair() calls update_scan_period() on the way). The kernel moves a
-/// running task with stop_one_cpu(migration_cpu_stop) on its own CPU, so it reaches the new
-/// CPU when it stops running on the old one: `at`, the end of the quantum it is in (now for
-/// a task that is not running). It joins the new run queue at once (its load counts there);
-/// an idle new CPU starts it at `at`. Simplified: on a busy CPU its place in the queue
-/// decides when it runs, which may be before `at`.
+/// Models set_task_cpu() (kernel/sched/core.c, 6.1.192 and 6.12.117), through which every
+/// CPU change goes: trace_sched_migrate_task(), migrate_task_rq_fair() (which calls
+/// update_scan_period()) and `se.nr_migrations++`.
+fn set_task_cpu(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) {
+    if task.cpu == cpu {
+        return;
+    }
+    trace_event!(k, TraceEvent::SchedMigrateTask { pid: task.pid, orig_cpu: task.cpu as i32, dest_cpu: cpu as i32 });
+    numa::update_scan_period(k, numa, task.cpu, cpu);
+    task.nr_migrations += 1;
+    task.cpu = cpu;
+}
+
+/// Models migrate_task_to() (kernel/sched/core.c, v6.12) and the load balancer's
+/// detach/attach: move a thread to another CPU's run queue (set_task_cpu() on the way). The
+/// kernel moves a running task with stop_one_cpu(migration_cpu_stop) on its own CPU, so it
+/// reaches the new CPU when it stops running on the old one: `at`, the end of the quantum
+/// it is in (now for a task that is not running). It joins the new run queue at once (its
+/// load counts there); an idle new CPU starts it at `at`. Simplified: on a busy CPU its place
+/// in the queue decides when it runs, which may be before `at`.
 pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity, cpu: u32, at: Nanos) {
     let Ok((mut task, mut numa)) = tasks.get_mut(te) else {
         return;
     };
-    numa::update_scan_period(k, &mut numa, task.cpu, cpu);
-    let old = std::mem::replace(&mut task.cpu, cpu);
+    let old = task.cpu;
+    set_task_cpu(k, &mut task, &mut numa, cpu);
     k.cpu(old).runqueue.retain(|&e| e != te);
     enqueue_task_at(k, te, cpu, at);
 }
 
-/// Handler of [`Event::TaskWake`]: a thread reaches its start time.
+/// Handler of [`Event::TaskWake`]: a thread reaches its start time. It waited pinned to its
+/// start CPU, so select_task_rq() (kernel/sched/core.c) takes that CPU without asking
+/// select_task_rq_fair(), and the CPU does not change.
 pub fn wake_task(In(te): In<Entity>, mut k: Kernel, tasks: Query<&Task>) {
     let cpu = tasks.get(te).expect("woken tasks exist").cpu;
     enqueue_task(&mut k, te, cpu);
 }
 
-/// Handler of [`Event::CpuTick`]: run the thread at the front of the CPU's queue for one
-/// quantum, then do what the kernel does on return to user (task_numa_work()) and at the
-/// tick (numa placement), and rotate the queue.
-pub fn cpu_tick(In(cpu): In<u32>, mut k: Kernel, mut tasks: Query<(&mut Task, &mut TaskNuma)>) {
+/// Handler of [`Event::CpuTick`]: balance (trigger_load_balance() on a busy CPU,
+/// sched_balance_newidle() on one whose queue emptied), run the thread at the front of the
+/// CPU's queue for one quantum, then do what the kernel does on return to user
+/// (task_numa_work()) and at the tick (numa placement), and rotate the queue.
+pub fn cpu_tick(
+    In(cpu): In<u32>,
+    mut k: Kernel,
+    mut lb: ResMut<LoadBalance>,
+    mut tasks: Query<(&mut Task, &mut TaskNuma)>,
+) {
     let now = k.now();
+    if lb.enabled {
+        // The balancing softirq runs in the context of the thread the tick interrupted.
+        let curr = k.rq(cpu).curr.map_or(0, |(pid, _)| pid);
+        k.trace_current(cpu, curr, now);
+        if k.rq_len(cpu) > 0 {
+            trigger_load_balance(&mut k, &mut lb, &mut tasks, cpu);
+        } else {
+            newidle_balance(&mut k, &mut lb, &mut tasks, cpu);
+        }
+    }
     let Some(te) = k.cpu(cpu).runqueue.front().copied() else {
+        lb.enter_idle(cpu);
         let mut c = k.cpu(cpu);
         c.ticking = false;
         c.curr = None;
+        c.running = None;
         return;
     };
     let (mut task, mut numa) = tasks.get_mut(te).expect("queued tasks exist");
@@ -239,22 +287,34 @@ pub fn cpu_tick(In(cpu): In<u32>, mut k: Kernel, mut tasks: Query<(&mut Task, &m
     };
     task.sum_exec_runtime += spent;
     k.trace_current(cpu, task.pid, now + spent);
+    let nid = k.topo.cpu_to_node(cpu);
     if k.sysctl.0.numa_balancing && task_tick_numa(&mut k, &mut numa, task.sum_exec_runtime, now + spent) {
-        let nid = k.topo.cpu_to_node(cpu);
         let scan = task_numa_work(&mut k, &mut numa, task.pid, nid, now + spent);
         task.sum_exec_runtime += scan;
         spent += scan;
     }
+    account_runtime(&mut task, nid, now, spent);
     k.trace_task_ran(cpu, task.pid, now, now + spent.max(1));
     let migrate = std::mem::take(&mut numa.migrate_pending);
     if migrate {
         numa::task_numa_migrate(&mut k, &mut tasks, te, now + spent.max(1));
     }
     let mut c = k.cpu(cpu);
+    c.running = Some((te, now + spent.max(1)));
     if c.runqueue.front() == Some(&te) {
         c.runqueue.rotate_left(1);
     }
     k.queue.schedule_in(spent.max(1), Event::CpuTick(cpu));
+}
+
+/// Charges a quantum to the thread's node shares and sets exec_start to its end.
+fn account_runtime(task: &mut Task, nid: crate::machine::Nid, now: Nanos, spent: Nanos) {
+    let nid = nid as usize;
+    if task.node_runtime.len() <= nid {
+        task.node_runtime.resize(nid + 1, 0);
+    }
+    task.node_runtime[nid] += spent;
+    task.exec_start = now + spent;
 }
 
 fn exit_task(k: &mut Kernel, numa: &mut TaskNuma, te: Entity, cpu: u32) {

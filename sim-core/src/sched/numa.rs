@@ -3,6 +3,7 @@
 
 use bevy_ecs::prelude::*;
 
+use super::fair::adjust_numa_imbalance;
 use super::{Affinity, Task, migrate_task_to};
 use crate::engine::{NSEC_PER_MSEC, NSEC_PER_SEC, Nanos};
 use crate::kernel::{Faulter, Kernel, Sysctl};
@@ -178,7 +179,7 @@ impl TaskNuma {
 }
 
 /// `group_weight()`.
-fn group_weight(ng: Option<&NumaGroup>, nid: usize) -> i64 {
+pub(crate) fn group_weight(ng: Option<&NumaGroup>, nid: usize) -> i64 {
     match ng {
         Some(g) if g.total_faults > 0 => 1000 * g.faults_mem(nid) / g.total_faults,
         _ => 0,
@@ -538,13 +539,6 @@ fn node_stats(k: &mut Kernel, nid: Nid, allowed: &Affinity) -> (usize, Option<u3
     (running, idle)
 }
 
-/// Models adjust_numa_imbalance(): a lightly loaded destination may take a small imbalance
-/// (NUMA_IMBALANCE_MIN) so a pair of communicating tasks can stay together.
-fn adjust_numa_imbalance(imbalance: usize, dst_running: usize, imb_numa_nr: usize) -> usize {
-    const NUMA_IMBALANCE_MIN: usize = 2;
-    if dst_running <= imb_numa_nr && imbalance <= NUMA_IMBALANCE_MIN { 0 } else { imbalance }
-}
-
 /// The best place found so far (struct task_numa_env's best_*).
 #[derive(Clone, Copy, Debug)]
 struct Best {
@@ -667,8 +661,8 @@ fn task_numa_find_cpu(
     let mut maymove = false;
     if dst_has_spare {
         let imbalance = (dst_running + 1).saturating_sub(src_running.saturating_sub(1));
-        let imb_numa_nr = imb_numa_nr(node_cpus);
-        if adjust_numa_imbalance(imbalance, dst_running + 1, imb_numa_nr) == 0 {
+        let imb_numa_nr = imb_numa_nr(node_cpus) as i64;
+        if adjust_numa_imbalance(imbalance as i64, dst_running as i64 + 1, imb_numa_nr) == 0 {
             maymove = true;
             if let Some(cpu) = idle_cpu {
                 env.best = Some(Best { imp: 0, task: None, cpu });

@@ -1,6 +1,8 @@
 //! The result contract: `summary.json` and the metric names shared with `timeseries.csv`,
 //! `results.csv` and the plots.
 
+use std::borrow::Cow;
+
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
@@ -26,14 +28,17 @@ impl Value {
 
 /// Named groups of named values, in a fixed order.
 #[derive(Clone, Debug, Default, PartialEq)]
-pub struct Groups(pub Vec<(&'static str, Vec<(&'static str, Value)>)>);
+pub struct Groups(pub Vec<(&'static str, Group)>);
+
+/// One group's named values (names built at run time for per-thread and per-domain ones).
+pub type Group = Vec<(Cow<'static, str>, Value)>;
 
 impl Groups {
     /// The value of `group.name`.
     pub fn get(&self, dotted: &str) -> Option<Value> {
         let (group, name) = dotted.split_once('.')?;
         let (_, values) = self.0.iter().find(|(g, _)| *g == group)?;
-        values.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
+        values.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
     }
 
     /// `group.name` → value, in order.
@@ -44,7 +49,7 @@ impl Groups {
 
 impl Serialize for Groups {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Inner<'a>(&'a [(&'static str, Value)]);
+        struct Inner<'a>(&'a [(Cow<'static, str>, Value)]);
         impl Serialize for Inner<'_> {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
                 let mut m = s.serialize_map(Some(self.0.len()))?;
@@ -69,8 +74,13 @@ pub enum Span {
     Interval,
 }
 
-fn counts(names: &'static [&'static str], values: Vec<u64>) -> Vec<(&'static str, Value)> {
-    names.iter().copied().zip(values.into_iter().map(Value::Count)).collect()
+fn counts(names: &'static [&'static str], values: Vec<u64>) -> Vec<(Cow<'static, str>, Value)> {
+    names.iter().map(|&n| Cow::Borrowed(n)).zip(values.into_iter().map(Value::Count)).collect()
+}
+
+/// Static names with their values.
+fn named(values: Vec<(&'static str, Value)>) -> Vec<(Cow<'static, str>, Value)> {
+    values.into_iter().map(|(n, v)| (Cow::Borrowed(n), v)).collect()
 }
 
 fn ratio(part: u64, all: u64) -> Value {
@@ -82,11 +92,11 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
     let t = &c.touches;
     let stale = match span {
         Span::Run => counts(Stale::NAMES, c.stale.values()),
-        Span::Interval => vec![
+        Span::Interval => named(vec![
             ("mappings", Value::Count(c.stale_mappings)),
             ("mapping_ns", Value::Count(c.stale.mapping_ns)),
             ("accesses", Value::Count(c.stale.accesses)),
-        ],
+        ]),
     };
     let all = t.cpu + t.kvm + t.device;
     let per_s = if span_ns == 0 { 0.0 } else { all as f64 * NSEC_PER_SEC as f64 / span_ns as f64 };
@@ -95,20 +105,20 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
         ("hint_faults_by_source", counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values())),
         (
             "locality",
-            vec![
+            named(vec![
                 ("cpu", ratio(t.cpu_local, t.cpu)),
                 ("kvm", ratio(t.kvm_local, t.kvm)),
                 ("device", ratio(t.device_local, t.device)),
-            ],
+            ]),
         ),
         (
             "touches",
-            vec![("cpu", Value::Count(t.cpu)), ("kvm", Value::Count(t.kvm)), ("device", Value::Count(t.device))],
+            named(vec![("cpu", Value::Count(t.cpu)), ("kvm", Value::Count(t.kvm)), ("device", Value::Count(t.device))]),
         ),
         ("stale", stale),
         ("ksm", counts(Ksm::NAMES, c.ksm.values())),
         ("young", counts(Young::NAMES, c.young.values())),
-        ("throughput", vec![("touches_per_s", Value::Real(per_s))]),
+        ("throughput", named(vec![("touches_per_s", Value::Real(per_s))])),
     ])
 }
 

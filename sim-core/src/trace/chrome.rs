@@ -110,9 +110,8 @@ pub(crate) fn metadata(m: &TraceMeta, version: TpVersion, events: &str) -> Strin
 }
 
 fn args_json(trace: &Trace, e: &Event, out: &mut String) {
-    let smmu = |s| trace.meta.smmu_name(s);
     out.push('{');
-    for (i, (key, value)) in e.fields(trace.options.version, &smmu).into_iter().enumerate() {
+    for (i, (key, value)) in e.fields(trace.options.version, &trace.meta).into_iter().enumerate() {
         if i > 0 {
             out.push(',');
         }

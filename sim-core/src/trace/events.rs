@@ -11,6 +11,8 @@ use crate::machine::Nid;
 use crate::mm::gup::{FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE};
 use crate::mm::mmu_notifier::MmuNotifyEvent;
 use crate::stats::Source;
+use crate::trace::TraceMeta;
+use std::fmt::Write as _;
 
 /// Whose tracepoint formats to print: they differ between the two oracle kernels.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -64,6 +66,7 @@ kinds! {
     SchedSwapNuma = "sched": "sched_swap_numa",
     SchedStickNuma = "sched": "sched_stick_numa",
     SchedSkipVmaNuma = "sched": "sched_skip_vma_numa",
+    SchedMigrateTask = "sched": "sched_migrate_task",
     MmMigratePagesStart = "migrate": "mm_migrate_pages_start",
     MmMigratePages = "migrate": "mm_migrate_pages",
     HintFault = "numasim": "numasim_hint_fault",
@@ -166,6 +169,13 @@ pub enum Event {
     },
     SchedSwapNuma(NumaPair),
     SchedStickNuma(NumaPair),
+    /// set_task_cpu(): the task's CPU changes (comm comes from the trace's pid names, prio is
+    /// 120: every modelled thread is nice 0).
+    SchedMigrateTask {
+        pid: u32,
+        orig_cpu: i32,
+        dest_cpu: i32,
+    },
     SchedSkipVmaNuma {
         numa_scan_offset: u64,
         vm_start: u64,
@@ -251,6 +261,7 @@ impl Event {
             Event::SchedSwapNuma(_) => Kind::SchedSwapNuma,
             Event::SchedStickNuma(_) => Kind::SchedStickNuma,
             Event::SchedSkipVmaNuma { .. } => Kind::SchedSkipVmaNuma,
+            Event::SchedMigrateTask { .. } => Kind::SchedMigrateTask,
             Event::MmMigratePagesStart => Kind::MmMigratePagesStart,
             Event::MmMigratePages { .. } => Kind::MmMigratePages,
             Event::HintFault { .. } => Kind::HintFault,
@@ -266,9 +277,10 @@ impl Event {
         }
     }
 
-    /// The printed fields, in TP_printk order. `smmu` names a secondary MMU by its id.
-    pub fn fields<'a>(&self, v: TpVersion, smmu: &impl Fn(u16) -> &'a str) -> Vec<(&'static str, Field<'a>)> {
+    /// The printed fields, in TP_printk order. `meta` names tasks (comm) and secondary MMUs.
+    pub fn fields<'a>(&self, v: TpVersion, meta: &'a TraceMeta) -> Vec<(&'static str, Field<'a>)> {
         use Field::*;
+        let smmu = |id| meta.smmu_name(id);
         match *self {
             Event::SchedMoveNuma { task, src_cpu, src_nid, dst_cpu, dst_nid } => vec![
                 ("pid", U(task.pid.into())),
@@ -290,6 +302,13 @@ impl Event {
                 ("dst_ngid", U(p.dst.ngid.into())),
                 ("dst_cpu", I(p.dst_cpu.into())),
                 ("dst_nid", I(p.dst_nid.into())),
+            ],
+            Event::SchedMigrateTask { pid, orig_cpu, dest_cpu } => vec![
+                ("comm", Comm(meta.comm(pid))),
+                ("pid", U(pid.into())),
+                ("prio", I(120)),
+                ("orig_cpu", I(orig_cpu.into())),
+                ("dest_cpu", I(dest_cpu.into())),
             ],
             Event::SchedSkipVmaNuma { numa_scan_offset, vm_start, vm_end, reason } => vec![
                 ("numa_scan_offset", HexUpper(numa_scan_offset)),
@@ -384,6 +403,8 @@ pub enum Field<'a> {
     /// `__print_symbolic()` and other fixed strings
     S(&'static str),
     Str(&'a str),
+    /// A task's comm: at most TASK_COMM_LEN - 1 (15) characters.
+    Comm(&'a str),
     /// GUP flags, `FOLL_GET|FOLL_WRITE`
     Flags(u32),
 }
@@ -397,6 +418,7 @@ impl std::fmt::Display for Field<'_> {
             Field::Hex(v) => write!(f, "{v:#x}"),
             Field::S(s) => f.write_str(s),
             Field::Str(s) => f.write_str(s),
+            Field::Comm(s) => s.chars().take(15).try_for_each(|c| f.write_char(c)),
             Field::Flags(flags) => write_gup_flags(f, flags),
         }
     }

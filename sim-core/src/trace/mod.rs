@@ -306,7 +306,16 @@ mod tests {
     #[test]
     fn event_patterns_follow_trace_cmd() {
         let sched = parse_events("sched:*").unwrap();
-        assert_eq!(sched, vec![Kind::SchedMoveNuma, Kind::SchedSwapNuma, Kind::SchedStickNuma, Kind::SchedSkipVmaNuma]);
+        assert_eq!(
+            sched,
+            vec![
+                Kind::SchedMoveNuma,
+                Kind::SchedSwapNuma,
+                Kind::SchedStickNuma,
+                Kind::SchedSkipVmaNuma,
+                Kind::SchedMigrateTask
+            ]
+        );
         assert_eq!(parse_events("sched").unwrap(), sched);
         assert_eq!(parse_events("migrate:mm_migrate_pages").unwrap(), vec![Kind::MmMigratePages]);
         assert_eq!(

@@ -143,8 +143,7 @@ pub(crate) fn ftrace_trailer(w: &Written) -> String {
 /// One event as `trace-cmd report` prints it.
 pub fn ftrace_line(trace: &Trace, r: &Record, out: &mut String) {
     line_start(out, trace.meta.comm(r.pid), r.pid, r.cpu, r.ts, r.event.kind().name());
-    let smmu = |e| trace.meta.smmu_name(e);
-    for (i, (key, value)) in r.event.fields(trace.options.version, &smmu).into_iter().enumerate() {
+    for (i, (key, value)) in r.event.fields(trace.options.version, &trace.meta).into_iter().enumerate() {
         let sep = if i == 0 { "" } else { " " };
         let _ = write!(out, "{sep}{key}={value}");
     }

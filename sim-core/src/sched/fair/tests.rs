@@ -1,0 +1,247 @@
+//! Single balancing passes on small machines, against what the kernel's code decides for
+//! the same run queues (worked out by hand from 6.1.192 and 6.12.117).
+
+use bevy_ecs::prelude::*;
+use bevy_ecs::system::SystemState;
+
+use super::{Idle, LoadBalance, balance};
+use crate::config::{Config, KernelConfig, KernelVersion, MachineConfig};
+use crate::engine::{EventQueue, NSEC_PER_MSEC, RngStream};
+use crate::kernel::Kernel;
+use crate::sched::{AccessPattern, Affinity, Task, TaskNuma, ThreadSpec, enqueue_task};
+use crate::sim::Sim;
+
+struct Nowhere;
+
+impl AccessPattern for Nowhere {
+    fn fill(&mut self, _: &mut RngStream, out: &mut [u32]) {
+        out.fill(0);
+    }
+}
+
+/// A machine of `nodes` × `cpus_per_node`, without NUMA balancing, with `threads` (CPU,
+/// allowed CPUs) that start at 0.
+fn threads_on(
+    version: KernelVersion,
+    nodes: u32,
+    cpus_per_node: u32,
+    threads: &[(u32, Option<Vec<u32>>)],
+) -> (Sim, Vec<Entity>) {
+    let config = Config {
+        machine: MachineConfig { nodes, cpus_per_node, memory_per_node_mib: 16, ..Default::default() },
+        kernel: KernelConfig { version, numa_balancing: false, ..Default::default() },
+        run: crate::config::RunConfig { duration_ms: 200, ..Default::default() },
+        ..Default::default()
+    };
+    let mut sim = Sim::new(&config);
+    let mm = sim.add_process("app");
+    let vma = sim.add_vma(mm, "buf", 16);
+    let base = sim.vma_base(mm, vma);
+    let tasks: Vec<Entity> = threads
+        .iter()
+        .enumerate()
+        .map(|(i, (cpu, cpus))| {
+            let spec = ThreadSpec {
+                name: format!("app/t/{i}"),
+                cpu: *cpu,
+                affinity: Affinity(cpus.clone()),
+                base,
+                len: 16,
+                pattern: Box::new(Nowhere),
+                touch_lines: 1,
+                think_ns: 0,
+                write_fraction: 0.0,
+                start: 0,
+                stop: None,
+                ept: None,
+            };
+            sim.add_thread(mm, spec)
+        })
+        .collect();
+    (sim, tasks)
+}
+
+/// [`threads_on`], the threads queued on their CPUs at 10 ms without running the events,
+/// every thread last run 10 ms ago (cache cold).
+fn machine(
+    version: KernelVersion,
+    nodes: u32,
+    cpus_per_node: u32,
+    threads: &[(u32, Option<Vec<u32>>)],
+) -> (Sim, Vec<Entity>) {
+    let (mut sim, tasks) = threads_on(version, nodes, cpus_per_node, threads);
+    sim.world.resource_mut::<EventQueue>().advance_to(10 * NSEC_PER_MSEC);
+    for (&e, (cpu, _)) in tasks.iter().zip(threads) {
+        sim.with_kernel(|k| enqueue_task(k, e, *cpu));
+    }
+    (sim, tasks)
+}
+
+/// One load_balance() of `cpu`'s domain `name`: the threads it moved.
+fn pass(sim: &mut Sim, cpu: u32, name: &str, idle: Idle) -> u64 {
+    let mut state =
+        SystemState::<(Kernel, ResMut<LoadBalance>, Query<(&mut Task, &mut TaskNuma)>)>::new(&mut sim.world);
+    let (mut k, mut lb, mut tasks) = state.get_mut(&mut sim.world).expect("the balancer's resources exist");
+    let lvl = lb.domains[cpu as usize].iter().position(|d| d.sd.name == name).expect("the domain exists");
+    let (moved, _) = balance::load_balance(&mut k, &mut lb, &mut tasks, cpu, lvl, idle);
+    state.apply(&mut sim.world);
+    moved
+}
+
+fn cpu_of(sim: &Sim, e: Entity) -> u32 {
+    sim.world.get::<Task>(e).unwrap().cpu
+}
+
+fn stats(sim: &Sim, name: &str) -> super::DomainStats {
+    sim.world.resource::<LoadBalance>().stats[name].clone()
+}
+
+/// Marks every thread as having run 0.1 ms ago: cache hot (sysctl_sched_migration_cost is
+/// 0.5 ms).
+fn make_hot(sim: &mut Sim, tasks: &[Entity]) {
+    let now = sim.world.resource::<EventQueue>().now();
+    for &e in tasks {
+        sim.world.get_mut::<Task>(e).unwrap().exec_start = now - NSEC_PER_MSEC / 10;
+    }
+}
+
+/// 2 × 2, three threads on node 0 (two on CPU 0): node 0 is overloaded (3 > 2), so an idle
+/// CPU of node 1 pulls by utilization (migrate_util, 2048 of spare capacity) and stops
+/// when CPU 0 has one thread left.
+#[test]
+fn an_overloaded_node_sheds_a_thread_to_an_idle_node() {
+    let (mut sim, t) = machine(KernelVersion::V6_12, 2, 2, &[(0, None), (0, None), (1, None)]);
+    assert_eq!(pass(&mut sim, 2, "NUMA", Idle::Idle), 1);
+    assert_eq!(cpu_of(&sim, t[0]), 2, "the least recently run thread of CPU 0 moves");
+    assert_eq!((cpu_of(&sim, t[1]), cpu_of(&sim, t[2])), (0, 1));
+    let s = stats(&sim, "NUMA");
+    assert_eq!((s.lb_count[0], s.lb_gained[0], s.lb_imbalance[0]), (1, 1, 2048));
+    assert_eq!(sim.world.get::<Task>(t[0]).unwrap().nr_migrations, 1);
+}
+
+/// 2 × 4, threads on node 0 only. Two: calculate_imbalance() finds 2 (prefer sibling) and
+/// adjust_numa_imbalance() (the same in 6.1.192 and 6.12.117) lets it be, since node 1
+/// would run 1 ≤ imb_numa_nr = 1: balanced. Three: 3 is past NUMA_IMBALANCE_MIN, one moves.
+#[test]
+fn the_numa_allowance_keeps_a_pair_together_but_not_three() {
+    for v in [KernelVersion::V6_1, KernelVersion::V6_12] {
+        let (mut sim, t) = machine(v, 2, 4, &[(0, None), (0, None)]);
+        assert_eq!(pass(&mut sim, 4, "NUMA", Idle::Idle), 0, "{v:?}");
+        assert_eq!(stats(&sim, "NUMA").lb_nobusyg[0], 1, "{v:?}");
+        assert!(t.iter().all(|&e| cpu_of(&sim, e) == 0));
+        let (mut sim, t) = machine(v, 2, 4, &[(0, None), (0, None), (1, None)]);
+        assert_eq!(pass(&mut sim, 4, "NUMA", Idle::Idle), 1, "{v:?}");
+        assert_eq!(cpu_of(&sim, t[0]), 4, "{v:?}");
+    }
+}
+
+/// Threads pinned to CPU 0 never leave it; LBF_ALL_PINNED doubles the interval.
+#[test]
+fn affinity_is_respected() {
+    let pinned = Some(vec![0]);
+    let (mut sim, t) = machine(KernelVersion::V6_12, 2, 1, &[(0, pinned.clone()), (0, pinned.clone())]);
+    for _ in 0..8 {
+        assert_eq!(pass(&mut sim, 1, "NUMA", Idle::Idle), 0);
+    }
+    assert!(t.iter().all(|&e| cpu_of(&sim, e) == 0));
+    assert_eq!(stats(&sim, "NUMA").lb_balanced[0], 8);
+    let lb = sim.world.resource::<LoadBalance>();
+    assert!(lb.state[1][0].balance_interval > lb.domains[1][0].sd.min_interval);
+    // Unpin one and it goes.
+    let (mut sim, t) = machine(KernelVersion::V6_12, 2, 1, &[(0, pinned), (0, None)]);
+    assert_eq!(pass(&mut sim, 1, "NUMA", Idle::Idle), 1);
+    assert_eq!((cpu_of(&sim, t[0]), cpu_of(&sim, t[1])), (0, 1));
+}
+
+/// 2 × 1, CPU 0 runs two threads, CPU 1 one: a busy balance from CPU 1 computes a load
+/// imbalance of 512, which a thread's 1024 fits once shifted by nr_balance_failed ≥ 1. Cold
+/// threads move on the second pass; hot ones only once nr_balance_failed (3) exceeds
+/// cache_nice_tries (2), on the fourth, counted in lb_hot_gained.
+#[test]
+fn cache_hot_threads_stay_until_balancing_failed_cache_nice_tries_times() {
+    let (mut sim, _) = machine(KernelVersion::V6_12, 2, 1, &[(0, None), (0, None), (1, None)]);
+    assert_eq!(pass(&mut sim, 1, "NUMA", Idle::NotIdle), 0);
+    assert_eq!(pass(&mut sim, 1, "NUMA", Idle::NotIdle), 1);
+    assert_eq!(stats(&sim, "NUMA").lb_hot_gained[1], 0);
+    let (mut sim, t) = machine(KernelVersion::V6_12, 2, 1, &[(0, None), (0, None), (1, None)]);
+    for round in 0..3 {
+        make_hot(&mut sim, &t);
+        assert_eq!(pass(&mut sim, 1, "NUMA", Idle::NotIdle), 0, "round {round}");
+    }
+    make_hot(&mut sim, &t);
+    assert_eq!(pass(&mut sim, 1, "NUMA", Idle::NotIdle), 1);
+    let s = stats(&sim, "NUMA");
+    assert_eq!((s.lb_failed[1], s.lb_gained[1], s.lb_hot_gained[1]), (3, 1, 1));
+}
+
+/// migrate_degrades_locality(): of two threads on CPU 0, the one preferring node 0 stays
+/// (CPU 0 runs more threads than prefer it) and the other goes; a thread preferring the
+/// destination goes first.
+#[test]
+fn a_thread_stays_on_its_preferred_node() {
+    for (preferred, mover) in [(0, 1), (1, 0)] {
+        let (mut sim, t) = machine(KernelVersion::V6_12, 2, 1, &[(0, None), (0, None), (1, None)]);
+        sim.world.resource_mut::<crate::kernel::Sysctl>().0.numa_balancing = true;
+        {
+            let mut p = sim.world.get_mut::<TaskNuma>(t[0]).unwrap();
+            p.numa_preferred_nid = Some(preferred);
+            p.numa_faults = vec![1; 16];
+        }
+        // Two passes: the first fails (the load imbalance is 512), the second moves.
+        pass(&mut sim, 1, "NUMA", Idle::NotIdle);
+        assert_eq!(pass(&mut sim, 1, "NUMA", Idle::NotIdle), 1);
+        assert_eq!(cpu_of(&sim, t[mover]), 1, "preferred node {preferred}");
+        assert_eq!(cpu_of(&sim, t[1 - mover]), 0, "preferred node {preferred}");
+    }
+}
+
+/// A whole run: four threads started on CPU 0 of a 2 × 2 machine end on four CPUs, moved by
+/// newidle, nohz idle and periodic balancing, each move counted once.
+#[test]
+fn threads_started_on_one_cpu_spread_over_the_machine() {
+    let (mut sim, t) = threads_on(KernelVersion::V6_12, 2, 2, &[(0, None), (0, None), (0, None), (0, None)]);
+    let out = sim.run().unwrap();
+    let mut cpus: Vec<u32> = t.iter().map(|&e| cpu_of(&sim, e)).collect();
+    cpus.sort_unstable();
+    assert_eq!(cpus, [0, 1, 2, 3]);
+    let moves: u64 = t.iter().map(|&e| sim.world.get::<Task>(e).unwrap().nr_migrations).sum();
+    assert!(moves >= 3, "{moves}");
+    assert_eq!(out.summary.metrics.get("sched.nr_migrations").unwrap().as_f64(), moves as f64);
+    let lb = sim.world.resource::<LoadBalance>();
+    let gained = |name: &str| lb.stats[name].lb_gained.iter().sum::<u64>() + lb.stats[name].alb_pushed;
+    assert_eq!(gained("MC") + gained("NUMA"), moves);
+}
+
+/// `kernel.load_balance` is on by default, takes a boolean, and a misspelling names it.
+#[test]
+fn the_load_balance_key_is_checked() {
+    use crate::config::{Source, load};
+    let src = |text: &str| Source { origin: "t.toml".into(), text: text.into() };
+    assert!(load(&src(""), &[]).unwrap().kernel.load_balance);
+    assert!(!load(&src("[kernel]\nload_balance = false\n"), &[]).unwrap().kernel.load_balance);
+    let e = load(&src("[kernel]\nload_balance = 1\n"), &[]).unwrap_err();
+    assert_eq!((e.key.as_str(), e.line), ("kernel.load_balance", Some(2)), "{e}");
+    let e = load(&src(""), &["kernel.load_balanc=true".into()]).unwrap_err();
+    assert!(e.message.contains("did you mean `load_balance`"), "{e}");
+}
+
+/// 3 × 4, nodes 0 and 1 fully busy (one thread per CPU), node 2 idle. CPU 8's NUMA balance
+/// wants 2 threads (adjust_numa_imbalance() lets 4 through), but each busy CPU runs one, so
+/// detach_tasks() finds nothing; the fifth failure (> cache_nice_tries + 2) starts an
+/// active balance. Which node it pushes from is where the versions differ:
+/// update_sd_pick_busiest() keeps the first of equal fully busy groups in 6.1.192 (node 0)
+/// and takes the last in 6.12.117 (node 1, groups running from CPU 8 round).
+#[test]
+fn equal_fully_busy_groups_pick_the_first_in_6_1_and_the_last_in_6_12() {
+    for (v, pushed) in [(KernelVersion::V6_1, 0), (KernelVersion::V6_12, 4)] {
+        let threads: Vec<(u32, Option<Vec<u32>>)> = (0..8).map(|c| (c, None)).collect();
+        let (mut sim, t) = machine(v, 3, 4, &threads);
+        for _ in 0..5 {
+            assert_eq!(pass(&mut sim, 8, "NUMA", Idle::Idle), 0, "{v:?}");
+        }
+        let moved: Vec<usize> = (0..8).filter(|&i| cpu_of(&sim, t[i]) == 8).collect();
+        assert_eq!(moved, [pushed], "{v:?}");
+        let s = stats(&sim, "NUMA");
+        assert_eq!((s.lb_failed[0], s.alb_count, s.alb_pushed), (5, 1, 1), "{v:?}");
+    }
+}
