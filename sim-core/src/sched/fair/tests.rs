@@ -10,6 +10,8 @@ use crate::engine::{EventQueue, NSEC_PER_MSEC, RngStream};
 use crate::kernel::Kernel;
 use crate::sched::{AccessPattern, Affinity, Task, TaskNuma, ThreadSpec, enqueue_task};
 use crate::sim::Sim;
+use crate::trace::TraceOptions;
+use crate::trace::events::{Event as TraceEvent, Kind, TpVersion};
 
 struct Nowhere;
 
@@ -196,10 +198,17 @@ fn a_thread_stays_on_its_preferred_node() {
 }
 
 /// A whole run: four threads started on CPU 0 of a 2 × 2 machine end on four CPUs, moved by
-/// newidle, nohz idle and periodic balancing, each move counted once.
+/// newidle, nohz idle and periodic balancing, each move counted once and traced once.
 #[test]
 fn threads_started_on_one_cpu_spread_over_the_machine() {
     let (mut sim, t) = threads_on(KernelVersion::V6_12, 2, 2, &[(0, None), (0, None), (0, None), (0, None)]);
+    let kinds = vec![Kind::SchedMigrateTask];
+    sim.enable_trace(TraceOptions {
+        kinds,
+        events: "sched:sched_migrate_task".into(),
+        version: TpVersion::V6_12,
+        max_bytes: 1 << 20,
+    });
     let out = sim.run().unwrap();
     let mut cpus: Vec<u32> = t.iter().map(|&e| cpu_of(&sim, e)).collect();
     cpus.sort_unstable();
@@ -207,6 +216,18 @@ fn threads_started_on_one_cpu_spread_over_the_machine() {
     let moves: u64 = t.iter().map(|&e| sim.world.get::<Task>(e).unwrap().nr_migrations).sum();
     assert!(moves >= 3, "{moves}");
     assert_eq!(out.summary.metrics.get("sched.nr_migrations").unwrap().as_f64(), moves as f64);
+    let traced: Vec<(u32, i32, i32)> = out
+        .trace
+        .unwrap()
+        .records()
+        .iter()
+        .filter_map(|r| match r.event {
+            TraceEvent::SchedMigrateTask { pid, orig_cpu, dest_cpu } => Some((pid, orig_cpu, dest_cpu)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(traced.len() as u64, moves, "one sched_migrate_task per move");
+    assert!(traced.iter().all(|&(_, from, to)| from != to));
     let lb = sim.world.resource::<LoadBalance>();
     let gained = |name: &str| lb.stats[name].lb_gained.iter().sum::<u64>() + lb.stats[name].alb_pushed;
     assert_eq!(gained("MC") + gained("NUMA"), moves);
