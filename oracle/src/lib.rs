@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod plan;
 pub mod qemu;
 pub mod results;
+pub mod schedstat;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -534,7 +535,8 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "files": o.files,
     });
     write("guest.json", (serde_json::to_string_pretty(&guest_json).expect("json") + "\n").as_bytes())?;
-    let summary = results::summary(&info, plan, &o.samples);
+    let summary = results::summary(&info, plan, &o.samples, &o.files)
+        .map_err(|m| OracleError::Input(format!("kernel {}: {m}", o.release)))?;
     write("summary.json", (serde_json::to_string_pretty(&summary).expect("json") + "\n").as_bytes())
 }
 
