@@ -320,6 +320,41 @@ mod tests {
         assert_eq!(without["MC"]["lb_count.idle"], 23 + 14 + 23, "a domain debugfs does not name is left out");
     }
 
+    /// The debugfs files and /proc/schedstat of a fixture's boot, as the guest reports them.
+    fn files_of(f: &DomainFixture, schedstat: &str) -> BTreeMap<String, String> {
+        let mut files = BTreeMap::from([("/proc/schedstat".to_string(), body(schedstat))]);
+        for (cpu, ds) in f.cpus.iter().enumerate() {
+            for d in ds {
+                let dir = domain_dir(cpu as u32, d.index);
+                let level = d.level.map(|l| ("level", l.to_string()));
+                let numbers = [
+                    ("imbalance_pct", d.imbalance_pct.to_string()),
+                    ("busy_factor", d.busy_factor.to_string()),
+                    ("min_interval", d.min_interval.to_string()),
+                    ("max_interval", d.max_interval.to_string()),
+                    ("cache_nice_tries", d.cache_nice_tries.to_string()),
+                ];
+                let text = [("name", d.name.clone()), ("flags", d.flags.join(" "))];
+                for (f, v) in numbers.into_iter().chain(text).chain(level) {
+                    files.insert(format!("{dir}/{f}"), v);
+                }
+            }
+        }
+        files
+    }
+
+    /// kernel_domains() (what guest.json's `sched_domains` holds) reads a boot's files back
+    /// into its fixture; a missing tunable is an error naming the file.
+    #[test]
+    fn the_domains_read_from_a_boots_files_are_its_fixture() {
+        let f: DomainFixture = serde_json::from_str(V15_DOMAINS).unwrap();
+        let mut files = files_of(&f, BOOTS[0].0);
+        assert_eq!(kernel_domains(&files, 4).unwrap(), f.cpus);
+        files.remove("/sys/kernel/debug/sched/domains/cpu2/domain1/busy_factor");
+        let e = kernel_domains(&files, 4).unwrap_err();
+        assert!(e.contains("cpu2/domain1/busy_factor"), "{e}");
+    }
+
     /// The domains of each CPU in a fixture are nested, lowest first, and span their CPU.
     #[test]
     fn every_fixtures_domains_nest_around_their_cpu() {
