@@ -8,8 +8,23 @@ use std::collections::BTreeMap;
 
 const SCHEDSTATS: &str = "/proc/sys/kernel/sched_schedstats";
 
-/// Every CPU's cache levels and sharing, every sched domain's name and flags (debugfs, with
-/// CONFIG_SCHED_DEBUG), /proc/schedstat, and each workload process's /proc/PID/maps keyed
+/// The files register_sd() (kernel/sched/debug.c) makes for each domain: the tunables
+/// load_balance() and rebalance_domains() read (6.12 adds `groups_flags` and `level`; a file
+/// the kernel lacks is left out).
+const DOMAIN_FILES: [&str; 9] = [
+    "name",
+    "flags",
+    "groups_flags",
+    "level",
+    "imbalance_pct",
+    "cache_nice_tries",
+    "busy_factor",
+    "min_interval",
+    "max_interval",
+];
+
+/// Every CPU's cache levels and sharing, every sched domain's name, flags and tunables
+/// (debugfs, with CONFIG_SCHED_DEBUG), /proc/schedstat, and each workload process's /proc/PID/maps keyed
 /// `maps:<process>` (`processes`: name and pid). The domains' load-balancing counters
 /// (lb_count, lb_gained, ...) count only with schedstats on, which the oracle's kernel
 /// command line asks for (`schedstats=enable`; the sysctl's value is kept to show it).
@@ -24,7 +39,7 @@ pub fn at_start(cpus: u32, processes: &[(String, i32)]) -> BTreeMap<String, Stri
         }
         let domains = format!("/sys/kernel/debug/sched/domains/cpu{cpu}");
         for domain in subdirs(&domains, "domain") {
-            for f in ["name", "flags", "imbalance_pct", "cache_nice_tries"] {
+            for f in DOMAIN_FILES {
                 read_into(&mut files, &format!("{domains}/{domain}/{f}"));
             }
         }

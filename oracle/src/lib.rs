@@ -12,6 +12,7 @@ pub mod kernel;
 pub mod plan;
 pub mod qemu;
 pub mod results;
+pub mod schedstat;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -508,6 +509,8 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         aging: cfg.aging.enabled,
         wall_s: run.wall_s,
     };
+    // What a sched-domain fixture (tests/fixtures/sched-domains) holds, read from `files`.
+    let domains = o.files.get("start").and_then(|f| schedstat::kernel_domains(f, plan.nodes * plan.cpus_per_node).ok());
     let guest_json = serde_json::json!({
         "release": o.release,
         "kernel_image": k.image,
@@ -532,9 +535,11 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "retried": run.retried,
         "final_sample": o.samples.last(),
         "files": o.files,
+        "sched_domains": domains,
     });
     write("guest.json", (serde_json::to_string_pretty(&guest_json).expect("json") + "\n").as_bytes())?;
-    let summary = results::summary(&info, plan, &o.samples);
+    let summary = results::summary(&info, plan, &o.samples, &o.files)
+        .map_err(|m| OracleError::Input(format!("kernel {}: {m}", o.release)))?;
     write("summary.json", (serde_json::to_string_pretty(&summary).expect("json") + "\n").as_bytes())
 }
 

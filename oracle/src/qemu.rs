@@ -100,8 +100,11 @@ pub fn boot(
         // schedstats from boot (setup_schedstats()): switching the sched_schedstats sysctl
         // at run time patches a static key while the other vCPUs run, which oopsed 6.12
         // under MTTCG (int3 in try_to_wake_up()), as trace events enabled at run time did.
+        // sched_verbose: 6.12, unlike 6.1, shows the sched domains in debugfs (sched/domains/cpuN)
+        // only with it (update_sched_domain_debugfs()); it changes no scheduling decision.
         .arg(format!(
-            "console=ttyS0 panic=-1 rdinit=/init loglevel=4 schedstats=enable brd.rd_nr=1 brd.rd_size={}{}",
+            "console=ttyS0 panic=-1 rdinit=/init loglevel=4 schedstats=enable sched_verbose brd.rd_nr=1 \
+             brd.rd_size={}{}",
             crate::RAMDISK_KIB,
             m.cmdline
         ))

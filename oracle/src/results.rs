@@ -158,8 +158,15 @@ fn set(summary: &mut Value, dotted: &str, v: u64) {
     g[name] = json!(v);
 }
 
-/// summary.json for samples `s` (the first is the workload's start).
-pub fn summary(info: &RunInfo<'_>, plan: &Plan, s: &[Sample]) -> Value {
+/// summary.json for samples `s` (the first is the workload's start) and the files the guest
+/// read at the start and the end (`files`, by `when`); a /proc/schedstat whose version
+/// numasim cannot read fails.
+pub fn summary(
+    info: &RunInfo<'_>,
+    plan: &Plan,
+    s: &[Sample],
+    files: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<Value, String> {
     let (first, last) = (&s[0], &s[s.len() - 1]);
     let elapsed_s = (last.t_ms - first.t_ms) / 1e3;
     let kinds = touchers(plan);
@@ -203,7 +210,28 @@ pub fn summary(info: &RunInfo<'_>, plan: &Plan, s: &[Sample]) -> Value {
     if !kernel_smmu.is_empty() {
         out["kernel_gupdev"] = Value::Object(kernel_smmu);
     }
-    out
+    let moves: Vec<Option<u64>> = (0..last.threads.len()).map(|i| crate::schedstat::thread_moves(s, i)).collect();
+    out["sched"] = json!({ "nr_migrations": moves.iter().flatten().sum::<u64>() });
+    out["thread"] = last
+        .threads
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let mut m = Map::new();
+            if let Some(n) = moves[i] {
+                m.insert("nr_migrations".into(), json!(n));
+            }
+            for (node, share) in crate::schedstat::node_shares(plan, s, i).into_iter().flatten().enumerate() {
+                m.insert(format!("node{node}_share"), json!(share));
+            }
+            (t.name.clone(), Value::Object(m))
+        })
+        .collect::<Map<String, Value>>()
+        .into();
+    if let (Some(start), Some(end)) = (files.get("start"), files.get("end").and_then(|e| e.get("/proc/schedstat"))) {
+        out["schedstat"] = json!(crate::schedstat::deltas(start, end)?);
+    }
+    Ok(out)
 }
 
 /// timeseries.csv: one row per sample after the first, counters as interval deltas.
@@ -272,9 +300,11 @@ fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<St
 
 /// Per-thread columns of a kernel run's timeseries.csv, as interval deltas: the column's key
 /// and the /proc/PID/task/TID/sched field it comes from (`touches`: the guest's own count;
-/// `minflt`: the stat file's minor faults).
-const THREAD_DELTAS: [(&str, &str); 6] = [
+/// `minflt`: the stat file's minor faults; `runtime_ns`: schedstat's runtime, which weighs
+/// the CPU of `task.<thread>.nid` into the thread's node shares).
+const THREAD_DELTAS: [(&str, &str); 7] = [
     ("touches", "touches"),
+    ("runtime_ns", guest::RUNTIME_KEY),
     ("minflt", "minflt"),
     ("numa_pages_migrated", "numa_pages_migrated"),
     ("nr_migrations", "se.nr_migrations"),
@@ -440,7 +470,7 @@ mod tests {
         let stats = [("stale_accesses", 7), ("stale_mappings_max", 5), ("hint_faults", 11)];
         let s = [sample(0.0, [0; 3], [("stale_accesses", 0), ("stale_mappings_max", 0), ("hint_faults", 0)])];
         let s = [s[0].clone(), sample(1000.0, [10, 20, 30], stats)];
-        let v = summary(&info(), &p, &s);
+        let v = summary(&info(), &p, &s, &BTreeMap::new()).unwrap();
         // Sums over both secondary MMUs for stale.*, by kind for the hinting faults.
         assert_eq!((v["stale"]["accesses"].as_u64(), v["stale"]["mappings_max"].as_u64()), (Some(14), Some(10)));
         assert_eq!(v["hint_faults_by_source"]["device"].as_u64(), Some(11));
@@ -462,7 +492,7 @@ mod tests {
     fn staleness_is_not_measured_beside_a_user_space_gup_caller() {
         let p = plan(RemotePath::ProcessVm);
         let s = [sample(0.0, [0; 3], [("a", 0); 3]), sample(1000.0, [1, 2, 3], [("stale_accesses", 3); 3])];
-        let v = summary(&info(), &p, &s);
+        let v = summary(&info(), &p, &s, &BTreeMap::new()).unwrap();
         assert!(v["stale"].is_null(), "{v}");
         let nm: Vec<&str> = v["not_measured"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
         assert!(nm.contains(&"stale.accesses") && nm.contains(&"hint_faults_by_source.device"));
@@ -508,5 +538,44 @@ mod tests {
         assert_eq!(col("kernel.task.p/w/0.nr_voluntary_switches"), "30");
         assert_eq!(col("kernel.task.p/w/0.nr_involuntary_switches"), "");
         assert_eq!(col("kernel.task.device/d.nr_migrations"), "");
+    }
+
+    /// A sample where thread 0 runs on `cpu` with `runtime_ms` and `moves` so far, and the
+    /// device thread has no sched file.
+    fn on_cpu(t_ms: f64, cpu: i32, runtime_ms: i64, moves: i64) -> Sample {
+        let mut s = sample(t_ms, [0; 3], [("a", 0); 3]);
+        s.threads[0].cpu = cpu;
+        s.threads[0].sched.extend([
+            (guest::RUNTIME_KEY.to_string(), runtime_ms * 1_000_000),
+            ("se.nr_migrations".to_string(), moves),
+        ]);
+        s
+    }
+
+    /// Each interval's runtime counts on the node of the CPU its closing sample saw; the
+    /// moves are the delta of se.nr_migrations, summed into sched.nr_migrations.
+    #[test]
+    fn a_threads_node_shares_weigh_each_interval_by_its_runtime() {
+        let p = plan(RemotePath::ProcessVm);
+        let s =
+            [on_cpu(0.0, 0, 0, 5), on_cpu(1000.0, 1, 300, 6), on_cpu(2000.0, 2, 400, 9), on_cpu(3000.0, 3, 1000, 9)];
+        let v = summary(&info(), &p, &s, &BTreeMap::new()).unwrap();
+        let t = &v["thread"]["p/w/0"];
+        assert_eq!(t["nr_migrations"].as_u64(), Some(4));
+        assert!((t["node0_share"].as_f64().unwrap() - 0.3).abs() < 1e-12, "{t}");
+        assert!((t["node1_share"].as_f64().unwrap() - 0.7).abs() < 1e-12, "{t}");
+        assert_eq!(v["sched"]["nr_migrations"].as_u64(), Some(4));
+        assert!(v["thread"]["device/d"].as_object().unwrap().is_empty(), "no sched file, no figures");
+    }
+
+    /// A thread the first sample did not see started later: its moves count from 0.
+    #[test]
+    fn a_thread_started_after_the_first_sample_counts_its_moves_from_zero() {
+        let p = plan(RemotePath::ProcessVm);
+        let mut first = on_cpu(0.0, 0, 0, 0);
+        first.threads[0].sched.clear();
+        let v = summary(&info(), &p, &[first, on_cpu(1000.0, 2, 50, 3)], &BTreeMap::new()).unwrap();
+        assert_eq!(v["thread"]["p/w/0"]["nr_migrations"].as_u64(), Some(3));
+        assert!(v["thread"]["p/w/0"]["node0_share"].is_null(), "no interval with runtime on both ends");
     }
 }

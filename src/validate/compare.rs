@@ -171,11 +171,39 @@ const DERIVED: [Derived; 7] = [
 ];
 
 /// Whether a metric name is one validate can compare: a result name of the sim, a final
-/// placement or a derived figure.
+/// placement, a derived figure or a scheduler name both sides write per thread or domain.
 pub fn is_known(metric: &str, sim_names: &[String]) -> bool {
     sim_names.iter().any(|n| n == metric)
         || DERIVED.iter().any(|d| d.name == metric)
         || (metric.starts_with("final.node.") && metric.ends_with(".used_pages"))
+        || is_sched_name(metric)
+}
+
+/// The load balancer's names, which depend on the scenario's threads and the kernel's domains
+/// and so are missing from a default run's names: `sched.nr_migrations`,
+/// `thread.<thread>.nr_migrations`, `thread.<thread>.node<n>_share`,
+/// `schedstat.<domain>.<lb field>.<idle type>` and `schedstat.<domain>.<field>`.
+fn is_sched_name(metric: &str) -> bool {
+    const ITYPES: [&str; 3] = ["idle", "busy", "newidle"];
+    const OTHER: [&str; 6] =
+        ["alb_count", "alb_failed", "alb_pushed", "ttwu_wake_remote", "ttwu_move_affine", "ttwu_move_balance"];
+    if metric == "sched.nr_migrations" {
+        return true;
+    }
+    if let Some(rest) = metric.strip_prefix("thread.") {
+        let Some((thread, field)) = rest.rsplit_once('.') else { return false };
+        let share = field.strip_prefix("node").and_then(|f| f.strip_suffix("_share"));
+        return !thread.is_empty() && (field == "nr_migrations" || share.is_some_and(|n| n.parse::<u32>().is_ok()));
+    }
+    let Some(rest) = metric.strip_prefix("schedstat.") else { return false };
+    let parts: Vec<&str> = rest.split('.').collect();
+    match parts[..] {
+        [domain, field, itype] => {
+            !domain.is_empty() && oracle::schedstat::LB_FIELDS.contains(&field) && ITYPES.contains(&itype)
+        }
+        [domain, field] => !domain.is_empty() && OTHER.contains(&field),
+        _ => false,
+    }
 }
 
 /// The verdict on one metric.
@@ -352,6 +380,29 @@ mod tests {
 
     fn tol(metric: &str, abs: f64, rel: f64) -> ToleranceConfig {
         ToleranceConfig { metric: metric.into(), abs, rel, reason: "test".into() }
+    }
+
+    #[test]
+    fn the_load_balancers_names_are_known_by_their_shape() {
+        for m in [
+            "sched.nr_migrations",
+            "thread.p/w/0.nr_migrations",
+            "thread.owner/owner/1.node1_share",
+            "schedstat.NUMA.lb_count.newidle",
+            "schedstat.MC.ttwu_move_affine",
+        ] {
+            assert!(is_known(m, &[]), "{m}");
+        }
+        for m in [
+            "sched.nr_moves",
+            "thread.p/w/0.nodeX_share",
+            "thread..nr_migrations",
+            "schedstat.MC.lb_count.sleeping",
+            "schedstat.MC.sbe_count",
+            "schedstat.MC",
+        ] {
+            assert!(!is_known(m, &[]), "{m}");
+        }
     }
 
     #[test]

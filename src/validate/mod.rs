@@ -591,4 +591,28 @@ mod tests {
         let c = resolve_case("gup-cpu-read-remote", &[]).unwrap();
         assert_eq!(pages(&c), 17 * 256);
     }
+
+    /// Every case resolves with its tolerances known, the load balancer's rows included.
+    #[test]
+    fn every_case_resolves_with_known_metrics() {
+        for (name, _) in validation::CASES {
+            resolve_case(name, &[]).unwrap_or_else(|e| panic!("{name}: {e:?}"));
+        }
+    }
+
+    /// The kernel's task moves, as 6.1's and 6.12's sched_migrate_task prints them
+    /// (include/trace/events/sched.h), count in a trace's tallies like the sim's events.
+    #[test]
+    fn the_kernels_task_moves_count_from_its_trace() {
+        let line = |pid: u32, from: u32, to: u32| {
+            format!(
+                "  overload-{pid}  [00{to}] d..2.  12.34567{pid}: sched_migrate_task: comm=overload pid={pid} \
+                 prio=120 orig_cpu={from} dest_cpu={to}"
+            )
+        };
+        let text = format!("# tracer: nop\n{}\n{}\n", line(7, 0, 2), line(8, 1, 3));
+        let c = sim_core::trace::parse::count_events(&text);
+        assert_eq!((c.events["sched_migrate_task"], c.unparsed), (2, 0));
+        assert_eq!(c.keys["sched_migrate_task"], ["comm", "pid", "prio", "orig_cpu", "dest_cpu"]);
+    }
 }

@@ -15,6 +15,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("mprotect-hazard", include_str!("../../configs/mprotect-hazard.toml")),
     ("ksm-protnone", include_str!("../../configs/ksm-protnone.toml")),
     ("pinned-device", include_str!("../../configs/pinned-device.toml")),
+    ("overload", include_str!("../../configs/overload.toml")),
 ];
 
 /// What to look at in a comparison of a built-in scenario across GUP eras or kernels.
@@ -66,6 +67,13 @@ pub fn guide(name: &str) -> &'static str {
              the CPU's hinting faults later try to migrate pinned pages and fail (`vmstat.pgmigrate_fail`). Under \
              the implicit policies the pinning GUP faults first, the pages move to the device's node before they \
              are pinned, and nothing fails."
+        }
+        "overload" => {
+            "The load balancer against NUMA placement: three busy threads start on node 0's two CPUs with their \
+             memory there. Load balancing moves one (sometimes two) to node 1's idle CPUs (`sched.nr_migrations`, \
+             `thread.<name>.node1_share`, `schedstat.NUMA.lb_gained.*`); NUMA balancing first wants it back near \
+             its memory, then moves its slice after it (`vmstat.numa_pages_migrated`: one slice, 32768 pages, per \
+             thread that settled on node 1). The GUP policy changes nothing here."
         }
         _ => "",
     }
