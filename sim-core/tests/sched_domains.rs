@@ -67,9 +67,9 @@ const NUMA_FAR: &[&str] = &["SD_BALANCE_NEWIDLE", "SD_SERIALIZE", "SD_OVERLAP", 
 #[test]
 fn two_nodes_of_two_cpus() {
     let t = topo(2, 2, None);
-    let numa = want("NUMA", 3, 0..4, NUMA, 2, 1);
-    assert_eq!(sched_domains(&t, KernelVersion::V6_12, 0), vec![want("MC", 0, 0..2, MC_612, 1, 0), numa.clone()]);
-    assert_eq!(sched_domains(&t, KernelVersion::V6_1Debian12, 3), vec![want("MC", 0, 2..4, MC_61, 1, 0), numa]);
+    let numa = want("NUMA", 5, 0..4, NUMA, 2, 1);
+    assert_eq!(sched_domains(&t, KernelVersion::V6_12, 0), vec![want("MC", 2, 0..2, MC_612, 1, 0), numa.clone()]);
+    assert_eq!(sched_domains(&t, KernelVersion::V6_1Debian12, 3), vec![want("MC", 2, 2..4, MC_61, 1, 0), numa]);
 }
 
 /// numa02-4node's guest: 4 nodes of 1 CPU, all 20 apart. Every level below NUMA spans one
@@ -79,7 +79,7 @@ fn four_nodes_of_one_cpu() {
     let d = vec![vec![10, 20, 20, 20], vec![20, 10, 20, 20], vec![20, 20, 10, 20], vec![20, 20, 20, 10]];
     let t = topo(4, 1, Some(d));
     for v in [KernelVersion::V6_1, KernelVersion::V6_12] {
-        assert_eq!(sched_domains(&t, v, 2), vec![want("NUMA", 3, 0..4, NUMA, 2, 1)], "{v:?}");
+        assert_eq!(sched_domains(&t, v, 2), vec![want("NUMA", 5, 0..4, NUMA, 2, 1)], "{v:?}");
     }
 }
 
@@ -93,9 +93,9 @@ fn three_distances_give_two_numa_levels() {
     assert_eq!(
         got,
         vec![
-            want("MC", 0, 4..6, MC_612, 1, 0),
-            want("NUMA", 3, 4..8, NUMA, 2, 1),
-            want("NUMA", 4, 0..8, NUMA_FAR, 2, 2)
+            want("MC", 2, 4..6, MC_612, 1, 0),
+            want("NUMA", 5, 4..8, NUMA, 2, 1),
+            want("NUMA", 6, 0..8, NUMA_FAR, 2, 2)
         ]
     );
 }
@@ -104,7 +104,7 @@ fn three_distances_give_two_numa_levels() {
 #[test]
 fn one_node_is_one_mc_domain() {
     let t = topo(1, 4, None);
-    assert_eq!(sched_domains(&t, KernelVersion::V6_12, 1), vec![want("MC", 0, 0..4, MC_612, 1, 0)]);
+    assert_eq!(sched_domains(&t, KernelVersion::V6_12, 1), vec![want("MC", 2, 0..4, MC_612, 1, 0)]);
 }
 
 /// 6.1 names the LLC flag SD_SHARE_PKG_RESOURCES, 6.12 SD_SHARE_LLC.

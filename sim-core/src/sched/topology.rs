@@ -178,6 +178,12 @@ fn sd_init(topo: &Topology, distances: &[u32], rules: &Rules, tl: Level, cpu: u3
     Domain { sd, flags, groups: Vec::new() }
 }
 
+/// SMT and CLS: x86's default topology (build_sched_topology(), Debian's config sets
+/// CONFIG_SCHED_SMT and CONFIG_SCHED_CLUSTER) builds them below MC; they span one CPU here and
+/// are removed as degenerate, but build_sched_domain()'s `sd->level = child->level + 1`
+/// counts them (6.12's debugfs prints MC at level 2 and the first NUMA level at 5).
+const LEVELS_BELOW_MC: usize = 2;
+
 /// Every CPU's chain as build_sched_domains() builds it: a level per topology level until
 /// one spans the machine.
 fn build_chains(topo: &Topology, rules: &Rules) -> Vec<Vec<Domain>> {
@@ -188,7 +194,7 @@ fn build_chains(topo: &Topology, rules: &Rules) -> Vec<Vec<Domain>> {
         .map(|cpu| {
             let mut chain: Vec<Domain> = Vec::new();
             for &tl in &levels {
-                let mut d = sd_init(topo, &distances, rules, tl, cpu, chain.len());
+                let mut d = sd_init(topo, &distances, rules, tl, cpu, LEVELS_BELOW_MC + chain.len());
                 // "Fixup, ensure @sd has at least @child CPUs."
                 if let Some(child) = chain.last() {
                     let mut span = d.sd.span.clone();
