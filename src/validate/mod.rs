@@ -6,6 +6,7 @@
 mod calibrate;
 mod compare;
 mod fault_pace;
+mod guest_sampler;
 mod guest_vmas;
 mod ksmd_pace;
 mod migrate_pace;
@@ -319,6 +320,9 @@ fn run_one(
     let guests =
         facts.iter().map(|(d, _)| read_json(&d.join("guest.json"))).collect::<Result<Vec<_>, _>>().map_err(io)?;
     outcome.guest_vmas = guest_vmas::add(&mut sim, &guests[0]);
+    if let Some(run_us) = guest_sampler::add(&mut sim, &guests[0], &first_series) {
+        eprintln!("validate {}: the guest's sampler runs {run_us} us every {} ms", config.name, sim.run.sample_ms);
+    }
     outcome.pte_scan = pte_scan_cost::measure(&guests);
     if let Some(cost) = &outcome.pte_scan {
         pte_scan_cost::apply(&mut sim, cost);
