@@ -1186,10 +1186,11 @@ fn validate_period(t: &ThreadConfig, at: &dyn Fn(&str) -> String) -> Result<(), 
         (None, Some(_)) => Err((at("period_ms"), "a thread with `run_us` needs `period_ms`".into())),
         (Some(period), Some(run)) => {
             check(period >= 1, at("period_ms"), "must be at least 1")?;
+            let period_us = period.saturating_mul(1000);
             check(
-                run >= 1 && run < period * 1000,
+                run >= 1 && run < period_us,
                 at("run_us"),
-                format!("must be at least 1 and below the period ({} us)", period * 1000),
+                format!("must be at least 1 and below the period ({period_us} us)"),
             )
         }
     }

@@ -204,10 +204,10 @@ fn add_threads(
                 start: t.start_ms * NSEC_PER_MSEC,
                 stop: t.stop_ms.map(|s| s * NSEC_PER_MSEC),
                 ept,
-                periodic: t
-                    .period_ms
-                    .zip(t.run_us)
-                    .map(|(period, run)| Periodic { period: period * NSEC_PER_MSEC, run: run * NSEC_PER_USEC }),
+                periodic: t.period_ms.zip(t.run_us).map(|(period, run)| Periodic {
+                    period: period.saturating_mul(NSEC_PER_MSEC),
+                    run: run.saturating_mul(NSEC_PER_USEC),
+                }),
             };
             if i == 0 && main == MainThread::First { sim.add_main_thread(mm, spec) } else { sim.add_thread(mm, spec) }
         })

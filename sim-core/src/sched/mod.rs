@@ -359,7 +359,7 @@ fn burst_done(task: &mut Task, spent: Nanos, end: Nanos) -> Option<Nanos> {
     }
     task.budget = p.run;
     let periods = (end - task.start.min(end)) / p.period + 1;
-    Some(task.start + periods * p.period)
+    Some(task.start.saturating_add(periods.saturating_mul(p.period)))
 }
 
 /// Charges a quantum to the thread's node shares and sets exec_start to its end.
