@@ -52,6 +52,8 @@ const OPTIONAL: &[&str] = &[
     "process.0.thread.0.node",
     "process.0.thread.0.cpus",
     "process.0.thread.0.stop_ms",
+    "process.0.thread.0.period_ms",
+    "process.0.thread.0.run_us",
     "vm.0.populate_node",
     "vm.0.vcpus.count_per_node",
     "vm.0.vcpus.cpus",

@@ -404,6 +404,13 @@ pub struct ThreadConfig {
     pub start_ms: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stop_ms: Option<u64>,
+    /// With `run_us`: each thread runs `run_us` of CPU time every `period_ms` from its start
+    /// and sleeps in between, woken through the scheduler's wake-up path. Such a block may
+    /// leave `vma` empty: it then touches no pages.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub period_ms: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub run_us: Option<u64>,
 }
 
 impl Default for ThreadConfig {
@@ -425,6 +432,8 @@ impl Default for ThreadConfig {
             write_fraction: 0.0,
             start_ms: 0,
             stop_ms: None,
+            period_ms: None,
+            run_us: None,
         }
     }
 }
@@ -1060,9 +1069,10 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
         }
         for (ti, t) in p.thread.iter().enumerate() {
             let at = |rest: &str| format!("process[{pi}].thread[{ti}].{rest}");
-            let names: Vec<&str> = p.vma.iter().map(|v| v.name.as_str()).collect();
-            check(names.contains(&t.vma.as_str()), at("vma"), unknown_name("vma", &t.vma, &names))?;
             validate_thread(t, &c.machine, &at)?;
+            let names: Vec<&str> = p.vma.iter().map(|v| v.name.as_str()).collect();
+            let no_pages = t.vma.is_empty() && t.period_ms.is_some();
+            check(no_pages || names.contains(&t.vma.as_str()), at("vma"), unknown_name("vma", &t.vma, &names))?;
         }
     }
     for (vi, vm) in c.vm.iter().enumerate() {
@@ -1078,6 +1088,7 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
             check(n < nodes, at("populate_node"), node_range(n, nodes))?;
         }
         validate_thread(&vm.vcpus, &c.machine, &|rest| at(&format!("vcpus.{rest}")))?;
+        check(vm.vcpus.period_ms.is_none(), at("vcpus.period_ms"), "vCPU threads do not sleep")?;
         total_mib += vm.memory_mib;
     }
     let mms: Vec<(&str, Vec<&str>)> = c
@@ -1163,7 +1174,26 @@ fn validate_thread(t: &ThreadConfig, m: &MachineConfig, at: &dyn Fn(&str) -> Str
         }
     }
     check((0.0..=1.0).contains(&t.write_fraction), at("write_fraction"), "must be in [0, 1]")?;
+    validate_period(t, at)?;
     check_toucher(t.hot_fraction, t.hot_probability, t.touch_lines, t.start_ms, t.stop_ms, at)
+}
+
+/// `period_ms` and `run_us` come together, and the run fits in the period.
+fn validate_period(t: &ThreadConfig, at: &dyn Fn(&str) -> String) -> Result<(), Invalid> {
+    match (t.period_ms, t.run_us) {
+        (None, None) => Ok(()),
+        (Some(_), None) => Err((at("run_us"), "a thread with `period_ms` needs `run_us`".into())),
+        (None, Some(_)) => Err((at("period_ms"), "a thread with `run_us` needs `period_ms`".into())),
+        (Some(period), Some(run)) => {
+            check(period >= 1, at("period_ms"), "must be at least 1")?;
+            let period_us = period.saturating_mul(1000);
+            check(
+                run >= 1 && run < period_us,
+                at("run_us"),
+                format!("must be at least 1 and below the period ({period_us} us)"),
+            )
+        }
+    }
 }
 
 /// The keys threads and devices share: the hot-cold pattern, the touch size, the lifetime.

@@ -6,6 +6,7 @@
 mod calibrate;
 mod compare;
 mod fault_pace;
+mod guest_sampler;
 mod guest_vmas;
 mod ksmd_pace;
 mod migrate_pace;
@@ -319,6 +320,14 @@ fn run_one(
     let guests =
         facts.iter().map(|(d, _)| read_json(&d.join("guest.json"))).collect::<Result<Vec<_>, _>>().map_err(io)?;
     outcome.guest_vmas = guest_vmas::add(&mut sim, &guests[0]);
+    let mut series = vec![first_series.clone()];
+    for (d, _) in &facts[1..] {
+        series.push(plots::data::Table::read(&d.join("timeseries.csv")).map_err(io)?);
+    }
+    let runs: Vec<_> = guests.iter().zip(&series).collect();
+    if let Some(run_us) = guest_sampler::add(&mut sim, &runs) {
+        eprintln!("validate {}: the guest's sampler runs {run_us} us every {} ms", config.name, sim.run.sample_ms);
+    }
     outcome.pte_scan = pte_scan_cost::measure(&guests);
     if let Some(cost) = &outcome.pte_scan {
         pte_scan_cost::apply(&mut sim, cost);

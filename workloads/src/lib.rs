@@ -11,7 +11,7 @@ use sim_core::machine::Nid;
 use sim_core::mm::PageIdx;
 use sim_core::mm::mmu_notifier::SmmuKind;
 use sim_core::mm::mprotect::Action;
-use sim_core::sched::Affinity;
+use sim_core::sched::{Affinity, Periodic};
 use sim_core::sim::{DeviceSpec, PAGES_PER_MIB, Sim, ThreadSpec};
 
 /// The pages of a VMA as the config names it; actions on part of it split it into several
@@ -94,7 +94,9 @@ pub fn build(config: &Config) -> Sim {
             .collect();
         let mut first_thread = None;
         for (ti, t) in p.thread.iter().enumerate() {
-            let region = regions.iter().find(|r| r.name == t.vma).expect("validated");
+            // A sleeping block may have no VMA: it touches no pages.
+            let none = Region { name: String::new(), base: 0, pages: 0 };
+            let region = regions.iter().find(|r| r.name == t.vma).unwrap_or(&none);
             let main = if ti == 0 { p.main_thread } else { MainThread::Idle };
             let threads = add_threads(&mut sim, &mut placer, m, mm, &p.name, region, t, None, main);
             first_thread = first_thread.or(threads.first().copied());
@@ -183,7 +185,7 @@ fn add_threads(
     let n = u64::from(t.threads(m));
     (0..n)
         .map(|i| {
-            let (first, len) = thread_range(t.slice, i, n, vma_pages);
+            let (first, len) = if vma_pages == 0 { (0, 0) } else { thread_range(t.slice, i, n, vma_pages) };
             let cpu = match &t.cpus {
                 Some(cpus) => cpus[i as usize % cpus.len()],
                 None => placer.next(t.node),
@@ -194,13 +196,18 @@ fn add_threads(
                 affinity: Affinity(t.cpus.clone()),
                 base: region.base + first as PageIdx,
                 len,
-                pattern: pattern::build(t.pattern, len, t.hot_fraction, t.hot_probability),
+                // Never drawn from when the thread has no pages (len 0).
+                pattern: pattern::build(t.pattern, len.max(1), t.hot_fraction, t.hot_probability),
                 touch_lines: u64::from(t.touch_lines),
                 think_ns: t.think_ns,
                 write_fraction: t.write_fraction,
                 start: t.start_ms * NSEC_PER_MSEC,
                 stop: t.stop_ms.map(|s| s * NSEC_PER_MSEC),
                 ept,
+                periodic: t.period_ms.zip(t.run_us).map(|(period, run)| Periodic {
+                    period: period.saturating_mul(NSEC_PER_MSEC),
+                    run: run.saturating_mul(NSEC_PER_USEC),
+                }),
             };
             if i == 0 && main == MainThread::First { sim.add_main_thread(mm, spec) } else { sim.add_thread(mm, spec) }
         })

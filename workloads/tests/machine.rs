@@ -146,6 +146,49 @@ fn load_balancing_is_deterministic_alone_and_side_by_side() {
     assert_eq!(together, alone);
 }
 
+/// Two busy threads fill node 0 of a 2 × 2 machine; a sleeper without pages, written in
+/// the config, wakes every 20 ms on node 0 for 5 ms. With load balancing one busy thread,
+/// waiting behind it, is pulled to idle node 1; without, nothing moves and the sleeper
+/// still gets its CPU time. Its config round-trips.
+#[test]
+fn a_sleeper_in_the_config_makes_the_balancer_pull_a_waiting_thread() {
+    let text = r#"
+[run]
+duration_ms = 500
+[machine]
+nodes = 2
+cpus_per_node = 2
+memory_per_node_mib = 64
+[kernel]
+numa_balancing = false
+[[process]]
+name = "p"
+[[process.vma]]
+name = "buf"
+size_mib = 1
+[[process.thread]]
+name = "w"
+count = 2
+node = 0
+vma = "buf"
+[[process.thread]]
+name = "s"
+node = 0
+period_ms = 20
+run_us = 5000
+"#;
+    let c = config(text, &[]);
+    assert_eq!(config(&sim_core::config::to_toml(&c), &[]), c);
+    let (_, on) = run(&c);
+    let busy_moves = metric(&on, "thread.p/w/0.nr_migrations") + metric(&on, "thread.p/w/1.nr_migrations");
+    assert!(busy_moves >= 1.0, "{busy_moves}");
+    let node1 = metric(&on, "thread.p/w/0.node1_share") + metric(&on, "thread.p/w/1.node1_share");
+    assert!(node1 > 0.5, "{node1}");
+    let (_, off) = run(&config(text, &["kernel.load_balance=false"]));
+    assert_eq!(metric(&off, "sched.nr_migrations"), 0.0);
+    assert_eq!(metric(&off, "thread.p/s/0.node0_share"), 1.0);
+}
+
 #[test]
 fn the_resolved_config_round_trips() {
     let c = scenario("numa01", &["machine.nodes=4", "run.seed=5"]);

@@ -135,6 +135,17 @@ pub struct ThreadSpec {
     pub stop: Option<Nanos>,
     /// For a vCPU: the VM's EPT.
     pub ept: Option<Entity>,
+    /// For a thread that sleeps between bursts of work.
+    pub periodic: Option<Periodic>,
+}
+
+/// A thread that runs `run` of CPU time every `period` from its start and sleeps in between
+/// (a clock_nanosleep() to the next period, as the oracle's sampler does); each wake goes
+/// through select_task_rq_fair().
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Periodic {
+    pub period: Nanos,
+    pub run: Nanos,
 }
 
 /// A user thread (task_struct, minus the NUMA fields in [`TaskNuma`]).
@@ -164,6 +175,9 @@ pub struct Task {
     pub nr_migrations: u64,
     /// Runtime spent on each node's CPUs (per-thread node shares).
     pub node_runtime: Vec<Nanos>,
+    pub periodic: Option<Periodic>,
+    /// A periodic thread's CPU time left in the current period.
+    budget: Nanos,
 }
 
 impl Task {
@@ -186,6 +200,8 @@ impl Task {
             exec_start: 0,
             nr_migrations: 0,
             node_runtime: Vec::new(),
+            periodic: spec.periodic,
+            budget: spec.periodic.map_or(0, |p| p.run),
         }
     }
 }
@@ -236,11 +252,28 @@ pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNu
     enqueue_task_at(k, te, cpu, at);
 }
 
-/// Handler of [`Event::TaskWake`]: a thread reaches its start time. It waited pinned to its
-/// start CPU, so select_task_rq() (kernel/sched/core.c) takes that CPU without asking
-/// select_task_rq_fair(), and the CPU does not change.
-pub fn wake_task(In(te): In<Entity>, mut k: Kernel, tasks: Query<&Task>) {
-    let cpu = tasks.get(te).expect("woken tasks exist").cpu;
+/// Handler of [`Event::TaskWake`], try_to_wake_up() (kernel/sched/core.c, 6.1.192 and
+/// 6.12.117). At its start time a thread has waited pinned to its start CPU, so
+/// select_task_rq() takes that CPU without asking select_task_rq_fair(); a periodic thread's
+/// later wakes go through select_task_rq_fair() (none with `kernel.load_balance = false`) and
+/// ttwu_stat().
+/// - The waker is the wakee's previous CPU: its timer fires there (hrtimer of a
+///   clock_nanosleep()), so wake_affine() never runs for these wakes.
+pub fn wake_task(
+    In(te): In<Entity>,
+    mut k: Kernel,
+    mut lb: ResMut<LoadBalance>,
+    mut tasks: Query<(&mut Task, &mut TaskNuma)>,
+) {
+    let (mut task, mut numa) = tasks.get_mut(te).expect("woken tasks exist");
+    let prev = task.cpu;
+    let never_ran = task.sum_exec_runtime == 0;
+    if lb.enabled && !never_ran {
+        let cpu = fair::select_task_rq_fair(&k, &mut lb, &task, prev, prev);
+        set_task_cpu(&mut k, &mut task, &mut numa, cpu);
+        fair::ttwu_stat(&mut lb, prev, cpu);
+    }
+    let cpu = task.cpu;
     enqueue_task(&mut k, te, cpu);
 }
 
@@ -281,9 +314,13 @@ pub fn cpu_tick(
     }
     k.cpu(cpu).curr = Some((task.pid, task.mm));
     k.trace_current(cpu, task.pid, now);
+    let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
+    let slice = if task.periodic.is_some() { quantum.min(task.budget) } else { quantum };
     let mut spent = match task.ept {
         Some(ept) => crate::kvm::run_vcpu_quantum(&mut k, &mut task, &mut numa, cpu, ept),
-        None => run_quantum(&mut k, &mut task, &mut numa, cpu),
+        // A thread with no pages only uses CPU time.
+        None if task.len == 0 => slice,
+        None => run_quantum(&mut k, &mut task, &mut numa, cpu, slice),
     };
     task.sum_exec_runtime += spent;
     k.trace_current(cpu, task.pid, now + spent);
@@ -295,16 +332,34 @@ pub fn cpu_tick(
     }
     account_runtime(&mut task, nid, now, spent);
     k.trace_task_ran(cpu, task.pid, now, now + spent.max(1));
-    let migrate = std::mem::take(&mut numa.migrate_pending);
+    let wake_at = burst_done(&mut task, spent, now + spent.max(1));
+    // A thread going to sleep is off the run queue; its placement waits for its next run.
+    let migrate = wake_at.is_none() && std::mem::take(&mut numa.migrate_pending);
     if migrate {
         numa::task_numa_migrate(&mut k, &mut tasks, te, now + spent.max(1));
     }
     let mut c = k.cpu(cpu);
     c.running = Some((te, now + spent.max(1)));
-    if c.runqueue.front() == Some(&te) {
+    if let Some(at) = wake_at {
+        c.runqueue.retain(|&e| e != te);
+        k.queue.schedule(at, Event::TaskWake(te));
+    } else if c.runqueue.front() == Some(&te) {
         c.runqueue.rotate_left(1);
     }
     k.queue.schedule_in(spent.max(1), Event::CpuTick(cpu));
+}
+
+/// Charges a periodic thread's run against its period's budget; when the budget is spent,
+/// the thread sleeps: returns the start of its next period, when it wakes with a new budget.
+fn burst_done(task: &mut Task, spent: Nanos, end: Nanos) -> Option<Nanos> {
+    let p = task.periodic?;
+    task.budget = task.budget.saturating_sub(spent);
+    if task.budget > 0 {
+        return None;
+    }
+    task.budget = p.run;
+    let periods = (end - task.start.min(end)) / p.period + 1;
+    Some(task.start.saturating_add(periods.saturating_mul(p.period)))
 }
 
 /// Charges a quantum to the thread's node shares and sets exec_start to its end.
@@ -328,8 +383,7 @@ fn exit_task(k: &mut Kernel, numa: &mut TaskNuma, te: Entity, cpu: u32) {
 /// page faults inline. Returns the time spent. Kept out of line so the touch loop's code does
 /// not change with what its caller does around it.
 #[inline(never)]
-fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32) -> Nanos {
-    let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
+fn run_quantum(k: &mut Kernel, task: &mut Task, numa: &mut TaskNuma, cpu: u32, quantum: Nanos) -> Nanos {
     let nid = k.topo.cpu_to_node(cpu);
     let cost = k.topo.touch_costs(nid, task.touch_lines, task.think_ns);
     let (mut elapsed, mut touches, mut local) = (0, 0, 0);

@@ -27,13 +27,14 @@
 //!   simulated time); NI_RANDOM and newidle_ratio are modelled with a seeded stream.
 //! - LBF_DST_PINNED's retry on another CPU of the local group is not modelled.
 //! - CACHE_HOT_BUDDY is not modelled: the model has no wakeup preemption, so no next buddy.
-//! - Wakeups: the model's only sleep is a thread's wait for its start time, pinned to its
-//!   start CPU (as the oracle's guest program pins it), so select_task_rq() returns that CPU
-//!   without select_task_rq_fair(); ttwu_* counters stay 0.
+//! - Wake-ups: a thread's wait for its start time is pinned to its start CPU (as the
+//!   oracle's guest program pins it); a periodic thread's later wakes go through
+//!   select_task_rq_fair() (`wake.rs`). ttwu_move_balance stays 0 (no SD_BALANCE_WAKE).
 //! - Device workers and ksmd are not tasks on run queues; they add no load.
 
 mod balance;
 mod group;
+mod wake;
 
 use std::collections::BTreeMap;
 
@@ -49,6 +50,7 @@ use crate::version::Rules;
 
 pub use balance::Idle;
 pub(crate) use group::adjust_numa_imbalance;
+pub use wake::{select_task_rq_fair, ttwu_stat};
 
 /// The threads, as the balancer reads and moves them.
 pub(crate) type Tasks<'w, 's, 'a, 'b> = Query<'w, 's, (&'a mut Task, &'b mut TaskNuma)>;
@@ -92,6 +94,8 @@ pub struct DomainStats {
     pub alb_count: u64,
     pub alb_failed: u64,
     pub alb_pushed: u64,
+    pub ttwu_wake_remote: u64,
+    pub ttwu_move_affine: u64,
 }
 
 /// The load balancer's state: every CPU's domains and their balancing state, the nohz idle
@@ -190,7 +194,8 @@ impl LoadBalance {
     }
 
     /// The schedstat metrics: `<DOMAIN>.<field>.<idle|busy|newidle>` and `<DOMAIN>.alb_*`,
-    /// `<DOMAIN>.ttwu_*` (always 0: see the module's simplifications), summed over CPUs and
+    /// `<DOMAIN>.ttwu_*` (ttwu_move_balance always 0: see the module's simplifications),
+    /// summed over CPUs and
     /// over the levels sharing a name (NUMA, when the SLIT has several distances).
     pub fn schedstat_metrics(&self) -> Vec<(String, Value)> {
         let mut out = Vec::new();
@@ -214,8 +219,8 @@ impl LoadBalance {
                 ("alb_count", s.alb_count),
                 ("alb_failed", s.alb_failed),
                 ("alb_pushed", s.alb_pushed),
-                ("ttwu_wake_remote", 0),
-                ("ttwu_move_affine", 0),
+                ("ttwu_wake_remote", s.ttwu_wake_remote),
+                ("ttwu_move_affine", s.ttwu_move_affine),
                 ("ttwu_move_balance", 0),
             ];
             for (field, v) in single {

@@ -4,11 +4,11 @@
 use bevy_ecs::prelude::*;
 use bevy_ecs::system::SystemState;
 
-use super::{Idle, LoadBalance, balance};
+use super::{Idle, LoadBalance, balance, select_task_rq_fair};
 use crate::config::{Config, KernelConfig, KernelVersion, MachineConfig};
 use crate::engine::{EventQueue, NSEC_PER_MSEC, RngStream};
 use crate::kernel::Kernel;
-use crate::sched::{AccessPattern, Affinity, Task, TaskNuma, ThreadSpec, enqueue_task};
+use crate::sched::{AccessPattern, Affinity, Periodic, Task, TaskNuma, ThreadSpec, enqueue_task};
 use crate::sim::Sim;
 use crate::trace::TraceOptions;
 use crate::trace::events::{Event as TraceEvent, Kind, TpVersion};
@@ -56,6 +56,7 @@ fn threads_on(
                 start: 0,
                 stop: None,
                 ept: None,
+                periodic: None,
             };
             sim.add_thread(mm, spec)
         })
@@ -265,4 +266,123 @@ fn equal_fully_busy_groups_pick_the_first_in_6_1_and_the_last_in_6_12() {
         let s = stats(&sim, "NUMA");
         assert_eq!((s.lb_failed[0], s.alb_count, s.alb_pushed), (5, 1, 1), "{v:?}");
     }
+}
+
+/// A thread of the machine's process, not queued, last run on `cpu`, which runs `run_us`
+/// every `period_ms` when `periodic`.
+fn sleeper(sim: &mut Sim, of: Entity, cpu: u32, periodic: Option<Periodic>) -> Entity {
+    let mm = sim.world.get::<Task>(of).unwrap().mm;
+    let (base, len) = if periodic.is_some() { (0, 0) } else { (sim.vma_base(mm, 0), 16) };
+    let spec = ThreadSpec {
+        name: "app/sleeper/0".into(),
+        cpu,
+        affinity: Affinity(None),
+        base,
+        len,
+        pattern: Box::new(Nowhere),
+        touch_lines: 1,
+        think_ns: 0,
+        write_fraction: 0.0,
+        start: 0,
+        stop: None,
+        ept: None,
+        periodic,
+    };
+    sim.add_thread(mm, spec)
+}
+
+/// select_task_rq_fair() for `wakee`, last on `prev`, woken from `waker`.
+fn wake_cpu(sim: &mut Sim, wakee: Entity, prev: u32, waker: u32) -> u32 {
+    let mut state = SystemState::<(Kernel, ResMut<LoadBalance>, Query<&Task>)>::new(&mut sim.world);
+    let (k, mut lb, tasks) = state.get_mut(&mut sim.world).expect("the balancer's resources exist");
+    select_task_rq_fair(&k, &mut lb, tasks.get(wakee).unwrap(), prev, waker)
+}
+
+/// select_idle_sibling(): a thread woken on its busy CPU 0 goes to CPU 1, idle in the same
+/// LLC (node 0); with node 0 full it stays on CPU 0 although node 1 is idle, and a remote
+/// wake of it counts once in ttwu_wake_remote of the lowest domain spanning both CPUs.
+#[test]
+fn a_wakee_takes_an_idle_cpu_of_its_llc_and_no_other() {
+    for v in [KernelVersion::V6_1, KernelVersion::V6_12] {
+        let (mut sim, t) = machine(v, 2, 2, &[(0, None)]);
+        let w = sleeper(&mut sim, t[0], 0, None);
+        assert_eq!(wake_cpu(&mut sim, w, 0, 0), 1, "{v:?}");
+        let (mut sim, t) = machine(v, 2, 2, &[(0, None), (1, None)]);
+        let w = sleeper(&mut sim, t[0], 0, None);
+        assert_eq!(wake_cpu(&mut sim, w, 0, 0), 0, "{v:?}");
+        let mut lb = sim.world.resource_mut::<LoadBalance>();
+        super::ttwu_stat(&mut lb, 0, 1);
+        super::ttwu_stat(&mut lb, 0, 0);
+        assert_eq!((lb.stats["MC"].ttwu_wake_remote, lb.stats["NUMA"].ttwu_wake_remote), (1, 0), "{v:?}");
+    }
+}
+
+/// wake_affine() from CPU 1 for a thread last on CPU 0, node 0 full: WA_WEIGHT pulls it to
+/// the waker when (1 + 1) × 100 < load(prev) × 108 (MC's imbalance_pct 117): with two
+/// threads on CPU 0 (200 < 216) yes, counted in ttwu_move_affine; with one (200 ≥ 108) no.
+#[test]
+fn wake_affine_pulls_to_the_waker_only_when_prev_is_heavier() {
+    let (mut sim, t) = machine(KernelVersion::V6_12, 2, 2, &[(0, None), (0, None), (1, None)]);
+    let w = sleeper(&mut sim, t[0], 0, None);
+    assert_eq!(wake_cpu(&mut sim, w, 0, 1), 1);
+    assert_eq!(stats(&sim, "MC").ttwu_move_affine, 1);
+    let (mut sim, t) = machine(KernelVersion::V6_12, 2, 2, &[(0, None), (1, None)]);
+    let w = sleeper(&mut sim, t[0], 0, None);
+    assert_eq!(wake_cpu(&mut sim, w, 0, 1), 0);
+    assert_eq!(stats(&sim, "MC").ttwu_move_affine, 0);
+}
+
+/// Runs a 2 × 2 machine with two busy threads on node 0 and, when `sleeps`, a thread that
+/// runs 2 ms every 10 ms from CPU 0. Returns the busy threads' migrations and the run's
+/// summary metrics.
+fn busy_node_with_sleeper(sleeps: bool) -> (u64, Vec<(String, f64)>) {
+    let (mut sim, t) = threads_on(KernelVersion::V6_12, 2, 2, &[(0, None), (1, None)]);
+    if sleeps {
+        sleeper(&mut sim, t[0], 0, Some(Periodic { period: 10 * NSEC_PER_MSEC, run: 2 * NSEC_PER_MSEC }));
+    }
+    let out = sim.run().unwrap();
+    let moves = t.iter().map(|&e| sim.world.get::<Task>(e).unwrap().nr_migrations).sum();
+    let metrics = out.summary.metrics.flatten().into_iter().map(|(k, v)| (k, v.as_f64())).collect();
+    (moves, metrics)
+}
+
+/// Two busy threads on node 0 stay there (adjust_numa_imbalance() allows the pair); a
+/// periodic sleeper waking onto node 0, with no idle CPU there, stays on its busy CPU, and
+/// the thread waiting behind it (not running, cold) is pulled to idle node 1.
+#[test]
+fn a_sleeper_waking_on_a_full_node_gets_a_waiting_thread_pulled_to_an_idle_node() {
+    let (moves, _) = busy_node_with_sleeper(false);
+    assert_eq!(moves, 0);
+    let (moves, metrics) = busy_node_with_sleeper(true);
+    assert!(moves >= 1, "{moves}");
+    let get = |name: &str| metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v).unwrap();
+    let on_node1 = get("thread.app/t/0.node1_share") + get("thread.app/t/1.node1_share");
+    assert!(on_node1 > 0.0, "{on_node1}");
+}
+
+/// The same run with a sleeper twice gives identical results.
+#[test]
+fn runs_with_a_sleeper_are_deterministic() {
+    let strip = |m: Vec<(String, f64)>| m.into_iter().filter(|(k, _)| k != "wall_s").collect::<Vec<_>>();
+    assert_eq!(strip(busy_node_with_sleeper(true).1), strip(busy_node_with_sleeper(true).1));
+}
+
+/// `period_ms` and `run_us` come together, the run fits the period, and a misspelling names
+/// the key.
+#[test]
+fn the_period_keys_are_checked() {
+    use crate::config::{Source, load};
+    let base = "[[process]]\nname = \"p\"\n[[process.thread]]\n";
+    let src = |text: &str| Source { origin: "t.toml".into(), text: format!("{base}{text}") };
+    let c = load(&src("period_ms = 100\nrun_us = 500\n"), &[]).unwrap();
+    assert_eq!((c.process[0].thread[0].period_ms, c.process[0].thread[0].run_us), (Some(100), Some(500)));
+    let e = load(&src("period_ms = 100\n"), &[]).unwrap_err();
+    assert_eq!(e.key, "process[0].thread[0].run_us", "{e}");
+    let e = load(&src("period_ms = 1\nrun_us = 1000\n"), &[]).unwrap_err();
+    assert_eq!(e.key, "process[0].thread[0].run_us", "{e}");
+    let e = load(&src("run_us = 5\n"), &[]).unwrap_err();
+    assert_eq!(e.key, "process[0].thread[0].period_ms", "{e}");
+    let e = load(&src("period_m = 100\nrun_us = 5\n"), &[]).unwrap_err();
+    assert!(e.message.contains("period_ms"), "{e}");
+    assert!(load(&src("vma = \"\"\n"), &[]).is_err(), "a thread that never sleeps needs its VMA");
 }

@@ -1,0 +1,115 @@
+//! The guest's sampler as a sleeping thread. The oracle's guest program (/init) wakes every
+//! `run.sample_ms`, reads the kernel's counters and sleeps again; on a CPU where a workload
+//! thread runs, the thread waits on the run queue meanwhile, and an idle CPU may pull it
+//! (the task migrations the kernel runs show). The sim gets a process `init` with one
+//! periodic thread that touches no pages.
+//! - Its run time per period is all CPU time the kernel run spent outside the scenario's
+//!   threads (/proc/schedstat's per-CPU run time, start to end, less the threads' runtime)
+//!   over the samples taken, averaged over the runs: kernel threads count as the sampler's.
+//! - It starts on node 0 (the guest boots on CPU 0), unpinned.
+
+use plots::data::Table;
+use sim_core::config::{Config, MainThread, ProcessConfig, ThreadConfig};
+
+/// The process name of the stand-in.
+const PROCESS: &str = "init";
+
+/// Adds the sampler to `config` from the kernel runs (each run's guest.json and time
+/// series); returns its run time per period in microseconds (the mean over the runs that
+/// have the figures), or None when none has them (or the scenario has a process named
+/// `init`) and nothing was added.
+pub fn add(config: &mut Config, runs: &[(&serde_json::Value, &Table)]) -> Option<u64> {
+    if config.process.iter().any(|p| p.name == PROCESS) {
+        return None;
+    }
+    let per_run: Vec<f64> = runs.iter().filter_map(|(guest, series)| other_us_per_sample(guest, series)).collect();
+    if per_run.is_empty() {
+        return None;
+    }
+    let period_ms = config.run.sample_ms;
+    let mean = per_run.iter().sum::<f64>() / per_run.len() as f64;
+    let run_us = (mean.round() as u64).clamp(1, period_ms.saturating_mul(1000).saturating_sub(1).max(1));
+    let sampler = ThreadConfig {
+        name: "sampler".into(),
+        count: 1,
+        node: Some(0),
+        period_ms: Some(period_ms),
+        run_us: Some(run_us),
+        ..ThreadConfig::default()
+    };
+    config.process.push(ProcessConfig {
+        name: PROCESS.into(),
+        vma: Vec::new(),
+        thread: vec![sampler],
+        main_thread: MainThread::Idle,
+    });
+    Some(run_us)
+}
+
+/// One run's CPU time outside the scenario's threads per sample, in microseconds.
+fn other_us_per_sample(guest: &serde_json::Value, series: &Table) -> Option<f64> {
+    let cpu_ns = run_time_ns(guest["files"]["end"]["/proc/schedstat"].as_str()?)?
+        .checked_sub(run_time_ns(guest["files"]["start"]["/proc/schedstat"].as_str()?)?)?;
+    let threads_ns: f64 = series
+        .header
+        .iter()
+        .filter(|h| h.starts_with("kernel.task.") && h.ends_with(".runtime_ns"))
+        .filter_map(|h| series.column(h))
+        .flatten()
+        .filter(|v| v.is_finite())
+        .sum();
+    let samples = guest["samples"].as_u64().filter(|&n| n > 0)?;
+    Some((cpu_ns as f64 - threads_ns).max(0.0) / samples as f64 / 1000.0)
+}
+
+/// The sum over CPUs of /proc/schedstat's rq_cpu_time (the 7th field of a `cpuN` line), in
+/// nanoseconds.
+fn run_time_ns(schedstat: &str) -> Option<u64> {
+    schedstat
+        .lines()
+        .filter(|l| l.starts_with("cpu"))
+        .map(|l| l.split_whitespace().nth(7).and_then(|f| f.parse::<u64>().ok()))
+        .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schedstat(times: &[u64]) -> String {
+        let mut s = String::from("version 16\ntimestamp 1\n");
+        for (i, t) in times.iter().enumerate() {
+            s += &format!("cpu{i} 0 0 1 2 3 4 {t} 5 6\ndomain0 3 1 2\n");
+        }
+        s
+    }
+
+    /// 4 s of CPU time of which the threads ran 2.5 s, over 10 samples: 150 ms each, which a
+    /// 100 ms period cuts to just under the period; runs without the figures are left out.
+    #[test]
+    fn the_sampler_gets_the_cpu_time_outside_the_threads() {
+        let guest = serde_json::json!({
+            "samples": 10,
+            "files": {
+                "start": {"/proc/schedstat": schedstat(&[1_000_000_000, 0])},
+                "end": {"/proc/schedstat": schedstat(&[3_000_000_000, 2_000_000_000])},
+            }
+        });
+        let series = Table {
+            header: vec!["time_ms".into(), "kernel.task.p/w/0.runtime_ns".into()],
+            rows: vec![vec!["0".into(), "500000000".into()], vec!["100".into(), "2000000000".into()]],
+        };
+        let mut config = Config::default();
+        config.run.sample_ms = 1000;
+        assert_eq!(add(&mut config.clone(), &[(&guest, &series)]), Some(150_000));
+        // A run without the files does not count in the mean.
+        let bare = serde_json::json!({"samples": 10});
+        assert_eq!(add(&mut config.clone(), &[(&bare, &series), (&guest, &series)]), Some(150_000));
+        assert_eq!(add(&mut config.clone(), &[(&bare, &series)]), None);
+        config.run.sample_ms = 100;
+        assert_eq!(add(&mut config, &[(&guest, &series)]), Some(99_999));
+        let t = &config.process.last().unwrap().thread[0];
+        assert_eq!((t.period_ms, t.run_us, t.vma.as_str()), (Some(100), Some(99_999), ""));
+        assert_eq!(add(&mut config, &[(&guest, &series)]), None, "one sampler");
+    }
+}
