@@ -90,6 +90,22 @@ impl Side {
     }
 
     /// The value of a result name, a final placement or a derived figure (see [`DERIVED`]).
+    /// Leaves a stand-in process's threads out, as the kernel side never counts them: their
+    /// `thread.<process>/...` rows go and their moves leave `sched.nr_migrations`.
+    pub fn leave_out_process(&mut self, process: &str) {
+        let prefix = format!("thread.{process}/");
+        let moves: f64 = self
+            .values
+            .iter()
+            .filter(|(k, _)| k.starts_with(&prefix) && k.ends_with(".nr_migrations"))
+            .map(|(_, v)| v)
+            .sum();
+        self.values.retain(|(k, _)| !k.starts_with(&prefix));
+        if let Some((_, total)) = self.values.iter_mut().find(|(k, _)| k == "sched.nr_migrations") {
+            *total -= moves;
+        }
+    }
+
     pub fn cell(&self, metric: &str, pages: u64) -> Cell {
         match DERIVED.iter().find(|d| d.name == metric) {
             Some(d) => {
@@ -380,6 +396,25 @@ mod tests {
 
     fn tol(metric: &str, abs: f64, rel: f64) -> ToleranceConfig {
         ToleranceConfig { metric: metric.into(), abs, rel, reason: "test".into() }
+    }
+
+    /// A stand-in's moves leave the total and its rows go; the scenario's stay.
+    #[test]
+    fn a_stand_in_process_is_left_out_of_the_task_moves() {
+        let values = [
+            ("sched.nr_migrations", 12.0),
+            ("thread.init/sampler/0.nr_migrations", 5.0),
+            ("thread.init/sampler/0.node1_share", 0.5),
+            ("thread.app/w/0.nr_migrations", 7.0),
+        ];
+        let mut side = Side {
+            values: values.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
+            not_measured: Vec::new(),
+            placement: Vec::new(),
+        };
+        side.leave_out_process("init");
+        let keys: Vec<(&str, f64)> = side.values.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+        assert_eq!(keys, [("sched.nr_migrations", 7.0), ("thread.app/w/0.nr_migrations", 7.0)]);
     }
 
     #[test]

@@ -7,19 +7,25 @@
 //!   threads (/proc/schedstat's per-CPU run time, start to end, less the threads' runtime)
 //!   over the samples taken, averaged over the runs: kernel threads count as the sampler's.
 //! - It starts on node 0 (the guest boots on CPU 0), unpinned.
+//! - It is added only where a scenario thread is free to move (no `cpus`): only there can it
+//!   change placement. Where every thread is pinned, the CPU time it takes from a thread is
+//!   already in that thread's touch rate, which validate fits the think time to.
+//! - The kernel's `sched.nr_migrations` counts the scenario's threads, so the stand-in's
+//!   moves are left out of the sim's ([`PROCESS`] for `Side::leave_out_process`).
 
 use plots::data::Table;
 use sim_core::config::{Config, MainThread, ProcessConfig, ThreadConfig};
 
 /// The process name of the stand-in.
-const PROCESS: &str = "init";
+pub const PROCESS: &str = "init";
 
 /// Adds the sampler to `config` from the kernel runs (each run's guest.json and time
 /// series); returns its run time per period in microseconds (the mean over the runs that
-/// have the figures), or None when none has them (or the scenario has a process named
-/// `init`) and nothing was added.
+/// have the figures), or None when nothing was added: no run has them, every scenario
+/// thread is pinned, or the scenario has a process named `init`.
 pub fn add(config: &mut Config, runs: &[(&serde_json::Value, &Table)]) -> Option<u64> {
-    if config.process.iter().any(|p| p.name == PROCESS) {
+    let free = config.process.iter().flat_map(|p| &p.thread).any(|t| t.cpus.is_none());
+    if !free || config.process.iter().any(|p| p.name == PROCESS) {
         return None;
     }
     let per_run: Vec<f64> = runs.iter().filter_map(|(guest, series)| other_us_per_sample(guest, series)).collect();
@@ -101,6 +107,15 @@ mod tests {
         };
         let mut config = Config::default();
         config.run.sample_ms = 1000;
+        let worker = ThreadConfig { name: "w".into(), cpus: Some(vec![0]), ..ThreadConfig::default() };
+        config.process.push(ProcessConfig {
+            name: "p".into(),
+            vma: Vec::new(),
+            thread: vec![worker],
+            main_thread: MainThread::Idle,
+        });
+        assert_eq!(add(&mut config.clone(), &[(&guest, &series)]), None, "every thread pinned");
+        config.process[0].thread[0].cpus = None;
         assert_eq!(add(&mut config.clone(), &[(&guest, &series)]), Some(150_000));
         // A run without the files does not count in the mean.
         let bare = serde_json::json!({"samples": 10});

@@ -325,7 +325,8 @@ fn run_one(
         series.push(plots::data::Table::read(&d.join("timeseries.csv")).map_err(io)?);
     }
     let runs: Vec<_> = guests.iter().zip(&series).collect();
-    if let Some(run_us) = guest_sampler::add(&mut sim, &runs) {
+    let sampler = guest_sampler::add(&mut sim, &runs);
+    if let Some(run_us) = sampler {
         eprintln!("validate {}: the guest's sampler runs {run_us} us every {} ms", config.name, sim.run.sample_ms);
     }
     outcome.pte_scan = pte_scan_cost::measure(&guests);
@@ -349,6 +350,9 @@ fn run_one(
         fault_pace::apply(&mut sim, pace);
     }
     let mut side = run_sim(&sim, &sim_dir)?;
+    if sampler.is_some() {
+        side.leave_out_process(guest_sampler::PROCESS);
+    }
     let shortfall = |m: &str| {
         let runs: Vec<compare::Cell> = kernels.iter().map(|k| k.cell(m, 0)).collect();
         match (side.cell(m, 0), compare::over_runs(&runs).0) {
