@@ -350,9 +350,6 @@ fn run_one(
         fault_pace::apply(&mut sim, pace);
     }
     let mut side = run_sim(&sim, &sim_dir)?;
-    if sampler.is_some() {
-        side.leave_out_process(guest_sampler::PROCESS);
-    }
     let shortfall = |m: &str| {
         let runs: Vec<compare::Cell> = kernels.iter().map(|k| k.cell(m, 0)).collect();
         match (side.cell(m, 0), compare::over_runs(&runs).0) {
@@ -367,6 +364,9 @@ fn run_one(
     };
     if calibrate::refine(&mut sim, &mut outcome.calibration, short) {
         side = run_sim(&sim, &sim_dir)?;
+    }
+    if sampler.is_some() {
+        side.leave_out_process(guest_sampler::PROCESS);
     }
     if flags.trace {
         trace_sim(&sim, spec, &sim_dir)?;
