@@ -8,6 +8,7 @@ use super::{Idle, LoadBalance, balance, select_task_rq_fair};
 use crate::config::{Config, KernelConfig, KernelVersion, MachineConfig};
 use crate::engine::{EventQueue, NSEC_PER_MSEC, RngStream};
 use crate::kernel::Kernel;
+use crate::mm::PageIdx;
 use crate::sched::{AccessPattern, Affinity, Periodic, Task, TaskNuma, ThreadSpec, enqueue_task};
 use crate::sim::Sim;
 use crate::trace::TraceOptions;
@@ -43,25 +44,37 @@ fn threads_on(
         .iter()
         .enumerate()
         .map(|(i, (cpu, cpus))| {
-            let spec = ThreadSpec {
-                name: format!("app/t/{i}"),
-                cpu: *cpu,
-                affinity: Affinity(cpus.clone()),
-                base,
-                len: 16,
-                pattern: Box::new(Nowhere),
-                touch_lines: 1,
-                think_ns: 0,
-                write_fraction: 0.0,
-                start: 0,
-                stop: None,
-                ept: None,
-                periodic: None,
-            };
+            let spec = idle_spec(format!("app/t/{i}"), *cpu, Affinity(cpus.clone()), (base, 16), None);
             sim.add_thread(mm, spec)
         })
         .collect();
     (sim, tasks)
+}
+
+/// A thread that touches its `range` (first page, length) with no think time, starting at 0.
+fn idle_spec(
+    name: String,
+    cpu: u32,
+    affinity: Affinity,
+    range: (PageIdx, u64),
+    periodic: Option<Periodic>,
+) -> ThreadSpec {
+    let (base, len) = range;
+    ThreadSpec {
+        name,
+        cpu,
+        affinity,
+        base,
+        len,
+        pattern: Box::new(Nowhere),
+        touch_lines: 1,
+        think_ns: 0,
+        write_fraction: 0.0,
+        start: 0,
+        stop: None,
+        ept: None,
+        periodic,
+    }
 }
 
 /// [`threads_on`], the threads queued on their CPUs at 10 ms without running the events,
@@ -273,22 +286,7 @@ fn equal_fully_busy_groups_pick_the_first_in_6_1_and_the_last_in_6_12() {
 fn sleeper(sim: &mut Sim, of: Entity, cpu: u32, periodic: Option<Periodic>) -> Entity {
     let mm = sim.world.get::<Task>(of).unwrap().mm;
     let (base, len) = if periodic.is_some() { (0, 0) } else { (sim.vma_base(mm, 0), 16) };
-    let spec = ThreadSpec {
-        name: "app/sleeper/0".into(),
-        cpu,
-        affinity: Affinity(None),
-        base,
-        len,
-        pattern: Box::new(Nowhere),
-        touch_lines: 1,
-        think_ns: 0,
-        write_fraction: 0.0,
-        start: 0,
-        stop: None,
-        ept: None,
-        periodic,
-    };
-    sim.add_thread(mm, spec)
+    sim.add_thread(mm, idle_spec("app/sleeper/0".into(), cpu, Affinity(None), (base, len), periodic))
 }
 
 /// select_task_rq_fair() for `wakee`, last on `prev`, woken from `waker`.
