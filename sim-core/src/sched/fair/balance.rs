@@ -246,8 +246,7 @@ fn detach_tasks(k: &mut Kernel, lb: &LoadBalance, tasks: &mut Tasks, env: &mut L
 }
 
 fn stats<'a>(lb: &'a mut LoadBalance, env: &LbEnv) -> &'a mut DomainStats {
-    let name = lb.domains[env.dst_cpu as usize][env.lvl].sd.name;
-    lb.stats.get_mut(name).expect("every domain name has stats")
+    lb.domain_stats(env.dst_cpu, env.lvl)
 }
 
 /// Where load_balance() ends.
@@ -411,10 +410,9 @@ fn active_load_balance_cpu_stop(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mu
         return;
     }
     let Some(lvl) = lb.domains[target as usize].iter().position(|d| d.spans(busiest)) else { return };
-    let name = lb.domains[target as usize][lvl].sd.name;
     let pick =
         k.rq(busiest).runqueue.iter().copied().find(|&e| tasks.get(e).is_ok_and(|(t, _)| t.affinity.allows(target)));
-    let s = lb.stats.get_mut(name).expect("every domain name has stats");
+    let s = lb.domain_stats(target, lvl);
     s.alb_count += 1;
     let Some(e) = pick else {
         s.alb_failed += 1;

@@ -157,15 +157,15 @@ fn update_sd_lb_stats(k: &Kernel, lb: &LoadBalance, tasks: &Tasks, env: &mut LbE
     let lb_6_12 = k.rules.lb_6_12;
     let mut sds =
         SdStats { local: SgStats::default(), busiest: None, total_load: 0, total_capacity: 0, prefer_sibling: false };
-    let mut busiest_stat = SgStats { idle_cpus: u32::MAX, ..Default::default() };
+    // sds->busiest_stat before any group: idle_cpus UINT_MAX, so any has_spare group wins.
+    let none = SgStats { idle_cpus: u32::MAX, ..Default::default() };
     for (i, g) in d.groups.iter().enumerate() {
         let s = update_sg_lb_stats(k, lb, tasks, env, g);
         sds.total_load += s.group_load;
         sds.total_capacity += s.group_capacity;
         if g.span.contains(&env.dst_cpu) {
             sds.local = s;
-        } else if pick_busiest(lb_6_12, &s, &busiest_stat) {
-            busiest_stat = s.clone();
+        } else if pick_busiest(lb_6_12, &s, sds.busiest.as_ref().map_or(&none, |(_, b)| b)) {
             sds.busiest = Some((i, s));
         }
     }

@@ -55,14 +55,16 @@ pub use wake::{select_task_rq_fair, ttwu_stat};
 /// The threads, as the balancer reads and moves them.
 pub(crate) type Tasks<'w, 's, 'a, 'b> = Query<'w, 's, (&'a mut Task, &'b mut TaskNuma)>;
 
-/// HZ of the modelled kernels (CONFIG_HZ=250 in Debian's 6.1 and 6.12): jiffies tick
-/// every 4 ms.
-const JIFFY_NS: Nanos = 4 * NSEC_PER_MSEC;
+/// HZ of the modelled kernels (CONFIG_HZ=250 in Debian's 6.1 and 6.12).
+const HZ: u64 = 250;
+
+/// A jiffy: 4 ms at HZ=250.
+const JIFFY_NS: Nanos = 1_000 * NSEC_PER_MSEC / HZ;
 
 /// MAX_PINNED_INTERVAL: balance_interval's ceiling while every task is pinned.
 const MAX_PINNED_INTERVAL: u64 = 512;
 
-/// msecs_to_jiffies() at HZ=250.
+/// msecs_to_jiffies().
 fn msecs_to_jiffies(ms: u64) -> u64 {
     ms.div_ceil(JIFFY_NS / NSEC_PER_MSEC)
 }
@@ -158,7 +160,7 @@ impl LoadBalance {
             nohz_idle: vec![true; nr_cpus],
             nohz_nr_cpus: nr_cpus as u32,
             group_imbalance: BTreeMap::new(),
-            max_interval: (250 * topo.nr_cpus() as u64 / 10).max(1),
+            max_interval: (HZ * topo.nr_cpus() as u64 / 10).max(1),
             rng,
             stats,
             passes: 0,
@@ -177,6 +179,12 @@ impl LoadBalance {
         if std::mem::replace(&mut self.nohz_idle[cpu as usize], false) {
             self.nohz_nr_cpus -= 1;
         }
+    }
+
+    /// The schedstat counters of `cpu`'s domain `lvl` (kept per domain name).
+    fn domain_stats(&mut self, cpu: u32, lvl: usize) -> &mut DomainStats {
+        let name = self.domains[cpu as usize][lvl].sd.name;
+        self.stats.get_mut(name).expect("every domain name has stats")
     }
 
     /// get_sd_balance_interval(), in jiffies.
@@ -251,7 +259,7 @@ pub fn trigger_load_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Ta
 fn rebalance_domains(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, cpu: u32, mut idle: Idle) {
     let now = jiffies(k.now());
     let mut busy = idle != Idle::Idle;
-    let mut next_balance = now + 60 * 250;
+    let mut next_balance = now + 60 * HZ;
     let mut continue_balancing = true;
     for lvl in 0..lb.domains[cpu as usize].len() {
         if !continue_balancing {
@@ -306,7 +314,7 @@ fn nohz_balancer_kick(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, c
 fn nohz_idle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, ilb: u32) {
     let now = jiffies(k.now());
     let nr_cpus = k.topo.nr_cpus();
-    let mut next_balance = now + 60 * 250;
+    let mut next_balance = now + 60 * HZ;
     for i in 1..=nr_cpus {
         let c = (ilb + i) % nr_cpus;
         if !lb.nohz_idle[c as usize] || k.rq_len(c) != 0 {
@@ -327,7 +335,7 @@ fn nohz_idle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, il
 pub fn newidle_balance(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, cpu: u32) {
     let c = cpu as usize;
     let due = |lb: &LoadBalance, lvl: usize| lb.state[c][lvl].last_balance + lb.interval(cpu, lvl, false);
-    let mut next_balance = jiffies(k.now()) + 250;
+    let mut next_balance = jiffies(k.now()) + HZ;
     let overloaded = (0..k.topo.nr_cpus()).any(|other| k.rq_len(other) > 1);
     if !overloaded {
         if !lb.domains[c].is_empty() {

@@ -58,8 +58,7 @@ fn wake_affine(k: &Kernel, lb: &mut LoadBalance, lvl: usize, this: u32, prev: u3
     if target != Some(this) {
         return prev;
     }
-    let name = lb.domains[this as usize][lvl].sd.name;
-    lb.stats.get_mut(name).expect("every domain name has stats").ttwu_move_affine += 1;
+    lb.domain_stats(this, lvl).ttwu_move_affine += 1;
     this
 }
 
@@ -106,7 +105,6 @@ pub fn ttwu_stat(lb: &mut LoadBalance, waker: u32, cpu: u32) {
     if cpu == waker {
         return;
     }
-    let Some(d) = lb.domains[waker as usize].iter().find(|d| d.spans(cpu)) else { return };
-    let name = d.sd.name;
-    lb.stats.get_mut(name).expect("every domain name has stats").ttwu_wake_remote += 1;
+    let Some(lvl) = lb.domains[waker as usize].iter().position(|d| d.spans(cpu)) else { return };
+    lb.domain_stats(waker, lvl).ttwu_wake_remote += 1;
 }
