@@ -8,10 +8,7 @@ use std::collections::BTreeMap;
 
 use guest::{Plan, Sample};
 use serde::{Deserialize, Serialize};
-
-/// The eight counters show_schedstat() prints per idle type, in its order.
-pub const LB_FIELDS: [&str; 8] =
-    ["lb_count", "lb_balanced", "lb_failed", "lb_imbalance", "lb_gained", "lb_hot_gained", "lb_nobusyq", "lb_nobusyg"];
+use sim_core::sched::fair::{Idle, LB_FIELDS};
 
 /// The twelve counters after the idle-type blocks, in show_schedstat()'s order. The sbe_*
 /// and sbf_* ones have not been counted since 3.x (always 0), so they are left out of the
@@ -36,8 +33,8 @@ const TAIL_FIELDS: [&str; 12] = [
 /// (version 15) and __CPU_NOT_IDLE, CPU_IDLE, CPU_NEWLY_IDLE from 6.10 (version 16).
 fn idle_types(version: u32) -> Result<[&'static str; 3], String> {
     match version {
-        15 => Ok(["idle", "busy", "newidle"]),
-        16 => Ok(["busy", "idle", "newidle"]),
+        15 => Ok([Idle::Idle.name(), Idle::NotIdle.name(), Idle::NewlyIdle.name()]),
+        16 => Ok([Idle::NotIdle.name(), Idle::Idle.name(), Idle::NewlyIdle.name()]),
         v => Err(format!(
             "/proc/schedstat version {v}: numasim reads versions 15 (Linux up to 6.9) and 16 (6.10 to 6.12), \
              whose idle-type order it knows"

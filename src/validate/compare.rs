@@ -7,6 +7,7 @@ use std::path::Path;
 use plots::data::{Table, read_summary};
 use serde::Serialize;
 use sim_core::config::ToleranceConfig;
+use sim_core::sched::fair::{DOMAIN_FIELDS, Idle, LB_FIELDS};
 
 /// One side's value of a metric.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -200,9 +201,6 @@ pub fn is_known(metric: &str, sim_names: &[String]) -> bool {
 /// `thread.<thread>.nr_migrations`, `thread.<thread>.node<n>_share`,
 /// `schedstat.<domain>.<lb field>.<idle type>` and `schedstat.<domain>.<field>`.
 fn is_sched_name(metric: &str) -> bool {
-    const ITYPES: [&str; 3] = ["idle", "busy", "newidle"];
-    const OTHER: [&str; 6] =
-        ["alb_count", "alb_failed", "alb_pushed", "ttwu_wake_remote", "ttwu_move_affine", "ttwu_move_balance"];
     if metric == "sched.nr_migrations" {
         return true;
     }
@@ -215,9 +213,9 @@ fn is_sched_name(metric: &str) -> bool {
     let parts: Vec<&str> = rest.split('.').collect();
     match parts[..] {
         [domain, field, itype] => {
-            !domain.is_empty() && oracle::schedstat::LB_FIELDS.contains(&field) && ITYPES.contains(&itype)
+            !domain.is_empty() && LB_FIELDS.contains(&field) && Idle::ALL.iter().any(|i| i.name() == itype)
         }
-        [domain, field] => !domain.is_empty() && OTHER.contains(&field),
+        [domain, field] => !domain.is_empty() && DOMAIN_FIELDS.contains(&field),
         _ => false,
     }
 }

@@ -82,6 +82,17 @@ struct SdState {
     newidle_ratio: u32,
 }
 
+/// The counters /proc/schedstat prints per domain and idle type (show_schedstat(),
+/// kernel/sched/stats.c), in its order: `schedstat.<DOMAIN>.<field>.<idle type>`.
+pub const LB_FIELDS: [&str; 8] =
+    ["lb_count", "lb_balanced", "lb_failed", "lb_imbalance", "lb_gained", "lb_hot_gained", "lb_nobusyq", "lb_nobusyg"];
+
+/// The per-domain counters after those that numasim keeps, in show_schedstat()'s order:
+/// `schedstat.<DOMAIN>.<field>` (the sbe_* and sbf_* between alb_* and ttwu_* have not been
+/// counted since 3.x).
+pub const DOMAIN_FIELDS: [&str; 6] =
+    ["alb_count", "alb_failed", "alb_pushed", "ttwu_wake_remote", "ttwu_move_affine", "ttwu_move_balance"];
+
 /// The schedstat counters of one domain name, summed over CPUs, indexed by [`Idle`].
 #[derive(Clone, Debug, Default)]
 pub struct DomainStats {
@@ -209,29 +220,22 @@ impl LoadBalance {
         let mut out = Vec::new();
         for (name, s) in &self.stats {
             let per_type = [
-                ("lb_count", s.lb_count),
-                ("lb_balanced", s.lb_balanced),
-                ("lb_failed", s.lb_failed),
-                ("lb_imbalance", s.lb_imbalance),
-                ("lb_gained", s.lb_gained),
-                ("lb_hot_gained", s.lb_hot_gained),
-                ("lb_nobusyq", s.lb_nobusyq),
-                ("lb_nobusyg", s.lb_nobusyg),
+                s.lb_count,
+                s.lb_balanced,
+                s.lb_failed,
+                s.lb_imbalance,
+                s.lb_gained,
+                s.lb_hot_gained,
+                s.lb_nobusyq,
+                s.lb_nobusyg,
             ];
-            for (field, v) in per_type {
+            for (field, v) in LB_FIELDS.iter().zip(per_type) {
                 for idle in Idle::ALL {
                     out.push((format!("{name}.{field}.{}", idle.name()), Value::Count(v[idle as usize])));
                 }
             }
-            let single = [
-                ("alb_count", s.alb_count),
-                ("alb_failed", s.alb_failed),
-                ("alb_pushed", s.alb_pushed),
-                ("ttwu_wake_remote", s.ttwu_wake_remote),
-                ("ttwu_move_affine", s.ttwu_move_affine),
-                ("ttwu_move_balance", 0),
-            ];
-            for (field, v) in single {
+            let single = [s.alb_count, s.alb_failed, s.alb_pushed, s.ttwu_wake_remote, s.ttwu_move_affine, 0];
+            for (field, v) in DOMAIN_FIELDS.iter().zip(single) {
                 out.push((format!("{name}.{field}"), Value::Count(v)));
             }
         }
