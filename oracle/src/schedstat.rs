@@ -118,6 +118,16 @@ pub fn parse(text: &str) -> Result<Vec<DomainStats>, String> {
     Ok(out)
 }
 
+/// The sum over CPUs of /proc/schedstat's rq_cpu_time (the 7th field of a `cpu<N>` line,
+/// show_schedstat()), in nanoseconds.
+pub fn rq_cpu_time_ns(schedstat: &str) -> Option<u64> {
+    schedstat
+        .lines()
+        .filter(|l| l.starts_with("cpu"))
+        .map(|l| l.split_whitespace().nth(7).and_then(|f| f.parse::<u64>().ok()))
+        .sum()
+}
+
 /// The CPUs of a `%*pb` cpumask: hex, most significant first, 32-bit groups split by commas.
 fn cpumask(hex: &str) -> Option<Vec<u32>> {
     let digits: Vec<u32> = hex.chars().filter(|c| *c != ',').map(|c| c.to_digit(16)).collect::<Option<_>>()?;

@@ -13,6 +13,7 @@
 //! - The kernel's `sched.nr_migrations` counts the scenario's threads, so the stand-in's
 //!   moves are left out of the sim's ([`PROCESS`] for `Side::leave_out_process`).
 
+use oracle::schedstat::rq_cpu_time_ns;
 use plots::data::Table;
 use sim_core::config::{Config, MainThread, ProcessConfig, ThreadConfig};
 
@@ -54,8 +55,8 @@ pub fn add(config: &mut Config, runs: &[(&serde_json::Value, &Table)]) -> Option
 
 /// One run's CPU time outside the scenario's threads per sample, in microseconds.
 fn other_us_per_sample(guest: &serde_json::Value, series: &Table) -> Option<f64> {
-    let cpu_ns = run_time_ns(guest["files"]["end"]["/proc/schedstat"].as_str()?)?
-        .checked_sub(run_time_ns(guest["files"]["start"]["/proc/schedstat"].as_str()?)?)?;
+    let cpu_ns = rq_cpu_time_ns(guest["files"]["end"]["/proc/schedstat"].as_str()?)?
+        .checked_sub(rq_cpu_time_ns(guest["files"]["start"]["/proc/schedstat"].as_str()?)?)?;
     let threads_ns: f64 = series
         .header
         .iter()
@@ -66,16 +67,6 @@ fn other_us_per_sample(guest: &serde_json::Value, series: &Table) -> Option<f64>
         .sum();
     let samples = guest["samples"].as_u64().filter(|&n| n > 0)?;
     Some((cpu_ns as f64 - threads_ns).max(0.0) / samples as f64 / 1000.0)
-}
-
-/// The sum over CPUs of /proc/schedstat's rq_cpu_time (the 7th field of a `cpuN` line), in
-/// nanoseconds.
-fn run_time_ns(schedstat: &str) -> Option<u64> {
-    schedstat
-        .lines()
-        .filter(|l| l.starts_with("cpu"))
-        .map(|l| l.split_whitespace().nth(7).and_then(|f| f.parse::<u64>().ok()))
-        .sum()
 }
 
 #[cfg(test)]
