@@ -28,6 +28,10 @@ pub const DATA_PORT: &str = "/dev/ttyS1";
 pub const TRACE_PORT: &str = "/dev/ttyS2";
 /// Most thread slots (workload threads and GUP callers) a plan may have.
 pub const MAX_THREADS: usize = 512;
+/// The key, among the files read at the start and the end, of the task table: one line per
+/// task, `pid tid ppid cpus_allowed comm`, then the three fields of its
+/// /proc/PID/task/TID/schedstat (run ns, wait ns, timeslices).
+pub const TASKS_FILE: &str = "tasks:schedstat";
 /// Most VMAs per process.
 pub const MAX_VMAS: usize = 16;
 /// Most processes (workload processes and GUP-caller processes).

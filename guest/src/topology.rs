@@ -4,6 +4,7 @@
 //! run, and the workload processes' mappings beyond the scenario's VMAs (thread stacks,
 //! malloc arenas, the binary's data), which 6.12's task_numa_work() walks one at a time. They go to the host once each as a [`guest::Frame::Files`].
 
+use guest::TASKS_FILE;
 use std::collections::BTreeMap;
 
 const SCHEDSTATS: &str = "/proc/sys/kernel/sched_schedstats";
@@ -46,6 +47,7 @@ pub fn at_start(cpus: u32, processes: &[(String, i32)]) -> BTreeMap<String, Stri
     }
     read_into(&mut files, SCHEDSTATS);
     read_into(&mut files, "/proc/schedstat");
+    files.insert(TASKS_FILE.into(), task_schedstats());
     for (name, pid) in processes {
         if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {
             files.insert(format!("maps:{name}"), text.trim_end().to_string());
@@ -54,11 +56,35 @@ pub fn at_start(cpus: u32, processes: &[(String, i32)]) -> BTreeMap<String, Stri
     files
 }
 
-/// /proc/schedstat once the workload has stopped.
+/// /proc/schedstat and every task's run time once the workload has stopped.
 pub fn at_end() -> BTreeMap<String, String> {
     let mut files = BTreeMap::new();
     read_into(&mut files, "/proc/schedstat");
+    files.insert(TASKS_FILE.into(), task_schedstats());
     files
+}
+
+/// The task table ([`TASKS_FILE`]), from which the oracle tells the guest program's own CPU
+/// time (pid 1) from kernel threads'; tasks that exit while it is read are left out.
+fn task_schedstats() -> String {
+    let mut lines = Vec::new();
+    for pid in subdirs("/proc", "").into_iter().filter(|p| p.bytes().all(|b| b.is_ascii_digit())) {
+        for tid in subdirs(&format!("/proc/{pid}/task"), "") {
+            let dir = format!("/proc/{pid}/task/{tid}");
+            let read = |f: &str| std::fs::read_to_string(format!("{dir}/{f}")).ok();
+            let (Some(stat), Some(status), Some(sched)) = (read("stat"), read("status"), read("schedstat")) else {
+                continue;
+            };
+            let field =
+                |key: &str| status.lines().find_map(|l| l.strip_prefix(key)).map(str::trim).unwrap_or("-").to_string();
+            // comm is in parentheses and may hold spaces; ppid is the second field after it.
+            let comm = stat.get(stat.find('(').map_or(0, |i| i + 1)..stat.rfind(')').unwrap_or(0)).unwrap_or("?");
+            let ppid = stat.rsplit(')').next().and_then(|rest| rest.split_whitespace().nth(1)).unwrap_or("-");
+            let comm = comm.replace(' ', "_");
+            lines.push(format!("{pid} {tid} {ppid} {} {comm} {}", field("Cpus_allowed_list:"), sched.trim()));
+        }
+    }
+    lines.join("\n")
 }
 
 /// Names of `dir`'s entries that start with `prefix`, sorted (absent dir: none).

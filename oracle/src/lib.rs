@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use guest::{Frame, Plan, Sample};
-pub use guest::{PteWalk, RAMDISK_KIB, TraceInfo, TracePlan};
+pub use guest::{PteWalk, RAMDISK_KIB, TASKS_FILE, TraceInfo, TracePlan};
 pub use kernel::{KernelSpec, cache_dir, resolve_kernel};
 pub use qemu::Accel;
 use sim_core::config::Config;

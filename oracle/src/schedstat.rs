@@ -128,6 +128,17 @@ pub fn rq_cpu_time_ns(schedstat: &str) -> Option<u64> {
         .sum()
 }
 
+/// The run time of `pid`'s threads in a task table ([`guest::TASKS_FILE`]: `pid tid ppid
+/// cpus comm run wait slices` per line), in nanoseconds; None when it lists none.
+pub fn process_run_ns(table: &str, pid: u32) -> Option<u64> {
+    let pid = pid.to_string();
+    let runs = table.lines().filter_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        (f.len() == 8 && f[0] == pid).then(|| f[5].parse::<u64>().ok())?
+    });
+    runs.reduce(|a, b| a + b)
+}
+
 /// The CPUs of a `%*pb` cpumask: hex, most significant first, 32-bit groups split by commas.
 fn cpumask(hex: &str) -> Option<Vec<u32>> {
     let digits: Vec<u32> = hex.chars().filter(|c| *c != ',').map(|c| c.to_digit(16)).collect::<Option<_>>()?;

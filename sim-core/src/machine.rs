@@ -127,6 +127,9 @@ pub struct Cpu {
     pub nid: Nid,
     /// Runnable threads, the running one at the front.
     pub runqueue: std::collections::VecDeque<Entity>,
+    /// Threads asleep whose last CPU this is: their decaying PELT averages still count here
+    /// (the cfs_rq's blocked load) until they wake.
+    pub blocked: Vec<Entity>,
     /// A CpuTick event is queued for this CPU.
     pub ticking: bool,
     /// pid and mm of the thread running now (cpu_rq(cpu)->curr), for task_numa_group().

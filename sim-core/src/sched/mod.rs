@@ -5,11 +5,13 @@
 
 pub mod fair;
 pub mod numa;
+pub mod pelt;
 pub mod topology;
 
 use bevy_ecs::prelude::*;
 
 pub use numa::TaskNuma;
+pub use pelt::SchedAvg;
 
 use crate::engine::{Event, NSEC_PER_USEC, Nanos, RngStream};
 use crate::kernel::{Faulter, Kernel};
@@ -21,7 +23,7 @@ use crate::mm::{PTE_COW, PTE_PROTNONE, PTE_YOUNG};
 use crate::stats::Source;
 use crate::trace::Event as TraceEvent;
 use crate::trace_event;
-use fair::{LoadBalance, newidle_balance, trigger_load_balance};
+use fair::{LoadBalance, newidle_balance, rq_avg, trigger_load_balance};
 
 /// Where a thread's next touches go: page offsets within the thread's range.
 pub trait AccessPattern: Send + Sync + 'static {
@@ -178,6 +180,8 @@ pub struct Task {
     pub periodic: Option<Periodic>,
     /// A periodic thread's CPU time left in the current period.
     budget: Nanos,
+    /// `se.avg`: the thread's PELT load, runnable and util, from its first wake on.
+    pub avg: SchedAvg,
 }
 
 impl Task {
@@ -202,6 +206,7 @@ impl Task {
             node_runtime: Vec::new(),
             periodic: spec.periodic,
             budget: spec.periodic.map_or(0, |p| p.run),
+            avg: SchedAvg::default(),
         }
     }
 }
@@ -259,15 +264,28 @@ pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNu
 /// ttwu_stat().
 /// - The waker is the wakee's previous CPU: its timer fires there (hrtimer of a
 ///   clock_nanosleep()), so wake_affine() never runs for these wakes.
+/// - A new thread's PELT averages start on its CPU (wake_up_new_task()); a sleeper's decay
+///   over its sleep and leave its previous CPU's blocked load.
 pub fn wake_task(
     In(te): In<Entity>,
     mut k: Kernel,
     mut lb: ResMut<LoadBalance>,
     mut tasks: Query<(&mut Task, &mut TaskNuma)>,
 ) {
+    let now = k.now();
+    let (prev, never_ran) = tasks.get(te).map(|(t, _)| (t.cpu, t.sum_exec_runtime == 0)).expect("woken tasks exist");
+    let first_avg = never_ran.then(|| {
+        let a = rq_avg(&k, &tasks, prev);
+        SchedAvg::new_task(now, a.util_cfs(), a.load)
+    });
     let (mut task, mut numa) = tasks.get_mut(te).expect("woken tasks exist");
-    let prev = task.cpu;
-    let never_ran = task.sum_exec_runtime == 0;
+    match first_avg {
+        Some(avg) => task.avg = avg,
+        None => {
+            task.avg.update(now, false, false);
+            k.cpu(prev).blocked.retain(|&e| e != te);
+        }
+    }
     if lb.enabled && !never_ran {
         let cpu = fair::select_task_rq_fair(&k, &mut lb, &task, prev, prev);
         set_task_cpu(&mut k, &mut task, &mut numa, cpu);
@@ -314,6 +332,8 @@ pub fn cpu_tick(
     }
     k.cpu(cpu).curr = Some((task.pid, task.mm));
     k.trace_current(cpu, task.pid, now);
+    // Waiting on the run queue since it last ran: load and runnable, no util.
+    task.avg.update(now, true, false);
     let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
     let slice = if task.periodic.is_some() { quantum.min(task.budget) } else { quantum };
     let mut spent = match task.ept {
@@ -331,6 +351,7 @@ pub fn cpu_tick(
         spent += scan;
     }
     account_runtime(&mut task, nid, now, spent);
+    task.avg.update(now + spent, true, true);
     k.trace_task_ran(cpu, task.pid, now, now + spent.max(1));
     let wake_at = burst_done(&mut task, spent, now + spent.max(1));
     // A thread going to sleep is off the run queue; its placement waits for its next run.
@@ -342,6 +363,7 @@ pub fn cpu_tick(
     c.running = Some((te, now + spent.max(1)));
     if let Some(at) = wake_at {
         c.runqueue.retain(|&e| e != te);
+        c.blocked.push(te);
         k.queue.schedule(at, Event::TaskWake(te));
     } else if c.runqueue.front() == Some(&te) {
         c.runqueue.rotate_left(1);

@@ -8,7 +8,7 @@ use bevy_ecs::prelude::*;
 
 use super::super::numa::{group_of, group_weight};
 use super::super::topology::{Group, SD_NUMA};
-use super::group::{fbq_classify_rq, find_busiest_group, rq_numa};
+use super::group::{fbq_classify_rq, find_busiest_group, rq_avg, rq_numa};
 use super::{DomainStats, LoadBalance, MAX_PINNED_INTERVAL, Tasks};
 use crate::kernel::Kernel;
 use crate::sched::migrate_task_to;
@@ -93,20 +93,20 @@ fn find_busiest_queue(k: &Kernel, tasks: &Tasks, env: &LbEnv, g: &Group) -> Opti
         if nr == 0 {
             continue;
         }
+        let avg = rq_avg(k, tasks, cpu);
         let value = match env.migration {
             Migration::Load => {
-                let load = SCALE * nr;
-                if nr == 1 && load as i64 > env.imbalance {
+                if nr == 1 && avg.load as i64 > env.imbalance {
                     continue;
                 }
-                load
+                avg.load
             }
-            // 6.12 compares cpu_util_cfs_boost() (runnable counts), 6.1 cpu_util_cfs().
+            // 6.12 compares cpu_util_cfs_boost(), 6.1 cpu_util_cfs().
             Migration::Util if nr > 1 => {
                 if k.rules.lb_6_12 {
-                    SCALE * nr
+                    avg.util_cfs_boost()
                 } else {
-                    SCALE
+                    avg.util_cfs()
                 }
             }
             Migration::Util => continue,
@@ -221,10 +221,13 @@ fn detach_tasks(k: &mut Kernel, lb: &LoadBalance, tasks: &mut Tasks, env: &mut L
             break;
         }
         let Some(hot) = can_migrate_task(k, lb, tasks, env, e) else { continue };
+        let Ok((task, _)) = tasks.get(e) else { continue };
+        let avg = task.avg.at(k.now(), true, false);
         let cost = match env.migration {
-            Migration::Load => SCALE,
-            // task_util_est(): the thread's share of its CPU.
-            Migration::Util => SCALE / k.rq_len(src) as u64,
+            // task_h_load(), at least 1.
+            Migration::Load => avg.load_avg.max(1),
+            // task_util_est().
+            Migration::Util => avg.util_avg,
             Migration::Task => 1,
         };
         if env.migration != Migration::Task && (cost >> failed.min(63)) as i64 > env.imbalance {

@@ -36,6 +36,48 @@ struct SgStats {
     nr_preferred_running: u32,
 }
 
+/// A CPU's cfs_rq averages: its queued and blocked threads' PELT averages decayed to now
+/// (see [`crate::sched::pelt`]).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct RqAvg {
+    /// cpu_load().
+    pub(crate) load: u64,
+    /// cpu_runnable().
+    pub(crate) runnable: u64,
+    util: u64,
+}
+
+impl RqAvg {
+    /// cpu_util_cfs(): util_avg capped at the CPU's capacity.
+    pub(crate) fn util_cfs(&self) -> u64 {
+        self.util.min(SCALE)
+    }
+
+    /// cpu_util_cfs_boost() (6.12): the larger of util and runnable, capped.
+    pub(super) fn util_cfs_boost(&self) -> u64 {
+        self.util.max(self.runnable).min(SCALE)
+    }
+}
+
+/// `cpu`'s [`RqAvg`] now.
+pub(crate) fn rq_avg(k: &Kernel, tasks: &Tasks, cpu: u32) -> RqAvg {
+    let now = k.now();
+    let rq = k.rq(cpu);
+    let running = rq.running.filter(|&(_, until)| until > now).map(|(e, _)| e);
+    let queued = rq.runqueue.iter().map(|&e| (e, true));
+    let blocked = rq.blocked.iter().map(|&e| (e, false));
+    let mut a = RqAvg::default();
+    for (e, on_rq) in queued.chain(blocked) {
+        if let Ok((t, _)) = tasks.get(e) {
+            let s = t.avg.at(now, on_rq, Some(e) == running);
+            a.load += s.load_avg;
+            a.runnable += s.runnable_avg;
+            a.util += s.util_avg;
+        }
+    }
+    a
+}
+
 /// A run queue's NUMA counts: nr_numa_running and nr_preferred_running.
 pub(super) fn rq_numa(k: &Kernel, tasks: &Tasks, cpu: u32) -> (u32, u32) {
     let nid = k.topo.cpu_to_node(cpu);
@@ -69,9 +111,10 @@ fn update_sg_lb_stats(k: &Kernel, lb: &LoadBalance, tasks: &Tasks, env: &LbEnv, 
     let mut s = SgStats::default();
     for &cpu in g.span.iter().filter(|c| env.cpus.contains(c)) {
         let nr = k.rq_len(cpu) as u64;
-        s.group_load += SCALE * nr;
-        s.group_util += if nr > 0 { SCALE } else { 0 };
-        s.group_runnable += SCALE * nr;
+        let avg = rq_avg(k, tasks, cpu);
+        s.group_load += avg.load;
+        s.group_util += avg.util_cfs();
+        s.group_runnable += avg.runnable;
         s.sum_nr_running += nr as u32;
         let (numa, preferred) = rq_numa(k, tasks, cpu);
         s.nr_numa_running += numa;

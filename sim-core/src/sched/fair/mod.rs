@@ -19,8 +19,7 @@
 //! adjust_numa_imbalance() and the newidle, nohz and active paths are the same in both.
 //!
 //! Simplifications, one per line:
-//! - PELT is runnable counts: a nice-0 thread's load and runnable are 1024 and its util its
-//!   CPU share (1024 / nr_running); a CPU's util is 1024 when busy; no decay or ramp-up.
+//! - Load, runnable and util are PELT's ([`crate::sched::pelt`], with its simplifications).
 //! - CPU capacity is 1024 everywhere (no RT/IRQ pressure, no asymmetry): misfit, asym
 //!   packing and SMT balance groups never occur and are not modelled.
 //! - rq->avg_idle and max_newidle_lb_cost do not gate newidle balancing (balancing costs no
@@ -49,7 +48,7 @@ use crate::stats::summary::Value;
 use crate::version::Rules;
 
 pub use balance::Idle;
-pub(crate) use group::adjust_numa_imbalance;
+pub(crate) use group::{adjust_numa_imbalance, rq_avg};
 pub use wake::{select_task_rq_fair, ttwu_stat};
 
 /// The threads, as the balancer reads and moves them.

@@ -9,7 +9,7 @@ use crate::config::{Config, KernelConfig, KernelVersion, MachineConfig};
 use crate::engine::{EventQueue, NSEC_PER_MSEC, RngStream};
 use crate::kernel::Kernel;
 use crate::mm::PageIdx;
-use crate::sched::{AccessPattern, Affinity, Periodic, Task, TaskNuma, ThreadSpec, enqueue_task};
+use crate::sched::{AccessPattern, Affinity, Periodic, SchedAvg, Task, TaskNuma, ThreadSpec, enqueue_task};
 use crate::sim::Sim;
 use crate::trace::TraceOptions;
 use crate::trace::events::{Event as TraceEvent, Kind, TpVersion};
@@ -77,8 +77,9 @@ fn idle_spec(
     }
 }
 
-/// [`threads_on`], the threads queued on their CPUs at 10 ms without running the events,
-/// every thread last run 10 ms ago (cache cold).
+/// [`threads_on`], the threads queued on their CPUs at 1 s without running the events,
+/// every thread last run 1 s ago (cache cold), with the PELT averages of having shared its
+/// CPU round robin, 1 ms each, since 0 ([`settled_avg`]).
 fn machine(
     version: KernelVersion,
     nodes: u32,
@@ -86,11 +87,26 @@ fn machine(
     threads: &[(u32, Option<Vec<u32>>)],
 ) -> (Sim, Vec<Entity>) {
     let (mut sim, tasks) = threads_on(version, nodes, cpus_per_node, threads);
-    sim.world.resource_mut::<EventQueue>().advance_to(10 * NSEC_PER_MSEC);
-    for (&e, (cpu, _)) in tasks.iter().zip(threads) {
+    sim.world.resource_mut::<EventQueue>().advance_to(SETTLED_MS * NSEC_PER_MSEC);
+    for (i, (&e, (cpu, _))) in tasks.iter().zip(threads).enumerate() {
         sim.with_kernel(|k| enqueue_task(k, e, *cpu));
+        let sharing: Vec<usize> = (0..threads.len()).filter(|&j| threads[j].0 == *cpu).collect();
+        let place = sharing.iter().position(|&j| j == i).unwrap();
+        sim.world.get_mut::<Task>(e).unwrap().avg = settled_avg(place, sharing.len());
     }
     (sim, tasks)
+}
+
+const SETTLED_MS: u64 = 1000;
+
+/// The PELT averages at [`SETTLED_MS`] of the `place`-th of `n` threads running round robin
+/// on one CPU in 1 ms turns since 0: load and runnable near 1024, util near 1024 / n.
+fn settled_avg(place: usize, n: usize) -> SchedAvg {
+    let mut avg = SchedAvg::new_task(0, 0, 0);
+    for ms in 1..=SETTLED_MS {
+        avg.update(ms * NSEC_PER_MSEC, true, (ms as usize - 1) % n == place);
+    }
+    avg
 }
 
 /// One load_balance() of `cpu`'s domain `name`: the threads it moved.
@@ -170,7 +186,8 @@ fn affinity_is_respected() {
 }
 
 /// 2 × 1, CPU 0 runs two threads, CPU 1 one: a busy balance from CPU 1 computes a load
-/// imbalance of 512, which a thread's 1024 fits once shifted by nr_balance_failed ≥ 1. Cold
+/// imbalance of about 512, which a thread's load (about 1024) fits once shifted by
+/// nr_balance_failed ≥ 1. Cold
 /// threads move on the second pass; hot ones only once nr_balance_failed (3) exceeds
 /// cache_nice_tries (2), on the fourth, counted in lb_hot_gained.
 #[test]
@@ -203,7 +220,7 @@ fn a_thread_stays_on_its_preferred_node() {
             p.numa_preferred_nid = Some(preferred);
             p.numa_faults = vec![1; 16];
         }
-        // Two passes: the first fails (the load imbalance is 512), the second moves.
+        // Two passes: the first fails (the load imbalance is about 512), the second moves.
         pass(&mut sim, 1, "NUMA", Idle::NotIdle);
         assert_eq!(pass(&mut sim, 1, "NUMA", Idle::NotIdle), 1);
         assert_eq!(cpu_of(&sim, t[mover]), 1, "preferred node {preferred}");
