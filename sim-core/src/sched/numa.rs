@@ -3,7 +3,7 @@
 
 use bevy_ecs::prelude::*;
 
-use super::fair::adjust_numa_imbalance;
+use super::fair::{SCHED_CAPACITY_SCALE, Tasks, adjust_numa_imbalance, rq_avg};
 use super::{Affinity, Task, migrate_task_to};
 use crate::engine::{NSEC_PER_MSEC, NSEC_PER_SEC, Nanos};
 use crate::kernel::{Faulter, Kernel, Sysctl};
@@ -524,19 +524,70 @@ fn numa_migrate_preferred(p: &mut TaskNuma, f: &Faulter) {
     }
 }
 
-/// Threads on a node's CPUs and the first idle CPU there that `allowed` permits
-/// (update_numa_stats(); load is the number of runnable threads).
-fn node_stats(k: &mut Kernel, nid: Nid, allowed: &Affinity) -> (usize, Option<u32>) {
-    let mut running = 0;
-    let mut idle = None;
+/// task_numa_env's imbalance_pct: sd_numa's (sd_init()'s 117 on every NUMA level, see
+/// `topology.rs`) with its excess halved, as task_numa_migrate() sets it.
+const NUMA_ENV_IMBALANCE_PCT: u64 = 100 + (117 - 100) / 2;
+
+/// enum numa_type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NumaType {
+    HasSpare,
+    FullyBusy,
+    Overloaded,
+}
+
+/// struct numa_stats: a node's PELT sums (`fair::rq_avg()`), its threads, and the first idle
+/// CPU there that `p` may use.
+#[derive(Clone, Copy, Debug)]
+struct NumaStats {
+    load: i64,
+    nr_running: usize,
+    capacity: i64,
+    idle_cpu: Option<u32>,
+    node_type: NumaType,
+}
+
+/// update_numa_stats() with numa_classify(). Capacity is 1024 per CPU.
+fn update_numa_stats(k: &Kernel, tasks: &Tasks, nid: Nid, allowed: &Affinity) -> NumaStats {
+    let (mut load, mut runnable, mut util, mut nr_running, mut idle_cpu) = (0, 0, 0, 0, None);
+    let mut weight = 0;
     for cpu in k.topo.node_cpus(nid) {
-        let len = k.cpu(cpu).runqueue.len();
-        running += len;
-        if len == 0 && idle.is_none() && allowed.allows(cpu) {
-            idle = Some(cpu);
+        let avg = rq_avg(k, tasks, cpu);
+        load += avg.load;
+        runnable += avg.runnable;
+        util += avg.util_cfs();
+        let len = k.rq_len(cpu);
+        nr_running += len;
+        weight += 1;
+        if len == 0 && idle_cpu.is_none() && allowed.allows(cpu) {
+            idle_cpu = Some(cpu);
         }
     }
-    (running, idle)
+    let capacity = SCHED_CAPACITY_SCALE * weight as u64;
+    let node_type = numa_classify((nr_running, weight), capacity, util, runnable);
+    NumaStats { load: load as i64, nr_running, capacity: capacity as i64, idle_cpu, node_type }
+}
+
+/// numa_classify() at task_numa_env's imbalance_pct, for a node running `running.0` threads
+/// on `running.1` CPUs.
+fn numa_classify(running: (usize, usize), capacity: u64, util: u64, runnable: u64) -> NumaType {
+    let (nr_running, weight) = running;
+    let pct = NUMA_ENV_IMBALANCE_PCT;
+    if nr_running > weight && (capacity * 100 < util * pct || capacity * pct < runnable * 100) {
+        NumaType::Overloaded
+    } else if nr_running < weight || (capacity * 100 > util * pct && capacity * pct > runnable * 100) {
+        NumaType::HasSpare
+    } else {
+        NumaType::FullyBusy
+    }
+}
+
+/// load_too_imbalanced(): would moving load leave the two nodes further apart than they
+/// are, capacity considered?
+fn load_too_imbalanced(src: &NumaStats, dst: &NumaStats, src_load: i64, dst_load: i64) -> bool {
+    let imb = (dst_load * src.capacity - src_load * dst.capacity).abs();
+    let old_imb = (dst.load * src.capacity - src.load * dst.capacity).abs();
+    imb > old_imb
 }
 
 /// The best place found so far (struct task_numa_env's best_*).
@@ -556,6 +607,9 @@ struct NumaEnv {
     p_group: Option<NumaGroup>,
     affinity: Affinity,
     best: Option<Best>,
+    src_stats: NumaStats,
+    /// task_h_load(p).
+    p_load: i64,
 }
 
 impl NumaEnv {
@@ -576,7 +630,7 @@ fn task_numa_compare(
     taskimp: i64,
     groupimp: i64,
     maymove: bool,
-    dst_has_spare: bool,
+    dst_stats: &NumaStats,
 ) {
     let (src, dst) = (env.src_nid as usize, dst_nid as usize);
     let moveimp = if env.p_group.is_some() { groupimp } else { taskimp };
@@ -608,7 +662,7 @@ fn task_numa_compare(
     let mut imp = moveimp;
     if same_group {
         // No swap within a group, or between group-less tasks, while there is spare capacity.
-        if dst_has_spare {
+        if dst_stats.node_type == NumaType::HasSpare {
             return;
         }
         imp = taskimp + cur.task_weight(src) - cur.task_weight(dst);
@@ -641,11 +695,17 @@ fn task_numa_compare(
     if imp < SMALLIMP || imp <= env.best_imp() + SMALLIMP / 2 {
         return;
     }
+    // In the overloaded case, keep the load balanced.
+    let load = env.p_load - cur_task.avg.at(k.now(), true, false).load_avg as i64;
+    if load != 0 && load_too_imbalanced(&env.src_stats, dst_stats, env.src_stats.load - load, dst_stats.load + load) {
+        return;
+    }
     env.best = Some(Best { imp, task: Some(cur_e), cpu });
 }
 
 /// Models task_numa_find_cpu(): an idle CPU on `dst_nid` if the move keeps the nodes
-/// balanced, else the best thread there to swap with.
+/// balanced, else the best thread there to swap with; on a node without spare capacity a
+/// plain move is allowed when it does not unbalance the load (load_too_imbalanced()).
 fn task_numa_find_cpu(
     k: &mut Kernel,
     tasks: &Query<(&mut Task, &mut TaskNuma)>,
@@ -654,25 +714,23 @@ fn task_numa_find_cpu(
     taskimp: i64,
     groupimp: i64,
 ) {
-    let (src_running, _) = node_stats(k, env.src_nid, &env.affinity);
-    let (dst_running, idle_cpu) = node_stats(k, dst_nid, &env.affinity);
-    let node_cpus = k.topo.cpus_per_node as usize;
-    let dst_has_spare = dst_running < node_cpus;
-    let mut maymove = false;
-    if dst_has_spare {
-        let imbalance = (dst_running + 1).saturating_sub(src_running.saturating_sub(1));
-        let imb_numa_nr = imb_numa_nr(node_cpus) as i64;
-        if adjust_numa_imbalance(imbalance as i64, dst_running as i64 + 1, imb_numa_nr) == 0 {
-            maymove = true;
-            if let Some(cpu) = idle_cpu {
-                env.best = Some(Best { imp: 0, task: None, cpu });
-                return;
-            }
+    let dst = update_numa_stats(k, tasks, dst_nid, &env.affinity);
+    let maymove = if dst.node_type == NumaType::HasSpare {
+        let (src_running, dst_running) = (env.src_stats.nr_running as i64 - 1, dst.nr_running as i64 + 1);
+        let imbalance = (dst_running - src_running).max(0);
+        let imb_numa_nr = imb_numa_nr(k.topo.cpus_per_node as usize) as i64;
+        let balanced = adjust_numa_imbalance(imbalance, dst_running, imb_numa_nr) == 0;
+        if balanced && let Some(cpu) = dst.idle_cpu {
+            env.best = Some(Best { imp: 0, task: None, cpu });
+            return;
         }
-    }
+        balanced
+    } else {
+        !load_too_imbalanced(&env.src_stats, &dst, env.src_stats.load - env.p_load, dst.load + env.p_load)
+    };
     for cpu in k.topo.node_cpus(dst_nid) {
         if env.affinity.allows(cpu) {
-            task_numa_compare(k, tasks, env, dst_nid, cpu, taskimp, groupimp, maymove, dst_has_spare);
+            task_numa_compare(k, tasks, env, dst_nid, cpu, taskimp, groupimp, maymove, &dst);
         }
     }
 }
@@ -686,17 +744,23 @@ pub fn imb_numa_nr(cpus_per_node: usize) -> usize {
 
 /// Models task_numa_migrate(): look for a better CPU on the preferred node, and on the
 /// other nodes when there is none or the task's group spans several; then move there or
-/// swap. Simplified: nodes are directly connected (no score_nearby_nodes()), load is the
-/// number of runnable threads, and a full
-/// destination never takes a plain move (load_too_imbalanced()). `te` is running until
+/// swap. Simplified: nodes are directly connected (no score_nearby_nodes()). `te` is running until
 /// `until`, when it stops on its CPU and a move takes effect; a swapped task moves now.
 pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNuma)>, te: Entity, until: Nanos) {
     let Ok((task, p)) = tasks.get(te) else { return };
     let Some(preferred) = p.numa_preferred_nid else { return };
     let src_nid = k.topo.cpu_to_node(task.cpu);
     let p_group = k.mms.get(p.mm).ok().and_then(|m| group_of(p, m).cloned());
-    let mut env =
-        NumaEnv { src_cpu: task.cpu, src_nid, p_mm: p.mm, p_group, affinity: task.affinity.clone(), best: None };
+    let mut env = NumaEnv {
+        src_cpu: task.cpu,
+        src_nid,
+        p_mm: p.mm,
+        p_group,
+        src_stats: update_numa_stats(k, tasks, src_nid, &task.affinity),
+        p_load: task.avg.at(k.now(), true, false).load_avg as i64,
+        affinity: task.affinity.clone(),
+        best: None,
+    };
     let weights =
         |p: &TaskNuma, g: Option<&NumaGroup>, nid: Nid| (p.task_weight(nid as usize), group_weight(g, nid as usize));
     let (taskweight, groupweight) = weights(p, env.p_group.as_ref(), src_nid);
@@ -803,6 +867,33 @@ mod tests {
 
     fn sysctl() -> Sysctl {
         Sysctl(KernelConfig::default())
+    }
+
+    fn node(load: i64, nr_running: usize) -> NumaStats {
+        NumaStats { load, nr_running, capacity: 2048, idle_cpu: None, node_type: NumaType::FullyBusy }
+    }
+
+    /// Two busy threads on node 0 and two plus a part-time one (load 400) on node 1: moving a
+    /// busy thread (1024) from 1 to 0 widens the gap (2448 against 400 before), moving the
+    /// part-time one narrows it (1248 → 448); a swap of two busy threads moves no load.
+    #[test]
+    fn a_numa_move_may_not_unbalance_the_nodes() {
+        let (src, dst) = (node(2448, 3), node(2048, 2));
+        assert!(load_too_imbalanced(&src, &dst, 2448 - 1024, 2048 + 1024));
+        assert!(!load_too_imbalanced(&src, &dst, 2448 - 400, 2048 + 400));
+        assert!(!load_too_imbalanced(&src, &dst, 2448, 2048));
+    }
+
+    /// numa_classify() at 108 %: fewer threads than CPUs is spare; more, with util or
+    /// runnable past 108 % of capacity, overloaded, and with both below 1/1.08 of it still
+    /// spare; one busy thread per CPU, fully busy.
+    #[test]
+    fn nodes_classify_by_threads_and_pelt() {
+        assert_eq!(numa_classify((1, 2), 2048, 1024, 1024), NumaType::HasSpare);
+        assert_eq!(numa_classify((3, 2), 2048, 2048, 2448), NumaType::Overloaded);
+        assert_eq!(numa_classify((3, 2), 2048, 1800, 2100), NumaType::HasSpare);
+        assert_eq!(numa_classify((2, 2), 2048, 2040, 2048), NumaType::FullyBusy);
+        assert_eq!(numa_classify((2, 2), 2048, 1000, 1000), NumaType::HasSpare);
     }
 
     #[test]

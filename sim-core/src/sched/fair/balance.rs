@@ -15,7 +15,7 @@ use crate::sched::migrate_task_to;
 
 /// SCHED_CAPACITY_SCALE: one CPU's capacity, and a nice-0 task's load (NICE_0_LOAD scaled
 /// down).
-pub(super) const SCALE: u64 = 1024;
+pub(crate) const SCALE: u64 = 1024;
 /// sysctl_sched_migration_cost: a task that ran within 0.5 ms is cache hot.
 const MIGRATION_COST_NS: u64 = 500_000;
 /// sysctl_sched_nr_migrate (SCHED_NR_MIGRATE_BREAK without PREEMPT_RT).

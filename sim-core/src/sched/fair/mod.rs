@@ -48,6 +48,7 @@ use crate::stats::summary::Value;
 use crate::version::Rules;
 
 pub use balance::Idle;
+pub(crate) use balance::SCALE as SCHED_CAPACITY_SCALE;
 pub(crate) use group::{adjust_numa_imbalance, rq_avg};
 pub use wake::{select_task_rq_fair, ttwu_stat};
 
