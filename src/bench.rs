@@ -64,20 +64,27 @@ impl Scale {
 /// What one case measured, for the side-by-side table.
 struct Figures {
     run_s: f64,
+    /// CPU time of the simulating thread.
+    run_cpu_s: f64,
+    /// load_balance() passes.
+    passes: u64,
     /// CPU time of the simulating thread per touch.
     ns_per_touch: f64,
     ratio: f64,
     bytes_per_page: f64,
 }
 
-pub fn run(scales: &[Scale], thp: bool, trace: bool) {
+pub fn run(scales: &[Scale], thp: bool, trace: bool, balance: bool) {
     for &scale in scales {
-        let four_k = run_one(scale, false);
+        let four_k = run_one(scale, false, true);
+        if balance {
+            balance_cost(scale, &four_k);
+        }
         if trace {
             run_traced(scale, false, four_k.run_s);
         }
         if thp {
-            let huge = run_one(scale, true);
+            let huge = run_one(scale, true, true);
             if trace {
                 run_traced(scale, true, huge.run_s);
             }
@@ -140,16 +147,33 @@ fn run_traced(scale: Scale, thp: bool, plain_s: f64) {
     );
 }
 
-/// Times one untraced run.
-fn run_one(scale: Scale, thp: bool) -> Figures {
-    let c = scale.config(thp);
+/// The same run without load balancing, beside `with`: what the balancer costs per pass.
+fn balance_cost(scale: Scale, with: &Figures) {
+    let without = run_one(scale, false, false);
+    let cost_s = with.run_cpu_s - without.run_cpu_s;
+    println!("== {scale:?}: load balancing on vs off (CPU s of the simulating thread)");
+    println!(
+        "on {:.2} s, off {:.2} s: {:+.1} %, {:.1} us per load_balance() pass ({} passes)",
+        with.run_cpu_s,
+        without.run_cpu_s,
+        cost_s / without.run_cpu_s * 100.0,
+        cost_s * 1e6 / with.passes.max(1) as f64,
+        with.passes
+    );
+}
+
+/// Times one untraced run, with the load balancer on or off.
+fn run_one(scale: Scale, thp: bool, load_balance: bool) -> Figures {
+    let mut c = scale.config(thp);
+    c.kernel.load_balance = load_balance;
     let m = &c.machine;
     let pages_label = if thp { "THP always" } else { "4 KiB pages" };
     println!(
-        "== {scale:?}: {} nodes x {} CPUs x {} GiB, {pages_label}",
+        "== {scale:?}: {} nodes x {} CPUs x {} GiB, {pages_label}{}",
         m.nodes,
         m.cpus_per_node,
-        m.memory_per_node_mib / 1024
+        m.memory_per_node_mib / 1024,
+        if load_balance { "" } else { ", kernel.load_balance = false" }
     );
     let t = Instant::now();
     let mut sim = workloads::build(&c);
@@ -202,7 +226,14 @@ fn run_one(scale: Scale, thp: bool) -> Figures {
     // The table compares CPU time: on a shared machine wall time mostly measures the load.
     let cpu_ns_per_touch = run_cpu_s * 1e9 / touches as f64;
     let ratio = ceiling.cpu_ns / cpu_ns_per_touch;
-    Figures { run_s, ns_per_touch: cpu_ns_per_touch, ratio, bytes_per_page: page_bytes as f64 / pages as f64 }
+    Figures {
+        run_s,
+        run_cpu_s,
+        passes,
+        ns_per_touch: cpu_ns_per_touch,
+        ratio,
+        bytes_per_page: page_bytes as f64 / pages as f64,
+    }
 }
 
 /// Runs of the sweep [`sweep`] times: seeds of `default`, 3 simulated seconds each.

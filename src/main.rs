@@ -186,6 +186,10 @@ enum Command {
         /// Also time each scale with every trace event recorded, and writing the trace.
         #[arg(long)]
         trace: bool,
+        /// Also time each scale without load balancing (`kernel.load_balance = false`): what
+        /// the balancer costs, in all and per load_balance() pass.
+        #[arg(long)]
+        balance: bool,
         /// Also time a sweep (independent runs of `default`) on one thread and on two.
         #[arg(long)]
         sweep: bool,
@@ -295,8 +299,8 @@ fn main() -> ExitCode {
             }
             Ok(())
         }
-        Command::Bench { scale, thp, trace, sweep } => {
-            bench::run(&scale, thp, trace);
+        Command::Bench { scale, thp, trace, balance, sweep } => {
+            bench::run(&scale, thp, trace, balance);
             if sweep {
                 bench::sweep();
             }
