@@ -156,11 +156,14 @@ fn stat_fields(dir: &str) -> Vec<String> {
 /// The NUMA lines of /proc/PID/task/TID/sched (sched_show_numa() in kernel/sched/debug.c)
 /// and the counters of how the task moved between CPUs and slept (proc_sched_show_task()):
 /// se.nr_migrations counts every CPU change (NUMA placement, load balancing, wakeups),
-/// nr_voluntary_switches every time the thread blocked;
+/// nr_wakeups_migrate those at a wake-up and nr_forced_migrations those by active
+/// balancing; nr_voluntary_switches every time the thread blocked, and the schedstats
+/// sum_sleep_runtime and sum_block_runtime (milliseconds there, kept as nanoseconds with a
+/// `_ns` suffix) how long it slept interruptibly and in D state;
 /// and `sum_exec_runtime_ns`, the first field of its schedstat: the runtime task_tick_numa()
 /// paces the scanner by.
 fn sched_numa(dir: &str) -> BTreeMap<String, i64> {
-    const KEYS: [&str; 7] = [
+    const KEYS: [&str; 10] = [
         "numa_preferred_nid",
         "mm->numa_scan_seq",
         "numa_pages_migrated",
@@ -168,15 +171,21 @@ fn sched_numa(dir: &str) -> BTreeMap<String, i64> {
         "se.nr_migrations",
         "nr_voluntary_switches",
         "nr_involuntary_switches",
+        "nr_wakeups",
+        "nr_wakeups_migrate",
+        "nr_forced_migrations",
     ];
+    const MS_KEYS: [&str; 2] = ["sum_sleep_runtime", "sum_block_runtime"];
     let text = std::fs::read_to_string(format!("{dir}/sched")).unwrap_or_default();
-    let mut out: BTreeMap<String, i64> = text
-        .lines()
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim(), v.trim()))
-        .filter(|(k, _)| KEYS.contains(k))
-        .filter_map(|(k, v)| Some((k.to_string(), v.parse().ok()?)))
-        .collect();
+    let fields = text.lines().filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim(), v.trim()));
+    let mut out: BTreeMap<String, i64> = BTreeMap::new();
+    for (k, v) in fields {
+        if KEYS.contains(&k) {
+            out.extend(v.parse().ok().map(|n| (k.to_string(), n)));
+        } else if MS_KEYS.contains(&k) {
+            out.extend(v.parse::<f64>().ok().map(|ms| (format!("{k}_ns"), (ms * 1e6).round() as i64)));
+        }
+    }
     let schedstat = std::fs::read_to_string(format!("{dir}/schedstat")).unwrap_or_default();
     if let Some(ns) = schedstat.split_whitespace().next().and_then(|f| f.parse().ok()) {
         out.insert(RUNTIME_KEY.to_string(), ns);

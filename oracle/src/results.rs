@@ -302,14 +302,19 @@ fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<St
 /// and the /proc/PID/task/TID/sched field it comes from (`touches`: the guest's own count;
 /// `minflt`: the stat file's minor faults; `runtime_ns`: schedstat's runtime, which weighs
 /// the CPU of `task.<thread>.nid` into the thread's node shares).
-const THREAD_DELTAS: [(&str, &str); 7] = [
+const THREAD_DELTAS: [(&str, &str); 12] = [
     ("touches", "touches"),
     ("runtime_ns", guest::RUNTIME_KEY),
     ("minflt", "minflt"),
     ("numa_pages_migrated", "numa_pages_migrated"),
     ("nr_migrations", "se.nr_migrations"),
+    ("nr_wakeups_migrate", "nr_wakeups_migrate"),
+    ("nr_forced_migrations", "nr_forced_migrations"),
+    ("nr_wakeups", "nr_wakeups"),
     ("nr_voluntary_switches", "nr_voluntary_switches"),
     ("nr_involuntary_switches", "nr_involuntary_switches"),
+    ("sum_sleep_runtime_ns", "sum_sleep_runtime_ns"),
+    ("sum_block_runtime_ns", "sum_block_runtime_ns"),
 ];
 
 /// `field` of a thread now less at the previous sample; empty when a side lacks it (an exited
