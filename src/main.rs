@@ -231,6 +231,11 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Kernel { .. } | Command::Validate { .. }) {
+        // SIGINT and SIGTERM stop the children (QEMU, the builds) and remove their scratch
+        // files before numasim exits with 130 or 143.
+        oracle::stop::install();
+    }
     let result = match cli.command {
         Command::Run { scenario, set, out, trace, check_invariants } => {
             run(&scenario, &set, out, &trace, check_invariants)

@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use sim_core::config::Config;
 
 use crate::kernel::headers_tree;
-use crate::{KernelSpec, OracleError, plan};
+use crate::{KernelSpec, OracleError, plan, stop};
 
 fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("gupdev")
@@ -52,10 +52,8 @@ pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
         (None, None) => return Err(no_build_tree(k)),
     };
     check_compiler(&tree, k.release())?;
-    let built = Command::new(src.join("build.sh"))
-        .arg(&tree)
-        .arg(&out)
-        .output()
+    let what = format!("the gupdev build for {}", k.release());
+    let built = stop::output(Command::new(src.join("build.sh")).arg(&tree).arg(&out), &what)
         .map_err(|e| OracleError::Input(format!("{}: {e}", src.join("build.sh").display())))?;
     build_result(&built, k.release())?;
     Ok(ko)

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use sim_core::config::KernelVersion;
 
-use crate::OracleError;
+use crate::{OracleError, stop};
 
 /// A kernel ready to boot.
 #[derive(Clone, Debug, PartialEq)]
@@ -140,7 +140,7 @@ fn matches(series: &Series, name: &str) -> bool {
 
 /// The newest package of the series apt knows about.
 fn newest_known(series: &Series) -> Option<String> {
-    let out = Command::new("apt-cache").args(["pkgnames", series.prefix]).output().ok()?;
+    let out = stop::output(Command::new("apt-cache").args(["pkgnames", series.prefix]), "apt-cache pkgnames").ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|n| matches(series, n))
@@ -189,7 +189,7 @@ fn fetch_headers(package: &str, cache: &Path) -> Result<(), OracleError> {
 /// The packages a headers package needs to build a module: its `-common` tree and the kbuild
 /// tools (`name=version` when it pins one). The compiler it names is checked, not fetched.
 fn build_dependencies(deb: &Path) -> Result<Vec<String>, OracleError> {
-    let out = Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends").output().map_err(|e| {
+    let out = stop::output(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"), "dpkg-deb -f").map_err(|e| {
         OracleError::Input(format!("dpkg-deb: {e}: run `apt-get install -y --no-install-recommends dpkg`"))
     })?;
     let depends = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -258,16 +258,16 @@ fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
     if let Some(d) = find_deb(debs, package) {
         return Ok(d);
     }
-    let partial = debs.join(format!(".partial-{}", std::process::id()));
+    let partial = stop::Scratch::new(debs.join(format!(".partial-{}", std::process::id())));
+    let partial = partial.path();
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
     remove_abandoned_downloads(debs);
-    std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
-    run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(&partial), "apt-get download")?;
-    let got = find_deb(&partial, package)
+    std::fs::create_dir_all(partial).map_err(|e| io(partial, e))?;
+    run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(partial), "apt-get download")?;
+    let got = find_deb(partial, package)
         .ok_or_else(|| OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display())))?;
     let deb = debs.join(got.file_name().expect("a .deb has a name"));
     std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
-    let _ = std::fs::remove_dir_all(&partial);
     Ok(deb)
 }
 
@@ -291,15 +291,16 @@ fn unpack(
     entry: &str,
     fixup: impl Fn(&Path) -> Result<(), OracleError>,
 ) -> Result<(), OracleError> {
-    let tmp = cache.join(format!(".{entry}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = stop::Scratch::new(cache.join(format!(".{entry}.tmp")));
+    let tmp = tmp.path();
+    let _ = std::fs::remove_dir_all(tmp);
     for deb in debs {
-        run_tool(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp), "dpkg-deb -x")?;
+        run_tool(Command::new("dpkg-deb").arg("-x").arg(deb).arg(tmp), "dpkg-deb -x")?;
     }
-    fixup(&tmp)?;
+    fixup(tmp)?;
     let dest = cache.join(entry);
     let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&tmp, &dest).map_err(|e| OracleError::Io(format!("{}: {e}", tmp.display())))
+    std::fs::rename(tmp, &dest).map_err(|e| OracleError::Io(format!("{}: {e}", tmp.display())))
 }
 
 /// The .deb of `package` (`name` or `name=version`) in `dir`.
@@ -316,7 +317,7 @@ fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
 }
 
 fn run_tool(cmd: &mut Command, what: &str) -> Result<(), OracleError> {
-    let out = cmd.output().map_err(|e| {
+    let out = stop::output(cmd, what).map_err(|e| {
         OracleError::Input(format!("{what}: {e}: run `apt-get install -y --no-install-recommends apt dpkg xz-utils`"))
     })?;
     if out.status.success() {
@@ -341,7 +342,7 @@ fn extract_brd(root: &Path, release: &str) -> Result<Option<PathBuf>, OracleErro
     for (ext, tool) in [("xz", "xz"), ("zst", "zstd")] {
         let packed = dir.join(format!("brd.ko.{ext}"));
         if packed.is_file() {
-            let data = Command::new(tool).arg("-dc").arg(&packed).output().map_err(|e| {
+            let data = stop::output(Command::new(tool).arg("-dc").arg(&packed), tool).map_err(|e| {
                 OracleError::Input(format!(
                     "{tool}: {e}: run `apt-get install -y --no-install-recommends xz-utils zstd`"
                 ))

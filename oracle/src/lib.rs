@@ -13,6 +13,7 @@ pub mod plan;
 pub mod qemu;
 pub mod results;
 pub mod schedstat;
+pub mod stop;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -227,15 +228,11 @@ fn run_attempt(
     let gupdev = if plan.smmus.is_empty() { None } else { Some(gupdev::module_for(k)?) };
     let qemu = qemu::qemu_binary()?;
     let guest = guest_bin::guest_binary()?;
-    let initrd = write_initramfs(out, &guest, &plan, k, gupdev.as_deref())?;
+    let initrd = initramfs_of(&guest, &plan, k, gupdev.as_deref())?;
     let accel = choose_accel(&qemu, k, &guest)?;
     let timeout = run_timeout(cfg);
     let boot = qemu::boot(&qemu, k, &initrd, &machine, accel, out, timeout)?;
-    let _ = std::fs::remove_file(&initrd);
-    let reported = guest_outcome(k, &plan, &read_frames(&boot.data), &boot, timeout);
-    let _ = std::fs::remove_file(&boot.data);
-    let _ = std::fs::remove_file(&boot.trace);
-    let (outcome, trace) = reported?;
+    let (outcome, trace) = guest_outcome(k, &plan, &read_frames(&boot.data), &boot, timeout)?;
     let run = KernelRun {
         dir: out.to_path_buf(),
         release: outcome.release.clone(),
@@ -344,25 +341,23 @@ fn trace_cmdline(t: &TracePlan) -> String {
 
 /// The trace the guest wrote to ttyS2, checked against the length and hash it announced,
 /// decompressed.
-fn read_trace(path: &Path, info: &TraceInfo) -> Result<KernelTrace, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 != info.bytes || guest::fnv1a(guest::FNV_OFFSET, &bytes) != info.fnv {
+fn read_trace(bytes: &[u8], info: &TraceInfo) -> Result<KernelTrace, String> {
+    if bytes.len() as u64 != info.bytes || guest::fnv1a(guest::FNV_OFFSET, bytes) != info.fnv {
         return Err(format!(
             "the trace arrived damaged: {} bytes of {} (or a different checksum)",
             bytes.len(),
             info.bytes
         ));
     }
-    let text = miniz_oxide::inflate::decompress_to_vec_zlib(&bytes)
+    let text = miniz_oxide::inflate::decompress_to_vec_zlib(bytes)
         .map_err(|e| format!("the trace does not decompress: {e}"))?;
     let text = String::from_utf8(text).map_err(|e| format!("the trace is not UTF-8 text: {e}"))?;
     Ok(KernelTrace { info: info.clone(), text })
 }
 
-/// Frames from the data port's file; a torn last line (QEMU killed mid-write) is dropped.
-fn read_frames(path: &Path) -> Vec<Frame> {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    text.lines().filter_map(|l| serde_json::from_str(l.trim()).ok()).collect()
+/// Frames from what the data port received; a torn last line (QEMU killed mid-write) is dropped.
+fn read_frames(bytes: &[u8]) -> Vec<Frame> {
+    String::from_utf8_lossy(bytes).lines().filter_map(|l| serde_json::from_str(l.trim()).ok()).collect()
 }
 
 /// The scenario's machine with headroom: each node can hold every VMA (migration may gather
@@ -414,13 +409,13 @@ fn run_timeout(cfg: &Config) -> Duration {
     Duration::from_secs(90 + cfg.run.duration_ms * 2 / 1000 + vmas / 16)
 }
 
-fn write_initramfs(
-    dir: &Path,
+/// The guest's initramfs, as a memory file QEMU reads.
+fn initramfs_of(
     guest: &Path,
     plan: &Plan,
     k: &KernelSpec,
     gupdev: Option<&Path>,
-) -> Result<PathBuf, OracleError> {
+) -> Result<std::fs::File, OracleError> {
     let init = std::fs::read(guest).map_err(|e| OracleError::Io(format!("{}: {e}", guest.display())))?;
     let plan_json = serde_json::to_vec(plan).expect("plans serialize");
     let brd = match (plan.brd_kib, &k.brd) {
@@ -440,10 +435,7 @@ fn write_initramfs(
         files.push(("gupdev.ko", 0o644, g));
     }
     let dirs = ["dev", "proc", "sys", "tmp"];
-    let path = dir.join(".initramfs.cpio");
-    std::fs::write(&path, initramfs::newc(&dirs, &files))
-        .map_err(|e| OracleError::Io(format!("{}: {e}", path.display())))?;
-    Ok(path)
+    qemu::memory_file("numasim-initramfs", &initramfs::newc(&dirs, &files))
 }
 
 /// KVM when it boots this kernel, else TCG. `/dev/kvm` exists on machines where KVM does not
@@ -471,10 +463,11 @@ pub fn choose_accel(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<Accel, 
 
 /// Boots the probe plan under KVM with a short timeout: true when the guest said hello and done.
 fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleError> {
-    let dir = std::env::temp_dir().join(format!("numasim-kvm-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| OracleError::Io(format!("{}: {e}", dir.display())))?;
+    let dir = stop::Scratch::new(std::env::temp_dir().join(format!("numasim-kvm-probe-{}", std::process::id())));
+    let dir = dir.path();
+    std::fs::create_dir_all(dir).map_err(|e| OracleError::Io(format!("{}: {e}", dir.display())))?;
     let plan = Plan { probe: true, nodes: 1, cpus_per_node: 1, ..Plan::default() };
-    let initrd = write_initramfs(&dir, guest, &plan, k, None)?;
+    let initrd = initramfs_of(guest, &plan, k, None)?;
     let m = qemu::Machine {
         nodes: 1,
         cpus_per_node: 1,
@@ -482,19 +475,18 @@ fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleEr
         distance: None,
         cmdline: String::new(),
     };
-    let ok = qemu::boot(qemu, k, &initrd, &m, Accel::Kvm, &dir, Duration::from_secs(20))
+    let ok = qemu::boot(qemu, k, &initrd, &m, Accel::Kvm, dir, Duration::from_secs(20))
         .map(|b| !b.timed_out && read_frames(&b.data).iter().any(|f| matches!(f, Frame::Done { .. })))
         .unwrap_or(false);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(ok)
 }
 
 fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &KernelRun) -> Result<(), OracleError> {
     let dir = &run.dir;
     let write = |name: &str, data: &[u8]| {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, data)
-            .and_then(|_| std::fs::rename(&tmp, dir.join(name)))
+        let tmp = stop::Scratch::new(dir.join(format!(".{name}.tmp")));
+        std::fs::write(tmp.path(), data)
+            .and_then(|_| std::fs::rename(tmp.path(), dir.join(name)))
             .map_err(|e| OracleError::Io(format!("{}: {e}", dir.join(name).display())))
     };
     write("config.toml", sim_core::config::to_toml(cfg).as_bytes())?;
