@@ -6,7 +6,7 @@ use std::process::Command;
 
 use sim_core::config::KernelVersion;
 
-use crate::{OracleError, stop};
+use crate::{OracleError, cache_lock, stop};
 
 /// A kernel ready to boot.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,6 +110,7 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
         ))
     })?;
     let root = cache.join(&package);
+    let _lock = cache_lock::lock_entry(cache, &package)?;
     if !root.join("boot").is_dir() {
         fetch_package(&package, cache)?;
     }
@@ -170,6 +171,7 @@ pub fn headers_tree(release: &str) -> Result<PathBuf, OracleError> {
     let cache = cache_dir();
     let package = format!("linux-headers-{release}");
     let tree = cache.join(&package).join("usr/src").join(&package);
+    let _lock = cache_lock::lock_entry(&cache, &package)?;
     if !tree.join("Makefile").is_file() {
         fetch_headers(&package, &cache)?;
     }
@@ -350,7 +352,11 @@ fn extract_brd(root: &Path, release: &str) -> Result<Option<PathBuf>, OracleErro
             if !data.status.success() {
                 return Err(OracleError::Io(format!("{tool} -dc {} failed", packed.display())));
             }
-            std::fs::write(&out, data.stdout).map_err(|e| OracleError::Io(format!("{}: {e}", out.display())))?;
+            // Renamed in whole: a killed write leaves no short brd.ko to boot.
+            let tmp = stop::Scratch::new(root.join(".brd.ko.tmp"));
+            std::fs::write(tmp.path(), data.stdout)
+                .and_then(|_| std::fs::rename(tmp.path(), &out))
+                .map_err(|e| OracleError::Io(format!("{}: {e}", out.display())))?;
             return Ok(Some(out));
         }
     }

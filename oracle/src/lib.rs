@@ -5,6 +5,7 @@
 //! program (and brd.ko) into an initramfs, boots the kernel on the scenario's NUMA topology,
 //! and turns the samples the guest streams over ttyS1 into result files.
 
+pub mod cache_lock;
 pub mod guest_bin;
 pub mod gupdev;
 pub mod initramfs;
@@ -451,12 +452,13 @@ pub fn choose_accel(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<Accel, 
     if !usable {
         return Ok(Accel::Tcg);
     }
-    let cache = cache_dir().join(format!("accel-{}", k.release()));
+    let entry = format!("accel-{}", k.release());
+    let _lock = cache_lock::lock_entry(&cache_dir(), &entry)?;
+    let cache = cache_dir().join(entry);
     if let Ok(answer) = std::fs::read_to_string(&cache) {
         return Ok(if answer.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg });
     }
     let accel = if probe_kvm(qemu, k, guest)? { Accel::Kvm } else { Accel::Tcg };
-    let _ = std::fs::create_dir_all(cache_dir());
     let _ = std::fs::write(&cache, accel.name());
     Ok(accel)
 }
