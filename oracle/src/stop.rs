@@ -105,10 +105,7 @@ fn stop_all(reg: &Registry) -> String {
         }
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    // SAFETY: signal 0 only asks whether the group still has a member.
-    while reg.children.iter().any(|(pid, _)| unsafe { libc::kill(-(*pid as libc::pid_t), 0) } == 0)
-        && Instant::now() < deadline
-    {
+    while reg.children.iter().any(|(pid, _)| group_alive(*pid)) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let removed: Vec<String> = reg.scratch.iter().filter(|p| remove_path(p)).map(|p| p.display().to_string()).collect();
@@ -120,6 +117,18 @@ fn stop_all(reg: &Registry) -> String {
         said.push("nothing was running".into());
     }
     said.join("; ")
+}
+
+/// Whether a process of group `pgid` still runs. A zombie does not count: the main thread
+/// reaps the leader, and what it started went to init, which may never reap them.
+fn group_alive(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return false };
+    entries.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).any(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // pid (comm) state ppid pgrp ...: comm may hold spaces and parentheses.
+        let fields: Vec<&str> = stat.rsplit_once(')').map_or(vec![], |(_, rest)| rest.split_whitespace().collect());
+        fields.len() > 2 && fields[2] == pgid.to_string() && fields[0] != "Z" && fields[0] != "X"
+    })
 }
 
 /// Removes a file or a directory tree; true when something was there.
