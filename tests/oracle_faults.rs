@@ -199,3 +199,70 @@ fn a_signal_to_numasim_stops_real_qemu_at_boot_and_mid_run() {
         assert!(left.iter().all(|f| f == "console.log"), "signal {sig}: {left:?}");
     }
 }
+
+fn cut(path: &Path, len: u64) {
+    std::fs::OpenOptions::new().write(true).open(path).unwrap().set_len(len).unwrap();
+}
+
+/// A cache entry damaged after its fetch (an image cut short or zeroed, brd.ko gone) is
+/// unpacked again from its .deb, and a .deb cut short is downloaded again: each run says what
+/// it found and boots.
+#[test]
+fn a_damaged_cache_entry_is_fetched_again() {
+    use common::fake::{PACKAGE, RELEASE};
+    let host = FakeHost::new(scratch("damaged-entry"));
+    let out = host.dir.join("out");
+    let run = || host.kernel_run(&out).output().unwrap();
+    assert!(run().status.success());
+    let entry = host.cache().join(PACKAGE);
+    let image = entry.join(format!("boot/vmlinuz-{RELEASE}"));
+    let brd = entry.join(format!("lib/modules/{RELEASE}/kernel/drivers/block/brd.ko"));
+    let deb = std::fs::read_dir(host.cache().join("debs")).unwrap().next().unwrap().unwrap().path();
+    let short = || cut(&image, 600);
+    let zeroed = || std::fs::write(&image, vec![0u8; 1024]).unwrap();
+    let no_brd = || std::fs::remove_file(&brd).unwrap();
+    let short_deb = || {
+        std::fs::remove_dir_all(&entry).unwrap();
+        cut(&deb, std::fs::metadata(&deb).unwrap().len() / 2);
+    };
+    let damages: [(&str, &dyn Fn(), &Path); 4] = [
+        ("cut short: 600 bytes", &short, &image),
+        ("no Linux boot header", &zeroed, &image),
+        ("missing, though the config builds brd as a module", &no_brd, &brd),
+        ("does not unpack", &short_deb, &deb),
+    ];
+    for (what, damage, file) in damages {
+        damage();
+        let again = run();
+        let err = String::from_utf8_lossy(&again.stderr);
+        assert!(again.status.success(), "{what}: {err}");
+        assert!(err.contains(&format!("{}: {what}", file.display())) && err.contains(" again"), "{err}");
+        assert!(out.join("summary.json").is_file());
+    }
+}
+
+/// A package whose image is damaged as fetched is refused with exit status 2, naming the
+/// file and the entry to delete, before anything boots; so is a user's image cut short.
+#[test]
+fn an_image_damaged_at_its_source_is_refused_before_booting() {
+    let host = FakeHost::new(scratch("damaged-source"));
+    let mut image = common::fake::bzimage_bytes(common::fake::RELEASE);
+    image[0x1f4] = 1;
+    common::fake::build_deb(&host.dir, &image);
+    let out = host.dir.join("out");
+    let refused = host.kernel_run(&out).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    let entry = host.cache().join(common::fake::PACKAGE);
+    assert!(err.contains("vmlinuz-6.1.0-99-amd64: cut short"), "{err}");
+    assert!(err.contains(&format!("delete {}", entry.display())), "{err}");
+    assert!(!out.join("console.log").exists(), "booted");
+    let user = host.dir.join("user");
+    std::fs::create_dir_all(&user).unwrap();
+    std::fs::write(user.join("bzImage"), &image).unwrap();
+    std::fs::write(user.join("config"), common::fake::FULL_CONFIG).unwrap();
+    let refused = host.numasim(&["kernel", "numa02", "--kernel", s(&user.join("bzImage"))]).output().unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(2), "{err}");
+    assert!(err.contains("bzImage: cut short: 1024 bytes where its boot header counts 1040"), "{err}");
+}

@@ -6,6 +6,7 @@ use std::process::Command;
 
 use sim_core::config::KernelVersion;
 
+use crate::damage::{Damage, file_damage, image_damage, module_damage};
 use crate::{OracleError, cache_lock, stop};
 
 /// A kernel ready to boot.
@@ -111,13 +112,33 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
     })?;
     let root = cache.join(&package);
     let _lock = cache_lock::lock_entry(cache, &package)?;
-    if !root.join("boot").is_dir() {
+    let mut fetched = !root.join("boot").is_dir();
+    if fetched {
         fetch_package(&package, cache)?;
     }
     let release = package.trim_start_matches("linux-image-").to_string();
-    let config = root.join("boot").join(format!("config-{release}"));
-    let brd = extract_brd(&root, &release)?;
-    check_config(&config, brd.is_some())?;
+    let brd = loop {
+        match debian_entry(&root, &release)? {
+            Ok(brd) => break brd,
+            // Unpacked again from its .deb (downloaded again if that is damaged too).
+            Err(d) if !fetched => {
+                eprintln!("{}: {}: unpacking {package} again", d.file.display(), d.what);
+                fetch_package(&package, cache)?;
+                fetched = true;
+            }
+            Err(d) => {
+                return Err(OracleError::Input(format!(
+                    "{}: {}, in the package as fetched: delete {} and {} (numasim fetches them again) or check \
+                     apt's source of {package}",
+                    d.file.display(),
+                    d.what,
+                    root.display(),
+                    cache.join("debs").join(format!("{package}_*.deb")).display()
+                )));
+            }
+        }
+    };
+    check_config(&root.join("boot").join(format!("config-{release}")), brd.is_some())?;
     Ok(KernelSpec {
         image: root.join("boot").join(format!("vmlinuz-{release}")),
         headers_package: Some(format!("linux-headers-{release}")),
@@ -126,6 +147,33 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
         build_dir: None,
         sim_version: series.sim_version,
     })
+}
+
+/// The brd.ko of a Debian entry, or what is damaged in it: its image, its config, or the brd
+/// module the config says is one.
+fn debian_entry(root: &Path, release: &str) -> Result<Result<Option<PathBuf>, Damage>, OracleError> {
+    let boot = root.join("boot");
+    if let Some(d) = file_damage(&boot.join(format!("vmlinuz-{release}")), |b| image_damage(b, Some(release))) {
+        return Ok(Err(d));
+    }
+    let config = boot.join(format!("config-{release}"));
+    let Ok(text) = std::fs::read_to_string(&config) else { return Ok(Err(Damage::new(&config, "missing"))) };
+    let brd = extract_brd(root, release)?;
+    match &brd {
+        None if text.lines().any(|l| l == "CONFIG_BLK_DEV_RAM=m") => {
+            let dir = root.join("lib/modules").join(release).join("kernel/drivers/block");
+            return Ok(Err(Damage::new(&dir.join("brd.ko"), "missing, though the config builds brd as a module")));
+        }
+        Some(ko) => {
+            if let Some(d) = file_damage(ko, module_damage) {
+                // The decompressed copy is made again from the package's module.
+                let _ = std::fs::remove_file(root.join("brd.ko"));
+                return Ok(Err(d));
+            }
+        }
+        None => {}
+    }
+    Ok(Ok(brd))
 }
 
 /// The numeric parts of a package name, for ordering `6.12.99` before `6.12.117`.
@@ -159,9 +207,20 @@ fn newest_cached(series: &Series, cache: &Path) -> Option<String> {
 }
 
 /// `apt-get download` the package into `cache/debs` and `dpkg-deb -x` it to `cache/<package>`.
+/// A .deb already in the cache that does not unpack (cut short) is downloaded again, once.
 fn fetch_package(package: &str, cache: &Path) -> Result<(), OracleError> {
-    let deb = download(package, &cache.join("debs"))?;
-    unpack(&[deb], cache, package, |_| Ok(()))
+    let debs = cache.join("debs");
+    let cached = find_deb(&debs, package).is_some();
+    let deb = download(package, &debs)?;
+    match unpack(std::slice::from_ref(&deb), cache, package, |_| Ok(())) {
+        Err(e) if cached => {
+            eprintln!("{}: does not unpack ({e}): downloading {package} again", deb.display());
+            std::fs::remove_file(&deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
+            let deb = download(package, &debs)?;
+            unpack(&[deb], cache, package, |_| Ok(()))
+        }
+        other => other,
+    }
 }
 
 /// The build tree of Debian's headers for `release`, fetched into the cache when missing:
@@ -369,6 +428,9 @@ fn resolve_user_image(image: &Path) -> Result<KernelSpec, OracleError> {
     let release = bzimage_release(&bytes).ok_or_else(|| {
         OracleError::Input(format!("{}: not a bzImage (no Linux boot protocol header)", image.display()))
     })?;
+    if let Some(what) = image_damage(&bytes, None) {
+        return Err(OracleError::Input(format!("{}: {what}: copy the image from its build again", image.display())));
+    }
     let config = user_config(image, &release).ok_or_else(|| {
         OracleError::Input(format!(
             "{}: no kernel config found beside it (looked for config-{release}, config, .config and the build \
@@ -389,7 +451,7 @@ fn resolve_user_image(image: &Path) -> Result<KernelSpec, OracleError> {
 }
 
 /// The release string the boot protocol header points at (`kernel_version` at 0x20e).
-fn bzimage_release(b: &[u8]) -> Option<String> {
+pub(crate) fn bzimage_release(b: &[u8]) -> Option<String> {
     if b.get(0x202..0x206)? != b"HdrS" {
         return None;
     }

@@ -6,6 +6,7 @@
 //! and turns the samples the guest streams over ttyS1 into result files.
 
 pub mod cache_lock;
+pub mod damage;
 pub mod guest_bin;
 pub mod gupdev;
 pub mod initramfs;

@@ -18,6 +18,8 @@ pub const FULL_CONFIG: &str = "CONFIG_NUMA=y\nCONFIG_NUMA_BALANCING=y\nCONFIG_AC
 /// The bytes of a bzImage whose boot header names `release`.
 pub fn bzimage_bytes(release: &str) -> Vec<u8> {
     let mut image = vec![0u8; 0x400];
+    // One setup sector after the boot sector, no protected-mode code: 1 KiB in all.
+    image[0x1f1] = 1;
     image[0x202..0x206].copy_from_slice(b"HdrS");
     image[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
     let name = format!("{release} ");
@@ -72,7 +74,7 @@ impl FakeHost {
         std::fs::create_dir_all(dir.join("cache")).unwrap();
         std::fs::write(dir.join("frames.jsonl"), guest_frames()).unwrap();
         std::fs::write(dir.join("guest"), "a guest binary").unwrap();
-        build_deb(&dir);
+        build_deb(&dir, &bzimage_bytes(RELEASE));
         let stop = |point: &str| {
             format!(
                 "if [ \"$FAKE_STOP\" = {point} ]; then echo $$ > '{d}/{point}.pid'; exec sleep 60; fi\n",
@@ -152,8 +154,8 @@ fn which(tool: &str) -> String {
         .unwrap_or_else(|| panic!("{tool} is not installed"))
 }
 
-/// `pkg.deb`: the image (a boot header and nothing more), its config and brd.ko.
-fn build_deb(dir: &Path) {
+/// `pkg.deb`: the image `image`, its config and brd.ko.
+pub fn build_deb(dir: &Path, image: &[u8]) {
     let root = dir.join("pkg");
     let modules = root.join(format!("lib/modules/{RELEASE}/kernel/drivers/block"));
     std::fs::create_dir_all(root.join("DEBIAN")).unwrap();
@@ -167,7 +169,7 @@ fn build_deb(dir: &Path) {
         ),
     )
     .unwrap();
-    std::fs::write(root.join(format!("boot/vmlinuz-{RELEASE}")), bzimage_bytes(RELEASE)).unwrap();
+    std::fs::write(root.join(format!("boot/vmlinuz-{RELEASE}")), image).unwrap();
     std::fs::write(root.join(format!("boot/config-{RELEASE}")), FULL_CONFIG.replace("BLK_DEV_RAM=y", "BLK_DEV_RAM=m"))
         .unwrap();
     let mut brd = b"\x7fELF\x02\x01\x01".to_vec();
