@@ -170,7 +170,7 @@ fn fake_qemu(dir: &Path, fail: u32) {
     );
     let path = dir.join("qemu-system-x86_64");
     write_script(&path, &script);
-    std::fs::write(dir.join("frames.jsonl"), guest_frames()).unwrap();
+    std::fs::write(dir.join("frames.jsonl"), guest_frames("6.12.0-test")).unwrap();
 }
 
 /// `numasim kernel` with the fake QEMU: `fail` stalled boots, `retries` allowed; an earlier

@@ -266,3 +266,32 @@ fn an_image_damaged_at_its_source_is_refused_before_booting() {
     assert_eq!(refused.status.code(), Some(2), "{err}");
     assert!(err.contains("bzImage: cut short: 1024 bytes where its boot header counts 1040"), "{err}");
 }
+
+/// `validate --reuse` takes a kernel run only as it was written: guest.json or summary.json
+/// edited since is bad input naming the file and what to delete; untouched, it is reused.
+#[test]
+fn an_edited_run_that_reuse_would_take_is_refused() {
+    let host = FakeHost::new(scratch("reuse-edited"));
+    let out = host.dir.join("out");
+    let validate = |extra: &[&str]| {
+        let args = [&["validate", "numa02", "--kernel", "6.1", "--out", s(&out)][..], extra].concat();
+        host.numasim(&args).output().unwrap()
+    };
+    let first = validate(&[]);
+    assert!(matches!(first.status.code(), Some(0 | 3)), "{}", String::from_utf8_lossy(&first.stderr));
+    let run = out.join("6.1").join("kernel");
+    let again = validate(&["--reuse"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(matches!(again.status.code(), Some(0 | 3)) && err.contains("reusing"), "{err}");
+    for file in ["guest.json", "summary.json"] {
+        let path = run.join(file);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replacen("1", "2", 1)).unwrap();
+        let refused = validate(&["--reuse"]);
+        let err = String::from_utf8_lossy(&refused.stderr);
+        assert_eq!(refused.status.code(), Some(2), "{file}: {err}");
+        assert!(err.contains(&format!("{}: changed since the kernel run wrote it", path.display())), "{err}");
+        assert!(err.contains(&format!("delete {}", run.display())), "{err}");
+        std::fs::write(&path, text).unwrap();
+    }
+}

@@ -6,6 +6,7 @@
 //! and turns the samples the guest streams over ttyS1 into result files.
 
 pub mod cache_lock;
+pub mod checksums;
 pub mod damage;
 pub mod guest_bin;
 pub mod gupdev;
@@ -112,7 +113,7 @@ pub struct Retry {
 
 /// The result files of a run; summary.json, which marks a run complete, comes first (it is
 /// removed first and written last).
-const RESULT_FILES: [&str; 4] = ["summary.json", "config.toml", "timeseries.csv", "guest.json"];
+const RESULT_FILES: [&str; 5] = ["summary.json", "config.toml", "timeseries.csv", "guest.json", checksums::FILE];
 
 /// [`run_on_kernel`], recording `trace`'s tracepoints through tracefs while the workload
 /// runs, and booting again up to `retries` times when the guest hung (timeout) or its
@@ -492,8 +493,10 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
             .and_then(|_| std::fs::rename(tmp.path(), dir.join(name)))
             .map_err(|e| OracleError::Io(format!("{}: {e}", dir.join(name).display())))
     };
-    write("config.toml", sim_core::config::to_toml(cfg).as_bytes())?;
-    write("timeseries.csv", results::timeseries(plan, &o.samples).as_bytes())?;
+    let config = sim_core::config::to_toml(cfg);
+    let series = results::timeseries(plan, &o.samples);
+    write("config.toml", config.as_bytes())?;
+    write("timeseries.csv", series.as_bytes())?;
     let info = results::RunInfo {
         scenario: &cfg.name,
         seed: cfg.run.seed,
@@ -532,10 +535,19 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "files": o.files,
         "sched_domains": domains,
     });
-    write("guest.json", (serde_json::to_string_pretty(&guest_json).expect("json") + "\n").as_bytes())?;
+    let guest_text = serde_json::to_string_pretty(&guest_json).expect("json") + "\n";
+    write("guest.json", guest_text.as_bytes())?;
     let summary = results::summary(&info, plan, &o.samples, &o.files)
         .map_err(|m| OracleError::Input(format!("kernel {}: {m}", o.release)))?;
-    write("summary.json", (serde_json::to_string_pretty(&summary).expect("json") + "\n").as_bytes())
+    let summary = serde_json::to_string_pretty(&summary).expect("json") + "\n";
+    let files: [(&str, &[u8]); 4] = [
+        ("config.toml", config.as_bytes()),
+        ("timeseries.csv", series.as_bytes()),
+        ("guest.json", guest_text.as_bytes()),
+        ("summary.json", summary.as_bytes()),
+    ];
+    write(checksums::FILE, checksums::text(&files).as_bytes())?;
+    write("summary.json", summary.as_bytes())
 }
 
 #[cfg(test)]

@@ -34,15 +34,16 @@ pub fn fake_bzimage(dir: &Path, config: &str) -> String {
     s(&dir.join("bzImage")).to_string()
 }
 
-/// What a guest that ran one second reports on its data port, one frame a line.
-pub fn guest_frames() -> String {
+/// What a guest of kernel `release` that ran one second reports on its data port, one frame
+/// a line.
+pub fn guest_frames(release: &str) -> String {
     let sample = |t: u64| {
         format!(
             "{{\"Sample\":{{\"t_ms\":{t},\"vmstat\":{{\"numa_hint_faults\":{t}}},\"ksm\":{{}},\"vmas\":[],\"threads\":[]}}}}"
         )
     };
     let frames = [
-        "{\"Hello\":{\"release\":\"6.12.0-test\",\"uptime_s\":1.5}}".to_string(),
+        format!("{{\"Hello\":{{\"release\":\"{release}\",\"uptime_s\":1.5}}}}"),
         "{\"Started\":{\"setup_ms\":10}}".to_string(),
         sample(0),
         sample(1000),
@@ -72,7 +73,7 @@ impl FakeHost {
         let bin = dir.join("bin");
         std::fs::create_dir_all(&bin).unwrap();
         std::fs::create_dir_all(dir.join("cache")).unwrap();
-        std::fs::write(dir.join("frames.jsonl"), guest_frames()).unwrap();
+        std::fs::write(dir.join("frames.jsonl"), guest_frames(RELEASE)).unwrap();
         std::fs::write(dir.join("guest"), "a guest binary").unwrap();
         build_deb(&dir, &bzimage_bytes(RELEASE));
         let stop = |point: &str| {
