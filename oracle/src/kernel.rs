@@ -381,10 +381,14 @@ fn run_tool(cmd: &mut Command, what: &str) -> Result<(), OracleError> {
     let out = stop::output(cmd, what).map_err(|e| {
         OracleError::Input(format!("{what}: {e}: run `apt-get install -y --no-install-recommends apt dpkg xz-utils`"))
     })?;
+    let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
         Ok(())
+    } else if err.contains("Unable to locate package") || err.contains("has no installation candidate") {
+        // A package apt's lists do not hold is a missing part, not a failed transfer.
+        Err(OracleError::Input(format!("{what} failed: {}: run `apt-get update`", err.trim())))
     } else {
-        Err(OracleError::Io(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(OracleError::Io(format!("{what} failed: {}", err.trim())))
     }
 }
 

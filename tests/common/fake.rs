@@ -86,7 +86,9 @@ impl FakeHost {
         write_script(
             &bin.join("apt-get"),
             &format!(
-                "#!/bin/sh\n[ \"$1\" = download ] || exit 100\n{}sleep 0.3\ncp '{d}/pkg.deb' ./{PACKAGE}_6.1.999-1_amd64.deb\n",
+                "#!/bin/sh\n[ \"$1\" = download ] || exit 100\n\
+                 [ \"$2\" = {PACKAGE} ] || {{ echo \"E: Unable to locate package $2\" >&2; exit 100; }}\n\
+                 {}sleep 0.3\ncp '{d}/pkg.deb' ./{PACKAGE}_6.1.999-1_amd64.deb\n",
                 stop("download"),
                 d = s(&dir)
             ),
