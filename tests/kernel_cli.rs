@@ -242,7 +242,7 @@ fn a_guest_that_stalls_again_fails_the_run_and_leaves_no_result_behind() {
 /// QEMU: the case's config is what lands in the run directory).
 #[test]
 fn kernel_takes_a_validation_case_by_name() {
-    let host = common::fake::FakeHost::new(scratch("kernel-case"));
+    let Some(host) = common::fake::fake_host("kernel-case") else { return };
     let out = host.dir.join("out");
     let run = host.numasim(&["kernel", "gup-proc-mem-read", "--kernel", "6.1", "--out", s(&out)]).output().unwrap();
     assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));

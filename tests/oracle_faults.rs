@@ -61,15 +61,17 @@ fn check_stopped(out: &Output, sig: i32, pid: i32, point: &str) {
     assert!(wait_for(Duration::from_secs(5), || !running(pid)), "{point}: pid {pid} outlived numasim");
 }
 
-fn stop_kernel_run(point: &str, sig: i32) -> (FakeHost, PathBuf) {
-    let host = FakeHost::new(scratch(&format!("stop-{point}-{sig}")));
+/// `numasim kernel` stopped by `sig` where the stand-in for `point` runs; None when the
+/// stand-ins cannot be made here.
+fn stop_kernel_run(point: &str, sig: i32) -> Option<(FakeHost, PathBuf)> {
+    let host = common::fake::fake_host(&format!("stop-{point}-{sig}"))?;
     let out = host.dir.join("out");
     let mut child = host.kernel_run(&out).env("FAKE_STOP", point).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let pid = pid_at(&host, point, &mut child);
     send(&child, sig);
     check_stopped(&child.wait_with_output().unwrap(), sig, pid, point);
     assert!(!out.join("summary.json").exists(), "{point}: a summary after a stop");
-    (host, out)
+    Some((host, out))
 }
 
 /// SIGINT and SIGTERM: nothing left at all. The cache entry was never made, so the next run
@@ -78,7 +80,7 @@ fn stop_kernel_run(point: &str, sig: i32) -> (FakeHost, PathBuf) {
 fn sigint_or_sigterm_at_download_unpack_or_boot_leaves_no_child_and_no_scratch() {
     for point in ["download", "unpack", "boot"] {
         for sig in [libc::SIGINT, libc::SIGTERM] {
-            let (host, out) = stop_kernel_run(point, sig);
+            let Some((host, out)) = stop_kernel_run(point, sig) else { return };
             assert_eq!(host.scratch_left(&out), Vec::<PathBuf>::new(), "{point}, signal {sig}");
             let entry = host.cache().join(common::fake::PACKAGE);
             assert_eq!(entry.exists(), point == "boot", "{point}: the cache entry is there once unpacked");
@@ -91,7 +93,7 @@ fn sigint_or_sigterm_at_download_unpack_or_boot_leaves_no_child_and_no_scratch()
 #[test]
 fn sigkill_at_download_unpack_or_boot_leaves_no_child_and_the_next_run_succeeds() {
     for point in ["download", "unpack", "boot"] {
-        let (host, out) = stop_kernel_run(point, libc::SIGKILL);
+        let Some((host, out)) = stop_kernel_run(point, libc::SIGKILL) else { return };
         if point == "boot" {
             assert_eq!(host.scratch_left(&out), Vec::<PathBuf>::new());
         }
@@ -105,7 +107,7 @@ fn sigkill_at_download_unpack_or_boot_leaves_no_child_and_the_next_run_succeeds(
 /// leaves no validate.json.
 #[test]
 fn sigterm_during_a_repeated_validate_leaves_no_child_and_no_manifest() {
-    let host = FakeHost::new(scratch("stop-validate"));
+    let Some(host) = common::fake::fake_host("stop-validate") else { return };
     let image = common::fake::fake_bzimage(&host.dir, common::fake::FULL_CONFIG);
     let out = host.dir.join("out");
     let mut child = host
@@ -125,7 +127,7 @@ fn sigterm_during_a_repeated_validate_leaves_no_child_and_no_manifest() {
 /// lock, the others wait for it; all four boot (the stand-in) and succeed.
 #[test]
 fn four_runs_on_one_empty_cache_all_succeed() {
-    let host = FakeHost::new(scratch("shared-cache"));
+    let Some(host) = common::fake::fake_host("shared-cache") else { return };
     let children: Vec<(PathBuf, Child)> = (0..4)
         .map(|i| {
             let out = host.dir.join(format!("out-{i}"));
@@ -210,7 +212,7 @@ fn cut(path: &Path, len: u64) {
 #[test]
 fn a_damaged_cache_entry_is_fetched_again() {
     use common::fake::{PACKAGE, RELEASE};
-    let host = FakeHost::new(scratch("damaged-entry"));
+    let Some(host) = common::fake::fake_host("damaged-entry") else { return };
     let out = host.dir.join("out");
     let run = || host.kernel_run(&out).output().unwrap();
     assert!(run().status.success());
@@ -245,7 +247,7 @@ fn a_damaged_cache_entry_is_fetched_again() {
 /// file and the entry to delete, before anything boots; so is a user's image cut short.
 #[test]
 fn an_image_damaged_at_its_source_is_refused_before_booting() {
-    let host = FakeHost::new(scratch("damaged-source"));
+    let Some(host) = common::fake::fake_host("damaged-source") else { return };
     let mut image = common::fake::bzimage_bytes(common::fake::RELEASE);
     image[0x1f4] = 1;
     common::fake::build_deb(&host.dir, &image);
@@ -271,7 +273,7 @@ fn an_image_damaged_at_its_source_is_refused_before_booting() {
 /// edited since is bad input naming the file and what to delete; untouched, it is reused.
 #[test]
 fn an_edited_run_that_reuse_would_take_is_refused() {
-    let host = FakeHost::new(scratch("reuse-edited"));
+    let Some(host) = common::fake::fake_host("reuse-edited") else { return };
     let out = host.dir.join("out");
     let validate = |extra: &[&str]| {
         let args = [&["validate", "numa02", "--kernel", "6.1", "--out", s(&out)][..], extra].concat();

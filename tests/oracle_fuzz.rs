@@ -18,8 +18,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::fake::{FULL_CONFIG, FakeHost, bzimage_bytes};
-use common::{oracle_missing, s, scratch};
+use common::fake::{FULL_CONFIG, bzimage_bytes};
+use common::{oracle_missing, s};
 
 const CASE_LIMIT: Duration = Duration::from_secs(120);
 const REAL_EVERY: u64 = 20;
@@ -191,7 +191,7 @@ fn the_oracles_command_line_exits_0_2_or_3_with_a_message_and_leaves_no_qemu() {
     let cases: u64 = std::env::var("NUMASIM_ORACLE_FUZZ_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(40);
     let seed: u64 = std::env::var("NUMASIM_FUZZ_SEED").ok().and_then(|v| v.parse().ok()).unwrap_or(0x5eed_0a11);
     let real = std::env::var("NUMASIM_ORACLE").as_deref() == Ok("1") && oracle_missing("6.1").is_none();
-    let host = FakeHost::new(scratch("oracle-fuzz"));
+    let Some(host) = common::fake::fake_host("oracle-fuzz") else { return };
     let kernels = kernel_files(&host.dir);
     let mut rng = Rng(seed | 1);
     let mut failures = Vec::new();

@@ -93,7 +93,7 @@ impl FakeHost {
                 d = s(&dir)
             ),
         );
-        let real_dpkg = which("dpkg-deb");
+        let real_dpkg = which("dpkg-deb").expect("dpkg-deb is installed (see fake_host)");
         write_script(
             &bin.join("dpkg-deb"),
             &format!("#!/bin/sh\nif [ \"$1\" = -x ]; then\n{}fi\nexec {real_dpkg} \"$@\"\n", stop("unpack")),
@@ -149,12 +149,21 @@ impl FakeHost {
     }
 }
 
-fn which(tool: &str) -> String {
+fn which(tool: &str) -> Option<String> {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
         .map(|d| d.join(tool))
         .find(|p| p.is_file())
         .map(|p| s(&p).to_string())
-        .unwrap_or_else(|| panic!("{tool} is not installed"))
+}
+
+/// A [`FakeHost`] in a fresh directory, or None (the reason printed) without dpkg-deb, which
+/// builds and unpacks its package.
+pub fn fake_host(name: &str) -> Option<FakeHost> {
+    if which("dpkg-deb").is_none() {
+        eprintln!("skipping {name}: dpkg-deb is not installed (apt-get install -y dpkg)");
+        return None;
+    }
+    Some(FakeHost::new(super::scratch(name)))
 }
 
 /// `pkg.deb`: the image `image`, its config and brd.ko.
