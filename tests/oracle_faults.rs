@@ -1,5 +1,5 @@
 //! The oracle under faults: a signal at each stage of `numasim kernel` and `numasim validate`
-//! (download, unpack, boot) leaves no child running and no scratch file, and four runs on one
+//! (download, unpack, gupdev build, guest build, boot) leaves no child running and no scratch file, and four runs on one
 //! empty kernel cache all succeed. These run on stand-ins (tests/common/fake.rs) and boot
 //! nothing; the last test stops real QEMU boots, only with NUMASIM_ORACLE=1.
 
@@ -54,7 +54,8 @@ fn check_stopped(out: &Output, sig: i32, pid: i32, point: &str) {
         assert_eq!(out.status.signal(), Some(libc::SIGKILL), "{err}");
     } else {
         assert_eq!(out.status.code(), Some(128 + sig), "{point}: {err}");
-        assert!(err.contains("killed") && err.contains(&format!("(pid {pid})")), "{point}: {err}");
+        // The pid said is the group's leader: the program itself, or the shell it runs under.
+        assert!(err.contains("killed") && err.contains("(pid "), "{point}: {err}");
         assert!(!err.contains("panicked") && !err.contains("error:"), "{point}: {err}");
     }
     // The death signal is asynchronous: the child goes a moment after numasim.
@@ -66,7 +67,12 @@ fn check_stopped(out: &Output, sig: i32, pid: i32, point: &str) {
 fn stop_kernel_run(point: &str, sig: i32) -> Option<(FakeHost, PathBuf)> {
     let host = common::fake::fake_host(&format!("stop-{point}-{sig}"))?;
     let out = host.dir.join("out");
-    let mut child = host.kernel_run(&out).env("FAKE_STOP", point).stderr(std::process::Stdio::piped()).spawn().unwrap();
+    let mut cmd = match point {
+        "build" => host.gupdev_run(&out),
+        "guest" => host.guest_build_run(&out),
+        _ => host.kernel_run(&out),
+    };
+    let mut child = cmd.env("FAKE_STOP", point).stderr(std::process::Stdio::piped()).spawn().unwrap();
     let pid = pid_at(&host, point, &mut child);
     send(&child, sig);
     check_stopped(&child.wait_with_output().unwrap(), sig, pid, point);
@@ -74,32 +80,44 @@ fn stop_kernel_run(point: &str, sig: i32) -> Option<(FakeHost, PathBuf)> {
     Some((host, out))
 }
 
-/// SIGINT and SIGTERM: nothing left at all. The cache entry was never made, so the next run
-/// fetches it.
+/// The stages a run is stopped at: the download and the unpack of the fake package, the
+/// gupdev build (make) on a user's kernel tree, the guest's build (cargo), the boot.
+const POINTS: [&str; 5] = ["download", "unpack", "build", "guest", "boot"];
+
+/// SIGINT and SIGTERM: nothing left at all. A cache entry is there only once it was
+/// unpacked whole.
 #[test]
-fn sigint_or_sigterm_at_download_unpack_or_boot_leaves_no_child_and_no_scratch() {
-    for point in ["download", "unpack", "boot"] {
+fn sigint_or_sigterm_at_each_stage_leaves_no_child_and_no_scratch() {
+    for point in POINTS {
         for sig in [libc::SIGINT, libc::SIGTERM] {
             let Some((host, out)) = stop_kernel_run(point, sig) else { return };
             assert_eq!(host.scratch_left(&out), Vec::<PathBuf>::new(), "{point}, signal {sig}");
             let entry = host.cache().join(common::fake::PACKAGE);
-            assert_eq!(entry.exists(), point == "boot", "{point}: the cache entry is there once unpacked");
+            assert_eq!(entry.exists(), ["guest", "boot"].contains(&point), "{point}: a cache entry only when unpacked");
+            let [scratch, module, lock] = host.gupdev_paths();
+            assert!(!scratch.exists(), "{point}: gupdev's scratch build left");
+            let _ = (std::fs::remove_dir_all(module), std::fs::remove_file(lock));
         }
     }
 }
 
-/// SIGKILL: the death signal takes the child along; what a download or unpack left is
-/// scratch the next run removes before it succeeds (QEMU's files are in memory: none).
+/// SIGKILL: the death signal takes the child along; what a download, an unpack or the gupdev
+/// build left is scratch the next run removes before it succeeds (QEMU's files are in
+/// memory: none).
 #[test]
-fn sigkill_at_download_unpack_or_boot_leaves_no_child_and_the_next_run_succeeds() {
-    for point in ["download", "unpack", "boot"] {
+fn sigkill_at_each_stage_leaves_no_child_and_the_next_run_succeeds() {
+    for point in POINTS {
         let Some((host, out)) = stop_kernel_run(point, libc::SIGKILL) else { return };
         if point == "boot" {
             assert_eq!(host.scratch_left(&out), Vec::<PathBuf>::new());
         }
-        let again = host.kernel_run(&out).output().unwrap();
+        let mut again = if point == "build" { host.gupdev_run(&out) } else { host.kernel_run(&out) };
+        let again = again.output().unwrap();
         assert!(again.status.success(), "{point}: {}", String::from_utf8_lossy(&again.stderr));
         assert_eq!(host.scratch_left(&out), Vec::<PathBuf>::new(), "{point}");
+        let [scratch, module, lock] = host.gupdev_paths();
+        assert!(!scratch.exists(), "{point}: gupdev's scratch build left");
+        let _ = (std::fs::remove_dir_all(module), std::fs::remove_file(lock));
     }
 }
 

@@ -1,15 +1,15 @@
 //! No child outlives numasim, and a stop leaves no scratch file. Every program the oracle
-//! starts (QEMU, apt-get, dpkg-deb, make, cargo) runs in a process group of its own and gets
-//! SIGKILL when numasim dies, however it dies (`PR_SET_PDEATHSIG`). SIGINT and SIGTERM, once
+//! starts (QEMU, apt-get, dpkg-deb, make, cargo) runs in a process group of its own that dies
+//! when numasim dies, however it dies: QEMU by its death signal (`PR_SET_PDEATHSIG`, SIGKILL);
+//! the others, which start programs of their own, under a shell whose death signal (SIGTERM)
+//! makes it kill its whole group (a death signal reaches only the process that set it, not
+//! make's compilers or apt's download methods). SIGINT and SIGTERM, once
 //! [`install`]ed, wake a watcher thread that kills every such group, removes the registered
 //! scratch paths, says what it stopped and exits with 128 + the signal (130, 143).
 //!
 //! The watcher takes the registry's lock and never gives it back: the main thread then blocks
 //! at its next registration, so it can neither create a scratch file the watcher has already
 //! swept nor report a child the watcher killed as a failure of its own.
-//!
-//! Simplification: the death signal reaches the direct child only; a compiler make started
-//! runs to its end when numasim is SIGKILLed (it has nothing to write to then).
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -200,15 +200,48 @@ fn forget(pid: u32) {
     reg.children.retain(|(p, _)| *p != pid);
 }
 
-/// Starts `cmd` in a process group of its own, to die with numasim; `keep` are descriptors
-/// it inherits (as `/dev/fd/N`).
+/// Starts `cmd` in a process group of its own, killed (SIGKILL) when numasim dies; `keep` are
+/// descriptors it inherits (as `/dev/fd/N`). For a program that starts none of its own.
 pub fn spawn(cmd: &mut Command, what: &str, keep: &[RawFd]) -> io::Result<Running> {
+    spawn_with(cmd, what, keep, libc::SIGKILL)
+}
+
+/// The shell [`output`] runs a program under: on its death signal it kills its whole group.
+const REAPER: &str = "trap 'kill -KILL 0' TERM; \"$@\" & wait $!";
+
+fn under_reaper(cmd: &Command) -> Command {
+    let mut sh = Command::new("/bin/sh");
+    sh.arg("-c").arg(REAPER).arg("sh").arg(cmd.get_program()).args(cmd.get_args());
+    for (key, value) in cmd.get_envs() {
+        match value {
+            Some(v) => sh.env(key, v),
+            None => sh.env_remove(key),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        sh.current_dir(dir);
+    }
+    sh
+}
+
+/// Whether `cmd`'s program exists: a path, or a name on the PATH it runs with.
+fn findable(cmd: &Command) -> bool {
+    let program = Path::new(cmd.get_program());
+    if program.components().count() > 1 {
+        return program.is_file();
+    }
+    let path = cmd.get_envs().find(|(key, _)| *key == "PATH").and_then(|(_, v)| v.map(|v| v.to_os_string()));
+    let path = path.or_else(|| std::env::var_os("PATH")).unwrap_or_default();
+    std::env::split_paths(&path).any(|d| d.join(program).is_file())
+}
+
+fn spawn_with(cmd: &mut Command, what: &str, keep: &[RawFd], death: libc::c_int) -> io::Result<Running> {
     let parent = std::process::id() as libc::pid_t;
     let keep = keep.to_vec();
     // SAFETY: between fork and exec the closure calls only async-signal-safe syscalls.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+            if libc::setpgid(0, 0) != 0 || libc::prctl(libc::PR_SET_PDEATHSIG, death) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // numasim died before the death signal was armed.
@@ -229,10 +262,16 @@ pub fn spawn(cmd: &mut Command, what: &str, keep: &[RawFd]) -> io::Result<Runnin
     Ok(Running { child })
 }
 
-/// [`Command::output`] for a child started by [`spawn`] (stdin from /dev/null).
+/// [`Command::output`] of `cmd` in a process group of its own, under a shell that kills the
+/// group when numasim dies (stdin from /dev/null).
 pub fn output(cmd: &mut Command, what: &str) -> io::Result<Output> {
-    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let running = spawn(cmd, what, &[])?;
+    if !findable(cmd) {
+        // What Command::output says of a program that is not there, not the shell's 127.
+        return Err(io::Error::new(io::ErrorKind::NotFound, "No such file or directory (os error 2)"));
+    }
+    let mut sh = under_reaper(cmd);
+    sh.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let running = spawn_with(&mut sh, what, &[], libc::SIGTERM)?;
     let pid = running.child.id();
     let out = running.child.wait_with_output();
     forget(pid);

@@ -1,8 +1,10 @@
 //! Stand-ins for what the oracle calls, so its plumbing runs without booting: a bzImage with a
 //! boot header, a Debian kernel package built with dpkg-deb, and on PATH an `apt-cache` that
 //! knows it, an `apt-get download` that hands it out, a `dpkg-deb` and a `qemu-system-x86_64`
-//! whose guest reports a short run. With `FAKE_STOP=download|unpack|boot` that program writes
-//! its pid to `<point>.pid` and sleeps instead, for a test to stop numasim there.
+//! whose guest reports a short run; a kernel build tree with a `make` that "builds" gupdev,
+//! and a `cargo` that "builds" the guest. With `FAKE_STOP=download|unpack|boot|build|guest`
+//! that program writes its pid to `<point>.pid` and sleeps instead, for a test to stop
+//! numasim there.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -109,7 +111,47 @@ impl FakeHost {
                 d = s(&dir)
             ),
         );
+        write_script(
+            &bin.join("make"),
+            &format!(
+                "#!/bin/sh\n{}for a in \"$@\"; do case \"$a\" in M=*) out=${{a#M=}};; esac; done\n\
+                 printf '\\177ELF\\002' > \"$out/gupdev.ko\"\n",
+                stop("build")
+            ),
+        );
+        write_script(&bin.join("fake-cc"), "#!/bin/sh\n");
+        write_script(&bin.join("fake-cargo"), &format!("#!/bin/sh\n{}exit 1\n", stop("guest")));
         FakeHost { dir }
+    }
+
+    /// The release of [`build_tree`](Self::build_tree)'s kernel, this host's own: gupdev
+    /// builds into `target/gupdev/<release>/`, which tests running at once must not share.
+    pub fn tree_release(&self) -> String {
+        format!("6.12.0-{}", self.dir.file_name().unwrap().to_string_lossy())
+    }
+
+    /// gupdev's output and lock for [`tree_release`](Self::tree_release) in the workspace's
+    /// target directory: its scratch build, the module, the lock.
+    pub fn gupdev_paths(&self) -> [PathBuf; 3] {
+        let modules = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/gupdev");
+        let release = self.tree_release();
+        [modules.join(format!(".{release}.tmp")), modules.join(&release), modules.join(format!("{release}.lock"))]
+    }
+
+    /// A kernel build tree (`.config`, Module.symvers, the release) with its bzImage at
+    /// `arch/x86/boot/bzImage`, whose path is returned: gupdev builds against it with the
+    /// stand-in make.
+    pub fn build_tree(&self) -> String {
+        let tree = self.dir.join("linux");
+        std::fs::create_dir_all(tree.join("arch/x86/boot")).unwrap();
+        std::fs::create_dir_all(tree.join("include/config")).unwrap();
+        let config = format!("{FULL_CONFIG}CONFIG_CC_VERSION_TEXT=\"fake-cc (stand-in) 1\"\n");
+        std::fs::write(tree.join(".config"), config).unwrap();
+        std::fs::write(tree.join("Module.symvers"), "").unwrap();
+        std::fs::write(tree.join("include/config/kernel.release"), self.tree_release() + "\n").unwrap();
+        let image = tree.join("arch/x86/boot/bzImage");
+        std::fs::write(&image, bzimage_bytes(&self.tree_release())).unwrap();
+        s(&image).to_string()
     }
 
     pub fn cache(&self) -> PathBuf {
@@ -133,6 +175,19 @@ impl FakeHost {
     /// `numasim kernel numa02 --kernel 6.1`, short, into `out`.
     pub fn kernel_run(&self, out: &Path) -> Command {
         self.numasim(&["kernel", "numa02", "--kernel", "6.1", "--out", s(out), "--set", "run.duration_ms=1000"])
+    }
+
+    /// [`kernel_run`](Self::kernel_run) that builds the guest (with the stand-in cargo).
+    pub fn guest_build_run(&self, out: &Path) -> Command {
+        let mut cmd = self.kernel_run(out);
+        cmd.env_remove("NUMASIM_GUEST").env("CARGO", self.dir.join("bin/fake-cargo"));
+        cmd
+    }
+
+    /// `numasim kernel kvm-guest` on [`build_tree`](Self::build_tree)'s image: gupdev is built.
+    pub fn gupdev_run(&self, out: &Path) -> Command {
+        let image = self.build_tree();
+        self.numasim(&["kernel", "kvm-guest", "--kernel", &image, "--out", s(out), "--set", "run.duration_ms=1000"])
     }
 
     /// Files and directories under the cache and `out` whose name starts with a dot.
