@@ -7,6 +7,9 @@
 
 use std::path::{Path, PathBuf};
 
+use crate::OracleError;
+use crate::kernel::extract_brd;
+
 /// What is wrong with a bzImage, if anything: no boot header, shorter than the setup sectors
 /// and protected-mode code its header counts (`setup_sects`, `syssize`; Documentation/arch/
 /// x86/boot.rst), or a header naming another release than `release`.
@@ -62,6 +65,33 @@ pub fn file_damage(file: &Path, check: impl Fn(&[u8]) -> Option<String>) -> Opti
         Ok(bytes) => check(&bytes).map(|what| Damage::new(file, what)),
         Err(e) => Some(Damage::new(file, e.to_string())),
     }
+}
+
+/// The brd.ko of a Debian entry, or what is damaged in it: its image, its config, or the brd
+/// module the config says is one.
+pub(crate) fn debian_entry(root: &Path, release: &str) -> Result<Result<Option<PathBuf>, Damage>, OracleError> {
+    let boot = root.join("boot");
+    if let Some(d) = file_damage(&boot.join(format!("vmlinuz-{release}")), |b| image_damage(b, Some(release))) {
+        return Ok(Err(d));
+    }
+    let config = boot.join(format!("config-{release}"));
+    let Ok(text) = std::fs::read_to_string(&config) else { return Ok(Err(Damage::new(&config, "missing"))) };
+    let brd = extract_brd(root, release)?;
+    match &brd {
+        None if text.lines().any(|l| l == "CONFIG_BLK_DEV_RAM=m") => {
+            let dir = root.join("lib/modules").join(release).join("kernel/drivers/block");
+            return Ok(Err(Damage::new(&dir.join("brd.ko"), "missing, though the config builds brd as a module")));
+        }
+        Some(ko) => {
+            if let Some(d) = file_damage(ko, module_damage) {
+                // The decompressed copy is made again from the package's module.
+                let _ = std::fs::remove_file(root.join("brd.ko"));
+                return Ok(Err(d));
+            }
+        }
+        None => {}
+    }
+    Ok(Ok(brd))
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@ use std::process::Command;
 
 use sim_core::config::KernelVersion;
 
-use crate::damage::{Damage, file_damage, image_damage, module_damage};
+use crate::damage::{debian_entry, image_damage};
 use crate::{OracleError, cache_lock, stop};
 
 /// A kernel ready to boot.
@@ -147,33 +147,6 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
         build_dir: None,
         sim_version: series.sim_version,
     })
-}
-
-/// The brd.ko of a Debian entry, or what is damaged in it: its image, its config, or the brd
-/// module the config says is one.
-fn debian_entry(root: &Path, release: &str) -> Result<Result<Option<PathBuf>, Damage>, OracleError> {
-    let boot = root.join("boot");
-    if let Some(d) = file_damage(&boot.join(format!("vmlinuz-{release}")), |b| image_damage(b, Some(release))) {
-        return Ok(Err(d));
-    }
-    let config = boot.join(format!("config-{release}"));
-    let Ok(text) = std::fs::read_to_string(&config) else { return Ok(Err(Damage::new(&config, "missing"))) };
-    let brd = extract_brd(root, release)?;
-    match &brd {
-        None if text.lines().any(|l| l == "CONFIG_BLK_DEV_RAM=m") => {
-            let dir = root.join("lib/modules").join(release).join("kernel/drivers/block");
-            return Ok(Err(Damage::new(&dir.join("brd.ko"), "missing, though the config builds brd as a module")));
-        }
-        Some(ko) => {
-            if let Some(d) = file_damage(ko, module_damage) {
-                // The decompressed copy is made again from the package's module.
-                let _ = std::fs::remove_file(root.join("brd.ko"));
-                return Ok(Err(d));
-            }
-        }
-        None => {}
-    }
-    Ok(Ok(brd))
 }
 
 /// The numeric parts of a package name, for ordering `6.12.99` before `6.12.117`.
@@ -394,7 +367,7 @@ fn run_tool(cmd: &mut Command, what: &str) -> Result<(), OracleError> {
 
 /// brd.ko from the package's modules, decompressed next to them (the guest loads it with
 /// finit_module(), which on these kernels takes an uncompressed module).
-fn extract_brd(root: &Path, release: &str) -> Result<Option<PathBuf>, OracleError> {
+pub(crate) fn extract_brd(root: &Path, release: &str) -> Result<Option<PathBuf>, OracleError> {
     let dir = root.join("lib/modules").join(release).join("kernel/drivers/block");
     let out = root.join("brd.ko");
     if out.is_file() {

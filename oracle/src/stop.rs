@@ -7,6 +7,9 @@
 //! [`install`]ed, wake a watcher thread that kills every such group, removes the registered
 //! scratch paths, says what it stopped and exits with 128 + the signal (130, 143).
 //!
+//! The death signal comes when the thread that started the child ends, not the process: the
+//! oracle starts and waits for its children on one thread.
+//!
 //! The watcher takes the registry's lock and never gives it back: the main thread then blocks
 //! at its next registration, so it can neither create a scratch file the watcher has already
 //! swept nor report a child the watcher killed as a failure of its own.
