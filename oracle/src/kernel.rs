@@ -180,13 +180,14 @@ fn newest_cached(series: &Series, cache: &Path) -> Option<String> {
 }
 
 /// `apt-get download` the package into `cache/debs` and `dpkg-deb -x` it to `cache/<package>`.
-/// A .deb already in the cache that does not unpack (cut short) is downloaded again, once.
+/// A .deb already in the cache that does not unpack because it is damaged (cut short) is
+/// downloaded again, once.
 fn fetch_package(package: &str, cache: &Path) -> Result<(), OracleError> {
     let debs = cache.join("debs");
     let cached = find_deb(&debs, package).is_some();
     let deb = download(package, &debs)?;
     match unpack(std::slice::from_ref(&deb), cache, package, |_| Ok(())) {
-        Err(e) if cached => {
+        Err(e) if cached && deb_is_damaged(&deb) => {
             eprintln!("{}: does not unpack ({e}): downloading {package} again", deb.display());
             std::fs::remove_file(&deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
             let deb = download(package, &debs)?;
@@ -194,6 +195,15 @@ fn fetch_package(package: &str, cache: &Path) -> Result<(), OracleError> {
         }
         other => other,
     }
+}
+
+/// Whether `deb` is damaged: dpkg-deb ran and could not read its files to their end
+/// (`--fsys-tarfile`, which needs no tar). One that failed to unpack for another reason (no
+/// tar, a full disk) is kept.
+fn deb_is_damaged(deb: &Path) -> bool {
+    let mut cmd = Command::new("dpkg-deb");
+    cmd.arg("--fsys-tarfile").arg(deb);
+    stop::status(&mut cmd, "dpkg-deb --fsys-tarfile").is_ok_and(|s| !s.success())
 }
 
 /// The build tree of Debian's headers for `release`, fetched into the cache when missing:

@@ -268,17 +268,31 @@ fn spawn_with(cmd: &mut Command, what: &str, keep: &[RawFd], death: libc::c_int)
 /// [`Command::output`] of `cmd` in a process group of its own, under a shell that kills the
 /// group when numasim dies (stdin from /dev/null).
 pub fn output(cmd: &mut Command, what: &str) -> io::Result<Output> {
+    let running = start_reaped(cmd, what, true)?;
+    let pid = running.child.id();
+    let out = running.child.wait_with_output();
+    forget(pid);
+    out
+}
+
+/// [`output`] for a program whose output is of no use: only its exit status.
+pub fn status(cmd: &mut Command, what: &str) -> io::Result<ExitStatus> {
+    let mut running = start_reaped(cmd, what, false)?;
+    let status = running.child.wait();
+    forget(running.child.id());
+    status
+}
+
+/// `cmd` under the reaping shell, its stdout and stderr piped when `capture`, else discarded.
+fn start_reaped(cmd: &Command, what: &str, capture: bool) -> io::Result<Running> {
     if !findable(cmd) {
         // What Command::output says of a program that is not there, not the shell's 127.
         return Err(io::Error::new(io::ErrorKind::NotFound, "No such file or directory (os error 2)"));
     }
     let mut sh = under_reaper(cmd);
-    sh.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
-    let running = spawn_with(&mut sh, what, &[], libc::SIGTERM)?;
-    let pid = running.child.id();
-    let out = running.child.wait_with_output();
-    forget(pid);
-    out
+    let out = || if capture { Stdio::piped() } else { Stdio::null() };
+    sh.stdin(Stdio::null()).stdout(out()).stderr(out());
+    spawn_with(&mut sh, what, &[], libc::SIGTERM)
 }
 
 #[cfg(test)]
