@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use oracle::OracleError;
 use sim_core::config::KernelVersion;
-use workloads::catalogue;
+use workloads::validation;
 
 use crate::Failure;
 use crate::trace::{self, TraceArgs};
@@ -18,7 +18,7 @@ pub fn run(
     trace_args: &TraceArgs,
     retries: u32,
 ) -> Result<(), Failure> {
-    let config = catalogue::resolve(scenario, set)?;
+    let config = validation::resolve_scenario(scenario, set)?;
     // What cannot run at all is said before anything is fetched or booted.
     oracle::preflight(&config).map_err(failure)?;
     if trace_args.trace_kernel.is_some() {

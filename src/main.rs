@@ -28,7 +28,7 @@ struct Cli {
 enum Command {
     /// Run one scenario and write summary.json, timeseries.csv and config.toml.
     Run {
-        /// A built-in scenario name or a path to a .toml file.
+        /// A built-in scenario, a validation case (configs/validate) or a path to a .toml file.
         #[arg(default_value = "default")]
         scenario: String,
         /// Override a config key, e.g. --set kernel.gup_policy=explicit (repeatable).
@@ -100,6 +100,7 @@ enum Command {
     /// Run a scenario on a real Linux kernel under QEMU (Debian 12's 6.1 or 6.12, or a bzImage)
     /// and write the same result files as `run`.
     Kernel {
+        /// A built-in scenario, a validation case (configs/validate) or a path to a .toml file.
         scenario: String,
         /// `6.1`, `6.12` or the path of a bzImage.
         #[arg(long, default_value = "6.12")]
@@ -235,6 +236,11 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Kernel { .. } | Command::Validate { .. }) {
+        // SIGINT and SIGTERM stop the children (QEMU, the builds) and remove their scratch
+        // files before numasim exits with 130 or 143.
+        oracle::stop::install();
+    }
     let result = match cli.command {
         Command::Run { scenario, set, out, trace, check_invariants } => {
             run(&scenario, &set, out, &trace, check_invariants)
@@ -289,9 +295,9 @@ fn main() -> ExitCode {
             })
         }
         Command::Plot { dir } => plot(&dir),
-        Command::Check { scenario, set } => {
-            catalogue::resolve(&scenario, &set).map(|c| print!("{}", to_toml(&c))).map_err(Failure::from)
-        }
+        Command::Check { scenario, set } => workloads::validation::resolve_scenario(&scenario, &set)
+            .map(|c| print!("{}", to_toml(&c)))
+            .map_err(Failure::from),
         Command::Scenarios => {
             for (name, _) in catalogue::BUILTIN {
                 let c = catalogue::resolve(name, &[]).expect("built-in scenarios are valid");
@@ -335,7 +341,7 @@ fn run(
     trace: &trace::TraceArgs,
     check: bool,
 ) -> Result<(), Failure> {
-    let config = catalogue::resolve(scenario, set)?;
+    let config = workloads::validation::resolve_scenario(scenario, set)?;
     let request = trace::request(trace, config.kernel.version)?;
     let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&config.name));
     let mut sim = workloads::build(&config);

@@ -11,11 +11,9 @@ use sim_core::sim::RunOutput;
 /// Writes `contents` to `dir/name` atomically (temp file + rename); a failed write (a full
 /// disk) removes the temporary file, so nothing half-written is left.
 pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
-    let tmp = dir.join(format!(".{name}.tmp"));
-    let result = fs::write(&tmp, contents).and_then(|()| fs::rename(&tmp, dir.join(name)));
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
+    // Removed when dropped, and by a SIGINT or SIGTERM to `kernel` or `validate`.
+    let tmp = oracle::stop::Scratch::new(dir.join(format!(".{name}.tmp")));
+    let result = fs::write(tmp.path(), contents).and_then(|()| fs::rename(tmp.path(), dir.join(name)));
     result.map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", dir.join(name).display())))
 }
 

@@ -263,3 +263,15 @@ fn compare_hides_zero_rows_and_has_no_spread_from_one_seed() {
     assert!(rows(&all) > rows(&default) && !all.contains("not shown"), "{all}");
     assert!(all.lines().any(|l| l.contains("0.00") && l.matches("+0.00%").count() == 2), "a zero row: {all}");
 }
+
+/// `run` takes a validation case by name, as `validate` does.
+#[test]
+fn run_takes_a_validation_case_by_name() {
+    let out_dir = scratch("run-case").join("out");
+    let out =
+        numasim(&["run", "gup-proc-mem-read", "--set", "run.duration_ms=200", "--out", out_dir.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["scenario"], "gup-proc-mem-read");
+}

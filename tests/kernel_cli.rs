@@ -6,6 +6,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
+use common::fake::{FULL_CONFIG, fake_bzimage, guest_frames, write_script};
 use common::{numasim, oracle_missing, s, scratch};
 
 fn rejected_with(out: std::process::Output, needle: &str) {
@@ -14,22 +15,6 @@ fn rejected_with(out: std::process::Output, needle: &str) {
     assert!(err.contains(needle), "expected `{needle}` in: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
-
-/// A file with a bzImage boot header whose release is `6.12.0-test`, and `config` beside it.
-fn fake_bzimage(dir: &Path, config: &str) -> String {
-    let mut image = vec![0u8; 0x400];
-    image[0x202..0x206].copy_from_slice(b"HdrS");
-    image[0x20e..0x210].copy_from_slice(&0x100u16.to_le_bytes());
-    image[0x300..0x30c].copy_from_slice(b"6.12.0-test ");
-    std::fs::write(dir.join("bzImage"), image).unwrap();
-    std::fs::write(dir.join("config"), config).unwrap();
-    s(&dir.join("bzImage")).to_string()
-}
-
-const FULL_CONFIG: &str = "CONFIG_NUMA=y\nCONFIG_NUMA_BALANCING=y\nCONFIG_ACPI_NUMA=y\nCONFIG_KSM=y\n\
-    CONFIG_TRANSPARENT_HUGEPAGE=y\nCONFIG_BLK_DEV_RAM=y\nCONFIG_DEVTMPFS=y\nCONFIG_SERIAL_8250_CONSOLE=y\n\
-    CONFIG_BLK_DEV_INITRD=y\nCONFIG_DEBUG_FS=y\nCONFIG_PROC_PAGE_MONITOR=y\nCONFIG_CROSS_MEMORY_ATTACH=y\n\
-    CONFIG_IO_URING=y\n";
 
 /// A [[vm]] or a `driver` device runs in the gupdev module, built against the kernel: an
 /// image without its build tree is refused before anything boots.
@@ -184,23 +169,8 @@ fn fake_qemu(dir: &Path, fail: u32) {
         d = s(dir)
     );
     let path = dir.join("qemu-system-x86_64");
-    std::fs::write(&path, script).unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let sample = |t: f64| {
-        format!(
-            "{{\"Sample\":{{\"t_ms\":{t},\"vmstat\":{{\"numa_hint_faults\":{}}},\"ksm\":{{}},\"vmas\":[],\"threads\":[]}}}}",
-            t as u64
-        )
-    };
-    let frames = [
-        "{\"Hello\":{\"release\":\"6.12.0-test\",\"uptime_s\":1.5}}".to_string(),
-        "{\"Started\":{\"setup_ms\":10}}".to_string(),
-        sample(0.0),
-        sample(1000.0),
-        "{\"Done\":{\"elapsed_ms\":1000}}".to_string(),
-    ];
-    std::fs::write(dir.join("frames.jsonl"), frames.join("\n") + "\n").unwrap();
+    write_script(&path, &script);
+    std::fs::write(dir.join("frames.jsonl"), guest_frames("6.12.0-test")).unwrap();
 }
 
 /// `numasim kernel` with the fake QEMU: `fail` stalled boots, `retries` allowed; an earlier
@@ -266,4 +236,16 @@ fn a_guest_that_stalls_again_fails_the_run_and_leaves_no_result_behind() {
             assert!(!dir.join("out").join(f).exists(), "{f} left behind");
         }
     }
+}
+
+/// `kernel` takes a validation case by name, as `validate` does (here on stand-ins for apt and
+/// QEMU: the case's config is what lands in the run directory).
+#[test]
+fn kernel_takes_a_validation_case_by_name() {
+    let Some(host) = common::fake::fake_host("kernel-case") else { return };
+    let out = host.dir.join("out");
+    let run = host.numasim(&["kernel", "gup-proc-mem-read", "--kernel", "6.1", "--out", s(&out)]).output().unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let config = std::fs::read_to_string(out.join("config.toml")).unwrap();
+    assert!(config.contains("name = \"gup-proc-mem-read\""), "{config}");
 }

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::OracleError;
+use crate::{OracleError, stop};
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 
@@ -30,13 +30,13 @@ pub fn guest_binary() -> Result<PathBuf, OracleError> {
     }
     let target_dir = workspace.join("target/guest");
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
-    let out = Command::new(cargo)
-        .args(["build", "--locked", "--release", "-p", "guest", "--target", TARGET])
+    let mut cmd = Command::new(cargo);
+    cmd.args(["build", "--locked", "--release", "-p", "guest", "--target", TARGET])
         .current_dir(workspace)
         .env("CARGO_TARGET_DIR", &target_dir)
         .env("RUSTFLAGS", "-C target-feature=+crt-static -C strip=symbols")
-        .env_remove("CARGO_ENCODED_RUSTFLAGS")
-        .output()
+        .env_remove("CARGO_ENCODED_RUSTFLAGS");
+    let out = stop::output(&mut cmd, "the guest's build (cargo)")
         .map_err(|e| OracleError::Input(format!("building the guest needs cargo: {e}")))?;
     if !out.status.success() {
         return Err(OracleError::Io(format!(

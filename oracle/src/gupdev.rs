@@ -10,7 +10,7 @@ use std::time::SystemTime;
 use sim_core::config::Config;
 
 use crate::kernel::headers_tree;
-use crate::{KernelSpec, OracleError, plan};
+use crate::{KernelSpec, OracleError, cache_lock, plan, stop};
 
 fn source_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("gupdev")
@@ -37,11 +37,14 @@ fn no_build_tree(k: &KernelSpec) -> OracleError {
 }
 
 /// The module for `k`, built if missing or older than its sources. A kernel it cannot be
-/// built for (no build tree, no compiler, a failed build) is bad input.
+/// built for (no build tree, no compiler, a failed build) is bad input. One run at a time
+/// builds a release's module, in a scratch directory renamed into place when the build
+/// succeeded: a killed build leaves no module that looks fresh.
 pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
     let src = source_dir();
-    let out = src.parent().and_then(Path::parent).expect("oracle/ is inside the workspace").join("target/gupdev");
-    let out = out.join(k.release());
+    let modules = src.parent().and_then(Path::parent).expect("oracle/ is inside the workspace").join("target/gupdev");
+    let _lock = cache_lock::lock_entry(&modules, k.release())?;
+    let out = modules.join(k.release());
     let ko = out.join("gupdev.ko");
     if is_fresh(&ko, &src) {
         return Ok(ko);
@@ -52,12 +55,18 @@ pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
         (None, None) => return Err(no_build_tree(k)),
     };
     check_compiler(&tree, k.release())?;
-    let built = Command::new(src.join("build.sh"))
-        .arg(&tree)
-        .arg(&out)
-        .output()
+    let what = format!("the gupdev build for {}", k.release());
+    let tmp = stop::Scratch::new(modules.join(format!(".{}.tmp", k.release())));
+    let _ = std::fs::remove_dir_all(tmp.path());
+    let built = stop::output(Command::new(src.join("build.sh")).arg(&tree).arg(tmp.path()), &what)
         .map_err(|e| OracleError::Input(format!("{}: {e}", src.join("build.sh").display())))?;
     build_result(&built, k.release())?;
+    let io = |e: std::io::Error| OracleError::Io(format!("{}: {e}", out.display()));
+    match std::fs::remove_dir_all(&out) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(e)),
+        _ => {}
+    }
+    std::fs::rename(tmp.path(), &out).map_err(io)?;
     Ok(ko)
 }
 

@@ -6,7 +6,8 @@ use std::process::Command;
 
 use sim_core::config::KernelVersion;
 
-use crate::OracleError;
+use crate::damage::{debian_entry, image_damage};
+use crate::{OracleError, cache_lock, stop};
 
 /// A kernel ready to boot.
 #[derive(Clone, Debug, PartialEq)]
@@ -110,13 +111,34 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
         ))
     })?;
     let root = cache.join(&package);
-    if !root.join("boot").is_dir() {
+    let _lock = cache_lock::lock_entry(cache, &package)?;
+    let mut fetched = !root.join("boot").is_dir();
+    if fetched {
         fetch_package(&package, cache)?;
     }
     let release = package.trim_start_matches("linux-image-").to_string();
-    let config = root.join("boot").join(format!("config-{release}"));
-    let brd = extract_brd(&root, &release)?;
-    check_config(&config, brd.is_some())?;
+    let brd = loop {
+        match debian_entry(&root, &release)? {
+            Ok(brd) => break brd,
+            // Unpacked again from its .deb (downloaded again if that is damaged too).
+            Err(d) if !fetched => {
+                eprintln!("{}: {}: unpacking {package} again", d.file.display(), d.what);
+                fetch_package(&package, cache)?;
+                fetched = true;
+            }
+            Err(d) => {
+                return Err(OracleError::Input(format!(
+                    "{}: {}, in the package as fetched: delete {} and {} (numasim fetches them again) or check \
+                     apt's source of {package}",
+                    d.file.display(),
+                    d.what,
+                    root.display(),
+                    cache.join("debs").join(format!("{package}_*.deb")).display()
+                )));
+            }
+        }
+    };
+    check_config(&root.join("boot").join(format!("config-{release}")), brd.is_some())?;
     Ok(KernelSpec {
         image: root.join("boot").join(format!("vmlinuz-{release}")),
         headers_package: Some(format!("linux-headers-{release}")),
@@ -140,7 +162,7 @@ fn matches(series: &Series, name: &str) -> bool {
 
 /// The newest package of the series apt knows about.
 fn newest_known(series: &Series) -> Option<String> {
-    let out = Command::new("apt-cache").args(["pkgnames", series.prefix]).output().ok()?;
+    let out = stop::output(Command::new("apt-cache").args(["pkgnames", series.prefix]), "apt-cache pkgnames").ok()?;
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter(|n| matches(series, n))
@@ -158,9 +180,30 @@ fn newest_cached(series: &Series, cache: &Path) -> Option<String> {
 }
 
 /// `apt-get download` the package into `cache/debs` and `dpkg-deb -x` it to `cache/<package>`.
+/// A .deb already in the cache that does not unpack because it is damaged (cut short) is
+/// downloaded again, once.
 fn fetch_package(package: &str, cache: &Path) -> Result<(), OracleError> {
-    let deb = download(package, &cache.join("debs"))?;
-    unpack(&[deb], cache, package, |_| Ok(()))
+    let debs = cache.join("debs");
+    let cached = find_deb(&debs, package).is_some();
+    let deb = download(package, &debs)?;
+    match unpack(std::slice::from_ref(&deb), cache, package, |_| Ok(())) {
+        Err(e) if cached && deb_is_damaged(&deb) => {
+            eprintln!("{}: does not unpack ({e}): downloading {package} again", deb.display());
+            std::fs::remove_file(&deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
+            let deb = download(package, &debs)?;
+            unpack(&[deb], cache, package, |_| Ok(()))
+        }
+        other => other,
+    }
+}
+
+/// Whether `deb` is damaged: dpkg-deb ran and could not read its files to their end
+/// (`--fsys-tarfile`, which needs no tar). One that failed to unpack for another reason (no
+/// tar, a full disk) is kept.
+fn deb_is_damaged(deb: &Path) -> bool {
+    let mut cmd = Command::new("dpkg-deb");
+    cmd.arg("--fsys-tarfile").arg(deb);
+    stop::status(&mut cmd, "dpkg-deb --fsys-tarfile").is_ok_and(|s| !s.success())
 }
 
 /// The build tree of Debian's headers for `release`, fetched into the cache when missing:
@@ -170,6 +213,7 @@ pub fn headers_tree(release: &str) -> Result<PathBuf, OracleError> {
     let cache = cache_dir();
     let package = format!("linux-headers-{release}");
     let tree = cache.join(&package).join("usr/src").join(&package);
+    let _lock = cache_lock::lock_entry(&cache, &package)?;
     if !tree.join("Makefile").is_file() {
         fetch_headers(&package, &cache)?;
     }
@@ -189,7 +233,7 @@ fn fetch_headers(package: &str, cache: &Path) -> Result<(), OracleError> {
 /// The packages a headers package needs to build a module: its `-common` tree and the kbuild
 /// tools (`name=version` when it pins one). The compiler it names is checked, not fetched.
 fn build_dependencies(deb: &Path) -> Result<Vec<String>, OracleError> {
-    let out = Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends").output().map_err(|e| {
+    let out = stop::output(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"), "dpkg-deb -f").map_err(|e| {
         OracleError::Input(format!("dpkg-deb: {e}: run `apt-get install -y --no-install-recommends dpkg`"))
     })?;
     let depends = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -258,16 +302,16 @@ fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
     if let Some(d) = find_deb(debs, package) {
         return Ok(d);
     }
-    let partial = debs.join(format!(".partial-{}", std::process::id()));
+    let partial = stop::Scratch::new(debs.join(format!(".partial-{}", std::process::id())));
+    let partial = partial.path();
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
     remove_abandoned_downloads(debs);
-    std::fs::create_dir_all(&partial).map_err(|e| io(&partial, e))?;
-    run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(&partial), "apt-get download")?;
-    let got = find_deb(&partial, package)
+    std::fs::create_dir_all(partial).map_err(|e| io(partial, e))?;
+    run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(partial), "apt-get download")?;
+    let got = find_deb(partial, package)
         .ok_or_else(|| OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display())))?;
     let deb = debs.join(got.file_name().expect("a .deb has a name"));
     std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
-    let _ = std::fs::remove_dir_all(&partial);
     Ok(deb)
 }
 
@@ -291,15 +335,16 @@ fn unpack(
     entry: &str,
     fixup: impl Fn(&Path) -> Result<(), OracleError>,
 ) -> Result<(), OracleError> {
-    let tmp = cache.join(format!(".{entry}.tmp"));
-    let _ = std::fs::remove_dir_all(&tmp);
+    let tmp = stop::Scratch::new(cache.join(format!(".{entry}.tmp")));
+    let tmp = tmp.path();
+    let _ = std::fs::remove_dir_all(tmp);
     for deb in debs {
-        run_tool(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&tmp), "dpkg-deb -x")?;
+        run_tool(Command::new("dpkg-deb").arg("-x").arg(deb).arg(tmp), "dpkg-deb -x")?;
     }
-    fixup(&tmp)?;
+    fixup(tmp)?;
     let dest = cache.join(entry);
     let _ = std::fs::remove_dir_all(&dest);
-    std::fs::rename(&tmp, &dest).map_err(|e| OracleError::Io(format!("{}: {e}", tmp.display())))
+    std::fs::rename(tmp, &dest).map_err(|e| OracleError::Io(format!("{}: {e}", tmp.display())))
 }
 
 /// The .deb of `package` (`name` or `name=version`) in `dir`.
@@ -316,19 +361,23 @@ fn find_deb(dir: &Path, package: &str) -> Option<PathBuf> {
 }
 
 fn run_tool(cmd: &mut Command, what: &str) -> Result<(), OracleError> {
-    let out = cmd.output().map_err(|e| {
+    let out = stop::output(cmd, what).map_err(|e| {
         OracleError::Input(format!("{what}: {e}: run `apt-get install -y --no-install-recommends apt dpkg xz-utils`"))
     })?;
+    let err = String::from_utf8_lossy(&out.stderr);
     if out.status.success() {
         Ok(())
+    } else if err.contains("Unable to locate package") || err.contains("has no installation candidate") {
+        // A package apt's lists do not hold is a missing part, not a failed transfer.
+        Err(OracleError::Input(format!("{what} failed: {}: run `apt-get update`", err.trim())))
     } else {
-        Err(OracleError::Io(format!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim())))
+        Err(OracleError::Io(format!("{what} failed: {}", err.trim())))
     }
 }
 
 /// brd.ko from the package's modules, decompressed next to them (the guest loads it with
 /// finit_module(), which on these kernels takes an uncompressed module).
-fn extract_brd(root: &Path, release: &str) -> Result<Option<PathBuf>, OracleError> {
+pub(crate) fn extract_brd(root: &Path, release: &str) -> Result<Option<PathBuf>, OracleError> {
     let dir = root.join("lib/modules").join(release).join("kernel/drivers/block");
     let out = root.join("brd.ko");
     if out.is_file() {
@@ -341,7 +390,7 @@ fn extract_brd(root: &Path, release: &str) -> Result<Option<PathBuf>, OracleErro
     for (ext, tool) in [("xz", "xz"), ("zst", "zstd")] {
         let packed = dir.join(format!("brd.ko.{ext}"));
         if packed.is_file() {
-            let data = Command::new(tool).arg("-dc").arg(&packed).output().map_err(|e| {
+            let data = stop::output(Command::new(tool).arg("-dc").arg(&packed), tool).map_err(|e| {
                 OracleError::Input(format!(
                     "{tool}: {e}: run `apt-get install -y --no-install-recommends xz-utils zstd`"
                 ))
@@ -349,7 +398,11 @@ fn extract_brd(root: &Path, release: &str) -> Result<Option<PathBuf>, OracleErro
             if !data.status.success() {
                 return Err(OracleError::Io(format!("{tool} -dc {} failed", packed.display())));
             }
-            std::fs::write(&out, data.stdout).map_err(|e| OracleError::Io(format!("{}: {e}", out.display())))?;
+            // Renamed in whole: a killed write leaves no short brd.ko to boot.
+            let tmp = stop::Scratch::new(root.join(".brd.ko.tmp"));
+            std::fs::write(tmp.path(), data.stdout)
+                .and_then(|_| std::fs::rename(tmp.path(), &out))
+                .map_err(|e| OracleError::Io(format!("{}: {e}", out.display())))?;
             return Ok(Some(out));
         }
     }
@@ -362,6 +415,9 @@ fn resolve_user_image(image: &Path) -> Result<KernelSpec, OracleError> {
     let release = bzimage_release(&bytes).ok_or_else(|| {
         OracleError::Input(format!("{}: not a bzImage (no Linux boot protocol header)", image.display()))
     })?;
+    if let Some(what) = image_damage(&bytes, None) {
+        return Err(OracleError::Input(format!("{}: {what}: copy the image from its build again", image.display())));
+    }
     let config = user_config(image, &release).ok_or_else(|| {
         OracleError::Input(format!(
             "{}: no kernel config found beside it (looked for config-{release}, config, .config and the build \
@@ -382,7 +438,7 @@ fn resolve_user_image(image: &Path) -> Result<KernelSpec, OracleError> {
 }
 
 /// The release string the boot protocol header points at (`kernel_version` at 0x20e).
-fn bzimage_release(b: &[u8]) -> Option<String> {
+pub(crate) fn bzimage_release(b: &[u8]) -> Option<String> {
     if b.get(0x202..0x206)? != b"HdrS" {
         return None;
     }

@@ -5,6 +5,9 @@
 //! program (and brd.ko) into an initramfs, boots the kernel on the scenario's NUMA topology,
 //! and turns the samples the guest streams over ttyS1 into result files.
 
+pub mod cache_lock;
+pub mod checksums;
+pub mod damage;
 pub mod guest_bin;
 pub mod gupdev;
 pub mod initramfs;
@@ -13,6 +16,7 @@ pub mod plan;
 pub mod qemu;
 pub mod results;
 pub mod schedstat;
+pub mod stop;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -109,7 +113,7 @@ pub struct Retry {
 
 /// The result files of a run; summary.json, which marks a run complete, comes first (it is
 /// removed first and written last).
-const RESULT_FILES: [&str; 4] = ["summary.json", "config.toml", "timeseries.csv", "guest.json"];
+const RESULT_FILES: [&str; 5] = ["summary.json", "config.toml", "timeseries.csv", "guest.json", checksums::FILE];
 
 /// [`run_on_kernel`], recording `trace`'s tracepoints through tracefs while the workload
 /// runs, and booting again up to `retries` times when the guest hung (timeout) or its
@@ -227,15 +231,11 @@ fn run_attempt(
     let gupdev = if plan.smmus.is_empty() { None } else { Some(gupdev::module_for(k)?) };
     let qemu = qemu::qemu_binary()?;
     let guest = guest_bin::guest_binary()?;
-    let initrd = write_initramfs(out, &guest, &plan, k, gupdev.as_deref())?;
+    let initrd = initramfs_of(&guest, &plan, k, gupdev.as_deref())?;
     let accel = choose_accel(&qemu, k, &guest)?;
     let timeout = run_timeout(cfg);
     let boot = qemu::boot(&qemu, k, &initrd, &machine, accel, out, timeout)?;
-    let _ = std::fs::remove_file(&initrd);
-    let reported = guest_outcome(k, &plan, &read_frames(&boot.data), &boot, timeout);
-    let _ = std::fs::remove_file(&boot.data);
-    let _ = std::fs::remove_file(&boot.trace);
-    let (outcome, trace) = reported?;
+    let (outcome, trace) = guest_outcome(k, &plan, &read_frames(&boot.data), &boot, timeout)?;
     let run = KernelRun {
         dir: out.to_path_buf(),
         release: outcome.release.clone(),
@@ -344,25 +344,23 @@ fn trace_cmdline(t: &TracePlan) -> String {
 
 /// The trace the guest wrote to ttyS2, checked against the length and hash it announced,
 /// decompressed.
-fn read_trace(path: &Path, info: &TraceInfo) -> Result<KernelTrace, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    if bytes.len() as u64 != info.bytes || guest::fnv1a(guest::FNV_OFFSET, &bytes) != info.fnv {
+fn read_trace(bytes: &[u8], info: &TraceInfo) -> Result<KernelTrace, String> {
+    if bytes.len() as u64 != info.bytes || guest::fnv1a(guest::FNV_OFFSET, bytes) != info.fnv {
         return Err(format!(
             "the trace arrived damaged: {} bytes of {} (or a different checksum)",
             bytes.len(),
             info.bytes
         ));
     }
-    let text = miniz_oxide::inflate::decompress_to_vec_zlib(&bytes)
+    let text = miniz_oxide::inflate::decompress_to_vec_zlib(bytes)
         .map_err(|e| format!("the trace does not decompress: {e}"))?;
     let text = String::from_utf8(text).map_err(|e| format!("the trace is not UTF-8 text: {e}"))?;
     Ok(KernelTrace { info: info.clone(), text })
 }
 
-/// Frames from the data port's file; a torn last line (QEMU killed mid-write) is dropped.
-fn read_frames(path: &Path) -> Vec<Frame> {
-    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
-    text.lines().filter_map(|l| serde_json::from_str(l.trim()).ok()).collect()
+/// Frames from what the data port received; a torn last line (QEMU killed mid-write) is dropped.
+fn read_frames(bytes: &[u8]) -> Vec<Frame> {
+    String::from_utf8_lossy(bytes).lines().filter_map(|l| serde_json::from_str(l.trim()).ok()).collect()
 }
 
 /// The scenario's machine with headroom: each node can hold every VMA (migration may gather
@@ -414,13 +412,13 @@ fn run_timeout(cfg: &Config) -> Duration {
     Duration::from_secs(90 + cfg.run.duration_ms * 2 / 1000 + vmas / 16)
 }
 
-fn write_initramfs(
-    dir: &Path,
+/// The guest's initramfs, as a memory file QEMU reads.
+fn initramfs_of(
     guest: &Path,
     plan: &Plan,
     k: &KernelSpec,
     gupdev: Option<&Path>,
-) -> Result<PathBuf, OracleError> {
+) -> Result<std::fs::File, OracleError> {
     let init = std::fs::read(guest).map_err(|e| OracleError::Io(format!("{}: {e}", guest.display())))?;
     let plan_json = serde_json::to_vec(plan).expect("plans serialize");
     let brd = match (plan.brd_kib, &k.brd) {
@@ -440,10 +438,7 @@ fn write_initramfs(
         files.push(("gupdev.ko", 0o644, g));
     }
     let dirs = ["dev", "proc", "sys", "tmp"];
-    let path = dir.join(".initramfs.cpio");
-    std::fs::write(&path, initramfs::newc(&dirs, &files))
-        .map_err(|e| OracleError::Io(format!("{}: {e}", path.display())))?;
-    Ok(path)
+    qemu::memory_file("numasim-initramfs", &initramfs::newc(&dirs, &files))
 }
 
 /// KVM when it boots this kernel, else TCG. `/dev/kvm` exists on machines where KVM does not
@@ -459,22 +454,24 @@ pub fn choose_accel(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<Accel, 
     if !usable {
         return Ok(Accel::Tcg);
     }
-    let cache = cache_dir().join(format!("accel-{}", k.release()));
+    let entry = format!("accel-{}", k.release());
+    let _lock = cache_lock::lock_entry(&cache_dir(), &entry)?;
+    let cache = cache_dir().join(entry);
     if let Ok(answer) = std::fs::read_to_string(&cache) {
         return Ok(if answer.trim() == "kvm" { Accel::Kvm } else { Accel::Tcg });
     }
     let accel = if probe_kvm(qemu, k, guest)? { Accel::Kvm } else { Accel::Tcg };
-    let _ = std::fs::create_dir_all(cache_dir());
     let _ = std::fs::write(&cache, accel.name());
     Ok(accel)
 }
 
 /// Boots the probe plan under KVM with a short timeout: true when the guest said hello and done.
 fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleError> {
-    let dir = std::env::temp_dir().join(format!("numasim-kvm-probe-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| OracleError::Io(format!("{}: {e}", dir.display())))?;
+    let dir = stop::Scratch::new(std::env::temp_dir().join(format!("numasim-kvm-probe-{}", std::process::id())));
+    let dir = dir.path();
+    std::fs::create_dir_all(dir).map_err(|e| OracleError::Io(format!("{}: {e}", dir.display())))?;
     let plan = Plan { probe: true, nodes: 1, cpus_per_node: 1, ..Plan::default() };
-    let initrd = write_initramfs(&dir, guest, &plan, k, None)?;
+    let initrd = initramfs_of(guest, &plan, k, None)?;
     let m = qemu::Machine {
         nodes: 1,
         cpus_per_node: 1,
@@ -482,23 +479,24 @@ fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleEr
         distance: None,
         cmdline: String::new(),
     };
-    let ok = qemu::boot(qemu, k, &initrd, &m, Accel::Kvm, &dir, Duration::from_secs(20))
+    let ok = qemu::boot(qemu, k, &initrd, &m, Accel::Kvm, dir, Duration::from_secs(20))
         .map(|b| !b.timed_out && read_frames(&b.data).iter().any(|f| matches!(f, Frame::Done { .. })))
         .unwrap_or(false);
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(ok)
 }
 
 fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &KernelRun) -> Result<(), OracleError> {
     let dir = &run.dir;
     let write = |name: &str, data: &[u8]| {
-        let tmp = dir.join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, data)
-            .and_then(|_| std::fs::rename(&tmp, dir.join(name)))
+        let tmp = stop::Scratch::new(dir.join(format!(".{name}.tmp")));
+        std::fs::write(tmp.path(), data)
+            .and_then(|_| std::fs::rename(tmp.path(), dir.join(name)))
             .map_err(|e| OracleError::Io(format!("{}: {e}", dir.join(name).display())))
     };
-    write("config.toml", sim_core::config::to_toml(cfg).as_bytes())?;
-    write("timeseries.csv", results::timeseries(plan, &o.samples).as_bytes())?;
+    let config = sim_core::config::to_toml(cfg);
+    let series = results::timeseries(plan, &o.samples);
+    write("config.toml", config.as_bytes())?;
+    write("timeseries.csv", series.as_bytes())?;
     let info = results::RunInfo {
         scenario: &cfg.name,
         seed: cfg.run.seed,
@@ -537,10 +535,19 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "files": o.files,
         "sched_domains": domains,
     });
-    write("guest.json", (serde_json::to_string_pretty(&guest_json).expect("json") + "\n").as_bytes())?;
+    let guest_text = serde_json::to_string_pretty(&guest_json).expect("json") + "\n";
+    write("guest.json", guest_text.as_bytes())?;
     let summary = results::summary(&info, plan, &o.samples, &o.files)
         .map_err(|m| OracleError::Input(format!("kernel {}: {m}", o.release)))?;
-    write("summary.json", (serde_json::to_string_pretty(&summary).expect("json") + "\n").as_bytes())
+    let summary = serde_json::to_string_pretty(&summary).expect("json") + "\n";
+    let files: [(&str, &[u8]); 4] = [
+        ("config.toml", config.as_bytes()),
+        ("timeseries.csv", series.as_bytes()),
+        ("guest.json", guest_text.as_bytes()),
+        ("summary.json", summary.as_bytes()),
+    ];
+    write(checksums::FILE, checksums::text(&files).as_bytes())?;
+    write("summary.json", summary.as_bytes())
 }
 
 #[cfg(test)]

@@ -1,12 +1,17 @@
 //! Booting the guest: qemu-system-x86_64 with the scenario's NUMA topology, the kernel
-//! console on ttyS0, the guest's frames on ttyS1 and its trace on ttyS2 (three files), under
-//! a timeout.
+//! console on ttyS0, the guest's frames on ttyS1 and its trace on ttyS2, under a timeout.
+//! Only the console is a file in the run directory: the initramfs, the frames and the trace
+//! are memory files (memfd) QEMU reaches as `/dev/fd/N`, so nothing of them is left behind
+//! whatever ends numasim, SIGKILL included.
 
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{KernelSpec, OracleError};
+use crate::{KernelSpec, OracleError, stop};
 
 /// The apt-get line that installs QEMU.
 pub const INSTALL_QEMU: &str = "apt-get install -y --no-install-recommends qemu-system-x86";
@@ -48,9 +53,10 @@ pub struct Machine {
 /// What a boot left behind.
 pub struct Boot {
     pub console: PathBuf,
-    pub data: PathBuf,
+    /// What the guest wrote to ttyS1 (its frames).
+    pub data: Vec<u8>,
     /// What the guest wrote to ttyS2 (the kernel's trace, when it recorded one).
-    pub trace: PathBuf,
+    pub trace: Vec<u8>,
     pub wall: Duration,
     pub timed_out: bool,
 }
@@ -64,20 +70,46 @@ pub fn qemu_binary() -> Result<PathBuf, OracleError> {
         .ok_or_else(|| OracleError::Input(format!("qemu-system-x86_64 is not installed: run `{INSTALL_QEMU}`")))
 }
 
+/// An anonymous file in memory holding `contents`, named `name` in /proc.
+pub fn memory_file(name: &str, contents: &[u8]) -> Result<File, OracleError> {
+    let io = |e: std::io::Error| OracleError::Io(format!("a memory file for {name}: {e}"));
+    let cname = std::ffi::CString::new(name).expect("names have no NUL");
+    // SAFETY: memfd_create takes a NUL-terminated name; the descriptor it returns is owned here.
+    let fd = unsafe { libc::memfd_create(cname.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io(std::io::Error::last_os_error()));
+    }
+    // SAFETY: fd was just opened and nothing else owns it.
+    let mut file = unsafe { File::from_raw_fd(fd) };
+    file.write_all(contents).map_err(io)?;
+    Ok(file)
+}
+
+/// Everything written to a memory file, from its start.
+fn contents(mut file: &File) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let _ = file.rewind().and_then(|_| file.read_to_end(&mut bytes));
+    bytes
+}
+
+fn fd_path(file: &File) -> String {
+    format!("/dev/fd/{}", file.as_raw_fd())
+}
+
 /// Boots `kernel` with `initrd` on `m` and waits for QEMU to exit (the guest powers off) or
 /// for `timeout`, after which QEMU is killed.
 pub fn boot(
     qemu: &Path,
     kernel: &KernelSpec,
-    initrd: &Path,
+    initrd: &File,
     m: &Machine,
     accel: Accel,
     dir: &Path,
     timeout: Duration,
 ) -> Result<Boot, OracleError> {
     let console = dir.join("console.log");
-    let data = dir.join(".frames.jsonl");
-    let trace = dir.join(".trace.raw");
+    let data = memory_file("numasim-frames", b"")?;
+    let trace = memory_file("numasim-trace", b"")?;
     let mut cmd = Command::new(qemu);
     cmd.args(["-accel", accel.arg(), "-machine", "q35", "-cpu", "max", "-nodefaults", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none"])
@@ -89,13 +121,13 @@ pub fn boot(
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
         .arg("-serial")
-        .arg(format!("file:{}", data.display()))
+        .arg(format!("file:{}", fd_path(&data)))
         .arg("-serial")
-        .arg(format!("file:{}", trace.display()))
+        .arg(format!("file:{}", fd_path(&trace)))
         .arg("-kernel")
         .arg(&kernel.image)
         .arg("-initrd")
-        .arg(initrd)
+        .arg(fd_path(initrd))
         .arg("-append")
         // schedstats from boot (setup_schedstats()): switching the sched_schedstats sysctl
         // at run time patches a static key while the other vCPUs run, which oopsed 6.12
@@ -112,25 +144,32 @@ pub fn boot(
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child =
-        cmd.spawn().map_err(|e| OracleError::Input(format!("{}: {e}: run `{INSTALL_QEMU}`", qemu.display())))?;
+    let what = format!("QEMU (kernel {}, into {})", kernel.release(), dir.display());
+    let fds = [initrd.as_raw_fd(), data.as_raw_fd(), trace.as_raw_fd()];
+    let mut child = stop::spawn(&mut cmd, &what, &fds)
+        .map_err(|e| OracleError::Input(format!("{}: {e}: run `{INSTALL_QEMU}`", qemu.display())))?;
+    let finished = |timed_out| Boot {
+        console: console.clone(),
+        data: contents(&data),
+        trace: contents(&trace),
+        wall: start.elapsed(),
+        timed_out,
+    };
     loop {
         if let Some(status) = child.try_wait().map_err(|e| OracleError::Io(format!("waiting for QEMU: {e}")))? {
             if !status.success() {
                 let mut err = String::new();
-                use std::io::Read;
-                let _ = child.stderr.take().map(|mut s| s.read_to_string(&mut err));
+                let _ = child.stderr().map(|mut s| s.read_to_string(&mut err));
                 return Err(OracleError::Guest {
                     message: format!("QEMU exited with {status}: {}", err.trim()),
                     console_tail: console_tail(&console),
                 });
             }
-            return Ok(Boot { console, data, trace, wall: start.elapsed(), timed_out: false });
+            return Ok(finished(false));
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
-            let _ = child.wait();
-            return Ok(Boot { console, data, trace, wall: start.elapsed(), timed_out: true });
+            return Ok(finished(true));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -452,7 +452,7 @@ fn kernel_side(
     let traced = !flags.trace || dir.join("trace.txt").is_file();
     if flags.reuse
         && traced
-        && let Some(facts) = earlier_run(config, spec, dir)
+        && let Some(facts) = earlier_run(config, spec, dir)?
     {
         eprintln!("validate {}: reusing the {} run in {}", config.name, arg, dir.display());
         return Ok(Ok(facts));
@@ -489,8 +489,27 @@ fn kernel_side(
     }
 }
 
-/// A finished run of the same config on the same kernel release, from its guest.json.
-fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option<KernelFacts> {
+/// A finished run of the same config on the same kernel release, from its guest.json. A run
+/// whose result files changed since it wrote them is bad input; one from before the
+/// checksums were written boots again.
+fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Result<Option<KernelFacts>, Failure> {
+    if !dir.join("summary.json").is_file() {
+        return Ok(None);
+    }
+    match oracle::checksums::verify(dir) {
+        Ok(true) => Ok(same_run(config, spec, dir)),
+        Ok(false) => {
+            eprintln!("validate: {} has no {}: booting again", dir.display(), oracle::checksums::FILE);
+            Ok(None)
+        }
+        Err(e) => Err(Failure::Input(format!(
+            "--reuse: {e}: delete {} (validate boots it again) or run without --reuse",
+            dir.display()
+        ))),
+    }
+}
+
+fn same_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option<KernelFacts> {
     // Parsed, so that a run written before a key was added (with its default) still counts;
     // tolerances are not part of what ran.
     let text = std::fs::read_to_string(dir.join("config.toml")).ok()?;

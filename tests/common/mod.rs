@@ -1,6 +1,8 @@
 //! Helpers for the command-line tests.
 #![allow(dead_code)]
 
+pub mod fake;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

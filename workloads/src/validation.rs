@@ -42,9 +42,31 @@ pub fn resolve(arg: &str, overrides: &[String]) -> Result<Config, ConfigError> {
     }
 }
 
+/// A scenario as `numasim run` and `numasim kernel` take it: a built-in scenario or a path,
+/// else a validation case by name. Where a case shares a built-in's name (numa02, numa01,
+/// overload, ksm-protnone) the built-in keeps it there, as before; `validate` takes the case.
+pub fn resolve_scenario(arg: &str, overrides: &[String]) -> Result<Config, ConfigError> {
+    let builtin = catalogue::BUILTIN.iter().any(|(name, _)| *name == arg);
+    let case = CASES.iter().any(|(name, _)| *name == arg);
+    if case && !builtin && !std::path::Path::new(arg).exists() {
+        resolve(arg, overrides)
+    } else {
+        catalogue::resolve(arg, overrides)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_and_kernel_take_a_case_by_name_and_a_built_in_keeps_its_own() {
+        let case = resolve_scenario("gup-proc-mem-read", &[]).unwrap();
+        assert_eq!(case, resolve("gup-proc-mem-read", &[]).unwrap());
+        assert_eq!(resolve_scenario("numa02", &[]).unwrap(), catalogue::resolve("numa02", &[]).unwrap());
+        assert_ne!(resolve("numa02", &[]).unwrap(), catalogue::resolve("numa02", &[]).unwrap(), "two numa02s");
+        assert!(resolve_scenario("gup-proc-mem-reed", &[]).is_err());
+    }
 
     #[test]
     fn every_case_loads_under_its_own_name_with_judged_metrics_and_reasons() {
