@@ -10,7 +10,7 @@ use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use common::fake::FakeHost;
-use common::{oracle_missing, s, scratch};
+use common::{oracle_missing, qemu_naming, running, s, scratch};
 
 /// Waits up to `limit` for `ready`.
 fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
@@ -22,13 +22,6 @@ fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(50));
     }
     false
-}
-
-/// Alive and not a zombie.
-fn running(pid: i32) -> bool {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
-    state.is_some_and(|st| st != "Z" && st != "X")
 }
 
 fn send(child: &Child, sig: i32) {
@@ -168,20 +161,6 @@ fn four_runs_on_one_empty_cache_all_succeed() {
     assert_eq!(debs.len(), 1, "one download for four runs");
 }
 
-/// The QEMU processes whose command line names `dir` (their console file is there).
-fn processes_naming(dir: &Path) -> Vec<i32> {
-    let needle = s(dir).as_bytes().to_vec();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let names = |n: &[u8]| cmdline.windows(n.len()).any(|w| w == n);
-            running(*pid) && names(b"qemu-system") && names(&needle)
-        })
-        .collect()
-}
-
 /// Real QEMU, Debian's 6.1: SIGINT while the kernel boots (1 s after QEMU started), SIGTERM
 /// and SIGKILL while the guest runs (the kernel boots in about 5 s under TCG here; the run
 /// lasts 20 s). QEMU is gone with numasim, and only the console is left in the directory.
@@ -205,15 +184,15 @@ fn a_signal_to_numasim_stops_real_qemu_at_boot_and_mid_run() {
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap();
-        let started = wait_for(Duration::from_secs(120), || !processes_naming(&dir).is_empty());
+        let started = wait_for(Duration::from_secs(120), || !qemu_naming(&dir).is_empty());
         assert!(started, "signal {sig}: QEMU never started");
         std::thread::sleep(Duration::from_secs(after));
-        let qemu = processes_naming(&dir);
+        let qemu = qemu_naming(&dir);
         assert_eq!(qemu.len(), 1, "one QEMU for this run: {qemu:?}");
         send(&child, sig);
         let out = child.wait_with_output().unwrap();
         check_stopped(&out, sig, qemu[0], "QEMU");
-        assert_eq!(processes_naming(&dir), Vec::<i32>::new());
+        assert_eq!(qemu_naming(&dir), Vec::<i32>::new());
         let left: Vec<String> =
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert!(left.iter().all(|f| f == "console.log"), "signal {sig}: {left:?}");

@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::fake::{FULL_CONFIG, bzimage_bytes};
-use common::{oracle_missing, s};
+use common::{oracle_missing, qemu_naming, s};
 
 const CASE_LIMIT: Duration = Duration::from_secs(120);
 const REAL_EVERY: u64 = 20;
@@ -143,20 +143,6 @@ fn case_args(rng: &mut Rng, kernels: &[String], out: &Path) -> Vec<String> {
         }
     }
     args
-}
-
-/// The QEMU processes (real or the stand-in) whose command line names `dir`.
-fn qemu_naming(dir: &Path) -> Vec<i32> {
-    let needle = s(dir).as_bytes().to_vec();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .filter(|pid| {
-            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let names = |n: &[u8]| cmdline.windows(n.len()).any(|w| w == n);
-            names(b"qemu-system") && names(&needle)
-        })
-        .collect()
 }
 
 /// Runs `cmd` to its end or `CASE_LIMIT`: exit code, stderr.

@@ -46,3 +46,25 @@ pub fn oracle_missing(kernel: &str) -> Option<String> {
     }
     oracle::resolve_kernel(kernel).err().map(|e| format!("kernel {kernel}: {e}"))
 }
+
+/// Alive and not a zombie.
+pub fn running(pid: i32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().next());
+    state.is_some_and(|st| st != "Z" && st != "X")
+}
+
+/// The running QEMU processes (real or a stand-in) whose command line names `dir` (their
+/// console file is there).
+pub fn qemu_naming(dir: &Path) -> Vec<i32> {
+    let needle = s(dir).as_bytes().to_vec();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let names = |n: &[u8]| cmdline.windows(n.len()).any(|w| w == n);
+            running(*pid) && names(b"qemu-system") && names(&needle)
+        })
+        .collect()
+}
