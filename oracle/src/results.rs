@@ -26,11 +26,12 @@ pub const VMSTAT: [&str; 14] = [
 ];
 
 /// numasim metrics the kernel cannot give: who took a fault, per-touch locality, secondary-MMU
-/// staleness and aging are the simulator's own observations; the task migration counts are
-/// schedstats 6.1 and 6.12 do not export.
+/// staleness and aging are the simulator's own observations; no released kernel counts the
+/// task migrations (`numasim.numa_task_*`: its record is the sched_move_numa and
+/// sched_swap_numa tracepoints).
 pub const NOT_MEASURED: [&str; 16] = [
-    "vmstat.numa_task_migrated",
-    "vmstat.numa_task_swapped",
+    "numasim.numa_task_migrated",
+    "numasim.numa_task_swapped",
     "hint_faults_by_source.cpu",
     "hint_faults_by_source.kvm",
     "hint_faults_by_source.device",
@@ -370,6 +371,13 @@ fn per_active_second(
 mod tests {
     use super::*;
     use guest::{ProcessPlan, RemoteCaller, SmmuPlan, SmmuSample, ThreadPlan, ThreadSample};
+
+    /// Every counter the model files under `vmstat` is one the guest reads from the kernel's
+    /// /proc/vmstat (mm/vmstat.c's vmstat_text in 6.1 and 6.12), and in the same order.
+    #[test]
+    fn the_model_s_vmstat_group_holds_only_proc_vmstat_names() {
+        assert_eq!(VMSTAT.as_slice(), sim_core::stats::VmStat::NAMES);
+    }
 
     fn info() -> RunInfo<'static> {
         RunInfo {

@@ -40,9 +40,9 @@ fn tally(text: &str) -> BTreeMap<String, f64> {
     t.insert("vmstat.numa_pte_updates".into(), sum("numasim_task_numa_work.nr_pte_updates"));
     t.insert("vmstat.pgmigrate_success".into(), sum("mm_migrate_pages.nr_succeeded"));
     t.insert("vmstat.pgmigrate_fail".into(), sum("mm_migrate_pages.nr_failed"));
-    t.insert("vmstat.numa_task_migrated".into(), n("sched_move_numa"));
-    // The kernel counts numa_task_swapped for both tasks of a swap (__migrate_swap_task()).
-    t.insert("vmstat.numa_task_swapped".into(), 2.0 * n("sched_swap_numa"));
+    t.insert("numasim.numa_task_migrated".into(), n("sched_move_numa"));
+    // Both tasks of a swap move: two per sched_swap_numa.
+    t.insert("numasim.numa_task_swapped".into(), 2.0 * n("sched_swap_numa"));
     t.insert("vmstat.cow_ksm".into(), n("numasim_ksm_cow"));
     t.insert("stale.accesses".into(), n("numasim_stale_access"));
     t.insert("ksm.pages_merged".into(), n("numasim_ksm_merge"));
@@ -180,7 +180,7 @@ fn a_task_moved_by_task_numa_migrate_never_runs_on_two_cpus_at_once() {
                 }
             })
         });
-        let moves = metric(&out, "vmstat.numa_task_migrated") + metric(&out, "vmstat.numa_task_swapped");
+        let moves = metric(&out, "numasim.numa_task_migrated") + metric(&out, "numasim.numa_task_swapped");
         assert!(moves > 0.0, "{name}: no task was moved");
         let mut runs: BTreeMap<u32, Vec<(u64, u64, u32)>> = BTreeMap::new();
         for r in out.trace.as_ref().unwrap().records() {
