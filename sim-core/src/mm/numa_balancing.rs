@@ -295,8 +295,19 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
     // stand-ins for the guest's stacks and arenas, which have a few pages, then flush too).
     let cost = entries_written * pte_cost + flushes * flush_cost;
     // Tasks must run 32x as long elsewhere as they spent scanning (3% overhead cap).
-    p.node_stamp += 32 * cost;
+    p.node_stamp += 32 * runtime_accounted_during(cost);
     cost
+}
+
+/// How much of a scan lasting `cost` reaches `p->se.sum_exec_runtime` before task_numa_work()
+/// reads it again, which is what the kernel charges 32× (fair.c, 6.1.192 and 6.12.118:
+/// `if (unlikely(p->se.sum_exec_runtime != runtime)) p->node_stamp += 32 * diff;`).
+/// update_curr() moves the runtime at the tick; the work runs on return to user right after
+/// the tick that queued it, so only the ticks that land inside the scan count: none for a
+/// scan shorter than TICK_NSEC. Simplified: the update_curr() of a wake-up enqueued on this
+/// CPU, or of the walk's cond_resched(), during the scan is not modelled.
+pub fn runtime_accounted_during(cost: Nanos) -> Nanos {
+    cost - cost % TICK_NSEC
 }
 
 /// Models change_prot_numa() → change_pte_range() with MM_CP_PROT_NUMA over virtual pages
