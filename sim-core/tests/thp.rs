@@ -4,12 +4,13 @@ use bevy_ecs::entity::Entity;
 use sim_core::config::{Config, GupPolicy, MachineConfig, NotifierMode, Thp};
 use sim_core::kernel::{Faulter, Kernel};
 use sim_core::mm::gup::{
-    FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_PIN, FOLL_WRITE, get_user_page_fast_only, get_user_pages,
+    FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_PIN, FOLL_WRITE, get_user_page_fast_only, get_user_pages,
 };
 use sim_core::mm::memory::handle_mm_fault;
 use sim_core::mm::mmu_notifier::{
     MmuNotifyEvent, SPTE_HUGE, SPTE_VALID, SecondaryMmu, SmmuKind, invalidate_range, map_secondary,
 };
+use sim_core::mm::mprotect::mprotect_vma;
 use sim_core::mm::numa_balancing::{ProtNumaChange, change_prot_numa};
 use sim_core::mm::vmscan::age_pages;
 use sim_core::mm::{HPAGE_PMD_NR, Mm, PTE_PROTNONE, PTE_ZERO, PageIdx, Pages, Pmd};
@@ -80,6 +81,22 @@ fn faults_allocate_thps_and_the_huge_zero_page() {
     assert_eq!(pmd(&sim, mm, 1), Pmd::Table);
     let c = sim.world.resource::<Counters>().vmstat;
     assert_eq!((c.thp_fault_alloc, c.thp_split_pmd, c.thp_fault_fallback), (1, 1, 0));
+}
+
+/// do_huge_pmd_anonymous_page() (mm/huge_memory.c, 6.1.192 and 6.12.118) builds the PMD
+/// from `vma->vm_page_prot`: a FOLL_FORCE first touch in a PROT_NONE VMA maps a protnone THP
+/// (a write) or huge zero page (a read).
+#[test]
+fn a_forced_first_touch_in_a_prot_none_vma_maps_a_protnone_pmd() {
+    let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+    sim.with_kernel(|k| {
+        mprotect_vma(k, mm, 0, false);
+        let mut f = Faulter::kthread(k, 77, 4, Source::Device);
+        get_user_pages(k, mm, base + 3, FOLL_GET | FOLL_FORCE | FOLL_WRITE, &mut f).unwrap();
+        get_user_pages(k, mm, base + 600, FOLL_GET | FOLL_FORCE, &mut f).unwrap();
+        assert!((base..base + 1024).all(|p| k.pages.protnone(p)), "both blocks protnone");
+    });
+    assert_eq!((pmd(&sim, mm, 0), pmd(&sim, mm, 1)), (Pmd::Huge, Pmd::HugeZero));
 }
 
 /// A node without 512 free pages above its low watermark gives no THP: thp_fault_fallback,

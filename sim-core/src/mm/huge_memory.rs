@@ -11,7 +11,7 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::memory::{numa_fault_done, numa_migrate_check, numa_migrate_folio};
+use super::memory::{numa_fault_done, numa_migrate_check, numa_migrate_folio, vm_page_prot};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
 use super::{HPAGE_PMD_NR, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
 use crate::engine::Nanos;
@@ -35,11 +35,12 @@ fn set_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, pmd: Pmd) {
 /// to 4 KiB pages (thp_fault_fallback).
 pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, nid: Nid, write: bool) -> bool {
     let range = block_slots(k, mm, vma, b);
+    let prot = vm_page_prot(k.mm(mm).vmas[vma].accessible);
     if !write {
         for i in range {
             let pte = k.pages.slots.pte_mut(i);
             pte.nid = ZERO_PAGE_NID;
-            pte.flags |= PTE_ZERO | PTE_YOUNG;
+            pte.flags |= PTE_ZERO | prot;
         }
         set_pmd(k, mm, vma, b, Pmd::HugeZero);
         return true;
@@ -54,7 +55,7 @@ pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usi
     for i in range {
         let pte = k.pages.slots.pte_mut(i);
         pte.nid = nid;
-        pte.flags |= PTE_YOUNG;
+        pte.flags |= prot;
     }
     k.mm(mm).rss += HPAGE_PMD_NR;
     k.counters.vmstat.thp_fault_alloc += 1;
