@@ -129,7 +129,8 @@ impl Sim {
         let mut world = World::new();
         let mut topo = Topology::new(&config.machine);
         let present = config.machine.memory_per_node_mib * PAGES_PER_MIB;
-        let wmarks = setup_per_zone_wmarks(&vec![present; topo.nr_nodes as usize]);
+        let thp = config.kernel.transparent_hugepage != Thp::Never;
+        let wmarks = setup_per_zone_wmarks(&vec![present; topo.nr_nodes as usize], thp);
         topo.node_entities = (0..topo.nr_nodes)
             .map(|nid| {
                 let wmark = wmarks[nid as usize];

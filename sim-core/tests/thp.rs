@@ -99,6 +99,19 @@ fn a_forced_first_touch_in_a_prot_none_vma_maps_a_protnone_pmd() {
     assert_eq!((pmd(&sim, mm, 0), pmd(&sim, mm, 1)), (Pmd::Huge, Pmd::HugeZero));
 }
 
+/// With THP enabled, khugepaged's start raises min_free_kbytes
+/// (set_recommended_min_free_kbytes(), mm/khugepaged.c 6.1.192 and 6.12.118): on 2 × 64 MiB
+/// to 5% of the free buffer pages, (2 × (16384 - 271)) / 20 pages = 6444 KiB, against
+/// calculate_min_free_kbytes()'s 1448.
+#[test]
+fn thp_enabled_raises_the_min_watermark() {
+    let min = |thp| {
+        let (mut sim, _, _) = machine_with(GupPolicy::Explicit, thp);
+        sim.with_kernel(|k| k.pgdat(0).wmark.min)
+    };
+    assert_eq!((min(Thp::Never), min(Thp::Madvise), min(Thp::Always)), (181, 805, 805));
+}
+
 /// A node without 512 free pages above its low watermark gives no THP: thp_fault_fallback,
 /// and the block is mapped by 4 KiB PTEs from then on.
 #[test]

@@ -86,7 +86,7 @@ fn a_full_node_falls_back_to_the_nearest_node_with_memory() {
     // path lowers it to min.
     let c = config(ONE_THREAD, &["run.duration_ms=300", "machine.memory_per_node_mib=16"]);
     let (sim, out) = run(&c);
-    let low = sim_core::mm::page_alloc::setup_per_zone_wmarks(&[4096; 3])[0].low as usize;
+    let low = sim_core::mm::page_alloc::setup_per_zone_wmarks(&[4096; 3], false)[0].low as usize;
     let above_low = 16 * 256 - low;
     assert_eq!(nodes_of_pages(&sim), [above_low, 32 * 256 - 2 * above_low, above_low, 0]);
     let locality = metric(&out, "locality.cpu");
