@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use sim_core::config::{Config, KernelVersion};
+use sim_core::release::Release;
 use sim_core::trace::chrome::write_chrome;
 use sim_core::trace::kernel::{KernelTrace, guest_meta};
 use sim_core::trace::output::{Written, write_ftrace};
@@ -58,10 +59,7 @@ const DEFAULT_MAX_MIB: u64 = 256;
 /// The tracepoint formats of `kernel.version`: of the two oracle kernels, 6.12's from v6.7
 /// (sched_skip_vma_numa) on, 6.1's before.
 pub fn formats_of(v: KernelVersion) -> TpVersion {
-    match v {
-        KernelVersion::V6_12 => TpVersion::V6_12,
-        _ => TpVersion::V6_1,
-    }
+    if v.rules_release() >= Release::new(6, 7, 0) { TpVersion::V6_12 } else { TpVersion::V6_1 }
 }
 
 /// Checks the trace options before anything runs; `None` when not tracing.

@@ -1,14 +1,18 @@
-//! What each modelled kernel version does differently.
+//! What each modelled kernel release does differently.
 //!
-//! `kernel.version` selects one row of [`Rules`]; every mechanism whose behaviour changed
-//! between the versions reads its rule from here, never from the version number itself,
-//! because stable kernels mix eras (Debian 12's 6.1.192 carries v6.2's
-//! gup_can_follow_protnone() on a 6.1 base). Read from the 6.1.192 and 6.12.117 sources
-//! (Debian's linux-source packages) and, for 6.4–6.6, from the commits named below.
+//! `kernel.version` names a release (`release.rs`); every mechanism whose behaviour changed
+//! between releases reads its rule from here, never from the version number itself, because
+//! stable kernels mix eras (Debian 12's 6.1.192 carries v6.2's gup_can_follow_protnone() on
+//! a 6.1 base). Each rule lists the releases that have it ([`Span`]): the first mainline
+//! release, and stable backports as ranges of their series. Read from the 6.1.192, 6.12.117
+//! and 6.12.118 sources (Debian's linux-source packages, and their changelogs for the
+//! backports) and, for 6.4–6.6, from the commits named below.
 
 use bevy_ecs::resource::Resource;
 
 use crate::config::{GupPolicy, KernelConfig, KernelVersion};
+use crate::release::Span::{Mainline, Stable};
+use crate::release::{Release, Span, has};
 
 /// Which accessed-VMA filter task_numa_work() applies before scanning a VMA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -67,40 +71,138 @@ pub struct Rules {
     pub lb_6_12: bool,
 }
 
+/// `Release::new`, short.
+const fn r(major: u32, minor: u32, sublevel: u32) -> Release {
+    Release::new(major, minor, sublevel)
+}
+
+/// v6.2 ("mm/gup: replace FOLL_NUMA by gup_can_follow_protnone()"): `return flags & FOLL_FORCE;`.
+/// In 6.1.y by 6.1.192 (the release read; earlier 6.1.y were not).
+const GUP_IMPLICIT_ALL: &[Span] = &[Mainline(r(6, 2, 0)), Stable(r(6, 1, 192))];
+/// v6.5 (d74943a2f3cd): is_valid_gup_args() sets FOLL_HONOR_NUMA_FAULT for every external
+/// caller. That patch, "mm/gup: reintroduce FOLL_NUMA as FOLL_HONOR_NUMA_FAULT", is listed
+/// under ChangeLog-6.4.13 in the history Debian's 6.12 changelog carries.
+const GUP_IMPLICIT_FORCE: &[Span] = &[Mainline(r(6, 5, 0)), Stable(r(6, 4, 13))];
+/// v6.6: only callers that pass FOLL_HONOR_NUMA_FAULT honour hints.
+const GUP_EXPLICIT: &[Span] = &[Mainline(r(6, 6, 0))];
+/// v6.2 removed savedwrite.
+const NO_SAVEDWRITE: &[Span] = &[Mainline(r(6, 2, 0))];
+/// ksm_next_page_pmd_entry(): in the 6.12 source and backported to 6.1.y by 6.1.192; its
+/// merge release (after 6.6) was not read.
+const KSM_SCAN_WALKS: &[Span] = &[Mainline(r(6, 12, 0)), Stable(r(6, 1, 192))];
+/// get_mergeable_page() with folio_walk_start(): 6.12.
+const KSM_LOOKUP_WALKS: &[Span] = &[Mainline(r(6, 12, 0))];
+/// Chengming Zhou's v6.9 reordering of cmp_and_merge_page().
+const KSM_CHECKSUM_FIRST: &[Span] = &[Mainline(r(6, 9, 0))];
+/// v6.4, "sched/numa: enhance vma scanning logic".
+const VMA_ACCESSED: &[Span] = &[Mainline(r(6, 4, 0))];
+/// v6.7, Mel Gorman's series (v6.11's rescan on top: 6.7–6.10 were not read).
+const VMA_ACCESSED_FORCED: &[Span] = &[Mainline(r(6, 7, 0))];
+/// "sched/fair: Reset NUMA fault locality after scan period update": a stable fix, listed
+/// under ChangeLog-6.12.117 in Debian's 6.12 changelog.
+const SCAN_SLOWER_CLEARS_LOCALITY: &[Span] = &[Stable(r(6, 12, 117))];
+/// v6.7, "sched/topology: Rename 'DIE' domain to 'PKG'".
+const PKG_DOMAIN: &[Span] = &[Mainline(r(6, 7, 0))];
+/// v6.10's rename of SD_SHARE_PKG_RESOURCES to SD_SHARE_LLC.
+const SD_SHARE_LLC: &[Span] = &[Mainline(r(6, 10, 0))];
+/// The four load-balancer rules of [`Rules::lb_6_12`]: read in 6.12; their merge releases
+/// (after 6.6) were not checked.
+const LB_6_12: &[Span] = &[Mainline(r(6, 12, 0))];
+
 impl Rules {
     /// The rules of `version`, with the GUP era overridden when asked.
     pub fn of(version: KernelVersion, gup_override: Option<GupPolicy>) -> Self {
-        use KernelVersion::*;
-        let (gup, savedwrite, ksm_scan_walks, ksm_lookup_walks, vma_filter) = match version {
-            V6_1 => (GupPolicy::Implicit, true, false, false, VmaScanFilter::None),
-            V6_1Debian12 => (GupPolicy::ImplicitAll, true, true, false, VmaScanFilter::None),
-            V6_4 => (GupPolicy::ImplicitAll, false, false, false, VmaScanFilter::Accessed),
-            V6_5 => (GupPolicy::ImplicitForce, false, false, false, VmaScanFilter::Accessed),
-            V6_6 => (GupPolicy::Explicit, false, false, false, VmaScanFilter::Accessed),
-            V6_12 => (GupPolicy::Explicit, false, true, true, VmaScanFilter::AccessedForced),
+        let at = version.rules_release();
+        let on = |spans| has(spans, at);
+        let gup = if on(GUP_EXPLICIT) {
+            GupPolicy::Explicit
+        } else if on(GUP_IMPLICIT_FORCE) {
+            GupPolicy::ImplicitForce
+        } else if on(GUP_IMPLICIT_ALL) {
+            GupPolicy::ImplicitAll
+        } else {
+            GupPolicy::Implicit
         };
-        // The 2024 reordering is not in 6.4–6.6, which keep 6.1's order.
-        let ksm_checksum_first = version == V6_12;
-        let scan_slower_clears_locality = version == V6_12;
-        let gup = gup_override.unwrap_or(gup);
-        // 6.4–6.6 keep 6.1's scheduler names and rules (not checked against their sources).
-        let lb_6_12 = version == V6_12;
+        let vma_filter = if on(VMA_ACCESSED_FORCED) {
+            VmaScanFilter::AccessedForced
+        } else if on(VMA_ACCESSED) {
+            VmaScanFilter::Accessed
+        } else {
+            VmaScanFilter::None
+        };
         Self {
             version,
-            gup,
-            savedwrite,
-            ksm_scan_walks,
-            ksm_lookup_walks,
-            ksm_checksum_first,
+            gup: gup_override.unwrap_or(gup),
+            savedwrite: !on(NO_SAVEDWRITE),
+            ksm_scan_walks: on(KSM_SCAN_WALKS),
+            ksm_lookup_walks: on(KSM_LOOKUP_WALKS),
+            ksm_checksum_first: on(KSM_CHECKSUM_FIRST),
             vma_filter,
-            scan_slower_clears_locality,
-            pkg_domain_name: if lb_6_12 { "PKG" } else { "DIE" },
-            sd_share_llc_name: if lb_6_12 { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
-            lb_6_12,
+            scan_slower_clears_locality: on(SCAN_SLOWER_CLEARS_LOCALITY),
+            pkg_domain_name: if on(PKG_DOMAIN) { "PKG" } else { "DIE" },
+            sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
+            lb_6_12: on(LB_6_12),
         }
     }
 
     pub fn from_config(k: &KernelConfig) -> Self {
         Self::of(k.version, k.gup_policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows as they were written before rules became release ranges: a row's results do
+    /// not move.
+    #[test]
+    fn the_rows_keep_their_rules() {
+        use GupPolicy::*;
+        use VmaScanFilter::{Accessed, AccessedForced, None as Every};
+        let rows = [
+            (KernelVersion::V6_1, (Implicit, true, false, false, false, Every, false, false)),
+            (KernelVersion::V6_1Debian12, (ImplicitAll, true, true, false, false, Every, false, false)),
+            (KernelVersion::V6_4, (ImplicitAll, false, false, false, false, Accessed, false, false)),
+            (KernelVersion::V6_5, (ImplicitForce, false, false, false, false, Accessed, false, false)),
+            (KernelVersion::V6_6, (Explicit, false, false, false, false, Accessed, false, false)),
+            (KernelVersion::V6_12, (Explicit, false, true, true, true, AccessedForced, true, true)),
+        ];
+        for (v, want) in rows {
+            let r = Rules::of(v, None);
+            let got = (
+                r.gup,
+                r.savedwrite,
+                r.ksm_scan_walks,
+                r.ksm_lookup_walks,
+                r.ksm_checksum_first,
+                r.vma_filter,
+                r.scan_slower_clears_locality,
+                r.lb_6_12,
+            );
+            assert_eq!(got, want, "{v}");
+            let pkg = if r.lb_6_12 { ("PKG", "SD_SHARE_LLC") } else { ("DIE", "SD_SHARE_PKG_RESOURCES") };
+            assert_eq!((r.pkg_domain_name, r.sd_share_llc_name), pkg, "{v}");
+        }
+    }
+
+    /// Releases inside a read series follow the dated backports: 6.12.116 lacks the locality
+    /// reset (ChangeLog-6.12.117), 6.4.13 has v6.5's GUP rule (ChangeLog-6.4.13), 6.1 stable
+    /// releases before the one read keep v6.1's.
+    #[test]
+    fn stable_backports_apply_from_their_release() {
+        let rules = |s: &str| Rules::of(s.parse().unwrap(), None);
+        assert!(!rules("6.12.116").scan_slower_clears_locality);
+        assert!(rules("6.12.117").scan_slower_clears_locality);
+        assert_eq!(rules("6.12.116").gup, GupPolicy::Explicit);
+        assert_eq!(rules("6.4.12").gup, GupPolicy::ImplicitAll);
+        assert_eq!(rules("6.4.13").gup, GupPolicy::ImplicitForce);
+        assert_eq!(rules("6.1.50").gup, GupPolicy::Implicit);
+        assert_eq!(
+            rules("6.1.192"),
+            Rules { version: "6.1.192".parse().unwrap(), ..Rules::of(KernelVersion::V6_1Debian12, None) }
+        );
+        // 6.8 was not read: 6.6's rules, though v6.7's filter is in it.
+        assert_eq!(rules("6.8").vma_filter, VmaScanFilter::Accessed);
     }
 }
