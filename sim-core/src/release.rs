@@ -71,18 +71,32 @@ pub fn has(spans: &[Span], release: Release) -> bool {
 pub struct Row {
     pub name: &'static str,
     pub release: Release,
+    /// The first release the row stands for: releases from it to the end of the row's series
+    /// are judged at themselves (usually the series' first release).
+    pub from: Release,
     /// What was read for it.
     pub read: &'static str,
 }
 
+const fn row(name: &'static str, release: Release, from: Release, read: &'static str) -> Row {
+    Row { name, release, from, read }
+}
+
+const fn v(major: u32, minor: u32, sublevel: u32) -> Release {
+    Release::new(major, minor, sublevel)
+}
+
 /// The releases numasim read, oldest first.
-pub const ROWS: [Row; 6] = [
-    Row { name: "6.1", release: Release::new(6, 1, 0), read: "commit history (v6.1, FOLL_NUMA)" },
-    Row { name: "6.1-debian12", release: Release::new(6, 1, 192), read: "source: Debian 12's linux-source-6.1" },
-    Row { name: "6.4", release: Release::new(6, 4, 0), read: "commit history" },
-    Row { name: "6.5", release: Release::new(6, 5, 0), read: "commit history" },
-    Row { name: "6.6", release: Release::new(6, 6, 0), read: "commit history" },
-    Row { name: "6.12", release: Release::new(6, 12, 118), read: "source: 6.12.117 and 6.12.118" },
+pub const ROWS: [Row; 9] = [
+    row("6.1", v(6, 1, 0), v(6, 1, 0), "commit history (v6.1, FOLL_NUMA)"),
+    row("6.1-debian12", v(6, 1, 192), v(6, 1, 192), "source: Debian 12's linux-source-6.1"),
+    row("6.4", v(6, 4, 0), v(6, 4, 0), "commit history"),
+    row("6.5", v(6, 5, 0), v(6, 5, 0), "commit history"),
+    row("6.6", v(6, 6, 0), v(6, 6, 0), "commit history"),
+    row("6.12", v(6, 12, 118), v(6, 12, 0), "source: 6.12.117 and 6.12.118"),
+    row("6.18", v(6, 18, 15), v(6, 18, 0), "no source: the mainline dates of the changes read in 7.2.13 and 7.3.4"),
+    row("7.2", v(7, 2, 13), v(6, 19, 0), "source: Debian's linux-source-7.2 (7.2.13); stands for 6.19-7.2"),
+    row("7.3", v(7, 3, 4), v(7, 3, 0), "source: Debian's linux-source-7.3 (7.3.4)"),
 ];
 
 /// A `kernel.version`: a release, under the name it was given (a row's name or the release
@@ -103,6 +117,9 @@ impl KernelVersion {
     pub const V6_5: Self = Self::row(3);
     pub const V6_6: Self = Self::row(4);
     pub const V6_12: Self = Self::row(5);
+    pub const V6_18: Self = Self::row(6);
+    pub const V7_2: Self = Self::row(7);
+    pub const V7_3: Self = Self::row(8);
 
     /// Every row, oldest first.
     pub const ALL: [Self; ROWS.len()] = {
@@ -128,20 +145,20 @@ impl KernelVersion {
         self.release
     }
 
-    /// The row whose reading decides this release's rules: the newest row of its series at
-    /// or below it (else the series' oldest), or, for a series not read, the newest older row.
+    /// The row whose reading decides this release's rules: the row standing for it (from
+    /// its `from` to the end of its series), else the newest older row.
     pub fn row_of(self) -> &'static Row {
         let r = self.release;
-        let series = ROWS.iter().filter(|row| row.release.same_series(r));
-        let in_series = series.clone().rfind(|row| row.release <= r).or_else(|| series.clone().next());
-        in_series.unwrap_or_else(|| ROWS.iter().rfind(|row| row.release < r).expect("parse() refuses older releases"))
+        ROWS.iter()
+            .rfind(|row| row.stands_for(r))
+            .unwrap_or_else(|| ROWS.iter().rfind(|row| row.release < r).expect("parse() refuses older releases"))
     }
 
-    /// The release the rules are judged at: the release itself in a series numasim read,
+    /// The release the rules are judged at: the release itself where a row stands for it,
     /// the older row's release otherwise.
     pub fn rules_release(self) -> Release {
         let row = self.row_of();
-        if row.release.same_series(self.release) { self.release } else { row.release }
+        if row.stands_for(self.release) { self.release } else { row.release }
     }
 
     /// What `numasim check` says about a release that is not a row: whose rules it takes.
@@ -153,7 +170,7 @@ impl KernelVersion {
         if row.release == self.release {
             return Some(format!("kernel.version {}: the `{}` row, read from {}", self.name, row.name, row.read));
         }
-        Some(if row.release.same_series(self.release) {
+        Some(if row.stands_for(self.release) {
             format!(
                 "kernel.version {}: not read; it takes the rules of `{}` ({}, read from {}), with the stable backports its series' changelog dates",
                 self.name, row.name, row.release, row.read
@@ -165,6 +182,13 @@ impl KernelVersion {
                 self.name, row.name, row.release, newer.name, newer.release
             )
         })
+    }
+}
+
+impl Row {
+    /// Whether this row stands for `r`: from `from` to the end of the row's series.
+    fn stands_for(&self, r: Release) -> bool {
+        r >= self.from && (r <= self.release || r.same_series(self.release))
     }
 }
 
@@ -201,8 +225,7 @@ impl std::str::FromStr for KernelVersion {
         if release < oldest.release {
             return Err(format!("`{s}` is older than every release numasim models (the oldest is {})", oldest.name));
         }
-        let read_series = ROWS.iter().any(|r| r.release.same_series(release));
-        if release > newest.release && !read_series {
+        if release > newest.release && !newest.release.same_series(release) {
             return Err(format!("`{s}` is newer than every release numasim read (the newest is {})", newest.release));
         }
         let name = if s.split('.').count() == 2 {
@@ -251,7 +274,7 @@ mod tests {
         assert_eq!(v("6.12.118").name(), "6.12.118");
         assert_eq!(v("6.8").name(), "6.8");
         assert_eq!(v("6.1.192").row_of().name, "6.1-debian12");
-        for bad in ["6", "6.12.x", "6..1", "6.12.1.1", "v6.12", "5.15", "7.3", ""] {
+        for bad in ["6", "6.12.x", "6..1", "6.12.1.1", "v6.12", "5.15", "7.4", ""] {
             assert!(bad.parse::<KernelVersion>().is_err(), "{bad}");
         }
     }
@@ -266,6 +289,11 @@ mod tests {
         assert_eq!(v("6.8.3").row_of().name, "6.6");
         assert_eq!(v("6.8.3").rules_release(), Release::new(6, 6, 0));
         assert!(v("6.8.3").note().unwrap().contains("between `6.6` (6.6.0) and `6.12` (6.12.118)"));
+        // 7.2 stands for 6.19 to 7.2; 6.16 lies between 6.12 and 6.18.
+        assert_eq!(v("7.0.5").row_of().name, "7.2");
+        assert_eq!(v("7.0.5").rules_release(), Release::new(7, 0, 5));
+        assert_eq!(v("6.16").rules_release(), Release::new(6, 12, 118));
+        assert_eq!(v("7.3.1").row_of().name, "7.3");
         assert_eq!(v("6.12").note(), None);
         assert!(v("6.12.118").note().unwrap().contains("the `6.12` row"));
     }

@@ -51,10 +51,14 @@ pub struct Rules {
     pub ksm_checksum_first: bool,
     pub vma_filter: VmaScanFilter,
     /// update_task_scan_period()'s early "scan slower" return (no local or shared faults, or
-    /// failed migrations) clears numa_faults_locality too (`goto out`, 6.12.117); 6.1.192
-    /// returns before the memset, so those faults count again at the next update. 6.4–6.6
-    /// keep 6.1's (not checked against their sources, which are not here).
+    /// failed migrations) clears numa_faults_locality too (`goto out`, 6.12.117+ and 7.3.4+);
+    /// 6.1.192 and 7.2.13 return before the memset, so those faults count again at the next
+    /// update.
     pub scan_slower_clears_locality: bool,
+    /// change_huge_pmd() skips a THP that folio_can_map_prot_numa() refuses: DMA-pinned, or
+    /// on the node a single-threaded process runs on (6.19+; before, only the huge zero page
+    /// and protnone PMDs are skipped).
+    pub thp_prot_numa_filter: bool,
     /// The sched-domain level spanning a CPU's package: "DIE" through v6.6, "PKG" from v6.7
     /// ("sched/topology: Rename 'DIE' domain to 'PKG'"); 6.12.117 says PKG, 6.1.192 DIE.
     pub pkg_domain_name: &'static str,
@@ -99,8 +103,14 @@ const VMA_ACCESSED: &[Span] = &[Mainline(r(6, 4, 0))];
 /// v6.7, Mel Gorman's series (v6.11's rescan on top: 6.7–6.10 were not read).
 const VMA_ACCESSED_FORCED: &[Span] = &[Mainline(r(6, 7, 0))];
 /// "sched/fair: Reset NUMA fault locality after scan period update": a stable fix, listed
-/// under ChangeLog-6.12.117 in Debian's 6.12 changelog.
-const SCAN_SLOWER_CLEARS_LOCALITY: &[Span] = &[Stable(r(6, 12, 117))];
+/// under ChangeLog-6.12.117 in Debian's 6.12 changelog and under ChangeLog-7.3.4 in its 7.3
+/// one; 7.2.13's update_task_scan_period() still returns before the memset. Whether a
+/// 6.18.y has it was not read (no 6.18 changelog past 6.18.3 in the suites): 6.18 is taken
+/// without it.
+const SCAN_SLOWER_CLEARS_LOCALITY: &[Span] = &[Stable(r(6, 12, 117)), Stable(r(7, 3, 4))];
+/// change_huge_pmd() asks folio_can_map_prot_numa(), as change_pte_range() does (Kefeng
+/// Wang's series, in mm-new in October 2025: v6.19). Read in 7.2.13 and 7.3.4.
+const THP_PROT_NUMA_FILTER: &[Span] = &[Mainline(r(6, 19, 0))];
 /// v6.7, "sched/topology: Rename 'DIE' domain to 'PKG'".
 const PKG_DOMAIN: &[Span] = &[Mainline(r(6, 7, 0))];
 /// v6.10's rename of SD_SHARE_PKG_RESOURCES to SD_SHARE_LLC.
@@ -139,6 +149,7 @@ impl Rules {
             ksm_checksum_first: on(KSM_CHECKSUM_FIRST),
             vma_filter,
             scan_slower_clears_locality: on(SCAN_SLOWER_CLEARS_LOCALITY),
+            thp_prot_numa_filter: on(THP_PROT_NUMA_FILTER),
             pkg_domain_name: if on(PKG_DOMAIN) { "PKG" } else { "DIE" },
             sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
             lb_6_12: on(LB_6_12),
@@ -167,6 +178,9 @@ mod tests {
             (KernelVersion::V6_5, (ImplicitForce, false, false, false, false, Accessed, false, false)),
             (KernelVersion::V6_6, (Explicit, false, false, false, false, Accessed, false, false)),
             (KernelVersion::V6_12, (Explicit, false, true, true, true, AccessedForced, true, true)),
+            (KernelVersion::V6_18, (Explicit, false, true, true, true, AccessedForced, false, true)),
+            (KernelVersion::V7_2, (Explicit, false, true, true, true, AccessedForced, false, true)),
+            (KernelVersion::V7_3, (Explicit, false, true, true, true, AccessedForced, true, true)),
         ];
         for (v, want) in rows {
             let r = Rules::of(v, None);
@@ -204,5 +218,23 @@ mod tests {
         );
         // 6.8 was not read: 6.6's rules, though v6.7's filter is in it.
         assert_eq!(rules("6.8").vma_filter, VmaScanFilter::Accessed);
+        // 7.3.0–7.3.3 lack 7.3.4's backport; 7.2 stands for 6.19, which has v6.19's filter.
+        assert!(!rules("7.3.3").scan_slower_clears_locality);
+        assert!(rules("7.3.4").scan_slower_clears_locality);
+        assert!(rules("6.19").thp_prot_numa_filter && !rules("6.18").thp_prot_numa_filter);
+    }
+
+    /// The THP prot_numa filter of the 6.19 sources: 7.2 and 7.3, not 6.18 or before.
+    #[test]
+    fn newer_rows_add_the_thp_filter() {
+        let rows = [
+            (KernelVersion::V6_12, false),
+            (KernelVersion::V6_18, false),
+            (KernelVersion::V7_2, true),
+            (KernelVersion::V7_3, true),
+        ];
+        for (v, thp) in rows {
+            assert_eq!(Rules::of(v, None).thp_prot_numa_filter, thp, "{v}");
+        }
     }
 }

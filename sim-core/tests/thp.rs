@@ -1,7 +1,7 @@
 //! Transparent huge pages (mm/huge_memory.c, 6.12.117), driven directly.
 
 use bevy_ecs::entity::Entity;
-use sim_core::config::{Config, GupPolicy, MachineConfig, NotifierMode, Thp};
+use sim_core::config::{Config, GupPolicy, KernelVersion, MachineConfig, NotifierMode, Thp};
 use sim_core::kernel::{Faulter, Kernel};
 use sim_core::mm::gup::{
     FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_PIN, FOLL_WRITE, get_user_page_fast_only, get_user_pages,
@@ -159,6 +159,34 @@ fn a_thp_is_scanned_faulted_and_migrated_at_the_pmd() {
         } else {
             assert_eq!((c.thp_migration_success, c.numa_pages_migrated, c.pgmigrate_success), (1, 512, 512));
         }
+    }
+}
+
+/// From 6.19 (7.2.13 and 7.3.4 mm/huge_memory.c) change_huge_pmd() calls
+/// folio_can_map_prot_numa(): a DMA-pinned THP, and a THP already on a single-threaded
+/// process's node, stay mapped; 6.12.118 makes both protnone.
+#[test]
+fn from_6_19_pinned_and_local_thps_are_not_made_protnone() {
+    for (version, pinned_updates, local_updates) in
+        [(KernelVersion::V6_12, 512, 512), (KernelVersion::V7_2, 0, 0), (KernelVersion::V7_3, 0, 0)]
+    {
+        let mut config =
+            Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
+        config.kernel.transparent_hugepage = Thp::Always;
+        config.kernel.version = version;
+        let mut sim = Sim::new(&config);
+        let mm = sim.add_process("app");
+        let vma = sim.add_vma(mm, "buf", 2 * HPAGE_PMD_NR);
+        let base = sim.vma_base(mm, vma);
+        sim.with_kernel(|k| {
+            fault(k, mm, base, 0, true);
+            fault(k, mm, base + 512, 0, true);
+            *k.pages.pins_mut(base + 17) = 1;
+        });
+        let v = sim.world.get::<Mm>(mm).unwrap().vmas[0].clone();
+        let pinned = sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start, v.start + 512, None)).pte_updates;
+        let local = sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start + 512, v.end(), Some(0))).pte_updates;
+        assert_eq!((pinned, local), (pinned_updates, local_updates), "{version}");
     }
 }
 

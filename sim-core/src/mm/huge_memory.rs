@@ -13,6 +13,7 @@ use bevy_ecs::entity::Entity;
 
 use super::memory::{numa_fault_done, numa_migrate_check, numa_migrate_folio, vm_page_prot};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
+use super::numa_balancing::folio_can_map_prot_numa;
 use super::{HPAGE_PMD_NR, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
@@ -101,15 +102,20 @@ pub fn thp_pages_of(k: &mut Kernel, mm: Entity, page: PageIdx) -> Option<std::op
 }
 
 /// Models change_huge_pmd() with MM_CP_PROT_NUMA: the THP's PMD becomes protnone, unless it
-/// maps the huge zero page or is protnone already. Unlike 4 KiB PTEs, pinned THPs and THPs
-/// on a single-threaded task's node are not skipped (6.1.192 and 6.12.117 alike). Returns
-/// the subpages updated: 512 (one numa_huge_pte_updates, 512 numa_pte_updates) or 0.
-pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> u64 {
+/// maps the huge zero page or is protnone already. Up to 6.18, unlike 4 KiB PTEs, pinned THPs
+/// and THPs on a single-threaded task's node (`target_node`) are not skipped (6.1.192 and
+/// 6.12.118 alike); from 6.19 (7.2.13, 7.3.4) it asks folio_can_map_prot_numa() as
+/// change_pte_range() does ([`crate::version::Rules::thp_prot_numa_filter`]). Returns the
+/// subpages updated: 512 (one numa_huge_pte_updates, 512 numa_pte_updates) or 0.
+pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, target_node: Option<Nid>) -> u64 {
     if k.mm(mm).vmas[vma].pmds[b] != Pmd::Huge {
         return 0;
     }
     let range = block_slots(k, mm, vma, b);
     if k.pages.slots.pte(range.start).flags & PTE_PROTNONE != 0 {
+        return 0;
+    }
+    if k.rules.thp_prot_numa_filter && !folio_can_map_prot_numa(k, range.clone(), target_node) {
         return 0;
     }
     for i in range {

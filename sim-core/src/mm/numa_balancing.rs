@@ -5,7 +5,7 @@ use bevy_ecs::entity::Entity;
 
 use super::huge_memory::{change_huge_pmd, split_huge_pmd};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
-use super::{HPAGE_PMD_NR, Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd, Vma, VmaNumab, hash_32};
+use super::{HPAGE_PMD_NR, Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd, Pte, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
@@ -337,7 +337,7 @@ pub fn change_prot_numa(
         {
             let first = vma.start + b as u64 * HPAGE_PMD_NR;
             if first >= start && first + HPAGE_PMD_NR <= end {
-                if change_huge_pmd(k, mm, vi, b) > 0 {
+                if change_huge_pmd(k, mm, vi, b, target_node) > 0 {
                     updated.extend(vma.page(first)..vma.page(first) + HPAGE_PMD_NR as PageIdx);
                     huge_pmds += 1;
                 }
@@ -371,21 +371,24 @@ pub struct ProtNumaChange {
 /// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE.
 fn change_pte(k: &mut Kernel, page: PageIdx, target_node: Option<Nid>, updated: &mut Vec<PageIdx>) {
     let i = k.pages.slot(page);
-    let pages = &mut k.pages.slots;
-    let nid = pages.pte(i).nid;
-    // vm_normal_folio() has no folio for the zero page; KSM pages are skipped too.
-    if nid == NUMA_NO_NODE || pages.pte(i).flags & (PTE_PROTNONE | PG_KSM | PTE_ZERO) != 0 {
+    if k.pages.slots.pte(i).flags & PTE_PROTNONE != 0 || !folio_can_map_prot_numa(k, i..i + 1, target_node) {
         return;
     }
-    // Private (COW) mapping: skip pages that may be DMA-pinned. Pages mapped by several mms
-    // (folio_estimated_sharers() > 1) are skipped too, but the model has none: there is no
-    // fork, an anonymous page is mapped by the mm that faulted it, and KSM pages left above.
-    if pages.pins(i) > 0 {
-        return;
-    }
-    if target_node == Some(nid) {
-        return;
-    }
-    pages.pte_mut(i).flags |= PTE_PROTNONE;
+    k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
     updated.push(page);
+}
+
+/// Models the folio tests change_pte_range() makes (6.1.192, 6.12.118 inline; 7.2.13 and
+/// 7.3.4 as folio_can_map_prot_numa() in mm/mempolicy.c, which change_huge_pmd() calls too
+/// from 6.19) for the folio in `slots`: no folio (absent, or the zero page), KSM, possibly
+/// DMA-pinned, or already on the node a single-threaded process runs on (`target_node`) →
+/// leave it. Folios mapped by several mms are skipped too, but the model has none: there is
+/// no fork, an anonymous page is mapped by the mm that faulted it, and KSM pages are left.
+pub fn folio_can_map_prot_numa(k: &Kernel, slots: std::ops::Range<usize>, target_node: Option<Nid>) -> bool {
+    let pages = &k.pages.slots;
+    let Pte { nid, flags } = pages.pte(slots.start);
+    if nid == NUMA_NO_NODE || flags & (PG_KSM | PTE_ZERO) != 0 {
+        return false;
+    }
+    !slots.clone().any(|i| pages.pins(i) > 0) && target_node != Some(nid)
 }
