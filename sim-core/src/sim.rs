@@ -198,7 +198,9 @@ impl Sim {
     /// madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE) on a VMA before it is touched.
     pub fn madvise_hugepage(&mut self, mm: Entity, vma: usize, advice: Option<HugepageAdvice>) {
         let thp = self.world.resource::<Sysctl>().0.transparent_hugepage;
-        self.world.get_mut::<Mm>(mm).expect("live mm").vmas[vma].set_thp(thp.allows(advice));
+        let v = &mut self.world.get_mut::<Mm>(mm).expect("live mm").vmas[vma];
+        v.set_thp(thp.allows(advice));
+        v.vm_hugepage = advice == Some(HugepageAdvice::Madvise);
     }
 
     /// The VMA of `mm` holding global page `page`.

@@ -1,7 +1,7 @@
 //! Transparent huge pages (mm/huge_memory.c, 6.12.117), driven directly.
 
 use bevy_ecs::entity::Entity;
-use sim_core::config::{Config, GupPolicy, KernelVersion, MachineConfig, NotifierMode, Thp};
+use sim_core::config::{Config, GupPolicy, HugepageAdvice, KernelVersion, MachineConfig, NotifierMode, Thp};
 use sim_core::kernel::{Faulter, Kernel};
 use sim_core::mm::gup::{
     FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_PIN, FOLL_WRITE, get_user_page_fast_only, get_user_pages,
@@ -112,7 +112,7 @@ fn thp_enabled_raises_the_min_watermark() {
     assert_eq!((min(Thp::Never), min(Thp::Madvise), min(Thp::Always)), (181, 805, 805));
 }
 
-/// A node without 512 free pages above its low watermark gives no THP: thp_fault_fallback,
+/// A node without 512 free pages above its min watermark gives no THP: thp_fault_fallback,
 /// and the block is mapped by 4 KiB PTEs from then on.
 #[test]
 fn a_full_node_falls_back_to_4k_pages() {
@@ -125,6 +125,31 @@ fn a_full_node_falls_back_to_4k_pages() {
     assert_eq!(pmd(&sim, mm, 0), Pmd::Table);
     let c = sim.world.resource::<Counters>().vmstat;
     assert_eq!((c.thp_fault_alloc, c.thp_fault_fallback), (0, 1));
+}
+
+/// alloc_pages_mpol() (mm/mempolicy.c, 6.12.118; vma_alloc_folio() in 6.1.192): the local
+/// `__GFP_THISNODE | __GFP_NORETRY` try goes down to the min watermark (the slow path); only a
+/// VM_HUGEPAGE VMA, whose vma_thp_gfp_mask() has `__GFP_DIRECT_RECLAIM` under the default
+/// defrag, then retries along the zonelist: a remote THP instead of 4 KiB pages.
+#[test]
+fn a_full_node_gives_madvised_memory_a_remote_thp() {
+    let run = |free_above_min: u64, madvised: bool| {
+        let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+        if madvised {
+            sim.madvise_hugepage(mm, 0, Some(HugepageAdvice::Madvise));
+        }
+        sim.with_kernel(|k| {
+            let mut node0 = k.pgdat(0);
+            node0.free_pages = node0.wmark.min + free_above_min;
+            fault(k, mm, base, 0, true);
+        });
+        let c = sim.world.resource::<Counters>().vmstat;
+        let nid = sim.with_kernel(|k| k.pages.pte(base).nid);
+        (pmd(&sim, mm, 0), c.thp_fault_alloc, nid)
+    };
+    assert_eq!(run(512, false), (Pmd::Huge, 1, 0), "between min and low: the slow path");
+    assert_eq!(run(511, false), (Pmd::Table, 0, 0), "4 KiB pages on node 0, down to min");
+    assert_eq!(run(511, true), (Pmd::Huge, 1, 1), "MADV_HUGEPAGE: a THP on node 1");
 }
 
 /// change_huge_pmd(): one PMD update per THP, counted as 512 PTE updates too (6.12.117

@@ -17,7 +17,30 @@ use super::numa_balancing::folio_can_map_prot_numa;
 use super::{HPAGE_PMD_NR, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
-use crate::machine::Nid;
+use crate::machine::{Nid, PgData};
+
+/// Models alloc_pages_mpol() (6.12.118; vma_alloc_folio() in 6.1.192) for a PMD-order
+/// folio under the default local policy: first `__GFP_THISNODE | __GFP_NORETRY` on `nid`
+/// (the fast path at the low watermark, then the slow path's min), and only for a
+/// VM_HUGEPAGE VMA, whose vma_thp_gfp_mask() carries `__GFP_DIRECT_RECLAIM` under the default
+/// defrag setting (`madvise`), again along the zonelist, so a full node gives a remote THP.
+/// Returns the node. Simplified: a node has a free 2 MiB block while 512 pages are free above
+/// the watermark (no fragmentation), and the retry's reclaim and compaction are not modelled.
+fn alloc_thp(k: &mut Kernel, nid: Nid, vm_hugepage: bool) -> Option<Nid> {
+    let fits = |k: &mut Kernel, node: Nid, mark: fn(&PgData) -> u64| {
+        let pgdat = k.pgdat(node);
+        pgdat.free_pages >= mark(&pgdat) + HPAGE_PMD_NR
+    };
+    let marks: [fn(&PgData) -> u64; 2] = [|p| p.wmark.low, |p| p.wmark.min];
+    if marks.iter().any(|&mark| fits(k, nid, mark)) {
+        return Some(nid);
+    }
+    if !vm_hugepage {
+        return None;
+    }
+    let zonelist = k.topo.zonelist(nid).to_vec();
+    marks.iter().find_map(|&mark| zonelist.iter().copied().find(|&node| fits(k, node, mark)))
+}
 
 /// The slots holding block `b` of VMA `vma` of `mm` (one when the chunk is compact).
 fn block_slots(k: &mut Kernel, mm: Entity, vma: usize, b: usize) -> std::ops::Range<usize> {
@@ -31,9 +54,9 @@ fn set_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, pmd: Pmd) {
 
 /// Models do_huge_pmd_anonymous_page() for the first fault in an empty 2 MiB block: a read
 /// maps the huge zero page (transparent_hugepage/use_zero_page, on by default); a write
-/// allocates a THP on the faulting node only (alloc_pages_mpol() tries the local node with
-/// __GFP_THISNODE and does not reclaim for a THP). Returns false when the fault falls back
-/// to 4 KiB pages (thp_fault_fallback).
+/// allocates a THP on the faulting node, or for a VM_HUGEPAGE VMA on the nearest node with
+/// room ([`alloc_thp`]). Returns false when the fault falls back to 4 KiB pages
+/// (thp_fault_fallback).
 pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, nid: Nid, write: bool) -> bool {
     let range = block_slots(k, mm, vma, b);
     let prot = vm_page_prot(k.mm(mm).vmas[vma].accessible);
@@ -46,16 +69,16 @@ pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usi
         set_pmd(k, mm, vma, b, Pmd::HugeZero);
         return true;
     }
-    let mut pgdat = k.pgdat(nid);
-    if pgdat.free_pages < pgdat.wmark.low + HPAGE_PMD_NR {
+    let vm_hugepage = k.mm(mm).vmas[vma].vm_hugepage;
+    let Some(got) = alloc_thp(k, nid, vm_hugepage) else {
         k.counters.vmstat.thp_fault_fallback += 1;
         set_pmd(k, mm, vma, b, Pmd::Table);
         return false;
-    }
-    pgdat.free_pages -= HPAGE_PMD_NR;
+    };
+    k.pgdat(got).free_pages -= HPAGE_PMD_NR;
     for i in range {
         let pte = k.pages.slots.pte_mut(i);
-        pte.nid = nid;
+        pte.nid = got;
         pte.flags |= prot;
     }
     k.mm(mm).rss += HPAGE_PMD_NR;

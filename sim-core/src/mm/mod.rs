@@ -417,6 +417,9 @@ pub struct Vma {
     pub numab: Option<VmaNumab>,
     /// THPs may back the VMA (thp_vma_allowable_order(): the sysfs setting and madvise()).
     pub thp: bool,
+    /// VM_HUGEPAGE (madvise(MADV_HUGEPAGE)): with the default defrag setting its THP faults
+    /// may reclaim, and so fall back to a remote node (vma_thp_gfp_mask()).
+    pub vm_hugepage: bool,
     /// The state of each whole 2 MiB block, for a THP-eligible VMA that starts on a PMD
     /// boundary (empty otherwise: every fault maps 4 KiB).
     pub pmds: Vec<Pmd>,
@@ -521,6 +524,7 @@ impl Mm {
             mergeable: false,
             numab: None,
             thp: false,
+            vm_hugepage: false,
             pmds: Vec::new(),
         });
         self.vmas.len() - 1
