@@ -140,6 +140,14 @@ fn kernel_versions_are_releases_and_bad_ones_name_the_key() {
     }
 }
 
+#[test]
+fn a_cpuset_node_outside_the_machine_names_its_key() {
+    let dir = scratch("cpuset");
+    let cfg = small(&dir);
+    let err = exits(2, &["check", &cfg, "--set", "process.0.cpuset_mems=[5]"]);
+    assert!(err.contains("process[0].cpuset_mems"), "{err}");
+}
+
 const SWEEP: &str = r#"
 base = "small.toml"
 [sweep]

@@ -250,6 +250,12 @@ pub struct ProcessConfig {
     /// clone (`idle`, as a pthreads benchmark and the oracle's guest do), or is the first
     /// configured thread (`first`, a single-threaded program).
     pub main_thread: MainThread,
+    /// cpuset.mems of the process's cgroup: the memory nodes its tasks may use (empty: all).
+    /// Simplified: only task_numa_work() (6.16+ skips a single-node cpuset) and NUMA
+    /// migrations read it; first-touch allocation does not, so a scenario keeps its threads
+    /// and `populate_node` on these nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpuset_mems: Vec<u32>,
 }
 
 /// The role of a process's main thread (the one fork() created).
@@ -999,6 +1005,9 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
                 check(n < nodes, at("populate_node"), node_range(n, nodes))?;
             }
             total_mib += v.size_mib;
+        }
+        for &n in &p.cpuset_mems {
+            check(n < nodes, at("cpuset_mems"), node_range(n, nodes))?;
         }
         for (ti, t) in p.thread.iter().enumerate() {
             let at = |rest: &str| format!("process[{pi}].thread[{ti}].{rest}");

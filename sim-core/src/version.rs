@@ -59,6 +59,9 @@ pub struct Rules {
     /// on the node a single-threaded process runs on (6.19+; before, only the huge zero page
     /// and protnone PMDs are skipped).
     pub thp_prot_numa_filter: bool,
+    /// task_numa_work() returns at once, tracing sched_skip_cpuset_numa, for a task whose
+    /// cpuset allows a single memory node (6.16+).
+    pub cpuset_single_node_skip: bool,
     /// The sched-domain level spanning a CPU's package: "DIE" through v6.6, "PKG" from v6.7
     /// ("sched/topology: Rename 'DIE' domain to 'PKG'"); 6.12.117 says PKG, 6.1.192 DIE.
     pub pkg_domain_name: &'static str,
@@ -108,6 +111,10 @@ const VMA_ACCESSED_FORCED: &[Span] = &[Mainline(r(6, 7, 0))];
 /// 6.18.y has it was not read (no 6.18 changelog past 6.18.3 in the suites): 6.18 is taken
 /// without it.
 const SCAN_SLOWER_CLEARS_LOCALITY: &[Span] = &[Stable(r(6, 12, 117)), Stable(r(7, 3, 4))];
+/// task_numa_work()'s early return for a task whose cpuset allows one node, traced as
+/// sched_skip_cpuset_numa (Libo Chen, in mm-unstable in April 2025: v6.16). Read in 7.2.13
+/// and 7.3.4.
+const CPUSET_SINGLE_NODE_SKIP: &[Span] = &[Mainline(r(6, 16, 0))];
 /// change_huge_pmd() asks folio_can_map_prot_numa(), as change_pte_range() does (Kefeng
 /// Wang's series, in mm-new in October 2025: v6.19). Read in 7.2.13 and 7.3.4.
 const THP_PROT_NUMA_FILTER: &[Span] = &[Mainline(r(6, 19, 0))];
@@ -150,6 +157,7 @@ impl Rules {
             vma_filter,
             scan_slower_clears_locality: on(SCAN_SLOWER_CLEARS_LOCALITY),
             thp_prot_numa_filter: on(THP_PROT_NUMA_FILTER),
+            cpuset_single_node_skip: on(CPUSET_SINGLE_NODE_SKIP),
             pkg_domain_name: if on(PKG_DOMAIN) { "PKG" } else { "DIE" },
             sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
             lb_6_12: on(LB_6_12),
@@ -224,17 +232,19 @@ mod tests {
         assert!(rules("6.19").thp_prot_numa_filter && !rules("6.18").thp_prot_numa_filter);
     }
 
-    /// The THP prot_numa filter of the 6.19 sources: 7.2 and 7.3, not 6.18 or before.
+    /// The rules the 6.16–7.3 sources added: the cpuset skip (6.16, so 6.18 on) and the THP
+    /// prot_numa filter (6.19, so 7.2 and 7.3); none before.
     #[test]
-    fn newer_rows_add_the_thp_filter() {
+    fn newer_rows_add_the_cpuset_skip_and_the_thp_filter() {
         let rows = [
-            (KernelVersion::V6_12, false),
-            (KernelVersion::V6_18, false),
-            (KernelVersion::V7_2, true),
-            (KernelVersion::V7_3, true),
+            (KernelVersion::V6_12, false, false),
+            (KernelVersion::V6_18, true, false),
+            (KernelVersion::V7_2, true, true),
+            (KernelVersion::V7_3, true, true),
         ];
-        for (v, thp) in rows {
-            assert_eq!(Rules::of(v, None).thp_prot_numa_filter, thp, "{v}");
+        for (v, cpuset, thp) in rows {
+            let r = Rules::of(v, None);
+            assert_eq!((r.cpuset_single_node_skip, r.thp_prot_numa_filter), (cpuset, thp), "{v}");
         }
     }
 }

@@ -49,6 +49,7 @@ pub fn add(config: &mut Config, runs: &[(&serde_json::Value, &Table)]) -> Option
         vma: Vec::new(),
         thread: vec![sampler],
         main_thread: MainThread::Idle,
+        cpuset_mems: Vec::new(),
     });
     Some(run_us)
 }
@@ -103,7 +104,7 @@ mod tests {
             name: "p".into(),
             vma: Vec::new(),
             thread: vec![worker],
-            main_thread: MainThread::Idle,
+            ..ProcessConfig::default()
         });
         assert_eq!(add(&mut config.clone(), &[(&guest, &series)]), None, "every thread pinned");
         config.process[0].thread[0].cpus = None;

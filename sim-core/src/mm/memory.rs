@@ -267,7 +267,10 @@ pub fn numa_migrate_folio(
     if !fault.migrate {
         return 0;
     }
-    let result = migrate_misplaced_folio(k, mm, head, nr, f.nid);
+    // The destination folio is allocated for the faulting task (current): a task of the mm
+    // under its cpuset, a kernel thread (no mm, a device's worker) under the root cpuset.
+    let mems_allowed = if f.task.is_some() { k.mm(mm).mems_allowed } else { u64::MAX };
+    let result = migrate_misplaced_folio(k, mm, head, nr, f.nid, mems_allowed);
     trace_migrate_pages(k, f, nr, result);
     match result {
         Ok(()) => {

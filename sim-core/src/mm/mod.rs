@@ -489,6 +489,8 @@ pub struct Mm {
     pub nr_threads: u32,
     /// The process's numa_group (see sched/numa.rs for the simplification).
     pub numa_group: Option<crate::sched::numa::NumaGroup>,
+    /// cpuset.mems as a node mask (`cpuset_current_mems_allowed`); all ones without a cpuset.
+    pub mems_allowed: u64,
 }
 
 impl Mm {
@@ -503,6 +505,7 @@ impl Mm {
             rss: 0,
             nr_threads: 1,
             numa_group: None,
+            mems_allowed: u64::MAX,
         }
     }
 

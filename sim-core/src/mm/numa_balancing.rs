@@ -11,7 +11,7 @@ use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
 use crate::sched::numa::{TICK_NSEC, TaskNuma, group_of, task_scan_max, task_scan_start};
 use crate::trace::Event;
-use crate::trace::events::NumabSkip;
+use crate::trace::events::{NumabSkip, TaskIds};
 use crate::trace_event;
 use crate::version::VmaScanFilter;
 
@@ -174,6 +174,14 @@ fn trace_skip_vma(k: &mut Kernel, mm: Entity, vi: usize, reason: NumabSkip) {
 /// Returns the CPU time the scan took (charged to the task).
 pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, now: Nanos) -> Nanos {
     let mm_e = p.mm;
+    // 6.16+: "Memory is pinned to only one NUMA node via cpuset.mems, naturally no page can
+    // be migrated." Before the scan is claimed, so numa_next_scan and node_stamp stay.
+    let (tgid, mems_allowed) = (k.mm(mm_e).pid, k.mm(mm_e).mems_allowed);
+    if k.rules.cpuset_single_node_skip && mems_allowed.count_ones() == 1 {
+        let task = TaskIds { pid, tgid, ngid: if p.in_group { tgid } else { pid } };
+        trace_event!(k, Event::SchedSkipCpusetNuma { task, mems_allowed });
+        return 0;
+    }
     let scan_delay = k.sysctl.scan_delay();
     let filter = k.rules.vma_filter;
     let (pte_cost, flush_cost) = (k.sysctl.0.pte_scan_cost_ns, k.sysctl.0.tlb_flush_cost_ns);
