@@ -101,6 +101,12 @@ fn touches(s: &Sample, kinds: &BTreeMap<String, Toucher>) -> [u64; 3] {
 }
 
 /// KSM merges so far: pages now mapping a KSM page plus those a write unshared again.
+/// /sys/kernel/mm/ksm/pages_skipped over the run: the smart scan's skips (6.7+; absent on 6.1).
+fn ksm_skipped(last: &Sample, first: &Sample) -> Option<u64> {
+    let at = |s: &Sample| s.ksm.get("pages_skipped").copied();
+    Some(at(last)?.saturating_sub(at(first).unwrap_or(0)))
+}
+
 fn ksm_merged(last: &Sample, first: &Sample) -> u64 {
     let mapped = |s: &Sample| s.ksm.get("pages_shared").unwrap_or(&0) + s.ksm.get("pages_sharing").unwrap_or(&0);
     (mapped(last) + delta(last, first, "cow_ksm")).saturating_sub(mapped(first))
@@ -179,11 +185,16 @@ pub fn summary(
     let rate = if elapsed_s > 0.0 { (cpu + device + kvm) as f64 / elapsed_s } else { 0.0 };
     let smmu = smmu_counters(plan, info, last);
     let has_kvm = kinds.values().any(|k| *k == Toucher::Kvm);
-    let not_measured: Vec<&str> = NOT_MEASURED
+    let mut not_measured: Vec<&str> = NOT_MEASURED
         .iter()
         .copied()
         .filter(|m| !(smmu.measured.contains(m) || has_kvm && *m == "touches.kvm"))
         .collect();
+    let mut ksm = json!({ "pages_merged": ksm_merged(last, first) });
+    match ksm_skipped(last, first) {
+        Some(n) => ksm["pages_skipped"] = json!(n),
+        None => not_measured.push("ksm.pages_skipped"),
+    }
     let kernel_smmu: Map<String, Value> = last.smmus.iter().map(|m| (m.name.clone(), json!(m.stats))).collect();
     let mut out = json!({
         "scenario": info.scenario,
@@ -196,7 +207,7 @@ pub fn summary(
         "wall_s": info.wall_s,
         "vmstat": vmstat,
         "touches": { "cpu": cpu, "device": device },
-        "ksm": { "pages_merged": ksm_merged(last, first) },
+        "ksm": ksm,
         "throughput": { "touches_per_s": rate },
         "kernel_vmstat": kernel_vmstat,
         "kernel_ksm": kernel_ksm,

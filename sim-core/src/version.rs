@@ -49,6 +49,9 @@ pub struct Rules {
     /// visit before it searches the stable tree (6.12.117), not only before the unstable
     /// tree (6.1.192: a page with a stable twin merges on first sight).
     pub ksm_checksum_first: bool,
+    /// ksmd skips pages that never merged for a growing number of scans
+    /// (should_skip_rmap_item(), v6.7+).
+    pub ksm_smart_scan: bool,
     pub vma_filter: VmaScanFilter,
     /// update_task_scan_period()'s early "scan slower" return (no local or shared faults, or
     /// failed migrations) clears numa_faults_locality too (`goto out`, 6.12.117+ and 7.3.4+);
@@ -99,6 +102,8 @@ const NO_SAVEDWRITE: &[Span] = &[Mainline(r(6, 2, 0))];
 const KSM_SCAN_WALKS: &[Span] = &[Mainline(r(6, 12, 0)), Stable(r(6, 1, 192))];
 /// get_mergeable_page() with folio_walk_start(): 6.12.
 const KSM_LOOKUP_WALKS: &[Span] = &[Mainline(r(6, 12, 0))];
+/// v6.7's KSM smart scan (should_skip_rmap_item(), `ksm_smart_scan = true`); read in 6.12.118.
+const KSM_SMART_SCAN: &[Span] = &[Mainline(r(6, 7, 0))];
 /// Chengming Zhou's v6.9 reordering of cmp_and_merge_page().
 const KSM_CHECKSUM_FIRST: &[Span] = &[Mainline(r(6, 9, 0))];
 /// v6.4, "sched/numa: enhance vma scanning logic".
@@ -154,6 +159,7 @@ impl Rules {
             ksm_scan_walks: on(KSM_SCAN_WALKS),
             ksm_lookup_walks: on(KSM_LOOKUP_WALKS),
             ksm_checksum_first: on(KSM_CHECKSUM_FIRST),
+            ksm_smart_scan: on(KSM_SMART_SCAN),
             vma_filter,
             scan_slower_clears_locality: on(SCAN_SLOWER_CLEARS_LOCALITY),
             thp_prot_numa_filter: on(THP_PROT_NUMA_FILTER),

@@ -103,8 +103,9 @@ counters! {
 
 counters! {
     /// KSM (`ksm`): pages merged into a KSM page (a running count; `vmstat.cow_ksm` counts
-    /// the writes that unshared one again), and pages follow_page() could not follow.
-    Ksm { pages_merged, skipped_protnone }
+    /// the writes that unshared one again), pages follow_page() could not follow, and pages
+    /// the smart scan passed over (/sys/kernel/mm/ksm/pages_skipped, 6.12).
+    Ksm { pages_merged, skipped_protnone, pages_skipped }
 }
 
 counters! {
