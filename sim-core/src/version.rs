@@ -52,6 +52,10 @@ pub struct Rules {
     /// ksmd skips pages that never merged for a growing number of scans
     /// (should_skip_rmap_item(), v6.7+).
     pub ksm_smart_scan: bool,
+    /// A THP split to PTEs (a partly scanned THP) is made protnone per PTE and faulted and
+    /// migrated as one 512-page folio (6.12); up to 6.1.192 the scanner skips it and a
+    /// hinting fault on it only restores the PTE.
+    pub pte_mapped_thp_numa: bool,
     pub vma_filter: VmaScanFilter,
     /// update_task_scan_period()'s early "scan slower" return (no local or shared faults, or
     /// failed migrations) clears numa_faults_locality too (`goto out`, 6.12.117+ and 7.3.4+);
@@ -102,6 +106,11 @@ const NO_SAVEDWRITE: &[Span] = &[Mainline(r(6, 2, 0))];
 const KSM_SCAN_WALKS: &[Span] = &[Mainline(r(6, 12, 0)), Stable(r(6, 1, 192))];
 /// get_mergeable_page() with folio_walk_start(): 6.12.
 const KSM_LOOKUP_WALKS: &[Span] = &[Mainline(r(6, 12, 0))];
+/// A PTE-mapped THP is hinted per PTE and faulted as one folio (change_pte_range() without
+/// the page_count test, do_numa_page() with folio_nr_pages() and
+/// numa_rebuild_large_mapping()): read in 6.12.118; 6.1.192 skips and ignores it; the
+/// releases between (the large-folio work of v6.5–v6.10) were not read.
+const PTE_MAPPED_THP_NUMA: &[Span] = &[Mainline(r(6, 12, 0))];
 /// v6.7's KSM smart scan (should_skip_rmap_item(), `ksm_smart_scan = true`); read in 6.12.118.
 const KSM_SMART_SCAN: &[Span] = &[Mainline(r(6, 7, 0))];
 /// Chengming Zhou's v6.9 reordering of cmp_and_merge_page().
@@ -160,6 +169,7 @@ impl Rules {
             ksm_lookup_walks: on(KSM_LOOKUP_WALKS),
             ksm_checksum_first: on(KSM_CHECKSUM_FIRST),
             ksm_smart_scan: on(KSM_SMART_SCAN),
+            pte_mapped_thp_numa: on(PTE_MAPPED_THP_NUMA),
             vma_filter,
             scan_slower_clears_locality: on(SCAN_SLOWER_CLEARS_LOCALITY),
             thp_prot_numa_filter: on(THP_PROT_NUMA_FILTER),

@@ -187,6 +187,51 @@ fn a_thp_is_scanned_faulted_and_migrated_at_the_pmd() {
     }
 }
 
+/// As [`machine`], with the rules of `version` and a single-threaded process.
+fn machine_on(version: KernelVersion) -> (Sim, Entity, PageIdx) {
+    let mut config =
+        Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
+    config.kernel.transparent_hugepage = Thp::Always;
+    config.kernel.version = version;
+    let mut sim = Sim::new(&config);
+    let mm = sim.add_process("app");
+    let vma = sim.add_vma(mm, "buf", 2 * HPAGE_PMD_NR);
+    let base = sim.vma_base(mm, vma);
+    (sim, mm, base)
+}
+
+/// A scan that covers part of a THP splits its PMD (__split_huge_pmd()); the folio stays
+/// one. 6.12.118 makes the covered PTEs protnone, and a hinting fault on one is one fault for
+/// the folio (do_numa_page(): folio_nr_pages()), migrates all 512 pages and restores every
+/// protnone PTE (numa_rebuild_large_mapping()). 6.1.192's change_pte_range() skips the pages
+/// (`page_count(page) != 1`), and its do_numa_page() only restores a PTE made protnone before
+/// the split (`if (PageCompound(page)) goto out_map;`).
+#[test]
+fn a_pte_mapped_thp_is_hinted_as_one_folio_on_6_12_and_not_at_all_on_6_1() {
+    for (version, updates, faults, migrated) in
+        [(KernelVersion::V6_12, 256, 1, 512), (KernelVersion::V6_1Debian12, 0, 0, 0)]
+    {
+        let (mut sim, mm, base) = machine_on(version);
+        sim.with_kernel(|k| fault(k, mm, base, 0, true));
+        let v = sim.world.get::<Mm>(mm).unwrap().vmas[0].clone();
+        let half = sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start, v.start + 256, Some(1)));
+        assert_eq!(half.pte_updates, updates, "{version}");
+        assert_eq!(pmd(&sim, mm, 0), Pmd::PteMapped, "{version}: split, still one folio");
+        sim.with_kernel(|k| {
+            // A PTE made protnone before the split, as a whole-PMD pass would have left it.
+            k.pages.pte_mut(base + 300).flags |= PTE_PROTNONE;
+            fault(k, mm, base + 300, 4, false);
+            if updates > 0 {
+                fault(k, mm, base + 10, 4, false);
+            }
+            assert!((base..base + 512).all(|p| !k.pages.protnone(p)), "{version}: every PTE restored");
+            assert_eq!(k.pages.pte(base + 511).nid, u8::from(migrated > 0), "{version}: the whole folio moved");
+        });
+        let c = sim.world.resource::<Counters>().vmstat;
+        assert_eq!((c.numa_hint_faults, c.numa_pages_migrated), (faults, migrated), "{version}");
+    }
+}
+
 /// From 6.19 (7.2.13 and 7.3.4 mm/huge_memory.c) change_huge_pmd() calls
 /// folio_can_map_prot_numa(): a DMA-pinned THP, and a THP already on a single-threaded
 /// process's node, stay mapped; 6.12.118 makes both protnone.
@@ -195,14 +240,7 @@ fn from_6_19_pinned_and_local_thps_are_not_made_protnone() {
     for (version, pinned_updates, local_updates) in
         [(KernelVersion::V6_12, 512, 512), (KernelVersion::V7_2, 0, 0), (KernelVersion::V7_3, 0, 0)]
     {
-        let mut config =
-            Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
-        config.kernel.transparent_hugepage = Thp::Always;
-        config.kernel.version = version;
-        let mut sim = Sim::new(&config);
-        let mm = sim.add_process("app");
-        let vma = sim.add_vma(mm, "buf", 2 * HPAGE_PMD_NR);
-        let base = sim.vma_base(mm, vma);
+        let (mut sim, mm, base) = machine_on(version);
         sim.with_kernel(|k| {
             fault(k, mm, base, 0, true);
             fault(k, mm, base + 512, 0, true);

@@ -89,13 +89,14 @@ pub fn do_huge_pmd_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, b: usi
 
 /// Models __split_huge_pmd(): the block's PMD becomes a table of 512 PTEs with the same
 /// bits (a huge zero page becomes 512 zero-page PTEs), counted in thp_split_pmd; each
-/// subpage gets a slot of its own.
+/// subpage gets a slot of its own, and a THP stays one folio (`Pmd::PteMapped`).
 pub fn split_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize) {
-    if matches!(k.mm(mm).vmas[vma].pmds[b], Pmd::Huge | Pmd::HugeZero) {
+    let pmd = k.mm(mm).vmas[vma].pmds[b];
+    if matches!(pmd, Pmd::Huge | Pmd::HugeZero) {
         let first = k.mm(mm).vmas[vma].block_page(b);
         // MMU_NOTIFY_CLEAR over the PMD: the huge mapping secondary MMUs mirror is gone.
         invalidate_range(k, mm, first, HPAGE_PMD_NR, MmuNotifyEvent::Clear, |_| true);
-        set_pmd(k, mm, vma, b, Pmd::Table);
+        set_pmd(k, mm, vma, b, if pmd == Pmd::Huge { Pmd::PteMapped } else { Pmd::Table });
         k.pages.expand(first);
         k.counters.vmstat.thp_split_pmd += 1;
     }
@@ -109,12 +110,51 @@ fn block_of(k: &mut Kernel, mm: Entity, page: PageIdx) -> Option<(usize, usize)>
     v.pmd_block(v.start + u64::from(page - v.base)).map(|b| (vi, b))
 }
 
-/// Splits the PMD mapping `page`, if a THP or the huge zero page maps it (KSM's
-/// try_to_merge_one_page() splits a THP before it merges a subpage).
+/// Splits the THP or huge zero page mapping `page` into 4 KiB folios: KSM's
+/// try_to_merge_one_page() calls split_huge_page() before it merges a subpage.
 pub fn split_huge_pmd_of(k: &mut Kernel, mm: Entity, page: PageIdx) {
     if let Some((vi, b)) = block_of(k, mm, page) {
         split_huge_pmd(k, mm, vi, b);
+        set_pmd(k, mm, vi, b, Pmd::Table);
     }
+}
+
+/// The PMD block of `page` when a PTE-mapped THP holds it.
+pub fn pte_mapped_block(k: &mut Kernel, mm: Entity, page: PageIdx) -> Option<usize> {
+    let (vi, b) = block_of(k, mm, page)?;
+    (k.mm(mm).vmas[vi].pmds[b] == Pmd::PteMapped).then_some(b)
+}
+
+/// Models do_numa_page() on a page of a PTE-mapped THP. 6.12.118
+/// ([`crate::version::Rules::pte_mapped_thp_numa`]): one hinting fault for the whole folio
+/// (`nr_pages = folio_nr_pages()`), the folio's last_cpupid, a 512-page migration, then
+/// numa_rebuild_large_mapping() makes every protnone PTE of the folio accessible and young,
+/// and task_numa_fault() gets 512 pages. 6.1.192: `if (PageCompound(page)) goto out_map;`,
+/// only this PTE restored, nothing counted.
+pub fn do_pte_mapped_thp_numa_page(
+    k: &mut Kernel,
+    mm: Entity,
+    vma: usize,
+    b: usize,
+    page: PageIdx,
+    f: &mut Faulter,
+) -> Nanos {
+    if !k.rules.pte_mapped_thp_numa {
+        let pte = k.pages.pte_mut(page);
+        pte.flags = (pte.flags & !PTE_PROTNONE) | PTE_YOUNG;
+        return 0;
+    }
+    let head = k.mm(mm).vmas[vma].block_page(b);
+    let mut fault = numa_migrate_check(k, mm, vma, head, f, true);
+    let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, head, HPAGE_PMD_NR, f, &mut fault);
+    for i in block_slots(k, mm, vma, b) {
+        let pte = k.pages.slots.pte_mut(i);
+        if pte.flags & PTE_PROTNONE != 0 {
+            pte.flags = (pte.flags & !PTE_PROTNONE) | PTE_YOUNG;
+        }
+    }
+    numa_fault_done(k, mm, head, HPAGE_PMD_NR, f, &fault);
+    cost
 }
 
 /// The pages of the THP that maps `page`, if one does (a PMD-mapped folio).

@@ -2,7 +2,9 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::huge_memory::{do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, split_huge_pmd};
+use super::huge_memory::{
+    do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, do_pte_mapped_thp_numa_page, split_huge_pmd,
+};
 use super::ksm::ksm_unmap;
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
@@ -107,9 +109,12 @@ pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, w
         do_anonymous_page(k, mm, vma, page, f.nid, write);
         k.sysctl.0.hint_fault_cost_ns
     } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
-        match huge_block(k, mm, vma, page, Pmd::Huge) {
-            Some(b) => do_huge_pmd_numa_page(k, mm, vma, b, f),
-            None => do_numa_page(k, mm, vma, page, f),
+        if let Some(b) = huge_block(k, mm, vma, page, Pmd::Huge) {
+            do_huge_pmd_numa_page(k, mm, vma, b, f)
+        } else if let Some(b) = huge_block(k, mm, vma, page, Pmd::PteMapped) {
+            do_pte_mapped_thp_numa_page(k, mm, vma, b, page, f)
+        } else {
+            do_numa_page(k, mm, vma, page, f)
         }
     } else if write && flags & PTE_COW != 0 {
         // do_huge_pmd_wp_page() on the huge zero page: split the PMD, then copy 4 KiB.

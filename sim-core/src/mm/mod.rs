@@ -396,6 +396,9 @@ pub enum Pmd {
     Huge,
     /// The huge zero page, mapped by a read fault.
     HugeZero,
+    /// A THP mapped by 512 PTEs after __split_huge_pmd(): still one large folio, until a
+    /// split_huge_page() (KSM) makes its subpages folios of their own.
+    PteMapped,
 }
 
 /// A virtual memory area: anonymous private memory unless said otherwise.

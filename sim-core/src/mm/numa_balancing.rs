@@ -354,8 +354,12 @@ pub fn change_prot_numa(
             }
             split_huge_pmd(k, mm, vi, b);
         }
-        for v in vpn..segment_end {
-            change_pte(k, vma.page(v), target_node, &mut updated);
+        // 6.1.192's change_pte_range() skips a PTE-mapped THP's pages: `page_count(page) != 1`.
+        let pte_mapped = block.is_some_and(|b| k.mm(mm).vmas[vi].pmds[b] == Pmd::PteMapped);
+        if !pte_mapped || k.rules.pte_mapped_thp_numa {
+            for v in vpn..segment_end {
+                change_pte(k, vma.page(v), target_node, &mut updated);
+            }
         }
         vpn = segment_end;
     }
