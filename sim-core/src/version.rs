@@ -4,9 +4,9 @@
 //! between releases reads its rule from here, never from the version number itself, because
 //! stable kernels mix eras (Debian 12's 6.1.192 carries v6.2's gup_can_follow_protnone() on
 //! a 6.1 base). Each rule lists the releases that have it ([`Span`]): the first mainline
-//! release, and stable backports as ranges of their series. Read from the 6.1.192, 6.12.117
-//! and 6.12.118 sources (Debian's linux-source packages, and their changelogs for the
-//! backports) and, for 6.4–6.6, from the commits named below.
+//! release, and stable backports as ranges of their series. Read from the 6.1.192, 6.12.117,
+//! 6.12.118, 7.2.13 and 7.3.4 sources (Debian's linux-source packages, and their changelogs
+//! for the backports) and, for 6.4–6.6 and 6.18, from the commits named below.
 
 use bevy_ecs::resource::Resource;
 
