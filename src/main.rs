@@ -204,6 +204,15 @@ fn parse_policy(s: &str) -> Result<GupPolicy, String> {
     })
 }
 
+/// `numasim check`: the resolved config, headed by a comment on whose rules an unread
+/// `kernel.version` takes.
+fn check(c: &sim_core::config::Config) {
+    if let Some(note) = c.kernel.version.note() {
+        println!("# {note}");
+    }
+    print!("{}", to_toml(c));
+}
+
 fn parse_version(s: &str) -> Result<KernelVersion, String> {
     s.parse()
 }
@@ -295,9 +304,9 @@ fn main() -> ExitCode {
             })
         }
         Command::Plot { dir } => plot(&dir),
-        Command::Check { scenario, set } => workloads::validation::resolve_scenario(&scenario, &set)
-            .map(|c| print!("{}", to_toml(&c)))
-            .map_err(Failure::from),
+        Command::Check { scenario, set } => {
+            workloads::validation::resolve_scenario(&scenario, &set).map(|c| check(&c)).map_err(Failure::from)
+        }
         Command::Scenarios => {
             for (name, _) in catalogue::BUILTIN {
                 let c = catalogue::resolve(name, &[]).expect("built-in scenarios are valid");

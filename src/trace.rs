@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use sim_core::config::{Config, KernelVersion};
+use sim_core::release::Release;
 use sim_core::trace::chrome::write_chrome;
 use sim_core::trace::kernel::{KernelTrace, guest_meta};
 use sim_core::trace::output::{Written, write_ftrace};
@@ -32,8 +33,8 @@ pub struct TraceArgs {
     /// The trace format (default: by FILE's extension).
     #[arg(long, value_enum, requires = "trace")]
     pub trace_format: Option<Format>,
-    /// The kernel whose tracepoint formats to print: 6.1 or 6.12 (default: that of
-    /// kernel.version, 6.1's for versions before 6.7).
+    /// The kernel whose tracepoint formats to print: 6.1, 6.12 or 7.3 (default: that of
+    /// kernel.version: 6.1's before 6.7, 7.3's from 6.16).
     #[arg(long, value_name = "VERSION", requires = "trace")]
     pub trace_kernel: Option<String>,
 }
@@ -58,8 +59,9 @@ const DEFAULT_MAX_MIB: u64 = 256;
 /// The tracepoint formats of `kernel.version`: of the two oracle kernels, 6.12's from v6.7
 /// (sched_skip_vma_numa) on, 6.1's before.
 pub fn formats_of(v: KernelVersion) -> TpVersion {
-    match v {
-        KernelVersion::V6_12 => TpVersion::V6_12,
+    match v.rules_release() {
+        r if r >= Release::new(6, 16, 0) => TpVersion::V7_3,
+        r if r >= Release::new(6, 7, 0) => TpVersion::V6_12,
         _ => TpVersion::V6_1,
     }
 }
@@ -89,7 +91,7 @@ pub fn request(a: &TraceArgs, kernel: KernelVersion) -> Result<Option<Request>, 
         Some(v) => TpVersion::ALL
             .into_iter()
             .find(|t| t.name() == v)
-            .ok_or_else(|| Failure::Input(format!("--trace-kernel `{v}`: unknown kernel (6.1 or 6.12)")))?,
+            .ok_or_else(|| Failure::Input(format!("--trace-kernel `{v}`: unknown kernel (6.1, 6.12 or 7.3)")))?,
     };
     let mib = a.trace_max_mib.unwrap_or(DEFAULT_MAX_MIB);
     if mib == 0 {

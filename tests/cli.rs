@@ -47,7 +47,7 @@ fn run_writes_the_three_result_files() {
         "vmstat.numa_pages_migrated",
         "vmstat.pgmigrate_success",
         "vmstat.pgmigrate_fail",
-        "vmstat.numa_task_migrated",
+        "numasim.numa_task_migrated",
         "hint_faults_by_source.cpu",
         "hint_faults_by_source.kvm",
         "hint_faults_by_source.device",

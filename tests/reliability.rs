@@ -122,6 +122,32 @@ fn malformed_set_keys_are_errors_not_crashes() {
     assert!(err.contains("key part is empty"), "{err}");
 }
 
+/// `kernel.version` takes a row or a release; `check` says whose rules an unread release
+/// takes; what is not a release numasim can place is refused naming the key.
+#[test]
+fn kernel_versions_are_releases_and_bad_ones_name_the_key() {
+    let dir = scratch("versions");
+    let cfg = small(&dir);
+    let out = numasim(&["check", &cfg, "--set", "kernel.version=6.12.118"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("version = \"6.12.118\""), "{text}");
+    let out = numasim(&["check", &cfg, "--set", "kernel.version=6.9.2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("# kernel.version 6.9.2: not read; between `6.6`"), "{text}");
+    for bad in ["6.12.x", "5.15", "9.1"] {
+        let err = exits(2, &["check", &cfg, "--set", &format!("kernel.version={bad}")]);
+        assert!(err.contains("kernel.version"), "{err}");
+    }
+}
+
+#[test]
+fn a_cpuset_node_outside_the_machine_names_its_key() {
+    let dir = scratch("cpuset");
+    let cfg = small(&dir);
+    let err = exits(2, &["check", &cfg, "--set", "process.0.cpuset_mems=[5]"]);
+    assert!(err.contains("process[0].cpuset_mems"), "{err}");
+}
+
 const SWEEP: &str = r#"
 base = "small.toml"
 [sweep]

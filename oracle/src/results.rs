@@ -26,11 +26,12 @@ pub const VMSTAT: [&str; 14] = [
 ];
 
 /// numasim metrics the kernel cannot give: who took a fault, per-touch locality, secondary-MMU
-/// staleness and aging are the simulator's own observations; the task migration counts are
-/// schedstats 6.1 and 6.12 do not export.
+/// staleness and aging are the simulator's own observations; no released kernel counts the
+/// task migrations (`numasim.numa_task_*`: its record is the sched_move_numa and
+/// sched_swap_numa tracepoints).
 pub const NOT_MEASURED: [&str; 16] = [
-    "vmstat.numa_task_migrated",
-    "vmstat.numa_task_swapped",
+    "numasim.numa_task_migrated",
+    "numasim.numa_task_swapped",
     "hint_faults_by_source.cpu",
     "hint_faults_by_source.kvm",
     "hint_faults_by_source.device",
@@ -100,6 +101,12 @@ fn touches(s: &Sample, kinds: &BTreeMap<String, Toucher>) -> [u64; 3] {
 }
 
 /// KSM merges so far: pages now mapping a KSM page plus those a write unshared again.
+/// /sys/kernel/mm/ksm/pages_skipped over the run: the smart scan's skips (6.7+; absent on 6.1).
+fn ksm_skipped(last: &Sample, first: &Sample) -> Option<u64> {
+    let at = |s: &Sample| s.ksm.get("pages_skipped").copied();
+    Some(at(last)?.saturating_sub(at(first).unwrap_or(0)))
+}
+
 fn ksm_merged(last: &Sample, first: &Sample) -> u64 {
     let mapped = |s: &Sample| s.ksm.get("pages_shared").unwrap_or(&0) + s.ksm.get("pages_sharing").unwrap_or(&0);
     (mapped(last) + delta(last, first, "cow_ksm")).saturating_sub(mapped(first))
@@ -178,11 +185,16 @@ pub fn summary(
     let rate = if elapsed_s > 0.0 { (cpu + device + kvm) as f64 / elapsed_s } else { 0.0 };
     let smmu = smmu_counters(plan, info, last);
     let has_kvm = kinds.values().any(|k| *k == Toucher::Kvm);
-    let not_measured: Vec<&str> = NOT_MEASURED
+    let mut not_measured: Vec<&str> = NOT_MEASURED
         .iter()
         .copied()
         .filter(|m| !(smmu.measured.contains(m) || has_kvm && *m == "touches.kvm"))
         .collect();
+    let mut ksm = json!({ "pages_merged": ksm_merged(last, first) });
+    match ksm_skipped(last, first) {
+        Some(n) => ksm["pages_skipped"] = json!(n),
+        None => not_measured.push("ksm.pages_skipped"),
+    }
     let kernel_smmu: Map<String, Value> = last.smmus.iter().map(|m| (m.name.clone(), json!(m.stats))).collect();
     let mut out = json!({
         "scenario": info.scenario,
@@ -195,7 +207,7 @@ pub fn summary(
         "wall_s": info.wall_s,
         "vmstat": vmstat,
         "touches": { "cpu": cpu, "device": device },
-        "ksm": { "pages_merged": ksm_merged(last, first) },
+        "ksm": ksm,
         "throughput": { "touches_per_s": rate },
         "kernel_vmstat": kernel_vmstat,
         "kernel_ksm": kernel_ksm,
@@ -375,6 +387,13 @@ fn per_active_second(
 mod tests {
     use super::*;
     use guest::{ProcessPlan, RemoteCaller, SmmuPlan, SmmuSample, ThreadPlan, ThreadSample};
+
+    /// Every counter the model files under `vmstat` is one the guest reads from the kernel's
+    /// /proc/vmstat (mm/vmstat.c's vmstat_text in 6.1 and 6.12), and in the same order.
+    #[test]
+    fn the_model_s_vmstat_group_holds_only_proc_vmstat_names() {
+        assert_eq!(VMSTAT.as_slice(), sim_core::stats::VmStat::NAMES);
+    }
 
     fn info() -> RunInfo<'static> {
         RunInfo {

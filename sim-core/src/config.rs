@@ -107,74 +107,7 @@ impl GupPolicy {
     }
 }
 
-/// A kernel release numasim models: each selects the version-dependent behaviour listed in
-/// `version.rs`. Written as a string (`"6.12"`); a bare TOML number such as `6.1` is read
-/// by its decimal digits, so `--set kernel.version=6.1` works.
-#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum KernelVersion {
-    #[serde(rename = "6.1")]
-    V6_1,
-    /// Debian 12's 6.1.192: 6.1 with v6.2's gup_can_follow_protnone() backported.
-    #[serde(rename = "6.1-debian12")]
-    V6_1Debian12,
-    #[serde(rename = "6.4")]
-    V6_4,
-    #[serde(rename = "6.5")]
-    V6_5,
-    #[serde(rename = "6.6")]
-    V6_6,
-    #[serde(rename = "6.12")]
-    V6_12,
-}
-
-impl KernelVersion {
-    pub const ALL: [KernelVersion; 6] = [
-        KernelVersion::V6_1,
-        KernelVersion::V6_1Debian12,
-        KernelVersion::V6_4,
-        KernelVersion::V6_5,
-        KernelVersion::V6_6,
-        KernelVersion::V6_12,
-    ];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            KernelVersion::V6_1 => "6.1",
-            KernelVersion::V6_1Debian12 => "6.1-debian12",
-            KernelVersion::V6_4 => "6.4",
-            KernelVersion::V6_5 => "6.5",
-            KernelVersion::V6_6 => "6.6",
-            KernelVersion::V6_12 => "6.12",
-        }
-    }
-}
-
-impl std::str::FromStr for KernelVersion {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, String> {
-        Self::ALL.into_iter().find(|v| v.name() == s).ok_or_else(|| {
-            let names: Vec<_> = Self::ALL.iter().map(|v| format!("`{}`", v.name())).collect();
-            format!("unknown kernel version `{s}`, expected one of {}", names.join(", "))
-        })
-    }
-}
-
-impl<'de> Deserialize<'de> for KernelVersion {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Written {
-            Text(String),
-            Number(f64),
-        }
-        let text = match Written::deserialize(d)? {
-            Written::Text(s) => s,
-            Written::Number(x) => x.to_string(),
-        };
-        text.parse().map_err(serde::de::Error::custom)
-    }
-}
+pub use crate::release::KernelVersion;
 
 /// /sys/kernel/mm/transparent_hugepage/enabled.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -317,6 +250,12 @@ pub struct ProcessConfig {
     /// clone (`idle`, as a pthreads benchmark and the oracle's guest do), or is the first
     /// configured thread (`first`, a single-threaded program).
     pub main_thread: MainThread,
+    /// cpuset.mems of the process's cgroup: the memory nodes its tasks may use (empty: all).
+    /// Simplified: only task_numa_work() (6.16+ skips a single-node cpuset) and NUMA
+    /// migrations read it; first-touch allocation does not, so a scenario keeps its threads
+    /// and `populate_node` on these nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub cpuset_mems: Vec<u32>,
 }
 
 /// The role of a process's main thread (the one fork() created).
@@ -1066,6 +1005,9 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
                 check(n < nodes, at("populate_node"), node_range(n, nodes))?;
             }
             total_mib += v.size_mib;
+        }
+        for &n in &p.cpuset_mems {
+            check(n < nodes, at("cpuset_mems"), node_range(n, nodes))?;
         }
         for (ti, t) in p.thread.iter().enumerate() {
             let at = |rest: &str| format!("process[{pi}].thread[{ti}].{rest}");

@@ -14,6 +14,7 @@ pub mod kvm;
 pub mod limits;
 pub mod machine;
 pub mod mm;
+pub mod release;
 pub mod sched;
 pub mod sim;
 pub mod stats;

@@ -129,7 +129,8 @@ impl Sim {
         let mut world = World::new();
         let mut topo = Topology::new(&config.machine);
         let present = config.machine.memory_per_node_mib * PAGES_PER_MIB;
-        let wmarks = setup_per_zone_wmarks(&vec![present; topo.nr_nodes as usize]);
+        let thp = config.kernel.transparent_hugepage != Thp::Never;
+        let wmarks = setup_per_zone_wmarks(&vec![present; topo.nr_nodes as usize], thp);
         topo.node_entities = (0..topo.nr_nodes)
             .map(|nid| {
                 let wmark = wmarks[nid as usize];
@@ -197,7 +198,9 @@ impl Sim {
     /// madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE) on a VMA before it is touched.
     pub fn madvise_hugepage(&mut self, mm: Entity, vma: usize, advice: Option<HugepageAdvice>) {
         let thp = self.world.resource::<Sysctl>().0.transparent_hugepage;
-        self.world.get_mut::<Mm>(mm).expect("live mm").vmas[vma].set_thp(thp.allows(advice));
+        let v = &mut self.world.get_mut::<Mm>(mm).expect("live mm").vmas[vma];
+        v.set_thp(thp.allows(advice));
+        v.vm_hugepage = advice == Some(HugepageAdvice::Madvise);
     }
 
     /// The VMA of `mm` holding global page `page`.

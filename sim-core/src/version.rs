@@ -1,14 +1,18 @@
-//! What each modelled kernel version does differently.
+//! What each modelled kernel release does differently.
 //!
-//! `kernel.version` selects one row of [`Rules`]; every mechanism whose behaviour changed
-//! between the versions reads its rule from here, never from the version number itself,
-//! because stable kernels mix eras (Debian 12's 6.1.192 carries v6.2's
-//! gup_can_follow_protnone() on a 6.1 base). Read from the 6.1.192 and 6.12.117 sources
-//! (Debian's linux-source packages) and, for 6.4–6.6, from the commits named below.
+//! `kernel.version` names a release (`release.rs`); every mechanism whose behaviour changed
+//! between releases reads its rule from here, never from the version number itself, because
+//! stable kernels mix eras (Debian 12's 6.1.192 carries v6.2's gup_can_follow_protnone() on
+//! a 6.1 base). Each rule lists the releases that have it ([`Span`]): the first mainline
+//! release, and stable backports as ranges of their series. Read from the 6.1.192, 6.12.117,
+//! 6.12.118, 7.2.13 and 7.3.4 sources (Debian's linux-source packages, and their changelogs
+//! for the backports) and, for 6.4–6.6 and 6.18, from the commits named below.
 
 use bevy_ecs::resource::Resource;
 
 use crate::config::{GupPolicy, KernelConfig, KernelVersion};
+use crate::release::Span::{Mainline, Stable};
+use crate::release::{Release, Span, has};
 
 /// Which accessed-VMA filter task_numa_work() applies before scanning a VMA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,12 +49,26 @@ pub struct Rules {
     /// visit before it searches the stable tree (6.12.117), not only before the unstable
     /// tree (6.1.192: a page with a stable twin merges on first sight).
     pub ksm_checksum_first: bool,
+    /// ksmd skips pages that never merged for a growing number of scans
+    /// (should_skip_rmap_item(), v6.7+).
+    pub ksm_smart_scan: bool,
+    /// A THP split to PTEs (a partly scanned THP) is made protnone per PTE and faulted and
+    /// migrated as one 512-page folio (6.12); up to 6.1.192 the scanner skips it and a
+    /// hinting fault on it only restores the PTE.
+    pub pte_mapped_thp_numa: bool,
     pub vma_filter: VmaScanFilter,
     /// update_task_scan_period()'s early "scan slower" return (no local or shared faults, or
-    /// failed migrations) clears numa_faults_locality too (`goto out`, 6.12.117); 6.1.192
-    /// returns before the memset, so those faults count again at the next update. 6.4–6.6
-    /// keep 6.1's (not checked against their sources, which are not here).
+    /// failed migrations) clears numa_faults_locality too (`goto out`, 6.12.117+ and 7.3.4+);
+    /// 6.1.192 and 7.2.13 return before the memset, so those faults count again at the next
+    /// update.
     pub scan_slower_clears_locality: bool,
+    /// change_huge_pmd() skips a THP that folio_can_map_prot_numa() refuses: DMA-pinned, or
+    /// on the node a single-threaded process runs on (6.19+; before, only the huge zero page
+    /// and protnone PMDs are skipped).
+    pub thp_prot_numa_filter: bool,
+    /// task_numa_work() returns at once, tracing sched_skip_cpuset_numa, for a task whose
+    /// cpuset allows a single memory node (6.16+).
+    pub cpuset_single_node_skip: bool,
     /// The sched-domain level spanning a CPU's package: "DIE" through v6.6, "PKG" from v6.7
     /// ("sched/topology: Rename 'DIE' domain to 'PKG'"); 6.12.117 says PKG, 6.1.192 DIE.
     pub pkg_domain_name: &'static str,
@@ -67,40 +85,182 @@ pub struct Rules {
     pub lb_6_12: bool,
 }
 
+/// `Release::new`, short.
+const fn r(major: u32, minor: u32, sublevel: u32) -> Release {
+    Release::new(major, minor, sublevel)
+}
+
+/// v6.2 ("mm/gup: replace FOLL_NUMA by gup_can_follow_protnone()"): `return flags & FOLL_FORCE;`.
+/// In 6.1.y by 6.1.192 (the release read; earlier 6.1.y were not).
+const GUP_IMPLICIT_ALL: &[Span] = &[Mainline(r(6, 2, 0)), Stable(r(6, 1, 192))];
+/// v6.5 (d74943a2f3cd): is_valid_gup_args() sets FOLL_HONOR_NUMA_FAULT for every external
+/// caller. That patch, "mm/gup: reintroduce FOLL_NUMA as FOLL_HONOR_NUMA_FAULT", is listed
+/// under ChangeLog-6.4.13 in the history Debian's 6.12 changelog carries.
+const GUP_IMPLICIT_FORCE: &[Span] = &[Mainline(r(6, 5, 0)), Stable(r(6, 4, 13))];
+/// v6.6: only callers that pass FOLL_HONOR_NUMA_FAULT honour hints.
+const GUP_EXPLICIT: &[Span] = &[Mainline(r(6, 6, 0))];
+/// v6.2 removed savedwrite.
+const NO_SAVEDWRITE: &[Span] = &[Mainline(r(6, 2, 0))];
+/// ksm_next_page_pmd_entry(): in the 6.12 source and backported to 6.1.y by 6.1.192; its
+/// merge release (after 6.6) was not read.
+const KSM_SCAN_WALKS: &[Span] = &[Mainline(r(6, 12, 0)), Stable(r(6, 1, 192))];
+/// get_mergeable_page() with folio_walk_start(): 6.12.
+const KSM_LOOKUP_WALKS: &[Span] = &[Mainline(r(6, 12, 0))];
+/// A PTE-mapped THP is hinted per PTE and faulted as one folio (change_pte_range() without
+/// the page_count test, do_numa_page() with folio_nr_pages() and
+/// numa_rebuild_large_mapping()): read in 6.12.118; 6.1.192 skips and ignores it; the
+/// releases between (the large-folio work of v6.5–v6.10) were not read.
+const PTE_MAPPED_THP_NUMA: &[Span] = &[Mainline(r(6, 12, 0))];
+/// v6.7's KSM smart scan (should_skip_rmap_item(), `ksm_smart_scan = true`); read in 6.12.118.
+const KSM_SMART_SCAN: &[Span] = &[Mainline(r(6, 7, 0))];
+/// Chengming Zhou's v6.9 reordering of cmp_and_merge_page().
+const KSM_CHECKSUM_FIRST: &[Span] = &[Mainline(r(6, 9, 0))];
+/// v6.4, "sched/numa: enhance vma scanning logic".
+const VMA_ACCESSED: &[Span] = &[Mainline(r(6, 4, 0))];
+/// v6.7, Mel Gorman's series (v6.11's rescan on top: 6.7–6.10 were not read).
+const VMA_ACCESSED_FORCED: &[Span] = &[Mainline(r(6, 7, 0))];
+/// "sched/fair: Reset NUMA fault locality after scan period update": a stable fix, listed
+/// under ChangeLog-6.12.117 in Debian's 6.12 changelog and under ChangeLog-7.3.4 in its 7.3
+/// one; 7.2.13's update_task_scan_period() still returns before the memset. Whether a
+/// 6.18.y has it was not read (no 6.18 changelog past 6.18.3 in the suites): 6.18 is taken
+/// without it.
+const SCAN_SLOWER_CLEARS_LOCALITY: &[Span] = &[Stable(r(6, 12, 117)), Stable(r(7, 3, 4))];
+/// task_numa_work()'s early return for a task whose cpuset allows one node, traced as
+/// sched_skip_cpuset_numa (Libo Chen, in mm-unstable in April 2025: v6.16). Read in 7.2.13
+/// and 7.3.4.
+const CPUSET_SINGLE_NODE_SKIP: &[Span] = &[Mainline(r(6, 16, 0))];
+/// change_huge_pmd() asks folio_can_map_prot_numa(), as change_pte_range() does (Kefeng
+/// Wang's series, in mm-new in October 2025: v6.19). Read in 7.2.13 and 7.3.4.
+const THP_PROT_NUMA_FILTER: &[Span] = &[Mainline(r(6, 19, 0))];
+/// v6.7, "sched/topology: Rename 'DIE' domain to 'PKG'".
+const PKG_DOMAIN: &[Span] = &[Mainline(r(6, 7, 0))];
+/// v6.10's rename of SD_SHARE_PKG_RESOURCES to SD_SHARE_LLC.
+const SD_SHARE_LLC: &[Span] = &[Mainline(r(6, 10, 0))];
+/// The four load-balancer rules of [`Rules::lb_6_12`]: read in 6.12; their merge releases
+/// (after 6.6) were not checked.
+const LB_6_12: &[Span] = &[Mainline(r(6, 12, 0))];
+
 impl Rules {
     /// The rules of `version`, with the GUP era overridden when asked.
     pub fn of(version: KernelVersion, gup_override: Option<GupPolicy>) -> Self {
-        use KernelVersion::*;
-        let (gup, savedwrite, ksm_scan_walks, ksm_lookup_walks, vma_filter) = match version {
-            V6_1 => (GupPolicy::Implicit, true, false, false, VmaScanFilter::None),
-            V6_1Debian12 => (GupPolicy::ImplicitAll, true, true, false, VmaScanFilter::None),
-            V6_4 => (GupPolicy::ImplicitAll, false, false, false, VmaScanFilter::Accessed),
-            V6_5 => (GupPolicy::ImplicitForce, false, false, false, VmaScanFilter::Accessed),
-            V6_6 => (GupPolicy::Explicit, false, false, false, VmaScanFilter::Accessed),
-            V6_12 => (GupPolicy::Explicit, false, true, true, VmaScanFilter::AccessedForced),
+        let at = version.rules_release();
+        let on = |spans| has(spans, at);
+        let gup = if on(GUP_EXPLICIT) {
+            GupPolicy::Explicit
+        } else if on(GUP_IMPLICIT_FORCE) {
+            GupPolicy::ImplicitForce
+        } else if on(GUP_IMPLICIT_ALL) {
+            GupPolicy::ImplicitAll
+        } else {
+            GupPolicy::Implicit
         };
-        // The 2024 reordering is not in 6.4–6.6, which keep 6.1's order.
-        let ksm_checksum_first = version == V6_12;
-        let scan_slower_clears_locality = version == V6_12;
-        let gup = gup_override.unwrap_or(gup);
-        // 6.4–6.6 keep 6.1's scheduler names and rules (not checked against their sources).
-        let lb_6_12 = version == V6_12;
+        let vma_filter = if on(VMA_ACCESSED_FORCED) {
+            VmaScanFilter::AccessedForced
+        } else if on(VMA_ACCESSED) {
+            VmaScanFilter::Accessed
+        } else {
+            VmaScanFilter::None
+        };
         Self {
             version,
-            gup,
-            savedwrite,
-            ksm_scan_walks,
-            ksm_lookup_walks,
-            ksm_checksum_first,
+            gup: gup_override.unwrap_or(gup),
+            savedwrite: !on(NO_SAVEDWRITE),
+            ksm_scan_walks: on(KSM_SCAN_WALKS),
+            ksm_lookup_walks: on(KSM_LOOKUP_WALKS),
+            ksm_checksum_first: on(KSM_CHECKSUM_FIRST),
+            ksm_smart_scan: on(KSM_SMART_SCAN),
+            pte_mapped_thp_numa: on(PTE_MAPPED_THP_NUMA),
             vma_filter,
-            scan_slower_clears_locality,
-            pkg_domain_name: if lb_6_12 { "PKG" } else { "DIE" },
-            sd_share_llc_name: if lb_6_12 { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
-            lb_6_12,
+            scan_slower_clears_locality: on(SCAN_SLOWER_CLEARS_LOCALITY),
+            thp_prot_numa_filter: on(THP_PROT_NUMA_FILTER),
+            cpuset_single_node_skip: on(CPUSET_SINGLE_NODE_SKIP),
+            pkg_domain_name: if on(PKG_DOMAIN) { "PKG" } else { "DIE" },
+            sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
+            lb_6_12: on(LB_6_12),
         }
     }
 
     pub fn from_config(k: &KernelConfig) -> Self {
         Self::of(k.version, k.gup_policy)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The rows as they were written before rules became release ranges: a row's results do
+    /// not move.
+    #[test]
+    fn the_rows_keep_their_rules() {
+        use GupPolicy::*;
+        use VmaScanFilter::{Accessed, AccessedForced, None as Every};
+        let rows = [
+            (KernelVersion::V6_1, (Implicit, true, false, false, false, Every, false, false)),
+            (KernelVersion::V6_1Debian12, (ImplicitAll, true, true, false, false, Every, false, false)),
+            (KernelVersion::V6_4, (ImplicitAll, false, false, false, false, Accessed, false, false)),
+            (KernelVersion::V6_5, (ImplicitForce, false, false, false, false, Accessed, false, false)),
+            (KernelVersion::V6_6, (Explicit, false, false, false, false, Accessed, false, false)),
+            (KernelVersion::V6_12, (Explicit, false, true, true, true, AccessedForced, true, true)),
+            (KernelVersion::V6_18, (Explicit, false, true, true, true, AccessedForced, false, true)),
+            (KernelVersion::V7_2, (Explicit, false, true, true, true, AccessedForced, false, true)),
+            (KernelVersion::V7_3, (Explicit, false, true, true, true, AccessedForced, true, true)),
+        ];
+        for (v, want) in rows {
+            let r = Rules::of(v, None);
+            let got = (
+                r.gup,
+                r.savedwrite,
+                r.ksm_scan_walks,
+                r.ksm_lookup_walks,
+                r.ksm_checksum_first,
+                r.vma_filter,
+                r.scan_slower_clears_locality,
+                r.lb_6_12,
+            );
+            assert_eq!(got, want, "{v}");
+            let pkg = if r.lb_6_12 { ("PKG", "SD_SHARE_LLC") } else { ("DIE", "SD_SHARE_PKG_RESOURCES") };
+            assert_eq!((r.pkg_domain_name, r.sd_share_llc_name), pkg, "{v}");
+        }
+    }
+
+    /// Releases inside a read series follow the dated backports: 6.12.116 lacks the locality
+    /// reset (ChangeLog-6.12.117), 6.4.13 has v6.5's GUP rule (ChangeLog-6.4.13), 6.1 stable
+    /// releases before the one read keep v6.1's.
+    #[test]
+    fn stable_backports_apply_from_their_release() {
+        let rules = |s: &str| Rules::of(s.parse().unwrap(), None);
+        assert!(!rules("6.12.116").scan_slower_clears_locality);
+        assert!(rules("6.12.117").scan_slower_clears_locality);
+        assert_eq!(rules("6.12.116").gup, GupPolicy::Explicit);
+        assert_eq!(rules("6.4.12").gup, GupPolicy::ImplicitAll);
+        assert_eq!(rules("6.4.13").gup, GupPolicy::ImplicitForce);
+        assert_eq!(rules("6.1.50").gup, GupPolicy::Implicit);
+        assert_eq!(
+            rules("6.1.192"),
+            Rules { version: "6.1.192".parse().unwrap(), ..Rules::of(KernelVersion::V6_1Debian12, None) }
+        );
+        // 6.8 was not read: 6.6's rules, though v6.7's filter is in it.
+        assert_eq!(rules("6.8").vma_filter, VmaScanFilter::Accessed);
+        // 7.3.0–7.3.3 lack 7.3.4's backport; 7.2 stands for 6.19, which has v6.19's filter.
+        assert!(!rules("7.3.3").scan_slower_clears_locality);
+        assert!(rules("7.3.4").scan_slower_clears_locality);
+        assert!(rules("6.19").thp_prot_numa_filter && !rules("6.18").thp_prot_numa_filter);
+    }
+
+    /// The rules the 6.16–7.3 sources added: the cpuset skip (6.16, so 6.18 on) and the THP
+    /// prot_numa filter (6.19, so 7.2 and 7.3); none before.
+    #[test]
+    fn newer_rows_add_the_cpuset_skip_and_the_thp_filter() {
+        let rows = [
+            (KernelVersion::V6_12, false, false),
+            (KernelVersion::V6_18, true, false),
+            (KernelVersion::V7_2, true, true),
+            (KernelVersion::V7_3, true, true),
+        ];
+        for (v, cpuset, thp) in rows {
+            let r = Rules::of(v, None);
+            assert_eq!((r.cpuset_single_node_skip, r.thp_prot_numa_filter), (cpuset, thp), "{v}");
+        }
     }
 }

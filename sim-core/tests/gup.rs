@@ -7,10 +7,11 @@ use sim_core::mm::gup::{
     FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, Followed, GupError, follow_page,
     get_user_page_fast_only, get_user_pages,
 };
+use sim_core::mm::memory::{Sigsegv, handle_mm_fault};
 use sim_core::mm::mmu_notifier::{SPTE_VALID, SecondaryMmu, SmmuKind, update_stale_gauge};
 use sim_core::mm::mprotect::{do_munmap, mprotect_vma};
 use sim_core::mm::numa_balancing::change_prot_numa;
-use sim_core::mm::{Mm, PTE_PROTNONE, PageIdx};
+use sim_core::mm::{Mm, PTE_PROTNONE, PTE_ZERO, PageIdx};
 use sim_core::sim::Sim;
 use sim_core::stats::{Counters, Source};
 
@@ -95,6 +96,32 @@ fn a_prot_none_vma_never_takes_a_hinting_fault() {
     let (r, c2, _, _) = gup(&mut sim, mm, page, FOLL_GET | FOLL_FORCE);
     assert!(r.is_ok(), "FOLL_FORCE follows the PROT_NONE PTE");
     assert_eq!(c.vmstat.numa_hint_faults + c2.vmstat.numa_hint_faults, 0);
+}
+
+/// do_anonymous_page() (mm/memory.c, 6.1.192 and 6.12.118) builds a first touch's PTE from
+/// `vma->vm_page_prot`: in a PROT_NONE VMA a FOLL_FORCE read (/proc/PID/mem) maps the zero
+/// page protnone, a FOLL_FORCE write a protnone page; a CPU still gets SIGSEGV there, and
+/// mprotect() back to read/write makes both accessible.
+#[test]
+fn a_forced_first_touch_in_a_prot_none_vma_maps_a_protnone_pte() {
+    for policy in GupPolicy::ALL {
+        let (mut sim, mm, _, _) = setup(policy, NotifierMode::Unconditional);
+        let vma = sim.add_vma(mm, "late", 16);
+        let read = sim.vma_base(mm, vma);
+        let written = read + 1;
+        sim.with_kernel(|k| mprotect_vma(k, mm, vma, false));
+        assert!(gup(&mut sim, mm, read, FOLL_GET | FOLL_FORCE).0.is_ok(), "{policy:?}");
+        assert!(gup(&mut sim, mm, written, FOLL_GET | FOLL_FORCE | FOLL_WRITE).0.is_ok(), "{policy:?}");
+        sim.with_kernel(|k| {
+            assert_eq!(k.pages.pte(read).flags & (PTE_ZERO | PTE_PROTNONE), PTE_ZERO | PTE_PROTNONE, "{policy:?}");
+            assert!(k.pages.present(written) && k.pages.protnone(written), "{policy:?}");
+            let mut cpu = Faulter { cpu: 0, nid: 0, pid: 7, task: None, source: Source::Cpu, now: 0, runtime: 0 };
+            assert_eq!(handle_mm_fault(k, mm, read, false, &mut cpu), Err(Sigsegv), "{policy:?}");
+            mprotect_vma(k, mm, vma, true);
+            assert!(!k.pages.protnone(read) && !k.pages.protnone(written), "{policy:?}");
+            assert_eq!(k.counters.vmstat.numa_hint_faults, 0, "{policy:?}");
+        });
+    }
 }
 
 #[test]

@@ -303,8 +303,9 @@ fn an_idle_main_thread_woken_by_an_action_after_a_scan_delays_the_next_scan() {
 }
 
 /// task_numa_work() (kernel/sched/fair.c, 6.12): the walk costs each PTE written and one TLB
-/// flush per change_prot_numa() call (tlb_finish_mmu()), the untouched VMA's call included,
-/// and the task's node_stamp moves by 32 times that (plus the 2 ticks of every scan).
+/// flush per change_prot_numa() call (tlb_finish_mmu()), the untouched VMA's call included;
+/// the task's node_stamp moves by 2 ticks and by 32 times the runtime the ticks inside the
+/// scan accounted (`32 * diff` of sum_exec_runtime, 6.1.192 and 6.12.118).
 #[test]
 fn the_walk_costs_each_pte_written_and_a_flush_per_vma() {
     let (mut sim, mm, _) = machine();
@@ -318,5 +319,20 @@ fn the_walk_costs_each_pte_written_and_a_flush_per_vma() {
     let cost = sim.with_kernel(|k| task_numa_work(k, &mut p, 7, 0, 2_000_000_000));
     assert_eq!(sim.world.resource::<Counters>().vmstat.numa_pte_updates, 4096);
     assert_eq!(cost, 4096 * 1000 + 2 * 8_000_000);
-    assert_eq!(p.node_stamp, 2 * 4_000_000 + 32 * cost, "HZ=250 ticks");
+    // 20.096 ms of walk: five HZ=250 ticks land in it and account 20 ms.
+    assert_eq!(p.node_stamp, 2 * 4_000_000 + 32 * 20_000_000);
+}
+
+/// task_numa_work() (kernel/sched/fair.c, 6.1.192 and 6.12.118) charges `32 * diff` only
+/// `if (unlikely(p->se.sum_exec_runtime != runtime))`: a walk shorter than the 4 ms tick,
+/// which starts right after the tick that queued it, leaves the runtime where it was.
+#[test]
+fn a_scan_shorter_than_a_tick_is_not_charged_32_times() {
+    let (mut sim, mm, _) = machine();
+    sim.world.get_mut::<Mm>(mm).unwrap().nr_threads = 2;
+    sim.world.resource_mut::<Sysctl>().0.pte_scan_cost_ns = 10;
+    let mut p = task(&sim, mm, 7);
+    let cost = sim.with_kernel(|k| task_numa_work(k, &mut p, 7, 0, 2_000_000_000));
+    assert_eq!(cost, 4096 * 10, "the walk took 41 us");
+    assert_eq!(p.node_stamp, 2 * 4_000_000, "only the stagger of two ticks");
 }

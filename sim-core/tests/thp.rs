@@ -1,15 +1,16 @@
 //! Transparent huge pages (mm/huge_memory.c, 6.12.117), driven directly.
 
 use bevy_ecs::entity::Entity;
-use sim_core::config::{Config, GupPolicy, MachineConfig, NotifierMode, Thp};
+use sim_core::config::{Config, GupPolicy, HugepageAdvice, KernelVersion, MachineConfig, NotifierMode, Thp};
 use sim_core::kernel::{Faulter, Kernel};
 use sim_core::mm::gup::{
-    FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_PIN, FOLL_WRITE, get_user_page_fast_only, get_user_pages,
+    FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_PIN, FOLL_WRITE, get_user_page_fast_only, get_user_pages,
 };
 use sim_core::mm::memory::handle_mm_fault;
 use sim_core::mm::mmu_notifier::{
     MmuNotifyEvent, SPTE_HUGE, SPTE_VALID, SecondaryMmu, SmmuKind, invalidate_range, map_secondary,
 };
+use sim_core::mm::mprotect::mprotect_vma;
 use sim_core::mm::numa_balancing::{ProtNumaChange, change_prot_numa};
 use sim_core::mm::vmscan::age_pages;
 use sim_core::mm::{HPAGE_PMD_NR, Mm, PTE_PROTNONE, PTE_ZERO, PageIdx, Pages, Pmd};
@@ -82,7 +83,36 @@ fn faults_allocate_thps_and_the_huge_zero_page() {
     assert_eq!((c.thp_fault_alloc, c.thp_split_pmd, c.thp_fault_fallback), (1, 1, 0));
 }
 
-/// A node without 512 free pages above its low watermark gives no THP: thp_fault_fallback,
+/// do_huge_pmd_anonymous_page() (mm/huge_memory.c, 6.1.192 and 6.12.118) builds the PMD
+/// from `vma->vm_page_prot`: a FOLL_FORCE first touch in a PROT_NONE VMA maps a protnone THP
+/// (a write) or huge zero page (a read).
+#[test]
+fn a_forced_first_touch_in_a_prot_none_vma_maps_a_protnone_pmd() {
+    let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+    sim.with_kernel(|k| {
+        mprotect_vma(k, mm, 0, false);
+        let mut f = Faulter::kthread(k, 77, 4, Source::Device);
+        get_user_pages(k, mm, base + 3, FOLL_GET | FOLL_FORCE | FOLL_WRITE, &mut f).unwrap();
+        get_user_pages(k, mm, base + 600, FOLL_GET | FOLL_FORCE, &mut f).unwrap();
+        assert!((base..base + 1024).all(|p| k.pages.protnone(p)), "both blocks protnone");
+    });
+    assert_eq!((pmd(&sim, mm, 0), pmd(&sim, mm, 1)), (Pmd::Huge, Pmd::HugeZero));
+}
+
+/// With THP enabled, khugepaged's start raises min_free_kbytes
+/// (set_recommended_min_free_kbytes(), mm/khugepaged.c 6.1.192 and 6.12.118): on 2 × 64 MiB
+/// to 5% of the free buffer pages, (2 × (16384 - 271)) / 20 pages = 6444 KiB, against
+/// calculate_min_free_kbytes()'s 1448.
+#[test]
+fn thp_enabled_raises_the_min_watermark() {
+    let min = |thp| {
+        let (mut sim, _, _) = machine_with(GupPolicy::Explicit, thp);
+        sim.with_kernel(|k| k.pgdat(0).wmark.min)
+    };
+    assert_eq!((min(Thp::Never), min(Thp::Madvise), min(Thp::Always)), (181, 805, 805));
+}
+
+/// A node without 512 free pages above its min watermark gives no THP: thp_fault_fallback,
 /// and the block is mapped by 4 KiB PTEs from then on.
 #[test]
 fn a_full_node_falls_back_to_4k_pages() {
@@ -95,6 +125,31 @@ fn a_full_node_falls_back_to_4k_pages() {
     assert_eq!(pmd(&sim, mm, 0), Pmd::Table);
     let c = sim.world.resource::<Counters>().vmstat;
     assert_eq!((c.thp_fault_alloc, c.thp_fault_fallback), (0, 1));
+}
+
+/// alloc_pages_mpol() (mm/mempolicy.c, 6.12.118; vma_alloc_folio() in 6.1.192): the local
+/// `__GFP_THISNODE | __GFP_NORETRY` try goes down to the min watermark (the slow path); only a
+/// VM_HUGEPAGE VMA, whose vma_thp_gfp_mask() has `__GFP_DIRECT_RECLAIM` under the default
+/// defrag, then retries along the zonelist: a remote THP instead of 4 KiB pages.
+#[test]
+fn a_full_node_gives_madvised_memory_a_remote_thp() {
+    let run = |free_above_min: u64, madvised: bool| {
+        let (mut sim, mm, base) = machine(GupPolicy::Explicit);
+        if madvised {
+            sim.madvise_hugepage(mm, 0, Some(HugepageAdvice::Madvise));
+        }
+        sim.with_kernel(|k| {
+            let mut node0 = k.pgdat(0);
+            node0.free_pages = node0.wmark.min + free_above_min;
+            fault(k, mm, base, 0, true);
+        });
+        let c = sim.world.resource::<Counters>().vmstat;
+        let nid = sim.with_kernel(|k| k.pages.pte(base).nid);
+        (pmd(&sim, mm, 0), c.thp_fault_alloc, nid)
+    };
+    assert_eq!(run(512, false), (Pmd::Huge, 1, 0), "between min and low: the slow path");
+    assert_eq!(run(511, false), (Pmd::Table, 0, 0), "4 KiB pages on node 0, down to min");
+    assert_eq!(run(511, true), (Pmd::Huge, 1, 1), "MADV_HUGEPAGE: a THP on node 1");
 }
 
 /// change_huge_pmd(): one PMD update per THP, counted as 512 PTE updates too (6.12.117
@@ -129,6 +184,72 @@ fn a_thp_is_scanned_faulted_and_migrated_at_the_pmd() {
         } else {
             assert_eq!((c.thp_migration_success, c.numa_pages_migrated, c.pgmigrate_success), (1, 512, 512));
         }
+    }
+}
+
+/// As [`machine`], with the rules of `version` and a single-threaded process.
+fn machine_on(version: KernelVersion) -> (Sim, Entity, PageIdx) {
+    let mut config =
+        Config { machine: MachineConfig { memory_per_node_mib: 64, ..Default::default() }, ..Default::default() };
+    config.kernel.transparent_hugepage = Thp::Always;
+    config.kernel.version = version;
+    let mut sim = Sim::new(&config);
+    let mm = sim.add_process("app");
+    let vma = sim.add_vma(mm, "buf", 2 * HPAGE_PMD_NR);
+    let base = sim.vma_base(mm, vma);
+    (sim, mm, base)
+}
+
+/// A scan that covers part of a THP splits its PMD (__split_huge_pmd()); the folio stays
+/// one. 6.12.118 makes the covered PTEs protnone, and a hinting fault on one is one fault for
+/// the folio (do_numa_page(): folio_nr_pages()), migrates all 512 pages and restores every
+/// protnone PTE (numa_rebuild_large_mapping()). 6.1.192's change_pte_range() skips the pages
+/// (`page_count(page) != 1`), and its do_numa_page() only restores a PTE made protnone before
+/// the split (`if (PageCompound(page)) goto out_map;`).
+#[test]
+fn a_pte_mapped_thp_is_hinted_as_one_folio_on_6_12_and_not_at_all_on_6_1() {
+    for (version, updates, faults, migrated) in
+        [(KernelVersion::V6_12, 256, 1, 512), (KernelVersion::V6_1Debian12, 0, 0, 0)]
+    {
+        let (mut sim, mm, base) = machine_on(version);
+        sim.with_kernel(|k| fault(k, mm, base, 0, true));
+        let v = sim.world.get::<Mm>(mm).unwrap().vmas[0].clone();
+        let half = sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start, v.start + 256, Some(1)));
+        assert_eq!(half.pte_updates, updates, "{version}");
+        assert_eq!(pmd(&sim, mm, 0), Pmd::PteMapped, "{version}: split, still one folio");
+        sim.with_kernel(|k| {
+            // A PTE made protnone before the split, as a whole-PMD pass would have left it.
+            k.pages.pte_mut(base + 300).flags |= PTE_PROTNONE;
+            fault(k, mm, base + 300, 4, false);
+            if updates > 0 {
+                fault(k, mm, base + 10, 4, false);
+            }
+            assert!((base..base + 512).all(|p| !k.pages.protnone(p)), "{version}: every PTE restored");
+            assert_eq!(k.pages.pte(base + 511).nid, u8::from(migrated > 0), "{version}: the whole folio moved");
+        });
+        let c = sim.world.resource::<Counters>().vmstat;
+        assert_eq!((c.numa_hint_faults, c.numa_pages_migrated), (faults, migrated), "{version}");
+    }
+}
+
+/// From 6.19 (7.2.13 and 7.3.4 mm/huge_memory.c) change_huge_pmd() calls
+/// folio_can_map_prot_numa(): a DMA-pinned THP, and a THP already on a single-threaded
+/// process's node, stay mapped; 6.12.118 makes both protnone.
+#[test]
+fn from_6_19_pinned_and_local_thps_are_not_made_protnone() {
+    for (version, pinned_updates, local_updates) in
+        [(KernelVersion::V6_12, 512, 512), (KernelVersion::V7_2, 0, 0), (KernelVersion::V7_3, 0, 0)]
+    {
+        let (mut sim, mm, base) = machine_on(version);
+        sim.with_kernel(|k| {
+            fault(k, mm, base, 0, true);
+            fault(k, mm, base + 512, 0, true);
+            *k.pages.pins_mut(base + 17) = 1;
+        });
+        let v = sim.world.get::<Mm>(mm).unwrap().vmas[0].clone();
+        let pinned = sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start, v.start + 512, None)).pte_updates;
+        let local = sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start + 512, v.end(), Some(0))).pte_updates;
+        assert_eq!((pinned, local), (pinned_updates, local_updates), "{version}");
     }
 }
 

@@ -60,6 +60,7 @@ pub fn add(config: &mut Config, runs: &[(&serde_json::Value, &Table)]) -> Option
         vma: Vec::new(),
         thread: vec![sampler],
         main_thread: MainThread::Idle,
+        cpuset_mems: Vec::new(),
     });
     Some(run_us)
 }
@@ -124,7 +125,7 @@ mod tests {
             name: "p".into(),
             vma: Vec::new(),
             thread: vec![worker],
-            main_thread: MainThread::Idle,
+            ..ProcessConfig::default()
         });
         assert_eq!(add(&mut config.clone(), &[(&guest, &series)]), None, "every thread pinned");
         config.process[0].thread[0].cpus = None;
@@ -165,7 +166,7 @@ mod tests {
             name: "p".into(),
             vma: Vec::new(),
             thread: vec![ThreadConfig { name: "w".into(), ..ThreadConfig::default() }],
-            main_thread: MainThread::Idle,
+            ..ProcessConfig::default()
         });
         assert_eq!(add(&mut config, &[(&guest, &series)]), Some(10_000));
     }

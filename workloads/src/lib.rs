@@ -74,6 +74,10 @@ pub fn build(config: &Config) -> Sim {
     let mut named: Vec<NamedMm> = Vec::new();
     for p in &config.process {
         let mm = sim.add_process(&p.name);
+        if !p.cpuset_mems.is_empty() {
+            sim.world.get_mut::<sim_core::mm::Mm>(mm).expect("just added").mems_allowed =
+                p.cpuset_mems.iter().fold(0, |mask, &n| mask | 1 << n);
+        }
         let regions: Vec<Region> = p
             .vma
             .iter()

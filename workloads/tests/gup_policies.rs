@@ -66,6 +66,17 @@ fn kvm_guests_need_the_flag_only_under_the_explicit_policy() {
     }
 }
 
+/// KSM's smart scan (should_skip_rmap_item(), mm/ksm.c in 6.12.118, v6.7+): on 6.12 ksmd
+/// passes over pages that stayed unmerged for several scans (one scan of this scenario takes
+/// about 4 s: from the fifth the skips begin); 6.1.192 has no smart scan.
+#[test]
+fn ksmd_skips_pages_that_never_merge_from_6_7() {
+    let on = |v: &str| run_with("ksm-protnone", SEEDS[0], &["run.duration_ms=30000", &format!("kernel.version={v}")]);
+    let skipped = |o: &sim_core::sim::RunOutput| metric(o, "ksm.pages_skipped");
+    assert!(skipped(&on("6.12")) > 0.0);
+    assert_eq!(skipped(&on("6.1-debian12")), 0.0);
+}
+
 /// KSM trips over protnone PTEs where follow_page() refuses them (v6.2–v6.4's
 /// gup_can_follow_protnone()): on 6.4 both the scan (scan_get_next_rmap_item()) and the
 /// unstable-tree lookup (get_mergeable_page()) use follow_page(); on Debian's 6.1.192 only

@@ -60,7 +60,7 @@ fn threads_move_to_the_node_holding_their_memory() {
     let mut sim = workloads::build(&config(PULLED, &[]));
     sim.with_kernel(|k| k.pgdat(1).free_pages = 0);
     let out = sim.run().expect("the run reaches its end");
-    assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 2.0, "both threads moved");
+    assert_eq!(metric(&out, "numasim.numa_task_migrated"), 2.0, "both threads moved");
     assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
     let nid = column(&out, "task.app/worker/0.nid");
     assert_eq!((nid.first(), nid.last()), (Some(&1.0), Some(&0.0)));
@@ -70,7 +70,7 @@ fn threads_move_to_the_node_holding_their_memory() {
     let mut sim = workloads::build(&config(PULLED, &["machine.cpus_per_node=8"]));
     sim.with_kernel(|k| k.pgdat(1).free_pages = 0);
     let out = sim.run().expect("the run reaches its end");
-    assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 1.0);
+    assert_eq!(metric(&out, "numasim.numa_task_migrated"), 1.0);
 }
 
 #[test]
@@ -83,8 +83,8 @@ fn threads_whose_memory_sits_on_each_others_node_swap() {
         k.pgdat(1).free_pages = 0;
     });
     let out = sim.run().expect("the run reaches its end");
-    assert!(metric(&out, "vmstat.numa_task_swapped") >= 2.0, "swaps move two threads each");
-    assert_eq!(metric(&out, "vmstat.numa_task_migrated"), 0.0, "no idle CPU to move to");
+    assert!(metric(&out, "numasim.numa_task_swapped") >= 2.0, "swaps move two threads each");
+    assert_eq!(metric(&out, "numasim.numa_task_migrated"), 0.0, "no idle CPU to move to");
     assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
     assert!(tail_locality(&out, "cpu") > 0.99, "{}", tail_locality(&out, "cpu"));
     assert_eq!(column(&out, "task.a/worker/0.nid").last(), Some(&1.0));

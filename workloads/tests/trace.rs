@@ -40,9 +40,9 @@ fn tally(text: &str) -> BTreeMap<String, f64> {
     t.insert("vmstat.numa_pte_updates".into(), sum("numasim_task_numa_work.nr_pte_updates"));
     t.insert("vmstat.pgmigrate_success".into(), sum("mm_migrate_pages.nr_succeeded"));
     t.insert("vmstat.pgmigrate_fail".into(), sum("mm_migrate_pages.nr_failed"));
-    t.insert("vmstat.numa_task_migrated".into(), n("sched_move_numa"));
-    // The kernel counts numa_task_swapped for both tasks of a swap (__migrate_swap_task()).
-    t.insert("vmstat.numa_task_swapped".into(), 2.0 * n("sched_swap_numa"));
+    t.insert("numasim.numa_task_migrated".into(), n("sched_move_numa"));
+    // Both tasks of a swap move: two per sched_swap_numa.
+    t.insert("numasim.numa_task_swapped".into(), 2.0 * n("sched_swap_numa"));
     t.insert("vmstat.cow_ksm".into(), n("numasim_ksm_cow"));
     t.insert("stale.accesses".into(), n("numasim_stale_access"));
     t.insert("ksm.pages_merged".into(), n("numasim_ksm_merge"));
@@ -180,7 +180,7 @@ fn a_task_moved_by_task_numa_migrate_never_runs_on_two_cpus_at_once() {
                 }
             })
         });
-        let moves = metric(&out, "vmstat.numa_task_migrated") + metric(&out, "vmstat.numa_task_swapped");
+        let moves = metric(&out, "numasim.numa_task_migrated") + metric(&out, "numasim.numa_task_swapped");
         assert!(moves > 0.0, "{name}: no task was moved");
         let mut runs: BTreeMap<u32, Vec<(u64, u64, u32)>> = BTreeMap::new();
         for r in out.trace.as_ref().unwrap().records() {
@@ -198,5 +198,55 @@ fn a_task_moved_by_task_numa_migrate_never_runs_on_two_cpus_at_once() {
                 );
             }
         }
+    }
+}
+
+/// One thread on node 1 whose memory, on node 0, its cpuset pins there.
+const CPUSET_BOUND: &str = r#"
+[run]
+duration_ms = 4000
+
+[machine]
+cpus_per_node = 1
+
+[[process]]
+name = "app"
+cpuset_mems = [0]
+
+[[process.vma]]
+name = "data"
+size_mib = 64
+populate_node = 0
+
+[[process.thread]]
+vma = "data"
+cpus = [1]
+"#;
+
+/// task_numa_work() (kernel/sched/fair.c, 7.2.13 and 7.3.4, from 6.16) returns at once for a
+/// task whose cpuset allows one node and fires sched_skip_cpuset_numa; 6.12.118 scans, and
+/// its misplaced-page migrations fail: alloc_misplaced_dst_folio() gets nothing outside
+/// cpuset.mems (pgmigrate_fail, nothing migrated).
+#[test]
+fn a_single_node_cpuset_stops_the_scanner_from_6_16() {
+    let run = |version: &str| {
+        let c = config(CPUSET_BOUND, &[&format!("kernel.version={version}")]);
+        let mut sim = workloads::build(&c);
+        sim.enable_trace(TraceOptions { version: TpVersion::V7_3, ..all_events() });
+        let out = sim.run().expect("the run completes");
+        let mut text = Vec::new();
+        write_ftrace(out.trace.as_ref().expect("tracing was on"), &mut text).unwrap();
+        let skips = count_events(&String::from_utf8(text).unwrap()).events.get("sched_skip_cpuset_numa").copied();
+        (out, skips.unwrap_or(0))
+    };
+    let (old, old_skips) = run("6.12");
+    assert!(metric(&old, "vmstat.numa_pte_updates") > 0.0);
+    assert!(metric(&old, "vmstat.pgmigrate_fail") > 0.0, "the target node is outside cpuset.mems");
+    assert_eq!((metric(&old, "vmstat.numa_pages_migrated"), old_skips), (0.0, 0));
+    for version in ["6.18", "7.3"] {
+        let (new, skips) = run(version);
+        assert_eq!(metric(&new, "vmstat.numa_pte_updates"), 0.0, "{version}");
+        assert_eq!(metric(&new, "vmstat.numa_hint_faults"), 0.0, "{version}");
+        assert!(skips > 0, "{version}: one sched_skip_cpuset_numa per task_numa_work()");
     }
 }

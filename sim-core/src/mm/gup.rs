@@ -15,14 +15,16 @@ use crate::trace::events::GupResult;
 use crate::trace_event;
 use crate::version::Rules;
 
-/// GUP flags, with the kernel's values (enum in include/linux/mm_types.h).
+/// GUP flags, with 6.12's values (the enum in include/linux/mm_types.h; 6.1 numbered them
+/// differently, e.g. FOLL_PIN 0x40000). Only numasim's own `numasim_gup` trace shows them, by
+/// name.
 pub const FOLL_WRITE: u32 = 1 << 0;
 pub const FOLL_GET: u32 = 1 << 1;
 pub const FOLL_FORCE: u32 = 1 << 3;
 pub const FOLL_LONGTERM: u32 = 1 << 8;
 pub const FOLL_HONOR_NUMA_FAULT: u32 = 1 << 12;
-/// Internal flag set by pin_user_pages() (FOLL_PIN in mm/internal.h).
-pub const FOLL_PIN: u32 = 1 << 13;
+/// Internal flag set by pin_user_pages() (the second FOLL_* enum, in mm/internal.h).
+pub const FOLL_PIN: u32 = 1 << 19;
 
 /// Why GUP failed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -205,6 +207,14 @@ mod tests {
         for era in [Implicit, ImplicitAll, ImplicitForce, Explicit] {
             assert!(gup_can_follow_protnone(era, false, gup_effective_flags(era, FOLL_FORCE)), "{era:?}");
         }
+    }
+
+    /// The values of include/linux/mm_types.h and mm/internal.h in 6.12.118: FOLL_PIN sits
+    /// after FOLL_TOUCH (1 << 16), FOLL_TRIED and FOLL_REMOTE, not beside the public flags.
+    #[test]
+    fn flags_have_6_12_values() {
+        let flags = [FOLL_WRITE, FOLL_GET, FOLL_FORCE, FOLL_LONGTERM, FOLL_HONOR_NUMA_FAULT, FOLL_PIN];
+        assert_eq!(flags, [1, 2, 8, 0x100, 0x1000, 0x8_0000]);
     }
 
     #[test]

@@ -41,6 +41,52 @@ pub struct Ksmd {
     /// The unstable tree: an rbtree ordered by page content in the kernel, here a sorted
     /// vector searched the way a balanced tree is (see [`unstable_tree_search_insert`]).
     unstable: Vec<(TreeKey, UnstableItem)>,
+    /// The smart scan's state of each page's rmap_item, made on its first visit.
+    ages: HashMap<PageIdx, RmapAge>,
+}
+
+/// `ksm_rmap_item`'s `age` (scans since it was made, saturating) and `remaining_skips`.
+/// Simplified: an rmap_item lives as long as the run (the kernel frees it when its page is
+/// gone from the VMA).
+#[derive(Clone, Copy, Debug, Default)]
+struct RmapAge {
+    age: u8,
+    remaining_skips: u8,
+}
+
+/// Models skip_age() (mm/ksm.c, 6.12.118): how many scans to skip a page of this age.
+fn skip_age(age: u8) -> u8 {
+    match age {
+        0..=3 => 1,
+        4..=5 => 2,
+        6..=8 => 4,
+        _ => 8,
+    }
+}
+
+/// Models should_skip_rmap_item() (mm/ksm.c, 6.12.118; v6.7's smart scan, on by default):
+/// a page that is not yet KSM and has been visited three times is skipped for 1, 2, 4, then 8
+/// scans between visits, without using a `pages_to_scan` slot.
+fn should_skip_rmap_item(k: &Kernel, ksmd: &mut Ksmd, page: PageIdx) -> bool {
+    k.rules.ksm_smart_scan && k.pages.pte(page).flags & PG_KSM == 0 && ksmd.ages.entry(page).or_default().visit()
+}
+
+impl RmapAge {
+    /// One visit of a page that is not KSM: whether the smart scan skips it.
+    fn visit(&mut self) -> bool {
+        let item = self;
+        let age = item.age;
+        item.age = age.saturating_add(1);
+        if age < 3 {
+            return false;
+        }
+        if item.remaining_skips == 0 {
+            item.remaining_skips = skip_age(age);
+            return false;
+        }
+        item.remaining_skips -= 1;
+        true
+    }
 }
 
 /// The frames KSM pages share: which frame each KSM-mapped page maps and how many pages map
@@ -181,6 +227,10 @@ fn scan_get_next_rmap_item(k: &mut Kernel, ksmd: &mut Ksmd) -> Option<Scanned> {
         if !k.rules.ksm_scan_walks && follow_page(k, page, accessible) == Followed::Protnone {
             k.counters.ksm.skipped_protnone += 1;
             trace_event!(k, TraceEvent::KsmSkip { addr: k.page_addr(mm, page) });
+            continue;
+        }
+        if should_skip_rmap_item(k, ksmd, page) {
+            k.counters.ksm.pages_skipped += 1;
             continue;
         }
         return Some(Scanned { mm, page, accessible });
@@ -343,4 +393,18 @@ fn replace_page(k: &mut Kernel, mm: Entity, vma_accessible: bool, page: PageIdx,
     *slots.new_frame(i) = Pte { nid: kpage_nid, flags: PG_KSM | if vma_accessible { 0 } else { PTE_PROTNONE } };
     ksm_map(k, page, kpage);
     k.counters.ksm.pages_merged += 1;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// should_skip_rmap_item() and skip_age() of 6.12.118: three visits, then skips of 1, 2,
+    /// 4 and 8 scans between the visits that are let through.
+    #[test]
+    fn the_smart_scan_skips_a_page_for_longer_and_longer() {
+        let mut item = RmapAge::default();
+        let skipped: String = (0..24).map(|_| if item.visit() { 's' } else { '.' }).collect();
+        assert_eq!(skipped, "....s.ss.ssss.ssssssss.s");
+    }
 }

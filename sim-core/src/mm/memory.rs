@@ -2,7 +2,9 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::huge_memory::{do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, split_huge_pmd};
+use super::huge_memory::{
+    do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, do_pte_mapped_thp_numa_page, split_huge_pmd,
+};
 use super::ksm::ksm_unmap;
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
@@ -107,9 +109,12 @@ pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, w
         do_anonymous_page(k, mm, vma, page, f.nid, write);
         k.sysctl.0.hint_fault_cost_ns
     } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
-        match huge_block(k, mm, vma, page, Pmd::Huge) {
-            Some(b) => do_huge_pmd_numa_page(k, mm, vma, b, f),
-            None => do_numa_page(k, mm, vma, page, f),
+        if let Some(b) = huge_block(k, mm, vma, page, Pmd::Huge) {
+            do_huge_pmd_numa_page(k, mm, vma, b, f)
+        } else if let Some(b) = huge_block(k, mm, vma, page, Pmd::PteMapped) {
+            do_pte_mapped_thp_numa_page(k, mm, vma, b, page, f)
+        } else {
+            do_numa_page(k, mm, vma, page, f)
         }
     } else if write && flags & PTE_COW != 0 {
         // do_huge_pmd_wp_page() on the huge zero page: split the PMD, then copy 4 KiB.
@@ -133,7 +138,7 @@ fn huge_block(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, pmd: Pmd) -
 /// Models do_anonymous_page() (mm/memory.c, 6.1.192 and 6.12.117): "Use the zero-page for
 /// reads" — a read maps the shared zero page, which has no folio, costs no RSS and is never
 /// made protnone; a write gets a fresh zeroed page on the faulting CPU's node (the default
-/// local mempolicy). Both are mapped young. In an empty block of a THP-eligible VMA,
+/// local mempolicy). Both are mapped young, with the VMA's protection. In an empty block of a THP-eligible VMA,
 /// __handle_mm_fault() tries a THP first (do_huge_pmd_anonymous_page()).
 pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, nid: Nid, write: bool) {
     if let Some(b) = huge_block(k, mm, vma, page, Pmd::None)
@@ -141,20 +146,29 @@ pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, 
     {
         return;
     }
+    let prot = vm_page_prot(k.mm(mm).vmas[vma].accessible);
     let i = k.pages.slot_mut(page);
     let slots = &mut k.pages.slots;
     if !write {
         let pte = slots.pte_mut(i);
         pte.nid = ZERO_PAGE_NID;
-        pte.flags |= PTE_ZERO | PTE_YOUNG;
+        pte.flags |= PTE_ZERO | prot;
         return;
     }
     let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
     let slots = &mut k.pages.slots;
     let pte = slots.pte_mut(i);
     pte.nid = got;
-    pte.flags |= PTE_YOUNG;
+    pte.flags |= prot;
     k.mm(mm).rss += 1;
+}
+
+/// The bits a first touch maps with: do_anonymous_page() and do_huge_pmd_anonymous_page()
+/// (6.1.192, 6.12.118) build the entry from `vma->vm_page_prot`, which is PAGE_NONE in a
+/// PROT_NONE VMA, so a FOLL_FORCE GUP's first touch there (ptrace, /proc/PID/mem) maps a
+/// protnone entry that CPUs still cannot use.
+pub fn vm_page_prot(accessible: bool) -> u8 {
+    if accessible { PTE_YOUNG } else { PTE_YOUNG | PTE_PROTNONE }
 }
 
 /// Models do_wp_page() → wp_page_copy() for a write through a read-only PTE of a private
@@ -258,7 +272,10 @@ pub fn numa_migrate_folio(
     if !fault.migrate {
         return 0;
     }
-    let result = migrate_misplaced_folio(k, mm, head, nr, f.nid);
+    // The destination folio is allocated for the faulting task (current): a task of the mm
+    // under its cpuset, a kernel thread (no mm, a device's worker) under the root cpuset.
+    let mems_allowed = if f.task.is_some() { k.mm(mm).mems_allowed } else { u64::MAX };
+    let result = migrate_misplaced_folio(k, mm, head, nr, f.nid, mems_allowed);
     trace_migrate_pages(k, f, nr, result);
     match result {
         Ok(()) => {

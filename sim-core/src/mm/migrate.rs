@@ -18,6 +18,11 @@ pub enum MigrateFail {
     /// The page is pinned or holds extra references: folio_migrate_mapping() finds the
     /// refcount does not match the mappings, and migrate_pages() counts pgmigrate_fail.
     Refcount,
+    /// The target node is outside the faulting task's cpuset.mems: alloc_misplaced_dst_folio()
+    /// gets no page (prepare_alloc_pages() limits the nodemask to
+    /// cpuset_current_mems_allowed), migrate_folio_unmap() returns -ENOMEM before it unmaps
+    /// anything, and migrate_pages() counts pgmigrate_fail.
+    Cpuset,
 }
 
 /// Models migrate_balanced_pgdat(): the target keeps its high watermark after the copy.
@@ -30,17 +35,24 @@ fn migrate_balanced_pgdat(k: &mut Kernel, nid: Nid, nr_pages: u64) -> bool {
 /// `nr` pages from `first` (one 4 KiB page, or a THP's 512) of `mm` to node `target`, whole
 /// (NUMA balancing never splits a THP to migrate it: `nosplit` for MR_NUMA_MISPLACED). On
 /// success the old frames are freed, the pages get a new frame generation, and secondary
-/// MMUs are told through the MMU notifier (try_to_migrate()).
+/// MMUs are told through the MMU notifier (try_to_migrate()). `mems_allowed`: the nodes the
+/// faulting task may allocate on.
 pub fn migrate_misplaced_folio(
     k: &mut Kernel,
     mm: Entity,
     first: PageIdx,
     nr: u64,
     target: Nid,
+    mems_allowed: u64,
 ) -> Result<(), MigrateFail> {
     let thp = u64::from(nr > 1);
     if !migrate_balanced_pgdat(k, target, nr) {
         return Err(MigrateFail::TargetFull);
+    }
+    if mems_allowed & 1 << target == 0 {
+        k.counters.vmstat.pgmigrate_fail += nr;
+        k.counters.vmstat.thp_migration_fail += thp;
+        return Err(MigrateFail::Cpuset);
     }
     // migrate_folio_unmap(): try_to_migrate() replaces the PTEs with migration entries and
     // secondary MMUs let go (MMU_NOTIFY_CLEAR) before folio_migrate_mapping() checks the

@@ -396,6 +396,9 @@ pub enum Pmd {
     Huge,
     /// The huge zero page, mapped by a read fault.
     HugeZero,
+    /// A THP mapped by 512 PTEs after __split_huge_pmd(): still one large folio, until a
+    /// split_huge_page() (KSM) makes its subpages folios of their own.
+    PteMapped,
 }
 
 /// A virtual memory area: anonymous private memory unless said otherwise.
@@ -417,6 +420,9 @@ pub struct Vma {
     pub numab: Option<VmaNumab>,
     /// THPs may back the VMA (thp_vma_allowable_order(): the sysfs setting and madvise()).
     pub thp: bool,
+    /// VM_HUGEPAGE (madvise(MADV_HUGEPAGE)): with the default defrag setting its THP faults
+    /// may reclaim, and so fall back to a remote node (vma_thp_gfp_mask()).
+    pub vm_hugepage: bool,
     /// The state of each whole 2 MiB block, for a THP-eligible VMA that starts on a PMD
     /// boundary (empty otherwise: every fault maps 4 KiB).
     pub pmds: Vec<Pmd>,
@@ -486,6 +492,8 @@ pub struct Mm {
     pub nr_threads: u32,
     /// The process's numa_group (see sched/numa.rs for the simplification).
     pub numa_group: Option<crate::sched::numa::NumaGroup>,
+    /// cpuset.mems as a node mask (`cpuset_current_mems_allowed`); all ones without a cpuset.
+    pub mems_allowed: u64,
 }
 
 impl Mm {
@@ -500,6 +508,7 @@ impl Mm {
             rss: 0,
             nr_threads: 1,
             numa_group: None,
+            mems_allowed: u64::MAX,
         }
     }
 
@@ -521,6 +530,7 @@ impl Mm {
             mergeable: false,
             numab: None,
             thp: false,
+            vm_hugepage: false,
             pmds: Vec::new(),
         });
         self.vmas.len() - 1

@@ -5,13 +5,13 @@ use bevy_ecs::entity::Entity;
 
 use super::huge_memory::{change_huge_pmd, split_huge_pmd};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
-use super::{HPAGE_PMD_NR, Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd, Vma, VmaNumab, hash_32};
+use super::{HPAGE_PMD_NR, Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd, Pte, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
 use crate::sched::numa::{TICK_NSEC, TaskNuma, group_of, task_scan_max, task_scan_start};
 use crate::trace::Event;
-use crate::trace::events::NumabSkip;
+use crate::trace::events::{NumabSkip, TaskIds};
 use crate::trace_event;
 use crate::version::VmaScanFilter;
 
@@ -174,6 +174,14 @@ fn trace_skip_vma(k: &mut Kernel, mm: Entity, vi: usize, reason: NumabSkip) {
 /// Returns the CPU time the scan took (charged to the task).
 pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, now: Nanos) -> Nanos {
     let mm_e = p.mm;
+    // 6.16+: "Memory is pinned to only one NUMA node via cpuset.mems, naturally no page can
+    // be migrated." Before the scan is claimed, so numa_next_scan and node_stamp stay.
+    let (tgid, mems_allowed) = (k.mm(mm_e).pid, k.mm(mm_e).mems_allowed);
+    if k.rules.cpuset_single_node_skip && mems_allowed.count_ones() == 1 {
+        let task = TaskIds { pid, tgid, ngid: if p.in_group { tgid } else { pid } };
+        trace_event!(k, Event::SchedSkipCpusetNuma { task, mems_allowed });
+        return 0;
+    }
     let scan_delay = k.sysctl.scan_delay();
     let filter = k.rules.vma_filter;
     let (pte_cost, flush_cost) = (k.sysctl.0.pte_scan_cost_ns, k.sysctl.0.tlb_flush_cost_ns);
@@ -295,8 +303,19 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
     // stand-ins for the guest's stacks and arenas, which have a few pages, then flush too).
     let cost = entries_written * pte_cost + flushes * flush_cost;
     // Tasks must run 32x as long elsewhere as they spent scanning (3% overhead cap).
-    p.node_stamp += 32 * cost;
+    p.node_stamp += 32 * runtime_accounted_during(cost);
     cost
+}
+
+/// How much of a scan lasting `cost` reaches `p->se.sum_exec_runtime` before task_numa_work()
+/// reads it again, which is what the kernel charges 32× (fair.c, 6.1.192 and 6.12.118:
+/// `if (unlikely(p->se.sum_exec_runtime != runtime)) p->node_stamp += 32 * diff;`).
+/// update_curr() moves the runtime at the tick; the work runs on return to user right after
+/// the tick that queued it, so only the ticks that land inside the scan count: none for a
+/// scan shorter than TICK_NSEC. Simplified: the update_curr() of a wake-up enqueued on this
+/// CPU, or of the walk's cond_resched(), during the scan is not modelled.
+pub fn runtime_accounted_during(cost: Nanos) -> Nanos {
+    cost - cost % TICK_NSEC
 }
 
 /// Models change_prot_numa() → change_pte_range() with MM_CP_PROT_NUMA over virtual pages
@@ -326,7 +345,7 @@ pub fn change_prot_numa(
         {
             let first = vma.start + b as u64 * HPAGE_PMD_NR;
             if first >= start && first + HPAGE_PMD_NR <= end {
-                if change_huge_pmd(k, mm, vi, b) > 0 {
+                if change_huge_pmd(k, mm, vi, b, target_node) > 0 {
                     updated.extend(vma.page(first)..vma.page(first) + HPAGE_PMD_NR as PageIdx);
                     huge_pmds += 1;
                 }
@@ -335,8 +354,12 @@ pub fn change_prot_numa(
             }
             split_huge_pmd(k, mm, vi, b);
         }
-        for v in vpn..segment_end {
-            change_pte(k, vma.page(v), target_node, &mut updated);
+        // 6.1.192's change_pte_range() skips a PTE-mapped THP's pages: `page_count(page) != 1`.
+        let pte_mapped = block.is_some_and(|b| k.mm(mm).vmas[vi].pmds[b] == Pmd::PteMapped);
+        if !pte_mapped || k.rules.pte_mapped_thp_numa {
+            for v in vpn..segment_end {
+                change_pte(k, vma.page(v), target_node, &mut updated);
+            }
         }
         vpn = segment_end;
     }
@@ -360,21 +383,24 @@ pub struct ProtNumaChange {
 /// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE.
 fn change_pte(k: &mut Kernel, page: PageIdx, target_node: Option<Nid>, updated: &mut Vec<PageIdx>) {
     let i = k.pages.slot(page);
-    let pages = &mut k.pages.slots;
-    let nid = pages.pte(i).nid;
-    // vm_normal_folio() has no folio for the zero page; KSM pages are skipped too.
-    if nid == NUMA_NO_NODE || pages.pte(i).flags & (PTE_PROTNONE | PG_KSM | PTE_ZERO) != 0 {
+    if k.pages.slots.pte(i).flags & PTE_PROTNONE != 0 || !folio_can_map_prot_numa(k, i..i + 1, target_node) {
         return;
     }
-    // Private (COW) mapping: skip pages that may be DMA-pinned. Pages mapped by several mms
-    // (folio_estimated_sharers() > 1) are skipped too, but the model has none: there is no
-    // fork, an anonymous page is mapped by the mm that faulted it, and KSM pages left above.
-    if pages.pins(i) > 0 {
-        return;
-    }
-    if target_node == Some(nid) {
-        return;
-    }
-    pages.pte_mut(i).flags |= PTE_PROTNONE;
+    k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
     updated.push(page);
+}
+
+/// Models the folio tests change_pte_range() makes (6.1.192, 6.12.118 inline; 7.2.13 and
+/// 7.3.4 as folio_can_map_prot_numa() in mm/mempolicy.c, which change_huge_pmd() calls too
+/// from 6.19) for the folio in `slots`: no folio (absent, or the zero page), KSM, possibly
+/// DMA-pinned, or already on the node a single-threaded process runs on (`target_node`) →
+/// leave it. Folios mapped by several mms are skipped too, but the model has none: there is
+/// no fork, an anonymous page is mapped by the mm that faulted it, and KSM pages are left.
+pub fn folio_can_map_prot_numa(k: &Kernel, slots: std::ops::Range<usize>, target_node: Option<Nid>) -> bool {
+    let pages = &k.pages.slots;
+    let Pte { nid, flags } = pages.pte(slots.start);
+    if nid == NUMA_NO_NODE || flags & (PG_KSM | PTE_ZERO) != 0 {
+        return false;
+    }
+    !slots.clone().any(|i| pages.pins(i) > 0) && target_node != Some(nid)
 }

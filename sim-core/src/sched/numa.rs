@@ -801,14 +801,14 @@ pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut Task
         None => {
             trace_event!(k, sched_move_numa(k, tasks, te, env.src_cpu, best.cpu));
             migrate_task_to(k, tasks, te, best.cpu, until);
-            k.counters.vmstat.numa_task_migrated += 1;
+            k.counters.numasim.numa_task_migrated += 1;
         }
         Some(other) => {
             let pair = numa_pair(k, tasks, te, env.src_cpu, Some(other), best.cpu as i32);
             trace_event!(k, Event::SchedSwapNuma(pair));
             migrate_task_to(k, tasks, other, env.src_cpu, k.now());
             migrate_task_to(k, tasks, te, best.cpu, until);
-            k.counters.vmstat.numa_task_swapped += 2;
+            k.counters.numasim.numa_task_swapped += 2;
         }
     }
 }

@@ -32,7 +32,7 @@ macro_rules! counters {
 }
 
 counters! {
-    /// /proc/vmstat (and schedstat) counters, named as the kernel names them.
+    /// /proc/vmstat counters, named as the kernel names them.
     VmStat {
         /// PTEs made PROT_NONE by change_prot_numa().
         numa_pte_updates,
@@ -43,10 +43,6 @@ counters! {
         numa_pages_migrated,
         pgmigrate_success,
         pgmigrate_fail,
-        /// Threads moved to an idle CPU by task_numa_migrate() (schedstat).
-        numa_task_migrated,
-        /// Threads swapped with a thread on the preferred node (schedstat).
-        numa_task_swapped,
         /// Writes that broke a KSM page's sharing (do_wp_page() on a KSM page).
         cow_ksm,
         /// THPs allocated at a page fault (do_huge_pmd_anonymous_page()).
@@ -69,6 +65,18 @@ pub enum Source {
     Kvm = 1,
     Device = 2,
     FollowPage = 3,
+}
+
+counters! {
+    /// task_numa_migrate()'s outcomes (`numasim`). No released kernel counts them: the
+    /// 6.16-rc1 vmstat/schedstat counters of these names were reverted before 6.16; the
+    /// kernel's record is the `sched_move_numa` and `sched_swap_numa` tracepoints.
+    Numasim {
+        /// Threads moved to an idle CPU (one `sched_move_numa` each).
+        numa_task_migrated,
+        /// Threads swapped with a thread on the preferred node (two per `sched_swap_numa`).
+        numa_task_swapped,
+    }
 }
 
 counters! {
@@ -95,8 +103,9 @@ counters! {
 
 counters! {
     /// KSM (`ksm`): pages merged into a KSM page (a running count; `vmstat.cow_ksm` counts
-    /// the writes that unshared one again), and pages follow_page() could not follow.
-    Ksm { pages_merged, skipped_protnone }
+    /// the writes that unshared one again), pages follow_page() could not follow, and pages
+    /// the smart scan passed over (/sys/kernel/mm/ksm/pages_skipped, 6.12).
+    Ksm { pages_merged, skipped_protnone, pages_skipped }
 }
 
 counters! {
@@ -111,6 +120,7 @@ counters! {
 #[derive(Resource, Clone, Debug, Default)]
 pub struct Counters {
     pub vmstat: VmStat,
+    pub numasim: Numasim,
     pub hint_faults_by_source: HintFaultsBySource,
     pub touches: Touches,
     pub stale: Stale,
@@ -127,6 +137,7 @@ impl Counters {
     pub fn since(&self, earlier: &Counters) -> Counters {
         Counters {
             vmstat: self.vmstat.since(&earlier.vmstat),
+            numasim: self.numasim.since(&earlier.numasim),
             hint_faults_by_source: self.hint_faults_by_source.since(&earlier.hint_faults_by_source),
             touches: self.touches.since(&earlier.touches),
             stale: self.stale.since(&earlier.stale),

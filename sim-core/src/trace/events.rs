@@ -21,21 +21,28 @@ pub enum TpVersion {
     V6_1,
     #[default]
     V6_12,
+    /// 6.16+ as 7.3.4 prints them: 6.12's, and sched_skip_cpuset_numa.
+    V7_3,
 }
 
 impl TpVersion {
-    pub const ALL: [TpVersion; 2] = [TpVersion::V6_1, TpVersion::V6_12];
+    pub const ALL: [TpVersion; 3] = [TpVersion::V6_1, TpVersion::V6_12, TpVersion::V7_3];
 
     pub fn name(self) -> &'static str {
         match self {
             TpVersion::V6_1 => "6.1",
             TpVersion::V6_12 => "6.12",
+            TpVersion::V7_3 => "7.3",
         }
     }
 
     /// Whether this kernel has the tracepoint at all.
     pub fn has(self, kind: Kind) -> bool {
-        !(self == TpVersion::V6_1 && kind == Kind::SchedSkipVmaNuma)
+        match kind {
+            Kind::SchedSkipVmaNuma => self != TpVersion::V6_1,
+            Kind::SchedSkipCpusetNuma => self == TpVersion::V7_3,
+            _ => true,
+        }
     }
 }
 
@@ -66,6 +73,7 @@ kinds! {
     SchedSwapNuma = "sched": "sched_swap_numa",
     SchedStickNuma = "sched": "sched_stick_numa",
     SchedSkipVmaNuma = "sched": "sched_skip_vma_numa",
+    SchedSkipCpusetNuma = "sched": "sched_skip_cpuset_numa",
     SchedMigrateTask = "sched": "sched_migrate_task",
     MmMigratePagesStart = "migrate": "mm_migrate_pages_start",
     MmMigratePages = "migrate": "mm_migrate_pages",
@@ -182,6 +190,11 @@ pub enum Event {
         vm_end: u64,
         reason: NumabSkip,
     },
+    /// task_numa_work() skipped a task whose cpuset allows one node (6.16+).
+    SchedSkipCpusetNuma {
+        task: TaskIds,
+        mems_allowed: u64,
+    },
     /// migrate_pages() for one misplaced folio: mode MIGRATE_ASYNC, reason MR_NUMA_MISPLACED.
     MmMigratePagesStart,
     /// Pages moved and not (`nr_succeeded` and `nr_failed` count base pages), and THPs.
@@ -261,6 +274,7 @@ impl Event {
             Event::SchedSwapNuma(_) => Kind::SchedSwapNuma,
             Event::SchedStickNuma(_) => Kind::SchedStickNuma,
             Event::SchedSkipVmaNuma { .. } => Kind::SchedSkipVmaNuma,
+            Event::SchedSkipCpusetNuma { .. } => Kind::SchedSkipCpusetNuma,
             Event::SchedMigrateTask { .. } => Kind::SchedMigrateTask,
             Event::MmMigratePagesStart => Kind::MmMigratePagesStart,
             Event::MmMigratePages { .. } => Kind::MmMigratePages,
@@ -316,6 +330,13 @@ impl Event {
                 ("vm_end", HexUpper(vm_end)),
                 ("reason", S(reason.name())),
             ],
+            Event::SchedSkipCpusetNuma { task, mems_allowed } => vec![
+                ("comm", Comm(meta.comm(task.pid))),
+                ("pid", U(task.pid.into())),
+                ("tgid", U(task.tgid.into())),
+                ("ngid", U(task.ngid.into())),
+                ("mem_nodes_allowed", NodeList(mems_allowed)),
+            ],
             Event::MmMigratePagesStart => vec![("mode", S("MIGRATE_ASYNC")), ("reason", S("numa_misplaced"))],
             Event::MmMigratePages { succeeded, failed, thp_succeeded, thp_failed } => {
                 let mut f = vec![
@@ -325,7 +346,7 @@ impl Event {
                     ("nr_thp_failed", U(thp_failed.into())),
                     ("nr_thp_split", U(0)),
                 ];
-                if v == TpVersion::V6_12 {
+                if v != TpVersion::V6_1 {
                     f.push(("nr_split", U(0)));
                 }
                 f.extend([("mode", S("MIGRATE_ASYNC")), ("reason", S("numa_misplaced"))]);
@@ -407,6 +428,8 @@ pub enum Field<'a> {
     Comm(&'a str),
     /// GUP flags, `FOLL_GET|FOLL_WRITE`
     Flags(u32),
+    /// A node mask as `%*pbl` prints it: `0`, `0-1,3`
+    NodeList(u64),
 }
 
 impl std::fmt::Display for Field<'_> {
@@ -420,6 +443,7 @@ impl std::fmt::Display for Field<'_> {
             Field::Str(s) => f.write_str(s),
             Field::Comm(s) => s.chars().take(15).try_for_each(|c| f.write_char(c)),
             Field::Flags(flags) => write_gup_flags(f, flags),
+            Field::NodeList(mask) => write_node_list(f, mask),
         }
     }
 }
@@ -432,6 +456,28 @@ const GUP_FLAG_NAMES: [(u32, &str); 6] = [
     (FOLL_HONOR_NUMA_FAULT, "FOLL_HONOR_NUMA_FAULT"),
     (FOLL_PIN, "FOLL_PIN"),
 ];
+
+/// `%*pbl`: runs of set bits as `a-b`, single bits as `a`, comma-separated.
+fn write_node_list(f: &mut std::fmt::Formatter<'_>, mask: u64) -> std::fmt::Result {
+    let mut sep = "";
+    let mut bit = 0;
+    while bit < 64 {
+        if mask & 1 << bit == 0 {
+            bit += 1;
+            continue;
+        }
+        let first = bit;
+        while bit < 64 && mask & 1 << bit != 0 {
+            bit += 1;
+        }
+        match bit - 1 - first {
+            0 => write!(f, "{sep}{first}")?,
+            _ => write!(f, "{sep}{first}-{}", bit - 1)?,
+        }
+        sep = ",";
+    }
+    Ok(())
+}
 
 fn write_gup_flags(f: &mut std::fmt::Formatter<'_>, flags: u32) -> std::fmt::Result {
     let mut sep = "";

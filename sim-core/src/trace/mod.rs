@@ -313,6 +313,7 @@ mod tests {
                 Kind::SchedSwapNuma,
                 Kind::SchedStickNuma,
                 Kind::SchedSkipVmaNuma,
+                Kind::SchedSkipCpusetNuma,
                 Kind::SchedMigrateTask
             ]
         );
