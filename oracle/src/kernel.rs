@@ -1,11 +1,14 @@
 //! Which kernel to boot: Debian 12's newest 6.1 or 6.12 image (fetched with `apt-get
-//! download` into the cache), or a user's own bzImage, with its config checked.
+//! download` into the cache), a newer release from `trixie-backports` or `sid` (fetched with
+//! the cache's own apt configuration, [`crate::apt`]), or a user's own bzImage, with its
+//! config checked.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sim_core::config::KernelVersion;
 
+use crate::apt::{Apt, SUITES};
 use crate::damage::{debian_entry, image_damage};
 use crate::{OracleError, cache_lock, stop};
 
@@ -21,8 +24,13 @@ pub struct KernelSpec {
     pub build_dir: Option<PathBuf>,
     /// Debian's headers package for this kernel (None for a user's image).
     pub headers_package: Option<String>,
+    /// The compiler Debian's kernel was built with (its config's CONFIG_CC_VERSION_TEXT),
+    /// which gupdev must be built with too.
+    pub compiler: Option<String>,
     /// The `kernel.version` of numasim whose rules this kernel's source has.
     sim_version: KernelVersion,
+    /// Why `sim_version` stands in for a release the model's table has no row for.
+    rules_note: Option<String>,
 }
 
 /// The Debian 12 kernel series the oracle knows, the package name pattern of each, and the
@@ -69,6 +77,11 @@ impl KernelSpec {
         self.sim_version
     }
 
+    /// Said when the model has no rules of this release's own: which row stands in for them.
+    pub fn rules_note(&self) -> Option<&str> {
+        self.rules_note.as_deref()
+    }
+
     /// The `--set` overrides that put the simulator in this kernel's era.
     pub fn sim_overrides(&self) -> Vec<String> {
         vec![format!("kernel.version={}", self.sim_version.name())]
@@ -88,14 +101,19 @@ pub fn cache_dir() -> PathBuf {
     base.join("numasim").join("kernels")
 }
 
-/// `6.1`, `6.12` (Debian 12's newest image of the series) or the path of a bzImage.
+/// `6.1`, `6.12` (Debian 12's newest image of the series), a release of the newer suites
+/// (`6.18`, `7.3`: the newest of that series; `7.2.13` or `7.3.4+deb13-amd64`: exactly that
+/// one) or the path of a bzImage.
 pub fn resolve_kernel(arg: &str) -> Result<KernelSpec, OracleError> {
     match SERIES.iter().find(|s| s.arg == arg) {
         Some(series) => resolve_debian(series, &cache_dir()),
         None if Path::new(arg).is_file() => resolve_user_image(Path::new(arg)),
-        None => {
-            Err(OracleError::Input(format!("--kernel `{arg}`: not 6.1, 6.12 or the path of a kernel image (bzImage)")))
-        }
+        None if arg.starts_with(|c: char| c.is_ascii_digit()) => resolve_newer(arg, &cache_dir()),
+        None => Err(OracleError::Input(format!(
+            "--kernel `{arg}`: not 6.1, 6.12, a release of Debian's {} (6.18, 7.3, 7.2.13) or the path of a \
+             kernel image (bzImage)",
+            SUITES.join(" and ")
+        ))),
     }
 }
 
@@ -110,11 +128,84 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
             series.suffix
         ))
     })?;
-    let root = cache.join(&package);
-    let _lock = cache_lock::lock_entry(cache, &package)?;
+    debian_spec(&package, cache, &Apt::host(), series.sim_version, None)
+}
+
+/// A release of the newer suites, from the cache's own apt lists (or, when those cannot be
+/// fetched, from what the cache already holds).
+fn resolve_newer(arg: &str, cache: &Path) -> Result<KernelSpec, OracleError> {
+    let apt = Apt::private(cache);
+    let known = apt.as_ref().ok().and_then(|a| a.pkgnames("linux-image-")).unwrap_or_default();
+    let cached: Vec<String> = std::fs::read_dir(cache)
+        .into_iter()
+        .flatten()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| cache.join(n).join("boot").is_dir())
+        .collect();
+    let package = select_newer(arg, known.lines())
+        .or_else(|| select_newer(arg, cached.iter().map(String::as_str)))
+        .ok_or_else(|| match &apt {
+            Err(e) => OracleError::Input(format!("--kernel `{arg}`: not in the kernel cache, and {e}")),
+            Ok(_) => OracleError::Input(format!(
+                "--kernel `{arg}`: no such release in Debian's {}, which hold {}",
+                SUITES.join(" and "),
+                newer_releases(known.lines()).join(", ")
+            )),
+        })?;
+    let apt = apt.unwrap_or_else(|_| Apt::host());
+    let newest = *KernelVersion::ALL.last().expect("the model has rows");
+    let note = format!(
+        "the model has no rules of its own for {}: kernel.version={} (its newest row) stands in",
+        package.trim_start_matches("linux-image-"),
+        newest.name()
+    );
+    debian_spec(&package, cache, &apt, newest, Some(note))
+}
+
+/// The release of a newer suites' image package (`linux-image-7.3.4+deb13-amd64` →
+/// `7.3.4+deb13-amd64`) and its upstream version (`7.3.4`).
+fn newer_release(package: &str) -> Option<(&str, &str)> {
+    let release = package.strip_prefix("linux-image-")?;
+    let (version, deb) = release.strip_suffix("-amd64")?.split_once("+deb")?;
+    let numeric = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let parts: Vec<&str> = version.split('.').collect();
+    (parts.len() == 3 && parts.iter().all(|p| numeric(p)) && numeric(deb)).then_some((release, version))
+}
+
+/// The package `arg` selects among `names`: a series (`7.3`) its newest release, a version
+/// (`7.2.13`) or a release (`7.2.13+deb14-amd64`) exactly that one.
+fn select_newer<'a>(arg: &str, names: impl Iterator<Item = &'a str>) -> Option<String> {
+    let series = arg.matches('.').count() == 1;
+    names
+        .filter(|n| {
+            newer_release(n).is_some_and(|(release, version)| {
+                release == arg || version == arg || (series && version.starts_with(&format!("{arg}.")))
+            })
+        })
+        .max_by_key(|n| version_key(n))
+        .map(str::to_string)
+}
+
+/// The newer suites' releases among `names`, oldest first.
+fn newer_releases<'a>(names: impl Iterator<Item = &'a str>) -> Vec<String> {
+    let mut releases: Vec<&str> = names.filter_map(|n| newer_release(n).map(|(r, _)| r)).collect();
+    releases.sort_by_key(|r| version_key(r));
+    releases.into_iter().map(str::to_string).collect()
+}
+
+/// The cache entry of a Debian image package, fetched and unpacked when missing or damaged.
+fn debian_spec(
+    package: &str,
+    cache: &Path,
+    apt: &Apt,
+    sim_version: KernelVersion,
+    rules_note: Option<String>,
+) -> Result<KernelSpec, OracleError> {
+    let root = cache.join(package);
+    let _lock = cache_lock::lock_entry(cache, package)?;
     let mut fetched = !root.join("boot").is_dir();
     if fetched {
-        fetch_package(&package, cache)?;
+        fetch_package(package, cache, apt)?;
     }
     let release = package.trim_start_matches("linux-image-").to_string();
     let brd = loop {
@@ -123,7 +214,7 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
             // Unpacked again from its .deb (downloaded again if that is damaged too).
             Err(d) if !fetched => {
                 eprintln!("{}: {}: unpacking {package} again", d.file.display(), d.what);
-                fetch_package(&package, cache)?;
+                fetch_package(package, cache, apt)?;
                 fetched = true;
             }
             Err(d) => {
@@ -138,14 +229,17 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
             }
         }
     };
-    check_config(&root.join("boot").join(format!("config-{release}")), brd.is_some())?;
+    let config = root.join("boot").join(format!("config-{release}"));
+    check_config(&config, brd.is_some())?;
     Ok(KernelSpec {
         image: root.join("boot").join(format!("vmlinuz-{release}")),
         headers_package: Some(format!("linux-headers-{release}")),
+        compiler: built_with(&config),
         release,
         brd,
         build_dir: None,
-        sim_version: series.sim_version,
+        sim_version,
+        rules_note,
     })
 }
 
@@ -179,22 +273,85 @@ fn newest_cached(series: &Series, cache: &Path) -> Option<String> {
         .max_by_key(|n| version_key(n))
 }
 
-/// `apt-get download` the package into `cache/debs` and `dpkg-deb -x` it to `cache/<package>`.
-/// A .deb already in the cache that does not unpack because it is damaged (cut short) is
-/// downloaded again, once.
-fn fetch_package(package: &str, cache: &Path) -> Result<(), OracleError> {
+/// `apt-get download` the package (and the parts a newer image package is a metapackage
+/// over) into `cache/debs` and `dpkg-deb -x` them to `cache/<package>`. A .deb that does not
+/// unpack because it is damaged (cut short) is downloaded again, once.
+fn fetch_package(package: &str, cache: &Path, apt: &Apt) -> Result<(), OracleError> {
     let debs = cache.join("debs");
-    let cached = find_deb(&debs, package).is_some();
-    let deb = download(package, &debs)?;
-    match unpack(std::slice::from_ref(&deb), cache, package, |_| Ok(())) {
-        Err(e) if cached && deb_is_damaged(&deb) => {
-            eprintln!("{}: does not unpack ({e}): downloading {package} again", deb.display());
-            std::fs::remove_file(&deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
-            let deb = download(package, &debs)?;
-            unpack(&[deb], cache, package, |_| Ok(()))
+    let release = package.trim_start_matches("linux-image-");
+    let fixup = |root: &Path| link_merged_usr(root, release);
+    let all = download_image(package, &debs, apt)?;
+    match unpack(&all, cache, package, fixup) {
+        Err(e) => {
+            let damaged: Vec<&PathBuf> = all.iter().filter(|d| deb_is_damaged(d)).collect();
+            if damaged.is_empty() {
+                return Err(e);
+            }
+            for deb in damaged {
+                eprintln!("{}: does not unpack ({e}): downloading it again", deb.display());
+                std::fs::remove_file(deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
+            }
+            unpack(&download_image(package, &debs, apt)?, cache, package, fixup)
         }
-        other => other,
+        ok => ok,
     }
+}
+
+/// The image package's .deb and those of the parts it depends on at its own version.
+fn download_image(package: &str, debs: &Path, apt: &Apt) -> Result<Vec<PathBuf>, OracleError> {
+    let main = download(package, debs, apt)?;
+    let release = package.trim_start_matches("linux-image-");
+    let mut all = vec![main.clone()];
+    for part in image_parts(&control_field(&main, "Depends")?, release) {
+        all.push(download(&part, debs, apt)?);
+    }
+    Ok(all)
+}
+
+/// A newer image package is a metapackage: `linux-binary-<release>` holds the kernel,
+/// `linux-modules-<release>` the modules and `linux-base-<release>` the config, each pinned
+/// `(= version)`. Debian 12's image packages depend on none of them.
+fn image_parts(depends: &str, release: &str) -> Vec<String> {
+    depends
+        .split(',')
+        .filter_map(|d| {
+            let d = d.trim();
+            let name = d.split_whitespace().next()?;
+            let part = ["linux-binary-", "linux-modules-", "linux-base-"]
+                .iter()
+                .any(|p| name.strip_prefix(p) == Some(release));
+            let version = d.split_once("(=").map(|(_, v)| v.trim().trim_end_matches(')').trim());
+            part.then(|| version.map_or(name.to_string(), |v| format!("{name}={v}")))
+        })
+        .collect()
+}
+
+/// The merged-/usr layout of the newer packages (`usr/lib/modules/<release>/{vmlinuz,config}`,
+/// modules under `usr/lib/modules`) linked into the one Debian 12's have (`boot/vmlinuz-<release>`,
+/// `boot/config-<release>`, `lib/modules`), which the damage checks and brd's lookup read.
+fn link_merged_usr(root: &Path, release: &str) -> Result<(), OracleError> {
+    let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
+    let modules = Path::new("usr/lib/modules").join(release);
+    if root.join("usr/lib/modules").is_dir() && !root.join("lib").exists() {
+        std::os::unix::fs::symlink("usr/lib", root.join("lib")).map_err(|e| io(&root.join("lib"), e))?;
+    }
+    let boot = root.join("boot");
+    std::fs::create_dir_all(&boot).map_err(|e| io(&boot, e))?;
+    for (file, name) in [("vmlinuz", "vmlinuz"), ("config", "config")] {
+        let link = boot.join(format!("{name}-{release}"));
+        if !link.exists() && root.join(&modules).join(file).is_file() {
+            std::os::unix::fs::symlink(Path::new("..").join(&modules).join(file), &link).map_err(|e| io(&link, e))?;
+        }
+    }
+    Ok(())
+}
+
+/// One field of a .deb's control file.
+fn control_field(deb: &Path, field: &str) -> Result<String, OracleError> {
+    let out = stop::output(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field), "dpkg-deb -f").map_err(|e| {
+        OracleError::Input(format!("dpkg-deb: {e}: run `apt-get install -y --no-install-recommends dpkg`"))
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Whether `deb` is damaged: dpkg-deb ran and could not read its files to their end
@@ -215,17 +372,20 @@ pub fn headers_tree(release: &str) -> Result<PathBuf, OracleError> {
     let tree = cache.join(&package).join("usr/src").join(&package);
     let _lock = cache_lock::lock_entry(&cache, &package)?;
     if !tree.join("Makefile").is_file() {
-        fetch_headers(&package, &cache)?;
+        // The newer suites' releases are known only to the cache's own apt configuration.
+        let newer = newer_release(&format!("linux-image-{release}")).is_some();
+        let apt = if newer { Apt::private(&cache)? } else { Apt::host() };
+        fetch_headers(&package, &cache, &apt)?;
     }
     Ok(tree)
 }
 
-fn fetch_headers(package: &str, cache: &Path) -> Result<(), OracleError> {
+fn fetch_headers(package: &str, cache: &Path, apt: &Apt) -> Result<(), OracleError> {
     let debs = cache.join("debs");
-    let main = download(package, &debs)?;
+    let main = download(package, &debs, apt)?;
     let mut all = vec![main.clone()];
     for dep in build_dependencies(&main)? {
-        all.push(download(&dep, &debs)?);
+        all.push(download(&dep, &debs, apt)?);
     }
     unpack(&all, cache, package, |root| relocate_headers(root, package))
 }
@@ -233,10 +393,7 @@ fn fetch_headers(package: &str, cache: &Path) -> Result<(), OracleError> {
 /// The packages a headers package needs to build a module: its `-common` tree and the kbuild
 /// tools (`name=version` when it pins one). The compiler it names is checked, not fetched.
 fn build_dependencies(deb: &Path) -> Result<Vec<String>, OracleError> {
-    let out = stop::output(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"), "dpkg-deb -f").map_err(|e| {
-        OracleError::Input(format!("dpkg-deb: {e}: run `apt-get install -y --no-install-recommends dpkg`"))
-    })?;
-    let depends = String::from_utf8_lossy(&out.stdout).into_owned();
+    let depends = control_field(deb, "Depends")?;
     let wanted: Vec<String> = depends.split(',').filter_map(|d| pinned_dependency(d.split('|').next()?)).collect();
     if wanted.iter().any(|w| w.starts_with("linux-kbuild-")) && wanted.iter().any(|w| w.contains("-common")) {
         Ok(wanted)
@@ -298,7 +455,7 @@ fn link_leaving(dir: &Path, root: &Path) -> Option<PathBuf> {
 /// `package` (or `name=version`) as a .deb in `debs`, downloaded when missing. apt-get runs in
 /// a scratch directory and the .deb is renamed in whole, so a killed download leaves nothing
 /// that passes for a package.
-fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
+fn download(package: &str, debs: &Path, apt: &Apt) -> Result<PathBuf, OracleError> {
     if let Some(d) = find_deb(debs, package) {
         return Ok(d);
     }
@@ -307,7 +464,7 @@ fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
     remove_abandoned_downloads(debs);
     std::fs::create_dir_all(partial).map_err(|e| io(partial, e))?;
-    run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(partial), "apt-get download")?;
+    run_tool(apt.command("apt-get").arg("download").arg(package).current_dir(partial), "apt-get download")?;
     let got = find_deb(partial, package)
         .ok_or_else(|| OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display())))?;
     let deb = debs.join(got.file_name().expect("a .deb has a name"));
@@ -430,6 +587,8 @@ fn resolve_user_image(image: &Path) -> Result<KernelSpec, OracleError> {
     Ok(KernelSpec {
         image: image.to_path_buf(),
         sim_version: era_of(&release),
+        rules_note: None,
+        compiler: None,
         release,
         brd: None,
         build_dir,
@@ -477,6 +636,11 @@ fn era_of(release: &str) -> KernelVersion {
         (6, 6..=11) => KernelVersion::V6_6,
         _ => KernelVersion::V6_12,
     }
+}
+
+/// The compiler a kernel's config says built it.
+fn built_with(config: &Path) -> Option<String> {
+    std::fs::read_to_string(config).ok().and_then(|t| crate::gupdev::compiler_of(&t))
 }
 
 /// Checks the options the oracle needs and names every missing one.
@@ -577,6 +741,73 @@ mod tests {
         assert_eq!(link_leaving(&root.join("usr/src"), &root), None);
         std::os::unix::fs::symlink("/usr/lib", tree.join("tools")).unwrap();
         assert_eq!(link_leaving(&root.join("usr/src"), &root), Some(tree.join("tools")));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// `apt-cache pkgnames linux-image-` on the private configuration (2026-12-06), cut down.
+    const PKGNAMES: &str = "linux-image-6.18.9+deb13-amd64\nlinux-image-7.3.4+deb13-cloud-amd64\n\
+        linux-image-6.18.15+deb13-amd64\nlinux-image-7.2.13+deb14-amd64\nlinux-image-7.2.9+deb13-amd64\n\
+        linux-image-7.3.4+deb13-amd64\nlinux-image-7.3.4+deb13-amd64-dbg\nlinux-image-amd64\n\
+        linux-image-6.18.15+deb13-rt-amd64\nlinux-image-7.2.12+deb13-amd64\n";
+
+    #[test]
+    fn a_series_takes_its_newest_release_and_a_release_selects_exactly() {
+        let pick = |arg: &str| select_newer(arg, PKGNAMES.lines());
+        assert_eq!(pick("6.18").as_deref(), Some("linux-image-6.18.15+deb13-amd64"));
+        assert_eq!(pick("7.3").as_deref(), Some("linux-image-7.3.4+deb13-amd64"));
+        assert_eq!(pick("7.2").as_deref(), Some("linux-image-7.2.13+deb14-amd64"), "by number: 13 after 9 and 12");
+        assert_eq!(pick("7.2.9").as_deref(), Some("linux-image-7.2.9+deb13-amd64"));
+        assert_eq!(pick("7.2.13+deb14-amd64").as_deref(), Some("linux-image-7.2.13+deb14-amd64"));
+        assert_eq!(pick("7.2.1"), None, "a version is not a prefix of 7.2.12");
+        assert_eq!(pick("7.30"), None);
+        assert_eq!(pick("7"), None);
+        assert_eq!(
+            newer_releases(PKGNAMES.lines()),
+            [
+                "6.18.9+deb13-amd64",
+                "6.18.15+deb13-amd64",
+                "7.2.9+deb13-amd64",
+                "7.2.12+deb13-amd64",
+                "7.2.13+deb14-amd64",
+                "7.3.4+deb13-amd64"
+            ]
+        );
+        assert_eq!(newer_release("linux-image-6.12.118+deb12-amd64"), Some(("6.12.118+deb12-amd64", "6.12.118")));
+        assert_eq!(newer_release("linux-image-6.1.0-57-amd64"), None);
+    }
+
+    /// The Depends of `apt-cache show` for 7.3.4's metapackage and 6.18.15's image package.
+    #[test]
+    fn a_metapackage_brings_its_binary_modules_and_base_at_its_own_version() {
+        let meta = "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, linux-base-7.3.4+deb13-amd64 \
+                    (= 7.3.4-1~bpo13+1), linux-binary-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1), \
+                    linux-modules-7.3.4+deb13-amd64 (= 7.3.4-1~bpo13+1)";
+        assert_eq!(
+            image_parts(meta, "7.3.4+deb13-amd64"),
+            [
+                "linux-base-7.3.4+deb13-amd64=7.3.4-1~bpo13+1",
+                "linux-binary-7.3.4+deb13-amd64=7.3.4-1~bpo13+1",
+                "linux-modules-7.3.4+deb13-amd64=7.3.4-1~bpo13+1"
+            ]
+        );
+        let whole = "dracut | initramfs-tools (>= 0.120+deb8u2) | linux-initramfs-tool, kmod, \
+                     linux-base-6.18.15+deb13-amd64 (= 6.18.15-1~bpo13+1)";
+        assert_eq!(image_parts(whole, "6.18.15+deb13-amd64"), ["linux-base-6.18.15+deb13-amd64=6.18.15-1~bpo13+1"]);
+        assert!(image_parts("kmod, linux-base (>= 4.3~), initramfs-tools", "6.1.0-57-amd64").is_empty());
+        assert!(image_parts(meta, "7.3.4+deb13-cloud-amd64").is_empty(), "another flavour's parts are not ours");
+    }
+
+    #[test]
+    fn the_merged_usr_layout_is_linked_where_the_checks_look() {
+        let root = std::env::temp_dir().join(format!("oracle-merged-{}", std::process::id()));
+        let modules = root.join("usr/lib/modules/7.3.4+deb13-amd64");
+        std::fs::create_dir_all(modules.join("kernel/drivers/block")).unwrap();
+        std::fs::write(modules.join("vmlinuz"), "image").unwrap();
+        std::fs::write(modules.join("config"), "CONFIG_NUMA=y\n").unwrap();
+        link_merged_usr(&root, "7.3.4+deb13-amd64").unwrap();
+        assert_eq!(std::fs::read_to_string(root.join("boot/vmlinuz-7.3.4+deb13-amd64")).unwrap(), "image");
+        assert_eq!(std::fs::read_to_string(root.join("boot/config-7.3.4+deb13-amd64")).unwrap(), "CONFIG_NUMA=y\n");
+        assert!(root.join("lib/modules/7.3.4+deb13-amd64/kernel/drivers/block").is_dir());
         std::fs::remove_dir_all(&root).unwrap();
     }
 
