@@ -86,6 +86,13 @@ impl Apt {
         cmd
     }
 
+    /// Whether a suite holds `package` (`name` or `name=version`) as a package of its own.
+    pub fn knows(&self, package: &str) -> bool {
+        let mut cmd = self.command("apt-cache");
+        cmd.args(["show", "--no-all-versions", package]);
+        stop::output(&mut cmd, "apt-cache show").is_ok_and(|o| o.status.success() && !o.stdout.is_empty())
+    }
+
     /// `apt-cache pkgnames prefix`.
     pub fn pkgnames(&self, prefix: &str) -> Option<String> {
         let out = stop::output(self.command("apt-cache").args(["pkgnames", prefix]), "apt-cache pkgnames").ok()?;

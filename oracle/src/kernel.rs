@@ -302,7 +302,10 @@ fn download_image(package: &str, debs: &Path, apt: &Apt) -> Result<Vec<PathBuf>,
     let main = download(package, debs, apt)?;
     let release = package.trim_start_matches("linux-image-");
     let mut all = vec![main.clone()];
-    for part in image_parts(&control_field(&main, "Depends")?, release) {
+    // 6.18.15's image package depends on a linux-base-<release> neither suite holds (nor
+    // provides); it carries its config itself.
+    let parts = image_parts(&control_field(&main, "Depends")?, release);
+    for part in parts.into_iter().filter(|p| find_deb(debs, p).is_some() || apt.knows(p)) {
         all.push(download(&part, debs, apt)?);
     }
     Ok(all)
