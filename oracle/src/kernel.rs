@@ -134,6 +134,13 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
 /// A release of the newer suites, from the cache's own apt lists (or, when those cannot be
 /// fetched, from what the cache already holds).
 fn resolve_newer(arg: &str, cache: &Path) -> Result<KernelSpec, OracleError> {
+    if !could_be_newer(arg) {
+        return Err(OracleError::Input(format!(
+            "--kernel `{arg}`: not 6.1, 6.12, a series or release from 6.13 on that Debian's {} hold (6.18, \
+             7.3, 7.2.13, 7.3.4+deb13-amd64) or the path of a kernel image (bzImage)",
+            SUITES.join(" and ")
+        )));
+    }
     let apt = Apt::private(cache);
     let known = apt.as_ref().ok().and_then(|a| a.pkgnames("linux-image-")).unwrap_or_default();
     let cached: Vec<String> = std::fs::read_dir(cache)
@@ -160,6 +167,17 @@ fn resolve_newer(arg: &str, cache: &Path) -> Result<KernelSpec, OracleError> {
         newest.name()
     );
     debian_spec(&package, cache, &apt, newest, Some(note))
+}
+
+/// Whether `arg` names what the newer suites may hold, said without asking them: a release
+/// (`7.3.4+deb13-amd64`), or a series or version (`7.3`, `7.2.13`) from 6.13 on (older ones
+/// are Debian 12's).
+fn could_be_newer(arg: &str) -> bool {
+    if newer_release(&format!("linux-image-{arg}")).is_some() {
+        return true;
+    }
+    let parts: Option<Vec<u64>> = arg.split('.').map(|p| p.parse().ok()).collect();
+    parts.is_some_and(|p| (2..=3).contains(&p.len()) && (p[0], p[1]) >= (6, 13))
 }
 
 /// The release of a newer suites' image package (`linux-image-7.3.4+deb13-amd64` →
@@ -777,6 +795,18 @@ mod tests {
         );
         assert_eq!(newer_release("linux-image-6.12.118+deb12-amd64"), Some(("6.12.118+deb12-amd64", "6.12.118")));
         assert_eq!(newer_release("linux-image-6.1.0-57-amd64"), None);
+    }
+
+    #[test]
+    fn what_the_newer_suites_cannot_hold_is_refused_without_asking_them() {
+        for arg in ["6.18", "7.3", "7.2.13", "6.13", "7.3.4+deb13-amd64", "6.12.57+deb13-amd64"] {
+            assert!(could_be_newer(arg), "{arg}");
+        }
+        for arg in ["5.0", "6.7", "6.12.1", "7", "7.3.4.1", "7.x", "7.3-rc1"] {
+            assert!(!could_be_newer(arg), "{arg}");
+        }
+        let Err(OracleError::Input(msg)) = resolve_newer("6.7", Path::new("/nonexistent")) else { panic!("refused") };
+        assert!(msg.contains("--kernel `6.7`") && msg.contains("6.13 on"), "{msg}");
     }
 
     /// The Depends of `apt-cache show` for 7.3.4's metapackage and 6.18.15's image package.
