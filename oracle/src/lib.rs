@@ -13,6 +13,7 @@ pub mod guest_bin;
 pub mod gupdev;
 pub mod initramfs;
 pub mod kernel;
+pub mod newer;
 pub mod plan;
 pub mod qemu;
 pub mod results;
