@@ -53,8 +53,7 @@ impl Apt {
             let out = stop::output(&mut cmd, "apt-get update")
                 .map_err(|e| OracleError::Input(format!("apt-get update: {e}")))?;
             let err = String::from_utf8_lossy(&out.stderr);
-            // apt-get update exits 0 with a `W:` for a suite it could not fetch or verify.
-            if !out.status.success() || err.lines().any(|l| l.starts_with("E:") || l.starts_with("W: GPG")) {
+            if !out.status.success() || err.lines().any(update_failed) {
                 return Err(OracleError::Io(format!(
                     "apt-get update of {} failed: {}",
                     dir.join("sources.list").display(),
@@ -98,6 +97,13 @@ impl Apt {
         let out = stop::output(self.command("apt-cache").args(["pkgnames", prefix]), "apt-cache pkgnames").ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
+}
+
+/// apt-get update exits 0 with a `W:` for a suite it could not fetch or verify.
+fn update_failed(stderr_line: &str) -> bool {
+    ["E:", "W: GPG error", "W: Failed to fetch", "W: Some index files failed"]
+        .iter()
+        .any(|p| stderr_line.starts_with(p))
 }
 
 /// The lists are missing (no stamp of a successful update) or a day old.
@@ -172,6 +178,21 @@ mod tests {
             assert!(o.contains(want), "{o}");
         }
         assert!(Apt::host().options.is_empty());
+    }
+
+    /// apt-get update's stderr when a suite's key is unknown or the mirror cannot be reached.
+    #[test]
+    fn an_update_that_could_not_fetch_or_verify_a_suite_fails() {
+        assert!(update_failed(
+            "W: GPG error: http://deb.debian.org/debian sid InRelease: The following signatures couldn't be verified"
+        ));
+        assert!(update_failed(
+            "W: Failed to fetch http://deb.debian.org/debian/dists/sid/InRelease  Could not resolve 'deb.debian.org'"
+        ));
+        assert!(update_failed("E: The repository 'http://deb.debian.org/debian sid InRelease' is not signed."));
+        assert!(!update_failed(
+            "W: Download is performed unsandboxed as root as file '/c/apt/lists/partial/x' couldn't be accessed by user '_apt'."
+        ));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Which kernel to boot: Debian 12's newest 6.1 or 6.12 image (fetched with `apt-get
 //! download` into the cache), a newer release from `trixie-backports` or `sid` (fetched with
-//! the cache's own apt configuration: [`crate::apt`], [`crate::newer`]), or a user's own bzImage, with its
-//! config checked.
+//! the cache's own apt configuration: [`crate::apt`], [`crate::newer`]), or a user's own
+//! bzImage, with its config checked.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
