@@ -28,6 +28,9 @@ pub fn run(
     let mut request = trace::request(trace_args, KernelVersion::V6_12)?;
     let trace_plan = request.as_ref().map(|r| trace::tracefs_plan(r, &config)).transpose()?;
     let spec = oracle::resolve_kernel(kernel).map_err(failure)?;
+    if let Some(note) = spec.rules_note() {
+        eprintln!("sim rules: {note}");
+    }
     if let Some(r) = request.as_mut() {
         r.options.version = trace::formats_of(spec.sim_version());
     }

@@ -97,12 +97,13 @@ enum Command {
         #[arg(long)]
         partial: bool,
     },
-    /// Run a scenario on a real Linux kernel under QEMU (Debian 12's 6.1 or 6.12, or a bzImage)
+    /// Run a scenario on a real Linux kernel under QEMU (Debian's 6.1, 6.12, 6.18, 7.3, ..., or a bzImage)
     /// and write the same result files as `run`.
     Kernel {
         /// A built-in scenario, a validation case (configs/validate) or a path to a .toml file.
         scenario: String,
-        /// `6.1`, `6.12` or the path of a bzImage.
+        /// `6.1`, `6.12`, a series or release of Debian's trixie-backports and sid (`6.18`, `7.3`,
+        /// `7.2.13`) or the path of a bzImage.
         #[arg(long, default_value = "6.12")]
         kernel: String,
         #[arg(long = "set", value_name = "KEY=VALUE")]

@@ -20,10 +20,19 @@ fn source_dir() -> PathBuf {
 /// anything is fetched: a scenario that needs gupdev on a user's image without its build tree
 /// is bad input.
 pub fn check_buildable(cfg: &Config, k: &KernelSpec) -> Result<(), OracleError> {
-    if plan::plan_of(cfg)?.smmus.is_empty() || k.build_dir.is_some() || k.headers_package.is_some() {
-        Ok(())
-    } else {
-        Err(no_build_tree(k))
+    if plan::plan_of(cfg)?.smmus.is_empty() {
+        return Ok(());
+    }
+    match (&k.compiler, &k.build_dir, &k.headers_package) {
+        // A module built by another compiler than the kernel's is not trusted: refused instead.
+        (Some(cc), _, _) if !on_path(cc) => Err(OracleError::Input(format!(
+            "kernel {}: the scenario needs the gupdev module (a `driver` device or a [[vm]]), which must be built \
+             with the kernel's own compiler, {cc}, not installed here; Debian 12 has gcc-12 only (trixie's gcc-14 \
+             needs trixie's libc), so run this scenario on 6.1 or 6.12, or on a host that has {cc}",
+            k.release()
+        ))),
+        (_, Some(_), _) | (_, _, Some(_)) => Ok(()),
+        _ => Err(no_build_tree(k)),
     }
 }
 
@@ -74,12 +83,7 @@ pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
 /// `x86_64-linux-gnu-gcc-12 (Debian 12.2.0-14) 12.2.0`), which kbuild calls, and make.
 fn check_compiler(tree: &Path, release: &str) -> Result<(), OracleError> {
     let config = std::fs::read_to_string(tree.join(".config")).unwrap_or_default();
-    let cc = config
-        .lines()
-        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT=\""))
-        .and_then(|t| t.split_whitespace().next())
-        .unwrap_or("gcc")
-        .to_string();
+    let cc = compiler_of(&config).unwrap_or_else(|| "gcc".to_string());
     let missing: Vec<&str> = [cc.as_str(), "make"].into_iter().filter(|tool| !on_path(tool)).collect();
     if missing.is_empty() {
         return Ok(());
@@ -91,6 +95,15 @@ fn check_compiler(tree: &Path, release: &str) -> Result<(), OracleError> {
         missing.join(" and "),
         packages.join(" ")
     )))
+}
+
+/// The compiler a kernel config's CONFIG_CC_VERSION_TEXT names.
+pub(crate) fn compiler_of(config: &str) -> Option<String> {
+    config
+        .lines()
+        .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT=\""))
+        .and_then(|t| t.split_whitespace().next())
+        .map(str::to_string)
 }
 
 /// `x86_64-linux-gnu-gcc-12` comes in Debian's `gcc-12`.

@@ -1,12 +1,16 @@
 //! Which kernel to boot: Debian 12's newest 6.1 or 6.12 image (fetched with `apt-get
-//! download` into the cache), or a user's own bzImage, with its config checked.
+//! download` into the cache), a newer release from `trixie-backports` or `sid` (fetched with
+//! the cache's own apt configuration: [`crate::apt`], [`crate::newer`]), or a user's own
+//! bzImage, with its config checked.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sim_core::config::KernelVersion;
 
+use crate::apt::{Apt, SUITES};
 use crate::damage::{debian_entry, image_damage};
+use crate::newer::{image_parts, link_merged_usr, newer_release, resolve_newer};
 use crate::{OracleError, cache_lock, stop};
 
 /// A kernel ready to boot.
@@ -21,8 +25,13 @@ pub struct KernelSpec {
     pub build_dir: Option<PathBuf>,
     /// Debian's headers package for this kernel (None for a user's image).
     pub headers_package: Option<String>,
+    /// The compiler Debian's kernel was built with (its config's CONFIG_CC_VERSION_TEXT),
+    /// which gupdev must be built with too.
+    pub compiler: Option<String>,
     /// The `kernel.version` of numasim whose rules this kernel's source has.
     sim_version: KernelVersion,
+    /// Why `sim_version` stands in for a release the model's table has no row for.
+    rules_note: Option<String>,
 }
 
 /// The Debian 12 kernel series the oracle knows, the package name pattern of each, and the
@@ -69,6 +78,11 @@ impl KernelSpec {
         self.sim_version
     }
 
+    /// Said when the model has no rules of this release's own: which row stands in for them.
+    pub fn rules_note(&self) -> Option<&str> {
+        self.rules_note.as_deref()
+    }
+
     /// The `--set` overrides that put the simulator in this kernel's era.
     pub fn sim_overrides(&self) -> Vec<String> {
         vec![format!("kernel.version={}", self.sim_version.name())]
@@ -88,14 +102,19 @@ pub fn cache_dir() -> PathBuf {
     base.join("numasim").join("kernels")
 }
 
-/// `6.1`, `6.12` (Debian 12's newest image of the series) or the path of a bzImage.
+/// `6.1`, `6.12` (Debian 12's newest image of the series), a release of the newer suites
+/// (`6.18`, `7.3`: the newest of that series; `7.2.13` or `7.3.4+deb13-amd64`: exactly that
+/// one) or the path of a bzImage.
 pub fn resolve_kernel(arg: &str) -> Result<KernelSpec, OracleError> {
     match SERIES.iter().find(|s| s.arg == arg) {
         Some(series) => resolve_debian(series, &cache_dir()),
         None if Path::new(arg).is_file() => resolve_user_image(Path::new(arg)),
-        None => {
-            Err(OracleError::Input(format!("--kernel `{arg}`: not 6.1, 6.12 or the path of a kernel image (bzImage)")))
-        }
+        None if arg.starts_with(|c: char| c.is_ascii_digit()) => resolve_newer(arg, &cache_dir()),
+        None => Err(OracleError::Input(format!(
+            "--kernel `{arg}`: not 6.1, 6.12, a release of Debian's {} (6.18, 7.3, 7.2.13) or the path of a \
+             kernel image (bzImage)",
+            SUITES.join(" and ")
+        ))),
     }
 }
 
@@ -110,11 +129,22 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
             series.suffix
         ))
     })?;
-    let root = cache.join(&package);
-    let _lock = cache_lock::lock_entry(cache, &package)?;
+    debian_spec(&package, cache, &Apt::host(), series.sim_version, None)
+}
+
+/// The cache entry of a Debian image package, fetched and unpacked when missing or damaged.
+pub(crate) fn debian_spec(
+    package: &str,
+    cache: &Path,
+    apt: &Apt,
+    sim_version: KernelVersion,
+    rules_note: Option<String>,
+) -> Result<KernelSpec, OracleError> {
+    let root = cache.join(package);
+    let _lock = cache_lock::lock_entry(cache, package)?;
     let mut fetched = !root.join("boot").is_dir();
     if fetched {
-        fetch_package(&package, cache)?;
+        fetch_package(package, cache, apt)?;
     }
     let release = package.trim_start_matches("linux-image-").to_string();
     let brd = loop {
@@ -123,7 +153,7 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
             // Unpacked again from its .deb (downloaded again if that is damaged too).
             Err(d) if !fetched => {
                 eprintln!("{}: {}: unpacking {package} again", d.file.display(), d.what);
-                fetch_package(&package, cache)?;
+                fetch_package(package, cache, apt)?;
                 fetched = true;
             }
             Err(d) => {
@@ -138,19 +168,22 @@ fn resolve_debian(series: &Series, cache: &Path) -> Result<KernelSpec, OracleErr
             }
         }
     };
-    check_config(&root.join("boot").join(format!("config-{release}")), brd.is_some())?;
+    let config = root.join("boot").join(format!("config-{release}"));
+    check_config(&config, brd.is_some())?;
     Ok(KernelSpec {
         image: root.join("boot").join(format!("vmlinuz-{release}")),
         headers_package: Some(format!("linux-headers-{release}")),
+        compiler: built_with(&config),
         release,
         brd,
         build_dir: None,
-        sim_version: series.sim_version,
+        sim_version,
+        rules_note,
     })
 }
 
 /// The numeric parts of a package name, for ordering `6.12.99` before `6.12.117`.
-fn version_key(name: &str) -> Vec<u64> {
+pub(crate) fn version_key(name: &str) -> Vec<u64> {
     name.split(|c: char| !c.is_ascii_digit()).filter(|s| !s.is_empty()).filter_map(|s| s.parse().ok()).collect()
 }
 
@@ -179,22 +212,50 @@ fn newest_cached(series: &Series, cache: &Path) -> Option<String> {
         .max_by_key(|n| version_key(n))
 }
 
-/// `apt-get download` the package into `cache/debs` and `dpkg-deb -x` it to `cache/<package>`.
-/// A .deb already in the cache that does not unpack because it is damaged (cut short) is
-/// downloaded again, once.
-fn fetch_package(package: &str, cache: &Path) -> Result<(), OracleError> {
+/// `apt-get download` the package (and the parts a newer image package is a metapackage
+/// over) into `cache/debs` and `dpkg-deb -x` them to `cache/<package>`. A .deb that does not
+/// unpack because it is damaged (cut short) is downloaded again, once.
+fn fetch_package(package: &str, cache: &Path, apt: &Apt) -> Result<(), OracleError> {
     let debs = cache.join("debs");
-    let cached = find_deb(&debs, package).is_some();
-    let deb = download(package, &debs)?;
-    match unpack(std::slice::from_ref(&deb), cache, package, |_| Ok(())) {
-        Err(e) if cached && deb_is_damaged(&deb) => {
-            eprintln!("{}: does not unpack ({e}): downloading {package} again", deb.display());
-            std::fs::remove_file(&deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
-            let deb = download(package, &debs)?;
-            unpack(&[deb], cache, package, |_| Ok(()))
+    let release = package.trim_start_matches("linux-image-");
+    let fixup = |root: &Path| link_merged_usr(root, release);
+    let all = download_image(package, &debs, apt)?;
+    match unpack(&all, cache, package, fixup) {
+        Err(e) => {
+            let damaged: Vec<&PathBuf> = all.iter().filter(|d| deb_is_damaged(d)).collect();
+            if damaged.is_empty() {
+                return Err(e);
+            }
+            for deb in damaged {
+                eprintln!("{}: does not unpack ({e}): downloading it again", deb.display());
+                std::fs::remove_file(deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
+            }
+            unpack(&download_image(package, &debs, apt)?, cache, package, fixup)
         }
-        other => other,
+        ok => ok,
     }
+}
+
+/// The image package's .deb and those of the parts it depends on at its own version.
+fn download_image(package: &str, debs: &Path, apt: &Apt) -> Result<Vec<PathBuf>, OracleError> {
+    let main = download(package, debs, apt)?;
+    let release = package.trim_start_matches("linux-image-");
+    let mut all = vec![main.clone()];
+    // 6.18.15's image package depends on a linux-base-<release> neither suite holds (nor
+    // provides); it carries its config itself.
+    let parts = image_parts(&control_field(&main, "Depends")?, release);
+    for part in parts.into_iter().filter(|p| find_deb(debs, p).is_some() || apt.knows(p)) {
+        all.push(download(&part, debs, apt)?);
+    }
+    Ok(all)
+}
+
+/// One field of a .deb's control file.
+fn control_field(deb: &Path, field: &str) -> Result<String, OracleError> {
+    let out = stop::output(Command::new("dpkg-deb").arg("-f").arg(deb).arg(field), "dpkg-deb -f").map_err(|e| {
+        OracleError::Input(format!("dpkg-deb: {e}: run `apt-get install -y --no-install-recommends dpkg`"))
+    })?;
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Whether `deb` is damaged: dpkg-deb ran and could not read its files to their end
@@ -215,17 +276,20 @@ pub fn headers_tree(release: &str) -> Result<PathBuf, OracleError> {
     let tree = cache.join(&package).join("usr/src").join(&package);
     let _lock = cache_lock::lock_entry(&cache, &package)?;
     if !tree.join("Makefile").is_file() {
-        fetch_headers(&package, &cache)?;
+        // The newer suites' releases are known only to the cache's own apt configuration.
+        let newer = newer_release(&format!("linux-image-{release}")).is_some();
+        let apt = if newer { Apt::private(&cache)? } else { Apt::host() };
+        fetch_headers(&package, &cache, &apt)?;
     }
     Ok(tree)
 }
 
-fn fetch_headers(package: &str, cache: &Path) -> Result<(), OracleError> {
+fn fetch_headers(package: &str, cache: &Path, apt: &Apt) -> Result<(), OracleError> {
     let debs = cache.join("debs");
-    let main = download(package, &debs)?;
+    let main = download(package, &debs, apt)?;
     let mut all = vec![main.clone()];
     for dep in build_dependencies(&main)? {
-        all.push(download(&dep, &debs)?);
+        all.push(download(&dep, &debs, apt)?);
     }
     unpack(&all, cache, package, |root| relocate_headers(root, package))
 }
@@ -233,10 +297,7 @@ fn fetch_headers(package: &str, cache: &Path) -> Result<(), OracleError> {
 /// The packages a headers package needs to build a module: its `-common` tree and the kbuild
 /// tools (`name=version` when it pins one). The compiler it names is checked, not fetched.
 fn build_dependencies(deb: &Path) -> Result<Vec<String>, OracleError> {
-    let out = stop::output(Command::new("dpkg-deb").arg("-f").arg(deb).arg("Depends"), "dpkg-deb -f").map_err(|e| {
-        OracleError::Input(format!("dpkg-deb: {e}: run `apt-get install -y --no-install-recommends dpkg`"))
-    })?;
-    let depends = String::from_utf8_lossy(&out.stdout).into_owned();
+    let depends = control_field(deb, "Depends")?;
     let wanted: Vec<String> = depends.split(',').filter_map(|d| pinned_dependency(d.split('|').next()?)).collect();
     if wanted.iter().any(|w| w.starts_with("linux-kbuild-")) && wanted.iter().any(|w| w.contains("-common")) {
         Ok(wanted)
@@ -298,7 +359,7 @@ fn link_leaving(dir: &Path, root: &Path) -> Option<PathBuf> {
 /// `package` (or `name=version`) as a .deb in `debs`, downloaded when missing. apt-get runs in
 /// a scratch directory and the .deb is renamed in whole, so a killed download leaves nothing
 /// that passes for a package.
-fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
+fn download(package: &str, debs: &Path, apt: &Apt) -> Result<PathBuf, OracleError> {
     if let Some(d) = find_deb(debs, package) {
         return Ok(d);
     }
@@ -307,7 +368,7 @@ fn download(package: &str, debs: &Path) -> Result<PathBuf, OracleError> {
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
     remove_abandoned_downloads(debs);
     std::fs::create_dir_all(partial).map_err(|e| io(partial, e))?;
-    run_tool(Command::new("apt-get").arg("download").arg(package).current_dir(partial), "apt-get download")?;
+    run_tool(apt.command("apt-get").arg("download").arg(package).current_dir(partial), "apt-get download")?;
     let got = find_deb(partial, package)
         .ok_or_else(|| OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display())))?;
     let deb = debs.join(got.file_name().expect("a .deb has a name"));
@@ -430,6 +491,8 @@ fn resolve_user_image(image: &Path) -> Result<KernelSpec, OracleError> {
     Ok(KernelSpec {
         image: image.to_path_buf(),
         sim_version: era_of(&release),
+        rules_note: None,
+        compiler: None,
         release,
         brd: None,
         build_dir,
@@ -477,6 +540,11 @@ fn era_of(release: &str) -> KernelVersion {
         (6, 6..=11) => KernelVersion::V6_6,
         _ => KernelVersion::V6_12,
     }
+}
+
+/// The compiler a kernel's config says built it.
+fn built_with(config: &Path) -> Option<String> {
+    std::fs::read_to_string(config).ok().and_then(|t| crate::gupdev::compiler_of(&t))
 }
 
 /// Checks the options the oracle needs and names every missing one.

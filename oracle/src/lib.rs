@@ -5,6 +5,7 @@
 //! program (and brd.ko) into an initramfs, boots the kernel on the scenario's NUMA topology,
 //! and turns the samples the guest streams over ttyS1 into result files.
 
+pub mod apt;
 pub mod cache_lock;
 pub mod checksums;
 pub mod damage;
@@ -12,6 +13,7 @@ pub mod guest_bin;
 pub mod gupdev;
 pub mod initramfs;
 pub mod kernel;
+pub mod newer;
 pub mod plan;
 pub mod qemu;
 pub mod results;
@@ -514,6 +516,7 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "kernel_image": k.image,
         "sim_version": k.sim_version().name(),
         "sim_overrides": k.sim_overrides(),
+        "sim_rules_note": k.rules_note(),
         "accel": run.accel.name(),
         "boot_s": o.boot_s,
         "setup_ms": o.setup_ms,

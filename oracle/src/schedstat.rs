@@ -28,16 +28,35 @@ const TAIL_FIELDS: [&str; 12] = [
     "ttwu_move_balance",
 ];
 
-/// The idle types' names in the order a schedstat version prints them: enum cpu_idle_type
-/// (include/linux/sched/idle.h) is CPU_IDLE, CPU_NOT_IDLE, CPU_NEWLY_IDLE up to 6.9
-/// (version 15) and __CPU_NOT_IDLE, CPU_IDLE, CPU_NEWLY_IDLE from 6.10 (version 16).
-fn idle_types(version: u32) -> Result<[&'static str; 3], String> {
+/// Version 17 (6.13 on) prints four counters where `lb_imbalance` was, and the domain's name
+/// after `domain<M>` (Documentation/scheduler/sched-stats.rst).
+const LB_FIELDS_V17: [&str; 11] = [
+    "lb_count",
+    "lb_balanced",
+    "lb_failed",
+    "lb_imbalance_load",
+    "lb_imbalance_util",
+    "lb_imbalance_task",
+    "lb_imbalance_misfit",
+    "lb_gained",
+    "lb_hot_gained",
+    "lb_nobusyq",
+    "lb_nobusyg",
+];
+
+/// The idle types' names in the order a schedstat version prints them, and the counters of
+/// each: enum cpu_idle_type (include/linux/sched/idle.h) is CPU_IDLE, CPU_NOT_IDLE,
+/// CPU_NEWLY_IDLE up to 6.9 (version 15) and __CPU_NOT_IDLE, CPU_IDLE, CPU_NEWLY_IDLE from
+/// 6.10 (versions 16 and 17).
+fn idle_types(version: u32) -> Result<([&'static str; 3], &'static [&'static str]), String> {
+    let not_idle_first = [Idle::NotIdle.name(), Idle::Idle.name(), Idle::NewlyIdle.name()];
     match version {
-        15 => Ok([Idle::Idle.name(), Idle::NotIdle.name(), Idle::NewlyIdle.name()]),
-        16 => Ok([Idle::NotIdle.name(), Idle::Idle.name(), Idle::NewlyIdle.name()]),
+        15 => Ok(([Idle::Idle.name(), Idle::NotIdle.name(), Idle::NewlyIdle.name()], &LB_FIELDS)),
+        16 => Ok((not_idle_first, &LB_FIELDS)),
+        17 => Ok((not_idle_first, &LB_FIELDS_V17)),
         v => Err(format!(
-            "/proc/schedstat version {v}: numasim reads versions 15 (Linux up to 6.9) and 16 (6.10 to 6.12), \
-             whose idle-type order it knows"
+            "/proc/schedstat version {v}: numasim reads versions 15 (Linux up to 6.9), 16 (6.10 to 6.12) and 17 \
+             (6.13 on), whose idle-type order and counters it knows"
         )),
     }
 }
@@ -90,7 +109,7 @@ pub fn parse(text: &str) -> Result<Vec<DomainStats>, String> {
         .and_then(|l| l.strip_prefix("version "))
         .and_then(|v| v.trim().parse().ok())
         .ok_or("/proc/schedstat: the first line is not `version <n>`")?;
-    let itypes = idle_types(version)?;
+    let (itypes, lb_fields) = idle_types(version)?;
     let mut cpu = None;
     let mut out = Vec::new();
     for line in lines {
@@ -101,12 +120,15 @@ pub fn parse(text: &str) -> Result<Vec<DomainStats>, String> {
         } else if let Some(m) = head.strip_prefix("domain") {
             let bad = || format!("/proc/schedstat: bad domain line `{line}`");
             let index = m.parse().map_err(|_| bad())?;
+            if version >= 17 {
+                words.next().ok_or_else(bad)?;
+            }
             let span = cpumask(words.next().ok_or_else(bad)?).ok_or_else(bad)?;
             let values: Vec<u64> = words.map(str::parse).collect::<Result<_, _>>().map_err(|_| bad())?;
-            if values.len() != 3 * LB_FIELDS.len() + TAIL_FIELDS.len() {
+            if values.len() != 3 * lb_fields.len() + TAIL_FIELDS.len() {
                 return Err(bad());
             }
-            let names = itypes.iter().flat_map(|i| LB_FIELDS.iter().map(move |f| format!("{f}.{i}")));
+            let names = itypes.iter().flat_map(|i| lb_fields.iter().map(move |f| format!("{f}.{i}")));
             let counters = names
                 .chain(TAIL_FIELDS.iter().map(|f| f.to_string()))
                 .zip(values)
@@ -255,8 +277,8 @@ mod tests {
 
     #[test]
     fn an_unknown_version_is_refused_by_number() {
-        let e = parse("version 17\ntimestamp 1\ncpu0 0 0 0 0 0 0 0 0 0\n").unwrap_err();
-        assert!(e.contains("version 17") && e.contains("15") && e.contains("16"), "{e}");
+        let e = parse("version 18\ntimestamp 1\ncpu0 0 0 0 0 0 0 0 0 0\n").unwrap_err();
+        assert!(e.contains("version 18") && e.contains("15") && e.contains("17"), "{e}");
         assert!(parse("timestamp 1\n").unwrap_err().contains("version"));
     }
 
@@ -284,6 +306,21 @@ mod tests {
     /// Sums `counter` over every domain line.
     fn total(stats: &[DomainStats], counter: &str) -> u64 {
         stats.iter().map(|d| d.counters[counter]).sum()
+    }
+
+    /// cpu0's first domain line of 7.3.4's /proc/schedstat after a numa02 boot (2 nodes × 4 CPUs).
+    #[test]
+    fn version_17_names_its_domains_and_splits_the_imbalance() {
+        let text = "version 17\ntimestamp 4294896683\ncpu0 0 0 1965 656 1166 892 11842927095 1720734027 1225\n\
+            domain0 MC 0f 65 56 7 2110 0 0 0 2 0 0 56 281 277 1 0 0 6 0 3 0 0 277 22 16 2 0 0 6 0 4 0 0 16 \
+            0 0 0 0 0 0 0 0 0 204 1 0\n";
+        let d = parse(text).unwrap();
+        assert_eq!((d[0].index, d[0].span.clone()), (0, vec![0, 1, 2, 3]));
+        let c = &d[0].counters;
+        assert_eq!((c["lb_count.busy"], c["lb_imbalance_load.busy"], c["lb_nobusyg.busy"]), (65, 2110, 56));
+        assert_eq!((c["lb_count.idle"], c["lb_gained.idle"], c["lb_count.newidle"]), (281, 3, 22));
+        assert_eq!(c["ttwu_wake_remote"], 204);
+        assert!(!c.contains_key("lb_imbalance.busy"), "version 17 has no lb_imbalance");
     }
 
     #[test]

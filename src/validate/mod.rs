@@ -169,6 +169,9 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
         .iter()
         .map(|k| oracle::resolve_kernel(k).map(|spec| (k.clone(), spec)).map_err(failure))
         .collect::<Result<Vec<_>, _>>()?;
+    for note in kernels.iter().filter_map(|(_, spec)| spec.rules_note()) {
+        eprintln!("sim rules: {note}");
+    }
     let root = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("out").join(if args.all {
             "validate-all".to_string()
