@@ -369,12 +369,13 @@ fn plot(dir: &std::path::Path) -> Result<(), Failure> {
     } else if dir.join("sweep.json").is_file() {
         let manifest = sweep::read_manifest(dir)?;
         plots::render_sweep(dir, &manifest.axes)
-    } else if dir.join("summary.json").is_file() {
+    } else if dir.join(results::SUMMARY).is_file() {
         plots::render_run(dir)
     } else {
         return Err(Failure::Input(format!(
-            "{}: no summary.json, compare.json or sweep.json: not a numasim result directory",
-            dir.display()
+            "{}: no {}, compare.json or sweep.json: not a numasim result directory",
+            dir.display(),
+            results::SUMMARY
         )));
     }
     .map_err(Failure::Io)?;

@@ -46,35 +46,9 @@ impl Table {
     }
 }
 
-/// `summary.json` flattened to `group.name` → value (numbers only), in file order.
-pub fn read_summary(path: &Path) -> Result<Vec<(String, f64)>, Error> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-    Ok(flatten_numbers(&v).into_iter().map(|(k, n)| (k, n.as_f64().unwrap_or(f64::NAN))).collect())
-}
-
 /// The value of `key` in a flattened summary.
 pub fn get(summary: &[(String, f64)], key: &str) -> Option<f64> {
     summary.iter().find(|(k, _)| k == key).map(|(_, v)| *v)
-}
-
-/// Every number in a JSON document, keyed by its dotted path, in document order.
-pub fn flatten_numbers(v: &serde_json::Value) -> Vec<(String, serde_json::Number)> {
-    fn walk(prefix: &str, v: &serde_json::Value, out: &mut Vec<(String, serde_json::Number)>) {
-        match v {
-            serde_json::Value::Object(m) => {
-                for (k, v) in m {
-                    let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-                    walk(&key, v, out);
-                }
-            }
-            serde_json::Value::Number(n) => out.push((prefix.to_string(), n.clone())),
-            _ => {}
-        }
-    }
-    let mut out = Vec::new();
-    walk("", v, &mut out);
-    out
 }
 
 /// Mean and sample standard deviation.

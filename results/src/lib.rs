@@ -1,11 +1,16 @@
 //! The result contract shared by the simulator and the kernel oracle: the names of a run
 //! directory's files and the one writer of them. Every file is written under a temporary
 //! name in the same directory and renamed into place; `summary.json` is removed first and
-//! written last, so a directory with a summary holds one complete run.
+//! written last, so a directory with a summary holds one complete run. [`Summary`] reads
+//! `summary.json` back for every consumer.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
+
+mod summary;
+
+pub use summary::{Summary, flatten_numbers};
 
 /// A run's totals and identity; its presence marks a run complete.
 pub const SUMMARY: &str = "summary.json";
