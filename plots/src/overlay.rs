@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 use crate::chart::{Figure, Panel, Plot, Series};
-use crate::data::Table;
+use results::Table;
 
 /// Cumulative counters overlaid, with their panel titles.
 const CUMULATIVE: [(&str, &str); 2] = [

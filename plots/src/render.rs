@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 use crate::chart::{Figure, Panel, Plot, Series};
-use crate::data::{Table, get, mean_sd};
+use crate::data::{get, mean_sd};
+use results::Table;
 
 const SOURCES: [(&str, &str); 3] = [("cpu", "CPU threads"), ("kvm", "KVM guests"), ("device", "devices")];
 const FAULT_SOURCES: [(&str, &str); 4] = [

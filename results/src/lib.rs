@@ -1,15 +1,17 @@
 //! The result contract shared by the simulator and the kernel oracle: the names of a run
 //! directory's files and the one writer of them. Every file is written under a temporary
 //! name in the same directory and renamed into place; `summary.json` is removed first and
-//! written last, so a directory with a summary holds one complete run. [`Summary`] reads
-//! `summary.json` back for every consumer.
+//! written last, so a directory with a summary holds one complete run. [`Summary`] and [`Table`] read
+//! `summary.json` and `timeseries.csv` back for every consumer.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+mod series;
 mod summary;
 
+pub use series::Table;
 pub use summary::{Summary, flatten_numbers};
 
 /// A run's totals and identity; its presence marks a run complete.

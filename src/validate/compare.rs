@@ -4,8 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use plots::data::Table;
 use results::Summary;
+use results::Table;
 use serde::Serialize;
 use sim_core::config::ToleranceConfig;
 use sim_core::sched::fair::{DOMAIN_FIELDS, Idle, LB_FIELDS};

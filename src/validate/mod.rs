@@ -311,7 +311,7 @@ fn run_one(
             .collect();
     }
     let io = |e: String| Failure::Io(e);
-    let first_series = plots::data::Table::read(&facts[0].0.join(results::TIMESERIES)).map_err(io)?;
+    let first_series = results::Table::read(&facts[0].0.join(results::TIMESERIES)).map_err(io)?;
     let mut kernels = vec![Side::with_series(&facts[0].0, &first_series).map_err(io)?];
     for (d, _) in &facts[1..] {
         kernels.push(Side::read(d).map_err(io)?);
@@ -322,7 +322,7 @@ fn run_one(
     outcome.guest_vmas = guest_vmas::add(&mut sim, &guests[0]);
     let mut series = vec![first_series.clone()];
     for (d, _) in &facts[1..] {
-        series.push(plots::data::Table::read(&d.join(results::TIMESERIES)).map_err(io)?);
+        series.push(results::Table::read(&d.join(results::TIMESERIES)).map_err(io)?);
     }
     let runs: Vec<_> = guests.iter().zip(&series).collect();
     let sampler = guest_sampler::add(&mut sim, &runs);
