@@ -94,7 +94,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let manifest = Manifest { scenario: base.name.clone(), groups };
     let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", dir.display()));
     let json = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
-    write_atomic(&dir, "compare.json", json.as_bytes()).map_err(io)?;
+    write_atomic(&dir, results::manifest::COMPARE, json.as_bytes()).map_err(io)?;
     let table = table(&dir, &manifest, args.show_zero).map_err(Failure::Io)?;
     print!("{table}");
     let plots = draw(&dir, &manifest).map_err(Failure::Io)?;

@@ -11,7 +11,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use results::Summary;
+use results::{Summary, manifest};
 use serde::{Deserialize, Serialize};
 use sim_core::config::{Config, ConfigError, to_toml};
 use workloads::catalogue;
@@ -282,7 +282,7 @@ fn finish(dir: &Path, manifest: &Manifest) -> Result<(), Failure> {
     let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", dir.display()));
     fs::create_dir_all(dir).map_err(io)?;
     let json = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
-    write_atomic(dir, "sweep.json", json.as_bytes()).map_err(io)?;
+    write_atomic(dir, manifest::SWEEP, json.as_bytes()).map_err(io)?;
     let csv = results_csv(dir, manifest).map_err(Failure::Io)?;
     write_atomic(dir, "results.csv", csv.as_bytes()).map_err(io)?;
     plots::render_sweep(dir, &manifest.axes).map_err(Failure::Io)?;
@@ -317,9 +317,7 @@ fn csv_field(s: &str) -> String {
 
 /// Reads a sweep directory's manifest.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, Failure> {
-    let path = dir.join("sweep.json");
-    let text = fs::read_to_string(&path).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| Failure::Input(format!("{}: not a sweep manifest: {e}", path.display())))
+    manifest::read(dir, manifest::SWEEP, "a sweep manifest").map_err(Failure::Input)
 }
 
 /// `numasim merge`: joins shard directories of one sweep into `out`. Refuses shards of

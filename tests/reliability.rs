@@ -262,6 +262,14 @@ fn a_result_file_that_cannot_be_renamed_into_place_leaves_no_temporary_file_and_
 }
 
 #[test]
+fn a_damaged_comparison_manifest_is_refused_naming_the_file() {
+    let dir = scratch("badcompare");
+    std::fs::write(dir.join("compare.json"), "{\"groups\": [").unwrap();
+    let err = exits(2, &["plot", s(&dir)]);
+    assert!(err.contains(s(&dir.join("compare.json"))) && err.contains("not a comparison manifest"), "{err}");
+}
+
+#[test]
 fn a_closed_stdout_ends_the_program_without_a_panic() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_numasim"))
         .args(["check", "default"])

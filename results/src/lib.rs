@@ -8,6 +8,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub mod manifest;
 mod series;
 mod summary;
 

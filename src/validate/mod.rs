@@ -561,7 +561,7 @@ fn write_manifest(root: &Path, manifest: &Manifest) -> Result<(), Failure> {
     let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", root.display()));
     std::fs::create_dir_all(root).map_err(io)?;
     let json = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
-    write_atomic(root, "validate.json", (json + "\n").as_bytes()).map_err(io)?;
+    write_atomic(root, results::manifest::VALIDATE, (json + "\n").as_bytes()).map_err(io)?;
     write_atomic(root, "report.md", report::markdown(manifest).as_bytes()).map_err(io)
 }
 
