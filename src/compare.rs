@@ -5,7 +5,8 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-use plots::data::{get, mean_sd, read_summary};
+use plots::data::{get, mean_sd};
+use results::Summary;
 use sim_core::config::{Config, GupPolicy, KernelVersion};
 use workloads::catalogue;
 
@@ -93,7 +94,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
     let manifest = Manifest { scenario: base.name.clone(), groups };
     let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", dir.display()));
     let json = serde_json::to_string_pretty(&manifest).expect("a manifest serializes");
-    write_atomic(&dir, "compare.json", json.as_bytes()).map_err(io)?;
+    write_atomic(&dir, results::manifest::COMPARE, json.as_bytes()).map_err(io)?;
     let table = table(&dir, &manifest, args.show_zero).map_err(Failure::Io)?;
     print!("{table}");
     let plots = draw(&dir, &manifest).map_err(Failure::Io)?;
@@ -115,7 +116,7 @@ pub fn table(dir: &Path, manifest: &Manifest, show_zero: bool) -> Result<String,
     let mut columns = Vec::new();
     for (label, runs) in &manifest.groups {
         let summaries =
-            runs.iter().map(|r| read_summary(&dir.join(r).join("summary.json"))).collect::<Result<Vec<_>, _>>()?;
+            runs.iter().map(|r| Summary::read(&dir.join(r)).map(|s| s.values())).collect::<Result<_, _>>()?;
         columns.push((label.clone(), summaries));
     }
     Ok(format_table(&columns, show_zero))

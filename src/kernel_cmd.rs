@@ -69,9 +69,8 @@ pub fn failure(e: OracleError) -> Failure {
 }
 
 fn print_brief(run: &oracle::KernelRun) -> Result<(), Failure> {
-    let path = run.dir.join("summary.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| Failure::Io(format!("{}: {e}", path.display())))?;
-    let summary: serde_json::Value = serde_json::from_str(&text).map_err(|e| Failure::Io(e.to_string()))?;
+    let summary = results::Summary::read(&run.dir).map_err(Failure::Io)?;
+    let summary = summary.json();
     println!(
         "{}: {} on {} ({}), boot {:.1} s, workload {:.1} s guest time, {:.1} s wall",
         summary["scenario"].as_str().unwrap_or(""),

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use results::manifest;
 use sim_core::config::{ConfigError, GupPolicy, KernelVersion, to_toml};
 use workloads::catalogue;
 
@@ -371,20 +372,22 @@ fn run(
 
 /// Redraws the plots of a result directory, whatever made it.
 fn plot(dir: &std::path::Path) -> Result<(), Failure> {
-    let files = if dir.join("compare.json").is_file() {
-        let text = std::fs::read_to_string(dir.join("compare.json")).map_err(|e| Failure::Input(e.to_string()))?;
-        let manifest: compare::Manifest = serde_json::from_str(&text)
-            .map_err(|e| Failure::Input(format!("{}: {e}", dir.join("compare.json").display())))?;
+    let files = if dir.join(manifest::COMPARE).is_file() {
+        let manifest: compare::Manifest =
+            manifest::read(dir, manifest::COMPARE, "a comparison manifest").map_err(Failure::Input)?;
         compare::draw(dir, &manifest)
-    } else if dir.join("sweep.json").is_file() {
+    } else if dir.join(manifest::SWEEP).is_file() {
         let manifest = sweep::read_manifest(dir)?;
         plots::render_sweep(dir, &manifest.axes)
-    } else if dir.join("summary.json").is_file() {
+    } else if dir.join(results::SUMMARY).is_file() {
         plots::render_run(dir)
     } else {
         return Err(Failure::Input(format!(
-            "{}: no summary.json, compare.json or sweep.json: not a numasim result directory",
-            dir.display()
+            "{}: no {}, {} or {}: not a numasim result directory",
+            dir.display(),
+            results::SUMMARY,
+            manifest::COMPARE,
+            manifest::SWEEP
         )));
     }
     .map_err(Failure::Io)?;

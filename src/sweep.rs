@@ -11,6 +11,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use results::{Summary, manifest};
 use serde::{Deserialize, Serialize};
 use sim_core::config::{Config, ConfigError, to_toml};
 use workloads::catalogue;
@@ -207,28 +208,30 @@ fn folder_state(dir: &Path, config: &Config) -> Folder {
     if !dir.exists() {
         return Folder::Empty;
     }
-    let summary = dir.join("summary.json");
-    match fs::read_to_string(dir.join("config.toml")) {
-        Err(_) if !summary.exists() => return Folder::Empty,
-        Err(e) => return Folder::Incomplete(format!("config.toml unreadable: {e}")),
-        Ok(t) if t != to_toml(config) => return Folder::Incomplete("config.toml is of another config".into()),
+    match fs::read_to_string(dir.join(results::CONFIG)) {
+        Err(_) if !dir.join(results::SUMMARY).exists() => return Folder::Empty,
+        Err(e) => return Folder::Incomplete(format!("{} unreadable: {e}", results::CONFIG)),
+        Ok(t) if t != to_toml(config) => {
+            return Folder::Incomplete(format!("{} is of another config", results::CONFIG));
+        }
         Ok(_) => {}
     }
-    if !dir.join("timeseries.csv").is_file() {
-        return Folder::Incomplete("timeseries.csv is missing".into());
+    if !dir.join(results::TIMESERIES).is_file() {
+        return Folder::Incomplete(format!("{} is missing", results::TIMESERIES));
     }
-    match readable_summary(&summary) {
+    match readable_summary(dir) {
         Ok(()) => Folder::Complete,
-        Err(e) => Folder::Incomplete(format!("summary.json unreadable: {e}")),
+        Err(e) => Folder::Incomplete(format!("{} unreadable: {e}", results::SUMMARY)),
     }
 }
 
-/// A summary.json that parses and holds a run's fields.
-fn readable_summary(path: &Path) -> Result<(), String> {
-    let summary = plots::data::read_summary(path)?;
-    match plots::data::get(&summary, "sim_time_ns") {
-        Some(_) => Ok(()),
-        None => Err(format!("{}: no sim_time_ns: not a run summary", path.display())),
+/// A summary in `dir` that parses and holds a run's fields.
+fn readable_summary(dir: &Path) -> Result<(), String> {
+    let summary = Summary::read(dir)?;
+    if summary.json()["sim_time_ns"].is_number() {
+        Ok(())
+    } else {
+        Err(format!("{}: no sim_time_ns: not a run summary", summary.path().display()))
     }
 }
 
@@ -279,7 +282,7 @@ fn finish(dir: &Path, manifest: &Manifest) -> Result<(), Failure> {
     let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", dir.display()));
     fs::create_dir_all(dir).map_err(io)?;
     let json = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
-    write_atomic(dir, "sweep.json", json.as_bytes()).map_err(io)?;
+    write_atomic(dir, manifest::SWEEP, json.as_bytes()).map_err(io)?;
     let csv = results_csv(dir, manifest).map_err(Failure::Io)?;
     write_atomic(dir, "results.csv", csv.as_bytes()).map_err(io)?;
     plots::render_sweep(dir, &manifest.axes).map_err(Failure::Io)?;
@@ -291,11 +294,8 @@ fn results_csv(dir: &Path, manifest: &Manifest) -> Result<String, String> {
     let mut out = String::new();
     let mut header: Option<Vec<String>> = None;
     for p in &manifest.runs {
-        let path = run_dir(dir, p.index).join("summary.json");
-        let text = fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let cells: Vec<(String, String)> =
-            plots::data::flatten_numbers(&v).into_iter().map(|(k, n)| (k, n.to_string())).collect();
+        let summary = Summary::read(&run_dir(dir, p.index))?;
+        let cells: Vec<(String, String)> = summary.numbers().into_iter().map(|(k, n)| (k, n.to_string())).collect();
         if header.is_none() {
             let mut h = vec!["run".to_string()];
             h.extend(manifest.axes.iter().cloned());
@@ -317,9 +317,7 @@ fn csv_field(s: &str) -> String {
 
 /// Reads a sweep directory's manifest.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, Failure> {
-    let path = dir.join("sweep.json");
-    let text = fs::read_to_string(&path).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))?;
-    serde_json::from_str(&text).map_err(|e| Failure::Input(format!("{}: not a sweep manifest: {e}", path.display())))
+    manifest::read(dir, manifest::SWEEP, "a sweep manifest").map_err(Failure::Input)
 }
 
 /// `numasim merge`: joins shard directories of one sweep into `out`. Refuses shards of
@@ -356,7 +354,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<(), Failure>
     let mut sources: Vec<(RunPoint, PathBuf)> = Vec::new();
     for (d, m) in dirs.iter().zip(&manifests) {
         for p in &m.runs {
-            let readable = readable_summary(&run_dir(d, p.index).join("summary.json")).is_ok();
+            let readable = readable_summary(&run_dir(d, p.index)).is_ok();
             if readable && sources.iter().all(|(r, _)| r.index != p.index) {
                 sources.push((p.clone(), run_dir(d, p.index)));
             }
@@ -376,7 +374,7 @@ pub fn merge(dirs: &[PathBuf], out: &Path, partial: bool) -> Result<(), Failure>
         let to = run_dir(out, p.index);
         if *from != to {
             fs::create_dir_all(&to).map_err(io)?;
-            for f in ["config.toml", "timeseries.csv", "summary.json"] {
+            for f in [results::CONFIG, results::TIMESERIES, results::SUMMARY] {
                 fs::copy(from.join(f), to.join(f))
                     .map_err(|e| Failure::Io(format!("{}: {e}", from.join(f).display())))?;
             }

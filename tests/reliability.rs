@@ -272,6 +272,30 @@ fn the_result_files_left_by_a_full_disk_are_never_a_summary() {
 }
 
 #[test]
+fn a_result_file_that_cannot_be_renamed_into_place_leaves_no_temporary_file_and_no_summary() {
+    // The series' temporary file is written, and its rename onto a non-empty directory fails.
+    let dir = scratch("norename");
+    let cfg = small(&dir);
+    let out = dir.join("out");
+    std::fs::create_dir_all(out.join("timeseries.csv/x")).unwrap();
+    std::fs::write(out.join("summary.json"), "an earlier run").unwrap();
+    let err = exits(1, &["run", &cfg, "--out", s(&out)]);
+    assert!(err.contains("timeseries.csv"), "{err}");
+    let mut left: Vec<String> =
+        std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    left.sort();
+    assert_eq!(left, ["config.toml", "timeseries.csv"]);
+}
+
+#[test]
+fn a_damaged_comparison_manifest_is_refused_naming_the_file() {
+    let dir = scratch("badcompare");
+    std::fs::write(dir.join("compare.json"), "{\"groups\": [").unwrap();
+    let err = exits(2, &["plot", s(&dir)]);
+    assert!(err.contains(s(&dir.join("compare.json"))) && err.contains("not a comparison manifest"), "{err}");
+}
+
+#[test]
 fn a_closed_stdout_ends_the_program_without_a_panic() {
     let mut child = Command::new(env!("CARGO_BIN_EXE_numasim"))
         .args(["check", "default"])

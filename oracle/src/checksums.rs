@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-pub const FILE: &str = "checksums.txt";
+pub const FILE: &str = ::results::CHECKSUMS;
 
 /// One line per file: the hash in hex, two spaces, the name (as sha256sum prints).
 pub fn text(files: &[(&str, &[u8])]) -> String {

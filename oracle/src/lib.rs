@@ -25,6 +25,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ::results as contract;
 use guest::{Frame, Plan, Sample};
 pub use guest::{PteWalk, RAMDISK_KIB, TASKS_FILE, TraceInfo, TracePlan};
 pub use kernel::{KernelSpec, cache_dir, resolve_kernel};
@@ -113,10 +114,6 @@ pub struct Retry {
     pub console: String,
 }
 
-/// The result files of a run; summary.json, which marks a run complete, comes first (it is
-/// removed first and written last).
-const RESULT_FILES: [&str; 5] = ["summary.json", "config.toml", "timeseries.csv", "guest.json", checksums::FILE];
-
 /// [`run_on_kernel`], recording `trace`'s tracepoints through tracefs while the workload
 /// runs, and booting again up to `retries` times when the guest hung (timeout) or its
 /// console shows a kernel panic, an RCU stall or a soft lockup: under TCG on a loaded host
@@ -171,12 +168,13 @@ fn after_retries(retried: &[Retry], attempt: u32, message: &str) -> String {
 
 /// Removes an earlier run's result files and kept consoles from `out`, summary.json first.
 pub fn clear_results(out: &Path) -> Result<(), OracleError> {
+    contract::clear(out).map_err(|e| OracleError::Io(e.to_string()))?;
     let entries = std::fs::read_dir(out).map_err(|e| OracleError::Io(format!("{}: {e}", out.display())))?;
     let consoles: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with("console.attempt-")))
         .collect();
-    for path in RESULT_FILES.iter().map(|f| out.join(f)).chain(consoles) {
+    for path in consoles {
         match std::fs::remove_file(&path) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
                 return Err(OracleError::Io(format!("{}: {e}", path.display())));
@@ -488,17 +486,8 @@ fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleEr
 }
 
 fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &KernelRun) -> Result<(), OracleError> {
-    let dir = &run.dir;
-    let write = |name: &str, data: &[u8]| {
-        let tmp = stop::Scratch::new(dir.join(format!(".{name}.tmp")));
-        std::fs::write(tmp.path(), data)
-            .and_then(|_| std::fs::rename(tmp.path(), dir.join(name)))
-            .map_err(|e| OracleError::Io(format!("{}: {e}", dir.join(name).display())))
-    };
     let config = sim_core::config::to_toml(cfg);
     let series = results::timeseries(plan, &o.samples);
-    write("config.toml", config.as_bytes())?;
-    write("timeseries.csv", series.as_bytes())?;
     let info = results::RunInfo {
         scenario: &cfg.name,
         seed: cfg.run.seed,
@@ -539,18 +528,24 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "sched_domains": domains,
     });
     let guest_text = serde_json::to_string_pretty(&guest_json).expect("json") + "\n";
-    write("guest.json", guest_text.as_bytes())?;
     let summary = results::summary(&info, plan, &o.samples, &o.files)
         .map_err(|m| OracleError::Input(format!("kernel {}: {m}", o.release)))?;
     let summary = serde_json::to_string_pretty(&summary).expect("json") + "\n";
     let files: [(&str, &[u8]); 4] = [
-        ("config.toml", config.as_bytes()),
-        ("timeseries.csv", series.as_bytes()),
-        ("guest.json", guest_text.as_bytes()),
-        ("summary.json", summary.as_bytes()),
+        (contract::CONFIG, config.as_bytes()),
+        (contract::TIMESERIES, series.as_bytes()),
+        (contract::GUEST, guest_text.as_bytes()),
+        (contract::SUMMARY, summary.as_bytes()),
     ];
-    write(checksums::FILE, checksums::text(&files).as_bytes())?;
-    write("summary.json", summary.as_bytes())
+    let sums = checksums::text(&files);
+    let written = [files[0], files[1], files[2], (contract::CHECKSUMS, sums.as_bytes())];
+    write_run_files(&run.dir, &written, summary.as_bytes())
+}
+
+/// A kernel run's files through the contract's one writer; a temporary file is removed also
+/// on a SIGINT or SIGTERM.
+fn write_run_files(dir: &Path, files: &[(&str, &[u8])], summary: &[u8]) -> Result<(), OracleError> {
+    contract::write_run(dir, files, summary, stop::Scratch::new).map_err(|e| OracleError::Io(e.to_string()))
 }
 
 #[cfg(test)]
@@ -581,7 +576,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("numasim-oracle-clear-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let kept = ["console.log", "trace.txt", "notes.md"];
-        for f in RESULT_FILES.iter().chain(&["console.attempt-1.log", "console.attempt-2.log"]).chain(&kept) {
+        for f in contract::RUN_FILES.iter().chain(&["console.attempt-1.log", "console.attempt-2.log"]).chain(&kept) {
             std::fs::write(dir.join(f), "x").unwrap();
         }
         clear_results(&dir).unwrap();
@@ -589,6 +584,24 @@ mod tests {
             std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         left.sort();
         assert_eq!(left, ["console.log", "notes.md", "trace.txt"]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_kernel_run_that_cannot_be_written_leaves_no_temporary_file_and_no_summary() {
+        let dir = std::env::temp_dir().join(format!("numasim-oracle-unwritable-{}", std::process::id()));
+        // A non-empty directory where guest.json goes: its temporary file is written, the
+        // rename fails.
+        std::fs::create_dir_all(dir.join(contract::GUEST).join("x")).unwrap();
+        std::fs::write(dir.join(contract::SUMMARY), "an earlier run").unwrap();
+        let files: [(&str, &[u8]); 3] =
+            [(contract::CONFIG, b"c"), (contract::TIMESERIES, b"t"), (contract::GUEST, b"g")];
+        let err = write_run_files(&dir, &files, b"s").unwrap_err().to_string();
+        assert!(err.contains(contract::GUEST), "{err}");
+        let mut left: Vec<String> =
+            std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+        left.sort();
+        assert_eq!(left, [contract::CONFIG, contract::GUEST, contract::TIMESERIES]);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

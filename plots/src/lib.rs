@@ -1,5 +1,6 @@
 //! numasim's charts, drawn from result files (`summary.json`, `timeseries.csv`,
-//! `results.csv`) with plotters. This crate knows the result contract, not the simulator.
+//! `results.csv`, read through the `results` crate) with plotters. This crate knows the result
+//! contract, not the simulator.
 //!
 //! Every chart is written twice, as PNG and SVG. Text uses an embedded DejaVu Sans, so
 //! charts render on a machine without any fonts installed; colours follow the Okabe–Ito

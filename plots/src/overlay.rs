@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 use crate::chart::{Figure, Panel, Plot, Series};
-use crate::data::Table;
+use results::Table;
 
 /// Cumulative counters overlaid, with their panel titles.
 const CUMULATIVE: [(&str, &str); 2] = [
@@ -19,7 +19,7 @@ const CUMULATIVE: [(&str, &str); 2] = [
 pub fn render_overlay(out: &Path, name: &str, title: &str, runs: &[(String, PathBuf)]) -> Result<Vec<PathBuf>, Error> {
     let tables = runs
         .iter()
-        .map(|(label, dir)| Ok((label.as_str(), Table::read(&dir.join("timeseries.csv"))?)))
+        .map(|(label, dir)| Ok((label.as_str(), Table::read(&dir.join(results::TIMESERIES))?)))
         .collect::<Result<Vec<_>, Error>>()?;
     let mut panels: Vec<Panel> = CUMULATIVE
         .iter()

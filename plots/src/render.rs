@@ -4,7 +4,8 @@ use std::path::{Path, PathBuf};
 
 use crate::Error;
 use crate::chart::{Figure, Panel, Plot, Series};
-use crate::data::{Table, get, mean_sd, read_summary};
+use crate::data::{get, mean_sd};
+use results::Table;
 
 const SOURCES: [(&str, &str); 3] = [("cpu", "CPU threads"), ("kvm", "KVM guests"), ("device", "devices")];
 const FAULT_SOURCES: [(&str, &str); 4] = [
@@ -41,7 +42,7 @@ struct Averaged {
 
 impl Averaged {
     fn load(label: &str, dirs: &[PathBuf]) -> Result<Self, Error> {
-        let runs = dirs.iter().map(|d| Table::read(&d.join("timeseries.csv"))).collect::<Result<Vec<_>, _>>()?;
+        let runs = dirs.iter().map(|d| Table::read(&d.join(results::TIMESERIES))).collect::<Result<Vec<_>, _>>()?;
         let table = runs.first().cloned().unwrap_or_default();
         Ok(Self { label: label.to_string(), table, runs })
     }
@@ -100,7 +101,7 @@ fn save(out: &Path, name: &str, title: &str, panels: Vec<Panel>, columns: usize)
 
 /// The figures of one run directory.
 pub fn render_run(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let summary = read_summary(&dir.join("summary.json"))?;
+    let summary = results::Summary::read(dir)?.values();
     let label = format!("seed {}", get(&summary, "seed").unwrap_or(0.0));
     let mut files = render_comparison(dir, &[(label, vec![dir.to_path_buf()])])?;
     files.extend(render_placement(dir)?);
@@ -110,7 +111,7 @@ pub fn render_run(dir: &Path) -> Result<Vec<PathBuf>, Error> {
 
 /// Memory in use on each node over time (`node.*.used_pages`): where migration moves pages.
 fn render_memory(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let table = Table::read(&dir.join("timeseries.csv"))?;
+    let table = Table::read(&dir.join(results::TIMESERIES))?;
     let t = table.time_s();
     let series: Vec<Series> = table
         .header
@@ -144,7 +145,7 @@ const MAX_PLACEMENT_LINES: usize = 16;
 /// threads while balancing converged. Lines are offset a little so threads on one node
 /// stay apart.
 fn render_placement(dir: &Path) -> Result<Vec<PathBuf>, Error> {
-    let table = Table::read(&dir.join("timeseries.csv"))?;
+    let table = Table::read(&dir.join(results::TIMESERIES))?;
     let t = table.time_s();
     let threads: Vec<&String> = table.header.iter().filter(|h| h.starts_with("task.") && h.ends_with(".nid")).collect();
     let n = threads.len().min(MAX_PLACEMENT_LINES);

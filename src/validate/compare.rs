@@ -4,7 +4,8 @@
 use std::fmt::Write as _;
 use std::path::Path;
 
-use plots::data::{Table, read_summary};
+use results::Summary;
+use results::Table;
 use serde::Serialize;
 use sim_core::config::ToleranceConfig;
 use sim_core::sched::fair::{DOMAIN_FIELDS, Idle, LB_FIELDS};
@@ -55,20 +56,14 @@ const META: [&str; 4] = ["seed", "sim_time_ns", "events", "wall_s"];
 
 impl Side {
     pub fn read(dir: &Path) -> Result<Self, String> {
-        Self::with_series(dir, &Table::read(&dir.join("timeseries.csv"))?)
+        Self::with_series(dir, &Table::read(&dir.join(results::TIMESERIES))?)
     }
 
     /// The side in `dir`, whose timeseries.csv the caller has read already.
     pub fn with_series(dir: &Path, series: &Table) -> Result<Self, String> {
-        let path = dir.join("summary.json");
-        let values = read_summary(&path)?.into_iter().filter(|(k, _)| !META.contains(&k.as_str())).collect();
-        let text = std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
-        let not_measured = json["not_measured"]
-            .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
-            .unwrap_or_default();
-        Ok(Self { values, not_measured, placement: final_placement(series) })
+        let summary = Summary::read(dir)?;
+        let values = summary.values().into_iter().filter(|(k, _)| !META.contains(&k.as_str())).collect();
+        Ok(Self { values, not_measured: summary.not_measured(), placement: final_placement(series) })
     }
 
     #[cfg(test)]

@@ -9,7 +9,7 @@
 //! The kernel's time series show it: the device's guest time per touch in sample intervals
 //! where most touches migrated a page, against intervals without a hint fault.
 
-use plots::data::Table;
+use results::Table;
 use serde::Serialize;
 use sim_core::config::Config;
 

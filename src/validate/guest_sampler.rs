@@ -20,7 +20,7 @@
 
 use oracle::TASKS_FILE;
 use oracle::schedstat::{process_run_ns, rq_cpu_time_ns};
-use plots::data::Table;
+use results::Table;
 use sim_core::config::{Config, MainThread, ProcessConfig, ThreadConfig};
 
 /// The process name of the stand-in.

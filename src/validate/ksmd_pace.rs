@@ -7,7 +7,7 @@
 //! per page looked at, the second the cost per merge. The sim gets them as
 //! `ksm.scan_cost_ns` and `ksm.merge_cost_ns`.
 
-use plots::data::Table;
+use results::Table;
 use serde::Serialize;
 use sim_core::config::Config;
 use sim_core::sim::PAGES_PER_MIB;

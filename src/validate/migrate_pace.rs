@@ -18,7 +18,7 @@
 
 use std::collections::BTreeMap;
 
-use plots::data::Table;
+use results::Table;
 use serde::Serialize;
 use sim_core::config::Config;
 

@@ -314,18 +314,18 @@ fn run_one(
             .collect();
     }
     let io = |e: String| Failure::Io(e);
-    let first_series = plots::data::Table::read(&facts[0].0.join("timeseries.csv")).map_err(io)?;
+    let first_series = results::Table::read(&facts[0].0.join(results::TIMESERIES)).map_err(io)?;
     let mut kernels = vec![Side::with_series(&facts[0].0, &first_series).map_err(io)?];
     for (d, _) in &facts[1..] {
         kernels.push(Side::read(d).map_err(io)?);
     }
     let mut sim = sim_config(name, set, spec)?;
     let guests =
-        facts.iter().map(|(d, _)| read_json(&d.join("guest.json"))).collect::<Result<Vec<_>, _>>().map_err(io)?;
+        facts.iter().map(|(d, _)| read_json(&d.join(results::GUEST))).collect::<Result<Vec<_>, _>>().map_err(io)?;
     outcome.guest_vmas = guest_vmas::add(&mut sim, &guests[0]);
     let mut series = vec![first_series.clone()];
     for (d, _) in &facts[1..] {
-        series.push(plots::data::Table::read(&d.join("timeseries.csv")).map_err(io)?);
+        series.push(results::Table::read(&d.join(results::TIMESERIES)).map_err(io)?);
     }
     let runs: Vec<_> = guests.iter().zip(&series).collect();
     let sampler = guest_sampler::add(&mut sim, &runs);
@@ -496,13 +496,13 @@ fn kernel_side(
 /// whose result files changed since it wrote them is bad input; one from before the
 /// checksums were written boots again.
 fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Result<Option<KernelFacts>, Failure> {
-    if !dir.join("summary.json").is_file() {
+    if !dir.join(results::SUMMARY).is_file() {
         return Ok(None);
     }
     match oracle::checksums::verify(dir) {
         Ok(true) => Ok(same_run(config, spec, dir)),
         Ok(false) => {
-            eprintln!("validate: {} has no {}: booting again", dir.display(), oracle::checksums::FILE);
+            eprintln!("validate: {} has no {}: booting again", dir.display(), results::CHECKSUMS);
             Ok(None)
         }
         Err(e) => Err(Failure::Input(format!(
@@ -515,12 +515,13 @@ fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Result
 fn same_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option<KernelFacts> {
     // Parsed, so that a run written before a key was added (with its default) still counts;
     // tolerances are not part of what ran.
-    let text = std::fs::read_to_string(dir.join("config.toml")).ok()?;
+    let text = std::fs::read_to_string(dir.join(results::CONFIG)).ok()?;
     let earlier = load(&Source { origin: dir.display().to_string(), text }, &[]).ok()?;
     let same = Config { validate: None, ..earlier } == Config { validate: None, ..config.clone() };
-    let guest: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("guest.json")).ok()?).ok()?;
+    let guest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join(results::GUEST)).ok()?).ok()?;
     let release = guest["release"].as_str()?.to_string();
-    if !same || release != spec.release() || !dir.join("summary.json").is_file() {
+    if !same || release != spec.release() || !dir.join(results::SUMMARY).is_file() {
         return None;
     }
     Some(KernelFacts {
@@ -563,7 +564,7 @@ fn write_manifest(root: &Path, manifest: &Manifest) -> Result<(), Failure> {
     let io = |e: std::io::Error| Failure::Io(format!("{}: {e}", root.display()));
     std::fs::create_dir_all(root).map_err(io)?;
     let json = serde_json::to_string_pretty(manifest).expect("a manifest serializes");
-    write_atomic(root, "validate.json", (json + "\n").as_bytes()).map_err(io)?;
+    write_atomic(root, results::manifest::VALIDATE, (json + "\n").as_bytes()).map_err(io)?;
     write_atomic(root, "report.md", report::markdown(manifest).as_bytes()).map_err(io)
 }
 
