@@ -4,8 +4,8 @@
 //!
 //! Simplifications, one per line:
 //! - Every thread is nice 0 in the root task group: its load weight is NICE_0_LOAD scaled
-//!   down (1024) and task_h_load() is its own load_avg (the oracle's guest starts no session,
-//!   so autogroup leaves its threads in the root group).
+//!   down (1024) and task_h_load() is its own load_avg (the oracle's guest never calls
+//!   setsid(), so autogroup leaves its threads in the root group).
 //! - A CPU's cfs_rq averages are the sums of its threads' averages, runnable and blocked,
 //!   each decayed to the time asked ([`SchedAvg::at`]); the kernel keeps running sums that
 //!   equal these up to rounding.
