@@ -7,7 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use common::fake::{FULL_CONFIG, fake_bzimage, guest_frames, write_script};
-use common::{numasim, oracle_missing, s, scratch};
+use common::{numasim, s, scratch, skips_real_boot};
 
 fn rejected_with(out: std::process::Output, needle: &str) {
     let err = String::from_utf8_lossy(&out.stderr);
@@ -68,12 +68,7 @@ fn missing_qemu_is_refused_with_the_apt_get_line() {
 
 #[test]
 fn a_guest_past_its_timeout_is_killed_and_its_console_shown() {
-    if std::env::var("NUMASIM_ORACLE").as_deref() != Ok("1") {
-        eprintln!("skipping the timeout test: set NUMASIM_ORACLE=1 to boot real kernels under QEMU");
-        return;
-    }
-    if let Some(why) = oracle_missing("6.12") {
-        eprintln!("skipping the timeout test: {why}");
+    if skips_real_boot("timeout", "6.12") {
         return;
     }
     let dir = scratch("kernel-timeout");
@@ -107,12 +102,7 @@ fn kernel_trace_options_that_cannot_apply_are_refused_before_booting() {
 /// with the sim's trace of the same config prints the same fields in the same order.
 #[test]
 fn a_kernel_trace_holds_the_tracepoints_with_the_fields_the_sim_prints() {
-    if std::env::var("NUMASIM_ORACLE").as_deref() != Ok("1") {
-        eprintln!("skipping the kernel trace test: set NUMASIM_ORACLE=1 to boot real kernels under QEMU");
-        return;
-    }
-    if let Some(why) = oracle_missing("6.12") {
-        eprintln!("skipping the kernel trace test: {why}");
+    if skips_real_boot("kernel trace", "6.12") {
         return;
     }
     use sim_core::trace::parse::count_events;

@@ -10,7 +10,7 @@ use std::process::{Child, Output};
 use std::time::{Duration, Instant};
 
 use common::fake::FakeHost;
-use common::{oracle_missing, qemu_naming, running, s, scratch};
+use common::{qemu_naming, running, s, scratch, skips_real_boot};
 
 /// Waits up to `limit` for `ready`.
 fn wait_for(limit: Duration, mut ready: impl FnMut() -> bool) -> bool {
@@ -166,12 +166,7 @@ fn four_runs_on_one_empty_cache_all_succeed() {
 /// lasts 20 s). QEMU is gone with numasim, and only the console is left in the directory.
 #[test]
 fn a_signal_to_numasim_stops_real_qemu_at_boot_and_mid_run() {
-    if std::env::var("NUMASIM_ORACLE").as_deref() != Ok("1") {
-        eprintln!("skipping the QEMU signal test: set NUMASIM_ORACLE=1 to boot real kernels under QEMU");
-        return;
-    }
-    if let Some(why) = oracle_missing("6.1") {
-        eprintln!("skipping the QEMU signal test: {why}");
+    if skips_real_boot("QEMU signal", "6.1") {
         return;
     }
     for (sig, after) in [(libc::SIGINT, 1), (libc::SIGTERM, 10), (libc::SIGKILL, 10)] {

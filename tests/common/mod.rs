@@ -47,6 +47,20 @@ pub fn oracle_missing(kernel: &str) -> Option<String> {
     oracle::resolve_kernel(kernel).err().map(|e| format!("kernel {kernel}: {e}"))
 }
 
+/// Whether the test `what` skips its real boot of `kernel`: it boots only with
+/// NUMASIM_ORACLE=1 and when the oracle can run that kernel here, and says why it skips.
+pub fn skips_real_boot(what: &str, kernel: &str) -> bool {
+    if std::env::var("NUMASIM_ORACLE").as_deref() != Ok("1") {
+        eprintln!("skipping the {what} test: set NUMASIM_ORACLE=1 to boot real kernels under QEMU");
+        return true;
+    }
+    if let Some(why) = oracle_missing(kernel) {
+        eprintln!("skipping the {what} test: {why}");
+        return true;
+    }
+    false
+}
+
 /// Alive and not a zombie.
 pub fn running(pid: i32) -> bool {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
