@@ -93,21 +93,18 @@ fn find_busiest_queue(k: &Kernel, tasks: &Tasks, env: &LbEnv, g: &Group) -> Opti
         if nr == 0 {
             continue;
         }
-        let avg = rq_avg(k, tasks, cpu);
         let value = match env.migration {
             Migration::Load => {
-                if nr == 1 && avg.load as i64 > env.imbalance {
+                let load = rq_avg(k, tasks, cpu).load;
+                if nr == 1 && load as i64 > env.imbalance {
                     continue;
                 }
-                avg.load
+                load
             }
             // 6.12 compares cpu_util_cfs_boost(), 6.1 cpu_util_cfs().
             Migration::Util if nr > 1 => {
-                if k.rules.lb_6_12 {
-                    avg.util_cfs_boost()
-                } else {
-                    avg.util_cfs()
-                }
+                let avg = rq_avg(k, tasks, cpu);
+                if k.rules.lb_6_12 { avg.util_cfs_boost() } else { avg.util_cfs() }
             }
             Migration::Util => continue,
             Migration::Task => nr,
