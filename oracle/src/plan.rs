@@ -109,7 +109,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         nodes: m.nodes,
         cpus_per_node: m.cpus_per_node,
         writes: writes(c),
-        start_writes: vec![(NUMA_BALANCING.into(), u8::from(c.kernel.numa_balancing).to_string())],
+        start_writes: vec![(NUMA_BALANCING.into(), c.kernel.numa_balancing.mode().to_string())],
         brd_kib,
         smmus,
         processes,

@@ -58,20 +58,73 @@ impl Default for RunConfig {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MachineConfig {
+    /// Nodes with CPUs and memory (numbered first).
     pub nodes: u32,
     pub cpus_per_node: u32,
     pub memory_per_node_mib: u64,
-    /// SLIT distances, `nodes` rows of `nodes` entries; default 10 local, 20 remote.
+    /// SLIT distances, a row per node (CPU-less nodes included) of as many entries; default
+    /// 10 local, 20 remote.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub distance: Option<Vec<Vec<u32>>>,
     /// Latency of one cache-line access to local memory; remote access costs
     /// `local_latency_ns * distance / 10`.
     pub local_latency_ns: u64,
+    /// CPU-less memory nodes (CXL or PMEM expanders), numbered after the CPU nodes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub memory_node: Vec<MemoryNodeConfig>,
+}
+
+/// A node with memory and no CPUs (N_MEMORY without N_CPU).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MemoryNodeConfig {
+    pub memory_mib: u64,
+    /// Latency of one cache-line access from any CPU node: what HMAT reports as the read
+    /// and the write latency from the node's best initiator.
+    pub latency_ns: u64,
+    /// The node's abstract distance as a driver's memory type would set it (dax kmem's
+    /// MEMTIER_DEFAULT_DAX_ADISTANCE is 640); otherwise computed from the latency as
+    /// mt_perf_to_adistance() does.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub abstract_distance: Option<u32>,
+}
+
+impl Default for MemoryNodeConfig {
+    fn default() -> Self {
+        Self { memory_mib: 1024, latency_ns: 250, abstract_distance: None }
+    }
 }
 
 impl Default for MachineConfig {
     fn default() -> Self {
-        Self { nodes: 2, cpus_per_node: 4, memory_per_node_mib: 1024, distance: None, local_latency_ns: 100 }
+        Self {
+            nodes: 2,
+            cpus_per_node: 4,
+            memory_per_node_mib: 1024,
+            distance: None,
+            local_latency_ns: 100,
+            memory_node: Vec::new(),
+        }
+    }
+}
+
+impl MachineConfig {
+    /// All nodes, CPU-less ones included (nr_node_ids).
+    pub fn nr_nodes(&self) -> u32 {
+        self.nodes + self.memory_node.len() as u32
+    }
+
+    /// Memory of node `nid` in MiB.
+    pub fn node_memory_mib(&self, nid: u32) -> u64 {
+        match nid.checked_sub(self.nodes) {
+            Some(i) => self.memory_node[i as usize].memory_mib,
+            None => self.memory_per_node_mib,
+        }
+    }
+
+    /// Memory of the whole machine in MiB.
+    pub fn total_memory_mib(&self) -> u64 {
+        (0..self.nr_nodes()).map(|n| self.node_memory_mib(n)).sum()
     }
 }
 
@@ -163,10 +216,9 @@ impl NotifierMode {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct KernelConfig {
-    /// /proc/sys/kernel/numa_balancing: `true`/1 normal mode, `false`/0 off (2, memory
-    /// tiering, is not modelled).
-    #[serde(deserialize_with = "numa_balancing_mode")]
-    pub numa_balancing: bool,
+    /// /proc/sys/kernel/numa_balancing: 0 (`false`) off, 1 (`true`) normal, 2 memory
+    /// tiering, 3 both.
+    pub numa_balancing: NumaBalancing,
     pub numa_balancing_scan_delay_ms: u64,
     pub numa_balancing_scan_period_min_ms: u64,
     pub numa_balancing_scan_period_max_ms: u64,
@@ -195,10 +247,86 @@ pub struct KernelConfig {
     /// balancing over the sched domains, `sched/fair/`); `false`: threads move only by NUMA
     /// placement, for A/B runs.
     pub load_balance: bool,
+    /// /proc/sys/kernel/numa_balancing_promote_rate_limit_MBps (default 65536).
+    #[serde(rename = "numa_balancing_promote_rate_limit_MBps", skip_serializing_if = "is_default_promote_rate_limit")]
+    pub numa_balancing_promote_rate_limit_mbps: u64,
+    /// /sys/kernel/debug/sched/numa_balancing/hot_threshold_ms (default 1000), a debugfs
+    /// file rather than a sysctl.
+    #[serde(skip_serializing_if = "is_default_hot_threshold")]
+    pub numa_balancing_hot_threshold_ms: u64,
+    /// /sys/kernel/mm/numa/demotion_enabled (default false): reclaim demotes to the next
+    /// memory tier.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub demotion_enabled: bool,
+}
+
+/// sysctl_numa_balancing_promote_rate_limit's default (kernel/sched/fair.c, 6.12, 7.3).
+pub const PROMOTE_RATE_LIMIT_MBPS: u64 = 65536;
+/// sysctl_numa_balancing_hot_threshold's default, MSEC_PER_SEC.
+pub const HOT_THRESHOLD_MS: u64 = 1000;
+
+fn is_default_promote_rate_limit(v: &u64) -> bool {
+    *v == PROMOTE_RATE_LIMIT_MBPS
+}
+
+fn is_default_hot_threshold(v: &u64) -> bool {
+    *v == HOT_THRESHOLD_MS
+}
+
+/// `sysctl_numa_balancing_mode`: NUMA_BALANCING_NORMAL (1) and NUMA_BALANCING_MEMORY_TIERING
+/// (2) bits (include/linux/sched/sysctl.h). Read as the sysctl is written (0 to 3) or as a
+/// boolean; written back as a boolean for 0 and 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NumaBalancing(u8);
+
+impl NumaBalancing {
+    pub const DISABLED: Self = Self(0);
+    pub const NORMAL: Self = Self(1);
+    pub const MEMORY_TIERING: Self = Self(2);
+
+    /// Any mode: the sched_numa_balancing static key is on and task_numa_work() scans.
+    pub fn enabled(self) -> bool {
+        self.0 != 0
+    }
+
+    /// NUMA_BALANCING_NORMAL: top-tier pages are scanned and placed by locality.
+    pub fn normal(self) -> bool {
+        self.0 & Self::NORMAL.0 != 0
+    }
+
+    /// NUMA_BALANCING_MEMORY_TIERING: slow-tier pages are promoted by hotness.
+    pub fn tiering(self) -> bool {
+        self.0 & Self::MEMORY_TIERING.0 != 0
+    }
+
+    pub fn mode(self) -> u8 {
+        self.0
+    }
+}
+
+impl From<bool> for NumaBalancing {
+    fn from(on: bool) -> Self {
+        if on { Self::NORMAL } else { Self::DISABLED }
+    }
+}
+
+impl Serialize for NumaBalancing {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self.0 {
+            0 | 1 => s.serialize_bool(self.0 == 1),
+            n => s.serialize_u8(n),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for NumaBalancing {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        numa_balancing_mode(d)
+    }
 }
 
 /// Reads `numa_balancing` as the sysctl is written (0, 1) or as a boolean.
-fn numa_balancing_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+fn numa_balancing_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<NumaBalancing, D::Error> {
     #[derive(Deserialize)]
     #[serde(untagged)]
     enum Mode {
@@ -206,14 +334,10 @@ fn numa_balancing_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D
         Int(i64),
     }
     match Mode::deserialize(d)? {
-        Mode::Bool(b) => Ok(b),
-        Mode::Int(0) => Ok(false),
-        Mode::Int(1) => Ok(true),
-        Mode::Int(2) => {
-            Err(serde::de::Error::custom("numa_balancing = 2 (memory tiering) is not modelled; use 0 or 1"))
-        }
+        Mode::Bool(b) => Ok(b.into()),
+        Mode::Int(n @ 0..=3) => Ok(NumaBalancing(n as u8)),
         Mode::Int(n) => {
-            Err(serde::de::Error::custom(format!("numa_balancing must be 0 or 1 (or false/true), got {n}")))
+            Err(serde::de::Error::custom(format!("numa_balancing must be 0 to 3 (or false/true), got {n}")))
         }
     }
 }
@@ -221,7 +345,7 @@ fn numa_balancing_mode<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D
 impl Default for KernelConfig {
     fn default() -> Self {
         Self {
-            numa_balancing: true,
+            numa_balancing: NumaBalancing::NORMAL,
             numa_balancing_scan_delay_ms: 1000,
             numa_balancing_scan_period_min_ms: 1000,
             numa_balancing_scan_period_max_ms: 60_000,
@@ -236,6 +360,9 @@ impl Default for KernelConfig {
             pte_scan_cost_ns: 10,
             tlb_flush_cost_ns: 0,
             load_balance: true,
+            numa_balancing_promote_rate_limit_mbps: PROMOTE_RATE_LIMIT_MBPS,
+            numa_balancing_hot_threshold_ms: HOT_THRESHOLD_MS,
+            demotion_enabled: false,
         }
     }
 }
@@ -926,6 +1053,28 @@ fn span_of(table: &DeTable<'_>, segs: &[(&str, Option<usize>)]) -> Option<std::o
 
 type Invalid = (String, String);
 
+/// CPU-less nodes: a size, a latency, and room for them among MAX_NODES.
+fn validate_memory_nodes(m: &MachineConfig) -> Result<(), Invalid> {
+    let max = crate::machine::MAX_NODES as u32;
+    check(
+        m.nr_nodes() <= max,
+        "machine.memory_node",
+        format!("machine.nodes plus CPU-less nodes must be at most {max}, got {}", m.nr_nodes()),
+    )?;
+    for (i, n) in m.memory_node.iter().enumerate() {
+        let at = |rest: &str| format!("machine.memory_node[{i}].{rest}");
+        check(n.memory_mib >= 1, at("memory_mib"), "must be at least 1")?;
+        check(n.latency_ns >= 1, at("latency_ns"), "must be at least 1")?;
+        let max_adist = crate::mm::memory_tiers::MAX_ABSTRACT_DISTANCE;
+        check(
+            n.abstract_distance.is_none_or(|a| a <= max_adist),
+            at("abstract_distance"),
+            format!("must be at most {max_adist}"),
+        )?;
+    }
+    Ok(())
+}
+
 fn check(ok: bool, key: impl Into<String>, message: impl Into<String>) -> Result<(), Invalid> {
     if ok { Ok(()) } else { Err((key.into(), message.into())) }
 }
@@ -942,12 +1091,13 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     )?;
     check(m.memory_per_node_mib >= 1, "machine.memory_per_node_mib", "must be at least 1")?;
     check(m.local_latency_ns >= 1, "machine.local_latency_ns", "must be at least 1")?;
+    validate_memory_nodes(m)?;
     if let Some(d) = &m.distance {
-        let n = m.nodes as usize;
+        let n = m.nr_nodes() as usize;
         check(
             d.len() == n && d.iter().all(|row| row.len() == n),
             "machine.distance",
-            format!("must be {n} rows of {n} entries (machine.nodes = {n})"),
+            format!("must be {n} rows of {n} entries (machine.nodes plus machine.memory_node: {n})"),
         )?;
         for (i, row) in d.iter().enumerate() {
             for (j, &v) in row.iter().enumerate() {
@@ -969,6 +1119,17 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
     )?;
     let k = &c.kernel;
     check(k.numa_balancing_scan_size_mb >= 1, "kernel.numa_balancing_scan_size_mb", "must be at least 1")?;
+    // Both are unsigned ints in the kernel; the rate limit is shifted into pages.
+    check(
+        k.numa_balancing_promote_rate_limit_mbps <= u64::from(u32::MAX >> 8),
+        "kernel.numa_balancing_promote_rate_limit_MBps",
+        format!("must be at most {}", u32::MAX >> 8),
+    )?;
+    check(
+        k.numa_balancing_hot_threshold_ms <= u64::from(u32::MAX >> 1),
+        "kernel.numa_balancing_hot_threshold_ms",
+        format!("must be at most {}", u32::MAX >> 1),
+    )?;
     check(
         k.numa_balancing_scan_period_min_ms >= 1
             && k.numa_balancing_scan_period_min_ms <= k.numa_balancing_scan_period_max_ms,
@@ -982,7 +1143,7 @@ pub fn validate(c: &Config) -> Result<(), Invalid> {
 }
 
 fn validate_processes(c: &Config) -> Result<(), Invalid> {
-    let nodes = c.machine.nodes;
+    let nodes = c.machine.nr_nodes();
     let mut total_mib = 0u64;
     for (pi, p) in c.process.iter().enumerate() {
         let at = |rest: &str| format!("process[{pi}].{rest}");
@@ -1081,7 +1242,7 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
     check(c.ksm.sleep_millisecs >= 1, "ksm.sleep_millisecs", "must be at least 1")?;
     check(c.aging.interval_ms >= 1, "aging.interval_ms", "must be at least 1")?;
     validate_tolerances(c)?;
-    let have = c.machine.memory_per_node_mib * u64::from(nodes);
+    let have = c.machine.total_memory_mib();
     check(total_mib <= have, "process", format!("the VMAs need {total_mib} MiB but the machine has {have} MiB"))
 }
 

@@ -38,6 +38,7 @@ pub struct Kernel<'w, 's> {
     /// The kernel version's rules (`kernel.version`).
     pub rules: Res<'w, Rules>,
     pub topo: Res<'w, Topology>,
+    pub tiers: Res<'w, crate::mm::memory_tiers::MemoryTiers>,
     pub pages: ResMut<'w, Pages>,
     pub counters: ResMut<'w, Counters>,
     pub pgdat: Query<'w, 's, &'static mut PgData>,

@@ -22,7 +22,10 @@ pub const NUMA_NO_NODE: Nid = u8::MAX;
 /// The fixed shape of the machine, read by every mechanism.
 #[derive(Resource, Debug, Clone)]
 pub struct Topology {
+    /// All nodes (nr_node_ids), CPU-less ones included.
     pub nr_nodes: u32,
+    /// Nodes with CPUs (N_CPU), numbered first; the rest are CPU-less memory nodes.
+    pub nr_cpu_nodes: u32,
     pub cpus_per_node: u32,
     /// SLIT distance from node a to node b (`node_distance()`), row by row.
     distance: Vec<u32>,
@@ -37,7 +40,7 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(m: &MachineConfig) -> Self {
-        let n = m.nodes as usize;
+        let n = m.nr_nodes() as usize;
         let distance: Vec<u32> = (0..n * n)
             .map(|i| {
                 let (a, b) = (i / n, i % n);
@@ -48,8 +51,13 @@ impl Topology {
                 }
             })
             .collect();
-        let latency_ns =
-            distance.iter().map(|&d| m.local_latency_ns * u64::from(d) / u64::from(LOCAL_DISTANCE)).collect();
+        // A CPU-less node is as far from every CPU node as its own latency says.
+        let latency_ns = (0..n * n)
+            .map(|i| match m.memory_node.get((i % n).wrapping_sub(m.nodes as usize)) {
+                Some(mem) if i / n != i % n => mem.latency_ns,
+                _ => m.local_latency_ns * u64::from(distance[i]) / u64::from(LOCAL_DISTANCE),
+            })
+            .collect();
         let zonelist = (0..n)
             .map(|a| {
                 let mut order: Vec<Nid> = (0..n as Nid).collect();
@@ -58,7 +66,8 @@ impl Topology {
             })
             .collect();
         Self {
-            nr_nodes: m.nodes,
+            nr_nodes: n as u32,
+            nr_cpu_nodes: m.nodes,
             cpus_per_node: m.cpus_per_node,
             distance,
             latency_ns,
@@ -69,7 +78,26 @@ impl Topology {
     }
 
     pub fn nr_cpus(&self) -> u32 {
-        self.nr_nodes * self.cpus_per_node
+        self.nr_cpu_nodes * self.cpus_per_node
+    }
+
+    /// The nodes with CPUs (for_each_node_state(nid, N_CPU)).
+    pub fn cpu_nodes(&self) -> std::ops::Range<Nid> {
+        0..self.nr_cpu_nodes as Nid
+    }
+
+    /// `node_state(nid, N_CPU)`.
+    pub fn has_cpus(&self, nid: Nid) -> bool {
+        u32::from(nid) < self.nr_cpu_nodes
+    }
+
+    /// Models numa_nearest_node(nid, N_CPU) (mm/mempolicy.c, 6.12, 7.3): `nid` if it has
+    /// CPUs, else the nearest node that has, the lowest id of equals.
+    pub fn nearest_cpu_node(&self, nid: Nid) -> Nid {
+        if self.has_cpus(nid) {
+            return nid;
+        }
+        self.cpu_nodes().min_by_key(|&c| (self.distance(nid, c), c)).unwrap_or(0)
     }
 
     /// `cpu_to_node()`: CPUs are numbered node by node.
@@ -104,8 +132,11 @@ impl Topology {
         &self.zonelist[nid as usize]
     }
 
-    /// CPUs of node `nid`.
+    /// CPUs of node `nid` (none on a CPU-less node).
     pub fn node_cpus(&self, nid: Nid) -> std::ops::Range<u32> {
+        if !self.has_cpus(nid) {
+            return 0..0;
+        }
         let first = u32::from(nid) * self.cpus_per_node;
         first..first + self.cpus_per_node
     }
@@ -118,6 +149,10 @@ pub struct PgData {
     pub present_pages: u64,
     pub free_pages: u64,
     pub wmark: crate::mm::page_alloc::Watermarks,
+    /// The promotion rate limiter and hot threshold (memory-tiering mode).
+    pub nbp: crate::sched::promotion::Nbp,
+    /// kswapd's reclaim state for this node.
+    pub kswapd: crate::mm::vmscan::Kswapd,
 }
 
 /// A CPU and its run queue (one thread runs per quantum; see sched/mod.rs).
@@ -157,5 +192,21 @@ mod tests {
         assert_eq!(t.latency(0, 2), 288);
         assert_eq!(t.zonelist(0), &[0, 1, 2]);
         assert_eq!(t.zonelist(2), &[2, 1, 0]);
+    }
+
+    #[test]
+    fn a_cpu_less_node_has_its_own_latency_and_no_cpus() {
+        let m = MachineConfig {
+            nodes: 2,
+            cpus_per_node: 2,
+            memory_node: vec![crate::config::MemoryNodeConfig { latency_ns: 300, ..Default::default() }],
+            ..Default::default()
+        };
+        let t = Topology::new(&m);
+        assert_eq!((t.nr_nodes, t.nr_cpus()), (3, 4));
+        assert_eq!((t.latency(0, 2), t.latency(1, 2), t.latency(0, 1)), (300, 300, 200));
+        assert!(t.node_cpus(2).is_empty());
+        assert_eq!(t.nearest_cpu_node(2), 0);
+        assert_eq!(t.zonelist(1), &[1, 0, 2]);
     }
 }

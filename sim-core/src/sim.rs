@@ -14,11 +14,12 @@ use crate::kvm::Kvm;
 use crate::machine::{Cpu, Nid, PgData, Topology};
 use crate::mm::ksm::{KsmFrames, Ksmd, ksmd_wake};
 use crate::mm::memory::{do_anonymous_page, populate_range};
+use crate::mm::memory_tiers::MemoryTiers;
 use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind};
 use crate::mm::mprotect::{Action, Actions, WakingMain, run_action};
 use crate::mm::numa_balancing::clone_node_stamp;
 use crate::mm::page_alloc::setup_per_zone_wmarks;
-use crate::mm::vmscan::{Aging, age_pages};
+use crate::mm::vmscan::{Aging, age_pages, kswapd};
 use crate::mm::{Mm, PageIdx, Pages};
 pub use crate::sched::ThreadSpec;
 use crate::sched::fair::LoadBalance;
@@ -128,15 +129,29 @@ impl Sim {
     pub fn new(config: &Config) -> Self {
         let mut world = World::new();
         let mut topo = Topology::new(&config.machine);
-        let present = config.machine.memory_per_node_mib * PAGES_PER_MIB;
+        let present: Vec<u64> =
+            (0..topo.nr_nodes).map(|nid| config.machine.node_memory_mib(nid) * PAGES_PER_MIB).collect();
         let thp = config.kernel.transparent_hugepage != Thp::Never;
-        let wmarks = setup_per_zone_wmarks(&vec![present; topo.nr_nodes as usize], thp);
-        topo.node_entities = (0..topo.nr_nodes)
+        let wmarks = setup_per_zone_wmarks(&present, thp);
+        topo.node_entities = (0..topo.nr_nodes as usize)
             .map(|nid| {
-                let wmark = wmarks[nid as usize];
-                world.spawn(PgData { nid: nid as Nid, present_pages: present, free_pages: present, wmark }).id()
+                let (wmark, present) = (wmarks[nid], present[nid]);
+                let nid = nid as Nid;
+                world
+                    .spawn(PgData {
+                        nid,
+                        present_pages: present,
+                        free_pages: present,
+                        wmark,
+                        nbp: Default::default(),
+                        kswapd: Default::default(),
+                    })
+                    .id()
             })
             .collect();
+        let tiers = MemoryTiers::new(&config.machine, &topo);
+        let tiered = config.kernel.numa_balancing.tiering() || topo.nr_cpu_nodes < topo.nr_nodes;
+        world.insert_resource(tiers);
         topo.cpu_entities = (0..topo.nr_cpus())
             .map(|id| world.spawn(Cpu { id, nid: topo.cpu_to_node(id), ..Default::default() }).id())
             .collect();
@@ -149,7 +164,7 @@ impl Sim {
         world.insert_resource(rules);
         world.insert_resource(EventQueue::default());
         world.insert_resource(Pages::default());
-        world.insert_resource(Counters::default());
+        world.insert_resource(Counters { tiered, ..Counters::default() });
         world.insert_resource(Recorder::new(config.run.sample_ms * NSEC_PER_MSEC));
         world.insert_resource(Kvm(config.kvm.clone()));
         world.insert_resource(Actions::default());
@@ -507,6 +522,7 @@ impl Sim {
             Event::DeviceTick(e) => w.run_system_cached_with(device_tick, e).expect(VALID),
             Event::Ksmd => w.run_system_cached(ksmd_wake).expect(VALID),
             Event::Aging => w.run_system_cached(age_pages).expect(VALID),
+            Event::Kswapd(nid) => w.run_system_cached_with(kswapd, nid).expect(VALID),
             Event::Action(i) => w.run_system_cached_with(run_action, i).expect(VALID),
             Event::Sample => sample(w),
         }

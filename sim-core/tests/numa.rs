@@ -37,9 +37,9 @@ fn early_in_life_first_and_private_faults_migrate() {
     let (mut sim, mm, page) = machine();
     let mut p = task(&sim, mm, 7);
     sim.with_kernel(|k| {
-        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0), "first fault");
+        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 1, 0), "first fault");
         assert_eq!(k.pages.last_cpupid(page), cpu_pid_to_cpupid(5, 7));
-        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0), "private fault");
+        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 1, 0), "private fault");
     });
 }
 
@@ -53,19 +53,19 @@ fn the_two_stage_filter_needs_two_faults_from_the_same_node() {
     sim.with_kernel(|k: &mut Kernel| {
         // The last fault came from another task on node 0: refuse, but remember this one.
         *k.pages.last_cpupid_mut(page) = cpu_pid_to_cpupid(1, 9);
-        assert!(!should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
+        assert!(!should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 1, 0));
         // Now the previous fault was ours on node 1: a private fault, migrate.
-        assert!(should_numa_migrate_memory(k, &faulter(6, 7, Some(&mut p)), page, 0));
+        assert!(should_numa_migrate_memory(k, &faulter(6, 7, Some(&mut p)), page, 1, 0));
         // A shared fault whose predecessor was on the same node, no numa group: migrate.
         *k.pages.last_cpupid_mut(page) = cpu_pid_to_cpupid(4, 9);
-        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
+        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 1, 0));
         // The same shared fault with the predecessor on node 0: refuse.
         *k.pages.last_cpupid_mut(page) = cpu_pid_to_cpupid(0, 9);
-        assert!(!should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
+        assert!(!should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 1, 0));
         // A settled task's first fault on a page (unset cpupid) passes the early rule no more,
         // but an unset cpupid is not from another node either: migrate.
         *k.pages.last_cpupid_mut(page) = CPUPID_UNSET;
-        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 0));
+        assert!(should_numa_migrate_memory(k, &faulter(5, 7, Some(&mut p)), page, 1, 0));
     });
 }
 

@@ -16,6 +16,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("ksm-protnone", include_str!("../../configs/ksm-protnone.toml")),
     ("pinned-device", include_str!("../../configs/pinned-device.toml")),
     ("overload", include_str!("../../configs/overload.toml")),
+    ("tiering", include_str!("../../configs/tiering.toml")),
+    ("tiering-gup", include_str!("../../configs/tiering-gup.toml")),
 ];
 
 /// What to look at in a comparison of a built-in scenario across GUP eras or kernels.
@@ -74,6 +76,23 @@ pub fn guide(name: &str) -> &'static str {
              `thread.<name>.node1_share`, `schedstat.NUMA.lb_gained.*`); NUMA balancing first wants it back near \
              its memory, then moves its slice after it (`vmstat.numa_pages_migrated`: one slice, 32768 pages, per \
              thread that settled on node 1). The GUP policy changes nothing here."
+        }
+        "tiering" => {
+            "Memory tiering. Compare modes (`numasim sweep` over `kernel.numa_balancing` 1, 2, 3): in mode 1 the \
+             hot set on the slow node is placed by locality, and with node 0 full the migrations are refused \
+             (`migrate_balanced_pgdat()`); in modes 2 and 3 hinting faults on the slow tier are promotion \
+             candidates judged by their latency against the hot threshold (`vmstat.pgpromote_candidate`), a \
+             refused promotion wakes node 0's kswapd, which demotes the cold set (`vmstat.pgdemote_kswapd`), and \
+             the hot set moves up (`vmstat.pgpromote_success`, `node.0.used_pages`). Mode 2 leaves top-tier pages \
+             unscanned (`hint_faults_by_tier.toptier`)."
+        }
+        "tiering-gup" => {
+            "Who gets slow-tier memory promoted in memory-tiering mode. Promotion happens only in a hinting \
+             fault. Compare GUP eras (`--set kernel.gup_policy=...`) and the device's path (`--set \
+             device.0.gup_path=proc-mem`): the driver's read GUP faults up to v6.5 and follows the protnone PTE \
+             from v6.6, so under `explicit` its buffer is never promoted (`locality.device` stays 0); a \
+             /proc/PID/mem reader (FOLL_FORCE) faults only under v6.5's rule; KVM sets FOLL_HONOR_NUMA_FAULT and \
+             its guest memory is promoted in every era (`locality.kvm`)."
         }
         _ => "",
     }

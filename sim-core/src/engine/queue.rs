@@ -21,6 +21,8 @@ pub enum Event {
     Ksmd,
     /// The page-aging scanner runs (`mm/vmscan.rs`).
     Aging,
+    /// kswapd of a node wakes to reclaim (`mm/vmscan.rs`).
+    Kswapd(crate::machine::Nid),
     /// A scheduled mprotect/munmap action, by index into the action list (`mm/mprotect.rs`).
     Action(u32),
     /// The recorder closes a sample interval (`stats/recorder.rs`).
@@ -36,6 +38,7 @@ impl Event {
             Event::DeviceTick(_) => "DeviceTick",
             Event::Ksmd => "Ksmd",
             Event::Aging => "Aging",
+            Event::Kswapd(_) => "Kswapd",
             Event::Action(_) => "Action",
             Event::Sample => "Sample",
         }

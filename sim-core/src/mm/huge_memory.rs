@@ -13,7 +13,7 @@ use bevy_ecs::entity::Entity;
 
 use super::memory::{numa_fault_done, numa_migrate_check, numa_migrate_folio, vm_page_prot};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
-use super::numa_balancing::folio_can_map_prot_numa;
+use super::numa_balancing::{folio_can_map_prot_numa, prot_numa_tier_check};
 use super::{HPAGE_PMD_NR, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, ZERO_PAGE_NID};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
@@ -145,7 +145,7 @@ pub fn do_pte_mapped_thp_numa_page(
         return 0;
     }
     let head = k.mm(mm).vmas[vma].block_page(b);
-    let mut fault = numa_migrate_check(k, mm, vma, head, f, true);
+    let mut fault = numa_migrate_check(k, mm, vma, head, HPAGE_PMD_NR, f, true);
     let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, head, HPAGE_PMD_NR, f, &mut fault);
     for i in block_slots(k, mm, vma, b) {
         let pte = k.pages.slots.pte_mut(i);
@@ -181,6 +181,9 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, target_
     if k.rules.thp_prot_numa_filter && !folio_can_map_prot_numa(k, range.clone(), target_node) {
         return 0;
     }
+    if !prot_numa_tier_check(k, range.clone()) {
+        return 0;
+    }
     for i in range {
         k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
     }
@@ -194,7 +197,7 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, target_
 /// HPAGE_PMD_NR pages.
 pub fn do_huge_pmd_numa_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, f: &mut Faulter) -> Nanos {
     let head = k.mm(mm).vmas[vma].block_page(b);
-    let mut fault = numa_migrate_check(k, mm, vma, head, f, true);
+    let mut fault = numa_migrate_check(k, mm, vma, head, HPAGE_PMD_NR, f, true);
     let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, head, HPAGE_PMD_NR, f, &mut fault);
     for i in block_slots(k, mm, vma, b) {
         let pte = k.pages.slots.pte_mut(i);

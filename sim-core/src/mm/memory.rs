@@ -8,13 +8,17 @@ use super::huge_memory::{
 use super::ksm::ksm_unmap;
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
-use super::{PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, Pte, RMAP_CHECKSUMMED, ZERO_PAGE_NID};
+use super::{
+    CPUPID_UNSET, PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, Pte, RMAP_CHECKSUMMED,
+    ZERO_PAGE_NID,
+};
 use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid, PgData};
 use crate::sched::numa::{
     TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL, TNF_MIGRATED, should_numa_migrate_memory, task_numa_fault,
 };
+use crate::sched::promotion::folio_use_access_time;
 use crate::trace::Event;
 use crate::trace_event;
 
@@ -235,12 +239,15 @@ pub struct NumaFault {
 /// node], MPOL_PREFERRED with MPOL_F_MOF | MPOL_F_MORON; a page already on the faulting CPU's
 /// node leaves at `if (node_isset(curnid, pol->nodes)) goto out;`, before
 /// should_numa_migrate_memory(), so only remote faults record their CPU+pid in last_cpupid
-/// and pass the two-stage filter. `head` is the page, or a THP's first subpage.
+/// and pass the two-stage filter. `head` is the page, or a THP's first subpage, of a folio
+/// of `nr` pages. In memory-tiering mode a slow-tier folio's last_cpupid holds an access
+/// time, so task_numa_fault() gets an unset one.
 pub fn numa_migrate_check(
     k: &mut Kernel,
     mm: Entity,
     vma: usize,
     head: PageIdx,
+    nr: u64,
     f: &Faulter,
     may_migrate: bool,
 ) -> NumaFault {
@@ -249,13 +256,16 @@ pub fn numa_migrate_check(
     k.mm(mm).vmas[vma].set_access_pid_bit(f.pid);
     k.counters.vmstat.numa_hint_faults += 1;
     k.counters.hint_fault(f.source);
+    let toptier = k.tiers.node_is_toptier(page_nid);
+    k.counters.hint_fault_tier(toptier);
     let mut flags = 0;
     if page_nid == f.nid {
         k.counters.vmstat.numa_hint_faults_local += 1;
         flags |= TNF_FAULT_LOCAL;
     }
-    let last_cpupid = k.pages.slots.last_cpupid[k.pages.slot(head)];
-    let migrate = page_nid != f.nid && may_migrate && should_numa_migrate_memory(k, f, head, page_nid);
+    let last_cpupid =
+        if folio_use_access_time(k, page_nid) { CPUPID_UNSET } else { k.pages.slots.last_cpupid[k.pages.slot(head)] };
+    let migrate = page_nid != f.nid && may_migrate && should_numa_migrate_memory(k, f, head, nr, page_nid);
     NumaFault { page_nid, nid: page_nid, flags, last_cpupid, migrate }
 }
 
@@ -306,7 +316,7 @@ pub fn numa_fault_done(k: &mut Kernel, mm: Entity, head: PageIdx, nr: u64, f: &m
 /// every sharer would have to be remapped; the kernel moves it by rmap.
 pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &mut Faulter) -> Nanos {
     let ksm = k.pages.pte(page).flags & PG_KSM != 0;
-    let mut fault = numa_migrate_check(k, mm, vma, page, f, !ksm);
+    let mut fault = numa_migrate_check(k, mm, vma, page, 1, f, !ksm);
     let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, page, 1, f, &mut fault);
     // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
     // migration); the access that faulted sets the accessed bit.

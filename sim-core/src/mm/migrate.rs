@@ -2,8 +2,9 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::PageIdx;
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
+use super::vmscan::wakeup_kswapd;
+use super::{CPUPID_UNSET, PageIdx};
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::Nid;
 use crate::trace::Event;
@@ -47,6 +48,10 @@ pub fn migrate_misplaced_folio(
 ) -> Result<(), MigrateFail> {
     let thp = u64::from(nr > 1);
     if !migrate_balanced_pgdat(k, target, nr) {
+        // Memory-tiering mode wakes the target's kswapd to make room for promotions.
+        if k.sysctl.0.numa_balancing.tiering() {
+            wakeup_kswapd(k, target);
+        }
         return Err(MigrateFail::TargetFull);
     }
     if mems_allowed & 1 << target == 0 {
@@ -69,12 +74,21 @@ pub fn migrate_misplaced_folio(
     let mut dst = k.pgdat(target);
     dst.free_pages -= nr;
     k.pgdat(src).free_pages += nr;
+    let tiering = k.sysctl.0.numa_balancing.tiering();
+    let (src_top, dst_top) = (k.tiers.node_is_toptier(src), k.tiers.node_is_toptier(target));
     for i in slots {
         k.pages.slots.new_frame(i).nid = target;
+        // folio_migrate_flags(): across tiers last_cpupid held an access time on one side.
+        if tiering && src_top != dst_top {
+            k.pages.slots.last_cpupid[i] = CPUPID_UNSET;
+        }
     }
     k.counters.vmstat.pgmigrate_success += nr;
     k.counters.vmstat.numa_pages_migrated += nr;
     k.counters.vmstat.thp_migration_success += thp;
+    if tiering && !src_top && dst_top {
+        k.counters.tierstat.pgpromote_success += nr;
+    }
     Ok(())
 }
 

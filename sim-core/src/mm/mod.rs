@@ -10,6 +10,7 @@ pub mod gup;
 pub mod huge_memory;
 pub mod ksm;
 pub mod memory;
+pub mod memory_tiers;
 pub mod migrate;
 pub mod mmu_notifier;
 pub mod mprotect;

@@ -10,6 +10,7 @@ use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
 use crate::sched::numa::{TICK_NSEC, TaskNuma, group_of, task_scan_max, task_scan_start};
+use crate::sched::promotion::{folio_use_access_time, folio_xchg_access_time, jiffies_msecs};
 use crate::trace::Event;
 use crate::trace::events::{NumabSkip, TaskIds};
 use crate::trace_event;
@@ -383,11 +384,32 @@ pub struct ProtNumaChange {
 /// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE.
 fn change_pte(k: &mut Kernel, page: PageIdx, target_node: Option<Nid>, updated: &mut Vec<PageIdx>) {
     let i = k.pages.slot(page);
-    if k.pages.slots.pte(i).flags & PTE_PROTNONE != 0 || !folio_can_map_prot_numa(k, i..i + 1, target_node) {
+    if k.pages.slots.pte(i).flags & PTE_PROTNONE != 0
+        || !folio_can_map_prot_numa(k, i..i + 1, target_node)
+        || !prot_numa_tier_check(k, i..i + 1)
+    {
         return;
     }
     k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
     updated.push(page);
+}
+
+/// The memory-tiering end of the scanner's folio tests (change_pte_range() in 6.12.118,
+/// folio_can_map_prot_numa() in 7.3.4): without NUMA_BALANCING_NORMAL a top-tier folio is
+/// left alone; a slow-tier folio in memory-tiering mode gets the scan time as its access
+/// time (folio_xchg_access_time()), which its next hinting fault measures from.
+pub fn prot_numa_tier_check(k: &mut Kernel, slots: std::ops::Range<usize>) -> bool {
+    let nid = k.pages.slots.pte(slots.start).nid;
+    if !k.sysctl.0.numa_balancing.normal() && k.tiers.node_is_toptier(nid) {
+        return false;
+    }
+    if folio_use_access_time(k, nid) {
+        let time = jiffies_msecs(k.now());
+        for s in slots {
+            folio_xchg_access_time(k, s, time);
+        }
+    }
+    true
 }
 
 /// Models the folio tests change_pte_range() makes (6.1.192, 6.12.118 inline; 7.2.13 and

@@ -9,6 +9,14 @@ pub struct Watermarks {
     pub high: u64,
 }
 
+impl Watermarks {
+    /// WMARK_PROMO (6.12, 7.3): high plus the same gap again, which kswapd reclaims to in
+    /// memory-tiering mode.
+    pub fn promo(&self) -> u64 {
+        self.high + (self.high - self.low)
+    }
+}
+
 /// Models calculate_min_free_kbytes(): `int_sqrt(lowmem_kbytes * 16)`, clamped to
 /// [128, 262144] KiB (6.1.192 and 6.12.117).
 pub fn min_free_kbytes(total_pages: u64) -> u64 {

@@ -6,6 +6,7 @@
 pub mod fair;
 pub mod numa;
 pub mod pelt;
+pub mod promotion;
 pub mod topology;
 
 use bevy_ecs::prelude::*;
@@ -345,7 +346,7 @@ pub fn cpu_tick(
     task.sum_exec_runtime += spent;
     k.trace_current(cpu, task.pid, now + spent);
     let nid = k.topo.cpu_to_node(cpu);
-    if k.sysctl.0.numa_balancing && task_tick_numa(&mut k, &mut numa, task.sum_exec_runtime, now + spent) {
+    if k.sysctl.0.numa_balancing.enabled() && task_tick_numa(&mut k, &mut numa, task.sum_exec_runtime, now + spent) {
         let scan = task_numa_work(&mut k, &mut numa, task.pid, nid, now + spent);
         task.sum_exec_runtime += scan;
         spent += scan;

@@ -9,6 +9,7 @@ use crate::engine::{NSEC_PER_MSEC, NSEC_PER_SEC, Nanos};
 use crate::kernel::{Faulter, Kernel, Sysctl};
 use crate::machine::Nid;
 use crate::mm::{CPUPID_UNSET, Mm, PageIdx, cpu_pid_to_cpupid, cpupid_match_pid, cpupid_pid_unset, cpupid_to_cpu};
+use crate::sched::promotion::{folio_use_access_time, should_promote};
 use crate::trace::Event;
 use crate::trace::events::{NumaPair, TaskIds};
 use crate::trace_event;
@@ -225,7 +226,7 @@ pub fn task_scan_start(sysctl: &Sysctl, rss: u64, ng: Option<&NumaGroup>) -> u64
 /// its preferred node or was away from it already.
 pub fn update_scan_period(k: &Kernel, p: &mut TaskNuma, src_cpu: u32, dst_cpu: u32) {
     let (src_nid, dst_nid) = (k.topo.cpu_to_node(src_cpu), k.topo.cpu_to_node(dst_cpu));
-    if !k.sysctl.0.numa_balancing || p.numa_faults.is_empty() || src_nid == dst_nid {
+    if !k.sysctl.0.numa_balancing.enabled() || p.numa_faults.is_empty() || src_nid == dst_nid {
         return;
     }
     if p.numa_scan_seq != 0
@@ -307,7 +308,7 @@ fn numa_get_avg_runtime(p: &mut TaskNuma, now: Nanos, runtime: Nanos) -> (u64, u
 /// half, fold in the faults since, pick the preferred node, update the scan period.
 /// Simplified: preferred_group_nid() as for directly connected nodes.
 pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime: Nanos) {
-    let Kernel { sysctl, mms, rules, .. } = k;
+    let Kernel { sysctl, mms, rules, topo, .. } = k;
     let mut mm = mms.get_mut(p.mm).expect("tasks point at live mms");
     let seq = mm.numa_scan_seq;
     if p.numa_scan_seq == seq {
@@ -358,6 +359,8 @@ pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime
     if let (true, Some(ng)) = (in_group, mm.numa_group.as_mut()) {
         ng.count_active_nodes();
     }
+    // A task cannot run on a CPU-less node: numa_nearest_node(max_nid, N_CPU).
+    let max_nid = max_nid.map(|nid| topo.nearest_cpu_node(nid));
     if max_faults > 0 {
         p.numa_preferred_nid = max_nid;
     }
@@ -414,6 +417,8 @@ pub fn task_numa_free(mm: &mut Mm, p: &mut TaskNuma) {
 }
 
 /// Models task_numa_fault(): account a hinting fault on a page of `mem_node` to the task.
+/// Faults on a slow-tier node are not accounted in memory-tiering mode, nor, in any mode,
+/// when the folio had no valid last_cpupid.
 pub fn task_numa_fault(
     k: &mut Kernel,
     p: &mut TaskNuma,
@@ -423,6 +428,9 @@ pub fn task_numa_fault(
     pages: u64,
     flags: u32,
 ) {
+    if !k.tiers.node_is_toptier(mem_node) && (k.sysctl.0.numa_balancing.tiering() || cpupid_pid_unset(last_cpupid)) {
+        return;
+    }
     let nr_nodes = k.topo.nr_nodes as usize;
     let cpu_node = f.nid as usize;
     let mut local = usize::from(flags & TNF_FAULT_LOCAL != 0);
@@ -468,12 +476,20 @@ pub fn task_numa_fault(
 }
 
 /// Models should_numa_migrate_memory(): record this CPU+pid in the page's last_cpupid and
-/// decide whether a fault from `f` should pull the page from `src_nid` to `f.nid`.
-pub fn should_numa_migrate_memory(k: &mut Kernel, f: &Faulter, page: PageIdx, src_nid: Nid) -> bool {
+/// decide whether a fault from `f` should pull the folio of `nr` pages from `src_nid` to
+/// `f.nid`. A slow-tier folio in memory-tiering mode is judged by hotness instead
+/// ([`should_promote`]); outside that mode a slow-tier folio's first fault does not migrate.
+pub fn should_numa_migrate_memory(k: &mut Kernel, f: &Faulter, page: PageIdx, nr: u64, src_nid: Nid) -> bool {
     let dst_nid = f.nid;
-    let this_cpupid = cpu_pid_to_cpupid(f.cpu, f.pid);
     let slot = k.pages.slot(page);
+    if folio_use_access_time(k, src_nid) {
+        return should_promote(k, slot, dst_nid, nr, f.now);
+    }
+    let this_cpupid = cpu_pid_to_cpupid(f.cpu, f.pid);
     let last_cpupid = std::mem::replace(&mut k.pages.slots.last_cpupid[slot], this_cpupid);
+    if !k.sysctl.0.numa_balancing.tiering() && !k.tiers.node_is_toptier(src_nid) && cpupid_pid_unset(last_cpupid) {
+        return false;
+    }
     let (preferred, scan_seq, in_group, mm) = match f.task.as_deref() {
         Some(p) => (p.numa_preferred_nid, p.numa_scan_seq, p.in_group, Some(p.mm)),
         None => (None, 0, false, None),
@@ -775,7 +791,7 @@ pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut Task
     }
     let spans = env.p_group.as_ref().is_some_and(|g| g.active_nodes > 1);
     if env.best.is_none() || spans {
-        for nid in 0..k.topo.nr_nodes as Nid {
+        for nid in k.topo.cpu_nodes() {
             if nid == src_nid || nid == preferred {
                 continue;
             }

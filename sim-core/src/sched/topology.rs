@@ -13,7 +13,7 @@
 //!   it, which changes nothing: it spans the node, like MC, and is removed as degenerate.
 
 use crate::config::KernelVersion;
-use crate::machine::{Nid, Topology};
+use crate::machine::Topology;
 use crate::version::Rules;
 
 /// sd_flags.h bits, in the order debugfs prints them (6.12's order; 6.1 has no SD_CLUSTER,
@@ -107,10 +107,11 @@ enum Level {
     Numa(usize),
 }
 
-/// The unique SLIT distances, ascending (sched_init_numa()).
+/// The unique SLIT distances between nodes with CPUs, ascending (sched_init_numa()'s
+/// for_each_cpu_node_but(), 6.12 and 7.3: CPU-less nodes make no level).
 fn numa_distances(topo: &Topology) -> Vec<u32> {
-    let n = topo.nr_nodes as Nid;
-    let mut d: Vec<u32> = (0..n).flat_map(|a| (0..n).map(move |b| (a, b))).map(|(a, b)| topo.distance(a, b)).collect();
+    let nodes = topo.cpu_nodes();
+    let mut d: Vec<u32> = nodes.clone().flat_map(|a| nodes.clone().map(move |b| topo.distance(a, b))).collect();
     d.sort_unstable();
     d.dedup();
     d
@@ -121,7 +122,8 @@ fn level_mask(topo: &Topology, distances: &[u32], tl: Level, cpu: u32) -> Vec<u3
     let nid = topo.cpu_to_node(cpu);
     match tl {
         Level::Mc | Level::Pkg => topo.node_cpus(nid).collect(),
-        Level::Numa(i) => (0..topo.nr_nodes as Nid)
+        Level::Numa(i) => topo
+            .cpu_nodes()
             .filter(|&k| topo.distance(nid, k) <= distances[i])
             .flat_map(|k| topo.node_cpus(k))
             .collect(),

@@ -58,6 +58,19 @@ counters! {
     }
 }
 
+counters! {
+    /// The /proc/vmstat counters of memory tiering (node stats summed over nodes, as
+    /// /proc/vmstat shows them), reported in the `vmstat` group on tiered runs only.
+    TierStat {
+        /// Slow-tier pages migrated to the top tier in memory-tiering mode.
+        pgpromote_success,
+        /// Pages that passed the hot threshold and were counted by the rate limiter.
+        pgpromote_candidate,
+        /// Pages kswapd demoted to a lower tier.
+        pgdemote_kswapd,
+    }
+}
+
 /// Who touched memory or took a hinting fault.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Source {
@@ -82,6 +95,12 @@ counters! {
 counters! {
     /// Hinting faults by who took them (`hint_faults_by_source`).
     HintFaultsBySource { cpu, kvm, device, follow_page }
+}
+
+counters! {
+    /// Hinting faults by the memory tier of the faulting page (`hint_faults_by_tier`): the
+    /// kernel counts numa_hint_faults over all nodes only.
+    HintFaultsByTier { toptier, lower }
 }
 
 counters! {
@@ -122,6 +141,11 @@ pub struct Counters {
     pub vmstat: VmStat,
     pub numasim: Numasim,
     pub hint_faults_by_source: HintFaultsBySource,
+    pub tierstat: TierStat,
+    pub hint_faults_by_tier: HintFaultsByTier,
+    /// The run is tiered (memory-tiering mode or a CPU-less node): the tiering counters
+    /// are reported.
+    pub tiered: bool,
     pub touches: Touches,
     pub stale: Stale,
     pub ksm: Ksm,
@@ -139,6 +163,8 @@ impl Counters {
             vmstat: self.vmstat.since(&earlier.vmstat),
             numasim: self.numasim.since(&earlier.numasim),
             hint_faults_by_source: self.hint_faults_by_source.since(&earlier.hint_faults_by_source),
+            tierstat: self.tierstat.since(&earlier.tierstat),
+            hint_faults_by_tier: self.hint_faults_by_tier.since(&earlier.hint_faults_by_tier),
             touches: self.touches.since(&earlier.touches),
             stale: self.stale.since(&earlier.stale),
             ksm: self.ksm.since(&earlier.ksm),
@@ -169,6 +195,16 @@ impl Counters {
             Source::Kvm => c.kvm += 1,
             Source::Device => c.device += 1,
             Source::FollowPage => c.follow_page += 1,
+        }
+    }
+
+    /// Counts one hinting fault on a page of the top tier or below it.
+    pub fn hint_fault_tier(&mut self, toptier: bool) {
+        let c = &mut self.hint_faults_by_tier;
+        if toptier {
+            c.toptier += 1;
+        } else {
+            c.lower += 1;
         }
     }
 

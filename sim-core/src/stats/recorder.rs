@@ -47,18 +47,31 @@ impl Recorder {
     }
 }
 
+/// Whether the rows carry the promotion limiter's state: memory-tiering mode on a machine
+/// with a tier below the top one.
+fn promotion_state_recorded(world: &World) -> bool {
+    world.resource::<crate::kernel::Sysctl>().0.numa_balancing.tiering()
+        && world.resource::<crate::mm::memory_tiers::MemoryTiers>().has_lower_tier()
+}
+
 /// Closes the interval ending now: appends a row and, unless the run is over, schedules the
 /// next sample.
 pub fn sample(world: &mut World) {
     let now = world.resource::<EventQueue>().now();
-    // Gauges: pages in use on each node, then the node each tracked thread runs on.
+    // Gauges: pages in use on each node, in memory-tiering mode with a lower tier each
+    // node's hot threshold and promotion candidates, then the node each tracked thread runs on.
     let mut gauges = Vec::new();
+    let tiering = promotion_state_recorded(world);
     {
         let rec = world.resource::<Recorder>();
         let topo = world.resource::<crate::machine::Topology>();
         for e in &topo.node_entities {
             let pgdat = world.get::<PgData>(*e).expect("every node has a PgData");
             gauges.push(Value::Count(pgdat.present_pages - pgdat.free_pages));
+        }
+        for e in topo.node_entities.iter().filter(|_| tiering) {
+            let nbp = world.get::<PgData>(*e).expect("every node has a PgData").nbp;
+            gauges.extend([Value::Count(u64::from(nbp.threshold)), Value::Count(nbp.pgpromote_candidate)]);
         }
         for (_, e) in &rec.tracked {
             let cpu = world.get::<Task>(*e).map_or(0, |t| t.cpu);
@@ -73,7 +86,10 @@ pub fn sample(world: &mut World) {
         let flat = groups.flatten();
         if rec.header.is_empty() {
             rec.header = flat.iter().map(|(k, _)| k.clone()).collect();
-            let nodes: Vec<String> = (0..nr_nodes).map(|n| format!("node.{n}.used_pages")).collect();
+            let mut nodes: Vec<String> = (0..nr_nodes).map(|n| format!("node.{n}.used_pages")).collect();
+            for n in (0..nr_nodes).filter(|_| tiering) {
+                nodes.extend([format!("node.{n}.nbp_threshold_ms"), format!("node.{n}.pgpromote_candidate")]);
+            }
             let tasks: Vec<String> = rec.tracked.iter().map(|(n, _)| format!("task.{n}.nid")).collect();
             rec.header.extend(nodes.into_iter().chain(tasks));
         }

@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, HintFaultsBySource, Ksm, Numasim, Stale, VmStat, Young};
+use super::{Counters, HintFaultsBySource, HintFaultsByTier, Ksm, Numasim, Stale, TierStat, VmStat, Young};
 use crate::engine::{NSEC_PER_SEC, Nanos};
 
 /// One metric value: a count, or a ratio/rate.
@@ -100,8 +100,12 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
     };
     let all = t.cpu + t.kvm + t.device;
     let per_s = if span_ns == 0 { 0.0 } else { all as f64 * NSEC_PER_SEC as f64 / span_ns as f64 };
-    Groups(vec![
-        ("vmstat", counts(VmStat::NAMES, c.vmstat.values())),
+    let mut vmstat = counts(VmStat::NAMES, c.vmstat.values());
+    if c.tiered {
+        vmstat.extend(counts(TierStat::NAMES, c.tierstat.values()));
+    }
+    let mut groups = Groups(vec![
+        ("vmstat", vmstat),
         ("numasim", counts(Numasim::NAMES, c.numasim.values())),
         ("hint_faults_by_source", counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values())),
         (
@@ -120,7 +124,11 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
         ("ksm", counts(Ksm::NAMES, c.ksm.values())),
         ("young", counts(Young::NAMES, c.young.values())),
         ("throughput", named(vec![("touches_per_s", Value::Real(per_s))])),
-    ])
+    ]);
+    if c.tiered {
+        groups.0.insert(3, ("hint_faults_by_tier", counts(HintFaultsByTier::NAMES, c.hint_faults_by_tier.values())));
+    }
+    groups
 }
 
 /// `summary.json`.

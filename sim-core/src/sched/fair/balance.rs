@@ -149,7 +149,7 @@ fn task_hot(k: &Kernel, task: &crate::sched::Task) -> bool {
 fn migrate_degrades_locality(k: &Kernel, lb: &LoadBalance, tasks: &Tasks, env: &LbEnv, e: Entity) -> i32 {
     let Ok((_, p)) = tasks.get(e) else { return -1 };
     let d = &lb.domains[env.dst_cpu as usize][env.lvl];
-    if !k.sysctl.0.numa_balancing || p.numa_faults.is_empty() || d.flags & SD_NUMA == 0 {
+    if !k.sysctl.0.numa_balancing.enabled() || p.numa_faults.is_empty() || d.flags & SD_NUMA == 0 {
         return -1;
     }
     let (src, dst) = (k.topo.cpu_to_node(env.src_cpu), k.topo.cpu_to_node(env.dst_cpu));

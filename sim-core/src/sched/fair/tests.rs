@@ -32,7 +32,7 @@ fn threads_on(
 ) -> (Sim, Vec<Entity>) {
     let config = Config {
         machine: MachineConfig { nodes, cpus_per_node, memory_per_node_mib: 16, ..Default::default() },
-        kernel: KernelConfig { version, numa_balancing: false, ..Default::default() },
+        kernel: KernelConfig { version, numa_balancing: false.into(), ..Default::default() },
         run: crate::config::RunConfig { duration_ms: 200, ..Default::default() },
         ..Default::default()
     };
@@ -214,7 +214,7 @@ fn cache_hot_threads_stay_until_balancing_failed_cache_nice_tries_times() {
 fn a_thread_stays_on_its_preferred_node() {
     for (preferred, mover) in [(0, 1), (1, 0)] {
         let (mut sim, t) = machine(KernelVersion::V6_12, 2, 1, &[(0, None), (0, None), (1, None)]);
-        sim.world.resource_mut::<crate::kernel::Sysctl>().0.numa_balancing = true;
+        sim.world.resource_mut::<crate::kernel::Sysctl>().0.numa_balancing = true.into();
         {
             let mut p = sim.world.get_mut::<TaskNuma>(t[0]).unwrap();
             p.numa_preferred_nid = Some(preferred);
