@@ -149,13 +149,12 @@ impl Sim {
                     .id()
             })
             .collect();
-        let tiers = MemoryTiers::new(&config.machine, &topo);
         let tiered = config.kernel.numa_balancing.tiering() || topo.nr_cpu_nodes < topo.nr_nodes;
-        world.insert_resource(tiers);
         topo.cpu_entities = (0..topo.nr_cpus())
             .map(|id| world.spawn(Cpu { id, nid: topo.cpu_to_node(id), ..Default::default() }).id())
             .collect();
         let rules = Rules::from_config(&config.kernel);
+        world.insert_resource(MemoryTiers::new(&config.machine, &topo, rules.hmat_adistance));
         let lb =
             LoadBalance::new(&topo, &rules, config.kernel.load_balance, stream(config.run.seed, "sched:ni_random"));
         world.insert_resource(lb);

@@ -69,6 +69,9 @@ pub struct Rules {
     /// task_numa_work() returns at once, tracing sched_skip_cpuset_numa, for a task whose
     /// cpuset allows a single memory node (6.16+).
     pub cpuset_single_node_skip: bool,
+    /// A CPU-less node's abstract distance comes from its HMAT performance
+    /// (mt_perf_to_adistance(), v6.7+); before, a node no driver typed is default DRAM.
+    pub hmat_adistance: bool,
     /// The sched-domain level spanning a CPU's package: "DIE" through v6.6, "PKG" from v6.7
     /// ("sched/topology: Rename 'DIE' domain to 'PKG'"); 6.12.117 says PKG, 6.1.192 DIE.
     pub pkg_domain_name: &'static str,
@@ -132,6 +135,10 @@ const CPUSET_SINGLE_NODE_SKIP: &[Span] = &[Mainline(r(6, 16, 0))];
 /// change_huge_pmd() asks folio_can_map_prot_numa(), as change_pte_range() does (Kefeng
 /// Wang's series, in mm-new in October 2025: v6.19). Read in 7.2.13 and 7.3.4.
 const THP_PROT_NUMA_FILTER: &[Span] = &[Mainline(r(6, 19, 0))];
+/// v6.7, Huang Ying's "memory tiering: calculate abstract distance based on ACPI HMAT":
+/// mt_calc_adistance() asks hmat_calculate_adistance(); absent in 6.1.192, read in 6.12.118
+/// and 7.3.4.
+const HMAT_ADISTANCE: &[Span] = &[Mainline(r(6, 7, 0))];
 /// v6.7, "sched/topology: Rename 'DIE' domain to 'PKG'".
 const PKG_DOMAIN: &[Span] = &[Mainline(r(6, 7, 0))];
 /// v6.10's rename of SD_SHARE_PKG_RESOURCES to SD_SHARE_LLC.
@@ -174,6 +181,7 @@ impl Rules {
             scan_slower_clears_locality: on(SCAN_SLOWER_CLEARS_LOCALITY),
             thp_prot_numa_filter: on(THP_PROT_NUMA_FILTER),
             cpuset_single_node_skip: on(CPUSET_SINGLE_NODE_SKIP),
+            hmat_adistance: on(HMAT_ADISTANCE),
             pkg_domain_name: if on(PKG_DOMAIN) { "PKG" } else { "DIE" },
             sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
             lb_6_12: on(LB_6_12),
@@ -246,6 +254,8 @@ mod tests {
         assert!(!rules("7.3.3").scan_slower_clears_locality);
         assert!(rules("7.3.4").scan_slower_clears_locality);
         assert!(rules("6.19").thp_prot_numa_filter && !rules("6.18").thp_prot_numa_filter);
+        assert!(rules("6.12").hmat_adistance && rules("7.3").hmat_adistance && !rules("6.6").hmat_adistance);
+        assert!(!rules("6.1-debian12").hmat_adistance);
     }
 
     /// The rules the 6.16–7.3 sources added: the cpuset skip (6.16, so 6.18 on) and the THP

@@ -29,16 +29,18 @@ pub struct MemoryTiers {
 impl MemoryTiers {
     /// Models memory_tier_init(), set_node_memory_tier() and establish_demotion_targets():
     /// CPU nodes are default DRAM (MEMTIER_ADISTANCE_DRAM, the reference performance of
-    /// hmat_set_default_dram_perf()); a CPU-less node takes its configured abstract distance or
-    /// mt_perf_to_adistance() of its latency. Simplified: read and write latencies are equal
-    /// and bandwidth is not modelled, so the bandwidth factor is 1.
-    pub fn new(m: &MachineConfig, topo: &Topology) -> Self {
+    /// hmat_set_default_dram_perf()); a CPU-less node takes its configured abstract distance
+    /// (a driver's memory type) or, with `hmat` ([`crate::version::Rules::hmat_adistance`]),
+    /// mt_perf_to_adistance() of its latency, else default DRAM's. Simplified: read and write
+    /// latencies are equal and bandwidth is not modelled, so the bandwidth factor is 1.
+    pub fn new(m: &MachineConfig, topo: &Topology, hmat: bool) -> Self {
+        let from_perf = |n: &crate::config::MemoryNodeConfig| {
+            if hmat { mt_perf_to_adistance(n.latency_ns, m.local_latency_ns) } else { MEMTIER_ADISTANCE_DRAM }
+        };
         let adistance: Vec<u32> = (0..m.nr_nodes())
             .map(|nid| match nid.checked_sub(m.nodes).map(|i| &m.memory_node[i as usize]) {
                 None => MEMTIER_ADISTANCE_DRAM,
-                Some(n) => {
-                    n.abstract_distance.unwrap_or_else(|| mt_perf_to_adistance(n.latency_ns, m.local_latency_ns))
-                }
+                Some(n) => n.abstract_distance.unwrap_or_else(|| from_perf(n)),
             })
             .collect();
         let start = |nid: usize| adistance[nid] & !(MEMTIER_CHUNK_SIZE - 1);
@@ -116,7 +118,7 @@ mod tests {
     #[test]
     fn a_slow_cpu_less_node_is_a_lower_tier_with_demotion_from_both_dram_nodes() {
         let (m, t) = machine(vec![cxl(250)]);
-        let tiers = MemoryTiers::new(&m, &t);
+        let tiers = MemoryTiers::new(&m, &t, true);
         assert_eq!((tiers.adistance(2), tiers.tier_id(0), tiers.tier_id(2)), (1440, 4, 11));
         assert!(tiers.node_is_toptier(0) && tiers.node_is_toptier(1) && !tiers.node_is_toptier(2));
         assert_eq!(tiers.demotion_targets(0), &[2]);
@@ -129,10 +131,20 @@ mod tests {
     #[test]
     fn a_node_within_the_dram_chunk_shares_the_top_tier() {
         let (m, t) = machine(vec![cxl(110)]);
-        let tiers = MemoryTiers::new(&m, &t);
+        let tiers = MemoryTiers::new(&m, &t, true);
         assert_eq!(tiers.adistance(2), 633);
         assert!(!tiers.has_lower_tier());
         assert!(tiers.demotion_targets(0).is_empty());
+    }
+
+    /// Before v6.7 only a driver's memory type (an explicit abstract distance) sets a tier.
+    #[test]
+    fn without_hmat_a_cpu_less_node_is_default_dram() {
+        let (m, t) = machine(vec![cxl(250), MemoryNodeConfig { abstract_distance: Some(640), ..cxl(250) }]);
+        let tiers = MemoryTiers::new(&m, &t, false);
+        assert_eq!((tiers.tier_id(2), tiers.tier_id(3)), (4, 5));
+        assert!(tiers.node_is_toptier(2) && !tiers.node_is_toptier(3));
+        assert_eq!(tiers.demotion_targets(0), &[3]);
     }
 
     /// Two lower tiers: DRAM demotes to the next one only first, which demotes to the last.
@@ -140,7 +152,7 @@ mod tests {
     fn demotion_goes_to_the_next_tier_first() {
         let slow = MemoryNodeConfig { abstract_distance: Some(2000), ..cxl(250) };
         let (m, t) = machine(vec![cxl(250), slow]);
-        let tiers = MemoryTiers::new(&m, &t);
+        let tiers = MemoryTiers::new(&m, &t, true);
         assert_eq!(tiers.demotion_targets(0), &[2, 3]);
         assert_eq!(tiers.demotion_targets(2), &[3]);
         assert!(!tiers.node_is_toptier(3));
