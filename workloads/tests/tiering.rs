@@ -115,3 +115,13 @@ fn promotion_and_demotion_keep_the_invariants() {
         assert!(metric(&out, "vmstat.pgpromote_success") > 0.0, "{name} {mode}: the checks saw promotions");
     }
 }
+
+/// Same config and seed, same results: kswapd's clock and the limiter hold no hidden state.
+#[test]
+fn tiered_runs_are_deterministic() {
+    let c = scenario("tiering", &["run.duration_ms=3000", "kernel.numa_balancing=3"]);
+    let (_, a) = run(&c);
+    let (_, b) = run(&c);
+    assert_eq!(a.recorder.to_csv(), b.recorder.to_csv());
+    assert_eq!(a.summary.metrics, b.summary.metrics);
+}
