@@ -368,6 +368,13 @@ fn read_frames(bytes: &[u8]) -> Vec<Frame> {
 /// Refused when it would not fit in the host's available memory.
 fn machine_of(cfg: &Config) -> Result<qemu::Machine, OracleError> {
     let m = &cfg.machine;
+    if !m.memory_node.is_empty() {
+        return Err(OracleError::Input(
+            "machine.memory_node: the oracle does not boot CPU-less nodes yet (QEMU's -machine hmat=on with \
+             -numa hmat-lb, ROADMAP.md)"
+                .into(),
+        ));
+    }
     let vmas: u64 = cfg.process.iter().flat_map(|p| p.vma.iter()).map(|v| v.size_mib).sum();
     let mib_per_node = m.memory_per_node_mib.min(vmas.max(1)) + HEADROOM_MIB;
     let total = mib_per_node * u64::from(m.nodes);
@@ -555,6 +562,14 @@ mod tests {
     /// The console of numa02 on 6.12.117 that stalled under TCG (2026-12-01; its first lines).
     const RCU_STALL: &str = "[   23.236289] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n\
         [   23.236289] rcu: \t2-...!: (0 ticks this GP) idle=6178/0/0x0 softirq=17/17 fqs=0 (false positive?)\n";
+
+    /// A CPU-less node is refused before anything boots, naming the key.
+    #[test]
+    fn a_cpu_less_node_is_refused_by_preflight() {
+        let cfg = workloads::catalogue::resolve("tiering", &[]).expect("built-in");
+        let err = preflight(&cfg).unwrap_err().to_string();
+        assert!(err.contains("machine.memory_node"), "{err}");
+    }
 
     #[test]
     fn a_hang_or_a_stalled_kernel_is_worth_a_retry_and_a_guest_error_is_not() {

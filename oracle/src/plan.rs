@@ -6,8 +6,8 @@ use guest::{
     Touch, VmaPlan,
 };
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HugepageAdvice, MachineConfig, MainThread,
-    NotifierMode, PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
+    Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HOT_THRESHOLD_MS, HugepageAdvice, MachineConfig,
+    MainThread, NotifierMode, PROMOTE_RATE_LIMIT_MBPS, PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
 };
 
 use workloads::Placer;
@@ -317,7 +317,7 @@ fn writes(c: &Config) -> Vec<(String, String)> {
     let k = &c.kernel;
     let knob = |name: &str, v: u64| (format!("{NUMA_DEBUGFS}/{name}"), v.to_string());
     let ksm = |name: &str, v: String| (format!("/sys/kernel/mm/ksm/{name}"), v);
-    vec![
+    let mut writes = vec![
         ("/sys/kernel/mm/transparent_hugepage/enabled".into(), thp_name(k.transparent_hugepage).into()),
         knob("scan_delay_ms", k.numa_balancing_scan_delay_ms),
         knob("scan_period_min_ms", k.numa_balancing_scan_period_min_ms),
@@ -330,7 +330,20 @@ fn writes(c: &Config) -> Vec<(String, String)> {
         ksm("pages_to_scan", c.ksm.pages_to_scan.to_string()),
         ksm("sleep_millisecs", c.ksm.sleep_millisecs.to_string()),
         ksm("run", u8::from(c.ksm.run).to_string()),
-    ]
+    ];
+    // The memory-tiering knobs only where a scenario sets them, so that the other cases'
+    // plans stay as they were.
+    let tiering = [
+        (k.numa_balancing_hot_threshold_ms != HOT_THRESHOLD_MS)
+            .then(|| knob("hot_threshold_ms", k.numa_balancing_hot_threshold_ms)),
+        (k.numa_balancing_promote_rate_limit_mbps != PROMOTE_RATE_LIMIT_MBPS).then(|| {
+            let path = "/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps";
+            (path.into(), k.numa_balancing_promote_rate_limit_mbps.to_string())
+        }),
+        k.demotion_enabled.then(|| ("/sys/kernel/mm/numa/demotion_enabled".into(), "true".into())),
+    ];
+    writes.extend(tiering.into_iter().flatten());
+    writes
 }
 
 fn thp_name(t: Thp) -> &'static str {
@@ -381,6 +394,28 @@ mod tests {
         let plan = plan_of(&c).unwrap();
         assert_eq!(plan.writes[0], ("/sys/kernel/mm/transparent_hugepage/enabled".into(), "madvise".into()));
         assert_eq!(plan.processes[0].vmas[0].hugepage, Some(true));
+    }
+
+    /// The tiering knobs reach the guest only when a scenario sets them, with mode 2 itself.
+    #[test]
+    fn memory_tiering_knobs_are_written_only_when_set() {
+        let plain = plan_of(&config("[[process]]\nname = \"p\"\n")).unwrap();
+        assert!(plain.writes.iter().all(|(path, _)| !path.contains("hot_threshold") && !path.contains("demotion")));
+        let c = config(
+            "[kernel]\nnuma_balancing = 2\nnuma_balancing_hot_threshold_ms = 500\n\
+             numa_balancing_promote_rate_limit_MBps = 16\ndemotion_enabled = true\n[[process]]\nname = \"p\"\n",
+        );
+        let plan = plan_of(&c).unwrap();
+        assert_eq!(plan.start_writes[0].1, "2");
+        let tail: Vec<_> = plan.writes[plain.writes.len()..].iter().map(|(p, v)| (p.as_str(), v.as_str())).collect();
+        assert_eq!(
+            tail,
+            [
+                (format!("{NUMA_DEBUGFS}/hot_threshold_ms").as_str(), "500"),
+                ("/proc/sys/kernel/numa_balancing_promote_rate_limit_MBps", "16"),
+                ("/sys/kernel/mm/numa/demotion_enabled", "true"),
+            ]
+        );
     }
 
     const OWNER: &str = "[machine]\nnodes = 2\ncpus_per_node = 2\n[[process]]\nname = \"p\"\n[[process.vma]]\n\

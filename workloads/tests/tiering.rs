@@ -125,3 +125,20 @@ fn tiered_runs_are_deterministic() {
     assert_eq!(a.recorder.to_csv(), b.recorder.to_csv());
     assert_eq!(a.summary.metrics, b.summary.metrics);
 }
+
+/// Bad tiering input names its key; a tiered config survives its own TOML.
+#[test]
+fn bad_tiering_keys_are_named_and_the_config_round_trips() {
+    for (set, key) in [
+        ("machine.memory_node.0.latency_ns=0", "machine.memory_node[0].latency_ns"),
+        ("machine.memory_node.0.memory_mib=0", "machine.memory_node[0].memory_mib"),
+        ("machine.distance=[[10]]", "machine.distance"),
+        ("kernel.numa_balancing_promote_rate_limit_MBps=99999999999", "kernel.numa_balancing_promote_rate_limit_MBps"),
+        ("process.0.vma.0.populate_node=2", "process[0].vma[0].populate_node"),
+    ] {
+        let err = workloads::catalogue::resolve("tiering", &[set.into()]).unwrap_err().to_string();
+        assert!(err.contains(key), "{set}: {err}");
+    }
+    let c = scenario("tiering", &["kernel.numa_balancing=3", "kernel.numa_balancing_hot_threshold_ms=20"]);
+    assert_eq!(config(&sim_core::config::to_toml(&c), &[]), c);
+}
