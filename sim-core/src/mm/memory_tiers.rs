@@ -114,7 +114,8 @@ mod tests {
         MemoryNodeConfig { latency_ns, ..Default::default() }
     }
 
-    /// A node 2.5 times as slow as DRAM: 576 × 2.5 = 1440, tier 11, below the DRAM tier 4.
+    /// A node 2.5 times as slow as DRAM: 576 × 2.5 = 1440, tier 11, below the DRAM tier 4, as
+    /// 6.12.118 and 7.3.4 put it under QEMU's HMAT (ORACLE.md, "Memory tiers under QEMU's HMAT").
     #[test]
     fn a_slow_cpu_less_node_is_a_lower_tier_with_demotion_from_both_dram_nodes() {
         let (m, t) = machine(vec![cxl(250)]);
@@ -127,7 +128,7 @@ mod tests {
     }
 
     /// 110 ns against 100: 633, still in DRAM's chunk [512, 640): one tier, nothing to demote
-    /// to (the "every node lands in one tier" case).
+    /// to (the "every node lands in one tier" case; 6.12.118 under QEMU's HMAT agrees).
     #[test]
     fn a_node_within_the_dram_chunk_shares_the_top_tier() {
         let (m, t) = machine(vec![cxl(110)]);
@@ -137,7 +138,8 @@ mod tests {
         assert!(tiers.demotion_targets(0).is_empty());
     }
 
-    /// Before v6.7 only a driver's memory type (an explicit abstract distance) sets a tier.
+    /// Before v6.7 only a driver's memory type (an explicit abstract distance) sets a tier:
+    /// 6.1.192 under QEMU's HMAT keeps a 250 ns node in memory_tier4 with DRAM.
     #[test]
     fn without_hmat_a_cpu_less_node_is_default_dram() {
         let (m, t) = machine(vec![cxl(250), MemoryNodeConfig { abstract_distance: Some(640), ..cxl(250) }]);
