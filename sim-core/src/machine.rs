@@ -160,7 +160,9 @@ pub struct PgData {
 pub struct Cpu {
     pub id: u32,
     pub nid: Nid,
-    /// Runnable threads, the running one at the front.
+    /// Runnable threads, the one that ran least recently at the front (the order of the
+    /// kernel's rq->cfs_tasks, read from its tail); a thread that takes the CPU goes to the
+    /// back.
     pub runqueue: std::collections::VecDeque<Entity>,
     /// Threads asleep whose last CPU this is: their decaying PELT averages still count here
     /// (the cfs_rq's blocked load) until they wake.
@@ -172,6 +174,16 @@ pub struct Cpu {
     /// The thread whose quantum is in progress and when that quantum ends (the next
     /// CpuTick): the load balancer cannot detach it before then.
     pub running: Option<(Entity, crate::engine::Nanos)>,
+    /// The thread that has the CPU (cfs_rq->curr between context switches) and how long it
+    /// has run since it took it (`sched/fair/slice.rs`).
+    pub turn: Option<(Entity, crate::engine::Nanos)>,
+}
+
+impl Cpu {
+    /// rq->curr: the thread in its turn, else the next to run.
+    pub fn curr_task(&self) -> Option<Entity> {
+        self.turn.map(|(e, _)| e).filter(|e| self.runqueue.contains(e)).or_else(|| self.runqueue.front().copied())
+    }
 }
 
 #[cfg(test)]

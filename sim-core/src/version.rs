@@ -86,6 +86,10 @@ pub struct Rules {
     /// - update_sd_pick_busiest(): the last of equally loaded fully busy groups (6.1: the first);
     /// - find_busiest_queue()'s migrate_util: cpu_util_cfs_boost() (6.1: cpu_util_cfs()).
     pub lb_6_12: bool,
+    /// The fair class picks by EEVDF with a base slice per request (v6.6, "sched/fair:
+    /// Implement an EEVDF-like scheduling policy"); before, CFS's sched_slice() and
+    /// check_preempt_wakeup().
+    pub eevdf: bool,
 }
 
 /// `Release::new`, short.
@@ -146,6 +150,8 @@ const SD_SHARE_LLC: &[Span] = &[Mainline(r(6, 10, 0))];
 /// The four load-balancer rules of [`Rules::lb_6_12`]: read in 6.12; their merge releases
 /// (after 6.6) were not checked.
 const LB_6_12: &[Span] = &[Mainline(r(6, 12, 0))];
+/// v6.6, EEVDF replaces CFS's pick; read in 6.12.117.
+const EEVDF: &[Span] = &[Mainline(r(6, 6, 0))];
 
 impl Rules {
     /// The rules of `version`, with the GUP era overridden when asked.
@@ -185,6 +191,7 @@ impl Rules {
             pkg_domain_name: if on(PKG_DOMAIN) { "PKG" } else { "DIE" },
             sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
             lb_6_12: on(LB_6_12),
+            eevdf: on(EEVDF),
         }
     }
 

@@ -11,7 +11,8 @@
 //! - A run recorded without the task table gives instead all CPU time outside the
 //!   scenario's threads (/proc/schedstat's per-CPU run time less the threads' runtime) per
 //!   sample: an upper bound, kernel threads included.
-//! - It starts on node 0 (the guest boots on CPU 0), unpinned.
+//! - It starts on node 0 (the guest boots on CPU 0), unpinned, and first wakes one period
+//!   after the start: /init takes the baseline sample before it releases the threads.
 //! - It is added only where a scenario thread is free to move (no `cpus`): only there can it
 //!   change placement. Where every thread is pinned, the CPU time it takes from a thread is
 //!   already in that thread's touch rate, which validate fits the think time to.
@@ -51,6 +52,7 @@ pub fn add(config: &mut Config, runs: &[(&serde_json::Value, &Table)]) -> Option
         name: "sampler".into(),
         count: 1,
         node: Some(0),
+        start_ms: period_ms,
         period_ms: Some(period_ms),
         run_us: Some(run_us),
         ..ThreadConfig::default()

@@ -1,7 +1,7 @@
-//! Threads on CPUs. Each CPU runs the thread at the front of its run queue for one quantum,
-//! then rotates the queue; the fair class's load balancer (`fair/`) and NUMA placement
-//! (`numa.rs`) move threads between CPUs. Simplified: one scheduler decision per quantum, no
-//! preemption inside a quantum.
+//! Threads on CPUs. A CPU gives the thread that ran least recently a turn of its slice
+//! (`fair/slice.rs`), run in quanta; the fair class's load balancer (`fair/`) and NUMA
+//! placement (`numa.rs`) move threads between CPUs. Simplified: scheduler decisions only at
+//! quantum ends, no preemption inside a quantum.
 
 pub mod fair;
 pub mod numa;
@@ -220,8 +220,13 @@ pub fn enqueue_task(k: &mut Kernel, te: Entity, cpu: u32) {
 
 /// Puts a thread on `cpu`'s run queue now; an idle CPU starts running it at `at`.
 fn enqueue_task_at(k: &mut Kernel, te: Entity, cpu: u32, at: Nanos) {
+    k.cpu(cpu).runqueue.push_back(te);
+    start_ticking(k, cpu, at);
+}
+
+/// An idle CPU starts running its queue at `at`.
+fn start_ticking(k: &mut Kernel, cpu: u32, at: Nanos) {
     let mut c = k.cpu(cpu);
-    c.runqueue.push_back(te);
     if !c.ticking {
         c.ticking = true;
         k.queue.schedule(at, Event::CpuTick(cpu));
@@ -267,6 +272,10 @@ pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNu
 ///   clock_nanosleep()), so wake_affine() never runs for these wakes.
 /// - A new thread's PELT averages start on its CPU (wake_up_new_task()); a sleeper's decay
 ///   over its sleep and leave its previous CPU's blocked load.
+/// - A woken thread ran least recently, so it is next in line; under CFS a sleeper may
+///   preempt (check_preempt_wakeup(), `fair/slice.rs`). A thread waking at its start time
+///   has waited for it parked (as the oracle's guest program parks each thread until the
+///   start) and does not preempt.
 pub fn wake_task(
     In(te): In<Entity>,
     mut k: Kernel,
@@ -293,13 +302,49 @@ pub fn wake_task(
         fair::ttwu_stat(&mut lb, prev, cpu);
     }
     let cpu = task.cpu;
-    enqueue_task(&mut k, te, cpu);
+    let preempt =
+        !never_ran && fair::slice::wakeup_preempts(k.rules.eevdf, k.topo.nr_cpus(), now - task.exec_start.min(now));
+    let mut c = k.cpu(cpu);
+    if preempt {
+        // It is rq->curr from now on; the thread it preempted stops at the end of the
+        // quantum in progress.
+        c.runqueue.push_back(te);
+        c.turn = Some((te, 0));
+    } else {
+        c.runqueue.push_front(te);
+    }
+    start_ticking(&mut k, cpu, now);
+}
+
+/// pick_next_task_fair(): the thread in its turn keeps the CPU until its slice is used;
+/// then the one that ran least recently takes it and goes to the back of the queue. Under
+/// EEVDF a thread alone on its CPU starts a new request each time one is served
+/// (update_deadline()), so a thread woken meanwhile waits for the rest of it.
+fn pick_next_task(k: &mut Kernel, cpu: u32) -> Option<Entity> {
+    let eevdf = k.rules.eevdf;
+    let turn = fair::slice::turn_ns(eevdf, k.topo.nr_cpus(), k.rq_len(cpu));
+    let mut c = k.cpu(cpu);
+    if let Some((e, used)) = c.turn
+        && c.runqueue.contains(&e)
+    {
+        if used < turn {
+            return Some(e);
+        }
+        if eevdf && c.runqueue.len() == 1 {
+            c.turn = Some((e, 0));
+            return Some(e);
+        }
+    }
+    let e = c.runqueue.pop_front()?;
+    c.runqueue.push_back(e);
+    c.turn = Some((e, 0));
+    Some(e)
 }
 
 /// Handler of [`Event::CpuTick`]: balance (trigger_load_balance() on a busy CPU,
-/// sched_balance_newidle() on one whose queue emptied), run the thread at the front of the
-/// CPU's queue for one quantum, then do what the kernel does on return to user
-/// (task_numa_work()) and at the tick (numa placement), and rotate the queue.
+/// sched_balance_newidle() on one whose queue emptied), run the thread that has the CPU
+/// ([`pick_next_task`]) for one quantum, then do what the kernel does on return to user
+/// (task_numa_work()) and at the tick (numa placement).
 pub fn cpu_tick(
     In(cpu): In<u32>,
     mut k: Kernel,
@@ -317,12 +362,13 @@ pub fn cpu_tick(
             newidle_balance(&mut k, &mut lb, &mut tasks, cpu);
         }
     }
-    let Some(te) = k.cpu(cpu).runqueue.front().copied() else {
+    let Some(te) = pick_next_task(&mut k, cpu) else {
         lb.enter_idle(cpu);
         let mut c = k.cpu(cpu);
         c.ticking = false;
         c.curr = None;
         c.running = None;
+        c.turn = None;
         return;
     };
     let (mut task, mut numa) = tasks.get_mut(te).expect("queued tasks exist");
@@ -365,9 +411,12 @@ pub fn cpu_tick(
     if let Some(at) = wake_at {
         c.runqueue.retain(|&e| e != te);
         c.blocked.push(te);
+        c.turn = None;
         k.queue.schedule(at, Event::TaskWake(te));
-    } else if c.runqueue.front() == Some(&te) {
-        c.runqueue.rotate_left(1);
+    } else if let Some((e, used)) = c.turn
+        && e == te
+    {
+        c.turn = Some((e, used + spent.max(1)));
     }
     k.queue.schedule_in(spent.max(1), Event::CpuTick(cpu));
 }

@@ -650,7 +650,7 @@ fn task_numa_compare(
 ) {
     let (src, dst) = (env.src_nid as usize, dst_nid as usize);
     let moveimp = if env.p_group.is_some() { groupimp } else { taskimp };
-    let Some(cur_e) = k.cpu(cpu).runqueue.front().copied() else {
+    let Some(cur_e) = k.rq(cpu).curr_task() else {
         if maymove && moveimp >= env.best_imp() {
             env.best = Some(Best { imp: moveimp, task: None, cpu });
         }

@@ -139,6 +139,12 @@ fn running_on(k: &Kernel, cpu: u32) -> Option<(Entity, u64)> {
     k.rq(cpu).running.filter(|&(_, until)| until > k.now())
 }
 
+/// When a thread taken from `cpu` can start elsewhere: at the end of its quantum in progress
+/// there (a thread preempted by a wake-up finishes the model's quantum), else now.
+fn leaves_at(k: &Kernel, cpu: u32, e: Entity) -> u64 {
+    running_on(k, cpu).filter(|&(r, _)| r == e).map_or(k.now(), |(_, until)| until)
+}
+
 /// task_hot(): the thread ran within sysctl_sched_migration_cost.
 fn task_hot(k: &Kernel, task: &crate::sched::Task) -> bool {
     k.now().saturating_sub(task.exec_start) < MIGRATION_COST_NS
@@ -182,7 +188,8 @@ fn can_migrate_task(k: &Kernel, lb: &LoadBalance, tasks: &Tasks, env: &mut LbEnv
         return None;
     }
     env.flags &= !LBF_ALL_PINNED;
-    if running_on(k, env.src_cpu).is_some_and(|(r, _)| r == e) {
+    // task_on_cpu(): the thread that has the CPU stays (a preempted one has not).
+    if k.rq(env.src_cpu).turn.is_some_and(|(t, _)| t == e) {
         return None;
     }
     if env.flags & LBF_ACTIVE_LB != 0 {
@@ -238,9 +245,9 @@ fn detach_tasks(k: &mut Kernel, lb: &LoadBalance, tasks: &mut Tasks, env: &mut L
             break;
         }
     }
-    let now = k.now();
     for &e in detached.iter().rev() {
-        migrate_task_to(k, tasks, e, env.dst_cpu, now);
+        let at = leaves_at(k, src, e);
+        migrate_task_to(k, tasks, e, env.dst_cpu, at);
     }
     (detached.len() as u64, hot_moved)
 }
@@ -393,7 +400,7 @@ fn failed(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mut Tasks, env: &mut LbE
         st.nr_balance_failed += 1;
     }
     if env.migration == Migration::Task && st.nr_balance_failed > cache_nice_tries + 2 {
-        let curr = running_on(k, env.src_cpu).map(|(e, _)| e).or_else(|| k.rq(env.src_cpu).runqueue.front().copied());
+        let curr = k.rq(env.src_cpu).curr_task();
         let allowed = curr.and_then(|e| tasks.get(e).ok()).is_some_and(|(t, _)| t.affinity.allows(env.dst_cpu));
         if !allowed {
             return Outcome::OnePinned;
@@ -421,6 +428,6 @@ fn active_load_balance_cpu_stop(k: &mut Kernel, lb: &mut LoadBalance, tasks: &mu
     s.alb_pushed += 1;
     s.lb_gained[Idle::Idle as usize] += 1;
     lb.state[target as usize][lvl].nr_balance_failed = 0;
-    let at = running_on(k, busiest).filter(|&(r, _)| r == e).map_or(k.now(), |(_, until)| until);
+    let at = leaves_at(k, busiest, e);
     migrate_task_to(k, tasks, e, target, at);
 }

@@ -25,7 +25,7 @@
 //! - rq->avg_idle and max_newidle_lb_cost do not gate newidle balancing (balancing costs no
 //!   simulated time); NI_RANDOM and newidle_ratio are modelled with a seeded stream.
 //! - LBF_DST_PINNED's retry on another CPU of the local group is not modelled.
-//! - CACHE_HOT_BUDDY is not modelled: the model has no wakeup preemption, so no next buddy.
+//! - CACHE_HOT_BUDDY is not modelled (no next or last buddy is kept).
 //! - Wake-ups: a thread's wait for its start time is pinned to its start CPU (as the
 //!   oracle's guest program pins it); a periodic thread's later wakes go through
 //!   select_task_rq_fair() (`wake.rs`). ttwu_move_balance stays 0 (no SD_BALANCE_WAKE).
@@ -33,6 +33,7 @@
 
 mod balance;
 mod group;
+pub mod slice;
 mod wake;
 
 use std::collections::BTreeMap;

@@ -348,12 +348,12 @@ fn wake_affine_pulls_to_the_waker_only_when_prev_is_heavier() {
 }
 
 /// Runs a 2 × 2 machine with two busy threads on node 0 and, when `sleeps`, a thread that
-/// runs 2 ms every 10 ms from CPU 0. Returns the busy threads' migrations and the run's
+/// runs 5 ms every 20 ms from CPU 0. Returns the busy threads' migrations and the run's
 /// summary metrics.
-fn busy_node_with_sleeper(sleeps: bool) -> (u64, Vec<(String, f64)>) {
-    let (mut sim, t) = threads_on(KernelVersion::V6_12, 2, 2, &[(0, None), (1, None)]);
+fn busy_node_with_sleeper(version: KernelVersion, sleeps: bool) -> (u64, Vec<(String, f64)>) {
+    let (mut sim, t) = threads_on(version, 2, 2, &[(0, None), (1, None)]);
     if sleeps {
-        sleeper(&mut sim, t[0], 0, Some(Periodic { period: 10 * NSEC_PER_MSEC, run: 2 * NSEC_PER_MSEC }));
+        sleeper(&mut sim, t[0], 0, Some(Periodic { period: 20 * NSEC_PER_MSEC, run: 5 * NSEC_PER_MSEC }));
     }
     let out = sim.run().unwrap();
     let moves = t.iter().map(|&e| sim.world.get::<Task>(e).unwrap().nr_migrations).sum();
@@ -361,25 +361,29 @@ fn busy_node_with_sleeper(sleeps: bool) -> (u64, Vec<(String, f64)>) {
     (moves, metrics)
 }
 
-/// Two busy threads on node 0 stay there (adjust_numa_imbalance() allows the pair); a
-/// periodic sleeper waking onto node 0, with no idle CPU there, stays on its busy CPU, and
-/// the thread waiting behind it (not running, cold) is pulled to idle node 1.
+/// Two busy threads on node 0 stay there (adjust_numa_imbalance() allows the pair). A
+/// periodic sleeper wakes onto node 0, with no idle CPU there: under CFS (6.1) it preempts
+/// the busy thread; under EEVDF (6.12) it runs once the busy thread's slice is served, and
+/// its 5 ms outlast its own slice. Either way the busy thread waits (not running, cold) and
+/// an idle CPU of node 1 pulls it.
 #[test]
 fn a_sleeper_waking_on_a_full_node_gets_a_waiting_thread_pulled_to_an_idle_node() {
-    let (moves, _) = busy_node_with_sleeper(false);
-    assert_eq!(moves, 0);
-    let (moves, metrics) = busy_node_with_sleeper(true);
-    assert!(moves >= 1, "{moves}");
-    let get = |name: &str| metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v).unwrap();
-    let on_node1 = get("thread.app/t/0.node1_share") + get("thread.app/t/1.node1_share");
-    assert!(on_node1 > 0.0, "{on_node1}");
+    for v in [KernelVersion::V6_1, KernelVersion::V6_12] {
+        assert_eq!(busy_node_with_sleeper(v, false).0, 0, "{v:?}");
+        let (moves, metrics) = busy_node_with_sleeper(v, true);
+        assert!(moves >= 1, "{v:?}: {moves}");
+        let get = |name: &str| metrics.iter().find(|(k, _)| k == name).map(|(_, v)| *v).unwrap();
+        let on_node1 = get("thread.app/t/0.node1_share") + get("thread.app/t/1.node1_share");
+        assert!(on_node1 > 0.0, "{v:?}: {on_node1}");
+    }
 }
 
 /// The same run with a sleeper twice gives identical results.
 #[test]
 fn runs_with_a_sleeper_are_deterministic() {
     let strip = |m: Vec<(String, f64)>| m.into_iter().filter(|(k, _)| k != "wall_s").collect::<Vec<_>>();
-    assert_eq!(strip(busy_node_with_sleeper(true).1), strip(busy_node_with_sleeper(true).1));
+    let run = || strip(busy_node_with_sleeper(KernelVersion::V6_1, true).1);
+    assert_eq!(run(), run());
 }
 
 /// `period_ms` and `run_us` come together, the run fits the period, and a misspelling names
