@@ -48,6 +48,20 @@ pub const NOT_MEASURED: [&str; 16] = [
     "touches.kvm",
 ];
 
+/// The secondary-MMU churn metrics (`secondary_mmu.*`, `kvm.*`, `per_scan_pass.*`): the
+/// guest does not count them yet.
+fn churn_not_measured() -> Vec<String> {
+    use sim_core::stats::summary::PER_SCAN_PASS;
+    use sim_core::stats::{KvmStat, SecondaryMmuChurn};
+    let group = |g: &str, names: &[&str]| names.iter().map(|n| format!("{g}.{n}")).collect::<Vec<_>>();
+    [
+        group("secondary_mmu", SecondaryMmuChurn::NAMES),
+        group("kvm", KvmStat::NAMES),
+        group("per_scan_pass", &PER_SCAN_PASS),
+    ]
+    .concat()
+}
+
 /// What the run was, for the summary's header fields.
 pub struct RunInfo<'a> {
     pub scenario: &'a str,
@@ -190,6 +204,8 @@ pub fn summary(
         .copied()
         .filter(|m| !(smmu.measured.contains(m) || has_kvm && *m == "touches.kvm"))
         .collect();
+    let churn = churn_not_measured();
+    not_measured.extend(churn.iter().map(String::as_str));
     let mut ksm = json!({ "pages_merged": ksm_merged(last, first) });
     match ksm_skipped(last, first) {
         Some(n) => ksm["pages_skipped"] = json!(n),

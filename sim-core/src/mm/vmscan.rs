@@ -3,7 +3,7 @@
 
 use bevy_ecs::prelude::*;
 
-use super::mmu_notifier::{SPTE_VALID, SPTE_YOUNG, SmmuKind};
+use super::mmu_notifier::{SPTE_VALID, SPTE_YOUNG};
 use super::{PTE_PROTNONE, PTE_YOUNG, PageIdx};
 use crate::engine::{Event, Nanos};
 use crate::kernel::Kernel;
@@ -23,7 +23,7 @@ pub struct Aging {
 pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
     let mut secondary_young: Vec<PageIdx> = Vec::new();
     for mut s in k.smmus.iter_mut() {
-        if s.kind != SmmuKind::Notifier {
+        if !s.kind.notified() {
             continue;
         }
         let base = s.base;
