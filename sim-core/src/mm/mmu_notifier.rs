@@ -283,13 +283,16 @@ fn invalidate(
         if s.mm != mm || !s.kind.notified() {
             continue;
         }
-        counters.secondary_mmu.invalidated(event);
-        if keep {
-            counters.secondary_mmu.range_numa_kept += 1;
-            continue;
-        }
         let lo = range.start.max(s.base);
         let hi = (u64::from(range.end)).min(u64::from(s.base) + s.entries.len() as u64) as PageIdx;
+        // An interval notifier (a device's) hears only of ranges over its window; so count.
+        if lo < hi {
+            counters.secondary_mmu.invalidated(event);
+            counters.secondary_mmu.range_numa_kept += u64::from(keep);
+        }
+        if keep {
+            continue;
+        }
         let (mut invalidated, mut skipped) = (0, 0);
         let mut page = lo;
         while page < hi {

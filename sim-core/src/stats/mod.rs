@@ -121,8 +121,8 @@ counters! {
     /// numasim's names: the kernel counts none of these (KVM's own are in [`KvmStat`]).
     /// Entries count in 4 KiB units: a 2 MiB entry is 512.
     SecondaryMmuChurn {
-        /// invalidate_range_start() calls the tables received, by `enum mmu_notifier_event`:
-        /// MMU_NOTIFY_PROTECTION_VMA, MMU_NOTIFY_CLEAR, MMU_NOTIFY_UNMAP.
+        /// invalidate_range_start() calls over a range a table maps, by `enum
+        /// mmu_notifier_event`: MMU_NOTIFY_PROTECTION_VMA, MMU_NOTIFY_CLEAR, MMU_NOTIFY_UNMAP.
         invalidate_protection_vma,
         invalidate_clear,
         invalidate_unmap,
