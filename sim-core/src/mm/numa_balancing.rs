@@ -115,11 +115,11 @@ fn vma_verdict(
 ) -> VmaVerdict {
     let seq = mm.numa_scan_seq;
     let vma = &mut mm.vmas[vi];
-    // Inaccessible VMAs are skipped to avoid confusing PROT_NONE with NUMA hinting PTEs.
     if vma.no_numa_balancing {
         // Where the proposal puts it: with the VMAs vma_migratable() refuses.
         return VmaVerdict::Skip(NumabSkip::Unsuitable);
     }
+    // Inaccessible VMAs are skipped to avoid confusing PROT_NONE with NUMA hinting PTEs.
     if !vma.accessible {
         return VmaVerdict::Skip(NumabSkip::Inaccessible);
     }
