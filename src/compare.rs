@@ -1,5 +1,5 @@
-//! `numasim compare`: one scenario under several kernel versions or GUP eras (and seeds), side
-//! by side, in the habit of mmtests' compare-kernels.sh: a row per metric, a column per
+//! `numasim compare`: one scenario under several kernel versions, GUP eras or NUMA balancing
+//! remedies (and seeds), side by side, in the habit of mmtests' compare-kernels.sh: a row per metric, a column per
 //! kernel, the mean and spread over seeds and the change against the first column.
 
 use std::fmt::Write as _;
@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use plots::data::{get, mean_sd};
 use results::Summary;
-use sim_core::config::{Config, GupPolicy, KernelVersion};
+use sim_core::config::{Config, GupPolicy, KernelVersion, NumaBalancing};
 use workloads::catalogue;
 
 use crate::Failure;
@@ -33,6 +33,8 @@ pub enum Column {
     Kernel(KernelVersion),
     /// The scenario's kernel with the GUP era of another (`kernel.gup_policy`).
     Policy(GupPolicy),
+    /// The scenario's kernel with NUMA balancing off, on, or on with one remedy.
+    Remedy(Remedy),
 }
 
 impl Column {
@@ -40,6 +42,7 @@ impl Column {
         match self {
             Column::Kernel(v) => v.name(),
             Column::Policy(p) => p.name(),
+            Column::Remedy(r) => r.name(),
         }
     }
 
@@ -50,6 +53,7 @@ impl Column {
                 config.kernel.gup_policy = None;
             }
             Column::Policy(p) => config.kernel.gup_policy = Some(p),
+            Column::Remedy(r) => r.apply(config),
         }
     }
 
@@ -57,9 +61,72 @@ impl Column {
     fn flag(columns: &[Column]) -> &'static str {
         match columns.first() {
             Some(Column::Kernel(_)) => "--kernels",
+            Some(Column::Remedy(_)) => "--remedies",
             _ => "--policies",
         }
     }
+}
+
+/// What a `--remedies` column runs: NUMA balancing off, on as the scenario has it, or on
+/// with one of the `[kernel]` what-if knobs that spare secondary MMUs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Remedy {
+    Off,
+    On,
+    /// `kernel.prot_numa_skip_pinned`.
+    SkipPinned,
+    /// `kernel.mmu_notifier_range_numa`.
+    RangeNuma,
+    /// `kernel.no_numa_balancing_vmas`: every VMA a vm's EPT or a device maps.
+    VmaOptOut,
+    /// `kernel.no_numa_balancing_processes`: every vm, and every process a device maps.
+    ProcessOptOut,
+}
+
+impl Remedy {
+    pub const ALL: [Remedy; 6] =
+        [Remedy::Off, Remedy::On, Remedy::SkipPinned, Remedy::RangeNuma, Remedy::VmaOptOut, Remedy::ProcessOptOut];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Remedy::Off => "off",
+            Remedy::On => "on",
+            Remedy::SkipPinned => "skip-pinned",
+            Remedy::RangeNuma => "range-numa",
+            Remedy::VmaOptOut => "vma-opt-out",
+            Remedy::ProcessOptOut => "process-opt-out",
+        }
+    }
+
+    fn apply(self, config: &mut Config) {
+        let k = &mut config.kernel;
+        if self == Remedy::Off {
+            k.numa_balancing = NumaBalancing::DISABLED;
+        } else if !k.numa_balancing.enabled() {
+            k.numa_balancing = NumaBalancing::NORMAL;
+        }
+        let mapped = config.vm.iter().map(|vm| (vm.name.clone(), "ram".to_string()));
+        let mapped: Vec<(String, String)> =
+            mapped.chain(config.device.iter().map(|d| (d.process.clone(), d.vma.clone()))).collect();
+        match self {
+            Remedy::Off | Remedy::On => {}
+            Remedy::SkipPinned => k.prot_numa_skip_pinned = true,
+            Remedy::RangeNuma => k.mmu_notifier_range_numa = true,
+            Remedy::VmaOptOut => k.no_numa_balancing_vmas = unique(mapped.iter().map(|(p, v)| format!("{p}/{v}"))),
+            Remedy::ProcessOptOut => k.no_numa_balancing_processes = unique(mapped.into_iter().map(|(p, _)| p)),
+        }
+    }
+}
+
+/// `names` without repeats, in first-seen order.
+fn unique(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for n in names {
+        if !out.contains(&n) {
+            out.push(n);
+        }
+    }
+    out
 }
 
 /// The manifest `numasim plot` reads to redraw a comparison.
@@ -223,7 +290,7 @@ fn report(base: &Config, set: &[String], columns: &[Column], seeds: u32, table: 
     }
     let _ = writeln!(
         r,
-        "## Results\n\nOne column per kernel version or GUP era; the mean over {seeds} seed(s) (± sample standard deviation from 2 seeds), and the change against the first column; from {MARK_FROM_SEEDS} seeds `{SIGNIFICANT}` marks a change larger than both columns' standard deviations added.\n\n```\n{table}```\n"
+        "## Results\n\nOne column per kernel version, GUP era or remedy; the mean over {seeds} seed(s) (± sample standard deviation from 2 seeds), and the change against the first column; from {MARK_FROM_SEEDS} seeds `{SIGNIFICANT}` marks a change larger than both columns' standard deviations added.\n\n```\n{table}```\n"
     );
     let _ = writeln!(r, "## Plots\n");
     for p in plots.iter().filter(|p| p.extension().is_some_and(|e| e == "png")) {

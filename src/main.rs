@@ -44,7 +44,7 @@ enum Command {
         #[arg(long)]
         check_invariants: bool,
     },
-    /// Run a scenario under each GUP era, or each kernel version (and several seeds); print
+    /// Run a scenario under each GUP era, kernel version or NUMA balancing remedy (and several seeds); print
     /// the table, write plots and report.md.
     Compare {
         #[arg(default_value = "default")]
@@ -57,6 +57,10 @@ enum Command {
         /// Kernel versions to compare instead, one column each (e.g. 6.1,6.4,6.5,6.12).
         #[arg(long, value_delimiter = ',', value_parser = parse_version, conflicts_with = "policies")]
         kernels: Vec<KernelVersion>,
+        /// NUMA balancing remedies to compare instead, one column each: off, on, skip-pinned,
+        /// range-numa, vma-opt-out, process-opt-out.
+        #[arg(long, value_delimiter = ',', value_parser = parse_remedy, conflicts_with_all = ["policies", "kernels"])]
+        remedies: Vec<compare::Remedy>,
         /// Seeds per policy (run.seed, run.seed + 1, ...).
         #[arg(long, default_value_t = 1)]
         seeds: u32,
@@ -215,6 +219,13 @@ fn check(c: &sim_core::config::Config) {
     print!("{}", to_toml(c));
 }
 
+fn parse_remedy(s: &str) -> Result<compare::Remedy, String> {
+    compare::Remedy::ALL.into_iter().find(|r| r.name() == s).ok_or_else(|| {
+        let names: Vec<_> = compare::Remedy::ALL.iter().map(|r| r.name()).collect();
+        format!("unknown remedy `{s}` ({})", names.join(", "))
+    })
+}
+
 fn parse_version(s: &str) -> Result<KernelVersion, String> {
     s.parse()
 }
@@ -268,22 +279,33 @@ fn main() -> ExitCode {
                 }
             })
         }
-        Command::Compare { scenario, set, policies, kernels, seeds, jobs, out, check_invariants, show_zero } => {
-            compare::run(compare::Args {
-                scenario,
-                show_zero,
-                set,
-                columns: if kernels.is_empty() {
-                    policies.into_iter().map(compare::Column::Policy).collect()
-                } else {
-                    kernels.into_iter().map(compare::Column::Kernel).collect()
-                },
-                seeds,
-                jobs: jobs.unwrap_or_else(batch::default_jobs),
-                out,
-                check_invariants,
-            })
-        }
+        Command::Compare {
+            scenario,
+            set,
+            policies,
+            kernels,
+            remedies,
+            seeds,
+            jobs,
+            out,
+            check_invariants,
+            show_zero,
+        } => compare::run(compare::Args {
+            scenario,
+            show_zero,
+            set,
+            columns: if !remedies.is_empty() {
+                remedies.into_iter().map(compare::Column::Remedy).collect()
+            } else if !kernels.is_empty() {
+                kernels.into_iter().map(compare::Column::Kernel).collect()
+            } else {
+                policies.into_iter().map(compare::Column::Policy).collect()
+            },
+            seeds,
+            jobs: jobs.unwrap_or_else(batch::default_jobs),
+            out,
+            check_invariants,
+        }),
         Command::Sweep { file, jobs, shard, out, check_invariants } => sweep::run(sweep::Args {
             file,
             jobs: jobs.unwrap_or_else(batch::default_jobs),

@@ -61,6 +61,12 @@ fn run_writes_the_three_result_files() {
         "ksm.pages_merged",
         "ksm.skipped_protnone",
         "young.secondary_only_protnone",
+        "secondary_mmu.invalidate_protection_vma",
+        "secondary_mmu.entries_refilled",
+        "secondary_mmu.flush_ipis",
+        "kvm.kvm_unmap_hva_range",
+        "kvm.remote_tlb_flush",
+        "per_scan_pass.entries_zapped",
         "throughput.touches_per_s",
     ] {
         let (group, name) = key.split_once('.').unwrap();
@@ -264,6 +270,39 @@ fn compare_hides_zero_rows_and_has_no_spread_from_one_seed() {
     let all = run(&["--show-zero"]);
     assert!(rows(&all) > rows(&default) && !all.contains("not shown"), "{all}");
     assert!(all.lines().any(|l| l.contains("0.00") && l.matches("+0.00%").count() == 2), "a zero row: {all}");
+}
+
+/// A guest on the node its memory is not on, for the remedy columns.
+const GUEST: &str = r#"
+[run]
+duration_ms = 1500
+[[vm]]
+name = "guest"
+memory_mib = 32
+populate_node = 0
+[vm.vcpus]
+count = 2
+node = 1
+"#;
+
+/// `compare --remedies`: a column per remedy with the churn rows; an unknown remedy, or an
+/// opt-out naming a VMA the scenario does not have, is bad input.
+#[test]
+fn compare_takes_remedies_as_columns() {
+    let dir = scratch("compare-remedies");
+    let cfg = write(&dir, "guest.toml", GUEST);
+    let out_dir = dir.join("cmp");
+    let remedies = "off,on,range-numa,process-opt-out";
+    let out = common::ok(&["compare", &cfg, "--remedies", remedies, "--out", out_dir.to_str().unwrap()]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.lines().any(|l| l.contains("secondary_mmu.entries_zapped")), "{table}");
+    assert!(["off", "on", "range-numa", "process-opt-out"].iter().all(|c| out_dir.join(c).join("seed-1").is_dir()));
+    let report = std::fs::read_to_string(out_dir.join("report.md")).unwrap();
+    assert!(report.contains(&format!("--remedies {remedies}")), "{report}");
+    let e = rejected(&["compare", &cfg, "--remedies", "off,skip-pined"]);
+    assert!(e.contains("skip-pinned"), "{e}");
+    let e = rejected(&["run", &cfg, "--set", "kernel.no_numa_balancing_vmas=[\"guest/rom\"]"]);
+    assert!(e.contains("kernel.no_numa_balancing_vmas[0]") && e.contains("ram"), "{e}");
 }
 
 /// `run` takes a validation case by name, as `validate` does.

@@ -14,7 +14,7 @@ use guest::{PAGE_SIZE, Pattern, Plan, SmmuPlan};
 use crate::sys::{self, Result, Rng, Shared, SmmuSlot, ThreadSlot};
 
 /// gupdev_stats fields, in the C struct's order (gupdev.h).
-pub const STATS_FIELDS: [&str; 20] = [
+pub const STATS_FIELDS: [&str; 24] = [
     "entries_valid",
     "entries_pinned",
     "entries_ref",
@@ -35,6 +35,10 @@ pub const STATS_FIELDS: [&str; 20] = [
     "hint_faults_local",
     "pages_migrated",
     "map_retries",
+    "invalidations_clear",
+    "invalidations_unmap",
+    "invalidations_other",
+    "entries_refilled",
 ];
 
 /// Pages a sequential toucher maps per miss: the ones it touches next (one GUP batch of the
@@ -159,6 +163,10 @@ fn stats_values(s: &gupdev::Stats) -> [u64; STATS_FIELDS.len()] {
         s.hint_faults_local,
         s.pages_migrated,
         s.map_retries,
+        s.invalidations_clear,
+        s.invalidations_unmap,
+        s.invalidations_other,
+        s.entries_refilled,
     ]
 }
 

@@ -12,7 +12,7 @@
 #include <linux/ioctl.h>
 #include <linux/types.h>
 
-#define GUPDEV_ABI_VERSION 2
+#define GUPDEV_ABI_VERSION 3
 #define GUPDEV_IOC_MAGIC 0xB7
 
 /* gupdev_version.caps: what the running kernel can do. */
@@ -113,6 +113,11 @@ struct gupdev_stats {
 	__u64 hint_faults_local;
 	__u64 pages_migrated;
 	__u64 map_retries;
+	/* ABI 3: invalidations by mmu_notifier_event, and the refills of dropped entries */
+	__u64 invalidations_clear;      /* MMU_NOTIFY_CLEAR (migration, KSM, COW) */
+	__u64 invalidations_unmap;      /* MMU_NOTIFY_UNMAP (munmap) */
+	__u64 invalidations_other;      /* every other event */
+	__u64 entries_refilled;         /* maps of entries an invalidation had dropped */
 };
 
 #define GUPDEV_IOC_VERSION _IOR(GUPDEV_IOC_MAGIC, 0, struct gupdev_version)

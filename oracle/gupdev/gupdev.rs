@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 
-pub const ABI_VERSION: u32 = 2;
+pub const ABI_VERSION: u32 = 3;
 pub const DEVICE: &str = "/dev/gupdev";
 pub const MAX_PAGES: u64 = 1 << 20;
 
@@ -105,6 +105,10 @@ pub struct Stats {
     pub hint_faults_local: u64,
     pub pages_migrated: u64,
     pub map_retries: u64,
+    pub invalidations_clear: u64,
+    pub invalidations_unmap: u64,
+    pub invalidations_other: u64,
+    pub entries_refilled: u64,
 }
 
 const MAGIC: u64 = 0xB7;
@@ -124,7 +128,7 @@ pub const IOC_STATS: u64 = ioc::<Stats>(IOC_READ, 5);
 
 const _: () = assert!(IOC_VERSION == 0x8048_b700 && IOC_ATTACH == 0x4020_b701);
 const _: () = assert!(IOC_MAP == 0xc040_b702 && IOC_UNMAP == 0xc018_b703);
-const _: () = assert!(IOC_ACCESS == 0xc038_b704 && IOC_STATS == 0x80a0_b705);
+const _: () = assert!(IOC_ACCESS == 0xc038_b704 && IOC_STATS == 0x80c0_b705);
 
 /// One device: an open file of /dev/gupdev (closing it drops every entry and pin).
 pub struct Device {

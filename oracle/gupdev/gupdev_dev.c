@@ -312,7 +312,7 @@ static int __init gd_init(void)
 	BUILD_BUG_ON(sizeof(struct gupdev_map) != 64);
 	BUILD_BUG_ON(sizeof(struct gupdev_range) != 24);
 	BUILD_BUG_ON(sizeof(struct gupdev_access) != 56);
-	BUILD_BUG_ON(sizeof(struct gupdev_stats) != 160);
+	BUILD_BUG_ON(sizeof(struct gupdev_stats) != 192);
 	return misc_register(&gd_misc);
 }
 

@@ -57,6 +57,8 @@ static bool gd_install(struct gd_gup *g, unsigned long idx, struct page **pages,
 	for (i = 0; i < got; i++) {
 		struct gd_entry *e = &d->table[idx + i];
 
+		if (e->flags & E_ZAPPED)
+			d->st.entries_refilled++;
 		e->page = pages[i];
 		e->flags = E_VALID | hold | ((g->gup_flags & FOLL_WRITE) ? E_WRITE : 0);
 	}

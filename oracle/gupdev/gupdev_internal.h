@@ -32,6 +32,7 @@
 #define E_PIN (1u << 4)      /* holds a FOLL_PIN pin */
 #define E_SKIPPED (1u << 5)  /* a smart notifier kept it through an invalidation */
 #define E_STALE (1u << 6)    /* seen stale; stale_since says since when */
+#define E_ZAPPED (1u << 7)   /* invalid: an invalidation dropped it; its next map is a refill */
 
 struct gd_entry {
 	struct page *page;

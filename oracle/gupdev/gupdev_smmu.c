@@ -207,8 +207,19 @@ static int gd_invalidate_start(struct mmu_notifier *mn, const struct mmu_notifie
 	d->inval_active++;
 	d->inval_seq++;
 	d->st.invalidations++;
-	if (r->event == MMU_NOTIFY_PROTECTION_VMA)
+	switch (r->event) {
+	case MMU_NOTIFY_PROTECTION_VMA:
 		d->st.invalidations_protection_vma++;
+		break;
+	case MMU_NOTIFY_CLEAR:
+		d->st.invalidations_clear++;
+		break;
+	case MMU_NOTIFY_UNMAP:
+		d->st.invalidations_unmap++;
+		break;
+	default:
+		d->st.invalidations_other++;
+	}
 	for (i = first; i < last; i++) {
 		struct gd_entry *e = &d->table[i];
 
@@ -222,6 +233,7 @@ static int gd_invalidate_start(struct mmu_notifier *mn, const struct mmu_notifie
 			continue;
 		}
 		gd_drop_entry(d, e, now);
+		e->flags = E_ZAPPED;
 		d->st.entries_dropped++;
 	}
 out:

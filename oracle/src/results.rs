@@ -48,6 +48,29 @@ pub const NOT_MEASURED: [&str; 16] = [
     "touches.kvm",
 ];
 
+/// The churn counters gupdev keeps (ABI 3), by numasim's name and the module's field.
+const CHURN: [(&str, &str); 5] = [
+    ("secondary_mmu.invalidate_protection_vma", "invalidations_protection_vma"),
+    ("secondary_mmu.invalidate_clear", "invalidations_clear"),
+    ("secondary_mmu.invalidate_unmap", "invalidations_unmap"),
+    ("secondary_mmu.entries_zapped", "entries_dropped"),
+    ("secondary_mmu.entries_refilled", "entries_refilled"),
+];
+
+/// The secondary-MMU churn metrics (`secondary_mmu.*`, `kvm.*`, `per_scan_pass.*`); gupdev
+/// measures some ([`CHURN`]).
+fn churn_not_measured() -> Vec<String> {
+    use sim_core::stats::summary::PER_SCAN_PASS;
+    use sim_core::stats::{KvmStat, SecondaryMmuChurn};
+    let group = |g: &str, names: &[&str]| names.iter().map(|n| format!("{g}.{n}")).collect::<Vec<_>>();
+    [
+        group("secondary_mmu", SecondaryMmuChurn::NAMES),
+        group("kvm", KvmStat::NAMES),
+        group("per_scan_pass", &PER_SCAN_PASS),
+    ]
+    .concat()
+}
+
 /// What the run was, for the summary's header fields.
 pub struct RunInfo<'a> {
     pub scenario: &'a str,
@@ -129,8 +152,10 @@ fn smmu_sum(s: &Sample, kind: Option<SmmuKind>, field: &str) -> u64 {
 /// (the guest runs none; nothing else ages pages without memory pressure). Hinting faults
 /// are the module's vmstat deltas around its GUP calls (system-wide: see gupdev's README).
 /// `stale.mappings_max` sums each device's own maximum: exact with one device, an upper
-/// bound of the gauge's maximum with more.
-fn smmu_counters(plan: &Plan, info: &RunInfo<'_>, last: &Sample) -> SmmuCounters {
+/// bound of the gauge's maximum with more. The churn counters are the module's counts of
+/// invalidations over each table's window by event, entries dropped and refilled, over the
+/// workload (`first` to `last`).
+fn smmu_counters(plan: &Plan, info: &RunInfo<'_>, (first, last): (&Sample, &Sample)) -> SmmuCounters {
     let mut out = SmmuCounters { values: Vec::new(), measured: Vec::new() };
     if plan.smmus.is_empty() {
         return out;
@@ -150,6 +175,9 @@ fn smmu_counters(plan: &Plan, info: &RunInfo<'_>, last: &Sample) -> SmmuCounters
         add("hint_faults_by_source.device", smmu_sum(last, Some(SmmuKind::Device), "hint_faults"));
         if !info.aging {
             add("young.secondary_only_protnone", smmu_sum(last, None, "young_secondary_only_protnone"));
+        }
+        for (name, field) in CHURN {
+            add(name, smmu_sum(last, None, field).saturating_sub(smmu_sum(first, None, field)));
         }
     }
     if has_kvm {
@@ -183,13 +211,15 @@ pub fn summary(
         last.vmstat.keys().map(|n| (n.clone(), json!(delta(last, first, n)))).collect();
     let kernel_ksm: Map<String, Value> = last.ksm.iter().map(|(k, v)| (k.clone(), json!(v))).collect();
     let rate = if elapsed_s > 0.0 { (cpu + device + kvm) as f64 / elapsed_s } else { 0.0 };
-    let smmu = smmu_counters(plan, info, last);
+    let smmu = smmu_counters(plan, info, (first, last));
     let has_kvm = kinds.values().any(|k| *k == Toucher::Kvm);
     let mut not_measured: Vec<&str> = NOT_MEASURED
         .iter()
         .copied()
         .filter(|m| !(smmu.measured.contains(m) || has_kvm && *m == "touches.kvm"))
         .collect();
+    let churn = churn_not_measured();
+    not_measured.extend(churn.iter().map(String::as_str).filter(|m| !smmu.measured.contains(m)));
     let mut ksm = json!({ "pages_merged": ksm_merged(last, first) });
     match ksm_skipped(last, first) {
         Some(n) => ksm["pages_skipped"] = json!(n),
@@ -422,7 +452,7 @@ mod tests {
         }
     }
 
-    fn sample(t_ms: f64, touches: [u64; 3], stats: [(&str, u64); 3]) -> Sample {
+    fn sample<const N: usize>(t_ms: f64, touches: [u64; 3], stats: [(&str, u64); N]) -> Sample {
         let names = ["p/w/0", "device/d", "g/vcpu/0"];
         Sample {
             t_ms,
@@ -491,8 +521,9 @@ mod tests {
     #[test]
     fn gupdev_counters_fill_numasim_names_and_leave_not_measured() {
         let p = plan(RemotePath::Smmu { smmu: 0 });
-        let stats = [("stale_accesses", 7), ("stale_mappings_max", 5), ("hint_faults", 11)];
-        let s = [sample(0.0, [0; 3], [("stale_accesses", 0), ("stale_mappings_max", 0), ("hint_faults", 0)])];
+        let stats = [("stale_accesses", 7), ("stale_mappings_max", 5), ("hint_faults", 11), ("entries_refilled", 9)];
+        let at_start = [("stale_accesses", 0), ("stale_mappings_max", 0), ("hint_faults", 0), ("entries_refilled", 4)];
+        let s = [sample(0.0, [0; 3], at_start)];
         let s = [s[0].clone(), sample(1000.0, [10, 20, 30], stats)];
         let v = summary(&info(), &p, &s, &BTreeMap::new()).unwrap();
         // Sums over both secondary MMUs for stale.*, by kind for the hinting faults.
@@ -508,6 +539,9 @@ mod tests {
         }
         assert!(nm.contains(&"locality.device") && nm.contains(&"hint_faults_by_source.cpu"));
         assert_eq!(v["kernel_gupdev"]["device/d"]["hint_faults"].as_u64(), Some(11));
+        assert_eq!(v["secondary_mmu"]["entries_refilled"].as_u64(), Some(10), "both tables, over the workload");
+        assert!(!nm.contains(&"secondary_mmu.entries_refilled") && nm.contains(&"secondary_mmu.tlb_flushes"));
+        assert!(nm.contains(&"kvm.kvm_unmap_hva_range"));
     }
 
     /// A user-space GUP caller keeps no mapping that could go stale: with one in the

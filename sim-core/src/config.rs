@@ -258,6 +258,24 @@ pub struct KernelConfig {
     /// memory tier.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub demotion_enabled: bool,
+    /// What-if: change_prot_numa() leaves DMA-pinned folios alone, base pages and THPs
+    /// (folio_maybe_dma_pinned()). 6.19+ does for THPs (folio_can_map_prot_numa() in
+    /// change_huge_pmd(), the 7.2 and 7.3 rows); every release read does for the private
+    /// anonymous base pages numasim has; for older THPs it is the 2023 RFC's proposal.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub prot_numa_skip_pinned: bool,
+    /// What-if, proposed, not in a kernel: change_prot_numa() flags its invalidations
+    /// MMU_NOTIFIER_RANGE_NUMA and every notifier-based secondary MMU keeps its entries.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub mmu_notifier_range_numa: bool,
+    /// What-if, proposed, not in a kernel: processes and vms (by name) opted out of NUMA
+    /// balancing, as a prctl() would; their threads never queue task_numa_work().
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub no_numa_balancing_processes: Vec<String>,
+    /// What-if, proposed, not in a kernel: VMAs (`process/vma`, a vm's memory is
+    /// `vm/ram`) flagged VM_NO_NUMA_BALANCING; task_numa_work() skips them as unsuitable.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub no_numa_balancing_vmas: Vec<String>,
 }
 
 /// sysctl_numa_balancing_promote_rate_limit's default (kernel/sched/fair.c, 6.12, 7.3).
@@ -363,6 +381,10 @@ impl Default for KernelConfig {
             numa_balancing_promote_rate_limit_mbps: PROMOTE_RATE_LIMIT_MBPS,
             numa_balancing_hot_threshold_ms: HOT_THRESHOLD_MS,
             demotion_enabled: false,
+            prot_numa_skip_pinned: false,
+            mmu_notifier_range_numa: false,
+            no_numa_balancing_processes: Vec::new(),
+            no_numa_balancing_vmas: Vec::new(),
         }
     }
 }
@@ -1219,6 +1241,7 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
         check(d.quantum_us >= 1, at("quantum_us"), "must be at least 1")?;
         check_toucher(d.hot_fraction, d.hot_probability, d.touch_lines, d.start_ms, d.stop_ms, &at)?;
     }
+    validate_opt_outs(&c.kernel, &mms)?;
     for (ai, a) in c.action.iter().enumerate() {
         let at = |rest: &str| format!("action[{ai}].{rest}");
         find_vma(&a.process, &a.vma, &at)?;
@@ -1244,6 +1267,27 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
     validate_tolerances(c)?;
     let have = c.machine.total_memory_mib();
     check(total_mib <= have, "process", format!("the VMAs need {total_mib} MiB but the machine has {have} MiB"))
+}
+
+/// The NUMA balancing opt-outs name processes, vms and their VMAs (`mms`: each with its
+/// VMAs' names).
+fn validate_opt_outs(k: &KernelConfig, mms: &[(&str, Vec<&str>)]) -> Result<(), Invalid> {
+    let names: Vec<&str> = mms.iter().map(|m| m.0).collect();
+    for (i, p) in k.no_numa_balancing_processes.iter().enumerate() {
+        let at = format!("kernel.no_numa_balancing_processes[{i}]");
+        check(names.contains(&p.as_str()), at, unknown_name("process or vm", p, &names))?;
+    }
+    for (i, v) in k.no_numa_balancing_vmas.iter().enumerate() {
+        let at = format!("kernel.no_numa_balancing_vmas[{i}]");
+        let Some((process, vma)) = v.split_once('/') else {
+            return Err((at, format!("`{v}` must be `process/vma`")));
+        };
+        let Some((_, vmas)) = mms.iter().find(|m| m.0 == process) else {
+            return Err((at, unknown_name("process or vm", process, &names)));
+        };
+        check(vmas.contains(&vma), at, unknown_name("vma", vma, vmas))?;
+    }
+    Ok(())
 }
 
 fn validate_tolerances(c: &Config) -> Result<(), Invalid> {

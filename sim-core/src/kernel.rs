@@ -31,6 +31,11 @@ impl Sysctl {
     }
 }
 
+/// The CPU the current event runs on (`smp_processor_id()`), as the last
+/// [`Kernel::trace_current`] set it: kvm_flush_remote_tlbs() sends no IPI to it.
+#[derive(Resource, Debug, Default)]
+pub struct CurrentCpu(pub u32);
+
 #[derive(SystemParam)]
 pub struct Kernel<'w, 's> {
     pub queue: ResMut<'w, EventQueue>,
@@ -47,6 +52,7 @@ pub struct Kernel<'w, 's> {
     pub smmus: Query<'w, 's, &'static mut SecondaryMmu>,
     pub kvm: Res<'w, crate::kvm::Kvm>,
     pub ksm_frames: ResMut<'w, crate::mm::ksm::KsmFrames>,
+    pub current_cpu: ResMut<'w, CurrentCpu>,
     /// The trace sink, present only while tracing.
     pub trace: Option<ResMut<'w, Trace>>,
 }
@@ -80,9 +86,11 @@ impl Kernel<'_, '_> {
         self.rq(cpu).runqueue.len()
     }
 
-    /// Sets the trace's `current` (CPU, task and time) for the events that follow.
+    /// Sets the current CPU, and the trace's `current` (CPU, task and time), for the events
+    /// that follow.
     #[inline]
     pub fn trace_current(&mut self, cpu: u32, pid: u32, ts: Nanos) {
+        self.current_cpu.0 = cpu;
         if let Some(t) = self.trace.as_mut() {
             t.set_current(cpu, pid, ts, self.queue.now());
         }

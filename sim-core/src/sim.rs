@@ -166,6 +166,7 @@ impl Sim {
         world.insert_resource(Counters { tiered, ..Counters::default() });
         world.insert_resource(Recorder::new(config.run.sample_ms * NSEC_PER_MSEC));
         world.insert_resource(Kvm(config.kvm.clone()));
+        world.insert_resource(crate::kernel::CurrentCpu::default());
         world.insert_resource(Actions::default());
         let ksm = &config.ksm;
         world.insert_resource(KsmFrames::default());
@@ -195,17 +196,25 @@ impl Sim {
     /// mm_users until [`Sim::add_main_thread`] gives it work.
     pub fn add_process(&mut self, name: &str) -> Entity {
         let pid = self.alloc_pid();
-        let delay = self.world.resource::<Sysctl>().scan_delay();
-        self.world.spawn(Mm::new(pid, name, delay)).id()
+        let sysctl = self.world.resource::<Sysctl>();
+        let mut mm = Mm::new(pid, name, sysctl.scan_delay());
+        mm.no_numa_balancing = sysctl.0.no_numa_balancing_processes.iter().any(|p| p == name);
+        self.world.spawn(mm).id()
     }
 
     /// Maps `pages` of anonymous memory into `mm`; returns the VMA index.
     pub fn add_vma(&mut self, mm: Entity, name: &str, pages: u64) -> usize {
         let thp = self.world.resource::<Sysctl>().0.transparent_hugepage;
         let base = self.world.resource_mut::<Pages>().grow(pages, thp != Thp::Never);
+        let opted_out = {
+            let (m, sysctl) = (self.world.get::<Mm>(mm).expect("live mm"), self.world.resource::<Sysctl>());
+            let full = format!("{}/{name}", m.name);
+            sysctl.0.no_numa_balancing_vmas.contains(&full)
+        };
         let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
         let vma = m.add_vma(name, pages, base, thp != Thp::Never);
         m.vmas[vma].set_thp(thp.allows(None));
+        m.vmas[vma].no_numa_balancing = opted_out;
         vma
     }
 

@@ -148,7 +148,7 @@ struct Derived {
 /// Per-scan-pass and per-fault figures: independent of how fast TCG runs the guest.
 /// A scan pass is `numa_pte_updates` / the scenario's pages: PTEs made protnone in
 /// units of the whole memory once.
-const DERIVED: [Derived; 7] = [
+const DERIVED: [Derived; 9] = [
     Derived { name: "derived.scan_passes", numerator: "vmstat.numa_pte_updates", denominator: Denominator::Pages },
     Derived {
         name: "per_pass.numa_hint_faults",
@@ -163,6 +163,16 @@ const DERIVED: [Derived; 7] = [
     Derived {
         name: "per_pass.hint_faults_by_source.kvm",
         numerator: "hint_faults_by_source.kvm",
+        denominator: Denominator::Metric("derived.scan_passes"),
+    },
+    Derived {
+        name: "per_pass.secondary_mmu.entries_zapped",
+        numerator: "secondary_mmu.entries_zapped",
+        denominator: Denominator::Metric("derived.scan_passes"),
+    },
+    Derived {
+        name: "per_pass.secondary_mmu.entries_refilled",
+        numerator: "secondary_mmu.entries_refilled",
         denominator: Denominator::Metric("derived.scan_passes"),
     },
     Derived {

@@ -121,7 +121,7 @@ pub fn build(config: &Config) -> Sim {
             vm.content_classes,
             vm.hugepage,
         );
-        let ept = sim.add_secondary_mmu(&format!("{}/ept", vm.name), mm, ram.base, ram.pages, SmmuKind::Notifier);
+        let ept = sim.add_secondary_mmu(&format!("{}/ept", vm.name), mm, ram.base, ram.pages, SmmuKind::Kvm);
         let vcpus = add_threads(&mut sim, &mut placer, m, mm, &vm.name, &ram, &vm.vcpus, Some(ept), MainThread::Idle);
         named.push(NamedMm { name: vm.name.clone(), mm, regions: vec![ram], first_thread: vcpus.first().copied() });
     }

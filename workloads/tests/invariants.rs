@@ -1,7 +1,7 @@
 //! Every built-in scenario under every kernel version (which covers every GUP era: 6.1
 //! implicit, 6.1-debian12 and 6.4 implicit-all, 6.5 implicit-force, 6.6 and 6.12 explicit),
-//! and with THP on under the oldest and the newest, passes the invariant checks after every
-//! event.
+//! with THP on under the oldest and the newest, and with the remedy knobs that keep pinned
+//! THPs and secondary-MMU entries, passes the invariant checks after every event.
 //!
 //! CI runs one seed of each for `NUMASIM_INVARIANT_MS` (default 100) simulated ms; the full
 //! check, 20 seeds of the whole run, is
@@ -25,10 +25,18 @@ fn env(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
-/// The kernel settings of the matrix: every version, then THP always on 6.1 and 6.12.
-fn kernels() -> Vec<(KernelVersion, &'static str)> {
-    let versions = KernelVersion::ALL.into_iter().map(|v| (v, "never"));
-    versions.chain([(KernelVersion::V6_1, "always"), (KernelVersion::V6_12, "always")]).collect()
+/// A kernel setting of the matrix: version, THP, and what-if knobs.
+type Kernel = (KernelVersion, &'static str, &'static [&'static str]);
+
+/// The remedies that change what secondary MMUs see (the opt-outs only scan less).
+const REMEDIES: &[&str] = &["kernel.prot_numa_skip_pinned=true", "kernel.mmu_notifier_range_numa=true"];
+
+/// The kernel settings of the matrix: every version, then THP always on 6.1 and 6.12, and
+/// 6.12 with THP and the remedies.
+fn kernels() -> Vec<Kernel> {
+    let versions = KernelVersion::ALL.into_iter().map(|v| (v, "never", &[][..]));
+    let thp = [(KernelVersion::V6_1, "always", &[][..]), (KernelVersion::V6_12, "always", &[][..])];
+    versions.chain(thp).chain([(KernelVersion::V6_12, "always", REMEDIES)]).collect()
 }
 
 /// Divides every VMA and guest memory size by `by`, keeping at least one THP (2 MiB).
@@ -43,12 +51,13 @@ fn shrink(c: &mut Config, by: u64) {
 }
 
 /// One run of the matrix, with invariant checks on; the error says which run and what broke.
-fn check_one(name: &str, (version, thp): (KernelVersion, &str), seed: u64, ms: u64, by: u64) -> Result<(), String> {
+fn check_one(name: &str, (version, thp, knobs): Kernel, seed: u64, ms: u64, by: u64) -> Result<(), String> {
     let mut set = vec![
         format!("kernel.version={}", version.name()),
         format!("kernel.transparent_hugepage={thp}"),
         format!("run.seed={seed}"),
     ];
+    set.extend(knobs.iter().map(|k| k.to_string()));
     if ms > 0 {
         set.push(format!("run.duration_ms={ms}"));
         set.push(format!("run.sample_ms={}", ms.min(100)));
@@ -61,7 +70,7 @@ fn check_one(name: &str, (version, thp): (KernelVersion, &str), seed: u64, ms: u
     }
     let mut sim = workloads::build(&c);
     sim.set_check_invariants(true);
-    let what = || format!("{name}, kernel {}, THP {thp}, seed {seed}", version.name());
+    let what = || format!("{name}, kernel {}, THP {thp}, {knobs:?}, seed {seed}", version.name());
     match sim.run() {
         Ok(out) if out.summary.sim_time_ns == c.run.duration_ms * 1_000_000 => Ok(()),
         Ok(out) => Err(format!("{}: simulated {} ns of {} ms", what(), out.summary.sim_time_ns, c.run.duration_ms)),
@@ -153,6 +162,12 @@ fn a_broken_invariant_stops_the_run_with_its_name_time_and_place() {
         })
     });
     assert_eq!(v.invariant, "page_on_valid_node", "{v}");
+
+    let v = broken(&short, |sim| sim.with_kernel(|k| k.counters.secondary_mmu.entries_zapped += 1));
+    assert_eq!(v.invariant, "secondary_zaps_refills", "{v}");
+
+    let v = broken(&short, |sim| sim.with_kernel(|k| k.counters.kvm.remote_tlb_flush += 1));
+    assert_eq!(v.invariant, "kvm_flushes_le_requests", "{v}");
 }
 
 /// The engine's last line of defence: events that keep coming at one instant (here ksmd

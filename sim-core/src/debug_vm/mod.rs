@@ -303,23 +303,55 @@ fn check_counters(c: &Counters, now: Nanos) -> Result<(), Violation> {
     let by_source = &c.hint_faults_by_source;
     let t = &c.touches;
     let sourced = by_source.cpu + by_source.kvm + by_source.device + by_source.follow_page;
-    let at_most = |invariant, (small, small_name), (big, big_name): (u64, &str)| {
-        if small <= big {
-            Ok(())
-        } else {
-            Err(Violation::new(invariant, now, format!("{small_name} {small} > {big_name} {big}")))
-        }
-    };
     let hint_faults = (v.numa_hint_faults, "numa_hint_faults");
-    at_most("hint_faults_local_le_total", (v.numa_hint_faults_local, "numa_hint_faults_local"), hint_faults)?;
-    at_most("hint_faults_by_source_sum", (sourced, "hint_faults_by_source (sum)"), hint_faults)?;
-    at_most("hint_faults_by_source_sum", hint_faults, (sourced, "hint_faults_by_source (sum)"))?;
+    at_most(now, "hint_faults_local_le_total", (v.numa_hint_faults_local, "numa_hint_faults_local"), hint_faults)?;
+    at_most(now, "hint_faults_by_source_sum", (sourced, "hint_faults_by_source (sum)"), hint_faults)?;
+    at_most(now, "hint_faults_by_source_sum", hint_faults, (sourced, "hint_faults_by_source (sum)"))?;
     at_most(
+        now,
         "pages_migrated_le_success",
         (v.numa_pages_migrated, "numa_pages_migrated"),
         (v.pgmigrate_success, "pgmigrate_success"),
     )?;
-    at_most("touches_local_le_total", (t.cpu_local, "touches.cpu_local"), (t.cpu, "touches.cpu"))?;
-    at_most("touches_local_le_total", (t.kvm_local, "touches.kvm_local"), (t.kvm, "touches.kvm"))?;
-    at_most("touches_local_le_total", (t.device_local, "touches.device_local"), (t.device, "touches.device"))
+    at_most(now, "touches_local_le_total", (t.cpu_local, "touches.cpu_local"), (t.cpu, "touches.cpu"))?;
+    at_most(now, "touches_local_le_total", (t.kvm_local, "touches.kvm_local"), (t.kvm, "touches.kvm"))?;
+    at_most(now, "touches_local_le_total", (t.device_local, "touches.device_local"), (t.device, "touches.device"))?;
+    check_churn(c, now)
+}
+
+/// The churn counters' relations: a refill needs a zap, a flush an invalidation that zapped,
+/// a KVM flush request a traced invalidation, KVM's flushes its requests, and a counted
+/// `remote_tlb_flush` at least one IPI.
+fn check_churn(c: &Counters, now: Nanos) -> Result<(), Violation> {
+    let (s, kvm) = (&c.secondary_mmu, &c.kvm);
+    let invalidations = (s.invalidations(), "secondary_mmu invalidations (sum)");
+    let flushes = (s.tlb_flushes, "secondary_mmu.tlb_flushes");
+    at_most(now, "refills_le_zaps", (s.entries_refilled, "entries_refilled"), (s.entries_zapped, "entries_zapped"))?;
+    at_most(now, "flushes_le_invalidations", flushes, invalidations)?;
+    at_most(now, "flushes_le_zaps", flushes, (s.entries_zapped, "secondary_mmu.entries_zapped"))?;
+    at_most(
+        now,
+        "range_numa_kept_le_protection_vma",
+        (s.range_numa_kept, "range_numa_kept"),
+        (s.invalidate_protection_vma, "invalidate_protection_vma"),
+    )?;
+    let requests = (kvm.remote_tlb_flush_requests, "kvm.remote_tlb_flush_requests");
+    at_most(now, "kvm_flush_requests_le_flushes", requests, flushes)?;
+    at_most(now, "kvm_flush_requests_le_unmaps", requests, (kvm.kvm_unmap_hva_range, "kvm.kvm_unmap_hva_range"))?;
+    at_most(now, "kvm_flushes_le_requests", (kvm.remote_tlb_flush, "kvm.remote_tlb_flush"), requests)?;
+    at_most(now, "kvm_flushes_le_ipis", (kvm.remote_tlb_flush, "kvm.remote_tlb_flush"), (s.flush_ipis, "flush_ipis"))
+}
+
+/// Invariant `invariant` holds when `small` is at most `big` (each a count and its name).
+fn at_most(
+    now: Nanos,
+    invariant: &'static str,
+    (small, small_name): (u64, &str),
+    (big, big_name): (u64, &str),
+) -> Result<(), Violation> {
+    if small <= big {
+        Ok(())
+    } else {
+        Err(Violation::new(invariant, now, format!("{small_name} {small} > {big_name} {big}")))
+    }
 }

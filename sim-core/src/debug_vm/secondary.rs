@@ -1,7 +1,9 @@
 //! The secondary-MMU checks: every valid entry of a notifier-kept table maps the frame its
 //! page has now, in a VMA that grants access, or is counted stale, and the `stale.mappings`
 //! gauge equals that count; no entry that is not stale gives write access to a KSM page or
-//! the zero page (both are write-protected everywhere).
+//! the zero page (both are write-protected everywhere); the entries an invalidation zapped
+//! and no fault refilled yet are as many as `secondary_mmu.entries_zapped` less
+//! `entries_refilled`.
 //!
 //! A KVM guest's EPT has an entry per page of guest memory, and the check runs after every
 //! event, so the verdicts are kept per 2 MiB chunk ([`TableCache`]) and a chunk is counted
@@ -16,7 +18,7 @@ use bevy_ecs::prelude::*;
 use super::Violation;
 use super::census::ChunkCensus;
 use crate::engine::Nanos;
-use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, SecondaryMmu, SmmuKind};
+use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, SPTE_ZAPPED, SecondaryMmu};
 use crate::mm::{CHUNK, CHUNK_SHIFT, Mm, PG_KSM, PTE_COW, PageIdx, Pages, Pte, Vma};
 use crate::stats::Counters;
 
@@ -41,7 +43,7 @@ pub(super) fn check_secondary(
     counters: &Counters,
     now: Nanos,
 ) -> Result<(), Violation> {
-    let mut stale = 0;
+    let (mut stale, mut zapped) = (0, 0);
     for (e, s) in smmus.iter() {
         let vmas = mms.get(s.mm).map_or(&[][..], |m| &m.vmas[..]);
         let runs = granted_runs(vmas, s.base, s.entries().len() as u64);
@@ -69,9 +71,10 @@ pub(super) fn check_secondary(
             }
             cache.writes[c] = s.writes()[c];
         }
-        if s.kind == SmmuKind::Notifier {
+        if s.kind.notified() {
             stale += cache.tallies.iter().map(|t| t.stale).sum::<u64>();
         }
+        zapped += cache.tallies.iter().map(|t| t.zapped).sum::<u64>();
         if let Some((page, pte)) = cache.tallies.iter().find_map(|t| t.write_to_cow) {
             return Err(writable_cow(s, page, pte, now));
         }
@@ -79,6 +82,14 @@ pub(super) fn check_secondary(
     if stale != counters.stale_mappings {
         let detail = format!("the stale.mappings gauge says {} but {stale} entries are stale", counters.stale_mappings);
         return Err(Violation::new("stale_gauge", now, detail));
+    }
+    let churn = &counters.secondary_mmu;
+    if churn.entries_refilled.checked_add(zapped) != Some(churn.entries_zapped) {
+        let detail = format!(
+            "{zapped} entries wait for a refill, but secondary_mmu counts {} zapped and {} refilled",
+            churn.entries_zapped, churn.entries_refilled
+        );
+        return Err(Violation::new("secondary_zaps_refills", now, detail));
     }
     Ok(())
 }
@@ -109,6 +120,7 @@ fn tally_chunk(s: &SecondaryMmu, pages: &Pages, runs: &[(PageIdx, u64, bool)], c
                 fold(entries, granted, ptes.zip(pages.slots.frame_gens(slots.clone()).iter().copied()))
             };
             t.stale += stale;
+            t.zapped += entries.iter().filter(|&&e| e & SPTE_ZAPPED != 0).count() as u64;
             if bad > 0 && t.write_to_cow.is_none() {
                 let k = (0..entries.len()).find(|&k| verdict(entries[k], granted, state(k)).1).unwrap_or(0);
                 t.write_to_cow = Some((page + k as PageIdx, state(k).0));
@@ -151,6 +163,8 @@ fn granted_runs(vmas: &[Vma], first: PageIdx, n: u64) -> Vec<(PageIdx, u64, bool
 #[derive(Clone, Debug, Default, PartialEq)]
 struct Tally {
     stale: u64,
+    /// Entries an invalidation zapped, not refilled since.
+    zapped: u64,
     write_to_cow: Option<(PageIdx, Pte)>,
 }
 

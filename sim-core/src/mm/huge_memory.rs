@@ -168,7 +168,8 @@ pub fn thp_pages_of(k: &mut Kernel, mm: Entity, page: PageIdx) -> Option<std::op
 /// maps the huge zero page or is protnone already. Up to 6.18, unlike 4 KiB PTEs, pinned THPs
 /// and THPs on a single-threaded task's node (`target_node`) are not skipped (6.1.192 and
 /// 6.12.118 alike); from 6.19 (7.2.13, 7.3.4) it asks folio_can_map_prot_numa() as
-/// change_pte_range() does ([`crate::version::Rules::thp_prot_numa_filter`]). Returns the
+/// change_pte_range() does ([`crate::version::Rules::thp_prot_numa_filter`]). The what-if
+/// `kernel.prot_numa_skip_pinned` skips a pinned THP in any release. Returns the
 /// subpages updated: 512 (one numa_huge_pte_updates, 512 numa_pte_updates) or 0.
 pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, target_node: Option<Nid>) -> u64 {
     if k.mm(mm).vmas[vma].pmds[b] != Pmd::Huge {
@@ -181,7 +182,9 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, target_
     if k.rules.thp_prot_numa_filter && !folio_can_map_prot_numa(k, range.clone(), target_node) {
         return 0;
     }
-    if !prot_numa_tier_check(k, range.clone()) {
+    if !prot_numa_tier_check(k, range.clone())
+        || (k.sysctl.0.prot_numa_skip_pinned && range.clone().any(|i| k.pages.slots.pins(i) > 0))
+    {
         return 0;
     }
     for i in range {

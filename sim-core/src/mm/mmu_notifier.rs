@@ -13,6 +13,7 @@ use crate::config::NotifierMode;
 use crate::engine::prefetch;
 use crate::kernel::Kernel;
 use crate::machine::Nid;
+use crate::stats::Counters;
 use crate::trace::Event;
 use crate::trace_event;
 
@@ -24,6 +25,8 @@ pub const SPTE_YOUNG: u32 = 1 << 2;
 /// Part of a 2 MiB (PMD-level) entry: the 512 entries of a THP's block are mapped, zapped
 /// and aged together.
 pub const SPTE_HUGE: u32 = 1 << 3;
+/// An invalid entry an invalidation zapped: its next map is a refill (`secondary_mmu.refills`).
+pub const SPTE_ZAPPED: u32 = 1 << 4;
 const SPTE_NID_SHIFT: u32 = 8;
 const SPTE_GEN_SHIFT: u32 = 16;
 
@@ -53,8 +56,18 @@ impl MmuNotifyEvent {
 pub enum SmmuKind {
     /// Registered MMU notifier: invalidations zap entries, which refault later.
     Notifier,
+    /// KVM's EPT/NPT: a notifier user whose zaps end in kvm_flush_remote_tlbs(), which
+    /// interrupts the vCPUs running in the guest.
+    Kvm,
     /// Long-term pins: no notifier; the pinned pages cannot move, so entries stay right.
     LongtermPin,
+}
+
+impl SmmuKind {
+    /// Whether MMU notifier invalidations reach the table.
+    pub fn notified(self) -> bool {
+        self != SmmuKind::LongtermPin
+    }
 }
 
 /// One secondary MMU over a range of a process's memory.
@@ -107,10 +120,19 @@ impl SecondaryMmu {
 
     /// Invalidates entries `range` (indices into the table).
     pub fn zap(&mut self, range: std::ops::Range<usize>) {
+        self.clear(range, 0);
+    }
+
+    /// Invalidates valid entries `range` for an MMU notifier, marking them [`SPTE_ZAPPED`].
+    fn zap_notified(&mut self, range: std::ops::Range<usize>) {
+        self.clear(range, SPTE_ZAPPED);
+    }
+
+    fn clear(&mut self, range: std::ops::Range<usize>, mark: u32) {
         if !range.is_empty() {
             self.wrote(range.clone());
         }
-        self.entries[range].fill(0);
+        self.entries[range].fill(mark);
     }
 
     /// Sets entry `i`'s accessed bit (the device or vCPU used it).
@@ -149,21 +171,22 @@ impl SecondaryMmu {
         }
     }
 
-    /// Maps `page` to the frame it has now.
-    pub fn map(&mut self, page: PageIdx, pages: &Pages, writable: bool) {
-        self.map_entry(page, pages, writable, 0);
+    /// Maps `page` to the frame it has now; returns whether that refilled a zapped entry.
+    pub fn map(&mut self, page: PageIdx, pages: &Pages, writable: bool) -> bool {
+        self.map_entry(page, pages, writable, 0)
     }
 
-    fn map_entry(&mut self, page: PageIdx, pages: &Pages, writable: bool, huge: u32) {
-        if let Some(i) = self.slot(page) {
-            let s = pages.slot(page);
-            self.wrote(i..i + 1);
-            self.entries[i] = SPTE_VALID
-                | huge
-                | if writable { SPTE_WRITABLE } else { 0 }
-                | (u32::from(pages.slots.pte(s).nid) << SPTE_NID_SHIFT)
-                | (u32::from(pages.slots.frame_gen(s)) << SPTE_GEN_SHIFT);
-        }
+    fn map_entry(&mut self, page: PageIdx, pages: &Pages, writable: bool, huge: u32) -> bool {
+        let Some(i) = self.slot(page) else { return false };
+        let s = pages.slot(page);
+        self.wrote(i..i + 1);
+        let refill = self.entries[i] & SPTE_ZAPPED != 0;
+        self.entries[i] = SPTE_VALID
+            | huge
+            | if writable { SPTE_WRITABLE } else { 0 }
+            | (u32::from(pages.slots.pte(s).nid) << SPTE_NID_SHIFT)
+            | (u32::from(pages.slots.frame_gen(s)) << SPTE_GEN_SHIFT);
+        refill
     }
 
     /// The entries that map and unmap with entry `i`: its PMD block for a 2 MiB entry.
@@ -201,7 +224,7 @@ impl SecondaryMmu {
     /// PROT_NONE or gone, or the page has moved to another frame. Long-term pins are by
     /// design and never count.
     pub fn stale_entries(&self, granted: impl Fn(PageIdx) -> bool, pages: &Pages) -> u64 {
-        if self.kind == SmmuKind::LongtermPin {
+        if !self.kind.notified() {
             return 0;
         }
         let mut n = 0;
@@ -230,14 +253,46 @@ pub fn invalidate_range(
     event: MmuNotifyEvent,
     changed: impl Fn(PageIdx) -> bool,
 ) {
+    invalidate(k, mm, first..first + n as PageIdx, event, false, changed);
+}
+
+/// [`invalidate_range`] for change_prot_numa(): MMU_NOTIFY_PROTECTION_VMA, which the
+/// proposed MMU_NOTIFIER_RANGE_NUMA flag (`kernel.mmu_notifier_range_numa`; proposed, not in
+/// a kernel) marks as a NUMA hinting change, so that secondary MMUs keep their entries: a
+/// kept entry maps the frame the page still has, and a migration later zaps it
+/// (MMU_NOTIFY_CLEAR). Simplified: where KVM would test the flag is not settled; numasim
+/// tests it before KVM's `kvm_unmap_hva_range` tracepoint, so a kept range is not traced.
+pub fn invalidate_prot_numa(k: &mut Kernel, mm: Entity, first: PageIdx, n: u64, changed: impl Fn(PageIdx) -> bool) {
+    let keep = k.sysctl.0.mmu_notifier_range_numa;
+    invalidate(k, mm, first..first + n as PageIdx, MmuNotifyEvent::ProtectionVma, keep, changed);
+}
+
+fn invalidate(
+    k: &mut Kernel,
+    mm: Entity,
+    range: std::ops::Range<PageIdx>,
+    event: MmuNotifyEvent,
+    keep: bool,
+    changed: impl Fn(PageIdx) -> bool,
+) {
     let unconditional = k.sysctl.0.notifier == NotifierMode::Unconditional;
     let tracing = k.trace.is_some();
-    for mut s in k.smmus.iter_mut() {
-        if s.mm != mm || s.kind != SmmuKind::Notifier {
+    let me = k.current_cpu.0;
+    let Kernel { smmus, counters, cpus, mms, trace, .. } = k;
+    for mut s in smmus.iter_mut() {
+        if s.mm != mm || !s.kind.notified() {
             continue;
         }
-        let lo = first.max(s.base);
-        let hi = (u64::from(first) + n).min(u64::from(s.base) + s.entries.len() as u64) as PageIdx;
+        let lo = range.start.max(s.base);
+        let hi = (u64::from(range.end)).min(u64::from(s.base) + s.entries.len() as u64) as PageIdx;
+        // An interval notifier (a device's) hears only of ranges over its window; so count.
+        if lo < hi {
+            counters.secondary_mmu.invalidated(event);
+            counters.secondary_mmu.range_numa_kept += u64::from(keep);
+        }
+        if keep {
+            continue;
+        }
         let (mut invalidated, mut skipped) = (0, 0);
         let mut page = lo;
         while page < hi {
@@ -248,21 +303,44 @@ pub fn invalidate_range(
                 // A 2 MiB entry goes whole when any page of the range under it changed.
                 if unconditional || (page..end).any(&changed) {
                     invalidated += unit.len() as u32;
-                    s.zap(unit);
+                    s.zap_notified(unit);
                 } else {
                     skipped += end - page;
                 }
             }
             page = end;
         }
+        counters.secondary_mmu.entries_zapped += u64::from(invalidated);
+        if s.kind == SmmuKind::Kvm {
+            // kvm_mmu_notifier_invalidate_range_start() traces every range of the mm, in a
+            // memslot or not.
+            counters.kvm.kvm_unmap_hva_range += 1;
+        }
+        if invalidated > 0 {
+            let ipis = if s.kind == SmmuKind::Kvm { kvm_flush_remote_tlbs(counters, cpus, s.mm, me) } else { 0 };
+            counters.secondary_mmu.tlb_flushes += 1;
+            counters.secondary_mmu.flush_ipis += ipis;
+        }
         if tracing && lo < hi {
-            let m = k.mms.get(mm).expect("notified mms are live");
-            let t = k.trace.as_mut().expect("tracing");
+            let m = mms.get(mm).expect("notified mms are live");
+            let t = trace.as_mut().expect("tracing");
             let smmu = t.meta.smmu_id(&s.name);
             let (start, end) = (m.page_addr(lo), m.page_addr(hi - 1) + (1 << super::PAGE_SHIFT));
             t.push_current(Event::MmuNotifierInvalidate { smmu, event, start, end, invalidated, skipped });
         }
     }
+}
+
+/// Models kvm_flush_remote_tlbs() (virt/kvm/kvm_main.c, 6.12.118 and 7.3.4) after a zap:
+/// kvm_make_all_cpus_request(KVM_REQ_TLB_FLUSH) sends an IPI to every vCPU in guest mode on
+/// a CPU other than the caller's (`me`); `remote_tlb_flush` counts the flushes that sent one
+/// (x86 without Hyper-V has no kvm_arch_flush_remote_tlbs()). Returns the IPIs sent.
+/// Simplified: a vCPU thread in its quantum is in guest mode; one out of it is not.
+fn kvm_flush_remote_tlbs(counters: &mut Counters, cpus: &Query<&mut crate::machine::Cpu>, vm: Entity, me: u32) -> u64 {
+    let ipis = cpus.iter().filter(|c| c.id != me && c.curr.is_some_and(|(_, m)| m == vm)).count() as u64;
+    counters.kvm.remote_tlb_flush_requests += 1;
+    counters.kvm.remote_tlb_flush += u64::from(ipis > 0);
+    ipis
 }
 
 /// Maps `page` of `mm` into secondary MMU `smmu` as it is mapped now. With `pmd`, a THP is
@@ -271,12 +349,13 @@ pub fn invalidate_range(
 /// anything else at 4 KiB.
 pub fn map_secondary(k: &mut Kernel, smmu: Entity, mm: Entity, page: PageIdx, writable: bool, pmd: bool) {
     let span = if pmd { thp_pages_of(k, mm, page) } else { None };
-    let Kernel { smmus, pages, .. } = k;
+    let Kernel { smmus, pages, counters, .. } = k;
     let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
-    match span.filter(|r| s.slot(r.start).is_some() && s.slot(r.end - 1).is_some()) {
-        Some(r) => r.for_each(|p| s.map_entry(p, pages, writable, SPTE_HUGE)),
-        None => s.map(page, pages, writable),
-    }
+    let refills = match span.filter(|r| s.slot(r.start).is_some() && s.slot(r.end - 1).is_some()) {
+        Some(r) => r.filter(|&p| s.map_entry(p, pages, writable, SPTE_HUGE)).count() as u64,
+        None => u64::from(s.map(page, pages, writable)),
+    };
+    counters.secondary_mmu.entries_refilled += refills;
 }
 
 /// Recounts stale secondary-MMU entries into the `stale.mappings` gauge.

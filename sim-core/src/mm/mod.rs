@@ -424,6 +424,9 @@ pub struct Vma {
     /// VM_HUGEPAGE (madvise(MADV_HUGEPAGE)): with the default defrag setting its THP faults
     /// may reclaim, and so fall back to a remote node (vma_thp_gfp_mask()).
     pub vm_hugepage: bool,
+    /// VM_NO_NUMA_BALANCING (`kernel.no_numa_balancing_vmas`; proposed, not in a kernel):
+    /// task_numa_work() skips the VMA.
+    pub no_numa_balancing: bool,
     /// The state of each whole 2 MiB block, for a THP-eligible VMA that starts on a PMD
     /// boundary (empty otherwise: every fault maps 4 KiB).
     pub pmds: Vec<Pmd>,
@@ -495,6 +498,9 @@ pub struct Mm {
     pub numa_group: Option<crate::sched::numa::NumaGroup>,
     /// cpuset.mems as a node mask (`cpuset_current_mems_allowed`); all ones without a cpuset.
     pub mems_allowed: u64,
+    /// Opted out of NUMA balancing (`kernel.no_numa_balancing_processes`; proposed, not in a
+    /// kernel: a prctl() setting an mm flag): its threads never queue task_numa_work().
+    pub no_numa_balancing: bool,
 }
 
 impl Mm {
@@ -510,6 +516,7 @@ impl Mm {
             nr_threads: 1,
             numa_group: None,
             mems_allowed: u64::MAX,
+            no_numa_balancing: false,
         }
     }
 
@@ -532,6 +539,7 @@ impl Mm {
             numab: None,
             thp: false,
             vm_hugepage: false,
+            no_numa_balancing: false,
             pmds: Vec::new(),
         });
         self.vmas.len() - 1

@@ -4,7 +4,7 @@
 use bevy_ecs::entity::Entity;
 
 use super::huge_memory::{change_huge_pmd, split_huge_pmd};
-use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
+use super::mmu_notifier::invalidate_prot_numa;
 use super::{HPAGE_PMD_NR, Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd, Pte, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
@@ -30,10 +30,11 @@ pub fn clone_node_stamp(k: &Kernel, p: &TaskNuma, rss: u64, mm_users: u32) -> Na
 }
 
 /// Models task_tick_numa(): driven by the task's own runtime, once per scan period; returns
-/// whether task_numa_work() should run on return to user space.
+/// whether task_numa_work() should run on return to user space. Never for an mm opted out
+/// of NUMA balancing (`kernel.no_numa_balancing_processes`, proposed).
 pub fn task_tick_numa(k: &mut Kernel, p: &mut TaskNuma, runtime: Nanos, now: Nanos) -> bool {
     let period = p.numa_scan_period * NSEC_PER_MSEC;
-    if runtime <= p.node_stamp + period {
+    if runtime <= p.node_stamp + period || k.mm(p.mm).no_numa_balancing {
         return false;
     }
     if p.node_stamp == 0 {
@@ -115,6 +116,10 @@ fn vma_verdict(
 ) -> VmaVerdict {
     let seq = mm.numa_scan_seq;
     let vma = &mut mm.vmas[vi];
+    if vma.no_numa_balancing {
+        // Where the proposal puts it: with the VMAs vma_migratable() refuses.
+        return VmaVerdict::Skip(NumabSkip::Unsuitable);
+    }
     // Inaccessible VMAs are skipped to avoid confusing PROT_NONE with NUMA hinting PTEs.
     if !vma.accessible {
         return VmaVerdict::Skip(NumabSkip::Inaccessible);
@@ -195,6 +200,7 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
         }
         mm.numa_next_scan = now + p.numa_scan_period * NSEC_PER_MSEC;
     }
+    k.counters.secondary_mmu.scan_passes += 1;
     // Delay this task enough that another task of this mm will likely win next time.
     p.node_stamp += 2 * TICK_NSEC;
 
@@ -365,9 +371,7 @@ pub fn change_prot_numa(
         vpn = segment_end;
     }
     k.counters.vmstat.numa_pte_updates += updated.len() as u64;
-    invalidate_range(k, mm, vma.page(start), end - start, MmuNotifyEvent::ProtectionVma, |p| {
-        updated.binary_search(&p).is_ok()
-    });
+    invalidate_prot_numa(k, mm, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
     let pte_updates = updated.len() as u64;
     ProtNumaChange { pte_updates, entries_written: pte_updates - huge_pmds * HPAGE_PMD_NR + huge_pmds }
 }

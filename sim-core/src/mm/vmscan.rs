@@ -164,7 +164,7 @@ pub struct Aging {
 pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
     let mut secondary_young: Vec<PageIdx> = Vec::new();
     for mut s in k.smmus.iter_mut() {
-        if s.kind != SmmuKind::Notifier {
+        if !s.kind.notified() {
             continue;
         }
         let base = s.base;

@@ -135,6 +135,57 @@ counters! {
     }
 }
 
+counters! {
+    /// Churn in the notifier-based secondary MMUs, KVM's and the devices' (`secondary_mmu`).
+    /// numasim's names: the kernel counts none of these (KVM's own are in [`KvmStat`]).
+    /// Entries count in 4 KiB units: a 2 MiB entry is 512.
+    SecondaryMmuChurn {
+        /// invalidate_range_start() calls over a range a table maps, by `enum
+        /// mmu_notifier_event`: MMU_NOTIFY_PROTECTION_VMA, MMU_NOTIFY_CLEAR, MMU_NOTIFY_UNMAP.
+        invalidate_protection_vma,
+        invalidate_clear,
+        invalidate_unmap,
+        /// Valid entries those invalidations zapped.
+        entries_zapped,
+        /// Secondary faults that mapped an entry an invalidation had zapped.
+        entries_refilled,
+        /// TLB flushes after an invalidation that zapped entries: KVM's flush of its vCPUs,
+        /// a device's IOTLB invalidation.
+        tlb_flushes,
+        /// IPIs those flushes sent (KVM's to its vCPUs in guest mode).
+        flush_ipis,
+        /// task_numa_work() calls that claimed a scan (the passes the per-pass rates divide by).
+        scan_passes,
+        /// NUMA protection changes a table kept its entries through
+        /// (`kernel.mmu_notifier_range_numa`, proposed).
+        range_numa_kept,
+    }
+}
+
+impl SecondaryMmuChurn {
+    /// Counts one invalidate_range_start() call for `event` on one table.
+    pub fn invalidated(&mut self, event: crate::mm::mmu_notifier::MmuNotifyEvent) {
+        use crate::mm::mmu_notifier::MmuNotifyEvent::*;
+        *match event {
+            ProtectionVma => &mut self.invalidate_protection_vma,
+            Clear => &mut self.invalidate_clear,
+            Unmap => &mut self.invalidate_unmap,
+        } += 1;
+    }
+
+    /// All invalidate_range_start() calls the tables received.
+    pub fn invalidations(&self) -> u64 {
+        self.invalidate_protection_vma + self.invalidate_clear + self.invalidate_unmap
+    }
+}
+
+counters! {
+    /// KVM under its own names (`kvm`): the `kvm_unmap_hva_range` tracepoint
+    /// (include/trace/events/kvm.h) and the VM statistics `remote_tlb_flush_requests` and
+    /// `remote_tlb_flush` (KVM_GENERIC_VM_STATS in include/linux/kvm_host.h), 6.12.118.
+    KvmStat { kvm_unmap_hva_range, remote_tlb_flush_requests, remote_tlb_flush }
+}
+
 /// Everything a run counts. One resource, so the recorder snapshots it in one read.
 #[derive(Resource, Clone, Debug, Default)]
 pub struct Counters {
@@ -150,6 +201,8 @@ pub struct Counters {
     pub stale: Stale,
     pub ksm: Ksm,
     pub young: Young,
+    pub secondary_mmu: SecondaryMmuChurn,
+    pub kvm: KvmStat,
     /// Current number of stale secondary-MMU entries (a gauge).
     pub stale_mappings: u64,
     /// When `stale_mappings` last changed, for the `stale.mapping_ns` integral.
@@ -169,6 +222,8 @@ impl Counters {
             stale: self.stale.since(&earlier.stale),
             ksm: self.ksm.since(&earlier.ksm),
             young: self.young.since(&earlier.young),
+            secondary_mmu: self.secondary_mmu.since(&earlier.secondary_mmu),
+            kvm: self.kvm.since(&earlier.kvm),
             ..self.clone()
         }
     }

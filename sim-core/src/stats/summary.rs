@@ -6,7 +6,10 @@ use std::borrow::Cow;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, HintFaultsBySource, HintFaultsByTier, Ksm, Numasim, Stale, TierStat, VmStat, Young};
+use super::{
+    Counters, HintFaultsBySource, HintFaultsByTier, Ksm, KvmStat, Numasim, SecondaryMmuChurn, Stale, TierStat, VmStat,
+    Young,
+};
 use crate::engine::{NSEC_PER_SEC, Nanos};
 
 /// One metric value: a count, or a ratio/rate.
@@ -123,12 +126,26 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
         ("stale", stale),
         ("ksm", counts(Ksm::NAMES, c.ksm.values())),
         ("young", counts(Young::NAMES, c.young.values())),
+        ("secondary_mmu", counts(SecondaryMmuChurn::NAMES, c.secondary_mmu.values())),
+        ("kvm", counts(KvmStat::NAMES, c.kvm.values())),
+        ("per_scan_pass", per_scan_pass(&c.secondary_mmu)),
         ("throughput", named(vec![("touches_per_s", Value::Real(per_s))])),
     ]);
     if c.tiered {
         groups.0.insert(3, ("hint_faults_by_tier", counts(HintFaultsByTier::NAMES, c.hint_faults_by_tier.values())));
     }
     groups
+}
+
+/// The `per_scan_pass` metrics.
+pub const PER_SCAN_PASS: [&str; 5] =
+    ["invalidations", "entries_zapped", "entries_refilled", "tlb_flushes", "flush_ipis"];
+
+/// The churn each NUMA scan pass caused, on average (0 without a pass), in the order of
+/// [`PER_SCAN_PASS`].
+fn per_scan_pass(c: &SecondaryMmuChurn) -> Vec<(Cow<'static, str>, Value)> {
+    let counts = [c.invalidations(), c.entries_zapped, c.entries_refilled, c.tlb_flushes, c.flush_ipis];
+    PER_SCAN_PASS.iter().zip(counts).map(|(&n, count)| (Cow::Borrowed(n), ratio(count, c.scan_passes))).collect()
 }
 
 /// `summary.json`.
