@@ -19,6 +19,11 @@ const PAGES_PER_MIB: u64 = 256;
 const NUMA_DEBUGFS: &str = "/sys/kernel/debug/sched/numa_balancing";
 const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";
 
+/// Why a scenario with userfaultfd cannot be run on a real kernel.
+fn uffd_refused() -> OracleError {
+    OracleError::Input("[[userfaultfd]] and `uffdio-rwprotect` actions: the guest does not register userfaultfd".into())
+}
+
 /// The plan for `c`, or why the guest cannot realise it.
 pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
     if let Some((pi, p)) = c.process.iter().enumerate().find(|(_, p)| p.main_thread == MainThread::First) {
@@ -27,6 +32,9 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
              clone of an idle main thread; use main_thread = \"idle\" to validate",
             p.name
         )));
+    }
+    if !c.userfaultfd.is_empty() {
+        return Err(uffd_refused());
     }
     let m = &c.machine;
     let mut placer = Placer::new(m.nodes, m.cpus_per_node);
@@ -57,6 +65,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         let kind = match a.syscall {
             Syscall::Mprotect => ActionKind::Mprotect { protect_ms: a.protect_ms, period_ms: a.period_ms },
             Syscall::Munmap => ActionKind::Munmap,
+            Syscall::UffdioRwprotect => return Err(uffd_refused()),
         };
         processes[pi].actions.push(ActionPlan {
             vma: vi,

@@ -16,6 +16,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("ksm-protnone", include_str!("../../configs/ksm-protnone.toml")),
     ("pinned-device", include_str!("../../configs/pinned-device.toml")),
     ("overload", include_str!("../../configs/overload.toml")),
+    ("uffd-rwp", include_str!("../../configs/uffd-rwp.toml")),
 ];
 
 /// What to look at in a comparison of a built-in scenario across GUP eras or kernels.
@@ -74,6 +75,16 @@ pub fn guide(name: &str) -> &'static str {
              `thread.<name>.node1_share`, `schedstat.NUMA.lb_gained.*`); NUMA balancing first wants it back near \
              its memory, then moves its slice after it (`vmstat.numa_pages_migrated`: one slice, 32768 pages, per \
              thread that settled on node 1). The GUP policy changes nothing here."
+        }
+        "uffd-rwp" => {
+            "7.3 only (no release before has userfaultfd RWP). In the RWP-registered guest memory \
+             gup_can_follow_protnone() refuses every protnone PTE, so the /proc/PID/mem reader, which follows \
+             NUMA hints on 6.12, takes hinting faults (`hint_faults_by_source.device`, \
+             `numasim.uffd_rwp_gup_faults`); on an armed PTE it cannot wait for the handler and gets -EFAULT \
+             (`numasim.uffd_rwp_gup_efaults`). Each re-arm turns the scanner's pending hints into RWP faults \
+             (`numasim.uffd_rwp_hints_lost`), which NUMA balancing never counts, so the guest's memory follows \
+             its vCPUs more slowly than in kvm-guest. Rerun with `--set userfaultfd.0.rwp_async=true`: the \
+             kernel resolves RWP faults itself and the reader's -EFAULTs disappear."
         }
         _ => "",
     }

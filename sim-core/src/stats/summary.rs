@@ -6,7 +6,7 @@ use std::borrow::Cow;
 use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
-use super::{Counters, HintFaultsBySource, Ksm, Numasim, Stale, VmStat, Young};
+use super::{Counters, HintFaultsBySource, Ksm, Numasim, Stale, UffdRwp, VmStat, Young};
 use crate::engine::{NSEC_PER_SEC, Nanos};
 
 /// One metric value: a count, or a ratio/rate.
@@ -98,11 +98,15 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
             ("accesses", Value::Count(c.stale.accesses)),
         ]),
     };
+    let mut numasim = counts(Numasim::NAMES, c.numasim.values());
+    if c.uffd_rwp_registered {
+        numasim.extend(counts(UffdRwp::NAMES, c.uffd_rwp.values()));
+    }
     let all = t.cpu + t.kvm + t.device;
     let per_s = if span_ns == 0 { 0.0 } else { all as f64 * NSEC_PER_SEC as f64 / span_ns as f64 };
     Groups(vec![
         ("vmstat", counts(VmStat::NAMES, c.vmstat.values())),
-        ("numasim", counts(Numasim::NAMES, c.numasim.values())),
+        ("numasim", numasim),
         ("hint_faults_by_source", counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values())),
         (
             "locality",
