@@ -59,16 +59,16 @@ impl Device {
     /// held pin; O_DIRECT's GUP-fast attempt bails to slow GUP on a protnone PTE in every
     /// era but v6.2–v6.4 with FOLL_FORCE, which it does not pass, so it is not modelled.
     /// FOLL_UNLOCKABLE where the caller hands GUP a `locked`: process_vm_rw_single_vec()'s
-    /// pin_user_pages_remote(), the slow path of pin_user_pages_fast(), VFIO's
-    /// vaddr_get_pfns(); /proc/PID/mem's get_user_page_vma_remote() and gupdev's
-    /// get_user_pages_remote() pass NULL.
+    /// pin_user_pages_remote() and the slow path of pin_user_pages_fast() (O_DIRECT);
+    /// /proc/PID/mem's get_user_page_vma_remote(), gupdev's get_user_pages_remote() and
+    /// VFIO's vaddr_get_pfns() (6.12.118) pass NULL.
     fn gup_flags(&self) -> u32 {
         let write = if self.write { FOLL_WRITE } else { 0 };
         match (self.mode, self.gup_path) {
             (DeviceMode::Notifier, GupPath::ProcessVm | GupPath::ODirect) => FOLL_GET | FOLL_UNLOCKABLE | write,
             (DeviceMode::Notifier, GupPath::Driver) => FOLL_GET | write,
             (DeviceMode::Notifier, GupPath::ProcMem) => FOLL_GET | FOLL_FORCE | write,
-            (DeviceMode::Pin, _) => FOLL_PIN | FOLL_LONGTERM | FOLL_UNLOCKABLE | write,
+            (DeviceMode::Pin, _) => FOLL_PIN | FOLL_LONGTERM | write,
         }
     }
 }
