@@ -82,9 +82,10 @@ pub fn guide(name: &str) -> &'static str {
              NUMA hints on 6.12, takes hinting faults (`hint_faults_by_source.device`, \
              `numasim.uffd_rwp_gup_faults`); on an armed PTE it cannot wait for the handler and gets -EFAULT \
              (`numasim.uffd_rwp_gup_efaults`). Each re-arm turns the scanner's pending hints into RWP faults \
-             (`numasim.uffd_rwp_hints_lost`), which NUMA balancing never counts, so the guest's memory follows \
-             its vCPUs more slowly than in kvm-guest. Rerun with `--set userfaultfd.0.rwp_async=true`: the \
-             kernel resolves RWP faults itself and the reader's -EFAULTs disappear."
+             (`numasim.uffd_rwp_hints_lost`), which NUMA balancing never counts, and the vCPUs' waits for the \
+             handler cost them a third of their touches (docs/MODEL.md compares the scenario without its \
+             tracker). Rerun with `--set userfaultfd.0.rwp_async=true`: the kernel resolves RWP faults itself \
+             and the reader's -EFAULTs disappear."
         }
         _ => "",
     }
