@@ -225,9 +225,6 @@ fn userfaultfd_rwp_keys_are_refused_where_they_cannot_apply() {
     let cfg = write(&dir, "unregistered.toml", &unregistered);
     let err = rejected(&["check", &cfg]);
     assert!(err.contains("action[0].vma") && err.contains("-ENOENT") && err.contains("line 21"), "{err}");
-    // The oracle's guest cannot realise RWP yet: refused before anything is fetched.
-    let err = rejected(&["kernel", "uffd-rwp", "--kernel", "7.3"]);
-    assert!(err.contains("[[userfaultfd]]") && err.contains("guest"), "{err}");
 }
 
 #[test]

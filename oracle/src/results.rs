@@ -216,6 +216,11 @@ pub fn summary(
     if has_kvm {
         set(&mut out, "touches.kvm", kvm);
     }
+    // The guest's handler threads count the sync RWP faults they resolve; the kernel counts
+    // no RWP event of its own.
+    if plan.processes.iter().flat_map(|p| &p.vmas).any(|v| v.uffd_rwp == Some(false)) {
+        set(&mut out, "numasim.uffd_rwp_faults", last.uffd_rwp_faults - first.uffd_rwp_faults);
+    }
     for (name, v) in smmu.values.iter().filter(|(n, _)| *n != "stale.mappings") {
         set(&mut out, name, *v);
     }
