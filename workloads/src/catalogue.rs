@@ -17,6 +17,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("pinned-device", include_str!("../../configs/pinned-device.toml")),
     ("overload", include_str!("../../configs/overload.toml")),
     ("uffd-rwp", include_str!("../../configs/uffd-rwp.toml")),
+    ("uffd-rwp-procmem", include_str!("../../configs/uffd-rwp-procmem.toml")),
 ];
 
 /// What to look at in a comparison of a built-in scenario across GUP eras or kernels.
@@ -86,6 +87,11 @@ pub fn guide(name: &str) -> &'static str {
              handler cost them a third of their touches (docs/MODEL.md compares the scenario without its \
              tracker). Rerun with `--set userfaultfd.0.rwp_async=true`: the kernel resolves RWP faults itself \
              and the reader's -EFAULTs disappear."
+        }
+        "uffd-rwp-procmem" => {
+            "uffd-rwp without a VM, so that `numasim kernel uffd-rwp-procmem --kernel 7.3` boots it (a `[[vm]]` \
+             needs gupdev, which Debian 12 cannot build for 7.3): the same counters, with CPU threads instead \
+             of vCPUs. On a real kernel `numasim.uffd_rwp_faults` is what the guest's handler thread resolved."
         }
         _ => "",
     }
