@@ -528,6 +528,22 @@ mod tests {
         assert!(!nm.contains(&"hint_faults_by_source.kvm"));
     }
 
+    /// The guest's handler threads' resolves are `numasim.uffd_rwp_faults` over the run, only
+    /// when a VMA is registered in sync mode (an async one has no handler to count them).
+    #[test]
+    fn sync_rwp_handler_resolves_are_the_kernel_runs_rwp_faults() {
+        let with_faults = |t_ms: f64, n: u64| Sample { uffd_rwp_faults: n, ..sample(t_ms, [0; 3], [("a", 0); 3]) };
+        let s = [with_faults(0.0, 4), with_faults(1000.0, 19)];
+        let mut p = plan(RemotePath::ProcessVm);
+        let faults =
+            |p: &Plan| summary(&info(), p, &s, &BTreeMap::new()).unwrap()["numasim"]["uffd_rwp_faults"].as_u64();
+        assert_eq!(faults(&p), None, "no VMA registered");
+        p.processes[0].vmas = vec![guest::VmaPlan { uffd_rwp: Some(true), ..guest::VmaPlan::default() }];
+        assert_eq!(faults(&p), None, "async: no handler");
+        p.processes[0].vmas[0].uffd_rwp = Some(false);
+        assert_eq!(faults(&p), Some(15));
+    }
+
     #[test]
     fn a_threads_cpu_share_is_its_runtime_per_second_and_a_thread_without_schedstat_has_none() {
         let with_runtime = |t_ms: f64, ns: [i64; 2]| {
