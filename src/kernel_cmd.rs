@@ -34,7 +34,9 @@ pub fn run(
     if let Some(r) = request.as_mut() {
         r.options.version = trace::formats_of(spec.sim_version());
     }
-    // The kernel's own inputs (can the module be built for it?) come before the host's tools.
+    // The kernel's own inputs (its features, can the module be built for it?) come before the
+    // host's tools.
+    oracle::check_release(&config, spec.release(), spec.sim_version()).map_err(failure)?;
     oracle::gupdev::check_buildable(&config, &spec).map_err(failure)?;
     oracle::qemu::qemu_binary().map_err(failure)?;
     let dir =

@@ -208,6 +208,31 @@ fn an_action_range_outside_its_vma_is_rejected() {
     assert!(err.contains("action[0].offset_mib"), "{err}");
 }
 
+/// userfaultfd RWP exists from 7.3 on, needs a registration before UFFDIO_RWPROTECT, and is
+/// modelled over 4 KiB pages only: each refusal names its key and line, with exit status 2.
+#[test]
+fn userfaultfd_rwp_keys_are_refused_where_they_cannot_apply() {
+    let err = rejected(&["check", "uffd-rwp", "--set", "kernel.version=6.12"]);
+    assert!(err.contains("userfaultfd[0].mode") && err.contains("new in 7.3") && err.contains("6.12"), "{err}");
+    assert!(err.contains("line 27"), "{err}");
+    let err = rejected(&[
+        "check",
+        "uffd-rwp",
+        "--set",
+        "vm.0.hugepage=madvise",
+        "--set",
+        "kernel.transparent_hugepage=always",
+    ]);
+    assert!(err.contains("userfaultfd[0].vma") && err.contains("THP"), "{err}");
+    let dir = scratch("uffd");
+    let unregistered = format!(
+        "{SMALL}\n[kernel]\nversion = \"7.3\"\n\n[[action]]\nsyscall = \"uffdio-rwprotect\"\nprocess = \"app\"\nvma = \"buf\"\n"
+    );
+    let cfg = write(&dir, "unregistered.toml", &unregistered);
+    let err = rejected(&["check", &cfg]);
+    assert!(err.contains("action[0].vma") && err.contains("-ENOENT") && err.contains("line 21"), "{err}");
+}
+
 #[test]
 fn set_reaches_nested_tables_inside_arrays() {
     let out = common::ok(&["check", "kvm-guest", "--set", "vm.0.vcpus.count=3", "--set", "vm.0.vcpus.cpus=[4,5]"]);

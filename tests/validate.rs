@@ -36,6 +36,22 @@ fn bad_input_exits_2_before_anything_boots() {
     assert!(!out.exists(), "nothing is written on bad input");
 }
 
+/// userfaultfd RWP is new in 7.3: `kernel` and `validate` refuse a scenario that registers it
+/// on 6.12 before anything boots (the image must be resolvable to know its release).
+#[test]
+fn a_userfaultfd_scenario_is_refused_on_a_kernel_without_rwp() {
+    if let Some(why) = oracle_missing("6.12") {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let out = scratch("uffd-6.12").join("v");
+    for cmd in ["kernel", "validate"] {
+        let e = rejected(&[cmd, "uffd-rwp-procmem", "--kernel", "6.12", "--out", s(&out)]);
+        assert!(e.contains("[[userfaultfd]]") && e.contains("new in 7.3"), "{cmd}: {e}");
+    }
+    assert!(!out.exists(), "nothing is written");
+}
+
 #[test]
 fn one_gup_case_end_to_end_on_a_real_kernel() {
     if let Some(why) = oracle_missing("6.12") {

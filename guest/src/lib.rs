@@ -95,6 +95,9 @@ pub struct VmaPlan {
     pub content_classes: u32,
     /// madvise(MADV_HUGEPAGE) (true) or madvise(MADV_NOHUGEPAGE) (false).
     pub hugepage: Option<bool>,
+    /// Registered with userfaultfd RWP (7.3): `Some(rwp_async)`.
+    #[serde(default)]
+    pub uffd_rwp: Option<bool>,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]
@@ -177,6 +180,12 @@ pub enum ActionKind {
         period_ms: u64,
     },
     Munmap,
+    /// UFFDIO_RWPROTECT arming the range for `protect_ms` (0: until the handler resolves),
+    /// every `period_ms` (0: once).
+    Rwprotect {
+        protect_ms: u64,
+        period_ms: u64,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -313,6 +322,9 @@ pub struct Sample {
     /// Each gupdev device's counters (GUPDEV_IOC_STATS), in [`Plan::smmus`] order.
     #[serde(default)]
     pub smmus: Vec<SmmuSample>,
+    /// RWP fault messages the userfaultfd handler threads resolved so far.
+    #[serde(default)]
+    pub uffd_rwp_faults: u64,
 }
 
 /// The counters of one secondary MMU at its last GUPDEV_IOC_STATS.

@@ -9,6 +9,7 @@ mod smmu;
 mod sys;
 mod topology;
 mod tracefs;
+mod uffd;
 mod workload;
 
 use std::io::Write;

@@ -37,6 +37,7 @@ impl Sampler {
             vmas: self.placement.clone(),
             threads: threads(shared, names),
             smmus: smmus(plan, shared),
+            uffd_rwp_faults: shared.uffd_rwp_faults.load(Ordering::Relaxed),
         }
     }
 }

@@ -150,6 +150,8 @@ pub struct Shared {
     pub procs: [ProcSlot; guest::MAX_PROCESSES],
     pub threads: [ThreadSlot; guest::MAX_THREADS],
     pub smmus: [SmmuSlot; guest::MAX_SMMUS],
+    /// RWP faults the userfaultfd handler threads resolved.
+    pub uffd_rwp_faults: AtomicU64,
 }
 
 /// A gupdev device's counters as its users last read them (GUPDEV_IOC_STATS).

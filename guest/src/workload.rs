@@ -8,6 +8,7 @@ use guest::{ActionKind, ActionPlan, PAGE_SIZE, ProcessPlan, ThreadPlan, Touch, V
 
 use crate::smmu::{Smmu, Walk};
 use crate::sys::{self, Result, Rng, Shared};
+use crate::uffd::Uffd;
 
 /// The reservation holding this process's VMAs, for the SIGSEGV handler.
 static RESERVED_START: AtomicUsize = AtomicUsize::new(0);
@@ -37,6 +38,7 @@ pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usiz
         }
         slot.vma_base[vi].store(v.base as u64, Ordering::Relaxed);
     }
+    let uffds = register_uffds(shared, &vmas)?;
     let smmus = open_smmus(shared, plan, pi, &vmas)?;
     p.threads
         .iter()
@@ -64,7 +66,7 @@ pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usiz
         .count();
     slot.state.store(READY, Ordering::Release);
     let go = sys::wait_go(shared);
-    run_actions(shared, &p.actions, &vmas, go, plan.duration_ms)?;
+    run_actions(shared, &p.actions, &vmas, &uffds, go, plan.duration_ms)?;
     // Threads blocked on a PROT_NONE or unmapped range never return: end with the run, not
     // with the last thread (the process's exit ends them). Asleep until then, as numasim's
     // idle main thread is.
@@ -245,20 +247,49 @@ fn cpu_loop(shared: &Shared, t: &ThreadPlan, page: Page, stop: u64, slot: &sys::
     Ok(())
 }
 
-/// Carries out the process's mprotect/munmap actions at their times, in time order.
-fn run_actions(shared: &Shared, actions: &[ActionPlan], vmas: &[Mapped<'_>], go: u64, duration_ms: u64) -> Result<()> {
+/// Registers every VMA the plan asks for with userfaultfd RWP, after populating, and starts a
+/// handler thread for each sync one. One userfaultfd per VMA, by VMA index.
+fn register_uffds(shared: &'static Shared, vmas: &[Mapped<'_>]) -> Result<Vec<Option<Arc<Uffd>>>> {
+    vmas.iter()
+        .map(|v| {
+            let Some(rwp_async) = v.plan.uffd_rwp else { return Ok(None) };
+            let uffd = Arc::new(Uffd::register_rwp(v.base, (v.plan.pages * PAGE_SIZE) as usize, rwp_async)?);
+            if !rwp_async {
+                let handler = Arc::clone(&uffd);
+                std::thread::spawn(move || {
+                    if let Err(e) = handler.handle(shared, &shared.uffd_rwp_faults) {
+                        eprintln!("numasim-guest: userfaultfd handler: {e}");
+                    }
+                });
+            }
+            Ok(Some(uffd))
+        })
+        .collect()
+}
+
+/// Carries out the process's mprotect/munmap/UFFDIO_RWPROTECT actions at their times, in
+/// time order.
+fn run_actions(
+    shared: &Shared,
+    actions: &[ActionPlan],
+    vmas: &[Mapped<'_>],
+    uffds: &[Option<Arc<Uffd>>],
+    go: u64,
+    duration_ms: u64,
+) -> Result<()> {
     let mut events: Vec<(u64, usize, bool)> = Vec::new();
     for (ai, a) in actions.iter().enumerate() {
         match a.kind {
             ActionKind::Munmap => events.push((a.start_ms, ai, true)),
-            ActionKind::Mprotect { protect_ms, period_ms } => {
+            ActionKind::Mprotect { protect_ms, period_ms } | ActionKind::Rwprotect { protect_ms, period_ms } => {
                 let mut at = a.start_ms;
                 while at < duration_ms {
                     events.push((at, ai, true));
                     if protect_ms > 0 {
                         events.push((at + protect_ms, ai, false));
                     }
-                    if period_ms == 0 || protect_ms == 0 {
+                    let rearm = matches!(a.kind, ActionKind::Rwprotect { .. }) && period_ms > 0;
+                    if period_ms == 0 || protect_ms == 0 && !rearm {
                         break;
                     }
                     at += period_ms;
@@ -277,6 +308,10 @@ fn run_actions(shared: &Shared, actions: &[ActionPlan], vmas: &[Mapped<'_>], go:
         let len = (a.pages * PAGE_SIZE) as usize;
         match (a.kind, on) {
             (ActionKind::Munmap, _) => sys::munmap(addr, len)?,
+            (ActionKind::Rwprotect { .. }, on) => {
+                let uffd = uffds[a.vma].as_ref().ok_or("UFFDIO_RWPROTECT on a VMA without userfaultfd")?;
+                uffd.rwprotect(addr, len, on)?;
+            }
             (_, true) => sys::mprotect(addr, len, libc::PROT_NONE)?,
             (_, false) => sys::mprotect(addr, len, libc::PROT_READ | libc::PROT_WRITE)?,
         }

@@ -93,6 +93,19 @@ pub fn preflight(cfg: &Config) -> Result<(), OracleError> {
     machine_of(cfg).map(|_| ())
 }
 
+/// What the scenario needs of the release itself, said before anything boots: userfaultfd
+/// RWP is new in 7.3, and an older kernel's UFFDIO_API refuses UFFD_FEATURE_RWP (EINVAL, as
+/// 6.12.118's guest console shows). `version` is the model's row for `release`.
+pub fn check_release(cfg: &Config, release: &str, version: sim_core::config::KernelVersion) -> Result<(), OracleError> {
+    if cfg.userfaultfd.is_empty() || sim_core::version::Rules::of(version, None).uffd_rwp {
+        return Ok(());
+    }
+    Err(OracleError::Input(format!(
+        "kernel {release}: the scenario's [[userfaultfd]] needs userfaultfd RWP, new in 7.3; this release's \
+         UFFDIO_API refuses UFFD_FEATURE_RWP"
+    )))
+}
+
 /// Runs `cfg` on kernel `k` and writes the result contract into `out`, with
 /// [`DEFAULT_RETRIES`] retries of a guest that hung or whose kernel stalled.
 pub fn run_on_kernel(cfg: &Config, k: &KernelSpec, out: &Path) -> Result<KernelRun, OracleError> {
@@ -569,6 +582,21 @@ mod tests {
         let cfg = workloads::catalogue::resolve("tiering", &[]).expect("built-in");
         let err = preflight(&cfg).unwrap_err().to_string();
         assert!(err.contains("machine.memory_node"), "{err}");
+    }
+
+    #[test]
+    fn userfaultfd_rwp_needs_a_7_3_release() {
+        use sim_core::config::KernelVersion;
+        let src = sim_core::config::Source {
+            origin: "test".into(),
+            text: include_str!("../../configs/uffd-rwp-procmem.toml").into(),
+        };
+        let cfg = sim_core::config::load(&src, &[]).unwrap();
+        assert!(check_release(&cfg, "7.3.4+deb13-amd64", KernelVersion::V7_3).is_ok());
+        let e = check_release(&cfg, "6.12.118+deb12-amd64", KernelVersion::V6_12).unwrap_err().to_string();
+        assert!(e.contains("6.12.118") && e.contains("new in 7.3"), "{e}");
+        let plain = Config { userfaultfd: Vec::new(), action: Vec::new(), ..cfg };
+        assert!(check_release(&plain, "6.12.118+deb12-amd64", KernelVersion::V6_12).is_ok());
     }
 
     #[test]

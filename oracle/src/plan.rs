@@ -51,12 +51,17 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
     for vm in &c.vm {
         processes.push(kvm_process(c, vm, processes.len(), &mut smmus, &mut placer));
     }
+    for u in &c.userfaultfd {
+        let (pi, vi) = locate(c, &u.process, &u.vma);
+        processes[pi].vmas[vi].uffd_rwp = Some(u.rwp_async);
+    }
     for a in &c.action {
         let (pi, vi) = locate(c, &a.process, &a.vma);
         let size = vma_mib(c, pi, vi);
         let kind = match a.syscall {
             Syscall::Mprotect => ActionKind::Mprotect { protect_ms: a.protect_ms, period_ms: a.period_ms },
             Syscall::Munmap => ActionKind::Munmap,
+            Syscall::UffdioRwprotect => ActionKind::Rwprotect { protect_ms: a.protect_ms, period_ms: a.period_ms },
         };
         processes[pi].actions.push(ActionPlan {
             vma: vi,
@@ -126,6 +131,7 @@ fn vma_plan(v: &VmaConfig) -> VmaPlan {
         mergeable: v.mergeable,
         content_classes: v.content_classes,
         hugepage: v.hugepage.map(|h| h == HugepageAdvice::Madvise),
+        uffd_rwp: None,
     }
 }
 
@@ -416,6 +422,24 @@ mod tests {
                 ("/sys/kernel/mm/numa/demotion_enabled", "true"),
             ]
         );
+    }
+
+    /// A `[[userfaultfd]]` registers the VMA in the guest (sync unless `rwp_async`), and an
+    /// `uffdio-rwprotect` action keeps its range and schedule.
+    #[test]
+    fn userfaultfd_rwp_registers_the_vma_and_rwprotect_keeps_its_schedule() {
+        let c = config(
+            "[kernel]\nversion = \"7.3\"\n[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"a\"\nsize_mib = 4\n\
+             [[process.vma]]\nname = \"d\"\nsize_mib = 4\n[[userfaultfd]]\nprocess = \"p\"\nvma = \"d\"\n\
+             [[action]]\nsyscall = \"uffdio-rwprotect\"\nprocess = \"p\"\nvma = \"d\"\noffset_mib = 1\n\
+             start_ms = 500\nperiod_ms = 1000\nprotect_ms = 0\n",
+        );
+        let plan = plan_of(&c).unwrap();
+        let p = &plan.processes[0];
+        assert_eq!((p.vmas[0].uffd_rwp, p.vmas[1].uffd_rwp), (None, Some(false)));
+        let a = p.actions[0];
+        assert_eq!((a.vma, a.first_page, a.pages, a.start_ms), (1, 256, 768, 500));
+        assert_eq!(a.kind, ActionKind::Rwprotect { protect_ms: 0, period_ms: 1000 });
     }
 
     const OWNER: &str = "[machine]\nnodes = 2\ncpus_per_node = 2\n[[process]]\nname = \"p\"\n[[process.vma]]\n\

@@ -246,6 +246,11 @@ pub fn summary(
     if has_kvm {
         set(&mut out, "touches.kvm", kvm);
     }
+    // The guest's handler threads count the sync RWP faults they resolve; the kernel counts
+    // no RWP event of its own.
+    if plan.processes.iter().flat_map(|p| &p.vmas).any(|v| v.uffd_rwp == Some(false)) {
+        set(&mut out, "numasim.uffd_rwp_faults", last.uffd_rwp_faults - first.uffd_rwp_faults);
+    }
     for (name, v) in smmu.values.iter().filter(|(n, _)| *n != "stale.mappings") {
         set(&mut out, name, *v);
     }
@@ -555,6 +560,22 @@ mod tests {
         let nm: Vec<&str> = v["not_measured"].as_array().unwrap().iter().filter_map(|m| m.as_str()).collect();
         assert!(nm.contains(&"stale.accesses") && nm.contains(&"hint_faults_by_source.device"));
         assert!(!nm.contains(&"hint_faults_by_source.kvm"));
+    }
+
+    /// The guest's handler threads' resolves are `numasim.uffd_rwp_faults` over the run, only
+    /// when a VMA is registered in sync mode (an async one has no handler to count them).
+    #[test]
+    fn sync_rwp_handler_resolves_are_the_kernel_runs_rwp_faults() {
+        let with_faults = |t_ms: f64, n: u64| Sample { uffd_rwp_faults: n, ..sample(t_ms, [0; 3], [("a", 0); 3]) };
+        let s = [with_faults(0.0, 4), with_faults(1000.0, 19)];
+        let mut p = plan(RemotePath::ProcessVm);
+        let faults =
+            |p: &Plan| summary(&info(), p, &s, &BTreeMap::new()).unwrap()["numasim"]["uffd_rwp_faults"].as_u64();
+        assert_eq!(faults(&p), None, "no VMA registered");
+        p.processes[0].vmas = vec![guest::VmaPlan { uffd_rwp: Some(true), ..guest::VmaPlan::default() }];
+        assert_eq!(faults(&p), None, "async: no handler");
+        p.processes[0].vmas[0].uffd_rwp = Some(false);
+        assert_eq!(faults(&p), Some(15));
     }
 
     #[test]

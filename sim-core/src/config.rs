@@ -27,6 +27,8 @@ pub struct Config {
     pub device: Vec<DeviceConfig>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub action: Vec<ActionConfig>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub userfaultfd: Vec<UserfaultfdConfig>,
     pub kvm: KvmConfig,
     pub ksm: KsmConfig,
     pub aging: AgingConfig,
@@ -675,6 +677,44 @@ pub enum Syscall {
     Mprotect,
     /// munmap() of the VMA.
     Munmap,
+    /// UFFDIO_RWPROTECT with UFFDIO_RWPROTECT_MODE_RWP over the range of an RWP-registered
+    /// VMA (7.3), and without it after `protect_ms`; it splits no VMA.
+    UffdioRwprotect,
+}
+
+/// UFFDIO_REGISTER modes. Only read-write protection is modelled.
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum UffdMode {
+    /// UFFDIO_REGISTER_MODE_RWP (7.3).
+    #[default]
+    Rwp,
+}
+
+/// A userfaultfd registered over one VMA, and the thread that handles its faults.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct UserfaultfdConfig {
+    pub process: String,
+    pub vma: String,
+    pub mode: UffdMode,
+    /// UFFD_FEATURE_RWP_ASYNC: the kernel resolves RWP faults itself and no handler runs.
+    pub rwp_async: bool,
+    /// Sync mode: from an RWP fault until the handler thread's UFFDIO_RWPROTECT over the
+    /// page wakes the faulting thread.
+    pub handler_latency_us: u64,
+}
+
+impl Default for UserfaultfdConfig {
+    fn default() -> Self {
+        Self {
+            process: String::new(),
+            vma: String::new(),
+            mode: UffdMode::Rwp,
+            rwp_async: false,
+            handler_latency_us: 20,
+        }
+    }
 }
 
 /// A system call the workload makes on a range of a VMA, once or periodically. A range
@@ -816,13 +856,22 @@ impl Config {
             .or_else(|| self.vm.iter().find(|v| v.name == process && vma == "ram").map(|v| v.memory_mib))
     }
 
+    /// The THP advice and KSM flag of VMA `vma` of `process` (or of a vm's `ram`).
+    pub fn vma_advice(&self, process: &str, vma: &str) -> (Option<HugepageAdvice>, bool) {
+        let in_process =
+            self.process.iter().find(|p| p.name == process).and_then(|p| p.vma.iter().find(|v| v.name == vma));
+        in_process.map(|v| (v.hugepage, v.mergeable)).unwrap_or_else(|| {
+            self.vm.iter().find(|v| v.name == process).map_or((None, false), |v| (v.hugepage, v.mergeable))
+        })
+    }
+
     /// Page offsets where actions cut VMA `vma` of `process` (sorted, inside the VMA).
     pub fn vma_cuts(&self, process: &str, vma: &str) -> Vec<u64> {
         let size = self.vma_size_mib(process, vma).unwrap_or(0) * crate::sim::PAGES_PER_MIB;
         let mut cuts: Vec<u64> = self
             .action
             .iter()
-            .filter(|a| a.process == process && a.vma == vma)
+            .filter(|a| a.process == process && a.vma == vma && a.syscall != Syscall::UffdioRwprotect)
             .flat_map(|a| {
                 let start = a.offset_mib * crate::sim::PAGES_PER_MIB;
                 [start, a.len_mib.map_or(size, |l| start + l * crate::sim::PAGES_PER_MIB)]
@@ -1242,6 +1291,11 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
         check_toucher(d.hot_fraction, d.hot_probability, d.touch_lines, d.start_ms, d.stop_ms, &at)?;
     }
     validate_opt_outs(&c.kernel, &mms)?;
+    for (ui, u) in c.userfaultfd.iter().enumerate() {
+        let at = |rest: &str| format!("userfaultfd[{ui}].{rest}");
+        find_vma(&u.process, &u.vma, &at)?;
+        validate_userfaultfd(c, ui, u, &at)?;
+    }
     for (ai, a) in c.action.iter().enumerate() {
         let at = |rest: &str| format!("action[{ai}].{rest}");
         find_vma(&a.process, &a.vma, &at)?;
@@ -1254,7 +1308,9 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
                 format!("the range must be at least 1 MiB and end within the VMA ({size} MiB)"),
             )?;
         }
-        if a.period_ms > 0 {
+        if a.syscall == Syscall::UffdioRwprotect {
+            validate_rwprotect(c, a, &at)?;
+        } else if a.period_ms > 0 {
             check(
                 a.protect_ms > 0 && a.protect_ms < a.period_ms,
                 at("protect_ms"),
@@ -1286,6 +1342,65 @@ fn validate_opt_outs(k: &KernelConfig, mms: &[(&str, Vec<&str>)]) -> Result<(), 
             return Err((at, unknown_name("process or vm", process, &names)));
         };
         check(vmas.contains(&vma), at, unknown_name("vma", vma, vmas))?;
+    }
+    Ok(())
+}
+
+/// What UFFDIO_REGISTER_MODE_RWP needs: a release with RWP, one registration per VMA, and a
+/// VMA the model can track (4 KiB pages, not mergeable).
+fn validate_userfaultfd(
+    c: &Config,
+    ui: usize,
+    u: &UserfaultfdConfig,
+    at: &dyn Fn(&str) -> String,
+) -> Result<(), Invalid> {
+    let version = c.kernel.version;
+    check(
+        crate::version::Rules::of(version, None).uffd_rwp,
+        at("mode"),
+        format!("UFFDIO_REGISTER_MODE_RWP is new in 7.3; kernel.version {version} does not have it"),
+    )?;
+    check(
+        c.userfaultfd[..ui].iter().all(|w| (w.process.as_str(), w.vma.as_str()) != (&u.process, &u.vma)),
+        at("vma"),
+        format!("vma `{}` of `{}` is registered twice", u.vma, u.process),
+    )?;
+    let (hugepage, mergeable) = c.vma_advice(&u.process, &u.vma);
+    check(
+        !c.kernel.transparent_hugepage.allows(hugepage),
+        at("vma"),
+        "RWP over THPs (do_huge_pmd_uffd_rwp()) is not modelled: give the VMA hugepage = \"nohugepage\" \
+         or set kernel.transparent_hugepage = \"never\"",
+    )?;
+    check(!mergeable, at("vma"), "RWP on a mergeable (KSM) VMA is not modelled")?;
+    if !u.rwp_async {
+        check(u.handler_latency_us >= 1, at("handler_latency_us"), "must be at least 1")?;
+    }
+    Ok(())
+}
+
+/// UFFDIO_RWPROTECT needs a release with RWP and a VMA registered for it (-ENOENT otherwise).
+fn validate_rwprotect(c: &Config, a: &ActionConfig, at: &dyn Fn(&str) -> String) -> Result<(), Invalid> {
+    let version = c.kernel.version;
+    check(
+        crate::version::Rules::of(version, None).uffd_rwp,
+        at("syscall"),
+        format!("UFFDIO_RWPROTECT is new in 7.3; kernel.version {version} does not have it"),
+    )?;
+    check(
+        c.userfaultfd.iter().any(|u| u.process == a.process && u.vma == a.vma && u.mode == UffdMode::Rwp),
+        at("vma"),
+        format!(
+            "no [[userfaultfd]] registers vma `{}` of `{}` in mode \"rwp\" (UFFDIO_RWPROTECT returns -ENOENT)",
+            a.vma, a.process
+        ),
+    )?;
+    if a.period_ms > 0 {
+        check(
+            a.protect_ms < a.period_ms,
+            at("protect_ms"),
+            "a periodic UFFDIO_RWPROTECT needs protect_ms < period_ms (0: the handler alone resolves)",
+        )?;
     }
     Ok(())
 }

@@ -12,7 +12,9 @@ use crate::engine::{Event, Nanos};
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{MAX_NODES, Nid};
 use crate::mm::PageIdx;
-use crate::mm::gup::{FOLL_FORCE, FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_WRITE, GupError, get_user_pages};
+use crate::mm::gup::{
+    FOLL_FORCE, FOLL_GET, FOLL_LONGTERM, FOLL_PIN, FOLL_UNLOCKABLE, FOLL_WRITE, GupError, get_user_pages,
+};
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, map_secondary, touch_secondary, touch_secondary_if};
 use crate::sched::{AccessStream, Task, TaskNuma};
 use crate::stats::Source;
@@ -56,10 +58,15 @@ impl Device {
     /// dropped when the copy is done, so they are modelled as a reference (FOLL_GET), not a
     /// held pin; O_DIRECT's GUP-fast attempt bails to slow GUP on a protnone PTE in every
     /// era but v6.2–v6.4 with FOLL_FORCE, which it does not pass, so it is not modelled.
+    /// FOLL_UNLOCKABLE where the caller hands GUP a `locked`: process_vm_rw_single_vec()'s
+    /// pin_user_pages_remote() and the slow path of pin_user_pages_fast() (O_DIRECT);
+    /// /proc/PID/mem's get_user_page_vma_remote(), gupdev's get_user_pages_remote() and
+    /// VFIO's vaddr_get_pfns() (6.12.118) pass NULL.
     fn gup_flags(&self) -> u32 {
         let write = if self.write { FOLL_WRITE } else { 0 };
         match (self.mode, self.gup_path) {
-            (DeviceMode::Notifier, GupPath::ProcessVm | GupPath::ODirect | GupPath::Driver) => FOLL_GET | write,
+            (DeviceMode::Notifier, GupPath::ProcessVm | GupPath::ODirect) => FOLL_GET | FOLL_UNLOCKABLE | write,
+            (DeviceMode::Notifier, GupPath::Driver) => FOLL_GET | write,
             (DeviceMode::Notifier, GupPath::ProcMem) => FOLL_GET | FOLL_FORCE | write,
             (DeviceMode::Pin, _) => FOLL_PIN | FOLL_LONGTERM | write,
         }

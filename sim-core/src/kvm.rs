@@ -15,7 +15,9 @@ use crate::engine::{NSEC_PER_USEC, Nanos};
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::MAX_NODES;
 use crate::mm::PageIdx;
-use crate::mm::gup::{FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_WRITE, GupError, get_user_page_fast_only, get_user_pages};
+use crate::mm::gup::{
+    FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_UNLOCKABLE, FOLL_WRITE, GupError, get_user_page_fast_only, get_user_pages,
+};
 use crate::mm::mmu_notifier::map_secondary;
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary, touch_secondary_if};
 use crate::sched::{Task, TaskNuma, Touch};
@@ -73,7 +75,8 @@ fn kvm_faultin_pfn(
     if !get_user_page_fast_only(k, page, write) {
         let honor = if k.kvm.0.honor_numa_fault { FOLL_HONOR_NUMA_FAULT } else { 0 };
         let write_flag = if write { FOLL_WRITE } else { 0 };
-        cost += get_user_pages(k, mm, page, FOLL_GET | honor | write_flag, f)?;
+        // hva_to_pfn_slow() → get_user_pages_unlocked(): FOLL_UNLOCKABLE.
+        cost += get_user_pages(k, mm, page, FOLL_GET | FOLL_UNLOCKABLE | honor | write_flag, f)?;
     }
     // A THP on the host is mapped into the EPT at 2 MiB (kvm_mmu_max_mapping_level() sees
     // the huge host PMD); a 4 KiB host page at 4 KiB.

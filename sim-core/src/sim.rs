@@ -19,6 +19,7 @@ use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind};
 use crate::mm::mprotect::{Action, Actions, WakingMain, run_action};
 use crate::mm::numa_balancing::clone_node_stamp;
 use crate::mm::page_alloc::setup_per_zone_wmarks;
+use crate::mm::userfaultfd::RwpMode;
 use crate::mm::vmscan::{Aging, age_pages, kswapd};
 use crate::mm::{Mm, PageIdx, Pages};
 pub use crate::sched::ThreadSpec;
@@ -304,6 +305,17 @@ impl Sim {
         let e = self.world.spawn(device).id();
         self.world.resource_mut::<EventQueue>().schedule(spec.start, Event::DeviceTick(e));
         e
+    }
+
+    /// UFFDIO_REGISTER with UFFDIO_REGISTER_MODE_RWP over the VMAs holding `pages` pages of
+    /// `mm` from global page `first` (a region the config's actions may have split).
+    pub fn register_uffd_rwp(&mut self, mm: Entity, first: PageIdx, pages: u64, mode: RwpMode) {
+        let end = u64::from(first) + pages;
+        let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
+        for v in m.vmas.iter_mut().filter(|v| v.base >= first && u64::from(v.base) < end) {
+            v.uffd_rwp = Some(mode);
+        }
+        self.world.resource_mut::<Counters>().uffd_rwp_registered = true;
     }
 
     /// Schedules an mprotect/munmap of a VMA, made by the process's main thread (which gets

@@ -90,6 +90,10 @@ pub struct Rules {
     /// Implement an EEVDF-like scheduling policy"); before, CFS's sched_slice() and
     /// check_preempt_wakeup().
     pub eevdf: bool,
+    /// userfaultfd RWP (UFFDIO_REGISTER_MODE_RWP, UFFDIO_RWPROTECT, UFFD_FEATURE_RWP_ASYNC):
+    /// a second user of protnone PTEs, told from NUMA hinting by `_PAGE_UFFD`, and
+    /// gup_can_follow_protnone()'s VM_UFFD_RWP test (7.3).
+    pub uffd_rwp: bool,
 }
 
 /// `Release::new`, short.
@@ -152,6 +156,9 @@ const SD_SHARE_LLC: &[Span] = &[Mainline(r(6, 10, 0))];
 const LB_6_12: &[Span] = &[Mainline(r(6, 12, 0))];
 /// v6.6, EEVDF replaces CFS's pick; read in 6.12.117.
 const EEVDF: &[Span] = &[Mainline(r(6, 6, 0))];
+/// userfaultfd RWP: in 7.3.4's source (include/uapi/linux/userfaultfd.h, mm/userfaultfd.c,
+/// gup_can_follow_protnone() in include/linux/mm.h); absent from 7.2.13's.
+const UFFD_RWP: &[Span] = &[Mainline(r(7, 3, 0))];
 
 impl Rules {
     /// The rules of `version`, with the GUP era overridden when asked.
@@ -192,6 +199,7 @@ impl Rules {
             sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
             lb_6_12: on(LB_6_12),
             eevdf: on(EEVDF),
+            uffd_rwp: on(UFFD_RWP),
         }
     }
 
@@ -279,5 +287,17 @@ mod tests {
             let r = Rules::of(v, None);
             assert_eq!((r.cpuset_single_node_skip, r.thp_prot_numa_filter), (cpuset, thp), "{v}");
         }
+    }
+
+    /// userfaultfd RWP is in 7.3's source and in no release read before it (7.2.13 lacks
+    /// UFFDIO_REGISTER_MODE_RWP).
+    #[test]
+    fn only_7_3_has_userfaultfd_rwp() {
+        for v in KernelVersion::ALL {
+            let want = v == KernelVersion::V7_3;
+            assert_eq!(Rules::of(v, None).uffd_rwp, want, "{v}");
+        }
+        let rules = |s: &str| Rules::of(s.parse().unwrap(), None);
+        assert!(!rules("7.2.13").uffd_rwp && rules("7.3.0").uffd_rwp && rules("7.3.4").uffd_rwp);
     }
 }

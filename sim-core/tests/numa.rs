@@ -287,8 +287,17 @@ fn an_idle_main_thread_woken_by_an_action_after_a_scan_delays_the_next_scan() {
     let run = |idle_main: bool, seq: u32| {
         let (mut sim, mm, _) = machine();
         sim.world.get_mut::<Mm>(mm).unwrap().numa_scan_seq = seq;
-        let action =
-            |vma| Action { syscall: Syscall::Mprotect, mm, vma, protect: 200 * NSEC_PER_MSEC, period: 0, idle_main };
+        let action = |vma| Action {
+            syscall: Syscall::Mprotect,
+            mm,
+            vma,
+            first: 0,
+            pages: 0,
+            protect: 200 * NSEC_PER_MSEC,
+            period: 0,
+            armed: false,
+            idle_main,
+        };
         sim.add_action(action(0), 2500 * NSEC_PER_MSEC);
         sim.run().unwrap();
         let next = sim.world.get::<Mm>(mm).unwrap().numa_next_scan;

@@ -172,6 +172,9 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
     for note in kernels.iter().filter_map(|(_, spec)| spec.rules_note()) {
         eprintln!("sim rules: {note}");
     }
+    for (config, (_, spec)) in configs.iter().flat_map(|c| kernels.iter().map(move |k| (c, k))) {
+        oracle::check_release(config, spec.release(), spec.sim_version()).map_err(failure)?;
+    }
     let root = args.out.clone().unwrap_or_else(|| {
         PathBuf::from("out").join(if args.all {
             "validate-all".to_string()

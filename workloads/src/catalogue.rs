@@ -18,6 +18,8 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("overload", include_str!("../../configs/overload.toml")),
     ("tiering", include_str!("../../configs/tiering.toml")),
     ("tiering-gup", include_str!("../../configs/tiering-gup.toml")),
+    ("uffd-rwp", include_str!("../../configs/uffd-rwp.toml")),
+    ("uffd-rwp-procmem", include_str!("../../configs/uffd-rwp-procmem.toml")),
 ];
 
 /// What to look at in a comparison of a built-in scenario across GUP eras or kernels.
@@ -93,6 +95,22 @@ pub fn guide(name: &str) -> &'static str {
              from v6.6, so under `explicit` its buffer is never promoted (`locality.device` stays 0); a \
              /proc/PID/mem reader (FOLL_FORCE) faults only under v6.5's rule; KVM sets FOLL_HONOR_NUMA_FAULT and \
              its guest memory is promoted in every era (`locality.kvm`)."
+        }
+        "uffd-rwp" => {
+            "7.3 only (no release before has userfaultfd RWP). In the RWP-registered guest memory \
+             gup_can_follow_protnone() refuses every protnone PTE, so the /proc/PID/mem reader, which follows \
+             NUMA hints on 6.12, takes hinting faults (`hint_faults_by_source.device`, \
+             `numasim.uffd_rwp_gup_faults`); on an armed PTE it cannot wait for the handler and gets -EFAULT \
+             (`numasim.uffd_rwp_gup_efaults`). Each re-arm turns the scanner's pending hints into RWP faults \
+             (`numasim.uffd_rwp_hints_lost`), which NUMA balancing never counts, and the vCPUs' waits for the \
+             handler cost them a third of their touches (docs/MODEL.md compares the scenario without its \
+             tracker). Rerun with `--set userfaultfd.0.rwp_async=true`: the kernel resolves RWP faults itself \
+             and the reader's -EFAULTs disappear."
+        }
+        "uffd-rwp-procmem" => {
+            "uffd-rwp without a VM, so that `numasim kernel uffd-rwp-procmem --kernel 7.3` boots it (a `[[vm]]` \
+             needs gupdev, which Debian 12 cannot build for 7.3): the same counters, with CPU threads instead \
+             of vCPUs. On a real kernel `numasim.uffd_rwp_faults` is what the guest's handler thread resolved."
         }
         _ => "",
     }

@@ -11,6 +11,7 @@ use sim_core::machine::Nid;
 use sim_core::mm::PageIdx;
 use sim_core::mm::mmu_notifier::SmmuKind;
 use sim_core::mm::mprotect::Action;
+use sim_core::mm::userfaultfd::RwpMode;
 use sim_core::sched::{Affinity, Periodic};
 use sim_core::sim::{DeviceSpec, PAGES_PER_MIB, Sim, ThreadSpec};
 
@@ -155,15 +156,25 @@ pub fn build(config: &Config) -> Sim {
         };
         sim.add_device(spec);
     }
+    for u in &config.userfaultfd {
+        let (mm, region, _) = find(&u.process, &u.vma);
+        let mode =
+            if u.rwp_async { RwpMode::Async } else { RwpMode::Sync { latency: u.handler_latency_us * NSEC_PER_USEC } };
+        sim.register_uffd_rwp(mm, region.base, region.pages, mode);
+    }
     for a in &config.action {
         let (mm, region, _) = find(&a.process, &a.vma);
-        let first = region.base + (a.offset_mib * PAGES_PER_MIB) as PageIdx;
+        let offset = a.offset_mib * PAGES_PER_MIB;
+        let first = region.base + offset as PageIdx;
         let action = Action {
             syscall: a.syscall,
             mm,
             vma: sim.vma_of_page(mm, first).expect("the range starts inside its VMA"),
+            first,
+            pages: a.len_mib.map_or(region.pages - offset, |l| l * PAGES_PER_MIB),
             protect: a.protect_ms * NSEC_PER_MSEC,
             period: a.period_ms * NSEC_PER_MSEC,
+            armed: false,
             idle_main: config.process.iter().any(|p| p.name == a.process && p.main_thread == MainThread::Idle),
         };
         sim.add_action(action, a.start_ms * NSEC_PER_MSEC);

@@ -21,7 +21,7 @@ use crate::engine::{EventQueue, Nanos};
 use crate::machine::{NUMA_NO_NODE, PgData, Topology};
 use crate::mm::ksm::KsmFrames;
 use crate::mm::mmu_notifier::{SPTE_VALID, SecondaryMmu, SmmuKind};
-use crate::mm::{Mm, PG_KSM, PageIdx, Pages, ZERO_PAGE_NID};
+use crate::mm::{Mm, PG_KSM, PTE_PROTNONE, PTE_UFFD, PageIdx, Pages, ZERO_PAGE_NID};
 use crate::stats::Counters;
 use census::ChunkCensus;
 
@@ -154,9 +154,36 @@ pub fn check_vm(
         let detail = format!("slot {s}'s block is settled, but its PTE is {:?}", pages.slots.pte(s));
         return Err(Violation::new("settled_block", now, detail));
     }
+    if full {
+        check_uffd_markers(&pages, &mms, now)?;
+    }
     let smmu_pages = (&*pages, &scratch.census, full);
     secondary::check_secondary(smmu_pages, (&mms, &smmu_ids), &mut scratch.tables, &counters, now)?;
     check_counters(&counters, now)
+}
+
+/// `_PAGE_UFFD` marks RWP-armed PTEs only (7.3): a PTE with the marker lies in a
+/// VM_UFFD_RWP VMA and is PAGE_NONE (change_present_ptes() restores PAGE_NONE under it).
+fn check_uffd_markers(pages: &Pages, mms: &Query<&Mm>, now: Nanos) -> Result<(), Violation> {
+    for m in mms.iter() {
+        for v in m.vmas.iter().filter(|v| !v.unmapped) {
+            let bad = pages.runs(v.base, v.pages).find(|&(_, _, s)| {
+                let flags = pages.slots.pte(s).flags;
+                flags & PTE_UFFD != 0 && (v.uffd_rwp.is_none() || flags & PTE_PROTNONE == 0)
+            });
+            if let Some((page, _, s)) = bad {
+                let detail = format!(
+                    "PTE {:?} of VMA `{}` of mm `{}` (RWP {}) carries the uffd marker",
+                    pages.slots.pte(s),
+                    v.name,
+                    m.name,
+                    if v.uffd_rwp.is_some() { "registered" } else { "not registered" }
+                );
+                return Err(Violation::new("uffd_rwp_marker", now, detail).at_page(page));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Frames in use per node, from the page census: each present page's own frame,

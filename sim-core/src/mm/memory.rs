@@ -8,8 +8,9 @@ use super::huge_memory::{
 use super::ksm::ksm_unmap;
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
+use super::userfaultfd::do_uffd_rwp;
 use super::{
-    CPUPID_UNSET, PG_KSM, PTE_COW, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, Pte, RMAP_CHECKSUMMED,
+    CPUPID_UNSET, PG_KSM, PTE_COW, PTE_PROTNONE, PTE_UFFD, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, Pte, RMAP_CHECKSUMMED,
     ZERO_PAGE_NID,
 };
 use crate::engine::Nanos;
@@ -104,16 +105,22 @@ pub fn handle_mm_fault(
 }
 
 /// Models handle_pte_fault() for page `page` of VMA `vma`: a missing page is allocated
-/// (do_anonymous_page()), a protnone PTE takes the hinting fault only in an accessible VMA
+/// (do_anonymous_page()), a protnone PTE in an accessible VMA takes the RWP fault when it
+/// carries the uffd marker (do_uffd_rwp(), 7.3) and the hinting fault otherwise
 /// (do_numa_page()), a write to a KSM page or the zero page copies it (do_wp_page()). User
-/// faults and GUP's faultin_page() both come here. Returns the CPU time the fault cost.
+/// faults and GUP's faultin_page() both come here, with FAULT_FLAG_ALLOW_RETRY (GUP callers
+/// without it stop at [`super::userfaultfd::userfault_sigbus`] first). Returns the time the
+/// fault cost.
 pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, write: bool, f: &mut Faulter) -> Nanos {
     let flags = k.pages.pte(page).flags;
     if !k.pages.present(page) {
         do_anonymous_page(k, mm, vma, page, f.nid, write);
         k.sysctl.0.hint_fault_cost_ns
     } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
-        if let Some(b) = huge_block(k, mm, vma, page, Pmd::Huge) {
+        let rwp = k.mm(mm).vmas[vma].uffd_rwp.filter(|_| flags & PTE_UFFD != 0);
+        if let Some(mode) = rwp {
+            do_uffd_rwp(k, mm, page, mode)
+        } else if let Some(b) = huge_block(k, mm, vma, page, Pmd::Huge) {
             do_huge_pmd_numa_page(k, mm, vma, b, f)
         } else if let Some(b) = huge_block(k, mm, vma, page, Pmd::PteMapped) {
             do_pte_mapped_thp_numa_page(k, mm, vma, b, page, f)

@@ -17,6 +17,7 @@ pub mod mprotect;
 pub mod numa_balancing;
 pub mod page_alloc;
 pub mod slots;
+pub mod userfaultfd;
 pub mod vmscan;
 
 use bevy_ecs::component::Component;
@@ -46,6 +47,9 @@ pub const PTE_ZERO: u8 = 1 << 3;
 /// (`rmap_item->oldchecksum == calc_checksum(page)`): set when ksmd first scans the page,
 /// cleared when the content changes. Kept beside the PTE bits because it costs no byte.
 pub const RMAP_CHECKSUMMED: u8 = 1 << 4;
+/// PTE bit: `_PAGE_UFFD` (7.3). In a VM_UFFD_RWP VMA, on top of PTE_PROTNONE, it marks a PTE
+/// that UFFDIO_RWPROTECT armed: its next access is an RWP fault, not a NUMA hinting fault.
+pub const PTE_UFFD: u8 = 1 << 5;
 /// What a write must copy before it may proceed (do_wp_page()): a KSM page or the zero page.
 pub const PTE_COW: u8 = PG_KSM | PTE_ZERO;
 /// The node of the shared zero page (x86's empty_zero_page sits in the kernel image).
@@ -430,6 +434,8 @@ pub struct Vma {
     /// The state of each whole 2 MiB block, for a THP-eligible VMA that starts on a PMD
     /// boundary (empty otherwise: every fault maps 4 KiB).
     pub pmds: Vec<Pmd>,
+    /// VM_UFFD_RWP: registered with UFFDIO_REGISTER_MODE_RWP, and how its faults resolve.
+    pub uffd_rwp: Option<userfaultfd::RwpMode>,
 }
 
 impl Vma {
@@ -541,6 +547,7 @@ impl Mm {
             vm_hugepage: false,
             no_numa_balancing: false,
             pmds: Vec::new(),
+            uffd_rwp: None,
         });
         self.vmas.len() - 1
     }

@@ -1,12 +1,15 @@
-//! mprotect() and munmap() as workload actions (mm/mprotect.c, mm/mmap.c).
+//! mprotect(), munmap() and UFFDIO_RWPROTECT as workload actions (mm/mprotect.c, mm/mmap.c,
+//! mm/userfaultfd.c).
 //!
-//! Simplified: both act on a whole VMA (no VMA splitting).
+//! Simplified: mprotect() and munmap() act on a whole VMA (the config splits VMAs where their
+//! ranges need it).
 
 use bevy_ecs::prelude::*;
 
 use super::ksm::ksm_unmap;
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range, update_stale_gauge};
-use super::{CPUPID_UNSET, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pte};
+use super::userfaultfd::mrwprotect_range;
+use super::{CPUPID_UNSET, PG_KSM, PTE_PROTNONE, PTE_UFFD, PTE_ZERO, PageIdx, Pte};
 use crate::config::Syscall;
 use crate::engine::{Event, Nanos};
 use crate::kernel::{Faulter, Kernel};
@@ -23,9 +26,15 @@ pub struct Action {
     pub syscall: Syscall,
     pub mm: Entity,
     pub vma: usize,
-    /// How long an mprotect(PROT_NONE) lasts (0: for good) and its period (0: once).
+    /// The range UFFDIO_RWPROTECT covers: its first global page and its length.
+    pub first: PageIdx,
+    pub pages: u64,
+    /// How long an mprotect(PROT_NONE) or an RWP arming lasts (0: for good) and its period
+    /// (0: once).
     pub protect: Nanos,
     pub period: Nanos,
+    /// UFFDIO_RWPROTECT: the last call armed the range.
+    pub armed: bool,
     /// The process's main thread is idle (`main_thread = "idle"`): it wakes to make the call.
     pub idle_main: bool,
 }
@@ -56,7 +65,7 @@ impl WakingMain {
 /// and recount the stale secondary mappings (only these calls can create them).
 pub fn run_action(In(i): In<u32>, mut k: Kernel, mut actions: ResMut<Actions>) {
     let Actions { list, main_threads } = &mut *actions;
-    let a = &list[i as usize];
+    let a = &mut list[i as usize];
     let now = k.now();
     let pid = k.mm(a.mm).pid;
     k.trace_current(0, pid, now);
@@ -80,8 +89,27 @@ pub fn run_action(In(i): In<u32>, mut k: Kernel, mut actions: ResMut<Actions>) {
                 }
             }
         }
+        Syscall::UffdioRwprotect => uffdio_rwprotect(&mut k, a, i, now),
     }
     update_stale_gauge(&mut k);
+}
+
+/// An `uffdio-rwprotect` action: a tracker arms its range (UFFDIO_RWPROTECT_MODE_RWP) and,
+/// with `protect`, resolves the whole range that much later; with `period` it arms again
+/// every period, as a working-set sampler does.
+fn uffdio_rwprotect(k: &mut Kernel, a: &mut Action, i: u32, now: Nanos) {
+    let arm = a.protect == 0 || !a.armed;
+    mrwprotect_range(k, a.mm, a.first, a.pages, arm);
+    a.armed = arm;
+    let next = match (arm, a.protect, a.period) {
+        (true, 0, period) => period,
+        (true, protect, _) => protect,
+        (false, _, 0) => 0,
+        (false, protect, period) => period - protect,
+    };
+    if next > 0 {
+        k.queue.schedule(now + next, Event::Action(i));
+    }
 }
 
 /// Models the idle main thread waking to make an action's system call: back in user space
@@ -129,6 +157,7 @@ const STACK_ADDR: u64 = 0x7fff_ffff_e000;
 /// (`accessible = false`) or back to read/write. A NUMA-hinting PTE and a PROT_NONE PTE
 /// are the same bits (_PAGE_PROTNONE), so making a hinting PTE PROT_NONE changes nothing;
 /// change_pmd_range() still notifies for the whole range, which a `smart` notifier filters.
+/// An RWP-armed PTE stays PAGE_NONE with its marker (change_present_ptes(), 7.3).
 pub fn mprotect_vma(k: &mut Kernel, mm: Entity, vma: usize, accessible: bool) {
     let (base, len) = {
         let mut m = k.mm(mm);
@@ -144,6 +173,9 @@ pub fn mprotect_vma(k: &mut Kernel, mm: Entity, vma: usize, accessible: bool) {
     for (page, n, i) in runs {
         let pte = k.pages.slots.pte_mut(i);
         if pte.nid == NUMA_NO_NODE {
+            continue;
+        }
+        if accessible && pte.flags & PTE_UFFD != 0 {
             continue;
         }
         if (pte.flags & PTE_PROTNONE != 0) == accessible {

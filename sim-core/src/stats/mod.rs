@@ -93,6 +93,24 @@ counters! {
 }
 
 counters! {
+    /// userfaultfd RWP (7.3), in the `numasim` group, and only in runs that register RWP. The
+    /// kernel counts none of these (no vmstat item, no tracepoint).
+    UffdRwp {
+        /// RWP faults taken (do_uffd_rwp()), sync and async, by CPUs and through GUP.
+        uffd_rwp_faults,
+        /// Pending NUMA hints (protnone PTEs without `_PAGE_UFFD`) that UFFDIO_RWPROTECT
+        /// rewrote, arming or resolving: hinting faults that never come.
+        uffd_rwp_hints_lost,
+        /// Slow-GUP calls that faulted on a NUMA hint (no `_PAGE_UFFD`) only because
+        /// gup_can_follow_protnone() tests VM_UFFD_RWP: 6.12's rule would have followed it.
+        uffd_rwp_gup_faults,
+        /// Slow-GUP calls that got -EFAULT from a sync RWP fault they could not wait for
+        /// (handle_userfault() without FAULT_FLAG_ALLOW_RETRY: VM_FAULT_SIGBUS).
+        uffd_rwp_gup_efaults,
+    }
+}
+
+counters! {
     /// Hinting faults by who took them (`hint_faults_by_source`).
     HintFaultsBySource { cpu, kvm, device, follow_page }
 }
@@ -203,6 +221,9 @@ pub struct Counters {
     pub young: Young,
     pub secondary_mmu: SecondaryMmuChurn,
     pub kvm: KvmStat,
+    pub uffd_rwp: UffdRwp,
+    /// A VMA is registered for RWP: the `uffd_rwp_*` counters are part of the results.
+    pub uffd_rwp_registered: bool,
     /// Current number of stale secondary-MMU entries (a gauge).
     pub stale_mappings: u64,
     /// When `stale_mappings` last changed, for the `stale.mapping_ns` integral.
@@ -224,6 +245,7 @@ impl Counters {
             young: self.young.since(&earlier.young),
             secondary_mmu: self.secondary_mmu.since(&earlier.secondary_mmu),
             kvm: self.kvm.since(&earlier.kvm),
+            uffd_rwp: self.uffd_rwp.since(&earlier.uffd_rwp),
             ..self.clone()
         }
     }

@@ -7,8 +7,8 @@ use serde::ser::{SerializeMap, Serializer};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    Counters, HintFaultsBySource, HintFaultsByTier, Ksm, KvmStat, Numasim, SecondaryMmuChurn, Stale, TierStat, VmStat,
-    Young,
+    Counters, HintFaultsBySource, HintFaultsByTier, Ksm, KvmStat, Numasim, SecondaryMmuChurn, Stale, TierStat, UffdRwp,
+    VmStat, Young,
 };
 use crate::engine::{NSEC_PER_SEC, Nanos};
 
@@ -101,6 +101,10 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
             ("accesses", Value::Count(c.stale.accesses)),
         ]),
     };
+    let mut numasim = counts(Numasim::NAMES, c.numasim.values());
+    if c.uffd_rwp_registered {
+        numasim.extend(counts(UffdRwp::NAMES, c.uffd_rwp.values()));
+    }
     let all = t.cpu + t.kvm + t.device;
     let per_s = if span_ns == 0 { 0.0 } else { all as f64 * NSEC_PER_SEC as f64 / span_ns as f64 };
     let mut vmstat = counts(VmStat::NAMES, c.vmstat.values());
@@ -109,7 +113,7 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
     }
     let mut groups = Groups(vec![
         ("vmstat", vmstat),
-        ("numasim", counts(Numasim::NAMES, c.numasim.values())),
+        ("numasim", numasim),
         ("hint_faults_by_source", counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values())),
         (
             "locality",
