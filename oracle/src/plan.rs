@@ -6,7 +6,7 @@ use guest::{
     Touch, VmaPlan,
 };
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HugepageAdvice, MachineConfig, MainThread,
+    Access, Backing, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HugepageAdvice, MachineConfig, MainThread,
     NotifierMode, PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
 };
 
@@ -26,6 +26,13 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
             "process[{pi}].main_thread = \"first\" (`{}`): the guest runs every configured thread as a \
              clone of an idle main thread; use main_thread = \"idle\" to validate",
             p.name
+        )));
+    }
+    let kinds = c.process.iter().flat_map(|p| p.vma.iter().map(|v| v.backing)).chain(c.vm.iter().map(|v| v.backing));
+    if let Some(b) = kinds.into_iter().find(|&b| b != Backing::Anon) {
+        return Err(OracleError::Input(format!(
+            "backing = \"{}\": the guest builds anonymous memory only; memfd, hugetlbfs and guest_memfd run in the model",
+            b.name()
         )));
     }
     let m = &c.machine;
@@ -155,6 +162,7 @@ fn kvm_process(c: &Config, vm: &VmConfig, pi: usize, smmus: &mut Vec<SmmuPlan>, 
         mergeable: vm.mergeable,
         content_classes: vm.content_classes,
         hugepage: vm.hugepage,
+        ..Default::default()
     };
     let mut threads = expand_block(&vm.name, &vm.vcpus, 0, pages, &c.machine, placer);
     for t in &mut threads {

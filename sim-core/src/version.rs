@@ -69,6 +69,13 @@ pub struct Rules {
     /// task_numa_work() returns at once, tracing sched_skip_cpuset_numa, for a task whose
     /// cpuset allows a single memory node (6.16+).
     pub cpuset_single_node_skip: bool,
+    /// change_pte_range() leaves DMA-pinned folios of shared (non-COW) mappings too: 6.19's
+    /// folio_can_map_prot_numa() tests the pin outside the COW test (7.3.4); up to 6.18 only
+    /// a COW mapping's pinned folios are left (6.1.192, 6.12.117), so a pinned memfd page is
+    /// made protnone.
+    pub prot_numa_pinned_shared: bool,
+    /// KVM's guest_memfd with a NUMA memory policy (6.18+): a `[[vm]]` may be backed by it.
+    pub guest_memfd: bool,
     /// The sched-domain level spanning a CPU's package: "DIE" through v6.6, "PKG" from v6.7
     /// ("sched/topology: Rename 'DIE' domain to 'PKG'"); 6.12.117 says PKG, 6.1.192 DIE.
     pub pkg_domain_name: &'static str,
@@ -132,6 +139,12 @@ const CPUSET_SINGLE_NODE_SKIP: &[Span] = &[Mainline(r(6, 16, 0))];
 /// change_huge_pmd() asks folio_can_map_prot_numa(), as change_pte_range() does (Kefeng
 /// Wang's series, in mm-new in October 2025: v6.19). Read in 7.2.13 and 7.3.4.
 const THP_PROT_NUMA_FILTER: &[Span] = &[Mainline(r(6, 19, 0))];
+/// folio_can_map_prot_numa()'s pin test for every mapping: the same series as
+/// [`THP_PROT_NUMA_FILTER`] (v6.19), which moved the tests into that function. Read in 7.3.4.
+const PROT_NUMA_PINNED_SHARED: &[Span] = &[Mainline(r(6, 19, 0))];
+/// guest_memfd with a NUMA policy of its own (kvm_gmem_get_policy(), "KVM: guest_memfd:
+/// Enforce NUMA mempolicy using shared policy", v6.18). Read in 7.3.4.
+const GUEST_MEMFD_MEMPOLICY: &[Span] = &[Mainline(r(6, 18, 0))];
 /// v6.7, "sched/topology: Rename 'DIE' domain to 'PKG'".
 const PKG_DOMAIN: &[Span] = &[Mainline(r(6, 7, 0))];
 /// v6.10's rename of SD_SHARE_PKG_RESOURCES to SD_SHARE_LLC.
@@ -174,6 +187,8 @@ impl Rules {
             scan_slower_clears_locality: on(SCAN_SLOWER_CLEARS_LOCALITY),
             thp_prot_numa_filter: on(THP_PROT_NUMA_FILTER),
             cpuset_single_node_skip: on(CPUSET_SINGLE_NODE_SKIP),
+            prot_numa_pinned_shared: on(PROT_NUMA_PINNED_SHARED),
+            guest_memfd: on(GUEST_MEMFD_MEMPOLICY),
             pkg_domain_name: if on(PKG_DOMAIN) { "PKG" } else { "DIE" },
             sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
             lb_6_12: on(LB_6_12),

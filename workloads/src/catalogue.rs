@@ -16,6 +16,9 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("ksm-protnone", include_str!("../../configs/ksm-protnone.toml")),
     ("pinned-device", include_str!("../../configs/pinned-device.toml")),
     ("overload", include_str!("../../configs/overload.toml")),
+    ("memfd-shared", include_str!("../../configs/memfd-shared.toml")),
+    ("kvm-memfd", include_str!("../../configs/kvm-memfd.toml")),
+    ("hugetlbfs", include_str!("../../configs/hugetlbfs.toml")),
 ];
 
 /// What to look at in a comparison of a built-in scenario across GUP eras or kernels.
