@@ -213,7 +213,11 @@ impl Sim {
         let memfd = &mut kinds.memfds[id as usize];
         memfd.mappers.push(mm);
         let base = memfd.base;
+        // Pages another mapper already faulted in are mapped here too (MM_SHMEMPAGES).
+        let p = self.world.resource::<Pages>();
+        let present = (0..pages).filter(|&i| p.has_folio(base + i as PageIdx)).count() as u64;
         let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
+        m.rss += present;
         let vma = m.add_vma(name, pages, base, false);
         m.vmas[vma].backing = Backing::Memfd;
         m.vmas[vma].memfd = Some(id);

@@ -19,6 +19,7 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("memfd-shared", include_str!("../../configs/memfd-shared.toml")),
     ("kvm-memfd", include_str!("../../configs/kvm-memfd.toml")),
     ("hugetlbfs", include_str!("../../configs/hugetlbfs.toml")),
+    ("kvm-guest-memfd", include_str!("../../configs/kvm-guest-memfd.toml")),
 ];
 
 /// What to look at in a comparison of a built-in scenario across GUP eras or kernels.
