@@ -445,6 +445,13 @@ mod tests {
     }
 
     #[test]
+    fn memory_kinds_the_guest_cannot_build_are_refused() {
+        let c = config("[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"b\"\nsize_mib = 8\nbacking = \"memfd\"\n");
+        let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("a memfd VMA must be refused") };
+        assert!(msg.contains("backing = \"memfd\""), "{msg}");
+    }
+
+    #[test]
     fn the_scan_knobs_go_to_debugfs_thp_is_never_and_balancing_starts_with_the_workload() {
         let c = config("[kernel]\nnuma_balancing_scan_delay_ms = 7\n");
         let plan = plan_of(&c).unwrap();

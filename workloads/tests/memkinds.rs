@@ -88,12 +88,20 @@ fn a_memfd_mapped_by_two_processes_shares_its_frames_and_its_faults() {
     assert!(metric(&out, "vmstat.numa_hint_faults") > 0.0);
     let (a, b) = (pid_of(&mut sim, "a"), pid_of(&mut sim, "b"));
     assert!(shared_faults(&mut sim, a) + shared_faults(&mut sim, b) > 0, "TNF_SHARED faults across processes");
+    assert!(joined_across(&mut sim) > 0, "task_numa_group() joins a thread to the other process's group");
 
     let anon = TWO_MAPPERS.replace("backing = \"memfd\"\nmemfd = \"f\"\n", "");
     let (mut sim, _) = run(&config(&anon, &["process.1.vma.0.populate_node=1"]));
     assert_eq!(used(&mut sim).iter().sum::<u64>(), 2 * pages, "two anonymous VMAs, two sets of frames");
     let (a, b) = (pid_of(&mut sim, "a"), pid_of(&mut sim, "b"));
     assert_eq!(shared_faults(&mut sim, a) + shared_faults(&mut sim, b), 0);
+    assert_eq!(joined_across(&mut sim), 0);
+}
+
+/// Threads in another process's numa group.
+fn joined_across(sim: &mut Sim) -> usize {
+    let mut q = sim.world.query::<&TaskNuma>();
+    q.iter(&sim.world).filter(|t| t.in_group && t.group_mm.is_some()).count()
 }
 
 /// task_numa_work() skips a hugetlbfs VMA (is_vm_hugetlb_page()): no PTE updates, no hinting

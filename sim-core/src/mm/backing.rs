@@ -21,8 +21,8 @@
 //!   one faulted it (the minor fault that maps a cached page is not modelled), and a protnone
 //!   made by one mm's scan is seen by every mapper (the kernel gives each mm its own PTE), so
 //!   each mapper's secondary MMUs are told of it;
-//! - numa groups never span processes: a TNF_SHARED fault against another process's task
-//!   is shared but joins no group (task_numa_group() would join the larger one);
+//! - a group spanning processes is the process group of the mm whose task the fault's
+//!   cpupid names (task_numa_group() takes that task's own group), ties going to the lower pid;
 //! - memfd memory has 4 KiB pages only (shmem_enabled `never`, the default), is never
 //!   mapped read-only (so never skipped as `shared_ro`) and is never munmap()ed;
 //! - the hugetlb pool is reserved at boot round-robin over the nodes, as `hugepages=` on

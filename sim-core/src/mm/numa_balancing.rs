@@ -37,8 +37,8 @@ pub fn task_tick_numa(k: &mut Kernel, p: &mut TaskNuma, runtime: Nanos, now: Nan
         return false;
     }
     if p.node_stamp == 0 {
-        let mm = k.mms.get(p.mm).expect("tasks point at live mms");
-        p.numa_scan_period = task_scan_start(&k.sysctl, mm.rss, group_of(p, mm));
+        let rss = k.mms.get(p.mm).expect("tasks point at live mms").rss;
+        p.numa_scan_period = task_scan_start(&k.sysctl, rss, group_of(p, &k.mms));
     }
     p.node_stamp += period;
     now >= k.mm(p.mm).numa_next_scan
@@ -189,7 +189,8 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
     // be migrated." Before the scan is claimed, so numa_next_scan and node_stamp stay.
     let (tgid, mems_allowed) = (k.mm(mm_e).pid, k.mm(mm_e).mems_allowed);
     if k.rules.cpuset_single_node_skip && mems_allowed.count_ones() == 1 {
-        let task = TaskIds { pid, tgid, ngid: if p.in_group { tgid } else { pid } };
+        let ngid = if p.in_group { k.mm(p.group_home()).pid } else { pid };
+        let task = TaskIds { pid, tgid, ngid };
         trace_event!(k, Event::SchedSkipCpusetNuma { task, mems_allowed });
         return 0;
     }
