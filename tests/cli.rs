@@ -124,9 +124,19 @@ fn check_prints_the_resolved_config_and_scenarios_lists_the_catalogue() {
         "mprotect-hazard",
         "ksm-protnone",
         "pinned-device",
+        "memfd-shared",
+        "kvm-memfd",
+        "hugetlbfs",
+        "kvm-guest-memfd",
     ] {
         assert!(text.lines().any(|l| l.starts_with(name)), "{name} missing from {text}");
     }
+}
+
+#[test]
+fn guest_memfd_before_6_18_is_refused_naming_the_key() {
+    let err = rejected(&["check", "kvm-guest-memfd", "--set", "kernel.version=6.12"]);
+    assert!(err.contains("vm[0].backing") && err.contains("6.18"), "{err}");
 }
 
 #[test]

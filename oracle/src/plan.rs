@@ -6,8 +6,9 @@ use guest::{
     Touch, VmaPlan,
 };
 use sim_core::config::{
-    Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HOT_THRESHOLD_MS, HugepageAdvice, MachineConfig,
-    MainThread, NotifierMode, PROMOTE_RATE_LIMIT_MBPS, PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
+    Access, Backing, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HOT_THRESHOLD_MS, HugepageAdvice,
+    MachineConfig, MainThread, NotifierMode, PROMOTE_RATE_LIMIT_MBPS, PatternKind, Syscall, Thp, ThreadConfig,
+    VmConfig, VmaConfig,
 };
 
 use workloads::Placer;
@@ -26,6 +27,13 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
             "process[{pi}].main_thread = \"first\" (`{}`): the guest runs every configured thread as a \
              clone of an idle main thread; use main_thread = \"idle\" to validate",
             p.name
+        )));
+    }
+    let kinds = c.process.iter().flat_map(|p| p.vma.iter().map(|v| v.backing)).chain(c.vm.iter().map(|v| v.backing));
+    if let Some(b) = kinds.into_iter().find(|&b| b != Backing::Anon) {
+        return Err(OracleError::Input(format!(
+            "backing = \"{}\": the guest builds anonymous memory only; memfd, hugetlbfs and guest_memfd run in the model",
+            b.name()
         )));
     }
     let m = &c.machine;
@@ -161,6 +169,7 @@ fn kvm_process(c: &Config, vm: &VmConfig, pi: usize, smmus: &mut Vec<SmmuPlan>, 
         mergeable: vm.mergeable,
         content_classes: vm.content_classes,
         hugepage: vm.hugepage,
+        ..Default::default()
     };
     let mut threads = expand_block(&vm.name, &vm.vcpus, 0, pages, &c.machine, placer);
     for t in &mut threads {
@@ -493,6 +502,13 @@ mod tests {
         let c = config("[[process]]\nname = \"p\"\nmain_thread = \"first\"\n");
         let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("main_thread = first must be refused") };
         assert!(msg.contains("process[0].main_thread"), "{msg}");
+    }
+
+    #[test]
+    fn memory_kinds_the_guest_cannot_build_are_refused() {
+        let c = config("[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"b\"\nsize_mib = 8\nbacking = \"memfd\"\n");
+        let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("a memfd VMA must be refused") };
+        assert!(msg.contains("backing = \"memfd\""), "{msg}");
     }
 
     #[test]

@@ -6,6 +6,8 @@
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
+
+pub use crate::mm::backing::{Backing, HugetlbPage, MemPolicy, MpolMode};
 use toml::de::{DeTable, DeValue};
 
 /// A whole scenario.
@@ -439,6 +441,24 @@ pub struct VmaConfig {
     /// madvise(MADV_HUGEPAGE) or madvise(MADV_NOHUGEPAGE).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub hugepage: Option<HugepageAdvice>,
+    /// What backs the memory: `anon` (default), `memfd`, `hugetlbfs` or `guest_memfd` (a
+    /// `[[vm]]` only, 6.18+).
+    #[serde(skip_serializing_if = "is_default")]
+    pub backing: Backing,
+    /// For `memfd`: the file's name; mappings naming the same file share its pages (default:
+    /// `<process>/<vma>`, and `<vm>/ram` for a VM's memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memfd: Option<String>,
+    /// For `hugetlbfs`: the huge page size, `2M` (default) or `1G`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub hugetlb_page: HugetlbPage,
+    /// mbind() on the range: `{ mode = "bind" | "preferred" | "interleave", nodes = [...] }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mempolicy: Option<MemPolicy>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
@@ -544,6 +564,20 @@ pub struct VmConfig {
     pub hugepage: Option<HugepageAdvice>,
     /// The vCPU threads (their `vma` is the guest memory and need not be given).
     pub vcpus: ThreadConfig,
+    /// What backs the memory: `anon` (default), `memfd`, `hugetlbfs` or `guest_memfd` (a
+    /// `[[vm]]` only, 6.18+).
+    #[serde(skip_serializing_if = "is_default")]
+    pub backing: Backing,
+    /// For `memfd`: the file's name; mappings naming the same file share its pages (default:
+    /// `<process>/<vma>`, and `<vm>/ram` for a VM's memory).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memfd: Option<String>,
+    /// For `hugetlbfs`: the huge page size, `2M` (default) or `1G`.
+    #[serde(skip_serializing_if = "is_default")]
+    pub hugetlb_page: HugetlbPage,
+    /// mbind() on the range: `{ mode = "bind" | "preferred" | "interleave", nodes = [...] }`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mempolicy: Option<MemPolicy>,
 }
 
 impl Default for VmConfig {
@@ -556,6 +590,10 @@ impl Default for VmConfig {
             content_classes: 0,
             hugepage: None,
             vcpus: ThreadConfig::default(),
+            backing: Backing::Anon,
+            memfd: None,
+            hugetlb_page: HugetlbPage::Size2M,
+            mempolicy: None,
         }
     }
 }
@@ -1321,6 +1359,8 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
     check(c.ksm.sleep_millisecs >= 1, "ksm.sleep_millisecs", "must be at least 1")?;
     check(c.aging.interval_ms >= 1, "aging.interval_ms", "must be at least 1")?;
     validate_tolerances(c)?;
+    crate::mm::backing_check::check_kinds(c)?;
+    let total_mib = total_mib - crate::mm::backing_check::shared_mib(c);
     let have = c.machine.total_memory_mib();
     check(total_mib <= have, "process", format!("the VMAs need {total_mib} MiB but the machine has {have} MiB"))
 }

@@ -53,6 +53,8 @@ pub struct Kernel<'w, 's> {
     pub kvm: Res<'w, crate::kvm::Kvm>,
     pub ksm_frames: ResMut<'w, crate::mm::ksm::KsmFrames>,
     pub current_cpu: ResMut<'w, CurrentCpu>,
+    /// The hugetlb pool and the memfds' mappers.
+    pub kinds: ResMut<'w, crate::mm::backing::MemKinds>,
     /// The trace sink, present only while tracing.
     pub trace: Option<ResMut<'w, Trace>>,
 }

@@ -15,9 +15,11 @@ use crate::engine::{NSEC_PER_USEC, Nanos};
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::MAX_NODES;
 use crate::mm::PageIdx;
+use crate::mm::backing::Backing;
 use crate::mm::gup::{
     FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_UNLOCKABLE, FOLL_WRITE, GupError, get_user_page_fast_only, get_user_pages,
 };
+use crate::mm::memory::shmem_fault;
 use crate::mm::mmu_notifier::map_secondary;
 use crate::mm::mmu_notifier::{SPTE_VALID, SPTE_WRITABLE, touch_secondary, touch_secondary_if};
 use crate::sched::{Task, TaskNuma, Touch};
@@ -72,6 +74,10 @@ fn kvm_faultin_pfn(
     f: &mut Faulter,
 ) -> Result<Nanos, GupError> {
     let mut cost = 0;
+    let m = k.mms.get(mm).expect("vCPUs have a live mm");
+    if let Some(vma) = m.vma_of_page(page).filter(|&v| m.vmas[v].backing == Backing::GuestMemfd) {
+        return Ok(kvm_gmem_get_pfn(k, ept, mm, vma, page, write, f));
+    }
     if !get_user_page_fast_only(k, page, write) {
         let honor = if k.kvm.0.honor_numa_fault { FOLL_HONOR_NUMA_FAULT } else { 0 };
         let write_flag = if write { FOLL_WRITE } else { 0 };
@@ -82,4 +88,26 @@ fn kvm_faultin_pfn(
     // the huge host PMD); a 4 KiB host page at 4 KiB.
     map_secondary(k, ept, mm, page, write, true);
     Ok(cost)
+}
+
+/// Models kvm_gmem_get_pfn() (virt/kvm/guest_memfd.c, 7.3.4) for a memslot backed by
+/// guest_memfd: no GUP and no host PTE, so no hinting fault; a page not yet in the file is
+/// allocated by the file's policy or on the vCPU's node (kvm_gmem_get_folio() with
+/// mpol_shared_policy_lookup()), GFP_HIGHUSER, so never migrated. Mapped at 4 KiB.
+fn kvm_gmem_get_pfn(
+    k: &mut Kernel,
+    ept: Entity,
+    mm: Entity,
+    vma: usize,
+    page: PageIdx,
+    write: bool,
+    f: &Faulter,
+) -> Nanos {
+    let mut cost = 0;
+    if !k.pages.present(page) {
+        shmem_fault(k, mm, vma, page, f.nid);
+        cost = k.sysctl.0.hint_fault_cost_ns;
+    }
+    map_secondary(k, ept, mm, page, write, false);
+    cost
 }

@@ -12,6 +12,7 @@ use crate::engine::{Event, EventQueue, NSEC_PER_MSEC, Nanos, RngStream, stream};
 use crate::kernel::{Kernel, Sysctl};
 use crate::kvm::Kvm;
 use crate::machine::{Cpu, Nid, PgData, Topology};
+use crate::mm::backing::{Backing, HugetlbPage, MemKinds, MemPolicy, Memfd, hugetlb_fault, hugetlb_reserve};
 use crate::mm::ksm::{KsmFrames, Ksmd, ksmd_wake};
 use crate::mm::memory::{do_anonymous_page, populate_range};
 use crate::mm::memory_tiers::MemoryTiers;
@@ -39,6 +40,8 @@ pub struct Sim {
     pub world: World,
     config: Config,
     next_pid: u32,
+    /// The node the next boot-time huge page goes to (hstate_next_node_to_alloc()).
+    hugetlb_next_node: u32,
     /// Run [`check_vm`] after every event (`--check-invariants`).
     check_invariants: bool,
 }
@@ -171,6 +174,7 @@ impl Sim {
         world.insert_resource(Actions::default());
         let ksm = &config.ksm;
         world.insert_resource(KsmFrames::default());
+        world.insert_resource(MemKinds::default());
         world.insert_resource(Ksmd::new(ksm));
         world.insert_resource(Aging { interval: config.aging.interval_ms * NSEC_PER_MSEC });
         let mut queue = world.resource_mut::<EventQueue>();
@@ -180,7 +184,7 @@ impl Sim {
         if config.aging.enabled {
             queue.schedule(config.aging.interval_ms * NSEC_PER_MSEC, Event::Aging);
         }
-        Self { world, config: config.clone(), next_pid: 1000, check_invariants: false }
+        Self { world, config: config.clone(), next_pid: 1000, hugetlb_next_node: 0, check_invariants: false }
     }
 
     /// The random stream of actor `name`.
@@ -217,6 +221,65 @@ impl Sim {
         m.vmas[vma].set_thp(thp.allows(None));
         m.vmas[vma].no_numa_balancing = opted_out;
         vma
+    }
+
+    /// Maps a memfd of `pages` into `mm` MAP_SHARED: memfd `id` when given (another
+    /// process's, whose pages it then shares), else a new one. Returns the VMA index and the
+    /// memfd's id.
+    pub fn add_memfd_vma(&mut self, mm: Entity, name: &str, pages: u64, id: Option<u32>) -> (usize, u32) {
+        let id = id.unwrap_or_else(|| {
+            let base = self.world.resource_mut::<Pages>().grow(pages, false);
+            let mut kinds = self.world.resource_mut::<MemKinds>();
+            kinds.memfds.push(Memfd { base, mappers: Vec::new() });
+            (kinds.memfds.len() - 1) as u32
+        });
+        let mut kinds = self.world.resource_mut::<MemKinds>();
+        let memfd = &mut kinds.memfds[id as usize];
+        memfd.mappers.push(mm);
+        let base = memfd.base;
+        // Pages another mapper already faulted in are mapped here too (MM_SHMEMPAGES).
+        let p = self.world.resource::<Pages>();
+        let present = (0..pages).filter(|&i| p.has_folio(base + i as PageIdx)).count() as u64;
+        let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
+        m.rss += present;
+        let vma = m.add_vma(name, pages, base, false);
+        m.vmas[vma].backing = Backing::Memfd;
+        m.vmas[vma].memfd = Some(id);
+        (vma, id)
+    }
+
+    /// Maps `pages` of a hugetlbfs file of huge pages of `size` into `mm` (a whole number of
+    /// huge pages), aligned to the huge page size. The pool must hold them
+    /// ([`Sim::reserve_hugetlb`]).
+    pub fn add_hugetlb_vma(&mut self, mm: Entity, name: &str, pages: u64, size: HugetlbPage) -> usize {
+        let base = self.world.resource_mut::<Pages>().grow(pages, true);
+        let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
+        let vma = m.add_vma_aligned(name, pages, base, size.pages());
+        m.vmas[vma].backing = Backing::Hugetlbfs;
+        m.vmas[vma].hugetlb = size;
+        vma
+    }
+
+    /// Reserves `count` huge pages of `size` at boot (`hugepages=` on the command line),
+    /// round-robin over the nodes; false if the nodes had no room for them all.
+    pub fn reserve_hugetlb(&mut self, size: HugetlbPage, count: u64) -> bool {
+        let mut next = self.hugetlb_next_node;
+        let ok = self.with_kernel(|k| hugetlb_reserve(k, size, count, &mut next));
+        self.hugetlb_next_node = next;
+        ok
+    }
+
+    /// Sets a VMA's kind (anonymous or guest_memfd; see [`Sim::add_memfd_vma`] and
+    /// [`Sim::add_hugetlb_vma`] for the others) and its mbind() policy.
+    pub fn set_backing(&mut self, mm: Entity, vma: usize, backing: Backing, policy: Option<MemPolicy>) {
+        let v = &mut self.world.get_mut::<Mm>(mm).expect("live mm").vmas[vma];
+        if backing != Backing::Anon {
+            v.set_thp(false);
+        }
+        if backing != Backing::Memfd && backing != Backing::Hugetlbfs {
+            v.backing = backing;
+        }
+        v.mempolicy = policy;
     }
 
     /// madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE) on a VMA before it is touched.
@@ -335,12 +398,16 @@ impl Sim {
     /// Faults every page of a VMA in on node `nid` (with zonelist fallback), as a memset by a
     /// thread there would.
     pub fn populate(&mut self, mm: Entity, vma: usize, nid: Nid) {
-        let (base, pages, thp) = {
-            let v = &self.world.get::<Mm>(mm).expect("live mm").vmas[vma];
-            (v.base, v.pages, v.thp)
-        };
+        let v = self.world.get::<Mm>(mm).expect("live mm").vmas[vma].clone();
+        let (base, pages, thp) = (v.base, v.pages, v.thp);
         self.with_kernel(|k| {
-            if !thp {
+            if v.backing == Backing::Hugetlbfs {
+                let n = v.hugetlb.pages();
+                for head in (0..pages).step_by(n as usize).map(|p| base + p as PageIdx) {
+                    let mapped = hugetlb_fault(k, &v, head, v.hugetlb, nid);
+                    assert!(mapped, "the boot-time pool holds every hugetlbfs VMA's pages");
+                }
+            } else if !thp {
                 populate_range(k, mm, base, pages, nid);
             } else {
                 for page in (0..pages).map(|p| base + p as PageIdx) {

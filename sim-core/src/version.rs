@@ -72,6 +72,13 @@ pub struct Rules {
     /// A CPU-less node's abstract distance comes from its HMAT performance
     /// (mt_perf_to_adistance(), v6.7+); before, a node no driver typed is default DRAM.
     pub hmat_adistance: bool,
+    /// change_pte_range() leaves DMA-pinned folios of shared (non-COW) mappings too: 6.19's
+    /// folio_can_map_prot_numa() tests the pin outside the COW test (7.3.4); up to 6.18 only
+    /// a COW mapping's pinned folios are left (6.1.192, 6.12.117), so a pinned memfd page is
+    /// made protnone.
+    pub prot_numa_pinned_shared: bool,
+    /// KVM's guest_memfd with a NUMA memory policy (6.18+): a `[[vm]]` may be backed by it.
+    pub guest_memfd: bool,
     /// The sched-domain level spanning a CPU's package: "DIE" through v6.6, "PKG" from v6.7
     /// ("sched/topology: Rename 'DIE' domain to 'PKG'"); 6.12.117 says PKG, 6.1.192 DIE.
     pub pkg_domain_name: &'static str,
@@ -147,6 +154,12 @@ const THP_PROT_NUMA_FILTER: &[Span] = &[Mainline(r(6, 19, 0))];
 /// mt_calc_adistance() asks hmat_calculate_adistance(); absent in 6.1.192, read in 6.12.118
 /// and 7.3.4.
 const HMAT_ADISTANCE: &[Span] = &[Mainline(r(6, 7, 0))];
+/// folio_can_map_prot_numa()'s pin test for every mapping: the same series as
+/// [`THP_PROT_NUMA_FILTER`] (v6.19), which moved the tests into that function. Read in 7.3.4.
+const PROT_NUMA_PINNED_SHARED: &[Span] = &[Mainline(r(6, 19, 0))];
+/// guest_memfd with a NUMA policy of its own (kvm_gmem_get_policy(), "KVM: guest_memfd:
+/// Enforce NUMA mempolicy using shared policy", v6.18). Read in 7.3.4.
+const GUEST_MEMFD_MEMPOLICY: &[Span] = &[Mainline(r(6, 18, 0))];
 /// v6.7, "sched/topology: Rename 'DIE' domain to 'PKG'".
 const PKG_DOMAIN: &[Span] = &[Mainline(r(6, 7, 0))];
 /// v6.10's rename of SD_SHARE_PKG_RESOURCES to SD_SHARE_LLC.
@@ -195,6 +208,8 @@ impl Rules {
             thp_prot_numa_filter: on(THP_PROT_NUMA_FILTER),
             cpuset_single_node_skip: on(CPUSET_SINGLE_NODE_SKIP),
             hmat_adistance: on(HMAT_ADISTANCE),
+            prot_numa_pinned_shared: on(PROT_NUMA_PINNED_SHARED),
+            guest_memfd: on(GUEST_MEMFD_MEMPOLICY),
             pkg_domain_name: if on(PKG_DOMAIN) { "PKG" } else { "DIE" },
             sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
             lb_6_12: on(LB_6_12),

@@ -52,6 +52,7 @@ fn guest_vma(start: u64, mib: u64) -> VmaConfig {
         mergeable: false,
         content_classes: 0,
         hugepage: None,
+        ..Default::default()
     }
 }
 

@@ -20,6 +20,10 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("tiering-gup", include_str!("../../configs/tiering-gup.toml")),
     ("uffd-rwp", include_str!("../../configs/uffd-rwp.toml")),
     ("uffd-rwp-procmem", include_str!("../../configs/uffd-rwp-procmem.toml")),
+    ("memfd-shared", include_str!("../../configs/memfd-shared.toml")),
+    ("kvm-memfd", include_str!("../../configs/kvm-memfd.toml")),
+    ("hugetlbfs", include_str!("../../configs/hugetlbfs.toml")),
+    ("kvm-guest-memfd", include_str!("../../configs/kvm-guest-memfd.toml")),
 ];
 
 /// What to look at in a comparison of a built-in scenario across GUP eras or kernels.

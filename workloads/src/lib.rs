@@ -4,8 +4,13 @@ pub mod catalogue;
 pub mod pattern;
 pub mod validation;
 
+use std::collections::HashMap;
+
 use bevy_ecs::entity::Entity;
-use sim_core::config::{Access, Config, GupContext, HugepageAdvice, MachineConfig, MainThread, Slice, ThreadConfig};
+use sim_core::config::{
+    Access, Backing, Config, GupContext, HugepageAdvice, HugetlbPage, MachineConfig, MainThread, MemPolicy, Slice,
+    ThreadConfig,
+};
 use sim_core::engine::{NSEC_PER_MSEC, NSEC_PER_USEC};
 use sim_core::machine::Nid;
 use sim_core::mm::PageIdx;
@@ -33,23 +38,55 @@ struct NamedMm {
     first_thread: Option<Entity>,
 }
 
-/// Maps a VMA, split where actions need it, populated and made mergeable as configured.
+/// What backs a mapping as the config gives it.
+struct Kind {
+    backing: Backing,
+    /// The memfd's name, for a memfd mapping.
+    file: String,
+    hugetlb: HugetlbPage,
+    mempolicy: Option<MemPolicy>,
+}
+
+impl Kind {
+    fn of(
+        backing: Backing,
+        memfd: &Option<String>,
+        default_file: String,
+        hugetlb: HugetlbPage,
+        pol: &Option<MemPolicy>,
+    ) -> Self {
+        Self { backing, file: memfd.clone().unwrap_or(default_file), hugetlb, mempolicy: pol.clone() }
+    }
+}
+
+/// The memfds mapped so far, by name.
+type Memfds = HashMap<String, u32>;
+
+/// Maps a VMA of its kind, split where actions need it, populated and made mergeable as
+/// configured.
 #[allow(clippy::too_many_arguments)]
 fn add_region(
     sim: &mut Sim,
     config: &Config,
     mm: Entity,
-    process: &str,
-    name: &str,
+    (process, name): (&str, &str),
     mib: u64,
     populate: Option<u32>,
-    mergeable: bool,
-    classes: u32,
-    hugepage: Option<HugepageAdvice>,
+    (mergeable, classes, hugepage): (bool, u32, Option<HugepageAdvice>),
+    (kind, memfds): (Kind, &mut Memfds),
 ) -> Region {
     let pages = mib * PAGES_PER_MIB;
-    let first = sim.add_vma(mm, name, pages);
+    let first = match kind.backing {
+        Backing::Memfd => {
+            let (vma, id) = sim.add_memfd_vma(mm, name, pages, memfds.get(&kind.file).copied());
+            memfds.insert(kind.file, id);
+            vma
+        }
+        Backing::Hugetlbfs => sim.add_hugetlb_vma(mm, name, pages, kind.hugetlb),
+        Backing::Anon | Backing::GuestMemfd => sim.add_vma(mm, name, pages),
+    };
     sim.madvise_hugepage(mm, first, hugepage);
+    sim.set_backing(mm, first, kind.backing, kind.mempolicy);
     let cuts = config.vma_cuts(process, name);
     let mut pieces = vec![(first, 0)];
     for (n, &cut) in cuts.iter().enumerate() {
@@ -67,12 +104,30 @@ fn add_region(
     Region { name: name.to_string(), base: sim.vma_base(mm, first), pages }
 }
 
+/// Reserves the hugetlb pool every hugetlbfs mapping needs, 1 GiB pages first, as the
+/// kernel's command line would (`hugepagesz=1G hugepages=N hugepagesz=2M hugepages=M`).
+fn reserve_hugetlb_pool(sim: &mut Sim, config: &Config) {
+    let vmas = config.process.iter().flat_map(|p| p.vma.iter().map(|v| (v.backing, v.hugetlb_page, v.size_mib)));
+    let all: Vec<_> = vmas.chain(config.vm.iter().map(|v| (v.backing, v.hugetlb_page, v.memory_mib))).collect();
+    for size in [HugetlbPage::Size1G, HugetlbPage::Size2M] {
+        let count: u64 = all
+            .iter()
+            .filter(|&&(b, s, _)| b == Backing::Hugetlbfs && s == size)
+            .map(|(_, _, mib)| mib / size.mib())
+            .sum();
+        let reserved = sim.reserve_hugetlb(size, count);
+        assert!(reserved, "config validation keeps the hugetlb pool within the nodes' memory");
+    }
+}
+
 /// Builds the simulation a validated config describes.
 pub fn build(config: &Config) -> Sim {
     let mut sim = Sim::new(config);
     let m = &config.machine;
     let mut placer = Placer::new(m.nodes, m.cpus_per_node);
     let mut named: Vec<NamedMm> = Vec::new();
+    let mut memfds = Memfds::new();
+    reserve_hugetlb_pool(&mut sim, config);
     for p in &config.process {
         let mm = sim.add_process(&p.name);
         if !p.cpuset_mems.is_empty() {
@@ -83,17 +138,18 @@ pub fn build(config: &Config) -> Sim {
             .vma
             .iter()
             .map(|v| {
+                let file = format!("{}/{}", p.name, v.name);
+                let kind = Kind::of(v.backing, &v.memfd, file, v.hugetlb_page, &v.mempolicy);
+                let ksm = (v.mergeable, v.content_classes, v.hugepage);
                 add_region(
                     &mut sim,
                     config,
                     mm,
-                    &p.name,
-                    &v.name,
+                    (&p.name, &v.name),
                     v.size_mib,
                     v.populate_node,
-                    v.mergeable,
-                    v.content_classes,
-                    v.hugepage,
+                    ksm,
+                    (kind, &mut memfds),
                 )
             })
             .collect();
@@ -110,17 +166,17 @@ pub fn build(config: &Config) -> Sim {
     }
     for vm in &config.vm {
         let mm = sim.add_process(&vm.name);
+        let kind = Kind::of(vm.backing, &vm.memfd, format!("{}/ram", vm.name), vm.hugetlb_page, &vm.mempolicy);
+        let ksm = (vm.mergeable, vm.content_classes, vm.hugepage);
         let ram = add_region(
             &mut sim,
             config,
             mm,
-            &vm.name,
-            "ram",
+            (&vm.name, "ram"),
             vm.memory_mib,
             vm.populate_node,
-            vm.mergeable,
-            vm.content_classes,
-            vm.hugepage,
+            ksm,
+            (kind, &mut memfds),
         );
         let ept = sim.add_secondary_mmu(&format!("{}/ept", vm.name), mm, ram.base, ram.pages, SmmuKind::Kvm);
         let vcpus = add_threads(&mut sim, &mut placer, m, mm, &vm.name, &ram, &vm.vcpus, Some(ept), MainThread::Idle);

@@ -99,8 +99,11 @@ fn every_scenario_under_every_kernel_keeps_the_invariants() {
     let seeds = env("NUMASIM_INVARIANT_SEEDS", 1);
     let ms = env("NUMASIM_INVARIANT_MS", 100);
     let by = env("NUMASIM_INVARIANT_SHRINK", 1);
+    // A comma-separated list of scenarios runs only those.
+    let only = std::env::var("NUMASIM_INVARIANT_SCENARIOS").unwrap_or_default();
+    let picked = |name: &str| only.is_empty() || only.split(',').any(|o| o == name);
     let mut runs = Vec::new();
-    for (name, _) in BUILTIN {
+    for (name, _) in BUILTIN.iter().filter(|(name, _)| picked(name)) {
         for kernel in kernels_of(name) {
             for seed in 1..=seeds {
                 runs.push((*name, kernel, seed));

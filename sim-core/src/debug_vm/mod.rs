@@ -19,6 +19,7 @@ use bevy_ecs::prelude::*;
 
 use crate::engine::{EventQueue, Nanos};
 use crate::machine::{NUMA_NO_NODE, PgData, Topology};
+use crate::mm::backing::MemKinds;
 use crate::mm::ksm::KsmFrames;
 use crate::mm::mmu_notifier::{SPTE_VALID, SecondaryMmu, SmmuKind};
 use crate::mm::{Mm, PG_KSM, PTE_PROTNONE, PTE_UFFD, PageIdx, Pages, ZERO_PAGE_NID};
@@ -87,6 +88,7 @@ type World<'w, 's> = (
     Query<'w, 's, &'static SecondaryMmu>,
     Query<'w, 's, (Entity, &'static SecondaryMmu)>,
     Res<'w, KsmFrames>,
+    Res<'w, MemKinds>,
 );
 
 /// Buffers kept between checks, so a check allocates nothing.
@@ -113,7 +115,7 @@ pub struct Scratch {
 /// [`FULL_EVERY`] checks).
 pub fn check_vm(
     In(full): In<bool>,
-    (mut pages, topo, counters, queue, pgdat, mms, smmus, smmu_ids, ksm_frames): World,
+    (mut pages, topo, counters, queue, pgdat, mms, smmus, smmu_ids, ksm_frames, kinds): World,
     mut scratch: Local<Scratch>,
 ) -> Result<(), Violation> {
     let now = queue.now();
@@ -131,7 +133,8 @@ pub fn check_vm(
     let frames = count_frames(&pages, &mms, &smmus, topo.nr_nodes, (books, &mut *scratch), now)?;
     for node in pgdat.iter() {
         let nid = u32::from(node.nid);
-        let used = frames[nid as usize];
+        // Free huge pages of the boot-time pool are out of the free lists too.
+        let used = frames[nid as usize] + kinds.pool.free_pages(node.nid);
         if node.free_pages > node.present_pages || node.present_pages - node.free_pages != used {
             let detail = format!(
                 "free {} + used {used} != present {} (used recounted from the page state)",
@@ -208,7 +211,9 @@ fn count_frames(
                 let detail = format!("{here} pages of munmap()ed VMA `{}` of mm `{}` are present", v.name, m.name);
                 return Err(Violation::new("unmapped_vma_empty", now, detail));
             }
-            present += here;
+            if v.backing.in_rss() {
+                present += here;
+            }
         }
         if present != m.rss {
             let detail = format!("mm `{}` has rss {} but {present} present pages", m.name, m.rss);

@@ -2,6 +2,7 @@
 
 use bevy_ecs::entity::Entity;
 
+use super::backing::{Backing, alloc_node, hugetlb_fault, mappers, page_mappers};
 use super::huge_memory::{
     do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, do_pte_mapped_thp_numa_page, split_huge_pmd,
 };
@@ -17,7 +18,7 @@ use crate::engine::Nanos;
 use crate::kernel::{Faulter, Kernel};
 use crate::machine::{NUMA_NO_NODE, Nid, PgData};
 use crate::sched::numa::{
-    TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL, TNF_MIGRATED, should_numa_migrate_memory, task_numa_fault,
+    TNF_FAULT_LOCAL, TNF_MIGRATE_FAIL, TNF_MIGRATED, TNF_SHARED, should_numa_migrate_memory, task_numa_fault,
 };
 use crate::sched::promotion::folio_use_access_time;
 use crate::trace::Event;
@@ -76,7 +77,9 @@ pub fn populate_range(k: &mut Kernel, mm: Entity, base: PageIdx, pages: u64, nid
             pte.flags |= PTE_YOUNG;
         }
     }
-    k.mm(mm).rss += missing;
+    for m in page_mappers(k, mm, base) {
+        k.mm(m).rss += missing;
+    }
 }
 
 /// Returns a frame to node `nid`'s free lists.
@@ -114,7 +117,15 @@ pub fn handle_mm_fault(
 pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, write: bool, f: &mut Faulter) -> Nanos {
     let flags = k.pages.pte(page).flags;
     if !k.pages.present(page) {
-        do_anonymous_page(k, mm, vma, page, f.nid, write);
+        match k.mm(mm).vmas[vma].backing {
+            Backing::Anon => do_anonymous_page(k, mm, vma, page, f.nid, write),
+            Backing::Hugetlbfs => {
+                let v = k.mm(mm).vmas[vma].clone();
+                let mapped = hugetlb_fault(k, &v, page, v.hugetlb, f.nid);
+                assert!(mapped, "the boot-time pool holds every hugetlbfs VMA's pages");
+            }
+            Backing::Memfd | Backing::GuestMemfd => shmem_fault(k, mm, vma, page, f.nid),
+        }
         k.sysctl.0.hint_fault_cost_ns
     } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
         let rwp = k.mm(mm).vmas[vma].uffd_rwp.filter(|_| flags & PTE_UFFD != 0);
@@ -166,12 +177,31 @@ pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, 
         pte.flags |= PTE_ZERO | prot;
         return;
     }
-    let got = alloc_page_node(k, nid).expect("config validation keeps all VMAs within memory");
+    let want = alloc_node(k, &k.mms.get(mm).expect("faulting tasks have a live mm").vmas[vma], page, nid);
+    let got = alloc_page_node(k, want).expect("config validation keeps all VMAs within memory");
     let slots = &mut k.pages.slots;
     let pte = slots.pte_mut(i);
     pte.nid = got;
     pte.flags |= prot;
     k.mm(mm).rss += 1;
+}
+
+/// Models shmem_fault() → shmem_get_folio_gfp() for a page not yet in the file (and
+/// kvm_gmem_get_folio() for guest_memfd): a read allocates too (shmem maps no zero page), on
+/// the node the VMA's policy gives or the faulting CPU's. Every mm mapping the memfd counts
+/// the page in its RSS (MM_SHMEMPAGES); guest_memfd pages are in none.
+pub fn shmem_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, nid: Nid) {
+    let v = k.mm(mm).vmas[vma].clone();
+    let want = alloc_node(k, &v, page, nid);
+    let got = alloc_page_node(k, want).expect("config validation keeps all VMAs within memory");
+    let pte = k.pages.pte_mut(page);
+    pte.nid = got;
+    pte.flags |= vm_page_prot(v.accessible);
+    if v.backing.in_rss() {
+        for m in mappers(k, mm, &v) {
+            k.mm(m).rss += 1;
+        }
+    }
 }
 
 /// The bits a first touch maps with: do_anonymous_page() and do_huge_pmd_anonymous_page()
@@ -265,7 +295,7 @@ pub fn numa_migrate_check(
     k.counters.hint_fault(f.source);
     let toptier = k.tiers.node_is_toptier(page_nid);
     k.counters.hint_fault_tier(toptier);
-    let mut flags = 0;
+    let mut flags = shared_fault_flag(k, mm, vma);
     if page_nid == f.nid {
         k.counters.vmstat.numa_hint_faults_local += 1;
         flags |= TNF_FAULT_LOCAL;
@@ -274,6 +304,17 @@ pub fn numa_migrate_check(
         if folio_use_access_time(k, page_nid) { CPUPID_UNSET } else { k.pages.slots.last_cpupid[k.pages.slot(head)] };
     let migrate = page_nid != f.nid && may_migrate && should_numa_migrate_memory(k, f, head, nr, page_nid);
     NumaFault { page_nid, nid: page_nid, flags, last_cpupid, migrate }
+}
+
+/// TNF_SHARED for a fault in a MAP_SHARED VMA on a folio another mm maps too
+/// (do_numa_page(): `page_mapcount(page) > 1` in 6.1.192, folio_likely_mapped_shared() in
+/// 6.12.117, folio_maybe_mapped_shared() in 7.3.4, each with `vma->vm_flags & VM_SHARED`).
+/// A memfd's mappers all map its present pages (see `backing.rs`).
+fn shared_fault_flag(k: &mut Kernel, mm: Entity, vma: usize) -> u32 {
+    let m = k.mm(mm);
+    let v = &m.vmas[vma];
+    let shared = v.memfd.is_some_and(|id| k.kinds.memfds[id as usize].mappers.len() > 1);
+    if shared { TNF_SHARED } else { 0 }
 }
 
 /// Moves the folio of `nr` pages at `head` toward the faulting CPU's node when

@@ -2,6 +2,7 @@
 
 use bevy_ecs::entity::Entity;
 
+use super::backing::page_mappers;
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
 use super::vmscan::wakeup_kswapd;
 use super::{CPUPID_UNSET, PageIdx};
@@ -63,7 +64,10 @@ pub fn migrate_misplaced_folio(
     // secondary MMUs let go (MMU_NOTIFY_CLEAR) before folio_migrate_mapping() checks the
     // refcount, so a pinned folio's secondary mappings are dropped even though it stays
     // (mm/migrate.c, 6.1.192 and 6.12.117).
-    invalidate_range(k, mm, first, nr, MmuNotifyEvent::Clear, |_| true);
+    // The rmap walk reaches every mm mapping the folio (a memfd's other mappers too).
+    for m in page_mappers(k, mm, first) {
+        invalidate_range(k, m, first, nr, MmuNotifyEvent::Clear, |_| true);
+    }
     let slots = k.pages.folio_slots(first, nr);
     if slots.clone().any(|i| k.pages.slots.pins(i) > 0 || k.pages.slots.refs[i] > 0) {
         k.counters.vmstat.pgmigrate_fail += nr;

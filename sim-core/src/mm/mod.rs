@@ -6,6 +6,8 @@
 //! bytes each and 3 bytes per 512 (the settled blocks of `slots.rs`); a THP-backed chunk 16
 //! bytes for all 512 pages.
 
+pub mod backing;
+pub mod backing_check;
 pub mod gup;
 pub mod huge_memory;
 pub mod ksm;
@@ -406,7 +408,7 @@ pub enum Pmd {
     PteMapped,
 }
 
-/// A virtual memory area: anonymous private memory unless said otherwise.
+/// A virtual memory area: anonymous private memory unless `backing` says otherwise.
 #[derive(Clone, Debug)]
 pub struct Vma {
     pub name: String,
@@ -436,6 +438,14 @@ pub struct Vma {
     pub pmds: Vec<Pmd>,
     /// VM_UFFD_RWP: registered with UFFDIO_REGISTER_MODE_RWP, and how its faults resolve.
     pub uffd_rwp: Option<userfaultfd::RwpMode>,
+    /// What backs the VMA (see `backing.rs`).
+    pub backing: backing::Backing,
+    /// The memfd this VMA maps (an index into `MemKinds::memfds`), for a memfd VMA.
+    pub memfd: Option<u32>,
+    /// The huge page size of a hugetlbfs VMA.
+    pub hugetlb: backing::HugetlbPage,
+    /// The policy mbind() set on the VMA; `None`: the task's (local) policy.
+    pub mempolicy: Option<backing::MemPolicy>,
 }
 
 impl Vma {
@@ -530,10 +540,14 @@ impl Mm {
     /// With `pmd_align`, a VMA of 2 MiB or more starts on a PMD boundary, as
     /// thp_get_unmapped_area() places large anonymous mappings when THP is on.
     pub fn add_vma(&mut self, name: &str, pages: u64, base: PageIdx, pmd_align: bool) -> usize {
-        let mut start = self.vmas.last().map_or(16, |v| v.end() + 1);
-        if pmd_align && pages >= HPAGE_PMD_NR {
-            start = start.next_multiple_of(HPAGE_PMD_NR);
-        }
+        let align = if pmd_align && pages >= HPAGE_PMD_NR { HPAGE_PMD_NR } else { 1 };
+        self.add_vma_aligned(name, pages, base, align)
+    }
+
+    /// Adds a VMA after the last one, starting on a multiple of `align` pages (a hugetlbfs
+    /// mapping starts on its huge page size, hugetlb_get_unmapped_area()).
+    pub fn add_vma_aligned(&mut self, name: &str, pages: u64, base: PageIdx, align: u64) -> usize {
+        let start = self.vmas.last().map_or(16, |v| v.end() + 1).next_multiple_of(align);
         self.vmas.push(Vma {
             name: name.to_string(),
             start,
@@ -548,6 +562,10 @@ impl Mm {
             no_numa_balancing: false,
             pmds: Vec::new(),
             uffd_rwp: None,
+            backing: backing::Backing::Anon,
+            memfd: None,
+            hugetlb: backing::HugetlbPage::Size2M,
+            mempolicy: None,
         });
         self.vmas.len() - 1
     }

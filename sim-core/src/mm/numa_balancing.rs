@@ -3,6 +3,7 @@
 
 use bevy_ecs::entity::Entity;
 
+use super::backing::{Backing, mappers};
 use super::huge_memory::{change_huge_pmd, split_huge_pmd};
 use super::mmu_notifier::invalidate_prot_numa;
 use super::{HPAGE_PMD_NR, Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd, Pte, Vma, VmaNumab, hash_32};
@@ -38,8 +39,8 @@ pub fn task_tick_numa(k: &mut Kernel, p: &mut TaskNuma, runtime: Nanos, now: Nan
         return false;
     }
     if p.node_stamp == 0 {
-        let mm = k.mms.get(p.mm).expect("tasks point at live mms");
-        p.numa_scan_period = task_scan_start(&k.sysctl, mm.rss, group_of(p, mm));
+        let rss = k.mms.get(p.mm).expect("tasks point at live mms").rss;
+        p.numa_scan_period = task_scan_start(&k.sysctl, rss, group_of(p, &k.mms));
     }
     p.node_stamp += period;
     now >= k.mm(p.mm).numa_next_scan
@@ -101,6 +102,8 @@ enum VmaVerdict {
     Done,
     /// Not accessed by this task recently; a later pass may force the scan.
     PidInactive,
+    /// Not a VMA of the process at all (guest_memfd memory): passed over untraced.
+    Absent,
 }
 
 /// The per-VMA checks of task_numa_work() ahead of the PTE walk, as the kernel version's
@@ -119,6 +122,14 @@ fn vma_verdict(
     if vma.no_numa_balancing {
         // Where the proposal puts it: with the VMAs vma_migratable() refuses.
         return VmaVerdict::Skip(NumabSkip::Unsuitable);
+    }
+    // hugetlbfs (is_vm_hugetlb_page()) and VMAs with an mbind() policy (vma_policy_mof()
+    // false) come first; guest_memfd memory is not in the address space the walk sees.
+    match vma.backing {
+        Backing::GuestMemfd => return VmaVerdict::Absent,
+        Backing::Hugetlbfs => return VmaVerdict::Skip(NumabSkip::Unsuitable),
+        Backing::Anon | Backing::Memfd if vma.mempolicy.is_some() => return VmaVerdict::Skip(NumabSkip::Unsuitable),
+        Backing::Anon | Backing::Memfd => {}
     }
     // Inaccessible VMAs are skipped to avoid confusing PROT_NONE with NUMA hinting PTEs.
     if !vma.accessible {
@@ -184,7 +195,8 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
     // be migrated." Before the scan is claimed, so numa_next_scan and node_stamp stay.
     let (tgid, mems_allowed) = (k.mm(mm_e).pid, k.mm(mm_e).mems_allowed);
     if k.rules.cpuset_single_node_skip && mems_allowed.count_ones() == 1 {
-        let task = TaskIds { pid, tgid, ngid: if p.in_group { tgid } else { pid } };
+        let ngid = if p.in_group { k.mm(p.group_home()).pid } else { pid };
+        let task = TaskIds { pid, tgid, ngid };
         trace_event!(k, Event::SchedSkipCpusetNuma { task, mems_allowed });
         return 0;
     }
@@ -242,6 +254,10 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
                 VmaVerdict::PidInactive => {
                     pids_skipped = true;
                     trace_skip_vma(k, mm_e, vi, NumabSkip::PidInactive);
+                    vi += 1;
+                    continue;
+                }
+                VmaVerdict::Absent => {
                     vi += 1;
                     continue;
                 }
@@ -342,6 +358,11 @@ pub fn change_prot_numa(
     let mut updated: Vec<PageIdx> = Vec::new();
     let mut huge_pmds = 0u64;
     let vi = k.mm(mm).vma_of_page(vma.base).expect("the scanned VMA is mapped");
+    // change_pte_range() picks a target node only for private VMAs (`!(vma->vm_flags &
+    // VM_SHARED)`), and tests pins of a shared mapping's folios only from 6.19.
+    let shared = vma.backing == Backing::Memfd;
+    let target_node = target_node.filter(|_| !shared);
+    let skip_pinned = !shared || k.rules.prot_numa_pinned_shared;
     let mut vpn = start;
     while vpn < end {
         // The 4 KiB PTEs up to the next block (all of the range in a VMA without THPs).
@@ -365,13 +386,16 @@ pub fn change_prot_numa(
         let pte_mapped = block.is_some_and(|b| k.mm(mm).vmas[vi].pmds[b] == Pmd::PteMapped);
         if !pte_mapped || k.rules.pte_mapped_thp_numa {
             for v in vpn..segment_end {
-                change_pte(k, vma.page(v), target_node, &mut updated);
+                change_pte(k, vma.page(v), (target_node, skip_pinned), &mut updated);
             }
         }
         vpn = segment_end;
     }
     k.counters.vmstat.numa_pte_updates += updated.len() as u64;
-    invalidate_prot_numa(k, mm, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
+    // A memfd's mappers share the PTEs in the model, so each is told (see `backing.rs`).
+    for m in mappers(k, mm, vma) {
+        invalidate_prot_numa(k, m, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
+    }
     let pte_updates = updated.len() as u64;
     ProtNumaChange { pte_updates, entries_written: pte_updates - huge_pmds * HPAGE_PMD_NR + huge_pmds }
 }
@@ -386,10 +410,11 @@ pub struct ProtNumaChange {
 }
 
 /// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE.
-fn change_pte(k: &mut Kernel, page: PageIdx, target_node: Option<Nid>, updated: &mut Vec<PageIdx>) {
+/// `skip`: the single-threaded target node and whether pinned folios are left.
+fn change_pte(k: &mut Kernel, page: PageIdx, skip: (Option<Nid>, bool), updated: &mut Vec<PageIdx>) {
     let i = k.pages.slot(page);
     if k.pages.slots.pte(i).flags & PTE_PROTNONE != 0
-        || !folio_can_map_prot_numa(k, i..i + 1, target_node)
+        || !folio_can_map_prot_numa(k, i..i + 1, skip)
         || !prot_numa_tier_check(k, i..i + 1)
     {
         return;
@@ -419,14 +444,19 @@ pub fn prot_numa_tier_check(k: &mut Kernel, slots: std::ops::Range<usize>) -> bo
 /// Models the folio tests change_pte_range() makes (6.1.192, 6.12.118 inline; 7.2.13 and
 /// 7.3.4 as folio_can_map_prot_numa() in mm/mempolicy.c, which change_huge_pmd() calls too
 /// from 6.19) for the folio in `slots`: no folio (absent, or the zero page), KSM, possibly
-/// DMA-pinned, or already on the node a single-threaded process runs on (`target_node`) →
-/// leave it. Folios mapped by several mms are skipped too, but the model has none: there is
-/// no fork, an anonymous page is mapped by the mm that faulted it, and KSM pages are left.
-pub fn folio_can_map_prot_numa(k: &Kernel, slots: std::ops::Range<usize>, target_node: Option<Nid>) -> bool {
+/// DMA-pinned (`skip_pinned`: a private mapping, or any from 6.19), or already on the node a
+/// single-threaded process runs on (`target_node`) → leave it. Private folios mapped by
+/// several mms are skipped too, but the model has none: there is no fork, an anonymous page
+/// is mapped by the mm that faulted it, and KSM pages are left.
+pub fn folio_can_map_prot_numa(
+    k: &Kernel,
+    slots: std::ops::Range<usize>,
+    (target_node, skip_pinned): (Option<Nid>, bool),
+) -> bool {
     let pages = &k.pages.slots;
     let Pte { nid, flags } = pages.pte(slots.start);
     if nid == NUMA_NO_NODE || flags & (PG_KSM | PTE_ZERO) != 0 {
         return false;
     }
-    !slots.clone().any(|i| pages.pins(i) > 0) && target_node != Some(nid)
+    !(skip_pinned && slots.clone().any(|i| pages.pins(i) > 0)) && target_node != Some(nid)
 }

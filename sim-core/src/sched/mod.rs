@@ -446,9 +446,9 @@ fn account_runtime(task: &mut Task, nid: crate::machine::Nid, now: Nanos, spent:
 
 fn exit_task(k: &mut Kernel, numa: &mut TaskNuma, te: Entity, cpu: u32) {
     k.cpu(cpu).runqueue.retain(|&e| e != te);
-    let mut mm = k.mm(numa.mm);
-    mm.nr_threads -= 1;
-    numa::task_numa_free(&mut mm, numa);
+    k.mm(numa.mm).nr_threads -= 1;
+    let mut home = k.mm(numa.group_home());
+    numa::task_numa_free(&mut home, numa);
 }
 
 /// Runs one quantum of `task` on `cpu`: touches pages until the quantum is used up, taking

@@ -48,9 +48,11 @@ fn task_faults_idx(nr_nodes: usize, s: usize, nid: usize, private: usize) -> usi
     NR_NUMA_HINT_FAULT_TYPES * (s * nr_nodes + nid) + private
 }
 
-/// A numa_group. Simplified: one group per process, which a thread joins on its first
-/// shared fault against a sibling thread (the kernel creates per-task groups and merges the
-/// groups of threads of one mm, which ends in the same place); groups never span processes.
+/// A numa_group. Simplified: one group per process, held by its mm, which a thread joins on
+/// its first shared fault against a sibling thread (the kernel creates per-task groups and
+/// merges the groups of threads of one mm, which ends in the same place); a TNF_SHARED fault
+/// against another process's task moves the thread to that process's group when it is the
+/// larger (`TaskNuma::group_mm`).
 #[derive(Clone, Debug)]
 pub struct NumaGroup {
     pub nr_tasks: u32,
@@ -128,13 +130,21 @@ pub struct TaskNuma {
     pub numa_pages_migrated: u64,
     pub last_task_numa_placement: Nanos,
     pub last_sum_exec_runtime: Nanos,
-    /// Member of its process's numa group.
+    /// Member of a numa group: its process's, or `group_mm`'s.
     pub in_group: bool,
+    /// The mm holding the group the task joined when that is another process's (a TNF_SHARED
+    /// fault on a memfd both map); `None`: its own mm's.
+    pub group_mm: Option<Entity>,
     /// numa_migrate_preferred() asked for task_numa_migrate(); it runs when the quantum ends.
     pub migrate_pending: bool,
 }
 
 impl TaskNuma {
+    /// The mm holding the task's numa group (its own unless it joined another process's).
+    pub fn group_home(&self) -> Entity {
+        self.group_mm.unwrap_or(self.mm)
+    }
+
     /// Models init_numa_balancing() for a new thread.
     pub fn new(pid: u32, mm: Entity, sysctl: &Sysctl) -> Self {
         Self {
@@ -153,6 +163,7 @@ impl TaskNuma {
             last_task_numa_placement: 0,
             last_sum_exec_runtime: 0,
             in_group: false,
+            group_mm: None,
             migrate_pending: false,
         }
     }
@@ -234,8 +245,8 @@ pub fn update_scan_period(k: &Kernel, p: &mut TaskNuma, src_cpu: u32, dst_cpu: u
     {
         return;
     }
-    let mm = k.mms.get(p.mm).expect("tasks point at live mms");
-    p.numa_scan_period = task_scan_start(&k.sysctl, mm.rss, group_of(p, mm));
+    let rss = k.mms.get(p.mm).expect("tasks point at live mms").rss;
+    p.numa_scan_period = task_scan_start(&k.sysctl, rss, group_of(p, &k.mms));
 }
 
 /// Models task_scan_max().
@@ -246,9 +257,9 @@ pub fn task_scan_max(sysctl: &Sysctl, rss: u64, ng: Option<&NumaGroup>) -> u64 {
     smin.max(smax)
 }
 
-/// The numa group `p` belongs to (`deref_task_numa_group()`), if any.
-pub(crate) fn group_of<'a>(p: &TaskNuma, mm: &'a Mm) -> Option<&'a NumaGroup> {
-    if p.in_group { mm.numa_group.as_ref() } else { None }
+/// The numa group `p` belongs to (`deref_task_numa_group()`), if any, held by its home mm.
+pub(crate) fn group_of<'a>(p: &TaskNuma, mms: &'a Query<&mut Mm>) -> Option<&'a NumaGroup> {
+    if p.in_group { mms.get(p.group_home()).ok().and_then(|m| m.numa_group.as_ref()) } else { None }
 }
 
 /// Models update_task_scan_period() in kernel/sched/fair.c (6.1.192, 6.12.117): slow
@@ -257,7 +268,7 @@ pub(crate) fn group_of<'a>(p: &TaskNuma, mm: &'a Mm) -> Option<&'a NumaGroup> {
 /// clear the locality counts only where the kernel does ([`Rules::scan_slower_clears_locality`]).
 pub fn update_task_scan_period(
     p: &mut TaskNuma,
-    mm: &mut Mm,
+    (mm, ng): (&mut Mm, Option<&NumaGroup>),
     sysctl: &Sysctl,
     rules: &Rules,
     now: Nanos,
@@ -284,7 +295,6 @@ pub fn update_task_scan_period(
     } else {
         -(NUMA_PERIOD_THRESHOLD - lr_ratio.max(ps_ratio)) * period_slot
     };
-    let ng = group_of(p, mm);
     let lo = task_scan_min(sysctl, mm.rss) as i64;
     let hi = task_scan_max(sysctl, mm.rss, ng) as i64;
     p.numa_scan_period = (p.numa_scan_period as i64 + diff).clamp(lo, hi.max(lo)) as u64;
@@ -309,18 +319,20 @@ fn numa_get_avg_runtime(p: &mut TaskNuma, now: Nanos, runtime: Nanos) -> (u64, u
 /// Simplified: preferred_group_nid() as for directly connected nodes.
 pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime: Nanos) {
     let Kernel { sysctl, mms, rules, topo, .. } = k;
-    let mut mm = mms.get_mut(p.mm).expect("tasks point at live mms");
-    let seq = mm.numa_scan_seq;
+    let seq = mms.get(p.mm).expect("tasks point at live mms").numa_scan_seq;
     if p.numa_scan_seq == seq {
         return;
     }
+    // The group may be another process's: out of its home mm while the faults fold in.
+    let home = p.group_home();
+    let mut group = if p.in_group { mms.get_mut(home).ok().and_then(|mut m| m.numa_group.take()) } else { None };
+    let mut mm = mms.get_mut(p.mm).expect("tasks point at live mms");
     p.numa_scan_seq = seq;
-    p.numa_scan_period_max = task_scan_max(sysctl, mm.rss, group_of(p, &mm));
+    p.numa_scan_period_max = task_scan_max(sysctl, mm.rss, group.as_ref());
 
     let total_faults = (p.numa_faults_locality[0] + p.numa_faults_locality[1]) as i64;
     let (runtime, period) = numa_get_avg_runtime(p, now, runtime);
     let n = p.nr_nodes();
-    let in_group = p.in_group;
     let mut fault_types = [0i64; 2];
     let mut max_faults = 0i64;
     let mut max_nid = None;
@@ -343,20 +355,20 @@ pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime
             f[cpu_idx] += f_diff;
             faults += f[mem_idx];
             p.total_numa_faults += diff;
-            if let (true, Some(ng)) = (in_group, mm.numa_group.as_mut()) {
+            if let Some(ng) = group.as_mut() {
                 ng.faults[mem_idx] += diff;
                 ng.faults[cpu_idx] += f_diff;
                 ng.total_faults += diff;
                 group_faults += ng.faults[mem_idx];
             }
         }
-        let score = if in_group && mm.numa_group.is_some() { group_faults } else { faults };
+        let score = if group.is_some() { group_faults } else { faults };
         if score > max_faults {
             max_faults = score;
             max_nid = Some(nid as Nid);
         }
     }
-    if let (true, Some(ng)) = (in_group, mm.numa_group.as_mut()) {
+    if let Some(ng) = group.as_mut() {
         ng.count_active_nodes();
     }
     // A task cannot run on a CPU-less node: numa_nearest_node(max_nid, N_CPU).
@@ -365,13 +377,19 @@ pub fn task_numa_placement(k: &mut Kernel, p: &mut TaskNuma, now: Nanos, runtime
         p.numa_preferred_nid = max_nid;
     }
     let (shared, private) = (fault_types[0].max(0) as u64, fault_types[1].max(0) as u64);
-    update_task_scan_period(p, &mut mm, sysctl, rules, now, shared, private);
+    update_task_scan_period(p, (&mut mm, group.as_ref()), sysctl, rules, now, shared, private);
+    if group.is_some() {
+        mms.get_mut(home).expect("groups live in live mms").numa_group = group;
+    }
 }
 
-/// Models task_numa_group() with per-process groups (see [`NumaGroup`]). Returns whether
-/// the fault counts as private.
+/// Models task_numa_group() with per-process groups (see [`NumaGroup`]): a fault whose
+/// cpupid names a task running now joins the faulting task to its process's group when that
+/// task is a sibling; when it is another process's and the fault is TNF_SHARED, the task
+/// moves to that process's group if it is the larger (on a tie, the group of the mm with
+/// the lower pid wins, standing in for the kernel's group address). Returns whether the
+/// fault counts as private.
 fn task_numa_group(k: &mut Kernel, p: &mut TaskNuma, cpupid: u32, flags: u32) -> bool {
-    let nr_nodes = k.topo.nr_nodes as usize;
     let cpu = cpupid_to_cpu(cpupid);
     if cpu >= k.topo.nr_cpus() {
         return false;
@@ -382,22 +400,48 @@ fn task_numa_group(k: &mut Kernel, p: &mut TaskNuma, cpupid: u32, flags: u32) ->
     if !cpupid_match_pid(curr_pid, cpupid) {
         return false;
     }
-    if curr_mm != p.mm {
-        // Another process: the kernel joins only on TNF_SHARED (not modelled across
-        // processes); without it the pid match was a collision, so the fault is private.
-        return flags & TNF_SHARED == 0;
+    if curr_mm != p.mm && flags & TNF_SHARED == 0 {
+        // Another process without TNF_SHARED: the pid match was a collision, so private.
+        return true;
     }
     if !p.in_group {
-        let mut mm = k.mm(p.mm);
-        let ng = mm.numa_group.get_or_insert_with(|| NumaGroup::new(nr_nodes));
-        for (g, t) in ng.faults.iter_mut().zip(&p.numa_faults[..NR_NUMA_HINT_FAULT_STATS * nr_nodes]) {
-            *g += t;
-        }
-        ng.total_faults += p.total_numa_faults;
-        ng.nr_tasks += 1;
-        p.in_group = true;
+        join_group(k, p, p.mm);
+    }
+    if curr_mm != p.mm && curr_mm != p.group_home() && larger_group(k, curr_mm, p.group_home()) {
+        leave_group(k, p);
+        join_group(k, p, curr_mm);
     }
     false
+}
+
+/// Whether the group held by `theirs` is larger than the one held by `mine` (a missing group:
+/// no), ties going to the mm with the lower pid.
+fn larger_group(k: &Kernel, theirs: Entity, mine: Entity) -> bool {
+    let size = |e: Entity| k.mms.get(e).ok().and_then(|m| m.numa_group.as_ref().map(|g| (g.nr_tasks, m.pid)));
+    match (size(theirs), size(mine)) {
+        (Some((t, tpid)), Some((m, mpid))) => t > m || (t == m && tpid < mpid),
+        _ => false,
+    }
+}
+
+/// Adds `p`'s fault statistics to the group `home` holds (made if it has none).
+fn join_group(k: &mut Kernel, p: &mut TaskNuma, home: Entity) {
+    let nr_nodes = k.topo.nr_nodes as usize;
+    let mut mm = k.mm(home);
+    let ng = mm.numa_group.get_or_insert_with(|| NumaGroup::new(nr_nodes));
+    for (g, t) in ng.faults.iter_mut().zip(&p.numa_faults[..NR_NUMA_HINT_FAULT_STATS * nr_nodes]) {
+        *g += t;
+    }
+    ng.total_faults += p.total_numa_faults;
+    ng.nr_tasks += 1;
+    p.in_group = true;
+    p.group_mm = (home != p.mm).then_some(home);
+}
+
+/// Takes `p`'s fault statistics out of its group.
+fn leave_group(k: &mut Kernel, p: &mut TaskNuma) {
+    let mut home = k.mm(p.group_home());
+    task_numa_free(&mut home, p);
 }
 
 /// Models task_numa_free(): a thread leaves its group when it exits.
@@ -414,6 +458,7 @@ pub fn task_numa_free(mm: &mut Mm, p: &mut TaskNuma) {
         ng.nr_tasks -= 1;
     }
     p.in_group = false;
+    p.group_mm = None;
 }
 
 /// Models task_numa_fault(): account a hinting fault on a page of `mem_node` to the task.
@@ -450,7 +495,7 @@ pub fn task_numa_fault(
         private
     };
     if !private && local == 0 && p.in_group {
-        let mm = k.mm(p.mm);
+        let mm = k.mm(p.group_home());
         if let Some(ng) = &mm.numa_group
             && ng.active_nodes > 1
             && ng.is_active_node(cpu_node)
@@ -491,7 +536,7 @@ pub fn should_numa_migrate_memory(k: &mut Kernel, f: &Faulter, page: PageIdx, nr
         return false;
     }
     let (preferred, scan_seq, in_group, mm) = match f.task.as_deref() {
-        Some(p) => (p.numa_preferred_nid, p.numa_scan_seq, p.in_group, Some(p.mm)),
+        Some(p) => (p.numa_preferred_nid, p.numa_scan_seq, p.in_group, Some(p.group_home())),
         None => (None, 0, false, None),
     };
     let unset = cpupid_pid_unset(last_cpupid);
@@ -619,7 +664,8 @@ struct Best {
 struct NumaEnv {
     src_cpu: u32,
     src_nid: Nid,
-    p_mm: Entity,
+    /// The mm holding the task's group.
+    p_home: Entity,
     p_group: Option<NumaGroup>,
     affinity: Affinity,
     best: Option<Best>,
@@ -669,10 +715,10 @@ fn task_numa_compare(
     if best_prefers_src(env) && cur.numa_preferred_nid != Some(env.src_nid) {
         return;
     }
-    let cur_group = k.mms.get(cur.mm).ok().and_then(|m| group_of(cur, m).cloned());
+    let cur_group = group_of(cur, &k.mms).cloned();
     let same_group = match (&cur_group, &env.p_group) {
         (None, None) => true,
-        (Some(_), Some(_)) => cur.mm == env.p_mm,
+        (Some(_), Some(_)) => cur.group_home() == env.p_home,
         _ => false,
     };
     let mut imp = moveimp;
@@ -766,11 +812,11 @@ pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut Task
     let Ok((task, p)) = tasks.get(te) else { return };
     let Some(preferred) = p.numa_preferred_nid else { return };
     let src_nid = k.topo.cpu_to_node(task.cpu);
-    let p_group = k.mms.get(p.mm).ok().and_then(|m| group_of(p, m).cloned());
+    let p_group = group_of(p, &k.mms).cloned();
     let mut env = NumaEnv {
         src_cpu: task.cpu,
         src_nid,
-        p_mm: p.mm,
+        p_home: p.group_home(),
         p_group,
         src_stats: update_numa_stats(k, tasks, src_nid, &task.affinity),
         p_load: task.avg.at(k.now(), true, false).load_avg as i64,
@@ -835,7 +881,8 @@ pub fn task_numa_migrate(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut Task
 fn task_ids(k: &Kernel, tasks: &Query<(&mut Task, &mut TaskNuma)>, te: Entity) -> TaskIds {
     let Ok((task, p)) = tasks.get(te) else { return TaskIds::default() };
     let tgid = k.mms.get(task.mm).map_or(0, |m| m.pid);
-    TaskIds { pid: task.pid, tgid, ngid: if p.in_group { tgid } else { task.pid } }
+    let ngid = if p.in_group { k.mms.get(p.group_home()).map_or(0, |m| m.pid) } else { task.pid };
+    TaskIds { pid: task.pid, tgid, ngid }
 }
 
 /// sched_move_numa of `te` from `src_cpu` to `dst_cpu`.
@@ -960,20 +1007,20 @@ mod tests {
         let r = rules(KernelVersion::V6_12);
         // Mostly private faults (ps = 9): grow by (9-7) * ceil(2000/10) = 400.
         let mut p = task(2000, 60_000, [50, 50, 0]);
-        update_task_scan_period(&mut p, &mut mm(), &s, &r, 0, 10, 90);
+        update_task_scan_period(&mut p, (&mut mm(), None), &s, &r, 0, 10, 90);
         assert_eq!(p.numa_scan_period, 2400);
         assert_eq!(p.numa_faults_locality, [0; 3]);
         // Shared (ps = 2) but local (lr = 8): grow by 1 slot of 300.
         let mut p = task(3000, 60_000, [20, 80, 0]);
-        update_task_scan_period(&mut p, &mut mm(), &s, &r, 0, 80, 20);
+        update_task_scan_period(&mut p, (&mut mm(), None), &s, &r, 0, 80, 20);
         assert_eq!(p.numa_scan_period, 3300);
         // Shared and remote (lr = 3, ps = 5): shrink by (7-5) * 300 = 600 ...
         let mut p = task(3000, 60_000, [70, 30, 0]);
-        update_task_scan_period(&mut p, &mut mm(), &s, &r, 0, 50, 50);
+        update_task_scan_period(&mut p, (&mut mm(), None), &s, &r, 0, 50, 50);
         assert_eq!(p.numa_scan_period, 2400);
         // ... but never below task_scan_min (1000 here).
         let mut p = task(1100, 60_000, [90, 10, 0]);
-        update_task_scan_period(&mut p, &mut mm(), &s, &r, 0, 90, 10);
+        update_task_scan_period(&mut p, (&mut mm(), None), &s, &r, 0, 90, 10);
         assert_eq!(p.numa_scan_period, 1000);
     }
 
@@ -983,12 +1030,12 @@ mod tests {
         let r = rules(KernelVersion::V6_12);
         let mut m = mm();
         let mut p = task(1500, 60_000, [10, 90, 3]);
-        update_task_scan_period(&mut p, &mut m, &s, &r, 5 * NSEC_PER_SEC, 0, 100);
+        update_task_scan_period(&mut p, (&mut m, None), &s, &r, 5 * NSEC_PER_SEC, 0, 100);
         assert_eq!(p.numa_scan_period, 3000);
         assert_eq!(m.numa_next_scan, 5 * NSEC_PER_SEC + 3000 * NSEC_PER_MSEC);
         // Doubling stops at numa_scan_period_max.
         let mut p = task(40_000, 60_000, [0, 0, 0]);
-        update_task_scan_period(&mut p, &mut m, &s, &r, 0, 0, 100);
+        update_task_scan_period(&mut p, (&mut m, None), &s, &r, 0, 0, 100);
         assert_eq!(p.numa_scan_period, 60_000);
     }
 
@@ -1007,11 +1054,11 @@ mod tests {
             let r = rules(v);
             let mut m = mm();
             let mut p = task(1000, 60_000, [10, 90, 3]);
-            update_task_scan_period(&mut p, &mut m, &s, &r, 0, 0, 100);
+            update_task_scan_period(&mut p, (&mut m, None), &s, &r, 0, 0, 100);
             assert_eq!(p.numa_scan_period, 2000, "{v:?}");
             assert_eq!(p.numa_faults_locality, kept, "{v:?}");
             p.numa_faults_locality[1] += 100;
-            update_task_scan_period(&mut p, &mut m, &s, &r, 0, 0, 100);
+            update_task_scan_period(&mut p, (&mut m, None), &s, &r, 0, 0, 100);
             assert_eq!(p.numa_scan_period, second, "{v:?}");
             assert_eq!(p.numa_faults_locality, after, "{v:?}");
         }

@@ -90,7 +90,8 @@ kinds! {
 }
 
 /// A task as sched_numa_pair_template records it: pid, tgid and numa group id
-/// (`task_numa_group_id()`; numasim's groups are per process, see [`crate::sched::numa::NumaGroup`]).
+/// (`task_numa_group_id()`; numasim's groups are held per process, so it is that process's
+/// pid, see [`crate::sched::numa::NumaGroup`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct TaskIds {
     pub pid: u32,

@@ -172,7 +172,7 @@ fn migrate_degrades_locality(k: &Kernel, lb: &LoadBalance, tasks: &Tasks, env: &
     if env.idle == Idle::Idle {
         return -1;
     }
-    let weight = |nid: crate::machine::Nid| match k.mms.get(p.mm).ok().and_then(|m| group_of(p, m)) {
+    let weight = |nid: crate::machine::Nid| match group_of(p, &k.mms) {
         Some(g) => group_weight(Some(g), nid as usize),
         None => p.task_weight(nid as usize),
     };

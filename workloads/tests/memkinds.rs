@@ -1,0 +1,262 @@
+//! Memory kinds (`backing`, `memfd`, `hugetlb_page`, `mempolicy`): each kind's scanner,
+//! fault and migration rules as `sim-core/src/mm/backing.rs` states them, and the config's
+//! refusals, each naming its key.
+
+mod common;
+
+use common::*;
+use sim_core::config::{Source, load};
+use sim_core::machine::PgData;
+use sim_core::mm::Mm;
+use sim_core::sched::numa::TaskNuma;
+use sim_core::sim::Sim;
+
+/// Frames in use per node.
+fn used(sim: &mut Sim) -> Vec<u64> {
+    let mut q = sim.world.query::<&PgData>();
+    let mut nodes: Vec<(u8, u64)> = q.iter(&sim.world).map(|p| (p.nid, p.present_pages - p.free_pages)).collect();
+    nodes.sort_unstable();
+    nodes.into_iter().map(|(_, u)| u).collect()
+}
+
+/// get_mm_rss() of the process named `name`.
+fn rss(sim: &mut Sim, name: &str) -> u64 {
+    let mut q = sim.world.query::<&Mm>();
+    q.iter(&sim.world).find(|m| m.name == name).map(|m| m.rss).expect("the process exists")
+}
+
+/// Shared (not private) hinting faults in the memory rows of every thread's statistics of
+/// the process with pid `tgid`: task_faults_idx(NUMA_MEM, nid, 0).
+fn shared_faults(sim: &mut Sim, tgid: u32) -> i64 {
+    let mm_of = |sim: &mut Sim, e| sim.world.get::<Mm>(e).map(|m| m.pid);
+    let mut q = sim.world.query::<&TaskNuma>();
+    let tasks: Vec<TaskNuma> = q.iter(&sim.world).cloned().collect();
+    let nodes = 2;
+    tasks
+        .into_iter()
+        .filter(|t| mm_of(sim, t.mm) == Some(tgid) && !t.numa_faults.is_empty())
+        .map(|t| (0..nodes).map(|nid| t.numa_faults[2 * nid]).sum::<i64>())
+        .sum()
+}
+
+fn pid_of(sim: &mut Sim, name: &str) -> u32 {
+    let mut q = sim.world.query::<&Mm>();
+    q.iter(&sim.world).find(|m| m.name == name).map(|m| m.pid).expect("the process exists")
+}
+
+const TWO_MAPPERS: &str = r#"
+[run]
+duration_ms = 4000
+
+[[process]]
+name = "a"
+[[process.vma]]
+name = "buf"
+size_mib = 32
+backing = "memfd"
+memfd = "f"
+populate_node = 0
+[[process.thread]]
+name = "t"
+count = 2
+cpus = [0, 1]
+vma = "buf"
+
+[[process]]
+name = "b"
+[[process.vma]]
+name = "buf"
+size_mib = 32
+backing = "memfd"
+memfd = "f"
+[[process.thread]]
+name = "t"
+count = 2
+cpus = [4, 5]
+vma = "buf"
+"#;
+
+/// Two processes mapping one memfd use one set of frames, both count them in their RSS, and
+/// their hinting faults on each other's pages are shared (TNF_SHARED); as two anonymous
+/// VMAs each process has its own frames and no shared faults.
+#[test]
+fn a_memfd_mapped_by_two_processes_shares_its_frames_and_its_faults() {
+    let (mut sim, out) = run(&config(TWO_MAPPERS, &[]));
+    let pages = 32 * 256;
+    assert_eq!(used(&mut sim).iter().sum::<u64>(), pages, "one set of frames");
+    assert_eq!((rss(&mut sim, "a"), rss(&mut sim, "b")), (pages, pages));
+    assert!(metric(&out, "vmstat.numa_hint_faults") > 0.0);
+    let (a, b) = (pid_of(&mut sim, "a"), pid_of(&mut sim, "b"));
+    assert!(shared_faults(&mut sim, a) + shared_faults(&mut sim, b) > 0, "TNF_SHARED faults across processes");
+    assert!(joined_across(&mut sim) > 0, "task_numa_group() joins a thread to the other process's group");
+
+    let anon = TWO_MAPPERS.replace("backing = \"memfd\"\nmemfd = \"f\"\n", "");
+    let (mut sim, _) = run(&config(&anon, &["process.1.vma.0.populate_node=1"]));
+    assert_eq!(used(&mut sim).iter().sum::<u64>(), 2 * pages, "two anonymous VMAs, two sets of frames");
+    let (a, b) = (pid_of(&mut sim, "a"), pid_of(&mut sim, "b"));
+    assert_eq!(shared_faults(&mut sim, a) + shared_faults(&mut sim, b), 0);
+    assert_eq!(joined_across(&mut sim), 0);
+}
+
+/// Threads in another process's numa group.
+fn joined_across(sim: &mut Sim) -> usize {
+    let mut q = sim.world.query::<&TaskNuma>();
+    q.iter(&sim.world).filter(|t| t.in_group && t.group_mm.is_some()).count()
+}
+
+/// task_numa_work() skips a hugetlbfs VMA (is_vm_hugetlb_page()): no PTE updates, no hinting
+/// faults, no migration (the pool reserved half the huge pages on each node, so half stay
+/// remote); the same VMA anonymous is scanned and pulled to its remote users.
+#[test]
+fn hugetlbfs_is_never_scanned_or_migrated() {
+    let text = r#"
+[run]
+duration_ms = 4000
+[[process]]
+name = "huge"
+[[process.vma]]
+name = "buf"
+size_mib = 32
+backing = "hugetlbfs"
+populate_node = 0
+[[process.thread]]
+name = "w"
+count = 2
+cpus = [4, 5]
+vma = "buf"
+"#;
+    let (mut sim, out) = run(&config(text, &[]));
+    assert_eq!(metric(&out, "vmstat.numa_pte_updates"), 0.0);
+    assert_eq!(metric(&out, "vmstat.numa_hint_faults"), 0.0);
+    assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
+    let local = metric(&out, "locality.cpu");
+    assert_eq!(rss(&mut sim, "huge"), 0, "hugetlb pages are not in get_mm_rss()");
+
+    let (_, out) = run(&config(&text.replace("backing = \"hugetlbfs\"\n", ""), &[]));
+    assert!(metric(&out, "vmstat.numa_pages_migrated") > 0.0, "the same VMA anonymous moves");
+    assert!(metric(&out, "locality.cpu") > local, "and its touches get more local");
+}
+
+/// guest_memfd: the vCPUs' EPT faults allocate by the interleave policy, take no hinting
+/// faults and move nothing.
+#[test]
+fn guest_memfd_follows_its_policy_and_takes_no_hinting_faults() {
+    let (mut sim, out) = run(&scenario("kvm-guest-memfd", &["run.duration_ms=3000"]));
+    assert!(metric(&out, "touches.kvm") > 0.0);
+    assert_eq!(metric(&out, "vmstat.numa_hint_faults"), 0.0);
+    assert_eq!(metric(&out, "vmstat.numa_pte_updates"), 0.0);
+    assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
+    let used = used(&mut sim);
+    // Interleaved by page offset; the vCPUs touch most pages, not all.
+    assert!(used[0] > 0 && used[0].abs_diff(used[1]) * 100 <= used[0], "interleaved: {used:?}");
+    assert_eq!(rss(&mut sim, "guest"), 0, "guest_memfd pages are mapped by no process");
+}
+
+/// An mbind() policy makes vma_policy_mof() false: the VMA is skipped and its pages stay on
+/// the policy's node.
+#[test]
+fn a_vma_with_a_policy_is_not_scanned() {
+    let text = r#"
+[run]
+duration_ms = 3000
+[[process]]
+name = "p"
+[[process.vma]]
+name = "buf"
+size_mib = 16
+mempolicy = { mode = "bind", nodes = [0] }
+[[process.thread]]
+name = "t"
+count = 2
+cpus = [4, 5]
+vma = "buf"
+write_fraction = 1.0
+"#;
+    let (mut sim, out) = run(&config(text, &[]));
+    assert_eq!(metric(&out, "vmstat.numa_pte_updates"), 0.0);
+    assert_eq!(used(&mut sim), [16 * 256, 0]);
+    let (mut sim, out) = run(&config(&text.replace("mempolicy = { mode = \"bind\", nodes = [0] }\n", ""), &[]));
+    assert!(metric(&out, "vmstat.numa_pte_updates") > 0.0);
+    assert_eq!(used(&mut sim), [0, 16 * 256], "first touch on the threads' node");
+}
+
+/// change_pte_range() makes a pinned page of a shared mapping protnone up to 6.18 and leaves
+/// it from 6.19 (folio_can_map_prot_numa()); a private mapping's pinned pages are left on
+/// both.
+#[test]
+fn pinned_memfd_pages_are_made_protnone_until_6_19() {
+    let updates = |version: &str, backing: &str| {
+        let set = [
+            "run.duration_ms=6000".to_string(),
+            format!("kernel.version={version}"),
+            format!("process.0.vma.0.backing={backing}"),
+        ];
+        let set: Vec<&str> = set.iter().map(|s| s.as_str()).collect();
+        metric(&run(&scenario("pinned-device", &set)).1, "vmstat.numa_pte_updates")
+    };
+    let (memfd_6_12, memfd_7_3) = (updates("6.12", "memfd"), updates("7.3", "memfd"));
+    let (anon_6_12, anon_7_3) = (updates("6.12", "anon"), updates("7.3", "anon"));
+    assert!(memfd_6_12 > memfd_7_3, "6.12 {memfd_6_12}, 7.3 {memfd_7_3}");
+    assert!(memfd_6_12 > anon_6_12, "memfd {memfd_6_12}, anon {anon_6_12}");
+    assert_eq!(anon_6_12, anon_7_3);
+}
+
+/// Bad kind keys are refused naming the key.
+#[test]
+fn bad_memory_kinds_are_refused_naming_the_key() {
+    let vm = "[[vm]]\nname = \"g\"\nmemory_mib = 64\n[vm.vcpus]\ncount = 1\n";
+    let proc = "[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"b\"\nsize_mib = 8\n";
+    let cases: &[(String, &[&str], &str, &str)] = &[
+        (vm.to_string(), &["vm[0].backing=guest_memfd"], "vm[0].backing", "6.18"),
+        (proc.to_string(), &["process[0].vma[0].backing=guest_memfd"], "process[0].vma[0].backing", "[[vm]]"),
+        (proc.to_string(), &["process[0].vma[0].memfd=x"], "process[0].vma[0].memfd", "memfd"),
+        (
+            proc.to_string(),
+            &["process[0].vma[0].backing=hugetlbfs", "process[0].vma[0].size_mib=7"],
+            "size_mib",
+            "2 MiB",
+        ),
+        (proc.to_string(), &["process[0].vma[0].hugetlb_page=1G"], "hugetlb_page", "hugetlbfs"),
+        (
+            proc.to_string(),
+            &["process[0].vma[0].backing=memfd", "process[0].vma[0].mergeable=true"],
+            "mergeable",
+            "KSM",
+        ),
+        (
+            format!("{proc}mempolicy = {{ mode = \"bind\", nodes = [5] }}\n"),
+            &[],
+            "process[0].vma[0].mempolicy.nodes",
+            "node 5",
+        ),
+        (format!("{proc}mempolicy = {{ mode = \"preferred\", nodes = [0, 1] }}\n"), &[], "mempolicy.nodes", "one node"),
+        (
+            format!(
+                "{proc}backing = \"memfd\"\nmemfd = \"f\"\n{}",
+                proc.replace("\"p\"", "\"q\"").replace("8", "16") + "backing = \"memfd\"\nmemfd = \"f\"\n"
+            ),
+            &[],
+            "process[1].vma[0].size_mib",
+            "8 MiB",
+        ),
+        (
+            format!("{proc}backing = \"memfd\"\n[[action]]\nprocess = \"p\"\nvma = \"b\"\nsyscall = \"munmap\"\n"),
+            &[],
+            "action[0].vma",
+            "anonymous",
+        ),
+        (
+            format!("{proc}backing = \"hugetlbfs\"\nhugetlb_page = \"1G\"\nsize_mib = 4096\n")
+                .replace("size_mib = 8\n", ""),
+            &[],
+            "hugetlb_page",
+            "do not fit",
+        ),
+    ];
+    for (text, set, key, says) in cases {
+        // `--set` addresses array entries as `process.0`; errors name them `process[0]`.
+        let set: Vec<String> = set.iter().map(|s| s.replace('[', ".").replace(']', "")).collect();
+        let err = load(&Source { origin: "t".into(), text: text.clone() }, &set).expect_err(text).to_string();
+        assert!(err.contains(key) && err.contains(says), "{text} {set:?}: {err}");
+    }
+}
