@@ -175,14 +175,15 @@ pub struct Cpu {
     /// CpuTick): the load balancer cannot detach it before then.
     pub running: Option<(Entity, crate::engine::Nanos)>,
     /// The thread that has the CPU (cfs_rq->curr between context switches) and how long it
-    /// has run since it took it (`sched/fair/slice.rs`).
+    /// has run since it took it (`sched/fair/slice.rs`); always a thread of `runqueue`
+    /// (`dequeue_task()` ends the turn).
     pub turn: Option<(Entity, crate::engine::Nanos)>,
 }
 
 impl Cpu {
     /// rq->curr: the thread in its turn, else the next to run.
     pub fn curr_task(&self) -> Option<Entity> {
-        self.turn.map(|(e, _)| e).filter(|e| self.runqueue.contains(e)).or_else(|| self.runqueue.front().copied())
+        self.turn.map(|(e, _)| e).or_else(|| self.runqueue.front().copied())
     }
 }
 

@@ -259,8 +259,17 @@ pub fn migrate_task_to(k: &mut Kernel, tasks: &mut Query<(&mut Task, &mut TaskNu
     };
     let old = task.cpu;
     set_task_cpu(k, &mut task, &mut numa, cpu);
-    k.cpu(old).runqueue.retain(|&e| e != te);
+    dequeue_task(k, te, old);
     enqueue_task_at(k, te, cpu, at);
+}
+
+/// Takes a thread off `cpu`'s run queue; if it had the CPU, its turn ends.
+fn dequeue_task(k: &mut Kernel, te: Entity, cpu: u32) {
+    let mut c = k.cpu(cpu);
+    c.runqueue.retain(|&e| e != te);
+    if c.turn.is_some_and(|(e, _)| e == te) {
+        c.turn = None;
+    }
 }
 
 /// Handler of [`Event::TaskWake`], try_to_wake_up() (kernel/sched/core.c, 6.1.192 and
@@ -302,8 +311,8 @@ pub fn wake_task(
         fair::ttwu_stat(&mut lb, prev, cpu);
     }
     let cpu = task.cpu;
-    let preempt =
-        !never_ran && fair::slice::wakeup_preempts(k.rules.eevdf, k.topo.nr_cpus(), now - task.exec_start.min(now));
+    let preempt = !never_ran
+        && fair::slice::wakeup_preempts(k.rules.eevdf, k.topo.nr_cpus(), now.saturating_sub(task.exec_start));
     let mut c = k.cpu(cpu);
     if preempt {
         // It is rq->curr from now on; the thread it preempted stops at the end of the
@@ -324,9 +333,7 @@ fn pick_next_task(k: &mut Kernel, cpu: u32) -> Option<Entity> {
     let eevdf = k.rules.eevdf;
     let turn = fair::slice::turn_ns(eevdf, k.topo.nr_cpus(), k.rq_len(cpu));
     let mut c = k.cpu(cpu);
-    if let Some((e, used)) = c.turn
-        && c.runqueue.contains(&e)
-    {
+    if let Some((e, used)) = c.turn {
         if used < turn {
             return Some(e);
         }
@@ -406,14 +413,14 @@ pub fn cpu_tick(
     if migrate {
         numa::task_numa_migrate(&mut k, &mut tasks, te, now + spent.max(1));
     }
+    if let Some(at) = wake_at {
+        dequeue_task(&mut k, te, cpu);
+        k.cpu(cpu).blocked.push(te);
+        k.queue.schedule(at, Event::TaskWake(te));
+    }
     let mut c = k.cpu(cpu);
     c.running = Some((te, now + spent.max(1)));
-    if let Some(at) = wake_at {
-        c.runqueue.retain(|&e| e != te);
-        c.blocked.push(te);
-        c.turn = None;
-        k.queue.schedule(at, Event::TaskWake(te));
-    } else if let Some((e, used)) = c.turn
+    if let Some((e, used)) = c.turn
         && e == te
     {
         c.turn = Some((e, used + spent.max(1)));
@@ -445,7 +452,7 @@ fn account_runtime(task: &mut Task, nid: crate::machine::Nid, now: Nanos, spent:
 }
 
 fn exit_task(k: &mut Kernel, numa: &mut TaskNuma, te: Entity, cpu: u32) {
-    k.cpu(cpu).runqueue.retain(|&e| e != te);
+    dequeue_task(k, te, cpu);
     k.mm(numa.mm).nr_threads -= 1;
     let mut home = k.mm(numa.group_home());
     numa::task_numa_free(&mut home, numa);
