@@ -150,6 +150,7 @@ pub fn run(args: Args) -> Result<(), Failure> {
         for i in 0..u64::from(args.seeds) {
             let mut config: Config = base.clone();
             column.apply(&mut config);
+            refuse_invalid_column(&config, column, &args.columns)?;
             config.run.seed = base.run.seed + i;
             let rel = format!("{}/seed-{}", column.name(), config.run.seed);
             jobs.push(Job { dir: dir.join(&rel), config });
@@ -169,6 +170,14 @@ pub fn run(args: Args) -> Result<(), Failure> {
     write_atomic(&dir, "report.md", report.as_bytes()).map_err(io)?;
     println!("report: {}", dir.join("report.md").display());
     Ok(())
+}
+
+/// A column can give the scenario a kernel it cannot run on (a 7.3-only userfaultfd RWP
+/// tracker under `--kernels 6.12`): refuse it as `check` would, naming the column.
+fn refuse_invalid_column(config: &Config, column: Column, columns: &[Column]) -> Result<(), Failure> {
+    sim_core::config::validate(config).map_err(|(key, message)| {
+        Failure::Input(format!("{} {}: {key}: {message}", Column::flag(columns), column.name()))
+    })
 }
 
 /// Redraws a comparison's plots from its manifest.

@@ -340,6 +340,16 @@ fn compare_takes_remedies_as_columns() {
     assert!(e.contains("kernel.no_numa_balancing_vmas[0]") && e.contains("ram"), "{e}");
 }
 
+/// A `--kernels` column the scenario cannot run on (an RWP tracker before 7.3) is refused
+/// before any run, naming the column and the key, as `check` would refuse the config.
+#[test]
+fn compare_refuses_a_kernel_column_the_scenario_cannot_run_on() {
+    let out_dir = scratch("compare-era").join("cmp");
+    let e = rejected(&["compare", "uffd-rwp", "--kernels", "7.3,6.12", "--out", out_dir.to_str().unwrap()]);
+    assert!(e.contains("--kernels 6.12") && e.contains("userfaultfd[0].mode") && e.contains("7.3"), "{e}");
+    assert!(!out_dir.exists(), "nothing is written for a refused comparison");
+}
+
 /// `run` takes a validation case by name, as `validate` does.
 #[test]
 fn run_takes_a_validation_case_by_name() {
