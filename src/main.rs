@@ -92,7 +92,7 @@ enum Command {
         #[arg(long)]
         check_invariants: bool,
     },
-    /// Join the shard directories of one sweep.
+    /// Join the shard directories of one sweep, or of one validation (`validate --shard`).
     Merge {
         #[arg(required = true)]
         dirs: Vec<PathBuf>,
@@ -160,6 +160,10 @@ enum Command {
         /// accelerator and the kernel releases (e.g. docs/VALIDATION.md).
         #[arg(long, value_name = "FILE")]
         report: Option<PathBuf>,
+        /// Run only the I-th of N interleaved slices of the (case, kernel) pairs, e.g.
+        /// --shard 3/16, into out/validate-all/shard-I-of-N; `numasim merge` joins them.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<String>,
     },
     /// Draw the plots of a run, a comparison or a sweep again from its result files.
     Plot { dir: PathBuf },
@@ -313,19 +317,32 @@ fn main() -> ExitCode {
             out,
             check_invariants,
         }),
+        Command::Merge { partial: true, dirs, .. } if dirs[0].join(results::manifest::VALIDATE).is_file() => {
+            Err(Failure::Input("--partial: validate shards merge whole (run the missing shards)".into()))
+        }
+        Command::Merge { dirs, out, .. } if dirs[0].join(results::manifest::VALIDATE).is_file() => {
+            validate::shard::merge(&dirs, &out).and_then(verdict)
+        }
         Command::Merge { dirs, out, partial } => sweep::merge(&dirs, &out, partial),
         Command::Kernel { scenario, kernel, set, out, trace, retries } => {
             kernel_cmd::run(&scenario, &kernel, &set, out, &trace, retries)
         }
-        Command::Validate { scenario, all, kernels, set, out, reuse, trace, repeat, retries, report } => {
-            let args = validate::Args { scenario, all, kernels, set, out, reuse, trace, repeat, retries, report };
-            validate::run(args).and_then(|v| match v {
-                validate::Verdict::Agree => Ok(()),
-                validate::Verdict::Disagree => {
-                    Err(Failure::Disagreement("the sim and a kernel disagree (see the tables)".into()))
-                }
-                validate::Verdict::Failed => Err(Failure::Io("a kernel run failed (see above)".into())),
-            })
+        Command::Validate { scenario, all, kernels, set, out, reuse, trace, repeat, retries, report, shard } => {
+            let args = validate::Args {
+                scenario,
+                all,
+                kernels,
+                set,
+                out,
+                reuse,
+                trace,
+                repeat,
+                retries,
+                report,
+                shard,
+                boot: true,
+            };
+            validate::run(args).and_then(verdict)
         }
         Command::Plot { dir } => plot(&dir),
         Command::Check { scenario, set } => {
@@ -364,6 +381,17 @@ fn main() -> ExitCode {
             eprintln!("error: {msg}");
             ExitCode::from(4)
         }
+    }
+}
+
+/// validate's verdict as the exit status: 3 for a disagreement, 1 for a failed kernel run.
+fn verdict(v: validate::Verdict) -> Result<(), Failure> {
+    match v {
+        validate::Verdict::Agree => Ok(()),
+        validate::Verdict::Disagree => {
+            Err(Failure::Disagreement("the sim and a kernel disagree (see the tables)".into()))
+        }
+        validate::Verdict::Failed => Err(Failure::Io("a kernel run failed (see above)".into())),
     }
 }
 

@@ -73,7 +73,7 @@ fn input(origin: &Path, line: Option<usize>, key: &str, message: impl Into<Strin
 }
 
 /// Parses `I/N` (1-based).
-fn parse_shard(s: &str) -> Result<(usize, usize), Failure> {
+pub(crate) fn parse_shard(s: &str) -> Result<(usize, usize), Failure> {
     let bad = || Failure::Input(format!("--shard {s}: expected I/N with 1 <= I <= N, e.g. 3/16"));
     let (i, n) = s.split_once('/').ok_or_else(bad)?;
     let (i, n): (usize, usize) = (i.trim().parse().map_err(|_| bad())?, n.trim().parse().map_err(|_| bad())?);

@@ -289,3 +289,46 @@ fn an_edited_run_that_reuse_would_take_is_refused() {
         std::fs::write(&path, text).unwrap();
     }
 }
+
+/// `validate --shard I/N` runs its slice of the (case, kernel) pairs; `numasim merge` judges
+/// the slices whole without booting, with the rows of an unsharded validation, and refuses
+/// a shard given twice or a set that misses pairs before writing anything.
+#[test]
+fn sharded_validation_merges_into_the_whole_one() {
+    let Some(host) = common::fake::fake_host("validate-shards") else { return };
+    let image = common::fake::fake_bzimage(&host.dir, common::fake::FULL_CONFIG);
+    std::fs::write(format!("{image}.frames"), common::fake::guest_frames("6.12.0-test")).unwrap();
+    let kernels = format!("6.1,{image}");
+    let validate = |out: &Path, extra: &[&str]| {
+        let args = [&["validate", "numa02", "--kernel", &kernels, "--set", "run.duration_ms=1000"][..], extra].concat();
+        let out = host.numasim(&[&args[..], &["--out", s(out)]].concat()).output().unwrap();
+        assert!(matches!(out.status.code(), Some(0 | 3)), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    let [whole, one, two, merged] = ["whole", "one", "two", "merged"].map(|d| host.dir.join(d));
+    validate(&whole, &[]);
+    validate(&one, &["--shard", "1/2"]);
+    validate(&two, &["--shard", "2/2"]);
+    let manifest = |dir: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join("validate.json")).unwrap()).unwrap()
+    };
+    let outcomes = |m: &serde_json::Value| m["cases"][0]["outcomes"].as_array().unwrap().clone();
+    assert_eq!((outcomes(&manifest(&one)).len(), outcomes(&manifest(&two)).len()), (1, 1));
+    let merge = |dirs: &[&Path], out: &Path| {
+        let args: Vec<&str> = ["merge"].into_iter().chain(dirs.iter().map(|d| s(d))).chain(["--out", s(out)]).collect();
+        host.numasim(&args).output().unwrap()
+    };
+    let twice = merge(&[&one, &one], &merged);
+    assert_eq!(twice.status.code(), Some(2), "{}", String::from_utf8_lossy(&twice.stderr));
+    let short = merge(&[&two], &merged);
+    let err = String::from_utf8_lossy(&short.stderr);
+    assert!(short.status.code() == Some(2) && err.contains("1 of the validation's 2"), "{err}");
+    assert!(!merged.exists(), "a refused merge writes nothing");
+    let out = merge(&[&one, &two], &merged);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(matches!(out.status.code(), Some(0 | 3)) && !err.contains("booting"), "{err}");
+    let (whole, merged) = (outcomes(&manifest(&whole)), outcomes(&manifest(&merged)));
+    assert_eq!(merged.len(), 2);
+    for (w, m) in whole.iter().zip(&merged) {
+        assert_eq!((&w["kernel"], &w["rows"]), (&m["kernel"], &m["rows"]), "the merge judges as the whole run did");
+    }
+}

@@ -121,6 +121,8 @@ const VALIDATE_FLAGS: &[&[&str]] = &[
     &["--reuse"],
     &["--all"],
     &["--report", "/nonexistent-dir/report.md"],
+    &["--shard", "1/2"],
+    &["--shard", "3/2"],
 ];
 
 fn case_args(rng: &mut Rng, kernels: &[String], out: &Path) -> Vec<String> {

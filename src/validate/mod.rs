@@ -12,6 +12,7 @@ mod ksmd_pace;
 mod migrate_pace;
 mod pte_scan_cost;
 mod report;
+pub mod shard;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,10 @@ pub struct Args {
     pub retries: u32,
     /// A second copy of report.md, headed by the host and kernels (`--report`).
     pub report: Option<PathBuf>,
+    /// `I/N`: only the I-th of N interleaved slices of the (case, kernel) pairs.
+    pub shard: Option<String>,
+    /// False when merging shards: every kernel run must be there to reuse.
+    pub boot: bool,
 }
 
 /// How each case runs.
@@ -60,6 +65,7 @@ struct Flags {
     trace: bool,
     repeat: u32,
     retries: u32,
+    boot: bool,
 }
 
 /// One case on one kernel.
@@ -134,6 +140,11 @@ pub struct CaseResult {
 #[derive(Serialize)]
 pub struct Manifest {
     pub command: String,
+    /// What ran, so that `numasim merge` can judge a sharded validation whole.
+    pub request: shard::Request,
+    /// `I/N` for a shard (`--shard`), absent for a whole or merged validation.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub shard: Option<String>,
     pub kernels: Vec<String>,
     /// Kernel runs per case and kernel, when more than one.
     #[serde(skip_serializing_if = "is_one")]
@@ -175,29 +186,52 @@ pub fn run(args: Args) -> Result<Verdict, Failure> {
     for (config, (_, spec)) in configs.iter().flat_map(|c| kernels.iter().map(move |k| (c, k))) {
         oracle::check_release(config, spec.release(), spec.sim_version()).map_err(failure)?;
     }
+    let shard = args.shard.as_deref().map(shard::Shard::parse).transpose()?;
     let root = args.out.clone().unwrap_or_else(|| {
-        PathBuf::from("out").join(if args.all {
+        let whole = PathBuf::from("out").join(if args.all {
             "validate-all".to_string()
         } else {
             format!("validate-{}", configs[0].name)
-        })
+        });
+        shard.map_or_else(|| whole.clone(), |s| whole.join(s.dir_name()))
     });
     let start = Instant::now();
     let mut cases = Vec::new();
-    for (name, config) in names.iter().zip(&configs) {
+    for (c, (name, config)) in names.iter().zip(&configs).enumerate() {
         let case_dir = if args.all { root.join(&config.name) } else { root.clone() };
         let mut outcomes = Vec::new();
-        for (arg, spec) in &kernels {
+        for (k, (arg, spec)) in kernels.iter().enumerate() {
+            if shard.is_some_and(|s| !s.keeps(c * kernels.len() + k)) {
+                continue;
+            }
             let rel = case_dir.strip_prefix(&root).unwrap_or(Path::new("")).join(label(arg));
-            let flags = Flags { reuse: args.reuse, trace: args.trace, repeat: args.repeat, retries: args.retries };
+            let flags = Flags {
+                reuse: args.reuse,
+                trace: args.trace,
+                repeat: args.repeat,
+                retries: args.retries,
+                boot: args.boot,
+            };
             let outcome = run_one(name, config, &args.set, arg, spec, &root, &rel, flags)?;
             print_outcome(&config.name, &outcome);
             outcomes.push(outcome);
         }
-        cases.push(CaseResult { case: config.name.clone(), description: config.description.clone(), outcomes });
+        if !outcomes.is_empty() {
+            cases.push(CaseResult { case: config.name.clone(), description: config.description.clone(), outcomes });
+        }
     }
     let manifest = Manifest {
-        command: report::command_line(&args.scenario, args.all, &args.kernels, &args.set, args.repeat),
+        command: report::command_line(&args.scenario, args.all, &args.kernels, &args.set, args.repeat)
+            + &shard.map(|s| format!(" --shard {}", s.label())).unwrap_or_default(),
+        request: shard::Request {
+            scenario: args.scenario.clone(),
+            all: args.all,
+            kernels: args.kernels.clone(),
+            set: args.set.clone(),
+            repeat: args.repeat,
+            trace: args.trace,
+        },
+        shard: shard.map(|s| s.label()),
         kernels: args.kernels.clone(),
         repeat: args.repeat,
         wall_s: start.elapsed().as_secs_f64(),
@@ -462,6 +496,13 @@ fn kernel_side(
     {
         eprintln!("validate {}: reusing the {} run in {}", config.name, arg, dir.display());
         return Ok(Ok(facts));
+    }
+    if !flags.boot {
+        return Err(Failure::Input(format!(
+            "{}: no kernel run of {} on {arg} to reuse (merge the shard that ran it, or run it)",
+            dir.display(),
+            config.name
+        )));
     }
     eprintln!("validate {}: booting {} ({}) into {}", config.name, arg, spec.release(), dir.display());
     // An earlier run's trace must not pass for this one's.

@@ -29,7 +29,9 @@ pub fn markdown(m: &Manifest) -> String {
         "---|".repeat(m.kernels.len())
     );
     for c in &m.cases {
-        let cells: Vec<String> = c.outcomes.iter().map(verdict_cell).collect();
+        // A shard holds some of a case's kernels: the others are another shard's.
+        let cell = |k: &String| c.outcomes.iter().find(|o| &o.kernel == k).map_or("another shard".into(), verdict_cell);
+        let cells: Vec<String> = m.kernels.iter().map(cell).collect();
         let _ = writeln!(r, "| {} | {} |", c.case, cells.join(" | "));
     }
     for c in &m.cases {
@@ -290,6 +292,15 @@ mod tests {
     fn manifest(repeat: u32) -> Manifest {
         Manifest {
             command: command_line(&Some("mprotect-toggle".into()), false, &["6.1".into()], &[], repeat),
+            request: super::super::shard::Request {
+                scenario: Some("mprotect-toggle".into()),
+                all: false,
+                kernels: vec!["6.1".into()],
+                set: Vec::new(),
+                repeat,
+                trace: false,
+            },
+            shard: None,
             kernels: vec!["6.1".into()],
             repeat,
             wall_s: 1.0,

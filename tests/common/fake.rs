@@ -65,7 +65,8 @@ pub fn write_script(path: &Path, text: &str) {
 }
 
 /// A directory with the fake programs in `bin/`, the package in `pkg.deb` and an empty
-/// kernel cache in `cache/`.
+/// kernel cache in `cache/`. QEMU's stand-in sends the guest frames in `frames.jsonl`, or in
+/// `<file>.frames` beside a file it is given (a user's kernel image of another release).
 pub struct FakeHost {
     pub dir: PathBuf,
 }
@@ -103,10 +104,11 @@ impl FakeHost {
         write_script(
             &bin.join("qemu-system-x86_64"),
             &format!(
-                "#!/bin/sh\nn=0\n\
-                 for a in \"$@\"; do case \"$a\" in file:*) n=$((n+1)); eval \"port$n=\\${{a#file:}}\";; esac; done\n\
+                "#!/bin/sh\nn=0\nframes='{d}/frames.jsonl'\n\
+                 for a in \"$@\"; do case \"$a\" in file:*) n=$((n+1)); eval \"port$n=\\${{a#file:}}\";; esac; \
+                 [ -f \"$a.frames\" ] && frames=\"$a.frames\"; done\n\
                  printf '[    0.5] Run /init as init process\\n' > \"$port1\"\n{}\
-                 cp '{d}/frames.jsonl' \"$port2\"\n: > \"$port3\"\n",
+                 cp \"$frames\" \"$port2\"\n: > \"$port3\"\n",
                 stop("boot"),
                 d = s(&dir)
             ),
