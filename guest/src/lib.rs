@@ -325,6 +325,12 @@ pub struct Sample {
     /// RWP fault messages the userfaultfd handler threads resolved so far.
     #[serde(default)]
     pub uffd_rwp_faults: u64,
+    /// The sampler's own CPU time so far (its thread's sum_exec_runtime).
+    #[serde(default)]
+    pub sampler_cpu_ns: u64,
+    /// The CPU time of this sample's numa_maps walk; 0 when the sample repeats the last walk.
+    #[serde(default)]
+    pub placement_walk_cpu_ns: u64,
 }
 
 /// The counters of one secondary MMU at its last GUPDEV_IOC_STATS.

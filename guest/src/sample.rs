@@ -26,9 +26,12 @@ impl Sampler {
     /// Reads one sample at `t_ms` since the workload started.
     pub fn take(&mut self, plan: &Plan, shared: &Shared, names: &[String], t_ms: f64, last: bool) -> Sample {
         let now = crate::sys::now_ns();
+        let mut walk_cpu_ns = 0;
         if self.placement.is_empty() || last || now - self.walked_at_ns >= PLACEMENT_DUTY * self.walk_ns {
+            let cpu = crate::sys::thread_cpu_ns();
             self.placement = vma_placement(plan, shared);
             (self.walked_at_ns, self.walk_ns) = (now, crate::sys::now_ns() - now);
+            walk_cpu_ns = crate::sys::thread_cpu_ns() - cpu;
         }
         Sample {
             t_ms,
@@ -38,6 +41,8 @@ impl Sampler {
             threads: threads(shared, names),
             smmus: smmus(plan, shared),
             uffd_rwp_faults: shared.uffd_rwp_faults.load(Ordering::Relaxed),
+            sampler_cpu_ns: crate::sys::thread_cpu_ns(),
+            placement_walk_cpu_ns: walk_cpu_ns,
         }
     }
 }

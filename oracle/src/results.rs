@@ -302,6 +302,7 @@ pub fn timeseries(plan: &Plan, s: &[Sample]) -> String {
     for (key, _) in THREAD_DELTAS {
         header.extend(names.iter().map(|n| format!("kernel.task.{n}.{key}")));
     }
+    header.extend(SAMPLER_COLUMNS.map(String::from));
     let mut out = header.join(",") + "\n";
     for w in s.windows(2) {
         out += &row(plan, &w[0], &w[1], &ksm_keys).join(",");
@@ -342,8 +343,15 @@ fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<St
     for (_, field) in THREAD_DELTAS {
         r.extend(cur.threads.iter().zip(&prev.threads).map(|(c, p)| thread_delta(c, p, field)));
     }
+    r.push(cur.sampler_cpu_ns.saturating_sub(prev.sampler_cpu_ns).to_string());
+    r.push(cur.placement_walk_cpu_ns.to_string());
     r
 }
+
+/// The guest's sampler, not the kernel: its CPU time in the interval and that of the
+/// interval's numa_maps walk (0 when it repeated the last one). validate shapes its stand-in
+/// for the sampler from them.
+pub const SAMPLER_COLUMNS: [&str; 2] = ["guest.sampler.cpu_ns", "guest.sampler.walk_cpu_ns"];
 
 /// Per-thread columns of a kernel run's timeseries.csv, as interval deltas: the column's key
 /// and the /proc/PID/task/TID/sched field it comes from (`touches`: the guest's own count;

@@ -366,8 +366,13 @@ fn run_one(
     }
     let runs: Vec<_> = guests.iter().zip(&series).collect();
     let sampler = guest_sampler::add(&mut sim, &runs);
-    if let Some(run_us) = sampler {
-        eprintln!("validate {}: the guest's sampler runs {run_us} us every {} ms", config.name, sim.run.sample_ms);
+    if let Some(s) = sampler {
+        let walk =
+            s.walk.map_or(String::new(), |w| format!(", its numa_maps walk {} us every {} ms", w.run_us, w.every_ms));
+        eprintln!(
+            "validate {}: the guest's sampler runs {} us every {} ms{walk}",
+            config.name, s.light_us, sim.run.sample_ms
+        );
     }
     outcome.pte_scan = pte_scan_cost::measure(&guests);
     if let Some(cost) = &outcome.pte_scan {
