@@ -1,8 +1,7 @@
 //! The config checks of the memory kinds (`backing`, `memfd`, `hugetlb_page`, `mempolicy`):
 //! each error names its key.
 
-use super::backing::{Backing, HugetlbPage, MemPolicy, MpolMode};
-use crate::config::{Config, VmConfig, VmaConfig};
+use crate::config::{Backing, Config, HugetlbPage, MemPolicy, MpolMode, VmConfig, VmaConfig};
 use crate::version::Rules;
 
 type Invalid = (String, String);
