@@ -5,7 +5,7 @@
 //! allocated. [`crate::config::validate`] calls [`check_arithmetic`]; [`crate::config::load`]
 //! calls [`check_memory_budget`].
 
-use super::{Config, DeviceConfig, ThreadConfig};
+use super::{Config, DeviceConfig, Invalid, ThreadConfig};
 use crate::units::{LOCAL_DISTANCE, NSEC_PER_MSEC, NSEC_PER_USEC, PAGES_PER_MIB, PageIdx, REMOTE_DISTANCE};
 
 /// Longest simulated span, in ns: 2^62 ns (146 years). Times and costs stay below it, so a
@@ -25,8 +25,6 @@ const THREAD_NODE_BYTES: u64 = 64;
 const SAMPLE_CELL_BYTES: u64 = 16;
 /// Summary metrics in a time-series row, before node and thread gauges (an upper bound).
 const SAMPLE_METRICS: u64 = 64;
-
-type Invalid = (String, String);
 
 fn err<T>(key: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
     Err((key.into(), message.into()))

@@ -40,6 +40,9 @@ pub use crate::release::KernelVersion;
 use crate::units::PAGES_PER_MIB;
 pub use crate::version::GupPolicy;
 
+/// A failed check: the dotted key, and what is wrong with its value.
+type Invalid = (String, String);
+
 /// Whether a key holds its default, so the resolved config leaves it out.
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
     *v == T::default()

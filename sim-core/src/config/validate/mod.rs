@@ -4,13 +4,11 @@ mod backing;
 
 use super::load::closest;
 use super::{
-    ActionConfig, Config, GupContext, KernelConfig, MachineConfig, Syscall, ThreadConfig, UffdMode, UserfaultfdConfig,
-    limits,
+    ActionConfig, Config, GupContext, Invalid, KernelConfig, MachineConfig, Syscall, ThreadConfig, UffdMode,
+    UserfaultfdConfig, limits,
 };
 use crate::units::{MAX_ABSTRACT_DISTANCE, MAX_NODES};
 use crate::version::Rules;
-
-type Invalid = (String, String);
 
 /// CPU-less nodes: a size, a latency, and room for them among MAX_NODES.
 fn validate_memory_nodes(m: &MachineConfig) -> Result<(), Invalid> {
