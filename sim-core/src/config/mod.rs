@@ -17,6 +17,7 @@ mod load;
 mod machine;
 mod process;
 mod scanners;
+mod tiering;
 mod tolerance;
 mod validate;
 mod vm;
@@ -26,13 +27,12 @@ use serde::{Deserialize, Serialize};
 pub use self::action::{ActionConfig, Syscall, UffdMode, UserfaultfdConfig};
 pub use self::backing::{Backing, HugetlbPage, MemPolicy, MpolMode};
 pub use self::device::{Access, DeviceConfig, DeviceMode, GupContext, GupPath, MapSize};
-pub use self::kernel::{
-    HOT_THRESHOLD_MS, HugepageAdvice, KernelConfig, NotifierMode, NumaBalancing, PROMOTE_RATE_LIMIT_MBPS, Thp,
-};
+pub use self::kernel::{HugepageAdvice, KernelConfig, NotifierMode, Thp};
 pub use self::load::{ConfigError, Source, closest, line_of, load, locate_key, to_toml};
 pub use self::machine::{MachineConfig, MemoryNodeConfig};
 pub use self::process::{MainThread, PatternKind, ProcessConfig, Slice, ThreadConfig, VmaConfig};
 pub use self::scanners::{AgingConfig, KsmConfig};
+pub use self::tiering::{HOT_THRESHOLD_MS, NumaBalancing, PROMOTE_RATE_LIMIT_MBPS};
 pub use self::tolerance::{ToleranceConfig, ValidateConfig};
 pub use self::validate::validate;
 pub use self::vm::{KvmConfig, VmConfig};
