@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use clap::{Args, ValueEnum};
 use sim_core::config::{Config, KernelVersion};
-use sim_core::release::Release;
 use sim_core::trace::chrome::write_chrome;
 use sim_core::trace::kernel::{KernelTrace, guest_meta};
 use sim_core::trace::output::{Written, write_ftrace};
 use sim_core::trace::parse::{Counts, count_events};
 use sim_core::trace::{Kind, TpVersion, Trace, TraceOptions, TraceSummary, parse_events};
+use sim_core::version::Rules;
 
 use crate::Failure;
 
@@ -56,14 +56,9 @@ pub struct Request {
 
 const DEFAULT_MAX_MIB: u64 = 256;
 
-/// The tracepoint formats of `kernel.version`: of the two oracle kernels, 6.12's from v6.7
-/// (sched_skip_vma_numa) on, 6.1's before.
+/// The tracepoint formats of `kernel.version` (its rules in `sim_core::version`).
 pub fn formats_of(v: KernelVersion) -> TpVersion {
-    match v.rules_release() {
-        r if r >= Release::new(6, 16, 0) => TpVersion::V7_3,
-        r if r >= Release::new(6, 7, 0) => TpVersion::V6_12,
-        _ => TpVersion::V6_1,
-    }
+    TpVersion::of(&Rules::of(v, None))
 }
 
 /// Checks the trace options before anything runs; `None` when not tracing.

@@ -13,9 +13,10 @@ use sim_core::config::{
 
 use workloads::Placer;
 
+use sim_core::units::PAGES_PER_MIB;
+
 use crate::OracleError;
 
-const PAGES_PER_MIB: u64 = 256;
 /// The scan knobs live in debugfs on both kernels (kernel/sched/debug.c).
 const NUMA_DEBUGFS: &str = "/sys/kernel/debug/sched/numa_balancing";
 const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";

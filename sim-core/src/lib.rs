@@ -11,7 +11,6 @@ pub mod device;
 pub mod engine;
 pub mod kernel;
 pub mod kvm;
-pub mod limits;
 pub mod machine;
 pub mod mm;
 pub mod release;
@@ -19,4 +18,7 @@ pub mod sched;
 pub mod sim;
 pub mod stats;
 pub mod trace;
+pub mod units;
 pub mod version;
+
+pub use config::limits;

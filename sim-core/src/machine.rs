@@ -6,13 +6,7 @@ use bevy_ecs::resource::Resource;
 
 use crate::config::MachineConfig;
 
-/// The SLIT value of a node to itself (LOCAL_DISTANCE in include/linux/topology.h).
-pub const LOCAL_DISTANCE: u32 = 10;
-/// The default distance between two different nodes (REMOTE_DISTANCE).
-pub const REMOTE_DISTANCE: u32 = 20;
-
-/// Most nodes a machine may have (`machine.nodes`).
-pub const MAX_NODES: usize = 64;
+pub use crate::units::{LOCAL_DISTANCE, MAX_NODES, REMOTE_DISTANCE};
 
 /// Node id, as the kernel's `nid`.
 pub type Nid = u8;

@@ -32,8 +32,7 @@ use crate::stats::summary::{Group, Span, Summary, Value, metrics};
 use crate::trace::{KSMD_PID, PidKind, Trace, TraceMeta, TraceOptions};
 use crate::version::Rules;
 
-/// Pages in a MiB.
-pub const PAGES_PER_MIB: u64 = 256;
+pub use crate::units::PAGES_PER_MIB;
 
 /// A simulation being built or run.
 pub struct Sim {
@@ -157,7 +156,7 @@ impl Sim {
         topo.cpu_entities = (0..topo.nr_cpus())
             .map(|id| world.spawn(Cpu { id, nid: topo.cpu_to_node(id), ..Default::default() }).id())
             .collect();
-        let rules = Rules::from_config(&config.kernel);
+        let rules = Rules::of(config.kernel.version, config.kernel.gup_policy);
         world.insert_resource(MemoryTiers::new(&config.machine, &topo, rules.hmat_adistance));
         let lb =
             LoadBalance::new(&topo, &rules, config.kernel.load_balance, stream(config.run.seed, "sched:ni_random"));

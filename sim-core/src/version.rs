@@ -9,10 +9,43 @@
 //! for the backports) and, for 6.4–6.6 and 6.18, from the commits named below.
 
 use bevy_ecs::resource::Resource;
+use serde::{Deserialize, Serialize};
 
-use crate::config::{GupPolicy, KernelConfig, KernelVersion};
+use crate::release::KernelVersion;
 use crate::release::Span::{Mainline, Stable};
 use crate::release::{Release, Span, has};
+
+/// Which GUP callers honor NUMA hinting faults: the four eras of the truth table in
+/// docs/MODEL.md, "GUP eras". A kernel version selects one; `kernel.gup_policy` overrides it.
+#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[serde(rename_all = "kebab-case")]
+pub enum GupPolicy {
+    /// FOLL_NUMA, 2012 – v6.1: every GUP caller without FOLL_FORCE honors, follow_page()
+    /// does not.
+    Implicit,
+    /// v6.2 – v6.4: `gup_can_follow_protnone()` follows only with FOLL_FORCE, follow_page()
+    /// included (it fails on every protnone PTE, PROT_NONE VMAs too).
+    ImplicitAll,
+    /// v6.5 (patch 1 alone): is_valid_gup_args() sets FOLL_HONOR_NUMA_FAULT for every
+    /// external caller, FOLL_FORCE included; follow_page() does not honor.
+    ImplicitForce,
+    /// v6.6+ (patches 3 and 4): only callers passing FOLL_HONOR_NUMA_FAULT (KVM) honor.
+    Explicit,
+}
+
+impl GupPolicy {
+    pub const ALL: [GupPolicy; 4] =
+        [GupPolicy::Implicit, GupPolicy::ImplicitAll, GupPolicy::ImplicitForce, GupPolicy::Explicit];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            GupPolicy::Implicit => "implicit",
+            GupPolicy::ImplicitAll => "implicit-all",
+            GupPolicy::ImplicitForce => "implicit-force",
+            GupPolicy::Explicit => "explicit",
+        }
+    }
+}
 
 /// Which accessed-VMA filter task_numa_work() applies before scanning a VMA.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,6 +134,10 @@ pub struct Rules {
     /// a second user of protnone PTEs, told from NUMA hinting by `_PAGE_UFFD`, and
     /// gup_can_follow_protnone()'s VM_UFFD_RWP test (7.3).
     pub uffd_rwp: bool,
+    /// The tracepoint formats of v6.7 on: sched_skip_vma_numa exists and mm_migrate_pages
+    /// prints `nr_split` (6.12.117; 6.1.192 has neither). From 6.16 sched_skip_cpuset_numa
+    /// too, with [`Rules::cpuset_single_node_skip`].
+    pub sched_skip_vma_numa_tp: bool,
 }
 
 /// `Release::new`, short.
@@ -172,6 +209,10 @@ const EEVDF: &[Span] = &[Mainline(r(6, 6, 0))];
 /// userfaultfd RWP: in 7.3.4's source (include/uapi/linux/userfaultfd.h, mm/userfaultfd.c,
 /// gup_can_follow_protnone() in include/linux/mm.h); absent from 7.2.13's.
 const UFFD_RWP: &[Span] = &[Mainline(r(7, 3, 0))];
+/// sched_skip_vma_numa (include/trace/events/sched.h), with v6.7's VMA filter whose skips it
+/// traces: absent from 6.1.192, in 6.12.117. mm_migrate_pages's `nr_split` (not in 6.1.192,
+/// in 6.12.117) is taken with it; its own merge release was not read.
+const SCHED_SKIP_VMA_NUMA_TP: &[Span] = &[Mainline(r(6, 7, 0))];
 
 impl Rules {
     /// The rules of `version`, with the GUP era overridden when asked.
@@ -215,11 +256,8 @@ impl Rules {
             lb_6_12: on(LB_6_12),
             eevdf: on(EEVDF),
             uffd_rwp: on(UFFD_RWP),
+            sched_skip_vma_numa_tp: on(SCHED_SKIP_VMA_NUMA_TP),
         }
-    }
-
-    pub fn from_config(k: &KernelConfig) -> Self {
-        Self::of(k.version, k.gup_policy)
     }
 }
 
@@ -314,5 +352,108 @@ mod tests {
         }
         let rules = |s: &str| Rules::of(s.parse().unwrap(), None);
         assert!(!rules("7.2.13").uffd_rwp && rules("7.3.0").uffd_rwp && rules("7.3.4").uffd_rwp);
+    }
+
+    fn yes(b: bool) -> String {
+        if b { "yes" } else { "no" }.into()
+    }
+
+    fn either(b: bool, then: &str, otherwise: &str) -> String {
+        if b { then } else { otherwise }.into()
+    }
+
+    /// A rule as a cell words it.
+    type Cell = fn(&Rules) -> String;
+
+    /// How a cell of docs/MODEL.md's version tables words a rule (its first word), by the
+    /// column's header.
+    const COLUMNS: &[(&str, Cell)] = &[
+        ("GUP era", |r| r.gup.name().into()),
+        ("savedwrite", |r| yes(r.savedwrite)),
+        ("KSM finds pages by", |r| either(r.ksm_scan_walks, "page-table", "follow_page()")),
+        ("KSM reads tree pages by", |r| either(r.ksm_lookup_walks, "folio_walk", "follow_page()")),
+        ("VMA scan filter", |r| {
+            match r.vma_filter {
+                VmaScanFilter::None => "none",
+                VmaScanFilter::Accessed => "v6.4",
+                VmaScanFilter::AccessedForced => "v6.7+",
+            }
+            .into()
+        }),
+        ("locality reset on \"scan slower\"", |r| yes(r.scan_slower_clears_locality)),
+        ("THP prot_numa filter (6.19)", |r| yes(r.thp_prot_numa_filter)),
+        ("cpuset single-node skip (6.16)", |r| yes(r.cpuset_single_node_skip)),
+        ("package domain", |r| r.pkg_domain_name.into()),
+        ("LLC flag", |r| r.sd_share_llc_name.into()),
+        ("fair class picks by", |r| either(r.eevdf, "EEVDF", "CFS")),
+        ("load balancer", |r| either(r.lb_6_12, "6.12's", "6.1's")),
+        ("sched_skip_vma_numa, `nr_split`", |r| yes(r.sched_skip_vma_numa_tp)),
+        ("KSM checksum first", |r| yes(r.ksm_checksum_first)),
+        ("KSM smart scan", |r| yes(r.ksm_smart_scan)),
+        ("PTE-mapped THP hinted", |r| yes(r.pte_mapped_thp_numa)),
+        ("HMAT abstract distance", |r| yes(r.hmat_adistance)),
+        ("pinned shared folios left", |r| yes(r.prot_numa_pinned_shared)),
+        ("guest_memfd", |r| yes(r.guest_memfd)),
+        ("userfaultfd RWP", |r| yes(r.uffd_rwp)),
+    ];
+
+    /// The cells of a Markdown table row, trimmed.
+    fn cells(line: &str) -> Vec<&str> {
+        line.trim().trim_matches('|').split('|').map(str::trim).collect()
+    }
+
+    /// The rows a table's first cell names: its backquoted versions before any aside.
+    fn versions_of(cell: &str) -> Vec<KernelVersion> {
+        let named = cell.split('(').next().unwrap_or_default();
+        let versions: Vec<KernelVersion> = named
+            .split('`')
+            .skip(1)
+            .step_by(2)
+            .map(|v| v.parse().unwrap_or_else(|e| panic!("`{v}` in `{cell}`: {e}")))
+            .collect();
+        assert!(!versions.is_empty(), "no version in `{cell}`");
+        versions
+    }
+
+    /// docs/MODEL.md's tables by kernel version ("Kernel versions") say what `Rules::of`
+    /// gives for every row they name, and the tables of every rule name every row: a rule
+    /// changed without its documentation, or a column the test cannot read, fails.
+    #[test]
+    fn the_documented_version_tables_hold_the_rules() {
+        let doc = include_str!("../../docs/MODEL.md");
+        let mut checked: std::collections::BTreeMap<String, Vec<KernelVersion>> = Default::default();
+        let mut lines = doc.lines().peekable();
+        while let Some(line) = lines.next() {
+            let header = cells(line);
+            if header.first() != Some(&"version") || !line.starts_with('|') {
+                continue;
+            }
+            lines.next(); // the |---| line
+            while let Some(row) = lines.next_if(|l| l.starts_with('|')) {
+                let row = cells(row);
+                assert_eq!(row.len(), header.len(), "{row:?}");
+                for v in versions_of(row[0]) {
+                    let rules = Rules::of(v, None);
+                    for (column, cell) in header.iter().zip(&row).skip(1) {
+                        let (_, rule) = COLUMNS
+                            .iter()
+                            .find(|(name, _)| name == column)
+                            .unwrap_or_else(|| panic!("docs/MODEL.md: no rule for the column `{column}`"));
+                        let want = rule(&rules);
+                        let said = cell.split_whitespace().next().unwrap_or_default();
+                        let said = said.trim_matches('`').trim_end_matches([',', ';']);
+                        assert_eq!(said, want, "docs/MODEL.md, row {v}, column `{column}`: `{cell}`");
+                        checked.entry(column.to_string()).or_default().push(v);
+                    }
+                }
+            }
+        }
+        let mut all = KernelVersion::ALL.to_vec();
+        all.sort_by_key(|v| v.rules_release());
+        for (column, _) in COLUMNS {
+            let mut rows = checked.get(*column).cloned().unwrap_or_default();
+            rows.sort_by_key(|v| v.rules_release());
+            assert_eq!(rows, all, "docs/MODEL.md: the column `{column}` names each row once");
+        }
     }
 }

@@ -10,8 +10,7 @@ pub mod rng;
 pub use queue::{Event, EventQueue};
 pub use rng::{RngStream, stream};
 
-/// Simulated time in nanoseconds since the start of the run.
-pub type Nanos = u64;
+pub use crate::units::{NSEC_PER_MSEC, NSEC_PER_SEC, NSEC_PER_USEC, Nanos};
 
 /// Starts loading `slice[i]` into the cache (nothing when `i` is out of range): a touch
 /// whose page is known ahead does not wait for memory when it comes.
@@ -25,7 +24,3 @@ pub fn prefetch<T>(slice: &[T], i: usize) {
     #[cfg(not(target_arch = "x86_64"))]
     let _ = (slice, i);
 }
-
-pub const NSEC_PER_USEC: Nanos = 1_000;
-pub const NSEC_PER_MSEC: Nanos = 1_000_000;
-pub const NSEC_PER_SEC: Nanos = 1_000_000_000;

@@ -35,86 +35,18 @@
 
 use bevy_ecs::entity::Entity;
 use bevy_ecs::resource::Resource;
-use serde::{Deserialize, Serialize};
 
 use super::{PTE_YOUNG, PageIdx, Vma};
+pub use crate::config::{Backing, HugetlbPage, MemPolicy, MpolMode};
 use crate::kernel::Kernel;
 use crate::machine::Nid;
 
-/// What backs a VMA (`backing` on a `[[process.vma]]` or a `[[vm]]`).
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "snake_case")]
-pub enum Backing {
-    /// mmap(MAP_PRIVATE | MAP_ANONYMOUS).
-    #[default]
-    Anon,
-    /// memfd_create() mapped MAP_SHARED: shmem, mappable by another process.
-    Memfd,
-    /// A hugetlbfs file (or MAP_HUGETLB): pages from the boot-time pool.
-    Hugetlbfs,
-    /// KVM's guest_memfd (6.18+): guest memory no user page table maps.
-    GuestMemfd,
-}
-
 impl Backing {
-    pub fn name(self) -> &'static str {
-        match self {
-            Backing::Anon => "anon",
-            Backing::Memfd => "memfd",
-            Backing::Hugetlbfs => "hugetlbfs",
-            Backing::GuestMemfd => "guest_memfd",
-        }
-    }
-
     /// Whether get_mm_rss() counts the kind's pages (MM_ANONPAGES, MM_SHMEMPAGES); hugetlb
     /// pages are counted apart and guest_memfd pages are not mapped.
     pub fn in_rss(self) -> bool {
         matches!(self, Backing::Anon | Backing::Memfd)
     }
-}
-
-/// The huge page size of a hugetlbfs VMA (`hugetlb_page`).
-#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
-pub enum HugetlbPage {
-    #[default]
-    #[serde(rename = "2M")]
-    Size2M,
-    #[serde(rename = "1G")]
-    Size1G,
-}
-
-impl HugetlbPage {
-    /// 4 KiB pages per huge page.
-    pub fn pages(self) -> u64 {
-        match self {
-            HugetlbPage::Size2M => 512,
-            HugetlbPage::Size1G => 512 * 512,
-        }
-    }
-
-    pub fn mib(self) -> u64 {
-        self.pages() / 256
-    }
-}
-
-/// mbind() modes.
-#[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-pub enum MpolMode {
-    /// MPOL_BIND: the nearest allowed node to the faulting CPU.
-    Bind,
-    /// MPOL_PREFERRED: the one node given.
-    Preferred,
-    /// MPOL_INTERLEAVE: page by page over the nodes.
-    Interleave,
-}
-
-/// A VMA's memory policy (`mempolicy = { mode = "...", nodes = [...] }`), as mbind() sets it.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(deny_unknown_fields)]
-pub struct MemPolicy {
-    pub mode: MpolMode,
-    pub nodes: Vec<u32>,
 }
 
 impl MemPolicy {

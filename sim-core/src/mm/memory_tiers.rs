@@ -6,13 +6,10 @@ use bevy_ecs::resource::Resource;
 use crate::config::MachineConfig;
 use crate::machine::{Nid, Topology};
 
-/// MEMTIER_CHUNK_BITS (include/linux/memory-tiers.h): a tier spans 128 of abstract distance.
-pub const MEMTIER_CHUNK_BITS: u32 = 7;
-pub const MEMTIER_CHUNK_SIZE: u32 = 1 << MEMTIER_CHUNK_BITS;
+pub use crate::units::{MAX_ABSTRACT_DISTANCE, MEMTIER_CHUNK_BITS, MEMTIER_CHUNK_SIZE};
+
 /// MEMTIER_ADISTANCE_DRAM: the abstract distance of default DRAM, 4 × 128 + 64.
 pub const MEMTIER_ADISTANCE_DRAM: u32 = 4 * MEMTIER_CHUNK_SIZE + (MEMTIER_CHUNK_SIZE >> 1);
-/// Largest abstract distance a config may give (memory_tier ids stay below 2^16).
-pub const MAX_ABSTRACT_DISTANCE: u32 = (1 << 16) * MEMTIER_CHUNK_SIZE - 1;
 
 /// The machine's memory tiers, fixed at boot (no hotplug).
 #[derive(Resource, Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,6 @@
 //! bytes for all 512 pages.
 
 pub mod backing;
-pub mod backing_check;
 pub mod gup;
 pub mod huge_memory;
 pub mod ksm;
@@ -33,8 +32,7 @@ use slots::UNTOUCHED;
 /// log2 of the base page size (4 KiB).
 pub const PAGE_SHIFT: u32 = 12;
 
-/// Global page number: index into [`Pages`].
-pub type PageIdx = u32;
+pub use crate::units::PageIdx;
 
 /// PTE bit: the PTE is PROT_NONE for NUMA hinting (`pte_protnone()` in an accessible VMA).
 pub const PTE_PROTNONE: u8 = 1 << 0;

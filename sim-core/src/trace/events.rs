@@ -12,6 +12,7 @@ use crate::mm::gup::{FOLL_FORCE, FOLL_GET, FOLL_HONOR_NUMA_FAULT, FOLL_LONGTERM,
 use crate::mm::mmu_notifier::MmuNotifyEvent;
 use crate::stats::Source;
 use crate::trace::TraceMeta;
+use crate::version::Rules;
 use std::fmt::Write as _;
 
 /// Whose tracepoint formats to print: they differ between the two oracle kernels.
@@ -27,6 +28,17 @@ pub enum TpVersion {
 
 impl TpVersion {
     pub const ALL: [TpVersion; 3] = [TpVersion::V6_1, TpVersion::V6_12, TpVersion::V7_3];
+
+    /// The formats a kernel with `rules` prints.
+    pub fn of(rules: &Rules) -> Self {
+        if rules.cpuset_single_node_skip {
+            TpVersion::V7_3
+        } else if rules.sched_skip_vma_numa_tp {
+            TpVersion::V6_12
+        } else {
+            TpVersion::V6_1
+        }
+    }
 
     pub fn name(self) -> &'static str {
         match self {

@@ -5,11 +5,8 @@
 //! allocated. [`crate::config::validate`] calls [`check_arithmetic`]; [`crate::config::load`]
 //! calls [`check_memory_budget`].
 
-use crate::config::{Config, DeviceConfig, ThreadConfig};
-use crate::engine::{NSEC_PER_MSEC, NSEC_PER_USEC};
-use crate::machine::LOCAL_DISTANCE;
-use crate::mm::PageIdx;
-use crate::sim::PAGES_PER_MIB;
+use super::{Config, DeviceConfig, Invalid, ThreadConfig};
+use crate::units::{LOCAL_DISTANCE, NSEC_PER_MSEC, NSEC_PER_USEC, PAGES_PER_MIB, PageIdx, REMOTE_DISTANCE};
 
 /// Longest simulated span, in ns: 2^62 ns (146 years). Times and costs stay below it, so a
 /// sum of a few of them (a quantum's start plus its work, a period added to now) cannot
@@ -28,8 +25,6 @@ const THREAD_NODE_BYTES: u64 = 64;
 const SAMPLE_CELL_BYTES: u64 = 16;
 /// Summary metrics in a time-series row, before node and thread gauges (an upper bound).
 const SAMPLE_METRICS: u64 = 64;
-
-type Invalid = (String, String);
 
 fn err<T>(key: impl Into<String>, message: impl Into<String>) -> Result<T, Invalid> {
     Err((key.into(), message.into()))
@@ -79,7 +74,7 @@ pub fn check_arithmetic(c: &Config) -> Result<(), Invalid> {
             let message = "the machine's memory in KiB x 16 (calculate_min_free_kbytes()) overflows a u64";
             ("machine.memory_per_node_mib".to_string(), message.to_string())
         })?;
-    let max_distance = m.distance.iter().flatten().flatten().copied().max().unwrap_or(crate::machine::REMOTE_DISTANCE);
+    let max_distance = m.distance.iter().flatten().flatten().copied().max().unwrap_or(REMOTE_DISTANCE);
     let latency = product(
         "machine.local_latency_ns",
         "local_latency_ns x distance",

@@ -1,15 +1,9 @@
 //! The config checks of the memory kinds (`backing`, `memfd`, `hugetlb_page`, `mempolicy`):
 //! each error names its key.
 
-use super::backing::{Backing, HugetlbPage, MemPolicy, MpolMode};
-use crate::config::{Config, VmConfig, VmaConfig};
+use super::check;
+use crate::config::{Backing, Config, HugetlbPage, Invalid, MemPolicy, MpolMode, VmConfig, VmaConfig};
 use crate::version::Rules;
-
-type Invalid = (String, String);
-
-fn check(ok: bool, key: String, message: impl Into<String>) -> Result<(), Invalid> {
-    if ok { Ok(()) } else { Err((key, message.into())) }
-}
 
 /// The kind keys of one mapping, whether a process's VMA or a VM's memory.
 struct Mapping<'a> {
