@@ -34,11 +34,11 @@ fn run_writes_the_three_result_files() {
     let out_dir = dir.join("out");
     let out = numasim(&["run", &cfg, "--out", out_dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for f in ["summary.json", "timeseries.csv", "config.toml", "locality.png", "locality.svg", "totals.png"] {
+    for f in [results::SUMMARY, "timeseries.csv", "config.toml", "locality.png", "locality.svg", "totals.png"] {
         assert!(out_dir.join(f).is_file(), "{f} missing");
     }
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join(results::SUMMARY)).unwrap()).unwrap();
     assert_eq!(summary["scenario"], "small");
     for key in [
         "vmstat.numa_pte_updates",
@@ -70,7 +70,7 @@ fn run_writes_the_three_result_files() {
         "throughput.touches_per_s",
     ] {
         let (group, name) = key.split_once('.').unwrap();
-        assert!(summary[group][name].is_number(), "summary.json lacks {key}");
+        assert!(summary[group][name].is_number(), "the summary lacks {key}");
     }
     let csv = std::fs::read_to_string(out_dir.join("timeseries.csv")).unwrap();
     let header = csv.lines().next().unwrap();
@@ -102,7 +102,7 @@ fn the_written_config_reproduces_the_run() {
     assert_eq!(read(&first, "timeseries.csv"), read(&again, "timeseries.csv"));
     assert_eq!(read(&first, "config.toml"), read(&again, "config.toml"));
     let strip = |s: String| s.lines().filter(|l| !l.contains("\"wall_s\"")).collect::<Vec<_>>().join("\n");
-    assert_eq!(strip(read(&first, "summary.json")), strip(read(&again, "summary.json")));
+    assert_eq!(strip(read(&first, results::SUMMARY)), strip(read(&again, results::SUMMARY)));
 }
 
 #[test]
@@ -202,7 +202,7 @@ fn a_missing_file_or_scenario_is_rejected_and_leaves_no_results() {
     let out_dir = dir.join("out");
     let err = rejected(&["run", "no/such/file.toml", "--out", out_dir.to_str().unwrap()]);
     assert!(err.contains("no/such/file.toml") && err.contains("cannot read"), "{err}");
-    assert!(!out_dir.join("summary.json").exists());
+    assert!(!out_dir.join(results::SUMMARY).exists());
     let err = rejected(&["run", "numa2"]);
     assert!(err.contains("did you mean `numa02`"), "{err}");
     let bad = write(&dir, "bad.toml", "[machine]\nnodes = 0\n");
@@ -348,6 +348,6 @@ fn run_takes_a_validation_case_by_name() {
         numasim(&["run", "gup-proc-mem-read", "--set", "run.duration_ms=200", "--out", out_dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join(results::SUMMARY)).unwrap()).unwrap();
     assert_eq!(summary["scenario"], "gup-proc-mem-read");
 }
