@@ -27,6 +27,11 @@ fn named(values: Vec<(&'static str, Value)>) -> Vec<(Cow<'static, str>, Value)> 
     values.into_iter().map(|(n, v)| (Cow::Borrowed(n), v)).collect()
 }
 
+/// One value per toucher, named by [`TOUCHERS`].
+fn by_toucher(values: [Value; 3]) -> Group {
+    TOUCHERS.iter().map(|&n| Cow::Borrowed(n)).zip(values).collect()
+}
+
 fn ratio(part: u64, all: u64) -> Value {
     Value::Real(if all == 0 { 0.0 } else { part as f64 / all as f64 })
 }
@@ -38,6 +43,8 @@ pub type Metric = (&'static str, &'static str);
 pub const LOCALITY: &str = "locality";
 /// Touches by toucher.
 pub const TOUCHES: &str = "touches";
+/// Who touches memory, as [`LOCALITY`] and [`TOUCHES`] name them, in order.
+pub const TOUCHERS: [&str; 3] = ["cpu", "kvm", "device"];
 /// The `touches_per_s` of the run or interval.
 pub const THROUGHPUT: Metric = ("throughput", "touches_per_s");
 /// Stale secondary-MMU entries at the end of an interval (the gauge behind `stale.*`).
@@ -86,18 +93,8 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
         (VmStat::GROUP, vmstat),
         (Numasim::GROUP, numasim),
         (HintFaultsBySource::GROUP, counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values())),
-        (
-            LOCALITY,
-            named(vec![
-                ("cpu", ratio(t.cpu_local, t.cpu)),
-                ("kvm", ratio(t.kvm_local, t.kvm)),
-                ("device", ratio(t.device_local, t.device)),
-            ]),
-        ),
-        (
-            TOUCHES,
-            named(vec![("cpu", Value::Count(t.cpu)), ("kvm", Value::Count(t.kvm)), ("device", Value::Count(t.device))]),
-        ),
+        (LOCALITY, by_toucher([ratio(t.cpu_local, t.cpu), ratio(t.kvm_local, t.kvm), ratio(t.device_local, t.device)])),
+        (TOUCHES, by_toucher([t.cpu, t.kvm, t.device].map(Value::Count))),
         (Stale::GROUP, stale),
         (Ksm::GROUP, counts(Ksm::NAMES, c.ksm.values())),
         (Young::GROUP, counts(Young::NAMES, c.young.values())),
