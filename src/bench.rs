@@ -197,7 +197,7 @@ fn run_one(scale: Scale, thp: bool, load_balance: bool) -> Figures {
         sim_s / run_s,
         sim_s / run_cpu_s
     );
-    println!("touches: {touches}, {:.3e} per s; events: {}", touches as f64 / run_s, out.summary.events);
+    println!("touches: {touches}, {:.3e} per s; events: {}", touches as f64 / run_s, out.summary.events.unwrap_or(0));
     println!(
         "ns per touch: {ns_per_touch:.2} ({:.2} CPU); raw random read-modify-write over {pages} pages: {:.2} ({:.2} CPU), \
          {:.2} ({:.2} CPU) without huge pages; ratio {:.2} ({:.2} CPU)",
@@ -275,7 +275,7 @@ pub fn sweep() {
             let events: u64 = pools[i].install(|| {
                 configs
                     .par_iter()
-                    .map(|c| workloads::build(c).run().expect("the sweep's runs end").summary.events)
+                    .map(|c| workloads::build(c).run().expect("the sweep's runs end").summary.events.unwrap_or(0))
                     .sum()
             });
             let (wall, cpu) = (t.elapsed().as_secs_f64(), process_cpu_s() - cpu);

@@ -72,13 +72,12 @@ pub fn failure(e: OracleError) -> Failure {
 
 fn print_brief(run: &oracle::KernelRun) -> Result<(), Failure> {
     let summary = results::Summary::read(&run.dir).map_err(Failure::Io)?;
-    let summary = summary.json();
     println!(
         "{}: {} on {} ({}), boot {:.1} s, workload {:.1} s guest time, {:.1} s wall",
-        summary["scenario"].as_str().unwrap_or(""),
+        summary.scenario,
         run.release,
         run.accel.name(),
-        summary["kernel_version"].as_str().unwrap_or(""),
+        summary.kernel_version,
         run.boot_s,
         run.elapsed_ms as f64 / 1e3,
         run.wall_s
@@ -86,11 +85,10 @@ fn print_brief(run: &oracle::KernelRun) -> Result<(), Failure> {
     for r in &run.retried {
         println!("  attempt {} failed and was booted again: {} (console: {})", r.attempt, r.reason, r.console);
     }
-    for group in ["vmstat", "touches", "ksm", "throughput"] {
-        for (name, v) in summary[group].as_object().into_iter().flatten() {
-            if v.as_f64().is_some_and(|x| x != 0.0) {
-                println!("  {:40} {v}", format!("{group}.{name}"));
-            }
+    let brief = ["vmstat", "touches", "ksm", "throughput"];
+    for (group, values) in summary.metrics.0.iter().filter(|(g, _)| brief.contains(&g.as_ref())) {
+        for (name, v) in values.iter().filter(|(_, v)| v.as_f64() != 0.0) {
+            println!("  {:40} {}", format!("{group}.{name}"), v.to_json());
         }
     }
     println!("results in {}", run.dir.display());

@@ -27,7 +27,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run one scenario and write summary.json, timeseries.csv and config.toml.
+    /// Run one scenario and write its summary, time series and resolved config.
     Run {
         /// A built-in scenario, a validation case (configs/validate) or a path to a .toml file.
         #[arg(default_value = "default")]

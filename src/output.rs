@@ -1,5 +1,5 @@
 //! Writing result files. Every file is written under a temporary name and renamed into
-//! place, and `summary.json` comes last: a directory with a summary holds a complete run.
+//! place, and the summary comes last: a directory with a summary holds a complete run.
 
 use std::io;
 use std::path::Path;
@@ -13,9 +13,9 @@ pub fn write_atomic(dir: &Path, name: &str, contents: &[u8]) -> io::Result<()> {
     results::write_atomic(dir, name, contents, oracle::stop::Scratch::new)
 }
 
-/// Writes config.toml, timeseries.csv and, last, summary.json.
+/// Writes config.toml, timeseries.csv and, last, the summary.
 pub fn write_run(dir: &Path, config: &Config, out: &RunOutput) -> io::Result<()> {
-    let json = serde_json::to_string_pretty(&out.summary).map_err(io::Error::other)? + "\n";
+    let json = out.summary.to_text();
     let (toml, csv) = (to_toml(config), out.recorder.to_csv());
     let files: [(&str, &[u8]); 2] = [(results::CONFIG, toml.as_bytes()), (results::TIMESERIES, csv.as_bytes())];
     results::write_run(dir, &files, json.as_bytes(), oracle::stop::Scratch::new)
@@ -29,7 +29,7 @@ pub fn print_brief(dir: &Path, out: &RunOutput) {
         s.scenario,
         s.sim_time_ns as f64 / 1e9,
         s.wall_s,
-        s.events,
+        s.events.unwrap_or(0),
         s.seed,
         s.gup_policy,
         s.notifier

@@ -201,10 +201,10 @@ fn write_with(
     Ok(TraceSummary {
         file: req.file.display().to_string(),
         format: match req.format {
-            Format::Ftrace => "ftrace",
-            Format::Json => "chrome-json",
+            Format::Ftrace => "ftrace".into(),
+            Format::Json => "chrome-json".into(),
         },
-        kernel: req.options.version.name(),
+        kernel: req.options.version.name().into(),
         events: written.events,
         bytes: written.bytes,
         complete: written.truncated.is_none(),

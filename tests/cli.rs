@@ -27,6 +27,28 @@ size_mib = 8
 vma = "buf"
 "#;
 
+/// The metrics every run reports, from the model's definitions of them (the tiering, remedy
+/// and userfaultfd ones come only with their scenarios).
+fn always_reported() -> Vec<String> {
+    use sim_core::stats::summary::{LOCALITY, PER_SCAN_PASS, PER_SCAN_PASS_GROUP, THROUGHPUT, TOUCHERS, TOUCHES};
+    use sim_core::stats::{HintFaultsBySource, Ksm, KvmStat, Numasim, SecondaryMmuChurn, Stale, VmStat, Young};
+    let groups: [(&str, &[&str]); 11] = [
+        (VmStat::GROUP, VmStat::NAMES),
+        (Numasim::GROUP, Numasim::NAMES),
+        (HintFaultsBySource::GROUP, HintFaultsBySource::NAMES),
+        (LOCALITY, &TOUCHERS),
+        (TOUCHES, &TOUCHERS),
+        (Stale::GROUP, Stale::NAMES),
+        (Ksm::GROUP, Ksm::NAMES),
+        (Young::GROUP, Young::NAMES),
+        (SecondaryMmuChurn::GROUP, SecondaryMmuChurn::NAMES),
+        (KvmStat::GROUP, KvmStat::NAMES),
+        (PER_SCAN_PASS_GROUP, &PER_SCAN_PASS),
+    ];
+    let named = groups.into_iter().flat_map(|(g, names)| names.iter().map(move |n| format!("{g}.{n}")));
+    named.chain([format!("{}.{}", THROUGHPUT.0, THROUGHPUT.1)]).collect()
+}
+
 #[test]
 fn run_writes_the_three_result_files() {
     let dir = scratch("run");
@@ -34,43 +56,15 @@ fn run_writes_the_three_result_files() {
     let out_dir = dir.join("out");
     let out = numasim(&["run", &cfg, "--out", out_dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    for f in ["summary.json", "timeseries.csv", "config.toml", "locality.png", "locality.svg", "totals.png"] {
+    for f in [results::SUMMARY, "timeseries.csv", "config.toml", "locality.png", "locality.svg", "totals.png"] {
         assert!(out_dir.join(f).is_file(), "{f} missing");
     }
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join(results::SUMMARY)).unwrap()).unwrap();
     assert_eq!(summary["scenario"], "small");
-    for key in [
-        "vmstat.numa_pte_updates",
-        "vmstat.numa_hint_faults",
-        "vmstat.numa_hint_faults_local",
-        "vmstat.numa_pages_migrated",
-        "vmstat.pgmigrate_success",
-        "vmstat.pgmigrate_fail",
-        "numasim.numa_task_migrated",
-        "hint_faults_by_source.cpu",
-        "hint_faults_by_source.kvm",
-        "hint_faults_by_source.device",
-        "hint_faults_by_source.follow_page",
-        "locality.cpu",
-        "locality.kvm",
-        "locality.device",
-        "stale.mappings_max",
-        "stale.mapping_ns",
-        "stale.accesses",
-        "ksm.pages_merged",
-        "ksm.skipped_protnone",
-        "young.secondary_only_protnone",
-        "secondary_mmu.invalidate_protection_vma",
-        "secondary_mmu.entries_refilled",
-        "secondary_mmu.flush_ipis",
-        "kvm.kvm_unmap_hva_range",
-        "kvm.remote_tlb_flush",
-        "per_scan_pass.entries_zapped",
-        "throughput.touches_per_s",
-    ] {
+    for key in always_reported() {
         let (group, name) = key.split_once('.').unwrap();
-        assert!(summary[group][name].is_number(), "summary.json lacks {key}");
+        assert!(summary[group][name].is_number(), "the summary lacks {key}");
     }
     let csv = std::fs::read_to_string(out_dir.join("timeseries.csv")).unwrap();
     let header = csv.lines().next().unwrap();
@@ -102,7 +96,7 @@ fn the_written_config_reproduces_the_run() {
     assert_eq!(read(&first, "timeseries.csv"), read(&again, "timeseries.csv"));
     assert_eq!(read(&first, "config.toml"), read(&again, "config.toml"));
     let strip = |s: String| s.lines().filter(|l| !l.contains("\"wall_s\"")).collect::<Vec<_>>().join("\n");
-    assert_eq!(strip(read(&first, "summary.json")), strip(read(&again, "summary.json")));
+    assert_eq!(strip(read(&first, results::SUMMARY)), strip(read(&again, results::SUMMARY)));
 }
 
 #[test]
@@ -202,7 +196,7 @@ fn a_missing_file_or_scenario_is_rejected_and_leaves_no_results() {
     let out_dir = dir.join("out");
     let err = rejected(&["run", "no/such/file.toml", "--out", out_dir.to_str().unwrap()]);
     assert!(err.contains("no/such/file.toml") && err.contains("cannot read"), "{err}");
-    assert!(!out_dir.join("summary.json").exists());
+    assert!(!out_dir.join(results::SUMMARY).exists());
     let err = rejected(&["run", "numa2"]);
     assert!(err.contains("did you mean `numa02`"), "{err}");
     let bad = write(&dir, "bad.toml", "[machine]\nnodes = 0\n");
@@ -358,6 +352,6 @@ fn run_takes_a_validation_case_by_name() {
         numasim(&["run", "gup-proc-mem-read", "--set", "run.duration_ms=200", "--out", out_dir.to_str().unwrap()]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join(results::SUMMARY)).unwrap()).unwrap();
     assert_eq!(summary["scenario"], "gup-proc-mem-read");
 }

@@ -25,7 +25,7 @@ fn a_scenario_needing_gupdev_on_a_kernel_it_cannot_be_built_for_is_refused() {
     let out = dir.join("out");
     let args = ["--set", "vm.0.memory_mib=16", "--out", s(&out)];
     rejected_with(numasim(&[&["kernel", "kvm-guest", "--kernel", &image][..], &args[..]].concat()), "Module.symvers");
-    assert!(!out.join("summary.json").exists());
+    assert!(!out.join(results::SUMMARY).exists());
 }
 
 #[test]
@@ -63,7 +63,7 @@ fn missing_qemu_is_refused_with_the_apt_get_line() {
         .output()
         .unwrap();
     rejected_with(out, "apt-get install -y --no-install-recommends qemu-system-x86");
-    assert!(!dir.join("out/summary.json").exists());
+    assert!(!dir.join("out").join(results::SUMMARY).exists());
 }
 
 #[test]
@@ -82,7 +82,7 @@ fn a_guest_past_its_timeout_is_killed_and_its_console_shown() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(err.contains("did not finish within 3 s") && err.contains("last lines of the guest console"), "{err}");
-    assert!(!dir.join("summary.json").exists());
+    assert!(!dir.join(results::SUMMARY).exists());
 }
 
 #[test]
@@ -125,7 +125,7 @@ fn a_kernel_trace_holds_the_tracepoints_with_the_fields_the_sim_prints() {
     let (k, sm) = (count_events(&text), count_events(&std::fs::read_to_string(&strace).unwrap()));
     assert_eq!(k.unparsed, 0);
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(kdir.join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(kdir.join(results::SUMMARY)).unwrap()).unwrap();
     let counted = summary["vmstat"]["pgmigrate_success"].as_i64().unwrap();
     let traced = k.sums["mm_migrate_pages.nr_succeeded"];
     // vmstat is sampled from the workload's start to its last sample; tracing runs a moment longer.
@@ -171,7 +171,7 @@ fn boot_with_stalls(name: &str, fail: u32, retries: &str) -> (std::process::Outp
     fake_qemu(&dir, fail);
     let out = dir.join("out");
     std::fs::create_dir_all(&out).unwrap();
-    for f in ["summary.json", "config.toml", "guest.json", "timeseries.csv"] {
+    for f in [results::SUMMARY, "config.toml", "guest.json", "timeseries.csv"] {
         std::fs::write(out.join(f), "from an earlier run").unwrap();
     }
     let path = format!("{}:{}", s(&dir), std::env::var("PATH").unwrap_or_default());
@@ -206,7 +206,7 @@ fn a_guest_that_stalls_is_booted_again_and_the_retry_is_reported_beside_the_resu
     assert!(kept.contains("rcu_preempt detected stalls"), "{kept}");
     assert!(std::fs::read_to_string(run.join("console.log")).unwrap().contains("Run /init"));
     let summary: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(run.join("summary.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(run.join(results::SUMMARY)).unwrap()).unwrap();
     assert_eq!(summary["source"], "6.12.0-test");
     assert!(String::from_utf8_lossy(&out.stdout).contains("attempt 1 failed and was booted again"));
 }
@@ -222,7 +222,7 @@ fn a_guest_that_stalls_again_fails_the_run_and_leaves_no_result_behind() {
         assert!(err.contains("did not finish within 1 s") && err.contains("rcu_preempt detected stalls"), "{err}");
         assert_eq!(retries == "1", err.contains("attempt 1 failed: the guest hung"), "{err}");
         assert_eq!(std::fs::read_to_string(dir.join("boots")).unwrap().trim(), boots);
-        for f in ["summary.json", "config.toml", "guest.json", "timeseries.csv"] {
+        for f in [results::SUMMARY, "config.toml", "guest.json", "timeseries.csv"] {
             assert!(!dir.join("out").join(f).exists(), "{f} left behind");
         }
     }

@@ -69,7 +69,7 @@ fn stop_kernel_run(point: &str, sig: i32) -> Option<(FakeHost, PathBuf)> {
     let pid = pid_at(&host, point, &mut child);
     send(&child, sig);
     check_stopped(&child.wait_with_output().unwrap(), sig, pid, point);
-    assert!(!out.join("summary.json").exists(), "{point}: a summary after a stop");
+    assert!(!out.join(results::SUMMARY).exists(), "{point}: a summary after a stop");
     Some((host, out))
 }
 
@@ -154,11 +154,49 @@ fn four_runs_on_one_empty_cache_all_succeed() {
     for (out, child) in children {
         let done = child.wait_with_output().unwrap();
         assert!(done.status.success(), "{}: {}", out.display(), String::from_utf8_lossy(&done.stderr));
-        assert!(out.join("summary.json").is_file());
+        assert!(out.join(results::SUMMARY).is_file());
         assert_eq!(host.scratch_left(&out), Vec::<PathBuf>::new());
     }
     let debs: Vec<_> = std::fs::read_dir(host.cache().join("debs")).unwrap().collect();
     assert_eq!(debs.len(), 1, "one download for four runs");
+}
+
+/// The names in `dir`, sorted.
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> =
+        std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    names.sort();
+    names
+}
+
+/// Both sides write through the result contract's one writer: when the time series cannot
+/// be renamed into place (a non-empty directory holds its name), the simulator's run and the
+/// kernel's each fail naming it and leave no temporary file and no summary. The kernel run
+/// clears its directory before it boots, so the stand-in QEMU makes the obstacle.
+#[test]
+fn a_result_file_that_cannot_be_renamed_fails_both_sides_and_leaves_no_temporary_file() {
+    let Some(host) = common::fake::fake_host("blocked-series") else { return };
+    let blocked = |out: &Path| out.join(results::TIMESERIES).join("x");
+    let sim = host.dir.join("sim");
+    std::fs::create_dir_all(blocked(&sim)).unwrap();
+    let kernel = host.dir.join("kernel");
+    let qemu = host.dir.join("bin/qemu-system-x86_64");
+    let script = std::fs::read_to_string(&qemu).unwrap();
+    let obstacle = format!("mkdir -p '{}'\n", s(&blocked(&kernel)));
+    common::fake::write_script(&qemu, &script.replacen("#!/bin/sh\n", &format!("#!/bin/sh\n{obstacle}"), 1));
+    let runs = [
+        host.numasim(&["run", "numa02", "--out", s(&sim), "--set", "run.duration_ms=1000"]).output().unwrap(),
+        host.kernel_run(&kernel).output().unwrap(),
+    ];
+    for (out, run) in [&sim, &kernel].into_iter().zip(runs) {
+        let err = String::from_utf8_lossy(&run.stderr);
+        assert_eq!(run.status.code(), Some(1), "{}: {err}", out.display());
+        assert!(err.contains(s(&out.join(results::TIMESERIES))), "{err}");
+        let left = listing(out);
+        assert!(!left.iter().any(|f| f.starts_with('.')), "{}: temporary files left: {left:?}", out.display());
+        assert!(!left.iter().any(|f| f == results::SUMMARY), "{}: {left:?}", out.display());
+        assert!(left.iter().any(|f| f == results::CONFIG), "{}: the files before the series: {left:?}", out.display());
+    }
 }
 
 /// Real QEMU, Debian's 6.1: SIGINT while the kernel boots (1 s after QEMU started), SIGTERM
@@ -231,7 +269,7 @@ fn a_damaged_cache_entry_is_fetched_again() {
         let err = String::from_utf8_lossy(&again.stderr);
         assert!(again.status.success(), "{what}: {err}");
         assert!(err.contains(&format!("{}: {what}", file.display())) && err.contains(" again"), "{err}");
-        assert!(out.join("summary.json").is_file());
+        assert!(out.join(results::SUMMARY).is_file());
     }
 }
 
@@ -261,7 +299,7 @@ fn an_image_damaged_at_its_source_is_refused_before_booting() {
     assert!(err.contains("bzImage: cut short: 1024 bytes where its boot header counts 1040"), "{err}");
 }
 
-/// `validate --reuse` takes a kernel run only as it was written: guest.json or summary.json
+/// `validate --reuse` takes a kernel run only as it was written: guest.json or the summary
 /// edited since is bad input naming the file and what to delete; untouched, it is reused.
 #[test]
 fn an_edited_run_that_reuse_would_take_is_refused() {
@@ -277,7 +315,7 @@ fn an_edited_run_that_reuse_would_take_is_refused() {
     let again = validate(&["--reuse"]);
     let err = String::from_utf8_lossy(&again.stderr);
     assert!(matches!(again.status.code(), Some(0 | 3)) && err.contains("reusing"), "{err}");
-    for file in ["guest.json", "summary.json"] {
+    for file in ["guest.json", results::SUMMARY] {
         let path = run.join(file);
         let text = std::fs::read_to_string(&path).unwrap();
         std::fs::write(&path, text.replacen("1", "2", 1)).unwrap();

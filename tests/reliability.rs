@@ -165,13 +165,14 @@ fn sweeps_redo_incomplete_runs_and_merge_refuses_incomplete_or_doubled_shards() 
     ok(&["sweep", s(&file), "--shard", "2/2", "--out", s(&b)]);
 
     // A truncated summary is redone, and said so.
-    let summary = a.join("runs/0000/summary.json");
+    let summary = a.join("runs/0000").join(results::SUMMARY);
     let text = std::fs::read_to_string(&summary).unwrap();
     std::fs::write(&summary, &text[..text.len() / 2]).unwrap();
     let out = ok(&["sweep", s(&file), "--shard", "1/2", "--out", s(&a)]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("runs/0000 is incomplete (summary.json unreadable") && err.contains("running it again"),
+        err.contains(&format!("runs/0000 is incomplete ({} unreadable", results::SUMMARY))
+            && err.contains("running it again"),
         "{err}"
     );
     let redone: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&summary).unwrap()).unwrap();
@@ -258,13 +259,13 @@ fn io_failures_exit_1_naming_the_path_and_leave_no_complete_looking_file() {
 
 #[test]
 fn the_result_files_left_by_a_full_disk_are_never_a_summary() {
-    // write_run() writes summary.json last and every file through a temporary name: after a
-    // failure at any point the directory has no summary.json, so sweeps redo it. Simulated
+    // write_run() writes the summary last and every file through a temporary name: after a
+    // failure at any point the directory has no summary, so sweeps redo it. Simulated
     // here by a directory where the summary cannot be created (a directory in its place).
     let dir = scratch("nosummary");
     let cfg = small(&dir);
     let out = dir.join("out");
-    std::fs::create_dir_all(out.join("summary.json")).unwrap();
+    std::fs::create_dir_all(out.join(results::SUMMARY)).unwrap();
     exits(1, &["run", &cfg, "--out", s(&out)]);
     let left: Vec<String> =
         std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
@@ -278,7 +279,7 @@ fn a_result_file_that_cannot_be_renamed_into_place_leaves_no_temporary_file_and_
     let cfg = small(&dir);
     let out = dir.join("out");
     std::fs::create_dir_all(out.join("timeseries.csv/x")).unwrap();
-    std::fs::write(out.join("summary.json"), "an earlier run").unwrap();
+    std::fs::write(out.join(results::SUMMARY), "an earlier run").unwrap();
     let err = exits(1, &["run", &cfg, "--out", s(&out)]);
     assert!(err.contains("timeseries.csv"), "{err}");
     let mut left: Vec<String> =

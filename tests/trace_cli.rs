@@ -5,7 +5,7 @@ mod common;
 use common::{numasim, ok, s, scratch};
 
 fn summary(dir: &std::path::Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(dir.join("summary.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(dir.join(results::SUMMARY)).unwrap()).unwrap()
 }
 
 #[test]
@@ -74,7 +74,7 @@ fn bad_trace_options_are_rejected_before_anything_runs() {
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
         assert!(err.contains(needle), "{extra:?}: {err}");
-        assert!(!out_dir.join("summary.json").exists(), "{extra:?} ran");
+        assert!(!out_dir.join(results::SUMMARY).exists(), "{extra:?} ran");
     }
 }
 

@@ -74,7 +74,8 @@ fn one_gup_case_end_to_end_on_a_real_kernel() {
     assert!(row("vmstat.numa_pte_updates")["kernel"].as_f64().unwrap() > 0.0, "the kernel scanned");
     assert_eq!(row("stale.accesses")["kernel"], "not measured");
     assert_eq!(outcome["agree"].as_bool(), Some(code == Some(0)));
-    for f in ["report.md", "6.12/overlay.png", "6.12/sim/summary.json", "6.12/kernel/summary.json"] {
+    let summaries = ["6.12/sim", "6.12/kernel"].map(|side| format!("{side}/{}", results::SUMMARY));
+    for f in ["report.md", "6.12/overlay.png"].into_iter().chain(summaries.iter().map(String::as_str)) {
         assert!(dir.join(f).is_file(), "{f}");
     }
     // --trace: both traces complete, and their trace-diff beside them.

@@ -152,7 +152,7 @@ fn compare_prints_the_table_and_writes_a_report_with_plots() {
         assert!(report.contains(&format!("]({name})")), "report links {name}");
     }
     for run in ["implicit/seed-1", "implicit/seed-2", "explicit/seed-1", "explicit/seed-2"] {
-        assert!(out_dir.join(run).join("summary.json").is_file(), "{run}");
+        assert!(out_dir.join(run).join(results::SUMMARY).is_file(), "{run}");
     }
     ok(&["plot", s(&out_dir)]);
 }

@@ -1,5 +1,5 @@
 //! `checksums.txt` of a kernel run: the FNV-1a hash of each result file, written before
-//! summary.json. A run directory `validate --reuse` would take is checked against it, so a
+//! the summary. A run directory `validate --reuse` would take is checked against it, so a
 //! result file edited (or damaged) since the run wrote it is not taken for what the kernel did.
 //!
 //! Simplification: FNV-1a finds edits and damage, not a forgery (anyone can recompute it).

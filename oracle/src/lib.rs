@@ -1,5 +1,5 @@
 //! The kernel oracle: a numasim scenario run on a real Linux kernel under QEMU, written as
-//! numasim's result contract (summary.json, timeseries.csv, config.toml) plus guest.json.
+//! numasim's result contract (the `results` crate's files) plus guest.json.
 //!
 //! The host resolves the config into a [`guest::Plan`], packs it with the static guest
 //! program (and brd.ko) into an initramfs, boots the kernel on the scenario's NUMA topology,
@@ -133,8 +133,8 @@ pub struct Retry {
 /// these come from vCPU threads starved of host time (numa02 on 6.12.117 once stalled for
 /// 182 s), not from the scenario. Each failed attempt's console is kept as
 /// `console.attempt-<n>.log` and listed in guest.json's `retried`. Before the first boot
-/// every result file of an earlier run in `out` is removed (summary.json first), and a
-/// failed attempt writes none, so a directory with summary.json holds one complete run.
+/// every result file of an earlier run in `out` is removed (the summary first), and a
+/// failed attempt writes none, so a directory with a summary holds one complete run.
 pub fn run_traced(
     cfg: &Config,
     k: &KernelSpec,
@@ -179,7 +179,7 @@ fn after_retries(retried: &[Retry], attempt: u32, message: &str) -> String {
     format!("{earlier}attempt {attempt} failed too: {message}")
 }
 
-/// Removes an earlier run's result files and kept consoles from `out`, summary.json first.
+/// Removes an earlier run's result files and kept consoles from `out`, the summary first.
 pub fn clear_results(out: &Path) -> Result<(), OracleError> {
     contract::clear(out).map_err(|e| OracleError::Io(e.to_string()))?;
     let entries = std::fs::read_dir(out).map_err(|e| OracleError::Io(format!("{}: {e}", out.display())))?;
@@ -550,7 +550,7 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
     let guest_text = serde_json::to_string_pretty(&guest_json).expect("json") + "\n";
     let summary = results::summary(&info, plan, &o.samples, &o.files)
         .map_err(|m| OracleError::Input(format!("kernel {}: {m}", o.release)))?;
-    let summary = serde_json::to_string_pretty(&summary).expect("json") + "\n";
+    let summary = summary.to_text();
     let files: [(&str, &[u8]); 4] = [
         (contract::CONFIG, config.as_bytes()),
         (contract::TIMESERIES, series.as_bytes()),

@@ -109,13 +109,13 @@ fn run(cfg: &Config, k: &KernelSpec) -> (Value, String) {
         run.accel.name(),
         run.boot_s
     );
-    let summary = std::fs::read_to_string(dir.join("summary.json")).expect("run_on_kernel writes summary.json");
+    let summary = std::fs::read_to_string(dir.join(results::SUMMARY)).expect("run_on_kernel writes a summary");
     let csv = std::fs::read_to_string(dir.join("timeseries.csv")).expect("and timeseries.csv");
-    (serde_json::from_str(&summary).expect("summary.json is JSON"), csv)
+    (serde_json::from_str(&summary).expect("the summary is JSON"), csv)
 }
 
 fn count(s: &Value, group: &str, name: &str) -> u64 {
-    s[group][name].as_u64().unwrap_or_else(|| panic!("{group}.{name} missing from summary.json"))
+    s[group][name].as_u64().unwrap_or_else(|| panic!("{group}.{name} missing from the summary"))
 }
 
 /// numa02: the buffer of the threads on node 1 moves there, the other stays; the sim's

@@ -1,4 +1,4 @@
-//! numasim's charts, drawn from result files (`summary.json`, `timeseries.csv`,
+//! numasim's charts, drawn from result files (the summary, `timeseries.csv`,
 //! `results.csv`, read through the `results` crate) with plotters. This crate knows the result
 //! contract, not the simulator.
 //!

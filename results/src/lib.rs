@@ -1,8 +1,9 @@
 //! The result contract shared by the simulator and the kernel oracle: the names of a run
 //! directory's files and the one writer of them. Every file is written under a temporary
 //! name in the same directory and renamed into place; `summary.json` is removed first and
-//! written last, so a directory with a summary holds one complete run. [`Summary`] and [`Table`] read
-//! `summary.json` and `timeseries.csv` back for every consumer.
+//! written last, so a directory with a summary holds one complete run. [`Summary`] is what
+//! both sides write into `summary.json` and every consumer reads back; [`Table`] reads
+//! `timeseries.csv`.
 
 use std::fs;
 use std::io;
@@ -13,7 +14,7 @@ mod series;
 mod summary;
 
 pub use series::Table;
-pub use summary::{Summary, flatten_numbers};
+pub use summary::{Group, Groups, Summary, TraceSummary, Value};
 
 /// A run's totals and identity; its presence marks a run complete.
 pub const SUMMARY: &str = "summary.json";

@@ -28,7 +28,10 @@ use crate::sched::fair::LoadBalance;
 use crate::sched::{AccessPattern, AccessStream, Task, TaskNuma, cpu_tick, wake_task};
 use crate::stats::Counters;
 use crate::stats::recorder::{Recorder, sample};
-use crate::stats::summary::{Group, Span, Summary, Value, metrics};
+use crate::stats::summary::{
+    Group, SCHED_NR_MIGRATIONS, SCHEDSTAT, Span, Summary, THREAD, Value, metrics, thread_node_share,
+    thread_nr_migrations,
+};
 use crate::trace::{KSMD_PID, PidKind, Trace, TraceMeta, TraceOptions};
 use crate::version::Rules;
 
@@ -509,7 +512,7 @@ impl Sim {
         }
         let counters = self.world.resource_mut::<Counters>().accrue_stale(end).clone();
         let mut metrics = metrics(&counters, end, Span::Run);
-        metrics.0.extend(self.sched_metrics());
+        metrics.0.extend(self.sched_metrics().into_iter().map(|(g, values)| (Cow::Borrowed(g), values)));
         let c = &self.config;
         let summary = Summary {
             scenario: c.name.clone(),
@@ -518,10 +521,10 @@ impl Sim {
             gup_policy: self.world.resource::<Rules>().gup.name().into(),
             notifier: c.kernel.notifier.name().into(),
             sim_time_ns: end,
-            events,
+            events: Some(events),
             wall_s: wall.elapsed().as_secs_f64(),
-            trace: None,
             metrics,
+            ..Summary::default()
         };
         let recorder = self.world.remove_resource::<Recorder>().expect("inserted in new()");
         let trace = self.world.remove_resource::<Trace>().map(|mut t| {
@@ -543,19 +546,19 @@ impl Sim {
         let total: u64 = threads.iter().map(|t| t.1).sum();
         let mut per_thread = Vec::new();
         for (name, nr, runtime) in threads {
-            per_thread.push((Cow::Owned(format!("{name}.nr_migrations")), Value::Count(nr)));
+            per_thread.push((Cow::Owned(thread_nr_migrations(&name)), Value::Count(nr)));
             let all: Nanos = runtime.iter().sum();
             for nid in 0..nr_nodes {
                 let on = runtime.get(nid).copied().unwrap_or(0);
                 let share = if all == 0 { 0.0 } else { on as f64 / all as f64 };
-                per_thread.push((Cow::Owned(format!("{name}.node{nid}_share")), Value::Real(share)));
+                per_thread.push((Cow::Owned(thread_node_share(&name, nid)), Value::Real(share)));
             }
         }
         let schedstat = w.resource::<LoadBalance>().schedstat_metrics().into_iter().map(|(n, v)| (Cow::Owned(n), v));
         vec![
-            ("sched", vec![(Cow::Borrowed("nr_migrations"), Value::Count(total))]),
-            ("thread", per_thread),
-            ("schedstat", schedstat.collect()),
+            (SCHED_NR_MIGRATIONS.0, vec![(Cow::Borrowed(SCHED_NR_MIGRATIONS.1), Value::Count(total))]),
+            (THREAD, per_thread),
+            (SCHEDSTAT, schedstat.collect()),
         ]
     }
 

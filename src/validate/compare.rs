@@ -63,7 +63,7 @@ impl Side {
     pub fn with_series(dir: &Path, series: &Table) -> Result<Self, String> {
         let summary = Summary::read(dir)?;
         let values = summary.values().into_iter().filter(|(k, _)| !META.contains(&k.as_str())).collect();
-        Ok(Self { values, not_measured: summary.not_measured(), placement: final_placement(series) })
+        Ok(Self { values, not_measured: summary.not_measured, placement: final_placement(series) })
     }
 
     #[cfg(test)]

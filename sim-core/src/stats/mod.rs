@@ -8,13 +8,19 @@ use bevy_ecs::resource::Resource;
 
 /// Declares a struct of `u64` counters with their result names, so the summary and the time
 /// series are generated from one list and cannot drift apart.
+/// `in "group"` names the summary group the counters are reported in.
 macro_rules! counters {
-    ($(#[$meta:meta])* $name:ident { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
+    ($(#[$meta:meta])* $name:ident $(in $group:literal)? { $($(#[$fmeta:meta])* $field:ident),* $(,)? }) => {
         $(#[$meta])*
         #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
         pub struct $name { $($(#[$fmeta])* pub $field: u64,)* }
 
         impl $name {
+            $(
+            /// The summary group the counters are reported in.
+            pub const GROUP: &'static str = $group;
+            )?
+
             /// Counter names, in result order.
             pub const NAMES: &'static [&'static str] = &[$(stringify!($field)),*];
 
@@ -31,9 +37,24 @@ macro_rules! counters {
     };
 }
 
+/// A summary metric named by the counter that holds it, as `(group, name)`: the field is
+/// checked when compiled, so a counter renamed in the model fails the build of every list
+/// that names it (the kernel oracle's). `metric!(GROUP; Struct.field)` names a group that is
+/// not the struct's own.
+#[macro_export]
+macro_rules! metric {
+    ($counters:ident . $field:ident) => {
+        $crate::metric!($crate::stats::$counters::GROUP; $counters.$field)
+    };
+    ($group:expr; $counters:ident . $field:ident) => {{
+        let _ = ::core::mem::offset_of!($crate::stats::$counters, $field);
+        ($group, stringify!($field))
+    }};
+}
+
 counters! {
     /// /proc/vmstat counters, named as the kernel names them.
-    VmStat {
+    VmStat in "vmstat" {
         /// PTEs made PROT_NONE by change_prot_numa().
         numa_pte_updates,
         /// PMDs made PROT_NONE by change_huge_pmd() (each also counts 512 numa_pte_updates).
@@ -61,7 +82,7 @@ counters! {
 counters! {
     /// The /proc/vmstat counters of memory tiering (node stats summed over nodes, as
     /// /proc/vmstat shows them), reported in the `vmstat` group on tiered runs only.
-    TierStat {
+    TierStat in "vmstat" {
         /// Slow-tier pages migrated to the top tier in memory-tiering mode.
         pgpromote_success,
         /// Pages that passed the hot threshold and were counted by the rate limiter.
@@ -84,7 +105,7 @@ counters! {
     /// task_numa_migrate()'s outcomes (`numasim`). No released kernel counts them: the
     /// 6.16-rc1 vmstat/schedstat counters of these names were reverted before 6.16; the
     /// kernel's record is the `sched_move_numa` and `sched_swap_numa` tracepoints.
-    Numasim {
+    Numasim in "numasim" {
         /// Threads moved to an idle CPU (one `sched_move_numa` each).
         numa_task_migrated,
         /// Threads swapped with a thread on the preferred node (two per `sched_swap_numa`).
@@ -95,7 +116,7 @@ counters! {
 counters! {
     /// userfaultfd RWP (7.3), in the `numasim` group, and only in runs that register RWP. The
     /// kernel counts none of these (no vmstat item, no tracepoint).
-    UffdRwp {
+    UffdRwp in "numasim" {
         /// RWP faults taken (do_uffd_rwp()), sync and async, by CPUs and through GUP.
         uffd_rwp_faults,
         /// Pending NUMA hints (protnone PTEs without `_PAGE_UFFD`) that UFFDIO_RWPROTECT
@@ -112,13 +133,13 @@ counters! {
 
 counters! {
     /// Hinting faults by who took them (`hint_faults_by_source`).
-    HintFaultsBySource { cpu, kvm, device, follow_page }
+    HintFaultsBySource in "hint_faults_by_source" { cpu, kvm, device, follow_page }
 }
 
 counters! {
     /// Hinting faults by the memory tier of the faulting page (`hint_faults_by_tier`): the
     /// kernel counts numa_hint_faults over all nodes only.
-    HintFaultsByTier { toptier, lower }
+    HintFaultsByTier in "hint_faults_by_tier" { toptier, lower }
 }
 
 counters! {
@@ -128,7 +149,7 @@ counters! {
 
 counters! {
     /// Stale secondary-MMU mappings (`stale`).
-    Stale {
+    Stale in "stale" {
         /// Largest number of stale entries at any time.
         mappings_max,
         /// Integral of the number of stale entries over simulated time (entry-nanoseconds).
@@ -142,12 +163,12 @@ counters! {
     /// KSM (`ksm`): pages merged into a KSM page (a running count; `vmstat.cow_ksm` counts
     /// the writes that unshared one again), pages follow_page() could not follow, and pages
     /// the smart scan passed over (/sys/kernel/mm/ksm/pages_skipped, 6.12).
-    Ksm { pages_merged, skipped_protnone, pages_skipped }
+    Ksm in "ksm" { pages_merged, skipped_protnone, pages_skipped }
 }
 
 counters! {
     /// Page aging (`young`).
-    Young {
+    Young in "young" {
         /// Pages found young only through a secondary MMU while their PTE was protnone.
         secondary_only_protnone,
     }
@@ -157,7 +178,7 @@ counters! {
     /// Churn in the notifier-based secondary MMUs, KVM's and the devices' (`secondary_mmu`).
     /// numasim's names: the kernel counts none of these (KVM's own are in [`KvmStat`]).
     /// Entries count in 4 KiB units: a 2 MiB entry is 512.
-    SecondaryMmuChurn {
+    SecondaryMmuChurn in "secondary_mmu" {
         /// invalidate_range_start() calls over a range a table maps, by `enum
         /// mmu_notifier_event`: MMU_NOTIFY_PROTECTION_VMA, MMU_NOTIFY_CLEAR, MMU_NOTIFY_UNMAP.
         invalidate_protection_vma,
@@ -201,7 +222,7 @@ counters! {
     /// KVM under its own names (`kvm`): the `kvm_unmap_hva_range` tracepoint
     /// (include/trace/events/kvm.h) and the VM statistics `remote_tlb_flush_requests` and
     /// `remote_tlb_flush` (KVM_GENERIC_VM_STATS in include/linux/kvm_host.h), 6.12.118.
-    KvmStat { kvm_unmap_hva_range, remote_tlb_flush_requests, remote_tlb_flush }
+    KvmStat in "kvm" { kvm_unmap_hva_range, remote_tlb_flush_requests, remote_tlb_flush }
 }
 
 /// Everything a run counts. One resource, so the recorder snapshots it in one read.

@@ -1,74 +1,15 @@
-//! The result contract: `summary.json` and the metric names shared with `timeseries.csv`,
-//! `results.csv` and the plots.
+//! The metric groups of a run's summary (the type is the result contract's) and the metric
+//! names shared with `timeseries.csv`, `results.csv` and the plots.
 
 use std::borrow::Cow;
 
-use serde::ser::{SerializeMap, Serializer};
-use serde::{Deserialize, Serialize};
+pub use results::{Group, Groups, Summary, Value};
 
 use super::{
     Counters, HintFaultsBySource, HintFaultsByTier, Ksm, KvmStat, Numasim, SecondaryMmuChurn, Stale, TierStat, UffdRwp,
     VmStat, Young,
 };
 use crate::engine::{NSEC_PER_SEC, Nanos};
-
-/// One metric value: a count, or a ratio/rate.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Value {
-    Count(u64),
-    Real(f64),
-}
-
-impl Value {
-    pub fn as_f64(self) -> f64 {
-        match self {
-            Value::Count(n) => n as f64,
-            Value::Real(x) => x,
-        }
-    }
-}
-
-/// Named groups of named values, in a fixed order.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct Groups(pub Vec<(&'static str, Group)>);
-
-/// One group's named values (names built at run time for per-thread and per-domain ones).
-pub type Group = Vec<(Cow<'static, str>, Value)>;
-
-impl Groups {
-    /// The value of `group.name`.
-    pub fn get(&self, dotted: &str) -> Option<Value> {
-        let (group, name) = dotted.split_once('.')?;
-        let (_, values) = self.0.iter().find(|(g, _)| *g == group)?;
-        values.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
-    }
-
-    /// `group.name` → value, in order.
-    pub fn flatten(&self) -> Vec<(String, Value)> {
-        self.0.iter().flat_map(|(g, vals)| vals.iter().map(move |(n, v)| (format!("{g}.{n}"), *v))).collect()
-    }
-}
-
-impl Serialize for Groups {
-    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        struct Inner<'a>(&'a [(Cow<'static, str>, Value)]);
-        impl Serialize for Inner<'_> {
-            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                let mut m = s.serialize_map(Some(self.0.len()))?;
-                for (k, v) in self.0 {
-                    m.serialize_entry(k, v)?;
-                }
-                m.end()
-            }
-        }
-        let mut m = s.serialize_map(Some(self.0.len()))?;
-        for (g, vals) in &self.0 {
-            m.serialize_entry(g, &Inner(vals))?;
-        }
-        m.end()
-    }
-}
 
 /// Whether metrics describe a whole run or one interval of the time series.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -86,8 +27,45 @@ fn named(values: Vec<(&'static str, Value)>) -> Vec<(Cow<'static, str>, Value)> 
     values.into_iter().map(|(n, v)| (Cow::Borrowed(n), v)).collect()
 }
 
+/// One value per toucher, named by [`TOUCHERS`].
+fn by_toucher(values: [Value; 3]) -> Group {
+    TOUCHERS.iter().map(|&n| Cow::Borrowed(n)).zip(values).collect()
+}
+
 fn ratio(part: u64, all: u64) -> Value {
     Value::Real(if all == 0 { 0.0 } else { part as f64 / all as f64 })
+}
+
+/// A metric as `(group, name)`; [`crate::metric!`] names one by its counter.
+pub type Metric = (&'static str, &'static str);
+
+/// The share of each toucher's touches that were node-local.
+pub const LOCALITY: &str = "locality";
+/// Touches by toucher.
+pub const TOUCHES: &str = "touches";
+/// Who touches memory, as [`LOCALITY`] and [`TOUCHES`] name them, in order.
+pub const TOUCHERS: [&str; 3] = ["cpu", "kvm", "device"];
+/// The `touches_per_s` of the run or interval.
+pub const THROUGHPUT: Metric = ("throughput", "touches_per_s");
+/// Stale secondary-MMU entries at the end of an interval (the gauge behind `stale.*`).
+pub const STALE_MAPPINGS: Metric = (Stale::GROUP, "mappings");
+/// Thread moves between CPUs (`se.nr_migrations` summed over threads).
+pub const SCHED_NR_MIGRATIONS: Metric = ("sched", "nr_migrations");
+/// The `per_scan_pass` group.
+pub const PER_SCAN_PASS_GROUP: &str = "per_scan_pass";
+/// Per-thread figures, named by [`thread_nr_migrations`] and [`thread_node_share`].
+pub const THREAD: &str = "thread";
+/// The load balancer's counters per sched domain, as /proc/schedstat names them.
+pub const SCHEDSTAT: &str = "schedstat";
+
+/// A thread's moves between CPUs, in [`THREAD`].
+pub fn thread_nr_migrations(thread: &str) -> String {
+    format!("{thread}.nr_migrations")
+}
+
+/// The share of a thread's runtime on node `nid`'s CPUs, in [`THREAD`].
+pub fn thread_node_share(thread: &str, nid: usize) -> String {
+    format!("{thread}.node{nid}_share")
 }
 
 /// The metric groups of `c` (totals of a run, or the deltas of one interval) over `span_ns`.
@@ -96,7 +74,7 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
     let stale = match span {
         Span::Run => counts(Stale::NAMES, c.stale.values()),
         Span::Interval => named(vec![
-            ("mappings", Value::Count(c.stale_mappings)),
+            (STALE_MAPPINGS.1, Value::Count(c.stale_mappings)),
             ("mapping_ns", Value::Count(c.stale.mapping_ns)),
             ("accesses", Value::Count(c.stale.accesses)),
         ]),
@@ -111,34 +89,24 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
     if c.tiered {
         vmstat.extend(counts(TierStat::NAMES, c.tierstat.values()));
     }
-    let mut groups = Groups(vec![
-        ("vmstat", vmstat),
-        ("numasim", numasim),
-        ("hint_faults_by_source", counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values())),
-        (
-            "locality",
-            named(vec![
-                ("cpu", ratio(t.cpu_local, t.cpu)),
-                ("kvm", ratio(t.kvm_local, t.kvm)),
-                ("device", ratio(t.device_local, t.device)),
-            ]),
-        ),
-        (
-            "touches",
-            named(vec![("cpu", Value::Count(t.cpu)), ("kvm", Value::Count(t.kvm)), ("device", Value::Count(t.device))]),
-        ),
-        ("stale", stale),
-        ("ksm", counts(Ksm::NAMES, c.ksm.values())),
-        ("young", counts(Young::NAMES, c.young.values())),
-        ("secondary_mmu", counts(SecondaryMmuChurn::NAMES, c.secondary_mmu.values())),
-        ("kvm", counts(KvmStat::NAMES, c.kvm.values())),
-        ("per_scan_pass", per_scan_pass(&c.secondary_mmu)),
-        ("throughput", named(vec![("touches_per_s", Value::Real(per_s))])),
-    ]);
+    let mut groups = vec![
+        (VmStat::GROUP, vmstat),
+        (Numasim::GROUP, numasim),
+        (HintFaultsBySource::GROUP, counts(HintFaultsBySource::NAMES, c.hint_faults_by_source.values())),
+        (LOCALITY, by_toucher([ratio(t.cpu_local, t.cpu), ratio(t.kvm_local, t.kvm), ratio(t.device_local, t.device)])),
+        (TOUCHES, by_toucher([t.cpu, t.kvm, t.device].map(Value::Count))),
+        (Stale::GROUP, stale),
+        (Ksm::GROUP, counts(Ksm::NAMES, c.ksm.values())),
+        (Young::GROUP, counts(Young::NAMES, c.young.values())),
+        (SecondaryMmuChurn::GROUP, counts(SecondaryMmuChurn::NAMES, c.secondary_mmu.values())),
+        (KvmStat::GROUP, counts(KvmStat::NAMES, c.kvm.values())),
+        (PER_SCAN_PASS_GROUP, per_scan_pass(&c.secondary_mmu)),
+        (THROUGHPUT.0, named(vec![(THROUGHPUT.1, Value::Real(per_s))])),
+    ];
     if c.tiered {
-        groups.0.insert(3, ("hint_faults_by_tier", counts(HintFaultsByTier::NAMES, c.hint_faults_by_tier.values())));
+        groups.insert(3, (HintFaultsByTier::GROUP, counts(HintFaultsByTier::NAMES, c.hint_faults_by_tier.values())));
     }
-    groups
+    Groups(groups.into_iter().map(|(g, values)| (Cow::Borrowed(g), values)).collect())
 }
 
 /// The `per_scan_pass` metrics.
@@ -150,25 +118,4 @@ pub const PER_SCAN_PASS: [&str; 5] =
 fn per_scan_pass(c: &SecondaryMmuChurn) -> Vec<(Cow<'static, str>, Value)> {
     let counts = [c.invalidations(), c.entries_zapped, c.entries_refilled, c.tlb_flushes, c.flush_ipis];
     PER_SCAN_PASS.iter().zip(counts).map(|(&n, count)| (Cow::Borrowed(n), ratio(count, c.scan_passes))).collect()
-}
-
-/// `summary.json`.
-#[derive(Clone, Debug, Serialize)]
-pub struct Summary {
-    pub scenario: String,
-    pub seed: u64,
-    /// `kernel.version`.
-    pub kernel_version: String,
-    /// The GUP era in effect (the version's, or `kernel.gup_policy`'s override).
-    pub gup_policy: String,
-    pub notifier: String,
-    pub sim_time_ns: u64,
-    pub events: u64,
-    /// Wall-clock seconds the run took (the one field that differs between identical runs).
-    pub wall_s: f64,
-    /// The trace file, when the run was traced.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub trace: Option<crate::trace::TraceSummary>,
-    #[serde(flatten)]
-    pub metrics: Groups,
 }

@@ -18,6 +18,8 @@ use std::collections::BTreeMap;
 use bevy_ecs::resource::Resource;
 
 pub use events::{Event, Kind, TpVersion};
+/// What a run's summary says of the trace file.
+pub use results::TraceSummary;
 
 use crate::engine::Nanos;
 use crate::machine::Nid;
@@ -84,22 +86,6 @@ pub struct TraceOptions {
     pub events: String,
     pub version: TpVersion,
     pub max_bytes: u64,
-}
-
-/// What summary.json says of the trace file.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub struct TraceSummary {
-    pub file: String,
-    /// `ftrace` or `chrome-json`.
-    pub format: &'static str,
-    /// Whose tracepoint formats it prints.
-    pub kernel: &'static str,
-    pub events: u64,
-    pub bytes: u64,
-    /// False when the size bound stopped recording; `stopped` then says when.
-    pub complete: bool,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub stopped: Option<String>,
 }
 
 /// The sink: recorded events and where recording stands.
