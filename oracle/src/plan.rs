@@ -139,7 +139,7 @@ fn vma_plan(v: &VmaConfig) -> VmaPlan {
 }
 
 /// A `[[vm]]` as a KVM-like guest-memory toucher: a process whose one VMA `ram` is the guest
-/// memory and whose vCPU threads touch it through one gupdev secondary MMU (its EPT): a
+/// memory (its backing set by [`crate::kinds::assign`]) and whose vCPU threads touch it through one gupdev secondary MMU (its EPT): a
 /// miss maps the page by GUP from the vCPU thread with FOLL_HONOR_NUMA_FAULT when
 /// `kvm.honor_numa_fault` says KVM passes it (hva_to_pfn_slow()), FOLL_WRITE for a guest
 /// that writes. No guest kernel runs: the vCPUs are the scenario's touch pattern.
