@@ -397,3 +397,27 @@ extern "C" fn on_segv(_sig: i32, info: *mut libc::siginfo_t, _ctx: *mut libc::c_
         libc::nanosleep(&ts, std::ptr::null_mut());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two mappings of one memfd are one set of pages: a store through one is a load through
+    /// the other, and the pages another mapper populated count as populated.
+    #[test]
+    fn two_mappings_of_one_memfd_share_their_pages() {
+        let memfd = guest::MemfdPlan { name: "t".into(), pages: 4, populated: true };
+        let plan = guest::Plan { memfds: vec![memfd], ..guest::Plan::default() };
+        create_memfds(&plan).unwrap();
+        let v = VmaPlan { name: "m".into(), pages: 4, backing: VmaBacking::Memfd { file: 0 }, ..VmaPlan::default() };
+        let len = 16 * PAGE_SIZE as usize;
+        let res = sys::mmap_anon(0, len, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_NORESERVE).unwrap() as usize;
+        let (a, b) = (map_vma(&v, res).unwrap(), map_vma(&v, res + 8 * PAGE_SIZE as usize).unwrap());
+        let page = PAGE_SIZE as usize;
+        // SAFETY: both mappings are 4 pages long and readable and writable.
+        unsafe { std::ptr::write_volatile(a.add(page) as *mut u64, 42) };
+        // SAFETY: as above.
+        assert_eq!(unsafe { std::ptr::read_volatile(b.add(page) as *const u64) }, 42);
+        assert!(populated(&plan, &v) && !populated(&plan, &VmaPlan::default()));
+    }
+}
