@@ -1,9 +1,10 @@
 //! The memory kinds of a config as the guest builds them: a `memfd` VMA maps, MAP_SHARED, a
 //! memfd init creates before it forks (every mapper of one name maps the same file, as a
 //! vhost-user or virtiofs daemon maps a guest's RAM); a `hugetlbfs` VMA is
-//! mmap(MAP_HUGETLB) of pages from the pool that `hugepages=` reserves on the kernel command
-//! line, node by node as numasim's boot reserves it. guest_memfd needs a real VM and a
-//! memory policy needs mbind(): the guest builds neither.
+//! mmap(MAP_HUGETLB) of 2 MiB pages from the pool that `hugepages=` reserves on the kernel
+//! command line, node by node as numasim's boot reserves it. guest_memfd needs a real VM, a
+//! memory policy needs mbind() and 1 GiB pages a pool the guest's small nodes did not give:
+//! the guest builds none of them.
 
 use guest::{MemfdPlan, ProcessPlan, VmaBacking};
 use sim_core::config::{Backing, Config, HugetlbPage, MemPolicy};
@@ -71,6 +72,13 @@ pub fn assign(c: &Config, processes: &mut [ProcessPlan]) -> Result<Vec<MemfdPlan
         let plan = &mut processes[m.process].vmas[m.vma];
         plan.backing = match m.backing {
             Backing::Anon => VmaBacking::Anon,
+            Backing::Hugetlbfs if m.hugetlb_page == HugetlbPage::Size1G => {
+                return Err(OracleError::Input(format!(
+                    "{}.hugetlb_page = \"1G\": the guest's pool of 1 GiB pages came out empty (mmap ENOMEM in a 6.12 \
+                     boot with `hugepagesz=1G hugepages=0:1,1:0` and 1280 MiB nodes); the oracle builds 2M pages only",
+                    m.at
+                )));
+            }
             Backing::Hugetlbfs => VmaBacking::Hugetlb { page_kib: m.hugetlb_page.mib() * 1024 },
             Backing::Memfd => VmaBacking::Memfd { file: memfd_index(&mut memfds, &all, m, plan.pages) },
             Backing::GuestMemfd => {
@@ -95,38 +103,22 @@ fn memfd_index(memfds: &mut Vec<MemfdPlan>, all: &[Mapping], m: &Mapping, pages:
     memfds.len() - 1
 }
 
-/// The kernel command line that reserves the hugetlbfs VMAs' pages at boot (empty without
-/// any): `hugepagesz=SIZE hugepages=NODE:COUNT,...` per size, 1 GiB pages first, the counts
-/// per node round-robin from node 0 as numasim's hugetlb_reserve() takes them, so the kernel
-/// and the model start from the same pools (hugepages_setup() takes the node form from
-/// 5.16; without it 6.12 splits the count over parallel boot threads that each start at
-/// node 0).
+/// The kernel command line that reserves the hugetlbfs VMAs' 2 MiB pages at boot (empty
+/// without any): `hugepagesz=2M hugepages=NODE:COUNT,...`, the counts per node round-robin
+/// from node 0 as numasim's hugetlb_reserve() takes them, so the kernel and the model start
+/// from the same pools (hugepages_setup() takes the node form from 5.16; without it 6.12
+/// splits the count over parallel boot threads that each start at node 0).
+/// Simplified: a node without room is not passed over, as the model's boot passes it.
 pub fn boot_args(c: &Config) -> String {
-    let nodes = c.machine.nodes as usize;
-    let mut next = 0;
-    let mut out = String::new();
-    for size in [HugetlbPage::Size1G, HugetlbPage::Size2M] {
-        let count: u64 = mappings(c)
-            .iter()
-            .filter(|m| m.backing == Backing::Hugetlbfs && m.hugetlb_page == size)
-            .map(|m| vma_mib(c, m) / size.mib())
-            .sum();
-        if count == 0 {
-            continue;
-        }
-        let mut per_node = vec![0u64; nodes];
-        for _ in 0..count {
-            per_node[next] += 1;
-            next = (next + 1) % nodes;
-        }
-        let counts: Vec<String> = per_node.iter().enumerate().map(|(n, k)| format!("{n}:{k}")).collect();
-        out += &format!(
-            " hugepagesz={} hugepages={}",
-            if size == HugetlbPage::Size1G { "1G" } else { "2M" },
-            counts.join(",")
-        );
+    let huge = mappings(c).into_iter().filter(|m| m.backing == Backing::Hugetlbfs);
+    let count: u64 = huge.map(|m| vma_mib(c, &m) / HugetlbPage::Size2M.mib()).sum();
+    if count == 0 {
+        return String::new();
     }
-    out
+    let nodes = u64::from(c.machine.nodes);
+    let per_node: Vec<String> =
+        (0..nodes).map(|n| format!("{n}:{}", count / nodes + u64::from(n < count % nodes))).collect();
+    format!(" hugepagesz=2M hugepages={}", per_node.join(","))
 }
 
 fn vma_mib(c: &Config, m: &Mapping) -> u64 {
@@ -175,17 +167,21 @@ mod tests {
     }
 
     #[test]
-    fn hugetlbfs_pages_are_reserved_per_node_round_robin_one_gib_first() {
+    fn hugetlbfs_pages_are_reserved_per_node_round_robin_and_1g_pages_are_refused() {
         let c = config(
             "[machine]\nnodes = 2\nmemory_per_node_mib = 4096\n[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"a\"\n\
-             size_mib = 10\nbacking = \"hugetlbfs\"\n[[process.vma]]\nname = \"b\"\nsize_mib = 1024\n\
-             backing = \"hugetlbfs\"\nhugetlb_page = \"1G\"\n",
+             size_mib = 10\nbacking = \"hugetlbfs\"\n[[process.vma]]\nname = \"b\"\nsize_mib = 4\nbacking = \"hugetlbfs\"\n",
         );
-        assert_eq!(boot_args(&c), " hugepagesz=1G hugepages=0:1,1:0 hugepagesz=2M hugepages=0:2,1:3");
+        assert_eq!(boot_args(&c), " hugepagesz=2M hugepages=0:4,1:3");
         let plan = crate::plan::plan_of(&c).unwrap();
-        let kinds: Vec<_> = plan.processes[0].vmas.iter().map(|v| v.backing).collect();
-        assert_eq!(kinds, [VmaBacking::Hugetlb { page_kib: 2048 }, VmaBacking::Hugetlb { page_kib: 1024 * 1024 }]);
+        assert!(plan.processes[0].vmas.iter().all(|v| v.backing == VmaBacking::Hugetlb { page_kib: 2048 }));
         assert_eq!(boot_args(&config(SHARED)), "");
+        let gib = config(
+            "[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"a\"\nsize_mib = 1024\nbacking = \"hugetlbfs\"\n\
+             hugetlb_page = \"1G\"\n",
+        );
+        let Err(OracleError::Input(msg)) = crate::plan::plan_of(&gib) else { panic!("1G pages must be refused") };
+        assert!(msg.contains("process[0].vma[0].hugetlb_page"), "{msg}");
     }
 
     #[test]
