@@ -31,6 +31,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("gupdev-kvm-no-honor", include_str!("../../configs/validate/gupdev-kvm-no-honor.toml")),
     ("gupdev-kvm-memfd", include_str!("../../configs/validate/gupdev-kvm-memfd.toml")),
     ("gupdev-kvm-memfd-no-honor", include_str!("../../configs/validate/gupdev-kvm-memfd-no-honor.toml")),
+    ("gupdev-kvm-memfd-daemon", include_str!("../../configs/validate/gupdev-kvm-memfd-daemon.toml")),
     ("memfd-shared-pull", include_str!("../../configs/validate/memfd-shared-pull.toml")),
     ("hugetlbfs-unscanned", include_str!("../../configs/validate/hugetlbfs-unscanned.toml")),
 ];
