@@ -83,7 +83,7 @@ pub struct Rules {
     /// falls back to the task's (the default policy has MPOL_F_MOF): read in 6.12.117 and
     /// 7.3.4. In 6.1.192 it returns the flag of vm_ops->get_policy()'s policy alone, false
     /// when shmem_get_policy() finds none, so task_numa_work() skips every memfd VMA as
-    /// unsuitable (measured: 41 PTE updates in a boot of memfd-shared-pull, 32850 on 6.12).
+    /// unsuitable (the memory-kind cases of docs/VALIDATION.md show it on both kernels).
     pub shmem_mof_fallback: bool,
     /// The sched-domain level spanning a CPU's package: "DIE" through v6.6, "PKG" from v6.7
     /// ("sched/topology: Rename 'DIE' domain to 'PKG'"); 6.12.117 says PKG, 6.1.192 DIE.
