@@ -53,6 +53,10 @@ pub struct Plan {
     pub start_writes: Vec<(String, String)>,
     /// Load /brd.ko with one ramdisk of this many KiB (O_DIRECT GUP callers need it).
     pub brd_kib: Option<u64>,
+    /// memfds init creates before it forks, so every process inherits them; a
+    /// [`VmaBacking::Memfd`] names one by index.
+    #[serde(default)]
+    pub memfds: Vec<MemfdPlan>,
     /// Secondary MMUs realised by gupdev (load /gupdev.ko), indexed by [`Touch::Smmu`] and
     /// [`RemotePath::Smmu`]; each is one open /dev/gupdev.
     #[serde(default)]
@@ -98,6 +102,30 @@ pub struct VmaPlan {
     /// Registered with userfaultfd RWP (7.3): `Some(rwp_async)`.
     #[serde(default)]
     pub uffd_rwp: Option<bool>,
+    #[serde(default)]
+    pub backing: VmaBacking,
+}
+
+/// What backs a VMA.
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub enum VmaBacking {
+    /// mmap(MAP_PRIVATE | MAP_ANONYMOUS).
+    #[default]
+    Anon,
+    /// [`Plan::memfds`]`[file]`, all of it, mapped MAP_SHARED.
+    Memfd { file: usize },
+    /// mmap(MAP_PRIVATE | MAP_ANONYMOUS | MAP_HUGETLB) of huge pages of `page_kib`, taken
+    /// from the pool `hugepages=` reserved on the kernel command line.
+    Hugetlb { page_kib: u64 },
+}
+
+/// One memfd: its name (memfd_create()'s, shown in /proc/PID/maps) and size.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct MemfdPlan {
+    pub name: String,
+    pub pages: u64,
+    /// A mapper populates it before the start: the others' first touches find its pages.
+    pub populated: bool,
 }
 
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq)]

@@ -58,6 +58,7 @@ fn run(port: &mut DataPort) -> Result<()> {
         return Ok(());
     }
     let pte_walk = pte_walk::time_pte_walk(plan)?;
+    workload::create_memfds(plan)?;
     let shared = Shared::map()?;
     let setup_start = sys::now_ns();
     let children = spawn_children(shared, plan)?;

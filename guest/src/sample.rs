@@ -118,15 +118,18 @@ fn vma_placement(plan: &Plan, shared: &Shared) -> Vec<(String, Vec<u64>)> {
     out
 }
 
-/// Adds a numa_maps line's `N<node>=<pages>` fields to `nodes`.
+/// Adds a numa_maps line's `N<node>=<pages>` fields to `nodes`, in base pages: a hugetlb
+/// VMA's line counts huge pages (gather_hugetlb_stats()), of `kernelpagesize_kB` each.
 fn add_node_counts(line: &str, nodes: &mut [u64]) {
-    for field in line.split(' ') {
-        let Some((k, v)) = field.split_once('=') else { continue };
+    let fields = || line.split(' ').filter_map(|f| f.split_once('='));
+    let page_kib = fields().find(|(k, _)| *k == "kernelpagesize_kB").and_then(|(_, v)| v.parse::<u64>().ok());
+    let scale = page_kib.map_or(1, |kib| (kib * 1024 / PAGE_SIZE).max(1));
+    for (k, v) in fields() {
         let (Some(n), Ok(pages)) = (k.strip_prefix('N').and_then(|n| n.parse::<usize>().ok()), v.parse::<u64>()) else {
             continue;
         };
         if let Some(slot) = nodes.get_mut(n) {
-            *slot += pages;
+            *slot += pages * scale;
         }
     }
 }
@@ -197,4 +200,24 @@ fn sched_numa(dir: &str) -> BTreeMap<String, i64> {
         out.insert(RUNTIME_KEY.to_string(), ns);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::add_node_counts;
+
+    #[test]
+    fn a_hugetlb_line_counts_huge_pages_and_becomes_base_pages() {
+        let mut nodes = vec![0; 2];
+        add_node_counts(
+            "7f0000200000 default file=/anon_hugepage\\040(deleted) huge dirty=3 N0=2 N1=1 kernelpagesize_kB=2048",
+            &mut nodes,
+        );
+        assert_eq!(nodes, [1024, 512]);
+        add_node_counts(
+            "7f0000a00000 default file=/memfd:ring\\040(deleted) dirty=4 N0=3 N1=1 kernelpagesize_kB=4",
+            &mut nodes,
+        );
+        assert_eq!(nodes, [1027, 513]);
+    }
 }

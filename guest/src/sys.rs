@@ -81,6 +81,27 @@ pub fn mmap_anon(addr: usize, len: usize, prot: i32, flags: i32) -> Result<*mut 
     if p == libc::MAP_FAILED { Err(os_err(&format!("mmap({len} bytes)"))) } else { Ok(p as *mut u8) }
 }
 
+/// A memfd of `len` bytes, left open for the children forked after it to map.
+pub fn memfd(name: &str, len: u64) -> Result<i32> {
+    // SAFETY: memfd_create takes a NUL-terminated name and returns a descriptor or -1.
+    let fd = unsafe { libc::memfd_create(cstr(name).as_ptr(), 0) };
+    if fd < 0 {
+        return Err(os_err(&format!("memfd_create({name})")));
+    }
+    // SAFETY: fd was just opened.
+    if unsafe { libc::ftruncate(fd, len as libc::off_t) } < 0 {
+        return Err(os_err(&format!("ftruncate(memfd {name}, {len})")));
+    }
+    Ok(fd)
+}
+
+pub fn mmap_shared(addr: usize, len: usize, prot: i32, fd: i32) -> Result<*mut u8> {
+    let flags = libc::MAP_SHARED | libc::MAP_FIXED;
+    // SAFETY: a file mapping placed inside our own reservation (MAP_FIXED).
+    let p = unsafe { libc::mmap(addr as *mut libc::c_void, len, prot, flags, fd, 0) };
+    if p == libc::MAP_FAILED { Err(os_err(&format!("mmap(memfd, {len} bytes)"))) } else { Ok(p as *mut u8) }
+}
+
 pub fn madvise(addr: *mut u8, len: usize, advice: i32, what: &str) -> Result<()> {
     // SAFETY: the range is one of our mappings.
     let r = unsafe { libc::madvise(addr as *mut libc::c_void, len, advice) };

@@ -1,10 +1,10 @@
 //! One workload process: its VMAs carved out of a PROT_NONE reservation, populated by first
 //! touch on their node, its threads touching them, and its mprotect/munmap actions.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
-use guest::{ActionKind, ActionPlan, PAGE_SIZE, ProcessPlan, ThreadPlan, Touch, VmaPlan, page_content};
+use guest::{ActionKind, ActionPlan, PAGE_SIZE, ProcessPlan, ThreadPlan, Touch, VmaBacking, VmaPlan, page_content};
 
 use crate::smmu::{Smmu, Walk};
 use crate::sys::{self, Result, Rng, Shared};
@@ -14,6 +14,14 @@ use crate::uffd::Uffd;
 static RESERVED_START: AtomicUsize = AtomicUsize::new(0);
 static RESERVED_END: AtomicUsize = AtomicUsize::new(0);
 static SHARED: AtomicUsize = AtomicUsize::new(0);
+/// The plan's memfds, by index, as init created them before forking.
+static MEMFDS: OnceLock<Vec<i32>> = OnceLock::new();
+
+/// Creates the plan's memfds (in init, before any fork, so that every process inherits them).
+pub fn create_memfds(plan: &guest::Plan) -> Result<()> {
+    let fds = plan.memfds.iter().map(|m| sys::memfd(&m.name, m.pages * PAGE_SIZE)).collect::<Result<Vec<_>>>()?;
+    MEMFDS.set(fds).map_err(|_| "the memfds were created twice".to_string())
+}
 
 /// A VMA as mapped: its address and plan.
 #[derive(Clone, Copy)]
@@ -46,8 +54,7 @@ pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usiz
         .map(|(ti, t)| {
             let (t, v, ts) = (t.clone(), vmas[t.vma], &shared.threads[first_slot + ti]);
             let seed = plan.seed ^ ((first_slot + ti) as u64) << 32;
-            let (base, salt, classes, populated) =
-                (v.base, v.salt, v.plan.content_classes, v.plan.populate_node.is_some());
+            let (base, salt, classes, populated) = (v.base, v.salt, v.plan.content_classes, populated(plan, v.plan));
             let smmu = match t.touch {
                 Touch::Smmu { smmu } => smmus.iter().find(|(i, _)| *i == smmu).map(|(_, d)| Arc::clone(d)),
                 _ => None,
@@ -84,21 +91,20 @@ pub fn node_cpus(plan: &guest::Plan, node: u32) -> Vec<u32> {
 }
 
 /// Maps every VMA at its own place in one PROT_NONE reservation, at least a guard page apart
-/// (adjacent anonymous VMAs with equal flags would merge) and 2 MiB aligned (so THP, when
-/// enabled, can back all of it).
+/// (adjacent anonymous VMAs with equal flags would merge) and aligned to 2 MiB (so THP, when
+/// enabled, can back all of it) or to its huge page size.
 fn map_vmas(p: &ProcessPlan, pi: usize) -> Result<Vec<Mapped<'_>>> {
-    const HUGE: usize = 2 << 20;
-    let span = |v: &VmaPlan| ((v.pages * PAGE_SIZE) as usize + PAGE_SIZE as usize).next_multiple_of(HUGE);
-    let len = p.vmas.iter().map(span).sum::<usize>() + 2 * HUGE;
+    let span = |v: &VmaPlan| ((v.pages * PAGE_SIZE) as usize + PAGE_SIZE as usize).next_multiple_of(alignment(v));
+    let len = p.vmas.iter().map(|v| span(v) + alignment(v)).sum::<usize>() + PAGE_SIZE as usize;
     let res = sys::mmap_anon(0, len, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_NORESERVE)? as usize;
     RESERVED_START.store(res, Ordering::Relaxed);
     RESERVED_END.store(res + len, Ordering::Relaxed);
-    let mut at = (res + PAGE_SIZE as usize).next_multiple_of(HUGE);
+    let mut at = res + PAGE_SIZE as usize;
     let mut out = Vec::new();
     for (vi, v) in p.vmas.iter().enumerate() {
+        at = at.next_multiple_of(alignment(v));
         let bytes = (v.pages * PAGE_SIZE) as usize;
-        let rw = libc::PROT_READ | libc::PROT_WRITE;
-        let base = sys::mmap_anon(at, bytes, rw, libc::MAP_PRIVATE | libc::MAP_FIXED)?;
+        let base = map_vma(v, at)?;
         if v.mergeable {
             sys::madvise(base, bytes, libc::MADV_MERGEABLE, "madvise(MADV_MERGEABLE)")?;
         }
@@ -111,6 +117,45 @@ fn map_vmas(p: &ProcessPlan, pi: usize) -> Result<Vec<Mapped<'_>>> {
         at += span(v);
     }
     Ok(out)
+}
+
+fn alignment(v: &VmaPlan) -> usize {
+    const HUGE: usize = 2 << 20;
+    match v.backing {
+        VmaBacking::Hugetlb { page_kib } => (page_kib as usize * 1024).max(HUGE),
+        VmaBacking::Anon | VmaBacking::Memfd { .. } => HUGE,
+    }
+}
+
+/// mmap()s `v` at `at` as its backing says.
+fn map_vma(v: &VmaPlan, at: usize) -> Result<*mut u8> {
+    let (bytes, rw) = ((v.pages * PAGE_SIZE) as usize, libc::PROT_READ | libc::PROT_WRITE);
+    match v.backing {
+        VmaBacking::Anon => sys::mmap_anon(at, bytes, rw, libc::MAP_PRIVATE | libc::MAP_FIXED),
+        VmaBacking::Memfd { file } => {
+            let fd = MEMFDS
+                .get()
+                .and_then(|fds| fds.get(file))
+                .ok_or(format!("{}: memfd {file} was not created", v.name))?;
+            sys::mmap_shared(at, bytes, rw, *fd)
+        }
+        VmaBacking::Hugetlb { page_kib } => {
+            // MAP_HUGE_* is log2 of the page size above MAP_HUGE_SHIFT.
+            let size = ((page_kib * 1024).trailing_zeros() as i32) << libc::MAP_HUGE_SHIFT;
+            let flags = libc::MAP_PRIVATE | libc::MAP_FIXED | libc::MAP_HUGETLB | size;
+            sys::mmap_anon(at, bytes, rw, flags).map_err(|e| format!("{}: {e} (the hugetlb pool is short?)", v.name))
+        }
+    }
+}
+
+/// Whether `v`'s pages are there before the start: populated by this process, or, for a
+/// memfd, by another of its mappers.
+fn populated(plan: &guest::Plan, v: &VmaPlan) -> bool {
+    let by_another = match v.backing {
+        VmaBacking::Memfd { file } => plan.memfds.get(file).is_some_and(|m| m.populated),
+        VmaBacking::Anon | VmaBacking::Hugetlb { .. } => false,
+    };
+    v.populate_node.is_some() || by_another
 }
 
 /// First-touches every page of `v` from a thread bound to `cpus`, writing its content.
@@ -350,5 +395,29 @@ extern "C" fn on_segv(_sig: i32, info: *mut libc::siginfo_t, _ctx: *mut libc::c_
         }
         let ts = libc::timespec { tv_sec: 0, tv_nsec: 1_000_000 };
         libc::nanosleep(&ts, std::ptr::null_mut());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two mappings of one memfd are one set of pages: a store through one is a load through
+    /// the other, and the pages another mapper populated count as populated.
+    #[test]
+    fn two_mappings_of_one_memfd_share_their_pages() {
+        let memfd = guest::MemfdPlan { name: "t".into(), pages: 4, populated: true };
+        let plan = guest::Plan { memfds: vec![memfd], ..guest::Plan::default() };
+        create_memfds(&plan).unwrap();
+        let v = VmaPlan { name: "m".into(), pages: 4, backing: VmaBacking::Memfd { file: 0 }, ..VmaPlan::default() };
+        let len = 16 * PAGE_SIZE as usize;
+        let res = sys::mmap_anon(0, len, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_NORESERVE).unwrap() as usize;
+        let (a, b) = (map_vma(&v, res).unwrap(), map_vma(&v, res + 8 * PAGE_SIZE as usize).unwrap());
+        let page = PAGE_SIZE as usize;
+        // SAFETY: both mappings are 4 pages long and readable and writable.
+        unsafe { std::ptr::write_volatile(a.add(page) as *mut u64, 42) };
+        // SAFETY: as above.
+        assert_eq!(unsafe { std::ptr::read_volatile(b.add(page) as *const u64) }, 42);
+        assert!(populated(&plan, &v) && !populated(&plan, &VmaPlan::default()));
     }
 }

@@ -13,6 +13,7 @@ pub mod guest_bin;
 pub mod gupdev;
 pub mod initramfs;
 pub mod kernel;
+pub mod kinds;
 pub mod newer;
 pub mod plan;
 pub mod qemu;
@@ -238,7 +239,7 @@ fn run_attempt(
 ) -> Result<KernelRun, OracleError> {
     let mut plan = plan::plan_of(cfg)?;
     let mut machine = machine_of(cfg)?;
-    machine.cmdline = trace.as_ref().map_or(String::new(), trace_cmdline);
+    machine.cmdline = kinds::boot_args(cfg) + &trace.as_ref().map_or(String::new(), trace_cmdline);
     plan.trace = trace;
     // Before anything boots: a kernel the module cannot be built for is bad input.
     let gupdev = if plan.smmus.is_empty() { None } else { Some(gupdev::module_for(k)?) };

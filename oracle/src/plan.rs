@@ -6,9 +6,8 @@ use guest::{
     Touch, VmaPlan,
 };
 use sim_core::config::{
-    Access, Backing, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HOT_THRESHOLD_MS, HugepageAdvice,
-    MachineConfig, MainThread, NotifierMode, PROMOTE_RATE_LIMIT_MBPS, PatternKind, Syscall, Thp, ThreadConfig,
-    VmConfig, VmaConfig,
+    Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HOT_THRESHOLD_MS, HugepageAdvice, MachineConfig,
+    MainThread, NotifierMode, PROMOTE_RATE_LIMIT_MBPS, PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
 };
 
 use workloads::Placer;
@@ -28,13 +27,6 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
             "process[{pi}].main_thread = \"first\" (`{}`): the guest runs every configured thread as a \
              clone of an idle main thread; use main_thread = \"idle\" to validate",
             p.name
-        )));
-    }
-    let kinds = c.process.iter().flat_map(|p| p.vma.iter().map(|v| v.backing)).chain(c.vm.iter().map(|v| v.backing));
-    if let Some(b) = kinds.into_iter().find(|&b| b != Backing::Anon) {
-        return Err(OracleError::Input(format!(
-            "backing = \"{}\": the guest builds anonymous memory only; memfd, hugetlbfs and guest_memfd run in the model",
-            b.name()
         )));
     }
     let m = &c.machine;
@@ -60,6 +52,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
     for vm in &c.vm {
         processes.push(kvm_process(c, vm, processes.len(), &mut smmus, &mut placer));
     }
+    let memfds = crate::kinds::assign(c, &mut processes)?;
     for u in &c.userfaultfd {
         let (pi, vi) = locate(c, &u.process, &u.vma);
         processes[pi].vmas[vi].uffd_rwp = Some(u.rwp_async);
@@ -125,6 +118,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         writes: writes(c),
         start_writes: vec![(NUMA_BALANCING.into(), c.kernel.numa_balancing.mode().to_string())],
         brd_kib,
+        memfds,
         smmus,
         processes,
         remote_callers,
@@ -141,11 +135,12 @@ fn vma_plan(v: &VmaConfig) -> VmaPlan {
         content_classes: v.content_classes,
         hugepage: v.hugepage.map(|h| h == HugepageAdvice::Madvise),
         uffd_rwp: None,
+        backing: guest::VmaBacking::Anon,
     }
 }
 
 /// A `[[vm]]` as a KVM-like guest-memory toucher: a process whose one VMA `ram` is the guest
-/// memory and whose vCPU threads touch it through one gupdev secondary MMU (its EPT): a
+/// memory (its backing set by [`crate::kinds::assign`]) and whose vCPU threads touch it through one gupdev secondary MMU (its EPT): a
 /// miss maps the page by GUP from the vCPU thread with FOLL_HONOR_NUMA_FAULT when
 /// `kvm.honor_numa_fault` says KVM passes it (hva_to_pfn_slow()), FOLL_WRITE for a guest
 /// that writes. No guest kernel runs: the vCPUs are the scenario's touch pattern.
@@ -503,13 +498,6 @@ mod tests {
         let c = config("[[process]]\nname = \"p\"\nmain_thread = \"first\"\n");
         let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("main_thread = first must be refused") };
         assert!(msg.contains("process[0].main_thread"), "{msg}");
-    }
-
-    #[test]
-    fn memory_kinds_the_guest_cannot_build_are_refused() {
-        let c = config("[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"b\"\nsize_mib = 8\nbacking = \"memfd\"\n");
-        let Err(OracleError::Input(msg)) = plan_of(&c) else { panic!("a memfd VMA must be refused") };
-        assert!(msg.contains("backing = \"memfd\""), "{msg}");
     }
 
     #[test]

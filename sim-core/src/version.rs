@@ -112,6 +112,12 @@ pub struct Rules {
     pub prot_numa_pinned_shared: bool,
     /// KVM's guest_memfd with a NUMA memory policy (6.18+): a `[[vm]]` may be backed by it.
     pub guest_memfd: bool,
+    /// vma_policy_mof() asks __get_vma_policy() and, for a shmem VMA without a shared policy,
+    /// falls back to the task's (the default policy has MPOL_F_MOF): read in 6.12.117 and
+    /// 7.3.4. In 6.1.192 it returns the flag of vm_ops->get_policy()'s policy alone, false
+    /// when shmem_get_policy() finds none, so task_numa_work() skips every memfd VMA as
+    /// unsuitable (the memory-kind cases of docs/VALIDATION.md show it on both kernels).
+    pub shmem_mof_fallback: bool,
     /// The sched-domain level spanning a CPU's package: "DIE" through v6.6, "PKG" from v6.7
     /// ("sched/topology: Rename 'DIE' domain to 'PKG'"); 6.12.117 says PKG, 6.1.192 DIE.
     pub pkg_domain_name: &'static str,
@@ -197,6 +203,9 @@ const PROT_NUMA_PINNED_SHARED: &[Span] = &[Mainline(r(6, 19, 0))];
 /// guest_memfd with a NUMA policy of its own (kvm_gmem_get_policy(), "KVM: guest_memfd:
 /// Enforce NUMA mempolicy using shared policy", v6.18). Read in 7.3.4.
 const GUEST_MEMFD_MEMPOLICY: &[Span] = &[Mainline(r(6, 18, 0))];
+/// vma_policy_mof()'s task-policy fallback for shmem: read in 6.12.117 (present) and
+/// 6.1.192 (absent); the release between that brought it was not checked.
+const SHMEM_MOF_FALLBACK: &[Span] = &[Mainline(r(6, 12, 0))];
 /// v6.7, "sched/topology: Rename 'DIE' domain to 'PKG'".
 const PKG_DOMAIN: &[Span] = &[Mainline(r(6, 7, 0))];
 /// v6.10's rename of SD_SHARE_PKG_RESOURCES to SD_SHARE_LLC.
@@ -251,6 +260,7 @@ impl Rules {
             hmat_adistance: on(HMAT_ADISTANCE),
             prot_numa_pinned_shared: on(PROT_NUMA_PINNED_SHARED),
             guest_memfd: on(GUEST_MEMFD_MEMPOLICY),
+            shmem_mof_fallback: on(SHMEM_MOF_FALLBACK),
             pkg_domain_name: if on(PKG_DOMAIN) { "PKG" } else { "DIE" },
             sd_share_llc_name: if on(SD_SHARE_LLC) { "SD_SHARE_LLC" } else { "SD_SHARE_PKG_RESOURCES" },
             lb_6_12: on(LB_6_12),

@@ -29,6 +29,11 @@ pub const CASES: &[(&str, &str)] = &[
     ("gupdev-mprotect-unconditional", include_str!("../../configs/validate/gupdev-mprotect-unconditional.toml")),
     ("gupdev-kvm-honor", include_str!("../../configs/validate/gupdev-kvm-honor.toml")),
     ("gupdev-kvm-no-honor", include_str!("../../configs/validate/gupdev-kvm-no-honor.toml")),
+    ("gupdev-kvm-memfd", include_str!("../../configs/validate/gupdev-kvm-memfd.toml")),
+    ("gupdev-kvm-memfd-no-honor", include_str!("../../configs/validate/gupdev-kvm-memfd-no-honor.toml")),
+    ("gupdev-kvm-memfd-daemon", include_str!("../../configs/validate/gupdev-kvm-memfd-daemon.toml")),
+    ("memfd-shared-pull", include_str!("../../configs/validate/memfd-shared-pull.toml")),
+    ("hugetlbfs-unscanned", include_str!("../../configs/validate/hugetlbfs-unscanned.toml")),
 ];
 
 /// A validation case by name, else a scenario (built-in or path) as `numasim run` takes it.

@@ -98,6 +98,17 @@ fn a_memfd_mapped_by_two_processes_shares_its_frames_and_its_faults() {
     assert_eq!(joined_across(&mut sim), 0);
 }
 
+/// 6.1's vma_policy_mof() has no task-policy fallback for shmem: the memfd is never
+/// scanned there, while 6.12 scans it.
+#[test]
+fn a_memfd_is_unsuitable_for_the_scanner_on_6_1() {
+    let (_, out) = run(&config(TWO_MAPPERS, &["kernel.version=6.1-debian12"]));
+    assert_eq!(metric(&out, "vmstat.numa_pte_updates"), 0.0);
+    assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
+    let (_, out) = run(&config(TWO_MAPPERS, &["kernel.version=6.12"]));
+    assert!(metric(&out, "vmstat.numa_pte_updates") > 0.0);
+}
+
 /// Threads in another process's numa group.
 fn joined_across(sim: &mut Sim) -> usize {
     let mut q = sim.world.query::<&TaskNuma>();

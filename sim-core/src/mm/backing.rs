@@ -8,7 +8,7 @@
 //! | kind | task_numa_work() | change_pte_range() | do_numa_page() | migration |
 //! |---|---|---|---|---|
 //! | anon | scanned | pinned or shared COW folios skipped | private | yes |
-//! | memfd (shmem, MAP_SHARED) | scanned (vma_migratable(), MOF from the task policy) | no single-threaded target node; pinned folios made protnone up to 6.18, skipped from 6.19 (folio_can_map_prot_numa()) | TNF_SHARED when another mm maps the folio | yes (shmem is not file LRU: no VM_EXEC or dirty refusal) |
+//! | memfd (shmem, MAP_SHARED) | scanned (vma_migratable(), MOF from the task policy) from 6.12; 6.1 skips it, `unsuitable` (vma_policy_mof() without the fallback) | no single-threaded target node; pinned folios made protnone up to 6.18, skipped from 6.19 (folio_can_map_prot_numa()) | TNF_SHARED when another mm maps the folio | yes (shmem is not file LRU: no VM_EXEC or dirty refusal) |
 //! | hugetlbfs | skipped, `unsuitable` (is_vm_hugetlb_page()) | never reached | never | never by balancing |
 //! | guest_memfd (6.18+) | not in the address space | never reached | never | unmovable (GFP_HIGHUSER) |
 //!

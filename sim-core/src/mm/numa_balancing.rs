@@ -237,7 +237,13 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
         let nr_vmas = k.mm(mm_e).vmas.len();
         let mut stopped = false;
         while vi < nr_vmas {
-            let verdict = vma_verdict(filter, &mut k.mm(mm_e), vi, pid, now, scan_delay, forced);
+            // vma_policy_mof() without the task-policy fallback: a memfd (shmem) VMA has no
+            // shared policy, so it is unsuitable.
+            let verdict = if !k.rules.shmem_mof_fallback && k.mm(mm_e).vmas[vi].backing == Backing::Memfd {
+                VmaVerdict::Skip(NumabSkip::Unsuitable)
+            } else {
+                vma_verdict(filter, &mut k.mm(mm_e), vi, pid, now, scan_delay, forced)
+            };
             match verdict {
                 VmaVerdict::Skip(reason) => {
                     trace_skip_vma(k, mm_e, vi, reason);
