@@ -46,6 +46,9 @@ pub struct Plan {
     pub sample_ms: u64,
     pub nodes: u32,
     pub cpus_per_node: u32,
+    /// CPU-less nodes, numbered after the `nodes` CPU nodes.
+    #[serde(default)]
+    pub memory_nodes: u32,
     /// Files written in order before the workload starts (sysctls, debugfs knobs, sysfs).
     pub writes: Vec<(String, String)>,
     /// Files written at the workload's start, after setting up (NUMA balancing goes on here,

@@ -29,6 +29,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("gupdev-mprotect-unconditional", include_str!("../../configs/validate/gupdev-mprotect-unconditional.toml")),
     ("gupdev-kvm-honor", include_str!("../../configs/validate/gupdev-kvm-honor.toml")),
     ("gupdev-kvm-no-honor", include_str!("../../configs/validate/gupdev-kvm-no-honor.toml")),
+    ("tiering-promote", include_str!("../../configs/validate/tiering-promote.toml")),
 ];
 
 /// A validation case by name, else a scenario (built-in or path) as `numasim run` takes it.
