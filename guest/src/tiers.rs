@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-pub const TIERS_DIR: &str = "/sys/devices/virtual/memory_tiering";
+use guest::MEMORY_TIERING_DIR as TIERS_DIR;
 
 /// Each node's tier id (the N of memory_tierN, adistance / MEMTIER_CHUNK_SIZE).
 pub fn node_tiers() -> BTreeMap<u32, u32> {

@@ -47,8 +47,8 @@ pub fn at_start(cpus: u32, processes: &[(String, i32)]) -> BTreeMap<String, Stri
     }
     read_into(&mut files, SCHEDSTATS);
     read_into(&mut files, "/proc/schedstat");
-    for tier in subdirs(crate::tiers::TIERS_DIR, "memory_tier") {
-        read_into(&mut files, &format!("{}/{tier}/nodelist", crate::tiers::TIERS_DIR));
+    for tier in subdirs(guest::MEMORY_TIERING_DIR, "memory_tier") {
+        read_into(&mut files, &format!("{}/{tier}/nodelist", guest::MEMORY_TIERING_DIR));
     }
     files.insert(TASKS_FILE.into(), task_schedstats());
     for (name, pid) in processes {

@@ -586,12 +586,12 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
 
 /// Each memory tier's node list as the guest read it at the start (`memory_tier4`: `0`).
 fn memory_tiers(files: &BTreeMap<String, String>) -> BTreeMap<String, String> {
-    let tier = |path: &str| Some(path.strip_prefix(TIERS_DIR)?.strip_suffix("/nodelist")?.to_string());
+    let tier = |path: &str| {
+        let rest = path.strip_prefix(guest::MEMORY_TIERING_DIR)?.strip_prefix('/')?;
+        Some(rest.strip_suffix("/nodelist")?.to_string())
+    };
     files.iter().filter_map(|(path, list)| Some((tier(path)?, list.clone()))).collect()
 }
-
-/// Where the guest reads the tiers (mm/memory-tiers.c's sysfs).
-const TIERS_DIR: &str = "/sys/devices/virtual/memory_tiering/";
 
 /// A kernel run's files through the contract's one writer; a temporary file is removed also
 /// on a SIGINT or SIGTERM.
@@ -623,8 +623,8 @@ mod tests {
     #[test]
     fn guest_json_names_each_tier_and_its_nodes() {
         let files = BTreeMap::from([
-            (format!("{TIERS_DIR}memory_tier4/nodelist"), "0".to_string()),
-            (format!("{TIERS_DIR}memory_tier11/nodelist"), "1".to_string()),
+            (format!("{}/memory_tier4/nodelist", guest::MEMORY_TIERING_DIR), "0".to_string()),
+            (format!("{}/memory_tier11/nodelist", guest::MEMORY_TIERING_DIR), "1".to_string()),
             ("/proc/schedstat".to_string(), "version 15".to_string()),
         ]);
         let tiers: Vec<_> = memory_tiers(&files).into_iter().collect();
