@@ -29,7 +29,9 @@ pub fn markdown(m: &Manifest) -> String {
         "---|".repeat(m.kernels.len())
     );
     for c in &m.cases {
-        let cells: Vec<String> = c.outcomes.iter().map(verdict_cell).collect();
+        // By kernel, not by position: `--all` skips a case on a kernel that cannot run it.
+        let cell = |k: &String| c.outcomes.iter().find(|o| &o.kernel == k).map_or("skipped".into(), verdict_cell);
+        let cells: Vec<String> = m.kernels.iter().map(cell).collect();
         let _ = writeln!(r, "| {} | {} |", c.case, cells.join(" | "));
     }
     for c in &m.cases {
@@ -299,6 +301,18 @@ mod tests {
                 outcomes: vec![outcome(repeat)],
             }],
         }
+    }
+
+    /// A case `--all` skipped on the first kernel keeps its verdict under the second.
+    #[test]
+    fn a_skipped_kernel_leaves_its_own_cell() {
+        let mut m = manifest(1);
+        m.kernels = vec!["6.1".into(), "6.12".into()];
+        m.cases[0].outcomes[0].kernel = "6.12".into();
+        let md = markdown(&m);
+        let row = md.lines().find(|l| l.starts_with("| mprotect-toggle |")).unwrap();
+        let first = verdict_cell(&m.cases[0].outcomes[0]);
+        assert_eq!(row, format!("| mprotect-toggle | skipped | {first} |"), "{md}");
     }
 
     #[test]
