@@ -89,3 +89,54 @@ fn one_gup_case_end_to_end_on_a_real_kernel() {
         "{table}"
     );
 }
+
+/// A CPU-less node is a lower tier only on kernels with HMAT's abstract distance (6.7 on):
+/// `validate` refuses it on 6.1 before anything boots, and `--all` skips that pair.
+#[test]
+fn a_cpu_less_node_is_refused_on_6_1_before_anything_boots() {
+    if let Some(why) = oracle_missing("6.1") {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let out = scratch("tiering-6.1").join("v");
+    let e = rejected(&["validate", "tiering-promote", "--kernel", "6.1", "--out", s(&out)]);
+    assert!(e.contains("machine.memory_node") && e.contains("DRAM's tier"), "{e}");
+    assert!(!out.exists(), "nothing is written");
+}
+
+/// The tiering case on a real kernel: QEMU's HMAT puts the CPU-less node in a lower tier,
+/// the guest reports it and the promotion counters; a node HMAT puts in DRAM's tier (110 ns
+/// against 100: abstract distance 633, memory_tier4) is refused with exit status 2.
+#[test]
+fn the_tiering_case_on_a_real_kernel_reports_tiers_and_promotions() {
+    if let Some(why) = oracle_missing("6.12") {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let dir = scratch("validate-tiering");
+    let out = numasim(&["validate", "tiering-promote", "--kernel", "6.12", "--out", s(&dir)]);
+    let code = out.status.code();
+    assert!(matches!(code, Some(0 | 3)), "exit {code:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+    };
+    let guest = read("6.12/kernel/guest.json");
+    let tiers = guest["memory_tiers"].as_object().unwrap();
+    let tier_of = |node: &str| tiers.iter().find(|(_, list)| list.as_str() == Some(node)).map(|(t, _)| t.clone());
+    assert_eq!(tier_of("0").as_deref(), Some("memory_tier4"), "{tiers:?}");
+    assert!(tier_of("1").is_some_and(|t| t != "memory_tier4"), "{tiers:?}");
+    let summary = read("6.12/kernel/summary.json");
+    assert!(summary["vmstat"]["pgpromote_success"].as_u64().unwrap() > 0, "{summary}");
+    assert_eq!(summary["hint_faults_by_tier"]["toptier"], 0);
+    let e = rejected(&[
+        "validate",
+        "tiering-promote",
+        "--kernel",
+        "6.12",
+        "--set",
+        "machine.memory_node.0.latency_ns=110",
+        "--out",
+        s(&dir.join("dram")),
+    ]);
+    assert!(e.contains("CPU-less node 1 in memory_tier4"), "{e}");
+}

@@ -32,6 +32,10 @@ pub const MAX_THREADS: usize = 512;
 /// task, `pid tid ppid cpus_allowed comm`, then the three fields of its
 /// /proc/PID/task/TID/schedstat (run ns, wait ns, timeslices).
 pub const TASKS_FILE: &str = "tasks:schedstat";
+
+/// The memory tiers the kernel built (mm/memory-tiers.c): `memory_tierN/nodelist` each, read
+/// by the guest at the start and named by the host in guest.json.
+pub const MEMORY_TIERING_DIR: &str = "/sys/devices/virtual/memory_tiering";
 /// Most VMAs per process.
 pub const MAX_VMAS: usize = 16;
 /// Most processes (workload processes and GUP-caller processes).
@@ -46,6 +50,9 @@ pub struct Plan {
     pub sample_ms: u64,
     pub nodes: u32,
     pub cpus_per_node: u32,
+    /// CPU-less nodes, numbered after the `nodes` CPU nodes.
+    #[serde(default)]
+    pub memory_nodes: u32,
     /// Files written in order before the workload starts (sysctls, debugfs knobs, sysfs).
     pub writes: Vec<(String, String)>,
     /// Files written at the workload's start, after setting up (NUMA balancing goes on here,

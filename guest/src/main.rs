@@ -7,6 +7,7 @@ mod remote;
 mod sample;
 mod smmu;
 mod sys;
+mod tiers;
 mod topology;
 mod tracefs;
 mod uffd;
@@ -52,6 +53,13 @@ fn run(port: &mut DataPort) -> Result<()> {
     // A kernel with brd built in takes its size from the command line instead.
     if let Some(kib) = plan.brd_kib.filter(|_| std::path::Path::new(guest::BRD_PATH).is_file()) {
         sys::load_module(guest::BRD_PATH, &format!("rd_nr=1 rd_size={kib}"))?;
+    }
+    if plan.memory_nodes > 0 {
+        let tiers = tiers::node_tiers();
+        if let Err(message) = tiers::check_lower(&tiers, plan.nodes, plan.memory_nodes) {
+            port.send(&Frame::Unsupported { message });
+            return Ok(());
+        }
     }
     if let Err(message) = smmu::load_module(plan) {
         port.send(&Frame::Unsupported { message });

@@ -69,13 +69,14 @@ fn smmus(plan: &Plan, shared: &Shared) -> Vec<SmmuSample> {
 }
 
 /// The vmstat lines numasim has names for, and their neighbours: numa_*, pgmigrate_*,
-/// thp_*, cow_ksm.
+/// thp_*, cow_ksm, and memory tiering's pgpromote_* and pgdemote_*.
 fn vmstat() -> BTreeMap<String, u64> {
     let text = std::fs::read_to_string("/proc/vmstat").unwrap_or_default();
     text.lines()
         .filter_map(|l| l.split_once(' '))
         .filter(|(k, _)| {
-            k.starts_with("numa_") || k.starts_with("pgmigrate_") || k.starts_with("thp_") || *k == "cow_ksm"
+            ["numa_", "pgmigrate_", "thp_", "pgpromote_", "pgdemote_"].iter().any(|p| k.starts_with(p))
+                || *k == "cow_ksm"
         })
         .filter_map(|(k, v)| Some((k.to_string(), v.trim().parse().ok()?)))
         .collect()
@@ -105,7 +106,7 @@ fn vma_placement(plan: &Plan, shared: &Shared) -> Vec<(String, Vec<u64>)> {
         for (vi, v) in p.vmas.iter().enumerate() {
             let base = shared.procs[pi].vma_base[vi].load(Ordering::Relaxed);
             let range = base..base + v.pages * PAGE_SIZE;
-            let mut nodes = vec![0u64; plan.nodes as usize];
+            let mut nodes = vec![0u64; (plan.nodes + plan.memory_nodes) as usize];
             for line in maps.lines() {
                 let start = line.split(' ').next().and_then(|a| u64::from_str_radix(a, 16).ok());
                 if start.is_some_and(|s| range.contains(&s)) {

@@ -63,6 +63,18 @@ pub fn set_affinity(cpus: &[u32], nr_cpus: u32) -> Result<()> {
     if r < 0 { Err(os_err(&format!("sched_setaffinity({cpus:?})"))) } else { Ok(()) }
 }
 
+/// Binds the calling thread's allocations to `node` (set_mempolicy(MPOL_BIND)): a CPU-less
+/// node has no CPU whose first touch would place them there.
+pub fn bind_memory(node: u32) -> Result<()> {
+    let mask: u64 = 1 << node;
+    // SAFETY: the mask is one word and maxnode (64) says so.
+    let r = unsafe { libc::syscall(libc::SYS_set_mempolicy, libc::MPOL_BIND, &mask as *const u64, 64u64) };
+    if r != 0 {
+        return Err(os_err(&format!("set_mempolicy(MPOL_BIND, node {node})")));
+    }
+    Ok(())
+}
+
 pub fn mount(src: &str, target: &str, fstype: &str) -> Result<()> {
     let _ = std::fs::create_dir_all(target);
     let (s, t, f) = (cstr(src), cstr(target), cstr(fstype));

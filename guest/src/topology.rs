@@ -25,7 +25,7 @@ const DOMAIN_FILES: [&str; 9] = [
 ];
 
 /// Every CPU's cache levels and sharing, every sched domain's name, flags and tunables
-/// (debugfs, with CONFIG_SCHED_DEBUG), /proc/schedstat, and each workload process's /proc/PID/maps keyed
+/// (debugfs, with CONFIG_SCHED_DEBUG), /proc/schedstat, each memory tier's node list, and each workload process's /proc/PID/maps keyed
 /// `maps:<process>` (`processes`: name and pid). The domains' load-balancing counters
 /// (lb_count, lb_gained, ...) count only with schedstats on, which the oracle's kernel
 /// command line asks for (`schedstats=enable`; the sysctl's value is kept to show it).
@@ -47,6 +47,9 @@ pub fn at_start(cpus: u32, processes: &[(String, i32)]) -> BTreeMap<String, Stri
     }
     read_into(&mut files, SCHEDSTATS);
     read_into(&mut files, "/proc/schedstat");
+    for tier in subdirs(guest::MEMORY_TIERING_DIR, "memory_tier") {
+        read_into(&mut files, &format!("{}/{tier}/nodelist", guest::MEMORY_TIERING_DIR));
+    }
     files.insert(TASKS_FILE.into(), task_schedstats());
     for (name, pid) in processes {
         if let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/maps")) {

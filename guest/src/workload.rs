@@ -42,7 +42,7 @@ pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usiz
     install_segv_handler(shared);
     for (vi, v) in vmas.iter().enumerate() {
         if let Some(node) = v.plan.populate_node {
-            populate(v, &node_cpus(plan, node), nr_cpus)?;
+            populate(v, plan, node)?;
         }
         slot.vma_base[vi].store(v.base as u64, Ordering::Relaxed);
     }
@@ -158,12 +158,20 @@ fn populated(plan: &guest::Plan, v: &VmaPlan) -> bool {
     v.populate_node.is_some() || by_another
 }
 
-/// First-touches every page of `v` from a thread bound to `cpus`, writing its content.
-fn populate(v: &Mapped<'_>, cpus: &[u32], nr_cpus: u32) -> Result<()> {
-    let (cpus, m) = (cpus.to_vec(), *v);
+/// First-touches every page of `v` from a thread bound to `node`'s CPUs, writing its
+/// content; a CPU-less node's pages come from a thread on node 0 whose memory policy binds
+/// them to the node, and which exits with its policy, so that the workload's threads keep the
+/// default policy that NUMA balancing migrates under.
+fn populate(v: &Mapped<'_>, plan: &guest::Plan, node: u32) -> Result<()> {
+    let cpu_less = node >= plan.nodes;
+    let (cpus, nr_cpus) = (node_cpus(plan, if cpu_less { 0 } else { node }), plan.nodes * plan.cpus_per_node);
+    let m = *v;
     let (base, salt, classes, pages) = (m.base, m.salt, m.plan.content_classes, m.plan.pages);
     std::thread::spawn(move || {
         sys::set_affinity(&cpus, nr_cpus)?;
+        if cpu_less {
+            sys::bind_memory(node)?;
+        }
         let page = Page { base, salt, classes, populated: true };
         for i in 0..pages {
             page.fill(i);

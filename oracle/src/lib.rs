@@ -94,17 +94,27 @@ pub fn preflight(cfg: &Config) -> Result<(), OracleError> {
     machine_of(cfg).map(|_| ())
 }
 
-/// What the scenario needs of the release itself, said before anything boots: userfaultfd
+/// What the scenario needs of the release itself, said before anything boots. Userfaultfd
 /// RWP is new in 7.3, and an older kernel's UFFDIO_API refuses UFFD_FEATURE_RWP (EINVAL, as
-/// 6.12.118's guest console shows). `version` is the model's row for `release`.
+/// 6.12.118's guest console shows). A CPU-less node is a lower tier only where the kernel
+/// takes its abstract distance from HMAT (mt_perf_to_adistance(), v6.7): 6.1.192 booted
+/// under QEMU's HMAT put it in DRAM's tier, so there is nothing to promote or demote.
+/// `version` is the model's row for `release`.
 pub fn check_release(cfg: &Config, release: &str, version: sim_core::config::KernelVersion) -> Result<(), OracleError> {
-    if cfg.userfaultfd.is_empty() || sim_core::version::Rules::of(version, None).uffd_rwp {
-        return Ok(());
+    let rules = sim_core::version::Rules::of(version, None);
+    if !cfg.userfaultfd.is_empty() && !rules.uffd_rwp {
+        return Err(OracleError::Input(format!(
+            "kernel {release}: the scenario's [[userfaultfd]] needs userfaultfd RWP, new in 7.3; this release's \
+             UFFDIO_API refuses UFFD_FEATURE_RWP"
+        )));
     }
-    Err(OracleError::Input(format!(
-        "kernel {release}: the scenario's [[userfaultfd]] needs userfaultfd RWP, new in 7.3; this release's \
-         UFFDIO_API refuses UFFD_FEATURE_RWP"
-    )))
+    if !cfg.machine.memory_node.is_empty() && !rules.hmat_adistance {
+        return Err(OracleError::Input(format!(
+            "kernel {release}: machine.memory_node needs a kernel that tiers a CPU-less node by its HMAT \
+             performance (mt_perf_to_adistance(), 6.7 on); this release puts it in DRAM's tier: use 6.12 or 7.3"
+        )));
+    }
+    Ok(())
 }
 
 /// Runs `cfg` on kernel `k` and writes the result contract into `out`, with
@@ -382,22 +392,28 @@ fn read_frames(bytes: &[u8]) -> Vec<Frame> {
 /// Refused when it would not fit in the host's available memory.
 fn machine_of(cfg: &Config) -> Result<qemu::Machine, OracleError> {
     let m = &cfg.machine;
-    if !m.memory_node.is_empty() {
-        return Err(OracleError::Input(
-            "machine.memory_node: the oracle does not boot CPU-less nodes yet (QEMU's -machine hmat=on with \
-             -numa hmat-lb, ROADMAP.md)"
-                .into(),
-        ));
+    if let Some(i) = m.memory_node.iter().position(|n| n.abstract_distance.is_some()) {
+        return Err(OracleError::Input(format!(
+            "machine.memory_node[{i}].abstract_distance: the oracle's kernel computes a CPU-less node's abstract \
+             distance from the HMAT latency QEMU reports (latency_ns); no driver types it"
+        )));
     }
     let vmas: u64 = cfg.process.iter().flat_map(|p| p.vma.iter()).map(|v| v.size_mib).sum();
-    let mib_per_node = m.memory_per_node_mib.min(vmas.max(1)) + HEADROOM_MIB;
-    let total = mib_per_node * u64::from(m.nodes);
+    let node_mib = |node_mib: u64| node_mib.min(vmas.max(1)) + HEADROOM_MIB;
+    let mib_per_node = node_mib(m.memory_per_node_mib);
+    let memory_nodes: Vec<qemu::MemoryNode> = m
+        .memory_node
+        .iter()
+        .map(|n| qemu::MemoryNode { mib: node_mib(n.memory_mib), latency_ns: n.latency_ns })
+        .collect();
+    let total = mib_per_node * u64::from(m.nodes) + memory_nodes.iter().map(|n| n.mib).sum::<u64>();
     let available = host_available_mib();
     if total > available * 3 / 4 {
         return Err(OracleError::Input(format!(
-            "the guest needs {total} MiB ({} nodes of {mib_per_node} MiB) but the host has {available} MiB \
-             available: make the scenario's VMAs or machine.memory_per_node_mib smaller",
-            m.nodes
+            "the guest needs {total} MiB ({} nodes of {mib_per_node} MiB and {} CPU-less) but the host has \
+             {available} MiB available: make the scenario's VMAs or machine.memory_per_node_mib smaller",
+            m.nodes,
+            memory_nodes.len()
         )));
     }
     if m.nodes * m.cpus_per_node > 64 {
@@ -411,6 +427,8 @@ fn machine_of(cfg: &Config) -> Result<qemu::Machine, OracleError> {
         cpus_per_node: m.cpus_per_node,
         mib_per_node,
         distance: m.distance.clone(),
+        memory_nodes,
+        local_latency_ns: m.local_latency_ns,
         cmdline: String::new(),
     })
 }
@@ -498,6 +516,8 @@ fn probe_kvm(qemu: &Path, k: &KernelSpec, guest: &Path) -> Result<bool, OracleEr
         cpus_per_node: 1,
         mib_per_node: HEADROOM_MIB,
         distance: None,
+        memory_nodes: Vec::new(),
+        local_latency_ns: 100,
         cmdline: String::new(),
     };
     let ok = qemu::boot(qemu, k, &initrd, &m, Accel::Kvm, dir, Duration::from_secs(20))
@@ -517,6 +537,7 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         gup_policy: sim_core::version::Rules::of(k.sim_version(), None).gup.name(),
         notifier: cfg.kernel.notifier.name(),
         aging: cfg.aging.enabled,
+        numa_balancing: cfg.kernel.numa_balancing.mode(),
         wall_s: run.wall_s,
     };
     // What a sched-domain fixture (tests/fixtures/sched-domains) holds, read from `files`.
@@ -547,6 +568,7 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "final_sample": o.samples.last(),
         "files": o.files,
         "sched_domains": domains,
+        "memory_tiers": o.files.get("start").map(memory_tiers),
     });
     let guest_text = serde_json::to_string_pretty(&guest_json).expect("json") + "\n";
     let summary = results::summary(&info, plan, &o.samples, &o.files)
@@ -563,6 +585,15 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
     write_run_files(&run.dir, &written, summary.as_bytes())
 }
 
+/// Each memory tier's node list as the guest read it at the start (`memory_tier4`: `0`).
+fn memory_tiers(files: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let tier = |path: &str| {
+        let rest = path.strip_prefix(guest::MEMORY_TIERING_DIR)?.strip_prefix('/')?;
+        Some(rest.strip_suffix("/nodelist")?.to_string())
+    };
+    files.iter().filter_map(|(path, list)| Some((tier(path)?, list.clone()))).collect()
+}
+
 /// A kernel run's files through the contract's one writer; a temporary file is removed also
 /// on a SIGINT or SIGTERM.
 fn write_run_files(dir: &Path, files: &[(&str, &[u8])], summary: &[u8]) -> Result<(), OracleError> {
@@ -577,12 +608,38 @@ mod tests {
     const RCU_STALL: &str = "[   23.236289] rcu: INFO: rcu_preempt detected stalls on CPUs/tasks:\n\
         [   23.236289] rcu: \t2-...!: (0 ticks this GP) idle=6178/0/0x0 softirq=17/17 fqs=0 (false positive?)\n";
 
-    /// A CPU-less node is refused before anything boots, naming the key.
+    /// A CPU-less node boots under HMAT; a typed one cannot be realised and is refused
+    /// before anything boots, naming the key.
     #[test]
-    fn a_cpu_less_node_is_refused_by_preflight() {
+    fn a_cpu_less_node_boots_with_its_latency_and_a_typed_one_is_refused() {
         let cfg = workloads::catalogue::resolve("tiering", &[]).expect("built-in");
+        let m = machine_of(&cfg).expect("the host holds the tiering scenario");
+        assert_eq!(m.memory_nodes, [qemu::MemoryNode { mib: 288 + HEADROOM_MIB, latency_ns: 250 }]);
+        let typed = ["machine.memory_node.0.abstract_distance=640".to_string()];
+        let cfg = workloads::catalogue::resolve("tiering", &typed).expect("built-in");
         let err = preflight(&cfg).unwrap_err().to_string();
-        assert!(err.contains("machine.memory_node"), "{err}");
+        assert!(err.contains("machine.memory_node[0].abstract_distance"), "{err}");
+    }
+
+    #[test]
+    fn guest_json_names_each_tier_and_its_nodes() {
+        let files = BTreeMap::from([
+            (format!("{}/memory_tier4/nodelist", guest::MEMORY_TIERING_DIR), "0".to_string()),
+            (format!("{}/memory_tier11/nodelist", guest::MEMORY_TIERING_DIR), "1".to_string()),
+            ("/proc/schedstat".to_string(), "version 15".to_string()),
+        ]);
+        let tiers: Vec<_> = memory_tiers(&files).into_iter().collect();
+        assert_eq!(tiers, [("memory_tier11".into(), "1".into()), ("memory_tier4".into(), "0".into())]);
+    }
+
+    #[test]
+    fn a_cpu_less_node_needs_a_release_with_hmat_tiers() {
+        use sim_core::config::KernelVersion;
+        let cfg = workloads::catalogue::resolve("tiering", &[]).expect("built-in");
+        assert!(check_release(&cfg, "6.12.118+deb12-amd64", KernelVersion::V6_12).is_ok());
+        assert!(check_release(&cfg, "7.3.4+deb13-amd64", KernelVersion::V7_3).is_ok());
+        let e = check_release(&cfg, "6.1.0-57-amd64", KernelVersion::V6_1Debian12).unwrap_err().to_string();
+        assert!(e.contains("6.1.0-57") && e.contains("machine.memory_node"), "{e}");
     }
 
     #[test]

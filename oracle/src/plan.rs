@@ -115,6 +115,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
         sample_ms: c.run.sample_ms,
         nodes: m.nodes,
         cpus_per_node: m.cpus_per_node,
+        memory_nodes: m.memory_node.len() as u32,
         writes: writes(c),
         start_writes: vec![(NUMA_BALANCING.into(), c.kernel.numa_balancing.mode().to_string())],
         brd_kib,

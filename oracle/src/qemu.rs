@@ -44,10 +44,42 @@ pub struct Machine {
     pub nodes: u32,
     pub cpus_per_node: u32,
     pub mib_per_node: u64,
-    /// SLIT rows; None for 10 local, 20 remote.
+    /// SLIT rows over every node, CPU-less ones included; None for 10 local, 20 remote.
     pub distance: Option<Vec<Vec<u32>>>,
+    /// Nodes with memory and no CPUs, numbered after the CPU nodes; any makes the machine
+    /// report HMAT (`-machine hmat=on`).
+    pub memory_nodes: Vec<MemoryNode>,
+    /// HMAT's access latency from a CPU node to its own memory.
+    pub local_latency_ns: u64,
     /// More kernel command line (the tracepoints to enable at boot).
     pub cmdline: String,
+}
+
+/// A CPU-less node as QEMU builds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemoryNode {
+    pub mib: u64,
+    /// HMAT's access latency to it from every CPU node.
+    pub latency_ns: u64,
+}
+
+/// The access bandwidth HMAT reports for every initiator and target. Equal everywhere, so
+/// mt_perf_to_adistance() (mm/memory-tiers.c) weighs latency alone, as the model does;
+/// without any bandwidth entry it returns -EINVAL and the node stays in DRAM's tier.
+const HMAT_BANDWIDTH: &str = "10G";
+
+impl Machine {
+    fn cpus(&self) -> u32 {
+        self.nodes * self.cpus_per_node
+    }
+
+    fn total_mib(&self) -> u64 {
+        self.mib_per_node * u64::from(self.nodes) + self.memory_nodes.iter().map(|n| n.mib).sum::<u64>()
+    }
+
+    fn machine_arg(&self) -> &'static str {
+        if self.memory_nodes.is_empty() { "q35" } else { "q35,hmat=on" }
+    }
 }
 
 /// What a boot left behind.
@@ -111,12 +143,12 @@ pub fn boot(
     let data = memory_file("numasim-frames", b"")?;
     let trace = memory_file("numasim-trace", b"")?;
     let mut cmd = Command::new(qemu);
-    cmd.args(["-accel", accel.arg(), "-machine", "q35", "-cpu", "max", "-nodefaults", "-no-reboot"])
+    cmd.args(["-accel", accel.arg(), "-machine", m.machine_arg(), "-cpu", "max", "-nodefaults", "-no-reboot"])
         .args(["-display", "none", "-monitor", "none"])
         .arg("-smp")
-        .arg(format!("{},sockets={},cores={},threads=1", m.nodes * m.cpus_per_node, m.nodes, m.cpus_per_node))
+        .arg(format!("{},sockets={},cores={},threads=1", m.cpus(), m.nodes, m.cpus_per_node))
         .arg("-m")
-        .arg(format!("{}M", m.mib_per_node * u64::from(m.nodes)))
+        .arg(format!("{}M", m.total_mib()))
         .args(topology_args(m))
         .arg("-serial")
         .arg(format!("file:{}", console.display()))
@@ -175,24 +207,57 @@ pub fn boot(
     }
 }
 
-/// `-object memory-backend-ram`, `-numa node` per node (CPUs numbered node by node) and
-/// `-numa dist` per pair of nodes.
+/// `-object memory-backend-ram`, `-numa node` per node (CPUs numbered node by node, CPU-less
+/// nodes after them), `-numa dist` per pair of nodes and, with CPU-less nodes, HMAT's
+/// latency and bandwidth from every CPU node to every node.
 fn topology_args(m: &Machine) -> Vec<String> {
+    let hmat = !m.memory_nodes.is_empty();
     let mut args = Vec::new();
+    let node = |args: &mut Vec<String>, n: u32, mib: u64, cpus: String, initiator: &str| {
+        args.extend(["-object".into(), format!("memory-backend-ram,id=m{n},size={mib}M")]);
+        args.extend(["-numa".into(), format!("node,nodeid={n}{cpus},memdev=m{n}{initiator}")]);
+    };
     for n in 0..m.nodes {
         let first = n * m.cpus_per_node;
-        args.push("-object".into());
-        args.push(format!("memory-backend-ram,id=m{n},size={}M", m.mib_per_node));
-        args.push("-numa".into());
-        args.push(format!("node,nodeid={n},cpus={first}-{},memdev=m{n}", first + m.cpus_per_node - 1));
+        // QEMU wants every node's initiator named under HMAT, a CPU node's being itself.
+        let initiator = if hmat { format!(",initiator={n}") } else { String::new() };
+        let cpus = format!(",cpus={first}-{}", first + m.cpus_per_node - 1);
+        node(&mut args, n, m.mib_per_node, cpus, &initiator);
     }
-    for src in 0..m.nodes {
-        for dst in 0..m.nodes {
-            if src != dst {
-                let val = m.distance.as_ref().map_or(20, |d| d[src as usize][dst as usize]);
-                args.push("-numa".into());
-                args.push(format!("dist,src={src},dst={dst},val={val}"));
-            }
+    for (i, mem) in m.memory_nodes.iter().enumerate() {
+        node(&mut args, m.nodes + i as u32, mem.mib, String::new(), ",initiator=0");
+    }
+    let all = m.nodes + m.memory_nodes.len() as u32;
+    for src in 0..all {
+        for dst in (0..all).filter(|&d| d != src) {
+            let val = m.distance.as_ref().map_or(20, |d| d[src as usize][dst as usize]);
+            args.extend(["-numa".into(), format!("dist,src={src},dst={dst},val={val}")]);
+        }
+    }
+    if hmat {
+        args.extend(hmat_args(m, all));
+    }
+    args
+}
+
+/// `-numa hmat-lb` entries, initiator by initiator: a CPU node's own memory at
+/// `local_latency_ns`, another CPU node's at the SLIT's multiple of it (as the model charges
+/// it), a CPU-less node's at its latency from any CPU node; one bandwidth everywhere.
+fn hmat_args(m: &Machine, all: u32) -> Vec<String> {
+    let mut args = Vec::new();
+    for initiator in 0..m.nodes {
+        for target in 0..all {
+            let latency = match target.checked_sub(m.nodes) {
+                Some(i) => m.memory_nodes[i as usize].latency_ns,
+                None if target == initiator => m.local_latency_ns,
+                None => {
+                    let d = m.distance.as_ref().map_or(20, |d| d[initiator as usize][target as usize]);
+                    m.local_latency_ns * u64::from(d) / 10
+                }
+            };
+            let lb = format!("hmat-lb,initiator={initiator},target={target},hierarchy=memory");
+            args.extend(["-numa".into(), format!("{lb},data-type=access-latency,latency={latency}")]);
+            args.extend(["-numa".into(), format!("{lb},data-type=access-bandwidth,bandwidth={HMAT_BANDWIDTH}")]);
         }
     }
     args
@@ -216,14 +281,45 @@ mod tests {
             cpus_per_node: 2,
             mib_per_node: 512,
             distance: Some(vec![vec![10, 31], vec![31, 10]]),
+            memory_nodes: Vec::new(),
+            local_latency_ns: 100,
             cmdline: String::new(),
         };
+        assert_eq!(m.machine_arg(), "q35");
         let args = topology_args(&m).join(" ");
         assert_eq!(
             args,
             "-object memory-backend-ram,id=m0,size=512M -numa node,nodeid=0,cpus=0-1,memdev=m0 \
              -object memory-backend-ram,id=m1,size=512M -numa node,nodeid=1,cpus=2-3,memdev=m1 \
              -numa dist,src=0,dst=1,val=31 -numa dist,src=1,dst=0,val=31"
+        );
+    }
+
+    /// A CPU-less node: its own memory backend with node 0 as initiator, HMAT switched on,
+    /// and latency and bandwidth entries from the CPU node to both nodes, as the boots by
+    /// hand in docs/ORACLE.md put node 1 in memory_tier11.
+    #[test]
+    fn a_cpu_less_node_gets_hmat_latency_and_bandwidth_from_every_cpu_node() {
+        let m = Machine {
+            nodes: 1,
+            cpus_per_node: 2,
+            mib_per_node: 320,
+            distance: None,
+            memory_nodes: vec![MemoryNode { mib: 512, latency_ns: 250 }],
+            local_latency_ns: 100,
+            cmdline: String::new(),
+        };
+        assert_eq!((m.machine_arg(), m.total_mib()), ("q35,hmat=on", 832));
+        let args = topology_args(&m).join(" ");
+        assert_eq!(
+            args,
+            "-object memory-backend-ram,id=m0,size=320M -numa node,nodeid=0,cpus=0-1,memdev=m0,initiator=0 \
+             -object memory-backend-ram,id=m1,size=512M -numa node,nodeid=1,memdev=m1,initiator=0 \
+             -numa dist,src=0,dst=1,val=20 -numa dist,src=1,dst=0,val=20 \
+             -numa hmat-lb,initiator=0,target=0,hierarchy=memory,data-type=access-latency,latency=100 \
+             -numa hmat-lb,initiator=0,target=0,hierarchy=memory,data-type=access-bandwidth,bandwidth=10G \
+             -numa hmat-lb,initiator=0,target=1,hierarchy=memory,data-type=access-latency,latency=250 \
+             -numa hmat-lb,initiator=0,target=1,hierarchy=memory,data-type=access-bandwidth,bandwidth=10G"
         );
     }
 }

@@ -11,7 +11,7 @@ use sim_core::stats::summary::{
     LOCALITY, Metric, PER_SCAN_PASS, PER_SCAN_PASS_GROUP, SCHED_NR_MIGRATIONS, SCHEDSTAT, STALE_MAPPINGS, THREAD,
     THROUGHPUT, TOUCHES, thread_node_share, thread_nr_migrations,
 };
-use sim_core::stats::{KvmStat, SecondaryMmuChurn, VmStat};
+use sim_core::stats::{KvmStat, SecondaryMmuChurn, TierStat, VmStat};
 
 /// vmstat counters numasim and /proc/vmstat share: the model's `vmstat` group, whose names
 /// are mm/vmstat.c's vmstat_text (6.1 and 6.12), in the model's order.
@@ -73,7 +73,31 @@ pub struct RunInfo<'a> {
     pub notifier: &'a str,
     /// The scenario ages pages (`aging.enabled`): the guest does not, so young.* is unknown.
     pub aging: bool,
+    /// `kernel.numa_balancing`, the mode the guest switched on.
+    pub numa_balancing: u8,
     pub wall_s: f64,
+}
+
+/// NUMA_BALANCING_MEMORY_TIERING in `kernel.numa_balancing` (include/linux/sched/sysctl.h).
+const NUMA_BALANCING_MEMORY_TIERING: u8 = 2;
+
+/// Memory tiering's summary entries, where the model files them (`c.tiered`: tiering mode or
+/// a CPU-less node): the /proc/vmstat counters under the model's `vmstat` group, and the
+/// hinting faults by tier, which the kernel does not count. They are derived in mode 2 alone:
+/// without NUMA_BALANCING_NORMAL the scanner leaves top-tier folios alone (change_pte_range()
+/// and change_huge_pmd() in 6.12, folio_can_map_prot_numa() in 7.3), so every hinting fault
+/// is on a lower tier; in modes 1 and 3 the kernel's count does not split.
+fn add_tiering(m: &mut Groups, not_measured: &mut Vec<Metric>, info: &RunInfo<'_>, (first, last): (&Sample, &Sample)) {
+    for &name in TierStat::NAMES {
+        count(m, (TierStat::GROUP, name), delta(last, first, name));
+    }
+    let by_tier = [metric!(HintFaultsByTier.toptier), metric!(HintFaultsByTier.lower)];
+    if info.numa_balancing == NUMA_BALANCING_MEMORY_TIERING {
+        count(m, by_tier[0], 0);
+        count(m, by_tier[1], delta(last, first, "numa_hint_faults"));
+    } else {
+        not_measured.extend(by_tier);
+    }
 }
 
 fn delta(last: &Sample, first: &Sample, name: &str) -> u64 {
@@ -253,6 +277,9 @@ pub fn summary(
         None => not_measured.push(metric!(Ksm.pages_skipped)),
     }
     m.set(THROUGHPUT.0, THROUGHPUT.1, Value::Real(rate));
+    if plan.memory_nodes > 0 || info.numa_balancing & NUMA_BALANCING_MEMORY_TIERING != 0 {
+        add_tiering(m, &mut not_measured, info, (first, last));
+    }
     // The guest's handler threads count the sync RWP faults they resolve; the kernel counts
     // no RWP event of its own.
     if plan.processes.iter().flat_map(|p| &p.vmas).any(|v| v.uffd_rwp == Some(false)) {
@@ -278,13 +305,14 @@ pub fn timeseries(plan: &Plan, s: &[Sample]) -> String {
     let mut header = vec!["time_ms".to_string()];
     header.extend(VMSTAT.iter().map(|n| format!("vmstat.{n}")));
     header.extend(["touches.cpu", "touches.device", "ksm.pages_merged", "throughput.touches_per_s"].map(String::from));
-    header.extend((0..plan.nodes).map(|n| format!("node.{n}.used_pages")));
+    let nodes = plan.nodes + plan.memory_nodes;
+    header.extend((0..nodes).map(|n| format!("node.{n}.used_pages")));
     let names: Vec<&str> = s[0].threads.iter().map(|t| t.name.as_str()).collect();
     header.extend(names.iter().map(|n| format!("task.{n}.nid")));
     header.extend(names.iter().map(|n| format!("kernel.task.{n}.numa_preferred_nid")));
     header.extend(names.iter().map(|n| format!("kernel.task.{n}.numa_scan_seq")));
     for (vma, _) in &s[0].vmas {
-        header.extend((0..plan.nodes).map(|n| format!("kernel.vma.{vma}.node.{n}.pages")));
+        header.extend((0..nodes).map(|n| format!("kernel.vma.{vma}.node.{n}.pages")));
     }
     let ksm_keys: Vec<&String> = s[0].ksm.keys().collect();
     header.extend(ksm_keys.iter().map(|k| format!("kernel.ksm.{k}")));
@@ -311,7 +339,7 @@ fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<St
     let span_s = (cur.t_ms - prev.t_ms) / 1e3;
     let rate = if span_s > 0.0 { ((c1 + d1 + k1) - (c0 + d0 + k0)) as f64 / span_s } else { 0.0 };
     r.extend([(c1 - c0).to_string(), (d1 - d0).to_string(), ksm_merged(cur, prev).to_string(), rate.to_string()]);
-    let mut used = vec![0u64; plan.nodes as usize];
+    let mut used = vec![0u64; (plan.nodes + plan.memory_nodes) as usize];
     for (_, nodes) in &cur.vmas {
         for (u, n) in used.iter_mut().zip(nodes) {
             *u += n;
@@ -437,6 +465,7 @@ mod tests {
             gup_policy: "explicit",
             notifier: "smart",
             aging: false,
+            numa_balancing: 1,
             wall_s: 1.0,
         }
     }

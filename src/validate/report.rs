@@ -29,8 +29,10 @@ pub fn markdown(m: &Manifest) -> String {
         "---|".repeat(m.kernels.len())
     );
     for c in &m.cases {
-        // A shard holds some of a case's kernels: the others are another shard's.
-        let cell = |k: &String| c.outcomes.iter().find(|o| &o.kernel == k).map_or("another shard".into(), verdict_cell);
+        // By kernel, not by position: a shard holds some of a case's kernels, and `--all`
+        // skips a case on a kernel that cannot run it.
+        let absent = if m.shard.is_some() { "another shard" } else { "skipped" };
+        let cell = |k: &String| c.outcomes.iter().find(|o| &o.kernel == k).map_or(absent.into(), verdict_cell);
         let cells: Vec<String> = m.kernels.iter().map(cell).collect();
         let _ = writeln!(r, "| {} | {} |", c.case, cells.join(" | "));
     }
@@ -301,6 +303,7 @@ mod tests {
                 trace: false,
             },
             shard: None,
+            skipped: Vec::new(),
             kernels: vec!["6.1".into()],
             repeat,
             wall_s: 1.0,
@@ -310,6 +313,18 @@ mod tests {
                 outcomes: vec![outcome(repeat)],
             }],
         }
+    }
+
+    /// A case `--all` skipped on the first kernel keeps its verdict under the second.
+    #[test]
+    fn a_skipped_kernel_leaves_its_own_cell() {
+        let mut m = manifest(1);
+        m.kernels = vec!["6.1".into(), "6.12".into()];
+        m.cases[0].outcomes[0].kernel = "6.12".into();
+        let md = markdown(&m);
+        let row = md.lines().find(|l| l.starts_with("| mprotect-toggle |")).unwrap();
+        let first = verdict_cell(&m.cases[0].outcomes[0]);
+        assert_eq!(row, format!("| mprotect-toggle | skipped | {first} |"), "{md}");
     }
 
     #[test]

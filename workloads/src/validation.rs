@@ -34,6 +34,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("gupdev-kvm-memfd-daemon", include_str!("../../configs/validate/gupdev-kvm-memfd-daemon.toml")),
     ("memfd-shared-pull", include_str!("../../configs/validate/memfd-shared-pull.toml")),
     ("hugetlbfs-unscanned", include_str!("../../configs/validate/hugetlbfs-unscanned.toml")),
+    ("tiering-promote", include_str!("../../configs/validate/tiering-promote.toml")),
 ];
 
 /// A validation case by name, else a scenario (built-in or path) as `numasim run` takes it.

@@ -278,7 +278,9 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
                 walked += end - start;
                 pte_updates += changed.pte_updates;
                 entries_written += changed.entries_written;
-                flushes += 1;
+                // tlb_finish_mmu() flushes only a range tlb_flush_pte_range() gathered: a
+                // call that changed no entry flushes nothing (mm/mmu_gather.c, 6.12.118).
+                flushes += u64::from(changed.entries_written > 0);
                 if changed.pte_updates > 0 {
                     pages -= (end - start) as i64;
                 }
@@ -325,11 +327,9 @@ pub fn task_numa_work(k: &mut Kernel, p: &mut TaskNuma, pid: u32, cpu_nid: Nid, 
         Event::TaskNumaWork { start, end, scanned: walked, pte_updates, seq: m.numa_scan_seq }
     });
     // What the walk costs is the entries it writes and a TLB flush per change_prot_numa()
-    // call: change_pmd_range() (mm/mprotect.c, 6.1 and 6.12) skips a none PMD and changes a
-    // huge one at once; tlb_finish_mmu() ends each call. Simplified: a PTE it passes over
-    // without writing (none, protnone, pinned, already local) costs nothing, and every call
-    // flushes, even one that changed nothing (the kernel's does not: validate's empty
-    // stand-ins for the guest's stacks and arenas, which have a few pages, then flush too).
+    // call that wrote one: change_pmd_range() (mm/mprotect.c, 6.1 and 6.12) skips a none PMD
+    // and changes a huge one at once; tlb_finish_mmu() ends each call. Simplified: a PTE it
+    // passes over without writing (none, protnone, pinned, already local) costs nothing.
     let cost = entries_written * pte_cost + flushes * flush_cost;
     // Tasks must run 32x as long elsewhere as they spent scanning (3% overhead cap).
     p.node_stamp += 32 * runtime_accounted_during(cost);
