@@ -230,12 +230,12 @@ impl Sim {
         let id = id.unwrap_or_else(|| {
             let base = self.world.resource_mut::<Pages>().grow(pages, false);
             let mut kinds = self.world.resource_mut::<MemKinds>();
-            kinds.memfds.push(Memfd { base, mappers: Vec::new() });
+            kinds.memfds.push(Memfd::new(base, pages));
             (kinds.memfds.len() - 1) as u32
         });
         let mut kinds = self.world.resource_mut::<MemKinds>();
         let memfd = &mut kinds.memfds[id as usize];
-        memfd.mappers.push(mm);
+        memfd.add_mapper(mm);
         let base = memfd.base;
         // Pages another mapper already faulted in are mapped here too (MM_SHMEMPAGES).
         let p = self.world.resource::<Pages>();

@@ -98,6 +98,21 @@ fn a_memfd_mapped_by_two_processes_shares_its_frames_and_its_faults() {
     assert_eq!(joined_across(&mut sim), 0);
 }
 
+/// Each mapper of a memfd has its own page table over the shared frames: the daemon's scan
+/// makes only its own PTEs protnone and tells only its own mm's secondary MMUs, so with the
+/// guest opted out of NUMA balancing its EPT is never invalidated for a protection change
+/// and its vCPUs take no hinting fault, however much the daemon's scanner changes.
+#[test]
+fn one_mapper_s_scan_leaves_the_other_mapper_s_ptes_and_secondary_mmus() {
+    let set = ["run.duration_ms=4000", "kernel.no_numa_balancing_processes=[\"guest\"]"];
+    let out = run(&scenario("kvm-memfd", &set)).1;
+    assert!(metric(&out, "vmstat.numa_pte_updates") > 0.0, "the daemon scans the memfd");
+    assert!(metric(&out, "hint_faults_by_source.cpu") > 0.0, "the daemon's thread faults on its own PTEs");
+    assert_eq!(metric(&out, "secondary_mmu.invalidate_protection_vma"), 0.0, "no scan of the guest's mm");
+    assert_eq!(metric(&out, "hint_faults_by_source.kvm"), 0.0, "the guest's PTEs are never protnone");
+    assert!(metric(&out, "touches.kvm") > 0.0);
+}
+
 /// Threads in another process's numa group.
 fn joined_across(sim: &mut Sim) -> usize {
     let mut q = sim.world.query::<&TaskNuma>();
