@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use sim_core::config::{Source, load};
+use sim_core::limits::{PAGE_STATE_BYTES, estimate_bytes};
 use sim_core::machine::PgData;
 use sim_core::mm::Mm;
 use sim_core::sched::numa::TaskNuma;
@@ -113,6 +114,16 @@ fn one_mapper_s_scan_leaves_the_other_mapper_s_ptes_and_secondary_mmus() {
         assert_eq!(metric(&out, "hint_faults_by_source.kvm"), 0.0, "{knob}: the guest's PTEs are never protnone");
         assert!(metric(&out, "touches.kvm") > 0.0);
     }
+}
+
+/// The memory estimate counts the pages of a memfd two processes map once, and a protnone
+/// bit per page for each mapper: two anonymous VMAs of the same size need a second set.
+#[test]
+fn the_memory_estimate_counts_a_shared_memfd_once() {
+    let pages = 32 * 256;
+    let shared = estimate_bytes(&config(TWO_MAPPERS, &[]));
+    let anon = estimate_bytes(&config(&TWO_MAPPERS.replace("backing = \"memfd\"\nmemfd = \"f\"\n", ""), &[]));
+    assert_eq!(anon - shared, pages * PAGE_STATE_BYTES - 2 * pages / 8);
 }
 
 /// Threads in another process's numa group.
