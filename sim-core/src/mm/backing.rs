@@ -217,11 +217,6 @@ impl Memfd {
             bits[w] &= !b;
         }
     }
-
-    /// Bytes the protnone bits take.
-    pub fn bytes(&self) -> usize {
-        self.protnone.iter().map(|b| b.capacity() * 8).sum()
-    }
 }
 
 /// Whether `mm`'s own PTE for `page` is protnone (`memfd`: its VMA's): the shared PTE's bit
