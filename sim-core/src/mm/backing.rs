@@ -267,7 +267,7 @@ pub fn restore_pte(k: &mut Kernel, mm: Entity, memfd: Option<u32>, page: PageIdx
 }
 
 /// remove_migration_ptes() rebuilt every mapper's PTE for the migrated `pages` from
-/// `vma->vm_page_prot` (mm/migrate.c, 6.1.192 and 6.12.117: a migration entry keeps no
+/// `vma->vm_page_prot` (mm/migrate.c, 6.1.192, 6.12.117 and 7.3.4: a migration entry keeps no
 /// protnone bit), so no mapper of a memfd is left protnone there. The caller restores the
 /// faulting mm's PTE.
 pub fn migrated_ptes_rebuilt(k: &mut Kernel, mm: Entity, first: PageIdx, pages: u64) {
