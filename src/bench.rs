@@ -18,6 +18,10 @@ pub enum Scale {
     Small,
     /// 8 nodes x 32 CPUs x 64 GiB, a 256 GiB buffer (60 GiB with THP), 10 s simulated.
     Large,
+    /// The `big-vm` scenario as it is: 2 nodes x 96 CPUs x 1 TiB, 172 vCPUs over 1470 GiB of
+    /// memfd memory that a daemon maps too, 5 s simulated (a memfd has 4 KiB pages under
+    /// any `transparent_hugepage`, so `--thp` runs it again unchanged).
+    BigVm,
 }
 
 impl Scale {
@@ -26,6 +30,9 @@ impl Scale {
         let (nodes, cpus, gib, buffer_mib, seconds) = match self {
             Scale::Small => (2, 4, 32, 32 * 1024 * 2 * 15 / 16, 2),
             Scale::Large => (8, 32, 64, 256 * 1024, 10),
+            Scale::BigVm => {
+                return workloads::catalogue::resolve("big-vm", &[]).expect("the built-in big-vm scenario resolves");
+            }
         };
         c.run.duration_ms = seconds * 1000;
         c.machine.nodes = nodes;

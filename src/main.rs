@@ -188,7 +188,7 @@ enum Command {
     /// Measure simulator speed and memory at machine scales, beside a raw-loop ceiling.
     Bench {
         /// Machine scales to time, in order (small: 2 nodes x 32 GiB; large: 8 nodes x 32
-        /// CPUs x 64 GiB with a 256 GiB buffer).
+        /// CPUs x 64 GiB with a 256 GiB buffer; big-vm: the `big-vm` scenario, 1470 GiB).
         #[arg(long, value_delimiter = ',', default_value = "small")]
         scale: Vec<bench::Scale>,
         /// Also time each scale with THP always.
@@ -349,7 +349,7 @@ fn main() -> ExitCode {
             workloads::validation::resolve_scenario(&scenario, &set).map(|c| check(&c)).map_err(Failure::from)
         }
         Command::Scenarios => {
-            for (name, _) in catalogue::BUILTIN {
+            for (name, _) in catalogue::BUILTIN.iter().chain(catalogue::LARGE) {
                 let c = catalogue::resolve(name, &[]).expect("built-in scenarios are valid");
                 println!("{name:20} {}", c.description);
             }

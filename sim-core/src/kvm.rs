@@ -78,7 +78,7 @@ fn kvm_faultin_pfn(
     if let Some(vma) = m.vma_of_page(page).filter(|&v| m.vmas[v].backing == Backing::GuestMemfd) {
         return Ok(kvm_gmem_get_pfn(k, ept, mm, vma, page, write, f));
     }
-    if !get_user_page_fast_only(k, page, write) {
+    if !get_user_page_fast_only(k, mm, page, write) {
         let honor = if k.kvm.0.honor_numa_fault { FOLL_HONOR_NUMA_FAULT } else { 0 };
         let write_flag = if write { FOLL_WRITE } else { 0 };
         // hva_to_pfn_slow() → get_user_pages_unlocked(): FOLL_UNLOCKABLE.

@@ -209,15 +209,17 @@ impl Sim {
         self.world.spawn(mm).id()
     }
 
+    /// Whether `kernel.no_numa_balancing_vmas` names VMA `name` of `mm` (VM_NO_NUMA_BALANCING).
+    fn vma_opted_out(&self, mm: Entity, name: &str) -> bool {
+        let (m, sysctl) = (self.world.get::<Mm>(mm).expect("live mm"), self.world.resource::<Sysctl>());
+        sysctl.0.no_numa_balancing_vmas.contains(&format!("{}/{name}", m.name))
+    }
+
     /// Maps `pages` of anonymous memory into `mm`; returns the VMA index.
     pub fn add_vma(&mut self, mm: Entity, name: &str, pages: u64) -> usize {
         let thp = self.world.resource::<Sysctl>().0.transparent_hugepage;
         let base = self.world.resource_mut::<Pages>().grow(pages, thp != Thp::Never);
-        let opted_out = {
-            let (m, sysctl) = (self.world.get::<Mm>(mm).expect("live mm"), self.world.resource::<Sysctl>());
-            let full = format!("{}/{name}", m.name);
-            sysctl.0.no_numa_balancing_vmas.contains(&full)
-        };
+        let opted_out = self.vma_opted_out(mm, name);
         let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
         let vma = m.add_vma(name, pages, base, thp != Thp::Never);
         m.vmas[vma].set_thp(thp.allows(None));
@@ -232,21 +234,23 @@ impl Sim {
         let id = id.unwrap_or_else(|| {
             let base = self.world.resource_mut::<Pages>().grow(pages, false);
             let mut kinds = self.world.resource_mut::<MemKinds>();
-            kinds.memfds.push(Memfd { base, mappers: Vec::new() });
+            kinds.memfds.push(Memfd::new(base, pages));
             (kinds.memfds.len() - 1) as u32
         });
         let mut kinds = self.world.resource_mut::<MemKinds>();
         let memfd = &mut kinds.memfds[id as usize];
-        memfd.mappers.push(mm);
+        memfd.add_mapper(mm);
         let base = memfd.base;
         // Pages another mapper already faulted in are mapped here too (MM_SHMEMPAGES).
         let p = self.world.resource::<Pages>();
         let present = (0..pages).filter(|&i| p.has_folio(base + i as PageIdx)).count() as u64;
+        let opted_out = self.vma_opted_out(mm, name);
         let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
         m.rss += present;
         let vma = m.add_vma(name, pages, base, false);
         m.vmas[vma].backing = Backing::Memfd;
         m.vmas[vma].memfd = Some(id);
+        m.vmas[vma].no_numa_balancing = opted_out;
         (vma, id)
     }
 

@@ -126,17 +126,17 @@ fn a_forced_first_touch_in_a_prot_none_vma_maps_a_protnone_pte() {
 
 #[test]
 fn gup_fast_bails_on_protnone_and_missing_ptes() {
-    let (mut sim, _, _, page) = setup(GupPolicy::Explicit, NotifierMode::Unconditional);
+    let (mut sim, mm, _, page) = setup(GupPolicy::Explicit, NotifierMode::Unconditional);
     sim.with_kernel(|k| {
-        assert!(!get_user_page_fast_only(k, page, false), "protnone");
-        assert!(get_user_page_fast_only(k, page + 1, false));
+        assert!(!get_user_page_fast_only(k, mm, page, false), "protnone");
+        assert!(get_user_page_fast_only(k, mm, page + 1, false));
     });
     let mut config = Config::default();
     config.machine.memory_per_node_mib = 8;
     let mut sim2 = Sim::new(&config);
     let mm2 = sim2.add_process("p");
     sim2.add_vma(mm2, "v", 4);
-    sim2.with_kernel(|k| assert!(!get_user_page_fast_only(k, 0, false), "not present"));
+    sim2.with_kernel(|k| assert!(!get_user_page_fast_only(k, mm2, 0, false), "not present"));
     // Slow GUP faults a missing page in: a read maps the shared zero page (do_anonymous_page()
     // in 6.12.117: "Use the zero-page for reads"), a write a fresh page on the caller's node.
     let (r, _, _, nid) = gup(&mut sim2, mm2, 1, FOLL_GET);

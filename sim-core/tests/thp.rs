@@ -304,7 +304,7 @@ fn gup_on_a_protnone_pmd_decides_as_on_a_protnone_pte() {
                 sim.with_kernel(|k| (base..base + 512).for_each(|p| fault(k, mm, p, 0, true)));
                 assert!(scan(&mut sim, mm) > 0);
                 sim.with_kernel(|k| {
-                    assert!(!get_user_page_fast_only(k, base + 9, false), "GUP-fast bails on protnone");
+                    assert!(!get_user_page_fast_only(k, mm, base + 9, false), "GUP-fast bails on protnone");
                     let mut f = Faulter::kthread(k, 88, 4, Source::Device);
                     get_user_pages(k, mm, base + 9, flags, &mut f).unwrap();
                     (k.counters.hint_faults_by_source.device, k.pages.protnone(base + 9), k.pages.pte(base + 9).nid)

@@ -26,6 +26,11 @@ pub const BUILTIN: &[(&str, &str)] = &[
     ("kvm-guest-memfd", include_str!("../../configs/kvm-guest-memfd.toml")),
 ];
 
+/// Built-in scenarios at a real machine's scale: runnable by name, but too large for the
+/// loops over [`BUILTIN`] (the invariant matrix, the fuzz driver's base configs), which
+/// check or perturb every event of every page.
+pub const LARGE: &[(&str, &str)] = &[("big-vm", include_str!("../../configs/big-vm.toml"))];
+
 /// What to look at in a comparison of a built-in scenario across GUP eras or kernels.
 pub fn guide(name: &str) -> &'static str {
     match name {
@@ -134,10 +139,10 @@ pub fn source(arg: &str) -> Result<Source, ConfigError> {
             }
         });
     }
-    match BUILTIN.iter().find(|(name, _)| *name == arg) {
+    match BUILTIN.iter().chain(LARGE).find(|(name, _)| *name == arg) {
         Some((name, text)) => Ok(Source { origin: format!("built-in scenario `{name}`"), text: text.to_string() }),
         None => {
-            let names: Vec<&str> = BUILTIN.iter().map(|(n, _)| *n).collect();
+            let names: Vec<&str> = BUILTIN.iter().chain(LARGE).map(|(n, _)| *n).collect();
             let hint = closest(arg, &names).map_or_else(
                 || format!(" (built-in: {}; or give a path to a .toml file)", names.join(", ")),
                 |best| format!("; did you mean `{best}`?"),
@@ -169,7 +174,7 @@ mod tests {
 
     #[test]
     fn every_builtin_scenario_loads_and_is_named_after_its_file() {
-        for (name, _) in BUILTIN {
+        for (name, _) in BUILTIN.iter().chain(LARGE) {
             let c = resolve(name, &[]).unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_eq!(&c.name, name);
             assert!(!c.description.is_empty(), "{name} needs a description");

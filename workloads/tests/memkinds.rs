@@ -6,6 +6,7 @@ mod common;
 
 use common::*;
 use sim_core::config::{Source, load};
+use sim_core::limits::{PAGE_STATE_BYTES, estimate_bytes};
 use sim_core::machine::PgData;
 use sim_core::mm::Mm;
 use sim_core::sched::numa::TaskNuma;
@@ -107,6 +108,33 @@ fn a_memfd_is_unsuitable_for_the_scanner_on_6_1() {
     assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), 0.0);
     let (_, out) = run(&config(TWO_MAPPERS, &["kernel.version=6.12"]));
     assert!(metric(&out, "vmstat.numa_pte_updates") > 0.0);
+}
+
+/// Each mapper of a memfd has its own page table over the shared frames: the daemon's scan
+/// makes only its own PTEs protnone and tells only its own mm's secondary MMUs, so with the
+/// guest opted out of NUMA balancing its EPT is never invalidated for a protection change
+/// and its vCPUs take no hinting fault, however much the daemon's scanner changes. The
+/// guest's memfd VMA opted out alone does the same.
+#[test]
+fn one_mapper_s_scan_leaves_the_other_mapper_s_ptes_and_secondary_mmus() {
+    for knob in ["kernel.no_numa_balancing_processes=[\"guest\"]", "kernel.no_numa_balancing_vmas=[\"guest/ram\"]"] {
+        let out = run(&scenario("kvm-memfd", &["run.duration_ms=4000", knob])).1;
+        assert!(metric(&out, "vmstat.numa_pte_updates") > 0.0, "{knob}: the daemon scans the memfd");
+        assert!(metric(&out, "hint_faults_by_source.cpu") > 0.0, "{knob}: the daemon faults on its own PTEs");
+        assert_eq!(metric(&out, "secondary_mmu.invalidate_protection_vma"), 0.0, "{knob}: the guest's not scanned");
+        assert_eq!(metric(&out, "hint_faults_by_source.kvm"), 0.0, "{knob}: the guest's PTEs are never protnone");
+        assert!(metric(&out, "touches.kvm") > 0.0);
+    }
+}
+
+/// The memory estimate counts the pages of a memfd two processes map once, and a protnone
+/// bit per page for each mapper: two anonymous VMAs of the same size need a second set.
+#[test]
+fn the_memory_estimate_counts_a_shared_memfd_once() {
+    let pages = 32 * 256;
+    let shared = estimate_bytes(&config(TWO_MAPPERS, &[]));
+    let anon = estimate_bytes(&config(&TWO_MAPPERS.replace("backing = \"memfd\"\nmemfd = \"f\"\n", ""), &[]));
+    assert_eq!(anon - shared, pages * PAGE_STATE_BYTES - 2 * pages / 8);
 }
 
 /// Threads in another process's numa group.

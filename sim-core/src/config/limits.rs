@@ -5,7 +5,7 @@
 //! allocated. [`crate::config::validate`] calls [`check_arithmetic`]; [`crate::config::load`]
 //! calls [`check_memory_budget`].
 
-use super::{Config, DeviceConfig, Invalid, ThreadConfig};
+use super::{Backing, Config, DeviceConfig, Invalid, ThreadConfig};
 use crate::units::{LOCAL_DISTANCE, NSEC_PER_MSEC, NSEC_PER_USEC, PAGES_PER_MIB, PageIdx, REMOTE_DISTANCE};
 
 /// Longest simulated span, in ns: 2^62 ns (146 years). Times and costs stay below it, so a
@@ -291,9 +291,30 @@ fn check_total_pages(c: &Config) -> Result<(), Invalid> {
 
 /// Pages of every VMA and guest memory (saturating).
 fn simulated_pages(c: &Config) -> u64 {
-    let vmas = c.process.iter().flat_map(|p| p.vma.iter().map(|v| v.size_mib));
-    let vms = c.vm.iter().map(|v| v.memory_mib);
-    vmas.chain(vms).map(|mib| mib.saturating_mul(PAGES_PER_MIB)).fold(0, u64::saturating_add)
+    let mut files = std::collections::HashSet::new();
+    // A memfd's second mapping maps the first one's pages: count each file once.
+    let own_pages = |(backing, file, mib): (Backing, String, u64)| {
+        (backing != Backing::Memfd || files.insert(file)).then_some(mib.saturating_mul(PAGES_PER_MIB))
+    };
+    memory_mappings(c).filter_map(own_pages).fold(0, u64::saturating_add)
+}
+
+/// Every mapping's kind, file name (a memfd's, by the rule of `backing_check.rs`) and size.
+fn memory_mappings(c: &Config) -> impl Iterator<Item = (Backing, String, u64)> + '_ {
+    let vmas = c.process.iter().flat_map(|p| {
+        p.vma
+            .iter()
+            .map(|v| (v.backing, v.memfd.clone().unwrap_or_else(|| format!("{}/{}", p.name, v.name)), v.size_mib))
+    });
+    let vms =
+        c.vm.iter().map(|v| (v.backing, v.memfd.clone().unwrap_or_else(|| format!("{}/ram", v.name)), v.memory_mib));
+    vmas.chain(vms)
+}
+
+/// Pages of memfd mappings, each mapper's: every mapper keeps a protnone bit per page.
+fn memfd_mapper_pages(c: &Config) -> u64 {
+    let memfd = memory_mappings(c).filter(|(b, _, _)| *b == Backing::Memfd);
+    memfd.map(|(_, _, mib)| mib.saturating_mul(PAGES_PER_MIB)).fold(0, u64::saturating_add)
 }
 
 /// The simulator memory a run of `c` needs, in bytes (an estimate, rounded up): page
@@ -316,6 +337,7 @@ pub fn estimate_bytes(c: &Config) -> u64 {
     let columns = SAMPLE_METRICS + nodes + threads;
     pages
         .saturating_mul(PAGE_STATE_BYTES)
+        .saturating_add(memfd_mapper_pages(c) / 8)
         .saturating_add(smmu_entries.saturating_mul(SMMU_ENTRY_BYTES))
         .saturating_add(threads.saturating_mul(THREAD_BYTES + THREAD_NODE_BYTES * nodes))
         .saturating_add(rows.saturating_mul(columns).saturating_mul(SAMPLE_CELL_BYTES))

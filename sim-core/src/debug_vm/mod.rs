@@ -159,6 +159,7 @@ pub fn check_vm(
     }
     if full {
         check_uffd_markers(&pages, &mms, now)?;
+        check_memfd_protnone(&pages, &kinds, now)?;
     }
     let smmu_pages = (&*pages, &scratch.census, full);
     secondary::check_secondary(smmu_pages, (&mms, &smmu_ids), &mut scratch.tables, &counters, now)?;
@@ -184,6 +185,24 @@ fn check_uffd_markers(pages: &Pages, mms: &Query<&Mm>, now: Nanos) -> Result<(),
                 );
                 return Err(Violation::new("uffd_rwp_marker", now, detail).at_page(page));
             }
+        }
+    }
+    Ok(())
+}
+
+/// A memfd page's shared PTE_PROTNONE, which the touch path reads, is set exactly when some
+/// mapper's own PTE is protnone.
+fn check_memfd_protnone(pages: &Pages, kinds: &MemKinds, now: Nanos) -> Result<(), Violation> {
+    for (id, memfd) in kinds.memfds.iter().enumerate() {
+        let bad =
+            (0..memfd.pages()).map(|i| memfd.base + i as PageIdx).find(|&p| pages.protnone(p) != memfd.any_protnone(p));
+        if let Some(page) = bad {
+            let detail = format!(
+                "memfd {id}: the shared PTE says protnone = {}, its mappers' own PTEs {}",
+                pages.protnone(page),
+                memfd.any_protnone(page)
+            );
+            return Err(Violation::new("memfd_protnone", now, detail).at_page(page));
         }
     }
     Ok(())

@@ -17,10 +17,10 @@
 //! VMA as `unsuitable`; its pages are placed by the policy when they are allocated.
 //!
 //! Simplified (one line each):
-//! - the mappers of a memfd share one PTE per page: a page is present for all of them once
-//!   one faulted it (the minor fault that maps a cached page is not modelled), and a protnone
-//!   made by one mm's scan is seen by every mapper (the kernel gives each mm its own PTE), so
-//!   each mapper's secondary MMUs are told of it;
+//! - each mapper of a memfd has its own protnone bit per page (one mm's scan changes and
+//!   notifies only its own PTEs), but the rest of the PTE is shared: a page is present and
+//!   young for all mappers once one faulted or touched it (the minor fault that maps a
+//!   cached page is not modelled);
 //! - a group spanning processes is the process group of the mm whose task the fault's
 //!   cpupid names (task_numa_group() takes that task's own group), ties going to the lower pid;
 //! - memfd memory has 4 KiB pages only (shmem_enabled `never`, the default), is never
@@ -36,7 +36,7 @@
 use bevy_ecs::entity::Entity;
 use bevy_ecs::resource::Resource;
 
-use super::{PTE_YOUNG, PageIdx, Vma};
+use super::{PTE_PROTNONE, PTE_YOUNG, PageIdx, Vma};
 pub use crate::config::{Backing, HugetlbPage, MemPolicy, MpolMode};
 use crate::kernel::Kernel;
 use crate::machine::Nid;
@@ -85,11 +85,131 @@ pub fn page_mappers(k: &Kernel, mm: Entity, page: PageIdx) -> Vec<Entity> {
     m.vma_of_page(page).map_or_else(|| vec![mm], |vi| mappers(k, mm, &m.vmas[vi]))
 }
 
-/// A memfd: its pages' first global index, and the mms mapping it.
+/// A memfd: its pages' first global index, the mms mapping it, and each mapper's own
+/// protnone bits. The frame state (node, pins, references, last_cpupid) is the page-cache
+/// folio's and stays in [`super::Pages`], shared; the PTE's protnone bit is per mm, since
+/// each mm has its own page table over the folio.
 #[derive(Debug, Clone)]
 pub struct Memfd {
     pub base: PageIdx,
     pub mappers: Vec<Entity>,
+    pages: u64,
+    /// Per mapper (in `mappers`' order), a bit per page: that mm's PTE is protnone. The
+    /// shared PTE's PTE_PROTNONE is set while any mapper's bit is, so a touch of a page no
+    /// mapper made protnone takes the fast path as an anonymous page does.
+    protnone: Vec<Vec<u64>>,
+}
+
+impl Memfd {
+    pub fn new(base: PageIdx, pages: u64) -> Self {
+        Self { base, mappers: Vec::new(), pages, protnone: Vec::new() }
+    }
+
+    pub fn add_mapper(&mut self, mm: Entity) {
+        self.mappers.push(mm);
+        self.protnone.push(vec![0; self.pages.div_ceil(64) as usize]);
+    }
+
+    fn mapper(&self, mm: Entity) -> usize {
+        self.mappers.iter().position(|&m| m == mm).expect("a mapper of the memfd")
+    }
+
+    /// The word and bit of `page` in a mapper's bitmap.
+    fn bit(&self, page: PageIdx) -> (usize, u64) {
+        let i = u64::from(page - self.base);
+        ((i / 64) as usize, 1 << (i % 64))
+    }
+
+    fn protnone_in(&self, mm: Entity, page: PageIdx) -> bool {
+        let (w, b) = self.bit(page);
+        self.protnone[self.mapper(mm)][w] & b != 0
+    }
+
+    fn set_protnone(&mut self, mm: Entity, page: PageIdx, on: bool) {
+        let (w, b) = self.bit(page);
+        let who = self.mapper(mm);
+        if on { self.protnone[who][w] |= b } else { self.protnone[who][w] &= !b }
+    }
+
+    /// The memfd's pages, from [`Memfd::base`].
+    pub fn pages(&self) -> u64 {
+        self.pages
+    }
+
+    /// Whether any mapper's PTE for `page` is protnone.
+    pub fn any_protnone(&self, page: PageIdx) -> bool {
+        let (w, b) = self.bit(page);
+        self.protnone.iter().any(|bits| bits[w] & b != 0)
+    }
+
+    /// Every mapper's PTE for `page` is rebuilt accessible.
+    fn clear_all(&mut self, page: PageIdx) {
+        let (w, b) = self.bit(page);
+        for bits in &mut self.protnone {
+            bits[w] &= !b;
+        }
+    }
+}
+
+/// Whether `mm`'s own PTE for `page` is protnone (`memfd`: its VMA's): the shared PTE's bit
+/// for any mapping but a memfd's, whose mappers each have their own.
+pub fn pte_protnone_in(k: &Kernel, mm: Entity, memfd: Option<u32>, page: PageIdx) -> bool {
+    k.pages.protnone(page) && memfd.is_none_or(|id| k.kinds.memfds[id as usize].protnone_in(mm, page))
+}
+
+/// The flags of `mm`'s own PTE for `page` (`memfd`: its VMA's): the shared PTE's, without
+/// PTE_PROTNONE where only another mapper's PTE is protnone.
+pub fn pte_flags_in(k: &Kernel, mm: Entity, memfd: Option<u32>, page: PageIdx) -> u8 {
+    let flags = k.pages.pte(page).flags;
+    if flags & PTE_PROTNONE != 0 && !pte_protnone_in(k, mm, memfd, page) { flags & !PTE_PROTNONE } else { flags }
+}
+
+/// [`pte_protnone_in`] for a page of `mm` whose VMA the caller has not looked up.
+pub fn protnone_at(k: &Kernel, mm: Entity, page: PageIdx) -> bool {
+    if !k.pages.protnone(page) {
+        return false;
+    }
+    let m = k.mms.get(mm).expect("live mm");
+    pte_protnone_in(k, mm, m.vma_of_page(page).and_then(|vi| m.vmas[vi].memfd), page)
+}
+
+/// change_pte_range() made `mm`'s PTE for `page` protnone (`memfd`: the VMA's).
+pub fn make_pte_protnone(k: &mut Kernel, mm: Entity, memfd: Option<u32>, page: PageIdx) {
+    let i = k.pages.slot_mut(page);
+    k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
+    if let Some(id) = memfd {
+        k.kinds.memfds[id as usize].set_protnone(mm, page, true);
+    }
+}
+
+/// do_numa_page() made `mm`'s PTE for `page` accessible again (`memfd`: the VMA's), and the
+/// access that faulted set its accessed bit. Another mapper's protnone PTE stays.
+pub fn restore_pte(k: &mut Kernel, mm: Entity, memfd: Option<u32>, page: PageIdx) {
+    let others = memfd.is_some_and(|id| {
+        let memfd = &mut k.kinds.memfds[id as usize];
+        memfd.set_protnone(mm, page, false);
+        memfd.any_protnone(page)
+    });
+    let i = k.pages.slot_mut(page);
+    let pte = k.pages.slots.pte_mut(i);
+    if !others {
+        pte.flags &= !PTE_PROTNONE;
+    }
+    pte.flags |= PTE_YOUNG;
+}
+
+/// remove_migration_ptes() rebuilt every mapper's PTE for the migrated `pages` from
+/// `vma->vm_page_prot` (mm/migrate.c, 6.1.192, 6.12.117 and 7.3.4: a migration entry keeps no
+/// protnone bit), so no mapper of a memfd is left protnone there. The caller restores the
+/// faulting mm's PTE.
+pub fn migrated_ptes_rebuilt(k: &mut Kernel, mm: Entity, first: PageIdx, pages: u64) {
+    let m = k.mms.get(mm).expect("live mm");
+    let Some(id) = m.vma_of_page(first).and_then(|vi| m.vmas[vi].memfd) else {
+        return;
+    };
+    for p in first..first + pages as PageIdx {
+        k.kinds.memfds[id as usize].clear_all(p);
+    }
 }
 
 /// The memory kinds' shared state: the hugetlb pool and each memfd's mappers.

@@ -4,6 +4,7 @@
 
 use bevy_ecs::entity::Entity;
 
+use super::backing::{protnone_at, pte_flags_in};
 use super::memory::handle_pte_fault;
 use super::userfaultfd::userfault_sigbus;
 use super::{PTE_COW, PTE_PROTNONE, PTE_UFFD, PageIdx};
@@ -82,12 +83,13 @@ fn can_follow_write_pte(rules: &Rules, pte: u8, vma_accessible: bool) -> bool {
     rules.savedwrite && pte & PTE_COW == 0
 }
 
-/// Models follow_page_pte(): can `page` be returned without a fault?
-fn follow_page_pte(k: &Kernel, page: PageIdx, vma: VmaTest, flags: u32) -> bool {
+/// Models follow_page_pte(): can `page` be returned without a fault? `mm`'s own PTE is
+/// the one followed.
+fn follow_page_pte(k: &Kernel, mm: Entity, page: PageIdx, vma: VmaTest, flags: u32) -> bool {
     if !k.pages.present(page) {
         return false;
     }
-    let pte = k.pages.pte(page).flags;
+    let pte = pte_flags_in(k, mm, vma.memfd, page);
     if pte & PTE_PROTNONE != 0 && !gup_can_follow_protnone(k.rules.gup, vma.accessible, vma.uffd_rwp, flags) {
         return false;
     }
@@ -100,14 +102,16 @@ fn follow_page_pte(k: &Kernel, page: PageIdx, vma: VmaTest, flags: u32) -> bool 
 struct VmaTest {
     accessible: bool,
     uffd_rwp: bool,
+    /// The memfd the VMA maps, whose mappers each have their own PTEs.
+    memfd: Option<u32>,
 }
 
 /// Counts a GUP call that faults on a NUMA hint (a protnone PTE without the uffd marker)
 /// only because of the VM_UFFD_RWP test: 6.12's rule would have followed it.
-fn count_rwp_gup_fault(k: &mut Kernel, page: PageIdx, vma: VmaTest, flags: u32) {
+fn count_rwp_gup_fault(k: &mut Kernel, mm: Entity, page: PageIdx, vma: VmaTest, flags: u32) {
     if vma.uffd_rwp
         && k.pages.pte(page).flags & PTE_UFFD == 0
-        && follow_page_pte(k, page, VmaTest { uffd_rwp: false, ..vma }, flags)
+        && follow_page_pte(k, mm, page, VmaTest { uffd_rwp: false, ..vma }, flags)
     {
         k.counters.uffd_rwp.uffd_rwp_gup_faults += 1;
     }
@@ -126,7 +130,7 @@ pub fn get_user_pages(
     f: &mut Faulter,
 ) -> Result<Nanos, GupError> {
     let flags = gup_effective_flags(k.rules.gup, flags);
-    let protnone = k.pages.protnone(page);
+    let protnone = protnone_at(k, mm, page);
     let result = gup_one_page(k, mm, page, flags, f);
     trace_event!(k, f, gup_event(k, mm, page, flags, protnone, &result));
     result.map(|(cost, _)| cost)
@@ -161,14 +165,14 @@ fn gup_one_page(
     let m = k.mms.get(mm).expect("GUP callers hold a live mm");
     let vma = m.vma_of_page(page).ok_or(GupError::Fault)?;
     let v = &m.vmas[vma];
-    let test = VmaTest { accessible: v.accessible, uffd_rwp: k.rules.uffd_rwp && v.uffd_rwp.is_some() };
+    let test = VmaTest { accessible: v.accessible, uffd_rwp: k.rules.uffd_rwp && v.uffd_rwp.is_some(), memfd: v.memfd };
     if !test.accessible && flags & FOLL_FORCE == 0 {
         return Err(GupError::Fault);
     }
     let mut cost = 0;
     // Each pass resolves one reason not to follow; three cover missing + protnone + COW.
     for pass in 0..3 {
-        if follow_page_pte(k, page, test, flags) {
+        if follow_page_pte(k, mm, page, test, flags) {
             if flags & FOLL_PIN != 0 {
                 // Pins are counted per subpage: a pinned THP keeps a slot per page.
                 let pins = k.pages.pins_mut(page);
@@ -177,7 +181,7 @@ fn gup_one_page(
             return Ok((cost, pass > 0));
         }
         if pass == 0 {
-            count_rwp_gup_fault(k, page, test, flags);
+            count_rwp_gup_fault(k, mm, page, test, flags);
         }
         let m = k.mms.get(mm).expect("GUP callers hold a live mm");
         if test.accessible && userfault_sigbus(&m.vmas[vma], k.pages.pte(page).flags, flags & FOLL_UNLOCKABLE != 0) {
@@ -190,11 +194,12 @@ fn gup_one_page(
     Err(GupError::Fault)
 }
 
-/// Models get_user_page_fast_only() (KVM's hva_to_pfn_fast()): a lockless walk that
-/// succeeds only on a present PTE that is not protnone (and writable, for a write).
-pub fn get_user_page_fast_only(k: &Kernel, page: PageIdx, write: bool) -> bool {
+/// Models get_user_page_fast_only() (KVM's hva_to_pfn_fast()): a lockless walk of `mm`'s
+/// page table that succeeds only on a present PTE that is not protnone (and writable, for a
+/// write).
+pub fn get_user_page_fast_only(k: &Kernel, mm: Entity, page: PageIdx, write: bool) -> bool {
     let pte = k.pages.pte(page).flags;
-    k.pages.present(page) && pte & PTE_PROTNONE == 0 && !(write && pte & PTE_COW != 0)
+    k.pages.present(page) && !protnone_at(k, mm, page) && !(write && pte & PTE_COW != 0)
 }
 
 /// What follow_page() gave KSM.

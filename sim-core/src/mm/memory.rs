@@ -2,7 +2,9 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::backing::{Backing, alloc_node, hugetlb_fault, mappers, page_mappers};
+use super::backing::{
+    Backing, alloc_node, hugetlb_fault, mappers, migrated_ptes_rebuilt, page_mappers, pte_protnone_in, restore_pte,
+};
 use super::huge_memory::{
     do_huge_pmd_anonymous_page, do_huge_pmd_numa_page, do_pte_mapped_thp_numa_page, split_huge_pmd,
 };
@@ -127,6 +129,10 @@ pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, w
             Backing::Memfd | Backing::GuestMemfd => shmem_fault(k, mm, vma, page, f.nid),
         }
         k.sysctl.0.hint_fault_cost_ns
+    } else if flags & PTE_PROTNONE != 0 && !own_pte_protnone(k, mm, vma, page) {
+        // Another mapper of the memfd made its own PTE protnone; this mm's is accessible.
+        k.pages.pte_mut(page).flags |= PTE_YOUNG;
+        0
     } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
         let rwp = k.mm(mm).vmas[vma].uffd_rwp.filter(|_| flags & PTE_UFFD != 0);
         if let Some(mode) = rwp {
@@ -148,6 +154,12 @@ pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, w
     } else {
         0
     }
+}
+
+/// Whether `mm`'s own PTE for `page` of its VMA `vma` is protnone (see [`pte_protnone_in`]).
+fn own_pte_protnone(k: &Kernel, mm: Entity, vma: usize, page: PageIdx) -> bool {
+    let m = k.mms.get(mm).expect("faulting tasks have a live mm");
+    pte_protnone_in(k, mm, m.vmas[vma].memfd, page)
 }
 
 /// The PMD block of VMA `vma` holding `page`, when that block is in state `pmd`.
@@ -337,6 +349,7 @@ pub fn numa_migrate_folio(
     trace_migrate_pages(k, f, nr, result);
     match result {
         Ok(()) => {
+            migrated_ptes_rebuilt(k, mm, head, nr);
             fault.nid = f.nid;
             fault.flags |= TNF_MIGRATED;
             k.sysctl.0.migrate_cost_ns * nr
@@ -368,9 +381,8 @@ pub fn do_numa_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, f: &m
     let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, page, 1, f, &mut fault);
     // The PTE is made accessible again (numa_rebuild_single_mapping(), or the new PTE after
     // migration); the access that faulted sets the accessed bit.
-    let i = k.pages.slot_mut(page);
-    let pte = k.pages.slots.pte_mut(i);
-    pte.flags = (pte.flags & !PTE_PROTNONE) | PTE_YOUNG;
+    let memfd = k.mm(mm).vmas[vma].memfd;
+    restore_pte(k, mm, memfd, page);
     numa_fault_done(k, mm, page, 1, f, &fault);
     cost
 }

@@ -10,6 +10,7 @@ use bevy_ecs::prelude::*;
 use super::huge_memory::thp_pages_of;
 use super::{CHUNK_SHIFT, HPAGE_PMD_NR, PageIdx, Pages, Pte};
 use crate::config::NotifierMode;
+use crate::engine::hugepages::reserve_exact_huge;
 use crate::engine::prefetch;
 use crate::kernel::Kernel;
 use crate::machine::Nid;
@@ -90,7 +91,12 @@ pub struct SecondaryMmu {
 impl SecondaryMmu {
     pub fn new(name: &str, mm: Entity, base: PageIdx, len: u64, kind: SmmuKind) -> Self {
         let chunks = Self::chunk_of(base, base as usize + len as usize) + 1;
-        Self { name: name.to_string(), mm, base, entries: vec![0; len as usize], writes: vec![0; chunks], kind }
+        // On the host's huge pages, as the page state is: a table of a guest's 1470 GiB is
+        // 1.4 GiB, and its first random touches would otherwise fault it in 4 KiB at a time.
+        let mut entries = Vec::new();
+        reserve_exact_huge(&mut entries, len as usize);
+        entries.resize(len as usize, 0);
+        Self { name: name.to_string(), mm, base, entries, writes: vec![0; chunks], kind }
     }
 
     /// The chunk of the table (counted from its first) that page index `page` is in.

@@ -3,10 +3,10 @@
 
 use bevy_ecs::entity::Entity;
 
-use super::backing::{Backing, mappers};
+use super::backing::{Backing, make_pte_protnone, pte_protnone_in};
 use super::huge_memory::{change_huge_pmd, split_huge_pmd};
 use super::mmu_notifier::invalidate_prot_numa;
-use super::{HPAGE_PMD_NR, Mm, PAGE_SHIFT, PG_KSM, PTE_PROTNONE, PTE_ZERO, PageIdx, Pmd, Pte, Vma, VmaNumab, hash_32};
+use super::{HPAGE_PMD_NR, Mm, PAGE_SHIFT, PG_KSM, PTE_ZERO, PageIdx, Pmd, Pte, Vma, VmaNumab, hash_32};
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
@@ -392,16 +392,15 @@ pub fn change_prot_numa(
         let pte_mapped = block.is_some_and(|b| k.mm(mm).vmas[vi].pmds[b] == Pmd::PteMapped);
         if !pte_mapped || k.rules.pte_mapped_thp_numa {
             for v in vpn..segment_end {
-                change_pte(k, vma.page(v), (target_node, skip_pinned), &mut updated);
+                change_pte(k, (mm, vma), vma.page(v), (target_node, skip_pinned), &mut updated);
             }
         }
         vpn = segment_end;
     }
     k.counters.vmstat.numa_pte_updates += updated.len() as u64;
-    // A memfd's mappers share the PTEs in the model, so each is told (see `backing.rs`).
-    for m in mappers(k, mm, vma) {
-        invalidate_prot_numa(k, m, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
-    }
+    // Only this mm's page table changed, so only its secondary MMUs are told, a memfd's
+    // other mappers' not (change_pmd_range() notifies `vma->vm_mm`).
+    invalidate_prot_numa(k, mm, vma.page(start), end - start, |p| updated.binary_search(&p).is_ok());
     let pte_updates = updated.len() as u64;
     ProtNumaChange { pte_updates, entries_written: pte_updates - huge_pmds * HPAGE_PMD_NR + huge_pmds }
 }
@@ -415,17 +414,23 @@ pub struct ProtNumaChange {
     pub entries_written: u64,
 }
 
-/// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE.
+/// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE of `mm`'s VMA `vma`.
 /// `skip`: the single-threaded target node and whether pinned folios are left.
-fn change_pte(k: &mut Kernel, page: PageIdx, skip: (Option<Nid>, bool), updated: &mut Vec<PageIdx>) {
+fn change_pte(
+    k: &mut Kernel,
+    (mm, vma): (Entity, &Vma),
+    page: PageIdx,
+    skip: (Option<Nid>, bool),
+    updated: &mut Vec<PageIdx>,
+) {
     let i = k.pages.slot(page);
-    if k.pages.slots.pte(i).flags & PTE_PROTNONE != 0
+    if pte_protnone_in(k, mm, vma.memfd, page)
         || !folio_can_map_prot_numa(k, i..i + 1, skip)
         || !prot_numa_tier_check(k, i..i + 1)
     {
         return;
     }
-    k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
+    make_pte_protnone(k, mm, vma.memfd, page);
     updated.push(page);
 }
 

@@ -4,6 +4,7 @@
 
 use bevy_ecs::prelude::*;
 
+use super::backing::protnone_at;
 use super::mmu_notifier::{MmuNotifyEvent, SPTE_VALID, SPTE_YOUNG, SmmuKind, invalidate_range};
 use super::{CPUPID_UNSET, PG_KSM, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx};
 use crate::engine::{Event, Nanos};
@@ -162,28 +163,31 @@ pub struct Aging {
 /// NUMA balancing never saw the access. Simplified: every page is aged each pass (no LRU
 /// lists); long-term pinned device mappings report no accessed bits.
 pub fn age_pages(mut k: Kernel, aging: Res<Aging>) {
-    let mut secondary_young: Vec<PageIdx> = Vec::new();
+    // The pages young in a secondary MMU, with the mm whose PTE that table mirrors.
+    let mut secondary_young: Vec<(PageIdx, Entity)> = Vec::new();
     for mut s in k.smmus.iter_mut() {
         if !s.kind.notified() {
             continue;
         }
-        let base = s.base;
+        let (base, mm) = (s.base, s.mm);
         for i in 0..s.entries().len() {
             if s.entries()[i] & (SPTE_VALID | SPTE_YOUNG) == SPTE_VALID | SPTE_YOUNG {
                 // test_young on a 2 MiB entry answers for its whole block (the THP's folio).
                 let unit = s.unit(i);
                 s.clear_young(unit.clone());
-                secondary_young.extend(unit.map(|j| base + j as PageIdx));
+                secondary_young.extend(unit.map(|j| (base + j as PageIdx, mm)));
             }
         }
     }
-    secondary_young.sort_unstable();
-    secondary_young.dedup();
     let pages = &k.pages;
-    let only_secondary = secondary_young
-        .iter()
-        .filter(|&&p| pages.has_folio(p) && pages.pte(p).flags & (PTE_PROTNONE | PTE_YOUNG) == PTE_PROTNONE)
-        .count();
+    let mut only_secondary: Vec<PageIdx> = secondary_young
+        .into_iter()
+        .filter(|&(p, mm)| pages.has_folio(p) && pages.pte(p).flags & PTE_YOUNG == 0 && protnone_at(&k, mm, p))
+        .map(|(p, _)| p)
+        .collect();
+    only_secondary.sort_unstable();
+    only_secondary.dedup();
+    let only_secondary = only_secondary.len();
     k.counters.young.secondary_only_protnone += only_secondary as u64;
     for pte in k.pages.slots.ptes_mut() {
         pte.flags &= !PTE_YOUNG;

@@ -200,7 +200,7 @@ pub fn reserve(free: &mut [u64], mib: u64, count: u64) -> bool {
 }
 
 /// Devices need GUP (not on guest_memfd memory); mprotect/munmap actions need anonymous
-/// memory (a memfd's mappers share their PTEs in the model).
+/// memory (mprotect() and munmap() of one mapper of a memfd are not modelled).
 fn check_users(c: &Config, all: &[(String, Mapping)]) -> Result<(), Invalid> {
     let backing = |process: &str, vma: &str| {
         let named = |(owner, m): &&(String, Mapping)| owner == process && m.vma == vma;
