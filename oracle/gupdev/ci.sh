@@ -14,7 +14,7 @@ pkgs=(make gcc-12 xz-utils)
 [ $boot = 1 ] && pkgs+=(cpio qemu-system-x86)
 apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
 start=$(date +%s)
-(cd "$here/../.." && NUMASIM_ORACLE=1 cargo test --locked -p oracle --test gupdev_build -- --nocapture)
+(cd "$here/../.." && NUMASIM_ORACLE=1 cargo test --locked -p oracle --test it gupdev_build:: -- --nocapture)
 echo "gupdev: fetched the headers and built for both kernels in $(( $(date +%s) - start )) s"
 if [ $boot = 1 ]; then
 	mapfile -t releases < <("$here/kernels.sh")

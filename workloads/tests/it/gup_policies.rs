@@ -1,6 +1,6 @@
 //! The GUP policies and their side effects, each under several seeds.
 
-mod common;
+use crate::common;
 
 use common::*;
 

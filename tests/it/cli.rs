@@ -1,6 +1,6 @@
 //! The command line: results on disk, and bad input rejected with exit status 2.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

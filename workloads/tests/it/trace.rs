@@ -2,7 +2,7 @@
 //! counter counts, read back from the ftrace text; tracing changes no result; a trace is
 //! bit-identical for the same config and seed.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeMap;
 

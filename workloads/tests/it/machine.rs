@@ -1,6 +1,6 @@
 //! The machine and the engine: placement, fallback, latency, determinism.
 
-mod common;
+use crate::common;
 
 use common::*;
 use sim_core::machine::NUMA_NO_NODE;

@@ -2,7 +2,7 @@
 //! what the scenario does; each NUMA balancing remedy knob changes what it is for and nothing
 //! else.
 
-mod common;
+use crate::common;
 
 use common::*;
 use sim_core::sim::RunOutput;

@@ -1,6 +1,6 @@
 //! `run --trace` and `trace-diff` on the command line.
 
-mod common;
+use crate::common;
 
 use common::{numasim, ok, s, scratch};
 

@@ -21,7 +21,7 @@ pub fn scenario(name: &str, set: &[&str]) -> Config {
 }
 
 /// Builds and runs `c`. (The invariant checks cost a pass over the pages per event, too slow
-/// for these whole runs in CI; tests/invariants.rs and the fuzz driver run with them.)
+/// for these whole runs in CI; the invariants module and the fuzz driver run with them.)
 pub fn run(c: &Config) -> (Sim, RunOutput) {
     let mut sim = workloads::build(c);
     let out = sim.run().unwrap_or_else(|e| panic!("{e}"));

@@ -1,7 +1,7 @@
 //! `numasim validate`: the catalogue checks, bad input exits 2 before anything boots, and
 //! (where QEMU and a kernel image are present) one case end to end on a real kernel.
 
-mod common;
+use crate::common;
 
 use common::{numasim, oracle_missing, rejected, s, scratch};
 

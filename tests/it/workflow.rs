@@ -1,6 +1,6 @@
 //! compare, sweep, merge and plot, end to end through the binary.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

@@ -1,7 +1,7 @@
 //! `numasim kernel`: what cannot run is refused with exit status 2 before anything boots;
 //! a guest that hangs is ended by the timeout (that one boots QEMU: only with NUMASIM_ORACLE=1).
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! scenario is refused when the kernel's compiler is missing. Boots QEMU and fetches from the
 //! archive: only with NUMASIM_ORACLE=1, and skipped (saying why) without QEMU or the package.
 
-mod common;
+use crate::common;
 
 use common::{numasim, oracle_missing, rejected, s, scratch};
 

@@ -5,7 +5,7 @@
 //! the kernel images and their linux-headers packages (`oracle/gupdev/ci.sh` installs them);
 //! without them it says why and skips. About 3 minutes under TCG.
 
-mod common;
+use crate::common;
 
 use common::{numasim, oracle_missing, s, scratch};
 use serde_json::Value;

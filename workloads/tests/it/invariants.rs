@@ -5,12 +5,12 @@
 //!
 //! CI runs one seed of each for `NUMASIM_INVARIANT_MS` (default 100) simulated ms; the full
 //! check, 20 seeds of the whole run, is
-//! `NUMASIM_INVARIANT_SEEDS=20 NUMASIM_INVARIANT_MS=0 cargo test --release --test invariants`.
+//! `NUMASIM_INVARIANT_SEEDS=20 NUMASIM_INVARIANT_MS=0 cargo test --release -p workloads --test it invariants::`.
 //! The checks keep their counts between events and recount what changed (a whole numa01 run
 //! takes ~6 CPU s with them, 2 without); `NUMASIM_INVARIANT_SHRINK=N` divides every VMA and
 //! guest memory size by N (down to 2 MiB) so that the whole matrix fits a smaller machine.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;

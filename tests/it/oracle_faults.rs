@@ -3,7 +3,7 @@
 //! empty kernel cache all succeed. These run on stand-ins (tests/common/fake.rs) and boot
 //! nothing; the last test stops real QEMU boots, only with NUMASIM_ORACLE=1.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output};

@@ -2,7 +2,7 @@
 //! fault and migration rules as `sim-core/src/mm/backing.rs` states them, and the config's
 //! refusals, each naming its key.
 
-mod common;
+use crate::common;
 
 use common::*;
 use sim_core::config::{Source, load};

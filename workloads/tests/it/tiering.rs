@@ -1,7 +1,7 @@
 //! Memory tiering: promotion by hinting faults in numa_balancing modes 2 and 3, kswapd's
 //! demotion, the promotion rate limit, and which GUP users get slow-tier memory promoted.
 
-mod common;
+use crate::common;
 
 use common::*;
 

@@ -1,4 +1,4 @@
-//! A bounded fuzz of the oracle's command line, as tests/fuzz.rs does for configs: `kernel`
+//! A bounded fuzz of the oracle's command line, as tests/it/fuzz.rs does for configs: `kernel`
 //! and `validate` with their options drawn from pools of good and bad values (`--kernel`
 //! files that are no kernel, kernels without a config or lacking options, images cut short;
 //! scenarios the guest cannot hold; tolerances on unknown metrics; `--repeat`, `--retries`
@@ -12,7 +12,7 @@
 //! `NUMASIM_ORACLE_FUZZ_CASES` (default 40) cases from `NUMASIM_FUZZ_SEED`; every failure is
 //! printed with its case number and command line.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};

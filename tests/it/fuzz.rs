@@ -11,10 +11,10 @@
 //! through the binary under a memory limit and a timeout, which must exit 0 or 2.
 //!
 //! CI runs `NUMASIM_FUZZ_CASES` (default 1500) cases; the long run is
-//! `NUMASIM_FUZZ_CASES=100000 cargo test --test fuzz -- --nocapture` (seed: `NUMASIM_FUZZ_SEED`).
+//! `NUMASIM_FUZZ_CASES=100000 cargo test --test it fuzz:: -- --nocapture` (seed: `NUMASIM_FUZZ_SEED`).
 //! Every failure is printed with its case number; `NUMASIM_FUZZ_CASE=N` runs case N alone.
 
-mod common;
+use crate::common;
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::process::Command;
@@ -499,7 +499,7 @@ static RUNNING: std::sync::Mutex<Option<(u64, Instant, String)>> = std::sync::Mu
 
 /// How to run one case again on its own.
 fn reproduce(seed: u64, case: u64) -> String {
-    format!("NUMASIM_FUZZ_SEED={seed} NUMASIM_FUZZ_CASE={case} cargo test --test fuzz -- --nocapture")
+    format!("NUMASIM_FUZZ_SEED={seed} NUMASIM_FUZZ_CASE={case} cargo test --test it fuzz:: -- --nocapture")
 }
 
 /// A case that runs past `HANG_WALL` is a hang: the watchdog prints it, with the failures
@@ -535,9 +535,16 @@ fn no_case_panics_hangs_or_wraps() {
     let bases = bases();
     let mut tally = Tally::default();
     // Panics are caught and reported per case with where they happened; the default hook
-    // would print each one.
-    let hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(|info| *LAST_PANIC.lock().unwrap() = info.to_string()));
+    // would print each one. Other tests of the binary keep the hook they had.
+    let hook = std::sync::Arc::new(std::panic::take_hook());
+    let (fuzzer, others) = (std::thread::current().id(), hook.clone());
+    std::panic::set_hook(Box::new(move |info| {
+        if std::thread::current().id() == fuzzer {
+            *LAST_PANIC.lock().unwrap() = info.to_string();
+        } else {
+            others(info);
+        }
+    }));
     let failures = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     watchdog(seed, failures.clone());
     let start = Instant::now();
@@ -562,7 +569,8 @@ fn no_case_panics_hangs_or_wraps() {
             eprintln!("fuzz: {} cases, {found} failures, {:.0} s", case + 1, start.elapsed().as_secs_f64());
         }
     }
-    std::panic::set_hook(hook);
+    drop(std::panic::take_hook());
+    std::panic::set_hook(Box::new(move |info| hook(info)));
     let failures = failures.lock().unwrap().clone();
     eprintln!(
         "fuzz: {} cases in {:.1} s (seed {seed}): {} rejected with exit 2, {} ran with invariants, {} loaded but over the harness's limits after shortening, {} through the binary; {} failures",

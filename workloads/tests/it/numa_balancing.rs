@@ -1,6 +1,6 @@
 //! Automatic NUMA balancing on the autonumabench scenarios.
 
-mod common;
+use crate::common;
 
 use common::*;
 

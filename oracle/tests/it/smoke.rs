@@ -1,6 +1,6 @@
 //! The oracle end to end on the real kernels: a short numa02 and one GUP path on Debian's 6.1
 //! and 6.12 under QEMU. Slow (a boot each) and needs QEMU and the images, so it runs only with
-//! `NUMASIM_ORACLE=1` (CI sets it: `NUMASIM_ORACLE=1 cargo test -p oracle --test smoke --
+//! `NUMASIM_ORACLE=1` (CI sets it: `NUMASIM_ORACLE=1 cargo test -p oracle --test it smoke:: --
 //! --test-threads=1`); otherwise, or when QEMU or an image is missing, it says why and skips.
 
 use std::path::PathBuf;

@@ -3,7 +3,7 @@
 //! would break a CSV, keys nested too deep, incomplete sweep folders and shard sets, I/O
 //! failures and a closed stdout. Each through the binary, with its exit status.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
