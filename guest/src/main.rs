@@ -2,9 +2,13 @@
 //! sysctls, forks the workload's processes and GUP callers, samples the kernel's counters
 //! every `sample_ms` onto the data serial port (one JSON [`Frame`] per line) and powers off.
 
+#[allow(dead_code)]
+mod gupdev;
+mod pattern;
 mod pte_walk;
 mod remote;
 mod sample;
+mod shared;
 mod smmu;
 mod sys;
 mod tiers;
@@ -17,7 +21,8 @@ use std::io::Write;
 use std::sync::atomic::Ordering;
 
 use guest::{Frame, Plan};
-use sys::{Result, Shared};
+use shared::Shared;
+use sys::Result;
 
 /// How long the workload's processes may take to set up (populate their VMAs).
 const SETUP_TIMEOUT_NS: u64 = 600 * 1_000_000_000;
@@ -169,7 +174,7 @@ fn fork_child(shared: &Shared, proc_slot: usize, body: impl FnOnce() -> Result<(
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("numasim-guest: {e}");
-                shared.procs[proc_slot].state.store(workload::FAILED, Ordering::Release);
+                shared.procs[proc_slot].state.store(shared::FAILED, Ordering::Release);
                 1
             }
         };
@@ -182,7 +187,7 @@ fn wait_ready(shared: &Shared, plan: &Plan, since: u64) -> Result<()> {
     let n = plan.processes.len() + plan.remote_callers.len();
     loop {
         check_failed(shared, n)?;
-        if shared.procs[..n].iter().all(|p| p.state.load(Ordering::Acquire) == workload::READY) {
+        if shared.procs[..n].iter().all(|p| p.state.load(Ordering::Acquire) == shared::READY) {
             return Ok(());
         }
         if sys::now_ns() - since > SETUP_TIMEOUT_NS {
@@ -193,7 +198,7 @@ fn wait_ready(shared: &Shared, plan: &Plan, since: u64) -> Result<()> {
 }
 
 fn check_failed(shared: &Shared, n: usize) -> Result<()> {
-    match shared.procs[..n].iter().position(|p| p.state.load(Ordering::Acquire) == workload::FAILED) {
+    match shared.procs[..n].iter().position(|p| p.state.load(Ordering::Acquire) == shared::FAILED) {
         Some(i) => Err(format!("process slot {i} failed (its message is on the console)")),
         None => Ok(()),
     }

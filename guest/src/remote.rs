@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering;
 
 use guest::{PAGE_SIZE, RemoteCaller, RemotePath, ThreadPlan, page_content};
 
-use crate::sys::{self, Result, Rng, Shared, ThreadSlot};
+use crate::pattern::{self, Rng};
+use crate::shared::{self, Shared, ThreadSlot};
+use crate::sys::{self, Result};
 
 /// The brd ramdisk O_DIRECT callers use.
 const RAMDISK: &str = "/dev/ram0";
@@ -22,12 +24,12 @@ pub fn run_remote(shared: &'static Shared, plan: &guest::Plan, ci: usize, slot_i
     slot.pid.store(std::process::id() as i32, Ordering::Relaxed);
     slot.tid.store(sys::gettid(), Ordering::Relaxed);
     let nr_cpus = plan.nodes * plan.cpus_per_node;
-    sys::set_affinity(&crate::workload::node_cpus(plan, c.node), nr_cpus)?;
+    sys::set_affinity(&crate::shared::node_cpus(plan, c.node), nr_cpus)?;
     shared.procs[plan.processes.len() + ci].pid.store(std::process::id() as i32, Ordering::Relaxed);
-    shared.procs[plan.processes.len() + ci].state.store(crate::workload::READY, Ordering::Release);
-    let go = sys::wait_go(shared);
+    shared.procs[plan.processes.len() + ci].state.store(crate::shared::READY, Ordering::Release);
+    let go = shared::wait_go(shared);
     sys::sleep_until(go + c.start_ms * 1_000_000);
-    let stop = sys::stop_time(go, c.stop_ms, plan.duration_ms);
+    let stop = shared::stop_time(go, c.stop_ms, plan.duration_ms);
     let owner = &shared.procs[c.process];
     let pid = owner.pid.load(Ordering::Relaxed);
     let base = owner.vma_base[c.vma].load(Ordering::Relaxed) as usize;
@@ -55,14 +57,14 @@ pub fn run_remote(shared: &'static Shared, plan: &guest::Plan, ci: usize, slot_i
     let mut rng = Rng(seed);
     let (mut pos, mut n) = (0, 0u64);
     while !shared.stopped() && sys::now_ns() < stop {
-        let page = sys::next_page(c.pattern, pages, &mut pos, &mut rng);
+        let page = pattern::next_page(c.pattern, pages, &mut pos, &mut rng);
         let addr = base + (page * PAGE_SIZE) as usize;
         buf[0] = page_content(salt, page, classes);
         if remote_access(c, pid, addr, &mut buf, mem.as_ref()) {
             n += 1;
             slot.touches.store(n, Ordering::Relaxed);
         }
-        sys::spin_ns(c.think_ns);
+        pattern::spin_ns(c.think_ns);
     }
     Ok(())
 }
@@ -111,7 +113,7 @@ pub fn odirect_loop(
     let mut rng = Rng(0x0d1 ^ u64::from(t.start_cpu));
     let (mut pos, mut n) = (0, 0u64);
     while !shared.stopped() && sys::now_ns() < stop {
-        let page = t.first_page + sys::next_page(t.pattern, t.pages, &mut pos, &mut rng);
+        let page = t.first_page + pattern::next_page(t.pattern, t.pages, &mut pos, &mut rng);
         let addr = (base + (page * PAGE_SIZE) as usize) as *mut libc::c_void;
         let off = ((page % RAMDISK_PAGES) * PAGE_SIZE) as libc::off_t;
         let len = PAGE_SIZE as usize;
@@ -127,7 +129,7 @@ pub fn odirect_loop(
             n += 1;
             slot.touches.store(n, Ordering::Relaxed);
         }
-        sys::spin_ns(t.think_ns);
+        pattern::spin_ns(t.think_ns);
     }
     Ok(())
 }

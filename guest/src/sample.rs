@@ -6,7 +6,7 @@ use std::sync::atomic::Ordering;
 
 use guest::{PAGE_SIZE, Plan, RUNTIME_KEY, Sample, SmmuSample, ThreadSample};
 
-use crate::sys::Shared;
+use crate::shared::Shared;
 
 /// The sampler walks numa_maps (every page of every VMA: hundreds of milliseconds for a
 /// large buffer under TCG) only when this many times the last walk's duration has passed
@@ -58,7 +58,7 @@ fn smmus(plan: &Plan, shared: &Shared) -> Vec<SmmuSample> {
             stats: if slot.valid.load(Ordering::Acquire) == 0 {
                 BTreeMap::new()
             } else {
-                crate::smmu::STATS_FIELDS
+                crate::gupdev::STATS_FIELDS
                     .iter()
                     .zip(&slot.stats)
                     .map(|(k, v)| (k.to_string(), v.load(Ordering::Relaxed)))

@@ -3,43 +3,14 @@
 //! GUP with the plan's flags and is kept coherent by gupdev's MMU notifier. One touch is an
 //! ACCESS of one page, with a MAP first when the entry is missing (the device's fault).
 
-#[path = "../../oracle/gupdev/gupdev.rs"]
-#[allow(dead_code)]
-mod gupdev;
-
 use std::sync::atomic::Ordering;
 
 use guest::{PAGE_SIZE, Pattern, Plan, SmmuPlan};
 
-use crate::sys::{self, Result, Rng, Shared, SmmuSlot, ThreadSlot};
-
-/// gupdev_stats fields, in the C struct's order (gupdev.h).
-pub const STATS_FIELDS: [&str; 24] = [
-    "entries_valid",
-    "entries_pinned",
-    "entries_ref",
-    "invalidations",
-    "invalidations_protection_vma",
-    "entries_dropped",
-    "entries_skipped",
-    "stale_mappings",
-    "stale_mappings_max",
-    "stale_mapping_ns",
-    "stale_accesses",
-    "accesses",
-    "young_clear_calls",
-    "young_test_calls",
-    "young_answered",
-    "young_secondary_only_protnone",
-    "hint_faults",
-    "hint_faults_local",
-    "pages_migrated",
-    "map_retries",
-    "invalidations_clear",
-    "invalidations_unmap",
-    "invalidations_other",
-    "entries_refilled",
-];
+use crate::gupdev::{self, STATS_FIELDS};
+use crate::pattern::{self, Rng};
+use crate::shared::{self, Shared, SmmuSlot, ThreadSlot};
+use crate::sys::{self, Result};
 
 /// Pages a sequential toucher maps per miss: the ones it touches next (one GUP batch of the
 /// module). A MAP from a kernel thread creates one (15–40 ms under TCG), which per page
@@ -188,18 +159,18 @@ pub fn touch_loop(shared: &Shared, plan: &Plan, smmu: &Smmu, w: &Walk, slot: &Th
             .map(smmu.base, smmu.len, smmu.map_flags)
             .map_err(|e| format!("{}: GUPDEV_IOC_MAP (long-term pin): {e}", smmu.plan.name))?;
     }
-    let go = sys::wait_go(shared);
+    let go = shared::wait_go(shared);
     let sample_ns = plan.sample_ms.max(1) * 1_000_000;
     let mut next_publish = go;
     let mut rng = Rng(w.seed);
     let (mut pos, mut n) = (0, 0u64);
     while !shared.stopped() && sys::now_ns() < w.stop {
-        let off = sys::next_page(w.pattern, w.pages, &mut pos, &mut rng);
+        let off = pattern::next_page(w.pattern, w.pages, &mut pos, &mut rng);
         if smmu.touch(w.first_page + off, fault_around(w.pattern, w.pages - off)) {
             n += 1;
             slot.touches.store(n, Ordering::Relaxed);
         }
-        sys::spin_ns(w.think_ns);
+        pattern::spin_ns(w.think_ns);
         let now = sys::now_ns();
         if now >= next_publish {
             smmu.publish();

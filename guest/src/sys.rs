@@ -3,7 +3,6 @@
 
 use std::ffi::CString;
 use std::io;
-use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
 
 pub type Result<T> = std::result::Result<T, String>;
 
@@ -173,152 +172,6 @@ pub fn poweroff() -> ! {
     exit_process(1)
 }
 
-/// Memory the guest's processes share (mapped MAP_SHARED before they are forked): the start
-/// signal, where each process put its VMAs and each thread's id and touch count.
-#[repr(C)]
-pub struct Shared {
-    /// CLOCK_MONOTONIC at the workload's start; 0 until then.
-    pub go_ns: AtomicU64,
-    pub stop: AtomicU32,
-    pub procs: [ProcSlot; guest::MAX_PROCESSES],
-    pub threads: [ThreadSlot; guest::MAX_THREADS],
-    pub smmus: [SmmuSlot; guest::MAX_SMMUS],
-    /// RWP faults the userfaultfd handler threads resolved.
-    pub uffd_rwp_faults: AtomicU64,
-}
-
-/// A gupdev device's counters as its users last read them (GUPDEV_IOC_STATS).
-#[repr(C, align(64))]
-pub struct SmmuSlot {
-    /// Non-zero once the device was attached and read.
-    pub valid: AtomicU32,
-    pub stats: [AtomicU64; crate::smmu::STATS_FIELDS.len()],
-}
-
-#[repr(C)]
-pub struct ProcSlot {
-    pub pid: AtomicI32,
-    /// 1 when set up, 2 when setting up failed.
-    pub state: AtomicU32,
-    pub vma_base: [AtomicU64; guest::MAX_VMAS],
-}
-
-#[repr(C, align(64))]
-pub struct ThreadSlot {
-    pub pid: AtomicI32,
-    pub tid: AtomicI32,
-    pub touches: AtomicU64,
-}
-
-impl Shared {
-    /// Maps a zeroed `Shared` (all atomics start at 0).
-    pub fn map() -> Result<&'static Shared> {
-        let len = std::mem::size_of::<Shared>();
-        let p = mmap_anon(0, len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED)?;
-        // SAFETY: the mapping is zeroed, large enough, page-aligned and never unmapped; all
-        // fields are atomics, for which zero is a valid value.
-        Ok(unsafe { &*(p as *const Shared) })
-    }
-
-    pub fn stopped(&self) -> bool {
-        self.stop.load(std::sync::atomic::Ordering::Relaxed) != 0
-    }
-
-    /// Ends the run: sets `stop` and wakes every [`Shared::wait_stopped`] waiter.
-    pub fn stop_run(&self) {
-        self.stop.store(1, std::sync::atomic::Ordering::Release);
-        // SAFETY: a futex wake on an aligned u32 of this MAP_SHARED mapping (not
-        // FUTEX_PRIVATE: the waiters are in other processes).
-        unsafe { libc::syscall(libc::SYS_futex, self.stop.as_ptr(), libc::FUTEX_WAKE, i32::MAX) };
-    }
-
-    /// Blocks until the run ends without waking meanwhile (a futex wait on `stop`): a thread
-    /// that polled would touch its stack after every scan pass and take hinting faults that an
-    /// idle thread does not.
-    pub fn wait_stopped(&self) {
-        while !self.stopped() {
-            // SAFETY: as in stop_run(); it returns at once (EAGAIN) when `stop` is no longer 0,
-            // and a signal (EINTR) or spurious wake-up loops.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    self.stop.as_ptr(),
-                    libc::FUTEX_WAIT,
-                    0,
-                    std::ptr::null::<libc::timespec>(),
-                )
-            };
-        }
-    }
-}
-
-/// Waits until the workload starts and returns its start time.
-pub fn wait_go(shared: &Shared) -> u64 {
-    loop {
-        let go = shared.go_ns.load(std::sync::atomic::Ordering::Acquire);
-        if go != 0 {
-            return go;
-        }
-        sleep_ns(1_000_000);
-    }
-}
-
-/// When a thread started at `go` stops: at its own `stop_ms` when that is inside the run,
-/// otherwise when init ends the run (after the last sample, so the sample still sees it).
-pub fn stop_time(go: u64, stop_ms: Option<u64>, duration_ms: u64) -> u64 {
-    stop_ms.filter(|&s| s < duration_ms).map_or(u64::MAX, |s| go + s * 1_000_000)
-}
-
-/// A small fast generator (splitmix64) for the touch patterns.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
-
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-
-    pub fn chance(&mut self, p: f64) -> bool {
-        ((self.next() >> 11) as f64 / (1u64 << 53) as f64) < p
-    }
-}
-
-/// The next page offset of a pattern over `len` pages (`pos` is the sequential cursor).
-pub fn next_page(pattern: guest::Pattern, len: u64, pos: &mut u64, rng: &mut Rng) -> u64 {
-    match pattern {
-        guest::Pattern::Uniform => rng.below(len),
-        guest::Pattern::Sequential => {
-            let p = *pos % len.max(1);
-            *pos = p + 1;
-            p
-        }
-        guest::Pattern::HotCold { hot_pages, hot_probability } => {
-            if hot_pages >= len || rng.chance(hot_probability) {
-                rng.below(hot_pages.min(len))
-            } else {
-                hot_pages + rng.below(len - hot_pages)
-            }
-        }
-    }
-}
-
-/// Spins for `ns` of guest time (a thread's think time between touches).
-pub fn spin_ns(ns: u64) {
-    if ns > 0 {
-        let end = now_ns() + ns;
-        while now_ns() < end {
-            std::hint::spin_loop();
-        }
-    }
-}
-
 /// Opens serial port `path` (major 4, `minor`) for writing, in raw mode. The node is made by
 /// hand: devtmpfs may not be mounted yet.
 pub fn open_serial(path: &str, minor: u32) -> Result<std::fs::File> {
@@ -350,20 +203,4 @@ pub fn set_name(name: &str) {
     let c = cstr(&name.chars().take(15).collect::<String>());
     // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16 bytes.
     unsafe { libc::prctl(libc::PR_SET_NAME, c.as_ptr()) };
-}
-
-#[cfg(test)]
-mod tests {
-    use super::Shared;
-
-    #[test]
-    fn a_thread_waiting_for_the_stop_sleeps_until_the_run_is_stopped() {
-        let shared = Shared::map().unwrap();
-        let waiter = std::thread::spawn(move || shared.wait_stopped());
-        std::thread::sleep(std::time::Duration::from_millis(50));
-        assert!(!waiter.is_finished(), "returned before the run stopped");
-        shared.stop_run();
-        waiter.join().unwrap();
-        shared.wait_stopped();
-    }
 }

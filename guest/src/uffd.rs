@@ -6,7 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use guest::PAGE_SIZE;
 
-use crate::sys::{Result, Shared, os_err};
+use crate::shared::Shared;
+use crate::sys::{Result, os_err};
 
 const UFFD_API: u64 = 0xAA;
 const UFFD_FEATURE_RWP: u64 = 1 << 17;

@@ -6,8 +6,10 @@ use std::sync::{Arc, OnceLock};
 
 use guest::{ActionKind, ActionPlan, PAGE_SIZE, ProcessPlan, ThreadPlan, Touch, VmaBacking, VmaPlan, page_content};
 
+use crate::pattern::{self, Rng};
+use crate::shared::{self, FAILED, READY, Shared, node_cpus};
 use crate::smmu::{Smmu, Walk};
-use crate::sys::{self, Result, Rng, Shared};
+use crate::sys::{self, Result};
 use crate::uffd::Uffd;
 
 /// The reservation holding this process's VMAs, for the SIGSEGV handler.
@@ -72,7 +74,7 @@ pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usiz
         })
         .count();
     slot.state.store(READY, Ordering::Release);
-    let go = sys::wait_go(shared);
+    let go = shared::wait_go(shared);
     run_actions(shared, &p.actions, &vmas, &uffds, go, plan.duration_ms)?;
     // Threads blocked on a PROT_NONE or unmapped range never return: end with the run, not
     // with the last thread (the process's exit ends them). Asleep until then, as numasim's
@@ -82,14 +84,6 @@ pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usiz
 }
 
 /// `ProcSlot::state` values.
-pub const READY: u32 = 1;
-pub const FAILED: u32 = 2;
-
-/// CPUs of `node`: QEMU numbers them node by node.
-pub fn node_cpus(plan: &guest::Plan, node: u32) -> Vec<u32> {
-    (node * plan.cpus_per_node..(node + 1) * plan.cpus_per_node).collect()
-}
-
 /// Maps every VMA at its own place in one PROT_NONE reservation, at least a guard page apart
 /// (adjacent anonymous VMAs with equal flags would merge) and aligned to 2 MiB (so THP, when
 /// enabled, can back all of it) or to its huge page size.
@@ -218,7 +212,7 @@ struct ThreadCtx {
     plan: &'static guest::Plan,
     nr_cpus: u32,
     seed: u64,
-    slot: &'static sys::ThreadSlot,
+    slot: &'static shared::ThreadSlot,
     /// The secondary MMU a [`Touch::Smmu`] thread touches through.
     smmu: Option<Arc<Smmu>>,
 }
@@ -227,10 +221,10 @@ fn run_thread(c: &ThreadCtx, t: &ThreadPlan, page: Page) -> Result<()> {
     let (shared, slot) = (c.shared, c.slot);
     sys::set_name(&t.name);
     sys::set_affinity(&[t.start_cpu], c.nr_cpus)?;
-    let go = sys::wait_go(shared);
+    let go = shared::wait_go(shared);
     sys::sleep_until(go + t.start_ms * 1_000_000);
     sys::set_affinity(&t.cpus, c.nr_cpus)?;
-    let stop = sys::stop_time(go, t.stop_ms, c.plan.duration_ms);
+    let stop = shared::stop_time(go, t.stop_ms, c.plan.duration_ms);
     match (t.touch, &c.smmu) {
         (Touch::Cpu, _) => cpu_loop(shared, t, page, stop, slot, c.seed),
         (Touch::ODirect { write_buffer }, _) => {
@@ -274,12 +268,19 @@ fn open_smmus(
 
 /// CPU touches until `stop`: pages by pattern, `touch_lines` loads each, a store for the share
 /// of writes and for the first touch of a page nobody populated.
-fn cpu_loop(shared: &Shared, t: &ThreadPlan, page: Page, stop: u64, slot: &sys::ThreadSlot, seed: u64) -> Result<()> {
+fn cpu_loop(
+    shared: &Shared,
+    t: &ThreadPlan,
+    page: Page,
+    stop: u64,
+    slot: &shared::ThreadSlot,
+    seed: u64,
+) -> Result<()> {
     let mut rng = Rng(seed);
     let mut touched = vec![0u64; if page.populated { 0 } else { t.pages.div_ceil(64) as usize }];
     let (mut pos, mut n, mut sink) = (0, 0u64, 0u64);
     while !shared.stopped() {
-        let off = sys::next_page(t.pattern, t.pages, &mut pos, &mut rng);
+        let off = pattern::next_page(t.pattern, t.pages, &mut pos, &mut rng);
         let p = t.first_page + off;
         let first = !page.populated && touched[(off / 64) as usize] & (1 << (off % 64)) == 0;
         if first {
@@ -291,7 +292,7 @@ fn cpu_loop(shared: &Shared, t: &ThreadPlan, page: Page, stop: u64, slot: &sys::
         sink = sink.wrapping_add(page.read(p, t.touch_lines));
         n += 1;
         slot.touches.store(n, Ordering::Relaxed);
-        sys::spin_ns(t.think_ns);
+        pattern::spin_ns(t.think_ns);
         if n % 64 == 0 && sys::now_ns() >= stop {
             break;
         }

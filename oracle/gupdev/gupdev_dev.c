@@ -306,7 +306,7 @@ static struct miscdevice gd_misc = {
 
 static int __init gd_init(void)
 {
-	/* The ABI: sizes are in the ioctl numbers, and README.md and gupdev.rs state them. */
+	/* The ABI: sizes are in the ioctl numbers, and README.md and guest/src/gupdev.rs state them. */
 	BUILD_BUG_ON(sizeof(struct gupdev_version) != 72);
 	BUILD_BUG_ON(sizeof(struct gupdev_attach) != 32);
 	BUILD_BUG_ON(sizeof(struct gupdev_map) != 64);

@@ -2,8 +2,8 @@
 //! module: `cargo test --test it MODULE::`): a binary per file would link the crate and its
 //! dependencies once for each.
 
-mod common;
 mod churn;
+mod common;
 mod gup_policies;
 mod invariants;
 mod machine;

@@ -1,8 +1,7 @@
-//! Bindings to /dev/gupdev, the oracle's secondary-MMU test device (oracle/gupdev/gupdev.h,
-//! ABI version 2; README.md beside this file documents it). Plain `libc::ioctl` wrappers:
-//! include with `#[path = "../../oracle/gupdev/gupdev.rs"] mod gupdev;` in a crate that
-//! depends on `libc`. Structs mirror the C layouts field for field; the ioctl numbers are
-//! computed the way <asm-generic/ioctl.h> does, and the size asserts pin both.
+//! Bindings to /dev/gupdev, the oracle's secondary-MMU test device (oracle/gupdev/gupdev.h;
+//! oracle/gupdev/README.md documents it): plain `libc::ioctl` wrappers. Structs mirror the C
+//! layouts field for field; the ioctl numbers are computed the way <asm-generic/ioctl.h>
+//! does, and the size asserts pin both.
 
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -193,3 +192,31 @@ pub fn held_pages() -> io::Result<u64> {
     let s = std::fs::read_to_string("/sys/module/gupdev/parameters/held_pages")?;
     s.trim().parse().map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
+
+/// gupdev_stats fields, in the C struct's order (gupdev.h).
+pub const STATS_FIELDS: [&str; 24] = [
+    "entries_valid",
+    "entries_pinned",
+    "entries_ref",
+    "invalidations",
+    "invalidations_protection_vma",
+    "entries_dropped",
+    "entries_skipped",
+    "stale_mappings",
+    "stale_mappings_max",
+    "stale_mapping_ns",
+    "stale_accesses",
+    "accesses",
+    "young_clear_calls",
+    "young_test_calls",
+    "young_answered",
+    "young_secondary_only_protnone",
+    "hint_faults",
+    "hint_faults_local",
+    "pages_migrated",
+    "map_retries",
+    "invalidations_clear",
+    "invalidations_unmap",
+    "invalidations_other",
+    "entries_refilled",
+];
