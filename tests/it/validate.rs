@@ -120,12 +120,12 @@ fn the_tiering_case_on_a_real_kernel_reports_tiers_and_promotions() {
     let read = |f: &str| -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
     };
-    let guest = read("6.12/kernel/guest.json");
+    let guest = read(&format!("6.12/kernel/{}", results::GUEST));
     let tiers = guest["memory_tiers"].as_object().unwrap();
     let tier_of = |node: &str| tiers.iter().find(|(_, list)| list.as_str() == Some(node)).map(|(t, _)| t.clone());
     assert_eq!(tier_of("0").as_deref(), Some("memory_tier4"), "{tiers:?}");
     assert!(tier_of("1").is_some_and(|t| t != "memory_tier4"), "{tiers:?}");
-    let summary = read("6.12/kernel/summary.json");
+    let summary = read(&format!("6.12/kernel/{}", results::SUMMARY));
     assert!(summary["vmstat"]["pgpromote_success"].as_u64().unwrap() > 0, "{summary}");
     assert_eq!(summary["hint_faults_by_tier"]["toptier"], 0);
     let e = rejected(&[
