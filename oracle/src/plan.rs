@@ -277,7 +277,8 @@ fn vma_mib(c: &Config, pi: usize, vi: usize) -> u64 {
     }
 }
 
-/// The threads of block `t`, named and sliced as numasim's workloads::add_threads() does.
+/// The threads of block `t` as the guest runs them: the model's actors
+/// ([`workloads::actors::expand`]) with what the guest needs to touch their pages.
 fn expand_block(
     process: &str,
     t: &ThreadConfig,
@@ -286,29 +287,22 @@ fn expand_block(
     m: &MachineConfig,
     placer: &mut Placer,
 ) -> Vec<ThreadPlan> {
-    let n = u64::from(t.threads(m));
-    (0..n)
-        .map(|i| {
-            let (first_page, pages) = workloads::thread_range(t.slice, i, n, vma_pages);
-            let start_cpu = match &t.cpus {
-                Some(cpus) => cpus[i as usize % cpus.len()],
-                None => placer.next(t.node),
-            };
-            ThreadPlan {
-                name: format!("{process}/{}/{i}", t.name),
-                vma,
-                first_page,
-                pages,
-                pattern: pattern(t.pattern, pages, t.hot_fraction, t.hot_probability),
-                touch_lines: t.touch_lines,
-                think_ns: t.think_ns,
-                write_fraction: t.write_fraction,
-                start_ms: t.start_ms,
-                stop_ms: t.stop_ms,
-                start_cpu,
-                cpus: t.cpus.clone().unwrap_or_default(),
-                touch: Touch::Cpu,
-            }
+    workloads::actors::expand(process, t, vma_pages, m, placer)
+        .into_iter()
+        .map(|a| ThreadPlan {
+            name: a.name,
+            vma,
+            first_page: a.first_page,
+            pages: a.pages,
+            pattern: pattern(t.pattern, a.pages, t.hot_fraction, t.hot_probability),
+            touch_lines: t.touch_lines,
+            think_ns: t.think_ns,
+            write_fraction: t.write_fraction,
+            start_ms: t.start_ms,
+            stop_ms: t.stop_ms,
+            start_cpu: a.start_cpu,
+            cpus: a.cpus.unwrap_or_default(),
+            touch: Touch::Cpu,
         })
         .collect()
 }
@@ -369,6 +363,45 @@ fn thp_name(t: Thp) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each thread's name, start CPU and page count, and each device's name, as the model
+    /// builds the scenario and as the guest's plan runs it.
+    fn both_sides(c: &Config) -> Option<[Vec<(String, u32, u64)>; 2]> {
+        let plan = plan_of(c).ok()?;
+        let mut sim = workloads::build(c);
+        let w = &mut sim.world;
+        let mut model: Vec<(String, u32, u64)> =
+            w.query::<&sim_core::sched::Task>().iter(w).map(|t| (t.name.clone(), t.cpu, t.len)).collect();
+        model.extend(w.query::<&sim_core::device::Device>().iter(w).map(|d| (format!("device/{}", d.name), 0, 0)));
+        let device = |name: &str| name.starts_with("device/");
+        let mut guest: Vec<(String, u32, u64)> = plan
+            .processes
+            .iter()
+            .flat_map(|p| &p.threads)
+            .map(|t| if device(&t.name) { (t.name.clone(), 0, 0) } else { (t.name.clone(), t.start_cpu, t.pages) })
+            .collect();
+        guest.extend(plan.remote_callers.iter().map(|r| (r.name.clone(), 0, 0)));
+        model.sort();
+        guest.sort();
+        Some([model, guest])
+    }
+
+    /// Every built-in scenario and validation case the guest can run has the same threads
+    /// on both sides: the names the per-thread rows of `validate` join on, where each starts
+    /// and how many pages it touches, and the same devices.
+    #[test]
+    fn every_scenario_expands_to_the_same_actors_on_both_sides() {
+        let builtin = workloads::catalogue::BUILTIN.iter().map(|(n, _)| workloads::catalogue::resolve(n, &[]));
+        let cases = workloads::validation::CASES.iter().map(|(n, _)| workloads::validation::resolve(n, &[]));
+        let mut compared = 0;
+        for c in builtin.chain(cases) {
+            let c = c.expect("the catalogue resolves");
+            let Some([model, guest]) = both_sides(&c) else { continue };
+            assert_eq!(model, guest, "{}", c.name);
+            compared += 1;
+        }
+        assert!(compared >= 30, "only {compared} scenarios could be planned");
+    }
 
     fn config(text: &str) -> Config {
         let src = sim_core::config::Source { origin: "test".into(), text: text.into() };

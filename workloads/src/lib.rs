@@ -1,14 +1,16 @@
 //! Scenarios: the built-in catalogue, and building a simulation from a config.
 
+pub mod actors;
 pub mod catalogue;
 pub mod pattern;
 pub mod validation;
 
 use std::collections::HashMap;
 
+pub use actors::{Placer, thread_range};
 use bevy_ecs::entity::Entity;
 use sim_core::config::{
-    Access, Backing, Config, GupContext, HugepageAdvice, HugetlbPage, MachineConfig, MainThread, MemPolicy, Slice,
+    Access, Backing, Config, GupContext, HugepageAdvice, HugetlbPage, MachineConfig, MainThread, MemPolicy,
     ThreadConfig,
 };
 use sim_core::engine::{NSEC_PER_MSEC, NSEC_PER_USEC};
@@ -252,23 +254,18 @@ fn add_threads(
     ept: Option<Entity>,
     main: MainThread,
 ) -> Vec<Entity> {
-    let vma_pages = region.pages;
-    let n = u64::from(t.threads(m));
-    (0..n)
-        .map(|i| {
-            let (first, len) = if vma_pages == 0 { (0, 0) } else { thread_range(t.slice, i, n, vma_pages) };
-            let cpu = match &t.cpus {
-                Some(cpus) => cpus[i as usize % cpus.len()],
-                None => placer.next(t.node),
-            };
+    actors::expand(process, t, region.pages, m, placer)
+        .into_iter()
+        .enumerate()
+        .map(|(i, a)| {
             let spec = ThreadSpec {
-                name: format!("{process}/{}/{i}", t.name),
-                cpu,
-                affinity: Affinity(t.cpus.clone()),
-                base: region.base + first as PageIdx,
-                len,
+                name: a.name,
+                cpu: a.start_cpu,
+                affinity: Affinity(a.cpus),
+                base: region.base + a.first_page as PageIdx,
+                len: a.pages,
                 // Never drawn from when the thread has no pages (len 0).
-                pattern: pattern::build(t.pattern, len.max(1), t.hot_fraction, t.hot_probability),
+                pattern: pattern::build(t.pattern, a.pages.max(1), t.hot_fraction, t.hot_probability),
                 touch_lines: u64::from(t.touch_lines),
                 think_ns: t.think_ns,
                 write_fraction: t.write_fraction,
@@ -283,39 +280,4 @@ fn add_threads(
             if i == 0 && main == MainThread::First { sim.add_main_thread(mm, spec) } else { sim.add_thread(mm, spec) }
         })
         .collect()
-}
-
-/// The pages (first, count) thread `i` of a block of `n` touches in a VMA of `vma_pages`.
-pub fn thread_range(slice: Slice, i: u64, n: u64, vma_pages: u64) -> (u64, u64) {
-    match slice {
-        Slice::Whole => (0, vma_pages),
-        Slice::Private => (i * vma_pages / n, ((i + 1) * vma_pages / n - i * vma_pages / n).max(1)),
-    }
-}
-
-/// Initial thread placement: a given node's CPUs in turn, or all nodes round-robin.
-pub struct Placer {
-    nodes: u32,
-    cpus_per_node: u32,
-    next_node: u32,
-    next_on_node: Vec<u32>,
-}
-
-impl Placer {
-    pub fn new(nodes: u32, cpus_per_node: u32) -> Self {
-        Self { nodes, cpus_per_node, next_node: 0, next_on_node: vec![0; nodes as usize] }
-    }
-
-    /// The CPU the next thread starts on (on `node` when given).
-    pub fn next(&mut self, node: Option<u32>) -> u32 {
-        let nid = node.unwrap_or_else(|| {
-            let n = self.next_node;
-            self.next_node = (n + 1) % self.nodes;
-            n
-        });
-        let slot = &mut self.next_on_node[nid as usize];
-        let cpu = nid * self.cpus_per_node + *slot % self.cpus_per_node;
-        *slot += 1;
-        cpu
-    }
 }
