@@ -529,16 +529,20 @@ fn user_config(image: &Path, release: &str) -> Option<PathBuf> {
     candidates.into_iter().find(|p| p.is_file())
 }
 
-/// numasim's `kernel.version` nearest below a user kernel's release (a stable backport can
-/// move a kernel to a later era, as Debian's 6.1 shows: say `--set kernel.version` then).
+/// The `kernel.version` of a user kernel's release: the release itself, judged by the
+/// release table (sim-core's `release.rs`, `version.rs`) as `kernel.version = "X.Y.Z"` is,
+/// so a release between two read rows takes the older one's rules. A release before the
+/// oldest row takes the oldest, one past the newest series the newest. (A stable backport
+/// can move a kernel to a later era, as Debian's 6.1 shows: say `--set kernel.version`.)
 fn era_of(release: &str) -> KernelVersion {
     let v = version_key(release);
-    match (v.first().copied().unwrap_or(0), v.get(1).copied().unwrap_or(0)) {
-        (6, 0..=1) | (0..=5, _) => KernelVersion::V6_1,
-        (6, 2..=4) => KernelVersion::V6_4,
-        (6, 5) => KernelVersion::V6_5,
-        (6, 6..=11) => KernelVersion::V6_6,
-        _ => KernelVersion::V6_12,
+    let numbers: Vec<String> = v.iter().take(3).map(u64::to_string).collect();
+    let oldest = KernelVersion::ALL[0];
+    let newest = KernelVersion::ALL[KernelVersion::ALL.len() - 1];
+    match numbers.join(".").parse::<KernelVersion>() {
+        Ok(k) => k,
+        Err(_) if v.first().copied().unwrap_or(0) * 1000 + v.get(1).copied().unwrap_or(0) < 6001 => oldest,
+        Err(_) => newest,
     }
 }
 
@@ -649,10 +653,17 @@ mod tests {
     }
 
     #[test]
-    fn user_kernels_get_the_era_of_their_release() {
-        assert_eq!(era_of("6.12.0-rc1+"), KernelVersion::V6_12);
-        assert_eq!(era_of("6.5.3"), KernelVersion::V6_5);
-        assert_eq!(era_of("6.1.0"), KernelVersion::V6_1);
-        assert_eq!(era_of("6.8.1-custom"), KernelVersion::V6_6);
+    fn user_kernels_get_the_rules_of_their_release() {
+        let row = |r: &str| era_of(r).row_of().name;
+        assert_eq!((era_of("6.12.0-rc1+").name(), row("6.12.0-rc1+")), ("6.12.0", "6.12"));
+        assert_eq!(row("6.5.3"), "6.5");
+        assert_eq!(row("6.1.0"), "6.1");
+        assert_eq!(row("6.8.1-custom"), "6.6");
+        // Past 6.12 the rows read since: 6.13 takes 6.12's rules, 6.19 the 7.2 row's (which
+        // stands for 6.19-7.2), 7.3.4 its own.
+        assert_eq!((row("6.13.2"), row("6.18.9"), row("6.19.1"), row("7.3.4")), ("6.12", "6.18", "7.2", "7.3"));
+        // v6.2 has v6.2's GUP rule and not v6.4's VMA filter: the 6.1.192 row's rules.
+        assert_eq!(row("6.2.16"), "6.1-debian12");
+        assert_eq!((row("5.15.0"), row("9.0.1")), ("6.1", "7.3"));
     }
 }
