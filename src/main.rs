@@ -404,6 +404,13 @@ fn run(
 ) -> Result<(), Failure> {
     let config = workloads::validation::resolve_scenario(scenario, set)?;
     let request = trace::request(trace, config.kernel.version)?;
+    if let Some(req) = request.as_ref().filter(|r| r.options.kinds.iter().all(|k| k.kernel_only())) {
+        return Err(Failure::Input(format!(
+            "--trace-events `{}`: the model records none of these (sched_switch is traced on a kernel only: \
+             `numasim kernel`)",
+            req.options.events
+        )));
+    }
     let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&config.name));
     let mut sim = workloads::build(&config);
     if let Some(req) = &request {

@@ -79,7 +79,7 @@ pub fn request(a: &TraceArgs, kernel: KernelVersion) -> Result<Option<Request>, 
     };
     let (kinds, events) = match &a.trace_events {
         Some(spec) => (parse_events(spec).map_err(Failure::Input)?, spec.clone()),
-        None => (Kind::ALL.to_vec(), "*:*".to_string()),
+        None => (Kind::ALL.iter().copied().filter(|k| !k.kernel_only()).collect(), "*:*".to_string()),
     };
     let version = match a.trace_kernel.as_deref() {
         None => formats_of(kernel),
@@ -121,7 +121,22 @@ fn write_kernel(req: &Request, trace: &KernelTrace) -> Result<TraceSummary, Fail
 pub fn tracefs_plan(req: &Request, config: &Config) -> Result<oracle::TracePlan, Failure> {
     let cpus = u64::from(config.machine.nodes * config.machine.cpus_per_node).max(1);
     let total_kib = (req.options.max_bytes / 4).min(64 << 20) >> 10;
-    Ok(oracle::TracePlan { events: tracefs_events(req)?, buffer_kb_per_cpu: (total_kib / cpus).max(64) })
+    let events = tracefs_events(req)?;
+    let filters = events.iter().filter(|e| *e == SCHED_SWITCH).map(|e| (e.clone(), own_tasks(config))).collect();
+    Ok(oracle::TracePlan { events, buffer_kb_per_cpu: (total_kib / cpus).max(64), filters })
+}
+
+const SCHED_SWITCH: &str = "sched/sched_switch";
+
+/// sched_switch's filter: a switch from or to one of the scenario's threads, whose comms
+/// start with their process's name (the kernel keeps 15 bytes of a comm).
+fn own_tasks(config: &Config) -> String {
+    let names = config.process.iter().map(|p| &p.name).chain(config.vm.iter().map(|v| &v.name));
+    let globs: Vec<String> = names
+        .map(|n| n.chars().take(15).collect::<String>())
+        .flat_map(|n| [format!("prev_comm ~ \"{n}*\""), format!("next_comm ~ \"{n}*\"")])
+        .collect();
+    globs.join(" || ")
 }
 
 /// Writes a kernel run's trace, and its tracepoints' tracefs formats as trace-formats.txt
@@ -276,4 +291,32 @@ fn read_counts(p: &Path) -> Result<Counts, Failure> {
         )));
     }
     Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `sched:sched_switch`, named, goes to the kernel filtered to the scenario's own tasks;
+    /// `sched:*` leaves it out.
+    #[test]
+    fn sched_switch_is_asked_for_by_name_and_kept_to_the_scenarios_tasks() {
+        let config = workloads::catalogue::resolve("kvm-guest", &[]).unwrap();
+        let args = |events: &str| TraceArgs {
+            trace: Some(PathBuf::from("t.txt")),
+            trace_events: Some(events.into()),
+            ..Default::default()
+        };
+        let plan =
+            |events: &str| tracefs_plan(&request(&args(events), KernelVersion::V6_12).unwrap().unwrap(), &config);
+        let named = plan("sched:sched_switch,sched:sched_migrate_task").unwrap();
+        assert!(named.events.iter().any(|e| e == SCHED_SWITCH), "{:?}", named.events);
+        let [(event, filter)] = named.filters.as_slice() else { panic!("{:?}", named.filters) };
+        assert_eq!(event, SCHED_SWITCH);
+        for p in config.process.iter().map(|p| &p.name).chain(config.vm.iter().map(|v| &v.name)) {
+            assert!(filter.contains(&format!("prev_comm ~ \"{p}*\"")), "{filter}");
+        }
+        let wildcard = plan("sched:*").unwrap();
+        assert!(!wildcard.events.iter().any(|e| e == SCHED_SWITCH) && wildcard.filters.is_empty());
+    }
 }

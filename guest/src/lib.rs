@@ -85,6 +85,9 @@ pub struct TracePlan {
     /// buffer_size_kb: the ring buffer of each CPU. It does not overwrite: when a CPU's buffer
     /// is full, that CPU's later events are dropped and counted.
     pub buffer_kb_per_cpu: u64,
+    /// `system/event` and the filter written to its `filter` file before recording.
+    #[serde(default)]
+    pub filters: Vec<(String, String)>,
 }
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

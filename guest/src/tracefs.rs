@@ -41,6 +41,9 @@ pub fn prepare(plan: &TracePlan) -> Result<TraceInfo> {
         if enable.trim() != "1" {
             return Err(format!("{dir}/enable is `{}`: the boot command line did not enable it", enable.trim()));
         }
+        for (_, filter) in plan.filters.iter().filter(|(e, _)| e == event) {
+            std::fs::write(format!("{dir}/filter"), filter).map_err(|e| format!("{dir}/filter `{filter}`: {e}"))?;
+        }
         let format = std::fs::read_to_string(format!("{dir}/format")).map_err(|e| format!("{dir}/format: {e}"))?;
         info.formats.insert(event.clone(), format);
         info.enabled.push(event.clone());

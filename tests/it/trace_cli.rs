@@ -61,7 +61,8 @@ fn bad_trace_options_are_rejected_before_anything_runs() {
     let dir = scratch("trace-bad");
     let out_dir = dir.join("out");
     let cases: &[(&[&str], &str)] = &[
-        (&["--trace", "t.txt", "--trace-events", "sched:sched_switch"], "matches no event"),
+        (&["--trace", "t.txt", "--trace-events", "sched:sched_wakeup"], "matches no event"),
+        (&["--trace", "t.txt", "--trace-events", "sched:sched_switch"], "traced on a kernel only"),
         (&["--trace", "t.dat"], "binary format"),
         (&["--trace", "t.txt", "--trace-kernel", "5.4"], "--trace-kernel"),
         (&["--trace", "t.txt", "--trace-max-mib", "0"], "--trace-max-mib"),

@@ -87,6 +87,7 @@ kinds! {
     SchedSkipVmaNuma = "sched": "sched_skip_vma_numa",
     SchedSkipCpusetNuma = "sched": "sched_skip_cpuset_numa",
     SchedMigrateTask = "sched": "sched_migrate_task",
+    SchedSwitch = "sched": "sched_switch",
     MmMigratePagesStart = "migrate": "mm_migrate_pages_start",
     MmMigratePages = "migrate": "mm_migrate_pages",
     HintFault = "numasim": "numasim_hint_fault",
@@ -99,6 +100,16 @@ kinds! {
     KsmSkip = "numasim": "numasim_ksm_skip",
     KsmCow = "numasim": "numasim_ksm_cow",
     TaskRun = "numasim": "numasim_task_run",
+}
+
+impl Kind {
+    /// Recorded on a kernel only, and only when named: the model has no event for it (its
+    /// run queues switch without one), and on a kernel the oracle keeps it to the scenario's
+    /// own tasks. `sched_switch` shows what a thread was doing when the balancer moved it;
+    /// a guest's CPUs switch tens of thousands of times a run, so a wildcard leaves it out.
+    pub fn kernel_only(self) -> bool {
+        self == Kind::SchedSwitch
+    }
 }
 
 /// A task as sched_numa_pair_template records it: pid, tgid and numa group id

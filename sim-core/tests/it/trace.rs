@@ -158,7 +158,8 @@ fn linux_6_1_has_no_nr_split_and_no_sched_skip_vma_numa() {
 #[test]
 fn one_kind_of_each_event_is_pinned() {
     let kinds: Vec<Kind> = one_of_each().iter().map(|(_, _, e)| e.kind()).collect();
-    assert_eq!(kinds, Kind::ALL, "the pinned text covers every kind, in declaration order");
+    let recorded: Vec<Kind> = Kind::ALL.iter().copied().filter(|k| !k.kernel_only()).collect();
+    assert_eq!(kinds, recorded, "the pinned text covers every kind the model records, in declaration order");
 }
 
 #[test]
