@@ -112,6 +112,7 @@ fn a_kernel_trace_holds_the_tracepoints_with_the_fields_the_sim_prints() {
     let (kdir, ktrace, strace) = (dir.join("kernel"), dir.join("kernel.txt"), dir.join("sim.txt"));
     let out = Command::new(env!("CARGO_BIN_EXE_numasim"))
         .args(["kernel", "numa02", "--kernel", "6.12", "--out", s(&kdir), "--trace", s(&ktrace)])
+        .args(["--trace-events", "*:*,sched:sched_switch"])
         .args(set)
         .env("NUMASIM_ACCEL", "tcg")
         .output()
@@ -136,7 +137,17 @@ fn a_kernel_trace_holds_the_tracepoints_with_the_fields_the_sim_prints() {
         assert_eq!(k.keys[e], sm.keys[e], "fields of {e}: kernel vs sim");
     }
     let formats = std::fs::read_to_string(kdir.join("trace-formats.txt")).unwrap();
-    assert_eq!(formats.matches("print fmt:").count(), 7, "the seven tracepoints of Linux 6.12 the sim also prints");
+    assert_eq!(
+        formats.matches("print fmt:").count(),
+        8,
+        "the seven tracepoints of Linux 6.12 the sim also prints, and sched_switch"
+    );
+    // sched_switch, named, is there and kept to the scenario's own tasks.
+    let switches: Vec<&str> = text.lines().filter(|l| l.contains(" sched_switch: ")).collect();
+    assert!(!switches.is_empty(), "no sched_switch");
+    for l in switches {
+        assert!(l.contains("prev_comm=numa02") || l.contains("next_comm=numa02"), "{l}");
+    }
 }
 
 /// A stand-in for qemu-system-x86_64 on PATH: boot N (counted in `boots`) writes the console
