@@ -209,7 +209,7 @@ fn a_signal_to_numasim_stops_real_qemu_at_boot_and_mid_run() {
     }
     for (sig, after) in [(libc::SIGINT, 1), (libc::SIGTERM, 10), (libc::SIGKILL, 10)] {
         let dir = scratch(&format!("stop-qemu-{sig}"));
-        let child = std::process::Command::new(env!("CARGO_BIN_EXE_numasim"))
+        let child = common::stoppable(&mut std::process::Command::new(env!("CARGO_BIN_EXE_numasim")))
             .args(["kernel", "numa02", "--kernel", "6.1", "--out", s(&dir)])
             .args(["--set", "machine.cpus_per_node=1", "--set", "process.0.vma.0.size_mib=16"])
             .args(["--set", "run.duration_ms=20000"])

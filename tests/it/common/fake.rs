@@ -171,6 +171,7 @@ impl FakeHost {
             .env("NUMASIM_ACCEL", "tcg")
             .env("NUMASIM_KERNEL_TIMEOUT_S", "30")
             .env_remove("FAKE_STOP");
+        super::stoppable(&mut cmd);
         cmd
     }
 

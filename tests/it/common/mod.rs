@@ -82,3 +82,18 @@ pub fn qemu_naming(dir: &Path) -> Vec<i32> {
         })
         .collect()
 }
+
+/// Gives `cmd` the default SIGINT and SIGTERM: a shell starts a background job with SIGINT
+/// ignored, and numasim, as any Unix tool, leaves an ignored signal ignored; the tests that
+/// stop numasim with them must not depend on how the suite was started.
+pub fn stoppable(cmd: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: signal(2) is async-signal-safe, as pre_exec requires.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGINT, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            Ok(())
+        })
+    }
+}
