@@ -137,7 +137,7 @@ impl Default for KernelConfig {
             numa_balancing_scan_period_min_ms: 1000,
             numa_balancing_scan_period_max_ms: 60_000,
             numa_balancing_scan_size_mb: 256,
-            version: KernelVersion::V6_12,
+            version: KernelVersion::V7_3,
             transparent_hugepage: Thp::Never,
             gup_policy: None,
             notifier: NotifierMode::Unconditional,

@@ -32,6 +32,8 @@ fn machine_notified(policy: GupPolicy, thp: Thp, notifier: NotifierMode) -> (Sim
     config.kernel.transparent_hugepage = thp;
     config.kernel.notifier = notifier;
     config.kernel.gup_policy = Some(policy);
+    // The rules these tests cite are 6.12's; 6.19 on leaves pinned THPs alone (machine_on()).
+    config.kernel.version = KernelVersion::V6_12;
     let mut sim = Sim::new(&config);
     let mm = sim.add_process("app");
     let vma = sim.add_vma(mm, "buf", 2 * HPAGE_PMD_NR);

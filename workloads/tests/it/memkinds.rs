@@ -246,7 +246,7 @@ fn bad_memory_kinds_are_refused_naming_the_key() {
     let vm = "[[vm]]\nname = \"g\"\nmemory_mib = 64\n[vm.vcpus]\ncount = 1\n";
     let proc = "[[process]]\nname = \"p\"\n[[process.vma]]\nname = \"b\"\nsize_mib = 8\n";
     let cases: &[(String, &[&str], &str, &str)] = &[
-        (vm.to_string(), &["vm[0].backing=guest_memfd"], "vm[0].backing", "6.18"),
+        (vm.to_string(), &["vm[0].backing=guest_memfd", "kernel.version=6.12"], "vm[0].backing", "6.18"),
         (proc.to_string(), &["process[0].vma[0].backing=guest_memfd"], "process[0].vma[0].backing", "[[vm]]"),
         (proc.to_string(), &["process[0].vma[0].memfd=x"], "process[0].vma[0].memfd", "memfd"),
         (
