@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use sim_core::config::KernelVersion;
+use sim_core::release::Release;
 
 use crate::apt::{Apt, SUITES};
 use crate::damage::{debian_entry, image_damage};
@@ -536,12 +537,11 @@ fn user_config(image: &Path, release: &str) -> Option<PathBuf> {
 /// can move a kernel to a later era, as Debian's 6.1 shows: say `--set kernel.version`.)
 fn era_of(release: &str) -> KernelVersion {
     let v = version_key(release);
-    let numbers: Vec<String> = v.iter().take(3).map(u64::to_string).collect();
-    let oldest = KernelVersion::ALL[0];
-    let newest = KernelVersion::ALL[KernelVersion::ALL.len() - 1];
-    match numbers.join(".").parse::<KernelVersion>() {
+    let part = |i: usize| v.get(i).map_or(0, |&n| u32::try_from(n).unwrap_or(u32::MAX));
+    let (oldest, newest) = (KernelVersion::ALL[0], KernelVersion::ALL[KernelVersion::ALL.len() - 1]);
+    match format!("{}.{}.{}", part(0), part(1), part(2)).parse::<KernelVersion>() {
         Ok(k) => k,
-        Err(_) if v.first().copied().unwrap_or(0) * 1000 + v.get(1).copied().unwrap_or(0) < 6001 => oldest,
+        Err(_) if Release::new(part(0), part(1), part(2)) < oldest.release() => oldest,
         Err(_) => newest,
     }
 }
