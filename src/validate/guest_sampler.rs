@@ -2,17 +2,21 @@
 //! `run.sample_ms`, reads the kernel's counters and sleeps again; on a CPU where a workload
 //! thread runs, the thread waits on the run queue meanwhile, and an idle CPU may pull it
 //! (the task migrations the kernel runs show). The sim gets a process `init` with one
-//! periodic thread that touches no pages.
-//! - Its run time per period is /init's own CPU share over the run (its threads'
-//!   /proc/PID/task/TID/schedstat run time, start to end, over the run's length) times the
-//!   period, averaged over the runs. Measured on Debian's 6.1 and 6.12 under TCG (numa02,
-//!   2×2): /init ran 28 % and 25 % of one CPU; every kernel thread together 3 % and 1 %
-//!   (rcu_preempt, migration/N, kworkers), which the model leaves out.
-//! - A run recorded without the task table gives instead all CPU time outside the
-//!   scenario's threads (/proc/schedstat's per-CPU run time less the threads' runtime) per
-//!   sample: an upper bound, kernel threads included.
-//! - It starts on node 0 (the guest boots on CPU 0), unpinned, and first wakes one period
-//!   after the start: /init takes the baseline sample before it releases the threads.
+//! sleeping thread that touches no pages.
+//! - Where the runs recorded the sampler's CPU time per sample (`guest.sampler.cpu_ns`), it
+//!   replays one run's samples at their recorded times with their recorded CPU time. Traced
+//!   on 6.1 and 6.12 (numa02, 2×2), a worker moved most often after waiting behind a long
+//!   sample, and /init fell behind its 100 ms period (111–175 samples in 30 s instead of
+//!   300) and then sampled back to back: a burst pattern a mean cannot give.
+//! - Runs recorded without that column give /init's own CPU share spread evenly: its
+//!   threads' /proc/PID/task/TID/schedstat run time, start to end, over the run's length,
+//!   times the period, averaged over the runs; without the task table either, all CPU time
+//!   outside the scenario's threads (/proc/schedstat's per-CPU run time less the threads'
+//!   runtime) per sample, an upper bound, kernel threads included. Kernel threads (3 % and
+//!   1 % of a CPU on numa02) are left out.
+//! - It starts on node 0 (the guest boots on CPU 0), unpinned; it first wakes one period
+//!   after the start (or at its first recorded sample): /init takes the baseline sample
+//!   before it releases the threads.
 //! - It is added only where a scenario thread is free to move (no `cpus`): only there can it
 //!   change placement. Where every thread is pinned, the CPU time it takes from a thread is
 //!   already in that thread's touch rate, which validate fits the think time to.
@@ -27,27 +31,14 @@ use sim_core::config::{Config, MainThread, ProcessConfig, ThreadConfig};
 /// The process name of the stand-in.
 pub const PROCESS: &str = "init";
 
-/// The stand-in the kernel runs gave: a light sample every period and, where the runs
-/// recorded them, the numa_maps walks.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct StandIn {
-    /// CPU time of a sample without a walk, per period.
-    pub light_us: u64,
-    /// A walk's CPU time and how often one came (mean over the runs).
-    pub walk: Option<Walk>,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Walk {
-    pub run_us: u64,
-    pub every_ms: u64,
-}
-
-/// One run's walks: how many, their CPU time in all (ns), and the run's length (ms).
-struct RunWalks {
-    count: f64,
-    cpu_ns: f64,
-    elapsed_ms: f64,
+/// The stand-in the kernel runs gave.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StandIn {
+    /// /init's CPU share spread evenly: `run_us` every period (runs recorded without the
+    /// sampler's own CPU time per sample).
+    Even { run_us: u64 },
+    /// One run's samples replayed: the run (its index), how many samples, their CPU time.
+    Replay { run: usize, samples: usize, cpu_ms: u64 },
 }
 
 /// Adds the sampler to `config` from the kernel runs (each run's guest.json and time
@@ -59,73 +50,66 @@ pub fn add(config: &mut Config, runs: &[(&serde_json::Value, &Table)]) -> Option
         return None;
     }
     let period_ms = config.run.sample_ms;
-    let per_run: Vec<f64> = runs
-        .iter()
-        .filter_map(|(guest, series)| {
-            init_us_per_period(guest, period_ms).or_else(|| other_us_per_sample(guest, series))
-        })
-        .collect();
-    if per_run.is_empty() {
-        return None;
-    }
-    let total_us = mean(&per_run);
-    let walks: Vec<RunWalks> = runs.iter().filter_map(|(guest, series)| run_walks(guest, series)).collect();
-    let stand_in = shape(total_us, &walks, period_ms);
-    let sampler = ThreadConfig {
-        name: "sampler".into(),
-        count: 1,
-        node: Some(0),
-        start_ms: period_ms,
-        period_ms: Some(period_ms),
-        run_us: Some(stand_in.light_us),
-        ..ThreadConfig::default()
+    let mut sampler = ThreadConfig { name: "sampler".into(), count: 1, node: Some(0), ..ThreadConfig::default() };
+    let stand_in = match median_recorded(runs) {
+        Some((run, bursts)) => {
+            let cpu_ms = bursts.iter().map(|b| b[1]).sum::<u64>() / 1000;
+            let stand_in = StandIn::Replay { run, samples: bursts.len(), cpu_ms };
+            sampler.bursts = bursts;
+            stand_in
+        }
+        None => {
+            let per_run: Vec<f64> = runs
+                .iter()
+                .filter_map(|(guest, series)| {
+                    init_us_per_period(guest, period_ms).or_else(|| other_us_per_sample(guest, series))
+                })
+                .collect();
+            if per_run.is_empty() {
+                return None;
+            }
+            let cap = period_ms.saturating_mul(1000).saturating_sub(1).max(1);
+            let run_us = (mean(&per_run).round() as u64).clamp(1, cap);
+            (sampler.start_ms, sampler.period_ms, sampler.run_us) = (period_ms, Some(period_ms), Some(run_us));
+            StandIn::Even { run_us }
+        }
     };
-    let mut thread = vec![sampler.clone()];
-    if let Some(w) = stand_in.walk {
-        thread.push(ThreadConfig {
-            name: "walker".into(),
-            start_ms: w.every_ms,
-            period_ms: Some(w.every_ms),
-            run_us: Some(w.run_us),
-            ..sampler
-        });
-    }
     config.process.push(ProcessConfig {
         name: PROCESS.into(),
         vma: Vec::new(),
-        thread,
+        thread: vec![sampler],
         main_thread: MainThread::Idle,
         cpuset_mems: Vec::new(),
     });
     Some(stand_in)
 }
 
-/// Splits /init's CPU time per period (`total_us`) into the walks the runs recorded and the
-/// light samples left; without walks, all of it is one run per period.
-fn shape(total_us: f64, walks: &[RunWalks], period_ms: u64) -> StandIn {
-    let cap =
-        |us: f64, limit_ms: u64| (us.round() as u64).clamp(1, limit_ms.saturating_mul(1000).saturating_sub(1).max(1));
-    let walks: Vec<&RunWalks> = walks.iter().filter(|w| w.count > 0.0 && w.elapsed_ms > 0.0).collect();
-    if walks.is_empty() {
-        return StandIn { light_us: cap(total_us, period_ms), walk: None };
-    }
-    let run_us = mean(&walks.iter().map(|w| w.cpu_ns / w.count / 1000.0).collect::<Vec<_>>());
-    let every_ms = mean(&walks.iter().map(|w| w.elapsed_ms / w.count).collect::<Vec<_>>()).round() as u64;
-    let every_ms = every_ms.max(period_ms);
-    let walk_us_per_period =
-        mean(&walks.iter().map(|w| w.cpu_ns / 1000.0 / w.elapsed_ms).collect::<Vec<_>>()) * period_ms as f64;
-    StandIn {
-        light_us: cap(total_us - walk_us_per_period, period_ms),
-        walk: Some(Walk { run_us: cap(run_us, every_ms), every_ms }),
-    }
+/// Of the runs whose time series has the sampler's CPU time per sample, the one with the
+/// median total (the lower of two middles): its samples as `[at_ms, run_us]` bursts. One
+/// run's pattern, not a mean, because what moves a worker is when the sampler runs long:
+/// the kernels' /init fell behind its period and then sampled back to back.
+fn median_recorded(runs: &[(&serde_json::Value, &Table)]) -> Option<(usize, Vec<[u64; 2]>)> {
+    let mut recorded: Vec<(usize, Vec<[u64; 2]>)> =
+        runs.iter().enumerate().filter_map(|(i, (_, series))| sample_bursts(series).map(|b| (i, b))).collect();
+    let total = |b: &[[u64; 2]]| b.iter().map(|x| x[1]).sum::<u64>();
+    recorded.sort_by_key(|(i, b)| (total(b), *i));
+    let middle = recorded.len().checked_sub(1)? / 2;
+    Some(recorded.swap_remove(middle))
 }
 
-/// The walks a run's time series recorded (runs from before the column have none).
-fn run_walks(guest: &serde_json::Value, series: &Table) -> Option<RunWalks> {
-    let column = series.column(oracle::results::SAMPLER_COLUMNS[1])?;
-    let walks: Vec<f64> = column.into_iter().filter(|v| v.is_finite() && *v > 0.0).collect();
-    let elapsed_ms = guest["elapsed_ms"].as_f64()?;
-    Some(RunWalks { count: walks.len() as f64, cpu_ns: walks.iter().sum(), elapsed_ms })
+/// A run's samples as bursts: each row's time and the sampler's CPU time since the row
+/// before (the sample's reads, its numa_maps walk when it made one, and the last frame's
+/// send). None when the run predates the column or no sample took CPU time.
+fn sample_bursts(series: &Table) -> Option<Vec<[u64; 2]>> {
+    let cpu_ns = series.column(oracle::results::SAMPLER_COLUMNS[0])?;
+    let time_ms = series.column("time_ms")?;
+    let bursts: Vec<[u64; 2]> = time_ms
+        .iter()
+        .zip(&cpu_ns)
+        .filter(|(t, c)| t.is_finite() && **t >= 0.0 && c.is_finite() && **c >= 1000.0)
+        .map(|(t, c)| [t.round() as u64, (c / 1000.0).round() as u64])
+        .collect();
+    (!bursts.is_empty()).then_some(bursts)
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -161,9 +145,10 @@ fn other_us_per_sample(guest: &serde_json::Value, series: &Table) -> Option<f64>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sim_core::config::VmaConfig;
 
-    fn light(us: u64) -> Option<StandIn> {
-        Some(StandIn { light_us: us, walk: None })
+    fn even(us: u64) -> Option<StandIn> {
+        Some(StandIn::Even { run_us: us })
     }
 
     fn schedstat(times: &[u64]) -> String {
@@ -172,6 +157,18 @@ mod tests {
             s += &format!("cpu{i} 0 0 1 2 3 4 {t} 5 6\ndomain0 3 1 2\n");
         }
         s
+    }
+
+    fn scenario(sample_ms: u64) -> Config {
+        let mut config = Config::default();
+        config.run.sample_ms = sample_ms;
+        config.process.push(ProcessConfig {
+            name: "p".into(),
+            vma: vec![VmaConfig { name: "buf".into(), size_mib: 1, ..VmaConfig::default() }],
+            thread: vec![ThreadConfig { name: "w".into(), vma: "buf".into(), ..ThreadConfig::default() }],
+            ..ProcessConfig::default()
+        });
+        config
     }
 
     /// 4 s of CPU time of which the threads ran 2.5 s, over 10 samples: 150 ms each, which a
@@ -189,24 +186,17 @@ mod tests {
             header: vec!["time_ms".into(), "kernel.task.p/w/0.runtime_ns".into()],
             rows: vec![vec!["0".into(), "500000000".into()], vec!["100".into(), "2000000000".into()]],
         };
-        let mut config = Config::default();
-        config.run.sample_ms = 1000;
-        let worker = ThreadConfig { name: "w".into(), cpus: Some(vec![0]), ..ThreadConfig::default() };
-        config.process.push(ProcessConfig {
-            name: "p".into(),
-            vma: Vec::new(),
-            thread: vec![worker],
-            ..ProcessConfig::default()
-        });
+        let mut config = scenario(1000);
+        config.process[0].thread[0].cpus = Some(vec![0]);
         assert_eq!(add(&mut config.clone(), &[(&guest, &series)]), None, "every thread pinned");
         config.process[0].thread[0].cpus = None;
-        assert_eq!(add(&mut config.clone(), &[(&guest, &series)]), light(150_000));
+        assert_eq!(add(&mut config.clone(), &[(&guest, &series)]), even(150_000));
         // A run without the files does not count in the mean.
         let bare = serde_json::json!({"samples": 10});
-        assert_eq!(add(&mut config.clone(), &[(&bare, &series), (&guest, &series)]), light(150_000));
+        assert_eq!(add(&mut config.clone(), &[(&bare, &series), (&guest, &series)]), even(150_000));
         assert_eq!(add(&mut config.clone(), &[(&bare, &series)]), None);
         config.run.sample_ms = 100;
-        assert_eq!(add(&mut config, &[(&guest, &series)]), light(99_999));
+        assert_eq!(add(&mut config, &[(&guest, &series)]), even(99_999));
         let t = &config.process.last().unwrap().thread[0];
         assert_eq!((t.period_ms, t.run_us, t.vma.as_str()), (Some(100), Some(99_999), ""));
         assert_eq!(add(&mut config, &[(&guest, &series)]), None, "one sampler");
@@ -231,43 +221,33 @@ mod tests {
             }
         });
         let series = Table { header: vec!["time_ms".into()], rows: Vec::new() };
-        let mut config = Config::default();
-        config.run.sample_ms = 100;
-        config.process.push(ProcessConfig {
-            name: "p".into(),
-            vma: Vec::new(),
-            thread: vec![ThreadConfig { name: "w".into(), ..ThreadConfig::default() }],
-            ..ProcessConfig::default()
-        });
-        assert_eq!(add(&mut config, &[(&guest, &series)]), light(10_000));
+        assert_eq!(add(&mut scenario(100), &[(&guest, &series)]), even(10_000));
     }
 
-    /// Where the runs recorded the sampler's numa_maps walks, the stand-in gets a walker
-    /// with their mean CPU time and pace, and the light samples keep the rest of /init's
-    /// share: 3 s over 30 s (10 ms per 100 ms), of which three walks of 200 ms every 10 s.
+    fn recorded(samples: &[(u64, u64)]) -> Table {
+        let rows = samples.iter().map(|(t, cpu)| vec![t.to_string(), cpu.to_string(), "0".into()]);
+        let header = ["time_ms", oracle::results::SAMPLER_COLUMNS[0], oracle::results::SAMPLER_COLUMNS[1]];
+        Table { header: header.map(String::from).to_vec(), rows: rows.collect() }
+    }
+
+    /// Runs with the sampler's CPU time per sample give a replay of the run with the median
+    /// total, at its recorded times; a sample that took under a microsecond is no burst. A
+    /// run without the column counts for nothing, even where it has a task table.
     #[test]
-    fn the_walks_become_a_walker_and_the_rest_stays_light() {
-        let table = |run: u64| format!("1 1 0 0-3 init {run} 5 9\n");
-        let guest = serde_json::json!({
-            "samples": 300,
-            "elapsed_ms": 30_000,
-            "files": {"start": {TASKS_FILE: table(0)}, "end": {TASKS_FILE: table(3_000_000_000)}},
-        });
-        let walk = oracle::results::SAMPLER_COLUMNS[1];
-        let rows = [0, 200_000_000, 0, 200_000_000, 0, 200_000_000].map(|w| vec!["0".to_string(), w.to_string()]);
-        let series = Table { header: vec!["time_ms".into(), walk.into()], rows: rows.to_vec() };
-        let mut config = Config::default();
-        config.run.sample_ms = 100;
-        config.process.push(ProcessConfig {
-            name: "p".into(),
-            thread: vec![ThreadConfig { name: "w".into(), ..ThreadConfig::default() }],
-            ..ProcessConfig::default()
-        });
-        let added = add(&mut config, &[(&guest, &series)]).unwrap();
-        assert_eq!(added, StandIn { light_us: 8_000, walk: Some(Walk { run_us: 200_000, every_ms: 10_000 }) });
+    fn the_median_run_is_replayed_burst_by_burst() {
+        let guest = serde_json::json!({"elapsed_ms": 30_000});
+        let light = recorded(&[(100, 5_000_000), (200, 5_000_000)]);
+        let middle = recorded(&[(137, 52_309_088), (219, 400), (4802, 598_806_914), (5502, 56_175_786)]);
+        let heavy = recorded(&[(100, 900_000_000)]);
+        let old = Table { header: vec!["time_ms".into()], rows: vec![vec!["0".into()]] };
+        let runs = [(&guest, &heavy), (&guest, &old), (&guest, &middle), (&guest, &light)];
+        let mut config = scenario(100);
+        let added = add(&mut config, &runs).unwrap();
+        assert_eq!(added, StandIn::Replay { run: 2, samples: 3, cpu_ms: 707 });
         let init = config.process.iter().find(|p| p.name == PROCESS).unwrap();
-        let names: Vec<&str> = init.thread.iter().map(|t| t.name.as_str()).collect();
-        assert_eq!(names, ["sampler", "walker"]);
-        assert_eq!((init.thread[1].period_ms, init.thread[1].run_us), (Some(10_000), Some(200_000)));
+        let t = &init.thread[0];
+        assert_eq!(t.bursts, [[137, 52_309], [4802, 598_807], [5502, 56_176]]);
+        assert_eq!((t.period_ms, t.run_us, t.start_ms, t.node), (None, None, 0, Some(0)));
+        sim_core::config::validate(&config).unwrap();
     }
 }

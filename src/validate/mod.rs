@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
-use sim_core::config::{Config, Source, ToleranceConfig, load};
+use sim_core::config::{Config, KernelConfig, Source, ToleranceConfig, load};
 use sim_core::sim::PAGES_PER_MIB;
 use sim_core::stats::Counters;
 use sim_core::stats::summary::{Span, metrics};
@@ -384,13 +384,16 @@ fn run_one(
     }
     let runs: Vec<_> = guests.iter().zip(&series).collect();
     let sampler = guest_sampler::add(&mut sim, &runs);
-    if let Some(s) = sampler {
-        let walk =
-            s.walk.map_or(String::new(), |w| format!(", its numa_maps walk {} us every {} ms", w.run_us, w.every_ms));
-        eprintln!(
-            "validate {}: the guest's sampler runs {} us every {} ms{walk}",
-            config.name, s.light_us, sim.run.sample_ms
-        );
+    match sampler {
+        Some(guest_sampler::StandIn::Even { run_us }) => {
+            eprintln!("validate {}: the guest's sampler runs {run_us} us every {} ms", config.name, sim.run.sample_ms)
+        }
+        Some(guest_sampler::StandIn::Replay { run, samples, cpu_ms }) => eprintln!(
+            "validate {}: the guest's sampler replays kernel run {}'s {samples} samples ({cpu_ms} ms of CPU time)",
+            config.name,
+            run + 1
+        ),
+        None => {}
     }
     outcome.pte_scan = pte_scan_cost::measure(&guests);
     if let Some(cost) = &outcome.pte_scan {
@@ -581,10 +584,13 @@ fn earlier_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Result
 
 fn same_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option<KernelFacts> {
     // Parsed, so that a run written before a key was added (with its default) still counts;
-    // tolerances are not part of what ran.
+    // tolerances are not part of what ran, nor is the model's kernel.version (the release
+    // booted, compared below, is).
     let text = std::fs::read_to_string(dir.join(results::CONFIG)).ok()?;
     let earlier = load(&Source { origin: dir.display().to_string(), text }, &[]).ok()?;
-    let same = Config { validate: None, ..earlier } == Config { validate: None, ..config.clone() };
+    let what_ran =
+        |c: Config| Config { validate: None, kernel: KernelConfig { version: config.kernel.version, ..c.kernel }, ..c };
+    let same = what_ran(earlier) == what_ran(config.clone());
     let guest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join(results::GUEST)).ok()?).ok()?;
     let release = guest["release"].as_str()?.to_string();

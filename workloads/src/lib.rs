@@ -19,7 +19,7 @@ use sim_core::mm::PageIdx;
 use sim_core::mm::mmu_notifier::SmmuKind;
 use sim_core::mm::mprotect::Action;
 use sim_core::mm::userfaultfd::RwpMode;
-use sim_core::sched::{Affinity, Periodic};
+use sim_core::sched::{Affinity, Periodic, RunSchedule};
 use sim_core::sim::{DeviceSpec, PAGES_PER_MIB, Sim, ThreadSpec};
 
 /// The pages of a VMA as the config names it; actions on part of it split it into several
@@ -269,15 +269,26 @@ fn add_threads(
                 touch_lines: u64::from(t.touch_lines),
                 think_ns: t.think_ns,
                 write_fraction: t.write_fraction,
-                start: t.start_ms * NSEC_PER_MSEC,
+                start: t.bursts.first().map_or(t.start_ms, |b| b[0]) * NSEC_PER_MSEC,
                 stop: t.stop_ms.map(|s| s * NSEC_PER_MSEC),
                 ept,
-                periodic: t.period_ms.zip(t.run_us).map(|(period, run)| Periodic {
-                    period: period.saturating_mul(NSEC_PER_MSEC),
-                    run: run.saturating_mul(NSEC_PER_USEC),
-                }),
+                schedule: run_schedule(t),
             };
             if i == 0 && main == MainThread::First { sim.add_main_thread(mm, spec) } else { sim.add_thread(mm, spec) }
         })
         .collect()
+}
+
+/// A sleeping block's schedule: `period_ms`/`run_us`, or its recorded `bursts`.
+fn run_schedule(t: &ThreadConfig) -> Option<RunSchedule> {
+    if !t.bursts.is_empty() {
+        let bursts = t.bursts.iter().map(|&[at, run]| (at * NSEC_PER_MSEC, run * NSEC_PER_USEC)).collect();
+        return Some(RunSchedule::recorded(bursts));
+    }
+    t.period_ms.zip(t.run_us).map(|(period, run)| {
+        RunSchedule::Periodic(Periodic {
+            period: period.saturating_mul(NSEC_PER_MSEC),
+            run: run.saturating_mul(NSEC_PER_USEC),
+        })
+    })
 }

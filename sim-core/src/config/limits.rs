@@ -261,6 +261,15 @@ fn check_lifetime(key: &str, start_ms: u64, stop_ms: Option<u64>) -> Result<(), 
 
 fn check_thread(t: &ThreadConfig, latency: u64, key: &str) -> Result<(), Invalid> {
     touch_cost(key, t.touch_lines, latency, t.think_ns)?;
+    for (i, &[at_ms, run_us]) in t.bursts.iter().enumerate() {
+        let at = format!("{key}.bursts[{i}]");
+        product(
+            &at,
+            "at_ms + run_us",
+            1,
+            to_ns(&at, at_ms, NSEC_PER_MSEC, "ms")?.saturating_add(to_ns(&at, run_us, NSEC_PER_USEC, "us")?),
+        )?;
+    }
     check_lifetime(key, t.start_ms, t.stop_ms)
 }
 

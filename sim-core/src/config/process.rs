@@ -128,6 +128,11 @@ pub struct ThreadConfig {
     pub period_ms: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub run_us: Option<u64>,
+    /// Instead of `period_ms`: `[[at_ms, run_us], ...]`, a recorded schedule. Each thread
+    /// wakes at every `at_ms` and runs `run_us` of CPU time; a burst not done when the next
+    /// is due runs on into it. The block starts at its first burst and sleeps after its last.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub bursts: Vec<[u64; 2]>,
 }
 
 impl Default for ThreadConfig {
@@ -151,6 +156,7 @@ impl Default for ThreadConfig {
             stop_ms: None,
             period_ms: None,
             run_us: None,
+            bursts: Vec::new(),
         }
     }
 }

@@ -3,6 +3,7 @@
 //! placement (`numa.rs`) move threads between CPUs. Simplified: scheduler decisions only at
 //! quantum ends, no preemption inside a quantum.
 
+pub mod bursts;
 pub mod fair;
 pub mod numa;
 pub mod pelt;
@@ -24,6 +25,8 @@ use crate::mm::{PTE_COW, PTE_PROTNONE, PTE_YOUNG};
 use crate::stats::Source;
 use crate::trace::Event as TraceEvent;
 use crate::trace_event;
+use bursts::{AfterBurst, burst_done};
+pub use bursts::{Periodic, RunSchedule};
 use fair::{LoadBalance, newidle_balance, rq_avg, trigger_load_balance};
 
 /// Where a thread's next touches go: page offsets within the thread's range.
@@ -139,16 +142,7 @@ pub struct ThreadSpec {
     /// For a vCPU: the VM's EPT.
     pub ept: Option<Entity>,
     /// For a thread that sleeps between bursts of work.
-    pub periodic: Option<Periodic>,
-}
-
-/// A thread that runs `run` of CPU time every `period` from its start and sleeps in between
-/// (a clock_nanosleep() to the next period, as the oracle's sampler does); each wake goes
-/// through select_task_rq_fair().
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Periodic {
-    pub period: Nanos,
-    pub run: Nanos,
+    pub schedule: Option<RunSchedule>,
 }
 
 /// A user thread (task_struct, minus the NUMA fields in [`TaskNuma`]).
@@ -178,8 +172,8 @@ pub struct Task {
     pub nr_migrations: u64,
     /// Runtime spent on each node's CPUs (per-thread node shares).
     pub node_runtime: Vec<Nanos>,
-    pub periodic: Option<Periodic>,
-    /// A periodic thread's CPU time left in the current period.
+    pub schedule: Option<RunSchedule>,
+    /// A sleeping thread's CPU time left in the current burst.
     budget: Nanos,
     /// `se.avg`: the thread's PELT load, runnable and util, from its first wake on.
     pub avg: SchedAvg,
@@ -205,8 +199,8 @@ impl Task {
             exec_start: 0,
             nr_migrations: 0,
             node_runtime: Vec::new(),
-            periodic: spec.periodic,
-            budget: spec.periodic.map_or(0, |p| p.run),
+            budget: spec.schedule.as_ref().map_or(0, RunSchedule::first_budget),
+            schedule: spec.schedule,
             avg: SchedAvg::default(),
         }
     }
@@ -389,7 +383,7 @@ pub fn cpu_tick(
     // Waiting on the run queue since it last ran: load and runnable, no util.
     task.avg.update(now, true, false);
     let quantum = k.sysctl.0.quantum_us * NSEC_PER_USEC;
-    let slice = if task.periodic.is_some() { quantum.min(task.budget) } else { quantum };
+    let slice = if task.schedule.is_some() { quantum.min(task.budget) } else { quantum };
     let mut spent = match task.ept {
         Some(ept) => crate::kvm::run_vcpu_quantum(&mut k, &mut task, &mut numa, cpu, ept),
         // A thread with no pages only uses CPU time.
@@ -407,16 +401,22 @@ pub fn cpu_tick(
     account_runtime(&mut task, nid, now, spent);
     task.avg.update(now + spent, true, true);
     k.trace_task_ran(cpu, task.pid, now, now + spent.max(1));
-    let wake_at = burst_done(&mut task, spent, now + spent.max(1));
+    let t = &mut *task;
+    let after = match t.schedule.as_mut() {
+        Some(schedule) => burst_done(schedule, &mut t.budget, t.start, spent, now + spent.max(1)),
+        None => AfterBurst::Runs,
+    };
     // A thread going to sleep is off the run queue; its placement waits for its next run.
-    let migrate = wake_at.is_none() && std::mem::take(&mut numa.migrate_pending);
+    let migrate = after == AfterBurst::Runs && std::mem::take(&mut numa.migrate_pending);
     if migrate {
         numa::task_numa_migrate(&mut k, &mut tasks, te, now + spent.max(1));
     }
-    if let Some(at) = wake_at {
+    if let AfterBurst::Sleeps(wake) = after {
         dequeue_task(&mut k, te, cpu);
         k.cpu(cpu).blocked.push(te);
-        k.queue.schedule(at, Event::TaskWake(te));
+        if let Some(at) = wake {
+            k.queue.schedule(at, Event::TaskWake(te));
+        }
     }
     let mut c = k.cpu(cpu);
     c.running = Some((te, now + spent.max(1)));
@@ -426,19 +426,6 @@ pub fn cpu_tick(
         c.turn = Some((e, used + spent.max(1)));
     }
     k.queue.schedule_in(spent.max(1), Event::CpuTick(cpu));
-}
-
-/// Charges a periodic thread's run against its period's budget; when the budget is spent,
-/// the thread sleeps: returns the start of its next period, when it wakes with a new budget.
-fn burst_done(task: &mut Task, spent: Nanos, end: Nanos) -> Option<Nanos> {
-    let p = task.periodic?;
-    task.budget = task.budget.saturating_sub(spent);
-    if task.budget > 0 {
-        return None;
-    }
-    task.budget = p.run;
-    let periods = (end - task.start.min(end)) / p.period + 1;
-    Some(task.start.saturating_add(periods.saturating_mul(p.period)))
 }
 
 /// Charges a quantum to the thread's node shares and sets exec_start to its end.

@@ -131,7 +131,7 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
             let at = |rest: &str| format!("process[{pi}].thread[{ti}].{rest}");
             validate_thread(t, &c.machine, &at)?;
             let names: Vec<&str> = p.vma.iter().map(|v| v.name.as_str()).collect();
-            let no_pages = t.vma.is_empty() && t.period_ms.is_some();
+            let no_pages = t.vma.is_empty() && (t.period_ms.is_some() || !t.bursts.is_empty());
             check(no_pages || names.contains(&t.vma.as_str()), at("vma"), unknown_name("vma", &t.vma, &names))?;
         }
     }
@@ -149,6 +149,7 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
         }
         validate_thread(&vm.vcpus, &c.machine, &|rest| at(&format!("vcpus.{rest}")))?;
         check(vm.vcpus.period_ms.is_none(), at("vcpus.period_ms"), "vCPU threads do not sleep")?;
+        check(vm.vcpus.bursts.is_empty(), at("vcpus.bursts"), "vCPU threads do not sleep")?;
         total_mib += vm.memory_mib;
     }
     let mms: Vec<(&str, Vec<&str>)> = c
@@ -328,8 +329,12 @@ fn validate_thread(t: &ThreadConfig, m: &MachineConfig, at: &dyn Fn(&str) -> Str
     check_toucher(t.hot_fraction, t.hot_probability, t.touch_lines, t.start_ms, t.stop_ms, at)
 }
 
-/// `period_ms` and `run_us` come together, and the run fits in the period.
+/// `period_ms` and `run_us` come together, and the run fits in the period; or `bursts`
+/// alone, in time order.
 fn validate_period(t: &ThreadConfig, at: &dyn Fn(&str) -> String) -> Result<(), Invalid> {
+    if !t.bursts.is_empty() {
+        return validate_bursts(t, at);
+    }
     match (t.period_ms, t.run_us) {
         (None, None) => Ok(()),
         (Some(_), None) => Err((at("run_us"), "a thread with `period_ms` needs `run_us`".into())),
@@ -344,6 +349,19 @@ fn validate_period(t: &ThreadConfig, at: &dyn Fn(&str) -> String) -> Result<(), 
             )
         }
     }
+}
+
+fn validate_bursts(t: &ThreadConfig, at: &dyn Fn(&str) -> String) -> Result<(), Invalid> {
+    let alone = t.period_ms.is_none() && t.run_us.is_none();
+    check(alone, at("bursts"), "`bursts` replaces `period_ms` and `run_us`: give one or the other")?;
+    check(t.start_ms == 0, at("start_ms"), "a thread with `bursts` starts at its first burst")?;
+    let mut last_ms = 0;
+    for (i, &[at_ms, run_us]) in t.bursts.iter().enumerate() {
+        check(at_ms >= last_ms, at(&format!("bursts[{i}]")), format!("at {at_ms} ms is before the burst before it"))?;
+        check(run_us >= 1, at(&format!("bursts[{i}]")), "run_us must be at least 1")?;
+        last_ms = at_ms;
+    }
+    Ok(())
 }
 
 /// The keys threads and devices share: the hot-cold pattern, the touch size, the lifetime.

@@ -9,7 +9,9 @@ use crate::config::{Config, KernelConfig, KernelVersion, MachineConfig};
 use crate::engine::{EventQueue, NSEC_PER_MSEC, RngStream};
 use crate::kernel::Kernel;
 use crate::mm::PageIdx;
-use crate::sched::{AccessPattern, Affinity, Periodic, SchedAvg, Task, TaskNuma, ThreadSpec, enqueue_task};
+use crate::sched::{
+    AccessPattern, Affinity, Periodic, RunSchedule, SchedAvg, Task, TaskNuma, ThreadSpec, enqueue_task,
+};
 use crate::sim::Sim;
 use crate::trace::TraceOptions;
 use crate::trace::events::{Event as TraceEvent, Kind, TpVersion};
@@ -57,7 +59,7 @@ fn idle_spec(
     cpu: u32,
     affinity: Affinity,
     range: (PageIdx, u64),
-    periodic: Option<Periodic>,
+    schedule: Option<RunSchedule>,
 ) -> ThreadSpec {
     let (base, len) = range;
     ThreadSpec {
@@ -73,7 +75,7 @@ fn idle_spec(
         start: 0,
         stop: None,
         ept: None,
-        periodic,
+        schedule,
     }
 }
 
@@ -303,7 +305,8 @@ fn equal_fully_busy_groups_pick_the_first_in_6_1_and_the_last_in_6_12() {
 fn sleeper(sim: &mut Sim, of: Entity, cpu: u32, periodic: Option<Periodic>) -> Entity {
     let mm = sim.world.get::<Task>(of).unwrap().mm;
     let (base, len) = if periodic.is_some() { (0, 0) } else { (sim.vma_base(mm, 0), 16) };
-    sim.add_thread(mm, idle_spec("app/sleeper/0".into(), cpu, Affinity(None), (base, len), periodic))
+    let schedule = periodic.map(RunSchedule::Periodic);
+    sim.add_thread(mm, idle_spec("app/sleeper/0".into(), cpu, Affinity(None), (base, len), schedule))
 }
 
 /// select_task_rq_fair() for `wakee`, last on `prev`, woken from `waker`.
@@ -404,4 +407,37 @@ fn the_period_keys_are_checked() {
     let e = load(&src("period_m = 100\nrun_us = 5\n"), &[]).unwrap_err();
     assert!(e.message.contains("period_ms"), "{e}");
     assert!(load(&src("vma = \"\"\n"), &[]).is_err(), "a thread that never sleeps needs its VMA");
+}
+
+/// A recorded sleeper beside a busy thread, with idle CPUs to run on, runs exactly its
+/// bursts' CPU time, the burst due while one ran included; a burst after the run's end
+/// never comes.
+#[test]
+fn a_recorded_sleeper_runs_its_bursts_and_no_more() {
+    let (mut sim, t) = threads_on(KernelVersion::V6_12, 2, 2, &[(0, None)]);
+    let mm = sim.world.get::<Task>(t[0]).unwrap().mm;
+    let ms = NSEC_PER_MSEC;
+    let bursts = vec![(10 * ms, 5 * ms), (12 * ms, 3 * ms), (100 * ms, 2 * ms), (500 * ms, 7 * ms)];
+    let mut spec = idle_spec("app/replay/0".into(), 0, Affinity(None), (0, 0), Some(RunSchedule::recorded(bursts)));
+    spec.start = 10 * ms;
+    let r = sim.add_thread(mm, spec);
+    sim.run().unwrap();
+    assert_eq!(sim.world.get::<Task>(r).unwrap().sum_exec_runtime, 10 * ms);
+}
+
+/// `bursts` stands alone, in time order, from the thread's start; an overflowing time is
+/// named.
+#[test]
+fn the_burst_keys_are_checked() {
+    use crate::config::{Source, load};
+    let base = "[[process]]\nname = \"p\"\n[[process.thread]]\n";
+    let src = |text: &str| Source { origin: "t.toml".into(), text: format!("{base}{text}") };
+    let c = load(&src("bursts = [[5, 100], [5, 20], [90, 1]]\n"), &[]).unwrap();
+    assert_eq!(c.process[0].thread[0].bursts, [[5, 100], [5, 20], [90, 1]]);
+    let key = |text: &str| load(&src(text), &[]).unwrap_err().key;
+    assert_eq!(key("bursts = [[5, 100]]\nperiod_ms = 10\nrun_us = 5\n"), "process[0].thread[0].bursts");
+    assert_eq!(key("bursts = [[5, 100]]\nstart_ms = 3\n"), "process[0].thread[0].start_ms");
+    assert_eq!(key("bursts = [[5, 100], [4, 10]]\n"), "process[0].thread[0].bursts[1]");
+    assert_eq!(key("bursts = [[5, 0]]\n"), "process[0].thread[0].bursts[0]");
+    assert_eq!(key("bursts = [[9223372036854775807, 1]]\n"), "process[0].thread[0].bursts[0]");
 }
