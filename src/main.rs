@@ -177,6 +177,16 @@ enum Command {
     Scenarios,
     /// Compare two ftrace text traces (numasim's or a real kernel's): events per kind.
     TraceDiff { a: PathBuf, b: PathBuf },
+    /// Class each CPU change (`sched_migrate_task`) of the threads whose comm starts with
+    /// PREFIX by what the thread was doing: waiting behind another task, running, waking,
+    /// or NUMA placement. Reads an ftrace text trace with sched_switch, numasim's
+    /// (`run --trace-events 'sched:*,sched:sched_switch'`) or a kernel's.
+    TraceMoves {
+        trace: PathBuf,
+        /// The threads to class, by comm prefix (e.g. `numa02/`).
+        #[arg(long)]
+        comm: String,
+    },
     /// Draw a per-CPU timeline (PNG and SVG) of a Chrome JSON trace: what Perfetto's CPU
     /// tracks show, without the UI.
     TraceTimeline {
@@ -272,6 +282,7 @@ fn main() -> ExitCode {
             run(&scenario, &set, out, &trace, check_invariants)
         }
         Command::TraceDiff { a, b } => trace::diff(&a, &b),
+        Command::TraceMoves { trace, comm } => trace::moves(&trace, &comm),
         Command::TraceTimeline { trace, out } => {
             let base = out.unwrap_or_else(|| {
                 let stem = trace.file_stem().map_or("trace".into(), |s| s.to_string_lossy().into_owned());
@@ -404,13 +415,6 @@ fn run(
 ) -> Result<(), Failure> {
     let config = workloads::validation::resolve_scenario(scenario, set)?;
     let request = trace::request(trace, config.kernel.version)?;
-    if let Some(req) = request.as_ref().filter(|r| r.options.kinds.iter().all(|k| k.kernel_only())) {
-        return Err(Failure::Input(format!(
-            "--trace-events `{}`: the model records none of these (sched_switch is traced on a kernel only: \
-             `numasim kernel`)",
-            req.options.events
-        )));
-    }
     let dir = out.unwrap_or_else(|| PathBuf::from("out").join(&config.name));
     let mut sim = workloads::build(&config);
     if let Some(req) = &request {

@@ -79,7 +79,7 @@ pub fn request(a: &TraceArgs, kernel: KernelVersion) -> Result<Option<Request>, 
     };
     let (kinds, events) = match &a.trace_events {
         Some(spec) => (parse_events(spec).map_err(Failure::Input)?, spec.clone()),
-        None => (Kind::ALL.iter().copied().filter(|k| !k.kernel_only()).collect(), "*:*".to_string()),
+        None => (Kind::ALL.iter().copied().filter(|k| !k.named_only()).collect(), "*:*".to_string()),
     };
     let version = match a.trace_kernel.as_deref() {
         None => formats_of(kernel),
@@ -231,6 +231,23 @@ fn write_with(
 /// traces, side by side.
 pub fn diff(a: &Path, b: &Path) -> Result<(), Failure> {
     print!("{}", diff_table(a, b)?);
+    Ok(())
+}
+
+/// `numasim trace-moves`: the moves of the `comm` threads in the trace at `path`, by cause.
+pub fn moves(path: &Path, comm: &str) -> Result<(), Failure> {
+    if comm.is_empty() {
+        return Err(Failure::Input("--comm: give the threads' comm prefix, e.g. `numa02/`".into()));
+    }
+    let text = fs::read_to_string(path).map_err(|e| Failure::Input(format!("{}: {e}", path.display())))?;
+    let m = sim_core::trace::moves::classify(&text, comm);
+    if m.total == 0 && m.sched_switches == 0 && count_events(&text).events.is_empty() {
+        return Err(Failure::Input(format!(
+            "{}: no ftrace events (expected `trace-cmd report` or tracefs `trace` text)",
+            path.display()
+        )));
+    }
+    print!("{}", sim_core::trace::moves::render(&m, comm));
     Ok(())
 }
 

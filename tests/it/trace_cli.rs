@@ -62,7 +62,6 @@ fn bad_trace_options_are_rejected_before_anything_runs() {
     let out_dir = dir.join("out");
     let cases: &[(&[&str], &str)] = &[
         (&["--trace", "t.txt", "--trace-events", "sched:sched_wakeup"], "matches no event"),
-        (&["--trace", "t.txt", "--trace-events", "sched:sched_switch"], "traced on a kernel only"),
         (&["--trace", "t.dat"], "binary format"),
         (&["--trace", "t.txt", "--trace-kernel", "5.4"], "--trace-kernel"),
         (&["--trace", "t.txt", "--trace-max-mib", "0"], "--trace-max-mib"),
@@ -123,6 +122,31 @@ fn trace_diff_compares_event_counts_per_kind() {
     std::fs::write(&junk, "not a trace\n").unwrap();
     assert_eq!(numasim(&["trace-diff", s(&a), s(&junk)]).status.code(), Some(2));
     assert_eq!(numasim(&["trace-diff", s(&a), s(&dir.join("missing.txt"))]).status.code(), Some(2));
+}
+
+/// The overload scenario's balancer moves a queued worker: trace-moves finds the moves in a
+/// trace with sched_switch and classes every one, and refuses what it cannot read.
+#[test]
+fn trace_moves_classes_the_moves_of_a_run() {
+    let dir = scratch("trace-moves");
+    let file = dir.join("t.txt");
+    let events = "sched:*,sched:sched_switch";
+    ok(&["run", "overload", "--out", s(&dir.join("out")), "--trace", s(&file), "--trace-events", events]);
+    let moved = summary(&dir.join("out"))["sched"]["nr_migrations"].as_u64().unwrap();
+    assert!(moved > 0, "overload moves a worker");
+    let out = String::from_utf8(ok(&["trace-moves", s(&file), "--comm", "overload/"]).stdout).unwrap();
+    let first = out.lines().next().unwrap();
+    assert!(first.starts_with(&format!("{moved} moves of overload/* threads (")), "{out}");
+    let classed: u64 = out
+        .lines()
+        .skip(1)
+        .take_while(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(classed, moved, "{out}");
+    assert!(!out.contains("before its first sched_switch"), "{out}");
+    assert_eq!(numasim(&["trace-moves", s(&dir.join("missing.txt")), "--comm", "x"]).status.code(), Some(2));
+    assert_eq!(numasim(&["trace-moves", s(&file), "--comm", ""]).status.code(), Some(2));
 }
 
 #[test]

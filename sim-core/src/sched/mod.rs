@@ -24,6 +24,7 @@ use crate::mm::numa_balancing::{task_numa_work, task_tick_numa};
 use crate::mm::{PTE_COW, PTE_PROTNONE, PTE_YOUNG};
 use crate::stats::Source;
 use crate::trace::Event as TraceEvent;
+use crate::trace::events::PrevState;
 use crate::trace_event;
 use bursts::{AfterBurst, burst_done};
 pub use bursts::{Periodic, RunSchedule};
@@ -364,6 +365,7 @@ pub fn cpu_tick(
         }
     }
     let Some(te) = pick_next_task(&mut k, cpu) else {
+        trace_switch(&mut k, &tasks, cpu, None, now);
         lb.enter_idle(cpu);
         let mut c = k.cpu(cpu);
         c.ticking = false;
@@ -372,12 +374,15 @@ pub fn cpu_tick(
         c.turn = None;
         return;
     };
-    let (mut task, mut numa) = tasks.get_mut(te).expect("queued tasks exist");
+    let (task, _) = tasks.get(te).expect("queued tasks exist");
     if task.stop.is_some_and(|stop| now >= stop) {
+        let (_, mut numa) = tasks.get_mut(te).expect("queued tasks exist");
         exit_task(&mut k, &mut numa, te, cpu);
         k.queue.schedule_in(0, Event::CpuTick(cpu));
         return;
     }
+    trace_switch(&mut k, &tasks, cpu, Some(te), now);
+    let (mut task, mut numa) = tasks.get_mut(te).expect("queued tasks exist");
     k.cpu(cpu).curr = Some((task.pid, task.mm));
     k.trace_current(cpu, task.pid, now);
     // Waiting on the run queue since it last ran: load and runnable, no util.
@@ -426,6 +431,26 @@ pub fn cpu_tick(
         c.turn = Some((e, used + spent.max(1)));
     }
     k.queue.schedule_in(spent.max(1), Event::CpuTick(cpu));
+}
+
+/// sched_switch when the thread `cpu` runs changes (`next` None: the CPU goes idle). The
+/// thread whose quantum just ended is the one switched out: runnable if it is queued
+/// somewhere, asleep if it blocked, dead if it exited.
+fn trace_switch(k: &mut Kernel, tasks: &Query<(&mut Task, &mut TaskNuma)>, cpu: u32, next: Option<Entity>, now: Nanos) {
+    let prev = k.rq(cpu).running.map(|(e, _)| e);
+    if k.trace.is_none() || prev == next {
+        return;
+    }
+    let pid = |e: Option<Entity>| e.and_then(|e| tasks.get(e).ok()).map_or(0, |(t, _)| t.pid);
+    let prev_state = match prev.and_then(|e| tasks.get(e).ok().map(|(t, _)| (e, t.cpu))) {
+        None => PrevState::Runnable,
+        Some((e, on)) if k.rq(on).runqueue.contains(&e) => PrevState::Runnable,
+        Some((e, on)) if k.rq(on).blocked.contains(&e) => PrevState::Sleeping,
+        Some(_) => PrevState::Dead,
+    };
+    let (prev_pid, next_pid) = (pid(prev), pid(next));
+    k.trace_current(cpu, prev_pid, now);
+    trace_event!(k, TraceEvent::SchedSwitch { cpu, prev_pid, prev_state, next_pid });
 }
 
 /// Charges a quantum to the thread's node shares and sets exec_start to its end.

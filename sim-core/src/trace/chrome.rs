@@ -111,7 +111,8 @@ pub(crate) fn metadata(m: &TraceMeta, version: TpVersion, events: &str) -> Strin
 
 fn args_json(trace: &Trace, e: &Event, out: &mut String) {
     out.push('{');
-    for (i, (key, value)) in e.fields(trace.options.version, &trace.meta).into_iter().enumerate() {
+    let fields = e.fields(trace.options.version, &trace.meta).into_iter().filter(|(key, _)| !key.is_empty());
+    for (i, (key, value)) in fields.enumerate() {
         if i > 0 {
             out.push(',');
         }

@@ -103,12 +103,32 @@ kinds! {
 }
 
 impl Kind {
-    /// Recorded on a kernel only, and only when named: the model has no event for it (its
-    /// run queues switch without one), and on a kernel the oracle keeps it to the scenario's
-    /// own tasks. `sched_switch` shows what a thread was doing when the balancer moved it;
-    /// a guest's CPUs switch tens of thousands of times a run, so a wildcard leaves it out.
-    pub fn kernel_only(self) -> bool {
+    /// Recorded only when named: `sched_switch` shows what a thread was doing when the
+    /// balancer moved it, but CPUs switch tens of thousands of times a run, so a wildcard
+    /// leaves it out (and on a kernel the oracle keeps it to the scenario's own tasks).
+    pub fn named_only(self) -> bool {
         self == Kind::SchedSwitch
+    }
+}
+
+/// A switched-out task's state as sched_switch prints it (`__trace_sched_switch_state()`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrevState {
+    /// Still runnable: preempted or its turn served (`R`).
+    Runnable,
+    /// Asleep until a wake (`S`).
+    Sleeping,
+    /// Exited (`X`).
+    Dead,
+}
+
+impl PrevState {
+    pub fn name(self) -> &'static str {
+        match self {
+            PrevState::Runnable => "R",
+            PrevState::Sleeping => "S",
+            PrevState::Dead => "X",
+        }
     }
 }
 
@@ -208,6 +228,14 @@ pub enum Event {
         orig_cpu: i32,
         dest_cpu: i32,
     },
+    /// __schedule(): `cpu` switches from `prev_pid` to `next_pid` (0: the CPU's idle task,
+    /// `swapper/N`). Every modelled thread is nice 0 (prio 120).
+    SchedSwitch {
+        cpu: u32,
+        prev_pid: u32,
+        prev_state: PrevState,
+        next_pid: u32,
+    },
     SchedSkipVmaNuma {
         numa_scan_offset: u64,
         vm_start: u64,
@@ -300,6 +328,7 @@ impl Event {
             Event::SchedSkipVmaNuma { .. } => Kind::SchedSkipVmaNuma,
             Event::SchedSkipCpusetNuma { .. } => Kind::SchedSkipCpusetNuma,
             Event::SchedMigrateTask { .. } => Kind::SchedMigrateTask,
+            Event::SchedSwitch { .. } => Kind::SchedSwitch,
             Event::MmMigratePagesStart => Kind::MmMigratePagesStart,
             Event::MmMigratePages { .. } => Kind::MmMigratePages,
             Event::HintFault { .. } => Kind::HintFault,
@@ -348,6 +377,19 @@ impl Event {
                 ("orig_cpu", I(orig_cpu.into())),
                 ("dest_cpu", I(dest_cpu.into())),
             ],
+            Event::SchedSwitch { cpu, prev_pid, prev_state, next_pid } => {
+                let comm = |pid: u32| if pid == 0 { Swapper(cpu) } else { Comm(meta.comm(pid)) };
+                vec![
+                    ("prev_comm", comm(prev_pid)),
+                    ("prev_pid", U(prev_pid.into())),
+                    ("prev_prio", I(120)),
+                    ("prev_state", S(prev_state.name())),
+                    ("", S("==>")),
+                    ("next_comm", comm(next_pid)),
+                    ("next_pid", U(next_pid.into())),
+                    ("next_prio", I(120)),
+                ]
+            }
             Event::SchedSkipVmaNuma { numa_scan_offset, vm_start, vm_end, reason } => vec![
                 ("numa_scan_offset", HexUpper(numa_scan_offset)),
                 ("vm_start", HexUpper(vm_start)),
@@ -450,6 +492,8 @@ pub enum Field<'a> {
     Str(&'a str),
     /// A task's comm: at most TASK_COMM_LEN - 1 (15) characters.
     Comm(&'a str),
+    /// The comm of a CPU's idle task, `swapper/N`.
+    Swapper(u32),
     /// GUP flags, `FOLL_GET|FOLL_WRITE`
     Flags(u32),
     /// A node mask as `%*pbl` prints it: `0`, `0-1,3`
@@ -466,6 +510,7 @@ impl std::fmt::Display for Field<'_> {
             Field::S(s) => f.write_str(s),
             Field::Str(s) => f.write_str(s),
             Field::Comm(s) => s.chars().take(15).try_for_each(|c| f.write_char(c)),
+            Field::Swapper(cpu) => write!(f, "swapper/{cpu}"),
             Field::Flags(flags) => write_gup_flags(f, flags),
             Field::NodeList(mask) => write_node_list(f, mask),
         }

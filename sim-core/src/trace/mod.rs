@@ -10,6 +10,7 @@
 pub mod chrome;
 pub mod events;
 pub mod kernel;
+pub mod moves;
 pub mod output;
 pub mod parse;
 
@@ -65,6 +66,10 @@ pub struct TraceMeta {
 
 impl TraceMeta {
     pub fn comm(&self, pid: u32) -> &str {
+        // pid 0 is a CPU's idle task, which ftrace prints as `<idle>`.
+        if pid == 0 {
+            return "<idle>";
+        }
         self.comms.get(&pid).map_or("<...>", |(c, _)| c.as_str())
     }
 
@@ -233,7 +238,7 @@ pub fn parse_events(spec: &str) -> Result<Vec<Kind>, String> {
             return Err(format!("--trace-events `{spec}`: empty pattern"));
         }
         let named =
-            |k: Kind| !k.kernel_only() || pat == k.name() || pat.split_once(':').is_some_and(|(_, n)| n == k.name());
+            |k: Kind| !k.named_only() || pat == k.name() || pat.split_once(':').is_some_and(|(_, n)| n == k.name());
         let matched: Vec<Kind> = Kind::ALL.iter().copied().filter(|k| pattern_matches(pat, *k) && named(*k)).collect();
         if matched.is_empty() {
             let all: Vec<String> = Kind::ALL.iter().map(|k| format!("{}:{}", k.system(), k.name())).collect();

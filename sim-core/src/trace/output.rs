@@ -145,7 +145,8 @@ pub fn ftrace_line(trace: &Trace, r: &Record, out: &mut String) {
     line_start(out, trace.meta.comm(r.pid), r.pid, r.cpu, r.ts, r.event.kind().name());
     for (i, (key, value)) in r.event.fields(trace.options.version, &trace.meta).into_iter().enumerate() {
         let sep = if i == 0 { "" } else { " " };
-        let _ = write!(out, "{sep}{key}={value}");
+        // A field without a key is TP_printk's literal text (sched_switch's `==>`).
+        let _ = if key.is_empty() { write!(out, "{sep}{value}") } else { write!(out, "{sep}{key}={value}") };
     }
     out.push('\n');
 }

@@ -441,3 +441,41 @@ fn the_burst_keys_are_checked() {
     assert_eq!(key("bursts = [[5, 0]]\n"), "process[0].thread[0].bursts[0]");
     assert_eq!(key("bursts = [[9223372036854775807, 1]]\n"), "process[0].thread[0].bursts[0]");
 }
+
+/// sched_switch on each CPU chains (every switch's prev is the last one's next, starting
+/// from the idle task), a periodic sleeper leaves its CPU asleep (`S`) and a busy thread
+/// only runnable (`R`), and the threads' switch-ins account for every thread that ran.
+#[test]
+fn sched_switch_chains_per_cpu_and_says_who_slept() {
+    use crate::trace::events::PrevState;
+    let (mut sim, t) = threads_on(KernelVersion::V6_12, 2, 2, &[(0, None), (1, None)]);
+    let s = sleeper(&mut sim, t[0], 0, Some(Periodic { period: 20 * NSEC_PER_MSEC, run: 5 * NSEC_PER_MSEC }));
+    let sleeper_pid = sim.world.get::<Task>(s).unwrap().pid;
+    sim.enable_trace(TraceOptions {
+        kinds: vec![Kind::SchedSwitch],
+        events: "sched:sched_switch".into(),
+        version: TpVersion::V6_12,
+        max_bytes: 1 << 24,
+    });
+    let out = sim.run().unwrap();
+    let mut last = std::collections::BTreeMap::new();
+    let mut ran = std::collections::BTreeSet::new();
+    let mut sleeps = 0;
+    let trace = out.trace.unwrap();
+    for r in trace.records() {
+        let TraceEvent::SchedSwitch { cpu, prev_pid, prev_state, next_pid } = r.event else { continue };
+        assert_eq!(r.cpu, cpu);
+        assert_eq!(last.insert(cpu, next_pid).unwrap_or(0), prev_pid, "CPU {cpu} at {}", r.ts);
+        assert_ne!(prev_pid, next_pid);
+        ran.insert(next_pid);
+        if prev_pid == sleeper_pid {
+            assert_ne!(prev_state, PrevState::Dead);
+            sleeps += u64::from(prev_state == PrevState::Sleeping);
+        } else {
+            assert_eq!(prev_state, PrevState::Runnable, "pid {prev_pid} never sleeps");
+        }
+    }
+    let pids: Vec<u32> = t.iter().chain([&s]).map(|&e| sim.world.get::<Task>(e).unwrap().pid).collect();
+    assert!(pids.iter().all(|p| ran.contains(p)), "{ran:?} {pids:?}");
+    assert!(sleeps >= 5, "the sleeper sleeps every period: {sleeps}");
+}
