@@ -10,7 +10,8 @@ use super::{HPAGE_PMD_NR, Mm, PAGE_SHIFT, PG_KSM, PTE_ZERO, PageIdx, Pmd, Pte, V
 use crate::engine::{NSEC_PER_MSEC, Nanos};
 use crate::kernel::Kernel;
 use crate::machine::{NUMA_NO_NODE, Nid};
-use crate::sched::numa::{TICK_NSEC, TaskNuma, group_of, task_scan_max, task_scan_start};
+use crate::sched::TICK_NSEC;
+use crate::sched::numa::{TaskNuma, group_of, task_scan_max, task_scan_start};
 use crate::sched::promotion::{folio_use_access_time, folio_xchg_access_time, jiffies_msecs};
 use crate::trace::Event;
 use crate::trace::events::{NumabSkip, TaskIds};

@@ -28,6 +28,11 @@ use crate::trace::events::PrevState;
 use crate::trace_event;
 use bursts::{AfterBurst, burst_done};
 pub use bursts::{Periodic, RunSchedule};
+
+/// CONFIG_HZ of Debian's kernels (6.1 to 7.3).
+pub const HZ: u64 = 250;
+/// One tick, a jiffy: 4 ms at HZ = 250.
+pub const TICK_NSEC: Nanos = crate::engine::NSEC_PER_SEC / HZ;
 use fair::{LoadBalance, newidle_balance, rq_avg, trigger_load_balance};
 
 /// Where a thread's next touches go: page offsets within the thread's range.

@@ -39,8 +39,6 @@ const MAX_SCAN_WINDOW: u64 = 2560;
 const ACTIVE_NODE_FRACTION: i64 = 3;
 /// Minimum improvement (of 1000) for a task swap (SMALLIMP).
 const SMALLIMP: i64 = 30;
-/// One scheduler tick at HZ=250.
-pub const TICK_NSEC: Nanos = 4 * NSEC_PER_MSEC;
 
 /// `task_faults_idx()`.
 #[inline]

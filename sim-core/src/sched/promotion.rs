@@ -6,6 +6,7 @@ use crate::engine::Nanos;
 use crate::kernel::Kernel;
 use crate::machine::{Nid, PgData};
 use crate::mm::PAGE_SHIFT;
+use crate::sched::TICK_NSEC;
 
 /// PAGE_ACCESS_TIME_MASK: LAST_CPUPID_MASK, 21 bits with Debian's NR_CPUS = 8192 (8 pid bits
 /// and 13 CPU bits, so PAGE_ACCESS_TIME_BUCKETS is 0 and times are kept to the millisecond).
@@ -14,8 +15,6 @@ pub const PAGE_ACCESS_TIME_MASK: u32 = (1 << 21) - 1;
 const NUMA_MIGRATION_ADJUST_STEPS: u32 = 16;
 /// Jiffies at boot: INITIAL_JIFFIES is -300 s at HZ = 250 (Debian's CONFIG_HZ).
 const INITIAL_JIFFIES: u32 = (-300i32 * 250) as u32;
-/// One jiffy at HZ = 250, in ns.
-const TICK_NSEC: Nanos = 4_000_000;
 const MSEC_PER_SEC: u32 = 1000;
 
 /// The promotion limiter and hot threshold of one node (struct pglist_data's nbp_* fields).

@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 use bevy_ecs::prelude::*;
 
 use super::topology::{Domain, SD_BALANCE_NEWIDLE, build_domains};
-use super::{Task, TaskNuma};
+use super::{HZ, TICK_NSEC, Task, TaskNuma};
 use crate::engine::{NSEC_PER_MSEC, Nanos, RngStream};
 use crate::kernel::Kernel;
 use crate::machine::Topology;
@@ -56,18 +56,12 @@ pub use wake::{select_task_rq_fair, ttwu_stat};
 /// The threads, as the balancer reads and moves them.
 pub(crate) type Tasks<'w, 's, 'a, 'b> = Query<'w, 's, (&'a mut Task, &'b mut TaskNuma)>;
 
-/// HZ of the modelled kernels (CONFIG_HZ=250 in Debian's 6.1 and 6.12).
-const HZ: u64 = 250;
-
-/// A jiffy: 4 ms at HZ=250.
-const JIFFY_NS: Nanos = 1_000 * NSEC_PER_MSEC / HZ;
-
 /// MAX_PINNED_INTERVAL: balance_interval's ceiling while every task is pinned.
 const MAX_PINNED_INTERVAL: u64 = 512;
 
 /// msecs_to_jiffies().
 fn msecs_to_jiffies(ms: u64) -> u64 {
-    ms.div_ceil(JIFFY_NS / NSEC_PER_MSEC)
+    ms.div_ceil(TICK_NSEC / NSEC_PER_MSEC)
 }
 
 /// The per-CPU copy of a domain's balancing state (each CPU has its own sched_domain).
@@ -245,7 +239,7 @@ impl LoadBalance {
 }
 
 fn jiffies(now: Nanos) -> u64 {
-    now / JIFFY_NS
+    now / TICK_NSEC
 }
 
 /// trigger_load_balance() on a busy CPU's tick: run rebalance_domains() when

@@ -23,11 +23,9 @@
 //! - A preemption takes effect at the end of the model's quantum in progress.
 //! - EEVDF sleepers rejoin with zero lag (no PLACE_LAG credit, no DELAY_DEQUEUE).
 
-use crate::engine::{NSEC_PER_SEC, NSEC_PER_USEC, Nanos};
+use crate::engine::{NSEC_PER_USEC, Nanos};
 
-use super::HZ;
-
-const TICK_NS: Nanos = NSEC_PER_SEC / HZ;
+use crate::sched::TICK_NSEC;
 
 /// sched_nr_latency: beyond this many threads CFS stretches its period.
 const SCHED_NR_LATENCY: u64 = 8;
@@ -49,14 +47,14 @@ fn cfs_tunables(nr_cpus: u32) -> (Nanos, Nanos, Nanos) {
 pub fn turn_ns(eevdf: bool, nr_cpus: u32, nr_running: usize) -> Nanos {
     if eevdf {
         let base_slice = 700 * NSEC_PER_USEC * sysctl_factor(nr_cpus);
-        return base_slice.div_ceil(TICK_NS).max(1) * TICK_NS;
+        return base_slice.div_ceil(TICK_NSEC).max(1) * TICK_NSEC;
     }
     let (latency, min_gran, _) = cfs_tunables(nr_cpus);
     // __sched_period() and sched_slice(); check_preempt_tick() fires once the run exceeds it.
     let nr = (nr_running as u64).max(1);
     let period = if nr > SCHED_NR_LATENCY { nr * min_gran } else { latency };
     let slice = (period / nr).max(min_gran);
-    (slice / TICK_NS + 1) * TICK_NS
+    (slice / TICK_NSEC + 1) * TICK_NSEC
 }
 
 /// Whether a thread woken after sleeping `slept` ns preempts the thread running on its CPU.
