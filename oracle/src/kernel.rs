@@ -10,6 +10,7 @@ use sim_core::config::KernelVersion;
 use sim_core::release::Release;
 
 use crate::apt::{Apt, SUITES};
+use crate::buildroot::Compiler;
 use crate::damage::{debian_entry, image_damage};
 use crate::newer::{image_parts, link_merged_usr, newer_release, resolve_newer};
 use crate::{OracleError, cache_lock, stop};
@@ -28,7 +29,7 @@ pub struct KernelSpec {
     pub headers_package: Option<String>,
     /// The compiler Debian's kernel was built with (its config's CONFIG_CC_VERSION_TEXT),
     /// which gupdev must be built with too.
-    pub compiler: Option<String>,
+    pub compiler: Option<Compiler>,
     /// The `kernel.version` of numasim whose rules this kernel's source has.
     sim_version: KernelVersion,
     /// Why `sim_version` stands in for a release the model's table has no row for.
@@ -262,7 +263,7 @@ fn control_field(deb: &Path, field: &str) -> Result<String, OracleError> {
 /// Whether `deb` is damaged: dpkg-deb ran and could not read its files to their end
 /// (`--fsys-tarfile`, which needs no tar). One that failed to unpack for another reason (no
 /// tar, a full disk) is kept.
-fn deb_is_damaged(deb: &Path) -> bool {
+pub(crate) fn deb_is_damaged(deb: &Path) -> bool {
     let mut cmd = Command::new("dpkg-deb");
     cmd.arg("--fsys-tarfile").arg(deb);
     stop::status(&mut cmd, "dpkg-deb --fsys-tarfile").is_ok_and(|s| !s.success())
@@ -321,14 +322,18 @@ fn pinned_dependency(dep: &str) -> Option<String> {
 }
 
 /// The arch tree's Makefile includes the `-common` one by its absolute /usr/src path: made
-/// relative (make runs in the arch tree), so the unpacked root builds where it lies. Every
+/// relative (make runs in the arch tree), so the unpacked root builds where it lies, or
+/// mounted anywhere in a build root. Every
 /// symlink under usr/src must resolve inside the root.
 fn relocate_headers(root: &Path, package: &str) -> Result<(), OracleError> {
     let src = root.join("usr/src");
     let makefile = src.join(package).join("Makefile");
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
     let text = std::fs::read_to_string(&makefile).map_err(|e| io(&makefile, e))?;
-    std::fs::write(&makefile, text.replace("include /usr/src/", "include ../")).map_err(|e| io(&makefile, e))?;
+    // 7.3's also names its own directory as KBUILD_OUTPUT, by the same absolute path.
+    let relative =
+        text.replace("include /usr/src/", "include ../").replace("KBUILD_OUTPUT=/usr/src/", "KBUILD_OUTPUT=../");
+    std::fs::write(&makefile, relative).map_err(|e| io(&makefile, e))?;
     match link_leaving(&src, root) {
         Some(link) => Err(OracleError::Io(format!(
             "{}: a symlink that does not resolve inside the unpacked headers",
@@ -357,24 +362,33 @@ fn link_leaving(dir: &Path, root: &Path) -> Option<PathBuf> {
     None
 }
 
-/// `package` (or `name=version`) as a .deb in `debs`, downloaded when missing. apt-get runs in
-/// a scratch directory and the .deb is renamed in whole, so a killed download leaves nothing
-/// that passes for a package.
+/// `package` (or `name=version`) as a .deb in `debs`, downloaded when missing.
 fn download(package: &str, debs: &Path, apt: &Apt) -> Result<PathBuf, OracleError> {
-    if let Some(d) = find_deb(debs, package) {
-        return Ok(d);
+    let mut got = download_all(&[package.to_string()], debs, apt)?;
+    Ok(got.remove(0))
+}
+
+/// `packages` (each `name` or `name=version`) as .debs in `debs`, the missing ones downloaded by
+/// one apt-get. apt-get runs in a scratch directory and each .deb is renamed in whole, so a
+/// killed download leaves nothing that passes for a package.
+pub(crate) fn download_all(packages: &[String], debs: &Path, apt: &Apt) -> Result<Vec<PathBuf>, OracleError> {
+    let missing: Vec<&String> = packages.iter().filter(|p| find_deb(debs, p).is_none()).collect();
+    if !missing.is_empty() {
+        let partial = stop::Scratch::new(debs.join(format!(".partial-{}", std::process::id())));
+        let partial = partial.path();
+        let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
+        remove_abandoned_downloads(debs);
+        std::fs::create_dir_all(partial).map_err(|e| io(partial, e))?;
+        run_tool(apt.command("apt-get").arg("download").args(&missing).current_dir(partial), "apt-get download")?;
+        for package in missing {
+            let got = find_deb(partial, package).ok_or_else(|| {
+                OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display()))
+            })?;
+            let deb = debs.join(got.file_name().expect("a .deb has a name"));
+            std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
+        }
     }
-    let partial = stop::Scratch::new(debs.join(format!(".partial-{}", std::process::id())));
-    let partial = partial.path();
-    let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
-    remove_abandoned_downloads(debs);
-    std::fs::create_dir_all(partial).map_err(|e| io(partial, e))?;
-    run_tool(apt.command("apt-get").arg("download").arg(package).current_dir(partial), "apt-get download")?;
-    let got = find_deb(partial, package)
-        .ok_or_else(|| OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display())))?;
-    let deb = debs.join(got.file_name().expect("a .deb has a name"));
-    std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
-    Ok(deb)
+    Ok(packages.iter().filter_map(|p| find_deb(debs, p)).collect())
 }
 
 /// The scratch directories of downloads whose process is gone (killed mid-download).
@@ -391,7 +405,7 @@ fn remove_abandoned_downloads(debs: &Path) {
 
 /// `dpkg-deb -x` each of `debs` into a scratch root, `fixup` it, then rename it to
 /// `cache/<entry>` in one step (what is there is complete).
-fn unpack(
+pub(crate) fn unpack(
     debs: &[PathBuf],
     cache: &Path,
     entry: &str,
@@ -547,8 +561,8 @@ fn era_of(release: &str) -> KernelVersion {
 }
 
 /// The compiler a kernel's config says built it.
-fn built_with(config: &Path) -> Option<String> {
-    std::fs::read_to_string(config).ok().and_then(|t| crate::gupdev::compiler_of(&t))
+fn built_with(config: &Path) -> Option<Compiler> {
+    std::fs::read_to_string(config).ok().and_then(|t| Compiler::of_config(&t))
 }
 
 /// Checks the options the oracle needs and names every missing one.

@@ -6,6 +6,7 @@
 //! and turns the samples the guest streams over ttyS1 into result files.
 
 pub mod apt;
+pub mod buildroot;
 pub mod cache_lock;
 pub mod checksums;
 pub mod damage;
