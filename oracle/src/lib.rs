@@ -115,6 +115,9 @@ pub fn check_release(cfg: &Config, release: &str, version: sim_core::config::Ker
              performance (mt_perf_to_adistance(), 6.7 on); this release puts it in DRAM's tier: use 6.12 or 7.3"
         )));
     }
+    if !plan::plan_of(cfg)?.smmus.is_empty() {
+        kernel::headers_held(release).map_err(|e| OracleError::Input(format!("kernel {release}: {e}")))?;
+    }
     Ok(())
 }
 
