@@ -680,6 +680,27 @@ mod tests {
         std::fs::remove_dir_all(&debs).unwrap();
     }
 
+    /// 7.3.4's arch Makefile names its own directory and the -common one by absolute paths.
+    #[test]
+    fn the_headers_makefile_is_made_to_build_wherever_it_lies() {
+        let root = std::env::temp_dir().join(format!("oracle-relocate-{}", std::process::id()));
+        let package = "linux-headers-7.3.4+deb13-amd64";
+        std::fs::create_dir_all(root.join("usr/src").join(package)).unwrap();
+        let makefile = root.join("usr/src").join(package).join("Makefile");
+        std::fs::write(
+            &makefile,
+            "KBUILD_OUTPUT=/usr/src/linux-headers-7.3.4+deb13-amd64\n\
+             include /usr/src/linux-headers-7.3.4+deb13-common/Makefile\n",
+        )
+        .unwrap();
+        relocate_headers(&root, package).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&makefile).unwrap(),
+            "KBUILD_OUTPUT=../linux-headers-7.3.4+deb13-amd64\ninclude ../linux-headers-7.3.4+deb13-common/Makefile\n"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn a_symlink_leaving_the_unpacked_headers_is_found() {
         let root = std::env::temp_dir().join(format!("oracle-links-{}", std::process::id()));
