@@ -155,15 +155,13 @@ fn root_damage(root: &Path, compiler: &Compiler) -> Option<Damage> {
     cmd.arg(root).arg(&compiler.command).arg("--version");
     match stop::output(&mut cmd, "chroot") {
         Ok(out) if out.status.success() && compiler.is_version(&String::from_utf8_lossy(&out.stdout)) => None,
-        Ok(out) => Some(Damage::new(
-            &cc,
-            format!(
-                "says `{}` where the kernel's config names `{}`{}",
-                String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or(""),
-                compiler.text,
-                String::from_utf8_lossy(&out.stderr).trim()
-            ),
-        )),
+        Ok(out) => {
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            let said = stdout.lines().next().unwrap_or("");
+            let why = if stderr.trim().is_empty() { String::new() } else { format!(" ({})", stderr.trim()) };
+            Some(Damage::new(&cc, format!("says `{said}` where the kernel's config names `{}`{why}", compiler.text)))
+        }
         Err(e) => Some(Damage::new(&cc, format!("chroot: {e}"))),
     }
 }
