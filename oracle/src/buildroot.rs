@@ -19,7 +19,7 @@ use std::process::Command;
 
 use crate::apt::Apt;
 use crate::damage::Damage;
-use crate::kernel::{deb_is_damaged, download_all, unpack};
+use crate::kernel::{download_all, unpack_downloaded};
 use crate::{OracleError, cache_lock, stop};
 
 /// The suites a compiler's exact version is looked for in, in order.
@@ -166,20 +166,13 @@ fn root_damage(root: &Path, compiler: &Compiler) -> Option<Damage> {
     }
 }
 
-/// Resolves, downloads and unpacks the root's packages into its entry; .debs that do not
-/// read to their end are downloaded again first.
+/// Resolves, downloads and unpacks the root's packages into its entry.
 fn make_root(compiler: &Compiler, cache: &Path) -> Result<(), OracleError> {
     let (suite, apt) = suite_with(compiler, cache)?;
     eprintln!("making a {suite} build root for {} in {}", compiler.text, cache.join(compiler.entry()).display());
     let packages = resolve(compiler, &apt)?;
     let debs = cache.join("debs");
-    let all = download_all(&packages, &debs, &apt)?;
-    for deb in all.iter().filter(|d| deb_is_damaged(d)) {
-        eprintln!("{}: does not unpack: downloading it again", deb.display());
-        std::fs::remove_file(deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
-    }
-    let all = download_all(&packages, &debs, &apt)?;
-    unpack(&all, cache, &compiler.entry(), fix_root)
+    unpack_downloaded(|| download_all(&packages, &debs, &apt), cache, &compiler.entry(), fix_root)
 }
 
 /// The first suite whose lists hold the compiler's package at the config's version.

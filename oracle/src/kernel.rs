@@ -221,8 +221,19 @@ fn fetch_package(package: &str, cache: &Path, apt: &Apt) -> Result<(), OracleErr
     let debs = cache.join("debs");
     let release = package.trim_start_matches("linux-image-");
     let fixup = |root: &Path| link_merged_usr(root, release);
-    let all = download_image(package, &debs, apt)?;
-    match unpack(&all, cache, package, fixup) {
+    unpack_downloaded(|| download_image(package, &debs, apt), cache, package, fixup)
+}
+
+/// `download`'s .debs unpacked into `cache/<entry>`; when that fails and some .deb does not
+/// read to its end, those are removed, downloaded again and the whole unpacked again, once.
+pub(crate) fn unpack_downloaded(
+    download: impl Fn() -> Result<Vec<PathBuf>, OracleError>,
+    cache: &Path,
+    entry: &str,
+    fixup: impl Fn(&Path) -> Result<(), OracleError>,
+) -> Result<(), OracleError> {
+    let all = download()?;
+    match unpack(&all, cache, entry, &fixup) {
         Err(e) => {
             let damaged: Vec<&PathBuf> = all.iter().filter(|d| deb_is_damaged(d)).collect();
             if damaged.is_empty() {
@@ -232,7 +243,7 @@ fn fetch_package(package: &str, cache: &Path, apt: &Apt) -> Result<(), OracleErr
                 eprintln!("{}: does not unpack ({e}): downloading it again", deb.display());
                 std::fs::remove_file(deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
             }
-            unpack(&download_image(package, &debs, apt)?, cache, package, fixup)
+            unpack(&download()?, cache, entry, fixup)
         }
         ok => ok,
     }
@@ -263,7 +274,7 @@ fn control_field(deb: &Path, field: &str) -> Result<String, OracleError> {
 /// Whether `deb` is damaged: dpkg-deb ran and could not read its files to their end
 /// (`--fsys-tarfile`, which needs no tar). One that failed to unpack for another reason (no
 /// tar, a full disk) is kept.
-pub(crate) fn deb_is_damaged(deb: &Path) -> bool {
+fn deb_is_damaged(deb: &Path) -> bool {
     let mut cmd = Command::new("dpkg-deb");
     cmd.arg("--fsys-tarfile").arg(deb);
     stop::status(&mut cmd, "dpkg-deb --fsys-tarfile").is_ok_and(|s| !s.success())
@@ -432,7 +443,7 @@ fn remove_abandoned_downloads(debs: &Path) {
 
 /// `dpkg-deb -x` each of `debs` into a scratch root, `fixup` it, then rename it to
 /// `cache/<entry>` in one step (what is there is complete).
-pub(crate) fn unpack(
+fn unpack(
     debs: &[PathBuf],
     cache: &Path,
     entry: &str,
