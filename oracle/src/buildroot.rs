@@ -94,15 +94,10 @@ impl Compiler {
 /// Whether this host can build in a root: root's privileges for chroot and a mount
 /// namespace, and util-linux's `unshare` and coreutils' `chroot`. What is missing, said.
 pub fn check_host(compiler: &Compiler) -> Result<(), OracleError> {
-    let missing: Vec<&str> = ["unshare", "chroot"].into_iter().filter(|t| !crate::gupdev::on_path(t)).collect();
     // SAFETY: geteuid() has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    if missing.is_empty() && root {
+    let needs = host_needs(crate::gupdev::on_path, unsafe { libc::geteuid() } == 0);
+    if needs.is_empty() {
         return Ok(());
-    }
-    let mut needs: Vec<String> = missing.iter().map(|t| format!("`{t}` (util-linux, coreutils)")).collect();
-    if !root {
-        needs.push("root's privileges (chroot and a private mount namespace)".to_string());
     }
     Err(OracleError::Input(format!(
         "the gupdev module must be built with the kernel's own compiler, {}, which this host lacks; numasim \
@@ -110,6 +105,17 @@ pub fn check_host(compiler: &Compiler) -> Result<(), OracleError> {
         compiler.text,
         needs.join(" and ")
     )))
+}
+
+/// What a build in a root needs that this host lacks: the tools (with their package) and root.
+fn host_needs(on_path: impl Fn(&str) -> bool, root: bool) -> Vec<String> {
+    let tools = [("unshare", "util-linux"), ("chroot", "coreutils")];
+    let mut needs: Vec<String> =
+        tools.iter().filter(|(t, _)| !on_path(t)).map(|(t, package)| format!("`{t}` ({package})")).collect();
+    if !root {
+        needs.push("root's privileges (chroot and a private mount namespace)".to_string());
+    }
+    needs
 }
 
 /// The build root holding `compiler`, made once (and again when damaged) under its entry's lock.
@@ -284,6 +290,16 @@ mod tests {
         ));
         assert!(!cc.is_version("x86_64-linux-gnu-gcc-14 (Debian 14.4.0-3) 14.4.0\n"));
         assert!(!cc.is_version(""));
+    }
+
+    #[test]
+    fn a_host_without_the_tools_or_root_is_told_what_it_lacks() {
+        assert!(host_needs(|_| true, true).is_empty());
+        assert_eq!(
+            host_needs(|t| t != "unshare", false),
+            ["`unshare` (util-linux)", "root's privileges (chroot and a private mount namespace)"]
+        );
+        assert_eq!(host_needs(|_| false, true), ["`unshare` (util-linux)", "`chroot` (coreutils)"]);
     }
 
     #[test]
