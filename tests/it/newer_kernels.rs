@@ -103,3 +103,30 @@ fn a_gupdev_scenario_runs_on_7_3_with_a_module_built_by_the_kernels_compiler() {
     assert!(kernel("touches.device") >= 4096.0, "the device swept its buffer: {outcome}");
     assert!(kernel("hint_faults_by_source.device") <= 16.0, "7.3 follows protnone PTEs without the flag: {outcome}");
 }
+
+/// 7.2.13 (sid) was built with sid's gcc-16, which trixie does not hold: its build root comes
+/// from sid, and the module it builds names that compiler. Builds only; boots nothing.
+#[test]
+fn gupdev_builds_for_7_2_13_in_a_root_of_sids_gcc_16() {
+    if !can_boot_7_3() {
+        return;
+    }
+    let k = match oracle::resolve_kernel("7.2.13") {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("skipping: 7.2.13: {e}");
+            return;
+        }
+    };
+    let cc = k.compiler.clone().expect("Debian's config names its compiler");
+    if let Err(e) = oracle::kernel::headers_tree(k.release()) {
+        eprintln!("skipping: the headers of {}: {e}", k.release());
+        return;
+    }
+    let started = std::time::Instant::now();
+    let ko = oracle::gupdev::module_for(&k).unwrap();
+    eprintln!("gupdev for {} with {}: {:.1} s", k.release(), cc.text, started.elapsed().as_secs_f64());
+    let comment = format!("GCC: {}", cc.text.split_once(' ').unwrap().1);
+    let bytes = std::fs::read(&ko).unwrap();
+    assert!(bytes.windows(comment.len()).any(|w| w == comment.as_bytes()), "{} lacks `{comment}`", ko.display());
+}
