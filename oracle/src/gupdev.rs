@@ -2,6 +2,8 @@
 //! `build.sh` against the release's headers (Debian's kernels: fetched into the kernel cache,
 //! see [`crate::kernel::headers_tree`]) or the build tree beside a user's bzImage, into
 //! `target/gupdev/<release>/`, and rebuilt only when a source file is newer than the module.
+//! A Debian kernel built with a compiler the host lacks is built for in a build root of that
+//! compiler ([`crate::buildroot`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,13 +26,20 @@ pub fn check_buildable(cfg: &Config, k: &KernelSpec) -> Result<(), OracleError> 
     if plan::plan_of(cfg)?.smmus.is_empty() {
         return Ok(());
     }
-    match (&k.compiler, &k.build_dir, &k.headers_package) {
-        // A module built by another compiler than the kernel's is not trusted: one the host
-        // lacks is used from a build root in the kernel cache.
-        (Some(cc), None, Some(_)) if !on_path(&cc.command) => buildroot::check_host(cc),
-        (_, Some(_), _) | (_, _, Some(_)) => Ok(()),
+    if let Some(cc) = root_compiler(k) {
+        return buildroot::check_host(cc);
+    }
+    match (&k.build_dir, &k.headers_package) {
+        (Some(_), _) | (_, Some(_)) => Ok(()),
         _ => Err(no_build_tree(k)),
     }
+}
+
+/// The compiler of a Debian kernel that the host lacks, which a build root in the kernel cache
+/// then provides: a module built by another compiler than the kernel's is not trusted.
+fn root_compiler(k: &KernelSpec) -> Option<&Compiler> {
+    let cc = k.compiler.as_ref()?;
+    (k.build_dir.is_none() && k.headers_package.is_some() && !on_path(&cc.command)).then_some(cc)
 }
 
 fn no_build_tree(k: &KernelSpec) -> OracleError {
@@ -63,9 +72,9 @@ pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
     let what = format!("the gupdev build for {}", k.release());
     let tmp = stop::Scratch::new(modules.join(format!(".{}.tmp", k.release())));
     let _ = std::fs::remove_dir_all(tmp.path());
-    let built = match &k.compiler {
-        Some(cc) if k.build_dir.is_none() && !on_path(&cc.command) => build_in_root(cc, &tree, tmp.path(), &what)?,
-        _ => {
+    let built = match root_compiler(k) {
+        Some(cc) => build_in_root(cc, &tree, tmp.path(), &what)?,
+        None => {
             check_compiler(&tree, k.release())?;
             stop::output(Command::new(src.join("build.sh")).arg(&tree).arg(tmp.path()), &what)
                 .map_err(|e| OracleError::Input(format!("{}: {e}", src.join("build.sh").display())))?
