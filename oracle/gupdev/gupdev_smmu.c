@@ -307,13 +307,19 @@ out:
 	return young;
 }
 
-static int gd_clear_flush_young(struct mmu_notifier *mn, struct mm_struct *mm,
-				unsigned long start, unsigned long end)
+/*
+ * The young callbacks return int in 6.1 and 6.12 and bool in 7.3.4 (include/linux/
+ * mmu_notifier.h): the ops' own return type is taken, so a tree is judged by what it has.
+ */
+typedef typeof(((struct mmu_notifier_ops *)0)->test_young(NULL, NULL, 0)) gd_young_ret;
+
+static gd_young_ret gd_clear_flush_young(struct mmu_notifier *mn, struct mm_struct *mm,
+					 unsigned long start, unsigned long end)
 {
 	return gd_young(mn_dev(mn), mm, start, end, true);
 }
 
-static int gd_test_young(struct mmu_notifier *mn, struct mm_struct *mm, unsigned long addr)
+static gd_young_ret gd_test_young(struct mmu_notifier *mn, struct mm_struct *mm, unsigned long addr)
 {
 	return gd_young(mn_dev(mn), mm, addr, addr + 1, false);
 }

@@ -37,16 +37,23 @@ impl Apt {
         Apt { options: Vec::new() }
     }
 
-    /// The configuration private to `cache`, its lists fetched when missing or a day old.
+    /// The configuration private to `cache` for the newer kernels' suites, its lists fetched
+    /// when missing or a day old.
     pub fn private(cache: &Path) -> Result<Apt, OracleError> {
-        let dir = cache.join("apt");
+        Apt::private_for(cache, "apt", &SUITES)
+    }
+
+    /// A configuration private to `cache` in `cache/<name>` over `suites` alone, kept like
+    /// [`Apt::private`]'s.
+    pub fn private_for(cache: &Path, name: &str, suites: &[&str]) -> Result<Apt, OracleError> {
+        let dir = cache.join(name);
         let apt = Apt::in_dir(&dir);
-        let _lock = cache_lock::lock_entry(cache, "apt")?;
+        let _lock = cache_lock::lock_entry(cache, name)?;
         let stamp = dir.join("updated");
         if is_stale(&stamp) {
             let host = std::fs::read_to_string(HOST_SOURCES).unwrap_or_default();
-            write_layout(&dir, &sources_list(&mirror_of(&host)))?;
-            eprintln!("apt-get update of the kernel cache's own sources ({})", SUITES.join(", "));
+            write_layout(&dir, &sources_list(&mirror_of(&host), suites))?;
+            eprintln!("apt-get update of the kernel cache's own sources ({})", suites.join(", "));
             let mut cmd = apt.command("apt-get");
             // The AppStream metadata the host may ask for is no use to a kernel fetch.
             cmd.args(["-o", "Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false", "update"]);
@@ -136,8 +143,8 @@ pub fn mirror_of(deb822: &str) -> String {
 }
 
 /// One `deb` line per suite, main only, each naming the keyring its Release is checked with.
-pub fn sources_list(mirror: &str) -> String {
-    SUITES.iter().map(|s| format!("deb [signed-by={KEYRING}] {mirror} {s} main\n")).collect()
+pub fn sources_list(mirror: &str, suites: &[&str]) -> String {
+    suites.iter().map(|s| format!("deb [signed-by={KEYRING}] {mirror} {s} main\n")).collect()
 }
 
 #[cfg(test)]
@@ -157,7 +164,7 @@ mod tests {
         assert_eq!(mirror_of(security_first), "http://mirror.example/debian");
         assert_eq!(mirror_of(""), DEFAULT_MIRROR);
         assert_eq!(
-            sources_list("http://m/debian"),
+            sources_list("http://m/debian", &SUITES),
             format!(
                 "deb [signed-by={KEYRING}] http://m/debian trixie-backports main\ndeb [signed-by={KEYRING}] http://m/debian sid main\n"
             )

@@ -2,6 +2,8 @@
 //! `build.sh` against the release's headers (Debian's kernels: fetched into the kernel cache,
 //! see [`crate::kernel::headers_tree`]) or the build tree beside a user's bzImage, into
 //! `target/gupdev/<release>/`, and rebuilt only when a source file is newer than the module.
+//! A Debian kernel built with a compiler the host lacks is built for in a build root of that
+//! compiler ([`crate::buildroot`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -9,6 +11,7 @@ use std::time::SystemTime;
 
 use sim_core::config::Config;
 
+use crate::buildroot::{self, Compiler};
 use crate::kernel::headers_tree;
 use crate::{KernelSpec, OracleError, cache_lock, plan, stop};
 
@@ -23,17 +26,20 @@ pub fn check_buildable(cfg: &Config, k: &KernelSpec) -> Result<(), OracleError> 
     if plan::plan_of(cfg)?.smmus.is_empty() {
         return Ok(());
     }
-    match (&k.compiler, &k.build_dir, &k.headers_package) {
-        // A module built by another compiler than the kernel's is not trusted: refused instead.
-        (Some(cc), _, _) if !on_path(cc) => Err(OracleError::Input(format!(
-            "kernel {}: the scenario needs the gupdev module (a `driver` device or a [[vm]]), which must be built \
-             with the kernel's own compiler, {cc}, not installed here; Debian 12 has gcc-12 only (trixie's gcc-14 \
-             needs trixie's libc), so run this scenario on 6.1 or 6.12, or on a host that has {cc}",
-            k.release()
-        ))),
-        (_, Some(_), _) | (_, _, Some(_)) => Ok(()),
+    if let Some(cc) = root_compiler(k) {
+        return buildroot::check_host(cc);
+    }
+    match (&k.build_dir, &k.headers_package) {
+        (Some(_), _) | (_, Some(_)) => Ok(()),
         _ => Err(no_build_tree(k)),
     }
+}
+
+/// The compiler of a Debian kernel that the host lacks, which a build root in the kernel cache
+/// then provides: a module built by another compiler than the kernel's is not trusted.
+fn root_compiler(k: &KernelSpec) -> Option<&Compiler> {
+    let cc = k.compiler.as_ref()?;
+    (k.build_dir.is_none() && k.headers_package.is_some() && !on_path(&cc.command)).then_some(cc)
 }
 
 fn no_build_tree(k: &KernelSpec) -> OracleError {
@@ -63,12 +69,17 @@ pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
         (None, Some(_)) => headers_tree(k.release())?,
         (None, None) => return Err(no_build_tree(k)),
     };
-    check_compiler(&tree, k.release())?;
     let what = format!("the gupdev build for {}", k.release());
     let tmp = stop::Scratch::new(modules.join(format!(".{}.tmp", k.release())));
     let _ = std::fs::remove_dir_all(tmp.path());
-    let built = stop::output(Command::new(src.join("build.sh")).arg(&tree).arg(tmp.path()), &what)
-        .map_err(|e| OracleError::Input(format!("{}: {e}", src.join("build.sh").display())))?;
+    let built = match root_compiler(k) {
+        Some(cc) => build_in_root(cc, &tree, tmp.path(), &what)?,
+        None => {
+            check_compiler(&tree, k.release())?;
+            stop::output(Command::new(src.join("build.sh")).arg(&tree).arg(tmp.path()), &what)
+                .map_err(|e| OracleError::Input(format!("{}: {e}", src.join("build.sh").display())))?
+        }
+    };
     build_result(&built, k.release())?;
     let io = |e: std::io::Error| OracleError::Io(format!("{}: {e}", out.display()));
     match std::fs::remove_dir_all(&out) {
@@ -77,6 +88,17 @@ pub fn module_for(k: &KernelSpec) -> Result<PathBuf, OracleError> {
     }
     std::fs::rename(tmp.path(), &out).map_err(io)?;
     Ok(ko)
+}
+
+/// build.sh run in the build root of the kernel's compiler against the headers tree `tree`
+/// (`<entry>/usr/src/<name>`), writing into `out`.
+fn build_in_root(cc: &Compiler, tree: &Path, out: &Path, what: &str) -> Result<std::process::Output, OracleError> {
+    let (root, _lock) = buildroot::root_for(cc, &crate::kernel::cache_dir())?;
+    let name = tree.file_name().and_then(|n| n.to_str()).expect("a headers tree has a name");
+    let entry = tree.ancestors().nth(3).expect("a headers tree is <entry>/usr/src/<name>");
+    std::fs::create_dir_all(out).map_err(|e| OracleError::Io(format!("{}: {e}", out.display())))?;
+    stop::output(&mut buildroot::build_in_root(&root, entry, name, &source_dir(), out), what)
+        .map_err(|e| OracleError::Input(format!("unshare: {e}: run `apt-get install -y util-linux`")))
 }
 
 /// The compiler the kernel was built with (its config's CONFIG_CC_VERSION_TEXT, e.g.
@@ -98,7 +120,7 @@ fn check_compiler(tree: &Path, release: &str) -> Result<(), OracleError> {
 }
 
 /// The compiler a kernel config's CONFIG_CC_VERSION_TEXT names.
-pub(crate) fn compiler_of(config: &str) -> Option<String> {
+fn compiler_of(config: &str) -> Option<String> {
     config
         .lines()
         .find_map(|l| l.strip_prefix("CONFIG_CC_VERSION_TEXT=\""))
@@ -111,7 +133,7 @@ fn package_of(tool: &str) -> &str {
     tool.strip_prefix("x86_64-linux-gnu-").unwrap_or(tool)
 }
 
-fn on_path(tool: &str) -> bool {
+pub(crate) fn on_path(tool: &str) -> bool {
     std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).any(|d| d.join(tool).is_file())
 }
 

@@ -10,6 +10,7 @@ use sim_core::config::KernelVersion;
 use sim_core::release::Release;
 
 use crate::apt::{Apt, SUITES};
+use crate::buildroot::Compiler;
 use crate::damage::{debian_entry, image_damage};
 use crate::newer::{image_parts, link_merged_usr, newer_release, resolve_newer};
 use crate::{OracleError, cache_lock, stop};
@@ -28,7 +29,7 @@ pub struct KernelSpec {
     pub headers_package: Option<String>,
     /// The compiler Debian's kernel was built with (its config's CONFIG_CC_VERSION_TEXT),
     /// which gupdev must be built with too.
-    pub compiler: Option<String>,
+    pub compiler: Option<Compiler>,
     /// The `kernel.version` of numasim whose rules this kernel's source has.
     sim_version: KernelVersion,
     /// Why `sim_version` stands in for a release the model's table has no row for.
@@ -220,8 +221,19 @@ fn fetch_package(package: &str, cache: &Path, apt: &Apt) -> Result<(), OracleErr
     let debs = cache.join("debs");
     let release = package.trim_start_matches("linux-image-");
     let fixup = |root: &Path| link_merged_usr(root, release);
-    let all = download_image(package, &debs, apt)?;
-    match unpack(&all, cache, package, fixup) {
+    unpack_downloaded(|| download_image(package, &debs, apt), cache, package, fixup)
+}
+
+/// `download`'s .debs unpacked into `cache/<entry>`; when that fails and some .deb does not
+/// read to its end, those are removed, downloaded again and the whole unpacked again, once.
+pub(crate) fn unpack_downloaded(
+    download: impl Fn() -> Result<Vec<PathBuf>, OracleError>,
+    cache: &Path,
+    entry: &str,
+    fixup: impl Fn(&Path) -> Result<(), OracleError>,
+) -> Result<(), OracleError> {
+    let all = download()?;
+    match unpack(&all, cache, entry, &fixup) {
         Err(e) => {
             let damaged: Vec<&PathBuf> = all.iter().filter(|d| deb_is_damaged(d)).collect();
             if damaged.is_empty() {
@@ -231,7 +243,7 @@ fn fetch_package(package: &str, cache: &Path, apt: &Apt) -> Result<(), OracleErr
                 eprintln!("{}: does not unpack ({e}): downloading it again", deb.display());
                 std::fs::remove_file(deb).map_err(|e| OracleError::Io(format!("{}: {e}", deb.display())))?;
             }
-            unpack(&download_image(package, &debs, apt)?, cache, package, fixup)
+            unpack(&download()?, cache, entry, fixup)
         }
         ok => ok,
     }
@@ -280,9 +292,36 @@ pub fn headers_tree(release: &str) -> Result<PathBuf, OracleError> {
         // The newer suites' releases are known only to the cache's own apt configuration.
         let newer = newer_release(&format!("linux-image-{release}")).is_some();
         let apt = if newer { Apt::private(&cache)? } else { Apt::host() };
+        if newer && !apt.knows(&package) {
+            return Err(headers_not_held(&package));
+        }
         fetch_headers(&package, &cache, &apt)?;
     }
     Ok(tree)
+}
+
+/// Whether the headers of a newer suites' `release` are in the cache or the suites, said
+/// before anything boots: 6.18.15's image is in trixie-backports without its headers. When
+/// the suites cannot be asked, the fetch says why later.
+pub fn headers_held(release: &str) -> Result<(), OracleError> {
+    let cache = cache_dir();
+    let package = format!("linux-headers-{release}");
+    let cached = cache.join(&package).join("usr/src").join(&package).join("Makefile").is_file();
+    if cached || newer_release(&format!("linux-image-{release}")).is_none() {
+        return Ok(());
+    }
+    match Apt::private(&cache) {
+        Ok(apt) if !apt.knows(&package) => Err(headers_not_held(&package)),
+        _ => Ok(()),
+    }
+}
+
+fn headers_not_held(package: &str) -> OracleError {
+    OracleError::Input(format!(
+        "the scenario needs the gupdev module (a `driver` device or a [[vm]]), built against {package}, which \
+         neither {} holds: run it on a release whose headers they hold",
+        SUITES.join(" nor ")
+    ))
 }
 
 fn fetch_headers(package: &str, cache: &Path, apt: &Apt) -> Result<(), OracleError> {
@@ -321,14 +360,18 @@ fn pinned_dependency(dep: &str) -> Option<String> {
 }
 
 /// The arch tree's Makefile includes the `-common` one by its absolute /usr/src path: made
-/// relative (make runs in the arch tree), so the unpacked root builds where it lies. Every
+/// relative (make runs in the arch tree), so the unpacked root builds where it lies, or
+/// mounted anywhere in a build root. Every
 /// symlink under usr/src must resolve inside the root.
 fn relocate_headers(root: &Path, package: &str) -> Result<(), OracleError> {
     let src = root.join("usr/src");
     let makefile = src.join(package).join("Makefile");
     let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
     let text = std::fs::read_to_string(&makefile).map_err(|e| io(&makefile, e))?;
-    std::fs::write(&makefile, text.replace("include /usr/src/", "include ../")).map_err(|e| io(&makefile, e))?;
+    // 7.3's also names its own directory as KBUILD_OUTPUT, by the same absolute path.
+    let relative =
+        text.replace("include /usr/src/", "include ../").replace("KBUILD_OUTPUT=/usr/src/", "KBUILD_OUTPUT=../");
+    std::fs::write(&makefile, relative).map_err(|e| io(&makefile, e))?;
     match link_leaving(&src, root) {
         Some(link) => Err(OracleError::Io(format!(
             "{}: a symlink that does not resolve inside the unpacked headers",
@@ -357,24 +400,33 @@ fn link_leaving(dir: &Path, root: &Path) -> Option<PathBuf> {
     None
 }
 
-/// `package` (or `name=version`) as a .deb in `debs`, downloaded when missing. apt-get runs in
-/// a scratch directory and the .deb is renamed in whole, so a killed download leaves nothing
-/// that passes for a package.
+/// `package` (or `name=version`) as a .deb in `debs`, downloaded when missing.
 fn download(package: &str, debs: &Path, apt: &Apt) -> Result<PathBuf, OracleError> {
-    if let Some(d) = find_deb(debs, package) {
-        return Ok(d);
+    let mut got = download_all(&[package.to_string()], debs, apt)?;
+    Ok(got.remove(0))
+}
+
+/// `packages` (each `name` or `name=version`) as .debs in `debs`, the missing ones downloaded by
+/// one apt-get. apt-get runs in a scratch directory and each .deb is renamed in whole, so a
+/// killed download leaves nothing that passes for a package.
+pub(crate) fn download_all(packages: &[String], debs: &Path, apt: &Apt) -> Result<Vec<PathBuf>, OracleError> {
+    let missing: Vec<&String> = packages.iter().filter(|p| find_deb(debs, p).is_none()).collect();
+    if !missing.is_empty() {
+        let partial = stop::Scratch::new(debs.join(format!(".partial-{}", std::process::id())));
+        let partial = partial.path();
+        let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
+        remove_abandoned_downloads(debs);
+        std::fs::create_dir_all(partial).map_err(|e| io(partial, e))?;
+        run_tool(apt.command("apt-get").arg("download").args(&missing).current_dir(partial), "apt-get download")?;
+        for package in missing {
+            let got = find_deb(partial, package).ok_or_else(|| {
+                OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display()))
+            })?;
+            let deb = debs.join(got.file_name().expect("a .deb has a name"));
+            std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
+        }
     }
-    let partial = stop::Scratch::new(debs.join(format!(".partial-{}", std::process::id())));
-    let partial = partial.path();
-    let io = |p: &Path, e: std::io::Error| OracleError::Io(format!("{}: {e}", p.display()));
-    remove_abandoned_downloads(debs);
-    std::fs::create_dir_all(partial).map_err(|e| io(partial, e))?;
-    run_tool(apt.command("apt-get").arg("download").arg(package).current_dir(partial), "apt-get download")?;
-    let got = find_deb(partial, package)
-        .ok_or_else(|| OracleError::Io(format!("apt-get download {package} left no .deb in {}", partial.display())))?;
-    let deb = debs.join(got.file_name().expect("a .deb has a name"));
-    std::fs::rename(&got, &deb).map_err(|e| io(&got, e))?;
-    Ok(deb)
+    Ok(packages.iter().filter_map(|p| find_deb(debs, p)).collect())
 }
 
 /// The scratch directories of downloads whose process is gone (killed mid-download).
@@ -547,8 +599,8 @@ fn era_of(release: &str) -> KernelVersion {
 }
 
 /// The compiler a kernel's config says built it.
-fn built_with(config: &Path) -> Option<String> {
-    std::fs::read_to_string(config).ok().and_then(|t| crate::gupdev::compiler_of(&t))
+fn built_with(config: &Path) -> Option<Compiler> {
+    std::fs::read_to_string(config).ok().and_then(|t| Compiler::of_config(&t))
 }
 
 /// Checks the options the oracle needs and names every missing one.
@@ -637,6 +689,27 @@ mod tests {
         remove_abandoned_downloads(&debs);
         assert!(!dead.exists());
         std::fs::remove_dir_all(&debs).unwrap();
+    }
+
+    /// 7.3.4's arch Makefile names its own directory and the -common one by absolute paths.
+    #[test]
+    fn the_headers_makefile_is_made_to_build_wherever_it_lies() {
+        let root = std::env::temp_dir().join(format!("oracle-relocate-{}", std::process::id()));
+        let package = "linux-headers-7.3.4+deb13-amd64";
+        std::fs::create_dir_all(root.join("usr/src").join(package)).unwrap();
+        let makefile = root.join("usr/src").join(package).join("Makefile");
+        std::fs::write(
+            &makefile,
+            "KBUILD_OUTPUT=/usr/src/linux-headers-7.3.4+deb13-amd64\n\
+             include /usr/src/linux-headers-7.3.4+deb13-common/Makefile\n",
+        )
+        .unwrap();
+        relocate_headers(&root, package).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(&makefile).unwrap(),
+            "KBUILD_OUTPUT=../linux-headers-7.3.4+deb13-amd64\ninclude ../linux-headers-7.3.4+deb13-common/Makefile\n"
+        );
+        std::fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! and turns the samples the guest streams over ttyS1 into result files.
 
 pub mod apt;
+pub mod buildroot;
 pub mod cache_lock;
 pub mod checksums;
 pub mod damage;
@@ -113,6 +114,9 @@ pub fn check_release(cfg: &Config, release: &str, version: sim_core::config::Ker
             "kernel {release}: machine.memory_node needs a kernel that tiers a CPU-less node by its HMAT \
              performance (mt_perf_to_adistance(), 6.7 on); this release puts it in DRAM's tier: use 6.12 or 7.3"
         )));
+    }
+    if !plan::plan_of(cfg)?.smmus.is_empty() {
+        kernel::headers_held(release).map_err(|e| OracleError::Input(format!("kernel {release}: {e}")))?;
     }
     Ok(())
 }
