@@ -363,6 +363,17 @@ pub struct Sample {
     /// RWP fault messages the userfaultfd handler threads resolved so far.
     #[serde(default)]
     pub uffd_rwp_faults: u64,
+    /// Sync RWP faults a workload thread timed from its access to its wake so far, and their
+    /// summed time: the round trip through handle_userfault(), the handler's read and its
+    /// UFFDIO_RWPROTECT wake.
+    #[serde(default)]
+    pub uffd_rwp_waits: u64,
+    #[serde(default)]
+    pub uffd_rwp_wait_ns: u64,
+    /// /proc/PID/mem reads that failed with EIO so far: mem_rw() turns GUP's -EFAULT (a sync
+    /// RWP fault without FAULT_FLAG_ALLOW_RETRY) into -EIO when nothing was copied.
+    #[serde(default)]
+    pub proc_mem_eio: u64,
     /// The sampler's own CPU time so far (its thread's sum_exec_runtime).
     #[serde(default)]
     pub sampler_cpu_ns: u64,

@@ -60,18 +60,31 @@ pub fn run_remote(shared: &'static Shared, plan: &guest::Plan, ci: usize, slot_i
         let page = pattern::next_page(c.pattern, pages, &mut pos, &mut rng);
         let addr = base + (page * PAGE_SIZE) as usize;
         buf[0] = page_content(salt, page, classes);
-        if remote_access(c, pid, addr, &mut buf, mem.as_ref()) {
-            n += 1;
-            slot.touches.store(n, Ordering::Relaxed);
+        match remote_access(c, pid, addr, &mut buf, mem.as_ref()) {
+            Ok(()) => {
+                n += 1;
+                slot.touches.store(n, Ordering::Relaxed);
+            }
+            Err(Some(libc::EIO)) if mem.is_some() => {
+                shared.proc_mem_eio.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => {}
         }
         pattern::spin_ns(c.think_ns);
     }
     Ok(())
 }
 
-/// One access of `buf.len()` bytes at `addr` in process `pid`; false when it failed (the
-/// range is PROT_NONE to a non-FOLL_FORCE caller, or unmapped).
-fn remote_access(c: &RemoteCaller, pid: i32, addr: usize, buf: &mut [u64], mem: Option<&std::fs::File>) -> bool {
+/// One access of `buf.len()` bytes at `addr` in process `pid`; the errno when it failed (the
+/// range is PROT_NONE to a non-FOLL_FORCE caller, unmapped, or GUP faulted with -EFAULT),
+/// None for a short transfer.
+fn remote_access(
+    c: &RemoteCaller,
+    pid: i32,
+    addr: usize,
+    buf: &mut [u64],
+    mem: Option<&std::fs::File>,
+) -> std::result::Result<(), Option<i32>> {
     let bytes = std::mem::size_of_val(buf);
     let local = libc::iovec { iov_base: buf.as_mut_ptr() as *mut libc::c_void, iov_len: bytes };
     let remote = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: bytes };
@@ -90,7 +103,11 @@ fn remote_access(c: &RemoteCaller, pid: i32, addr: usize, buf: &mut [u64], mem: 
             (RemotePath::ProcMem, _, None) | (RemotePath::Smmu { .. }, _, _) => -1,
         }
     };
-    r == bytes as isize
+    match r {
+        r if r == bytes as isize => Ok(()),
+        -1 => Err(std::io::Error::last_os_error().raw_os_error()),
+        _ => Err(None),
+    }
 }
 
 /// O_DIRECT I/O between pages of the thread's range and the ramdisk until `stop`: the block

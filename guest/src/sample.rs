@@ -41,6 +41,9 @@ impl Sampler {
             threads: threads(shared, names),
             smmus: smmus(plan, shared),
             uffd_rwp_faults: shared.uffd_rwp_faults.load(Ordering::Relaxed),
+            uffd_rwp_waits: shared.uffd_rwp_waits.load(Ordering::Relaxed),
+            uffd_rwp_wait_ns: shared.uffd_rwp_wait_ns.load(Ordering::Relaxed),
+            proc_mem_eio: shared.proc_mem_eio.load(Ordering::Relaxed),
             sampler_cpu_ns: crate::sys::thread_cpu_ns(),
             placement_walk_cpu_ns: walk_cpu_ns,
         }

@@ -22,6 +22,11 @@ pub struct Shared {
     pub smmus: [SmmuSlot; guest::MAX_SMMUS],
     /// RWP faults the userfaultfd handler threads resolved.
     pub uffd_rwp_faults: AtomicU64,
+    /// Sync RWP faults the workload threads timed, and their summed round trips.
+    pub uffd_rwp_waits: AtomicU64,
+    pub uffd_rwp_wait_ns: AtomicU64,
+    /// /proc/PID/mem reads that failed with EIO.
+    pub proc_mem_eio: AtomicU64,
 }
 
 /// A gupdev device's counters as its users last read them (GUPDEV_IOC_STATS).
@@ -45,6 +50,9 @@ pub struct ThreadSlot {
     pub pid: AtomicI32,
     pub tid: AtomicI32,
     pub touches: AtomicU64,
+    /// RWP faults of this thread the handler resolved (matched by the message's ptid), which
+    /// tells the thread that its last access waited for the handler.
+    pub uffd_rwp_faults: AtomicU64,
 }
 
 impl Shared {

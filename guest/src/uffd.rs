@@ -2,7 +2,7 @@
 //! registered with UFFDIO_REGISTER_MODE_RWP, armed by UFFDIO_RWPROTECT, and (sync mode) a
 //! handler thread that resolves each fault over its page, as a working-set tracker does.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 
 use guest::PAGE_SIZE;
 
@@ -10,6 +10,7 @@ use crate::shared::Shared;
 use crate::sys::{Result, os_err};
 
 const UFFD_API: u64 = 0xAA;
+const UFFD_FEATURE_THREAD_ID: u64 = 1 << 8;
 const UFFD_FEATURE_RWP: u64 = 1 << 17;
 const UFFD_FEATURE_RWP_ASYNC: u64 = 1 << 18;
 const UFFDIO_REGISTER_MODE_RWP: u64 = 1 << 3;
@@ -39,13 +40,15 @@ impl Uffd {
     /// userfaultfd(), UFFDIO_API with UFFD_FEATURE_RWP (and RWP_ASYNC), and UFFDIO_REGISTER
     /// with UFFDIO_REGISTER_MODE_RWP over `len` bytes at `addr`. Not UFFD_USER_MODE_ONLY:
     /// GUP's faults (another process's /proc/PID/mem read) must reach the handler too.
+    /// UFFD_FEATURE_THREAD_ID puts the faulting thread's id in each message, so the handler
+    /// can tell that thread its access waited (userfault_msg()).
     pub fn register_rwp(addr: usize, len: usize, rwp_async: bool) -> Result<Self> {
         // SAFETY: a plain system call.
         let fd = unsafe { libc::syscall(libc::SYS_userfaultfd, libc::O_CLOEXEC | libc::O_NONBLOCK) } as i32;
         if fd < 0 {
             return Err(os_err("userfaultfd()"));
         }
-        let features = UFFD_FEATURE_RWP | if rwp_async { UFFD_FEATURE_RWP_ASYNC } else { 0 };
+        let features = UFFD_FEATURE_RWP | UFFD_FEATURE_THREAD_ID | if rwp_async { UFFD_FEATURE_RWP_ASYNC } else { 0 };
         ioctl(fd, UFFDIO_API, &mut [UFFD_API, features, 0], "UFFDIO_API with UFFD_FEATURE_RWP")?;
         let mut reg = [addr as u64, len as u64, UFFDIO_REGISTER_MODE_RWP, 0];
         ioctl(fd, UFFDIO_REGISTER, &mut reg, "UFFDIO_REGISTER with UFFDIO_REGISTER_MODE_RWP")?;
@@ -59,8 +62,10 @@ impl Uffd {
     }
 
     /// The handler thread's loop: each RWP fault message (struct uffd_msg, 32 bytes; the
-    /// address at offset 16) is counted and its page resolved, until the run stops.
-    pub fn handle(&self, shared: &Shared, faults: &AtomicU64) -> Result<()> {
+    /// address at offset 16, the faulting thread's id at 24) is counted, for the run and
+    /// for its thread, and its page resolved, until the run stops. The thread's count moves
+    /// before the wake, so the woken thread sees it.
+    pub fn handle(&self, shared: &Shared) -> Result<()> {
         let mut msg = [0u8; 32];
         while !shared.stopped() {
             let mut pfd = libc::pollfd { fd: self.fd, events: libc::POLLIN, revents: 0 };
@@ -75,7 +80,11 @@ impl Uffd {
             }
             let addr = u64::from_ne_bytes(msg[16..24].try_into().expect("8 bytes")) as usize;
             let page = addr & !(PAGE_SIZE as usize - 1);
-            faults.fetch_add(1, Ordering::Relaxed);
+            let ptid = i32::from_ne_bytes(msg[24..28].try_into().expect("4 bytes"));
+            shared.uffd_rwp_faults.fetch_add(1, Ordering::Relaxed);
+            if let Some(t) = shared.threads.iter().find(|t| t.tid.load(Ordering::Relaxed) == ptid) {
+                t.uffd_rwp_faults.fetch_add(1, Ordering::Release);
+            }
             self.rwprotect(page, PAGE_SIZE as usize, false)?;
         }
         Ok(())

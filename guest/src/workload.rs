@@ -57,6 +57,7 @@ pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usiz
             let (t, v, ts) = (t.clone(), vmas[t.vma], &shared.threads[first_slot + ti]);
             let seed = plan.seed ^ ((first_slot + ti) as u64) << 32;
             let (base, salt, classes, populated) = (v.base, v.salt, v.plan.content_classes, populated(plan, v.plan));
+            let waits_for_handler = v.plan.uffd_rwp == Some(false);
             let smmu = match t.touch {
                 Touch::Smmu { smmu } => smmus.iter().find(|(i, _)| *i == smmu).map(|(_, d)| Arc::clone(d)),
                 _ => None,
@@ -64,7 +65,7 @@ pub fn run_process(shared: &'static Shared, plan: &'static guest::Plan, pi: usiz
             std::thread::spawn(move || {
                 ts.pid.store(std::process::id() as i32, Ordering::Relaxed);
                 ts.tid.store(sys::gettid(), Ordering::Relaxed);
-                let page = Page { base, salt, classes, populated };
+                let page = Page { base, salt, classes, populated, waits_for_handler };
                 let ctx = ThreadCtx { shared, plan, nr_cpus, seed, slot: ts, smmu };
                 if let Err(e) = run_thread(&ctx, &t, page) {
                     eprintln!("numasim-guest: {}: {e}", t.name);
@@ -166,7 +167,7 @@ fn populate(v: &Mapped<'_>, plan: &guest::Plan, node: u32) -> Result<()> {
         if cpu_less {
             sys::bind_memory(node)?;
         }
-        let page = Page { base, salt, classes, populated: true };
+        let page = Page { base, salt, classes, populated: true, waits_for_handler: false };
         for i in 0..pages {
             page.fill(i);
         }
@@ -183,6 +184,8 @@ struct Page {
     salt: u64,
     classes: u32,
     populated: bool,
+    /// Registered for sync RWP: the thread times the accesses the handler resolved.
+    waits_for_handler: bool,
 }
 
 impl Page {
@@ -286,10 +289,14 @@ fn cpu_loop(
         if first {
             touched[(off / 64) as usize] |= 1 << (off % 64);
         }
+        let before = page.waits_for_handler.then(|| (slot.uffd_rwp_faults.load(Ordering::Acquire), sys::now_ns()));
         if first || (t.write_fraction > 0.0 && rng.chance(t.write_fraction)) {
             page.fill(p);
         }
         sink = sink.wrapping_add(page.read(p, t.touch_lines));
+        if let Some((handled, at)) = before {
+            record_rwp_wait(shared, slot, handled, at);
+        }
         n += 1;
         slot.touches.store(n, Ordering::Relaxed);
         pattern::spin_ns(t.think_ns);
@@ -299,6 +306,16 @@ fn cpu_loop(
     }
     std::hint::black_box(sink);
     Ok(())
+}
+
+/// Adds an access's time (fault, handler, wake and retry, plus the few loads of the touch
+/// itself) to the run's RWP round trips when the handler resolved a fault of this thread
+/// since `handled` was read: a sync RWP fault blocks the thread until that wake.
+fn record_rwp_wait(shared: &Shared, slot: &shared::ThreadSlot, handled: u64, at: u64) {
+    if slot.uffd_rwp_faults.load(Ordering::Acquire) != handled {
+        shared.uffd_rwp_waits.fetch_add(1, Ordering::Relaxed);
+        shared.uffd_rwp_wait_ns.fetch_add(sys::now_ns() - at, Ordering::Relaxed);
+    }
 }
 
 /// Registers every VMA the plan asks for with userfaultfd RWP, after populating, and starts a
@@ -311,7 +328,7 @@ fn register_uffds(shared: &'static Shared, vmas: &[Mapped<'_>]) -> Result<Vec<Op
             if !rwp_async {
                 let handler = Arc::clone(&uffd);
                 std::thread::spawn(move || {
-                    if let Err(e) = handler.handle(shared, &shared.uffd_rwp_faults) {
+                    if let Err(e) = handler.handle(shared) {
                         eprintln!("numasim-guest: userfaultfd handler: {e}");
                     }
                 });

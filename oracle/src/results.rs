@@ -285,6 +285,12 @@ pub fn summary(
     if plan.processes.iter().flat_map(|p| &p.vmas).any(|v| v.uffd_rwp == Some(false)) {
         count(m, metric!(UffdRwp.uffd_rwp_faults), last.uffd_rwp_faults - first.uffd_rwp_faults);
     }
+    // Nor GUP's -EFAULTs: a /proc/PID/mem reader's failed reads (EIO, mem_rw()) are the
+    // guest's count of them. gupdev's own failures are not counted, so a plan with a device
+    // leaves the counter out.
+    if plan.processes.iter().flat_map(|p| &p.vmas).any(|v| v.uffd_rwp.is_some()) && plan.smmus.is_empty() {
+        count(m, metric!(UffdRwp.uffd_rwp_gup_efaults), last.proc_mem_eio - first.proc_mem_eio);
+    }
     for (name, v) in smmu.values.iter().filter(|(n, _)| *n != STALE_MAPPINGS) {
         count(m, *name, *v);
     }
@@ -603,6 +609,27 @@ mod tests {
         assert_eq!(faults(&p), None, "async: no handler");
         p.processes[0].vmas[0].uffd_rwp = Some(false);
         assert_eq!(faults(&p), Some(15));
+    }
+
+    /// The reader's failed /proc/PID/mem reads are `numasim.uffd_rwp_gup_efaults` over the
+    /// run when a VMA is registered (sync or async), and absent without one or with a gupdev
+    /// device, whose failures the guest does not count.
+    #[test]
+    fn the_readers_eio_count_is_the_kernel_runs_gup_efaults() {
+        let with_eio = |t_ms: f64, n: u64| Sample { proc_mem_eio: n, ..sample(t_ms, [0; 3], [("a", 0); 3]) };
+        let s = [with_eio(0.0, 2), with_eio(1000.0, 30)];
+        let mut p = Plan { smmus: Vec::new(), ..plan(RemotePath::ProcMem) };
+        p.processes.truncate(1);
+        let efaults = |p: &Plan| {
+            json(summary(&info(), p, &s, &BTreeMap::new()).unwrap())["numasim"]["uffd_rwp_gup_efaults"].as_u64()
+        };
+        assert_eq!(efaults(&p), None, "no VMA registered");
+        p.processes[0].vmas = vec![guest::VmaPlan { uffd_rwp: Some(true), ..guest::VmaPlan::default() }];
+        assert_eq!(efaults(&p), Some(28));
+        p.processes[0].vmas[0].uffd_rwp = Some(false);
+        assert_eq!(efaults(&p), Some(28));
+        p.smmus.push(smmu("device/d", SmmuKind::Device));
+        assert_eq!(efaults(&p), None, "a gupdev device's failures are not counted");
     }
 
     #[test]

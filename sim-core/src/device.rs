@@ -162,7 +162,12 @@ pub fn device_tick(
                 elapsed += d.fault_cost.max(1);
                 match driver_fault(&mut k, &d, &mut tasks, page) {
                     Ok(cost) => elapsed += cost,
-                    Err(GupError::Fault) => continue,
+                    // The caller waits its think time before the next access, as after
+                    // one that succeeded (the guest's callers spin it after either).
+                    Err(GupError::Fault) => {
+                        elapsed += d.think_ns;
+                        continue;
+                    }
                 }
                 touch_secondary(&mut k, d.smmu, page)
             }

@@ -13,6 +13,7 @@ mod migrate_pace;
 mod pte_scan_cost;
 mod report;
 pub mod shard;
+mod uffd_pace;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -34,6 +35,7 @@ use fault_pace::FaultPace;
 use ksmd_pace::KsmdPace;
 use migrate_pace::MigratePace;
 use pte_scan_cost::PteScanCost;
+use uffd_pace::UffdPace;
 
 pub struct Args {
     /// A validation case, a built-in scenario or a path; None with `all`.
@@ -93,6 +95,9 @@ pub struct Outcome {
     /// The guest's CPU time per PTE of a change_protection() walk, which the sim got.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pte_scan: Option<PteScanCost>,
+    /// The guest's round trip of a sync RWP fault, and the handler latency the sim got.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uffd: Option<UffdPace>,
     /// Empty VMAs the sim got for the guest process's other mappings (thread stacks, ...).
     pub guest_vmas: usize,
     pub rows: Vec<Row>,
@@ -284,10 +289,10 @@ fn resolve_case(name: &str, set: &[String]) -> Result<Config, Failure> {
     Ok(config)
 }
 
-/// The model's summary names, a tiered run's included (tiering's counters are reported on
-/// tiered runs only).
+/// The model's summary names, a tiered run's and an RWP-registered run's included (their
+/// counters are reported on such runs only).
 fn sim_metric_names() -> Vec<String> {
-    let tiered = Counters { tiered: true, ..Counters::default() };
+    let tiered = Counters { tiered: true, uffd_rwp_registered: true, ..Counters::default() };
     metrics(&tiered, 1, Span::Run).flatten().into_iter().map(|(n, _)| n).collect()
 }
 
@@ -327,6 +332,7 @@ fn run_one(
         faults: None,
         migration: None,
         pte_scan: None,
+        uffd: None,
         guest_vmas: 0,
         rows: Vec::new(),
         agree: false,
@@ -414,6 +420,11 @@ fn run_one(
     outcome.faults = outcome.migration.is_none().then(|| fault_pace::measure(&first_series, &sim)).flatten();
     if let Some(pace) = &outcome.faults {
         fault_pace::apply(&mut sim, pace);
+    }
+    // After the fault paces: the trap they calibrated comes off the measured round trip.
+    outcome.uffd = uffd_pace::measure(&guests, &sim);
+    if let Some(pace) = &outcome.uffd {
+        uffd_pace::apply(&mut sim, pace);
     }
     let mut side = run_sim(&sim, &sim_dir)?;
     let shortfall = |m: &str| {

@@ -206,6 +206,17 @@ fn case_section(r: &mut String, o: &Outcome) {
             c.tlb_flush_cost_ns.map_or(String::new(), |n| format!(", kernel.tlb_flush_cost_ns = {n}"))
         );
     }
+    if let Some(u) = &o.uffd {
+        let runs: Vec<String> = u.per_run_ns.iter().map(|ns| format!("{:.0} µs", ns / 1e3)).collect();
+        let _ = writeln!(
+            r,
+            "- sync RWP fault to wake: {:.0} µs over {} timed faults (runs: {}); sim userfaultfd handler_latency_us = {}",
+            u.round_trip_ns / 1e3,
+            u.waits,
+            runs.join(", "),
+            u.handler_latency_us
+        );
+    }
     if let Some(f) = &o.faults {
         let _ = writeln!(
             r,
@@ -268,6 +279,7 @@ mod tests {
             ksmd: None,
             migration: None,
             pte_scan: None,
+            uffd: None,
             guest_vmas: 0,
             faults: None,
             rows: vec![row],

@@ -52,6 +52,57 @@ fn a_userfaultfd_scenario_is_refused_on_a_kernel_without_rwp() {
     assert!(!out.exists(), "nothing is written");
 }
 
+/// The RWP case is 7.3's only: `--all` on 6.12 skips it and says why before anything boots
+/// (the shard of as many as there are cases that holds the case's pair runs nothing else).
+#[test]
+fn validate_all_skips_the_rwp_case_on_a_kernel_without_rwp() {
+    if let Some(why) = oracle_missing("6.12") {
+        eprintln!("skipping: {why}");
+        return;
+    }
+    let cases = workloads::validation::CASES;
+    let at = cases.iter().position(|(n, _)| *n == "uffd-rwp-proc-mem").expect("the case is in the catalogue");
+    let dir = scratch("uffd-all-6.12");
+    let shard = format!("{}/{}", at + 1, cases.len());
+    let out = numasim(&["validate", "--all", "--kernel", "6.12", "--shard", &shard, "--out", s(&dir)]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("uffd-rwp-proc-mem on 6.12: skipped:") && stderr.contains("new in 7.3"), "{stderr}");
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("validate.json")).unwrap()).unwrap();
+    assert!(manifest["skipped"].as_array().unwrap().contains(&serde_json::json!(["uffd-rwp-proc-mem", "6.12"])));
+    assert_eq!(manifest["cases"].as_array().map(Vec::len), Some(0), "nothing booted");
+}
+
+/// The RWP case on the real 7.3: the guest times the handler's round trips, validate gives
+/// the sim their mean as `handler_latency_us`, and the reader's failed reads are the kernel
+/// column of `numasim.uffd_rwp_gup_efaults`.
+#[test]
+fn the_rwp_case_on_7_3_fits_the_handler_latency_and_counts_the_readers_efaults() {
+    if common::skips_real_boot("userfaultfd RWP validate", "7.3") {
+        return;
+    }
+    let dir = scratch("validate-uffd-7.3");
+    let out = numasim(&["validate", "uffd-rwp-proc-mem", "--kernel", "7.3", "--out", s(&dir)]);
+    let code = out.status.code();
+    assert!(matches!(code, Some(0 | 3)), "exit {code:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let read = |f: &str| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+    };
+    let last = &read(&format!("7.3/kernel/{}", results::GUEST))["final_sample"];
+    assert!(last["uffd_rwp_waits"].as_u64().unwrap() > 0, "{last}");
+    let pace = &read("validate.json")["cases"][0]["outcomes"][0]["uffd"];
+    let latency = pace["handler_latency_us"].as_u64().unwrap();
+    assert!(latency > 20, "TCG's round trip is far above the scenario's 20 us: {pace}");
+    assert!(
+        std::fs::read_to_string(dir.join("7.3/sim").join(results::CONFIG))
+            .unwrap()
+            .contains(&format!("handler_latency_us = {latency}"))
+    );
+    let summary = read(&format!("7.3/kernel/{}", results::SUMMARY));
+    assert!(summary["numasim"]["uffd_rwp_gup_efaults"].as_u64().is_some(), "{summary}");
+}
+
 #[test]
 fn one_gup_case_end_to_end_on_a_real_kernel() {
     if let Some(why) = oracle_missing("6.12") {

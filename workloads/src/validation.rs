@@ -35,6 +35,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("memfd-shared-pull", include_str!("../../configs/validate/memfd-shared-pull.toml")),
     ("hugetlbfs-unscanned", include_str!("../../configs/validate/hugetlbfs-unscanned.toml")),
     ("tiering-promote", include_str!("../../configs/validate/tiering-promote.toml")),
+    ("uffd-rwp-proc-mem", include_str!("../../configs/validate/uffd-rwp-proc-mem.toml")),
 ];
 
 /// A validation case by name, else a scenario (built-in or path) as `numasim run` takes it.

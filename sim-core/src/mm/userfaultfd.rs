@@ -16,8 +16,10 @@
 //!   `latency` after it, however many are waiting.
 //! - A thread waiting for the handler is charged the wait as its own time; it does not sleep.
 //! - The handler's resolve lands at the fault, not `latency` later.
-//! - Anonymous private memory only: no fork(), mremap(), swap, migration entries or
-//!   UFFDIO_MOVE, which keep or re-arm the marker in the kernel.
+//! - Anonymous private memory only: no fork(), mremap(), swap or UFFDIO_MOVE, which keep or
+//!   re-arm the marker in the kernel. A migrated page (kswapd's demotion) keeps its marker
+//!   and PAGE_NONE, as remove_migration_pte() restores them; the migration entry a racing
+//!   access would wait on is not modelled.
 
 use bevy_ecs::entity::Entity;
 

@@ -6,6 +6,7 @@ use bevy_ecs::prelude::*;
 
 use super::backing::protnone_at;
 use super::mmu_notifier::{MmuNotifyEvent, SPTE_VALID, SPTE_YOUNG, SmmuKind, invalidate_range};
+use super::userfaultfd::userfaultfd_pte_rwp;
 use super::{CPUPID_UNSET, PG_KSM, PTE_PROTNONE, PTE_YOUNG, PTE_ZERO, PageIdx};
 use crate::engine::{Event, Nanos};
 use crate::kernel::Kernel;
@@ -125,8 +126,10 @@ fn folio_referenced(k: &mut Kernel, mm: Entity, page: PageIdx) -> bool {
 /// Models demote_folio_list() for one page of `mm` on `src`: allocated on the first demotion
 /// target above its min watermark (alloc_demote_folio() does not reclaim), the secondary
 /// MMUs invalidated, the PTE remapped with the VMA's protection (remove_migration_pte(), so
-/// a protnone PTE comes back accessible), and last_cpupid reset across tiers in
-/// memory-tiering mode (folio_migrate_flags()). False when no target has room.
+/// a NUMA hint's protnone PTE comes back accessible, while 7.3.4's keeps an RWP-armed PTE's
+/// marker and restores PAGE_NONE under it in a VM_UFFD_RWP VMA), and last_cpupid reset
+/// across tiers in memory-tiering mode (folio_migrate_flags()). False when no target has
+/// room.
 fn demote_page(k: &mut Kernel, mm: Entity, page: PageIdx, src: Nid) -> bool {
     let targets = k.tiers.demotion_targets(src).to_vec();
     let Some(dst) = targets.into_iter().find(|&t| {
@@ -138,10 +141,15 @@ fn demote_page(k: &mut Kernel, mm: Entity, page: PageIdx, src: Nid) -> bool {
     invalidate_range(k, mm, page, 1, MmuNotifyEvent::Clear, |_| true);
     k.pgdat(dst).free_pages -= 1;
     k.pgdat(src).free_pages += 1;
+    let flags = k.pages.pte(page).flags;
+    let m = k.mms.get(mm).expect("kswapd walks live mms");
+    let armed = m.vma_of_page(page).is_some_and(|v| userfaultfd_pte_rwp(&m.vmas[v], flags));
     let s = k.pages.slot_mut(page);
     let pte = k.pages.slots.new_frame(s);
     pte.nid = dst;
-    pte.flags &= !PTE_PROTNONE;
+    if !armed {
+        pte.flags &= !PTE_PROTNONE;
+    }
     if k.sysctl.0.numa_balancing.tiering() && k.tiers.node_is_toptier(src) != k.tiers.node_is_toptier(dst) {
         k.pages.slots.last_cpupid[s] = CPUPID_UNSET;
     }

@@ -308,3 +308,17 @@ fn ksmd_time_per_merge_lengthens_its_period() {
     let (free, costly) = (merged("ksm.merge_cost_ns=0"), merged("ksm.merge_cost_ns=1000000"));
     assert!(costly > 0.0 && costly * 5.0 < free, "{costly} merges at 1 ms each vs {free} for free");
 }
+
+/// A /proc/PID/mem read that fails (-EFAULT on an armed page of a sync RWP VMA: no
+/// FOLL_UNLOCKABLE, so handle_userfault() cannot wait) is followed by the reader's think time,
+/// as a read that succeeded is: with 1 ms between reads, at most one attempt a millisecond.
+#[test]
+fn a_failed_gup_read_waits_the_readers_think_time_too() {
+    for seed in SEEDS {
+        let out = run_with("uffd-rwp-procmem", seed, &["run.duration_ms=3000", "device.0.think_ns=1000000"]);
+        let efaults = metric(&out, "numasim.uffd_rwp_gup_efaults");
+        let attempts = efaults + metric(&out, "touches.device");
+        assert!(efaults > 500.0, "{seed}: armed from 1.5 s, most reads fail: {efaults}");
+        assert!(attempts <= 3000.0, "{seed}: {attempts} reads in 3 s, 1 ms apart");
+    }
+}

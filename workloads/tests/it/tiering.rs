@@ -142,3 +142,22 @@ fn bad_tiering_keys_are_named_and_the_config_round_trips() {
     let c = scenario("tiering", &["kernel.numa_balancing=3", "kernel.numa_balancing_hot_threshold_ms=20"]);
     assert_eq!(config(&sim_core::config::to_toml(&c), &[]), c);
 }
+
+/// A page kswapd demotes while RWP-armed comes back armed: remove_migration_pte() (7.3.4,
+/// mm/migrate.c) keeps the migration entry's uffd bit and, in a VM_UFFD_RWP VMA, restores
+/// PAGE_NONE under it, where a NUMA hint's protnone is lost. The cold set, armed at 100 ms
+/// and never touched again, is what kswapd demotes; the invariant checks find any marker
+/// left on an accessible PTE.
+#[test]
+fn a_demoted_rwp_armed_page_stays_armed() {
+    let rwp = "\n[[userfaultfd]]\nprocess = \"app\"\nvma = \"cold\"\nrwp_async = true\n\n\
+               [[action]]\nsyscall = \"uffdio-rwprotect\"\nprocess = \"app\"\nvma = \"cold\"\nstart_ms = 100\nprotect_ms = 0\n";
+    let text = include_str!("../../../configs/tiering.toml").to_string() + rwp;
+    let src = sim_core::config::Source { origin: "tiering with an armed cold set".into(), text };
+    let c = sim_core::config::load(&src, &["run.duration_ms=3000".to_string()]).unwrap_or_else(|e| panic!("{e}"));
+    let mut sim = workloads::build(&c);
+    sim.set_check_invariants(true);
+    let out = sim.run().unwrap_or_else(|e| panic!("{e}"));
+    assert!(metric(&out, "vmstat.pgdemote_kswapd") > 0.0, "kswapd demoted armed pages");
+    assert_eq!(metric(&out, "numasim.uffd_rwp_faults"), 0.0, "nothing touched the cold set");
+}
