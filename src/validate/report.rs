@@ -172,12 +172,13 @@ fn case_section(r: &mut String, o: &Outcome) {
     if let Some(m) = &o.migration {
         let _ = writeln!(
             r,
-            "- `{}` costs (fit over {} thread-intervals): {:.1} µs per touch, {:.0} µs per hinting fault, {:.0} µs per migrated page; sim kernel.hint_fault_cost_ns and migrate_cost_ns from them",
+            "- `{}` costs (fit over {} thread-intervals): {:.1} µs per touch, {:.0} µs per hinting fault, {} per migrated page; sim kernel.hint_fault_cost_ns and migrate_cost_ns from them",
             m.block,
             m.intervals,
             m.touch_ns / 1e3,
             m.fault_ns / 1e3,
-            m.migration_ns / 1e3
+            m.migration_ns
+                .map_or("too few migrations to fit, the case's cost".to_string(), |b| format!("{:.0} µs", b / 1e3))
         );
     }
     if let Some(k) = &o.ksmd {
