@@ -207,6 +207,17 @@ fn case_section(r: &mut String, o: &Outcome) {
             c.tlb_flush_cost_ns.map_or(String::new(), |n| format!(", kernel.tlb_flush_cost_ns = {n}"))
         );
     }
+    if let Some(v) = &o.vcpus {
+        let _ = writeln!(
+            r,
+            "- `{}`: {:.1} µs per touch, {:.0} µs per migrated page ({:.0} pages, waits included); sim kernel.migrate_cost_ns = {}",
+            v.block,
+            v.touch_ns / 1e3,
+            v.migration_ns / 1e3,
+            v.migrated,
+            v.migrate_cost_ns
+        );
+    }
     if let Some(f) = &o.faults {
         let _ = writeln!(
             r,
@@ -268,6 +279,7 @@ mod tests {
             calibration: Vec::new(),
             ksmd: None,
             migration: None,
+            vcpus: None,
             pte_scan: None,
             guest_vmas: 0,
             faults: None,
