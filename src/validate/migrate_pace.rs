@@ -34,7 +34,7 @@ const MIN_FAULTS: f64 = 4096.0;
 /// costs the guest several faults' time (6.12.118, hugetlbfs-unscanned: 669 µs against
 /// 35 µs), so a quarter of [`MIN_FAULTS`] still puts as much time on migrations as
 /// [`MIN_FAULTS`] faults take.
-const MIN_MIGRATED: f64 = MIN_FAULTS / 4.0;
+pub(super) const MIN_MIGRATED: f64 = MIN_FAULTS / 4.0;
 
 /// The guest's time per touch, per hinting fault and per migrated page, for one block.
 #[derive(Clone, Debug, PartialEq, Serialize)]

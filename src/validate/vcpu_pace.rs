@@ -12,16 +12,15 @@
 //! in which a thread touched; every thread's time from the vCPUs' first migration to their
 //! last, waits for the lock included, less its touches' time, divided by the migrations,
 //! gives the guest time per migrated page. The sim's vCPUs share no lock, so each is charged
-//! that time, the wait included: the block then migrates at the guest's pace. Simplified: the time goes to `kernel.migrate_cost_ns`,
-//! which every migration pays, whoever maps the page.
+//! that time, the wait included: the block then migrates at the guest's pace. Simplified:
+//! the time goes to `kernel.migrate_cost_ns`, which every migration pays, whoever maps the
+//! page.
 
 use results::Table;
 use serde::Serialize;
 use sim_core::config::Config;
 
-/// Fewest migrations over the vCPU threads for their cost to be measured, as for a CPU
-/// thread block (migrate_pace.rs).
-const MIN_MIGRATED: f64 = 1024.0;
+use super::migrate_pace::MIN_MIGRATED;
 
 /// The vCPUs' guest time per touch and per migrated page, and the migration cost the sim
 /// gets from them.
@@ -29,7 +28,7 @@ const MIN_MIGRATED: f64 = 1024.0;
 pub struct VcpuPace {
     /// `vm/vcpus`.
     pub block: String,
-    /// Guest nanoseconds per touch before the thread's first migration.
+    /// Guest nanoseconds per touch before the vCPUs' first migration, in rows with touches.
     pub touch_ns: f64,
     /// Guest nanoseconds per migrated page, the refill's fault and the lock's wait included.
     pub migration_ns: f64,
