@@ -14,6 +14,7 @@ mod pte_scan_cost;
 mod report;
 pub mod shard;
 mod uffd_pace;
+mod vcpu_pace;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -36,6 +37,7 @@ use ksmd_pace::KsmdPace;
 use migrate_pace::MigratePace;
 use pte_scan_cost::PteScanCost;
 use uffd_pace::UffdPace;
+use vcpu_pace::VcpuPace;
 
 pub struct Args {
     /// A validation case, a built-in scenario or a path; None with `all`.
@@ -92,6 +94,9 @@ pub struct Outcome {
     pub faults: Option<FaultPace>,
     /// The guest's time per touch, hinting fault and page migration, which the sim got.
     pub migration: Option<MigratePace>,
+    /// The vCPUs' time per migrated page, and the migration cost the sim got from it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<VcpuPace>,
     /// The guest's CPU time per PTE of a change_protection() walk, which the sim got.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pte_scan: Option<PteScanCost>,
@@ -331,6 +336,7 @@ fn run_one(
         ksmd: None,
         faults: None,
         migration: None,
+        vcpus: None,
         pte_scan: None,
         uffd: None,
         guest_vmas: 0,
@@ -410,6 +416,12 @@ fn run_one(
     outcome.migration = migrate_pace::measure(&first_series, &sim);
     if let Some(pace) = &outcome.migration {
         migrate_pace::apply(&mut sim, pace, &mut rates);
+    }
+    // Unless the CPU threads' fit gave the migration cost.
+    let migration_fitted = outcome.migration.as_ref().is_some_and(|m| m.migration_ns.is_some());
+    outcome.vcpus = (!migration_fitted).then(|| vcpu_pace::measure(&first_series, &sim)).flatten();
+    if let Some(pace) = &outcome.vcpus {
+        vcpu_pace::apply(&mut sim, pace);
     }
     outcome.calibration = calibrate::match_touch_rate(&mut sim, &rates);
     outcome.ksmd = ksmd_pace::measure(&first_series, &sim);

@@ -172,12 +172,13 @@ fn case_section(r: &mut String, o: &Outcome) {
     if let Some(m) = &o.migration {
         let _ = writeln!(
             r,
-            "- `{}` costs (fit over {} thread-intervals): {:.1} µs per touch, {:.0} µs per hinting fault, {:.0} µs per migrated page; sim kernel.hint_fault_cost_ns and migrate_cost_ns from them",
+            "- `{}` costs (fit over {} thread-intervals): {:.1} µs per touch, {:.0} µs per hinting fault, {} per migrated page; sim kernel.hint_fault_cost_ns and migrate_cost_ns from them",
             m.block,
             m.intervals,
             m.touch_ns / 1e3,
             m.fault_ns / 1e3,
-            m.migration_ns / 1e3
+            m.migration_ns
+                .map_or("too few migrations to fit, the case's cost".to_string(), |b| format!("{:.0} µs", b / 1e3))
         );
     }
     if let Some(k) = &o.ksmd {
@@ -215,6 +216,17 @@ fn case_section(r: &mut String, o: &Outcome) {
             u.waits,
             runs.join(", "),
             u.handler_latency_us
+        );
+    }
+    if let Some(v) = &o.vcpus {
+        let _ = writeln!(
+            r,
+            "- `{}`: {:.1} µs per touch, {:.0} µs per migrated page ({:.0} pages, waits included); sim kernel.migrate_cost_ns = {}",
+            v.block,
+            v.touch_ns / 1e3,
+            v.migration_ns / 1e3,
+            v.migrated,
+            v.migrate_cost_ns
         );
     }
     if let Some(f) = &o.faults {
@@ -278,6 +290,7 @@ mod tests {
             calibration: Vec::new(),
             ksmd: None,
             migration: None,
+            vcpus: None,
             pte_scan: None,
             uffd: None,
             guest_vmas: 0,
