@@ -9,7 +9,7 @@ use std::io::{self, Write};
 
 use super::chrome::{instant, json_str, metadata, track, trailer};
 use super::output::{Source, Written, ftrace_header, ftrace_trailer, line_start, write_bounded};
-use super::parse::{numeric_fields, parse_line};
+use super::parse::{field_pairs, numeric_fields, parse_line};
 use super::{Kind, PidKind, TpVersion, TraceMeta};
 use crate::engine::Nanos;
 
@@ -94,8 +94,7 @@ impl KernelTrace {
 fn args_json(fields: &str, out: &mut String) {
     out.push('{');
     let numbers: std::collections::BTreeMap<&str, i64> = numeric_fields(fields).collect();
-    let pairs = fields.split_whitespace().filter_map(|kv| kv.split_once('='));
-    for (i, (k, v)) in pairs.enumerate() {
+    for (i, (k, v)) in field_pairs(fields).enumerate() {
         if i > 0 {
             out.push(',');
         }

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 
-use super::parse::{Line, parse_line};
+use super::parse::{Line, field, parse_line};
 
 /// How long before a move a NUMA placement event of the same thread counts as its cause:
 /// task_numa_migrate() traces sched_move_numa/sched_swap_numa just before the stopper
@@ -42,10 +42,6 @@ fn task_kind(comm: &str, prefix: &str) -> String {
         return format!("another {prefix} thread");
     }
     comm.split('/').next().unwrap_or(comm).to_string()
-}
-
-fn field<'a>(fields: &'a str, key: &str) -> Option<&'a str> {
-    fields.split_whitespace().find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
 }
 
 /// Classes the moves in `text` of the threads whose comm starts with `prefix`.

@@ -52,12 +52,20 @@ fn parse_seconds(s: &str) -> Option<u64> {
     sec.parse::<u64>().ok()?.checked_mul(1_000_000_000)?.checked_add(frac.parse::<u64>().ok()? * scale)
 }
 
+/// The `key=value` pairs of a field string, in order (TP_printk's literal text, such as
+/// sched_switch's `==>`, is no pair).
+pub fn field_pairs(fields: &str) -> impl Iterator<Item = (&str, &str)> {
+    fields.split_whitespace().filter_map(|kv| kv.split_once('='))
+}
+
+/// The value of field `key`.
+pub fn field<'a>(fields: &'a str, key: &str) -> Option<&'a str> {
+    field_pairs(fields).find_map(|(k, v)| (k == key).then_some(v))
+}
+
 /// The `key=value` pairs of a field string whose value is a number.
 pub fn numeric_fields(fields: &str) -> impl Iterator<Item = (&str, i64)> {
-    fields.split_whitespace().filter_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        Some((k, v.parse::<i64>().ok()?))
-    })
+    field_pairs(fields).filter_map(|(k, v)| Some((k, v.parse::<i64>().ok()?)))
 }
 
 /// Per event name, how many events; and per `event.nr_*` field, the sum (the kernel names
@@ -74,7 +82,7 @@ pub struct Counts {
 
 /// The field names of a field string, in order.
 pub fn field_keys(fields: &str) -> Vec<String> {
-    fields.split_whitespace().filter_map(|kv| kv.split_once('=')).map(|(k, _)| k.to_string()).collect()
+    field_pairs(fields).map(|(k, _)| k.to_string()).collect()
 }
 
 /// Counts the events of an ftrace text file.
