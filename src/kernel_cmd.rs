@@ -82,6 +82,7 @@ fn print_brief(run: &oracle::KernelRun) -> Result<(), Failure> {
         run.elapsed_ms as f64 / 1e3,
         run.wall_s
     );
+    println!("  host: {}", run.host.describe());
     for r in &run.retried {
         println!("  attempt {} failed and was booted again: {} (console: {})", r.attempt, r.reason, r.console);
     }

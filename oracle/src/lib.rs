@@ -12,6 +12,7 @@ pub mod checksums;
 pub mod damage;
 pub mod guest_bin;
 pub mod gupdev;
+pub mod host_load;
 pub mod initramfs;
 pub mod kernel;
 pub mod kinds;
@@ -79,6 +80,8 @@ pub struct KernelRun {
     pub trace: Option<KernelTrace>,
     /// The failed attempts before this run (see [`run_traced`]).
     pub retried: Vec<Retry>,
+    /// How busy the host was while QEMU ran.
+    pub host: host_load::HostLoad,
 }
 
 /// What tracefs recorded: its `trace` file as text and what the guest said of it.
@@ -274,6 +277,7 @@ fn run_attempt(
         touch_rates: results::touch_rates(&plan, &outcome.samples),
         trace,
         retried: retried.to_vec(),
+        host: boot.host,
     };
     write_results(cfg, k, &plan, &outcome, &run)?;
     Ok(run)
@@ -558,6 +562,7 @@ fn write_results(cfg: &Config, k: &KernelSpec, plan: &Plan, o: &Outcome, run: &K
         "pte_walk": o.pte_walk,
         "elapsed_ms": o.elapsed_ms,
         "qemu_wall_s": run.wall_s,
+        "host_load": run.host,
         "samples": o.samples.len(),
         "trace": o.trace.as_ref().map(|t| serde_json::json!({
             "enabled": t.enabled,

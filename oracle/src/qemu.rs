@@ -91,6 +91,8 @@ pub struct Boot {
     pub trace: Vec<u8>,
     pub wall: Duration,
     pub timed_out: bool,
+    /// How busy the host was meanwhile.
+    pub host: crate::host_load::HostLoad,
 }
 
 /// qemu-system-x86_64 from PATH.
@@ -180,14 +182,17 @@ pub fn boot(
     let fds = [initrd.as_raw_fd(), data.as_raw_fd(), trace.as_raw_fd()];
     let mut child = stop::spawn(&mut cmd, &what, &fds)
         .map_err(|e| OracleError::Input(format!("{}: {e}: run `{INSTALL_QEMU}`", qemu.display())))?;
-    let finished = |timed_out| Boot {
+    let mut meter = crate::host_load::Meter::start(child.id());
+    let finished = |timed_out, meter: &crate::host_load::Meter| Boot {
         console: console.clone(),
         data: contents(&data),
         trace: contents(&trace),
         wall: start.elapsed(),
         timed_out,
+        host: meter.finish(),
     };
     loop {
+        meter.sample();
         if let Some(status) = child.try_wait().map_err(|e| OracleError::Io(format!("waiting for QEMU: {e}")))? {
             if !status.success() {
                 let mut err = String::new();
@@ -197,11 +202,11 @@ pub fn boot(
                     console_tail: console_tail(&console),
                 });
             }
-            return Ok(finished(false));
+            return Ok(finished(false, &meter));
         }
         if start.elapsed() > timeout {
             let _ = child.kill();
-            return Ok(finished(true));
+            return Ok(finished(true, &meter));
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -83,6 +83,9 @@ pub struct Outcome {
     pub boot_s: f64,
     /// Host seconds of the QEMU run.
     pub kernel_wall_s: f64,
+    /// How busy the host was during it (None for a run recorded before the oracle measured it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<oracle::host_load::HostLoad>,
     /// The `--set` overrides that put the sim under this kernel's rules.
     pub sim_rules: Vec<String>,
     pub calibration: Vec<Matched>,
@@ -125,6 +128,8 @@ pub struct RunRecord {
     pub dir: String,
     pub boot_s: f64,
     pub kernel_wall_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host: Option<oracle::host_load::HostLoad>,
     /// Taken from an earlier validation (`--reuse`).
     pub reused: bool,
 }
@@ -331,6 +336,7 @@ fn run_one(
         accel: String::new(),
         boot_s: 0.0,
         kernel_wall_s: 0.0,
+        host: None,
         sim_rules: spec.sim_overrides(),
         calibration: Vec::new(),
         ksmd: None,
@@ -367,8 +373,8 @@ fn run_one(
         }
     }
     let first = &facts[0].1;
-    (outcome.release, outcome.accel, outcome.boot_s, outcome.kernel_wall_s) =
-        (first.release.clone(), first.accel.clone(), first.boot_s, first.wall_s);
+    (outcome.release, outcome.accel, outcome.boot_s, outcome.kernel_wall_s, outcome.host) =
+        (first.release.clone(), first.accel.clone(), first.boot_s, first.wall_s, first.host);
     if flags.repeat > 1 {
         outcome.kernel_runs = facts
             .iter()
@@ -376,6 +382,7 @@ fn run_one(
                 dir: d.strip_prefix(root).unwrap_or(d).display().to_string(),
                 boot_s: f.boot_s,
                 kernel_wall_s: f.wall_s,
+                host: f.host,
                 reused: f.reused,
             })
             .collect();
@@ -522,6 +529,7 @@ struct KernelFacts {
     accel: String,
     boot_s: f64,
     wall_s: f64,
+    host: Option<oracle::host_load::HostLoad>,
     touch_rates: BTreeMap<String, f64>,
     /// Failed boots before this run (the oracle's retries).
     retried: Vec<oracle::Retry>,
@@ -575,6 +583,7 @@ fn kernel_side(
                 accel: run.accel.name().to_string(),
                 boot_s: run.boot_s,
                 wall_s: run.wall_s,
+                host: Some(run.host),
                 touch_rates: run.touch_rates,
                 retried: run.retried,
                 reused: false,
@@ -625,6 +634,7 @@ fn same_run(config: &Config, spec: &oracle::KernelSpec, dir: &Path) -> Option<Ke
         accel: guest["accel"].as_str().unwrap_or_default().to_string(),
         boot_s: guest["boot_s"].as_f64().unwrap_or(f64::NAN),
         wall_s: guest["qemu_wall_s"].as_f64().unwrap_or(f64::NAN),
+        host: serde_json::from_value(guest["host_load"].clone()).ok(),
         touch_rates: serde_json::from_value(guest["touch_rate_per_s"].clone()).ok()?,
         retried: serde_json::from_value(guest["retried"].clone()).unwrap_or_default(),
         reused: true,

@@ -126,6 +126,11 @@ fn verdict_cell(o: &Outcome) -> String {
     if outside == 0 { "agrees".into() } else { format!("**{outside} disagreement(s)**") }
 }
 
+/// The host's load during a kernel run, for its line; nothing for a run recorded without it.
+fn host_clause(host: &Option<oracle::host_load::HostLoad>) -> String {
+    host.map_or(String::new(), |h| format!("; {}", h.describe()))
+}
+
 fn case_section(r: &mut String, o: &Outcome) {
     let _ = writeln!(r, "### {} ({})\n", o.kernel, o.release);
     if let Some(e) = &o.error {
@@ -134,18 +139,22 @@ fn case_section(r: &mut String, o: &Outcome) {
     }
     let _ = writeln!(
         r,
-        "Sim rules: `{}`. QEMU accel {}, boot to init {:.1} s, whole kernel run {:.0} s.\n",
+        "Sim rules: `{}`. QEMU accel {}, boot to init {:.1} s, whole kernel run {:.0} s{}.\n",
         o.sim_rules.join(" "),
         o.accel,
         o.boot_s,
-        o.kernel_wall_s
+        o.kernel_wall_s,
+        host_clause(&o.host)
     );
     for run in &o.kernel_runs {
         let reused = if run.reused { ", reused" } else { "" };
         let _ = writeln!(
             r,
-            "- kernel run `{}`: boot to init {:.1} s, {:.0} s{reused}",
-            run.dir, run.boot_s, run.kernel_wall_s
+            "- kernel run `{}`: boot to init {:.1} s, {:.0} s{}{reused}",
+            run.dir,
+            run.boot_s,
+            run.kernel_wall_s,
+            host_clause(&run.host)
         );
     }
     for t in &o.retried {
@@ -286,6 +295,7 @@ mod tests {
             accel: "tcg".into(),
             boot_s: 4.9,
             kernel_wall_s: 25.0,
+            host: None,
             sim_rules: vec!["kernel.version=6.1-debian12".into()],
             calibration: Vec::new(),
             ksmd: None,
@@ -304,6 +314,12 @@ mod tests {
                     dir: if i == 1 { "6.1/kernel".into() } else { format!("6.1/kernel-{i}") },
                     boot_s: 4.9,
                     kernel_wall_s: 25.0,
+                    host: (i == 2).then_some(oracle::host_load::HostLoad {
+                        cpus: 2,
+                        loadavg_start: 1.04,
+                        others_busy_cpus: 0.26,
+                        qemu_busy_cpus: 1.71,
+                    }),
                     reused: i == 1,
                 })
                 .collect(),
@@ -357,7 +373,13 @@ mod tests {
         let md = markdown(&manifest(2));
         assert!(md.contains("`numasim validate mprotect-toggle --kernel 6.1 --repeat 2`"), "{md}");
         assert!(md.contains("min - (abs + rel * |min|) <= sim <= max + (abs + rel * |max|)"), "{md}");
-        assert!(md.contains("- kernel run `6.1/kernel-2`: boot to init 4.9 s, 25 s\n"), "{md}");
+        assert!(
+            md.contains(
+                "- kernel run `6.1/kernel-2`: boot to init 4.9 s, 25 s; other work kept 0.3 of 2 host CPUs busy \
+                 (QEMU 1.7, load 1.0 at the start)\n"
+            ),
+            "{md}"
+        );
         assert!(md.contains("- kernel run `6.1/kernel`: boot to init 4.9 s, 25 s, reused"), "{md}");
         assert!(
             md.contains(

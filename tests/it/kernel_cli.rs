@@ -219,7 +219,15 @@ fn a_guest_that_stalls_is_booted_again_and_the_retry_is_reported_beside_the_resu
     let summary: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(run.join(results::SUMMARY)).unwrap()).unwrap();
     assert_eq!(summary["source"], "6.12.0-test");
-    assert!(String::from_utf8_lossy(&out.stdout).contains("attempt 1 failed and was booted again"));
+    let host = &guest["host_load"];
+    assert!(host["cpus"].as_u64().unwrap() >= 1, "{host}");
+    assert!(
+        host["others_busy_cpus"].as_f64().unwrap() >= 0.0 && host["qemu_busy_cpus"].as_f64().unwrap() >= 0.0,
+        "{host}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("attempt 1 failed and was booted again"));
+    assert!(stdout.contains("  host: other work kept "), "{stdout}");
 }
 
 /// The second failure fails the run as before, and nothing of the earlier run in the
