@@ -258,9 +258,10 @@ fn run_attempt(
     let mut machine = machine_of(cfg)?;
     machine.cmdline = kinds::boot_args(cfg) + &trace.as_ref().map_or(String::new(), trace_cmdline);
     plan.trace = trace;
-    // Before anything boots: a kernel the module cannot be built for is bad input.
-    let gupdev = if plan.smmus.is_empty() { None } else { Some(gupdev::module_for(k)?) };
+    // A missing QEMU is found before the module's headers are fetched and it is built; a
+    // kernel the module cannot be built for is bad input before anything boots.
     let qemu = qemu::qemu_binary()?;
+    let gupdev = if plan.smmus.is_empty() { None } else { Some(gupdev::module_for(k)?) };
     let guest = guest_bin::guest_binary()?;
     let initrd = initramfs_of(&guest, &plan, k, gupdev.as_deref())?;
     let accel = choose_accel(&qemu, k, &guest)?;

@@ -66,6 +66,21 @@ fn missing_qemu_is_refused_with_the_apt_get_line() {
     assert!(!dir.join("out").join(results::SUMMARY).exists());
 }
 
+/// validate finds QEMU missing before it looks for the kernel's headers to build gupdev.
+#[test]
+fn validate_of_a_device_case_names_missing_qemu_before_the_modules_headers() {
+    let dir = scratch("validate-no-qemu");
+    let image = fake_bzimage(&dir, FULL_CONFIG);
+    let out = Command::new(env!("CARGO_BIN_EXE_numasim"))
+        .args(["validate", "gupdev-device-gup", "--kernel", &image, "--out", s(&dir.join("out"))])
+        .env("PATH", s(&dir))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    rejected_with(out, "apt-get install -y --no-install-recommends qemu-system-x86");
+    assert!(!err.contains("headers"), "{err}");
+}
+
 #[test]
 fn a_guest_past_its_timeout_is_killed_and_its_console_shown() {
     if skips_real_boot("timeout", "6.12") {
