@@ -380,6 +380,9 @@ pub struct Sample {
     /// The CPU time of this sample's numa_maps walk; 0 when the sample repeats the last walk.
     #[serde(default)]
     pub placement_walk_cpu_ns: u64,
+    /// The CPU the sampler took this sample on (sched_getcpu()).
+    #[serde(default)]
+    pub sampler_cpu: Option<u32>,
 }
 
 /// The counters of one secondary MMU at its last GUPDEV_IOC_STATS.

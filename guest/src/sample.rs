@@ -46,6 +46,7 @@ impl Sampler {
             proc_mem_eio: shared.proc_mem_eio.load(Ordering::Relaxed),
             sampler_cpu_ns: crate::sys::thread_cpu_ns(),
             placement_walk_cpu_ns: walk_cpu_ns,
+            sampler_cpu: crate::sys::current_cpu(),
         }
     }
 }

@@ -31,6 +31,12 @@ pub fn thread_cpu_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// The CPU this thread runs on, if the kernel can say.
+pub fn current_cpu() -> Option<u32> {
+    // SAFETY: sched_getcpu() takes no arguments.
+    u32::try_from(unsafe { libc::sched_getcpu() }).ok()
+}
+
 pub fn sleep_ns(ns: u64) {
     std::thread::sleep(std::time::Duration::from_nanos(ns));
 }

@@ -371,13 +371,14 @@ fn row(plan: &Plan, prev: &Sample, cur: &Sample, ksm_keys: &[&String]) -> Vec<St
     }
     r.push(cur.sampler_cpu_ns.saturating_sub(prev.sampler_cpu_ns).to_string());
     r.push(cur.placement_walk_cpu_ns.to_string());
+    r.push(cur.sampler_cpu.map_or(String::new(), |c| (c / plan.cpus_per_node).to_string()));
     r
 }
 
-/// The guest's sampler, not the kernel: its CPU time in the interval and that of the
-/// interval's numa_maps walk (0 when it repeated the last one). validate shapes its stand-in
-/// for the sampler from them.
-pub const SAMPLER_COLUMNS: [&str; 2] = ["guest.sampler.cpu_ns", "guest.sampler.walk_cpu_ns"];
+/// The guest's sampler, not the kernel: its CPU time in the interval, that of the interval's
+/// numa_maps walk (0 when it repeated the last one) and the node it sampled on (empty when
+/// the guest could not say). validate shapes its stand-in for the sampler from them.
+pub const SAMPLER_COLUMNS: [&str; 3] = ["guest.sampler.cpu_ns", "guest.sampler.walk_cpu_ns", "guest.sampler.nid"];
 
 /// Per-thread columns of a kernel run's timeseries.csv, as interval deltas: the column's key
 /// and the /proc/PID/task/TID/sched field it comes from (`touches`: the guest's own count;

@@ -14,9 +14,12 @@
 //!   outside the scenario's threads (/proc/schedstat's per-CPU run time less the threads'
 //!   runtime) per sample, an upper bound, kernel threads included. Kernel threads (3 % and
 //!   1 % of a CPU on numa02) are left out.
-//! - It starts on node 0 (the guest boots on CPU 0), unpinned; it first wakes one period
-//!   after the start (or at its first recorded sample): /init takes the baseline sample
-//!   before it releases the threads.
+//! - It starts, unpinned, on the node the replayed run's /init took its first sample on
+//!   (`guest.sampler.nid`), else on node 0 (the guest boots on CPU 0); it first wakes one
+//!   period after the start (or at its first recorded sample): /init takes the baseline
+//!   sample before it releases the threads. Where /init sits decides whether it competes
+//!   with the workers: in overload on 6.12.118 it sampled on node 1 beside the one worker
+//!   the balancer moved there, and the two workers left on node 0 never waited behind it.
 //! - It is added only where a scenario thread is free to move (no `cpus`): only there can it
 //!   change placement. Where every thread is pinned, the CPU time it takes from a thread is
 //!   already in that thread's touch rate, which validate fits the think time to.
@@ -37,8 +40,9 @@ pub enum StandIn {
     /// /init's CPU share spread evenly: `run_us` every period (runs recorded without the
     /// sampler's own CPU time per sample).
     Even { run_us: u64 },
-    /// One run's samples replayed: the run (its index), how many samples, their CPU time.
-    Replay { run: usize, samples: usize, cpu_ms: u64 },
+    /// One run's samples replayed: the run (its index), how many samples, their CPU time,
+    /// and the node /init sampled on first (None from a run recorded without it).
+    Replay { run: usize, samples: usize, cpu_ms: u64, node: Option<u32> },
 }
 
 /// Adds the sampler to `config` from the kernel runs (each run's guest.json and time
@@ -54,9 +58,10 @@ pub fn add(config: &mut Config, runs: &[(&serde_json::Value, &Table)]) -> Option
     let stand_in = match median_recorded(runs) {
         Some((run, bursts)) => {
             let cpu_ms = bursts.iter().map(|b| b[1]).sum::<u64>() / 1000;
-            let stand_in = StandIn::Replay { run, samples: bursts.len(), cpu_ms };
+            let node = first_sample_node(runs[run].1).filter(|&n| n < config.machine.nodes);
+            sampler.node = Some(node.unwrap_or(0));
             sampler.bursts = bursts;
-            stand_in
+            StandIn::Replay { run, samples: sampler.bursts.len(), cpu_ms, node }
         }
         None => {
             let per_run: Vec<f64> = runs
@@ -110,6 +115,12 @@ fn sample_bursts(series: &Table) -> Option<Vec<[u64; 2]>> {
         .map(|(t, c)| [t.round() as u64, (c / 1000.0).round() as u64])
         .collect();
     (!bursts.is_empty()).then_some(bursts)
+}
+
+/// The node of the run's first sample that says where the sampler ran.
+fn first_sample_node(series: &Table) -> Option<u32> {
+    let nid = series.column(oracle::results::SAMPLER_COLUMNS[2])?;
+    nid.into_iter().find(|n| n.is_finite() && *n >= 0.0).map(|n| n as u32)
 }
 
 fn mean(v: &[f64]) -> f64 {
@@ -230,6 +241,35 @@ mod tests {
         Table { header: header.map(String::from).to_vec(), rows: rows.collect() }
     }
 
+    /// A run recorded with the sampler's node per sample (`nids`, "" where the guest could not
+    /// say).
+    fn recorded_on(samples: &[(u64, u64)], nids: &[&str]) -> Table {
+        let mut t = recorded(samples);
+        t.header.push(oracle::results::SAMPLER_COLUMNS[2].into());
+        t.rows.iter_mut().zip(nids).for_each(|(r, n)| r.push(n.to_string()));
+        t
+    }
+
+    /// The stand-in starts on the node the replayed run's /init first sampled on; a node the
+    /// machine lacks, or a run without the column, leaves it on node 0.
+    #[test]
+    fn the_stand_in_starts_where_the_kernels_sampler_ran() {
+        let guest = serde_json::json!({"elapsed_ms": 30_000});
+        let start = |series: &Table| {
+            let mut config = scenario(100);
+            config.machine.nodes = 2;
+            let added = add(&mut config, &[(&guest, series)]).unwrap();
+            let init = config.process.iter().find(|p| p.name == PROCESS).unwrap();
+            (added, init.thread[0].node)
+        };
+        let samples = [(0, 2_000_000), (100, 3_000_000)];
+        let replay = |node| StandIn::Replay { run: 0, samples: 2, cpu_ms: 5, node };
+        assert_eq!(start(&recorded_on(&samples, &["", "1"])), (replay(Some(1)), Some(1)));
+        assert_eq!(start(&recorded_on(&samples, &["0", "1"])), (replay(Some(0)), Some(0)));
+        assert_eq!(start(&recorded_on(&samples, &["3", "3"])), (replay(None), Some(0)));
+        assert_eq!(start(&recorded(&samples)), (replay(None), Some(0)));
+    }
+
     /// Runs with the sampler's CPU time per sample give a replay of the run with the median
     /// total, at its recorded times; a sample that took under a microsecond is no burst. A
     /// run without the column counts for nothing, even where it has a task table.
@@ -243,7 +283,7 @@ mod tests {
         let runs = [(&guest, &heavy), (&guest, &old), (&guest, &middle), (&guest, &light)];
         let mut config = scenario(100);
         let added = add(&mut config, &runs).unwrap();
-        assert_eq!(added, StandIn::Replay { run: 2, samples: 3, cpu_ms: 707 });
+        assert_eq!(added, StandIn::Replay { run: 2, samples: 3, cpu_ms: 707, node: None });
         let init = config.process.iter().find(|p| p.name == PROCESS).unwrap();
         let t = &init.thread[0];
         assert_eq!(t.bursts, [[137, 52_309], [4802, 598_807], [5502, 56_176]]);

@@ -407,10 +407,11 @@ fn run_one(
         Some(guest_sampler::StandIn::Even { run_us }) => {
             eprintln!("validate {}: the guest's sampler runs {run_us} us every {} ms", config.name, sim.run.sample_ms)
         }
-        Some(guest_sampler::StandIn::Replay { run, samples, cpu_ms }) => eprintln!(
-            "validate {}: the guest's sampler replays kernel run {}'s {samples} samples ({cpu_ms} ms of CPU time)",
+        Some(guest_sampler::StandIn::Replay { run, samples, cpu_ms, node }) => eprintln!(
+            "validate {}: the guest's sampler replays kernel run {}'s {samples} samples ({cpu_ms} ms of CPU time){}",
             config.name,
-            run + 1
+            run + 1,
+            node.map_or(String::new(), |n| format!(", starting on node {n} as it did"))
         ),
         None => {}
     }
