@@ -464,12 +464,12 @@ pub fn prot_numa_tier_check(k: &mut Kernel, slots: std::ops::Range<usize>) -> bo
 
 /// Models the folio tests change_pte_range() makes (6.1.192, 6.12.118 inline; 7.2.13 and
 /// 7.3.4 as folio_can_map_prot_numa() in mm/mempolicy.c, which change_huge_pmd() calls too
-/// from 6.19) for the folio in `slots`: no folio (absent, or the zero page), KSM, possibly
-/// DMA-pinned (`skip_pinned`: a private mapping, or any from 6.19), or already on the node a
-/// single-threaded process runs on (`target_node`) → leave it. `page` is the slot the entry
-/// maps, `folio` the slots of its folio, whose pins count for each of its pages. Private
-/// folios mapped by several mms are skipped too, but the model has none: there is no fork,
-/// an anonymous page is mapped by the mm that faulted it, and KSM pages are left.
+/// from 6.19) for the page at slot `page`, of the folio in slots `folio`: no folio (absent,
+/// or the zero page), KSM, possibly DMA-pinned (`skip_pinned`: a private mapping, or any
+/// from 6.19; a pin on any page of the folio counts), or already on the node a
+/// single-threaded process runs on (`target_node`) → leave it. Private folios mapped by
+/// several mms are skipped too, but the model has none: there is no fork, an anonymous page
+/// is mapped by the mm that faulted it, and KSM pages are left.
 pub fn folio_can_map_prot_numa(
     k: &Kernel,
     (page, folio): (usize, std::ops::Range<usize>),
