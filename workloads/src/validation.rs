@@ -32,6 +32,8 @@ pub const CASES: &[(&str, &str)] = &[
     ("gupdev-kvm-memfd", include_str!("../../configs/validate/gupdev-kvm-memfd.toml")),
     ("gupdev-kvm-memfd-no-honor", include_str!("../../configs/validate/gupdev-kvm-memfd-no-honor.toml")),
     ("gupdev-kvm-memfd-daemon", include_str!("../../configs/validate/gupdev-kvm-memfd-daemon.toml")),
+    ("gupdev-pin-part-thp", include_str!("../../configs/validate/gupdev-pin-part-thp.toml")),
+    ("gupdev-pin-part-memfd", include_str!("../../configs/validate/gupdev-pin-part-memfd.toml")),
     ("memfd-shared-pull", include_str!("../../configs/validate/memfd-shared-pull.toml")),
     ("hugetlbfs-unscanned", include_str!("../../configs/validate/hugetlbfs-unscanned.toml")),
     ("tiering-promote", include_str!("../../configs/validate/tiering-promote.toml")),

@@ -101,10 +101,11 @@ pub struct KernelConfig {
     /// memory tier.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub demotion_enabled: bool,
-    /// What-if: change_prot_numa() leaves DMA-pinned folios alone, base pages and THPs
-    /// (folio_maybe_dma_pinned()). 6.19+ does for THPs (folio_can_map_prot_numa() in
-    /// change_huge_pmd(), the 7.2 and 7.3 rows); every release read does for the private
-    /// anonymous base pages numasim has; for older THPs it is the 2023 RFC's proposal.
+    /// What-if: change_prot_numa() leaves DMA-pinned folios alone, base pages and THPs, in
+    /// every mapping (folio_maybe_dma_pinned()). 6.19+ does (folio_can_map_prot_numa() in
+    /// change_pte_range() and change_huge_pmd(), the 7.2 and 7.3 rows); every release read
+    /// does for private base pages (6.1.192 by `page_count(page) != 1`); for older THPs and
+    /// a shared mapping's (memfd) base pages it is the 2023 RFC's proposal.
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub prot_numa_skip_pinned: bool,
     /// What-if, proposed, not in a kernel: change_prot_numa() flags its invalidations

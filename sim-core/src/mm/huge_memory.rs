@@ -179,7 +179,7 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, target_
     if k.pages.slots.pte(range.start).flags & PTE_PROTNONE != 0 {
         return 0;
     }
-    if k.rules.thp_prot_numa_filter && !folio_can_map_prot_numa(k, range.clone(), (target_node, true)) {
+    if k.rules.thp_prot_numa_filter && !folio_can_map_prot_numa(k, (range.start, range.clone()), (target_node, true)) {
         return 0;
     }
     if !prot_numa_tier_check(k, range.clone())

@@ -366,10 +366,11 @@ pub fn change_prot_numa(
     let mut huge_pmds = 0u64;
     let vi = k.mm(mm).vma_of_page(vma.base).expect("the scanned VMA is mapped");
     // change_pte_range() picks a target node only for private VMAs (`!(vma->vm_flags &
-    // VM_SHARED)`), and tests pins of a shared mapping's folios only from 6.19.
+    // VM_SHARED)`), and tests pins of a shared mapping's folios only from 6.19 (or with the
+    // what-if).
     let shared = vma.backing == Backing::Memfd;
     let target_node = target_node.filter(|_| !shared);
-    let skip_pinned = !shared || k.rules.prot_numa_pinned_shared;
+    let skip_pinned = !shared || k.rules.prot_numa_pinned_shared || k.sysctl.0.prot_numa_skip_pinned;
     let mut vpn = start;
     while vpn < end {
         // The 4 KiB PTEs up to the next block (all of the range in a VMA without THPs).
@@ -392,8 +393,15 @@ pub fn change_prot_numa(
         // 6.1.192's change_pte_range() skips a PTE-mapped THP's pages: `page_count(page) != 1`.
         let pte_mapped = block.is_some_and(|b| k.mm(mm).vmas[vi].pmds[b] == Pmd::PteMapped);
         if !pte_mapped || k.rules.pte_mapped_thp_numa {
+            // folio_maybe_dma_pinned() asks a large folio's _pincount: one pinned page of a
+            // PTE-mapped THP keeps all its PTEs (6.12.118 change_pte_range(), 7.3.4
+            // folio_can_map_prot_numa()).
+            let thp = block.filter(|_| pte_mapped).map(|b| k.pages.chunk_slots(vma.block_page(b)));
             for v in vpn..segment_end {
-                change_pte(k, (mm, vma), vma.page(v), (target_node, skip_pinned), &mut updated);
+                let page = vma.page(v);
+                let i = k.pages.slot(page);
+                let folio = thp.clone().unwrap_or(i..i + 1);
+                change_pte(k, (mm, vma), (page, folio), (target_node, skip_pinned), &mut updated);
             }
         }
         vpn = segment_end;
@@ -415,18 +423,19 @@ pub struct ProtNumaChange {
     pub entries_written: u64,
 }
 
-/// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE of `mm`'s VMA `vma`.
-/// `skip`: the single-threaded target node and whether pinned folios are left.
+/// change_pte_range() with MM_CP_PROT_NUMA for one 4 KiB PTE of `mm`'s VMA `vma`, mapping
+/// `page` of the folio in slots `folio`. `skip`: the single-threaded target node and whether
+/// pinned folios are left.
 fn change_pte(
     k: &mut Kernel,
     (mm, vma): (Entity, &Vma),
-    page: PageIdx,
+    (page, folio): (PageIdx, std::ops::Range<usize>),
     skip: (Option<Nid>, bool),
     updated: &mut Vec<PageIdx>,
 ) {
     let i = k.pages.slot(page);
     if pte_protnone_in(k, mm, vma.memfd, page)
-        || !folio_can_map_prot_numa(k, i..i + 1, skip)
+        || !folio_can_map_prot_numa(k, (i, folio), skip)
         || !prot_numa_tier_check(k, i..i + 1)
     {
         return;
@@ -455,20 +464,21 @@ pub fn prot_numa_tier_check(k: &mut Kernel, slots: std::ops::Range<usize>) -> bo
 
 /// Models the folio tests change_pte_range() makes (6.1.192, 6.12.118 inline; 7.2.13 and
 /// 7.3.4 as folio_can_map_prot_numa() in mm/mempolicy.c, which change_huge_pmd() calls too
-/// from 6.19) for the folio in `slots`: no folio (absent, or the zero page), KSM, possibly
-/// DMA-pinned (`skip_pinned`: a private mapping, or any from 6.19), or already on the node a
+/// from 6.19) for the page at slot `page`, of the folio in slots `folio`: no folio (absent,
+/// or the zero page), KSM, possibly DMA-pinned (`skip_pinned`: a private mapping, or any
+/// from 6.19; a pin on any page of the folio counts), or already on the node a
 /// single-threaded process runs on (`target_node`) → leave it. Private folios mapped by
 /// several mms are skipped too, but the model has none: there is no fork, an anonymous page
 /// is mapped by the mm that faulted it, and KSM pages are left.
 pub fn folio_can_map_prot_numa(
     k: &Kernel,
-    slots: std::ops::Range<usize>,
+    (page, folio): (usize, std::ops::Range<usize>),
     (target_node, skip_pinned): (Option<Nid>, bool),
 ) -> bool {
     let pages = &k.pages.slots;
-    let Pte { nid, flags } = pages.pte(slots.start);
+    let Pte { nid, flags } = pages.pte(page);
     if nid == NUMA_NO_NODE || flags & (PG_KSM | PTE_ZERO) != 0 {
         return false;
     }
-    !(skip_pinned && slots.clone().any(|i| pages.pins(i) > 0)) && target_node != Some(nid)
+    !(skip_pinned && folio.into_iter().any(|i| pages.pins(i) > 0)) && target_node != Some(nid)
 }

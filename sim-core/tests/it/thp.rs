@@ -234,6 +234,29 @@ fn a_pte_mapped_thp_is_hinted_as_one_folio_on_6_12_and_not_at_all_on_6_1() {
     }
 }
 
+/// folio_maybe_dma_pinned() is the folio's (its _pincount): one pinned page of a PTE-mapped
+/// THP keeps every PTE of it from a scan, in 6.12.118's change_pte_range() (a private
+/// mapping) and 7.3.4's folio_can_map_prot_numa(), even where the scanned half holds no
+/// pinned page.
+#[test]
+fn one_pinned_page_keeps_a_pte_mapped_thp_from_the_scan() {
+    for version in [KernelVersion::V6_12, KernelVersion::V7_3] {
+        for (pinned, updates) in [(false, 256), (true, 0)] {
+            let (mut sim, mm, base) = machine_on(version);
+            sim.with_kernel(|k| {
+                fault(k, mm, base, 0, true);
+                if pinned {
+                    *k.pages.pins_mut(base + 400) = 1;
+                }
+            });
+            let v = sim.world.get::<Mm>(mm).unwrap().vmas[0].clone();
+            let half = sim.with_kernel(|k| change_prot_numa(k, mm, &v, v.start, v.start + 256, Some(1)));
+            assert_eq!(pmd(&sim, mm, 0), Pmd::PteMapped, "{version}: split by the half scan");
+            assert_eq!(half.pte_updates, updates, "{version}, pinned {pinned}");
+        }
+    }
+}
+
 /// From 6.19 (7.2.13 and 7.3.4 mm/huge_memory.c) change_huge_pmd() calls
 /// folio_can_map_prot_numa(): a DMA-pinned THP, and a THP already on a single-threaded
 /// process's node, stay mapped; 6.12.118 makes both protnone.

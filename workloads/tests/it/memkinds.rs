@@ -220,24 +220,28 @@ write_fraction = 1.0
 }
 
 /// change_pte_range() makes a pinned page of a shared mapping protnone up to 6.18 and leaves
-/// it from 6.19 (folio_can_map_prot_numa()); a private mapping's pinned pages are left on
-/// both.
+/// it from 6.19 (folio_can_map_prot_numa()), as the what-if `prot_numa_skip_pinned` does on
+/// 6.12; a private mapping's pinned pages are left on both.
 #[test]
 fn pinned_memfd_pages_are_made_protnone_until_6_19() {
-    let updates = |version: &str, backing: &str| {
+    let updates_with = |version: &str, backing: &str, skip_pinned: bool| {
         let set = [
             "run.duration_ms=6000".to_string(),
             format!("kernel.version={version}"),
             format!("process.0.vma.0.backing={backing}"),
+            format!("kernel.prot_numa_skip_pinned={skip_pinned}"),
         ];
         let set: Vec<&str> = set.iter().map(|s| s.as_str()).collect();
         metric(&run(&scenario("pinned-device", &set)).1, "vmstat.numa_pte_updates")
     };
+    let updates = |version: &str, backing: &str| updates_with(version, backing, false);
     let (memfd_6_12, memfd_7_3) = (updates("6.12", "memfd"), updates("7.3", "memfd"));
     let (anon_6_12, anon_7_3) = (updates("6.12", "anon"), updates("7.3", "anon"));
     assert!(memfd_6_12 > memfd_7_3, "6.12 {memfd_6_12}, 7.3 {memfd_7_3}");
     assert!(memfd_6_12 > anon_6_12, "memfd {memfd_6_12}, anon {anon_6_12}");
     assert_eq!(anon_6_12, anon_7_3);
+    let skipped_6_12 = updates_with("6.12", "memfd", true);
+    assert!(skipped_6_12 < memfd_6_12, "the what-if on 6.12: {skipped_6_12} of {memfd_6_12}");
 }
 
 /// Bad kind keys are refused naming the key.
