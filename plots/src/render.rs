@@ -15,6 +15,15 @@ const FAULT_SOURCES: [(&str, &str); 4] = [
     ("follow_page", "follow_page"),
 ];
 
+/// The churn an invalidation costs secondary MMUs, per second: title and axis of each.
+const CHURN: [(&str, &str, &str); 5] = [
+    ("kvm.kvm_unmap_hva_range", "kvm_unmap_hva_range (KVM's invalidate_range_start calls)", "calls / s"),
+    ("secondary_mmu.entries_zapped", "Entries zapped (4 KiB units)", "entries / s"),
+    ("secondary_mmu.entries_refilled", "Entries refilled by secondary faults", "entries / s"),
+    ("kvm.remote_tlb_flush", "remote_tlb_flush (KVM flushes that sent an IPI)", "flushes / s"),
+    ("secondary_mmu.flush_ipis", "Flush IPIs to vCPUs", "IPIs / s"),
+];
+
 /// Totals compared across runs, with their axis labels.
 const TOTALS: [(&str, &str); 14] = [
     ("locality.cpu", "CPU touch locality"),
@@ -212,6 +221,13 @@ pub fn render_comparison(out: &Path, groups: &[(String, Vec<PathBuf>)]) -> Resul
     }
     files.extend(save(out, "migrations", "Scanning and migration", panels, 1)?);
 
+    let panels = CHURN
+        .iter()
+        .filter(|(col, ..)| any(col))
+        .map(|(col, title, y_label)| line_panel(&groups, col, true, title, y_label))
+        .collect();
+    files.extend(save(out, "secondary-mmu", "Secondary-MMU churn per second", panels, 1)?);
+
     let panels = if any("stale.mappings") || any("stale.accesses") {
         vec![
             line_panel(&groups, "stale.mappings", false, "Stale secondary-MMU entries (gauge)", "entries"),
@@ -338,4 +354,28 @@ fn distinct(values: &[String]) -> Vec<String> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A comparison draws the churn figure only when some group's secondary MMUs were
+    /// invalidated, and removes an old one otherwise.
+    #[test]
+    fn the_churn_figure_is_drawn_only_when_a_secondary_mmu_was_invalidated() {
+        let dir = std::env::temp_dir().join(format!("numasim-churn-{}", std::process::id()));
+        let header = "time_ms,touches.cpu,kvm.kvm_unmap_hva_range,secondary_mmu.flush_ipis\n";
+        for (sub, rows) in [("churn", "100,5,3,171\n200,5,0,0\n"), ("quiet", "100,5,0,0\n200,5,0,0\n")] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+            std::fs::write(dir.join(sub).join(results::TIMESERIES), format!("{header}{rows}")).unwrap();
+        }
+        let figure = dir.join("secondary-mmu.png");
+        let churn = vec![("on".to_string(), vec![dir.join("churn")]), ("off".to_string(), vec![dir.join("quiet")])];
+        render_comparison(&dir, &churn).unwrap();
+        assert!(figure.is_file());
+        render_comparison(&dir, &churn[1..]).unwrap();
+        assert!(!figure.exists());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

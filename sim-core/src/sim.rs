@@ -13,16 +13,17 @@ use crate::kernel::{Kernel, Sysctl};
 use crate::kvm::Kvm;
 use crate::machine::{Cpu, Nid, PgData, Topology};
 use crate::mm::backing::{Backing, HugetlbPage, MemKinds, MemPolicy, Memfd, hugetlb_fault, hugetlb_reserve};
+use crate::mm::huge_memory::thp_pages_of;
 use crate::mm::ksm::{KsmFrames, Ksmd, ksmd_wake};
 use crate::mm::memory::{do_anonymous_page, populate_range};
 use crate::mm::memory_tiers::MemoryTiers;
-use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind};
+use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind, map_secondary};
 use crate::mm::mprotect::{Action, Actions, WakingMain, run_action};
 use crate::mm::numa_balancing::clone_node_stamp;
 use crate::mm::page_alloc::setup_per_zone_wmarks;
 use crate::mm::userfaultfd::RwpMode;
 use crate::mm::vmscan::{Aging, age_pages, kswapd};
-use crate::mm::{Mm, PageIdx, Pages};
+use crate::mm::{HPAGE_PMD_NR, Mm, PageIdx, Pages};
 pub use crate::sched::ThreadSpec;
 use crate::sched::fair::LoadBalance;
 use crate::sched::{AccessPattern, AccessStream, Task, TaskNuma, cpu_tick, wake_task};
@@ -209,6 +210,13 @@ impl Sim {
         self.world.spawn(mm).id()
     }
 
+    /// Starts the NUMA scanner's pass over `mm` `pages` into its first VMA
+    /// (mm->numa_scan_offset), where a long-running process's scanner would stand.
+    pub fn set_numa_scan_offset(&mut self, mm: Entity, pages: u64) {
+        let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
+        m.numa_scan_offset = m.vmas.first().map_or(0, |v| v.start) + pages;
+    }
+
     /// Whether `kernel.no_numa_balancing_vmas` names VMA `name` of `mm` (VM_NO_NUMA_BALANCING).
     fn vma_opted_out(&self, mm: Entity, name: &str) -> bool {
         let (m, sysctl) = (self.world.get::<Mm>(mm).expect("live mm"), self.world.resource::<Sysctl>());
@@ -334,6 +342,31 @@ impl Sim {
     /// from global page `base`.
     pub fn add_secondary_mmu(&mut self, name: &str, mm: Entity, base: PageIdx, pages: u64, kind: SmmuKind) -> Entity {
         self.world.spawn(SecondaryMmu::new(name, mm, base, pages, kind)).id()
+    }
+
+    /// Maps every present page of `pages` from `base` into secondary MMU `smmu`, as a vCPU's
+    /// write fault on each maps it (kvm_faultin_pfn(): a THP at 2 MiB, a 4 KiB page at
+    /// 4 KiB): the EPT of a guest that has written all its memory since boot.
+    pub fn populate_secondary(&mut self, smmu: Entity, mm: Entity, base: PageIdx, pages: u64) {
+        let end = base + pages as PageIdx;
+        self.with_kernel(|k| {
+            let mut page = base;
+            while page < end {
+                if let Some(thp) = thp_pages_of(k, mm, page) {
+                    map_secondary(k, smmu, mm, page, true, true);
+                    page = thp.end;
+                    continue;
+                }
+                // One borrow of the table per 2 MiB of base pages: 385 M of them for big-vm.
+                let run_end = (page + 1).next_multiple_of(HPAGE_PMD_NR as PageIdx).min(end);
+                let Kernel { smmus, pages: p, .. } = k;
+                let mut s = smmus.get_mut(smmu).expect("secondary MMUs outlive their users");
+                for q in (page..run_end).filter(|&q| p.present(q)) {
+                    s.map(q, p, true);
+                }
+                page = run_end;
+            }
+        });
     }
 
     /// Adds a device; it starts its DMA at `spec.start`.

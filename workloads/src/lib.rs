@@ -181,6 +181,10 @@ pub fn build(config: &Config) -> Sim {
             (kind, &mut memfds),
         );
         let ept = sim.add_secondary_mmu(&format!("{}/ept", vm.name), mm, ram.base, ram.pages, SmmuKind::Kvm);
+        if vm.populate_ept {
+            sim.populate_secondary(ept, mm, ram.base, ram.pages);
+        }
+        sim.set_numa_scan_offset(mm, vm.numa_scan_offset_mib * PAGES_PER_MIB);
         let vcpus = add_threads(&mut sim, &mut placer, m, mm, &vm.name, &ram, &vm.vcpus, Some(ept), MainThread::Idle);
         named.push(NamedMm { name: vm.name.clone(), mm, regions: vec![ram], first_thread: vcpus.first().copied() });
     }

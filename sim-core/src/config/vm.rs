@@ -34,6 +34,18 @@ pub struct VmConfig {
     /// mbind() on the range: `{ mode = "bind" | "preferred" | "interleave", nodes = [...] }`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub mempolicy: Option<MemPolicy>,
+    /// The EPT maps every page `populate_node` faulted in, writable, at the start: a guest
+    /// that has written all its memory since boot (its own memset at boot, or a long run).
+    /// Without it the EPT starts empty and maps what the vCPUs touch.
+    #[serde(skip_serializing_if = "is_default")]
+    pub populate_ept: bool,
+    /// Where the NUMA scanner's pass stands when the run starts (mm->numa_scan_offset), in
+    /// MiB from the start of the guest memory: a guest that has been running as long as the
+    /// kernel takes to scan that far (docs/MODEL.md, "big-vm"). Simplified: the memory
+    /// before it carries no history of the pass (no protnone PTE, no last_cpupid, no fault
+    /// statistics), and the rest of the state starts as at boot.
+    #[serde(skip_serializing_if = "is_default")]
+    pub numa_scan_offset_mib: u64,
 }
 
 impl Default for VmConfig {
@@ -50,6 +62,8 @@ impl Default for VmConfig {
             memfd: None,
             hugetlb_page: HugetlbPage::Size2M,
             mempolicy: None,
+            populate_ept: false,
+            numa_scan_offset_mib: 0,
         }
     }
 }

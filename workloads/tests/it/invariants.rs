@@ -142,6 +142,16 @@ fn every_scenario_under_every_kernel_keeps_the_invariants() {
     eprintln!("{} runs ({} seeds, {} ms each, sizes / {by}) kept every invariant", runs.len(), seeds, ms);
 }
 
+/// big-vm's starting state at kvm-memfd's size (an EPT mapping all the guest memory, a scan
+/// pass starting half-way) keeps every invariant through the scans' zaps and refills.
+#[test]
+fn a_populated_ept_and_a_scan_offset_keep_the_invariants() {
+    const BIG_VM_START: &[&str] = &["vm.0.populate_ept=true", "vm.0.numa_scan_offset_mib=128"];
+    for seed in 1..=env("NUMASIM_INVARIANT_SEEDS", 2) {
+        check_one("kvm-memfd", (KernelVersion::V6_12, "never", BIG_VM_START), seed, 2500, 1).unwrap();
+    }
+}
+
 /// Breaks one piece of bookkeeping by hand and expects the check to name it.
 fn broken(set: &[&str], break_it: impl FnOnce(&mut sim_core::sim::Sim)) -> Violation {
     let mut sim = workloads::build(&scenario("pinned-device", set));

@@ -127,6 +127,32 @@ fn one_mapper_s_scan_leaves_the_other_mapper_s_ptes_and_secondary_mmus() {
     }
 }
 
+/// `numa_scan_offset_mib` starts the guest's first pass part-way (mm->numa_scan_offset): its
+/// first task_numa_work() changes the PTEs from there to the end of the guest memory only,
+/// and the pass ends there (reset_ptenuma_scan()).
+#[test]
+fn a_vm_s_first_scan_starts_at_its_numa_scan_offset() {
+    let updates = |offset: &str| {
+        let set = ["run.duration_ms=1500", "kernel.no_numa_balancing_processes=[\"daemon\"]", offset];
+        metric(&run(&scenario("kvm-memfd", &set)).1, "vmstat.numa_pte_updates")
+    };
+    assert_eq!(updates("vm.0.numa_scan_offset_mib=0"), 65536.0);
+    assert_eq!(updates("vm.0.numa_scan_offset_mib=192"), 16384.0);
+}
+
+/// `populate_ept` maps all the guest memory into the EPT before the run: the first scan's
+/// MMU_NOTIFY_PROTECTION_VMA zaps an entry for every page of the 256 MiB, where an EPT that
+/// starts empty holds only the pages the vCPUs touched.
+#[test]
+fn a_populated_ept_loses_an_entry_for_every_page_the_first_scan_covers() {
+    let zapped = |populate: &str| {
+        let set = ["run.duration_ms=1500", "kernel.no_numa_balancing_processes=[\"daemon\"]", populate];
+        metric(&run(&scenario("kvm-memfd", &set)).1, "secondary_mmu.entries_zapped")
+    };
+    assert_eq!(zapped("vm.0.populate_ept=true"), 65536.0);
+    assert!(zapped("vm.0.populate_ept=false") < 65536.0);
+}
+
 /// The memory estimate counts the pages of a memfd two processes map once, and a protnone
 /// bit per page for each mapper: two anonymous VMAs of the same size need a second set.
 #[test]
@@ -260,6 +286,8 @@ fn bad_memory_kinds_are_refused_naming_the_key() {
             "2 MiB",
         ),
         (proc.to_string(), &["process[0].vma[0].hugetlb_page=1G"], "hugetlb_page", "hugetlbfs"),
+        (vm.to_string(), &["vm[0].numa_scan_offset_mib=64"], "vm[0].numa_scan_offset_mib", "past the end"),
+        (vm.to_string(), &["vm[0].populate_ept=true"], "vm[0].populate_ept", "populate_node"),
         (
             proc.to_string(),
             &["process[0].vma[0].backing=memfd", "process[0].vma[0].mergeable=true"],

@@ -144,6 +144,12 @@ fn validate_processes(c: &Config) -> Result<(), Invalid> {
             format!("name `{}` is already used by a process or vm", vm.name),
         )?;
         check(vm.memory_mib >= 1, at("memory_mib"), "must be at least 1")?;
+        check(!vm.populate_ept || vm.populate_node.is_some(), at("populate_ept"), "needs `populate_node`")?;
+        check(
+            vm.numa_scan_offset_mib < vm.memory_mib,
+            at("numa_scan_offset_mib"),
+            format!("{} is past the end of the guest memory ({} MiB)", vm.numa_scan_offset_mib, vm.memory_mib),
+        )?;
         if let Some(n) = vm.populate_node {
             check(n < nodes, at("populate_node"), node_range(n, nodes))?;
         }
