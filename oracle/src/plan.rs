@@ -20,6 +20,26 @@ use crate::OracleError;
 const NUMA_DEBUGFS: &str = "/sys/kernel/debug/sched/numa_balancing";
 const NUMA_BALANCING: &str = "/proc/sys/kernel/numa_balancing";
 
+/// A VM's starting state that only the model can set: the guest boots with an empty EPT and
+/// the scanner at the start of the mm, as every process starts.
+fn refuse_model_only_vm_state(c: &Config) -> Result<(), OracleError> {
+    for (i, vm) in c.vm.iter().enumerate() {
+        let key = if vm.numa_scan_offset_mib > 0 {
+            "numa_scan_offset_mib"
+        } else if vm.populate_ept {
+            "populate_ept"
+        } else {
+            continue;
+        };
+        return Err(OracleError::Input(format!(
+            "vm[{i}].{key} (`{}`): a real kernel starts a guest's scan at the start of its memory and its \
+             EPT empty; leave the key out to run the scenario on a kernel",
+            vm.name
+        )));
+    }
+    Ok(())
+}
+
 /// The plan for `c`, or why the guest cannot realise it.
 pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
     if let Some((pi, p)) = c.process.iter().enumerate().find(|(_, p)| p.main_thread == MainThread::First) {
@@ -29,6 +49,7 @@ pub fn plan_of(c: &Config) -> Result<Plan, OracleError> {
             p.name
         )));
     }
+    refuse_model_only_vm_state(c)?;
     let m = &c.machine;
     let mut placer = Placer::new(m.nodes, m.cpus_per_node);
     let mut processes: Vec<ProcessPlan> = c
@@ -524,6 +545,22 @@ mod tests {
             assert!(g.threads.iter().all(|t| t.touch == Touch::Smmu { smmu: 0 } && t.start_cpu >= 2));
             let m = &plan.smmus[0];
             assert_eq!((m.kind, m.process, m.kthread_node, m.honor_numa_fault), (SmmuKind::Kvm, 1, None, honor));
+        }
+    }
+
+    /// A VM starting mid-pass or with a full EPT is model-only state: refused with its key.
+    #[test]
+    fn a_vms_model_only_starting_state_is_refused_with_the_key() {
+        let vm = "[[vm]]\nname = \"g\"\nmemory_mib = 8\npopulate_node = 0\n[vm.vcpus]\nname = \"vcpu\"\ncount = 2\nnode = 1\n";
+        assert!(plan_of(&config(&format!("{OWNER}{vm}"))).is_ok());
+        for (key, line) in
+            [("numa_scan_offset_mib", "numa_scan_offset_mib = 4\n"), ("populate_ept", "populate_ept = true\n")]
+        {
+            let with = vm.replace("populate_node = 0\n", &format!("populate_node = 0\n{line}"));
+            let Err(OracleError::Input(msg)) = plan_of(&config(&format!("{OWNER}{with}"))) else {
+                panic!("{key} must be refused")
+            };
+            assert!(msg.contains(&format!("vm[0].{key}")), "{msg}");
         }
     }
 
