@@ -33,6 +33,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("gupdev-kvm-memfd-no-honor", include_str!("../../configs/validate/gupdev-kvm-memfd-no-honor.toml")),
     ("gupdev-kvm-memfd-daemon", include_str!("../../configs/validate/gupdev-kvm-memfd-daemon.toml")),
     ("memfd-shared-pull", include_str!("../../configs/validate/memfd-shared-pull.toml")),
+    ("memfd-thp-shared-pull", include_str!("../../configs/validate/memfd-thp-shared-pull.toml")),
     ("hugetlbfs-unscanned", include_str!("../../configs/validate/hugetlbfs-unscanned.toml")),
     ("tiering-promote", include_str!("../../configs/validate/tiering-promote.toml")),
     ("uffd-rwp-proc-mem", include_str!("../../configs/validate/uffd-rwp-proc-mem.toml")),
