@@ -143,6 +143,25 @@ fn shmem_enabled_advise_needs_madv_hugepage_on_the_faulting_vma() {
     assert_eq!(thps(&["kernel.shmem_enabled=within_size"]), 16.0);
 }
 
+/// A node without a free 2 MiB block above its watermark gives a shmem fault a 4 KiB page
+/// (`thp_file_fallback`), unless the faulting VMA has MADV_HUGEPAGE, whose fault may reclaim
+/// and so takes the nearest node with room (vma_thp_gfp_mask()), as an anonymous THP does.
+#[test]
+fn a_full_node_falls_back_to_4_kib_unless_the_vma_has_madv_hugepage() {
+    let short =
+        ["kernel.shmem_enabled=always", "machine.memory_per_node_mib=24", "run.duration_ms=10", "run.sample_ms=10"];
+    let (mut sim, out) = run(&config(TWO_MAPPERS, &short));
+    let (alloc, fallback) = (metric(&out, "vmstat.thp_file_alloc"), metric(&out, "vmstat.thp_file_fallback"));
+    assert!(alloc > 0.0 && fallback > 0.0, "node 0 holds some THPs, then falls back: {alloc}, {fallback}");
+    assert_eq!(used(&mut sim).iter().sum::<u64>(), 32 * 256, "every page still has one frame");
+    let mut advised = short.to_vec();
+    advised.push("process.0.vma.0.hugepage=madvise");
+    let (mut sim, out) = run(&config(TWO_MAPPERS, &advised));
+    assert_eq!(metric(&out, "vmstat.thp_file_fallback"), 0.0);
+    assert_eq!(metric(&out, "vmstat.thp_file_alloc"), 16.0);
+    assert!(used(&mut sim)[1] > 0, "the rest went to node 1");
+}
+
 /// A misplaced memfd THP migrates whole on 6.12 (migrate_misplaced_folio() has no mapcount
 /// test for a swap-backed folio), and its source frames are freed: one set of frames stays.
 #[test]
