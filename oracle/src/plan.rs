@@ -7,7 +7,8 @@ use guest::{
 };
 use sim_core::config::{
     Access, Config, DeviceConfig, DeviceMode, GupContext, GupPath, HOT_THRESHOLD_MS, HugepageAdvice, MachineConfig,
-    MainThread, NotifierMode, PROMOTE_RATE_LIMIT_MBPS, PatternKind, Syscall, Thp, ThreadConfig, VmConfig, VmaConfig,
+    MainThread, NotifierMode, PROMOTE_RATE_LIMIT_MBPS, PatternKind, ShmemEnabled, Syscall, Thp, ThreadConfig, VmConfig,
+    VmaConfig,
 };
 
 use workloads::Placer;
@@ -370,7 +371,17 @@ fn writes(c: &Config) -> Vec<(String, String)> {
         k.demotion_enabled.then(|| ("/sys/kernel/mm/numa/demotion_enabled".into(), "true".into())),
     ];
     writes.extend(tiering.into_iter().flatten());
+    // Debian boots with `never`: written only when a case asks for memfd THPs, before the
+    // memfds are populated.
+    if k.shmem_enabled != ShmemEnabled::Never {
+        writes.push(("/sys/kernel/mm/transparent_hugepage/shmem_enabled".into(), shmem_enabled_name(k.shmem_enabled)));
+    }
     writes
+}
+
+/// The value `shmem_enabled` takes, as shmem_parse_huge() reads it.
+fn shmem_enabled_name(s: ShmemEnabled) -> String {
+    serde_json::to_value(s).ok().and_then(|v| v.as_str().map(str::to_string)).expect("a unit variant")
 }
 
 fn thp_name(t: Thp) -> &'static str {
@@ -460,6 +471,17 @@ mod tests {
         let plan = plan_of(&c).unwrap();
         assert_eq!(plan.writes[0], ("/sys/kernel/mm/transparent_hugepage/enabled".into(), "madvise".into()));
         assert_eq!(plan.processes[0].vmas[0].hugepage, Some(true));
+    }
+
+    /// shmem_enabled reaches the guest only when a case sets it, under the kernel's spelling.
+    #[test]
+    fn shmem_enabled_is_written_only_when_set() {
+        let path = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+        let plain = plan_of(&config("[[process]]\nname = \"p\"\n")).unwrap();
+        assert!(plain.writes.iter().all(|(p, _)| p != path));
+        let c = config("[kernel]\nshmem_enabled = \"within_size\"\n[[process]]\nname = \"p\"\n");
+        let plan = plan_of(&c).unwrap();
+        assert!(plan.writes.contains(&(path.into(), "within_size".into())), "{:?}", plan.writes);
     }
 
     /// The tiering knobs reach the guest only when a scenario sets them, with mode 2 itself.

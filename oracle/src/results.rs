@@ -11,7 +11,7 @@ use sim_core::stats::summary::{
     LOCALITY, Metric, PER_SCAN_PASS, PER_SCAN_PASS_GROUP, SCHED_NR_MIGRATIONS, SCHEDSTAT, STALE_MAPPINGS, THREAD,
     THROUGHPUT, TOUCHES, thread_node_share, thread_nr_migrations,
 };
-use sim_core::stats::{KvmStat, SecondaryMmuChurn, TierStat, VmStat};
+use sim_core::stats::{FileThpStat, KvmStat, SecondaryMmuChurn, TierStat, VmStat};
 
 /// vmstat counters numasim and /proc/vmstat share: the model's `vmstat` group, whose names
 /// are mm/vmstat.c's vmstat_text (6.1 and 6.12), in the model's order.
@@ -98,6 +98,12 @@ fn add_tiering(m: &mut Groups, not_measured: &mut Vec<Metric>, info: &RunInfo<'_
     } else {
         not_measured.extend(by_tier);
     }
+}
+
+/// Whether the plan lets memfds hold THPs (`shmem_enabled` written, not `deny`), as the model
+/// then reports the file THP counters.
+fn shmem_thp_written(plan: &Plan) -> bool {
+    plan.writes.iter().any(|(path, v)| path.ends_with("/shmem_enabled") && v != "never" && v != "deny")
 }
 
 fn delta(last: &Sample, first: &Sample, name: &str) -> u64 {
@@ -279,6 +285,11 @@ pub fn summary(
     m.set(THROUGHPUT.0, THROUGHPUT.1, Value::Real(rate));
     if plan.memory_nodes > 0 || info.numa_balancing & NUMA_BALANCING_MEMORY_TIERING != 0 {
         add_tiering(m, &mut not_measured, info, (first, last));
+    }
+    if shmem_thp_written(plan) {
+        for &name in FileThpStat::NAMES {
+            count(m, (FileThpStat::GROUP, name), delta(last, first, name));
+        }
     }
     // The guest's handler threads count the sync RWP faults they resolve; the kernel counts
     // no RWP event of its own.

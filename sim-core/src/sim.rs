@@ -15,12 +15,13 @@ use crate::machine::{Cpu, Nid, PgData, Topology};
 use crate::mm::backing::{Backing, HugetlbPage, MemKinds, MemPolicy, Memfd, hugetlb_fault, hugetlb_reserve};
 use crate::mm::huge_memory::thp_pages_of;
 use crate::mm::ksm::{KsmFrames, Ksmd, ksmd_wake};
-use crate::mm::memory::{do_anonymous_page, populate_range};
+use crate::mm::memory::{do_anonymous_page, populate_range, shmem_fault};
 use crate::mm::memory_tiers::MemoryTiers;
 use crate::mm::mmu_notifier::{SecondaryMmu, SmmuKind, map_secondary};
 use crate::mm::mprotect::{Action, Actions, WakingMain, run_action};
 use crate::mm::numa_balancing::clone_node_stamp;
 use crate::mm::page_alloc::setup_per_zone_wmarks;
+use crate::mm::shmem::map_cached_thps;
 use crate::mm::userfaultfd::RwpMode;
 use crate::mm::vmscan::{Aging, age_pages, kswapd};
 use crate::mm::{HPAGE_PMD_NR, Mm, PageIdx, Pages};
@@ -170,7 +171,8 @@ impl Sim {
         world.insert_resource(rules);
         world.insert_resource(EventQueue::default());
         world.insert_resource(Pages::default());
-        world.insert_resource(Counters { tiered, ..Counters::default() });
+        let file_thp_reported = config.kernel.shmem_enabled.may_be_huge();
+        world.insert_resource(Counters { tiered, file_thp_reported, ..Counters::default() });
         world.insert_resource(Recorder::new(config.run.sample_ms * NSEC_PER_MSEC));
         world.insert_resource(Kvm(config.kvm.clone()));
         world.insert_resource(crate::kernel::CurrentCpu::default());
@@ -237,10 +239,13 @@ impl Sim {
 
     /// Maps a memfd of `pages` into `mm` MAP_SHARED: memfd `id` when given (another
     /// process's, whose pages it then shares), else a new one. Returns the VMA index and the
-    /// memfd's id.
+    /// memfd's id. When `shmem_enabled` lets the file hold THPs, a mapping of 2 MiB or more
+    /// starts on a PMD boundary (shmem_get_unmapped_area()) and its whole blocks may be mapped
+    /// by PMD (`shmem.rs`).
     pub fn add_memfd_vma(&mut self, mm: Entity, name: &str, pages: u64, id: Option<u32>) -> (usize, u32) {
+        let huge = self.world.resource::<Sysctl>().0.shmem_enabled.may_be_huge();
         let id = id.unwrap_or_else(|| {
-            let base = self.world.resource_mut::<Pages>().grow(pages, false);
+            let base = self.world.resource_mut::<Pages>().grow(pages, huge);
             let mut kinds = self.world.resource_mut::<MemKinds>();
             kinds.memfds.push(Memfd::new(base, pages));
             (kinds.memfds.len() - 1) as u32
@@ -255,10 +260,12 @@ impl Sim {
         let opted_out = self.vma_opted_out(mm, name);
         let mut m = self.world.get_mut::<Mm>(mm).expect("live mm");
         m.rss += present;
-        let vma = m.add_vma(name, pages, base, false);
+        let vma = m.add_vma(name, pages, base, huge);
+        m.vmas[vma].set_thp(huge);
         m.vmas[vma].backing = Backing::Memfd;
         m.vmas[vma].memfd = Some(id);
         m.vmas[vma].no_numa_balancing = opted_out;
+        self.with_kernel(|k| map_cached_thps(k, mm, vma));
         (vma, id)
     }
 
@@ -287,7 +294,7 @@ impl Sim {
     /// [`Sim::add_hugetlb_vma`] for the others) and its mbind() policy.
     pub fn set_backing(&mut self, mm: Entity, vma: usize, backing: Backing, policy: Option<MemPolicy>) {
         let v = &mut self.world.get_mut::<Mm>(mm).expect("live mm").vmas[vma];
-        if backing != Backing::Anon {
+        if backing != Backing::Anon && backing != Backing::Memfd {
             v.set_thp(false);
         }
         if backing != Backing::Memfd && backing != Backing::Hugetlbfs {
@@ -296,11 +303,15 @@ impl Sim {
         v.mempolicy = policy;
     }
 
-    /// madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE) on a VMA before it is touched.
+    /// madvise(MADV_HUGEPAGE / MADV_NOHUGEPAGE) on a VMA before it is touched: for anonymous
+    /// memory `transparent_hugepage` decides with it, for a memfd `shmem_enabled` at each
+    /// fault.
     pub fn madvise_hugepage(&mut self, mm: Entity, vma: usize, advice: Option<HugepageAdvice>) {
         let thp = self.world.resource::<Sysctl>().0.transparent_hugepage;
         let v = &mut self.world.get_mut::<Mm>(mm).expect("live mm").vmas[vma];
-        v.set_thp(thp.allows(advice));
+        if v.backing != Backing::Memfd {
+            v.set_thp(thp.allows(advice));
+        }
         v.vm_hugepage = advice == Some(HugepageAdvice::Madvise);
     }
 
@@ -448,6 +459,12 @@ impl Sim {
                 }
             } else if !thp {
                 populate_range(k, mm, base, pages, nid);
+            } else if v.backing == Backing::Memfd {
+                for page in (0..pages).map(|p| base + p as PageIdx) {
+                    if !k.pages.present(page) {
+                        shmem_fault(k, mm, vma, page, nid);
+                    }
+                }
             } else {
                 for page in (0..pages).map(|p| base + p as PageIdx) {
                     if !k.pages.present(page) {

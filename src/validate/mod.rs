@@ -299,10 +299,10 @@ fn resolve_case(name: &str, set: &[String]) -> Result<Config, Failure> {
     Ok(config)
 }
 
-/// The model's summary names, a tiered run's and an RWP-registered run's included (their
-/// counters are reported on such runs only).
+/// The model's summary names, a tiered run's, an RWP-registered run's and a shmem THP run's
+/// included (their counters are reported on such runs only).
 fn sim_metric_names() -> Vec<String> {
-    let tiered = Counters { tiered: true, uffd_rwp_registered: true, ..Counters::default() };
+    let tiered = Counters { tiered: true, uffd_rwp_registered: true, file_thp_reported: true, ..Counters::default() };
     metrics(&tiered, 1, Span::Run).flatten().into_iter().map(|(n, _)| n).collect()
 }
 

@@ -35,6 +35,7 @@ pub const CASES: &[(&str, &str)] = &[
     ("gupdev-pin-part-thp", include_str!("../../configs/validate/gupdev-pin-part-thp.toml")),
     ("gupdev-pin-part-memfd", include_str!("../../configs/validate/gupdev-pin-part-memfd.toml")),
     ("memfd-shared-pull", include_str!("../../configs/validate/memfd-shared-pull.toml")),
+    ("memfd-thp-shared-pull", include_str!("../../configs/validate/memfd-thp-shared-pull.toml")),
     ("hugetlbfs-unscanned", include_str!("../../configs/validate/hugetlbfs-unscanned.toml")),
     ("tiering-promote", include_str!("../../configs/validate/tiering-promote.toml")),
     ("uffd-rwp-proc-mem", include_str!("../../configs/validate/uffd-rwp-proc-mem.toml")),

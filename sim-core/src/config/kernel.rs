@@ -37,6 +37,51 @@ impl Thp {
     }
 }
 
+/// /sys/kernel/mm/transparent_hugepage/shmem_enabled: when a shmem (memfd) fault allocates a
+/// PMD-sized folio. Read in mm/shmem.c: __shmem_is_huge() (6.1.192), shmem_huge_global_enabled()
+/// (6.12.118, 7.3.4). A memfd lives on the internal shm_mnt, whose `huge` follows every value
+/// but `deny` and `force`, which override every mount; the per-size
+/// `hugepages-*/shmem_enabled` files of 6.12 and 7.3 apply to anonymous shared memory
+/// (vma_is_anon_shmem()) only, not to a memfd. Debian's images (6.1 through 7.3) boot with
+/// `never` (CONFIG_TRANSPARENT_HUGEPAGE_SHMEM_HUGE_NEVER=y where the option exists).
+#[derive(Clone, Copy, Debug, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ShmemEnabled {
+    /// SHMEM_HUGE_ALWAYS: every fault in a whole 2 MiB block tries a huge folio.
+    Always,
+    /// SHMEM_HUGE_WITHIN_SIZE: as `always` for a block inside i_size, else as `advise`.
+    WithinSize,
+    /// SHMEM_HUGE_ADVISE: only for a VMA with MADV_HUGEPAGE (VM_HUGEPAGE).
+    Advise,
+    /// SHMEM_HUGE_NEVER.
+    #[default]
+    Never,
+    /// SHMEM_HUGE_DENY: off for every shmem mount, an emergency switch.
+    Deny,
+    /// SHMEM_HUGE_FORCE: on for every shmem mount, for testing.
+    Force,
+}
+
+impl ShmemEnabled {
+    /// Whether a shmem fault at a block wholly inside the file (`within_size`) of a VMA with
+    /// VM_HUGEPAGE `vm_hugepage` tries a PMD-sized folio. A VMA with VM_NOHUGEPAGE gets none
+    /// (the config refuses MADV_NOHUGEPAGE on a memfd, so it is not asked here).
+    pub fn allows(self, within_size: bool, vm_hugepage: bool) -> bool {
+        match self {
+            ShmemEnabled::Deny | ShmemEnabled::Never => false,
+            ShmemEnabled::Always | ShmemEnabled::Force => true,
+            ShmemEnabled::WithinSize => within_size || vm_hugepage,
+            ShmemEnabled::Advise => vm_hugepage,
+        }
+    }
+
+    /// Whether shm_mnt may hold huge folios at all, so shmem_get_unmapped_area() puts a
+    /// mapping of 2 MiB or more on a PMD boundary (`huge != SHMEM_HUGE_NEVER` and not `deny`).
+    pub fn may_be_huge(self) -> bool {
+        !matches!(self, ShmemEnabled::Never | ShmemEnabled::Deny)
+    }
+}
+
 /// How a secondary MMU's notifier treats a range whose PTEs did not change.
 #[derive(Clone, Copy, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
@@ -70,6 +115,9 @@ pub struct KernelConfig {
     pub version: KernelVersion,
     /// /sys/kernel/mm/transparent_hugepage/enabled.
     pub transparent_hugepage: Thp,
+    /// /sys/kernel/mm/transparent_hugepage/shmem_enabled: huge folios for memfd memory.
+    #[serde(skip_serializing_if = "is_default_shmem_enabled")]
+    pub shmem_enabled: ShmemEnabled,
     /// What-if override of the GUP era alone; the version's era when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub gup_policy: Option<GupPolicy>,
@@ -126,6 +174,10 @@ fn is_default_promote_rate_limit(v: &u64) -> bool {
     *v == PROMOTE_RATE_LIMIT_MBPS
 }
 
+fn is_default_shmem_enabled(v: &ShmemEnabled) -> bool {
+    *v == ShmemEnabled::Never
+}
+
 fn is_default_hot_threshold(v: &u64) -> bool {
     *v == HOT_THRESHOLD_MS
 }
@@ -140,6 +192,7 @@ impl Default for KernelConfig {
             numa_balancing_scan_size_mb: 256,
             version: KernelVersion::V7_3,
             transparent_hugepage: Thp::Never,
+            shmem_enabled: ShmemEnabled::Never,
             gup_policy: None,
             notifier: NotifierMode::Unconditional,
             quantum_us: 1000,

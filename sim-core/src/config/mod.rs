@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 pub use self::action::{ActionConfig, Syscall, UffdMode, UserfaultfdConfig};
 pub use self::backing::{Backing, HugetlbPage, MemPolicy, MpolMode};
 pub use self::device::{Access, DeviceConfig, DeviceMode, GupContext, GupPath, MapSize};
-pub use self::kernel::{HugepageAdvice, KernelConfig, NotifierMode, Thp};
+pub use self::kernel::{HugepageAdvice, KernelConfig, NotifierMode, ShmemEnabled, Thp};
 pub use self::load::{ConfigError, Source, closest, line_of, load, locate_key, to_toml};
 pub use self::machine::{MachineConfig, MemoryNodeConfig};
 pub use self::process::{MainThread, PatternKind, ProcessConfig, Slice, ThreadConfig, VmaConfig};

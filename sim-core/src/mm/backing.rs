@@ -23,8 +23,8 @@
 //!   cached page is not modelled);
 //! - a group spanning processes is the process group of the mm whose task the fault's
 //!   cpupid names (task_numa_group() takes that task's own group), ties going to the lower pid;
-//! - memfd memory has 4 KiB pages only (shmem_enabled `never`, the default), is never
-//!   mapped read-only (so never skipped as `shared_ro`) and is never munmap()ed;
+//! - memfd memory is never mapped read-only (so never skipped as `shared_ro`) and is never
+//!   munmap()ed; its THPs (`kernel.shmem_enabled`) are in `shmem.rs`;
 //! - the hugetlb pool is reserved at boot round-robin over the nodes, as `hugepages=` on
 //!   the command line does, with as many pages as the hugetlbfs VMAs need; secondary MMUs
 //!   map hugetlb pages at 4 KiB;
@@ -126,9 +126,15 @@ impl Memfd {
     }
 
     fn set_protnone(&mut self, mm: Entity, page: PageIdx, on: bool) {
-        let (w, b) = self.bit(page);
+        self.set_protnone_range(mm, page, 1, on);
+    }
+
+    fn set_protnone_range(&mut self, mm: Entity, first: PageIdx, pages: u64, on: bool) {
         let who = self.mapper(mm);
-        if on { self.protnone[who][w] |= b } else { self.protnone[who][w] &= !b }
+        for page in first..first + pages as PageIdx {
+            let (w, b) = self.bit(page);
+            if on { self.protnone[who][w] |= b } else { self.protnone[who][w] &= !b }
+        }
     }
 
     /// The memfd's pages, from [`Memfd::base`].
@@ -179,6 +185,34 @@ pub fn make_pte_protnone(k: &mut Kernel, mm: Entity, memfd: Option<u32>, page: P
     k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
     if let Some(id) = memfd {
         k.kinds.memfds[id as usize].set_protnone(mm, page, true);
+    }
+}
+
+/// change_huge_pmd() made `mm`'s PMD over the THP at `head` protnone (`memfd`: the VMA's; only
+/// that mapper's PMD, the folio's other mappers keep theirs).
+pub fn make_pmd_protnone(k: &mut Kernel, mm: Entity, memfd: Option<u32>, head: PageIdx) {
+    for i in k.pages.chunk_slots(head) {
+        k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
+    }
+    if let Some(id) = memfd {
+        k.kinds.memfds[id as usize].set_protnone_range(mm, head, super::HPAGE_PMD_NR, true);
+    }
+}
+
+/// do_huge_pmd_numa_page() made `mm`'s PMD over the THP at `head` accessible and young again
+/// (`memfd`: the VMA's). The folio stays protnone for a mapper whose own PMD still is.
+pub fn restore_pmd(k: &mut Kernel, mm: Entity, memfd: Option<u32>, head: PageIdx) {
+    let others = memfd.is_some_and(|id| {
+        let memfd = &mut k.kinds.memfds[id as usize];
+        memfd.set_protnone_range(mm, head, super::HPAGE_PMD_NR, false);
+        memfd.any_protnone(head)
+    });
+    for i in k.pages.chunk_slots(head) {
+        let pte = k.pages.slots.pte_mut(i);
+        if !others {
+            pte.flags &= !PTE_PROTNONE;
+        }
+        pte.flags |= PTE_YOUNG;
     }
 }
 

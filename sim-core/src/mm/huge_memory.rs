@@ -11,6 +11,7 @@
 
 use bevy_ecs::entity::Entity;
 
+use super::backing::{make_pmd_protnone, pte_protnone_in, restore_pmd};
 use super::memory::{numa_fault_done, numa_migrate_check, numa_migrate_folio, vm_page_prot};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
 use super::numa_balancing::{folio_can_map_prot_numa, prot_numa_tier_check};
@@ -26,7 +27,7 @@ use crate::machine::{Nid, PgData};
 /// defrag setting (`madvise`), again along the zonelist, so a full node gives a remote THP.
 /// Returns the node. Simplified: a node has a free 2 MiB block while 512 pages are free above
 /// the watermark (no fragmentation), and the retry's reclaim and compaction are not modelled.
-fn alloc_thp(k: &mut Kernel, nid: Nid, vm_hugepage: bool) -> Option<Nid> {
+pub(super) fn alloc_thp(k: &mut Kernel, nid: Nid, vm_hugepage: bool) -> Option<Nid> {
     let fits = |k: &mut Kernel, node: Nid, mark: fn(&PgData) -> u64| {
         let pgdat = k.pgdat(node);
         pgdat.free_pages >= mark(&pgdat) + HPAGE_PMD_NR
@@ -169,17 +170,24 @@ pub fn thp_pages_of(k: &mut Kernel, mm: Entity, page: PageIdx) -> Option<std::op
 /// and THPs on a single-threaded task's node (`target_node`) are not skipped (6.1.192 and
 /// 6.12.118 alike); from 6.19 (7.2.13, 7.3.4) it asks folio_can_map_prot_numa() as
 /// change_pte_range() does ([`crate::version::Rules::thp_prot_numa_filter`]). The what-if
-/// `kernel.prot_numa_skip_pinned` skips a pinned THP in any release. Returns the
-/// subpages updated: 512 (one numa_huge_pte_updates, 512 numa_pte_updates) or 0.
+/// `kernel.prot_numa_skip_pinned` skips a pinned THP in any release. A memfd's THP is
+/// changed in this mm's PMD only (its `pmd_protnone()` is this mapper's), and from 6.19 its
+/// pins are tested as a shared 4 KiB folio's are ([`crate::version::Rules::prot_numa_pinned_shared`]).
+/// Returns the subpages updated: 512 (one numa_huge_pte_updates, 512 numa_pte_updates) or 0.
 pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, target_node: Option<Nid>) -> u64 {
-    if k.mm(mm).vmas[vma].pmds[b] != Pmd::Huge {
+    let v = &k.mm(mm).vmas[vma];
+    if v.pmds[b] != Pmd::Huge {
         return 0;
     }
+    let (head, memfd) = (v.block_page(b), v.memfd);
     let range = block_slots(k, mm, vma, b);
-    if k.pages.slots.pte(range.start).flags & PTE_PROTNONE != 0 {
+    if pte_protnone_in(k, mm, memfd, head) {
         return 0;
     }
-    if k.rules.thp_prot_numa_filter && !folio_can_map_prot_numa(k, (range.start, range.clone()), (target_node, true)) {
+    let skip_pinned = memfd.is_none() || k.rules.prot_numa_pinned_shared;
+    if k.rules.thp_prot_numa_filter
+        && !folio_can_map_prot_numa(k, (range.start, range.clone()), (target_node, skip_pinned))
+    {
         return 0;
     }
     if !prot_numa_tier_check(k, range.clone())
@@ -187,9 +195,7 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, target_
     {
         return 0;
     }
-    for i in range {
-        k.pages.slots.pte_mut(i).flags |= PTE_PROTNONE;
-    }
+    make_pmd_protnone(k, mm, memfd, head);
     k.counters.vmstat.numa_huge_pte_updates += 1;
     HPAGE_PMD_NR
 }
@@ -197,15 +203,17 @@ pub fn change_huge_pmd(k: &mut Kernel, mm: Entity, vma: usize, b: usize, target_
 /// Models do_huge_pmd_numa_page() (mm/huge_memory.c, 6.12.117): one hinting fault for the
 /// whole THP, the two-stage filter on the folio's last_cpupid, a 512-page migration through
 /// migrate_misplaced_folio(), the PMD made accessible again, and task_numa_fault() with
-/// HPAGE_PMD_NR pages.
+/// HPAGE_PMD_NR pages. A memfd THP another mm maps gets TNF_SHARED from numa_migrate_check()
+/// (6.12.118: folio_likely_mapped_shared() and VM_SHARED; 6.1.192's do_huge_pmd_numa_page()
+/// never sets it, but 6.1 never scans a memfd VMA); it migrates as an anonymous THP does
+/// (shmem is swap-backed, not file LRU, so neither the VM_EXEC nor the dirty refusal of
+/// migrate_misplaced_folio_prepare() applies, whatever the mapcount).
 pub fn do_huge_pmd_numa_page(k: &mut Kernel, mm: Entity, vma: usize, b: usize, f: &mut Faulter) -> Nanos {
     let head = k.mm(mm).vmas[vma].block_page(b);
     let mut fault = numa_migrate_check(k, mm, vma, head, HPAGE_PMD_NR, f, true);
     let cost = k.sysctl.0.hint_fault_cost_ns + numa_migrate_folio(k, mm, head, HPAGE_PMD_NR, f, &mut fault);
-    for i in block_slots(k, mm, vma, b) {
-        let pte = k.pages.slots.pte_mut(i);
-        pte.flags = (pte.flags & !PTE_PROTNONE) | PTE_YOUNG;
-    }
+    let memfd = k.mm(mm).vmas[vma].memfd;
+    restore_pmd(k, mm, memfd, head);
     numa_fault_done(k, mm, head, HPAGE_PMD_NR, f, &fault);
     cost
 }

@@ -11,6 +11,7 @@ use super::huge_memory::{
 use super::ksm::ksm_unmap;
 use super::migrate::{migrate_misplaced_folio, trace_migrate_pages};
 use super::mmu_notifier::{MmuNotifyEvent, invalidate_range};
+use super::shmem::shmem_fault_huge;
 use super::userfaultfd::do_uffd_rwp;
 use super::{
     CPUPID_UNSET, PG_KSM, PTE_COW, PTE_PROTNONE, PTE_UFFD, PTE_YOUNG, PTE_ZERO, PageIdx, Pmd, Pte, RMAP_CHECKSUMMED,
@@ -130,8 +131,8 @@ pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, w
         }
         k.sysctl.0.hint_fault_cost_ns
     } else if flags & PTE_PROTNONE != 0 && !own_pte_protnone(k, mm, vma, page) {
-        // Another mapper of the memfd made its own PTE protnone; this mm's is accessible.
-        k.pages.pte_mut(page).flags |= PTE_YOUNG;
+        // Another mapper of the memfd made its own PTE or PMD protnone; this mm's is accessible.
+        mark_young(k, mm, vma, page);
         0
     } else if flags & PTE_PROTNONE != 0 && k.mm(mm).vmas[vma].accessible {
         let rwp = k.mm(mm).vmas[vma].uffd_rwp.filter(|_| flags & PTE_UFFD != 0);
@@ -160,6 +161,18 @@ pub fn handle_pte_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, w
 fn own_pte_protnone(k: &Kernel, mm: Entity, vma: usize, page: PageIdx) -> bool {
     let m = k.mms.get(mm).expect("faulting tasks have a live mm");
     pte_protnone_in(k, mm, m.vmas[vma].memfd, page)
+}
+
+/// The access sets the accessed bit: a PMD-mapped THP's for all its subpages at once (its
+/// chunk stays compact).
+fn mark_young(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx) {
+    if huge_block(k, mm, vma, page, Pmd::Huge).is_some() {
+        for i in k.pages.chunk_slots(page) {
+            k.pages.slots.pte_mut(i).flags |= PTE_YOUNG;
+        }
+    } else {
+        k.pages.pte_mut(page).flags |= PTE_YOUNG;
+    }
 }
 
 /// The PMD block of VMA `vma` holding `page`, when that block is in state `pmd`.
@@ -200,9 +213,15 @@ pub fn do_anonymous_page(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, 
 
 /// Models shmem_fault() → shmem_get_folio_gfp() for a page not yet in the file (and
 /// kvm_gmem_get_folio() for guest_memfd): a read allocates too (shmem maps no zero page), on
-/// the node the VMA's policy gives or the faulting CPU's. Every mm mapping the memfd counts
+/// the node the VMA's policy gives or the faulting CPU's; a memfd's empty 2 MiB block may get
+/// a THP first (`shmem.rs`). Every mm mapping the memfd counts
 /// the page in its RSS (MM_SHMEMPAGES); guest_memfd pages are in none.
 pub fn shmem_fault(k: &mut Kernel, mm: Entity, vma: usize, page: PageIdx, nid: Nid) {
+    if let Some(b) = huge_block(k, mm, vma, page, Pmd::None)
+        && shmem_fault_huge(k, mm, vma, b, nid)
+    {
+        return;
+    }
     let v = k.mm(mm).vmas[vma].clone();
     let want = alloc_node(k, &v, page, nid);
     let got = alloc_page_node(k, want).expect("config validation keeps all VMAs within memory");

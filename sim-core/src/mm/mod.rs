@@ -17,6 +17,7 @@ pub mod mmu_notifier;
 pub mod mprotect;
 pub mod numa_balancing;
 pub mod page_alloc;
+pub mod shmem;
 pub mod slots;
 pub mod userfaultfd;
 pub mod vmscan;

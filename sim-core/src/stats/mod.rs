@@ -80,6 +80,19 @@ counters! {
 }
 
 counters! {
+    /// The /proc/vmstat counters of file THPs, which only shmem (memfd) memory has here,
+    /// reported in the `vmstat` group when `shmem_enabled` lets a memfd hold THPs.
+    FileThpStat in "vmstat" {
+        /// Huge folios added to a shmem file's page cache (shmem_add_to_page_cache()).
+        thp_file_alloc,
+        /// Shmem faults that tried a huge folio and took a 4 KiB page (shmem_alloc_hugefolio()).
+        thp_file_fallback,
+        /// File THPs mapped by a PMD (do_set_pmd()).
+        thp_file_mapped,
+    }
+}
+
+counters! {
     /// The /proc/vmstat counters of memory tiering (node stats summed over nodes, as
     /// /proc/vmstat shows them), reported in the `vmstat` group on tiered runs only.
     TierStat in "vmstat" {
@@ -232,6 +245,9 @@ pub struct Counters {
     pub numasim: Numasim,
     pub hint_faults_by_source: HintFaultsBySource,
     pub tierstat: TierStat,
+    pub file_thp: FileThpStat,
+    /// `shmem_enabled` lets a memfd hold THPs: the file THP counters are reported.
+    pub file_thp_reported: bool,
     pub hint_faults_by_tier: HintFaultsByTier,
     /// The run is tiered (memory-tiering mode or a CPU-less node): the tiering counters
     /// are reported.
@@ -259,6 +275,7 @@ impl Counters {
             numasim: self.numasim.since(&earlier.numasim),
             hint_faults_by_source: self.hint_faults_by_source.since(&earlier.hint_faults_by_source),
             tierstat: self.tierstat.since(&earlier.tierstat),
+            file_thp: self.file_thp.since(&earlier.file_thp),
             hint_faults_by_tier: self.hint_faults_by_tier.since(&earlier.hint_faults_by_tier),
             touches: self.touches.since(&earlier.touches),
             stale: self.stale.since(&earlier.stale),

@@ -6,8 +6,8 @@ use std::borrow::Cow;
 pub use results::{Group, Groups, Summary, Value};
 
 use super::{
-    Counters, HintFaultsBySource, HintFaultsByTier, Ksm, KvmStat, Numasim, SecondaryMmuChurn, Stale, TierStat, UffdRwp,
-    VmStat, Young,
+    Counters, FileThpStat, HintFaultsBySource, HintFaultsByTier, Ksm, KvmStat, Numasim, SecondaryMmuChurn, Stale,
+    TierStat, UffdRwp, VmStat, Young,
 };
 use crate::engine::{NSEC_PER_SEC, Nanos};
 
@@ -88,6 +88,9 @@ pub fn metrics(c: &Counters, span_ns: Nanos, span: Span) -> Groups {
     let mut vmstat = counts(VmStat::NAMES, c.vmstat.values());
     if c.tiered {
         vmstat.extend(counts(TierStat::NAMES, c.tierstat.values()));
+    }
+    if c.file_thp_reported {
+        vmstat.extend(counts(FileThpStat::NAMES, c.file_thp.values()));
     }
     let mut groups = vec![
         (VmStat::GROUP, vmstat),

@@ -1,7 +1,8 @@
 //! Every built-in scenario under every kernel version (which covers every GUP era: 6.1
 //! implicit, 6.1-debian12 and 6.4 implicit-all, 6.5 implicit-force, 6.6 and 6.12 explicit),
 //! with THP on under the oldest and the newest, and with the remedy knobs that keep pinned
-//! THPs and secondary-MMU entries, passes the invariant checks after every event.
+//! THPs and secondary-MMU entries, passes the invariant checks after every event; a scenario
+//! mapping a memfd runs with shmem THPs (`kernel.shmem_enabled`) too.
 //!
 //! CI runs one seed of each for `NUMASIM_INVARIANT_MS` (default 100) simulated ms; the full
 //! check, 20 seeds of the whole run, is
@@ -39,8 +40,32 @@ fn kernels() -> Vec<Kernel> {
     versions.chain(thp).chain([(KernelVersion::V6_12, "always", REMEDIES)]).collect()
 }
 
+/// Shmem THPs for memfd memory, alone and with the remedies.
+const SHMEM_THP: &[&str] = &["kernel.shmem_enabled=always"];
+const SHMEM_THP_REMEDIES: &[&str] =
+    &["kernel.shmem_enabled=always", "kernel.prot_numa_skip_pinned=true", "kernel.mmu_notifier_range_numa=true"];
+
+/// The memfd THP settings of the matrix: 6.1 (never scanned), 6.12 and 7.3 (scanned; pinned
+/// shared folios left from 6.19), and 6.12 with the remedies.
+fn shmem_thp_kernels() -> [Kernel; 4] {
+    [
+        (KernelVersion::V6_1, "never", SHMEM_THP),
+        (KernelVersion::V6_12, "never", SHMEM_THP),
+        (KernelVersion::V7_3, "never", SHMEM_THP),
+        (KernelVersion::V6_12, "always", SHMEM_THP_REMEDIES),
+    ]
+}
+
+/// Whether scenario `name` maps memfd memory.
+fn maps_memfd(name: &str) -> bool {
+    let c = workloads::catalogue::resolve(name, &[]).expect("built-in scenarios resolve");
+    let vmas = c.process.iter().flat_map(|p| p.vma.iter().map(|v| v.backing));
+    vmas.chain(c.vm.iter().map(|v| v.backing)).any(|b| b == sim_core::config::Backing::Memfd)
+}
+
 /// The kernel settings of the matrix `name` accepts; a scenario that needs 7.3 (userfaultfd
-/// RWP) runs under 7.3 with THP never and always.
+/// RWP) runs under 7.3 with THP never and always, and one that maps a memfd runs with shmem
+/// THPs too.
 fn kernels_of(name: &str) -> Vec<Kernel> {
     let accepts = |&(v, thp, knobs): &Kernel| {
         let mut set = vec![format!("kernel.version={}", v.name()), format!("kernel.transparent_hugepage={thp}")];
@@ -51,6 +76,9 @@ fn kernels_of(name: &str) -> Vec<Kernel> {
     let mut accepted: Vec<_> = all.iter().copied().filter(accepts).collect();
     if accepted.len() < all.len() {
         accepted.extend([(KernelVersion::V7_3, "always", &[][..])].into_iter().filter(accepts));
+    }
+    if maps_memfd(name) {
+        accepted.extend(shmem_thp_kernels().into_iter().filter(accepts));
     }
     accepted
 }

@@ -99,6 +99,81 @@ fn a_memfd_mapped_by_two_processes_shares_its_frames_and_its_faults() {
     assert_eq!(joined_across(&mut sim), 0);
 }
 
+/// With `shmem_enabled = always` a memfd's 2 MiB blocks are THPs in its page cache: one folio
+/// per block for both mappers (one set of frames), mapped by PMD in each (`thp_file_mapped`
+/// twice per folio). On 6.12 the scanner changes them at the PMD and their hinting faults are
+/// shared; 6.1 never scans them. The default, `never`, keeps 4 KiB pages.
+#[test]
+fn a_memfd_thp_is_one_folio_mapped_by_pmd_in_every_mapper() {
+    let (pages, blocks) = (32 * 256, 16.0);
+    let (mut sim, out) = run(&config(TWO_MAPPERS, &["kernel.shmem_enabled=always", "kernel.version=6.12"]));
+    assert_eq!(metric(&out, "vmstat.thp_file_alloc"), blocks);
+    assert_eq!(metric(&out, "vmstat.thp_file_mapped"), 2.0 * blocks, "each mapper maps each THP by PMD");
+    assert_eq!(used(&mut sim).iter().sum::<u64>(), pages, "one set of frames");
+    assert_eq!((rss(&mut sim, "a"), rss(&mut sim, "b")), (pages, pages));
+    let huge = metric(&out, "vmstat.numa_huge_pte_updates");
+    assert!(huge > 0.0, "change_huge_pmd() on the memfd's PMDs");
+    assert_eq!(metric(&out, "vmstat.numa_pte_updates"), huge * 512.0, "no 4 KiB PTE in a THP-backed memfd");
+    let (a, b) = (pid_of(&mut sim, "a"), pid_of(&mut sim, "b"));
+    assert!(shared_faults(&mut sim, a) + shared_faults(&mut sim, b) > 0, "TNF_SHARED on a PMD fault");
+
+    let (_, out) = run(&config(TWO_MAPPERS, &["kernel.shmem_enabled=always", "kernel.version=6.1-debian12"]));
+    assert_eq!(metric(&out, "vmstat.thp_file_alloc"), blocks);
+    assert_eq!(metric(&out, "vmstat.numa_huge_pte_updates"), 0.0, "6.1 never scans a memfd");
+
+    let (_, out) = run(&config(TWO_MAPPERS, &["kernel.version=6.12"]));
+    assert_eq!(metric(&out, "vmstat.numa_huge_pte_updates"), 0.0);
+    assert!(out.summary.metrics.get("vmstat.thp_file_alloc").is_none(), "reported only when shmem THPs may be");
+}
+
+/// `advise` gives THPs to the faults of a VMA with MADV_HUGEPAGE only; `force` and
+/// `within_size` to every whole block of the file. The populating mapper decides.
+#[test]
+fn shmem_enabled_advise_needs_madv_hugepage_on_the_faulting_vma() {
+    let thps = |set: &[&str]| {
+        let mut set = set.to_vec();
+        set.extend(["run.duration_ms=10", "run.sample_ms=10"]);
+        metric(&run(&config(TWO_MAPPERS, &set)).1, "vmstat.thp_file_alloc")
+    };
+    let advised = "process.0.vma.0.hugepage=madvise";
+    assert_eq!(thps(&["kernel.shmem_enabled=advise"]), 0.0);
+    assert_eq!(thps(&["kernel.shmem_enabled=advise", "process.1.vma.0.hugepage=madvise"]), 0.0, "b faults none");
+    assert_eq!(thps(&["kernel.shmem_enabled=advise", advised]), 16.0);
+    assert_eq!(thps(&["kernel.shmem_enabled=force"]), 16.0);
+    assert_eq!(thps(&["kernel.shmem_enabled=within_size"]), 16.0);
+}
+
+/// A node without a free 2 MiB block above its watermark gives a shmem fault a 4 KiB page
+/// (`thp_file_fallback`), unless the faulting VMA has MADV_HUGEPAGE, whose fault may reclaim
+/// and so takes the nearest node with room (vma_thp_gfp_mask()), as an anonymous THP does.
+#[test]
+fn a_full_node_falls_back_to_4_kib_unless_the_vma_has_madv_hugepage() {
+    let short =
+        ["kernel.shmem_enabled=always", "machine.memory_per_node_mib=24", "run.duration_ms=10", "run.sample_ms=10"];
+    let (mut sim, out) = run(&config(TWO_MAPPERS, &short));
+    let (alloc, fallback) = (metric(&out, "vmstat.thp_file_alloc"), metric(&out, "vmstat.thp_file_fallback"));
+    assert!(alloc > 0.0 && fallback > 0.0, "node 0 holds some THPs, then falls back: {alloc}, {fallback}");
+    assert_eq!(used(&mut sim).iter().sum::<u64>(), 32 * 256, "every page still has one frame");
+    let mut advised = short.to_vec();
+    advised.push("process.0.vma.0.hugepage=madvise");
+    let (mut sim, out) = run(&config(TWO_MAPPERS, &advised));
+    assert_eq!(metric(&out, "vmstat.thp_file_fallback"), 0.0);
+    assert_eq!(metric(&out, "vmstat.thp_file_alloc"), 16.0);
+    assert!(used(&mut sim)[1] > 0, "the rest went to node 1");
+}
+
+/// A misplaced memfd THP migrates whole on 6.12 (migrate_misplaced_folio() has no mapcount
+/// test for a swap-backed folio), and its source frames are freed: one set of frames stays.
+#[test]
+fn a_migrating_memfd_thp_moves_for_every_mapper() {
+    let set = ["kernel.shmem_enabled=always", "kernel.version=6.12", "run.duration_ms=8000"];
+    let (mut sim, out) = run(&config(TWO_MAPPERS, &set));
+    let moved = metric(&out, "vmstat.thp_migration_success");
+    assert!(moved > 0.0, "b's threads on node 1 pull THPs");
+    assert_eq!(metric(&out, "vmstat.numa_pages_migrated"), moved * 512.0, "whole THPs only");
+    assert_eq!(used(&mut sim).iter().sum::<u64>(), 32 * 256, "a migration frees the source folio");
+}
+
 /// 6.1's vma_policy_mof() has no task-policy fallback for shmem: the memfd is never
 /// scanned there, while 6.12 scans it.
 #[test]

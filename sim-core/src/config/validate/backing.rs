@@ -2,7 +2,7 @@
 //! each error names its key.
 
 use super::check;
-use crate::config::{Backing, Config, HugetlbPage, Invalid, MemPolicy, MpolMode, VmConfig, VmaConfig};
+use crate::config::{Backing, Config, HugepageAdvice, HugetlbPage, Invalid, MemPolicy, MpolMode, VmConfig, VmaConfig};
 use crate::version::Rules;
 
 /// The kind keys of one mapping, whether a process's VMA or a VM's memory.
@@ -19,7 +19,7 @@ struct Mapping<'a> {
     hugetlb_page: HugetlbPage,
     mempolicy: &'a Option<MemPolicy>,
     mergeable: bool,
-    hugepage: bool,
+    hugepage: Option<HugepageAdvice>,
     populate: bool,
 }
 
@@ -40,7 +40,7 @@ fn vma_mapping<'a>(pi: usize, p: &str, vi: usize, v: &'a VmaConfig) -> Mapping<'
         hugetlb_page: v.hugetlb_page,
         mempolicy: &v.mempolicy,
         mergeable: v.mergeable,
-        hugepage: v.hugepage.is_some(),
+        hugepage: v.hugepage,
         populate: v.populate_node.is_some(),
     }
 }
@@ -56,7 +56,7 @@ fn vm_mapping(i: usize, v: &VmConfig) -> Mapping<'_> {
         hugetlb_page: v.hugetlb_page,
         mempolicy: &v.mempolicy,
         mergeable: v.mergeable,
-        hugepage: v.hugepage.is_some(),
+        hugepage: v.hugepage,
         populate: v.populate_node.is_some(),
     }
 }
@@ -133,10 +133,20 @@ fn check_mapping(c: &Config, m: &Mapping, rules: &Rules) -> Result<(), Invalid> 
             m.key("mergeable"),
             format!("KSM merges private anonymous memory only; ksm_madvise() leaves a {kind} mapping alone"),
         )?;
+        let advice_ok = match b {
+            Backing::Memfd => m.hugepage != Some(HugepageAdvice::Nohugepage),
+            _ => m.hugepage.is_none(),
+        };
         check(
-            !m.hugepage,
+            advice_ok,
             m.key("hugepage"),
-            format!("THP advice applies to anonymous memory; {kind} memory has 4 KiB or its own huge pages"),
+            if b == Backing::Memfd {
+                "MADV_NOHUGEPAGE on a memfd is not modelled (\"madvise\" is, for shmem_enabled = \"advise\")".into()
+            } else {
+                format!(
+                    "THP advice applies to anonymous memory and memfds; {kind} memory has 4 KiB or its own huge pages"
+                )
+            },
         )?;
     }
     check(
