@@ -53,31 +53,31 @@ fn a_kernel_lacking_options_is_refused_naming_each() {
     assert!(err.contains("CONFIG_NUMA_BALANCING") && !err.contains("CONFIG_DEVTMPFS"), "{err}");
 }
 
-#[test]
-fn missing_qemu_is_refused_with_the_apt_get_line() {
-    let dir = scratch("kernel-no-qemu");
+/// `numasim CMD SCENARIO --kernel <a fake image>` with QEMU off PATH: refused with the
+/// apt-get line; returns its stderr and the run's directory.
+fn refused_without_qemu(name: &str, cmd: &str, scenario: &str) -> (String, std::path::PathBuf) {
+    let dir = scratch(name);
     let image = fake_bzimage(&dir, FULL_CONFIG);
     let out = Command::new(env!("CARGO_BIN_EXE_numasim"))
-        .args(["kernel", "numa02", "--kernel", &image, "--out", s(&dir.join("out"))])
-        .env("PATH", s(&dir))
-        .output()
-        .unwrap();
-    rejected_with(out, "apt-get install -y --no-install-recommends qemu-system-x86");
-    assert!(!dir.join("out").join(results::SUMMARY).exists());
-}
-
-/// validate finds QEMU missing before it looks for the kernel's headers to build gupdev.
-#[test]
-fn validate_of_a_device_case_names_missing_qemu_before_the_modules_headers() {
-    let dir = scratch("validate-no-qemu");
-    let image = fake_bzimage(&dir, FULL_CONFIG);
-    let out = Command::new(env!("CARGO_BIN_EXE_numasim"))
-        .args(["validate", "gupdev-device-gup", "--kernel", &image, "--out", s(&dir.join("out"))])
+        .args([cmd, scenario, "--kernel", &image, "--out", s(&dir.join("out"))])
         .env("PATH", s(&dir))
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     rejected_with(out, "apt-get install -y --no-install-recommends qemu-system-x86");
+    (err, dir.join("out"))
+}
+
+#[test]
+fn missing_qemu_is_refused_with_the_apt_get_line() {
+    let (_, out) = refused_without_qemu("kernel-no-qemu", "kernel", "numa02");
+    assert!(!out.join(results::SUMMARY).exists());
+}
+
+/// validate finds QEMU missing before it looks for the kernel's headers to build gupdev.
+#[test]
+fn validate_of_a_device_case_names_missing_qemu_before_the_modules_headers() {
+    let (err, _) = refused_without_qemu("validate-no-qemu", "validate", "gupdev-device-gup");
     assert!(!err.contains("headers"), "{err}");
 }
 

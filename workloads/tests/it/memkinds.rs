@@ -202,15 +202,19 @@ fn one_mapper_s_scan_leaves_the_other_mapper_s_ptes_and_secondary_mmus() {
     }
 }
 
+/// `metric` of 1.5 s of kvm-memfd with `set`, the daemon's mm left unscanned so that only the
+/// guest's own first pass counts.
+fn guest_scan_metric(set: &str, metric_name: &str) -> f64 {
+    let set = ["run.duration_ms=1500", "kernel.no_numa_balancing_processes=[\"daemon\"]", set];
+    metric(&run(&scenario("kvm-memfd", &set)).1, metric_name)
+}
+
 /// `numa_scan_offset_mib` starts the guest's first pass part-way (mm->numa_scan_offset): its
 /// first task_numa_work() changes the PTEs from there to the end of the guest memory only,
 /// and the pass ends there (reset_ptenuma_scan()).
 #[test]
 fn a_vm_s_first_scan_starts_at_its_numa_scan_offset() {
-    let updates = |offset: &str| {
-        let set = ["run.duration_ms=1500", "kernel.no_numa_balancing_processes=[\"daemon\"]", offset];
-        metric(&run(&scenario("kvm-memfd", &set)).1, "vmstat.numa_pte_updates")
-    };
+    let updates = |offset: &str| guest_scan_metric(offset, "vmstat.numa_pte_updates");
     assert_eq!(updates("vm.0.numa_scan_offset_mib=0"), 65536.0);
     assert_eq!(updates("vm.0.numa_scan_offset_mib=192"), 16384.0);
 }
@@ -220,10 +224,7 @@ fn a_vm_s_first_scan_starts_at_its_numa_scan_offset() {
 /// starts empty holds only the pages the vCPUs touched.
 #[test]
 fn a_populated_ept_loses_an_entry_for_every_page_the_first_scan_covers() {
-    let zapped = |populate: &str| {
-        let set = ["run.duration_ms=1500", "kernel.no_numa_balancing_processes=[\"daemon\"]", populate];
-        metric(&run(&scenario("kvm-memfd", &set)).1, "secondary_mmu.entries_zapped")
-    };
+    let zapped = |populate: &str| guest_scan_metric(populate, "secondary_mmu.entries_zapped");
     assert_eq!(zapped("vm.0.populate_ept=true"), 65536.0);
     assert!(zapped("vm.0.populate_ept=false") < 65536.0);
 }
