@@ -177,22 +177,8 @@ mod tests {
     /// A kernel time series of two threads over `rows` 100 ms intervals: (touches, faults,
     /// migrated) per thread and interval.
     fn series(rows: &[[(f64, f64, f64); 2]]) -> Table {
-        let mut header = vec!["time_ms".to_string()];
-        for k in ["touches", "minflt", "numa_pages_migrated"] {
-            header.extend((0..2).map(|i| format!("kernel.task.numa01/worker/{i}.{k}")));
-        }
-        let rows = rows
-            .iter()
-            .enumerate()
-            .map(|(r, ts)| {
-                let mut row = vec![format!("{}", (r + 1) * 100)];
-                row.extend(ts.iter().map(|t| t.0.to_string()));
-                row.extend(ts.iter().map(|t| t.1.to_string()));
-                row.extend(ts.iter().map(|t| t.2.to_string()));
-                row
-            })
-            .collect();
-        Table { header, rows }
+        let rows: Vec<_> = rows.iter().map(|ts| ts.map(|(t, f, m)| [t, f, m])).collect();
+        super::super::thread_series("numa01/worker", ["touches", "minflt", "numa_pages_migrated"], &rows)
     }
 
     /// Intervals whose 100 ms went to 5 µs touches, 60 µs faults and 400 µs migrations in

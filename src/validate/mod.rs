@@ -690,6 +690,33 @@ fn write_report_file(file: &Path, manifest: &Manifest) -> Result<(), Failure> {
     write_atomic(dir, &name, text.as_bytes()).map_err(|e| Failure::Io(format!("{}: {e}", file.display())))
 }
 
+/// A kernel time series of 100 ms rows for `block`'s threads, as the oracle writes one:
+/// `rows[r][thread][f]` is `fields[f]` of thread `thread` in row `r`, in the column
+/// `kernel.task.<block>/<thread>.<field>`, the fields' columns one after the other.
+#[cfg(test)]
+fn thread_series<const F: usize, const T: usize>(
+    block: &str,
+    fields: [&str; F],
+    rows: &[[[f64; F]; T]],
+) -> results::Table {
+    let mut header = vec!["time_ms".to_string()];
+    for k in fields {
+        header.extend((0..T).map(|i| format!("kernel.task.{block}/{i}.{k}")));
+    }
+    let rows = rows
+        .iter()
+        .enumerate()
+        .map(|(r, ts)| {
+            let mut row = vec![format!("{}", (r + 1) * 100)];
+            for f in 0..F {
+                row.extend(ts.iter().map(|t| t[f].to_string()));
+            }
+            row
+        })
+        .collect();
+    results::Table { header, rows }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,21 +114,8 @@ mod tests {
     /// A series of 100 ms rows for `gupdev-kvm-memfd`'s two vCPUs: (touches, migrated) per
     /// thread and row.
     fn series(rows: &[[(f64, f64); 2]]) -> Table {
-        let mut header = vec!["time_ms".to_string()];
-        for k in ["touches", "numa_pages_migrated"] {
-            header.extend((0..2).map(|i| format!("kernel.task.vm/vcpu/{i}.{k}")));
-        }
-        let rows = rows
-            .iter()
-            .enumerate()
-            .map(|(r, ts)| {
-                let mut row = vec![format!("{}", (r + 1) * 100)];
-                row.extend(ts.iter().map(|t| t.0.to_string()));
-                row.extend(ts.iter().map(|t| t.1.to_string()));
-                row
-            })
-            .collect();
-        Table { header, rows }
+        let rows: Vec<_> = rows.iter().map(|ts| ts.map(|(t, m)| [t, m])).collect();
+        super::super::thread_series("vm/vcpu", ["touches", "numa_pages_migrated"], &rows)
     }
 
     /// Two vCPUs touching every 50 µs, then taking turns (one migrates 50 pages in a row at

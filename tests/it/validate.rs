@@ -1,9 +1,26 @@
 //! `numasim validate`: the catalogue checks, bad input exits 2 before anything boots, and
 //! (where QEMU and a kernel image are present) one case end to end on a real kernel.
 
+use std::path::Path;
+
 use crate::common;
 
 use common::{numasim, oracle_missing, rejected, s, scratch};
+
+/// Runs `numasim validate ARGS --out DIR`, which must end in a verdict (0: every judged row
+/// within tolerance; 3: a disagreement, which is a result too); its stdout and exit status.
+fn validated(args: &[&str], dir: &Path) -> (String, Option<i32>) {
+    let out = numasim(&[&["validate"], args, &["--out", s(dir)]].concat());
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let code = out.status.code();
+    assert!(matches!(code, Some(0 | 3)), "exit {code:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    (stdout, code)
+}
+
+/// A JSON file of a validation directory.
+fn read_json(dir: &Path, f: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
+}
 
 #[test]
 fn every_case_of_the_catalogue_passes_check() {
@@ -83,12 +100,8 @@ fn the_rwp_case_on_7_3_fits_the_handler_latency_and_counts_the_readers_efaults()
         return;
     }
     let dir = scratch("validate-uffd-7.3");
-    let out = numasim(&["validate", "uffd-rwp-proc-mem", "--kernel", "7.3", "--out", s(&dir)]);
-    let code = out.status.code();
-    assert!(matches!(code, Some(0 | 3)), "exit {code:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let read = |f: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
-    };
+    validated(&["uffd-rwp-proc-mem", "--kernel", "7.3"], &dir);
+    let read = |f: &str| read_json(&dir, f);
     let last = &read(&format!("7.3/kernel/{}", results::GUEST))["final_sample"];
     assert!(last["uffd_rwp_waits"].as_u64().unwrap() > 0, "{last}");
     let pace = &read("validate.json")["cases"][0]["outcomes"][0]["uffd"];
@@ -110,14 +123,9 @@ fn one_gup_case_end_to_end_on_a_real_kernel() {
         return;
     }
     let dir = scratch("validate-oracle");
-    let out = numasim(&["validate", "gup-process-vm-readv", "--kernel", "6.12", "--trace", "--out", s(&dir)]);
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let code = out.status.code();
-    // 0: every judged metric within tolerance; 3: a disagreement, which is a result too.
-    assert!(matches!(code, Some(0 | 3)), "exit {code:?}: {stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    let (stdout, code) = validated(&["gup-process-vm-readv", "--kernel", "6.12", "--trace"], &dir);
     assert!(stdout.contains("metric") && stdout.contains("within tolerance"), "{stdout}");
-    let manifest: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("validate.json")).unwrap()).unwrap();
+    let manifest = read_json(&dir, "validate.json");
     let outcome = &manifest["cases"][0]["outcomes"][0];
     assert!(outcome["error"].is_null(), "{outcome}");
     let rows = outcome["rows"].as_array().unwrap();
@@ -165,12 +173,8 @@ fn the_tiering_case_on_a_real_kernel_reports_tiers_and_promotions() {
         return;
     }
     let dir = scratch("validate-tiering");
-    let out = numasim(&["validate", "tiering-promote", "--kernel", "6.12", "--out", s(&dir)]);
-    let code = out.status.code();
-    assert!(matches!(code, Some(0 | 3)), "exit {code:?}: {}", String::from_utf8_lossy(&out.stderr));
-    let read = |f: &str| -> serde_json::Value {
-        serde_json::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap()
-    };
+    validated(&["tiering-promote", "--kernel", "6.12"], &dir);
+    let read = |f: &str| read_json(&dir, f);
     let guest = read(&format!("6.12/kernel/{}", results::GUEST));
     let tiers = guest["memory_tiers"].as_object().unwrap();
     let tier_of = |node: &str| tiers.iter().find(|(_, list)| list.as_str() == Some(node)).map(|(t, _)| t.clone());
